@@ -1,0 +1,259 @@
+"""Configuration: defaults < ``config.toml`` < environment < command-line flags.
+
+Every value remembers where it came from, so that a bad one is reported as
+``TEST_TIMEOUT (environment): must be a whole number of milliseconds > 0; got 'soon'``
+instead of a traceback. The plan's variables keep their names and units
+(milliseconds); the orchestrator's own settings use an ``ORCHESTRATOR_`` prefix.
+
+The bearer token is never a flag (flags show up in ``ps``) and never printed:
+it comes from ``KUBEFOUNDRY_TOKEN`` or from a file, and is held as a
+``SecretStr``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class Key:
+    """One setting: its name in ``config.toml``, its environment variable and its flag."""
+
+    name: str
+    env: str | None
+    flag: str | None
+    help: str
+
+
+KEYS: tuple[Key, ...] = (
+    Key("api_url", "API_URL", "--api-url", "KubeFoundry backend URL"),
+    Key("test_timeout", "TEST_TIMEOUT", "--test-timeout", "budget for the whole run, ms"),
+    Key("kaito_install_timeout", "KAITO_INSTALL_TIMEOUT", "--kaito-install-timeout", "Install phase timeout, ms"),
+    Key("deploy_timeout", "DEPLOY_TIMEOUT", "--deploy-timeout", "Deploy phase timeout, ms"),
+    Key("deployment_ready_timeout", "DEPLOYMENT_READY_TIMEOUT", "--deployment-ready-timeout",
+        "Wait Ready phase timeout, ms"),
+    Key("inference_timeout", "INFERENCE_TIMEOUT", "--inference-timeout", "Inference phase timeout, ms"),
+    Key("delete_timeout", "DELETE_TIMEOUT", "--delete-timeout", "Delete phase timeout, ms"),
+    Key("cleanup_reserve", "ORCHESTRATOR_CLEANUP_RESERVE", "--cleanup-reserve",
+        "part of the budget kept for diagnostics and cleanup, ms"),
+    Key("test_model", "TEST_MODEL", "--model", "catalog model to deploy"),
+    Key("kubeconfig", "KUBECONFIG", "--kubeconfig", "kubeconfig file"),
+    Key("namespace", "ORCHESTRATOR_NAMESPACE", "--namespace", "deployment namespace"),
+    Key("deployment_name", "ORCHESTRATOR_DEPLOYMENT_NAME", "--deployment-name", "deployment name"),
+    Key("artifacts_dir", "ORCHESTRATOR_ARTIFACTS_DIR", "--artifacts-dir", "where reports and diagnostics go"),
+    Key("token_file", "KUBEFOUNDRY_TOKEN_FILE", "--token-file", "file holding the backend's bearer token"),
+    Key("inference", "ORCHESTRATOR_INFERENCE", "--inference",
+        "how to reach the model: service-proxy, backend-proxy, or a base URL"),
+    Key("cleanup", "ORCHESTRATOR_CLEANUP", "--cleanup", "auto, always, on-success or never"),
+)
+KEYS_BY_NAME = {k.name: k for k in KEYS}
+TOKEN_ENV = "KUBEFOUNDRY_TOKEN"
+CONFIG_ENV = "ORCHESTRATOR_CONFIG"
+DEFAULT_CONFIG_FILE = "config.toml"
+
+Milliseconds = int
+
+
+class Settings(BaseModel):
+    """The validated configuration. Durations are milliseconds, as the plan has them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    api_url: str = "http://localhost:3001"
+    test_timeout: Milliseconds = Field(600_000, gt=0)
+    kaito_install_timeout: Milliseconds = Field(180_000, gt=0)
+    deploy_timeout: Milliseconds = Field(60_000, gt=0)
+    deployment_ready_timeout: Milliseconds = Field(300_000, gt=0)
+    inference_timeout: Milliseconds = Field(120_000, gt=0)
+    delete_timeout: Milliseconds = Field(120_000, gt=0)
+    #: None: the smaller of 60 s and a quarter of the budget.
+    cleanup_reserve: Milliseconds | None = Field(None, ge=0)
+    test_model: str = "llama3.2:1b"
+    kubeconfig: str | None = None
+    namespace: str = "kaito-workspace"
+    deployment_name: str = "integration-test-llama"
+    artifacts_dir: str = "test-results"
+    token_file: str | None = None
+    inference: str = "service-proxy"
+    cleanup: Literal["auto", "always", "on-success", "never"] = "auto"
+    token: SecretStr | None = Field(default=None, repr=False)
+
+    @field_validator("test_timeout", "kaito_install_timeout", "deploy_timeout",
+                     "deployment_ready_timeout", "inference_timeout", "delete_timeout",
+                     "cleanup_reserve", mode="before")
+    @classmethod
+    def _milliseconds(cls, v: Any) -> Any:
+        """Whole milliseconds, from TOML integers or environment/flag strings; never a bool or float."""
+        if v is None:
+            return v
+        if isinstance(v, str) and re.fullmatch(r"\s*\d+\s*", v):
+            return int(v)
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
+        raise ValueError("must be a whole number of milliseconds")
+
+    @field_validator("api_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", v):
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return v.rstrip("/")
+
+    @field_validator("namespace", "deployment_name")
+    @classmethod
+    def _dns_label(cls, v: str) -> str:
+        if len(v) > 63 or not DNS_LABEL.match(v):
+            raise ValueError("must be a DNS-1123 label: at most 63 characters, lower-case letters, "
+                             "digits and '-', starting and ending with a letter or digit")
+        return v
+
+    @field_validator("test_model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        if not MODEL_ID.match(v):
+            raise ValueError("must be a catalog model id such as 'llama3.2:1b' (letters, digits, "
+                             "'.', '_', ':', '-')")
+        return v
+
+    @field_validator("inference")
+    @classmethod
+    def _inference(cls, v: str) -> str:
+        if v in ("service-proxy", "backend-proxy") or re.match(r"^https?://[^/\s]+", v):
+            return v.rstrip("/")
+        raise ValueError("must be 'service-proxy', 'backend-proxy' or an http(s):// base URL")
+
+    @field_validator("kubeconfig", "token_file")
+    @classmethod
+    def _path(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            return None
+        return v
+
+    def seconds(self, key: str) -> float:
+        if key == "cleanup_reserve" and self.cleanup_reserve is None:
+            return min(60.0, self.test_timeout / 4000.0)
+        return float(getattr(self, key)) / 1000.0
+
+    def cleanup_policy(self, environ: Mapping[str, str] | None = None) -> str:
+        """``auto`` means: always in CI (``CI`` set), keep resources on failure elsewhere."""
+        if self.cleanup != "auto":
+            return self.cleanup
+        env = os.environ if environ is None else environ
+        return "always" if env.get("CI", "").lower() not in ("", "0", "false") else "on-success"
+
+    def public(self) -> dict[str, Any]:
+        """The settings as they may be shown or written: never the token."""
+        data = self.model_dump(exclude={"token"})
+        data["token"] = "(set)" if self.token else "(not set)"
+        return data
+
+
+class ConfigError(Exception):
+    """Invalid configuration. ``problems`` holds one line per bad value."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+def _describe(source: str, key: str) -> str:
+    k = KEYS_BY_NAME.get(key)
+    if source == "environment" and k and k.env:
+        return f"{k.env} (environment)"
+    if source == "flag" and k and k.flag:
+        return f"{k.flag} (command line)"
+    if source.startswith("file:"):
+        return f"{key} ({source[5:]})"
+    return f"{key} ({source})"
+
+
+def _read_file(path: Path, explicit: bool) -> dict[str, Any]:
+    if not path.exists():
+        if explicit:
+            raise ConfigError([f"{path}: configuration file not found"])
+        return {}
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot be read: {exc}"]) from None
+    problems = []
+    for key, value in data.items():
+        if key == "token":
+            problems.append(f"{path}: 'token' may not be written in a file; set {TOKEN_ENV} or token_file")
+        elif key not in KEYS_BY_NAME:
+            problems.append(f"{path}: unknown key '{key}' (known keys: {', '.join(sorted(KEYS_BY_NAME))})")
+        elif isinstance(value, (dict, list)):
+            problems.append(f"{key} ({path.name}): must be a single value, not a {type(value).__name__}")
+    if problems:
+        raise ConfigError(problems)
+    return data
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    config_file: str | None = None,
+    cwd: Path | None = None,
+) -> Settings:
+    """Merge the sources and validate once; report every bad value with its source."""
+    env = dict(os.environ if environ is None else environ)
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    explicit = config_file is not None or CONFIG_ENV in env
+    path = Path(config_file or env.get(CONFIG_ENV) or DEFAULT_CONFIG_FILE)
+    if not path.is_absolute():
+        path = (cwd or Path.cwd()) / path
+
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for key, value in _read_file(path, explicit).items():
+        values[key], sources[key] = value, f"file:{path.name}"
+    for k in KEYS:
+        if k.env and k.env in env and env[k.env] != "":
+            values[k.name], sources[k.name] = env[k.env], "environment"
+    for key, value in flags.items():
+        if key not in KEYS_BY_NAME:
+            raise ConfigError([f"internal: unknown flag key {key!r}"])
+        values[key], sources[key] = value, "flag"
+
+    problems: list[str] = []
+    token = env.get(TOKEN_ENV) or None
+    token_file = values.get("token_file")
+    if token_file and isinstance(token_file, str):
+        try:
+            token = Path(token_file).read_text(encoding="utf-8").strip() or None
+        except OSError as exc:
+            problems.append(f"{_describe(sources['token_file'], 'token_file')}: cannot read the token "
+                            f"file: {exc.strerror or exc}")
+        if token_file and token is None and not problems:
+            problems.append(f"{_describe(sources['token_file'], 'token_file')}: the token file is empty")
+    if token is not None:
+        values["token"] = token
+    try:
+        settings = Settings.model_validate(values)
+    except ValidationError as exc:
+        for err in exc.errors():
+            key = str(err["loc"][0]) if err["loc"] else "(config)"
+            got = values.get(key)
+            msg = err["msg"].removeprefix("Value error, ")
+            shown = "" if key == "token" else f"; got {got!r}"
+            problems.append(f"{_describe(sources.get(key, 'default'), key)}: {msg}{shown}")
+    if problems:
+        raise ConfigError(problems)
+    if settings.cleanup_reserve is not None and settings.cleanup_reserve >= settings.test_timeout:
+        raise ConfigError([f"{_describe(sources.get('cleanup_reserve', 'default'), 'cleanup_reserve')}: "
+                           f"must be less than test_timeout ({settings.test_timeout} ms); "
+                           f"got {settings.cleanup_reserve}"])
+    return settings

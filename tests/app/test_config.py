@@ -1,0 +1,121 @@
+"""Configuration: precedence, units, and a clear message naming key and source."""
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import ConfigError, load_settings
+
+
+def test_defaults_are_the_plans(tmp_path: Path) -> None:
+    s = load_settings({}, environ={}, cwd=tmp_path)
+    assert s.api_url == "http://localhost:3001"
+    assert s.test_timeout == 600_000
+    assert s.kaito_install_timeout == 180_000
+    assert s.deployment_ready_timeout == 300_000
+    assert s.test_model == "llama3.2:1b"
+    assert s.namespace == "kaito-workspace"
+    assert s.deployment_name == "integration-test-llama"
+    assert s.artifacts_dir == "test-results"
+    assert s.seconds("test_timeout") == 600.0
+
+
+def test_precedence_flags_over_env_over_file(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text('test_timeout = 1000\nnamespace = "from-file"\n'
+                                          'deployment_name = "file-name"\n')
+    env = {"TEST_TIMEOUT": "2000", "ORCHESTRATOR_NAMESPACE": "from-env"}
+    s = load_settings({"test_timeout": "3000"}, environ=env, cwd=tmp_path)
+    assert s.test_timeout == 3000
+    assert s.namespace == "from-env"
+    assert s.deployment_name == "file-name"
+
+
+def test_shipped_config_file_matches_defaults() -> None:
+    root = Path(__file__).resolve().parents[2]
+    assert load_settings({}, environ={}, cwd=root) == load_settings({}, environ={}, cwd=root / "tests")
+
+
+@pytest.mark.parametrize("env, needle", [
+    ({"TEST_TIMEOUT": "soon"}, "TEST_TIMEOUT (environment): must be a whole number of milliseconds; got 'soon'"),
+    ({"TEST_TIMEOUT": "1.5"}, "TEST_TIMEOUT (environment): must be a whole number of milliseconds"),
+    ({"TEST_TIMEOUT": "0"}, "TEST_TIMEOUT (environment): Input should be greater than 0"),
+    ({"API_URL": "localhost:3001"}, "API_URL (environment): must be an http:// or https:// URL"),
+    ({"ORCHESTRATOR_CLEANUP": "sometimes"}, "ORCHESTRATOR_CLEANUP (environment): Input should be"),
+    ({"ORCHESTRATOR_INFERENCE": "carrier-pigeon"}, "ORCHESTRATOR_INFERENCE (environment): must be"),
+])
+def test_bad_environment_values_name_key_and_source(tmp_path: Path, env: dict, needle: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings({}, environ=env, cwd=tmp_path)
+    assert needle in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["../x", "has space", "x" * 64, "UpperCase", "-lead", "trail-", ""])
+def test_hostile_names_are_rejected(tmp_path: Path, name: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings({"deployment_name": name}, environ={}, cwd=tmp_path)
+    assert "--deployment-name (command line): must be a DNS-1123 label" in str(err.value)
+
+
+def test_a_63_character_name_is_fine(tmp_path: Path) -> None:
+    assert load_settings({"deployment_name": "a" * 63}, environ={}, cwd=tmp_path).deployment_name == "a" * 63
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("test_timeout = ", "config.toml: not valid TOML"),
+    ("colour = 'blue'\n", "config.toml: unknown key 'colour'"),
+    ("test_timeout = 'ten'\n", "test_timeout (config.toml): must be a whole number of milliseconds"),
+    ("test_timeout = true\n", "test_timeout (config.toml): must be a whole number of milliseconds"),
+    ("namespace = ['a']\n", "namespace (config.toml): must be a single value"),
+    ("token = 'x'\n", "'token' may not be written in a file"),
+])
+def test_bad_config_file(tmp_path: Path, text: str, needle: str) -> None:
+    (tmp_path / "config.toml").write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_settings({}, environ={}, cwd=tmp_path)
+    assert needle in str(err.value)
+
+
+def test_default_reserve_scales_with_a_small_budget(tmp_path: Path) -> None:
+    s = load_settings({"test_timeout": "20000"}, environ={}, cwd=tmp_path)
+    assert s.seconds("cleanup_reserve") == 5.0
+    assert load_settings({}, environ={}, cwd=tmp_path).seconds("cleanup_reserve") == 60.0
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings({"namespace": "Bad"}, environ={"TEST_TIMEOUT": "x", "API_URL": "nope"}, cwd=tmp_path)
+    assert len(err.value.problems) == 3
+
+
+def test_explicit_config_file_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="configuration file not found"):
+        load_settings({}, environ={}, config_file=str(tmp_path / "missing.toml"))
+
+
+def test_reserve_must_leave_room_for_phases(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--cleanup-reserve \\(command line\\): must be less than test_timeout"):
+        load_settings({"test_timeout": "1000", "cleanup_reserve": "1000"}, environ={}, cwd=tmp_path)
+
+
+def test_token_from_env_or_file_and_never_shown(tmp_path: Path) -> None:
+    s = load_settings({}, environ={"KUBEFOUNDRY_TOKEN": "s3cret-value"}, cwd=tmp_path)
+    assert s.token is not None and s.token.get_secret_value() == "s3cret-value"
+    assert "s3cret-value" not in repr(s) and "s3cret-value" not in str(s.public())
+    tok = tmp_path / "tok"
+    tok.write_text("from-file\n")
+    s = load_settings({"token_file": str(tok)}, environ={}, cwd=tmp_path)
+    assert s.token is not None and s.token.get_secret_value() == "from-file"
+
+
+def test_unreadable_token_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--token-file \\(command line\\): cannot read the token file"):
+        load_settings({"token_file": str(tmp_path / "nope")}, environ={}, cwd=tmp_path)
+
+
+@pytest.mark.parametrize("ci, expected", [("true", "always"), ("1", "always"), ("", "on-success"),
+                                          (None, "on-success"), ("false", "on-success")])
+def test_auto_cleanup_follows_ci(tmp_path: Path, ci: str | None, expected: str) -> None:
+    s = load_settings({}, environ={}, cwd=tmp_path)
+    env = {} if ci is None else {"CI": ci}
+    assert s.cleanup_policy(env) == expected
+    assert load_settings({"cleanup": "never"}, environ={}, cwd=tmp_path).cleanup_policy({"CI": "1"}) == "never"
