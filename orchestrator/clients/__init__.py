@@ -1,0 +1,45 @@
+"""Clients for the systems the orchestrator talks to.
+
+- :class:`KubeFoundryClient`: the KubeFoundry backend's HTTP API (httpx).
+- :class:`KubeClient` and :func:`watch`: Kubernetes over kubernetes-asyncio,
+  with a list-then-watch loop that survives cut streams and 410 Gone.
+- :class:`InferenceClient`: the served model's chat-completion endpoint, and
+  :func:`validate_completion` for its schema.
+
+They know nothing of the engine or of any flow.
+"""
+
+from ._errors import (
+    ClientError,
+    Conflict,
+    HTTPStatusError,
+    NotFound,
+    RequestTimeout,
+    ResponseFormatError,
+    ServerError,
+    TooManyRequests,
+    TransportError,
+    Unauthorized,
+    is_retryable,
+)
+from ._retry import NO_RETRY, RetryPolicy
+from ._watch import Backoff, WatchEvent, watch
+from .inference import (
+    ChatCompletionResponse,
+    InferenceClient,
+    InferenceResult,
+    InferenceRoute,
+    InvalidCompletion,
+    validate_completion,
+)
+from .kube import CRDS, EVENTS, NAMESPACES, PODS, SERVICES, KubeClient, Resource
+from .kubefoundry import Exchange, Journal, KubeFoundryClient
+
+__all__ = [
+    "Backoff", "CRDS", "ChatCompletionResponse", "ClientError", "Conflict", "EVENTS", "Exchange",
+    "HTTPStatusError", "InferenceClient", "InferenceResult", "InferenceRoute", "InvalidCompletion",
+    "Journal", "KubeClient", "KubeFoundryClient", "NAMESPACES", "NO_RETRY", "NotFound", "PODS",
+    "RequestTimeout", "Resource", "ResponseFormatError", "RetryPolicy", "SERVICES", "ServerError",
+    "TooManyRequests", "TransportError", "Unauthorized", "WatchEvent", "is_retryable",
+    "validate_completion", "watch",
+]

@@ -1,0 +1,252 @@
+"""Talking to the served model: the OpenAI chat-completion call and its schema.
+
+KubeFoundry has no inference proxy, so the model is reached one of three ways
+(``InferenceRoute``): through the Kubernetes API server's service proxy (the
+default: it needs nothing but the kubeconfig the run already has), through a
+base URL the user gives (a port-forward or an ingress), or through the plan's
+backend proxy path, for a backend that grows one.
+
+A model's words are not stable, so the answer is judged by its shape only, and
+every schema error is reported at once: a broken server usually breaks more
+than one field, and a report that names them all saves a round trip.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import anyio
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ._errors import ClientError, HTTPStatusError, ResponseFormatError, TransportError, status_error
+from .kube import KubeClient
+
+FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
+
+
+class _Shape(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ChatMessage(_Shape):
+    role: Literal["assistant"]
+    content: str
+
+
+class Choice(_Shape):
+    index: int
+    message: ChatMessage
+    finish_reason: str | None
+
+
+class Usage(_Shape):
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+    total_tokens: int = Field(ge=0)
+
+
+class ChatCompletionResponse(_Shape):
+    """The plan's ``ChatCompletionResponse``: what an OpenAI-compatible server must answer."""
+
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[Choice] = Field(min_length=1)
+    usage: Usage | None = None
+
+
+def validate_completion(body: Any) -> tuple[ChatCompletionResponse | None, list[str]]:
+    """Check ``body`` against the schema; return the parsed answer and *every* error found."""
+    errors: list[str] = []
+    parsed: ChatCompletionResponse | None = None
+    if not isinstance(body, dict):
+        return None, [f"(body): expected a JSON object, got {type(body).__name__}"]
+    try:
+        parsed = ChatCompletionResponse.model_validate(body)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "(body)"
+            errors.append(f"{loc}: {err['msg']}")
+    # Semantic checks run on the raw body too, so they add to the structural errors
+    # instead of hiding behind them.
+    choices = body.get("choices")
+    if isinstance(choices, list):
+        for i, choice in enumerate(choices):
+            if not isinstance(choice, dict):
+                continue
+            msg = choice.get("message")
+            content = msg.get("content") if isinstance(msg, dict) else None
+            if isinstance(content, str) and not content.strip():
+                errors.append(f"choices.{i}.message.content: must not be empty")
+            reason = choice.get("finish_reason")
+            if isinstance(reason, str) and reason not in FINISH_REASONS:
+                errors.append(f"choices.{i}.finish_reason: unknown value {reason!r} "
+                              f"(expected one of {', '.join(sorted(FINISH_REASONS))})")
+            elif reason is None and "finish_reason" in choice:
+                errors.append(f"choices.{i}.finish_reason: must be set on a finished completion")
+    usage = body.get("usage")
+    if isinstance(usage, dict):
+        p, c, t = (usage.get(k) for k in ("prompt_tokens", "completion_tokens", "total_tokens"))
+        if all(isinstance(x, int) for x in (p, c, t)) and p + c != t:  # type: ignore[operator]
+            errors.append(f"usage.total_tokens: {t} is not prompt_tokens + completion_tokens "
+                          f"({p} + {c})")
+        if isinstance(c, int) and c == 0 and isinstance(choices, list) and choices:
+            errors.append("usage.completion_tokens: 0 for a non-empty answer")
+    return (parsed if not errors else None), errors
+
+
+class InvalidCompletion(ResponseFormatError):
+    """The model answered, but not with a valid chat completion."""
+
+
+@dataclass(frozen=True)
+class InferenceRoute:
+    """How to reach the model: ``service-proxy``, ``url`` (with ``base_url``) or ``backend-proxy``."""
+
+    kind: Literal["service-proxy", "url", "backend-proxy"]
+    base_url: str | None = None
+
+
+@dataclass
+class InferenceResult:
+    response: ChatCompletionResponse
+    latency_s: float
+    attempts: int
+    route: str
+
+    @property
+    def content(self) -> str:
+        return self.response.choices[0].message.content
+
+    @property
+    def prompt_tokens(self) -> int | None:
+        return self.response.usage.prompt_tokens if self.response.usage else None
+
+    @property
+    def completion_tokens(self) -> int | None:
+        return self.response.usage.completion_tokens if self.response.usage else None
+
+
+#: While a model loads, servers answer 503 and the service proxy answers 503
+#: ("no endpoints", "error trying to reach service"): both mean "not yet".
+LOADING_STATUSES = frozenset({502, 503, 504})
+
+
+class InferenceClient:
+    """Send one chat completion to a deployed model and judge the answer."""
+
+    def __init__(self, route: InferenceRoute, *, kube: KubeClient | None = None,
+                 backend_url: str | None = None, token: str | None = None,
+                 request_timeout: float = 60.0) -> None:
+        self.route = route
+        self._kube = kube
+        self._backend_url = (backend_url or "").rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token and route.kind == "backend-proxy" else {}
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(request_timeout, connect=5.0),
+                                       headers=headers)
+        self._timeout = request_timeout
+        self.requests_sent = 0
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    def describe(self, namespace: str, service: str, port: int) -> str:
+        if self.route.kind == "service-proxy":
+            assert self._kube is not None
+            return self._kube.server + self._kube.service_proxy_path(namespace, service, port,
+                                                                     "v1/chat/completions")
+        if self.route.kind == "url":
+            return f"{(self.route.base_url or '').rstrip('/')}/v1/chat/completions"
+        return f"{self._backend_url}/api/deployments/{namespace}/{service}/proxy/v1/chat/completions"
+
+    async def _post_once(self, url_or_path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        self.requests_sent += 1
+        if self.route.kind == "service-proxy":
+            assert self._kube is not None
+            response = await self._kube.open("POST", url_or_path, body=body, timeout=self._timeout)
+            try:
+                raw = await response.read()
+                status = response.status
+            finally:
+                response.release()
+            text = raw.decode("utf-8", "replace")
+        else:
+            try:
+                resp = await self._http.post(url_or_path, json=body)
+            except httpx.TimeoutException as exc:
+                raise TransportError(f"POST {url_or_path}: no answer in time ({type(exc).__name__})") from None
+            except httpx.TransportError as exc:
+                raise TransportError(f"POST {url_or_path}: {type(exc).__name__}: {exc}") from None
+            status, text = resp.status_code, resp.text
+        try:
+            return status, json.loads(text)
+        except ValueError:
+            return status, text
+
+    async def chat(self, *, namespace: str, service: str, port: int, model: str, prompt: str,
+                   max_tokens: int, loading_grace: float = 30.0,
+                   on_wait: Any = None) -> InferenceResult:
+        """Send the completion; wait out a loading model for up to ``loading_grace`` seconds.
+
+        Raises :class:`InvalidCompletion` listing every schema error, or the
+        HTTP error the model (or the proxy in front of it) answered with.
+        """
+        body = {"model": model, "messages": [{"role": "user", "content": prompt}],
+                "max_tokens": max_tokens}
+        if self.route.kind == "service-proxy":
+            assert self._kube is not None
+            target = self._kube.service_proxy_path(namespace, service, port, "v1/chat/completions")
+        else:
+            target = self.describe(namespace, service, port)
+        give_up_at = time.monotonic() + loading_grace
+        attempts = 0
+        delay = 0.25
+        while True:
+            attempts += 1
+            started = time.monotonic()
+            try:
+                status, answer = await self._post_once(target, body)
+            except TransportError as exc:
+                status, answer, failure = None, None, exc
+            else:
+                failure = None
+            latency = time.monotonic() - started
+            if status == 200:
+                parsed, errors = validate_completion(answer)
+                if errors or parsed is None:
+                    raise InvalidCompletion("the model's answer is not a valid chat completion", errors)
+                return InferenceResult(parsed, latency, attempts, self.route.kind)
+            loading = failure is not None or status in LOADING_STATUSES
+            if not loading or time.monotonic() + delay > give_up_at:
+                if failure is not None:
+                    raise failure
+                message = _message(answer, f"HTTP {status}")
+                raise status_error(int(status or 0), message, method="POST", path=target, body=answer)
+            if on_wait:
+                why = str(failure) if failure else f"HTTP {status}: {_message(answer, '')}"
+                on_wait(f"model not ready ({why}); retrying in {delay:.2f} s")
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def _message(body: Any, fallback: str) -> str:
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return err["message"]
+        if isinstance(err, str):
+            return err
+        if isinstance(body.get("message"), str):
+            return body["message"]
+    if isinstance(body, str) and body.strip():
+        return body.strip()[:300]
+    return fallback
+
+
+__all__ = ["InferenceClient", "InferenceRoute", "InferenceResult", "InvalidCompletion",
+           "ChatCompletionResponse", "validate_completion", "ClientError", "HTTPStatusError"]

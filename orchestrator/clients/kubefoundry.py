@@ -1,0 +1,267 @@
+"""A client for the real KubeFoundry backend's HTTP API.
+
+It speaks the routes the backend really has (see the README's route map), not
+those of the plan it started from: KAITO install and status live under
+``/api/installation/providers/kaito``, a deployment is addressed as
+``/api/deployments/NAME?namespace=NS``, and there is no inference proxy.
+
+One ``httpx.AsyncClient`` is shared by all calls. Flakes (connection errors,
+5xx, 429) are retried by a :class:`RetryPolicy`; every other status is an
+answer and raises the matching :mod:`._errors` class at once. Every exchange is
+kept in a bounded journal for the failure diagnostics; the bearer token is
+never part of it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, TypeVar
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel, ValidationError
+
+from . import _models as m
+from ._errors import (
+    ClientError,
+    RequestTimeout,
+    ResponseFormatError,
+    TransportError,
+    status_error,
+)
+from ._retry import RetryPolicy
+
+M = TypeVar("M", bound=BaseModel)
+
+#: Helm steps inside the install route may take minutes each, and the backend
+#: holds the request open until they end; the phase deadline still bounds it.
+INSTALL_TIMEOUT = httpx.Timeout(connect=10.0, read=600.0, write=30.0, pool=10.0)
+DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=10.0)
+
+JOURNAL_BODY_LIMIT = 8192
+
+
+@dataclass
+class Exchange:
+    """One request and what came back, as the diagnostics show it."""
+
+    at: str
+    method: str
+    path: str
+    status: int | None
+    elapsed_ms: float
+    body: Any = None
+    error: str | None = None
+
+
+@dataclass
+class Journal:
+    """The last ``limit`` exchanges, oldest first."""
+
+    limit: int = 500
+    entries: deque[Exchange] = field(default_factory=deque)
+
+    def add(self, exchange: Exchange) -> None:
+        self.entries.append(exchange)
+        while len(self.entries) > self.limit:
+            self.entries.popleft()
+
+    def to_list(self) -> list[dict[str, Any]]:
+        return [e.__dict__.copy() for e in self.entries]
+
+
+def _error_message(body: Any, fallback: str) -> str:
+    """The server's own explanation, from whichever error shape it used."""
+    if isinstance(body, dict):
+        err = body.get("error")
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return err["message"]
+        if isinstance(err, dict) and isinstance(err.get("issues"), list):  # zod-validator
+            issues = [i.get("message", "") for i in err["issues"] if isinstance(i, dict)]
+            return "; ".join(x for x in issues if x) or fallback
+        if isinstance(body.get("message"), str):
+            return body["message"]
+    if isinstance(body, str) and body.strip():
+        return body.strip().splitlines()[0][:300]
+    return fallback
+
+
+def _trim(body: Any) -> Any:
+    text = body if isinstance(body, str) else json.dumps(body)
+    if len(text) <= JOURNAL_BODY_LIMIT:
+        return body
+    return text[:JOURNAL_BODY_LIMIT] + f"... [{len(text) - JOURNAL_BODY_LIMIT} more characters]"
+
+
+def parse(model: type[M], body: Any, where: str) -> M:
+    """Validate ``body`` against ``model``, naming every field that is wrong."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        errors = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "(body)"
+            errors.append(f"{loc}: {err['msg']}")
+        raise ResponseFormatError(f"{where}: unexpected response shape", errors) from None
+
+
+class KubeFoundryClient:
+    """The KubeFoundry API, one method per route the flow uses."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        transport: httpx.AsyncBaseTransport | None = None,
+        on_retry: Callable[[str], None] | None = None,
+    ) -> None:
+        headers = {"Accept": "application/json", "User-Agent": "orchestrator"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"), headers=headers, timeout=timeout, transport=transport
+        )
+        self.base_url = base_url.rstrip("/")
+        self.retry = retry or RetryPolicy()
+        self.journal = Journal()
+        self._on_retry = on_retry
+        self.requests_sent = 0
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> KubeFoundryClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- plumbing ---------------------------------------------------------
+
+    async def _send_once(self, method: str, path: str, *, params: dict[str, str] | None,
+                         json_body: Any, timeout: httpx.Timeout | None) -> tuple[int, Any]:
+        started = time.monotonic()
+        at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        shown = path + ("?" + "&".join(f"{k}={v}" for k, v in params.items()) if params else "")
+        self.requests_sent += 1
+        try:
+            kwargs: dict[str, Any] = {"params": params, "json": json_body}
+            if timeout is not None:
+                kwargs["timeout"] = timeout
+            response = await self._http.request(method, path, **kwargs)
+        except httpx.TimeoutException as exc:
+            self.journal.add(Exchange(at, method, shown, None, _ms(started), error=f"timeout: {exc!r}"))
+            raise RequestTimeout(f"{method} {shown}: no answer in time ({type(exc).__name__})",
+                                 method=method, url=shown) from None
+        except httpx.TransportError as exc:
+            self.journal.add(Exchange(at, method, shown, None, _ms(started), error=repr(exc)))
+            raise TransportError(f"{method} {shown}: {type(exc).__name__}: {exc}".rstrip(": "),
+                                 method=method, url=shown) from None
+        try:
+            body: Any = response.json()
+        except ValueError:
+            body = response.text
+        self.journal.add(Exchange(at, method, shown, response.status_code, _ms(started), _trim(body)))
+        return response.status_code, body
+
+    async def request(self, method: str, path: str, *, params: dict[str, str] | None = None,
+                      json_body: Any = None, expect: tuple[int, ...] = (200,),
+                      timeout: httpx.Timeout | None = None,
+                      retry: RetryPolicy | None = None) -> tuple[int, Any]:
+        """Send a request, retrying flakes; return ``(status, body)`` for an expected status.
+
+        Any other status raises the matching :class:`HTTPStatusError` subclass
+        carrying the server's own message.
+        """
+
+        async def once() -> tuple[int, Any]:
+            status, body = await self._send_once(method, path, params=params,
+                                                 json_body=json_body, timeout=timeout)
+            if status in expect:
+                return status, body
+            retry_after = None
+            if status == 429:
+                retry_after = 1.0
+            err = status_error(status, _error_message(body, f"HTTP {status}"),
+                               method=method, path=path, body=body)
+            if retry_after is not None:
+                err.retry_after = retry_after  # type: ignore[attr-defined]
+            raise err
+
+        def on_retry(exc: BaseException, wait: float) -> None:
+            if self._on_retry:
+                self._on_retry(f"{method} {path}: {exc}; retrying in {wait:.1f} s")
+
+        return await (retry or self.retry).call(once, on_retry)
+
+    async def _get(self, model: type[M], path: str, **kwargs: Any) -> M:
+        _, body = await self.request("GET", path, **kwargs)
+        return parse(model, body, f"GET {path}")
+
+    # -- routes -----------------------------------------------------------
+
+    async def health(self) -> m.Health:
+        return await self._get(m.Health, "/api/health")
+
+    async def cluster_status(self) -> m.ClusterStatus:
+        return await self._get(m.ClusterStatus, "/api/cluster/status")
+
+    async def provider_status(self, provider: str) -> m.ProviderStatus:
+        return await self._get(m.ProviderStatus, f"/api/installation/providers/{_seg(provider)}/status")
+
+    async def install_provider(self, provider: str, *, force: bool = False) -> m.InstallResult:
+        path = f"/api/installation/providers/{_seg(provider)}/install"
+        _, body = await self.request("POST", path, params={"force": "true"} if force else None,
+                                     timeout=INSTALL_TIMEOUT)
+        return parse(m.InstallResult, body, f"POST {path}")
+
+    async def catalog_model(self, model_id: str) -> m.CatalogModel:
+        # The backend matches the id with its colon unencoded (``llama3.2:1b``).
+        return await self._get(m.CatalogModel, f"/api/aikit/models/{quote(model_id, safe=':')}")
+
+    async def create_deployment(self, body: dict[str, Any]) -> m.Created:
+        _, answer = await self.request("POST", "/api/deployments", json_body=body, expect=(201,))
+        return parse(m.Created, answer, "POST /api/deployments")
+
+    async def get_deployment(self, name: str, namespace: str) -> m.DeploymentStatus:
+        """The deployment's status. Raises :class:`NotFound` when the backend says 404.
+
+        The backend turns *every* fetch error into 404, so a caller that takes
+        404 to mean "gone" should also check :meth:`cluster_status`.
+        """
+        return await self._get(m.DeploymentStatus, f"/api/deployments/{_seg(name)}",
+                               params={"namespace": namespace})
+
+    async def delete_deployment(self, name: str, namespace: str) -> m.Deleted:
+        path = f"/api/deployments/{_seg(name)}"
+        _, body = await self.request("DELETE", path, params={"namespace": namespace})
+        return parse(m.Deleted, body, f"DELETE {path}")
+
+    async def deployment_pods(self, name: str, namespace: str) -> m.DeploymentPods:
+        return await self._get(m.DeploymentPods, f"/api/deployments/{_seg(name)}/pods",
+                               params={"namespace": namespace})
+
+    async def post_json(self, path: str, body: Any, *, timeout: httpx.Timeout | None = None,
+                        retry: RetryPolicy | None = None) -> tuple[int, Any]:
+        """A raw POST on the backend, for routes a newer backend may grow (an inference proxy)."""
+        return await self.request("POST", path, json_body=body, timeout=timeout, retry=retry,
+                                  expect=(200,))
+
+
+def _seg(value: str) -> str:
+    """One URL path segment: names are validated before any request, but never trust them."""
+    return quote(value, safe="")
+
+
+def _ms(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 1)
+
+
+__all__ = ["KubeFoundryClient", "Journal", "Exchange", "parse", "ClientError"]
