@@ -1,0 +1,38 @@
+"""The provider-agnostic engine: runs any :class:`Flow` under a time budget, through a
+state machine, and reports one :class:`RunRecord` to the console, JUnit and run.json.
+
+It knows nothing of KAITO, HTTP or Kubernetes; see docs/ARCHITECTURE.md for the contract.
+"""
+
+from ._budget import Budget
+from ._console import ConsoleReporter, summary_table
+from ._junit import JUnitReporter, junit_xml, write_error_junit, write_junit
+from ._machine import RunMachine, machine_mermaid
+from ._phase import Flow, Phase, PhaseContext, PhaseFailed
+from ._record import Outcome, PhaseKind, PhaseRecord, PhaseStatus, RunRecord
+from ._reporter import Reporter
+from ._runner import CleanupPolicy, Runner
+
+__all__ = [
+    "Budget",
+    "CleanupPolicy",
+    "ConsoleReporter",
+    "Flow",
+    "JUnitReporter",
+    "Outcome",
+    "Phase",
+    "PhaseContext",
+    "PhaseFailed",
+    "PhaseKind",
+    "PhaseRecord",
+    "PhaseStatus",
+    "Reporter",
+    "RunMachine",
+    "RunRecord",
+    "Runner",
+    "junit_xml",
+    "machine_mermaid",
+    "summary_table",
+    "write_error_junit",
+    "write_junit",
+]

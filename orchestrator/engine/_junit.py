@@ -1,0 +1,226 @@
+"""JUnit XML in the widely used Jenkins "junit-10" shape.
+
+CI systems only show what parses, so the file must be valid XML 1.0 even when a log
+carries terminal escapes or NULs, must stay a readable size, and must exist whatever
+happened: the reporter rewrites it after every phase and the runner guarantees a final
+write, so a killed run still leaves its last known state behind.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from datetime import UTC
+from pathlib import Path
+
+from ._atomic import atomic_write_text
+from ._record import PhaseRecord, RunRecord, utcnow
+
+MESSAGE_MAX_CHARS = 1024
+BODY_MAX_CHARS = 64 * 1024
+SYSTEM_OUT_MAX_CHARS = 256 * 1024
+PROPERTY_MAX_CHARS = 4096
+
+# Everything XML 1.0 forbids: C0 controls except tab/LF/CR, surrogates, U+FFFE/U+FFFF.
+_FORBIDDEN = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+# ANSI escape sequences would survive as visible garbage once the ESC is stripped.
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+def strip_forbidden(text: str) -> str:
+    """``text`` without ANSI escapes and the characters XML 1.0 forbids."""
+    return _FORBIDDEN.sub("", _ANSI.sub("", text))
+
+
+def clean_xml_text(text: str, limit: int) -> str:
+    """``text`` made XML-safe, keeping at most ``limit`` chars (the tail, which is where
+    a log explains a failure)."""
+    text = strip_forbidden(text)
+    if len(text) > limit:
+        marker = f"[{len(text) - limit} characters truncated]\n"
+        text = marker + text[len(text) - limit + len(marker) :]
+    return text
+
+
+def _message(text: str) -> str:
+    """Attribute values are one line: CI tools show them as a title."""
+    one_line = " ".join(strip_forbidden(text[: MESSAGE_MAX_CHARS * 4]).split())
+    if len(one_line) > MESSAGE_MAX_CHARS:
+        one_line = one_line[: MESSAGE_MAX_CHARS - 3] + "..."
+    return one_line
+
+
+def _seconds(value: float | None) -> str:
+    return f"{max(0.0, value or 0.0):.3f}"
+
+
+def _testcase_name(index: int, record: PhaseRecord) -> str:
+    return f"{index:02d} {record.title}"
+
+
+def _failure_message(record: PhaseRecord) -> str:
+    reason = record.reason or record.status
+    # Timeout reasons already start with the title; do not say it twice.
+    named = reason if reason.startswith(record.title) else f"{record.title}: {reason}"
+    return named if record.allowed is None else f"{named} (deadline {record.allowed:.1f} s)"
+
+
+def _testcase(suite: ET.Element, record: RunRecord, index: int, phase: PhaseRecord) -> str:
+    """Append one testcase; returns the JUnit verdict it counts as."""
+    case = ET.SubElement(
+        suite,
+        "testcase",
+        {
+            "classname": f"orchestrator.{clean_xml_text(record.suite, 200)}",
+            "name": clean_xml_text(_testcase_name(index, phase), 300),
+            "time": _seconds(phase.duration),
+        },
+    )
+    body = "\n".join(filter(None, [phase.reason, phase.detail]))
+    if phase.status in ("pending", "skipped"):
+        message = _message(phase.reason or "not reached")
+        skipped = ET.SubElement(case, "skipped", {"message": message})
+        if phase.detail:
+            skipped.text = clean_xml_text(phase.detail, BODY_MAX_CHARS)
+        return "skipped"
+    if phase.status == "failed" and phase.kind != "diagnose":
+        failure = ET.SubElement(
+            case,
+            "failure",
+            {
+                "message": _message(_failure_message(phase)),
+                "type": "timeout" if phase.timed_out else "failure",
+            },
+        )
+        failure.text = clean_xml_text(body, BODY_MAX_CHARS)
+        return "failure"
+    if phase.status in ("failed", "interrupted", "running"):
+        # Interrupted steps and a broken diagnose are errors, not test failures: the
+        # system under test did not fail them. "running" only appears in the interim
+        # files written while the run is still going.
+        reason = phase.reason or ("still running" if phase.status == "running" else phase.status)
+        error = ET.SubElement(
+            case,
+            "error",
+            {"message": _message(f"{phase.title}: {reason}"), "type": phase.status},
+        )
+        error.text = clean_xml_text(body, BODY_MAX_CHARS)
+        return "error"
+    return "passed"
+
+
+def _testsuite(parent: ET.Element, record: RunRecord) -> dict[str, int]:
+    suite = ET.SubElement(parent, "testsuite")
+    properties = ET.SubElement(suite, "properties")
+    for key, value in record.all_properties().items():
+        ET.SubElement(
+            properties,
+            "property",
+            {"name": clean_xml_text(key, 200), "value": clean_xml_text(value, PROPERTY_MAX_CHARS)},
+        )
+    counts = {"tests": 0, "failure": 0, "error": 0, "skipped": 0, "passed": 0}
+    for index, phase in enumerate(record.phase_records(), start=1):
+        counts[_testcase(suite, record, index, phase)] += 1
+        counts["tests"] += 1
+    out = ET.SubElement(suite, "system-out")
+    out.text = clean_xml_text(record.log_text(), SYSTEM_OUT_MAX_CHARS)
+    started = record.started_at or utcnow()
+    suite.attrib.update(
+        {
+            "name": clean_xml_text(record.suite, 200),
+            "tests": str(counts["tests"]),
+            "failures": str(counts["failure"]),
+            "errors": str(counts["error"]),
+            "skipped": str(counts["skipped"]),
+            "time": _seconds(record.time_spent),
+            # junit-10 wants a timestamp without a zone: it is UTC.
+            "timestamp": started.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+    )
+    return counts
+
+
+def junit_xml(records: Sequence[RunRecord]) -> str:
+    """One ``<testsuites>`` document with a ``<testsuite>`` per record."""
+    root = ET.Element("testsuites", {"name": "orchestrator"})
+    totals = {"tests": 0, "failure": 0, "error": 0, "skipped": 0}
+    for record in records:
+        counts = _testsuite(root, record)
+        for key in totals:
+            totals[key] += counts[key]
+    root.attrib.update(
+        {
+            "tests": str(totals["tests"]),
+            "failures": str(totals["failure"]),
+            "errors": str(totals["error"]),
+            "skipped": str(totals["skipped"]),
+            "time": _seconds(sum(r.time_spent or 0.0 for r in records)),
+        }
+    )
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def write_junit(records: Sequence[RunRecord], path: str | os.PathLike[str]) -> Path:
+    """Write ``records`` as one JUnit file, atomically."""
+    return atomic_write_text(path, junit_xml(records))
+
+
+def write_error_junit(
+    path: str | os.PathLike[str],
+    suite: str,
+    message: str,
+    *,
+    title: str = "Configuration",
+    properties: dict[str, str] | None = None,
+) -> Path:
+    """A JUnit file for a run that never started (bad configuration, unusable
+    cluster): CI then shows why, instead of a missing report."""
+    now = utcnow()
+    step = PhaseRecord(
+        name="configuration",
+        title=title,
+        status="failed",
+        reason=message,
+        started_at=now,
+        ended_at=now,
+        duration=0.0,
+    )
+    record = RunRecord(
+        suite=suite,
+        properties=dict(properties or {}),
+        phases=[step],
+        outcome="failed",
+        started_at=now,
+        ended_at=now,
+        time_spent=0.0,
+    )
+    record.cleanup.status = "skipped"
+    record.cleanup.reason = "the run did not start"
+    record.append_log(message)
+    return write_junit([record], path)
+
+
+class JUnitReporter:
+    """Keeps a JUnit file at ``path`` up to date with one run.
+
+    It rewrites the file at every step (a few small atomic writes per run), so even a
+    run killed with SIGKILL leaves a report that shows how far it got.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+
+    def run_started(self, record: RunRecord) -> None:
+        write_junit([record], self.path)
+
+    def phase_started(self, record: RunRecord, phase: PhaseRecord) -> None:
+        write_junit([record], self.path)
+
+    def phase_finished(self, record: RunRecord, phase: PhaseRecord) -> None:
+        write_junit([record], self.path)
+
+    def run_finished(self, record: RunRecord) -> None:
+        write_junit([record], self.path)

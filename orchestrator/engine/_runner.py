@@ -1,0 +1,441 @@
+"""The runner: walks a flow's phases through the machine under the budget.
+
+Each phase coroutine runs inside its own ``anyio.CancelScope`` *outside* the state
+machine; only when it has finished does the runner fire a trigger with the outcome.
+Interrupts cancel that scope, never a trigger.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import traceback
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Literal, get_args
+
+import anyio
+
+from ._atomic import atomic_write_text
+from ._budget import Budget
+from ._machine import DIAGNOSE, RunMachine
+from ._phase import Flow, Phase, PhaseContext, PhaseFailed
+from ._record import PhaseRecord, RunRecord, utcnow
+from ._reporter import FanOut, Reporter
+
+CleanupPolicy = Literal["always", "on-success", "never"]
+Stage = Literal["idle", "main", "diagnose", "cleanup", "done"]
+
+#: Signals it takes to abandon a running cleanup. The first stops the run (and is
+#: usually what started cleanup); one more is easily sent by an impatient double
+#: Ctrl-C, so only a third gives up on deleting what the run created.
+ABANDON_CLEANUP_AFTER = 3
+DETAIL_MAX_CHARS = 16_000
+RUN_JSON = "run.json"
+
+
+class Runner:
+    """Runs one flow once and produces its :class:`RunRecord`."""
+
+    def __init__(
+        self,
+        flow: Flow,
+        *,
+        budget: Budget,
+        reporters: Iterable[Reporter] = (),
+        artifacts_dir: str | os.PathLike[str],
+        cleanup_policy: CleanupPolicy = "always",
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        if cleanup_policy not in get_args(CleanupPolicy):
+            raise ValueError(
+                f"cleanup_policy must be one of {', '.join(get_args(CleanupPolicy))}, "
+                f"got {cleanup_policy!r}"
+            )
+        phases = list(flow.phases())
+        for phase in phases:
+            if not isinstance(phase, Phase):
+                raise TypeError(f"flow {flow.name!r} returned {phase!r}, not a Phase")
+        self.flow = flow
+        self.budget = budget
+        self.cleanup_policy: CleanupPolicy = cleanup_policy
+        self.artifacts_dir = Path(artifacts_dir)
+        # One clock for durations and deadlines, so a phase's deadline and its budget agree.
+        self._clock = clock if clock is not None else budget.clock
+        self._phases = phases
+        self._machine = RunMachine([phase.name for phase in phases])
+        self.record = RunRecord(
+            suite=flow.name,
+            properties={str(k): str(v) for k, v in flow.properties().items()},
+            phases=[
+                PhaseRecord(name=p.name, title=p.title, timeout=p.timeout) for p in phases
+            ],
+            cleanup_policy=cleanup_policy,
+            budget_total=budget.total,
+            budget_reserve=budget.reserve,
+            artifacts_dir=str(self.artifacts_dir),
+        )
+        self._reporters = FanOut(reporters, self._log)
+        self._stage: Stage = "idle"
+        self._scope: anyio.CancelScope | None = None
+        self._interrupted_scope: anyio.CancelScope | None = None
+        self._interrupts = 0
+        self._t0: float | None = None
+        self._ran = False
+
+    @property
+    def state(self) -> str:
+        """The machine's current state (a phase name, diagnose, cleanup or a verdict)."""
+        return self._machine.state
+
+    # -- interruption ----------------------------------------------------------------
+
+    def interrupt(self, signame: str = "SIGINT") -> None:
+        """Stop the run: cancel the running phase, then clean up and report.
+
+        Call it on the event loop's thread, e.g. from ``loop.add_signal_handler``. It
+        only sets flags and cancels a scope, so it is safe at any point of the run.
+        """
+        if self._stage == "done":
+            self._log(f"{signame} received after the run finished; ignored")
+            return
+        self._interrupts += 1
+        if self.record.interrupted_by is None:
+            self.record.interrupted_by = signame
+        if self._stage == "cleanup":
+            if self._interrupts >= ABANDON_CLEANUP_AFTER:
+                self._log(f"{signame} received again: abandoning cleanup; resources may remain")
+                self._cancel_running()
+            else:
+                self._log(
+                    f"{signame} received during cleanup: cleanup continues "
+                    f"(signal {ABANDON_CLEANUP_AFTER} abandons it)"
+                )
+            return
+        self._log(f"{signame} received: stopping the run, then cleaning up")
+        self._cancel_running()
+
+    def _cancel_running(self) -> None:
+        if self._scope is not None:
+            self._interrupted_scope = self._scope
+            self._scope.cancel()
+
+    # -- the run ---------------------------------------------------------------------
+
+    async def run(self) -> RunRecord:
+        """Run the flow; always reports and writes ``run.json``, whatever happens."""
+        if self._ran:
+            raise RuntimeError("a Runner runs its flow once; create a new one")
+        self._ran = True
+        record = self.record
+        self.budget.start()
+        self._t0 = self._clock()
+        record.started_at = utcnow()
+        try:
+            self._log(
+                f"run {record.suite} started: budget {self.budget.total:g} s "
+                f"({self.budget.reserve:g} s reserved), cleanup policy {self.cleanup_policy}"
+            )
+            self._reporters.run_started(record)
+            self.artifacts_dir.mkdir(parents=True, exist_ok=True)
+            await self._main_path()
+            self._skip_unreached()
+            await self._diagnose()
+            await self._cleanup()
+            await self._finish()
+        except BaseException as exc:
+            self._abort(exc)
+            raise
+        finally:
+            self._stage = "done"
+            record.ended_at = utcnow()
+            record.time_spent = self._clock() - self._t0
+            self._log(self._verdict_line())
+            self._reporters.run_finished(record)
+            self._write_run_json()
+        return record
+
+    async def _main_path(self) -> None:
+        self._stage = "main"
+        if self._interrupts:
+            await self._machine.fire("interrupt")
+            return
+        await self._machine.fire("start")
+        for phase, record in zip(self._phases, self.record.phases, strict=True):
+            if self._interrupts:
+                await self._machine.fire("interrupt")
+                return
+            deadline, allowed = self.budget.deadline_for(phase.timeout)
+            if allowed <= 0:
+                self._fail_unstarted(record)
+            else:
+                await self._guarded(
+                    record, phase.run, deadline, allowed, self._phase_timeout_reason(phase)
+                )
+            if record.status == "passed":
+                await self._machine.fire("advance")
+            elif record.status == "interrupted":
+                await self._machine.fire("interrupt")
+                return
+            else:
+                self._machine.model.failed = True
+                await self._machine.fire("fail")
+                return
+
+    def _fail_unstarted(self, record: PhaseRecord) -> None:
+        record.allowed = 0.0
+        self._begin(record)
+        record.duration = 0.0
+        record.status = "failed"
+        record.reason = (
+            f"{record.title} not started: the run budget ran out "
+            f"({self.budget.total:g} s total, {self.budget.reserve:g} s kept for diagnose and "
+            f"cleanup, {self.budget.remaining:.1f} s left)"
+        )
+        self._end(record)
+
+    def _skip_unreached(self) -> None:
+        for record in self.record.phases:
+            if record.status == "pending":
+                record.status = "skipped"
+                record.reason = "not reached"
+
+    async def _diagnose(self) -> None:
+        if self._machine.state != DIAGNOSE:
+            return
+        self._stage = "diagnose"
+        failed = next(p for p in self.record.phases if p.status == "failed")
+        record = PhaseRecord(name="diagnose", title="Diagnose", kind="diagnose")
+        self.record.diagnose = record
+        if self._interrupts:
+            record.status = "skipped"
+            record.reason = f"interrupted by {self.record.interrupted_by}"
+            await self._machine.fire("interrupt")
+            return
+        deadline, allowed = self.budget.diagnose_deadline()
+
+        async def body(ctx: PhaseContext) -> None:
+            await self.flow.diagnose(ctx, failed)
+
+        await self._guarded(record, body, deadline, allowed, self._reserve_timeout_reason(record))
+        if record.status == "failed":
+            # Diagnose is best effort: its trouble is logged but the verdict stays the
+            # original failure.
+            self._log(
+                f"diagnose failed: {record.reason} (the run failed at {failed.title}: "
+                f"{failed.reason})"
+            )
+        await self._machine.fire("interrupt" if record.status == "interrupted" else "diagnosed")
+
+    async def _cleanup(self) -> None:
+        self._stage = "cleanup"
+        record = self.record.cleanup
+        failed_main = self._machine.model.failed
+        keep = self.cleanup_policy == "never" or (
+            self.cleanup_policy == "on-success" and failed_main
+        )
+        if keep:
+            record.status = "skipped"
+            record.reason = f"resources kept (cleanup policy {self.cleanup_policy})"
+            record.detail = self._hints() or None
+            self._log(f"cleanup skipped: {record.reason}")
+            self._reporters.phase_finished(self.record, record)
+            return
+        if self._interrupts >= ABANDON_CLEANUP_AFTER:
+            record.status = "interrupted"
+            record.reason = f"cleanup abandoned after {self._interrupts} signals"
+            record.detail = self._hints() or None
+            self._reporters.phase_finished(self.record, record)
+            return
+        deadline, allowed = self.budget.cleanup_deadline()
+        await self._guarded(
+            record, self.flow.cleanup, deadline, allowed, self._reserve_timeout_reason(record)
+        )
+        if record.status == "interrupted":
+            record.reason = (
+                f"cleanup abandoned after {self._interrupts} signals; resources may remain"
+            )
+        if record.status in ("failed", "interrupted"):
+            self._machine.model.failed = True
+            hints = self._hints()
+            if hints:
+                parts = [record.detail, "To clean up by hand:", hints]
+                record.detail = "\n".join(filter(None, parts))
+
+    async def _finish(self) -> None:
+        self._machine.model.interrupted = self.record.interrupted_by is not None
+        outcome = await self._machine.fire("finish")
+        self.record.outcome = outcome  # type: ignore[assignment]
+
+    def _abort(self, exc: BaseException) -> None:
+        """Make the record truthful when the run itself was cancelled or broke."""
+        cancelled = isinstance(exc, anyio.get_cancelled_exc_class() | KeyboardInterrupt)
+        why = "the run was cancelled" if cancelled else f"the run aborted: {_one_line(exc)}"
+        self._log(why)
+        if not cancelled:
+            self._log("".join(traceback.format_exception(exc))[-DETAIL_MAX_CHARS:])
+        for record in self.record.phase_records():
+            if record.status == "running":
+                record.status = "interrupted"
+                record.reason = why
+            elif record.status == "pending":
+                record.status = "skipped"
+                record.reason = "not reached" if record.kind == "phase" else why
+        if self.record.outcome is None:
+            interrupted = cancelled or self.record.interrupted_by is not None
+            self.record.outcome = "interrupted" if interrupted else "failed"
+
+    # -- running one guarded step ----------------------------------------------------
+
+    async def _guarded(
+        self,
+        record: PhaseRecord,
+        body: Callable[[PhaseContext], Awaitable[None]],
+        deadline: float,
+        allowed: float,
+        timeout_reason: Callable[[], str],
+    ) -> None:
+        """Run ``body`` under ``allowed`` seconds and record how it ended."""
+        record.allowed = allowed
+        self._begin(record)
+        ctx = PhaseContext(
+            phase=record,
+            deadline=deadline,
+            artifacts_dir=self.artifacts_dir,
+            clock=self._clock,
+            sink=self._log,
+        )
+        started = self._clock()
+        scope = anyio.CancelScope(deadline=anyio.current_time() + allowed)
+        error: Exception | None = None
+        self._scope = scope
+        try:
+            with scope:
+                await body(ctx)
+        except Exception as exc:  # noqa: BLE001 - any error is a phase failure
+            error = exc
+        finally:
+            self._scope = None
+            record.duration = self._clock() - started
+        if self._interrupted_scope is scope:
+            record.status = "interrupted"
+            record.reason = f"interrupted by {self.record.interrupted_by}"
+        elif scope.cancel_called:
+            record.status = "failed"
+            record.timed_out = True
+            record.reason = timeout_reason()
+            if error is not None:
+                record.detail = _bounded("after the deadline: " + _format_error(error))
+        elif error is not None:
+            record.status = "failed"
+            record.reason, record.detail = _describe(error)
+        else:
+            record.status = "passed"
+        self._end(record)
+
+    def _begin(self, record: PhaseRecord) -> None:
+        record.status = "running"
+        record.started_at = utcnow()
+        record.offset = self._offset()
+        allowed = "" if record.allowed is None else f" (allowed {record.allowed:.1f} s)"
+        self._log(f"{record.title}: started{allowed}")
+        self._reporters.phase_started(self.record, record)
+
+    def _end(self, record: PhaseRecord) -> None:
+        record.ended_at = utcnow()
+        took = f" in {record.duration:.1f} s" if record.duration is not None else ""
+        why = f": {record.reason}" if record.reason else ""
+        self._log(f"{record.title}: {record.status}{took}{why}")
+        if record.detail:
+            self._log(record.detail)
+        self._reporters.phase_finished(self.record, record)
+
+    def _phase_timeout_reason(self, phase: Phase) -> Callable[[], str]:
+        def reason() -> str:
+            allowed = self._allowed_of(phase.name)
+            capped = ", capped by the run budget" if allowed < phase.timeout else ""
+            record = next(p for p in self.record.phases if p.name == phase.name)
+            seen = f"; last seen: {record.last_seen}" if record.last_seen else ""
+            return (
+                f"{phase.title} timed out after {allowed:.1f} s (phase timeout "
+                f"{phase.timeout:g} s{capped}; budget left {_secs(self.budget.remaining)} s)"
+                f"{seen}"
+            )
+
+        return reason
+
+    def _reserve_timeout_reason(self, record: PhaseRecord) -> Callable[[], str]:
+        def reason() -> str:
+            seen = f"; last seen: {record.last_seen}" if record.last_seen else ""
+            return (
+                f"{record.title} timed out after {record.allowed or 0:.1f} s (deadline from "
+                f"the budget reserve; budget left {_secs(self.budget.remaining)} s){seen}"
+            )
+
+        return reason
+
+    def _allowed_of(self, name: str) -> float:
+        return next(p.allowed or 0.0 for p in self.record.phases if p.name == name)
+
+    # -- helpers ---------------------------------------------------------------------
+
+    def _hints(self) -> str:
+        try:
+            return "\n".join(str(h) for h in self.flow.keep_hints())
+        except Exception as exc:  # noqa: BLE001 - hints are a courtesy
+            self._log(f"keep_hints failed: {_one_line(exc)}")
+            return ""
+
+    def _offset(self) -> float:
+        return 0.0 if self._t0 is None else self._clock() - self._t0
+
+    def _log(self, message: str) -> None:
+        stamp = utcnow().strftime("%H:%M:%S.%f")[:-3]
+        prefix = f"{stamp} +{self._offset():.1f}s "
+        for index, line in enumerate(str(message).splitlines() or [""]):
+            self.record.append_log(prefix + ("  " if index else "") + line)
+
+    def _verdict_line(self) -> str:
+        record = self.record
+        if record.outcome is None:
+            return "run ended without a verdict"
+        return f"run {record.suite} {record.outcome} (exit code {record.exit_code})"
+
+    def _write_run_json(self) -> None:
+        try:
+            atomic_write_text(
+                self.artifacts_dir / RUN_JSON, json.dumps(self.record.to_dict(), indent=2) + "\n"
+            )
+        except OSError as exc:
+            self._log(f"could not write {RUN_JSON}: {_one_line(exc)}")
+
+
+def _describe(error: BaseException) -> tuple[str, str | None]:
+    """A one-line reason and an optional detail for an error a phase raised."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    if isinstance(error, PhaseFailed):
+        first, _, rest = error.reason.strip().partition("\n")
+        detail = "\n".join(filter(None, [rest.strip(), error.detail]))
+        return first or "phase failed", _bounded(detail) if detail else None
+    return _one_line(error), _bounded(_format_error(error))
+
+
+def _secs(value: float) -> str:
+    """Whole seconds for real runs, a decimal for the short ones tests use."""
+    return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().split("\n", 1)[0]
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _format_error(error: BaseException) -> str:
+    return "".join(traceback.format_exception(error)).rstrip()
+
+
+def _bounded(text: str) -> str:
+    if len(text) <= DETAIL_MAX_CHARS:
+        return text
+    return "[...]\n" + text[-DETAIL_MAX_CHARS:]

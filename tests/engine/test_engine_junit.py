@@ -1,0 +1,241 @@
+"""JUnit output: valid against the junit-10 schema, truthful, bounded, always written."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import anyio
+import pytest
+import xmlschema
+from engine_fakes import FakeFlow, wait_for
+
+from orchestrator.engine import (
+    Budget,
+    JUnitReporter,
+    PhaseContext,
+    PhaseFailed,
+    PhaseRecord,
+    Runner,
+    RunRecord,
+    write_error_junit,
+    write_junit,
+)
+
+SCHEMA = xmlschema.XMLSchema(Path(__file__).with_name("junit.xsd"))
+
+
+async def run_flow(flow: FakeFlow, tmp_path: Path, **kwargs: object) -> tuple[RunRecord, Path]:
+    path = tmp_path / "junit.xml"
+    runner = Runner(
+        flow,
+        budget=Budget(60, 5, diagnose_floor=0.5, cleanup_floor=1),
+        reporters=[JUnitReporter(path)],
+        artifacts_dir=tmp_path / "artifacts",
+        **kwargs,  # type: ignore[arg-type]
+    )
+    return await runner.run(), path
+
+
+def parse(path: Path) -> ET.Element:
+    SCHEMA.validate(str(path))
+    return ET.parse(path).getroot()
+
+
+def cases(root: ET.Element) -> list[ET.Element]:
+    return root.findall("./testsuite/testcase")
+
+
+def test_the_schema_rejects_what_ci_would_reject(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.xml"
+    bad.write_text('<testsuites><testsuite name="s" tests="one"/></testsuites>')
+    assert not SCHEMA.is_valid(str(bad))
+    bad.write_text('<testsuites><testsuite tests="1"/></testsuites>')
+    assert not SCHEMA.is_valid(str(bad))
+
+
+@pytest.mark.anyio
+async def test_a_passing_run_is_valid_and_lists_phases_then_cleanup(tmp_path: Path) -> None:
+    flow = FakeFlow(("install", "pass"), ("wait-ready", "pass"))
+    _, path = await run_flow(flow, tmp_path)
+    root = parse(path)
+    suite = root.find("testsuite")
+    assert suite is not None
+    assert suite.attrib["name"] == "fake"
+    assert (suite.attrib["tests"], suite.attrib["failures"], suite.attrib["errors"],
+            suite.attrib["skipped"]) == ("3", "0", "0", "0")
+    assert [c.attrib["name"] for c in cases(root)] == ["01 Install", "02 Wait Ready", "03 Cleanup"]
+    assert {c.attrib["classname"] for c in cases(root)} == {"orchestrator.fake"}
+    assert all(list(c) == [] for c in cases(root))
+    assert root.attrib["tests"] == "3"
+
+
+@pytest.mark.anyio
+async def test_a_failure_names_the_phase_reason_and_deadline_and_skips_the_rest(
+    tmp_path: Path,
+) -> None:
+    flow = FakeFlow(("install", "pass"), ("deploy", "fail", 7.0), ("infer", "pass"))
+    _, path = await run_flow(flow, tmp_path)
+    root = parse(path)
+    names = [c.attrib["name"] for c in cases(root)]
+    assert names == ["01 Install", "02 Deploy", "03 Infer", "04 Diagnose", "05 Cleanup"]
+    failure = cases(root)[1].find("failure")
+    assert failure is not None
+    assert failure.attrib["message"] == "Deploy: deploy went wrong (deadline 7.0 s)"
+    assert failure.text is not None and "details of deploy" in failure.text
+    skipped = cases(root)[2].find("skipped")
+    assert skipped is not None and skipped.attrib["message"] == "not reached"
+    suite = root.find("testsuite")
+    assert suite is not None
+    assert (suite.attrib["failures"], suite.attrib["skipped"]) == ("1", "1")
+
+
+@pytest.mark.anyio
+async def test_a_timeout_failure_says_timed_out(tmp_path: Path) -> None:
+    _, path = await run_flow(FakeFlow(("wait-ready", "hang", 0.03)), tmp_path)
+    failure = cases(parse(path))[0].find("failure")
+    assert failure is not None and failure.attrib["type"] == "timeout"
+    message = failure.attrib["message"]
+    assert message.startswith("Wait Ready timed out after 0.0 s (phase timeout 0.03 s;")
+    assert message.endswith("(deadline 0.0 s)")
+
+
+@pytest.mark.anyio
+async def test_kept_resources_show_as_a_skipped_cleanup_with_hints(tmp_path: Path) -> None:
+    flow = FakeFlow(("install", "fail"), hints=("kubectl get ws -n demo",))
+    _, path = await run_flow(flow, tmp_path, cleanup_policy="on-success")
+    cleanup = cases(parse(path))[-1]
+    assert cleanup.attrib["name"] == "03 Cleanup"
+    skipped = cleanup.find("skipped")
+    assert skipped is not None
+    assert skipped.attrib["message"] == "resources kept (cleanup policy on-success)"
+    assert skipped.text == "kubectl get ws -n demo"
+
+
+@pytest.mark.anyio
+async def test_a_failed_cleanup_is_a_failure_and_a_broken_diagnose_an_error(
+    tmp_path: Path,
+) -> None:
+    async def diagnose(ctx: PhaseContext, failed: PhaseRecord) -> None:
+        raise OSError("disk full")
+
+    async def cleanup(ctx: PhaseContext) -> None:
+        raise PhaseFailed("namespace stuck terminating")
+
+    flow = FakeFlow(("install", "fail"), diagnose=diagnose, cleanup=cleanup)
+    _, path = await run_flow(flow, tmp_path)
+    root = parse(path)
+    diagnose_case, cleanup_case = cases(root)[-2:]
+    error = diagnose_case.find("error")
+    assert error is not None and error.attrib["message"] == "Diagnose: OSError: disk full"
+    failure = cleanup_case.find("failure")
+    assert failure is not None and "namespace stuck terminating" in failure.attrib["message"]
+    suite = root.find("testsuite")
+    assert suite is not None
+    assert (suite.attrib["failures"], suite.attrib["errors"]) == ("2", "1")
+
+
+@pytest.mark.anyio
+async def test_properties_include_flow_budget_time_and_phase_extras(tmp_path: Path) -> None:
+    async def infer(ctx: PhaseContext) -> None:
+        ctx.set_property("inference_latency_ms", 123)
+
+    flow = FakeFlow(("infer", infer), properties={"model": "phi-4", "provider": "kaito"})
+    record, path = await run_flow(flow, tmp_path)
+    props = {
+        p.attrib["name"]: p.attrib["value"]
+        for p in parse(path).findall("./testsuite/properties/property")
+    }
+    assert props["model"] == "phi-4" and props["provider"] == "kaito"
+    assert props["inference_latency_ms"] == "123"
+    assert props["budget_seconds"] == "60"
+    assert props["budget_reserve_seconds"] == "5"
+    assert float(props["time_spent_seconds"]) == pytest.approx(record.time_spent, abs=1e-3)
+    assert props["outcome"] == "passed" and props["exit_code"] == "0"
+
+
+@pytest.mark.anyio
+async def test_control_characters_and_huge_logs_still_give_valid_bounded_xml(
+    tmp_path: Path,
+) -> None:
+    nasty = "\x00\x01\x07\x1b[31mred\x1b[0m\x0b\x0c\ufffe\ud800 <&> ]]>"
+
+    async def noisy(ctx: PhaseContext) -> None:
+        for _ in range(5000):
+            ctx.log(nasty + "y" * 300)
+        ctx.set_property("note", nasty)
+        raise PhaseFailed(f"bad {nasty}", detail=nasty * 50_000)
+
+    record, path = await run_flow(FakeFlow(("install", noisy)), tmp_path)
+    # The record is bounded; push past it to check the writer bounds on its own too.
+    record.log = [nasty + "z" * 1000 for _ in range(2000)]
+    write_junit([record], path)
+    assert path.stat().st_size < 700_000
+    root = parse(path)
+    out = root.find("./testsuite/system-out")
+    assert out is not None and out.text is not None
+    assert out.text.startswith("[") and "characters truncated]" in out.text.splitlines()[0]
+    assert "\x00" not in out.text and "\x1b" not in out.text and "red" in out.text
+    failure = cases(root)[0].find("failure")
+    assert failure is not None
+    assert failure.attrib["message"].startswith("Install: bad red <&> ]]>")
+    assert len(failure.attrib["message"]) <= 1024
+
+
+def test_several_suites_go_into_one_file(tmp_path: Path) -> None:
+    first = RunRecord(suite="kaito", phases=[PhaseRecord(name="a", title="A", status="passed")],
+                      outcome="passed", time_spent=1.5)
+    second = RunRecord(suite="other", phases=[PhaseRecord(name="a", title="A", status="failed",
+                                                          reason="no", allowed=3.0)],
+                       outcome="failed", time_spent=2.0)
+    path = write_junit([first, second], tmp_path / "out" / "junit.xml")
+    root = parse(path)
+    assert [s.attrib["name"] for s in root.findall("testsuite")] == ["kaito", "other"]
+    assert (root.attrib["tests"], root.attrib["failures"], root.attrib["time"]) == (
+        "4", "1", "3.500"
+    )
+    assert [p.name for p in path.parent.iterdir()] == ["junit.xml"]  # no temp files left
+
+
+def test_a_configuration_error_still_produces_a_report(tmp_path: Path) -> None:
+    path = write_error_junit(tmp_path / "junit.xml", "kaito", "KUBECONFIG \x1b not found",
+                             properties={"provider": "kaito"})
+    root = parse(path)
+    case = cases(root)[0]
+    assert case.attrib["name"] == "01 Configuration"
+    failure = case.find("failure")
+    assert failure is not None
+    assert failure.attrib["message"] == "Configuration: KUBECONFIG not found"
+    assert cases(root)[1].find("skipped") is not None
+
+
+@pytest.mark.anyio
+async def test_the_report_exists_while_the_run_is_going_and_after_cancellation(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "junit.xml"
+    seen: list[list[str]] = []
+
+    async def peek(ctx: PhaseContext) -> None:
+        root = parse(path)
+        seen.append([c.find("*").tag if len(c) else "ok" for c in cases(root)])
+        await anyio.sleep_forever()
+
+    flow = FakeFlow(("install", "pass"), ("deploy", peek), ("infer", "pass"))
+    runner = Runner(flow, budget=Budget(60, 5), reporters=[JUnitReporter(path)],
+                    artifacts_dir=tmp_path / "artifacts")
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(runner.run)
+            await wait_for(flow.event("deploy"))
+            await anyio.wait_all_tasks_blocked()
+            tg.cancel_scope.cancel()
+    # While deploy ran: install passed, deploy running (error), rest not reached.
+    assert seen == [["ok", "error", "skipped", "skipped"]]
+    root = parse(path)
+    assert [c.find("*").tag if len(c) else "ok" for c in cases(root)] == [
+        "ok", "error", "skipped", "skipped"
+    ]
+    assert root.find("./testsuite/properties/property[@name='outcome']").attrib["value"] == (
+        "interrupted"
+    )
