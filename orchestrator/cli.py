@@ -1,0 +1,154 @@
+"""``python -m orchestrator``: wire configuration, clients, a flow and the engine.
+
+Exit codes: 0 passed, 1 the flow failed (a failed cleanup included), 2 usage or
+configuration error, 130 interrupted by Ctrl-C, 143 by SIGTERM. Bad input gets
+one clear message per problem and never a traceback.
+
+Heavy imports (the Kubernetes client, the sandbox) happen inside the commands
+that need them, so that ``--help`` and ``--version`` answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from ._version import __version__
+from .config import KEYS, TOKEN_ENV, ConfigError, Settings, load_settings
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is our exit code 2 with one line, not a stack of text."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    group = p.add_argument_group(
+        "configuration (flags > environment > config.toml > defaults)",
+        f"the bearer token comes from {TOKEN_ENV} or --token-file, never from a flag")
+    group.add_argument("--config", metavar="FILE",
+                       help="configuration file (default: ./config.toml when present; env ORCHESTRATOR_CONFIG)")
+    for key in KEYS:
+        if key.flag:
+            env = f" [env {key.env}]" if key.env else ""
+            group.add_argument(key.flag, dest=key.name, metavar="VALUE", help=f"{key.help}{env}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="orchestrator", description=(
+        "Prove, end to end, that a KubeFoundry installation can deploy and serve a model: "
+        "Install KAITO -> Deploy -> Wait Ready -> Inference -> Delete."))
+    parser.add_argument("--version", action="version", version=f"orchestrator {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the flow (the default command)",
+                         description="Run the KAITO flow against a KubeFoundry backend.")
+    run.add_argument("--sandbox", action="store_true",
+                     help="run against the built-in sandbox (KubeFoundry, KAITO, Kubernetes and a real "
+                          "model server on loopback) instead of a real backend")
+    run.add_argument("--sandbox-fault", action="append", default=[], metavar="NAME=VALUE",
+                     help="with --sandbox: inject a fault, e.g. image_pull_error=true (repeatable)")
+    run.add_argument("--no-live", action="store_true", help="plain line-by-line output")
+    _add_config_flags(run)
+
+    sb = sub.add_parser("sandbox", help="serve the sandbox until Ctrl-C",
+                        description="Serve the sandbox on loopback and print API_URL and KUBECONFIG.")
+    sb.add_argument("--port", type=int, default=3001, help="KubeFoundry API port (default 3001; 0 = any)")
+    sb.add_argument("--workdir", default=None, help="where the sandbox writes its kubeconfig")
+    sb.add_argument("--kubeconfig", default=None,
+                    help="use this cluster instead of the in-process Kubernetes API")
+    sb.add_argument("--fault", action="append", default=[], metavar="NAME=VALUE")
+
+    sub.add_parser("graph", help="print the state machine as a Mermaid diagram")
+    return parser
+
+
+def _flags(ns: argparse.Namespace) -> dict[str, Any]:
+    return {k.name: getattr(ns, k.name) for k in KEYS if k.flag and getattr(ns, k.name, None) is not None}
+
+
+def _parse_faults(items: Sequence[str]) -> dict[str, Any]:
+    faults: dict[str, Any] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError([f"--sandbox-fault {item!r}: expected NAME=VALUE"])
+        text = value.strip()
+        parsed: Any
+        if text.lower() in ("true", "false"):
+            parsed = text.lower() == "true"
+        else:
+            try:
+                parsed = float(text) if "." in text else int(text)
+            except ValueError:
+                parsed = text
+        faults[name.strip().replace("-", "_")] = parsed
+    return faults
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
+        argv = ["run", *argv]
+    ns = parser.parse_args(argv)
+    if ns.command == "graph":
+        return _graph()
+    try:
+        if ns.command == "sandbox":
+            return _serve_sandbox(ns)
+        settings = load_settings(_flags(ns), config_file=ns.config)
+        faults = _parse_faults(ns.sandbox_fault)
+        if faults and not ns.sandbox:
+            raise ConfigError(["--sandbox-fault needs --sandbox"])
+    except ConfigError as exc:
+        print("orchestrator: configuration error:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    from ._app import run_app
+
+    return run_app(settings, sandbox=ns.sandbox, faults=faults, live=not ns.no_live)
+
+
+def _graph() -> int:
+    from .engine import machine_mermaid
+    from .flows.kaito import KaitoFlow
+
+    print(machine_mermaid(KaitoFlow.describe()))
+    return EXIT_OK
+
+
+def _serve_sandbox(ns: argparse.Namespace) -> int:
+    import asyncio
+
+    faults = _parse_faults(ns.fault)
+    try:
+        from .sandbox import SandboxOptions, serve_forever
+    except ImportError as exc:
+        print(f"orchestrator: the sandbox needs the 'sandbox' extra ({exc}); "
+              "install with: pip install 'orchestrator[sandbox]'", file=sys.stderr)
+        return EXIT_USAGE
+    workdir = Path(ns.workdir or ".sandbox").resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    options = SandboxOptions(workdir=workdir, port=ns.port,
+                             kubeconfig=Path(ns.kubeconfig) if ns.kubeconfig else None,
+                             faults=faults, crd_dir=os.environ.get("KAITO_CRDS_DIR") or None)
+    try:
+        asyncio.run(serve_forever(options))
+    except KeyboardInterrupt:
+        return 130
+    return EXIT_OK
+
+
+__all__ = ["main", "build_parser", "Settings", "signal"]

@@ -1,0 +1,166 @@
+"""What a person needs to debug a failed run, written next to the report.
+
+Every collector runs on its own: one that fails (the cluster is gone, a pod
+has no log yet) is noted in ``errors.txt`` and the others still run, and none
+of them can hide the failure that brought us here. Every file is bounded so
+that a crash-looping pod cannot fill a CI runner's disk.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+from ..clients import EVENTS, PODS, ClientError, KubeClient, KubeFoundryClient, Resource
+
+FILE_LIMIT = 1 << 20  # bytes per file
+LOG_TAIL = 500
+
+
+def _bounded(text: str, limit: int = FILE_LIMIT) -> str:
+    data = text.encode("utf-8", "replace")
+    if len(data) <= limit:
+        return text
+    cut = data[-limit:].decode("utf-8", "ignore")
+    return f"[... {len(data) - limit} bytes cut ...]\n{cut}"
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(_bounded(text), encoding="utf-8")
+
+
+def _safe_name(value: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in value)[:120]
+
+
+def _event_time(ev: dict[str, Any]) -> str:
+    return str(ev.get("lastTimestamp") or ev.get("eventTime") or ev.get("firstTimestamp")
+               or ev.get("metadata", {}).get("creationTimestamp") or "")
+
+
+def _describe_pod(pod: dict[str, Any], events: list[dict[str, Any]]) -> str:
+    meta, spec, status = pod.get("metadata", {}), pod.get("spec", {}), pod.get("status", {}) or {}
+    lines = [
+        f"Name:         {meta.get('name')}",
+        f"Namespace:    {meta.get('namespace')}",
+        f"Node:         {spec.get('nodeName') or '<none>'}",
+        f"Labels:       {', '.join(f'{k}={v}' for k, v in (meta.get('labels') or {}).items()) or '<none>'}",
+        f"Status:       {status.get('phase')}{' (deleting)' if meta.get('deletionTimestamp') else ''}",
+    ]
+    if status.get("reason") or status.get("message"):
+        lines.append(f"Reason:       {status.get('reason', '')} {status.get('message', '')}".rstrip())
+    lines.append("Containers:")
+    images = {c.get("name"): c.get("image") for c in spec.get("containers") or []}
+    for cs in status.get("containerStatuses") or []:
+        lines.append(f"  {cs.get('name')}:")
+        lines.append(f"    Image:         {cs.get('image') or images.get(cs.get('name'))}")
+        for label, key in (("State", "state"), ("Last State", "lastState")):
+            for kind, detail in (cs.get(key) or {}).items():
+                detail = detail or {}
+                extra = ", ".join(f"{k}={v}" for k, v in detail.items())
+                lines.append(f"    {label + ':':<14} {kind.capitalize()} {extra}".rstrip())
+        lines.append(f"    Ready:         {cs.get('ready')}")
+        lines.append(f"    Restart Count: {cs.get('restartCount', 0)}")
+    lines.append("Conditions:")
+    for cond in status.get("conditions") or []:
+        lines.append(f"  {cond.get('type'):<16} {cond.get('status')} {cond.get('reason') or ''}".rstrip())
+    lines.append("Events:")
+    mine = [e for e in events if (e.get("involvedObject") or {}).get("name") == meta.get("name")]
+    for ev in sorted(mine, key=_event_time) or []:
+        lines.append(f"  {_event_time(ev):<22} {ev.get('type', ''):<8} {ev.get('reason', ''):<18} "
+                     f"{ev.get('message', '')}")
+    if not mine:
+        lines.append("  <none>")
+    return "\n".join(lines) + "\n"
+
+
+async def collect_diagnostics(
+    out: Path, *, kube: KubeClient, api: KubeFoundryClient, namespace: str, deployment: str,
+    workspaces: Resource, log: Callable[[str], None],
+) -> None:
+    """Write pods, describe, logs, events, the Workspace and the backend exchanges under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    errors: list[str] = []
+
+    async def step(what: str, fn: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await fn()
+        except (ClientError, OSError, ValueError) as exc:
+            errors.append(f"{what}: {exc}")
+
+    events: list[dict[str, Any]] = []
+    ns_pods: list[dict[str, Any]] = []
+
+    async def all_pods() -> None:
+        listing = await kube.list(PODS)
+        rows = [f"{'NAMESPACE':<24} {'NAME':<48} {'PHASE':<10} {'READY':<6} RESTARTS"]
+        for p in listing.get("items") or []:
+            st = p.get("status") or {}
+            cs = st.get("containerStatuses") or []
+            ready = f"{sum(1 for c in cs if c.get('ready'))}/{len(cs)}"
+            restarts = sum(int(c.get("restartCount") or 0) for c in cs)
+            rows.append(f"{p['metadata'].get('namespace', ''):<24} {p['metadata'].get('name', ''):<48} "
+                        f"{st.get('phase', ''):<10} {ready:<6} {restarts}")
+        _write(out / "pods-all.txt", "\n".join(rows) + "\n")
+
+    async def ns_events() -> None:
+        listing = await kube.list(EVENTS, namespace)
+        events.extend(sorted(listing.get("items") or [], key=_event_time))
+        rows = [f"{_event_time(e):<22} {e.get('type', ''):<8} {e.get('reason', ''):<18} "
+                f"{(e.get('involvedObject') or {}).get('kind', '')}/"
+                f"{(e.get('involvedObject') or {}).get('name', '')}: {e.get('message', '')}"
+                for e in events]
+        _write(out / "events.txt", "\n".join(rows) + "\n" if rows else "no events\n")
+
+    async def describe() -> None:
+        listing = await kube.list(PODS, namespace)
+        ns_pods.extend(listing.get("items") or [])
+        text = "\n".join(_describe_pod(p, events) for p in ns_pods) or f"no pods in {namespace}\n"
+        _write(out / "describe-pods.txt", text)
+
+    async def logs() -> None:
+        for pod in ns_pods:
+            name = pod["metadata"]["name"]
+            for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+                container = cs.get("name")
+                base = out / "logs" / f"{_safe_name(name)}_{_safe_name(container)}"
+                try:
+                    text = await kube.pod_log(name, namespace, container=container, tail_lines=LOG_TAIL)
+                    _write(base.with_suffix(".log"), text)
+                except ClientError as exc:
+                    errors.append(f"logs of {name}/{container}: {exc}")
+                if int(cs.get("restartCount") or 0) > 0:
+                    try:
+                        text = await kube.pod_log(name, namespace, container=container,
+                                                  tail_lines=LOG_TAIL, previous=True)
+                        _write(base.with_name(base.name + ".previous.log"), text)
+                    except ClientError as exc:
+                        errors.append(f"previous logs of {name}/{container}: {exc}")
+
+    async def workspace() -> None:
+        try:
+            obj = await kube.get(workspaces, deployment, namespace)
+        except ClientError as exc:
+            _write(out / "workspace.json", json.dumps({"error": str(exc)}, indent=2))
+            return
+        obj.get("metadata", {}).pop("managedFields", None)
+        _write(out / "workspace.json", json.dumps(obj, indent=2))
+
+    async def backend() -> None:
+        _write(out / "backend-exchanges.json", json.dumps(api.journal.to_list(), indent=2, default=str))
+
+    await step("backend exchanges", backend)
+    await step("all pods", all_pods)
+    await step("events", ns_events)
+    await step("describe pods", describe)
+    await step("container logs", logs)
+    await step("workspace", workspace)
+    stamp = datetime.now().astimezone().isoformat(timespec="seconds")
+    if errors:
+        _write(out / "errors.txt", f"collected {stamp}\n" + "\n".join(errors) + "\n")
+        for e in errors:
+            log(f"diagnostics: {e}")
+    log(f"diagnostics written to {out}")

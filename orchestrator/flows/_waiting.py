@@ -1,0 +1,125 @@
+"""Waiting for a condition that the cluster will tell us about.
+
+The pattern every phase uses: ask the authority (``check``), and if the answer
+is "not yet", sleep until a watch event says something changed, or until a
+slow safety re-check is due. Watches make the wait react within milliseconds
+and cost the servers nothing while nothing happens; the re-check covers the
+one thing a watch cannot see (a change in the authority that no Kubernetes
+object reflects).
+
+Watch events can also carry bad news before the authority notices (a pod in
+``ImagePullBackOff`` while KubeFoundry still says ``Pending``): ``inspect``
+turns such an event into a failure reason and the wait ends at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, TypeVar
+
+import anyio
+
+from ..clients import ClientError, KubeClient, Resource, WatchEvent, watch
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class WatchSpec:
+    resource: Resource
+    namespace: str | None = None
+    label_selector: str | None = None
+    field_selector: str | None = None
+
+
+class _Signal:
+    """A level-triggered wake-up: set by any watcher, cleared by the waiter."""
+
+    def __init__(self) -> None:
+        self._event = anyio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    async def wait(self, timeout: float) -> None:
+        with anyio.move_on_after(timeout):
+            await self._event.wait()
+        if self._event.is_set():
+            self._event = anyio.Event()
+
+
+class Stop(Exception):
+    """Raised by an ``inspect`` callback: the wait is over, and this is why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+async def wait_for(
+    check: Callable[[], Awaitable[T | None]],
+    *,
+    kube: KubeClient,
+    watches: list[WatchSpec],
+    recheck: float,
+    inspect: Callable[[WatchEvent], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
+    server_timeout: int = 60,
+) -> T:
+    """Return ``check()``'s first non-None answer; raise :class:`Stop` if ``inspect`` says so.
+
+    ``check`` runs once before anything is watched (the object may be ready
+    already) and again after every burst of events. The caller's deadline
+    bounds the whole wait.
+    """
+    signal = _Signal()
+    stopped: list[Stop] = []
+
+    async def pump(spec: WatchSpec) -> None:
+        try:
+            async for event in watch(kube, spec.resource, spec.namespace,
+                                     label_selector=spec.label_selector,
+                                     field_selector=spec.field_selector,
+                                     server_timeout=server_timeout, on_note=on_note):
+                if inspect is not None:
+                    try:
+                        inspect(event)
+                    except Stop as stop:
+                        stopped.append(stop)
+                signal.set()
+        except ClientError as exc:
+            # A watch that cannot run (403, an unknown resource type) must not end the
+            # wait: the authority is still asked at every re-check, only slower.
+            if on_note:
+                on_note(f"watch {spec.resource.plural} unavailable ({exc}); re-checking every "
+                        f"{recheck:g} s instead")
+
+    async with anyio.create_task_group() as tg:
+        for spec in watches:
+            tg.start_soon(pump, spec)
+        try:
+            while True:
+                if stopped:
+                    raise stopped[0]
+                result = await check()
+                if result is not None:
+                    return result
+                if stopped:
+                    raise stopped[0]
+                await signal.wait(recheck)
+        finally:
+            tg.cancel_scope.cancel()
+
+
+def pod_summary(pod: dict[str, Any]) -> str:
+    """``name: Phase (container: state reason)`` in one line, for logs and reasons."""
+    meta, status = pod.get("metadata", {}), pod.get("status", {}) or {}
+    parts = []
+    for cs in (status.get("containerStatuses") or []):
+        state = cs.get("state") or {}
+        (kind, detail), = state.items() if len(state) == 1 else (("unknown", {}),)
+        reason = (detail or {}).get("reason", "")
+        parts.append(f"{cs.get('name')}: {kind}{' ' + reason if reason else ''}")
+    deleting = " (deleting)" if meta.get("deletionTimestamp") else ""
+    inner = f" ({'; '.join(parts)})" if parts else ""
+    return f"{meta.get('name')}: {status.get('phase', 'Unknown')}{deleting}{inner}"

@@ -1,0 +1,438 @@
+"""The KAITO flow: Install KAITO -> Deploy -> Wait Ready -> Inference -> Delete.
+
+KubeFoundry is the authority for its own answers (is KAITO installed, is the
+deployment Running, is it gone); the cluster is watched only to know *when* to
+ask again, and to fail fast on what KubeFoundry hides (a Workspace whose pod
+cannot pull its image stays ``Pending`` there forever).
+
+Everything this run creates is remembered, so that cleanup deletes exactly
+that and nothing else: a deployment that existed before the run is reported,
+never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from ..clients import (
+    CRDS,
+    EVENTS,
+    PODS,
+    ClientError,
+    Conflict,
+    HTTPStatusError,
+    InferenceClient,
+    InvalidCompletion,
+    KubeClient,
+    KubeFoundryClient,
+    NotFound,
+    Resource,
+    ResponseFormatError,
+    RetryPolicy,
+    Unauthorized,
+    WatchEvent,
+)
+from ..engine import Phase, PhaseContext, PhaseFailed, PhaseRecord
+from ._diagnostics import collect_diagnostics
+from ._waiting import Stop, WatchSpec, pod_summary, wait_for
+
+WORKSPACES = Resource("kaito.sh", "v1beta1", "workspaces")
+WORKSPACE_CRD = "workspaces.kaito.sh"
+OPERATOR_NAMESPACE = "kaito-workspace"
+OPERATOR_SELECTOR = "app.kubernetes.io/name=kaito-workspace"
+PROVIDER = "kaito"
+
+#: Container states that no amount of waiting will fix.
+FATAL_WAITING_REASONS = frozenset({
+    "ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull",
+    "CrashLoopBackOff", "CreateContainerConfigError", "CreateContainerError", "RunContainerError",
+})
+
+
+@dataclass(frozen=True)
+class KaitoSettings:
+    """What the flow needs to know. Durations are seconds."""
+
+    api_url: str
+    namespace: str = "kaito-workspace"
+    deployment_name: str = "integration-test-llama"
+    model: str = "llama3.2:1b"
+    install_timeout: float = 180.0
+    deploy_timeout: float = 60.0
+    ready_timeout: float = 300.0
+    inference_timeout: float = 120.0
+    delete_timeout: float = 120.0
+    prompt: str = "Say hello in exactly 3 words."
+    max_tokens: int = 50
+    loading_grace: float = 30.0
+    service_port: int = 80
+    recheck: float = 10.0
+    replicas: int = 1
+
+    def deployment_body(self) -> dict[str, Any]:
+        """The create request, as the plan sends it."""
+        return {
+            "name": self.deployment_name,
+            "namespace": self.namespace,
+            "provider": PROVIDER,
+            "modelSource": "premade",
+            "premadeModel": self.model,
+            "ggufRunMode": "direct",
+            "computeType": "cpu",
+            "replicas": self.replicas,
+        }
+
+
+@dataclass
+class _Created:
+    """What this run made, and so what its cleanup may delete."""
+
+    deployment: bool = False
+    deleted: bool = False
+    installed_kaito: bool = False
+    model_name: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class KaitoFlow:
+    """The KubeFoundry + KAITO lifecycle as engine phases."""
+
+    name = "kaito"
+
+    def __init__(self, settings: KaitoSettings, *, api: KubeFoundryClient, kube: KubeClient,
+                 inference: InferenceClient) -> None:
+        self.settings = settings
+        self.api = api
+        self.kube = kube
+        self.inference = inference
+        self.created = _Created()
+        self._seen_pod_states: dict[str, str] = {}
+
+    # -- the engine's view ----------------------------------------------------
+
+    def phases(self) -> list[Phase]:
+        s = self.settings
+        return [
+            Phase("install", "Install KAITO", s.install_timeout, self.install),
+            Phase("deploy", f"Deploy {s.model}", s.deploy_timeout, self.deploy),
+            Phase("wait_ready", "Wait Ready", s.ready_timeout, self.wait_ready),
+            Phase("inference", "Inference", s.inference_timeout, self.run_inference),
+            Phase("delete", "Delete", s.delete_timeout, self.delete),
+        ]
+
+    def properties(self) -> dict[str, str]:
+        s = self.settings
+        return {"provider": PROVIDER, "model": s.model, "namespace": s.namespace,
+                "deployment": s.deployment_name, "api_url": s.api_url,
+                "inference_route": self.inference.route.kind}
+
+    def keep_hints(self) -> list[str]:
+        s = self.settings
+        ns, name = shlex.quote(s.namespace), shlex.quote(s.deployment_name)
+        if not self.created.deployment or self.created.deleted:
+            return []
+        return [
+            f"kubectl -n {ns} get workspace {name} -o yaml",
+            f"kubectl -n {ns} describe pods -l kaito.sh/workspace={name}",
+            f"kubectl -n {ns} logs -l kaito.sh/workspace={name} --tail=100",
+            f"kubectl -n {ns} get events --sort-by=.lastTimestamp",
+            f"curl -X DELETE '{s.api_url}/api/deployments/{s.deployment_name}?namespace={s.namespace}'",
+        ]
+
+    # -- phases ---------------------------------------------------------------
+
+    async def install(self, ctx: PhaseContext) -> None:
+        status = await self._call(ctx, self.api.provider_status(PROVIDER))
+        if status.installed:
+            ctx.log("KAITO is already installed and its operator is running")
+            ctx.set_property("kaito_preinstalled", "true")
+            return
+        ctx.log(f"KAITO not installed yet ({status.message or 'no message'}); installing")
+        try:
+            result = await self._call(ctx, self.api.install_provider(PROVIDER))
+        except Conflict as exc:
+            ctx.log(f"install answered 409 ({exc.message}); retrying once with force=true")
+            result = await self._call(ctx, self.api.install_provider(PROVIDER, force=True))
+        if result.already_installed:
+            ctx.log("the backend says KAITO is already installed")
+        else:
+            self.created.installed_kaito = True
+            failed = [r for r in result.results if not r.success]
+            if not result.success or failed:
+                steps = ", ".join(f"{r.step}: {r.error or r.output}".strip() for r in failed)
+                raise PhaseFailed(f"KAITO install failed: {result.message}{'; ' + steps if steps else ''}")
+            ctx.log(f"install started: {result.message}")
+
+        async def installed() -> bool | None:
+            st = await self._call(ctx, self.api.provider_status(PROVIDER))
+            ctx.progress(f"KAITO status: installed={st.installed}, crdFound={st.crd_found}, "
+                         f"operatorRunning={st.operator_running}")
+            return True if st.installed else None
+
+        await wait_for(installed, kube=self.kube, recheck=min(self.settings.recheck, 5.0),
+                       on_note=ctx.log, watches=[
+                           WatchSpec(PODS, OPERATOR_NAMESPACE, label_selector=OPERATOR_SELECTOR),
+                           WatchSpec(CRDS, field_selector=f"metadata.name={WORKSPACE_CRD}"),
+                       ])
+        ctx.log("KAITO is installed and its operator is running")
+
+    async def deploy(self, ctx: PhaseContext) -> None:
+        s = self.settings
+        try:
+            entry = await self._call(ctx, self.api.catalog_model(s.model))
+        except NotFound:
+            raise PhaseFailed(f"model {s.model!r} is not in the backend's catalog") from None
+        self.created.model_name = entry.model_name
+        ctx.set_property("served_model_name", entry.model_name)
+        ctx.log(f"catalog: {s.model} answers to model name {entry.model_name!r}")
+
+        try:
+            existing = await self._call(ctx, self.api.get_deployment(s.deployment_name, s.namespace))
+        except NotFound:
+            existing = None
+        if existing is not None:
+            raise PhaseFailed(
+                f"deployment {s.deployment_name!r} already exists in namespace {s.namespace!r} "
+                f"(phase {existing.phase}); it was not made by this run, so it is left alone. "
+                f"Delete it, or choose another name with --deployment-name")
+
+        sent_before = self.api.requests_sent
+        try:
+            created = await self._call(ctx, self.api.create_deployment(s.deployment_body()))
+        except Conflict as exc:
+            if self.api.requests_sent - sent_before > 1:
+                # An earlier attempt of ours reached the backend before the connection
+                # failed: the object that now exists is the one this run asked for.
+                ctx.log(f"create met 409 after a retry ({exc.message}); the deployment is ours")
+                self.created.deployment = True
+                return
+            raise PhaseFailed(f"create answered 409: {exc.message}") from None
+        self.created.deployment = True
+        for warning in created.warnings or []:
+            ctx.log(f"backend warning: {warning}")
+        ctx.log(f"created deployment {created.name} in {created.namespace} ({created.message})")
+
+    async def wait_ready(self, ctx: PhaseContext) -> None:
+        s = self.settings
+        last_phase: list[str] = []
+
+        async def ready() -> bool | None:
+            st = await self._call(ctx, self.api.get_deployment(s.deployment_name, s.namespace),
+                                  not_found_means_gone=False)
+            conds = ", ".join(f"{c.type}={c.status}" for c in st.conditions) or "no conditions"
+            line = f"deployment phase {st.phase}, ready {st.replicas.ready}/{st.replicas.desired} ({conds})"
+            if not last_phase or last_phase[-1] != line:
+                ctx.log(line)
+                last_phase.append(line)
+            ctx.progress(line)
+            if st.phase == "Failed":
+                raise PhaseFailed(f"deployment {s.deployment_name} is Failed ({conds})")
+            return True if st.phase == "Running" and st.replicas.ready >= 1 else None
+
+        def inspect(event: WatchEvent) -> None:
+            obj = event.object
+            if obj.get("kind") == "Workspace" or "inference" in obj:
+                return
+            summary = pod_summary(obj)
+            name = obj.get("metadata", {}).get("name", "?")
+            if self._seen_pod_states.get(name) != summary:
+                self._seen_pod_states[name] = summary
+                ctx.log(f"pod {summary}")
+            problem = pod_problem(obj)
+            if problem:
+                raise Stop(problem)
+
+        try:
+            await wait_for(ready, kube=self.kube, recheck=s.recheck, inspect=inspect, on_note=ctx.log,
+                           watches=[
+                               WatchSpec(WORKSPACES, s.namespace,
+                                         field_selector=f"metadata.name={s.deployment_name}"),
+                               WatchSpec(PODS, s.namespace,
+                                         label_selector=f"kaito.sh/workspace={s.deployment_name}"),
+                           ])
+        except Stop as stop:
+            raise PhaseFailed(stop.reason) from None
+        ctx.log("deployment is Running with a ready replica")
+
+    async def run_inference(self, ctx: PhaseContext) -> None:
+        s = self.settings
+        model = self.created.model_name
+        if model is None:
+            model = (await self._call(ctx, self.api.catalog_model(s.model))).model_name
+        target = self.inference.describe(s.namespace, s.deployment_name, s.service_port)
+        ctx.log(f"POST {target} (model {model!r}, max_tokens {s.max_tokens})")
+        try:
+            result = await self.inference.chat(
+                namespace=s.namespace, service=s.deployment_name, port=s.service_port, model=model,
+                prompt=s.prompt, max_tokens=s.max_tokens, loading_grace=s.loading_grace,
+                on_wait=ctx.log)
+        except InvalidCompletion as exc:
+            ctx.log("schema errors:\n  " + "\n  ".join(exc.errors))
+            raise PhaseFailed(f"invalid chat completion ({len(exc.errors)} errors): "
+                              + "; ".join(exc.errors)) from None
+        except HTTPStatusError as exc:
+            raise PhaseFailed(f"inference answered {exc.status}: {exc.message}") from None
+        except ClientError as exc:
+            raise PhaseFailed(f"inference failed: {exc}") from None
+        ctx.set_property("inference_latency_ms", f"{result.latency_s * 1000:.0f}")
+        if result.completion_tokens is not None:
+            ctx.set_property("prompt_tokens", str(result.prompt_tokens))
+            ctx.set_property("completion_tokens", str(result.completion_tokens))
+            if result.latency_s > 0:
+                ctx.set_property("tokens_per_second", f"{result.completion_tokens / result.latency_s:.1f}")
+        ctx.log(f"answer in {result.latency_s * 1000:.0f} ms after {result.attempts} attempt(s): "
+                f"{result.content[:200]!r} (finish_reason {result.response.choices[0].finish_reason})")
+
+    async def delete(self, ctx: PhaseContext) -> None:
+        s = self.settings
+        try:
+            answer = await self._call(ctx, self.api.delete_deployment(s.deployment_name, s.namespace))
+        except NotFound as exc:
+            raise PhaseFailed(f"DELETE answered 404 ({exc.message}): the deployment vanished "
+                              f"before this run deleted it") from None
+        ctx.log(f"delete accepted: {answer.message}")
+        await self._wait_gone(ctx)
+        self.created.deleted = True
+
+    # -- failure path -----------------------------------------------------------
+
+    async def diagnose(self, ctx: PhaseContext, failed: PhaseRecord) -> None:
+        await collect_diagnostics(
+            ctx.artifacts_dir / "diagnostics", kube=self.kube, api=self.api,
+            namespace=self.settings.namespace, deployment=self.settings.deployment_name,
+            workspaces=WORKSPACES, log=ctx.log)
+
+    async def cleanup(self, ctx: PhaseContext) -> None:
+        s = self.settings
+        if self.created.installed_kaito:
+            ctx.log("KAITO was installed by this run and is left installed (its uninstall "
+                    "deletes the whole operator namespace)")
+        if not self.created.deployment:
+            ctx.log("this run created no deployment: nothing to delete")
+        elif self.created.deleted:
+            ctx.log("the Delete phase removed the deployment")
+        else:
+            ctx.log(f"deleting deployment {s.deployment_name} in {s.namespace}")
+            try:
+                await self._call(ctx, self.api.delete_deployment(s.deployment_name, s.namespace))
+            except NotFound:
+                ctx.log("the backend no longer knows the deployment")
+            except ClientError as exc:
+                # The backend is the normal way, but a broken backend must not leave the
+                # cluster dirty: the Workspace is ours, delete it through Kubernetes.
+                ctx.log(f"backend delete failed ({exc}); deleting the Workspace through Kubernetes")
+                try:
+                    await self.kube.delete(WORKSPACES, s.deployment_name, s.namespace)
+                except NotFound:
+                    pass
+            await self._wait_gone(ctx, check_backend=False)
+            self.created.deleted = True
+        leftovers = await self.leftovers()
+        if leftovers:
+            raise PhaseFailed("left behind: " + "; ".join(leftovers))
+
+    async def leftovers(self) -> list[str]:
+        """What of this run's is still in the cluster: the leak check."""
+        s = self.settings
+        if not self.created.deployment:
+            return []
+        left = []
+        try:
+            ws = await self.kube.get(WORKSPACES, s.deployment_name, s.namespace)
+            meta = ws.get("metadata", {})
+            left.append(f"Workspace {s.namespace}/{s.deployment_name} (finalizers "
+                        f"{meta.get('finalizers') or []}, deleting since "
+                        f"{meta.get('deletionTimestamp') or 'never'})")
+        except NotFound:
+            pass
+        pods = await self.kube.list(PODS, s.namespace, label_selector=f"kaito.sh/workspace={s.deployment_name}")
+        left += [f"Pod {s.namespace}/{p['metadata']['name']}" for p in pods.get("items") or []]
+        return left
+
+    # -- helpers ----------------------------------------------------------------
+
+    async def _wait_gone(self, ctx: PhaseContext, *, check_backend: bool = True) -> None:
+        s = self.settings
+
+        async def gone() -> bool | None:
+            left = await self.leftovers()
+            if left:
+                ctx.progress("waiting for deletion; still there: " + "; ".join(left))
+                return None
+            return True
+
+        await wait_for(gone, kube=self.kube, recheck=min(s.recheck, 5.0), on_note=ctx.log, watches=[
+            WatchSpec(WORKSPACES, s.namespace, field_selector=f"metadata.name={s.deployment_name}"),
+            WatchSpec(PODS, s.namespace, label_selector=f"kaito.sh/workspace={s.deployment_name}"),
+        ])
+        ctx.log("the Workspace and its pods are gone")
+        if not check_backend:
+            return
+        delay = 0.1
+        while True:
+            try:
+                st = await self._call(ctx, self.api.get_deployment(s.deployment_name, s.namespace))
+            except NotFound:
+                cluster = await self._call(ctx, self.api.cluster_status())
+                if not cluster.connected:
+                    raise PhaseFailed("the backend answers 404, but it is not connected to the "
+                                      f"cluster ({cluster.error or 'no reason given'}), so the "
+                                      "404 proves nothing") from None
+                ctx.log("GET answers 404: the backend no longer knows the deployment")
+                return
+            ctx.progress(f"deleted objects are gone, but GET still answers 200 (phase {st.phase})")
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def _call(self, ctx: PhaseContext, call: Any, *, not_found_means_gone: bool = True) -> Any:
+        """Await a backend call, turning answers that end the phase into one-line reasons."""
+        try:
+            return await call
+        except Unauthorized as exc:
+            raise PhaseFailed(f"the backend refused the request ({exc.status} {exc.message}): "
+                              f"check the bearer token (KUBEFOUNDRY_TOKEN or token_file)") from None
+        except ResponseFormatError as exc:
+            raise PhaseFailed(str(exc)) from None
+        except NotFound as exc:
+            if not_found_means_gone:
+                raise
+            raise PhaseFailed(f"{exc.method} {exc.path} answered 404: {exc.message}") from None
+
+
+def pod_problem(pod: dict[str, Any]) -> str | None:
+    """Why this pod will never become ready, or None while it still may."""
+    meta, spec, status = pod.get("metadata", {}), pod.get("spec", {}), pod.get("status", {}) or {}
+    name = meta.get("name", "?")
+    if meta.get("deletionTimestamp"):
+        return None
+    images = {c.get("name"): c.get("image") for c in spec.get("containers") or []}
+    for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason")
+        if reason in FATAL_WAITING_REASONS:
+            image = cs.get("image") or images.get(cs.get("name")) or "?"
+            message = waiting.get("message") or ""
+            last = ((cs.get("lastState") or {}).get("terminated") or {})
+            tail = f"; last exit code {last.get('exitCode')}" if last else ""
+            return (f"pod {name} container {cs.get('name')}: {reason} (image {image})"
+                    f"{': ' + message if message else ''}{tail}")
+    if status.get("phase") == "Failed":
+        why = status.get("reason") or status.get("message") or ""
+        exits = [f"{cs.get('name')} exit code {((cs.get('state') or {}).get('terminated') or {}).get('exitCode')}"
+                 for cs in status.get("containerStatuses") or []
+                 if (cs.get("state") or {}).get("terminated")]
+        return f"pod {name} Failed{': ' + why if why else ''}{' (' + ', '.join(exits) + ')' if exits else ''}"
+    return None
+
+
+def dump_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+
+
+__all__ = ["KaitoFlow", "KaitoSettings", "WORKSPACES", "pod_problem", "EVENTS"]
