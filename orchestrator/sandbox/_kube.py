@@ -1,0 +1,194 @@
+"""A thin JSON-in, JSON-out Kubernetes client for the stand-ins, over kubernetes-asyncio.
+
+The stand-ins only move plain manifests around (Workspaces have no generated model), so
+dicts are simpler than the generated classes; kubernetes-asyncio still does the
+kubeconfig, TLS and token handling, which keeps them honest clients of a real API server.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes_asyncio import client, config
+
+log = logging.getLogger(__name__)
+
+JSON = dict[str, Any]
+MERGE_PATCH = "application/merge-patch+json"
+
+
+class KubeError(Exception):
+    """A non-2xx answer from the API server, with its Status message."""
+
+    def __init__(self, status: int, message: str, reason: str = "") -> None:
+        super().__init__(f"{status} {reason}: {message}" if reason else f"{status}: {message}")
+        self.status = status
+        self.message = message
+        self.reason = reason
+
+
+class Gone(KubeError):
+    """410: the resource version we watched from has been compacted away; relist."""
+
+
+class Kube:
+    """Requests to one API server; every method takes and returns JSON objects."""
+
+    def __init__(self, api: client.ApiClient, cluster_name: str = "") -> None:
+        self.api = api
+        self.cluster_name = cluster_name
+
+    @classmethod
+    async def from_kubeconfig(cls, path: Path) -> Kube:
+        cfg = client.Configuration()
+        await config.load_kube_config(config_file=str(path), client_configuration=cfg)
+        return cls(client.ApiClient(cfg), cluster_name=_cluster_name(path))
+
+    async def close(self) -> None:
+        await self.api.close()
+
+    async def _send(self, method: str, path: str, query: Mapping[str, Any] | None, body: Any,
+                    content_type: str, accept: str) -> Any:
+        params = [(k, _query_value(v)) for k, v in (query or {}).items() if v is not None]
+        return await self.api.call_api(
+            path, method, query_params=params, body=body,
+            header_params={"Content-Type": content_type, "Accept": accept},
+            auth_settings=["BearerToken"], _return_http_data_only=True, _preload_content=False,
+        )
+
+    async def request(self, method: str, path: str, *, query: Mapping[str, Any] | None = None,
+                      body: Any = None, content_type: str = "application/json") -> JSON:
+        resp = await self._send(method, path, query, body, content_type, "application/json")
+        try:
+            data = await resp.read()
+        finally:
+            resp.release()
+        if not 200 <= resp.status < 300:
+            raise _error(resp.status, data)
+        return json.loads(data) if data else {}
+
+    async def text(self, path: str, query: Mapping[str, Any] | None = None) -> str:
+        resp = await self._send("GET", path, query, None, "application/json", "text/plain, application/json")
+        try:
+            data = await resp.read()
+        finally:
+            resp.release()
+        if not 200 <= resp.status < 300:
+            raise _error(resp.status, data)
+        return data.decode(errors="replace")
+
+    async def get(self, path: str, query: Mapping[str, Any] | None = None) -> JSON:
+        return await self.request("GET", path, query=query)
+
+    async def get_or_none(self, path: str) -> JSON | None:
+        try:
+            return await self.get(path)
+        except KubeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def create(self, collection: str, body: JSON) -> JSON | None:
+        """POST; None when it already exists."""
+        try:
+            return await self.request("POST", collection, body=body)
+        except KubeError as exc:
+            if exc.status == 409:
+                return None
+            raise
+
+    async def merge_patch(self, path: str, body: JSON) -> JSON:
+        return await self.request("PATCH", path, body=body, content_type=MERGE_PATCH)
+
+    async def delete(self, path: str, query: Mapping[str, Any] | None = None) -> bool:
+        """DELETE; False when it was already gone."""
+        try:
+            await self.request("DELETE", path, query=query)
+            return True
+        except KubeError as exc:
+            if exc.status == 404:
+                return False
+            raise
+
+    async def watch(self, collection: str, query: Mapping[str, Any] | None = None,
+                    resource_version: str | None = None, timeout_seconds: int = 60) -> AsyncIterator[JSON]:
+        """One watch request: yields events ``{type, object}`` until the server ends it.
+
+        An ERROR event raises (``Gone`` for 410) so the caller relists.
+        """
+        q = dict(query or {})
+        q.update(watch=True, allowWatchBookmarks=True, timeoutSeconds=timeout_seconds)
+        if resource_version:
+            q["resourceVersion"] = resource_version
+        resp = await self._send("GET", collection, q, None, "application/json", "application/json")
+        try:
+            if not 200 <= resp.status < 300:
+                raise _error(resp.status, await resp.read())
+            async for line in resp.content:
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                if event.get("type") == "ERROR":
+                    obj = event.get("object") or {}
+                    raise _error(int(obj.get("code", 500)), json.dumps(obj).encode())
+                yield event
+        finally:
+            resp.release()
+
+    async def wait_gone(self, collection: str, name: str, timeout: float = 60.0) -> None:
+        """Return once the named object no longer exists, watching for its DELETED event."""
+        async def _wait() -> None:
+            while True:
+                listing = await self.get(collection, {"fieldSelector": f"metadata.name={name}"})
+                if not listing.get("items"):
+                    return
+                rv = listing["metadata"].get("resourceVersion")
+                try:
+                    async for event in self.watch(collection, {"fieldSelector": f"metadata.name={name}"}, rv, 10):
+                        if event["type"] == "DELETED":
+                            return
+                except Gone:
+                    continue
+
+        await asyncio.wait_for(_wait(), timeout)
+
+
+def _cluster_name(path: Path) -> str:
+    """The current context's cluster name, which KubeFoundry reports as ``clusterName``."""
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+        current = doc.get("current-context")
+        for ctx in doc.get("contexts") or []:
+            if ctx.get("name") == current:
+                return str(ctx["context"]["cluster"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        pass
+    return ""
+
+
+def _query_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _error(status: int, data: bytes) -> KubeError:
+    message, reason = data.decode(errors="replace"), ""
+    try:
+        obj = json.loads(data)
+        message, reason = obj.get("message", message), obj.get("reason", "")
+    except ValueError:
+        pass
+    cls = Gone if status == 410 else KubeError
+    return cls(status, message, reason)
+
+
+def backoff(attempt: int, cap: float = 5.0) -> float:
+    """Exponential backoff with jitter for reconnecting watches."""
+    return min(cap, 0.1 * 2 ** attempt) * (0.5 + random.random() / 2)

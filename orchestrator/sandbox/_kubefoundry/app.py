@@ -1,0 +1,142 @@
+"""The KubeFoundry API stand-in: the routes the flow uses, plus the sandbox's control routes.
+
+``/_sandbox/faults`` and ``/_sandbox/timeline`` are not KubeFoundry's: they let a test
+change faults at run time and see when the sandbox moved, and are exempt from auth and
+from ``backend_errors``.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from .._kube import Kube
+from ..faults import SandboxState
+from ..models import catalog
+from . import deployments, installation
+from .errors import AUTH_KEY, STATE_KEY, ApiError, errors_middleware, faults_and_auth_middleware
+from .installation import CRD_DIR_KEY, KUBE_KEY, PROVIDERS, kaito_status, other_provider_status
+
+KUBEFOUNDRY_NAMESPACE = "kubefoundry-system"
+
+
+def _timestamp() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "healthy", "timestamp": _timestamp()})
+
+
+async def cluster_status(request: web.Request) -> web.Response:
+    """200 even when the cluster is unreachable, as the real backend does."""
+    kube = request.app[KUBE_KEY]
+    body = {"connected": True, "namespace": KUBEFOUNDRY_NAMESPACE}
+    try:
+        await kube.get("/api/v1/namespaces", {"limit": 1})
+        if kube.cluster_name:
+            body["clusterName"] = kube.cluster_name
+    except Exception as exc:  # noqa: BLE001 - reported in the body
+        body = {"connected": False, "namespace": KUBEFOUNDRY_NAMESPACE, "error": str(exc)}
+    body["provider"] = {"id": "dynamo", "name": PROVIDERS["dynamo"]["name"]}
+    body["providerInstallation"] = other_provider_status("dynamo")
+    return web.json_response(body)
+
+
+async def settings(request: web.Request) -> web.Response:
+    providers = [{"id": pid, "name": p["name"], "description": p["description"], "defaultNamespace": p["defaultNamespace"]}
+                 for pid, p in PROVIDERS.items()]
+    return web.json_response({"config": {}, "providers": providers, "auth": {"enabled": bool(request.app[AUTH_KEY])}})
+
+
+async def runtimes_status(request: web.Request) -> web.Response:
+    runtimes = []
+    for pid, provider in PROVIDERS.items():
+        status = await kaito_status(request.app[KUBE_KEY]) if pid == "kaito" else other_provider_status(pid)
+        runtimes.append({"id": pid, "name": provider["name"], "installed": status["installed"],
+                         "healthy": status["installed"], "message": status["message"]})
+    return web.json_response({"runtimes": runtimes})
+
+
+async def aikit_models(request: web.Request) -> web.Response:
+    models = catalog()
+    return web.json_response({"models": models, "total": len(models)})
+
+
+async def aikit_model(request: web.Request) -> web.Response:
+    model_id = request.match_info["id"]
+    for model in catalog():
+        if model["id"] == model_id:
+            return web.json_response(model)
+    raise ApiError(404, f"Premade model not found: {model_id}")
+
+
+async def get_faults(request: web.Request) -> web.Response:
+    return web.json_response(request.app[STATE_KEY].faults.model_dump())
+
+
+async def set_faults(request: web.Request) -> web.Response:
+    try:
+        patch = await request.json()
+        if not isinstance(patch, dict):
+            raise ValueError("expected a JSON object")
+        faults = request.app[STATE_KEY].update(patch)
+    except (ValueError, ValidationError) as exc:
+        return web.json_response({"error": {"message": str(exc), "statusCode": 400}}, status=400)
+    return web.json_response(faults.model_dump())
+
+
+async def timeline(request: web.Request) -> web.Response:
+    return web.json_response({"events": [e.model_dump() for e in request.app[STATE_KEY].timeline]})
+
+
+def create_app(kube: Kube, state: SandboxState, auth_token: str | None = None,
+               crd_dir: Path | None = None) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware, faults_and_auth_middleware])
+    app[KUBE_KEY] = kube
+    app[STATE_KEY] = state
+    app[AUTH_KEY] = auth_token or ""
+    app[CRD_DIR_KEY] = str(crd_dir) if crd_dir else ""
+    r = app.router
+    r.add_get("/api/health", health)
+    r.add_get("/api/cluster/status", cluster_status)
+    r.add_get("/api/settings", settings)
+    r.add_get("/api/runtimes/status", runtimes_status)
+    r.add_get("/api/installation/helm/status", installation.helm_status)
+    r.add_get("/api/installation/providers/{id}/status", installation.provider_status)
+    r.add_post("/api/installation/providers/{id}/install", installation.install_provider)
+    r.add_get("/api/aikit/models", aikit_models)
+    r.add_get("/api/aikit/models/{id}", aikit_model)
+    deployments.add_routes(app)
+    r.add_get("/_sandbox/faults", get_faults)
+    r.add_post("/_sandbox/faults", set_faults)
+    r.add_get("/_sandbox/timeline", timeline)
+    return app
+
+
+class KubeFoundryServer:
+    """The stand-in listening on ``host:port`` (0 picks a free port)."""
+
+    def __init__(self, kube: Kube, state: SandboxState, host: str = "127.0.0.1", port: int = 0,
+                 auth_token: str | None = None, crd_dir: Path | None = None) -> None:
+        self.app = create_app(kube, state, auth_token, crd_dir)
+        self.host = host
+        self.port = port
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://{self.host}:{port}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+

@@ -1,0 +1,70 @@
+"""One real llama.cpp server, as a child process of the sandbox.
+
+A child process, not a thread, because llama.cpp's server cannot be stopped cleanly
+from inside a running event loop and must never outlive the sandbox: the parent
+terminates it with SIGTERM, and it also exits when its stdin closes (the parent died).
+
+Usage: ``python -m orchestrator.sandbox.model_server --port 0 --alias NAME --model PATH``.
+Prints ``READY <url>`` on stdout once the model is loaded and the server listens.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.sandbox.model_server")
+    parser.add_argument("--model", required=True, help="GGUF file")
+    parser.add_argument("--alias", required=True, help="the model name the server answers to")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--ctx", type=int, default=512)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    stop = threading.Event()
+    # Installed before the (slow) model load, so a SIGTERM during loading still ends us cleanly.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+
+    import xllamacpp  # imported late: it is heavy, and argument errors should not wait for it
+
+    params = xllamacpp.CommonParams()
+    params.model.path = args.model
+    params.model_alias = {args.alias}
+    params.n_ctx = args.ctx
+    params.n_parallel = 1
+    params.cpuparams.n_threads = 1
+    params.cpuparams_batch.n_threads = 1
+    params.hostnames = [args.host]
+    params.port = args.port
+    params.verbosity = 0
+    server = xllamacpp.Server(params)
+    if stop.is_set():
+        del server
+        return 0
+
+    def watch_parent() -> None:
+        # Raw reads on fd 0: the buffered stdin's lock would abort interpreter shutdown.
+        try:
+            while os.read(0, 4096):
+                pass
+        except OSError:
+            pass
+        stop.set()  # EOF: the parent closed the pipe or died
+
+    threading.Thread(target=watch_parent, daemon=True).start()
+    print(f"READY {server.listening_address}", flush=True)
+    stop.wait()
+    del server
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

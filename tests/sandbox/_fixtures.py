@@ -1,0 +1,198 @@
+"""Fixtures and helpers for the sandbox stand-in tests (KubeFoundry, KAITO, models, faults).
+
+Every test gets a fresh Kubernetes backend: the in-process KubeAPIServer, and, when
+TESTCLUSTER_HOME is set, the real test cluster too (started into the test's tmp dir).
+Waiting is always on a watch with a deadline, never on a sleep.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from orchestrator.sandbox import Faults, Sandbox, SandboxOptions
+from orchestrator.sandbox._kube import Gone, Kube
+
+NS = "kaito-workspace"
+NAME = "integration-test-llama"
+MODEL = "llama-3.2-1b-instruct"
+CREATE_BODY = {"name": NAME, "namespace": NS, "provider": "kaito", "modelSource": "premade",
+               "premadeModel": "llama3.2:1b", "ggufRunMode": "direct", "computeType": "cpu", "replicas": 1}
+WS_COLLECTION = f"/apis/kaito.sh/v1beta1/namespaces/{NS}/workspaces"
+DEADLINE = 60.0
+
+
+def _kubeapi_available() -> bool:
+    try:
+        import orchestrator.sandbox.kubeapi  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture(params=["kubeapi", "testcluster"])
+def kube_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """None for the in-process API (the Sandbox starts it), else a fresh test cluster's kubeconfig."""
+    if request.param == "kubeapi":
+        if not _kubeapi_available():
+            pytest.skip("orchestrator.sandbox.kubeapi is not available")
+        yield None
+        return
+    home = os.environ.get("TESTCLUSTER_HOME")
+    if not home:
+        pytest.skip("TESTCLUSTER_HOME is not set: the real test cluster is not available")
+    run_dir = tmp_path / "testcluster"
+    if any(ch.isspace() for ch in str(run_dir)):
+        run_dir = Path(tempfile.mkdtemp(prefix="testcluster-"))
+    started = subprocess.run([f"{home}/start", str(run_dir)], capture_output=True, text=True, timeout=120)
+    if started.returncode != 0:
+        pytest.fail(f"test cluster did not start: {started.stderr[-2000:]}")
+    try:
+        yield Path(started.stdout.strip())
+    finally:
+        subprocess.run([f"{home}/stop", str(run_dir)], capture_output=True, timeout=60)
+
+
+def crd_dir() -> Path | None:
+    value = os.environ.get("KAITO_CRDS_DIR")
+    return Path(value) if value else None
+
+
+SandboxFactory = Callable[..., Any]
+
+
+@pytest.fixture
+def make_sandbox(kube_backend: Path | None, tmp_path: Path) -> SandboxFactory:
+    """``async with make_sandbox(faults=..., auth_token=...) as (sandbox, api, kube):``"""
+
+    @asynccontextmanager
+    async def factory(faults: Faults | None = None, auth_token: str | None = None,
+                      ) -> AsyncIterator[tuple[Sandbox, aiohttp.ClientSession, Kube]]:
+        options = SandboxOptions(workdir=tmp_path / "sandbox", kubeconfig=kube_backend,
+                                 faults=faults or Faults(), auth_token=auth_token, crd_dir=crd_dir())
+        async with Sandbox(options) as sandbox:
+            kube = await Kube.from_kubeconfig(sandbox.kubeconfig)
+            try:
+                async with aiohttp.ClientSession(sandbox.api_url) as api:
+                    yield sandbox, api, kube
+            finally:
+                await kube.close()
+
+    return factory
+
+
+# ---------------------------------------------------------------------------- waiting on watches
+
+async def wait_for(kube: Kube, collection: str, name: str, predicate: Callable[[dict | None], bool],
+                   timeout: float = DEADLINE) -> dict | None:
+    """Watch ``collection`` until the named object (None once it is gone) satisfies ``predicate``."""
+    query = {"fieldSelector": f"metadata.name={name}"}
+
+    async def _wait() -> dict | None:
+        while True:
+            try:
+                listing = await kube.get(collection, query)
+            except Exception:  # noqa: BLE001 - e.g. a CRD that is not served yet
+                await asyncio.sleep(0.1)
+                continue
+            items = listing.get("items", [])
+            current = items[0] if items else None
+            if predicate(current):
+                return current
+            try:
+                async for event in kube.watch(collection, query, listing["metadata"].get("resourceVersion"), 10):
+                    obj = None if event["type"] == "DELETED" else event["object"]
+                    if event["type"] == "BOOKMARK":
+                        continue
+                    if predicate(obj):
+                        return obj
+            except Gone:
+                continue
+
+    return await asyncio.wait_for(_wait(), timeout)
+
+
+def condition(obj: dict | None, ctype: str) -> str | None:
+    for cond in (obj or {}).get("status", {}).get("conditions") or []:
+        if cond.get("type") == ctype:
+            return cond.get("status")
+    return None
+
+
+def running_workspace(obj: dict | None) -> bool:
+    return condition(obj, "InferenceReady") == "True" and condition(obj, "WorkspaceSucceeded") == "True"
+
+
+def pod_phase(phase: str) -> Callable[[dict | None], bool]:
+    return lambda pod: pod is not None and pod.get("status", {}).get("phase") == phase
+
+
+def waiting_reason(reason: str) -> Callable[[dict | None], bool]:
+    def check(pod: dict | None) -> bool:
+        for status in (pod or {}).get("status", {}).get("containerStatuses") or []:
+            if (status.get("state") or {}).get("waiting", {}).get("reason") == reason:
+                return True
+        return False
+    return check
+
+
+def gone(obj: dict | None) -> bool:
+    return obj is None
+
+
+# ---------------------------------------------------------------------------- the flow's steps
+
+async def call(api: aiohttp.ClientSession, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+    async with api.request(method, path, **kwargs) as resp:
+        text = await resp.text()
+        try:
+            return resp.status, json.loads(text)
+        except ValueError:
+            return resp.status, text
+
+
+async def install_kaito(api: aiohttp.ClientSession, kube: Kube) -> None:
+    """Install through the API, then wait (on watches) until KubeFoundry reports it installed."""
+    status, body = await call(api, "POST", "/api/installation/providers/kaito/install")
+    assert status == 200, body
+    await wait_for(kube, "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", "workspaces.kaito.sh",
+                   lambda crd: any(c.get("type") == "Established" and c.get("status") == "True"
+                                   for c in (crd or {}).get("status", {}).get("conditions") or []))
+    pods = await kube.get(f"/api/v1/namespaces/{NS}/pods", {"labelSelector": "app.kubernetes.io/name=kaito-workspace"})
+    operator = pods["items"][0]["metadata"]["name"]
+    await wait_for(kube, f"/api/v1/namespaces/{NS}/pods", operator, pod_phase("Running"))
+    await wait_for(kube, WS_COLLECTION, "no-such-workspace", lambda _: True)  # the CRD is served
+    status, body = await call(api, "GET", "/api/installation/providers/kaito/status")
+    assert body["installed"] is True, body
+
+
+async def create_deployment(api: aiohttp.ClientSession, body: dict | None = None) -> None:
+    status, answer = await call(api, "POST", "/api/deployments", json=body or CREATE_BODY)
+    assert status == 201, answer
+
+
+async def chat(kube: Kube, content: str = "Say hello.", max_tokens: int = 8, **extra: Any) -> dict:
+    """A chat completion through the Kubernetes API server's service proxy."""
+    path = f"/api/v1/namespaces/{NS}/services/{NAME}:80/proxy/v1/chat/completions"
+    body = {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens, **extra}
+    return await kube.request("POST", path, body=body)
+
+
+async def proxy_raw(kube: Kube, path: str, body: dict | None = None) -> tuple[int, bytes]:
+    """Status and raw body of a service-proxy request (for streams and error answers)."""
+    full = f"/api/v1/namespaces/{NS}/services/{NAME}:80/proxy/{path}"
+    resp = await kube._send("POST" if body is not None else "GET", full, None, body,  # noqa: SLF001
+                            "application/json", "application/json, text/event-stream")
+    try:
+        return resp.status, await resp.read()
+    finally:
+        resp.release()

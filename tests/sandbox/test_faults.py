@@ -1,0 +1,168 @@
+"""Each fault knob makes the failure it names happen, visibly and only through real interfaces."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from _fixtures import (  # noqa: F401 - fixtures are used by name
+    MODEL, NAME, NS, WS_COLLECTION, call, chat, condition, create_deployment, gone, install_kaito, kube_backend,
+    make_sandbox, pod_phase, proxy_raw, running_workspace, wait_for, waiting_reason,
+)
+from orchestrator.sandbox import Faults
+from orchestrator.sandbox.kaito import CRASH_LINE
+
+pytestmark = pytest.mark.anyio
+IMAGE = "ghcr.io/kaito-project/aikit/llama3.2:1b"
+PODS = f"/api/v1/namespaces/{NS}/pods"
+
+
+async def test_install_fails_answers_500_and_kaito_stays_uninstalled(make_sandbox) -> None:
+    async with make_sandbox(faults=Faults(install_fails=True)) as (sandbox, api, kube):
+        status, body = await call(api, "POST", "/api/installation/providers/kaito/install")
+        assert status == 500
+        assert body["error"]["statusCode"] == 500
+        assert body["error"]["message"].startswith('Installation failed at step "install-kaito-workspace": ')
+        status, body = await call(api, "GET", "/api/installation/providers/kaito/status")
+        assert body["installed"] is False and body["operatorRunning"] is False
+
+
+async def test_backend_errors_fail_the_next_requests_then_recover(make_sandbox) -> None:
+    async with make_sandbox() as (sandbox, api, kube):
+        status, body = await call(api, "POST", "/_sandbox/faults", json={"backend_errors": 2})
+        assert status == 200 and body["backend_errors"] == 2
+        for _ in range(2):
+            status, body = await call(api, "GET", "/api/health")
+            assert (status, body) == (503, {"error": {"message": "Service Unavailable", "statusCode": 503}})
+        status, body = await call(api, "GET", "/api/health")
+        assert status == 200 and body["status"] == "healthy"
+        status, body = await call(api, "GET", "/_sandbox/faults")
+        assert body["backend_errors"] == 0
+
+
+async def test_faults_endpoint_rejects_unknown_knobs(make_sandbox) -> None:
+    async with make_sandbox() as (sandbox, api, kube):
+        status, body = await call(api, "POST", "/_sandbox/faults", json={"inference": "banana"})
+        assert status == 400
+        status, body = await call(api, "POST", "/_sandbox/faults", json={"no_such_fault": True})
+        assert status == 400
+        status, body = await call(api, "POST", "/_sandbox/faults", json={"delays": {"resource": 1.5}})
+        assert status == 200 and body["delays"]["resource"] == 1.5 and body["delays"]["pod_start"] == 0.3
+
+
+async def test_image_pull_error_leaves_the_pod_pending_and_names_the_image(make_sandbox) -> None:
+    async with make_sandbox(faults=Faults(image_pull_error=True)) as (sandbox, api, kube):
+        await install_kaito(api, kube)
+        await create_deployment(api)
+        pod = await wait_for(kube, PODS, f"{NAME}-0", waiting_reason("ErrImagePull"))
+        assert pod["status"]["phase"] == "Pending"
+        assert pod["spec"]["containers"][0]["image"] == IMAGE
+        await sandbox.state.wait_recorded(NAME, "pod ErrImagePull")
+        events = await kube.get(f"/api/v1/namespaces/{NS}/events",
+                                {"fieldSelector": f"involvedObject.name={NAME}-0"})
+        assert any(IMAGE in e["message"] and e["type"] == "Warning" for e in events["items"])
+        ws = await kube.get(f"{WS_COLLECTION}/{NAME}")
+        assert condition(ws, "ResourceReady") == "True" and condition(ws, "InferenceReady") is None
+        status, body = await call(api, "GET", f"/api/deployments/{NAME}?namespace={NS}")
+        assert body["phase"] == "Pending" and body["replicas"]["ready"] == 0
+
+
+async def test_crash_loop_shows_the_waiting_reason_restarts_and_the_crash_log(make_sandbox) -> None:
+    async with make_sandbox(faults=Faults(crash_loop=True)) as (sandbox, api, kube):
+        await install_kaito(api, kube)
+        await create_deployment(api)
+        await wait_for(kube, PODS, f"{NAME}-0", waiting_reason("CrashLoopBackOff"))
+        await sandbox.state.wait_recorded(NAME, "pod CrashLoopBackOff")
+        pod = await kube.get(f"{PODS}/{NAME}-0")
+        assert pod["metadata"]["annotations"]["fake-kubelet/log"] == CRASH_LINE
+        status, body = await call(api, "GET", f"/api/deployments/{NAME}/pods?namespace={NS}")
+        assert body["pods"][0]["phase"] == "Pending" and body["pods"][0]["ready"] is False
+        previous = await kube.text(f"{PODS}/{NAME}-0/log", {"previous": True})
+        assert CRASH_LINE in previous
+        events = await kube.get(f"/api/v1/namespaces/{NS}/events", {"fieldSelector": f"involvedObject.name={NAME}-0"})
+        assert any(e["reason"] == "BackOff" for e in events["items"])
+
+
+async def test_stuck_delete_keeps_the_finalizer_until_lifted(make_sandbox) -> None:
+    # image_pull_error keeps this test free of model servers; deletion does not care.
+    async with make_sandbox(faults=Faults(stuck_delete=True, image_pull_error=True)) as (sandbox, api, kube):
+        await install_kaito(api, kube)
+        await create_deployment(api)
+        await wait_for(kube, PODS, f"{NAME}-0", waiting_reason("ErrImagePull"))
+        status, body = await call(api, "DELETE", f"/api/deployments/{NAME}?namespace={NS}")
+        assert status == 200
+        await sandbox.state.wait_recorded(NAME, "finalizer kept (stuck_delete)")
+        ws = await kube.get(f"{WS_COLLECTION}/{NAME}")
+        assert ws["metadata"]["deletionTimestamp"]
+        assert "workspace.finalizer.kaito.sh" in ws["metadata"]["finalizers"]
+        status, body = await call(api, "GET", f"/api/deployments/{NAME}?namespace={NS}")
+        assert status == 200 and body["phase"] == "Pending"
+        await kube.get(f"{PODS}/{NAME}-0")  # children stay while the finalizer is held
+
+        status, body = await call(api, "POST", "/_sandbox/faults", json={"stuck_delete": False})
+        assert status == 200
+        await wait_for(kube, WS_COLLECTION, NAME, gone)
+        await wait_for(kube, PODS, f"{NAME}-0", gone)
+
+
+@pytest.mark.model
+async def test_never_ready_withholds_inference_ready(make_sandbox) -> None:
+    async with make_sandbox(faults=Faults(never_ready=True)) as (sandbox, api, kube):
+        await install_kaito(api, kube)
+        await create_deployment(api)
+        await sandbox.state.wait_recorded(NAME, "InferenceReady withheld (never_ready)")
+        await wait_for(kube, PODS, f"{NAME}-0", pod_phase("Running"))
+        ws = await kube.get(f"{WS_COLLECTION}/{NAME}")
+        assert condition(ws, "ResourceReady") == "True"
+        assert condition(ws, "InferenceReady") is None and condition(ws, "WorkspaceSucceeded") is None
+        status, body = await call(api, "GET", f"/api/deployments/{NAME}?namespace={NS}")
+        assert body["phase"] == "Pending"
+
+        sandbox.update_faults({"never_ready": False})
+        await wait_for(kube, WS_COLLECTION, NAME, running_workspace)
+
+
+@pytest.mark.model
+async def test_inference_faults_break_the_completion(make_sandbox) -> None:
+    async with make_sandbox() as (sandbox, api, kube):
+        await install_kaito(api, kube)
+        await create_deployment(api)
+        await wait_for(kube, WS_COLLECTION, NAME, running_workspace)
+
+        good = await chat(kube)
+        assert good["object"] == "chat.completion" and good["choices"][0]["message"]["role"] == "assistant"
+
+        sandbox.update_faults({"inference": "wrong_object"})
+        assert (await chat(kube))["object"] == "text_completion"
+
+        sandbox.update_faults({"inference": "empty"})
+        assert all(c["message"]["content"] == "" for c in (await chat(kube))["choices"])
+
+        sandbox.update_faults({"inference": "malformed"})
+        bad = await chat(kube)
+        assert bad["choices"][0]["message"]["role"] == "user"
+        assert bad["choices"][0]["finish_reason"] == "banana"
+        usage = bad["usage"]
+        assert usage["total_tokens"] != usage["prompt_tokens"] + usage["completion_tokens"]
+
+        sandbox.update_faults({"inference": "wrong_object"})
+        status, raw = await proxy_raw(kube, "v1/chat/completions", {
+            "model": MODEL, "stream": True, "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]})
+        chunks = [json.loads(line[6:]) for line in raw.splitlines()
+                  if line.startswith(b"data: ") and line != b"data: [DONE]"]
+        assert chunks and all(c["object"] == "text_completion" for c in chunks)
+
+
+@pytest.mark.model
+async def test_model_loading_answers_503_until_the_time_is_up(make_sandbox) -> None:
+    async with make_sandbox(faults=Faults(model_loading_seconds=600)) as (sandbox, api, kube):
+        await install_kaito(api, kube)
+        await create_deployment(api)
+        await wait_for(kube, WS_COLLECTION, NAME, running_workspace)
+        body = {"model": MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]}
+        status, raw = await proxy_raw(kube, "v1/chat/completions", body)
+        assert status == 503
+        assert json.loads(raw) == {"error": {"message": "Loading model", "code": 503}}
+        sandbox.update_faults({"model_loading_seconds": 0})
+        status, raw = await proxy_raw(kube, "v1/chat/completions", body)
+        assert status == 200 and json.loads(raw)["object"] == "chat.completion"

@@ -1,0 +1,105 @@
+"""The KAITO stand-in drives a Workspace to Running, serves a real model, and cleans up on delete."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from _fixtures import (  # noqa: F401 - fixtures are used by name
+    NAME, NS, WS_COLLECTION, call, chat, create_deployment, gone, install_kaito, kube_backend, make_sandbox,
+    pod_phase, proxy_raw, running_workspace, wait_for,
+)
+from orchestrator.sandbox.kaito import FINALIZER
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.mark.model
+async def test_workspace_runs_and_the_model_answers_through_the_service_proxy(make_sandbox) -> None:
+    async with make_sandbox() as (sandbox, api, kube):
+        await install_kaito(api, kube)
+        await create_deployment(api)
+
+        ws = await wait_for(kube, WS_COLLECTION, NAME, running_workspace)
+        assert FINALIZER in ws["metadata"]["finalizers"]
+        assert {"ResourceReady", "InferenceReady", "WorkspaceSucceeded"} <= {
+            c["type"] for c in ws["status"]["conditions"]}
+
+        status, deployment = await call(api, "GET", f"/api/deployments/{NAME}?namespace={NS}")
+        assert status == 200
+        assert deployment["phase"] == "Running"
+        assert deployment["replicas"] == {"desired": 1, "ready": 1, "available": 1}
+
+        pod = await kube.get(f"/api/v1/namespaces/{NS}/pods/{NAME}-0")
+        assert pod["metadata"]["labels"]["kaito.sh/workspace"] == NAME
+        assert pod["spec"]["containers"][0]["name"] == "model"
+        assert pod["spec"]["containers"][0]["image"] == "ghcr.io/kaito-project/aikit/llama3.2:1b"
+        service = await kube.get(f"/api/v1/namespaces/{NS}/services/{NAME}")
+        assert service["spec"]["ports"][0]["port"] == 80
+        assert service["spec"]["selector"] == {"kaito.sh/workspace": NAME}
+        await kube.get(f"/api/v1/namespaces/{NS}/services/{NAME}-headless")
+
+        answer = await chat(kube)
+        assert answer["object"] == "chat.completion"
+        assert answer["model"] == deployment["modelId"]
+        choice = answer["choices"][0]
+        assert choice["message"]["role"] == "assistant"
+        assert isinstance(choice["message"]["content"], str)
+        assert choice["finish_reason"] in ("stop", "length")
+        usage = answer["usage"]
+        assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+        status, raw = await proxy_raw(kube, "v1/chat/completions", {
+            "model": deployment["modelId"], "stream": True, "max_tokens": 4,
+            "messages": [{"role": "user", "content": "Hi"}]})
+        assert status == 200
+        events = [line[len(b"data: "):] for line in raw.splitlines() if line.startswith(b"data: ")]
+        assert events[-1] == b"[DONE]"
+        assert all(json.loads(e)["object"] == "chat.completion.chunk" for e in events[:-1])
+
+        timeline = [e.event for e in sandbox.timeline if e.name == NAME]
+        assert timeline.index("ResourceReady=True") < timeline.index("InferenceReady=True")
+
+
+@pytest.mark.model
+async def test_delete_removes_pod_and_services_before_the_workspace(make_sandbox) -> None:
+    async with make_sandbox() as (sandbox, api, kube):
+        await install_kaito(api, kube)
+        await create_deployment(api)
+        await wait_for(kube, WS_COLLECTION, NAME, running_workspace)
+
+        status, body = await call(api, "DELETE", f"/api/deployments/{NAME}?namespace={NS}")
+        assert (status, body) == (200, {"message": "Deployment deleted successfully"})
+        await wait_for(kube, WS_COLLECTION, NAME, gone)
+
+        for collection, name in (("pods", f"{NAME}-0"), ("services", NAME), ("services", f"{NAME}-headless")):
+            assert (await kube.get(f"/api/v1/namespaces/{NS}/{collection}",
+                                   {"fieldSelector": f"metadata.name={name}"}))["items"] == []
+        events = [e.event for e in sandbox.timeline if e.name == NAME]
+        assert events.index("pod and services deleted") < events.index("finalizer removed")
+        status, body = await call(api, "GET", f"/api/deployments/{NAME}?namespace={NS}")
+        assert (status, body["error"]["message"]) == (404, "Deployment not found")
+
+
+async def test_nothing_is_reconciled_without_the_operator(make_sandbox) -> None:
+    """Before install there is no CRD and no operator: a Workspace made behind KubeFoundry's back waits."""
+    async with make_sandbox() as (sandbox, api, kube):
+        await install_kaito(api, kube)
+        pods = await kube.get(f"/api/v1/namespaces/{NS}/pods", {"labelSelector": "app.kubernetes.io/name=kaito-workspace"})
+        operator = pods["items"][0]["metadata"]["name"]
+        await kube.delete(f"/api/v1/namespaces/{NS}/pods/{operator}", {"gracePeriodSeconds": 0})
+        await wait_for(kube, f"/api/v1/namespaces/{NS}/pods", operator, gone)
+        sandbox.update_faults({"image_pull_error": True})  # no model needed for this test
+        await create_deployment(api)
+
+        status, body = await call(api, "GET", "/api/installation/providers/kaito/status")
+        assert (body["installed"], body["crdFound"], body["operatorRunning"]) == (False, True, False)
+        assert body["message"] == "KAITO operator is not running"
+
+        # Reinstalling brings the operator back, and only then is the Workspace reconciled.
+        status, body = await call(api, "POST", "/api/installation/providers/kaito/install")
+        assert status == 200 and body["installing"] is True
+        ws = await wait_for(kube, WS_COLLECTION, NAME, lambda w: "workspace.finalizer.kaito.sh" in
+                            ((w or {}).get("metadata", {}).get("finalizers") or []))
+        assert ws is not None
+        await wait_for(kube, f"/api/v1/namespaces/{NS}/pods", f"{NAME}-0", pod_phase("Pending"))

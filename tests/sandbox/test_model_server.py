@@ -1,0 +1,71 @@
+"""The llama.cpp child process: it comes up under its alias, exits cleanly, and never outlives the sandbox."""
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from _fixtures import NAME, WS_COLLECTION, create_deployment, install_kaito, kube_backend, make_sandbox, running_workspace, wait_for  # noqa: F401,E501
+from orchestrator.sandbox.models import ModelProcess, model_file
+
+pytestmark = [pytest.mark.anyio, pytest.mark.model]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _children(pid: int) -> set[int]:
+    out = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid:
+                    out.add(int(entry))
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                pass
+    return out
+
+
+async def test_model_server_answers_to_its_alias_and_exits_on_sigterm(tmp_path: Path) -> None:
+    process = ModelProcess("llama-3.2-1b-instruct", await model_file(), tmp_path / "model.log")
+    url = await process.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{url}/v1/models") as resp:
+                models = await resp.json()
+        assert [m["id"] for m in models["data"]] == ["llama-3.2-1b-instruct"]
+    finally:
+        await process.stop()
+    assert process._proc is not None and process._proc.returncode == 0  # noqa: SLF001
+
+
+async def test_cancelling_a_sandbox_leaves_no_model_process(make_sandbox) -> None:
+    before = _children(os.getpid())
+    started = asyncio.Event()
+
+    async def run() -> None:
+        async with make_sandbox() as (sandbox, api, kube):
+            await install_kaito(api, kube)
+            await create_deployment(api)
+            await wait_for(kube, WS_COLLECTION, NAME, running_workspace)
+            started.set()
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(run())
+    await asyncio.wait_for(started.wait(), 120)
+    models = _children(os.getpid()) - before
+    assert models, "the model server should be a child process"
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not [pid for pid in models if _alive(pid)]
