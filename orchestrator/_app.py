@@ -86,7 +86,10 @@ async def _run(settings: Settings, sandbox: bool, faults: dict[str, Any], live: 
         runner = Runner(
             flow,
             budget=Budget(total=settings.seconds("test_timeout"),
-                          reserve=settings.seconds("cleanup_reserve")),
+                          reserve=settings.seconds("cleanup_reserve"),
+                          # Cleanup deletes and waits like the Delete phase does.
+                          cleanup_cap=max(settings.seconds("cleanup_reserve"),
+                                          settings.seconds("delete_timeout"))),
             reporters=[ConsoleReporter(console, live=None if live else False, junit_path=junit),
                        JUnitReporter(junit)],
             artifacts_dir=artifacts,

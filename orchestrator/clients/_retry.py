@@ -18,7 +18,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from ._errors import TooManyRequests, is_retryable
+from ._errors import ServerError, TooManyRequests, is_retryable
 
 T = TypeVar("T")
 
@@ -36,6 +36,14 @@ class RetryPolicy:
     initial: float = 0.2
     maximum: float = 5.0
     max_elapsed: float = 60.0
+    #: The 5xx statuses worth another try. A route whose 500 is a real answer (the
+    #: install route says "a helm step failed" that way) narrows this to gateway errors.
+    server_statuses: frozenset[int] = frozenset(range(500, 600))
+
+    def retryable(self, exc: BaseException) -> bool:
+        if isinstance(exc, ServerError):
+            return exc.status in self.server_statuses
+        return is_retryable(exc)
 
     def _wait(self, state: RetryCallState) -> float:
         jittered = wait_random_exponential(multiplier=self.initial, max=self.maximum)(state)
@@ -59,7 +67,7 @@ class RetryPolicy:
                     on_retry(exc, state.next_action.sleep if state.next_action else 0.0)
 
         retrying = AsyncRetrying(
-            retry=retry_if_exception(is_retryable),
+            retry=retry_if_exception(self.retryable),
             wait=self._wait,
             stop=stop_after_attempt(self.attempts) | stop_after_delay(self.max_elapsed),
             reraise=True,
@@ -76,3 +84,4 @@ async def _sleep(seconds: float) -> None:
 
 
 NO_RETRY = RetryPolicy(attempts=1)
+GATEWAY_ERRORS = frozenset({502, 503, 504})

@@ -14,6 +14,7 @@ never part of it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections import deque
@@ -33,7 +34,7 @@ from ._errors import (
     TransportError,
     status_error,
 )
-from ._retry import RetryPolicy
+from ._retry import GATEWAY_ERRORS, RetryPolicy
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -218,8 +219,10 @@ class KubeFoundryClient:
 
     async def install_provider(self, provider: str, *, force: bool = False) -> m.InstallResult:
         path = f"/api/installation/providers/{_seg(provider)}/install"
+        # The route answers 500 when a helm step failed: an answer, not a flake.
+        retry = dataclasses.replace(self.retry, server_statuses=GATEWAY_ERRORS)
         _, body = await self.request("POST", path, params={"force": "true"} if force else None,
-                                     timeout=INSTALL_TIMEOUT)
+                                     timeout=INSTALL_TIMEOUT, retry=retry)
         return parse(m.InstallResult, body, f"POST {path}")
 
     async def catalog_model(self, model_id: str) -> m.CatalogModel:

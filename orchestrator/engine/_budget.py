@@ -29,6 +29,7 @@ class Budget:
         diagnose_cap: float = DIAGNOSE_CAP,
         diagnose_floor: float = DIAGNOSE_FLOOR,
         cleanup_floor: float = CLEANUP_FLOOR,
+        cleanup_cap: float | None = None,
     ) -> None:
         _check_number("total", total)
         _check_number("reserve", reserve)
@@ -55,6 +56,11 @@ class Budget:
         self.diagnose_cap = float(diagnose_cap)
         self.diagnose_floor = float(diagnose_floor)
         self.cleanup_floor = float(cleanup_floor)
+        if cleanup_cap is not None:
+            _check_number("cleanup_cap", cleanup_cap)
+            if cleanup_cap <= 0:
+                raise ValueError(f"cleanup_cap must be > 0 seconds, got {cleanup_cap}")
+        self.cleanup_cap = None if cleanup_cap is None else float(cleanup_cap)
         self._started: float | None = None
 
     def start(self) -> None:
@@ -109,8 +115,18 @@ class Budget:
         return now + allowed, allowed
 
     def cleanup_deadline(self) -> tuple[float, float]:
-        """Cleanup gets the rest of the budget, and at least its floor."""
-        return self.reserve_deadline()
+        """Cleanup gets the rest of the budget, at most ``cleanup_cap``, and at least its floor.
+
+        The cap matters when an early phase fails with most of the budget left: a
+        cleanup stuck on a finalizer should fail in a time like the Delete phase's, not
+        hold a CI job for the rest of a ten-minute budget.
+        """
+        now = self.clock()
+        left = self.hard_end - now
+        if self.cleanup_cap is not None:
+            left = min(left, self.cleanup_cap)
+        allowed = max(left, self.cleanup_floor)
+        return now + allowed, allowed
 
     def _require_started(self) -> float:
         if self._started is None:

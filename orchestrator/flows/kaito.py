@@ -155,10 +155,14 @@ class KaitoFlow:
             return
         ctx.log(f"KAITO not installed yet ({status.message or 'no message'}); installing")
         try:
-            result = await self._call(ctx, self.api.install_provider(PROVIDER))
-        except Conflict as exc:
-            ctx.log(f"install answered 409 ({exc.message}); retrying once with force=true")
-            result = await self._call(ctx, self.api.install_provider(PROVIDER, force=True))
+            try:
+                result = await self._call(ctx, self.api.install_provider(PROVIDER))
+            except Conflict as exc:
+                ctx.log(f"install answered 409 ({exc.message}); retrying once with force=true")
+                result = await self._call(ctx, self.api.install_provider(PROVIDER, force=True))
+        except HTTPStatusError as exc:
+            raise PhaseFailed(f"KAITO install failed: the backend answered {exc.status}: "
+                              f"{exc.message}") from None
         if result.already_installed:
             ctx.log("the backend says KAITO is already installed")
         else:

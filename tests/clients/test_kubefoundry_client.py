@@ -135,3 +135,19 @@ async def test_catalog_id_keeps_its_colon_and_install_force_flag() -> None:
         await api.install_provider("kaito", force=True)
     assert entry.model_name == "llama-3.2-1b-instruct"
     assert paths == ["/api/aikit/models/llama3.2:1b", "/api/installation/providers/kaito/install?force=true"]
+
+
+@pytest.mark.anyio
+async def test_install_500_is_a_failed_step_and_not_retried_but_503_is() -> None:
+    answers = iter([503, 500])
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        status = next(answers)
+        return httpx.Response(status, json={"error": {"message": f"step failed {status}", "statusCode": status}})
+
+    async with client(handler) as api:
+        with pytest.raises(ServerError, match="step failed 500"):
+            await api.install_provider("kaito")
+    assert len(calls) == 2

@@ -126,3 +126,17 @@ def test_cleanup_gets_its_floor_even_when_the_run_overshot() -> None:
     assert allowed == pytest.approx(12)
     assert deadline == pytest.approx(clock.now + 12)
     assert budget.reserve_deadline() == (deadline, allowed)
+
+
+def test_cleanup_cap_bounds_cleanup_after_an_early_failure() -> None:
+    clock = FakeClock()
+    budget = Budget(600, 60, clock, cleanup_floor=10, cleanup_cap=120)
+    budget.start()
+    clock.advance(5)
+    assert budget.cleanup_deadline()[1] == pytest.approx(120)
+    clock.advance(530)  # 65 s left: the cap no longer binds
+    assert budget.cleanup_deadline()[1] == pytest.approx(65)
+    clock.advance(100)  # overshot: the floor still holds
+    assert budget.cleanup_deadline()[1] == pytest.approx(10)
+    with pytest.raises(ValueError, match="cleanup_cap must be > 0"):
+        Budget(600, 60, clock, cleanup_cap=0)

@@ -1,0 +1,162 @@
+"""End-to-end fixtures: a sandbox on loopback, and the real command run against it.
+
+Each test gets a fresh sandbox (KubeFoundry stand-in, KAITO controller, model
+servers) on a fresh Kubernetes API: the sandbox's own, and, when
+``TESTCLUSTER_HOME`` names the shared test cluster, a real API server too. The
+orchestrator runs as a child process exactly as a user runs it, so exit codes,
+signals and the files it writes are tested for real.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import xmlschema
+
+from orchestrator.clients import PODS, KubeClient, NotFound
+from orchestrator.flows.kaito import WORKSPACES
+from orchestrator.sandbox import Faults, Sandbox, SandboxOptions
+
+ROOT = Path(__file__).resolve().parents[2]
+XSD = ROOT / "tests" / "engine" / "junit.xsd"
+PHASES = ["Install KAITO", "Deploy llama3.2:1b", "Wait Ready", "Inference", "Delete"]
+
+
+def _testcluster_home() -> Path | None:
+    home = os.environ.get("TESTCLUSTER_HOME")
+    return Path(home) if home and (Path(home) / "start").exists() else None
+
+
+@pytest.fixture(scope="session")
+def _stopping() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Test clusters being stopped in the background: their stop script waits for the
+    API server to exit, and no test needs to wait for that."""
+    procs: list[subprocess.Popen[bytes]] = []
+    yield procs
+    for proc in procs:
+        proc.wait(timeout=60)
+
+
+@pytest.fixture(params=["sandbox-kube", "testcluster"])
+def kubeconfig(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+               _stopping: list[subprocess.Popen[bytes]]) -> Iterator[Path | None]:
+    """None: the sandbox starts its in-process Kubernetes API. A path: a fresh test cluster."""
+    if request.param == "sandbox-kube":
+        yield None
+        return
+    home = _testcluster_home()
+    if home is None:
+        pytest.skip("TESTCLUSTER_HOME is not set to the shared test cluster (see .ci/run)")
+    run_dir = tmp_path_factory.mktemp("tc")
+    out = subprocess.run([str(home / "start"), str(run_dir)], capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        pytest.fail(f"the test cluster did not start: {out.stderr[-2000:]}")
+    try:
+        yield Path(out.stdout.strip())
+    finally:
+        _stopping.append(subprocess.Popen([str(home / "stop"), str(run_dir)],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+
+@pytest.fixture
+def faults() -> Faults:
+    """Override in a test module (or parametrize) to inject faults."""
+    return Faults()
+
+
+@pytest.fixture
+async def sandbox(kubeconfig: Path | None, faults: Faults, tmp_path: Path) -> AsyncIterator[Sandbox]:
+    crds = os.environ.get("KAITO_CRDS_DIR")
+    options = SandboxOptions(workdir=tmp_path / "sandbox", kubeconfig=kubeconfig, faults=faults,
+                             crd_dir=Path(crds) if crds and kubeconfig is not None else None)
+    async with Sandbox(options) as sb:
+        yield sb
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+    seconds: float
+    artifacts: Path
+
+    @property
+    def junit(self) -> Path:
+        return self.artifacts / "junit.xml"
+
+    def cases(self) -> dict[str, dict[str, Any]]:
+        """testcase name -> {status, message} from the JUnit file, validated against the schema."""
+        schema = xmlschema.XMLSchema(str(XSD))
+        schema.validate(str(self.junit))
+        import xml.etree.ElementTree as ET
+
+        out: dict[str, dict[str, Any]] = {}
+        for case in ET.parse(self.junit).getroot().iter("testcase"):
+            status, message = "passed", ""
+            for tag in ("failure", "error", "skipped"):
+                el = case.find(tag)
+                if el is not None:
+                    status, message = tag, el.get("message", "")
+            out[case.get("name", "")] = {"status": status, "message": message}
+        return out
+
+    def status_of(self, title: str) -> dict[str, Any]:
+        for name, case in self.cases().items():
+            if name.endswith(title):
+                return case
+        raise AssertionError(f"no testcase named like {title!r} in {list(self.cases())}")
+
+    def run_json(self) -> dict[str, Any]:
+        return json.loads((self.artifacts / "run.json").read_text())
+
+
+async def run_orchestrator(sb: Sandbox, tmp_path: Path, *args: str, env: dict[str, str] | None = None,
+                           timeout: float = 120) -> Result:
+    """Run ``python -m orchestrator run`` against ``sb`` and wait for it, with a deadline."""
+    artifacts = tmp_path / "artifacts"
+    full_env = {k: v for k, v in os.environ.items() if k not in ("CI", "KUBECONFIG", "API_URL")}
+    full_env.update({"NO_COLOR": "1", "PYTHONUNBUFFERED": "1"})
+    full_env.update(env or {})
+    argv = [sys.executable, "-m", "orchestrator", "run", "--no-live",
+            "--api-url", sb.api_url, "--kubeconfig", str(sb.kubeconfig),
+            "--artifacts-dir", str(artifacts), "--cleanup", "always", *args]
+    started = time.monotonic()
+    with anyio.fail_after(timeout):
+        proc = await anyio.run_process(argv, env=full_env, cwd=tmp_path, check=False)
+    return Result(proc.returncode, proc.stdout.decode(), proc.stderr.decode(), time.monotonic() - started,
+                  artifacts)
+
+
+async def leftovers(sb: Sandbox, name: str = "integration-test-llama",
+                    namespace: str = "kaito-workspace") -> list[str]:
+    """What of the deployment is still in the cluster, checked through the API and Kubernetes."""
+    left: list[str] = []
+    kube = await KubeClient.from_kubeconfig(str(sb.kubeconfig))
+    try:
+        try:
+            await kube.get(WORKSPACES, name, namespace)
+            left.append(f"workspace {name}")
+        except NotFound:
+            pass
+        pods = await kube.list(PODS, namespace, label_selector=f"kaito.sh/workspace={name}")
+        left += [p["metadata"]["name"] for p in pods.get("items") or []]
+    finally:
+        await kube.aclose()
+    import httpx
+
+    async with httpx.AsyncClient() as http:
+        r = await http.get(f"{sb.api_url}/api/deployments/{name}", params={"namespace": namespace})
+        if r.status_code != 404:
+            left.append(f"backend still answers {r.status_code} for {name}")
+    return left

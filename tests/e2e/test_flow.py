@@ -1,0 +1,114 @@
+"""The real command against the sandbox: the passing flow and one failure per phase.
+
+Every test checks the same things a CI user relies on: the exit code, which
+phase failed and why (in the JUnit failure message), that diagnostics were
+written, that the JUnit file is valid, and that nothing this run created is left.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.sandbox import Faults
+
+from e2e_harness import PHASES, leftovers, run_orchestrator
+
+pytestmark = [pytest.mark.anyio, pytest.mark.cluster, pytest.mark.model]
+
+DIAG_FILES = ["pods-all.txt", "describe-pods.txt", "events.txt", "backend-exchanges.json"]
+
+
+def assert_diagnostics(artifacts: Path) -> None:
+    diag = artifacts / "diagnostics"
+    missing = [f for f in DIAG_FILES if not (diag / f).exists()]
+    assert not missing, f"diagnostics missing {missing}: {sorted(p.name for p in diag.glob('*'))}"
+
+
+async def test_passing_flow(sandbox, tmp_path: Path) -> None:
+    result = await run_orchestrator(sandbox, tmp_path)
+    assert result.code == 0, result.stdout + result.stderr
+    cases = result.cases()
+    for title in PHASES:
+        assert result.status_of(title)["status"] == "passed"
+    assert result.status_of("Cleanup")["status"] == "passed"
+    assert len(cases) == len(PHASES) + 1
+    record = result.run_json()
+    assert record["outcome"] == "passed"
+    assert not (result.artifacts / "diagnostics").exists()
+    assert await leftovers(sandbox) == []
+    assert result.seconds < 60
+
+
+@pytest.mark.parametrize("faults", [Faults(install_fails=True)])
+async def test_failing_install(sandbox, tmp_path: Path) -> None:
+    result = await run_orchestrator(sandbox, tmp_path)
+    assert result.code == 1, result.stdout + result.stderr
+    failure = result.status_of("Install KAITO")
+    assert failure["status"] == "failure"
+    assert "Install KAITO" in failure["message"] and "install failed" in failure["message"]
+    for title in PHASES[1:]:
+        assert result.status_of(title)["status"] == "skipped"
+    assert_diagnostics(result.artifacts)
+    assert await leftovers(sandbox) == []
+
+
+@pytest.mark.parametrize("faults", [Faults(never_ready=True)])
+async def test_deployment_that_never_becomes_ready(sandbox, tmp_path: Path) -> None:
+    result = await run_orchestrator(sandbox, tmp_path, "--deployment-ready-timeout", "4000")
+    assert result.code == 1, result.stdout + result.stderr
+    failure = result.status_of("Wait Ready")
+    assert failure["status"] == "failure"
+    assert "timed out" in failure["message"] and "Pending" in failure["message"]
+    assert result.status_of("Inference")["status"] == "skipped"
+    assert result.status_of("Cleanup")["status"] == "passed"
+    assert_diagnostics(result.artifacts)
+    assert await leftovers(sandbox) == []
+
+
+@pytest.mark.parametrize("faults", [Faults(image_pull_error=True)])
+async def test_image_pull_error_fails_fast_naming_the_image(sandbox, tmp_path: Path) -> None:
+    # The phase may wait 300 s; an image that cannot be pulled must end it at once.
+    result = await run_orchestrator(sandbox, tmp_path, "--deployment-ready-timeout", "300000")
+    assert result.code == 1, result.stdout + result.stderr
+    failure = result.status_of("Wait Ready")
+    assert failure["status"] == "failure"
+    assert "ErrImagePull" in failure["message"] or "ImagePullBackOff" in failure["message"]
+    assert "ghcr.io/kaito-project/aikit/llama3.2:1b" in failure["message"]
+    wait_ready = next(p for p in result.run_json()["phases"] if p["name"] == "wait_ready")
+    assert wait_ready["duration"] < 30
+    assert_diagnostics(result.artifacts)
+    assert "ImagePull" in (result.artifacts / "diagnostics" / "describe-pods.txt").read_text()
+    assert await leftovers(sandbox) == []
+
+
+@pytest.mark.parametrize("faults", [Faults(inference="malformed")])
+async def test_invalid_inference_response_lists_every_schema_error(sandbox, tmp_path: Path) -> None:
+    result = await run_orchestrator(sandbox, tmp_path)
+    assert result.code == 1, result.stdout + result.stderr
+    failure = result.status_of("Inference")
+    assert failure["status"] == "failure"
+    assert "invalid chat completion" in failure["message"]
+    assert failure["message"].count(";") >= 1, failure["message"]  # more than one error listed
+    assert result.status_of("Delete")["status"] == "skipped"
+    assert_diagnostics(result.artifacts)
+    assert await leftovers(sandbox) == []
+
+
+@pytest.mark.parametrize("faults", [Faults(stuck_delete=True)])
+async def test_stuck_delete_fails_in_delete_and_says_what_is_left(sandbox, tmp_path: Path) -> None:
+    result = await run_orchestrator(sandbox, tmp_path, "--delete-timeout", "3000",
+                                    "--cleanup-reserve", "4000", "--test-timeout", "120000")
+    assert result.code == 1, result.stdout + result.stderr
+    failure = result.status_of("Delete")
+    assert failure["status"] == "failure"
+    assert "timed out" in failure["message"]
+    assert "workspace.finalizer.kaito.sh" in failure["message"]
+    cleanup = result.status_of("Cleanup")
+    assert cleanup["status"] == "failure"
+    assert "still there: Workspace" in cleanup["message"] and "workspace.finalizer.kaito.sh" in cleanup["message"]
+    assert result.seconds < 40
+    assert_diagnostics(result.artifacts)
+    # Once the finalizer is released the cluster is clean again.
+    sandbox.update_faults({"stuck_delete": False})
