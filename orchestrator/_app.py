@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -70,9 +69,12 @@ async def _run(settings: Settings, sandbox: bool, faults: dict[str, Any], live: 
         try:
             kube = await KubeClient.from_kubeconfig(kubeconfig)
         except Exception as exc:  # the loader raises many kinds; all mean "bad kubeconfig"
+            from .cli import report_config_error
+
             where = kubeconfig or "KUBECONFIG / ~/.kube/config"
-            print(f"orchestrator: configuration error:\n  kubeconfig ({where}): cannot be loaded: "
-                  f"{type(exc).__name__}: {exc}", file=sys.stderr)
+            report_config_error([f"kubeconfig ({where}): cannot be loaded: {type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0] if str(exc) else ''}"],
+                                settings.artifacts_dir)
             return EXIT_USAGE
         token = settings.token.get_secret_value() if settings.token else None
         api = KubeFoundryClient(api_url, token=token)

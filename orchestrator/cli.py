@@ -112,20 +112,37 @@ def main(argv: Sequence[str] | None = None) -> int:
         if faults and not ns.sandbox:
             raise ConfigError(["--sandbox-fault needs --sandbox"])
     except ConfigError as exc:
-        print("orchestrator: configuration error:", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+        report_config_error(exc.problems, getattr(ns, "artifacts_dir", None))
         return EXIT_USAGE
     from ._app import run_app
 
     return run_app(settings, sandbox=ns.sandbox, faults=faults, live=not ns.no_live)
 
 
+def report_config_error(problems: Sequence[str], artifacts_dir: str | None) -> None:
+    """Say what is wrong, and leave a JUnit report saying it too: a CI job whose
+    configuration is broken should show why in its test report, not a missing file."""
+    print("orchestrator: configuration error:", file=sys.stderr)
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+    target = Path(artifacts_dir or os.environ.get("ORCHESTRATOR_ARTIFACTS_DIR") or "test-results")
+    try:
+        from .engine import write_error_junit
+
+        target.mkdir(parents=True, exist_ok=True)
+        write_error_junit(target / "junit.xml", "kaito", "; ".join(problems))
+    except (OSError, ValueError) as exc:
+        print(f"orchestrator: (no JUnit report written: {exc})", file=sys.stderr)
+
+
 def _graph() -> int:
     from .engine import machine_mermaid
-    from .flows.kaito import KaitoFlow
+    from .flows.kaito import KaitoFlow, KaitoSettings
 
-    print(machine_mermaid(KaitoFlow.describe()))
+    # Only the phases are read: no client is needed to draw the machine.
+    flow = KaitoFlow(KaitoSettings(api_url="http://unused"), api=None, kube=None,  # type: ignore[arg-type]
+                     inference=None)  # type: ignore[arg-type]
+    print(machine_mermaid(flow))
     return EXIT_OK
 
 

@@ -1,0 +1,111 @@
+"""The command line: fast help, exit code 2 for bad input before any request, no tracebacks."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if k not in ("CI", "KUBECONFIG", "API_URL")}
+    full.update(env or {})
+    return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=cwd, env=full,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def backend() -> Iterator[tuple[str, list[str]]]:
+    """A loopback HTTP server that records every request it gets and answers 503."""
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            seen.append(f"GET {self.path}")
+            self.send_response(503)
+            self.end_headers()
+
+        do_POST = do_DELETE = do_GET  # noqa: N815
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    finally:
+        server.shutdown()
+
+
+def test_version_and_help_do_not_load_the_heavy_clients(tmp_path: Path) -> None:
+    out = run("--version", cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout.startswith("orchestrator ")
+    code = ("import sys; from orchestrator.cli import main\n"
+            "try:\n    main(['run', '--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
+            "heavy = [m for m in sys.modules if m.split('.')[0] in ('kubernetes_asyncio', 'aiohttp', 'xllamacpp')]\n"
+            "assert not heavy, heavy\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, capture_output=True, timeout=60)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--deployment-name", "../x"], "--deployment-name (command line): must be a DNS-1123 label"),
+    (["--deployment-name", "has space"], "--deployment-name (command line)"),
+    (["--deployment-name", "a" * 64], "--deployment-name (command line)"),
+    (["--namespace", "UPPER"], "--namespace (command line)"),
+    (["--model", "../../etc/passwd"], "--model (command line): must be a catalog model id"),
+    (["--test-timeout", "ten minutes"], "--test-timeout (command line): must be a whole number of milliseconds"),
+])
+def test_hostile_input_is_rejected_before_any_request(tmp_path: Path, backend, args: list[str], needle: str) -> None:
+    url, seen = backend
+    out = run("run", "--api-url", url, "--artifacts-dir", str(tmp_path / "a"), *args, cwd=tmp_path)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert needle in out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
+    assert seen == []
+    junit = (tmp_path / "a" / "junit.xml").read_text()
+    assert "Configuration" in junit and needle.split(" (")[0] in junit
+
+
+def test_bad_env_and_config_file_name_the_source(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text("test_timeout = 'soon'\nwat = 1\n")
+    out = run("run", cwd=tmp_path)
+    assert out.returncode == 2 and "unknown key 'wat'" in out.stderr and "Traceback" not in out.stderr
+    (tmp_path / "config.toml").write_text("test_timeout = 'soon'\n")
+    out = run("run", cwd=tmp_path, env={"DEPLOYMENT_READY_TIMEOUT": "-5"})
+    assert out.returncode == 2
+    assert "test_timeout (config.toml): must be a whole number of milliseconds" in out.stderr
+    assert "DEPLOYMENT_READY_TIMEOUT (environment)" in out.stderr
+
+
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    out = run("run", "--no-such-flag", cwd=tmp_path)
+    assert out.returncode == 2 and "unrecognized arguments" in out.stderr
+    out = run("run", "--sandbox-fault", "never_ready=true", cwd=tmp_path)
+    assert out.returncode == 2 and "--sandbox-fault needs --sandbox" in out.stderr
+
+
+def test_a_missing_kubeconfig_is_a_configuration_error(tmp_path: Path, backend) -> None:
+    url, seen = backend
+    out = run("run", "--api-url", url, "--kubeconfig", str(tmp_path / "nope.yaml"),
+              "--artifacts-dir", str(tmp_path / "a"), cwd=tmp_path)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "kubeconfig" in out.stderr and "Traceback" not in out.stderr
+    assert seen == []
+
+
+def test_graph_prints_the_machine(tmp_path: Path) -> None:
+    out = run("graph", cwd=tmp_path)
+    assert out.returncode == 0
+    assert out.stdout.startswith("stateDiagram-v2")
+    for state in ("Install KAITO", "Wait Ready", "diagnose", "cleanup", "passed", "failed", "interrupted"):
+        assert state in out.stdout
