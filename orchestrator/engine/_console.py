@@ -102,6 +102,12 @@ class ConsoleReporter:
             self.close()
         finally:
             self.console.print(summary_table(record))
+            cleanup = record.cleanup
+            if cleanup.detail and cleanup.status in ("skipped", "failed", "interrupted"):
+                # Kept or left-behind resources: say how to look at them and remove them.
+                self._line(f"Cleanup {cleanup.status}; to inspect and clean up:")
+                for line in cleanup.detail.splitlines():
+                    self._line(f"  {line}")
             self.console.print(self._verdict(record), soft_wrap=True)
 
     def close(self) -> None:

@@ -127,12 +127,20 @@ async def collect_diagnostics(
             for cs in (pod.get("status") or {}).get("containerStatuses") or []:
                 container = cs.get("name")
                 base = out / "logs" / f"{_safe_name(name)}_{_safe_name(container)}"
-                try:
-                    text = await kube.pod_log(name, namespace, container=container, tail_lines=LOG_TAIL)
-                    _write(base.with_suffix(".log"), text)
-                except ClientError as exc:
-                    errors.append(f"logs of {name}/{container}: {exc}")
-                if int(cs.get("restartCount") or 0) > 0:
+                waiting = ((cs.get("state") or {}).get("waiting"))
+                if waiting is not None:
+                    # A waiting container has no current log (the API answers 400); a
+                    # crash-looping one still has its previous instance's.
+                    _write(base.with_suffix(".log"), "(no current log: the container is waiting: "
+                           f"{(waiting or {}).get('reason', 'unknown reason')})\n")
+                else:
+                    try:
+                        text = await kube.pod_log(name, namespace, container=container,
+                                                  tail_lines=LOG_TAIL)
+                        _write(base.with_suffix(".log"), text)
+                    except ClientError as exc:
+                        errors.append(f"logs of {name}/{container}: {exc}")
+                if int(cs.get("restartCount") or 0) > 0 or cs.get("lastState"):
                     try:
                         text = await kube.pod_log(name, namespace, container=container,
                                                   tail_lines=LOG_TAIL, previous=True)

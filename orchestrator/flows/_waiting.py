@@ -94,21 +94,22 @@ async def wait_for(
                 on_note(f"watch {spec.resource.plural} unavailable ({exc}); re-checking every "
                         f"{recheck:g} s instead")
 
+    result: T | None = None
     async with anyio.create_task_group() as tg:
         for spec in watches:
             tg.start_soon(pump, spec)
-        try:
-            while True:
-                if stopped:
-                    raise stopped[0]
-                result = await check()
-                if result is not None:
-                    return result
-                if stopped:
-                    raise stopped[0]
-                await signal.wait(recheck)
-        finally:
-            tg.cancel_scope.cancel()
+        while not stopped:
+            result = await check()
+            if result is not None or stopped:
+                break
+            await signal.wait(recheck)
+        tg.cancel_scope.cancel()
+    # Raised outside the task group, so callers see the Stop itself and not an
+    # exception group wrapping it.
+    if stopped:
+        raise stopped[0]
+    assert result is not None
+    return result
 
 
 def pod_summary(pod: dict[str, Any]) -> str:

@@ -76,6 +76,7 @@ async def test_image_pull_error_fails_fast_naming_the_image(sandbox, tmp_path: P
     assert failure["status"] == "failure"
     assert "ErrImagePull" in failure["message"] or "ImagePullBackOff" in failure["message"]
     assert "ghcr.io/kaito-project/aikit/llama3.2:1b" in failure["message"]
+    assert failure["message"].startswith("Wait Ready: pod integration-test-llama-0 container model:")
     wait_ready = next(p for p in result.run_json()["phases"] if p["name"] == "wait_ready")
     assert wait_ready["duration"] < 30
     assert_diagnostics(result.artifacts)
@@ -112,3 +113,15 @@ async def test_stuck_delete_fails_in_delete_and_says_what_is_left(sandbox, tmp_p
     assert_diagnostics(result.artifacts)
     # Once the finalizer is released the cluster is clean again.
     sandbox.update_faults({"stuck_delete": False})
+
+
+@pytest.mark.parametrize("faults", [Faults(crash_loop=True)])
+async def test_crash_loop_fails_fast_with_the_last_log_lines(sandbox, tmp_path: Path) -> None:
+    result = await run_orchestrator(sandbox, tmp_path)
+    assert result.code == 1, result.stdout + result.stderr
+    failure = result.status_of("Wait Ready")
+    assert "CrashLoopBackOff" in failure["message"]
+    logs = result.artifacts / "diagnostics" / "logs"
+    previous = list(logs.glob("integration-test-llama-0_model.previous.log"))
+    assert previous and previous[0].read_text().strip(), sorted(p.name for p in logs.glob("*"))
+    assert await leftovers(sandbox) == []
