@@ -22,6 +22,7 @@ from typing import Any
 import anyio
 import pytest
 import xmlschema
+from _testcluster import stop_later
 
 from orchestrator.clients import PODS, KubeClient, NotFound
 from orchestrator.flows.kaito import WORKSPACES
@@ -37,19 +38,8 @@ def _testcluster_home() -> Path | None:
     return Path(home) if home and (Path(home) / "start").exists() else None
 
 
-@pytest.fixture(scope="session")
-def _stopping() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Test clusters being stopped in the background: their stop script waits for the
-    API server to exit, and no test needs to wait for that."""
-    procs: list[subprocess.Popen[bytes]] = []
-    yield procs
-    for proc in procs:
-        proc.wait(timeout=60)
-
-
 @pytest.fixture(params=["sandbox-kube", "testcluster"])
-def kubeconfig(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-               _stopping: list[subprocess.Popen[bytes]]) -> Iterator[Path | None]:
+def kubeconfig(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path | None]:
     """None: the sandbox starts its in-process Kubernetes API. A path: a fresh test cluster."""
     if request.param == "sandbox-kube":
         yield None
@@ -64,8 +54,7 @@ def kubeconfig(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     try:
         yield Path(out.stdout.strip())
     finally:
-        _stopping.append(subprocess.Popen([str(home / "stop"), str(run_dir)],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        stop_later(home, run_dir)
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from _testcluster import stop_later
 
 from orchestrator.sandbox import Faults, Sandbox, SandboxOptions
 from orchestrator.sandbox._kube import Gone, Kube
@@ -59,7 +60,7 @@ def kube_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     try:
         yield Path(started.stdout.strip())
     finally:
-        subprocess.run([f"{home}/stop", str(run_dir)], capture_output=True, timeout=60)
+        stop_later(home, run_dir)
 
 
 def crd_dir() -> Path | None:

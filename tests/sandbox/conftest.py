@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 import anyio
+from _testcluster import stop_later
 import pytest
 from kubernetes_asyncio import client, config
 
@@ -84,7 +85,7 @@ async def testcluster_kube(anyio_backend: str, tmp_path: pathlib.Path) -> AsyncI
         finally:
             await api.close()
     finally:
-        await anyio.run_process([str(home / "stop"), str(run_dir)], check=False)
+        stop_later(home, run_dir)
 
 
 @pytest.fixture(params=["sandbox", "testcluster"])
