@@ -23,6 +23,7 @@ from ._errors import (
     is_retryable,
 )
 from ._retry import NO_RETRY, RetryPolicy
+from ._hub import WatchHub, compile_selector
 from ._watch import Backoff, WatchEvent, watch
 from .inference import (
     ChatCompletionResponse,
@@ -30,6 +31,7 @@ from .inference import (
     InferenceResult,
     InferenceRoute,
     InvalidCompletion,
+    StreamTiming,
     validate_completion,
 )
 from .kube import CRDS, EVENTS, NAMESPACES, PODS, SERVICES, KubeClient, Resource
@@ -39,7 +41,7 @@ __all__ = [
     "Backoff", "CRDS", "ChatCompletionResponse", "ClientError", "Conflict", "EVENTS", "Exchange",
     "HTTPStatusError", "InferenceClient", "InferenceResult", "InferenceRoute", "InvalidCompletion",
     "Journal", "KubeClient", "KubeFoundryClient", "NAMESPACES", "NO_RETRY", "NotFound", "PODS",
-    "RequestTimeout", "Resource", "ResponseFormatError", "RetryPolicy", "SERVICES", "ServerError",
-    "TooManyRequests", "TransportError", "Unauthorized", "WatchEvent", "is_retryable",
+    "RequestTimeout", "Resource", "ResponseFormatError", "RetryPolicy", "SERVICES", "ServerError", "StreamTiming",
+    "TooManyRequests", "TransportError", "Unauthorized", "WatchEvent", "WatchHub", "compile_selector", "is_retryable",
     "validate_completion", "watch",
 ]

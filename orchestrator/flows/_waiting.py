@@ -19,7 +19,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 import anyio
 
-from ..clients import ClientError, KubeClient, Resource, WatchEvent, watch
+from ..clients import ClientError, KubeClient, Resource, WatchEvent, WatchHub, watch
 
 T = TypeVar("T")
 
@@ -65,6 +65,7 @@ async def wait_for(
     inspect: Callable[[WatchEvent], None] | None = None,
     on_note: Callable[[str], None] | None = None,
     server_timeout: int = 60,
+    hub: WatchHub | None = None,
 ) -> T:
     """Return ``check()``'s first non-None answer; raise :class:`Stop` if ``inspect`` says so.
 
@@ -75,18 +76,28 @@ async def wait_for(
     signal = _Signal()
     stopped: list[Stop] = []
 
+    def deliver(event: WatchEvent) -> None:
+        if inspect is not None:
+            try:
+                inspect(event)
+            except Stop as stop:
+                stopped.append(stop)
+        signal.set()
+
     async def pump(spec: WatchSpec) -> None:
         try:
-            async for event in watch(kube, spec.resource, spec.namespace,
-                                     label_selector=spec.label_selector,
-                                     field_selector=spec.field_selector,
-                                     server_timeout=server_timeout, on_note=on_note):
-                if inspect is not None:
-                    try:
-                        inspect(event)
-                    except Stop as stop:
-                        stopped.append(stop)
-                signal.set()
+            if hub is not None:
+                async with hub.subscribe(spec.resource, spec.namespace,
+                                         label_selector=spec.label_selector,
+                                         field_selector=spec.field_selector) as events:
+                    async for event in events:
+                        deliver(event)
+            else:
+                async for event in watch(kube, spec.resource, spec.namespace,
+                                         label_selector=spec.label_selector,
+                                         field_selector=spec.field_selector,
+                                         server_timeout=server_timeout, on_note=on_note):
+                    deliver(event)
         except ClientError as exc:
             # A watch that cannot run (403, an unknown resource type) must not end the
             # wait: the authority is still asked at every re-check, only slower.

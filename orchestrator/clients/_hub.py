@@ -1,0 +1,177 @@
+"""One watch stream per resource type and namespace, shared by every waiter.
+
+A run with fifty deployments in one namespace would otherwise open fifty pod
+watches and fifty Workspace watches, each with its own list at start and its
+own reconnects: the API server pays for every one, and so does the client.
+The hub keeps a single list-then-watch loop (:func:`watch`) per
+``(resource, namespace)`` and fans each event out to the subscribers whose
+selectors match, evaluated here on the client.
+
+A new subscriber first receives the objects the hub already knows (as
+``ADDED``), so "check the object before you watch it" holds for the second
+waiter as much as for the first. Selectors the hub cannot evaluate locally
+(set-based label selectors, unusual field selectors) get a stream of their
+own, so correctness never depends on the sharing.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import anyio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectSendStream
+
+from ._errors import ClientError
+from ._watch import WatchEvent, watch
+from .kube import KubeClient, Resource
+
+_EQUALITY = re.compile(r"^\s*([A-Za-z0-9_./-]+)\s*(==|=|!=)\s*([A-Za-z0-9_.-]*)\s*$")
+_EXISTS = re.compile(r"^\s*(!?)([A-Za-z0-9_./-]+)\s*$")
+_LOCAL_FIELDS = {"metadata.name": ("metadata", "name"), "metadata.namespace": ("metadata", "namespace")}
+
+
+def compile_selector(label_selector: str | None, field_selector: str | None
+                     ) -> Callable[[dict[str, Any]], bool] | None:
+    """A predicate for the selectors, or None when they can't be evaluated locally."""
+    tests: list[Callable[[dict[str, Any]], bool]] = []
+    for term in filter(None, (label_selector or "").split(",")):
+        if m := _EQUALITY.match(term):
+            key, op, value = m.groups()
+            want = op != "!="
+            tests.append(lambda o, k=key, v=value, w=want:
+                         ((o.get("metadata", {}).get("labels") or {}).get(k) == v) == w)
+        elif m := _EXISTS.match(term):
+            negate, key = m.groups()
+            tests.append(lambda o, k=key, n=bool(negate):
+                         (k in (o.get("metadata", {}).get("labels") or {})) != n)
+        else:
+            return None
+    for term in filter(None, (field_selector or "").split(",")):
+        m = _EQUALITY.match(term)
+        if not m or m.group(1) not in _LOCAL_FIELDS:
+            return None
+        path, op, value = _LOCAL_FIELDS[m.group(1)], m.group(2), m.group(3)
+        want = op != "!="
+        tests.append(lambda o, p=path, v=value, w=want: (o.get(p[0], {}).get(p[1]) == v) == w)
+    return lambda obj: all(t(obj) for t in tests)
+
+
+@dataclass
+class _Stream:
+    resource: Resource
+    namespace: str | None
+    label_selector: str | None = None
+    field_selector: str | None = None
+    known: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    subscribers: list[tuple[Callable[[dict[str, Any]], bool], MemoryObjectSendStream[WatchEvent]]] = \
+        field(default_factory=list)
+    scope: anyio.CancelScope | None = None
+    error: ClientError | None = None
+
+
+class WatchHub:
+    """Shared watches. Use as ``async with WatchHub(kube) as hub:`` around the runs."""
+
+    def __init__(self, kube: KubeClient, *, server_timeout: int = 60,
+                 on_note: Callable[[str], None] | None = None) -> None:
+        self.kube = kube
+        self.server_timeout = server_timeout
+        self._note = on_note
+        self._streams: dict[tuple[Any, ...], _Stream] = {}
+        self._tg: TaskGroup | None = None
+
+    @property
+    def streams_open(self) -> int:
+        """Watch loops running now: what the API server is paying for."""
+        return sum(1 for s in self._streams.values() if s.scope is not None)
+
+    async def __aenter__(self) -> WatchHub:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> bool | None:
+        assert self._tg is not None
+        self._tg.cancel_scope.cancel()
+        return await self._tg.__aexit__(*exc)
+
+    @asynccontextmanager
+    async def subscribe(self, resource: Resource, namespace: str | None = None, *,
+                        label_selector: str | None = None, field_selector: str | None = None
+                        ) -> AsyncIterator[AsyncIterator[WatchEvent]]:
+        """Events for the matching objects: those known now first, then every change."""
+        if self._tg is None:
+            raise RuntimeError("WatchHub used outside 'async with'")
+        predicate = compile_selector(label_selector, field_selector)
+        if predicate is None:  # not shareable: a stream of its own, filtered by the server
+            key: tuple[Any, ...] = (resource, namespace, label_selector, field_selector)
+            stream = self._streams.get(key) or _Stream(resource, namespace, label_selector, field_selector)
+            predicate = _always
+        else:
+            key = (resource, namespace)
+            stream = self._streams.get(key) or _Stream(resource, namespace)
+        self._streams[key] = stream
+        send, receive = anyio.create_memory_object_stream[WatchEvent](max_buffer_size=10_000)
+        for obj in list(stream.known.values()):
+            if predicate(obj):
+                send.send_nowait(WatchEvent("ADDED", obj))
+        entry = (predicate, send)
+        stream.subscribers.append(entry)
+        if stream.scope is None:
+            stream.scope = anyio.CancelScope()
+            self._tg.start_soon(self._pump, stream)
+        try:
+            async with receive:
+                yield _iterate(receive, stream)
+        finally:
+            stream.subscribers.remove(entry)
+            send.close()
+            if not stream.subscribers and stream.scope is not None:
+                # Nobody listens: stop paying for the stream. A later subscriber relists.
+                stream.scope.cancel()
+                stream.scope = None
+                stream.known.clear()
+                self._streams.pop(key, None)
+
+    async def _pump(self, stream: _Stream) -> None:
+        scope = stream.scope
+        assert scope is not None
+        with scope:
+            try:
+                async for event in watch(self.kube, stream.resource, stream.namespace,
+                                         label_selector=stream.label_selector,
+                                         field_selector=stream.field_selector,
+                                         server_timeout=self.server_timeout, on_note=self._note):
+                    meta = event.object.get("metadata", {})
+                    k = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+                    if event.type == "DELETED":
+                        stream.known.pop(k, None)
+                    else:
+                        stream.known[k] = event.object
+                    for predicate, send in list(stream.subscribers):
+                        if predicate(event.object):
+                            try:
+                                send.send_nowait(event)
+                            except (anyio.WouldBlock, anyio.ClosedResourceError,
+                                    anyio.BrokenResourceError):
+                                pass
+            except ClientError as exc:
+                stream.error = exc
+                for _, send in list(stream.subscribers):
+                    send.close()
+
+
+def _always(_obj: dict[str, Any]) -> bool:
+    return True
+
+
+async def _iterate(receive: Any, stream: _Stream) -> AsyncIterator[WatchEvent]:
+    async for event in receive:
+        yield event
+    if stream.error is not None:
+        raise stream.error
