@@ -69,6 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="use this cluster instead of the in-process Kubernetes API")
     sb.add_argument("--fault", action="append", default=[], metavar="NAME=VALUE")
 
+    hist = sub.add_parser("history", help="show inference latency over past runs",
+                          description="Show the inference latency history (time to first token, "
+                                      "latency, tokens/s) as a table with sparklines.")
+    hist.add_argument("--file", default=None,
+                      help="history file (default: ARTIFACTS_DIR/history.jsonl)")
+    hist.add_argument("--artifacts-dir", default=None, help="artifacts dir holding history.jsonl")
+    hist.add_argument("--last", type=int, default=20, help="runs to show (default 20)")
+    hist.add_argument("--png", default=None, metavar="PATH", help="also draw a PNG chart (needs matplotlib)")
+
     sub.add_parser("graph", help="print the state machine as a Mermaid diagram")
     return parser
 
@@ -104,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     if ns.command == "graph":
         return _graph()
+    if ns.command == "history":
+        return _history(ns)
     try:
         if ns.command == "sandbox":
             return _serve_sandbox(ns)
@@ -133,6 +144,30 @@ def report_config_error(problems: Sequence[str], artifacts_dir: str | None) -> N
         write_error_junit(target / "junit.xml", "kaito", "; ".join(problems))
     except (OSError, ValueError) as exc:
         print(f"orchestrator: (no JUnit report written: {exc})", file=sys.stderr)
+
+
+def _history(ns: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .history import HISTORY_FILE, HistoryError, load, render, write_png
+
+    base = ns.artifacts_dir or os.environ.get("ORCHESTRATOR_ARTIFACTS_DIR") or "test-results"
+    path = Path(ns.file) if ns.file else Path(base) / HISTORY_FILE
+    if ns.last < 1:
+        print("orchestrator: error: --last must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        entries = load(path)
+        if not entries:
+            print(f"orchestrator: no history yet in {path}: every run appends to it", file=sys.stderr)
+            return EXIT_OK
+        Console().print(render(entries, last=ns.last))
+        if ns.png:
+            print(f"chart written to {write_png(entries[-ns.last:], Path(ns.png))}")
+    except HistoryError as exc:
+        print(f"orchestrator: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
 
 
 def _graph() -> int:
