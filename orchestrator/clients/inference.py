@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, AsyncIterator, Literal
 
 import anyio
 import httpx
@@ -188,6 +188,34 @@ class InferenceClient:
         except ValueError:
             return status, text
 
+    async def stream(self, *, namespace: str, service: str, port: int, model: str, prompt: str,
+                     max_tokens: int) -> StreamTiming:
+        """Send the same completion streamed, to measure time to first token."""
+        body = {"model": model, "messages": [{"role": "user", "content": prompt}],
+                "max_tokens": max_tokens, "stream": True}
+        self.requests_sent += 1
+        if self.route.kind == "service-proxy":
+            assert self._kube is not None
+            path = self._kube.service_proxy_path(namespace, service, port, "v1/chat/completions")
+            return await _stream_via_kube(self._kube, path, body, self._timeout)
+        url = self.describe(namespace, service, port)
+        started = time.monotonic()
+        try:
+            async with self._http.stream("POST", url, json=body,
+                                         headers={"Accept": "text/event-stream"}) as resp:
+                if resp.status_code != 200:
+                    text = (await resp.aread()).decode("utf-8", "replace")
+                    raise status_error(resp.status_code, _message(_try_json(text), f"HTTP {resp.status_code}"),
+                                       method="POST", path=url)
+
+                async def lines() -> AsyncIterator[bytes]:
+                    async for line in resp.aiter_lines():
+                        yield line.encode()
+
+                return await _measure(_sse_lines(lines()), started)
+        except httpx.TransportError as exc:
+            raise TransportError(f"POST {url}: {type(exc).__name__}: {exc}") from None
+
     async def chat(self, *, namespace: str, service: str, port: int, model: str, prompt: str,
                    max_tokens: int, loading_grace: float = 30.0,
                    on_wait: Any = None) -> InferenceResult:
@@ -234,6 +262,77 @@ class InferenceClient:
             delay = min(delay * 2, 2.0)
 
 
+@dataclass
+class StreamTiming:
+    """A streamed completion, measured: when the first token came, and how fast the rest did."""
+
+    ttft_s: float
+    total_s: float
+    chunks: int
+    content_chunks: int
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        """Content chunks per second after the first: llama.cpp and vLLM send one token per chunk."""
+        rest = self.total_s - self.ttft_s
+        return (self.content_chunks - 1) / rest if self.content_chunks > 1 and rest > 0 else None
+
+
+async def _sse_lines(lines: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]:
+    async for raw in lines:
+        line = raw.decode("utf-8", "replace").strip()
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            raise InvalidCompletion("the model's stream is not valid server-sent JSON",
+                                    [f"(chunk): {data[:200]!r}"]) from None
+        if isinstance(chunk, dict):
+            yield chunk
+
+
+async def _measure(chunks: AsyncIterator[dict[str, Any]], started: float) -> StreamTiming:
+    first: float | None = None
+    count = content = 0
+    async for chunk in chunks:
+        count += 1
+        for choice in chunk.get("choices") or []:
+            delta = (choice or {}).get("delta") or {}
+            if isinstance(delta.get("content"), str) and delta["content"]:
+                content += 1
+                if first is None:
+                    first = time.monotonic() - started
+    total = time.monotonic() - started
+    if first is None:
+        raise InvalidCompletion("the model's stream carried no content", [f"{count} chunks, no content delta"])
+    return StreamTiming(first, total, count, content)
+
+
+async def _stream_via_kube(kube: KubeClient, path: str, body: dict[str, Any], timeout: float) -> StreamTiming:
+    started = time.monotonic()
+    response = await kube.open("POST", path, body=body, timeout=timeout,
+                               accept="text/event-stream, application/json")
+    try:
+        if response.status != 200:
+            text = (await response.read()).decode("utf-8", "replace")
+            raise status_error(response.status, _message(_try_json(text), f"HTTP {response.status}"),
+                               method="POST", path=path)
+        return await _measure(_sse_lines(response.content.__aiter__()), started)
+    finally:
+        response.release()
+
+
+def _try_json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
 def _message(body: Any, fallback: str) -> str:
     if isinstance(body, dict):
         err = body.get("error")
@@ -249,4 +348,4 @@ def _message(body: Any, fallback: str) -> str:
 
 
 __all__ = ["InferenceClient", "InferenceRoute", "InferenceResult", "InvalidCompletion",
-           "ChatCompletionResponse", "validate_completion", "ClientError", "HTTPStatusError"]
+           "ChatCompletionResponse", "validate_completion", "StreamTiming", "ClientError", "HTTPStatusError"]
