@@ -50,9 +50,13 @@ class ConsoleReporter:
         live: bool | None = None,
         junit_path: str | os.PathLike[str] | None = None,
         refresh_per_second: float = 4,
+        prefix: bool = False,
     ) -> None:
         self.console = console if console is not None else Console()
-        self.live = wants_live(self.console) if live is None else live
+        #: Several runs share one console: lines carry the suite name, and the live
+        #: view (one per console) is off.
+        self.prefix = prefix
+        self.live = False if prefix else (wants_live(self.console) if live is None else live)
         self.junit_path = Path(junit_path) if junit_path is not None else None
         self._refresh = refresh_per_second
         self._view: Live | None = None
@@ -125,6 +129,8 @@ class ConsoleReporter:
     # -- rendering ---------------------------------------------------------------------
 
     def _line(self, text: str) -> None:
+        if self.prefix and self._record is not None:
+            text = f"{self._record.suite}: {text}"
         self.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
     def _render_live(self) -> RenderableType:

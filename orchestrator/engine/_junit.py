@@ -204,23 +204,30 @@ def write_error_junit(
 
 
 class JUnitReporter:
-    """Keeps a JUnit file at ``path`` up to date with one run.
+    """Keeps a JUnit file at ``path`` up to date with every run it reports on.
 
     It rewrites the file at every step (a few small atomic writes per run), so even a
-    run killed with SIGKILL leaves a report that shows how far it got.
+    run killed with SIGKILL leaves a report that shows how far it got. One reporter
+    shared by several runners running at once writes one file with a testsuite per
+    run, in the order the runs started.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        self._records: dict[int, RunRecord] = {}
+
+    def _write(self, record: RunRecord) -> None:
+        self._records.setdefault(id(record), record)
+        write_junit(list(self._records.values()), self.path)
 
     def run_started(self, record: RunRecord) -> None:
-        write_junit([record], self.path)
+        self._write(record)
 
     def phase_started(self, record: RunRecord, phase: PhaseRecord) -> None:
-        write_junit([record], self.path)
+        self._write(record)
 
     def phase_finished(self, record: RunRecord, phase: PhaseRecord) -> None:
-        write_junit([record], self.path)
+        self._write(record)
 
     def run_finished(self, record: RunRecord) -> None:
-        write_junit([record], self.path)
+        self._write(record)

@@ -145,3 +145,12 @@ def test_close_stops_a_live_view_that_never_got_its_run_finished() -> None:
         view = reporter._view
         assert view is not None and view.is_started
     assert not view.is_started
+
+
+async def test_prefixed_output_names_the_suite_and_never_goes_live(tmp_path: Path) -> None:
+    console, out = plain_console()
+    reporter = ConsoleReporter(console, live=True, prefix=True)
+    assert reporter.live is False
+    await run_with(reporter, FakeFlow(("install", "pass"), name="kaito-a"), tmp_path)
+    lines = [line for line in out.getvalue().splitlines() if "Install" in line and "..." in line]
+    assert lines and all(line.startswith("kaito-a: [") for line in lines)

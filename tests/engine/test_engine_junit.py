@@ -239,3 +239,24 @@ async def test_the_report_exists_while_the_run_is_going_and_after_cancellation(
     assert root.find("./testsuite/properties/property[@name='outcome']").attrib["value"] == (
         "interrupted"
     )
+
+
+@pytest.mark.anyio
+async def test_one_reporter_shared_by_concurrent_runs_writes_a_suite_each(tmp_path: Path) -> None:
+    import anyio
+
+    from orchestrator.engine import Budget, JUnitReporter, Runner
+
+    reporter = JUnitReporter(tmp_path / "junit.xml")
+    flows = [FakeFlow(("install", "pass"), name="first"),
+             FakeFlow(("install", "fail"), name="second")]
+    async with anyio.create_task_group() as tg:
+        for flow in flows:
+            runner = Runner(flow, budget=Budget(10, 2), reporters=[reporter],
+                            artifacts_dir=tmp_path / flow.name)
+            tg.start_soon(runner.run)
+    root = ET.parse(tmp_path / "junit.xml").getroot()
+    suites = {s.get("name"): s for s in root.iter("testsuite")}
+    assert set(suites) == {"first", "second"}
+    assert suites["first"].get("failures") == "0" and suites["second"].get("failures") == "1"
+    assert root.get("tests") == str(sum(int(s.get("tests")) for s in suites.values()))
