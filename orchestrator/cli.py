@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ._version import __version__
-from .config import KEYS, TOKEN_ENV, ConfigError, Settings, load_settings
+from .config import BOOLEAN_KEYS, KEYS, TOKEN_ENV, ConfigError, Settings, load_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -39,8 +39,16 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
     group.add_argument("--config", metavar="FILE",
                        help="configuration file (default: ./config.toml when present; env ORCHESTRATOR_CONFIG)")
     for key in KEYS:
-        if key.flag:
-            env = f" [env {key.env}]" if key.env else ""
+        if not key.flag:
+            continue
+        env = f" [env {key.env}]" if key.env else ""
+        if key.name == "deployments":
+            group.add_argument(key.flag, dest=key.name, metavar="SPEC", action="append",
+                               help=f"{key.help}{env}")
+        elif key.name in BOOLEAN_KEYS:
+            group.add_argument(key.flag, dest=key.name, metavar="BOOL", nargs="?", const="true",
+                               help=f"{key.help}{env}")
+        else:
             group.add_argument(key.flag, dest=key.name, metavar="VALUE", help=f"{key.help}{env}")
 
 

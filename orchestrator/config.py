@@ -55,13 +55,73 @@ KEYS: tuple[Key, ...] = (
     Key("inference", "ORCHESTRATOR_INFERENCE", "--inference",
         "how to reach the model: service-proxy, backend-proxy, or a base URL"),
     Key("cleanup", "ORCHESTRATOR_CLEANUP", "--cleanup", "auto, always, on-success or never"),
+    Key("wait_strategy", "ORCHESTRATOR_WAIT_STRATEGY", "--wait-strategy",
+        "watch (react to watch events) or poll (ask every poll_interval)"),
+    Key("poll_interval", "ORCHESTRATOR_POLL_INTERVAL", "--poll-interval",
+        "re-check interval for --wait-strategy poll, ms"),
+    Key("parallel", "ORCHESTRATOR_PARALLEL", "--parallel",
+        "run N copies of the deployment at once (names made unique)"),
+    Key("unique_names", "ORCHESTRATOR_UNIQUE_NAMES", "--unique-names",
+        "suffix deployment names with the run id (always on for several deployments)"),
+    Key("latency_regression", "ORCHESTRATOR_LATENCY_REGRESSION", "--latency-regression",
+        "fail Inference when latency exceeds the history's median by more than this percent"),
+    Key("chaos", "ORCHESTRATOR_CHAOS", "--chaos",
+        "after Wait Ready, delete the model pod and check a new one serves (true/false)"),
+    Key("deployments", None, "--deployment",
+        "several deployments: name=..,model=..,namespace=..,replicas=.. (repeatable)"),
 )
 KEYS_BY_NAME = {k.name: k for k in KEYS}
+BOOLEAN_KEYS = frozenset({"unique_names", "chaos"})
 TOKEN_ENV = "KUBEFOUNDRY_TOKEN"
 CONFIG_ENV = "ORCHESTRATOR_CONFIG"
 DEFAULT_CONFIG_FILE = "config.toml"
 
 Milliseconds = int
+
+
+class DeploymentSpec(BaseModel):
+    """One deployment of a multi-deployment run; unset fields take the run's values."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str | None = None
+    model: str | None = None
+    namespace: str | None = None
+    replicas: int = Field(1, ge=1, le=10)
+
+    @field_validator("name", "namespace")
+    @classmethod
+    def _dns(cls, v: str | None) -> str | None:
+        return None if v is None else _dns_label(v)
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str | None) -> str | None:
+        return None if v is None else _model_id(v)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A deployment this run will make: resolved name, model, namespace, replicas."""
+
+    name: str
+    model: str
+    namespace: str
+    replicas: int = 1
+
+
+def _dns_label(v: str) -> str:
+    if len(v) > 63 or not DNS_LABEL.match(v):
+        raise ValueError("must be a DNS-1123 label: at most 63 characters, lower-case letters, "
+                         "digits and '-', starting and ending with a letter or digit")
+    return v
+
+
+def _model_id(v: str) -> str:
+    if not MODEL_ID.match(v):
+        raise ValueError("must be a catalog model id such as 'llama3.2:1b' (letters, digits, "
+                         "'.', '_', ':', '-')")
+    return v
 
 
 class Settings(BaseModel):
@@ -86,6 +146,13 @@ class Settings(BaseModel):
     token_file: str | None = None
     inference: str = "service-proxy"
     cleanup: Literal["auto", "always", "on-success", "never"] = "auto"
+    wait_strategy: Literal["watch", "poll"] = "watch"
+    poll_interval: Milliseconds = Field(5_000, gt=0)
+    parallel: int = Field(1, ge=1, le=200)
+    unique_names: bool = False
+    latency_regression: float | None = Field(None, gt=0)
+    chaos: bool = False
+    deployments: list[DeploymentSpec] = Field(default_factory=list, max_length=200)
     token: SecretStr | None = Field(default=None, repr=False)
 
     @field_validator("test_timeout", "kaito_install_timeout", "deploy_timeout",
@@ -112,18 +179,63 @@ class Settings(BaseModel):
     @field_validator("namespace", "deployment_name")
     @classmethod
     def _dns_label(cls, v: str) -> str:
-        if len(v) > 63 or not DNS_LABEL.match(v):
-            raise ValueError("must be a DNS-1123 label: at most 63 characters, lower-case letters, "
-                             "digits and '-', starting and ending with a letter or digit")
-        return v
+        return _dns_label(v)
 
     @field_validator("test_model")
     @classmethod
     def _model(cls, v: str) -> str:
-        if not MODEL_ID.match(v):
-            raise ValueError("must be a catalog model id such as 'llama3.2:1b' (letters, digits, "
-                             "'.', '_', ':', '-')")
+        return _model_id(v)
+
+    @field_validator("deployments", mode="before")
+    @classmethod
+    def _specs(cls, v: Any) -> Any:
+        """Flags give ``name=a,model=b`` strings; the file gives tables."""
+        if not isinstance(v, list):
+            raise ValueError("must be a list of deployments ([[deployments]] tables)")
+        out = []
+        for item in v:
+            if isinstance(item, str):
+                fields: dict[str, str] = {}
+                for part in filter(None, item.split(",")):
+                    key, sep, val = part.partition("=")
+                    if not sep:
+                        raise ValueError(f"{item!r}: expected key=value pairs separated by ','")
+                    fields[key.strip()] = val.strip()
+                out.append(fields)
+            else:
+                out.append(item)
+        return out
+
+    @field_validator("unique_names", "chaos", mode="before")
+    @classmethod
+    def _bool(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            low = v.strip().lower()
+            if low in ("true", "1", "yes", "on"):
+                return True
+            if low in ("false", "0", "no", "off"):
+                return False
+            raise ValueError("must be true or false")
         return v
+
+    def targets(self, run_id: str) -> list[Target]:
+        """The deployments this run makes, with names made unique per run when needed.
+
+        Two CI jobs on one cluster must not collide, so a run of several
+        deployments (or one asked for ``unique_names``) suffixes each name with
+        the run id, shortening the base name to stay a valid 63-character label.
+        """
+        specs = list(self.deployments) or [DeploymentSpec() for _ in range(self.parallel)]
+        unique = self.unique_names or len(specs) > 1
+        out = []
+        for i, spec in enumerate(specs, start=1):
+            name = spec.name or self.deployment_name
+            if unique:
+                tail = f"-{run_id}" + (f"-{i}" if not spec.name and len(specs) > 1 else "")
+                name = name[: 63 - len(tail)].rstrip("-") + tail
+            out.append(Target(name, spec.model or self.test_model, spec.namespace or self.namespace,
+                              spec.replicas))
+        return out
 
     @field_validator("inference")
     @classmethod
@@ -194,6 +306,9 @@ def _read_file(path: Path, explicit: bool) -> dict[str, Any]:
             problems.append(f"{path}: 'token' may not be written in a file; set {TOKEN_ENV} or token_file")
         elif key not in KEYS_BY_NAME:
             problems.append(f"{path}: unknown key '{key}' (known keys: {', '.join(sorted(KEYS_BY_NAME))})")
+        elif key == "deployments":
+            if not isinstance(value, list):
+                problems.append(f"deployments ({path.name}): must be [[deployments]] tables")
         elif isinstance(value, (dict, list)):
             problems.append(f"{key} ({path.name}): must be a single value, not a {type(value).__name__}")
     if problems:
@@ -226,6 +341,8 @@ def load_settings(
     for key, value in flags.items():
         if key not in KEYS_BY_NAME:
             raise ConfigError([f"internal: unknown flag key {key!r}"])
+        if key == "deployments" and not value:
+            continue
         values[key], sources[key] = value, "flag"
 
     problems: list[str] = []
@@ -249,9 +366,20 @@ def load_settings(
             got = values.get(key)
             msg = err["msg"].removeprefix("Value error, ")
             shown = "" if key == "token" else f"; got {got!r}"
-            problems.append(f"{_describe(sources.get(key, 'default'), key)}: {msg}{shown}")
+            where = _describe(sources.get(key, "default"), key)
+            if key == "deployments" and len(err["loc"]) > 1:
+                index, *rest = err["loc"][1:]
+                sub = f"[{index}]" + "".join(f".{p}" for p in rest)
+                shown = f"; got {err.get('input')!r}"
+                where = f"deployments{sub} ({sources.get(key, 'default').removeprefix('file:')})"
+            problems.append(f"{where}: {msg}{shown}")
     if problems:
         raise ConfigError(problems)
+    names = [(t.namespace, t.name) for t in settings.targets("x")]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise ConfigError([f"deployments ({sources.get('deployments', 'default').removeprefix('file:')}): "
+                           f"the name {dup[1]!r} appears twice in namespace {dup[0]!r}"])
     if settings.cleanup_reserve is not None and settings.cleanup_reserve >= settings.test_timeout:
         raise ConfigError([f"{_describe(sources.get('cleanup_reserve', 'default'), 'cleanup_reserve')}: "
                            f"must be less than test_timeout ({settings.test_timeout} ms); "

@@ -119,3 +119,57 @@ def test_auto_cleanup_follows_ci(tmp_path: Path, ci: str | None, expected: str) 
     env = {} if ci is None else {"CI": ci}
     assert s.cleanup_policy(env) == expected
     assert load_settings({"cleanup": "never"}, environ={}, cwd=tmp_path).cleanup_policy({"CI": "1"}) == "never"
+
+
+def test_one_deployment_keeps_the_plans_name_unless_asked(tmp_path: Path) -> None:
+    s = load_settings({}, environ={}, cwd=tmp_path)
+    assert [t.name for t in s.targets("ab12c")] == ["integration-test-llama"]
+    s = load_settings({"unique_names": "true"}, environ={}, cwd=tmp_path)
+    assert [t.name for t in s.targets("ab12c")] == ["integration-test-llama-ab12c"]
+
+
+def test_parallel_copies_get_unique_names(tmp_path: Path) -> None:
+    s = load_settings({"parallel": "3"}, environ={}, cwd=tmp_path)
+    targets = s.targets("ab12c")
+    assert [t.name for t in targets] == [f"integration-test-llama-ab12c-{i}" for i in (1, 2, 3)]
+    assert {t.model for t in targets} == {"llama3.2:1b"}
+
+
+def test_deployments_from_the_file_and_flags(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text(
+        '[[deployments]]\nname = "small"\n\n[[deployments]]\nname = "two"\nreplicas = 2\nnamespace = "other"\n')
+    s = load_settings({}, environ={}, cwd=tmp_path)
+    got = [(t.name, t.namespace, t.replicas) for t in s.targets("r1")]
+    assert got == [("small-r1", "kaito-workspace", 1), ("two-r1", "other", 2)]
+    s = load_settings({"deployments": ["name=a,model=llama3.2:1b", "name=b"]}, environ={}, cwd=tmp_path)
+    assert [t.name for t in s.targets("r2")] == ["a-r2", "b-r2"]
+
+
+def test_a_long_name_stays_a_valid_label_with_its_suffix(tmp_path: Path) -> None:
+    s = load_settings({"deployment_name": "a" * 63, "unique_names": "true"}, environ={}, cwd=tmp_path)
+    (target,) = s.targets("zz9zz")
+    assert len(target.name) <= 63 and target.name.endswith("-zz9zz")
+
+
+@pytest.mark.parametrize("text, needle", [
+    ('[[deployments]]\nname = "Bad_Name"\n', "deployments[0].name (config.toml): must be a DNS-1123 label"),
+    ('[[deployments]]\nreplicas = 0\n', "deployments[0].replicas (config.toml)"),
+    ('[[deployments]]\ncolour = "red"\n', "deployments[0].colour (config.toml)"),
+    ('[[deployments]]\nname = "a"\n[[deployments]]\nname = "a"\n', "the name 'a-x' appears twice"),
+    ('deployments = 3\n', "deployments (config.toml): must be [[deployments]] tables"),
+])
+def test_bad_deployments(tmp_path: Path, text: str, needle: str) -> None:
+    (tmp_path / "config.toml").write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_settings({}, environ={}, cwd=tmp_path)
+    assert needle in str(err.value)
+
+
+def test_wait_strategy_and_booleans(tmp_path: Path) -> None:
+    s = load_settings({"wait_strategy": "poll", "chaos": "true"}, environ={"ORCHESTRATOR_POLL_INTERVAL": "250"},
+                      cwd=tmp_path)
+    assert (s.wait_strategy, s.poll_interval, s.chaos) == ("poll", 250, True)
+    with pytest.raises(ConfigError, match="ORCHESTRATOR_CHAOS \\(environment\\): must be true or false"):
+        load_settings({}, environ={"ORCHESTRATOR_CHAOS": "maybe"}, cwd=tmp_path)
+    with pytest.raises(ConfigError, match="--wait-strategy"):
+        load_settings({"wait_strategy": "sometimes"}, environ={}, cwd=tmp_path)
