@@ -6,6 +6,7 @@ It knows nothing of KAITO, HTTP or Kubernetes; see docs/ARCHITECTURE.md for the 
 
 from ._budget import Budget
 from ._console import ConsoleReporter, summary_table
+from ._github import GitHubReporter
 from ._junit import JUnitReporter, junit_xml, write_error_junit, write_junit
 from ._machine import RunMachine, machine_mermaid
 from ._phase import Flow, Phase, PhaseContext, PhaseFailed
@@ -18,6 +19,7 @@ __all__ = [
     "CleanupPolicy",
     "ConsoleReporter",
     "Flow",
+    "GitHubReporter",
     "JUnitReporter",
     "Outcome",
     "Phase",
