@@ -1,4 +1,4 @@
-"""One retry policy for every client: exponential backoff with full jitter.
+"""One retry policy for every client: exponential backoff with equal jitter.
 
 tenacity does the bookkeeping (attempts, waits, the final re-raise) so that the
 policy is a value we can pass around and test, not a loop copied into each call.
@@ -6,6 +6,7 @@ policy is a value we can pass around and test, not a loop copied into each call.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Awaitable, Callable, TypeVar
 
@@ -15,7 +16,6 @@ from tenacity import (
     retry_if_exception,
     stop_after_attempt,
     stop_after_delay,
-    wait_random_exponential,
 )
 
 from ._errors import ServerError, TooManyRequests, is_retryable
@@ -32,7 +32,7 @@ class RetryPolicy:
     by itself; the phase deadline bounds it further from outside.
     """
 
-    attempts: int = 5
+    attempts: int = 6
     initial: float = 0.2
     maximum: float = 5.0
     max_elapsed: float = 60.0
@@ -46,7 +46,12 @@ class RetryPolicy:
         return is_retryable(exc)
 
     def _wait(self, state: RetryCallState) -> float:
-        jittered = wait_random_exponential(multiplier=self.initial, max=self.maximum)(state)
+        # Equal jitter: half the exponential step is certain, half is random. Full jitter
+        # can draw near-zero waits several times in a row and spend every attempt inside
+        # one short outage (a backend restarting for a second); this way the attempts are
+        # guaranteed to span at least half of the schedule.
+        step = min(self.maximum, self.initial * 2 ** max(0, state.attempt_number - 1))
+        jittered = step / 2 + random.uniform(0, step / 2)
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, TooManyRequests) and exc.retry_after:
             return max(jittered, min(exc.retry_after, self.maximum))

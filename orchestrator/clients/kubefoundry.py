@@ -167,8 +167,8 @@ class KubeFoundryClient:
                                  method=method, url=shown) from None
         try:
             body: Any = response.json()
-        except ValueError:
-            body = response.text
+        except ValueError as exc:
+            body = _NotJSON(response.text, str(exc))
         self.journal.add(Exchange(at, method, shown, response.status_code, _ms(started), _trim(body)))
         return response.status_code, body
 
@@ -186,6 +186,11 @@ class KubeFoundryClient:
             status, body = await self._send_once(method, path, params=params,
                                                  json_body=json_body, timeout=timeout)
             if status in expect:
+                if isinstance(body, _NotJSON):
+                    # An answer, not a flake: a backend that sends broken JSON once will again.
+                    raise ResponseFormatError(
+                        f"{method} {path}: the {status} answer is not valid JSON ({body.error})",
+                        [f"(body): {str(body)[:120]!r}"])
                 return status, body
             retry_after = None
             if status == 429:
@@ -256,6 +261,17 @@ class KubeFoundryClient:
         """A raw POST on the backend, for routes a newer backend may grow (an inference proxy)."""
         return await self.request("POST", path, json_body=body, timeout=timeout, retry=retry,
                                   expect=(200,))
+
+
+class _NotJSON(str):
+    """A body that did not parse as JSON: its text, and why it did not parse."""
+
+    error: str
+
+    def __new__(cls, text: str, error: str) -> _NotJSON:
+        obj = super().__new__(cls, text)
+        obj.error = error
+        return obj
 
 
 def _seg(value: str) -> str:

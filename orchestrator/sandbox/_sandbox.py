@@ -18,6 +18,7 @@ from ._kube import Kube
 from ._kubefoundry import KubeFoundryServer
 from .faults import Faults, SandboxState, TimelineEntry
 from .kaito import KaitoController
+from .kubeapi import KubeFaults
 from .models import ModelFleet
 
 log = logging.getLogger(__name__)
@@ -42,10 +43,11 @@ class Sandbox:
 
     def __init__(self, options: SandboxOptions) -> None:
         self.options = options
-        self.state = SandboxState(options.faults)
+        self.state = SandboxState(options.faults, kube_faults=options.kubeconfig is None)
         self.api_url = ""
         self.kubeconfig: Path = options.kubeconfig or options.workdir / "kubeconfig"
         self._stack = contextlib.AsyncExitStack()
+        self._kubefoundry: KubeFoundryServer | None = None
 
     @property
     def faults(self) -> Faults:
@@ -54,6 +56,16 @@ class Sandbox:
     def update_faults(self, patch: dict[str, Any]) -> Faults:
         """The same merge as ``POST /_sandbox/faults``, for in-process callers."""
         return self.state.update(patch)
+
+    @property
+    def own_kube_api(self) -> bool:
+        """True when the sandbox runs its own Kubernetes API (and so can break it on demand)."""
+        return self.options.kubeconfig is None
+
+    async def restart_backend(self, down_for: float = 0.0) -> None:
+        """Stop the KubeFoundry stand-in, keep it down ``down_for`` seconds, start it on the same port."""
+        assert self._kubefoundry is not None, "the sandbox is not running"
+        await self._kubefoundry.restart(down_for)
 
     @property
     def timeline(self) -> list[TimelineEntry]:
@@ -66,7 +78,7 @@ class Sandbox:
             if opts.kubeconfig is None:
                 from .kubeapi import KubeAPIServer
 
-                kubeapi = KubeAPIServer(opts.host)
+                kubeapi = KubeAPIServer(opts.host, faults=_LiveKubeFaults(self.state))
                 await kubeapi.start()
                 self._stack.push_async_callback(kubeapi.stop)
                 self.kubeconfig = kubeapi.write_kubeconfig(opts.workdir / "kubeconfig")
@@ -84,6 +96,7 @@ class Sandbox:
             kubefoundry = KubeFoundryServer(kube, self.state, opts.host, opts.port, opts.auth_token, opts.crd_dir)
             self._stack.push_async_callback(kubefoundry.stop)
             await kubefoundry.start()
+            self._kubefoundry = kubefoundry
             self.api_url = kubefoundry.url
         except BaseException:
             await self._stack.aclose()
@@ -101,6 +114,54 @@ async def serve_forever(options: SandboxOptions) -> None:
         print(f"KubeFoundry API: {sandbox.api_url}", flush=True)
         print(f"KUBECONFIG={sandbox.kubeconfig}", flush=True)
         await asyncio.Event().wait()
+
+
+class _LiveKubeFaults(KubeFaults):
+    """The in-process API server's fault switches, read from (and consumed in) the sandbox's faults.
+
+    So ``POST /_sandbox/faults`` and ``update_faults`` reach the Kubernetes API like any
+    other knob, and ``GET /_sandbox/faults`` shows how many 410s are still to come.
+    """
+
+    #: Like the test cluster's API server: only watches wait for the watch cache.
+    too_many_requests_lists = False
+
+    def __init__(self, state: SandboxState) -> None:  # no dataclass fields of its own
+        self._state = state
+
+    @property  # type: ignore[override]
+    def watch_cut_after(self) -> float | None:
+        return self._state.faults.watch_cut_after
+
+    @watch_cut_after.setter
+    def watch_cut_after(self, value: float | None) -> None:
+        self._state.faults.watch_cut_after = value
+
+    @property  # type: ignore[override]
+    def gone_once(self) -> bool:
+        return self._state.faults.watch_gone > 0
+
+    @gone_once.setter
+    def gone_once(self, value: bool) -> None:
+        # The API server clears the flag when it has answered one 410: count one down.
+        faults = self._state.faults
+        faults.watch_gone = max(0, faults.watch_gone - 1) if not value else max(1, faults.watch_gone)
+
+    @property  # type: ignore[override]
+    def gone_label_selector(self) -> str | None:
+        return self._state.faults.watch_gone_selector
+
+    @gone_label_selector.setter
+    def gone_label_selector(self, value: str | None) -> None:
+        self._state.faults.watch_gone_selector = value
+
+    @property  # type: ignore[override]
+    def too_many_requests_after_crd(self) -> float:
+        return self._state.faults.too_many_requests_after_crd
+
+    @too_many_requests_after_crd.setter
+    def too_many_requests_after_crd(self, value: float) -> None:
+        self._state.faults.too_many_requests_after_crd = value
 
 
 async def _cancel(task: asyncio.Task[Any]) -> None:

@@ -17,6 +17,20 @@ from pydantic import BaseModel, ConfigDict, Field
 
 InferenceFault = Literal["ok", "malformed", "empty", "wrong_object"]
 
+#: The KubeFoundry routes a body or hang fault can target, by the name tests use.
+#: Each maps to the (method, route pattern) the stand-in registers.
+ROUTES: dict[str, tuple[str, str]] = {
+    "provider_status": ("GET", "/api/installation/providers/{id}/status"),
+    "install": ("POST", "/api/installation/providers/{id}/install"),
+    "catalog_model": ("GET", "/api/aikit/models/{id}"),
+    "create": ("POST", "/api/deployments"),
+    "deployment_status": ("GET", "/api/deployments/{name}"),
+    "delete": ("DELETE", "/api/deployments/{name}"),
+    "cluster_status": ("GET", "/api/cluster/status"),
+}
+RouteName = Literal["provider_status", "install", "catalog_model", "create", "deployment_status", "delete",
+                    "cluster_status"]
+
 
 class Delays(BaseModel):
     """Seconds the stand-ins wait before each step, small so that a whole flow takes seconds."""
@@ -26,6 +40,19 @@ class Delays(BaseModel):
     resource: float = Field(0.2, ge=0, description="Workspace seen -> ResourceReady, pod and services")
     pod_start: float = Field(0.3, ge=0, description="pod created -> Running (fake-kubelet/delay)")
     inference_ready: float = Field(0.2, ge=0, description="pod Running and model up -> InferenceReady")
+
+
+class BadBody(BaseModel):
+    """Answer ``route`` with a broken body: not JSON at all, or JSON with a key field missing/retyped.
+
+    ``count`` limits it to that many answers (None: until the fault is lifted).
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    route: RouteName
+    kind: Literal["invalid_json", "wrong_shape"]
+    count: int | None = Field(None, ge=1)
 
 
 class Faults(BaseModel):
@@ -40,8 +67,32 @@ class Faults(BaseModel):
     inference: InferenceFault = "ok"
     model_loading_seconds: float = Field(0, ge=0)
     stuck_delete: bool = False
+    #: The next N backend requests answer ``backend_error_status`` (a proxy or a busy backend).
     backend_errors: int = Field(0, ge=0)
+    backend_error_status: int = Field(503, ge=500, le=599)
+    #: The next N backend requests see their connection closed without any answer.
+    backend_resets: int = Field(0, ge=0)
+    #: Requests to this route never answer until the fault is lifted.
+    hang_route: RouteName | None = None
+    bad_body: BadBody | None = None
+    # Kubernetes API faults: only when the sandbox runs its own Kubernetes API (a real
+    # cluster cannot be told to misbehave like this).
+    #: Every watch stream ends after this many seconds; clients must reopen it.
+    watch_cut_after: float | None = Field(None, gt=0)
+    #: The next N watch requests answer 410 Gone; clients must relist.
+    watch_gone: int = Field(0, ge=0)
+    #: Only watches with exactly this labelSelector get those 410s (None: any watch).
+    watch_gone_selector: str | None = None
+    #: List/watch of a CRD's resources answer 429 for this many seconds after it is Established.
+    too_many_requests_after_crd: float = Field(0, ge=0)
     delays: Delays = Field(default_factory=Delays)
+
+    def kube_faults_set(self) -> list[str]:
+        """The Kubernetes API knobs that are switched on (which a real cluster cannot honour)."""
+        return [k for k in KUBE_KNOBS if getattr(self, k) not in (None, 0, False)]
+
+
+KUBE_KNOBS = ("watch_cut_after", "watch_gone", "too_many_requests_after_crd")
 
 
 class TimelineEntry(BaseModel):
@@ -61,8 +112,11 @@ class SandboxState:
     on a delay, so shortening a delay at run time takes effect at once.
     """
 
-    def __init__(self, faults: Faults | None = None) -> None:
+    def __init__(self, faults: Faults | None = None, *, kube_faults: bool = True) -> None:
         self.faults = faults.model_copy(deep=True) if faults else Faults()
+        #: False when the stand-ins run against a real cluster, whose API cannot be broken on demand.
+        self.kube_faults = kube_faults
+        self._check_kube_faults(self.faults)
         self.timeline: list[TimelineEntry] = []
         self._started = time.monotonic()
         self._changed = asyncio.Event()
@@ -75,16 +129,39 @@ class SandboxState:
                 merged["delays"].update(value)
             else:
                 merged[key] = value
-        self.faults = Faults.model_validate(merged)
+        faults = Faults.model_validate(merged)
+        self._check_kube_faults(faults)
+        self.faults = faults
         self._notify()
         return self.faults
 
-    def take_backend_error(self) -> bool:
-        """Consume one of the ``backend_errors`` if any are left."""
+    def _check_kube_faults(self, faults: Faults) -> None:
+        if not self.kube_faults and faults.kube_faults_set():
+            raise ValueError(f"{', '.join(faults.kube_faults_set())}: only the sandbox's own Kubernetes API "
+                             "can inject these; this sandbox runs against a real cluster")
+
+    def take_backend_error(self) -> int | None:
+        """Consume one of the ``backend_errors`` if any are left: the status to answer."""
         if self.faults.backend_errors <= 0:
-            return False
+            return None
         self.faults.backend_errors -= 1
+        return self.faults.backend_error_status
+
+    def take_backend_reset(self) -> bool:
+        """Consume one of the ``backend_resets`` if any are left."""
+        if self.faults.backend_resets <= 0:
+            return False
+        self.faults.backend_resets -= 1
         return True
+
+    def take_bad_body(self, route: str) -> str | None:
+        """The kind of broken body ``route`` answers with now, if any (counting it)."""
+        bad = self.faults.bad_body
+        if bad is None or bad.route != route:
+            return None
+        if bad.count is not None:
+            self.faults.bad_body = None if bad.count <= 1 else bad.model_copy(update={"count": bad.count - 1})
+        return bad.kind
 
     def record(self, namespace: str, name: str, event: str) -> None:
         self.timeline.append(

@@ -268,6 +268,7 @@ class KaitoController:
                 namespace, name, ["InferenceReady", "WorkspaceSucceeded"],
                 extra={"workerNodes": [node] if node else [], "targetNodeCount": obj.get("resource", {}).get("count", 1)},
             )
+            await self._keep_pod(namespace, name, container)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the Workspace just never becomes ready
@@ -334,6 +335,12 @@ class KaitoController:
             "metadata": {"name": f"{name}-headless", "namespace": namespace, "labels": selector},
             "spec": {"clusterIP": "None", "selector": selector, "ports": [port], "publishNotReadyAddresses": True},
         })
+        await self._create_pod(namespace, name, container, image_pull_error, crash_loop)
+        self.state.record(namespace, name, "pod and services created")
+
+    async def _create_pod(self, namespace: str, name: str, container: JSON,
+                          image_pull_error: bool = False, crash_loop: bool = False) -> None:
+        selector = {"kaito.sh/workspace": name}
         annotations = {"fake-kubelet/delay": _go_duration(self.state.faults.delays.pod_start)}
         if image_pull_error:
             annotations.update({"fake-kubelet/phase": "Pending", "fake-kubelet/waiting-reason": "ErrImagePull"})
@@ -349,7 +356,23 @@ class KaitoController:
             },
             "spec": {"containers": [container]},
         })
-        self.state.record(namespace, name, "pod and services created")
+
+    async def _keep_pod(self, namespace: str, name: str, container: JSON) -> None:
+        """Bring the model pod back whenever it is deleted, as the StatefulSet under a KAITO
+        Workspace does. Runs until the Workspace is deleted (which cancels provisioning first,
+        so the teardown's own pod deletion is never undone)."""
+        pods = f"/api/v1/namespaces/{namespace}/pods"
+        pod_name = f"{name}-0"
+        while True:
+            try:
+                await self.kube.wait_gone(pods, pod_name, timeout=3600)
+            except asyncio.TimeoutError:
+                continue
+            self.state.record(namespace, name, "pod deleted")
+            await self._create_pod(namespace, name, container)
+            self.state.record(namespace, name, "pod recreated")
+            await self._wait_pod(namespace, pod_name, lambda p: p.get("status", {}).get("phase") == "Running")
+            self.state.record(namespace, name, "recreated pod Running")
 
     async def _delete_children(self, namespace: str, name: str) -> None:
         targets = [("pods", f"{name}-0"), ("services", name), ("services", f"{name}-headless")]

@@ -6,8 +6,10 @@ from ``backend_errors``.
 """
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from pydantic import ValidationError
@@ -88,6 +90,31 @@ async def set_faults(request: web.Request) -> web.Response:
     return web.json_response(faults.model_dump())
 
 
+RESTART_KEY: web.AppKey[list[Any]] = web.AppKey("restart", list)
+
+
+async def restart(request: web.Request) -> web.Response:
+    """``POST /_sandbox/restart {"down_seconds": S}``: answer, then restart the backend."""
+    try:
+        body = await request.json() if request.can_read_body else {}
+        down = float((body or {}).get("down_seconds", 0))
+        if down < 0:
+            raise ValueError("down_seconds must be >= 0")
+    except (ValueError, TypeError, AttributeError) as exc:
+        return web.json_response({"error": {"message": str(exc), "statusCode": 400}}, status=400)
+    hooks = request.app[RESTART_KEY]
+    if not hooks:
+        return web.json_response({"error": {"message": "restart is not available", "statusCode": 501}},
+                                 status=501)
+    task = asyncio.get_running_loop().create_task(hooks[0](down))
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    return web.json_response({"restarting": True, "down_seconds": down})
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
 async def timeline(request: web.Request) -> web.Response:
     return web.json_response({"events": [e.model_dump() for e in request.app[STATE_KEY].timeline]})
 
@@ -99,6 +126,7 @@ def create_app(kube: Kube, state: SandboxState, auth_token: str | None = None,
     app[STATE_KEY] = state
     app[AUTH_KEY] = auth_token or ""
     app[CRD_DIR_KEY] = str(crd_dir) if crd_dir else ""
+    app[RESTART_KEY] = []
     r = app.router
     r.add_get("/api/health", health)
     r.add_get("/api/cluster/status", cluster_status)
@@ -113,6 +141,7 @@ def create_app(kube: Kube, state: SandboxState, auth_token: str | None = None,
     r.add_get("/_sandbox/faults", get_faults)
     r.add_post("/_sandbox/faults", set_faults)
     r.add_get("/_sandbox/timeline", timeline)
+    r.add_post("/_sandbox/restart", restart)
     return app
 
 
@@ -121,22 +150,42 @@ class KubeFoundryServer:
 
     def __init__(self, kube: Kube, state: SandboxState, host: str = "127.0.0.1", port: int = 0,
                  auth_token: str | None = None, crd_dir: Path | None = None) -> None:
-        self.app = create_app(kube, state, auth_token, crd_dir)
+        self._args = (kube, state, auth_token, crd_dir)
+        self.app = self._make_app()
         self.host = host
         self.port = port
         self.url = ""
         self._runner: web.AppRunner | None = None
 
+    def _make_app(self) -> web.Application:
+        app = create_app(*self._args)
+        app[RESTART_KEY].append(self.restart)
+        return app
+
     async def start(self) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None)
+        # A short shutdown: a request held by ``hang_route`` must not hold a restart or
+        # the sandbox's exit for aiohttp's default minute.
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
         await site.start()
-        port = self._runner.addresses[0][1]
-        self.url = f"http://{self.host}:{port}"
+        self.port = self._runner.addresses[0][1]
+        self.url = f"http://{self.host}:{self.port}"
 
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    async def restart(self, down_for: float = 0.0) -> None:
+        """Go away (open connections are closed), stay down ``down_for`` seconds, come back on the same port.
+
+        What a backend restart looks like to a client: a reset, then refused connections,
+        then the same URL answering again, with the state that lives in the cluster intact.
+        """
+        await self.stop()
+        if down_for > 0:
+            await asyncio.sleep(down_for)
+        self.app = self._make_app()
+        await self.start()
 

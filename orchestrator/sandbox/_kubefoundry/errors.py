@@ -7,12 +7,14 @@ parameters, and a plain-text 404 outside ``/api``.
 """
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
-from ..faults import SandboxState
+from ..faults import ROUTES, SandboxState
 
 log = logging.getLogger(__name__)
 
@@ -61,16 +63,75 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(500, str(exc) or type(exc).__name__)
 
 
+def route_name(request: web.Request) -> str | None:
+    """The name a fault uses for the route this request matched (see ``faults.ROUTES``)."""
+    route = request.match_info.route
+    canonical = getattr(route.resource, "canonical", None) if route.resource is not None else None
+    for name, (method, pattern) in ROUTES.items():
+        if request.method == method and canonical == pattern:
+            return name
+    return None
+
+
+#: How each route's answer is made the wrong shape: one field the orchestrator reads is
+#: retyped or dropped, so a report can be checked for naming that very field.
+def _wrong_shape(route: str, body: Any) -> Any:
+    if not isinstance(body, dict):
+        return body
+    if route == "deployment_status" and isinstance(body.get("replicas"), dict):
+        body["replicas"]["ready"] = "one"
+    elif route in ("provider_status", "cluster_status"):
+        body["installed" if route == "provider_status" else "connected"] = "maybe"
+    elif route == "install":
+        body["success"] = "maybe"
+    elif route == "catalog_model":
+        body.pop("modelName", None)
+    elif route == "create":
+        body.pop("name", None)
+    elif route == "delete":
+        body.pop("message", None)
+    return body
+
+
+def _break_body(response: web.StreamResponse, route: str, kind: str) -> web.StreamResponse:
+    if not isinstance(response, web.Response) or response.body is None:
+        return response
+    raw = bytes(response.body)  # type: ignore[arg-type]
+    if kind == "invalid_json":
+        broken = raw[: max(1, len(raw) // 2)]
+    else:
+        try:
+            broken = json.dumps(_wrong_shape(route, json.loads(raw))).encode()
+        except ValueError:
+            return response
+    return web.Response(status=response.status, body=broken, content_type="application/json")
+
+
 @web.middleware
 async def faults_and_auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """``backend_errors`` first (an unhealthy backend fails before it checks anything), then auth."""
+    """Transport faults first (a dead or flaky backend fails before it checks anything), then auth,
+    then the route's own answer, possibly broken."""
     if not request.path.startswith("/api"):
         return await handler(request)
-    if request.app[STATE_KEY].take_backend_error():
-        return error_response(503, "Service Unavailable")
+    state = request.app[STATE_KEY]
+    if state.take_backend_reset():
+        # Close the connection without a byte of answer, as a crashing process or a
+        # load balancer dropping a backend would.
+        if request.transport is not None:
+            request.transport.abort()
+        return web.Response(status=500)  # never sent: aiohttp drops writes to an aborted transport
+    status = state.take_backend_error()
+    if status is not None:
+        message = "Bad Gateway" if status == 502 else "Service Unavailable"
+        return error_response(status, message)
+    route = route_name(request)
+    if route is not None and state.faults.hang_route == route:
+        await state.until(lambda f: f.hang_route != route)
     token = request.app[AUTH_KEY]
     if token and not request.path.startswith(PUBLIC_PREFIXES):
         header = request.headers.get("Authorization", "")
         if header != f"Bearer {token}":
             return error_response(401, "Authentication required")
-    return await handler(request)
+    response = await handler(request)
+    kind = state.take_bad_body(route) if route is not None else None
+    return _break_body(response, route, kind) if kind and route else response

@@ -282,7 +282,8 @@ class ApiServer:
         )
 
     def _list(self, request: web.Request, t: _Target) -> web.Response:
-        self._busy(t.rt)
+        if self.faults.too_many_requests_lists:
+            self._busy(t.rt)
         labels, fields = self._selectors(request, t.rt)
         items, rv = self.store.list(t.rt, t.namespace, labels, fields)
         if t.rt.group == "":
@@ -374,7 +375,7 @@ class ApiServer:
         resp.enable_chunked_encoding()
         error: errors.ApiError | None = None
         watcher: Watcher | None = None
-        if self.faults.gone_once:
+        if self.faults.gone_once and self.faults.gone_label_selector in (None, request.query.get("labelSelector")):
             self.faults.gone_once = False
             error = errors.expired(f"too old resource version: {raw_rv or 0} ({self.store.rv})")
         else:

@@ -1,0 +1,102 @@
+"""Flakes of the backend are retried and the run passes; broken answers are not, and fail naming the field.
+
+Each row injects its fault through the sandbox's knobs and checks the verdict, the reason
+in the JUnit file (validated against the schema), the exit code, that nothing the run
+created is left, and a bound on the time it took.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from e2e_harness import PHASES, run_orchestrator
+from faults_harness import assert_clean, duration, run_with_hooks, started
+from orchestrator.sandbox import Faults
+
+pytestmark = [pytest.mark.anyio, pytest.mark.cluster, pytest.mark.model]
+
+
+def assert_passed(result) -> None:
+    assert result.code == 0, result.stdout + result.stderr
+    for title in PHASES + ["Cleanup"]:
+        assert result.status_of(title)["status"] == "passed", title
+
+
+@pytest.mark.parametrize("faults", [Faults(backend_errors=3, backend_error_status=502),
+                                    Faults(backend_errors=3, backend_error_status=503)],
+                         ids=["502", "503"])
+async def test_gateway_errors_three_in_a_row_are_retried(sandbox, tmp_path: Path) -> None:
+    result = await run_orchestrator(sandbox, tmp_path)
+    assert_passed(result)
+    assert sandbox.faults.backend_errors == 0  # all three were served, and survived
+    await assert_clean(sandbox)
+    assert result.seconds < 30
+
+
+@pytest.mark.parametrize("faults", [Faults(backend_resets=3)])
+async def test_connection_resets_are_retried(sandbox, tmp_path: Path) -> None:
+    result = await run_orchestrator(sandbox, tmp_path)
+    assert_passed(result)
+    assert sandbox.faults.backend_resets == 0
+    await assert_clean(sandbox)
+    assert result.seconds < 30
+
+
+async def test_backend_restarted_mid_run(sandbox, tmp_path: Path) -> None:
+    # Down for a second while Wait Ready asks it every few hundred milliseconds: the
+    # open connection is reset, then refused, then the same URL answers again.
+    result = await run_with_hooks(sandbox, tmp_path, hooks=[
+        (started("Wait Ready"), lambda _proc: sandbox.restart_backend(down_for=1.0))])
+    assert_passed(result)
+    await assert_clean(sandbox)
+    assert result.seconds < 30
+
+
+@pytest.mark.parametrize("kind, needle", [("invalid_json", "not valid JSON"),
+                                          ("wrong_shape", "replicas.ready")])
+async def test_broken_status_body_fails_wait_ready_naming_the_field(sandbox, tmp_path: Path,
+                                                                   kind: str, needle: str) -> None:
+    sandbox.update_faults({"bad_body": {"route": "deployment_status", "kind": kind}})
+    result = await run_orchestrator(sandbox, tmp_path)
+    assert result.code == 1, result.stdout + result.stderr
+    failure = result.status_of("Wait Ready")
+    assert failure["status"] == "failure"
+    assert needle in failure["message"] and "GET /api/deployments/" in failure["message"]
+    assert result.status_of("Inference")["status"] == "skipped"
+    assert result.status_of("Cleanup")["status"] == "passed"
+    # Answers are not flakes: the broken body was not asked for again and again.
+    assert duration(result, "wait_ready") < 5
+    sandbox.update_faults({"bad_body": None})
+    await assert_clean(sandbox)
+    assert result.seconds < 30
+
+
+async def test_broken_create_answer_fails_deploy_and_the_deployment_is_still_cleaned_up(
+        sandbox, tmp_path: Path) -> None:
+    # The backend created the deployment, then answered with a body missing ``name``: the
+    # run cannot trust the answer, but must still delete what it asked for.
+    sandbox.update_faults({"bad_body": {"route": "create", "kind": "wrong_shape"}})
+    result = await run_orchestrator(sandbox, tmp_path)
+    assert result.code == 1, result.stdout + result.stderr
+    failure = result.status_of("Deploy llama3.2:1b")
+    assert failure["status"] == "failure" and "name: Field required" in failure["message"]
+    assert result.status_of("Cleanup")["status"] == "passed"
+    await assert_clean(sandbox)
+    assert result.seconds < 30
+
+
+async def test_a_hanging_backend_is_ended_by_the_phase_timeout(sandbox, tmp_path: Path) -> None:
+    # From Wait Ready on, the status route never answers (Deploy asks it too, and must not hang).
+    result = await run_with_hooks(sandbox, tmp_path, "--deployment-ready-timeout", "3000", hooks=[
+        (started("Wait Ready"), lambda _proc: sandbox.update_faults({"hang_route": "deployment_status"}) and None)])
+    assert result.code == 1, result.stdout + result.stderr
+    failure = result.status_of("Wait Ready")
+    assert failure["status"] == "failure"
+    assert "timed out after 3.0 s (phase timeout 3 s" in failure["message"], failure["message"]
+    assert result.status_of("Cleanup")["status"] == "passed"
+    assert result.run_json()["budget_total"] == 600  # the whole budget was never at stake
+    assert result.seconds < 20
+    sandbox.update_faults({"hang_route": None})
+    await assert_clean(sandbox)

@@ -1,0 +1,38 @@
+"""The knobs' JSON interface: what ``POST /_sandbox/faults`` and ``/_sandbox/restart`` accept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import asyncio
+
+import anyio
+import httpx
+import pytest
+
+from orchestrator.sandbox import Faults, Sandbox, SandboxOptions
+from orchestrator.sandbox._kubefoundry import app as kubefoundry_app
+
+pytestmark = [pytest.mark.anyio, pytest.mark.cluster]
+
+
+async def test_restart_route_answers_then_comes_back_on_the_same_port(tmp_path: Path) -> None:
+    async with Sandbox(SandboxOptions(workdir=tmp_path)) as sb, httpx.AsyncClient() as http:
+        r = await http.post(f"{sb.api_url}/_sandbox/restart", json={"down_seconds": 0.2})
+        assert r.json() == {"restarting": True, "down_seconds": 0.2}
+        with anyio.fail_after(10):  # the restart itself is the event to wait for
+            await asyncio.gather(*list(kubefoundry_app._background))
+        assert (await http.get(f"{sb.api_url}/api/health")).status_code == 200
+
+
+async def test_kube_knobs_are_refused_on_a_real_cluster(tmp_path: Path) -> None:
+    # Without starting anything: the state alone decides.
+    from orchestrator.sandbox.faults import SandboxState
+
+    state = SandboxState(Faults(), kube_faults=False)
+    with pytest.raises(ValueError, match="watch_cut_after"):
+        state.update({"watch_cut_after": 1})
+    state.update({"bad_body": {"route": "deployment_status", "kind": "wrong_shape", "count": 1}})
+    assert state.take_bad_body("create") is None
+    assert state.take_bad_body("deployment_status") == "wrong_shape"
+    assert state.faults.bad_body is None  # its one answer was used

@@ -1,0 +1,64 @@
+"""The cluster misbehaving the way real API servers do: the watch loop must not miss a transition.
+
+"No transition missed" is measured by time: the flow re-asks on its own only every
+``recheck`` seconds (10 s in Wait Ready, 5 s in Install), so a phase that ends well before
+that was woken by a watch event, not by the safety re-check.
+
+Sandbox-only: the test cluster's API server cannot be told to cut streams, answer 410
+for a fresh resourceVersion or hold a CRD's watch cache cold on demand (it compacts every
+5 minutes and warms new CRDs at once), so these rows run on the sandbox's own API.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from e2e_harness import PHASES, run_orchestrator
+from faults_harness import NAME, assert_clean, duration, run_log
+from orchestrator.sandbox import Faults
+
+pytestmark = [pytest.mark.anyio, pytest.mark.cluster, pytest.mark.model]
+
+
+@pytest.fixture(autouse=True)
+def _own_kube_api_only(kubeconfig) -> None:
+    # Before the sandbox is built: it refuses these knobs on a real cluster.
+    if kubeconfig is not None:
+        pytest.skip("sandbox-only: a real API server cannot cut watches, answer 410 or 429 on demand")
+
+
+def assert_passed_promptly(result) -> None:
+    assert result.code == 0, result.stdout + result.stderr
+    for title in PHASES + ["Cleanup"]:
+        assert result.status_of(title)["status"] == "passed", title
+    assert duration(result, "install") < 4
+    assert duration(result, "wait_ready") < 8
+    assert result.seconds < 30
+
+
+@pytest.mark.parametrize("faults", [Faults(watch_cut_after=0.5)])
+async def test_watch_streams_cut_every_half_second(sandbox, tmp_path: Path) -> None:
+    result = await run_orchestrator(sandbox, tmp_path)
+    assert_passed_promptly(result)
+    await assert_clean(sandbox)
+
+
+@pytest.mark.parametrize("faults", [Faults(watch_gone=2, watch_gone_selector=f"kaito.sh/workspace={NAME}")])
+async def test_410_gone_on_the_pod_watch_relists(sandbox, tmp_path: Path) -> None:
+    result = await run_orchestrator(sandbox, tmp_path)
+    assert_passed_promptly(result)
+    assert sandbox.faults.watch_gone == 0
+    assert run_log(result).count("watch pods: too old resource version") >= 2, run_log(result)
+    await assert_clean(sandbox)
+
+
+@pytest.mark.parametrize("faults", [Faults(too_many_requests_after_crd=3)])
+async def test_429_right_after_the_crd_appears(sandbox, tmp_path: Path) -> None:
+    result = await run_orchestrator(sandbox, tmp_path)
+    assert result.code == 0, result.stdout + result.stderr
+    assert "watch workspaces: 429" in run_log(result), run_log(result)
+    # Retry-After is honoured, and the wait still ends on an event, not on the re-check.
+    assert duration(result, "wait_ready") < 8
+    await assert_clean(sandbox)

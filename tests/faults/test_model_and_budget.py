@@ -1,0 +1,54 @@
+"""The model's own faults, and a budget that runs out: waited for when it is a flake, reported when it is not."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from e2e_harness import run_orchestrator
+from faults_harness import assert_clean, duration, run_log
+from orchestrator.sandbox import Faults
+
+pytestmark = [pytest.mark.anyio, pytest.mark.cluster, pytest.mark.model]
+
+
+@pytest.mark.parametrize("faults", [Faults(model_loading_seconds=10)])
+async def test_model_loading_503_for_ten_seconds_is_waited_out(sandbox, tmp_path: Path) -> None:
+    result = await run_orchestrator(sandbox, tmp_path)
+    assert result.code == 0, result.stdout + result.stderr
+    assert result.status_of("Inference")["status"] == "passed"
+    assert 9 < duration(result, "inference") < 20
+    assert "Loading model" in run_log(result)
+    await assert_clean(sandbox)
+
+
+@pytest.mark.parametrize("faults", [Faults(inference="empty")])
+async def test_empty_completion_fails_inference_listing_the_schema_errors(sandbox, tmp_path: Path) -> None:
+    result = await run_orchestrator(sandbox, tmp_path)
+    assert result.code == 1, result.stdout + result.stderr
+    failure = result.status_of("Inference")
+    assert failure["status"] == "failure"
+    assert "invalid chat completion" in failure["message"]
+    assert "choices.0.message.content: must not be empty" in failure["message"]
+    assert result.status_of("Delete")["status"] == "skipped"
+    assert result.status_of("Cleanup")["status"] == "passed"
+    await assert_clean(sandbox)
+    assert result.seconds < 30
+
+
+@pytest.mark.parametrize("faults", [Faults(never_ready=True)])
+async def test_budget_running_out_in_wait_ready_still_diagnoses_and_cleans_up(sandbox, tmp_path: Path) -> None:
+    # Wait Ready may wait 300 s, but the whole run has 10 s, of which 5 s are kept back.
+    result = await run_orchestrator(sandbox, tmp_path, "--test-timeout", "10000", "--cleanup-reserve", "5000")
+    assert result.code == 1, result.stdout + result.stderr
+    failure = result.status_of("Wait Ready")
+    assert failure["status"] == "failure"
+    assert "capped by the run budget" in failure["message"], failure["message"]
+    assert result.status_of("Cleanup")["status"] == "passed"
+    record = result.run_json()
+    assert record["diagnose"]["status"] == "passed"
+    assert (result.artifacts / "diagnostics" / "describe-pods.txt").exists()
+    assert record["time_spent"] < 10
+    assert result.seconds < 15
+    await assert_clean(sandbox)
