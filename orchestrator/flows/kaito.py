@@ -31,6 +31,7 @@ from ..clients import (
     InvalidCompletion,
     KubeClient,
     KubeFoundryClient,
+    SERVICES,
     NotFound,
     Resource,
     ResponseFormatError,
@@ -41,6 +42,8 @@ from ..clients import (
 from ..engine import Phase, PhaseContext, PhaseFailed, PhaseRecord
 from ._diagnostics import collect_diagnostics
 from ._waiting import Stop, WatchSpec, pod_summary, wait_for
+from ..clients import WatchHub
+from ..history import regression
 
 WORKSPACES = Resource("kaito.sh", "v1beta1", "workspaces")
 WORKSPACE_CRD = "workspaces.kaito.sh"
@@ -72,8 +75,24 @@ class KaitoSettings:
     max_tokens: int = 50
     loading_grace: float = 30.0
     service_port: int = 80
-    recheck: float = 10.0
+    #: The safety-net re-check while watching: watches bring every change, so this only
+    #: covers what no Kubernetes object shows. Polling uses ``poll_interval`` instead.
+    recheck: float = 30.0
     replicas: int = 1
+    #: The JUnit testsuite name: "kaito", or one per deployment when a run has several.
+    suite: str = "kaito"
+    #: "watch": wake on watch events (re-checking every ``recheck`` s as a safety net);
+    #: "poll": ask every ``poll_interval`` s and watch nothing, to measure what watches buy.
+    wait_strategy: str = "watch"
+    poll_interval: float = 5.0
+    #: Time to first token from a second, streamed completion.
+    measure_ttft: bool = True
+    #: Fail Inference when latency exceeds this baseline by more than the percentage.
+    latency_baseline_ms: float | None = None
+    latency_regression_pct: float | None = None
+    #: Between Wait Ready and Inference, delete the model pod and wait for its replacement:
+    #: a serving stack that cannot survive losing a pod is not ready for production.
+    chaos: bool = False
 
     def deployment_body(self) -> dict[str, Any]:
         """The create request, as the plan sends it."""
@@ -106,7 +125,9 @@ class KaitoFlow:
     name = "kaito"
 
     def __init__(self, settings: KaitoSettings, *, api: KubeFoundryClient, kube: KubeClient,
-                 inference: InferenceClient) -> None:
+                 inference: InferenceClient, hub: WatchHub | None = None) -> None:
+        self.name = settings.suite
+        self.hub = hub
         self.settings = settings
         self.api = api
         self.kube = kube
@@ -118,13 +139,18 @@ class KaitoFlow:
 
     def phases(self) -> list[Phase]:
         s = self.settings
-        return [
+        phases = [
             Phase("install", "Install KAITO", s.install_timeout, self.install),
             Phase("deploy", f"Deploy {s.model}", s.deploy_timeout, self.deploy),
             Phase("wait_ready", "Wait Ready", s.ready_timeout, self.wait_ready),
+        ]
+        if s.chaos:
+            phases.append(Phase("chaos", "Chaos: restart model pod", s.ready_timeout, self.chaos))
+        phases += [
             Phase("inference", "Inference", s.inference_timeout, self.run_inference),
             Phase("delete", "Delete", s.delete_timeout, self.delete),
         ]
+        return phases
 
     def properties(self) -> dict[str, str]:
         s = self.settings
@@ -179,7 +205,7 @@ class KaitoFlow:
                          f"operatorRunning={st.operator_running}")
             return True if st.installed else None
 
-        await wait_for(installed, kube=self.kube, recheck=min(self.settings.recheck, 5.0),
+        await self._wait_for(installed, kube=self.kube, recheck=min(self.settings.recheck, 5.0),
                        on_note=ctx.log, watches=[
                            WatchSpec(PODS, OPERATOR_NAMESPACE, label_selector=OPERATOR_SELECTOR),
                            WatchSpec(CRDS, field_selector=f"metadata.name={WORKSPACE_CRD}"),
@@ -207,6 +233,10 @@ class KaitoFlow:
                 f"Delete it, or choose another name with --deployment-name")
 
         sent_before = self.api.requests_sent
+        # From the moment the request leaves, the deployment may exist whatever comes back
+        # (a 201 lost to a reset, a body that does not parse, a phase deadline): cleanup must
+        # look for it. Only a clear refusal takes that back.
+        self.created.deployment = True
         try:
             created = await self._call(ctx, self.api.create_deployment(s.deployment_body()))
         except Conflict as exc:
@@ -214,10 +244,13 @@ class KaitoFlow:
                 # An earlier attempt of ours reached the backend before the connection
                 # failed: the object that now exists is the one this run asked for.
                 ctx.log(f"create met 409 after a retry ({exc.message}); the deployment is ours")
-                self.created.deployment = True
                 return
+            self.created.deployment = False
             raise PhaseFailed(f"create answered 409: {exc.message}") from None
-        self.created.deployment = True
+        except HTTPStatusError as exc:
+            if exc.status < 500:
+                self.created.deployment = False
+            raise
         for warning in created.warnings or []:
             ctx.log(f"backend warning: {warning}")
         ctx.log(f"created deployment {created.name} in {created.namespace} ({created.message})")
@@ -253,7 +286,7 @@ class KaitoFlow:
                 raise Stop(problem)
 
         try:
-            await wait_for(ready, kube=self.kube, recheck=s.recheck, inspect=inspect, on_note=ctx.log,
+            await self._wait_for(ready, kube=self.kube, recheck=s.recheck, inspect=inspect, on_note=ctx.log,
                            watches=[
                                WatchSpec(WORKSPACES, s.namespace,
                                          field_selector=f"metadata.name={s.deployment_name}"),
@@ -263,6 +296,53 @@ class KaitoFlow:
         except Stop as stop:
             raise PhaseFailed(stop.reason) from None
         ctx.log("deployment is Running with a ready replica")
+
+    async def chaos(self, ctx: PhaseContext) -> None:
+        """Delete the model pod, and wait until a new one is Ready and the backend says Running.
+
+        The Inference phase that follows then proves the replacement serves. The old pods
+        are told apart by uid, since a StatefulSet's replacement keeps the pod's name.
+        """
+        s = self.settings
+        selector = f"kaito.sh/workspace={s.deployment_name}"
+        listing = await self.kube.list(PODS, s.namespace, label_selector=selector)
+        victims = {p["metadata"]["uid"]: p["metadata"]["name"] for p in listing.get("items") or []
+                   if not p["metadata"].get("deletionTimestamp")}
+        if not victims:
+            raise PhaseFailed(f"no model pod with label {selector} to delete")
+        for name in victims.values():
+            try:
+                await self.kube.delete(PODS, name, s.namespace)
+            except NotFound:
+                pass
+            ctx.log(f"deleted pod {name}")
+
+        async def recovered() -> bool | None:
+            pods = await self.kube.list(PODS, s.namespace, label_selector=selector)
+            fresh = [p for p in pods.get("items") or []
+                     if p["metadata"].get("uid") not in victims and _pod_ready(p)]
+            if not fresh:
+                ctx.progress("waiting for a replacement pod to become Ready")
+                return None
+            st = await self._call(ctx, self.api.get_deployment(s.deployment_name, s.namespace),
+                                  not_found_means_gone=False)
+            ctx.progress(f"replacement {fresh[0]['metadata']['name']} Ready; deployment phase "
+                         f"{st.phase}, ready {st.replicas.ready}/{st.replicas.desired}")
+            return True if st.phase == "Running" and st.replicas.ready >= 1 else None
+
+        def inspect(event: WatchEvent) -> None:
+            if event.object.get("metadata", {}).get("uid") in victims:
+                return
+            problem = pod_problem(event.object)
+            if problem:
+                raise Stop(f"the replacement pod cannot start: {problem}")
+
+        try:
+            await self._wait_for(recovered, kube=self.kube, recheck=s.recheck, inspect=inspect, on_note=ctx.log,
+                           watches=[WatchSpec(PODS, s.namespace, label_selector=selector)])
+        except Stop as stop:
+            raise PhaseFailed(stop.reason) from None
+        ctx.log("a replacement pod is Ready and the deployment is Running again")
 
     async def run_inference(self, ctx: PhaseContext) -> None:
         s = self.settings
@@ -292,6 +372,37 @@ class KaitoFlow:
                 ctx.set_property("tokens_per_second", f"{result.completion_tokens / result.latency_s:.1f}")
         ctx.log(f"answer in {result.latency_s * 1000:.0f} ms after {result.attempts} attempt(s): "
                 f"{result.content[:200]!r} (finish_reason {result.response.choices[0].finish_reason})")
+        if s.measure_ttft:
+            await self._measure_ttft(ctx, model)
+        latency_ms = result.latency_s * 1000
+        if s.latency_regression_pct is not None:
+            reason = regression(latency_ms, s.latency_baseline_ms, s.latency_regression_pct)
+            if reason:
+                raise PhaseFailed(reason)
+            base = f"{s.latency_baseline_ms:.0f} ms" if s.latency_baseline_ms else "none yet"
+            ctx.log(f"latency {latency_ms:.0f} ms within {s.latency_regression_pct:g}% of the "
+                    f"baseline ({base})")
+
+    async def _measure_ttft(self, ctx: PhaseContext, model: str) -> None:
+        """Time to first token, from the same completion streamed.
+
+        A measurement, not a verdict: the plan's check is the non-streamed answer above,
+        so a server that cannot stream is noted in the log and the phase still passes.
+        """
+        s = self.settings
+        try:
+            timing = await self.inference.stream(
+                namespace=s.namespace, service=s.deployment_name, port=s.service_port, model=model,
+                prompt=s.prompt, max_tokens=s.max_tokens)
+        except ClientError as exc:
+            ctx.log(f"time to first token not measured: {exc}")
+            return
+        ctx.set_property("time_to_first_token_ms", f"{timing.ttft_s * 1000:.0f}")
+        ctx.set_property("stream_total_ms", f"{timing.total_s * 1000:.0f}")
+        if timing.tokens_per_second is not None:
+            ctx.set_property("stream_tokens_per_second", f"{timing.tokens_per_second:.1f}")
+        ctx.log(f"streamed: first token after {timing.ttft_s * 1000:.0f} ms, "
+                f"{timing.content_chunks} content chunks in {timing.total_s * 1000:.0f} ms")
 
     async def delete(self, ctx: PhaseContext) -> None:
         s = self.settings
@@ -342,24 +453,42 @@ class KaitoFlow:
             raise PhaseFailed("left behind: " + "; ".join(leftovers))
 
     async def leftovers(self) -> list[str]:
-        """What of this run's is still in the cluster: the leak check."""
+        """What of this run's is still in the cluster: the leak check.
+
+        Everything that carries the run's labels counts, not just the objects the flow knows
+        by name: a Service or a pod that the KAITO controller forgot to delete is a leak too.
+        """
         s = self.settings
         if not self.created.deployment:
             return []
         left = []
-        try:
-            ws = await self.kube.get(WORKSPACES, s.deployment_name, s.namespace)
+        workspaces = await self.kube.list(WORKSPACES, s.namespace,
+                                          label_selector=f"app.kubernetes.io/instance={s.deployment_name}")
+        named = [w for w in workspaces.get("items") or [] if w["metadata"].get("name") == s.deployment_name]
+        if not named:
+            try:
+                named = [await self.kube.get(WORKSPACES, s.deployment_name, s.namespace)]
+            except NotFound:
+                pass
+        for ws in {w["metadata"]["name"]: w for w in (workspaces.get("items") or []) + named}.values():
             meta = ws.get("metadata", {})
-            left.append(f"Workspace {s.namespace}/{s.deployment_name} (finalizers "
+            left.append(f"Workspace {s.namespace}/{meta.get('name')} (finalizers "
                         f"{meta.get('finalizers') or []}, deleting since "
                         f"{meta.get('deletionTimestamp') or 'never'})")
-        except NotFound:
-            pass
-        pods = await self.kube.list(PODS, s.namespace, label_selector=f"kaito.sh/workspace={s.deployment_name}")
-        left += [f"Pod {s.namespace}/{p['metadata']['name']}" for p in pods.get("items") or []]
+        selector = f"kaito.sh/workspace={s.deployment_name}"
+        for res, kind in ((PODS, "Pod"), (SERVICES, "Service")):
+            items = (await self.kube.list(res, s.namespace, label_selector=selector)).get("items") or []
+            left += [f"{kind} {s.namespace}/{o['metadata']['name']}" for o in items]
         return left
 
     # -- helpers ----------------------------------------------------------------
+
+    async def _wait_for(self, check: Any, *, watches: list[WatchSpec], recheck: float,
+                        **kwargs: Any) -> Any:
+        """``wait_for`` under the configured strategy: shared watches, or plain polling."""
+        if self.settings.wait_strategy == "poll":
+            return await wait_for(check, watches=[], recheck=self.settings.poll_interval, **kwargs)
+        return await wait_for(check, watches=watches, recheck=recheck, hub=self.hub, **kwargs)
 
     async def _wait_gone(self, ctx: PhaseContext, *, check_backend: bool = True) -> None:
         s = self.settings
@@ -371,11 +500,13 @@ class KaitoFlow:
                 return None
             return True
 
-        await wait_for(gone, kube=self.kube, recheck=min(s.recheck, 5.0), on_note=ctx.log, watches=[
+        selector = f"kaito.sh/workspace={s.deployment_name}"
+        await self._wait_for(gone, kube=self.kube, recheck=min(s.recheck, 5.0), on_note=ctx.log, watches=[
             WatchSpec(WORKSPACES, s.namespace, field_selector=f"metadata.name={s.deployment_name}"),
-            WatchSpec(PODS, s.namespace, label_selector=f"kaito.sh/workspace={s.deployment_name}"),
+            WatchSpec(PODS, s.namespace, label_selector=selector),
+            WatchSpec(SERVICES, s.namespace, label_selector=selector),
         ])
-        ctx.log("the Workspace and its pods are gone")
+        ctx.log("the Workspace, its pods and its services are gone")
         if not check_backend:
             return
         delay = 0.1
@@ -433,6 +564,18 @@ def pod_problem(pod: dict[str, Any]) -> str | None:
                  if (cs.get("state") or {}).get("terminated")]
         return f"pod {name} Failed{': ' + why if why else ''}{' (' + ', '.join(exits) + ')' if exits else ''}"
     return None
+
+
+def _pod_ready(pod: dict[str, Any]) -> bool:
+    """Running, not being deleted, and its Ready condition (or every container) true."""
+    meta, status = pod.get("metadata", {}), pod.get("status", {}) or {}
+    if meta.get("deletionTimestamp") or status.get("phase") != "Running":
+        return False
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Ready":
+            return cond.get("status") == "True"
+    statuses = status.get("containerStatuses") or []
+    return bool(statuses) and all(cs.get("ready") for cs in statuses)
 
 
 def dump_json(path: Path, data: Any) -> None:
