@@ -1,39 +1,94 @@
-"""The ``run`` command: build the clients and the flow, run the engine, map the verdict.
+"""The ``run`` command: build the environment, the clients and the flows; run; report.
 
 Kept apart from ``cli.py`` so that argument parsing and ``--help`` never pay
 for importing the engine, the clients or the sandbox.
+
+One run may hold several deployments (``--parallel``, ``[[deployments]]``):
+each is its own flow with its own runner, phases, cleanup and JUnit
+testsuite, all under one budget, sharing one HTTP client, one Kubernetes
+client and one :class:`WatchHub` (one watch stream per resource type and
+namespace, however many flows wait on it). One failing flow neither stops nor
+dirties the others.
+
+When the run manages its environment (``--create-cluster``, ``--backend-dir``)
+the setup steps are an ``environment`` testsuite of their own, timed against
+the same budget, and the teardown (stop the backend, delete the cluster) runs
+after every flow has cleaned up, whatever happened.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import os
+import secrets
+import shlex
 import signal
 import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 from rich.console import Console
 
-from .clients import InferenceClient, InferenceRoute, KubeClient, KubeFoundryClient
-from .config import Settings
-from .engine import Budget, ConsoleReporter, JUnitReporter, Runner
+from .clients import InferenceClient, InferenceRoute, KubeClient, KubeFoundryClient, WatchHub
+from .config import Settings, Target
+from .engine import (
+    Budget,
+    ConsoleReporter,
+    GitHubReporter,
+    JUnitReporter,
+    Phase,
+    PhaseContext,
+    PhaseRecord,
+    Reporter,
+    RunRecord,
+    Runner,
+)
 from .flows.kaito import KaitoFlow, KaitoSettings
+from .history import HISTORY_FILE, Entry, append, baseline, load
 
 EXIT_USAGE = 2
 
 
-def kaito_settings(settings: Settings) -> KaitoSettings:
+@dataclasses.dataclass(frozen=True)
+class EnvironmentOptions:
+    """What ``--create-cluster`` and ``--backend-*`` asked for."""
+
+    create_cluster: bool = False
+    cluster_name: str = "kubefoundry-test"
+    keep_cluster: bool = False
+    reuse_cluster: bool = False
+    backend_dir: str | None = None
+    backend_command: str = "bun run dev"
+    backend_port: int = 3001
+
+    @property
+    def managed(self) -> bool:
+        return self.create_cluster or self.backend_dir is not None
+
+
+def kaito_settings(settings: Settings, target: Target, *, api_url: str, suite: str,
+                   latency_baseline_ms: float | None) -> KaitoSettings:
     return KaitoSettings(
-        api_url=settings.api_url,
-        namespace=settings.namespace,
-        deployment_name=settings.deployment_name,
-        model=settings.test_model,
+        api_url=api_url,
+        namespace=target.namespace,
+        deployment_name=target.name,
+        model=target.model,
+        replicas=target.replicas,
+        suite=suite,
         install_timeout=settings.seconds("kaito_install_timeout"),
         deploy_timeout=settings.seconds("deploy_timeout"),
         ready_timeout=settings.seconds("deployment_ready_timeout"),
         inference_timeout=settings.seconds("inference_timeout"),
         delete_timeout=settings.seconds("delete_timeout"),
+        wait_strategy=settings.wait_strategy,
+        poll_interval=settings.seconds("poll_interval"),
+        chaos=settings.chaos,
+        latency_baseline_ms=latency_baseline_ms,
+        latency_regression_pct=settings.latency_regression,
     )
 
 
@@ -44,8 +99,8 @@ def inference_route(settings: Settings) -> InferenceRoute:
 
 
 @contextlib.asynccontextmanager
-async def _environment(settings: Settings, sandbox: bool, faults: dict[str, Any],
-                       console: Console) -> AsyncIterator[tuple[str, str | None]]:
+async def _sandbox(settings: Settings, sandbox: bool, faults: dict[str, Any],
+                   console: Console) -> AsyncIterator[tuple[str, str | None]]:
     """Yield ``(api_url, kubeconfig)``: the configured ones, or a sandbox's."""
     if not sandbox:
         yield settings.api_url, settings.kubeconfig
@@ -61,59 +116,219 @@ async def _environment(settings: Settings, sandbox: bool, faults: dict[str, Any]
             yield sb.api_url, str(sb.kubeconfig)
 
 
-async def _run(settings: Settings, sandbox: bool, faults: dict[str, Any], live: bool) -> int:
-    console = Console(stderr=False)
+class _EnvironmentFlow:
+    """The environment's setup steps as a flow of their own (its own testsuite).
+
+    Its cleanup does nothing: tearing the environment down must wait until every
+    deployment flow has cleaned up, so the app does it last and records it here.
+    """
+
+    name = "environment"
+
+    def __init__(self, phases: list[Phase], properties: dict[str, str]) -> None:
+        self._phases = phases
+        self._properties = properties
+
+    def phases(self) -> list[Phase]:
+        return self._phases
+
+    def properties(self) -> dict[str, str]:
+        return self._properties
+
+    async def diagnose(self, ctx: PhaseContext, failed: PhaseRecord) -> None:
+        ctx.log(f"{failed.title} failed; see the logs next to the report")
+
+    async def cleanup(self, ctx: PhaseContext) -> None:
+        ctx.log("teardown runs after the deployment flows")
+
+    def keep_hints(self) -> list[str]:
+        return []
+
+
+def _worst_exit(records: Sequence[RunRecord]) -> int:
+    """Interrupted beats failed beats passed: the exit code a CI job should see."""
+    codes = [r.exit_code for r in records]
+    return next((c for c in codes if c >= 128), max(codes, default=0))
+
+
+async def _run(settings: Settings, sandbox: bool, faults: dict[str, Any], live: bool,
+               env_opts: EnvironmentOptions) -> int:
+    console = Console()
     artifacts = Path(settings.artifacts_dir)
     artifacts.mkdir(parents=True, exist_ok=True)
-    async with _environment(settings, sandbox, faults, console) as (api_url, kubeconfig):
-        try:
-            kube = await KubeClient.from_kubeconfig(kubeconfig)
-        except Exception as exc:  # the loader raises many kinds; all mean "bad kubeconfig"
-            from .cli import report_config_error
+    junit_path = artifacts / "junit.xml"
+    junit = JUnitReporter(junit_path)
+    extra: list[Reporter] = [GitHubReporter()] if os.environ.get("GITHUB_ACTIONS") == "true" else []
+    started = time.monotonic()
+    total = settings.seconds("test_timeout")
+    reserve = settings.seconds("cleanup_reserve")
+    cleanup_cap = max(reserve, settings.seconds("delete_timeout"))
+    runners: list[Runner] = []
+    loop = asyncio.get_running_loop()
 
-            where = kubeconfig or "KUBECONFIG / ~/.kube/config"
-            report_config_error([f"kubeconfig ({where}): cannot be loaded: {type(exc).__name__}: "
-                                 f"{str(exc).splitlines()[0] if str(exc) else ''}"],
-                                settings.artifacts_dir)
-            return EXIT_USAGE
-        token = settings.token.get_secret_value() if settings.token else None
-        api = KubeFoundryClient(api_url, token=token)
-        inference = InferenceClient(inference_route(settings), kube=kube, backend_url=api_url,
-                                    token=token)
-        flow_settings = kaito_settings(settings)
-        if flow_settings.api_url != api_url:
-            flow_settings = KaitoSettings(**{**flow_settings.__dict__, "api_url": api_url})
-        flow = KaitoFlow(flow_settings, api=api, kube=kube, inference=inference)
-        junit = artifacts / "junit.xml"
-        runner = Runner(
-            flow,
-            budget=Budget(total=settings.seconds("test_timeout"),
-                          reserve=settings.seconds("cleanup_reserve"),
-                          # Cleanup deletes and waits like the Delete phase does.
-                          cleanup_cap=max(settings.seconds("cleanup_reserve"),
-                                          settings.seconds("delete_timeout"))),
-            reporters=[ConsoleReporter(console, live=None if live else False, junit_path=junit),
-                       JUnitReporter(junit)],
-            artifacts_dir=artifacts,
-            cleanup_policy=settings.cleanup_policy(),
-        )
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, runner.interrupt, sig.name)
-        try:
-            record = await runner.run()
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-            await api.aclose()
-            await inference.aclose()
-            await kube.aclose()
-        return record.exit_code
+    def interrupt(signame: str) -> None:
+        for runner in runners:
+            runner.interrupt(signame)
 
-
-def run_app(settings: Settings, *, sandbox: bool, faults: dict[str, Any], live: bool) -> int:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, interrupt, sig.name)
     try:
-        return asyncio.run(_run(settings, sandbox, faults, live))
+        async with contextlib.AsyncExitStack() as stack:
+            api_url, kubeconfig = await stack.enter_async_context(
+                _sandbox(settings, sandbox, faults, console))
+            records: list[RunRecord] = []
+            cluster = backend = None
+            env_record: RunRecord | None = None
+            if env_opts.managed:
+                from .environment import BackendProcess, KindCluster, setup_phases
+
+                env_dir = artifacts / "environment"
+                env_dir.mkdir(parents=True, exist_ok=True)
+                say = lambda line: console.print(f"environment: {line}", markup=False, highlight=False)  # noqa: E731
+                if env_opts.create_cluster:
+                    cluster = KindCluster(env_opts.cluster_name, keep=env_opts.keep_cluster,
+                                          reuse=env_opts.reuse_cluster, workdir=env_dir, log=say)
+                    kubeconfig = str(cluster.kubeconfig)
+                if env_opts.backend_dir:
+                    backend = BackendProcess(Path(env_opts.backend_dir), shlex.split(env_opts.backend_command),
+                                             port=env_opts.backend_port,
+                                             kubeconfig=Path(kubeconfig) if kubeconfig else None,
+                                             log_path=env_dir / "backend.log", log=say)
+                    api_url = backend.url
+                env_flow = _EnvironmentFlow(setup_phases(cluster, backend),
+                                            {"cluster": env_opts.cluster_name if cluster else "configured",
+                                             "backend": env_opts.backend_command if backend else "configured"})
+                env_runner = Runner(env_flow, budget=Budget(total, reserve, cleanup_cap=cleanup_cap),
+                                    reporters=[ConsoleReporter(console, live=False, prefix=True), junit, *extra],
+                                    artifacts_dir=env_dir, cleanup_policy="always")
+                runners.append(env_runner)
+                try:
+                    env_record = await env_runner.run()
+                    records.append(env_record)
+                    if env_record.outcome == "passed":
+                        records += await _run_flows(settings, api_url, kubeconfig, artifacts, console, live,
+                                                    junit, extra, runners,
+                                                    total - (time.monotonic() - started), reserve, cleanup_cap)
+                finally:
+                    if env_record is not None:
+                        await _teardown(cluster, backend, env_record, junit, console)
+            else:
+                records += await _run_flows(settings, api_url, kubeconfig, artifacts, console, live, junit,
+                                            extra, runners, total, reserve, cleanup_cap)
+            return _worst_exit(records)
+    except _ConfigProblem as exc:
+        from .cli import report_config_error
+
+        report_config_error([str(exc)], settings.artifacts_dir)
+        return EXIT_USAGE
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+class _ConfigProblem(Exception):
+    """The configuration points at something unusable (a kubeconfig that does not load)."""
+
+
+async def _run_flows(settings: Settings, api_url: str, kubeconfig: str | None, artifacts: Path,
+                     console: Console, live: bool, junit: JUnitReporter, extra: list[Reporter],
+                     runners: list[Runner], total: float, reserve: float, cleanup_cap: float
+                     ) -> list[RunRecord]:
+    try:
+        kube = await KubeClient.from_kubeconfig(kubeconfig)
+    except Exception as exc:  # the loader raises many kinds; all mean "bad kubeconfig"
+        where = kubeconfig or "KUBECONFIG / ~/.kube/config"
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise _ConfigProblem(f"kubeconfig ({where}): cannot be loaded: {type(exc).__name__}: {first}") from None
+    token = settings.token.get_secret_value() if settings.token else None
+    api = KubeFoundryClient(api_url, token=token)
+    inference = InferenceClient(inference_route(settings), kube=kube, backend_url=api_url, token=token)
+    history_path = artifacts / HISTORY_FILE
+    try:
+        past = load(history_path)
+    except Exception as exc:  # a broken history must not stop the run
+        console.print(f"history: ignored ({exc})", markup=False)
+        past = []
+    run_id = secrets.token_hex(3)[:5]
+    targets = settings.targets(run_id)
+    multi = len(targets) > 1
+    try:
+        async with WatchHub(kube) as hub:
+            flows = []
+            for target in targets:
+                suite = f"kaito-{target.name}" if multi else "kaito"
+                base = baseline(past, suite="kaito", model=target.model)
+                flows.append(KaitoFlow(kaito_settings(settings, target, api_url=api_url, suite=suite,
+                                                      latency_baseline_ms=base),
+                                       api=api, kube=kube, inference=inference, hub=hub))
+            mine = []
+            for flow in flows:
+                reporters: list[Reporter] = [
+                    ConsoleReporter(console, live=None if live else False, junit_path=junit.path, prefix=multi),
+                    junit, *extra]
+                runner = Runner(flow, budget=Budget(total, reserve, cleanup_cap=cleanup_cap),
+                                reporters=reporters,
+                                artifacts_dir=artifacts / flow.name if multi else artifacts,
+                                cleanup_policy=settings.cleanup_policy())
+                runners.append(runner)
+                mine.append(runner)
+            results: list[RunRecord] = []
+
+            async def one(runner: Runner) -> None:
+                results.append(await runner.run())
+
+            async with _task_group() as tg:
+                for runner in mine:
+                    tg.start_soon(one, runner)
+            records = [r.record for r in mine]
+    finally:
+        await api.aclose()
+        await inference.aclose()
+        await kube.aclose()
+    entries = []
+    for record in records:
+        entry = Entry.from_record(record.to_dict())
+        entries.append(dataclasses.replace(entry, suite=record.properties.get("provider", entry.suite)))
+    try:
+        append(history_path, entries)
+    except OSError as exc:
+        console.print(f"history: not written ({exc})", markup=False)
+    return records
+
+
+def _task_group() -> Any:
+    import anyio
+
+    return anyio.create_task_group()
+
+
+async def _teardown(cluster: Any, backend: Any, env_record: RunRecord, junit: JUnitReporter,
+                    console: Console) -> None:
+    """Stop the backend and delete the cluster, and record it as the environment's cleanup."""
+    from .engine._record import utcnow
+    from .environment import teardown
+
+    rec = env_record.cleanup
+    rec.started_at = utcnow()
+    steps = await teardown(cluster, backend)
+    rec.ended_at = utcnow()
+    rec.duration = sum(s.duration for s in steps)
+    errors = [f"{s.title}: {s.error}" for s in steps if s.error]
+    rec.status = "failed" if errors else "passed"
+    rec.reason = "; ".join(errors) or None
+    rec.detail = "\n".join(f"{s.title}: {'failed: ' + s.error if s.error else ('done' if s.acted else 'nothing to do')}"
+                           f" ({s.duration:.1f} s)" for s in steps)
+    for line in (rec.detail or "").splitlines():
+        console.print(f"environment: {line}", markup=False, highlight=False)
+    if errors:
+        env_record.outcome = "failed" if env_record.outcome == "passed" else env_record.outcome
+    junit.run_finished(env_record)
+
+
+def run_app(settings: Settings, *, sandbox: bool, faults: dict[str, Any], live: bool,
+            environment: EnvironmentOptions | None = None) -> int:
+    try:
+        return asyncio.run(_run(settings, sandbox, faults, live, environment or EnvironmentOptions()))
     except KeyboardInterrupt:
-        # Only reachable before the runner installed its handlers (or after it ended).
+        # Only reachable before the runners installed their handlers (or after they ended).
         return 130

@@ -67,6 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--sandbox-fault", action="append", default=[], metavar="NAME=VALUE",
                      help="with --sandbox: inject a fault, e.g. image_pull_error=true (repeatable)")
     run.add_argument("--no-live", action="store_true", help="plain line-by-line output")
+    env = run.add_argument_group("environment (needs kind and Docker, or the backend's toolchain)")
+    env.add_argument("--create-cluster", action="store_true",
+                     help="create an ephemeral kind cluster for this run and delete it at the end")
+    env.add_argument("--cluster-name", default="kubefoundry-test", help="kind cluster name")
+    env.add_argument("--keep-cluster", action="store_true", help="do not delete the cluster at the end")
+    env.add_argument("--reuse-cluster", action="store_true",
+                     help="use an existing kind cluster of that name instead of failing")
+    env.add_argument("--backend-dir", metavar="PATH",
+                     help="start the KubeFoundry backend from this directory (e.g. kube-foundry/backend)")
+    env.add_argument("--backend-command", default="bun run dev",
+                     help="command that starts the backend (default: bun run dev)")
+    env.add_argument("--backend-port", type=int, default=3001, help="backend port (default 3001)")
     _add_config_flags(run)
 
     sb = sub.add_parser("sandbox", help="serve the sandbox until Ctrl-C",
@@ -133,9 +145,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         report_config_error(exc.problems, getattr(ns, "artifacts_dir", None))
         return EXIT_USAGE
-    from ._app import run_app
+    from ._app import EnvironmentOptions, run_app
 
-    return run_app(settings, sandbox=ns.sandbox, faults=faults, live=not ns.no_live)
+    if ns.sandbox and (ns.create_cluster or ns.backend_dir):
+        report_config_error(["--sandbox brings its own backend and cluster: it cannot be combined "
+                             "with --create-cluster or --backend-dir"], ns.artifacts_dir)
+        return EXIT_USAGE
+    if ns.backend_dir and not Path(ns.backend_dir).is_dir():
+        report_config_error([f"--backend-dir (command line): {ns.backend_dir} is not a directory"],
+                            ns.artifacts_dir)
+        return EXIT_USAGE
+    environment = EnvironmentOptions(
+        create_cluster=ns.create_cluster, cluster_name=ns.cluster_name, keep_cluster=ns.keep_cluster,
+        reuse_cluster=ns.reuse_cluster, backend_dir=ns.backend_dir, backend_command=ns.backend_command,
+        backend_port=ns.backend_port)
+    return run_app(settings, sandbox=ns.sandbox, faults=faults, live=not ns.no_live,
+                   environment=environment)
 
 
 def report_config_error(problems: Sequence[str], artifacts_dir: str | None) -> None:

@@ -1,0 +1,267 @@
+"""Benchmarks: watches vs polling, requests while waiting, overhead, start-up, N flows.
+
+    python benchmarks/bench.py            # everything, about three minutes
+    python benchmarks/bench.py --quick    # shorter waits, for a smoke run
+
+Prints a table and writes ``benchmarks/results.json``. Every ratio is measured
+in this one run, on the same sandbox, so machine noise hits both sides of each
+comparison alike. Numbers from a loaded laptop or CI runner will differ; the
+ratios are what to compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from orchestrator.clients import CRDS, KubeClient, KubeFoundryClient, NotFound, Resource, WatchHub  # noqa: E402
+from orchestrator.flows._waiting import WatchSpec, wait_for  # noqa: E402
+from orchestrator.sandbox import Sandbox, SandboxOptions  # noqa: E402
+
+WORKSPACES = Resource("kaito.sh", "v1beta1", "workspaces")
+PODS = Resource("", "v1", "pods")
+NS = "bench"
+PLAN_POLL_INTERVAL = 5.0  # the plan's waitForDeploymentReady polls every 5 s
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+async def _crd(kube: KubeClient) -> None:
+    body = {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "workspaces.kaito.sh"},
+            "spec": {"group": "kaito.sh", "scope": "Namespaced",
+                     "names": {"plural": "workspaces", "singular": "workspace", "kind": "Workspace"},
+                     "versions": [{"name": "v1beta1", "served": True, "storage": True,
+                                   "subresources": {"status": {}},
+                                   "schema": {"openAPIV3Schema": {"type": "object",
+                                                                  "x-kubernetes-preserve-unknown-fields": True}}}]}}
+    try:
+        await kube.create(CRDS, body)
+    except Exception:  # already there
+        pass
+    with anyio.fail_after(30):
+        while True:  # the CRD's resources are served a moment after it is created
+            try:
+                await kube.list(WORKSPACES, NS)
+                return
+            except Exception:
+                await anyio.sleep(0.05)
+
+
+def _workspace(name: str) -> dict[str, Any]:
+    return {"apiVersion": "kaito.sh/v1beta1", "kind": "Workspace",
+            "metadata": {"name": name, "namespace": NS, "labels": {
+                "app.kubernetes.io/name": "kubefoundry", "app.kubernetes.io/instance": name,
+                "app.kubernetes.io/managed-by": "kubefoundry", "kubefoundry.io/provider": "kaito"}},
+            "resource": {"count": 1},
+            "inference": {"template": {"spec": {"containers": [{"name": "model", "image": "img"}]}}}}
+
+
+def _ready_status() -> dict[str, Any]:
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return {"status": {"conditions": [
+        {"type": t, "status": "True", "reason": "Bench", "message": "", "lastTransitionTime": now}
+        for t in ("ResourceReady", "InferenceReady", "WorkspaceSucceeded")]}}
+
+
+async def reaction(sb: Sandbox, strategy: str, n: int) -> dict[str, Any]:
+    """Flip n Workspaces to ready one after another; time each flip -> waiter returns."""
+    kube = await KubeClient.from_kubeconfig(str(sb.kubeconfig))
+    api = KubeFoundryClient(sb.api_url)
+    await _crd(kube)
+    latencies: list[float] = []
+    try:
+        async with WatchHub(kube) as hub:
+            for i in range(n):
+                name = f"{strategy}-{i}"
+                await kube.create(WORKSPACES, _workspace(name), NS)
+
+                async def running(name: str = name) -> bool | None:
+                    st = await api.get_deployment(name, NS)
+                    return True if st.phase == "Running" else None
+
+                done = anyio.Event()
+                returned: list[float] = []
+
+                async def waiter() -> None:
+                    if strategy == "watch":
+                        await wait_for(running, kube=kube, hub=hub, recheck=10.0, watches=[
+                            WatchSpec(WORKSPACES, NS, field_selector=f"metadata.name={name}")])
+                    else:
+                        await wait_for(running, kube=kube, watches=[], recheck=PLAN_POLL_INTERVAL)
+                    returned.append(time.monotonic())
+                    done.set()
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(waiter)
+                    # The flip lands at a spread of moments after the waiter started: across
+                    # the whole poll period for polling (its latency depends on that phase),
+                    # and within a short settle time for watches (theirs does not).
+                    span = PLAN_POLL_INTERVAL if strategy == "poll" else 0.3
+                    await anyio.sleep(0.05 + (i * 0.618 * span) % span)
+                    await kube.patch(WORKSPACES, name, _ready_status(), NS, subresource="status")
+                    flipped = time.monotonic()
+                    with anyio.fail_after(30):
+                        await done.wait()
+                latencies.append((returned[0] - flipped) * 1000)
+    finally:
+        await api.aclose()
+        await kube.aclose()
+    return {"strategy": strategy, "n": n, "p50_ms": pct(latencies, 50), "p99_ms": pct(latencies, 99),
+            "mean_ms": statistics.mean(latencies)}
+
+
+async def requests_while_waiting(sb: Sandbox, strategy: str, seconds: float) -> dict[str, Any]:
+    """Requests sent while a deployment stays Pending for ``seconds``."""
+    kube = await KubeClient.from_kubeconfig(str(sb.kubeconfig))
+    api = KubeFoundryClient(sb.api_url)
+    await _crd(kube)
+    name = f"idle-{strategy}"
+    try:
+        await kube.create(WORKSPACES, _workspace(name), NS)
+    except Exception:
+        pass
+
+    async def never() -> bool | None:
+        await api.get_deployment(name, NS)
+        return None
+
+    # Count only what the wait itself sends, not the set-up above.
+    api.requests_sent = kube.requests_sent = kube.watches_opened = 0
+
+    try:
+        async with WatchHub(kube) as hub:
+            with anyio.move_on_after(seconds):
+                if strategy == "watch":
+                    await wait_for(never, kube=kube, hub=hub, recheck=10.0, watches=[
+                        WatchSpec(WORKSPACES, NS, field_selector=f"metadata.name={name}"),
+                        WatchSpec(PODS, NS, label_selector=f"kaito.sh/workspace={name}")])
+                else:
+                    await wait_for(never, kube=kube, watches=[], recheck=PLAN_POLL_INTERVAL)
+    finally:
+        await api.aclose()
+        await kube.aclose()
+    per_min = 60.0 / seconds
+    return {"strategy": strategy, "seconds": seconds,
+            "backend_requests_per_min": api.requests_sent * per_min,
+            "kube_requests_per_min": kube.requests_sent * per_min,
+            "watch_connections": kube.watches_opened}
+
+
+def startup(runs: int = 7) -> dict[str, Any]:
+    def median_of(args: list[str]) -> float:
+        times = []
+        for _ in range(runs):
+            t = time.perf_counter()
+            subprocess.run([sys.executable, *args], check=True, capture_output=True, cwd=ROOT)
+            times.append(time.perf_counter() - t)
+        return statistics.median(times)
+
+    bare = median_of(["-c", "pass"])
+    return {"interpreter_s": bare, "help_s": median_of(["-m", "orchestrator", "--help"]),
+            "version_s": median_of(["-m", "orchestrator", "--version"])}
+
+
+def run_flows(n: int, workdir: Path, *, stub: bool) -> dict[str, Any]:
+    """The real command with --parallel n against a sandbox: wall time and peak memory."""
+    artifacts = workdir / f"flows-{n}"
+    args = [sys.executable, "-m", "orchestrator", "run", "--sandbox", "--no-live",
+            "--artifacts-dir", str(artifacts), "--parallel", str(n), "--cleanup", "always"]
+    if stub:
+        args += ["--sandbox-fault", "stub_models=true"]
+    t = time.perf_counter()
+    out = subprocess.run(args, capture_output=True, text=True, cwd=workdir,
+                         env={**os.environ, "NO_COLOR": "1"})
+    wall = time.perf_counter() - t
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    records = [json.loads(p.read_text()) for p in artifacts.rglob("run.json")]
+    return {"n": n, "exit_code": out.returncode, "wall_s": wall, "peak_rss_mib": peak_kib / 1024,
+            "passed": sum(1 for r in records if r.get("outcome") == "passed"),
+            "tail": out.stdout.strip().splitlines()[-1:] if out.returncode else []}
+
+
+async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    async with Sandbox(SandboxOptions(workdir=workdir / "sandbox")) as sb:
+        n = 10 if args.quick else 50
+        watch = await reaction(sb, "watch", n)
+        poll = await reaction(sb, "poll", max(10, n // 5))
+        results["reaction"] = {"watch": watch, "poll": poll,
+                               "poll_over_watch_p50": poll["p50_ms"] / max(watch["p50_ms"], 1e-3),
+                               "poll_over_watch_p99": poll["p99_ms"] / max(watch["p99_ms"], 1e-3)}
+        seconds = 15.0 if args.quick else 60.0
+        w, p = await asyncio.gather(requests_while_waiting(sb, "watch", seconds),
+                                    requests_while_waiting(sb, "poll", seconds))
+        results["requests_while_waiting"] = {"watch": w, "poll": p}
+    results["startup"] = startup()
+    flows = {}
+    for n in ([1, 10] if args.quick else [1, 10, 50]):
+        flows[n] = run_flows(n, workdir, stub=args.stub_models)
+    base = flows[1]["wall_s"]
+    for n, r in flows.items():
+        r["ratio_to_one"] = r["wall_s"] / base
+    results["flows"] = flows
+    return results
+
+
+def table(results: dict[str, Any]) -> str:
+    r = results["reaction"]
+    q = results["requests_while_waiting"]
+    s = results["startup"]
+    lines = [
+        f"reaction (flip -> transition)   watch p50 {r['watch']['p50_ms']:7.1f} ms  p99 {r['watch']['p99_ms']:7.1f} ms"
+        f"  (n={r['watch']['n']})",
+        f"                                poll  p50 {r['poll']['p50_ms']:7.1f} ms  p99 {r['poll']['p99_ms']:7.1f} ms"
+        f"  (n={r['poll']['n']}, every {PLAN_POLL_INTERVAL:g} s)",
+        f"                                poll/watch: p50 x{r['poll_over_watch_p50']:.0f}, p99 x{r['poll_over_watch_p99']:.0f}",
+        f"requests per minute of waiting  watch: backend {q['watch']['backend_requests_per_min']:.1f}, "
+        f"kubernetes {q['watch']['kube_requests_per_min']:.1f} ({q['watch']['watch_connections']} watch connections)",
+        f"                                poll:  backend {q['poll']['backend_requests_per_min']:.1f}, "
+        f"kubernetes {q['poll']['kube_requests_per_min']:.1f}",
+        f"start-up                        python {s['interpreter_s'] * 1000:.0f} ms, --help {s['help_s'] * 1000:.0f} ms, "
+        f"--version {s['version_s'] * 1000:.0f} ms",
+    ]
+    for n, f in results["flows"].items():
+        lines.append(f"{'flows at once' if n == 1 else '':32}N={n:<3} wall {f['wall_s']:6.1f} s  x{f['ratio_to_one']:.2f} of N=1  "
+                     f"peak {f['peak_rss_mib']:.0f} MiB  passed {f['passed']}/{n}  exit {f['exit_code']}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer transitions and shorter waits")
+    parser.add_argument("--real-models", dest="stub_models", action="store_false",
+                        help="N flows with real llama.cpp servers (heavy: one per deployment)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results.json"))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="orchestrator-bench-") as tmp:
+        results = asyncio.run(measure(args, Path(tmp)))
+    results["machine"] = {"python": platform.python_version(), "cpus": os.cpu_count(),
+                          "platform": platform.platform()}
+    Path(args.out).write_text(json.dumps(results, indent=2, default=str))
+    print(table(results))
+    print(f"\nwritten to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
