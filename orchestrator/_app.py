@@ -241,7 +241,8 @@ async def _run_flows(settings: Settings, api_url: str, kubeconfig: str | None, a
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise _ConfigProblem(f"kubeconfig ({where}): cannot be loaded: {type(exc).__name__}: {first}") from None
     token = settings.token.get_secret_value() if settings.token else None
-    api = KubeFoundryClient(api_url, token=token)
+    api = KubeFoundryClient(api_url, token=token, on_retry=lambda msg: console.print(
+        f"retrying: {msg}", markup=False, highlight=False))
     inference = InferenceClient(inference_route(settings), kube=kube, backend_url=api_url, token=token)
     history_path = artifacts / HISTORY_FILE
     try:

@@ -106,6 +106,19 @@ def _flags(ns: argparse.Namespace) -> dict[str, Any]:
     return {k.name: getattr(ns, k.name) for k in KEYS if k.flag and getattr(ns, k.name, None) is not None}
 
 
+def _check_faults(faults: dict[str, Any]) -> None:
+    """Refuse an unknown knob or a bad value before anything starts."""
+    from pydantic import ValidationError
+
+    from .sandbox import Faults
+
+    try:
+        Faults.model_validate(faults)
+    except ValidationError as exc:
+        raise ConfigError([f"--sandbox-fault {'.'.join(str(p) for p in e['loc'])}: "
+                           f"{e['msg']}; got {e.get('input')!r}" for e in exc.errors()]) from None
+
+
 def _parse_faults(items: Sequence[str]) -> dict[str, Any]:
     faults: dict[str, Any] = {}
     for item in items:
@@ -142,6 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         faults = _parse_faults(ns.sandbox_fault)
         if faults and not ns.sandbox:
             raise ConfigError(["--sandbox-fault needs --sandbox"])
+        if faults:
+            _check_faults(faults)
     except ConfigError as exc:
         report_config_error(exc.problems, getattr(ns, "artifacts_dir", None))
         return EXIT_USAGE

@@ -60,6 +60,9 @@ class Faults(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    #: Not a fault: serve canned completions instead of one llama.cpp server per Workspace,
+    #: so that many deployments at once fit on a small machine (benchmarks).
+    stub_models: bool = False
     install_fails: bool = False
     never_ready: bool = False
     image_pull_error: bool = False

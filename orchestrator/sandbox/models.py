@@ -196,6 +196,12 @@ class _Model:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     error: BaseException | None = None
     first_request: float | None = None
+    #: Set for a stub model: the front's own canned server, not a llama.cpp child.
+    stub_url: str | None = None
+
+    @property
+    def url(self) -> str | None:
+        return self.stub_url or (self.process.url if self.process is not None else None)
 
 
 CHAT_PATHS = {"v1/chat/completions", "chat/completions"}
@@ -217,6 +223,7 @@ class ModelFleet:
 
     async def start(self) -> None:
         app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/_stub/{alias}/{tail:.*}", _stub_model)
         app.router.add_route("*", "/{namespace}/{name}/{tail:.*}", self._forward)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -253,6 +260,12 @@ class ModelFleet:
         model.task = asyncio.create_task(self._run(namespace, name, model), name=f"model {namespace}/{name}")
 
     async def _run(self, namespace: str, name: str, model: _Model) -> None:
+        if self.state.faults.stub_models:
+            # Many deployments at once (benchmarks): a canned OpenAI-compatible answer instead
+            # of one llama.cpp process per Workspace, which two cores could not load in time.
+            model.stub_url = f"{self.front_url}/_stub/{model.alias}"
+            model.ready.set()
+            return
         try:
             path = self.model_path or await model_file()
             model.process = ModelProcess(model.alias, path, self.workdir / "models" / f"{namespace}_{name}.log")
@@ -269,9 +282,9 @@ class ModelFleet:
         """The upstream URL once the model server listens; raises if it failed to start."""
         model = self._models[(namespace, name)]
         await model.ready.wait()
-        if model.error is not None or model.process is None or model.process.url is None:
+        if model.error is not None or model.url is None:
             raise ModelServerError(str(model.error or "model server did not start"))
-        return model.process.url
+        return model.url
 
     async def remove(self, namespace: str, name: str) -> None:
         model = self._models.get((namespace, name))
@@ -293,7 +306,7 @@ class ModelFleet:
         key = (request.match_info["namespace"], request.match_info["name"])
         tail = request.match_info["tail"]
         model = self._models.get(key)
-        if model is None or not model.ready.is_set() or model.process is None or model.process.url is None:
+        if model is None or not model.ready.is_set() or model.url is None:
             return _json_error(503, "model server is not running")
         loading = self.state.faults.model_loading_seconds
         now = time.monotonic()
@@ -304,7 +317,7 @@ class ModelFleet:
 
         assert self._session is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() in ("content-type", "accept")}
-        url = f"{model.process.url}/{tail}"
+        url = f"{model.url}/{tail}"
         try:
             upstream = await self._session.request(
                 request.method, url, params=request.query, data=await request.read(), headers=headers
@@ -331,6 +344,35 @@ class ModelFleet:
                 except ValueError:
                     pass
             return web.Response(status=upstream.status, body=body, headers={"Content-Type": content_type})
+
+
+async def _stub_model(request: web.Request) -> web.StreamResponse:
+    """A canned OpenAI-compatible server: /health, and chat completions plain or streamed."""
+    alias, tail = request.match_info["alias"], request.match_info["tail"].strip("/")
+    if tail not in CHAT_PATHS:
+        return web.json_response({"status": "ok"})
+    try:
+        asked = await request.json()
+    except ValueError:
+        return _json_error(400, "invalid JSON")
+    words = ["Hello", " there", ",", " friend", "."]
+    created = int(time.time())
+    if asked.get("stream"):
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for i, word in enumerate(words):
+            chunk = {"id": "chatcmpl-stub", "object": "chat.completion.chunk", "created": created,
+                     "model": alias, "choices": [{"index": 0, "delta": {"role": "assistant", "content": word},
+                                                  "finish_reason": "stop" if i == len(words) - 1 else None}]}
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+    return web.json_response({
+        "id": "chatcmpl-stub", "object": "chat.completion", "created": created, "model": alias,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(words)},
+                     "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 12, "completion_tokens": len(words), "total_tokens": 12 + len(words)}})
 
 
 def _json_error(status: int, message: str) -> web.Response:

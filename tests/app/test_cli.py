@@ -109,3 +109,11 @@ def test_graph_prints_the_machine(tmp_path: Path) -> None:
     assert out.stdout.startswith("stateDiagram-v2")
     for state in ("Install KAITO", "Wait Ready", "diagnose", "cleanup", "passed", "failed", "interrupted"):
         assert state in out.stdout
+
+
+def test_bad_sandbox_fault_is_a_configuration_error(tmp_path: Path) -> None:
+    out = run("run", "--sandbox", "--sandbox-fault", "watch_cut_after=-1", "--sandbox-fault", "nonsense=1",
+              "--artifacts-dir", str(tmp_path / "a"), cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert "--sandbox-fault watch_cut_after" in out.stderr and "--sandbox-fault nonsense" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -6,8 +6,11 @@ release Secret and the operator pod), and, like the real route, does not wait fo
 """
 from __future__ import annotations
 
+import asyncio
+
 import random
 import string
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +148,19 @@ async def helm_status(request: web.Request) -> web.Response:
     return web.json_response({"available": True, "version": HELM_VERSION})
 
 
+#: Helm takes a lock on its release: two installs at once run one after the other (the
+#: second then finds KAITO installed) instead of racing on the same CRDs.
+_INSTALL_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary())
+
+
 async def install_provider(request: web.Request) -> web.Response:
+    lock = _INSTALL_LOCKS.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+    async with lock:
+        return await _install_provider(request)
+
+
+async def _install_provider(request: web.Request) -> web.Response:
     provider = request.match_info["id"]
     if provider not in PROVIDERS:
         raise ApiError(404, f"Provider not found: {provider}")

@@ -1,0 +1,43 @@
+"""Several deployments in one run: each its own testsuite and cleanup; one failing dirties no other."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from e2e_harness import leftovers, run_orchestrator
+
+pytestmark = [pytest.mark.anyio, pytest.mark.cluster, pytest.mark.model]
+
+
+async def test_one_failing_deployment_neither_stops_nor_dirties_the_other(sandbox, tmp_path: Path) -> None:
+    result = await run_orchestrator(sandbox, tmp_path, "--deployment", "name=good",
+                                    "--deployment", "name=bad,model=nope:1b")
+    assert result.code == 1, result.stdout + result.stderr
+    result.cases()  # validates the file against the schema
+    root = ET.parse(result.junit).getroot()
+    suites = {s.get("name"): s for s in root.iter("testsuite")}
+    assert len(suites) == 2
+    good = next(s for n, s in suites.items() if n.startswith("kaito-good-"))
+    bad = next(s for n, s in suites.items() if n.startswith("kaito-bad-"))
+    assert good.get("failures") == "0" and good.get("skipped") == "0"
+    failure = bad.find("testcase/failure")
+    assert failure is not None and "not in the backend's catalog" in failure.get("message", "")
+    names = [n.removeprefix("kaito-") for n in suites]
+    for name in names:
+        assert await leftovers(sandbox, name=name) == []
+    # Each deployment's artifacts (run.json, diagnostics) sit in a folder of its own.
+    assert (result.artifacts / f"kaito-{names[0]}" / "run.json").exists()
+    assert (next(p for p in result.artifacts.iterdir() if p.name.startswith("kaito-bad-")) / "diagnostics").exists()
+
+
+async def test_parallel_copies_share_watches_and_all_pass(sandbox, tmp_path: Path) -> None:
+    sandbox.update_faults({"stub_models": True})
+    result = await run_orchestrator(sandbox, tmp_path, "--parallel", "5")
+    assert result.code == 0, result.stdout + result.stderr
+    root = ET.parse(result.junit).getroot()
+    assert len(list(root.iter("testsuite"))) == 5
+    assert root.get("failures") == "0"
+    assert result.seconds < 60
