@@ -72,6 +72,9 @@ class _Stream:
         field(default_factory=list)
     scope: anyio.CancelScope | None = None
     error: ClientError | None = None
+    #: Each subscriber's note callback: a relist or a reconnect is news to every waiter
+    #: on the stream, in its own phase's log.
+    notes: list[Callable[[str], None]] = field(default_factory=list)
 
 
 class WatchHub:
@@ -102,7 +105,8 @@ class WatchHub:
 
     @asynccontextmanager
     async def subscribe(self, resource: Resource, namespace: str | None = None, *,
-                        label_selector: str | None = None, field_selector: str | None = None
+                        label_selector: str | None = None, field_selector: str | None = None,
+                        on_note: Callable[[str], None] | None = None,
                         ) -> AsyncIterator[AsyncIterator[WatchEvent]]:
         """Events for the matching objects: those known now first, then every change."""
         if self._tg is None:
@@ -122,6 +126,8 @@ class WatchHub:
                 send.send_nowait(WatchEvent("ADDED", obj))
         entry = (predicate, send)
         stream.subscribers.append(entry)
+        if on_note is not None:
+            stream.notes.append(on_note)
         if stream.scope is None:
             stream.scope = anyio.CancelScope()
             self._tg.start_soon(self._pump, stream)
@@ -130,6 +136,8 @@ class WatchHub:
                 yield _iterate(receive, stream)
         finally:
             stream.subscribers.remove(entry)
+            if on_note is not None:
+                stream.notes.remove(on_note)
             send.close()
             if not stream.subscribers and stream.scope is not None:
                 # Nobody listens: stop paying for the stream. A later subscriber relists.
@@ -141,12 +149,19 @@ class WatchHub:
     async def _pump(self, stream: _Stream) -> None:
         scope = stream.scope
         assert scope is not None
+
+        def note(message: str) -> None:
+            if self._note is not None:
+                self._note(message)
+            for callback in list(stream.notes):
+                callback(message)
+
         with scope:
             try:
                 async for event in watch(self.kube, stream.resource, stream.namespace,
                                          label_selector=stream.label_selector,
                                          field_selector=stream.field_selector,
-                                         server_timeout=self.server_timeout, on_note=self._note):
+                                         server_timeout=self.server_timeout, on_note=note):
                     meta = event.object.get("metadata", {})
                     k = (str(meta.get("namespace", "")), str(meta.get("name", "")))
                     if event.type == "DELETED":

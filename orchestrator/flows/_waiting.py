@@ -89,7 +89,7 @@ async def wait_for(
             if hub is not None:
                 async with hub.subscribe(spec.resource, spec.namespace,
                                          label_selector=spec.label_selector,
-                                         field_selector=spec.field_selector) as events:
+                                         field_selector=spec.field_selector, on_note=on_note) as events:
                     async for event in events:
                         deliver(event)
             else:

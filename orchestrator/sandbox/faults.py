@@ -84,7 +84,8 @@ class Faults(BaseModel):
     watch_cut_after: float | None = Field(None, gt=0)
     #: The next N watch requests answer 410 Gone; clients must relist.
     watch_gone: int = Field(0, ge=0)
-    #: Only watches with exactly this labelSelector get those 410s (None: any watch).
+    #: Only watches with exactly this labelSelector get those 410s (None: any watch;
+    #: ``path=/api/v1/namespaces/NS/pods``: an unfiltered watch of that collection).
     watch_gone_selector: str | None = None
     #: List/watch of a CRD's resources answer 429 for this many seconds after it is Established.
     too_many_requests_after_crd: float = Field(0, ge=0)

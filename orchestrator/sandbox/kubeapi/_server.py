@@ -375,7 +375,7 @@ class ApiServer:
         resp.enable_chunked_encoding()
         error: errors.ApiError | None = None
         watcher: Watcher | None = None
-        if self.faults.gone_once and self.faults.gone_label_selector in (None, request.query.get("labelSelector")):
+        if self.faults.gone_once and _gone_target_matches(self.faults.gone_label_selector, request):
             self.faults.gone_once = False
             error = errors.expired(f"too old resource version: {raw_rv or 0} ({self.store.rv})")
         else:
@@ -551,3 +551,15 @@ class ApiServer:
         start = decoded.find(f"/services/{t.name}/proxy")
         path = decoded[start + len(f"/services/{t.name}/proxy"):] if start >= 0 else t.rest
         return await forward(request, self._session, base, path)
+
+
+def _gone_target_matches(target: str | None, request: web.Request) -> bool:
+    """Which watch a forced 410 goes to: any (None), one with exactly this labelSelector,
+    or, as ``path=/api/v1/...``, an unfiltered watch of that collection (the kind a client
+    that shares one stream per namespace opens)."""
+    if target is None:
+        return True
+    if target.startswith("path="):
+        return (request.path == target[5:] and not request.query.get("labelSelector")
+                and not request.query.get("fieldSelector"))
+    return target == request.query.get("labelSelector")
