@@ -32,12 +32,14 @@ sys.path.insert(0, str(ROOT))
 
 from orchestrator.clients import CRDS, KubeClient, KubeFoundryClient, NotFound, Resource, WatchHub  # noqa: E402
 from orchestrator.flows._waiting import WatchSpec, wait_for  # noqa: E402
+from orchestrator.flows.kaito import KaitoSettings  # noqa: E402
 from orchestrator.sandbox import Sandbox, SandboxOptions  # noqa: E402
 
 WORKSPACES = Resource("kaito.sh", "v1beta1", "workspaces")
 PODS = Resource("", "v1", "pods")
 NS = "bench"
 PLAN_POLL_INTERVAL = 5.0  # the plan's waitForDeploymentReady polls every 5 s
+RECHECK = KaitoSettings(api_url="http://unused").recheck  # the flow's safety re-check while watching
 
 
 def pct(values: list[float], q: float) -> float:
@@ -104,7 +106,7 @@ async def reaction(sb: Sandbox, strategy: str, n: int) -> dict[str, Any]:
 
                 async def waiter() -> None:
                     if strategy == "watch":
-                        await wait_for(running, kube=kube, hub=hub, recheck=10.0, watches=[
+                        await wait_for(running, kube=kube, hub=hub, recheck=RECHECK, watches=[
                             WatchSpec(WORKSPACES, NS, field_selector=f"metadata.name={name}")])
                     else:
                         await wait_for(running, kube=kube, watches=[], recheck=PLAN_POLL_INTERVAL)
@@ -152,7 +154,7 @@ async def requests_while_waiting(sb: Sandbox, strategy: str, seconds: float) -> 
         async with WatchHub(kube) as hub:
             with anyio.move_on_after(seconds):
                 if strategy == "watch":
-                    await wait_for(never, kube=kube, hub=hub, recheck=10.0, watches=[
+                    await wait_for(never, kube=kube, hub=hub, recheck=RECHECK, watches=[
                         WatchSpec(WORKSPACES, NS, field_selector=f"metadata.name={name}"),
                         WatchSpec(PODS, NS, label_selector=f"kaito.sh/workspace={name}")])
                 else:
@@ -181,13 +183,40 @@ def startup(runs: int = 7) -> dict[str, Any]:
             "version_s": median_of(["-m", "orchestrator", "--version"])}
 
 
-def run_flows(n: int, workdir: Path, *, stub: bool) -> dict[str, Any]:
+class SandboxProcess:
+    """The sandbox in a process of its own, so the orchestrator's scaling is measured on its
+    own core rather than sharing one event loop with the stand-ins it talks to."""
+
+    def __init__(self, workdir: Path, *faults: str) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        args = [sys.executable, "-m", "orchestrator", "sandbox", "--port", "0", "--workdir", str(workdir)]
+        for fault in faults:
+            args += ["--fault", fault]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                     cwd=workdir)
+        self.api_url = self.kubeconfig = ""
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:  # it prints both once it serves
+            if line.startswith("KubeFoundry API:"):
+                self.api_url = line.split(":", 1)[1].strip()
+            elif line.startswith("KUBECONFIG="):
+                self.kubeconfig = line.split("=", 1)[1].strip()
+            if self.api_url and self.kubeconfig:
+                break
+        if not (self.api_url and self.kubeconfig):
+            raise RuntimeError(f"the sandbox did not start (exit code {self.proc.wait()})")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def run_flows(n: int, workdir: Path, sb: SandboxProcess) -> dict[str, Any]:
     """The real command with --parallel n against a sandbox: wall time and peak memory."""
     artifacts = workdir / f"flows-{n}"
-    args = [sys.executable, "-m", "orchestrator", "run", "--sandbox", "--no-live",
-            "--artifacts-dir", str(artifacts), "--parallel", str(n), "--cleanup", "always"]
-    if stub:
-        args += ["--sandbox-fault", "stub_models=true"]
+    args = [sys.executable, "-m", "orchestrator", "run", "--no-live", "--api-url", sb.api_url,
+            "--kubeconfig", sb.kubeconfig, "--artifacts-dir", str(artifacts), "--parallel", str(n),
+            "--cleanup", "always"]
     t = time.perf_counter()
     out = subprocess.run(args, capture_output=True, text=True, cwd=workdir,
                          env={**os.environ, "NO_COLOR": "1"})
@@ -197,6 +226,26 @@ def run_flows(n: int, workdir: Path, *, stub: bool) -> dict[str, Any]:
     return {"n": n, "exit_code": out.returncode, "wall_s": wall, "peak_rss_mib": peak_kib / 1024,
             "passed": sum(1 for r in records if r.get("outcome") == "passed"),
             "tail": out.stdout.strip().splitlines()[-1:] if out.returncode else []}
+
+
+def overhead(workdir: Path) -> dict[str, Any]:
+    """One flow against a sandbox whose delays are zero: the run's wall time minus the
+    time the sandbox itself took (what its timeline shows between the first request and
+    the last change), i.e. what the orchestrator adds around the system under test."""
+    sb = SandboxProcess(workdir / "zero", "stub_models=true", "delays.resource=0",
+                        "delays.pod_start=0", "delays.inference_ready=0")
+    try:
+        t = time.perf_counter()
+        out = subprocess.run([sys.executable, "-m", "orchestrator", "run", "--no-live", "--api-url", sb.api_url,
+                              "--kubeconfig", sb.kubeconfig, "--artifacts-dir", str(workdir / "zero-art")],
+                             capture_output=True, text=True, cwd=workdir)
+        wall = time.perf_counter() - t
+    finally:
+        sb.close()
+    record = json.loads((workdir / "zero-art" / "run.json").read_text())
+    inside = record.get("time_spent") or 0.0
+    return {"exit_code": out.returncode, "process_wall_s": wall, "run_time_spent_s": inside,
+            "outside_run_s": wall - inside}
 
 
 async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -213,9 +262,15 @@ async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                                     requests_while_waiting(sb, "poll", seconds))
         results["requests_while_waiting"] = {"watch": w, "poll": p}
     results["startup"] = startup()
+    results["overhead"] = overhead(workdir)
     flows = {}
-    for n in ([1, 10] if args.quick else [1, 10, 50]):
-        flows[n] = run_flows(n, workdir, stub=args.stub_models)
+    faults = ["stub_models=true"] if args.stub_models else []
+    sb = SandboxProcess(workdir, *faults)
+    try:
+        for n in ([1, 10] if args.quick else [1, 10, 50]):
+            flows[n] = run_flows(n, workdir, sb)
+    finally:
+        sb.close()
     base = flows[1]["wall_s"]
     for n, r in flows.items():
         r["ratio_to_one"] = r["wall_s"] / base
@@ -227,6 +282,7 @@ def table(results: dict[str, Any]) -> str:
     r = results["reaction"]
     q = results["requests_while_waiting"]
     s = results["startup"]
+    o = results["overhead"]
     lines = [
         f"reaction (flip -> transition)   watch p50 {r['watch']['p50_ms']:7.1f} ms  p99 {r['watch']['p99_ms']:7.1f} ms"
         f"  (n={r['watch']['n']})",
@@ -239,6 +295,9 @@ def table(results: dict[str, Any]) -> str:
         f"kubernetes {q['poll']['kube_requests_per_min']:.1f}",
         f"start-up                        python {s['interpreter_s'] * 1000:.0f} ms, --help {s['help_s'] * 1000:.0f} ms, "
         f"--version {s['version_s'] * 1000:.0f} ms",
+        f"overhead (zero sandbox delays)  process {o['process_wall_s'] * 1000:.0f} ms: run "
+        f"{o['run_time_spent_s'] * 1000:.0f} ms (all phases, sandbox work included), start-up and exit "
+        f"{(o['outside_run_s'] - s['interpreter_s']) * 1000:.0f} ms beyond the interpreter's",
     ]
     for n, f in results["flows"].items():
         lines.append(f"{'flows at once' if n == 1 else '':32}N={n:<3} wall {f['wall_s']:6.1f} s  x{f['ratio_to_one']:.2f} of N=1  "

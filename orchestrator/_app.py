@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import anyio
 from rich.console import Console
 
 from .clients import InferenceClient, InferenceRoute, KubeClient, KubeFoundryClient, WatchHub
@@ -47,7 +48,7 @@ from .engine import (
     RunRecord,
     Runner,
 )
-from .flows.kaito import KaitoFlow, KaitoSettings
+from .flows.kaito import InstallGate, KaitoFlow, KaitoSettings
 from .history import HISTORY_FILE, Entry, append, baseline, load
 
 EXIT_USAGE = 2
@@ -255,13 +256,15 @@ async def _run_flows(settings: Settings, api_url: str, kubeconfig: str | None, a
     multi = len(targets) > 1
     try:
         async with WatchHub(kube) as hub:
+            install_gate = InstallGate()
             flows = []
             for target in targets:
                 suite = f"kaito-{target.name}" if multi else "kaito"
                 base = baseline(past, suite="kaito", model=target.model)
                 flows.append(KaitoFlow(kaito_settings(settings, target, api_url=api_url, suite=suite,
                                                       latency_baseline_ms=base),
-                                       api=api, kube=kube, inference=inference, hub=hub))
+                                       api=api, kube=kube, inference=inference, hub=hub,
+                                       install_gate=install_gate))
             mine = []
             for flow in flows:
                 reporters: list[Reporter] = [
@@ -273,14 +276,9 @@ async def _run_flows(settings: Settings, api_url: str, kubeconfig: str | None, a
                                 cleanup_policy=settings.cleanup_policy())
                 runners.append(runner)
                 mine.append(runner)
-            results: list[RunRecord] = []
-
-            async def one(runner: Runner) -> None:
-                results.append(await runner.run())
-
-            async with _task_group() as tg:
+            async with anyio.create_task_group() as tg:
                 for runner in mine:
-                    tg.start_soon(one, runner)
+                    tg.start_soon(runner.run)
             records = [r.record for r in mine]
     finally:
         await api.aclose()
@@ -295,12 +293,6 @@ async def _run_flows(settings: Settings, api_url: str, kubeconfig: str | None, a
     except OSError as exc:
         console.print(f"history: not written ({exc})", markup=False)
     return records
-
-
-def _task_group() -> Any:
-    import anyio
-
-    return anyio.create_task_group()
 
 
 async def _teardown(cluster: Any, backend: Any, env_record: RunRecord, junit: JUnitReporter,

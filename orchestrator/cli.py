@@ -134,7 +134,15 @@ def _parse_faults(items: Sequence[str]) -> dict[str, Any]:
                 parsed = float(text) if "." in text else int(text)
             except ValueError:
                 parsed = text
-        faults[name.strip().replace("-", "_")] = parsed
+        # "delays.pod_start=0" sets a nested knob.
+        *parents, leaf = name.strip().replace("-", "_").split(".")
+        target = faults
+        for part in parents:
+            node = target.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError([f"--sandbox-fault {item!r}: {part} is not a group of knobs"])
+            target = node
+        target[leaf] = parsed
     return faults
 
 
@@ -232,9 +240,14 @@ def _graph() -> int:
 def _serve_sandbox(ns: argparse.Namespace) -> int:
     import asyncio
 
-    faults = _parse_faults(ns.fault)
     try:
-        from .sandbox import SandboxOptions, serve_forever
+        faults = _parse_faults(ns.fault)
+        _check_faults(faults)
+    except ConfigError as exc:
+        report_config_error(exc.problems, None)
+        return EXIT_USAGE
+    try:
+        from .sandbox import Faults, SandboxOptions, serve_forever
     except ImportError as exc:
         print(f"orchestrator: the sandbox needs the 'sandbox' extra ({exc}); "
               "install with: pip install 'orchestrator[sandbox]'", file=sys.stderr)
@@ -243,12 +256,25 @@ def _serve_sandbox(ns: argparse.Namespace) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     options = SandboxOptions(workdir=workdir, port=ns.port,
                              kubeconfig=Path(ns.kubeconfig) if ns.kubeconfig else None,
-                             faults=faults, crd_dir=os.environ.get("KAITO_CRDS_DIR") or None)
-    try:
-        asyncio.run(serve_forever(options))
-    except KeyboardInterrupt:
-        return 130
-    return EXIT_OK
+                             faults=Faults.model_validate(faults),
+                             crd_dir=Path(os.environ["KAITO_CRDS_DIR"]) if os.environ.get("KAITO_CRDS_DIR") else None)
+
+    async def serve() -> int:
+        # Ctrl-C and SIGTERM stop the sandbox cleanly: its model servers are child
+        # processes, and a plain kill would leave them running.
+        task = asyncio.current_task()
+        assert task is not None
+        got: list[int] = []
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda s=sig: (got.append(128 + s), task.cancel()))
+        try:
+            await serve_forever(options)
+        except asyncio.CancelledError:
+            pass
+        return got[0] if got else EXIT_OK
+
+    return asyncio.run(serve())
 
 
 __all__ = ["main", "build_parser", "Settings", "signal"]

@@ -8,10 +8,12 @@ write, so a killed run still leaves its last known state behind.
 
 from __future__ import annotations
 
+
 import os
 import re
+import time
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC
 from pathlib import Path
 
@@ -212,16 +214,28 @@ class JUnitReporter:
     run, in the order the runs started.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    #: With many runs sharing the reporter, every step would rewrite every suite
+    #: (quadratic work): then a rewrite waits this long after the last one. A single
+    #: run is rewritten at every step; a run's start and end always write.
+    MIN_INTERVAL = 0.5
+
+    def __init__(self, path: str | os.PathLike[str], *, clock: Callable[[], float] = time.monotonic) -> None:
         self.path = Path(path)
         self._records: dict[int, RunRecord] = {}
+        self._clock = clock
+        self._last: float | None = None
 
-    def _write(self, record: RunRecord) -> None:
+    def _write(self, record: RunRecord, *, force: bool = False) -> None:
         self._records.setdefault(id(record), record)
+        now = self._clock()
+        shared = len(self._records) > 1
+        if shared and not force and self._last is not None and now - self._last < self.MIN_INTERVAL:
+            return
+        self._last = now
         write_junit(list(self._records.values()), self.path)
 
     def run_started(self, record: RunRecord) -> None:
-        self._write(record)
+        self._write(record, force=True)
 
     def phase_started(self, record: RunRecord, phase: PhaseRecord) -> None:
         self._write(record)
@@ -230,4 +244,4 @@ class JUnitReporter:
         self._write(record)
 
     def run_finished(self, record: RunRecord) -> None:
-        self._write(record)
+        self._write(record, force=True)

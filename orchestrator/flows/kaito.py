@@ -109,6 +109,14 @@ class KaitoSettings:
 
 
 @dataclass
+class InstallGate:
+    """Shared by the flows of one run so that KAITO is installed once (see ``install``)."""
+
+    lock: anyio.Lock = field(default_factory=anyio.Lock)
+    done: bool = False
+
+
+@dataclass
 class _Created:
     """What this run made, and so what its cleanup may delete."""
 
@@ -125,9 +133,12 @@ class KaitoFlow:
     name = "kaito"
 
     def __init__(self, settings: KaitoSettings, *, api: KubeFoundryClient, kube: KubeClient,
-                 inference: InferenceClient, hub: WatchHub | None = None) -> None:
+                 inference: InferenceClient, hub: WatchHub | None = None,
+                 install_gate: InstallGate | None = None) -> None:
         self.name = settings.suite
         self.hub = hub
+        #: Shared by the flows of one run (see :meth:`install`).
+        self.install_gate = install_gate
         self.settings = settings
         self.api = api
         self.kube = kube
@@ -174,6 +185,22 @@ class KaitoFlow:
     # -- phases ---------------------------------------------------------------
 
     async def install(self, ctx: PhaseContext) -> None:
+        """Install KAITO, once per run: flows running side by side share one install.
+
+        The first flow to get here installs and waits; the others wait for it and then
+        ask the backend themselves, so each still proves KAITO is installed, and the
+        backend sees one install instead of N racing on the same Helm release.
+        """
+        gate = self.install_gate
+        if gate is not None:
+            async with gate.lock:
+                if not gate.done:
+                    await self._install(ctx)
+                    gate.done = True
+                    return
+        await self._install(ctx)  # after a sibling's install: one status call, side by side
+
+    async def _install(self, ctx: PhaseContext) -> None:
         status = await self._call(ctx, self.api.provider_status(PROVIDER))
         if status.installed:
             ctx.log("KAITO is already installed and its operator is running")
@@ -582,4 +609,4 @@ def dump_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
 
 
-__all__ = ["KaitoFlow", "KaitoSettings", "WORKSPACES", "pod_problem", "EVENTS"]
+__all__ = ["InstallGate", "KaitoFlow", "KaitoSettings", "WORKSPACES", "pod_problem", "EVENTS"]
