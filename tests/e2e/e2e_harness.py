@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -22,7 +21,7 @@ from typing import Any
 import anyio
 import pytest
 import xmlschema
-from _testcluster import stop_later
+from _testcluster import fresh_cluster
 
 from orchestrator.clients import PODS, KubeClient, NotFound
 from orchestrator.flows.kaito import WORKSPACES
@@ -33,28 +32,14 @@ XSD = ROOT / "tests" / "engine" / "junit.xsd"
 PHASES = ["Install KAITO", "Deploy llama3.2:1b", "Wait Ready", "Inference", "Delete"]
 
 
-def _testcluster_home() -> Path | None:
-    home = os.environ.get("TESTCLUSTER_HOME")
-    return Path(home) if home and (Path(home) / "start").exists() else None
-
-
 @pytest.fixture(params=["sandbox-kube", "testcluster"])
 def kubeconfig(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path | None]:
     """None: the sandbox starts its in-process Kubernetes API. A path: a fresh test cluster."""
     if request.param == "sandbox-kube":
         yield None
         return
-    home = _testcluster_home()
-    if home is None:
-        pytest.skip("TESTCLUSTER_HOME is not set to the shared test cluster (see .ci/run)")
-    run_dir = tmp_path_factory.mktemp("tc")
-    out = subprocess.run([str(home / "start"), str(run_dir)], capture_output=True, text=True, timeout=120)
-    if out.returncode != 0:
-        pytest.fail(f"the test cluster did not start: {out.stderr[-2000:]}")
-    try:
-        yield Path(out.stdout.strip())
-    finally:
-        stop_later(home, run_dir)
+    with fresh_cluster(tmp_path_factory.mktemp("tc")) as kubeconfig_path:
+        yield kubeconfig_path
 
 
 @pytest.fixture

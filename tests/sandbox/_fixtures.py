@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -18,7 +17,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from _testcluster import stop_later
+from _testcluster import fresh_cluster
 
 from orchestrator.sandbox import Faults, Sandbox, SandboxOptions
 from orchestrator.sandbox._kube import Gone, Kube
@@ -48,19 +47,11 @@ def kube_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
             pytest.skip("orchestrator.sandbox.kubeapi is not available")
         yield None
         return
-    home = os.environ.get("TESTCLUSTER_HOME")
-    if not home:
-        pytest.skip("TESTCLUSTER_HOME is not set: the real test cluster is not available")
     run_dir = tmp_path / "testcluster"
     if any(ch.isspace() for ch in str(run_dir)):
         run_dir = Path(tempfile.mkdtemp(prefix="testcluster-"))
-    started = subprocess.run([f"{home}/start", str(run_dir)], capture_output=True, text=True, timeout=120)
-    if started.returncode != 0:
-        pytest.fail(f"test cluster did not start: {started.stderr[-2000:]}")
-    try:
-        yield Path(started.stdout.strip())
-    finally:
-        stop_later(home, run_dir)
+    with fresh_cluster(run_dir) as kubeconfig:
+        yield kubeconfig
 
 
 def crd_dir() -> Path | None:
