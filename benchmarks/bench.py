@@ -223,7 +223,10 @@ def run_flows(n: int, workdir: Path, sb: SandboxProcess) -> dict[str, Any]:
     wall = time.perf_counter() - t
     peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     records = [json.loads(p.read_text()) for p in artifacts.rglob("run.json")]
+    opened = [line for line in out.stdout.splitlines() if line.startswith("watch connections opened:")]
+    watches = int(opened[-1].split(":")[1].split()[0]) if opened else None
     return {"n": n, "exit_code": out.returncode, "wall_s": wall, "peak_rss_mib": peak_kib / 1024,
+            "watch_connections": watches,
             "passed": sum(1 for r in records if r.get("outcome") == "passed"),
             "tail": out.stdout.strip().splitlines()[-1:] if out.returncode else []}
 
@@ -301,7 +304,8 @@ def table(results: dict[str, Any]) -> str:
     ]
     for n, f in results["flows"].items():
         lines.append(f"{'flows at once' if n == 1 else '':32}N={n:<3} wall {f['wall_s']:6.1f} s  x{f['ratio_to_one']:.2f} of N=1  "
-                     f"peak {f['peak_rss_mib']:.0f} MiB  passed {f['passed']}/{n}  exit {f['exit_code']}")
+                     f"peak {f['peak_rss_mib']:.0f} MiB  watches {f.get('watch_connections') or '-'}  "
+                     f"passed {f['passed']}/{n}  exit {f['exit_code']}")
     return "\n".join(lines)
 
 

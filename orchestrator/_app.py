@@ -280,6 +280,9 @@ async def _run_flows(settings: Settings, api_url: str, kubeconfig: str | None, a
                 for runner in mine:
                     tg.start_soon(runner.run)
             records = [r.record for r in mine]
+        if multi:
+            console.print(f"watch connections opened: {kube.watches_opened} for {len(targets)} deployments "
+                          f"(shared per resource type and namespace)", markup=False, highlight=False)
     finally:
         await api.aclose()
         await inference.aclose()
