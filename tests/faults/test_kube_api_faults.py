@@ -51,8 +51,11 @@ async def test_410_gone_on_the_pod_watch_relists(sandbox, tmp_path: Path) -> Non
     # client), so the 410s are aimed at that watch, not at the sandbox's own controller's.
     result = await run_orchestrator(sandbox, tmp_path)
     assert_passed_promptly(result)
+    # Both 410s were served, and only this run's shared pod watch matches the target.
     assert sandbox.faults.watch_gone == 0
-    assert run_log(result).count("watch pods: too old resource version") >= 2, run_log(result)
+    # A 410 that lands while the install phase's wait is already over is relisted with
+    # nobody left to log it, so the log shows at least one, not always both.
+    assert run_log(result).count("watch pods: too old resource version") >= 1, run_log(result)
     await assert_clean(sandbox)
 
 
