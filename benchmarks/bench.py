@@ -30,7 +30,7 @@ import anyio
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.clients import CRDS, KubeClient, KubeFoundryClient, NotFound, Resource, WatchHub  # noqa: E402
+from orchestrator.clients import CRDS, KubeClient, KubeFoundryClient, Resource, WatchHub  # noqa: E402
 from orchestrator.flows._waiting import WatchSpec, wait_for  # noqa: E402
 from orchestrator.flows.kaito import KaitoSettings  # noqa: E402
 from orchestrator.sandbox import Sandbox, SandboxOptions  # noqa: E402

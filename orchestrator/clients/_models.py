@@ -7,7 +7,6 @@ retypes one fails with the field's name instead of a KeyError deep in a phase.
 
 from __future__ import annotations
 
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -108,7 +107,3 @@ class DeploymentLogs(_Answer):
     logs: str
     pod_name: str = Field(alias="podName")
 
-
-def as_json(value: Any) -> Any:
-    """Round-trip helper for tests and artifacts: a model as plain JSON data."""
-    return value.model_dump(mode="json", by_alias=True) if isinstance(value, BaseModel) else value

@@ -12,10 +12,8 @@ never touched.
 
 from __future__ import annotations
 
-import json
 import shlex
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -35,15 +33,14 @@ from ..clients import (
     NotFound,
     Resource,
     ResponseFormatError,
-    RetryPolicy,
     Unauthorized,
     WatchEvent,
+    WatchHub,
 )
 from ..engine import Phase, PhaseContext, PhaseFailed, PhaseRecord
 from ._diagnostics import collect_diagnostics
-from ._waiting import Stop, WatchSpec, pod_summary, wait_for
-from ..clients import WatchHub
 from ..history import regression
+from ._waiting import Stop, WatchSpec, pod_summary, wait_for
 
 WORKSPACES = Resource("kaito.sh", "v1beta1", "workspaces")
 WORKSPACE_CRD = "workspaces.kaito.sh"
@@ -603,10 +600,6 @@ def _pod_ready(pod: dict[str, Any]) -> bool:
             return cond.get("status") == "True"
     statuses = status.get("containerStatuses") or []
     return bool(statuses) and all(cs.get("ready") for cs in statuses)
-
-
-def dump_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
 
 
 __all__ = ["InstallGate", "KaitoFlow", "KaitoSettings", "WORKSPACES", "pod_problem", "EVENTS"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from e2e_harness import PHASES, run_orchestrator
-from faults_harness import NAME, assert_clean, duration, run_log
+from faults_harness import assert_clean, duration, run_log
 from orchestrator.sandbox import Faults
 
 pytestmark = [pytest.mark.anyio, pytest.mark.cluster, pytest.mark.model]
