@@ -195,6 +195,7 @@ def write_error_junit(
         properties=dict(properties or {}),
         phases=[step],
         outcome="failed",
+        usage_error=True,
         started_at=now,
         ended_at=now,
         time_spent=0.0,

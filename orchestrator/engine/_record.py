@@ -76,6 +76,8 @@ class RunRecord(BaseModel):
     cleanup_policy: str = "always"
     outcome: Outcome | None = None
     interrupted_by: str | None = None
+    #: The run never started because its input was bad: exit code 2, not 1.
+    usage_error: bool = False
     budget_total: float = 0.0
     budget_reserve: float = 0.0
     started_at: datetime | None = None
@@ -92,7 +94,9 @@ class RunRecord(BaseModel):
     @computed_field  # type: ignore[prop-decorator]
     @property
     def exit_code(self) -> int:
-        """0 passed, 1 failed (cleanup failure included), 128+N for signal N."""
+        """0 passed, 1 failed (cleanup failure included), 2 bad input, 128+N for signal N."""
+        if self.usage_error:
+            return 2
         if self.outcome == "passed":
             return 0
         if self.outcome == "interrupted":

@@ -74,6 +74,7 @@ def test_hostile_input_is_rejected_before_any_request(tmp_path: Path, backend, a
     assert seen == []
     junit = (tmp_path / "a" / "junit.xml").read_text()
     assert "Configuration" in junit and needle.split(" (")[0] in junit
+    assert '<property name="exit_code" value="2" />' in junit
 
 
 def test_bad_env_and_config_file_name_the_source(tmp_path: Path) -> None:
