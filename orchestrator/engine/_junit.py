@@ -144,25 +144,35 @@ def _testsuite(parent: ET.Element, record: RunRecord) -> dict[str, int]:
     return counts
 
 
+def _suite_xml(record: RunRecord) -> tuple[str, dict[str, int]]:
+    """One ``<testsuite>`` element, indented for its place in the document, and its counts."""
+    holder = ET.Element("testsuites")
+    counts = _testsuite(holder, record)
+    ET.indent(holder)
+    return "  " + ET.tostring(holder[0], encoding="unicode").rstrip() + "\n", counts
+
+
+def _document(records: Sequence[RunRecord], suites: Sequence[tuple[str, dict[str, int]]]) -> str:
+    totals = {key: sum(counts[key] for _, counts in suites)
+              for key in ("tests", "failure", "error", "skipped")}
+    root = ET.Element("testsuites", {
+        "name": "orchestrator",
+        "tests": str(totals["tests"]),
+        "failures": str(totals["failure"]),
+        "errors": str(totals["error"]),
+        "skipped": str(totals["skipped"]),
+        "time": _seconds(sum(r.time_spent or 0.0 for r in records)),
+    })
+    if not suites:
+        return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+    head = ET.tostring(root, encoding="unicode").removesuffix(" />") + ">\n"
+    return ('<?xml version="1.0" encoding="UTF-8"?>\n' + head + "".join(xml for xml, _ in suites)
+            + "</testsuites>\n")
+
+
 def junit_xml(records: Sequence[RunRecord]) -> str:
     """One ``<testsuites>`` document with a ``<testsuite>`` per record."""
-    root = ET.Element("testsuites", {"name": "orchestrator"})
-    totals = {"tests": 0, "failure": 0, "error": 0, "skipped": 0}
-    for record in records:
-        counts = _testsuite(root, record)
-        for key in totals:
-            totals[key] += counts[key]
-    root.attrib.update(
-        {
-            "tests": str(totals["tests"]),
-            "failures": str(totals["failure"]),
-            "errors": str(totals["error"]),
-            "skipped": str(totals["skipped"]),
-            "time": _seconds(sum(r.time_spent or 0.0 for r in records)),
-        }
-    )
-    ET.indent(root)
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+    return _document(records, [_suite_xml(record) for record in records])
 
 
 def write_junit(records: Sequence[RunRecord], path: str | os.PathLike[str]) -> Path:
@@ -215,28 +225,43 @@ class JUnitReporter:
     run, in the order the runs started.
     """
 
-    #: With many runs sharing the reporter, every step would rewrite every suite
-    #: (quadratic work): then a rewrite waits this long after the last one. A single
-    #: run is rewritten at every step; a run's start and end always write.
+    #: With many runs sharing the reporter, every step would rewrite the file: then a
+    #: rewrite waits this long after the last one, and only the runs that reported
+    #: since are serialized again (the others' XML is kept), so N runs cost N suites'
+    #: work per write rather than N squared. A run's end always writes.
     MIN_INTERVAL = 0.5
 
     def __init__(self, path: str | os.PathLike[str], *, clock: Callable[[], float] = time.monotonic) -> None:
         self.path = Path(path)
         self._records: dict[int, RunRecord] = {}
+        self._xml: dict[int, tuple[str, dict[str, int]]] = {}
+        self._dirty: set[int] = set()
         self._clock = clock
         self._last: float | None = None
 
     def _write(self, record: RunRecord, *, force: bool = False) -> None:
-        self._records.setdefault(id(record), record)
+        key = id(record)
+        self._records.setdefault(key, record)
+        self._dirty.add(key)
         now = self._clock()
         shared = len(self._records) > 1
         if shared and not force and self._last is not None and now - self._last < self.MIN_INTERVAL:
             return
         self._last = now
-        write_junit(list(self._records.values()), self.path)
+        self.flush()
+
+    def flush(self) -> Path:
+        """Write the file now, serializing again only the runs that changed since the last write."""
+        for key in self._dirty:
+            self._xml[key] = _suite_xml(self._records[key])
+        self._dirty.clear()
+        records = list(self._records.values())
+        return atomic_write_text(self.path, _document(records, [self._xml[id(r)] for r in records]))
 
     def run_started(self, record: RunRecord) -> None:
-        self._write(record, force=True)
+        # The first run writes at once (the file exists from the start); runs that join a
+        # shared file appear at its next write.
+        self._write(record, force=not self._records)
 
     def phase_started(self, record: RunRecord, phase: PhaseRecord) -> None:
         self._write(record)

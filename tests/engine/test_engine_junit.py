@@ -260,3 +260,35 @@ async def test_one_reporter_shared_by_concurrent_runs_writes_a_suite_each(tmp_pa
     assert set(suites) == {"first", "second"}
     assert suites["first"].get("failures") == "0" and suites["second"].get("failures") == "1"
     assert root.get("tests") == str(sum(int(s.get("tests")) for s in suites.values()))
+
+
+def test_a_shared_reporter_reserializes_only_the_runs_that_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Many runs on one file: each write costs the changed suites, not all of them,
+    and the file ends up exactly what a full rewrite would give."""
+    from orchestrator.engine import _junit, junit_xml
+
+    serialized: list[str] = []
+    real = _junit._suite_xml
+    monkeypatch.setattr(_junit, "_suite_xml", lambda r: (serialized.append(r.suite), real(r))[1])
+    now = [0.0]
+    reporter = JUnitReporter(tmp_path / "junit.xml", clock=lambda: now[0])
+    records = [RunRecord(suite=f"run-{i}", started_at=None) for i in range(20)]
+    for record in records:
+        reporter.run_started(record)
+    assert parse(reporter.path).findall("testsuite")[0].get("name") == "run-0"
+    for step in range(3):
+        now[0] += 1.0  # past the interval: every step of every run may write
+        for record in records:
+            phase = PhaseRecord(name=f"p{step}", title=f"P{step}", status="passed", duration=0.1)
+            record.phases.append(phase)
+            reporter.phase_finished(record, phase)
+    for record in records:
+        record.outcome = "passed"
+        reporter.run_finished(record)
+    # 20 runs x (start, 3 steps, end) events: far fewer than the 20 x 100 suites a
+    # rewrite-everything writer would serialize.
+    assert len(serialized) <= 20 * 5 + 5
+    assert reporter.path.read_text() == junit_xml(records)
+    assert len(parse(reporter.path).findall("testsuite")) == 20
