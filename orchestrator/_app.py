@@ -47,6 +47,7 @@ from .engine import (
     Reporter,
     RunRecord,
     Runner,
+    runs_table,
 )
 from .flows.kaito import InstallGate, KaitoFlow, KaitoSettings
 from .history import HISTORY_FILE, Entry, append, baseline, load
@@ -242,9 +243,22 @@ async def _run_flows(settings: Settings, api_url: str, kubeconfig: str | None, a
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise _ConfigProblem(f"kubeconfig ({where}): cannot be loaded: {type(exc).__name__}: {first}") from None
     token = settings.token.get_secret_value() if settings.token else None
-    api = KubeFoundryClient(api_url, token=token, on_retry=lambda msg: console.print(
-        f"retrying: {msg}", markup=False, highlight=False))
-    inference = InferenceClient(inference_route(settings), kube=kube, backend_url=api_url, token=token)
+    # Each flow gets its own backend and inference clients: its diagnostics then show its
+    # own exchanges only, and each connection pool stays small (httpx scans the whole
+    # pool at every request, so one pool shared by fifty flows costs most of their CPU).
+    clients: list[KubeFoundryClient | InferenceClient] = []
+
+    def backend_client(prefix: str) -> KubeFoundryClient:
+        api = KubeFoundryClient(api_url, token=token, on_retry=lambda msg: console.print(
+            f"{prefix}retrying: {msg}", markup=False, highlight=False))
+        clients.append(api)
+        return api
+
+    def inference_client() -> InferenceClient:
+        client = InferenceClient(inference_route(settings), kube=kube, backend_url=api_url, token=token)
+        clients.append(client)
+        return client
+
     history_path = artifacts / HISTORY_FILE
     try:
         past = load(history_path)
@@ -263,7 +277,8 @@ async def _run_flows(settings: Settings, api_url: str, kubeconfig: str | None, a
                 base = baseline(past, suite="kaito", model=target.model)
                 flows.append(KaitoFlow(kaito_settings(settings, target, api_url=api_url, suite=suite,
                                                       latency_baseline_ms=base),
-                                       api=api, kube=kube, inference=inference, hub=hub,
+                                       api=backend_client(f"{suite}: " if multi else ""),
+                                       kube=kube, inference=inference_client(), hub=hub,
                                        install_gate=install_gate))
             mine = []
             for flow in flows:
@@ -281,11 +296,12 @@ async def _run_flows(settings: Settings, api_url: str, kubeconfig: str | None, a
                     tg.start_soon(runner.run)
             records = [r.record for r in mine]
         if multi:
+            console.print(runs_table(records))
             console.print(f"watch connections opened: {kube.watches_opened} for {len(targets)} deployments "
                           f"(shared per resource type and namespace)", markup=False, highlight=False)
     finally:
-        await api.aclose()
-        await inference.aclose()
+        for client in clients:
+            await client.aclose()
         await kube.aclose()
     entries = []
     for record in records:

@@ -23,6 +23,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ._errors import ClientError, HTTPStatusError, ResponseFormatError, TransportError, status_error
+from ._tls import default_context
 from .kube import KubeClient
 
 FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
@@ -148,7 +149,7 @@ class InferenceClient:
         self._backend_url = (backend_url or "").rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token and route.kind == "backend-proxy" else {}
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(request_timeout, connect=5.0),
-                                       headers=headers)
+                                       headers=headers, verify=default_context())
         self._timeout = request_timeout
         self.requests_sent = 0
 

@@ -35,6 +35,7 @@ from ._errors import (
     status_error,
 )
 from ._retry import GATEWAY_ERRORS, RetryPolicy
+from ._tls import default_context
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -127,7 +128,8 @@ class KubeFoundryClient:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self._http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"), headers=headers, timeout=timeout, transport=transport
+            base_url=base_url.rstrip("/"), headers=headers, timeout=timeout, transport=transport,
+            verify=default_context(),
         )
         self.base_url = base_url.rstrip("/")
         self.retry = retry or RetryPolicy()
