@@ -5,7 +5,7 @@ It knows nothing of KAITO, HTTP or Kubernetes; see docs/ARCHITECTURE.md for the 
 """
 
 from ._budget import Budget
-from ._console import ConsoleReporter, summary_table
+from ._console import ConsoleReporter, runs_table, summary_table
 from ._github import GitHubReporter
 from ._junit import JUnitReporter, junit_xml, write_error_junit, write_junit
 from ._machine import RunMachine, machine_mermaid
@@ -34,6 +34,7 @@ __all__ = [
     "Runner",
     "junit_xml",
     "machine_mermaid",
+    "runs_table",
     "summary_table",
     "write_error_junit",
     "write_junit",

@@ -63,6 +63,9 @@ class ConsoleReporter:
         self._record: RunRecord | None = None
         self._run_started = time.monotonic()
         self._phase_started: dict[str, float] = {}
+        #: Plain lines to a file or pipe go straight to it: rich's rendering costs about
+        #: half a millisecond a line, which fifty runs' logs turn into most of a second.
+        self._plain_file = None if self.live or self.console.is_terminal else self.console.file
 
     # -- reporter protocol -----------------------------------------------------------
 
@@ -80,7 +83,7 @@ class ConsoleReporter:
             return
         props = ", ".join(f"{k}={v}" for k, v in record.properties.items())
         self._line(
-            f"{record.suite}: budget {record.budget_total:g} s "
+            ("" if self.prefix else f"{record.suite}: ") + f"budget {record.budget_total:g} s "
             f"({record.budget_reserve:g} s reserved for diagnose and cleanup)"
             + (f"; {props}" if props else "")
         )
@@ -105,7 +108,9 @@ class ConsoleReporter:
         try:
             self.close()
         finally:
-            self.console.print(summary_table(record))
+            if not self.prefix:
+                # Runs sharing a console get one table for all of them instead (runs_table).
+                self.console.print(summary_table(record))
             cleanup = record.cleanup
             if cleanup.detail and cleanup.status in ("skipped", "failed", "interrupted"):
                 # Kept or left-behind resources: say how to look at them and remove them.
@@ -131,6 +136,9 @@ class ConsoleReporter:
     def _line(self, text: str) -> None:
         if self.prefix and self._record is not None:
             text = f"{self._record.suite}: {text}"
+        if self._plain_file is not None:
+            self._plain_file.write(text + "\n")
+            return
         self.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
     def _render_live(self) -> RenderableType:
@@ -191,6 +199,29 @@ def summary_table(record: RunRecord) -> Table:
         table.add_row(
             phase.title, Text(phase.status, style=style), duration, Text(phase.reason or "")
         )
+    return table
+
+
+def runs_table(records: list[RunRecord]) -> Table:
+    """One row per run, for runs that shared a console: the outcome, the time, and
+    where and why a failed run stopped."""
+    table = Table(title=f"{len(records)} runs: summary", title_justify="left")
+    table.add_column("Run")
+    table.add_column("Outcome")
+    table.add_column("Duration", justify="right")
+    table.add_column("Failed at / reason", overflow="fold")
+    for record in records:
+        outcome = record.outcome or "failed"
+        style = VERDICT_STYLES.get(outcome, "bold").replace("bold ", "")
+        failed = next((p for p in record.phases if p.status == "failed"), None)
+        if failed is not None:
+            why = f"{failed.title}: {failed.reason}"
+        elif record.cleanup.status == "failed":
+            why = f"Cleanup: {record.cleanup.reason}"
+        else:
+            why = ""
+        spent = f"{record.time_spent:.1f}s" if record.time_spent is not None else "-"
+        table.add_row(record.suite, Text(outcome, style=style), spent, Text(why))
     return table
 
 
