@@ -7,12 +7,12 @@ the fresh pod on the event loop; delays are loop timers.
 from __future__ import annotations
 
 import asyncio
-import copy
 import re
 import time
 import zlib
 from typing import Any
 
+from ._clone import clone
 from ._errors import ApiError
 from ._logs import PodLogs, container_status
 from ._resources import ResourceType
@@ -168,7 +168,7 @@ class FakeKubelet:
         pod = self._store.peek(self._pods, ns, name)
         if pod is None or pod["metadata"].get("uid") != uid:
             return None
-        return copy.deepcopy(pod)
+        return clone(pod)
 
     def _handle(self, ns: str, name: str, uid: str) -> None:
         pod = self._fresh(ns, name, uid)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
+from ._clone import clone
 from ._errors import ApiError, bad_request, unsupported_media_type
 
 MERGE = "application/merge-patch+json"
@@ -15,8 +15,8 @@ APPLY = "application/apply-patch+yaml"
 
 def merge_patch(target: Any, patch: Any) -> Any:
     if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    out = copy.deepcopy(target) if isinstance(target, dict) else {}
+        return clone(patch)
+    out = clone(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
         if value is None:
             out.pop(key, None)
@@ -72,7 +72,7 @@ def _remove(doc: Any, path: str) -> Any:
 def _add(doc: Any, path: str, value: Any, replace: bool = False) -> Any:
     tokens = _split(path)
     if not tokens:
-        return copy.deepcopy(value)
+        return clone(value)
     if replace:
         _get(doc, path)
     parent = _parent(doc, tokens, path)
@@ -80,11 +80,11 @@ def _add(doc: Any, path: str, value: Any, replace: bool = False) -> Any:
     if isinstance(parent, list):
         idx = len(parent) if last == "-" else int(last)
         if replace:
-            parent[idx] = copy.deepcopy(value)
+            parent[idx] = clone(value)
         else:
-            parent.insert(idx, copy.deepcopy(value))
+            parent.insert(idx, clone(value))
     elif isinstance(parent, dict):
-        parent[last] = copy.deepcopy(value)
+        parent[last] = clone(value)
     else:
         raise ApiError(422, "Invalid", f"the server rejected our request due to an error in our request: path {path!r} not found")
     return doc
@@ -93,7 +93,7 @@ def _add(doc: Any, path: str, value: Any, replace: bool = False) -> Any:
 def json_patch(target: Any, ops: Any) -> Any:
     if not isinstance(ops, list):
         raise bad_request("json: cannot unmarshal object into Go value of type jsonpatch.Patch")
-    doc = copy.deepcopy(target)
+    doc = clone(target)
     for op in ops:
         kind, path = op.get("op"), op.get("path", "")
         if kind == "add":

@@ -8,7 +8,6 @@ still in the history ring (older ones answer 410, as after a compaction).
 from __future__ import annotations
 
 import asyncio
-import copy
 import datetime as dt
 import random
 import string
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from . import _errors as errors
+from ._clone import clone
 from ._resources import ResourceType
 from ._selectors import FieldSelector, LabelSelector
 from ._strategy import prepare_create, prepare_update
@@ -119,7 +119,7 @@ class Store:
         return self._objects.setdefault(rt.key, {})
 
     def _decorate(self, rt: ResourceType, obj: Obj) -> Obj:
-        out = copy.deepcopy(obj)
+        out = clone(obj)
         out["apiVersion"] = rt.api_version
         out["kind"] = rt.kind
         return out
@@ -152,7 +152,7 @@ class Store:
     # -- writes ----------------------------------------------------------------
 
     def create(self, rt: ResourceType, namespace: str, obj: Obj) -> Obj:
-        obj = copy.deepcopy(obj)
+        obj = clone(obj)
         meta = obj.setdefault("metadata", {})
         if not meta.get("name"):
             if meta.get("generateName"):
@@ -192,7 +192,7 @@ class Store:
         old = bucket.get(k)
         if old is None:
             raise errors.not_found(rt.plural, name, rt.group)
-        new = copy.deepcopy(new)
+        new = clone(new)
         meta = new.setdefault("metadata", {})
         if meta.get("name", name) != name:
             raise errors.bad_request("the name of the object does not match the name on the URL")
@@ -226,7 +226,7 @@ class Store:
 
     def _remove(self, rt: ResourceType, k: tuple[str, str]) -> Obj:
         obj = self._bucket(rt).pop(k)
-        obj = copy.deepcopy(obj)
+        obj = clone(obj)
         obj["metadata"]["resourceVersion"] = str(self._next_rv())
         out = self._decorate(rt, obj)
         self._emit(Event(self.rv, rt.key, k[0], "DELETED", out))
@@ -259,7 +259,7 @@ class Store:
         current = meta.get("deletionGracePeriodSeconds")
         if meta.get("deletionTimestamp") and current is not None and current <= period:
             return self._decorate(rt, cur), False
-        old = copy.deepcopy(cur)
+        old = clone(cur)
         meta["deletionTimestamp"] = now_rfc3339(period)
         meta["deletionGracePeriodSeconds"] = period
         meta["generation"] = meta.get("generation", 1) + 1

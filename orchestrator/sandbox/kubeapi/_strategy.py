@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import copy
 import zlib
 from typing import Any
 
+from ._clone import clone
 from ._resources import ResourceType
 
 
@@ -64,7 +64,7 @@ def _spec_part(obj: dict[str, Any]) -> dict[str, Any]:
 def prepare_update(rt: ResourceType, new: dict[str, Any], old: dict[str, Any], status_only: bool) -> dict[str, Any]:
     """Return the object to store: the main resource cannot change status, /status only changes status."""
     if status_only:
-        out = copy.deepcopy(old)
+        out = clone(old)
         if "status" in new:
             out["status"] = new["status"]
         else:
@@ -72,7 +72,7 @@ def prepare_update(rt: ResourceType, new: dict[str, Any], old: dict[str, Any], s
         return out
     if rt.has_status:
         if "status" in old:
-            new["status"] = copy.deepcopy(old["status"])
+            new["status"] = clone(old["status"])
         else:
             new.pop("status", None)
     generation = old["metadata"].get("generation", 1)
