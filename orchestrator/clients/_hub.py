@@ -72,6 +72,8 @@ class _Stream:
         field(default_factory=list)
     scope: anyio.CancelScope | None = None
     error: ClientError | None = None
+    #: ``known`` holds the whole state as of a listing, kept current by the events since.
+    synced: bool = False
     #: Each subscriber's note callback: a relist or a reconnect is news to every waiter
     #: on the stream, in its own phase's log.
     notes: list[Callable[[str], None]] = field(default_factory=list)
@@ -102,6 +104,26 @@ class WatchHub:
         assert self._tg is not None
         self._tg.cancel_scope.cancel()
         return await self._tg.__aexit__(*exc)
+
+    def known(self, resource: Resource, namespace: str | None = None, *,
+              label_selector: str | None = None, field_selector: str | None = None,
+              ) -> list[dict[str, Any]] | None:
+        """The matching objects as the running stream last saw them, without asking the
+        API server; None when no synced stream covers them.
+
+        This is the watches' view, a moment behind the server: good for "is it still
+        there?" while waiting, not as the final word, which a fresh list gives.
+        """
+        predicate = compile_selector(label_selector, field_selector)
+        if predicate is None:
+            key: tuple[Any, ...] = (resource, namespace, label_selector, field_selector)
+            predicate = _always
+        else:
+            key = (resource, namespace)
+        stream = self._streams.get(key)
+        if stream is None or stream.scope is None or not stream.synced or stream.error is not None:
+            return None
+        return [obj for obj in stream.known.values() if predicate(obj)]
 
     @asynccontextmanager
     async def subscribe(self, resource: Resource, namespace: str | None = None, *,
@@ -161,7 +183,8 @@ class WatchHub:
                 async for event in watch(self.kube, stream.resource, stream.namespace,
                                          label_selector=stream.label_selector,
                                          field_selector=stream.field_selector,
-                                         server_timeout=self.server_timeout, on_note=note):
+                                         server_timeout=self.server_timeout, on_note=note,
+                                         on_synced=lambda: setattr(stream, "synced", True)):
                     meta = event.object.get("metadata", {})
                     k = (str(meta.get("namespace", "")), str(meta.get("name", "")))
                     if event.type == "DELETED":

@@ -93,11 +93,14 @@ async def watch(
     client_timeout: float | None = None,
     backoff: Backoff | None = None,
     on_note: Callable[[str], None] | None = None,
+    on_synced: Callable[[], None] | None = None,
 ) -> AsyncIterator[WatchEvent]:
     """Yield every change to the matching objects, starting with those that exist now.
 
     Runs until the caller stops iterating (or cancels): the deadline belongs to
-    the caller, which knows which phase it is in.
+    the caller, which knows which phase it is in. ``on_synced`` is called once the
+    events of a (re)listing have all been taken: from then on, what the caller has
+    seen is the whole current state, as of the listing.
     """
     backoff = backoff or Backoff()
     note = on_note or (lambda _msg: None)
@@ -121,6 +124,8 @@ async def watch(
                         known[key] = obj
                         yield WatchEvent("ADDED" if old is None else "MODIFIED", obj)
                 backoff.reset()
+                if on_synced is not None:
+                    on_synced()
 
             async for raw in client.watch_stream(
                 resource, namespace, resource_version=version, label_selector=label_selector,

@@ -30,6 +30,10 @@ class WatchSpec:
     namespace: str | None = None
     label_selector: str | None = None
     field_selector: str | None = None
+    #: Whether this watch's events are a reason to ask the authority again. A watch kept
+    #: only for ``inspect`` (bad news early) says False, so that its events cost nothing
+    #: when the authority's answer does not depend on them.
+    wakes: bool = True
 
 
 class _Signal:
@@ -76,13 +80,15 @@ async def wait_for(
     signal = _Signal()
     stopped: list[Stop] = []
 
-    def deliver(event: WatchEvent) -> None:
+    def deliver(event: WatchEvent, wakes: bool) -> None:
         if inspect is not None:
             try:
                 inspect(event)
             except Stop as stop:
                 stopped.append(stop)
-        signal.set()
+                wakes = True
+        if wakes:
+            signal.set()
 
     async def pump(spec: WatchSpec) -> None:
         try:
@@ -91,13 +97,13 @@ async def wait_for(
                                          label_selector=spec.label_selector,
                                          field_selector=spec.field_selector, on_note=on_note) as events:
                     async for event in events:
-                        deliver(event)
+                        deliver(event, spec.wakes)
             else:
                 async for event in watch(kube, spec.resource, spec.namespace,
                                          label_selector=spec.label_selector,
                                          field_selector=spec.field_selector,
                                          server_timeout=server_timeout, on_note=on_note):
-                    deliver(event)
+                    deliver(event, spec.wakes)
         except ClientError as exc:
             # A watch that cannot run (403, an unknown resource type) must not end the
             # wait: the authority is still asked at every re-check, only slower.

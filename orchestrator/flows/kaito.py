@@ -314,8 +314,11 @@ class KaitoFlow:
                            watches=[
                                WatchSpec(WORKSPACES, s.namespace,
                                          field_selector=f"metadata.name={s.deployment_name}"),
+                               # The backend derives the status from the Workspace alone
+                               # (pods are not consulted): pod events only feed inspect().
                                WatchSpec(PODS, s.namespace,
-                                         label_selector=f"kaito.sh/workspace={s.deployment_name}"),
+                                         label_selector=f"kaito.sh/workspace={s.deployment_name}",
+                                         wakes=False),
                            ])
         except Stop as stop:
             raise PhaseFailed(stop.reason) from None
@@ -495,14 +498,11 @@ class KaitoFlow:
             except NotFound:
                 pass
         for ws in {w["metadata"]["name"]: w for w in (workspaces.get("items") or []) + named}.values():
-            meta = ws.get("metadata", {})
-            left.append(f"Workspace {s.namespace}/{meta.get('name')} (finalizers "
-                        f"{meta.get('finalizers') or []}, deleting since "
-                        f"{meta.get('deletionTimestamp') or 'never'})")
+            left.append(_leftover("Workspace", ws))
         selector = f"kaito.sh/workspace={s.deployment_name}"
         for res, kind in ((PODS, "Pod"), (SERVICES, "Service")):
             items = (await self.kube.list(res, s.namespace, label_selector=selector)).get("items") or []
-            left += [f"{kind} {s.namespace}/{o['metadata']['name']}" for o in items]
+            left += [_leftover(kind, o) for o in items]
         return left
 
     # -- helpers ----------------------------------------------------------------
@@ -517,19 +517,28 @@ class KaitoFlow:
     async def _wait_gone(self, ctx: PhaseContext, *, check_backend: bool = True) -> None:
         s = self.settings
 
+        selector = f"kaito.sh/workspace={s.deployment_name}"
+        watched = [(WORKSPACES, {"field_selector": f"metadata.name={s.deployment_name}"}, "Workspace"),
+                   (PODS, {"label_selector": selector}, "Pod"),
+                   (SERVICES, {"label_selector": selector}, "Service")]
+
         async def gone() -> bool | None:
+            if self.hub is not None and s.wait_strategy == "watch":
+                # While the watches still see something, it is not gone: no need to ask.
+                # Once they see nothing, the lists below have the final word.
+                seen = [self.hub.known(res, s.namespace, **sel) for res, sel, _ in watched]
+                still = [_leftover(kind, o) for (_, _, kind), objs in zip(watched, seen) for o in objs or []]
+                if still:
+                    ctx.progress("waiting for deletion; still there: " + "; ".join(still))
+                    return None
             left = await self.leftovers()
             if left:
                 ctx.progress("waiting for deletion; still there: " + "; ".join(left))
                 return None
             return True
 
-        selector = f"kaito.sh/workspace={s.deployment_name}"
-        await self._wait_for(gone, kube=self.kube, recheck=min(s.recheck, 5.0), on_note=ctx.log, watches=[
-            WatchSpec(WORKSPACES, s.namespace, field_selector=f"metadata.name={s.deployment_name}"),
-            WatchSpec(PODS, s.namespace, label_selector=selector),
-            WatchSpec(SERVICES, s.namespace, label_selector=selector),
-        ])
+        await self._wait_for(gone, kube=self.kube, recheck=min(s.recheck, 5.0), on_note=ctx.log,
+                             watches=[WatchSpec(res, s.namespace, **sel) for res, sel, _ in watched])
         ctx.log("the Workspace, its pods and its services are gone")
         if not check_backend:
             return
@@ -588,6 +597,16 @@ def pod_problem(pod: dict[str, Any]) -> str | None:
                  if (cs.get("state") or {}).get("terminated")]
         return f"pod {name} Failed{': ' + why if why else ''}{' (' + ', '.join(exits) + ')' if exits else ''}"
     return None
+
+
+def _leftover(kind: str, obj: dict[str, Any]) -> str:
+    """One object that should be gone, with what holds a Workspace back."""
+    meta = obj.get("metadata", {})
+    line = f"{kind} {meta.get('namespace')}/{meta.get('name')}"
+    if kind == "Workspace":
+        line += (f" (finalizers {meta.get('finalizers') or []}, deleting since "
+                 f"{meta.get('deletionTimestamp') or 'never'})")
+    return line
 
 
 def _pod_ready(pod: dict[str, Any]) -> bool:

@@ -144,3 +144,63 @@ async def test_a_late_subscriber_sees_what_the_hub_already_knows(kube: KubeClien
                     async for event in second:
                         assert (event.type, event.name) == ("ADDED", "known")
                         break
+
+
+async def test_the_hub_answers_what_it_knows_only_once_synced(kube: KubeClient) -> None:
+    await kube.create(PODS, pod("a", app="k"), NS)
+    await kube.create(PODS, pod("b", app="other"), NS)
+    async with WatchHub(kube) as hub:
+        assert hub.known(PODS, NS, label_selector="app=k") is None  # no stream yet
+        async with hub.subscribe(PODS, NS, label_selector="app=k") as events:
+            with anyio.fail_after(10):
+                async for event in events:
+                    assert event.name == "a"
+                    break
+                # Once every task is blocked, the pump has taken the whole listing and
+                # is waiting on the watch stream.
+                await anyio.wait_all_tasks_blocked()
+            assert [o["metadata"]["name"] for o in hub.known(PODS, NS, label_selector="app=k")] == ["a"]
+            assert hub.known(PODS, NS, field_selector="metadata.name=b")[0]["metadata"]["name"] == "b"
+            await kube.delete(PODS, "a", NS, grace_period=0)
+            with anyio.fail_after(10):
+                async for event in events:
+                    if event.type == "DELETED":
+                        break
+            assert hub.known(PODS, NS, label_selector="app=k") == []
+        assert hub.known(PODS, NS, label_selector="app=k") is None  # stream stopped
+
+
+async def test_events_of_a_watch_that_does_not_wake_reach_inspect_only(kube: KubeClient) -> None:
+    """A watch kept for bad news (``wakes=False``) must not make the waiter ask again."""
+    from orchestrator.flows._waiting import WatchSpec, wait_for
+
+    seen: list[str] = []
+    quiet_seen = anyio.Event()
+    checks = 0
+
+    def inspect(event) -> None:
+        seen.append(event.name)
+        if sum(n.startswith("q") for n in seen) == 3:
+            quiet_seen.set()
+
+    async def check() -> bool | None:
+        nonlocal checks
+        checks += 1
+        return True if "go" in seen else None
+
+    async with WatchHub(kube) as hub:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                async def waiter() -> None:
+                    assert await wait_for(check, kube=kube, recheck=60, inspect=inspect, hub=hub, watches=[
+                        WatchSpec(PODS, NS, label_selector="role=quiet", wakes=False),
+                        WatchSpec(PODS, NS, label_selector="role=go")]) is True
+
+                tg.start_soon(waiter)
+                for name in ("q1", "q2", "q3"):
+                    await kube.create(PODS, pod(name, role="quiet"), NS)
+                await quiet_seen.wait()
+                await anyio.wait_all_tasks_blocked()
+                assert checks == 1  # only the first look, before anything was watched
+                await kube.create(PODS, pod("go", role="go"), NS)
+    assert checks == 2
