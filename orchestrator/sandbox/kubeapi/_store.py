@@ -67,7 +67,9 @@ class Watcher:
         self.queue.put_nowait(out)
 
     def _match(self, obj: Obj | None) -> bool:
-        return obj is not None and self.labels.matches(obj) and self.fields.matches(self.rt.fields_of(obj))
+        # Most watches have no field selector: skip computing the object's fields for them.
+        return (obj is not None and self.labels.matches(obj)
+                and (not self.fields.terms or self.fields.matches(self.rt.fields_of(obj))))
 
     def _filtered(self, ev: Event) -> tuple[str, Obj] | None:
         """Selector-aware event type: an object moving out of the selection is DELETED for this watcher."""
@@ -142,7 +144,8 @@ class Store:
         items = [
             self._decorate(rt, obj)
             for (ns, _), obj in sorted(self._bucket(rt).items(), key=lambda kv: kv[0])
-            if (not namespace or ns == namespace) and labels.matches(obj) and fields.matches(rt.fields_of(obj))
+            if (not namespace or ns == namespace) and labels.matches(obj)
+            and (not fields.terms or fields.matches(rt.fields_of(obj)))
         ]
         return items, self.rv
 
