@@ -11,6 +11,7 @@ that need them, so that ``--help`` and ``--version`` answer at once.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import signal
 import sys
@@ -146,7 +147,33 @@ def _parse_faults(items: Sequence[str]) -> dict[str, Any]:
     return faults
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def entry() -> int:
+    """The process's entry point (``python -m orchestrator`` and the ``orchestrator`` script).
+
+    Unlike :func:`main`, which tests and library users call in-process, it owns the
+    interpreter, so it can tune its garbage collector: see :func:`_settle_heap`.
+    """
+    code = main(own_process=True)
+    # The work is done and every client closed: freezing spares the interpreter's final
+    # collections a walk over every object the imports made (about 150 ms at exit).
+    gc.freeze()
+    return code
+
+
+def _settle_heap() -> None:
+    """Import what a run needs, then move everything imported out of the collector's sight.
+
+    The imports make a few hundred thousand objects that live until exit. Each full
+    collection during the run would walk all of them again (about 45 ms each, a few
+    per run); frozen, they are left alone, and only the run's own objects are collected.
+    """
+    from .clients import KubeClient
+
+    KubeClient.preload()
+    gc.freeze()
+
+
+def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
@@ -182,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         create_cluster=ns.create_cluster, cluster_name=ns.cluster_name, keep_cluster=ns.keep_cluster,
         reuse_cluster=ns.reuse_cluster, backend_dir=ns.backend_dir, backend_command=ns.backend_command,
         backend_port=ns.backend_port)
+    if own_process:
+        _settle_heap()
     return run_app(settings, sandbox=ns.sandbox, faults=faults, live=not ns.no_live,
                    environment=environment)
 

@@ -73,6 +73,12 @@ class KubeClient:
         self.requests_sent = 0
         self.watches_opened = 0
 
+    @staticmethod
+    def preload() -> None:
+        """Import kubernetes-asyncio now rather than at the first connection."""
+        import kubernetes_asyncio.client
+        import kubernetes_asyncio.config  # noqa: F401
+
     @classmethod
     async def from_kubeconfig(cls, path: str | None = None, *, context: str | None = None) -> KubeClient:
         from kubernetes_asyncio import client, config
