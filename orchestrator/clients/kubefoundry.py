@@ -27,6 +27,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from . import _models as m
+from ._aiohttp_transport import AiohttpTransport
 from ._errors import (
     ClientError,
     RequestTimeout,
@@ -128,7 +129,8 @@ class KubeFoundryClient:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self._http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"), headers=headers, timeout=timeout, transport=transport,
+            base_url=base_url.rstrip("/"), headers=headers, timeout=timeout,
+            transport=transport or AiohttpTransport(ssl_context=default_context()),
             verify=default_context(),
         )
         self.base_url = base_url.rstrip("/")
