@@ -412,7 +412,19 @@ class ApiServer:
                     continue
                 if item is None:
                     break
-                await self._write_event(resp, item[0], item[1])
+                # Whatever else is already queued goes out in the same write: one send for
+                # a burst of events instead of one each.
+                lines = [_event_line(*item)]
+                ended = False
+                while not watcher.queue.empty():
+                    more = watcher.queue.get_nowait()
+                    if more is None:
+                        ended = True
+                        break
+                    lines.append(_event_line(*more))
+                await resp.write(b"".join(lines))
+                if ended:
+                    break
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
@@ -426,7 +438,7 @@ class ApiServer:
 
     @staticmethod
     async def _write_event(resp: web.StreamResponse, kind: str, obj: dict[str, Any]) -> None:
-        await resp.write(json.dumps({"type": kind, "object": obj}, separators=(",", ":")).encode() + b"\n")
+        await resp.write(_event_line(kind, obj))
 
     # -- pods/log ----------------------------------------------------------------------
 
@@ -563,3 +575,8 @@ def _gone_target_matches(target: str | None, request: web.Request) -> bool:
         return (request.path == target[5:] and not request.query.get("labelSelector")
                 and not request.query.get("fieldSelector"))
     return target == request.query.get("labelSelector")
+
+
+def _event_line(kind: str, obj: dict[str, Any]) -> bytes:
+    """One watch event as the API server sends it: a JSON object on a line of its own."""
+    return json.dumps({"type": kind, "object": obj}, separators=(",", ":")).encode() + b"\n"

@@ -42,6 +42,9 @@ class Event:
     type: str  # ADDED | MODIFIED | DELETED
     obj: Obj
     old: Obj | None = None
+    #: Selectable fields of ``obj`` and ``old``, computed once for all watchers (many of
+    #: the sandbox's own watches select one object by name).
+    fields: dict[int, dict[str, str]] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(eq=False)
@@ -66,16 +69,21 @@ class Watcher:
             return
         self.queue.put_nowait(out)
 
-    def _match(self, obj: Obj | None) -> bool:
-        # Most watches have no field selector: skip computing the object's fields for them.
-        return (obj is not None and self.labels.matches(obj)
-                and (not self.fields.terms or self.fields.matches(self.rt.fields_of(obj))))
+    def _match(self, obj: Obj | None, ev: Event) -> bool:
+        if obj is None or not self.labels.matches(obj):
+            return False
+        if not self.fields.terms:  # most watches select by label only
+            return True
+        fields = ev.fields.get(id(obj))
+        if fields is None:
+            fields = ev.fields[id(obj)] = self.rt.fields_of(obj)
+        return self.fields.matches(fields)
 
     def _filtered(self, ev: Event) -> tuple[str, Obj] | None:
         """Selector-aware event type: an object moving out of the selection is DELETED for this watcher."""
-        now = self._match(ev.obj)
+        now = self._match(ev.obj, ev)
         if ev.type == "MODIFIED":
-            before = self._match(ev.old)
+            before = self._match(ev.old, ev)
             if now and before:
                 return "MODIFIED", ev.obj
             if now:
