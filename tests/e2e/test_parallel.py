@@ -41,3 +41,8 @@ async def test_parallel_copies_share_watches_and_all_pass(sandbox, tmp_path: Pat
     assert len(list(root.iter("testsuite"))) == 5
     assert root.get("failures") == "0"
     assert result.seconds < 60
+    # KAITO is checked once per run: one suite asked the backend, the other four name it.
+    checked_by = [s.find("properties/property[@name='kaito_checked_by']") for s in root.iter("testsuite")]
+    askers = [s.get("name") for s, c in zip(root.iter("testsuite"), checked_by) if c is None]
+    assert len(askers) == 1
+    assert {c.get("value") for c in checked_by if c is not None} == set(askers)
