@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -231,24 +232,46 @@ def run_flows(n: int, workdir: Path, sb: SandboxProcess) -> dict[str, Any]:
             "tail": out.stdout.strip().splitlines()[-1:] if out.returncode else []}
 
 
+def _cpu_seconds(pid: int) -> float | None:
+    """A running process's CPU time so far (Linux /proc), or None where that cannot be read."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _epoch(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
 def overhead(workdir: Path) -> dict[str, Any]:
-    """One flow against a sandbox whose delays are zero: the run's wall time minus the
-    time the sandbox itself took (what its timeline shows between the first request and
-    the last change), i.e. what the orchestrator adds around the system under test."""
+    """One flow against a sandbox whose delays are zero.
+
+    The orchestrator's overhead is the run's wall time (its first phase's start to its
+    cleanup's end) minus the sandbox's time, i.e. the CPU the sandbox process spent
+    meanwhile answering the run. What the process spends around the run (interpreter,
+    imports, exit) is reported beside it, from the run's own timestamps.
+    """
     sb = SandboxProcess(workdir / "zero", "stub_models=true", "delays.resource=0",
                         "delays.pod_start=0", "delays.inference_ready=0")
     try:
-        t = time.perf_counter()
+        cpu_before = _cpu_seconds(sb.proc.pid)
+        t = time.time()
         out = subprocess.run([sys.executable, "-m", "orchestrator", "run", "--no-live", "--api-url", sb.api_url,
                               "--kubeconfig", sb.kubeconfig, "--artifacts-dir", str(workdir / "zero-art")],
                              capture_output=True, text=True, cwd=workdir)
-        wall = time.perf_counter() - t
+        wall = time.time() - t
+        cpu_after = _cpu_seconds(sb.proc.pid)
     finally:
         sb.close()
     record = json.loads((workdir / "zero-art" / "run.json").read_text())
-    inside = record.get("time_spent") or 0.0
-    return {"exit_code": out.returncode, "process_wall_s": wall, "run_time_spent_s": inside,
-            "outside_run_s": wall - inside}
+    run_wall = float(record.get("time_spent") or 0.0)
+    sandbox = cpu_after - cpu_before if cpu_before is not None and cpu_after is not None else None
+    return {"exit_code": out.returncode, "process_wall_s": wall, "run_wall_s": run_wall,
+            "sandbox_cpu_s": sandbox, "overhead_s": run_wall - (sandbox or 0.0),
+            "before_run_s": _epoch(record["started_at"]) - t,
+            "after_run_s": t + wall - _epoch(record["ended_at"])}
 
 
 async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -298,9 +321,11 @@ def table(results: dict[str, Any]) -> str:
         f"kubernetes {q['poll']['kube_requests_per_min']:.1f}",
         f"start-up                        python {s['interpreter_s'] * 1000:.0f} ms, --help {s['help_s'] * 1000:.0f} ms, "
         f"--version {s['version_s'] * 1000:.0f} ms",
-        f"overhead (zero sandbox delays)  process {o['process_wall_s'] * 1000:.0f} ms: run "
-        f"{o['run_time_spent_s'] * 1000:.0f} ms (all phases, sandbox work included), start-up and exit "
-        f"{(o['outside_run_s'] - s['interpreter_s']) * 1000:.0f} ms beyond the interpreter's",
+        f"overhead (zero sandbox delays)  run {o['run_wall_s'] * 1000:.0f} ms wall - sandbox "
+        + (f"{o['sandbox_cpu_s'] * 1000:.0f} ms" if o["sandbox_cpu_s"] is not None else "(unknown)")
+        + f" = {o['overhead_s'] * 1000:.0f} ms (target < 200 ms)",
+        f"                                around the run: start-up {o['before_run_s'] * 1000:.0f} ms "
+        f"(interpreter {s['interpreter_s'] * 1000:.0f} ms, then imports), exit {o['after_run_s'] * 1000:.0f} ms",
     ]
     for n, f in results["flows"].items():
         lines.append(f"{'flows at once' if n == 1 else '':32}N={n:<3} wall {f['wall_s']:6.1f} s  x{f['ratio_to_one']:.2f} of N=1  "
