@@ -204,3 +204,47 @@ async def test_events_of_a_watch_that_does_not_wake_reach_inspect_only(kube: Kub
                 assert checks == 1  # only the first look, before anything was watched
                 await kube.create(PODS, pod("go", role="go"), NS)
     assert checks == 2
+
+
+@pytest.mark.parametrize("labels, fields, key", [
+    ("app=x", None, ("label", "app", "x")),
+    ("tier!=db,app==x", None, ("label", "app", "x")),
+    ("app=x", "metadata.name=w", ("name", "w")),
+    ("!app", None, None),
+    ("app", "metadata.name!=w", None),
+])
+def test_subscribers_are_filed_under_a_value_every_match_carries(labels, fields, key) -> None:
+    from orchestrator.clients._hub import index_key
+
+    assert index_key(labels, fields) == key
+
+
+async def test_filed_subscribers_get_their_objects_and_only_theirs(kube: KubeClient) -> None:
+    async with WatchHub(kube) as hub:
+        got: dict[str, list[str]] = {"by-label": [], "by-name": [], "unfiled": []}
+        done = anyio.Event()
+
+        async def collect(which: str, **selectors: str) -> None:
+            async with hub.subscribe(PODS, NS, **selectors) as events:
+                ready[which].set()
+                async for event in events:  # a pod changes a few times: count each once
+                    if event.name not in got[which]:
+                        got[which].append(event.name)
+                    if all(len(v) >= n for v, n in zip(got.values(), (2, 1, 3))):
+                        done.set()
+
+        ready = {k: anyio.Event() for k in got}
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(lambda: collect("by-label", label_selector="team=blue"))
+                tg.start_soon(lambda: collect("by-name", field_selector="metadata.name=red-1"))
+                tg.start_soon(lambda: collect("unfiled", label_selector="team"))
+                for event in ready.values():
+                    await event.wait()
+                await kube.create(PODS, pod("blue-1", team="blue"), NS)
+                await kube.create(PODS, pod("red-1", team="red"), NS)
+                await kube.create(PODS, pod("blue-2", team="blue"), NS)
+                await done.wait()
+                tg.cancel_scope.cancel()
+    assert got == {"by-label": ["blue-1", "blue-2"], "by-name": ["red-1"],
+                   "unfiled": ["blue-1", "red-1", "blue-2"]}
