@@ -78,6 +78,9 @@ class KaitoController:
         self._operator_present = asyncio.Event()
         self._operator_absent = asyncio.Event()
         self._operator_absent.set()
+        #: For readiness probes: one session, so that fifty probes do not each pay for a
+        #: session, a connector and a new connection.
+        self._probes: aiohttp.ClientSession | None = None
 
     async def run(self) -> None:
         operator_watch = asyncio.create_task(self._watch_operator(), name="kaito operator watch")
@@ -100,6 +103,8 @@ class KaitoController:
             operator_watch.cancel()
             await asyncio.gather(operator_watch, return_exceptions=True)
             await self._stop_workers()
+            if self._probes is not None:
+                await self._probes.close()
 
     # ------------------------------------------------------------------ watches
 
@@ -441,10 +446,11 @@ class KaitoController:
 
     async def _probe(self, upstream: str) -> None:
         """The model server answers /health (what KAITO's readiness probe would check)."""
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-            async with session.get(f"{upstream}/health") as resp:
-                if resp.status != 200:
-                    raise RuntimeError(f"model server /health answered {resp.status}")
+        if self._probes is None or self._probes.closed:
+            self._probes = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        async with self._probes.get(f"{upstream}/health") as resp:
+            if resp.status != 200:
+                raise RuntimeError(f"model server /health answered {resp.status}")
 
     async def _set_conditions(self, namespace: str, name: str, types: list[str],
                               extra: dict[str, Any] | None = None) -> None:
