@@ -218,15 +218,24 @@ def run_flows(n: int, workdir: Path, sb: SandboxProcess) -> dict[str, Any]:
     args = [sys.executable, "-m", "orchestrator", "run", "--no-live", "--api-url", sb.api_url,
             "--kubeconfig", sb.kubeconfig, "--artifacts-dir", str(artifacts), "--parallel", str(n),
             "--cleanup", "always"]
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    sandbox_before = _cpu_seconds(sb.proc.pid)
     t = time.perf_counter()
     out = subprocess.run(args, capture_output=True, text=True, cwd=workdir,
                          env={**os.environ, "NO_COLOR": "1"})
     wall = time.perf_counter() - t
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    sandbox_after = _cpu_seconds(sb.proc.pid)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    peak_kib = children.ru_maxrss
+    orchestrator_cpu = (children.ru_utime + children.ru_stime
+                        - children_before.ru_utime - children_before.ru_stime)
+    sandbox_cpu = (sandbox_after - sandbox_before
+                   if sandbox_before is not None and sandbox_after is not None else None)
     records = [json.loads(p.read_text()) for p in artifacts.rglob("run.json")]
     opened = [line for line in out.stdout.splitlines() if line.startswith("watch connections opened:")]
     watches = int(opened[-1].split(":")[1].split()[0]) if opened else None
     return {"n": n, "exit_code": out.returncode, "wall_s": wall, "peak_rss_mib": peak_kib / 1024,
+            "orchestrator_cpu_s": orchestrator_cpu, "sandbox_cpu_s": sandbox_cpu,
             "watch_connections": watches,
             "passed": sum(1 for r in records if r.get("outcome") == "passed"),
             "tail": out.stdout.strip().splitlines()[-1:] if out.returncode else []}
@@ -331,6 +340,8 @@ def table(results: dict[str, Any]) -> str:
         lines.append(f"{'flows at once' if n == 1 else '':32}N={n:<3} wall {f['wall_s']:6.1f} s  x{f['ratio_to_one']:.2f} of N=1  "
                      f"peak {f['peak_rss_mib']:.0f} MiB  watches {f.get('watch_connections') or '-'}  "
                      f"passed {f['passed']}/{n}  exit {f['exit_code']}")
+        sandbox = f"{f['sandbox_cpu_s']:.2f} s" if f.get("sandbox_cpu_s") is not None else "unknown"
+        lines.append(f"{'':32}      CPU: orchestrator {f['orchestrator_cpu_s']:.2f} s, sandbox {sandbox}")
     return "\n".join(lines)
 
 
