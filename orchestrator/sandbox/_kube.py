@@ -12,7 +12,7 @@ import logging
 import random
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 from kubernetes_asyncio import client, config
@@ -21,6 +21,13 @@ log = logging.getLogger(__name__)
 
 JSON = dict[str, Any]
 MERGE_PATCH = "application/merge-patch+json"
+
+
+class LocalServer(Protocol):
+    """An API server in this process that answers plain requests without HTTP."""
+
+    async def call(self, method: str, path: str, query: Mapping[str, str] | None = None,
+                   body: bytes = b"", content_type: str = "application/json") -> tuple[int, bytes]: ...
 
 
 class KubeError(Exception):
@@ -40,15 +47,18 @@ class Gone(KubeError):
 class Kube:
     """Requests to one API server; every method takes and returns JSON objects."""
 
-    def __init__(self, api: client.ApiClient, cluster_name: str = "") -> None:
+    def __init__(self, api: client.ApiClient, cluster_name: str = "", local: LocalServer | None = None) -> None:
         self.api = api
         self.cluster_name = cluster_name
+        #: The sandbox's own API server, when it runs in this process: plain requests are
+        #: then served in-process; watches still go over HTTP.
+        self.local = local
 
     @classmethod
-    async def from_kubeconfig(cls, path: Path) -> Kube:
+    async def from_kubeconfig(cls, path: Path, *, local: LocalServer | None = None) -> Kube:
         cfg = client.Configuration()
         await config.load_kube_config(config_file=str(path), client_configuration=cfg)
-        return cls(client.ApiClient(cfg), cluster_name=_cluster_name(path))
+        return cls(client.ApiClient(cfg), cluster_name=_cluster_name(path), local=local)
 
     async def close(self) -> None:
         await self.api.close()
@@ -62,25 +72,30 @@ class Kube:
             auth_settings=["BearerToken"], _return_http_data_only=True, _preload_content=False,
         )
 
-    async def request(self, method: str, path: str, *, query: Mapping[str, Any] | None = None,
-                      body: Any = None, content_type: str = "application/json") -> JSON:
-        resp = await self._send(method, path, query, body, content_type, "application/json")
+    async def _exchange(self, method: str, path: str, query: Mapping[str, Any] | None, body: Any,
+                        content_type: str, accept: str) -> tuple[int, bytes]:
+        if self.local is not None:
+            params = {k: _query_value(v) for k, v in (query or {}).items() if v is not None}
+            data = b"" if body is None else json.dumps(body).encode()
+            return await self.local.call(method, path, params, data, content_type)
+        resp = await self._send(method, path, query, body, content_type, accept)
         try:
-            data = await resp.read()
+            return resp.status, await resp.read()
         finally:
             resp.release()
-        if not 200 <= resp.status < 300:
-            raise _error(resp.status, data)
+
+    async def request(self, method: str, path: str, *, query: Mapping[str, Any] | None = None,
+                      body: Any = None, content_type: str = "application/json") -> JSON:
+        status, data = await self._exchange(method, path, query, body, content_type, "application/json")
+        if not 200 <= status < 300:
+            raise _error(status, data)
         return json.loads(data) if data else {}
 
     async def text(self, path: str, query: Mapping[str, Any] | None = None) -> str:
-        resp = await self._send("GET", path, query, None, "application/json", "text/plain, application/json")
-        try:
-            data = await resp.read()
-        finally:
-            resp.release()
-        if not 200 <= resp.status < 300:
-            raise _error(resp.status, data)
+        status, data = await self._exchange("GET", path, query, None, "application/json",
+                                            "text/plain, application/json")
+        if not 200 <= status < 300:
+            raise _error(status, data)
         return data.decode(errors="replace")
 
     async def get(self, path: str, query: Mapping[str, Any] | None = None) -> JSON:

@@ -75,6 +75,7 @@ class Sandbox:
         opts = self.options
         opts.workdir.mkdir(parents=True, exist_ok=True)
         try:
+            kubeapi = None
             if opts.kubeconfig is None:
                 from .kubeapi import KubeAPIServer
 
@@ -82,7 +83,9 @@ class Sandbox:
                 await kubeapi.start()
                 self._stack.push_async_callback(kubeapi.stop)
                 self.kubeconfig = kubeapi.write_kubeconfig(opts.workdir / "kubeconfig")
-            kube = await Kube.from_kubeconfig(self.kubeconfig)
+            # The stand-ins reach their own API server in-process (watches over HTTP), and
+            # a real cluster (the test cluster) over HTTP like any client.
+            kube = await Kube.from_kubeconfig(self.kubeconfig, local=kubeapi)
             self._stack.push_async_callback(kube.close)
 
             fleet = ModelFleet(self.state, opts.workdir, opts.host, opts.model_path)

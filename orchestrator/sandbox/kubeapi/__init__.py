@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pathlib
 import secrets
+from collections.abc import Mapping
 from types import TracebackType
 
 import yaml
@@ -53,6 +54,11 @@ class KubeAPIServer:
         self._faults = value
         if hasattr(self, "_api"):
             self._api.faults = value
+
+    async def call(self, method: str, path: str, query: Mapping[str, str] | None = None,
+                   body: bytes = b"", content_type: str = "application/json") -> tuple[int, bytes]:
+        """Serve one non-streaming request in-process (see ``ApiServer.call``)."""
+        return await self._api.call(method, path, query, body, content_type)
 
     async def start(self) -> None:
         """Bind the port, create the default namespaces and the fake nodes."""

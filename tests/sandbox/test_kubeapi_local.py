@@ -1,0 +1,116 @@
+"""The stand-ins reach their own API server in-process: the answers must be the HTTP ones.
+
+The same scenario runs through the stand-ins' client twice against one server, once
+in-process and once over loopback HTTP, and every answer (bodies, statuses, error
+messages) must match, names aside.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.sandbox._kube import Kube, KubeError
+from orchestrator.sandbox.kubeapi import KubeAPIServer
+
+pytestmark = pytest.mark.anyio
+NS = "default"
+PODS = f"/api/v1/namespaces/{NS}/pods"
+# ConfigMaps for the comparison: no controller touches them, so both runs see the same.
+CONFIGMAPS = f"/api/v1/namespaces/{NS}/configmaps"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> AsyncIterator[tuple[KubeAPIServer, Path]]:
+    async with KubeAPIServer() as srv:
+        yield srv, srv.write_kubeconfig(tmp_path / "kubeconfig")
+
+
+def configmap(name: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": {"app": name}},
+            "data": {"key": "value"}}
+
+
+def pod(name: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": {"app": name},
+                         "annotations": {"fake-kubelet/phase": "Pending"}},
+            "spec": {"containers": [{"name": "c", "image": "img"}]}}
+
+
+async def scenario(kube: Kube, name: str) -> list[Any]:
+    """Every kind of answer the stand-ins rely on, normalised so two runs compare."""
+    out: list[Any] = []
+
+    async def step(call: Any) -> None:
+        try:
+            result = await call
+        except KubeError as exc:
+            result = {"error": exc.status, "reason": exc.reason, "message": exc.message}
+        out.append(result)
+
+    path = f"{CONFIGMAPS}/{name}"
+    await step(kube.create(CONFIGMAPS, configmap(name)))
+    await step(kube.create(CONFIGMAPS, configmap(name)))  # 409: None
+    await step(kube.get(path))
+    await step(kube.get(CONFIGMAPS, {"labelSelector": f"app={name}"}))
+    await step(kube.get(CONFIGMAPS, {"labelSelector": "app in ("}))  # 400
+    await step(kube.merge_patch(path, {"metadata": {"labels": {"tier": "web"}}, "data": {"more": "x"}}))
+    await step(kube.request("PATCH", path, body={"metadata": {"resourceVersion": "1"}},
+                            content_type="application/merge-patch+json"))  # 409 conflict
+    await step(kube.get(f"{CONFIGMAPS}/{name}-missing"))  # 404
+    await step(kube.get("/api/v1/nonsense"))  # 404, unknown type
+    await step(kube.delete(path))
+    await step(kube.delete(path))  # already gone: False
+    text = json.dumps(out)
+    for volatile in ("uid", "resourceVersion", "creationTimestamp"):
+        text = _blank(text, volatile)
+    return json.loads(text.replace(name, "NAME"))
+
+
+def _blank(text: str, key: str) -> str:
+    import re
+
+    return re.sub(rf'"{key}": "[^"]*"', f'"{key}": "-"', text)
+
+
+async def test_in_process_answers_are_the_http_answers(server: tuple[KubeAPIServer, Path]) -> None:
+    srv, kubeconfig = server
+    local = await Kube.from_kubeconfig(kubeconfig, local=srv)
+    remote = await Kube.from_kubeconfig(kubeconfig)
+    try:
+        assert await scenario(local, "local") == await scenario(remote, "remote")
+    finally:
+        await local.close()
+        await remote.close()
+
+
+async def test_streaming_requests_are_refused_in_process(server: tuple[KubeAPIServer, Path]) -> None:
+    srv, _ = server
+    for query in ({"watch": "true"}, {"follow": "true"}):
+        with pytest.raises(ValueError, match="needs HTTP"):
+            await srv.call("GET", PODS, query)
+    with pytest.raises(ValueError, match="needs HTTP"):
+        await srv.call("GET", f"/api/v1/namespaces/{NS}/services/s:80/proxy/health")
+
+
+async def test_a_client_in_process_still_watches_over_http(server: tuple[KubeAPIServer, Path]) -> None:
+    srv, kubeconfig = server
+    kube = await Kube.from_kubeconfig(kubeconfig, local=srv)
+    try:
+        listing = await kube.get(PODS)
+        await kube.create(PODS, pod("watched"))
+        async for event in kube.watch(PODS, None, listing["metadata"]["resourceVersion"], 10):
+            assert (event["type"], event["object"]["metadata"]["name"]) == ("ADDED", "watched")
+            break
+    finally:
+        await kube.close()
