@@ -29,6 +29,8 @@ class LocalServer(Protocol):
     async def call(self, method: str, path: str, query: Mapping[str, str] | None = None,
                    body: bytes = b"", content_type: str = "application/json") -> tuple[int, bytes]: ...
 
+    def watch(self, path: str, query: Mapping[str, str]) -> AsyncIterator[list[tuple[str, JSON]]]: ...
+
 
 class KubeError(Exception):
     """A non-2xx answer from the API server, with its Status message."""
@@ -141,6 +143,14 @@ class Kube:
         q.update(watch=True, allowWatchBookmarks=True, timeoutSeconds=timeout_seconds)
         if resource_version:
             q["resourceVersion"] = resource_version
+        if self.local is not None:
+            params = {k: _query_value(v) for k, v in q.items() if v is not None}
+            async for batch in self.local.watch(collection, params):
+                for kind, obj in batch:
+                    if kind == "ERROR":
+                        raise _error(int(obj.get("code", 500)), json.dumps(obj).encode())
+                    yield {"type": kind, "object": obj}
+            return
         resp = await self._send("GET", collection, q, None, "application/json", "application/json")
         try:
             if not 200 <= resp.status < 300:

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from orchestrator.sandbox._kube import Kube, KubeError
@@ -103,14 +104,34 @@ async def test_streaming_requests_are_refused_in_process(server: tuple[KubeAPISe
         await srv.call("GET", f"/api/v1/namespaces/{NS}/services/s:80/proxy/health")
 
 
-async def test_a_client_in_process_still_watches_over_http(server: tuple[KubeAPIServer, Path]) -> None:
+async def test_in_process_watches_see_what_http_watches_see(server: tuple[KubeAPIServer, Path]) -> None:
     srv, kubeconfig = server
-    kube = await Kube.from_kubeconfig(kubeconfig, local=srv)
+    local = await Kube.from_kubeconfig(kubeconfig, local=srv)
+    remote = await Kube.from_kubeconfig(kubeconfig)
     try:
-        listing = await kube.get(PODS)
-        await kube.create(PODS, pod("watched"))
-        async for event in kube.watch(PODS, None, listing["metadata"]["resourceVersion"], 10):
-            assert (event["type"], event["object"]["metadata"]["name"]) == ("ADDED", "watched")
-            break
+        since = (await local.get(CONFIGMAPS))["metadata"]["resourceVersion"]
+        await local.create(CONFIGMAPS, configmap("a"))
+        await local.merge_patch(f"{CONFIGMAPS}/a", {"data": {"key": "changed"}})
+        await local.create(CONFIGMAPS, configmap("b"))
+        await local.delete(f"{CONFIGMAPS}/a")
+
+        async def events(kube: Kube) -> list[tuple[str, str, str]]:
+            seen = []
+            with anyio.fail_after(10):
+                async for event in kube.watch(CONFIGMAPS, {"labelSelector": "app=a"}, since, 10):
+                    obj = event["object"]
+                    seen.append((event["type"], obj["metadata"]["name"], obj["data"]["key"]))
+                    if event["type"] == "DELETED":
+                        return seen
+            return seen
+
+        expected = [("ADDED", "a", "value"), ("MODIFIED", "a", "changed"), ("DELETED", "a", "changed")]
+        assert await events(local) == await events(remote) == expected
+        for kube in (local, remote):  # a bad selector is an error answer either way
+            with pytest.raises(KubeError) as err:
+                async for _ in kube.watch(CONFIGMAPS, {"labelSelector": "app in ("}, since, 10):
+                    pass
+            assert err.value.status == 400
     finally:
-        await kube.close()
+        await local.close()
+        await remote.close()

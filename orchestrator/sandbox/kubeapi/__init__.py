@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import pathlib
 import secrets
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from types import TracebackType
+from typing import Any
 
 import yaml
 from aiohttp import web
@@ -59,6 +60,10 @@ class KubeAPIServer:
                    body: bytes = b"", content_type: str = "application/json") -> tuple[int, bytes]:
         """Serve one non-streaming request in-process (see ``ApiServer.call``)."""
         return await self._api.call(method, path, query, body, content_type)
+
+    def watch(self, path: str, query: Mapping[str, str]) -> AsyncIterator[list[tuple[str, dict[str, Any]]]]:
+        """A watch served in-process (see ``ApiServer.watch``)."""
+        return self._api.watch(path, query)
 
     async def start(self) -> None:
         """Bind the port, create the default namespaces and the fake nodes."""

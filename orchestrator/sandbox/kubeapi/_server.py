@@ -6,7 +6,7 @@ import asyncio
 import datetime as dt
 import json
 import random
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +17,7 @@ from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
 from . import _discovery as discovery
 from . import _errors as errors
+from ._clone import clone
 from ._faults import KubeFaults
 from ._logs import PodLogs, container_status, parse_time, render
 from ._patch import apply_patch
@@ -400,8 +401,35 @@ class ApiServer:
     # -- watch -----------------------------------------------------------------------
 
     async def _watch(self, request: web.Request, t: _Target) -> web.StreamResponse:
+        batches = self._watch_batches(request, t)
+        await anext(batches)  # errors before the stream opens are plain error answers
+        resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json", "Cache-Control": "no-cache, private"})
+        resp.enable_chunked_encoding()
+        try:
+            await resp.prepare(request)
+            # Each batch (what was queued when the watcher woke) goes out in one write:
+            # one send for a burst of events instead of one each.
+            async for batch in batches:
+                await resp.write(b"".join(_event_line(kind, obj) for kind, obj in batch))
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            await batches.aclose()
+        try:
+            await resp.write_eof()
+        except (ConnectionResetError, RuntimeError):
+            pass
+        return resp
+
+    async def _watch_batches(self, request: web.Request | _LocalRequest, t: _Target
+                             ) -> AsyncIterator[list[tuple[str, dict[str, Any]]]]:
+        """One watch request's events, a batch per wake-up, for HTTP and in-process watches.
+
+        The first batch is empty and comes at once, once the request has been accepted:
+        a bad request raises before it, as a plain error answer.
+        """
         self._busy(t.rt)
-        labels, fields = self._selectors(request, t.rt)
+        labels, fields = self._selectors(request, t.rt)  # type: ignore[arg-type]
         raw_rv = request.query.get("resourceVersion", "")
         since: int | None = None
         if raw_rv not in ("", "0"):
@@ -409,11 +437,9 @@ class ApiServer:
                 since = int(raw_rv)
             except ValueError:
                 raise errors.bad_request(f'invalid resource version "{raw_rv}"') from None
-        resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json", "Cache-Control": "no-cache, private"})
-        resp.enable_chunked_encoding()
         error: errors.ApiError | None = None
         watcher: Watcher | None = None
-        if self.faults.gone_once and _gone_target_matches(self.faults.gone_label_selector, request):
+        if self.faults.gone_once and _gone_target_matches(self.faults.gone_label_selector, request):  # type: ignore[arg-type]
             self.faults.gone_once = False
             error = errors.expired(f"too old resource version: {raw_rv or 0} ({self.store.rv})")
         else:
@@ -424,17 +450,17 @@ class ApiServer:
                     raise
                 error = err
         try:
-            await resp.prepare(request)
+            yield []
             if error is not None:
-                await self._write_event(resp, "ERROR", error.status())
-                return resp
+                yield [("ERROR", error.status())]
+                return
             assert watcher is not None
-            timeout = _int_param(request, "timeoutSeconds")
+            timeout = _int_param(request, "timeoutSeconds")  # type: ignore[arg-type]
             limit = float(timeout) if timeout and timeout > 0 else 1800.0 * (1 + random.random())
             if self.faults.watch_cut_after is not None:
                 limit = min(limit, self.faults.watch_cut_after)
             deadline = asyncio.get_running_loop().time() + limit
-            bookmarks = _truthy(request, "allowWatchBookmarks")
+            bookmarks = _truthy(request, "allowWatchBookmarks")  # type: ignore[arg-type]
             while True:
                 remaining = deadline - asyncio.get_running_loop().time()
                 if remaining <= 0:
@@ -443,40 +469,50 @@ class ApiServer:
                     item = await asyncio.wait_for(watcher.queue.get(), timeout=min(remaining, 60.0) if bookmarks else remaining)
                 except asyncio.TimeoutError:
                     if bookmarks and deadline > asyncio.get_running_loop().time():
-                        await self._write_event(resp, "BOOKMARK", {
+                        yield [("BOOKMARK", {
                             "kind": t.rt.kind, "apiVersion": t.rt.api_version,
                             "metadata": {"resourceVersion": str(self.store.rv)},
-                        })
+                        })]
                     continue
                 if item is None:
                     break
-                # Whatever else is already queued goes out in the same write: one send for
-                # a burst of events instead of one each.
-                lines = [_event_line(*item)]
+                batch = [item]
                 ended = False
                 while not watcher.queue.empty():
                     more = watcher.queue.get_nowait()
                     if more is None:
                         ended = True
                         break
-                    lines.append(_event_line(*more))
-                await resp.write(b"".join(lines))
+                    batch.append(more)
+                yield batch
                 if ended:
                     break
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
         finally:
             if watcher is not None:
                 self.store.unwatch(watcher)
-        try:
-            await resp.write_eof()
-        except (ConnectionResetError, RuntimeError):
-            pass
-        return resp
 
-    @staticmethod
-    async def _write_event(resp: web.StreamResponse, kind: str, obj: dict[str, Any]) -> None:
-        await resp.write(_event_line(kind, obj))
+    async def watch(self, path: str, query: Mapping[str, str]) -> AsyncIterator[list[tuple[str, dict[str, Any]]]]:
+        """A watch served in-process: the batches of events ``_watch`` would send, each
+        object a copy of its own, as a client decoding the HTTP stream would have."""
+        segs = [seg for seg in path.split("/") if seg]
+        request = _LocalRequest("GET", path, {**query, "watch": "true"}, b"", "application/json")
+        try:
+            if segs[:2] == ["api", "v1"] and len(segs) > 2:
+                group, version, rest = "", "v1", segs[2:]
+            elif segs[:1] == ["apis"] and len(segs) > 3:
+                group, version, rest = segs[1], segs[2], segs[3:]
+            else:
+                raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
+            batches = self._watch_batches(request, self._target(group, version, rest))
+            await anext(batches)
+        except errors.ApiError as err:  # over HTTP: an error answer instead of a stream
+            yield [("ERROR", err.status())]
+            return
+        try:
+            async for batch in batches:
+                yield [(kind, clone(obj)) for kind, obj in batch]
+        finally:
+            await batches.aclose()
 
     # -- pods/log ----------------------------------------------------------------------
 
