@@ -120,6 +120,8 @@ class _Stream:
     error: ClientError | None = None
     #: ``known`` holds the whole state as of a listing, kept current by the events since.
     synced: bool = False
+    #: Called once the first listing has been taken (or the stream failed).
+    on_ready: list[Callable[[], None]] = field(default_factory=list)
     #: Each subscriber's note callback: a relist or a reconnect is news to every waiter
     #: on the stream, in its own phase's log.
     notes: list[Callable[[str], None]] = field(default_factory=list)
@@ -175,8 +177,15 @@ class WatchHub:
     async def subscribe(self, resource: Resource, namespace: str | None = None, *,
                         label_selector: str | None = None, field_selector: str | None = None,
                         on_note: Callable[[str], None] | None = None,
+                        on_ready: Callable[[], None] | None = None,
                         ) -> AsyncIterator[AsyncIterator[WatchEvent]]:
-        """Events for the matching objects: those known now first, then every change."""
+        """Events for the matching objects: those known now first, then every change.
+
+        ``on_ready`` is called once the subscription sees every change: at once when the
+        stream has already taken its listing, else when it has (or has failed). A caller
+        that asked the authority before that moment should ask again then: a change in
+        between (a deletion, above all) may reach it as no event at all.
+        """
         if self._tg is None:
             raise RuntimeError("WatchHub used outside 'async with'")
         predicate = compile_selector(label_selector, field_selector)
@@ -197,6 +206,11 @@ class WatchHub:
         stream.add(entry, filed_under)
         if on_note is not None:
             stream.notes.append(on_note)
+        if on_ready is not None:
+            if stream.synced or stream.error is not None:
+                on_ready()
+            else:
+                stream.on_ready.append(on_ready)
         if stream.scope is None:
             stream.scope = anyio.CancelScope()
             self._tg.start_soon(self._pump, stream)
@@ -231,7 +245,7 @@ class WatchHub:
                                          label_selector=stream.label_selector,
                                          field_selector=stream.field_selector,
                                          server_timeout=self.server_timeout, on_note=note,
-                                         on_synced=lambda: setattr(stream, "synced", True)):
+                                         on_synced=lambda: _synced(stream)):
                     meta = event.object.get("metadata", {})
                     k = (str(meta.get("namespace", "")), str(meta.get("name", "")))
                     if event.type == "DELETED":
@@ -247,8 +261,20 @@ class WatchHub:
                                 pass
             except ClientError as exc:
                 stream.error = exc
+                _ready(stream)
                 for _, send in list(stream.subscribers):
                     send.close()
+
+
+def _synced(stream: _Stream) -> None:
+    stream.synced = True
+    _ready(stream)
+
+
+def _ready(stream: _Stream) -> None:
+    callbacks, stream.on_ready = stream.on_ready, []
+    for callback in callbacks:
+        callback()
 
 
 def _always(_obj: dict[str, Any]) -> bool:

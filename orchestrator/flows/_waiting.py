@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, TypeVar
 
 import anyio
+from anyio.abc import TaskStatus
 
 from ..clients import ClientError, KubeClient, Resource, WatchEvent, WatchHub, watch
 
@@ -73,9 +74,10 @@ async def wait_for(
 ) -> T:
     """Return ``check()``'s first non-None answer; raise :class:`Stop` if ``inspect`` says so.
 
-    ``check`` runs once before anything is watched (the object may be ready
-    already) and again after every burst of events. The caller's deadline
-    bounds the whole wait.
+    The watches are subscribed first, then ``check`` runs (the object may be ready
+    already), and again after every burst of events and once more when a watch
+    that was still taking its listing has it. The caller's deadline bounds the
+    whole wait.
     """
     signal = _Signal()
     stopped: list[Stop] = []
@@ -90,19 +92,31 @@ async def wait_for(
         if wakes:
             signal.set()
 
-    async def pump(spec: WatchSpec) -> None:
+    checks_begun = 0
+
+    def live() -> None:
+        """A watch now sees every change. If the authority was asked before that, a change
+        in between may never show as an event (a deletion, above all): ask again."""
+        if checks_begun:
+            signal.set()
+
+    async def pump(spec: WatchSpec, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         try:
             if hub is not None:
                 async with hub.subscribe(spec.resource, spec.namespace,
                                          label_selector=spec.label_selector,
-                                         field_selector=spec.field_selector, on_note=on_note) as events:
+                                         field_selector=spec.field_selector, on_note=on_note,
+                                         on_ready=live) as events:
+                    task_status.started()
                     async for event in events:
                         deliver(event, spec.wakes)
             else:
+                task_status.started()
                 async for event in watch(kube, spec.resource, spec.namespace,
                                          label_selector=spec.label_selector,
                                          field_selector=spec.field_selector,
-                                         server_timeout=server_timeout, on_note=on_note):
+                                         server_timeout=server_timeout, on_note=on_note,
+                                         on_synced=live):
                     deliver(event, spec.wakes)
         except ClientError as exc:
             # A watch that cannot run (403, an unknown resource type) must not end the
@@ -113,9 +127,12 @@ async def wait_for(
 
     result: T | None = None
     async with anyio.create_task_group() as tg:
+        # Subscribed before the first question, so that a shared stream that is already
+        # live misses nothing after it; one still taking its listing calls live().
         for spec in watches:
-            tg.start_soon(pump, spec)
+            await tg.start(pump, spec)
         while not stopped:
+            checks_begun += 1
             result = await check()
             if result is not None or stopped:
                 break

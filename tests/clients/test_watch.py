@@ -197,13 +197,15 @@ async def test_events_of_a_watch_that_does_not_wake_reach_inspect_only(kube: Kub
                         WatchSpec(PODS, NS, label_selector="role=go")]) is True
 
                 tg.start_soon(waiter)
+                await anyio.wait_all_tasks_blocked()  # watching, after its first looks
+                before = checks
                 for name in ("q1", "q2", "q3"):
                     await kube.create(PODS, pod(name, role="quiet"), NS)
                 await quiet_seen.wait()
                 await anyio.wait_all_tasks_blocked()
-                assert checks == 1  # only the first look, before anything was watched
+                assert checks == before  # three events, no question
                 await kube.create(PODS, pod("go", role="go"), NS)
-    assert checks == 2
+    assert checks == before + 1
 
 
 @pytest.mark.parametrize("labels, fields, key", [
@@ -248,3 +250,26 @@ async def test_filed_subscribers_get_their_objects_and_only_theirs(kube: KubeCli
                 tg.cancel_scope.cancel()
     assert got == {"by-label": ["blue-1", "blue-2"], "by-name": ["red-1"],
                    "unfiled": ["blue-1", "red-1", "blue-2"]}
+
+
+async def test_a_deletion_between_the_answer_and_the_watch_is_not_missed(kube: KubeClient) -> None:
+    """The waiter asks, and the object goes at once: the wait must end on the events (or on
+    the question asked again once the new stream has listed), not on the slow re-check.
+    Which of the two it is depends on timing; either way nothing may be missed."""
+    from orchestrator.flows._waiting import WatchSpec, wait_for
+
+    await kube.create(PODS, pod("doomed", app="doomed"), NS)
+    answers: list[bool] = []
+
+    async def gone() -> bool | None:
+        listed = await kube.list(PODS, NS, label_selector="app=doomed")
+        if not answers:  # delete it right after the first answer, before the stream lists
+            await kube.delete(PODS, "doomed", NS, grace_period=0)
+        answers.append(not listed["items"])
+        return True if answers[-1] else None
+
+    async with WatchHub(kube) as hub:
+        with anyio.fail_after(5):  # the safety re-check is 60 s away
+            assert await wait_for(gone, kube=kube, recheck=60, hub=hub,
+                                  watches=[WatchSpec(PODS, NS, label_selector="app=doomed")]) is True
+    assert answers[0] is False and answers[-1] is True
