@@ -507,13 +507,16 @@ class KaitoFlow:
         found: dict[str, list[str]] = {}
 
         async def workspaces() -> None:
-            listed = (await self.kube.list(WORKSPACES, s.namespace, label_selector=(
-                f"app.kubernetes.io/instance={s.deployment_name}"))).get("items") or []
-            if not any(w["metadata"].get("name") == s.deployment_name for w in listed):
-                try:  # ours by name, whatever its labels say
-                    listed.append(await self.kube.get(WORKSPACES, s.deployment_name, s.namespace))
-                except NotFound:
-                    pass
+            # Those with our label, and ours by name whatever its labels say.
+            labelled, named = await _side_by_side(
+                self.kube.list(WORKSPACES, s.namespace, label_selector=(
+                    f"app.kubernetes.io/instance={s.deployment_name}")),
+                self.kube.get(WORKSPACES, s.deployment_name, s.namespace))
+            listed = labelled.result().get("items") or []
+            try:
+                listed.append(named.result())
+            except NotFound:
+                pass
             found["Workspace"] = [_leftover("Workspace", w)
                                   for w in {w["metadata"]["name"]: w for w in listed}.values()]
 
@@ -550,13 +553,17 @@ class KaitoFlow:
 
         async def gone() -> bool | None:
             if self.hub is not None and s.wait_strategy == "watch":
-                # While the watches still see something, it is not gone: no need to ask.
-                # Once they see nothing, the lists below have the final word.
+                # The shared watches are the API server's own account of these objects, a
+                # moment behind it: what they still show is not gone, and once all three
+                # show nothing, the server has deleted it all. Cleanup's leak check then
+                # lists once more, as the final word. Without a live view, list now.
                 seen = [self.hub.known(res, s.namespace, **sel) for res, sel, _ in watched]
                 still = [_leftover(kind, o) for (_, _, kind), objs in zip(watched, seen) for o in objs or []]
                 if still:
                     ctx.progress("waiting for deletion; still there: " + "; ".join(still))
                     return None
+                if all(objs is not None for objs in seen):
+                    return True
             left = await self.leftovers()
             if left:
                 ctx.progress("waiting for deletion; still there: " + "; ".join(left))
@@ -570,10 +577,15 @@ class KaitoFlow:
             return
         delay = 0.1
         while True:
+            # The cluster status only matters for a 404, but asking both at once saves a
+            # round trip where it counts: at the end of every flow.
+            got, connected = await _side_by_side(
+                self._call(ctx, self.api.get_deployment(s.deployment_name, s.namespace)),
+                self._call(ctx, self.api.cluster_status()))
             try:
-                st = await self._call(ctx, self.api.get_deployment(s.deployment_name, s.namespace))
+                st = got.result()
             except NotFound:
-                cluster = await self._call(ctx, self.api.cluster_status())
+                cluster = connected.result()
                 if not cluster.connected:
                     raise PhaseFailed("the backend answers 404, but it is not connected to the "
                                       f"cluster ({cluster.error or 'no reason given'}), so the "
@@ -623,6 +635,34 @@ def pod_problem(pod: dict[str, Any]) -> str | None:
                  if (cs.get("state") or {}).get("terminated")]
         return f"pod {name} Failed{': ' + why if why else ''}{' (' + ', '.join(exits) + ')' if exits else ''}"
     return None
+
+
+class _Outcome:
+    """What an awaitable gave: its value, or the exception it raised (kept for later)."""
+
+    def __init__(self) -> None:
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+    async def capture(self, awaitable: Any) -> None:
+        try:
+            self._value = await awaitable
+        except Exception as exc:  # noqa: BLE001 - kept and re-raised by result()
+            self._error = exc
+
+    def result(self) -> Any:
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+async def _side_by_side(*awaitables: Any) -> list[_Outcome]:
+    """Await independent requests at once; each outcome raises its own error when read."""
+    outcomes = [_Outcome() for _ in awaitables]
+    async with anyio.create_task_group() as tg:
+        for outcome, awaitable in zip(outcomes, awaitables):
+            tg.start_soon(outcome.capture, awaitable)
+    return outcomes
 
 
 def _leftover(kind: str, obj: dict[str, Any]) -> str:
