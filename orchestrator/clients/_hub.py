@@ -122,6 +122,9 @@ class _Stream:
     synced: bool = False
     #: Called once the first listing has been taken (or the stream failed).
     on_ready: list[Callable[[], None]] = field(default_factory=list)
+    #: Counts the times the stream was left without subscribers (a pending close
+    #: applies only if nobody came and went since it was scheduled).
+    idle: int = 0
     #: Each subscriber's note callback: a relist or a reconnect is news to every waiter
     #: on the stream, in its own phase's log.
     notes: list[Callable[[str], None]] = field(default_factory=list)
@@ -130,10 +133,14 @@ class _Stream:
 class WatchHub:
     """Shared watches. Use as ``async with WatchHub(kube) as hub:`` around the runs."""
 
-    def __init__(self, kube: KubeClient, *, server_timeout: int = 60,
+    def __init__(self, kube: KubeClient, *, server_timeout: int = 60, linger: float = 30.0,
                  on_note: Callable[[str], None] | None = None) -> None:
         self.kube = kube
         self.server_timeout = server_timeout
+        #: Seconds a stream nobody listens to is kept open. Phases follow each other within
+        #: moments (Wait Ready, then Inference, then Delete watching the same pods), so
+        #: closing at once would mean a new connection and a relist for the next phase.
+        self.linger = linger
         self._note = on_note
         self._streams: dict[tuple[Any, ...], _Stream] = {}
         self._tg: TaskGroup | None = None
@@ -223,11 +230,25 @@ class WatchHub:
                 stream.notes.remove(on_note)
             send.close()
             if not stream.subscribers and stream.scope is not None:
-                # Nobody listens: stop paying for the stream. A later subscriber relists.
-                stream.scope.cancel()
-                stream.scope = None
-                stream.known.clear()
-                self._streams.pop(key, None)
+                # Nobody listens: stop paying for the stream, after a while.
+                stream.idle += 1
+                if self.linger > 0 and self._tg is not None:
+                    self._tg.start_soon(self._close_if_idle, key, stream, stream.idle)
+                else:
+                    self._close(key, stream)
+
+    async def _close_if_idle(self, key: tuple[Any, ...], stream: _Stream, idle: int) -> None:
+        await anyio.sleep(self.linger)
+        if stream.idle == idle and not stream.subscribers and self._streams.get(key) is stream:
+            self._close(key, stream)
+
+    def _close(self, key: tuple[Any, ...], stream: _Stream) -> None:
+        """Stop the stream; a later subscriber starts a new one, with a fresh listing."""
+        if stream.scope is not None:
+            stream.scope.cancel()
+            stream.scope = None
+        stream.known.clear()
+        self._streams.pop(key, None)
 
     async def _pump(self, stream: _Stream) -> None:
         scope = stream.scope

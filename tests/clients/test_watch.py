@@ -107,7 +107,7 @@ def test_selectors_the_hub_cannot_evaluate_get_their_own_stream() -> None:
 async def test_the_hub_shares_one_stream_per_resource_and_namespace(kube: KubeClient) -> None:
     names = [f"w{i}" for i in range(10)]
     got: dict[str, anyio.Event] = {n: anyio.Event() for n in names}
-    async with WatchHub(kube) as hub:
+    async with WatchHub(kube, linger=0) as hub:
         async with anyio.create_task_group() as tg:
             async def waiter(name: str, ready: anyio.Event) -> None:
                 async with hub.subscribe(PODS, NS, label_selector=f"app={name}") as events:
@@ -149,7 +149,7 @@ async def test_a_late_subscriber_sees_what_the_hub_already_knows(kube: KubeClien
 async def test_the_hub_answers_what_it_knows_only_once_synced(kube: KubeClient) -> None:
     await kube.create(PODS, pod("a", app="k"), NS)
     await kube.create(PODS, pod("b", app="other"), NS)
-    async with WatchHub(kube) as hub:
+    async with WatchHub(kube, linger=0) as hub:
         assert hub.known(PODS, NS, label_selector="app=k") is None  # no stream yet
         async with hub.subscribe(PODS, NS, label_selector="app=k") as events:
             with anyio.fail_after(10):
@@ -273,3 +273,22 @@ async def test_a_deletion_between_the_answer_and_the_watch_is_not_missed(kube: K
             assert await wait_for(gone, kube=kube, recheck=60, hub=hub,
                                   watches=[WatchSpec(PODS, NS, label_selector="app=doomed")]) is True
     assert answers[0] is False and answers[-1] is True
+
+
+async def test_a_stream_left_alone_lingers_for_the_next_subscriber(kube: KubeClient) -> None:
+    """Phases follow each other within moments: the next one reuses the stream, already
+    listed, instead of opening a new connection."""
+    await kube.create(PODS, pod("kept", app="linger"), NS)
+    sent: list[tuple[int, int]] = []
+    async with WatchHub(kube, linger=60) as hub:
+        for _ in range(3):
+            async with hub.subscribe(PODS, NS, label_selector="app=linger") as events:
+                with anyio.fail_after(10):
+                    async for event in events:
+                        assert event.name == "kept"
+                        break
+            await anyio.wait_all_tasks_blocked()  # the stream is watching, or closed
+            assert hub.streams_open == 1  # nobody listens, the stream is kept
+            sent.append((kube.requests_sent, kube.watches_opened))
+    assert sent[0] == sent[1] == sent[2]  # no new list, no new watch
+    assert kube.watches_opened <= 1
