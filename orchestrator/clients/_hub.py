@@ -95,27 +95,8 @@ class _Stream:
     label_selector: str | None = None
     field_selector: str | None = None
     known: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
-    subscribers: list[_Entry] = field(default_factory=list)
-    #: The subscribers again, filed by :func:`index_key` (None: tested on every event).
+    #: The subscribers, filed by :func:`index_key` (None: tested on every event).
     index: dict[tuple[str, ...] | None, list[_Entry]] = field(default_factory=dict)
-
-    def add(self, entry: _Entry, key: tuple[str, ...] | None) -> None:
-        self.subscribers.append(entry)
-        self.index.setdefault(key, []).append(entry)
-
-    def remove(self, entry: _Entry, key: tuple[str, ...] | None) -> None:
-        self.subscribers.remove(entry)
-        filed = self.index[key]
-        filed.remove(entry)
-        if not filed:
-            del self.index[key]
-
-    def candidates(self, obj: dict[str, Any]) -> list[_Entry]:
-        """The subscribers that may want ``obj``: those filed under one of its keys, and the unfiled."""
-        found = list(self.index.get(None, ()))
-        for key in _keys_of(obj):
-            found += self.index.get(key, ())
-        return found
     scope: anyio.CancelScope | None = None
     error: ClientError | None = None
     #: ``known`` holds the whole state as of a listing, kept current by the events since.
@@ -128,6 +109,26 @@ class _Stream:
     #: Each subscriber's note callback: a relist or a reconnect is news to every waiter
     #: on the stream, in its own phase's log.
     notes: list[Callable[[str], None]] = field(default_factory=list)
+
+    @property
+    def subscribers(self) -> list[_Entry]:
+        return [entry for filed in self.index.values() for entry in filed]
+
+    def add(self, entry: _Entry, key: tuple[str, ...] | None) -> None:
+        self.index.setdefault(key, []).append(entry)
+
+    def remove(self, entry: _Entry, key: tuple[str, ...] | None) -> None:
+        filed = self.index[key]
+        filed.remove(entry)
+        if not filed:
+            del self.index[key]
+
+    def candidates(self, obj: dict[str, Any]) -> list[_Entry]:
+        """The subscribers that may want ``obj``: those filed under one of its keys, and the unfiled."""
+        found = list(self.index.get(None, ()))
+        for key in _keys_of(obj):
+            found += self.index.get(key, ())
+        return found
 
 
 class WatchHub:
@@ -169,12 +170,7 @@ class WatchHub:
         This is the watches' view, a moment behind the server: good for "is it still
         there?" while waiting, not as the final word, which a fresh list gives.
         """
-        predicate = compile_selector(label_selector, field_selector)
-        if predicate is None:
-            key: tuple[Any, ...] = (resource, namespace, label_selector, field_selector)
-            predicate = _always
-        else:
-            key = (resource, namespace)
+        key, predicate, _ = _routing(resource, namespace, label_selector, field_selector)
         stream = self._streams.get(key)
         if stream is None or stream.scope is None or not stream.synced or stream.error is not None:
             return None
@@ -195,15 +191,11 @@ class WatchHub:
         """
         if self._tg is None:
             raise RuntimeError("WatchHub used outside 'async with'")
-        predicate = compile_selector(label_selector, field_selector)
-        if predicate is None:  # not shareable: a stream of its own, filtered by the server
-            key: tuple[Any, ...] = (resource, namespace, label_selector, field_selector)
-            stream = self._streams.get(key) or _Stream(resource, namespace, label_selector, field_selector)
-            predicate, filed_under = _always, None
-        else:
-            key = (resource, namespace)
-            stream = self._streams.get(key) or _Stream(resource, namespace)
-            filed_under = index_key(label_selector, field_selector)
+        key, predicate, filed_under = _routing(resource, namespace, label_selector, field_selector)
+        stream = self._streams.get(key)
+        if stream is None:
+            own = predicate is _always  # a stream of its own: the server filters it
+            stream = _Stream(resource, namespace, *((label_selector, field_selector) if own else ()))
         self._streams[key] = stream
         send, receive = anyio.create_memory_object_stream[WatchEvent](max_buffer_size=10_000)
         for obj in list(stream.known.values()):
@@ -285,6 +277,18 @@ class WatchHub:
                 _ready(stream)
                 for _, send in list(stream.subscribers):
                     send.close()
+
+
+def _routing(resource: Resource, namespace: str | None, label_selector: str | None,
+             field_selector: str | None,
+             ) -> tuple[tuple[Any, ...], Callable[[dict[str, Any]], bool], tuple[str, ...] | None]:
+    """Which stream serves these selectors, the predicate its events pass, and the key a
+    subscriber is filed under. Selectors the hub cannot evaluate get a stream of their
+    own, filtered by the server."""
+    predicate = compile_selector(label_selector, field_selector)
+    if predicate is None:
+        return (resource, namespace, label_selector, field_selector), _always, None
+    return (resource, namespace), predicate, index_key(label_selector, field_selector)
 
 
 def _synced(stream: _Stream) -> None:
