@@ -111,8 +111,8 @@ class InstallGate:
     """Shared by the flows of one run so that KAITO is installed once (see ``install``)."""
 
     lock: anyio.Lock = field(default_factory=anyio.Lock)
-    done: bool = False
-    #: The flow whose Install phase proved KAITO installed, and when (monotonic).
+    #: The flow whose Install phase proved KAITO installed ("" until one has), and when
+    #: (monotonic).
     proved_by: str = ""
     proved_at: float = 0.0
     preinstalled: bool = False
@@ -199,9 +199,9 @@ class KaitoFlow:
             await self._install(ctx)
             return
         async with gate.lock:
-            if not gate.done:
+            if not gate.proved_by:
                 await self._install(ctx)
-                gate.done, gate.proved_by, gate.proved_at = True, self.settings.suite, time.monotonic()
+                gate.proved_by, gate.proved_at = self.settings.suite, time.monotonic()
                 return
         ago = time.monotonic() - gate.proved_at
         ctx.log(f"KAITO is installed and its operator is running (the backend said so to "
@@ -504,35 +504,22 @@ class KaitoFlow:
         if not self.created.deployment:
             return []
         selector = f"kaito.sh/workspace={s.deployment_name}"
-        found: dict[str, list[str]] = {}
-
-        async def workspaces() -> None:
-            # Those with our label, and ours by name whatever its labels say.
-            labelled, named = await _side_by_side(
-                self.kube.list(WORKSPACES, s.namespace, label_selector=(
-                    f"app.kubernetes.io/instance={s.deployment_name}")),
-                self.kube.get(WORKSPACES, s.deployment_name, s.namespace))
-            listed = labelled.result().get("items") or []
-            try:
-                listed.append(named.result())
-            except NotFound:
-                pass
-            found["Workspace"] = [_leftover("Workspace", w)
-                                  for w in {w["metadata"]["name"]: w for w in listed}.values()]
-
-        async def labelled(res: Resource, kind: str) -> None:
-            items = (await self.kube.list(res, s.namespace, label_selector=selector)).get("items") or []
-            found[kind] = [_leftover(kind, o) for o in items]
-
-        # Three independent questions: asked side by side, answered in one round trip.
+        # Independent questions, asked side by side: one round trip. The Workspaces are
+        # those with our label, and ours by name whatever its labels say.
+        labelled, named, pods, services = await _side_by_side(
+            self.kube.list(WORKSPACES, s.namespace,
+                           label_selector=f"app.kubernetes.io/instance={s.deployment_name}"),
+            self.kube.get(WORKSPACES, s.deployment_name, s.namespace),
+            self.kube.list(PODS, s.namespace, label_selector=selector),
+            self.kube.list(SERVICES, s.namespace, label_selector=selector))
+        workspaces = labelled.result().get("items") or []
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(workspaces)
-                tg.start_soon(labelled, PODS, "Pod")
-                tg.start_soon(labelled, SERVICES, "Service")
-        except BaseExceptionGroup as group:  # callers handle the client error itself
-            raise group.exceptions[0] from None
-        return [line for kind in ("Workspace", "Pod", "Service") for line in found[kind]]
+            workspaces.append(named.result())
+        except NotFound:
+            pass
+        return [*(_leftover("Workspace", w) for w in {w["metadata"]["name"]: w for w in workspaces}.values()),
+                *(_leftover("Pod", o) for o in pods.result().get("items") or []),
+                *(_leftover("Service", o) for o in services.result().get("items") or [])]
 
     # -- helpers ----------------------------------------------------------------
 
