@@ -38,14 +38,18 @@ class _Body(httpx.AsyncByteStream):
         try:
             async for chunk in self._response.content.iter_any():
                 yield chunk
-        except Exception as exc:  # noqa: BLE001 - every failure is mapped, none swallowed
+        except _NETWORK_FAILURES as exc:
             raise _map(exc, self._request, connected=True) from exc
 
     async def aclose(self) -> None:
         self._response.release()
 
 
-def _map(exc: BaseException, request: httpx.Request, *, connected: bool) -> Exception:
+#: What a request can fail with on the way: mapped to httpx's exceptions by _map.
+_NETWORK_FAILURES = (aiohttp.ClientError, OSError, TimeoutError)
+
+
+def _map(exc: BaseException, request: httpx.Request, *, connected: bool) -> httpx.TransportError:
     """The httpx exception that stands for an aiohttp (or socket) failure."""
     text = f"{type(exc).__name__}: {exc}".rstrip(": ")
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
@@ -59,11 +63,9 @@ def _map(exc: BaseException, request: httpx.Request, *, connected: bool) -> Exce
     if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError,
                         aiohttp.ClientResponseError)):
         return httpx.RemoteProtocolError(text, request=request)
-    if isinstance(exc, (aiohttp.ClientOSError, OSError)):
+    if isinstance(exc, OSError):  # aiohttp.ClientOSError included: a reset, a broken pipe
         return httpx.ReadError(text, request=request)
-    if isinstance(exc, aiohttp.ClientError):
-        return httpx.NetworkError(text, request=request)
-    raise exc
+    return httpx.NetworkError(text, request=request)
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
@@ -96,7 +98,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 data=body or None, timeout=timeout, allow_redirects=False,
                 skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
             )
-        except Exception as exc:  # noqa: BLE001 - every failure is mapped, none swallowed
+        except _NETWORK_FAILURES as exc:
             raise _map(exc, request, connected=False) from exc
         return httpx.Response(response.status, headers=list(response.raw_headers),
                               stream=_Body(response, request),
