@@ -292,3 +292,65 @@ async def test_a_stream_left_alone_lingers_for_the_next_subscriber(kube: KubeCli
             sent.append((kube.requests_sent, kube.watches_opened))
     assert sent[0] == sent[1] == sent[2]  # no new list, no new watch
     assert kube.watches_opened <= 1
+
+
+async def test_a_waiter_asks_again_once_a_late_watch_has_its_listing() -> None:
+    """A watch that takes its listing after the first question may have missed a change
+    that no event will ever show: the waiter asks once more, events or not."""
+    from contextlib import asynccontextmanager as acm
+
+    from orchestrator.flows._waiting import WatchSpec, wait_for
+
+    class LateHub:
+        """A hub whose stream lists only when told to, and never sends an event."""
+
+        on_ready = None
+
+        @acm
+        async def subscribe(self, *args, on_ready=None, **kwargs):
+            self.on_ready = on_ready
+
+            async def nothing():
+                await anyio.sleep_forever()
+                yield
+
+            yield nothing()
+
+    hub = LateHub()
+    asked = anyio.Event()
+    answers = iter([None, True])
+
+    async def check() -> bool | None:
+        asked.set()
+        return next(answers)
+
+    with anyio.fail_after(5):  # the safety re-check is 60 s away
+        async with anyio.create_task_group() as tg:
+            async def waiter() -> None:
+                assert await wait_for(check, kube=None, recheck=60, hub=hub,  # type: ignore[arg-type]
+                                      watches=[WatchSpec(PODS, NS)]) is True
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(waiter)
+            await asked.wait()
+            await anyio.wait_all_tasks_blocked()
+            hub.on_ready()  # the listing is in, after the first answer
+            await anyio.sleep_forever()
+
+
+async def test_on_ready_comes_with_the_listing_or_at_once(kube: KubeClient) -> None:
+    calls: list[str] = []
+    listed = anyio.Event()
+
+    def first() -> None:
+        calls.append("first")
+        listed.set()
+
+    async with WatchHub(kube) as hub:
+        async with hub.subscribe(PODS, NS, on_ready=first):
+            assert calls == []  # the new stream has not listed yet
+            with anyio.fail_after(10):
+                await listed.wait()
+            assert hub.known(PODS, NS) is not None  # called once the listing was taken
+            async with hub.subscribe(PODS, NS, label_selector="app=x", on_ready=lambda: calls.append("second")):
+                assert calls == ["first", "second"]  # already listed: at once
