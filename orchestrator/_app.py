@@ -45,8 +45,8 @@ from .engine import (
     PhaseContext,
     PhaseRecord,
     Reporter,
-    RunRecord,
     Runner,
+    RunRecord,
     runs_table,
 )
 from .flows.kaito import InstallGate, KaitoFlow, KaitoSettings
@@ -72,8 +72,14 @@ class EnvironmentOptions:
         return self.create_cluster or self.backend_dir is not None
 
 
-def kaito_settings(settings: Settings, target: Target, *, api_url: str, suite: str,
-                   latency_baseline_ms: float | None) -> KaitoSettings:
+def kaito_settings(
+    settings: Settings,
+    target: Target,
+    *,
+    api_url: str,
+    suite: str,
+    latency_baseline_ms: float | None,
+) -> KaitoSettings:
     return KaitoSettings(
         api_url=api_url,
         namespace=target.namespace,
@@ -101,8 +107,9 @@ def inference_route(settings: Settings) -> InferenceRoute:
 
 
 @contextlib.asynccontextmanager
-async def _sandbox(settings: Settings, sandbox: bool, faults: dict[str, Any],
-                   console: Console) -> AsyncIterator[tuple[str, str | None]]:
+async def _sandbox(
+    settings: Settings, sandbox: bool, faults: dict[str, Any], console: Console
+) -> AsyncIterator[tuple[str, str | None]]:
     """Yield ``(api_url, kubeconfig)``: the configured ones, or a sandbox's."""
     if not sandbox:
         yield settings.api_url, settings.kubeconfig
@@ -110,11 +117,16 @@ async def _sandbox(settings: Settings, sandbox: bool, faults: dict[str, Any],
     from .sandbox import Faults, Sandbox, SandboxOptions
 
     with tempfile.TemporaryDirectory(prefix="orchestrator-sandbox-") as workdir:
-        options = SandboxOptions(workdir=Path(workdir), faults=Faults.model_validate(faults),
-                                 auth_token=settings.token.get_secret_value() if settings.token else None)
+        options = SandboxOptions(
+            workdir=Path(workdir),
+            faults=Faults.model_validate(faults),
+            auth_token=settings.token.get_secret_value() if settings.token else None,
+        )
         async with Sandbox(options) as sb:
-            console.print(f"sandbox: KubeFoundry API at {sb.api_url}, kubeconfig {sb.kubeconfig}",
-                          highlight=False)
+            console.print(
+                f"sandbox: KubeFoundry API at {sb.api_url}, kubeconfig {sb.kubeconfig}",
+                highlight=False,
+            )
             yield sb.api_url, str(sb.kubeconfig)
 
 
@@ -153,8 +165,13 @@ def _worst_exit(records: Sequence[RunRecord]) -> int:
     return next((c for c in codes if c >= 128), max(codes, default=0))
 
 
-async def _run(settings: Settings, sandbox: bool, faults: dict[str, Any], live: bool,
-               env_opts: EnvironmentOptions) -> int:
+async def _run(
+    settings: Settings,
+    sandbox: bool,
+    faults: dict[str, Any],
+    live: bool,
+    env_opts: EnvironmentOptions,
+) -> int:
     console = Console()
     artifacts = Path(settings.artifacts_dir)
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -177,7 +194,8 @@ async def _run(settings: Settings, sandbox: bool, faults: dict[str, Any], live: 
     try:
         async with contextlib.AsyncExitStack() as stack:
             api_url, kubeconfig = await stack.enter_async_context(
-                _sandbox(settings, sandbox, faults, console))
+                _sandbox(settings, sandbox, faults, console)
+            )
             records: list[RunRecord] = []
             cluster = backend = None
             env_record: RunRecord | None = None
@@ -186,37 +204,80 @@ async def _run(settings: Settings, sandbox: bool, faults: dict[str, Any], live: 
 
                 env_dir = artifacts / "environment"
                 env_dir.mkdir(parents=True, exist_ok=True)
-                say = lambda line: console.print(f"environment: {line}", markup=False, highlight=False)  # noqa: E731
+
+                def say(line: str) -> None:
+                    console.print(f"environment: {line}", markup=False, highlight=False)
+
                 if env_opts.create_cluster:
-                    cluster = KindCluster(env_opts.cluster_name, keep=env_opts.keep_cluster,
-                                          reuse=env_opts.reuse_cluster, workdir=env_dir, log=say)
+                    cluster = KindCluster(
+                        env_opts.cluster_name,
+                        keep=env_opts.keep_cluster,
+                        reuse=env_opts.reuse_cluster,
+                        workdir=env_dir,
+                        log=say,
+                    )
                     kubeconfig = str(cluster.kubeconfig)
                 if env_opts.backend_dir:
-                    backend = BackendProcess(Path(env_opts.backend_dir), shlex.split(env_opts.backend_command),
-                                             port=env_opts.backend_port,
-                                             kubeconfig=Path(kubeconfig) if kubeconfig else None,
-                                             log_path=env_dir / "backend.log", log=say)
+                    backend = BackendProcess(
+                        Path(env_opts.backend_dir),
+                        shlex.split(env_opts.backend_command),
+                        port=env_opts.backend_port,
+                        kubeconfig=Path(kubeconfig) if kubeconfig else None,
+                        log_path=env_dir / "backend.log",
+                        log=say,
+                    )
                     api_url = backend.url
-                env_flow = _EnvironmentFlow(setup_phases(cluster, backend),
-                                            {"cluster": env_opts.cluster_name if cluster else "configured",
-                                             "backend": env_opts.backend_command if backend else "configured"})
-                env_runner = Runner(env_flow, budget=Budget(total, reserve, cleanup_cap=cleanup_cap),
-                                    reporters=[ConsoleReporter(console, live=False, prefix=True), junit, *extra],
-                                    artifacts_dir=env_dir, cleanup_policy="always")
+                env_flow = _EnvironmentFlow(
+                    setup_phases(cluster, backend),
+                    {
+                        "cluster": env_opts.cluster_name if cluster else "configured",
+                        "backend": env_opts.backend_command if backend else "configured",
+                    },
+                )
+                env_runner = Runner(
+                    env_flow,
+                    budget=Budget(total, reserve, cleanup_cap=cleanup_cap),
+                    reporters=[ConsoleReporter(console, live=False, prefix=True), junit, *extra],
+                    artifacts_dir=env_dir,
+                    cleanup_policy="always",
+                )
                 runners.append(env_runner)
                 try:
                     env_record = await env_runner.run()
                     records.append(env_record)
                     if env_record.outcome == "passed":
-                        records += await _run_flows(settings, api_url, kubeconfig, artifacts, console, live,
-                                                    junit, extra, runners,
-                                                    total - (time.monotonic() - started), reserve, cleanup_cap)
+                        records += await _run_flows(
+                            settings,
+                            api_url,
+                            kubeconfig,
+                            artifacts,
+                            console,
+                            live,
+                            junit,
+                            extra,
+                            runners,
+                            total - (time.monotonic() - started),
+                            reserve,
+                            cleanup_cap,
+                        )
                 finally:
                     if env_record is not None:
                         await _teardown(cluster, backend, env_record, junit, console)
             else:
-                records += await _run_flows(settings, api_url, kubeconfig, artifacts, console, live, junit,
-                                            extra, runners, total, reserve, cleanup_cap)
+                records += await _run_flows(
+                    settings,
+                    api_url,
+                    kubeconfig,
+                    artifacts,
+                    console,
+                    live,
+                    junit,
+                    extra,
+                    runners,
+                    total,
+                    reserve,
+                    cleanup_cap,
+                )
             return _worst_exit(records)
     except _ConfigProblem as exc:
         from .cli import report_config_error
@@ -232,16 +293,28 @@ class _ConfigProblem(Exception):
     """The configuration points at something unusable (a kubeconfig that does not load)."""
 
 
-async def _run_flows(settings: Settings, api_url: str, kubeconfig: str | None, artifacts: Path,
-                     console: Console, live: bool, junit: JUnitReporter, extra: list[Reporter],
-                     runners: list[Runner], total: float, reserve: float, cleanup_cap: float
-                     ) -> list[RunRecord]:
+async def _run_flows(
+    settings: Settings,
+    api_url: str,
+    kubeconfig: str | None,
+    artifacts: Path,
+    console: Console,
+    live: bool,
+    junit: JUnitReporter,
+    extra: list[Reporter],
+    runners: list[Runner],
+    total: float,
+    reserve: float,
+    cleanup_cap: float,
+) -> list[RunRecord]:
     try:
         kube = await KubeClient.from_kubeconfig(kubeconfig)
     except Exception as exc:  # the loader raises many kinds; all mean "bad kubeconfig"
         where = kubeconfig or "KUBECONFIG / ~/.kube/config"
         first = str(exc).splitlines()[0] if str(exc) else ""
-        raise _ConfigProblem(f"kubeconfig ({where}): cannot be loaded: {type(exc).__name__}: {first}") from None
+        raise _ConfigProblem(
+            f"kubeconfig ({where}): cannot be loaded: {type(exc).__name__}: {first}"
+        ) from None
     token = settings.token.get_secret_value() if settings.token else None
     # Each flow gets its own backend and inference clients: its diagnostics then show its
     # own exchanges only, and each connection pool stays small (httpx scans the whole
@@ -249,13 +322,20 @@ async def _run_flows(settings: Settings, api_url: str, kubeconfig: str | None, a
     clients: list[KubeFoundryClient | InferenceClient] = []
 
     def backend_client(prefix: str) -> KubeFoundryClient:
-        api = KubeFoundryClient(api_url, token=token, on_retry=lambda msg: console.print(
-            f"{prefix}retrying: {msg}", markup=False, highlight=False))
+        api = KubeFoundryClient(
+            api_url,
+            token=token,
+            on_retry=lambda msg: console.print(
+                f"{prefix}retrying: {msg}", markup=False, highlight=False
+            ),
+        )
         clients.append(api)
         return api
 
     def inference_client() -> InferenceClient:
-        client = InferenceClient(inference_route(settings), kube=kube, backend_url=api_url, token=token)
+        client = InferenceClient(
+            inference_route(settings), kube=kube, backend_url=api_url, token=token
+        )
         clients.append(client)
         return client
 
@@ -275,20 +355,34 @@ async def _run_flows(settings: Settings, api_url: str, kubeconfig: str | None, a
             for target in targets:
                 suite = f"kaito-{target.name}" if multi else "kaito"
                 base = baseline(past, suite="kaito", model=target.model)
-                flows.append(KaitoFlow(kaito_settings(settings, target, api_url=api_url, suite=suite,
-                                                      latency_baseline_ms=base),
-                                       api=backend_client(f"{suite}: " if multi else ""),
-                                       kube=kube, inference=inference_client(), hub=hub,
-                                       install_gate=install_gate))
+                flows.append(
+                    KaitoFlow(
+                        kaito_settings(
+                            settings, target, api_url=api_url, suite=suite, latency_baseline_ms=base
+                        ),
+                        api=backend_client(f"{suite}: " if multi else ""),
+                        kube=kube,
+                        inference=inference_client(),
+                        hub=hub,
+                        install_gate=install_gate,
+                    )
+                )
             mine = []
             for flow in flows:
                 reporters: list[Reporter] = [
-                    ConsoleReporter(console, live=None if live else False, junit_path=junit.path, prefix=multi),
-                    junit, *extra]
-                runner = Runner(flow, budget=Budget(total, reserve, cleanup_cap=cleanup_cap),
-                                reporters=reporters,
-                                artifacts_dir=artifacts / flow.name if multi else artifacts,
-                                cleanup_policy=settings.cleanup_policy())
+                    ConsoleReporter(
+                        console, live=None if live else False, junit_path=junit.path, prefix=multi
+                    ),
+                    junit,
+                    *extra,
+                ]
+                runner = Runner(
+                    flow,
+                    budget=Budget(total, reserve, cleanup_cap=cleanup_cap),
+                    reporters=reporters,
+                    artifacts_dir=artifacts / flow.name if multi else artifacts,
+                    cleanup_policy=settings.cleanup_policy(),
+                )
                 runners.append(runner)
                 mine.append(runner)
             async with anyio.create_task_group() as tg:
@@ -297,8 +391,12 @@ async def _run_flows(settings: Settings, api_url: str, kubeconfig: str | None, a
             records = [r.record for r in mine]
         if multi:
             console.print(runs_table(records))
-            console.print(f"watch connections opened: {kube.watches_opened} for {len(targets)} deployments "
-                          f"(shared per resource type and namespace)", markup=False, highlight=False)
+            console.print(
+                f"watch connections opened: {kube.watches_opened} for {len(targets)} deployments "
+                f"(shared per resource type and namespace)",
+                markup=False,
+                highlight=False,
+            )
     finally:
         for client in clients:
             await client.aclose()
@@ -306,7 +404,9 @@ async def _run_flows(settings: Settings, api_url: str, kubeconfig: str | None, a
     entries = []
     for record in records:
         entry = Entry.from_record(record.to_dict())
-        entries.append(dataclasses.replace(entry, suite=record.properties.get("provider", entry.suite)))
+        entries.append(
+            dataclasses.replace(entry, suite=record.properties.get("provider", entry.suite))
+        )
     try:
         append(history_path, entries)
     except OSError as exc:
@@ -314,8 +414,9 @@ async def _run_flows(settings: Settings, api_url: str, kubeconfig: str | None, a
     return records
 
 
-async def _teardown(cluster: Any, backend: Any, env_record: RunRecord, junit: JUnitReporter,
-                    console: Console) -> None:
+async def _teardown(
+    cluster: Any, backend: Any, env_record: RunRecord, junit: JUnitReporter, console: Console
+) -> None:
     """Stop the backend and delete the cluster, and record it as the environment's cleanup."""
     from .engine._record import utcnow
     from .environment import teardown
@@ -328,8 +429,11 @@ async def _teardown(cluster: Any, backend: Any, env_record: RunRecord, junit: JU
     errors = [f"{s.title}: {s.error}" for s in steps if s.error]
     rec.status = "failed" if errors else "passed"
     rec.reason = "; ".join(errors) or None
-    rec.detail = "\n".join(f"{s.title}: {'failed: ' + s.error if s.error else ('done' if s.acted else 'nothing to do')}"
-                           f" ({s.duration:.1f} s)" for s in steps)
+    rec.detail = "\n".join(
+        f"{s.title}: {'failed: ' + s.error if s.error else ('done' if s.acted else 'nothing to do')}"
+        f" ({s.duration:.1f} s)"
+        for s in steps
+    )
     for line in (rec.detail or "").splitlines():
         console.print(f"environment: {line}", markup=False, highlight=False)
     if errors:
@@ -337,10 +441,18 @@ async def _teardown(cluster: Any, backend: Any, env_record: RunRecord, junit: JU
     junit.run_finished(env_record)
 
 
-def run_app(settings: Settings, *, sandbox: bool, faults: dict[str, Any], live: bool,
-            environment: EnvironmentOptions | None = None) -> int:
+def run_app(
+    settings: Settings,
+    *,
+    sandbox: bool,
+    faults: dict[str, Any],
+    live: bool,
+    environment: EnvironmentOptions | None = None,
+) -> int:
     try:
-        return asyncio.run(_run(settings, sandbox, faults, live, environment or EnvironmentOptions()))
+        return asyncio.run(
+            _run(settings, sandbox, faults, live, environment or EnvironmentOptions())
+        )
     except KeyboardInterrupt:
         # Only reachable before the runners installed their handlers (or after they ended).
         return 130

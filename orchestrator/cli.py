@@ -15,8 +15,9 @@ import gc
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ._version import __version__
 from .config import BOOLEAN_KEYS, KEYS, TOKEN_ENV, ConfigError, Settings, load_settings
@@ -36,75 +37,133 @@ class _Parser(argparse.ArgumentParser):
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
     group = p.add_argument_group(
         "configuration (flags > environment > config.toml > defaults)",
-        f"the bearer token comes from {TOKEN_ENV} or --token-file, never from a flag")
-    group.add_argument("--config", metavar="FILE",
-                       help="configuration file (default: ./config.toml when present; env ORCHESTRATOR_CONFIG)")
+        f"the bearer token comes from {TOKEN_ENV} or --token-file, never from a flag",
+    )
+    group.add_argument(
+        "--config",
+        metavar="FILE",
+        help="configuration file (default: ./config.toml when present; env ORCHESTRATOR_CONFIG)",
+    )
     for key in KEYS:
         if not key.flag:
             continue
         env = f" [env {key.env}]" if key.env else ""
         if key.name == "deployments":
-            group.add_argument(key.flag, dest=key.name, metavar="SPEC", action="append",
-                               help=f"{key.help}{env}")
+            group.add_argument(
+                key.flag, dest=key.name, metavar="SPEC", action="append", help=f"{key.help}{env}"
+            )
         elif key.name in BOOLEAN_KEYS:
-            group.add_argument(key.flag, dest=key.name, metavar="BOOL", nargs="?", const="true",
-                               help=f"{key.help}{env}")
+            group.add_argument(
+                key.flag,
+                dest=key.name,
+                metavar="BOOL",
+                nargs="?",
+                const="true",
+                help=f"{key.help}{env}",
+            )
         else:
             group.add_argument(key.flag, dest=key.name, metavar="VALUE", help=f"{key.help}{env}")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="orchestrator", description=(
-        "Prove, end to end, that a KubeFoundry installation can deploy and serve a model: "
-        "Install KAITO -> Deploy -> Wait Ready -> Inference -> Delete."))
+    parser = _Parser(
+        prog="orchestrator",
+        description=(
+            "Prove, end to end, that a KubeFoundry installation can deploy and serve a model: "
+            "Install KAITO -> Deploy -> Wait Ready -> Inference -> Delete."
+        ),
+    )
     parser.add_argument("--version", action="version", version=f"orchestrator {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the flow (the default command)",
-                         description="Run the KAITO flow against a KubeFoundry backend.")
-    run.add_argument("--sandbox", action="store_true",
-                     help="run against the built-in sandbox (KubeFoundry, KAITO, Kubernetes and a real "
-                          "model server on loopback) instead of a real backend")
-    run.add_argument("--sandbox-fault", action="append", default=[], metavar="NAME=VALUE",
-                     help="with --sandbox: inject a fault, e.g. image_pull_error=true (repeatable)")
+    run = sub.add_parser(
+        "run",
+        help="run the flow (the default command)",
+        description="Run the KAITO flow against a KubeFoundry backend.",
+    )
+    run.add_argument(
+        "--sandbox",
+        action="store_true",
+        help="run against the built-in sandbox (KubeFoundry, KAITO, Kubernetes and a real "
+        "model server on loopback) instead of a real backend",
+    )
+    run.add_argument(
+        "--sandbox-fault",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="with --sandbox: inject a fault, e.g. image_pull_error=true (repeatable)",
+    )
     run.add_argument("--no-live", action="store_true", help="plain line-by-line output")
     env = run.add_argument_group("environment (needs kind and Docker, or the backend's toolchain)")
-    env.add_argument("--create-cluster", action="store_true",
-                     help="create an ephemeral kind cluster for this run and delete it at the end")
+    env.add_argument(
+        "--create-cluster",
+        action="store_true",
+        help="create an ephemeral kind cluster for this run and delete it at the end",
+    )
     env.add_argument("--cluster-name", default="kubefoundry-test", help="kind cluster name")
-    env.add_argument("--keep-cluster", action="store_true", help="do not delete the cluster at the end")
-    env.add_argument("--reuse-cluster", action="store_true",
-                     help="use an existing kind cluster of that name instead of failing")
-    env.add_argument("--backend-dir", metavar="PATH",
-                     help="start the KubeFoundry backend from this directory (e.g. kube-foundry/backend)")
-    env.add_argument("--backend-command", default="bun run dev",
-                     help="command that starts the backend (default: bun run dev)")
+    env.add_argument(
+        "--keep-cluster", action="store_true", help="do not delete the cluster at the end"
+    )
+    env.add_argument(
+        "--reuse-cluster",
+        action="store_true",
+        help="use an existing kind cluster of that name instead of failing",
+    )
+    env.add_argument(
+        "--backend-dir",
+        metavar="PATH",
+        help="start the KubeFoundry backend from this directory (e.g. kube-foundry/backend)",
+    )
+    env.add_argument(
+        "--backend-command",
+        default="bun run dev",
+        help="command that starts the backend (default: bun run dev)",
+    )
     env.add_argument("--backend-port", type=int, default=3001, help="backend port (default 3001)")
     _add_config_flags(run)
 
-    sb = sub.add_parser("sandbox", help="serve the sandbox until Ctrl-C",
-                        description="Serve the sandbox on loopback and print API_URL and KUBECONFIG.")
-    sb.add_argument("--port", type=int, default=3001, help="KubeFoundry API port (default 3001; 0 = any)")
+    sb = sub.add_parser(
+        "sandbox",
+        help="serve the sandbox until Ctrl-C",
+        description="Serve the sandbox on loopback and print API_URL and KUBECONFIG.",
+    )
+    sb.add_argument(
+        "--port", type=int, default=3001, help="KubeFoundry API port (default 3001; 0 = any)"
+    )
     sb.add_argument("--workdir", default=None, help="where the sandbox writes its kubeconfig")
-    sb.add_argument("--kubeconfig", default=None,
-                    help="use this cluster instead of the in-process Kubernetes API")
+    sb.add_argument(
+        "--kubeconfig",
+        default=None,
+        help="use this cluster instead of the in-process Kubernetes API",
+    )
     sb.add_argument("--fault", action="append", default=[], metavar="NAME=VALUE")
 
-    hist = sub.add_parser("history", help="show inference latency over past runs",
-                          description="Show the inference latency history (time to first token, "
-                                      "latency, tokens/s) as a table with sparklines.")
-    hist.add_argument("--file", default=None,
-                      help="history file (default: ARTIFACTS_DIR/history.jsonl)")
+    hist = sub.add_parser(
+        "history",
+        help="show inference latency over past runs",
+        description="Show the inference latency history (time to first token, "
+        "latency, tokens/s) as a table with sparklines.",
+    )
+    hist.add_argument(
+        "--file", default=None, help="history file (default: ARTIFACTS_DIR/history.jsonl)"
+    )
     hist.add_argument("--artifacts-dir", default=None, help="artifacts dir holding history.jsonl")
     hist.add_argument("--last", type=int, default=20, help="runs to show (default 20)")
-    hist.add_argument("--png", default=None, metavar="PATH", help="also draw a PNG chart (needs matplotlib)")
+    hist.add_argument(
+        "--png", default=None, metavar="PATH", help="also draw a PNG chart (needs matplotlib)"
+    )
 
     sub.add_parser("graph", help="print the state machine as a Mermaid diagram")
     return parser
 
 
 def _flags(ns: argparse.Namespace) -> dict[str, Any]:
-    return {k.name: getattr(ns, k.name) for k in KEYS if k.flag and getattr(ns, k.name, None) is not None}
+    return {
+        k.name: getattr(ns, k.name)
+        for k in KEYS
+        if k.flag and getattr(ns, k.name, None) is not None
+    }
 
 
 def _check_faults(faults: dict[str, Any]) -> None:
@@ -116,8 +175,13 @@ def _check_faults(faults: dict[str, Any]) -> None:
     try:
         Faults.model_validate(faults)
     except ValidationError as exc:
-        raise ConfigError([f"--sandbox-fault {'.'.join(str(p) for p in e['loc'])}: "
-                           f"{e['msg']}; got {e.get('input')!r}" for e in exc.errors()]) from None
+        raise ConfigError(
+            [
+                f"--sandbox-fault {'.'.join(str(p) for p in e['loc'])}: "
+                f"{e['msg']}; got {e.get('input')!r}"
+                for e in exc.errors()
+            ]
+        ) from None
 
 
 def _parse_faults(items: Sequence[str]) -> dict[str, Any]:
@@ -198,21 +262,33 @@ def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int
     from ._app import EnvironmentOptions, run_app
 
     if ns.sandbox and (ns.create_cluster or ns.backend_dir):
-        report_config_error(["--sandbox brings its own backend and cluster: it cannot be combined "
-                             "with --create-cluster or --backend-dir"], ns.artifacts_dir)
+        report_config_error(
+            [
+                "--sandbox brings its own backend and cluster: it cannot be combined "
+                "with --create-cluster or --backend-dir"
+            ],
+            ns.artifacts_dir,
+        )
         return EXIT_USAGE
     if ns.backend_dir and not Path(ns.backend_dir).is_dir():
-        report_config_error([f"--backend-dir (command line): {ns.backend_dir} is not a directory"],
-                            ns.artifacts_dir)
+        report_config_error(
+            [f"--backend-dir (command line): {ns.backend_dir} is not a directory"], ns.artifacts_dir
+        )
         return EXIT_USAGE
     environment = EnvironmentOptions(
-        create_cluster=ns.create_cluster, cluster_name=ns.cluster_name, keep_cluster=ns.keep_cluster,
-        reuse_cluster=ns.reuse_cluster, backend_dir=ns.backend_dir, backend_command=ns.backend_command,
-        backend_port=ns.backend_port)
+        create_cluster=ns.create_cluster,
+        cluster_name=ns.cluster_name,
+        keep_cluster=ns.keep_cluster,
+        reuse_cluster=ns.reuse_cluster,
+        backend_dir=ns.backend_dir,
+        backend_command=ns.backend_command,
+        backend_port=ns.backend_port,
+    )
     if own_process:
         _settle_heap()
-    return run_app(settings, sandbox=ns.sandbox, faults=faults, live=not ns.no_live,
-                   environment=environment)
+    return run_app(
+        settings, sandbox=ns.sandbox, faults=faults, live=not ns.no_live, environment=environment
+    )
 
 
 def report_config_error(problems: Sequence[str], artifacts_dir: str | None) -> None:
@@ -244,11 +320,13 @@ def _history(ns: argparse.Namespace) -> int:
     try:
         entries = load(path)
         if not entries:
-            print(f"orchestrator: no history yet in {path}: every run appends to it", file=sys.stderr)
+            print(
+                f"orchestrator: no history yet in {path}: every run appends to it", file=sys.stderr
+            )
             return EXIT_OK
         Console().print(render(entries, last=ns.last))
         if ns.png:
-            print(f"chart written to {write_png(entries[-ns.last:], Path(ns.png))}")
+            print(f"chart written to {write_png(entries[-ns.last :], Path(ns.png))}")
     except HistoryError as exc:
         print(f"orchestrator: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -260,8 +338,12 @@ def _graph() -> int:
     from .flows.kaito import KaitoFlow, KaitoSettings
 
     # Only the phases are read: no client is needed to draw the machine.
-    flow = KaitoFlow(KaitoSettings(api_url="http://unused"), api=None, kube=None,  # type: ignore[arg-type]
-                     inference=None)  # type: ignore[arg-type]
+    flow = KaitoFlow(
+        KaitoSettings(api_url="http://unused"),
+        api=None,
+        kube=None,  # type: ignore[arg-type]
+        inference=None,
+    )  # type: ignore[arg-type]
     print(machine_mermaid(flow))
     return EXIT_OK
 
@@ -278,15 +360,21 @@ def _serve_sandbox(ns: argparse.Namespace) -> int:
     try:
         from .sandbox import Faults, SandboxOptions, serve_forever
     except ImportError as exc:
-        print(f"orchestrator: the sandbox needs the 'sandbox' extra ({exc}); "
-              "install with: pip install 'orchestrator[sandbox]'", file=sys.stderr)
+        print(
+            f"orchestrator: the sandbox needs the 'sandbox' extra ({exc}); "
+            "install with: pip install 'orchestrator[sandbox]'",
+            file=sys.stderr,
+        )
         return EXIT_USAGE
     workdir = Path(ns.workdir or ".sandbox").resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    options = SandboxOptions(workdir=workdir, port=ns.port,
-                             kubeconfig=Path(ns.kubeconfig) if ns.kubeconfig else None,
-                             faults=Faults.model_validate(faults),
-                             crd_dir=Path(os.environ["KAITO_CRDS_DIR"]) if os.environ.get("KAITO_CRDS_DIR") else None)
+    options = SandboxOptions(
+        workdir=workdir,
+        port=ns.port,
+        kubeconfig=Path(ns.kubeconfig) if ns.kubeconfig else None,
+        faults=Faults.model_validate(faults),
+        crd_dir=Path(os.environ["KAITO_CRDS_DIR"]) if os.environ.get("KAITO_CRDS_DIR") else None,
+    )
 
     async def serve() -> int:
         # Ctrl-C and SIGTERM stop the sandbox cleanly: its model servers are child

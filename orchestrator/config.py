@@ -15,9 +15,10 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
@@ -38,37 +39,97 @@ class Key:
 KEYS: tuple[Key, ...] = (
     Key("api_url", "API_URL", "--api-url", "KubeFoundry backend URL"),
     Key("test_timeout", "TEST_TIMEOUT", "--test-timeout", "budget for the whole run, ms"),
-    Key("kaito_install_timeout", "KAITO_INSTALL_TIMEOUT", "--kaito-install-timeout", "Install phase timeout, ms"),
+    Key(
+        "kaito_install_timeout",
+        "KAITO_INSTALL_TIMEOUT",
+        "--kaito-install-timeout",
+        "Install phase timeout, ms",
+    ),
     Key("deploy_timeout", "DEPLOY_TIMEOUT", "--deploy-timeout", "Deploy phase timeout, ms"),
-    Key("deployment_ready_timeout", "DEPLOYMENT_READY_TIMEOUT", "--deployment-ready-timeout",
-        "Wait Ready phase timeout, ms"),
-    Key("inference_timeout", "INFERENCE_TIMEOUT", "--inference-timeout", "Inference phase timeout, ms"),
+    Key(
+        "deployment_ready_timeout",
+        "DEPLOYMENT_READY_TIMEOUT",
+        "--deployment-ready-timeout",
+        "Wait Ready phase timeout, ms",
+    ),
+    Key(
+        "inference_timeout",
+        "INFERENCE_TIMEOUT",
+        "--inference-timeout",
+        "Inference phase timeout, ms",
+    ),
     Key("delete_timeout", "DELETE_TIMEOUT", "--delete-timeout", "Delete phase timeout, ms"),
-    Key("cleanup_reserve", "ORCHESTRATOR_CLEANUP_RESERVE", "--cleanup-reserve",
-        "part of the budget kept for diagnostics and cleanup, ms"),
+    Key(
+        "cleanup_reserve",
+        "ORCHESTRATOR_CLEANUP_RESERVE",
+        "--cleanup-reserve",
+        "part of the budget kept for diagnostics and cleanup, ms",
+    ),
     Key("test_model", "TEST_MODEL", "--model", "catalog model to deploy"),
     Key("kubeconfig", "KUBECONFIG", "--kubeconfig", "kubeconfig file"),
     Key("namespace", "ORCHESTRATOR_NAMESPACE", "--namespace", "deployment namespace"),
     Key("deployment_name", "ORCHESTRATOR_DEPLOYMENT_NAME", "--deployment-name", "deployment name"),
-    Key("artifacts_dir", "ORCHESTRATOR_ARTIFACTS_DIR", "--artifacts-dir", "where reports and diagnostics go"),
-    Key("token_file", "KUBEFOUNDRY_TOKEN_FILE", "--token-file", "file holding the backend's bearer token"),
-    Key("inference", "ORCHESTRATOR_INFERENCE", "--inference",
-        "how to reach the model: service-proxy, backend-proxy, or a base URL"),
+    Key(
+        "artifacts_dir",
+        "ORCHESTRATOR_ARTIFACTS_DIR",
+        "--artifacts-dir",
+        "where reports and diagnostics go",
+    ),
+    Key(
+        "token_file",
+        "KUBEFOUNDRY_TOKEN_FILE",
+        "--token-file",
+        "file holding the backend's bearer token",
+    ),
+    Key(
+        "inference",
+        "ORCHESTRATOR_INFERENCE",
+        "--inference",
+        "how to reach the model: service-proxy, backend-proxy, or a base URL",
+    ),
     Key("cleanup", "ORCHESTRATOR_CLEANUP", "--cleanup", "auto, always, on-success or never"),
-    Key("wait_strategy", "ORCHESTRATOR_WAIT_STRATEGY", "--wait-strategy",
-        "watch (react to watch events) or poll (ask every poll_interval)"),
-    Key("poll_interval", "ORCHESTRATOR_POLL_INTERVAL", "--poll-interval",
-        "re-check interval for --wait-strategy poll, ms"),
-    Key("parallel", "ORCHESTRATOR_PARALLEL", "--parallel",
-        "run N copies of the deployment at once (names made unique)"),
-    Key("unique_names", "ORCHESTRATOR_UNIQUE_NAMES", "--unique-names",
-        "suffix deployment names with the run id (always on for several deployments)"),
-    Key("latency_regression", "ORCHESTRATOR_LATENCY_REGRESSION", "--latency-regression",
-        "fail Inference when latency exceeds the history's median by more than this percent"),
-    Key("chaos", "ORCHESTRATOR_CHAOS", "--chaos",
-        "after Wait Ready, delete the model pod and check a new one serves (true/false)"),
-    Key("deployments", None, "--deployment",
-        "several deployments: name=..,model=..,namespace=..,replicas=.. (repeatable)"),
+    Key(
+        "wait_strategy",
+        "ORCHESTRATOR_WAIT_STRATEGY",
+        "--wait-strategy",
+        "watch (react to watch events) or poll (ask every poll_interval)",
+    ),
+    Key(
+        "poll_interval",
+        "ORCHESTRATOR_POLL_INTERVAL",
+        "--poll-interval",
+        "re-check interval for --wait-strategy poll, ms",
+    ),
+    Key(
+        "parallel",
+        "ORCHESTRATOR_PARALLEL",
+        "--parallel",
+        "run N copies of the deployment at once (names made unique)",
+    ),
+    Key(
+        "unique_names",
+        "ORCHESTRATOR_UNIQUE_NAMES",
+        "--unique-names",
+        "suffix deployment names with the run id (always on for several deployments)",
+    ),
+    Key(
+        "latency_regression",
+        "ORCHESTRATOR_LATENCY_REGRESSION",
+        "--latency-regression",
+        "fail Inference when latency exceeds the history's median by more than this percent",
+    ),
+    Key(
+        "chaos",
+        "ORCHESTRATOR_CHAOS",
+        "--chaos",
+        "after Wait Ready, delete the model pod and check a new one serves (true/false)",
+    ),
+    Key(
+        "deployments",
+        None,
+        "--deployment",
+        "several deployments: name=..,model=..,namespace=..,replicas=.. (repeatable)",
+    ),
 )
 KEYS_BY_NAME = {k.name: k for k in KEYS}
 BOOLEAN_KEYS = frozenset({"unique_names", "chaos"})
@@ -112,15 +173,18 @@ class Target:
 
 def _dns_label(v: str) -> str:
     if len(v) > 63 or not DNS_LABEL.match(v):
-        raise ValueError("must be a DNS-1123 label: at most 63 characters, lower-case letters, "
-                         "digits and '-', starting and ending with a letter or digit")
+        raise ValueError(
+            "must be a DNS-1123 label: at most 63 characters, lower-case letters, "
+            "digits and '-', starting and ending with a letter or digit"
+        )
     return v
 
 
 def _model_id(v: str) -> str:
     if not MODEL_ID.match(v):
-        raise ValueError("must be a catalog model id such as 'llama3.2:1b' (letters, digits, "
-                         "'.', '_', ':', '-')")
+        raise ValueError(
+            "must be a catalog model id such as 'llama3.2:1b' (letters, digits, '.', '_', ':', '-')"
+        )
     return v
 
 
@@ -155,9 +219,16 @@ class Settings(BaseModel):
     deployments: list[DeploymentSpec] = Field(default_factory=list, max_length=200)
     token: SecretStr | None = Field(default=None, repr=False)
 
-    @field_validator("test_timeout", "kaito_install_timeout", "deploy_timeout",
-                     "deployment_ready_timeout", "inference_timeout", "delete_timeout",
-                     "cleanup_reserve", mode="before")
+    @field_validator(
+        "test_timeout",
+        "kaito_install_timeout",
+        "deploy_timeout",
+        "deployment_ready_timeout",
+        "inference_timeout",
+        "delete_timeout",
+        "cleanup_reserve",
+        mode="before",
+    )
     @classmethod
     def _milliseconds(cls, v: Any) -> Any:
         """Whole milliseconds, from TOML integers or environment/flag strings; never a bool or float."""
@@ -233,8 +304,14 @@ class Settings(BaseModel):
             if unique:
                 tail = f"-{run_id}" + (f"-{i}" if not spec.name and len(specs) > 1 else "")
                 name = name[: 63 - len(tail)].rstrip("-") + tail
-            out.append(Target(name, spec.model or self.test_model, spec.namespace or self.namespace,
-                              spec.replicas))
+            out.append(
+                Target(
+                    name,
+                    spec.model or self.test_model,
+                    spec.namespace or self.namespace,
+                    spec.replicas,
+                )
+            )
         return out
 
     @field_validator("inference")
@@ -303,14 +380,20 @@ def _read_file(path: Path, explicit: bool) -> dict[str, Any]:
     problems = []
     for key, value in data.items():
         if key == "token":
-            problems.append(f"{path}: 'token' may not be written in a file; set {TOKEN_ENV} or token_file")
+            problems.append(
+                f"{path}: 'token' may not be written in a file; set {TOKEN_ENV} or token_file"
+            )
         elif key not in KEYS_BY_NAME:
-            problems.append(f"{path}: unknown key '{key}' (known keys: {', '.join(sorted(KEYS_BY_NAME))})")
+            problems.append(
+                f"{path}: unknown key '{key}' (known keys: {', '.join(sorted(KEYS_BY_NAME))})"
+            )
         elif key == "deployments":
             if not isinstance(value, list):
                 problems.append(f"deployments ({path.name}): must be [[deployments]] tables")
         elif isinstance(value, (dict, list)):
-            problems.append(f"{key} ({path.name}): must be a single value, not a {type(value).__name__}")
+            problems.append(
+                f"{key} ({path.name}): must be a single value, not a {type(value).__name__}"
+            )
     if problems:
         raise ConfigError(problems)
     return data
@@ -352,10 +435,14 @@ def load_settings(
         try:
             token = Path(token_file).read_text(encoding="utf-8").strip() or None
         except OSError as exc:
-            problems.append(f"{_describe(sources['token_file'], 'token_file')}: cannot read the token "
-                            f"file: {exc.strerror or exc}")
+            problems.append(
+                f"{_describe(sources['token_file'], 'token_file')}: cannot read the token "
+                f"file: {exc.strerror or exc}"
+            )
         if token_file and token is None and not problems:
-            problems.append(f"{_describe(sources['token_file'], 'token_file')}: the token file is empty")
+            problems.append(
+                f"{_describe(sources['token_file'], 'token_file')}: the token file is empty"
+            )
     if token is not None:
         values["token"] = token
     try:
@@ -378,10 +465,18 @@ def load_settings(
     names = [(t.namespace, t.name) for t in settings.targets("x")]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
-        raise ConfigError([f"deployments ({sources.get('deployments', 'default').removeprefix('file:')}): "
-                           f"the name {dup[1]!r} appears twice in namespace {dup[0]!r}"])
+        raise ConfigError(
+            [
+                f"deployments ({sources.get('deployments', 'default').removeprefix('file:')}): "
+                f"the name {dup[1]!r} appears twice in namespace {dup[0]!r}"
+            ]
+        )
     if settings.cleanup_reserve is not None and settings.cleanup_reserve >= settings.test_timeout:
-        raise ConfigError([f"{_describe(sources.get('cleanup_reserve', 'default'), 'cleanup_reserve')}: "
-                           f"must be less than test_timeout ({settings.test_timeout} ms); "
-                           f"got {settings.cleanup_reserve}"])
+        raise ConfigError(
+            [
+                f"{_describe(sources.get('cleanup_reserve', 'default'), 'cleanup_reserve')}: "
+                f"must be less than test_timeout ({settings.test_timeout} ms); "
+                f"got {settings.cleanup_reserve}"
+            ]
+        )
     return settings

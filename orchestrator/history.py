@@ -47,11 +47,16 @@ class Entry:
                 return None
 
         tokens = num("completion_tokens")
-        return cls(at=str(record.get("started_at") or ""), suite=str(record.get("suite", "")),
-                   model=props.get("model", ""), outcome=str(record.get("outcome", "")),
-                   latency_ms=num("inference_latency_ms"), ttft_ms=num("time_to_first_token_ms"),
-                   tokens_per_second=num("tokens_per_second"),
-                   completion_tokens=int(tokens) if tokens is not None else None)
+        return cls(
+            at=str(record.get("started_at") or ""),
+            suite=str(record.get("suite", "")),
+            model=props.get("model", ""),
+            outcome=str(record.get("outcome", "")),
+            latency_ms=num("inference_latency_ms"),
+            ttft_ms=num("time_to_first_token_ms"),
+            tokens_per_second=num("tokens_per_second"),
+            completion_tokens=int(tokens) if tokens is not None else None,
+        )
 
 
 class HistoryError(Exception):
@@ -82,8 +87,11 @@ def load(path: Path) -> list[Entry]:
 
 def baseline(entries: Sequence[Entry], *, suite: str, model: str, window: int = 10) -> float | None:
     """The median latency of the last ``window`` passed runs of this suite and model."""
-    values = [e.latency_ms for e in entries
-              if e.suite == suite and e.model == model and e.outcome == "passed" and e.latency_ms]
+    values = [
+        e.latency_ms
+        for e in entries
+        if e.suite == suite and e.model == model and e.outcome == "passed" and e.latency_ms
+    ]
     recent = values[-window:]
     return statistics.median(recent) if recent else None
 
@@ -94,8 +102,10 @@ def regression(latency_ms: float, base_ms: float | None, threshold_pct: float) -
         return None
     change = (latency_ms - base_ms) / base_ms * 100
     if change > threshold_pct:
-        return (f"inference latency regressed: {latency_ms:.0f} ms against a median of "
-                f"{base_ms:.0f} ms over recent passed runs (+{change:.0f}% > {threshold_pct:g}%)")
+        return (
+            f"inference latency regressed: {latency_ms:.0f} ms against a median of "
+            f"{base_ms:.0f} ms over recent passed runs (+{change:.0f}% > {threshold_pct:g}%)"
+        )
     return None
 
 
@@ -105,8 +115,10 @@ def sparkline(values: Sequence[float | None]) -> str:
         return ""
     lo, hi = min(present), max(present)
     span = hi - lo or 1.0
-    return "".join(" " if v is None else BARS[min(len(BARS) - 1, int((v - lo) / span * (len(BARS) - 1) + 0.5))]
-                   for v in values)
+    return "".join(
+        " " if v is None else BARS[min(len(BARS) - 1, int((v - lo) / span * (len(BARS) - 1) + 0.5))]
+        for v in values
+    )
 
 
 def render(entries: Sequence[Entry], *, last: int = 20) -> Any:
@@ -120,8 +132,15 @@ def render(entries: Sequence[Entry], *, last: int = 20) -> Any:
     for col in ("when", "suite", "model", "outcome", "TTFT ms", "latency ms", "tok/s"):
         table.add_column(col, justify="right" if col.endswith(("ms", "tok/s")) else "left")
     for e in shown:
-        table.add_row(e.at[:19], e.suite, e.model, e.outcome, _fmt(e.ttft_ms), _fmt(e.latency_ms),
-                      _fmt(e.tokens_per_second, 1))
+        table.add_row(
+            e.at[:19],
+            e.suite,
+            e.model,
+            e.outcome,
+            _fmt(e.ttft_ms),
+            _fmt(e.latency_ms),
+            _fmt(e.tokens_per_second, 1),
+        )
     lat = [e.latency_ms for e in shown]
     ttft = [e.ttft_ms for e in shown]
     lines = Text(f"latency {sparkline(lat)}\nTTFT    {sparkline(ttft)}")
@@ -136,15 +155,19 @@ def write_png(entries: Sequence[Entry], path: Path) -> Path:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise HistoryError("drawing a chart needs matplotlib: pip install 'orchestrator[charts]'") from None
+        raise HistoryError(
+            "drawing a chart needs matplotlib: pip install 'orchestrator[charts]'"
+        ) from None
     xs = list(range(1, len(entries) + 1))
     fig, ax = plt.subplots(figsize=(8, 3.5), dpi=100)
-    for label, values in (("latency (ms)", [e.latency_ms for e in entries]),
-                          ("time to first token (ms)", [e.ttft_ms for e in entries])):
-        pts = [(x, v) for x, v in zip(xs, values) if v is not None]
+    for label, values in (
+        ("latency (ms)", [e.latency_ms for e in entries]),
+        ("time to first token (ms)", [e.ttft_ms for e in entries]),
+    ):
+        pts = [(x, v) for x, v in zip(xs, values, strict=True) if v is not None]
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
-    failed = [x for x, e in zip(xs, entries) if e.outcome != "passed"]
+    failed = [x for x, e in zip(xs, entries, strict=True) if e.outcome != "passed"]
     for x in failed:
         ax.axvline(x, color="red", alpha=0.2)
     ax.set_xlabel("run")

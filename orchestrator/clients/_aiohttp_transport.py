@@ -60,8 +60,10 @@ def _map(exc: BaseException, request: httpx.Request, *, connected: bool) -> http
         return (httpx.ReadTimeout if connected else httpx.ConnectTimeout)(text, request=request)
     if isinstance(exc, aiohttp.ClientConnectorError):
         return httpx.ConnectError(text, request=request)
-    if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError,
-                        aiohttp.ClientResponseError)):
+    if isinstance(
+        exc,
+        (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError, aiohttp.ClientResponseError),
+    ):
         return httpx.RemoteProtocolError(text, request=request)
     if isinstance(exc, OSError):  # aiohttp.ClientOSError included: a reset, a broken pipe
         return httpx.ReadError(text, request=request)
@@ -71,7 +73,9 @@ def _map(exc: BaseException, request: httpx.Request, *, connected: bool) -> http
 class AiohttpTransport(httpx.AsyncBaseTransport):
     """Send httpx requests with one aiohttp session (created on first use, in the running loop)."""
 
-    def __init__(self, *, ssl_context: ssl.SSLContext | None = None, max_connections: int = 100) -> None:
+    def __init__(
+        self, *, ssl_context: ssl.SSLContext | None = None, max_connections: int = 100
+    ) -> None:
         self._ssl = ssl_context
         self._limit = max_connections
         self._session: aiohttp.ClientSession | None = None
@@ -79,7 +83,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._limit, ssl=self._ssl if self._ssl else True),
+                connector=aiohttp.TCPConnector(
+                    limit=self._limit, ssl=self._ssl if self._ssl else True
+                ),
                 auto_decompress=False,  # httpx decodes, as it would with its own transport
                 trust_env=False,  # proxies from the environment are routed by httpx
                 cookie_jar=aiohttp.DummyCookieJar(),  # httpx keeps the cookies
@@ -88,21 +94,29 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         limits: dict[str, Any] = request.extensions.get("timeout") or {}
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=limits.get("connect"),
-                                        sock_read=limits.get("read"))
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=limits.get("connect"), sock_read=limits.get("read")
+        )
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
         body = await request.aread()
         try:
             response = await self._open().request(
-                request.method, URL(str(request.url), encoded=True), headers=headers,
-                data=body or None, timeout=timeout, allow_redirects=False,
+                request.method,
+                URL(str(request.url), encoded=True),
+                headers=headers,
+                data=body or None,
+                timeout=timeout,
+                allow_redirects=False,
                 skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
             )
         except _NETWORK_FAILURES as exc:
             raise _map(exc, request, connected=False) from exc
-        return httpx.Response(response.status, headers=list(response.raw_headers),
-                              stream=_Body(response, request),
-                              extensions={"http_version": b"HTTP/1.1"})
+        return httpx.Response(
+            response.status,
+            headers=list(response.raw_headers),
+            stream=_Body(response, request),
+            extensions={"http_version": b"HTTP/1.1"},
+        )
 
     async def aclose(self) -> None:
         if self._session is not None:

@@ -45,8 +45,9 @@ class HTTPStatusError(ClientError):
     so reports can quote the server instead of a bare number.
     """
 
-    def __init__(self, status: int, message: str, *, method: str = "", path: str = "",
-                 body: object = None) -> None:
+    def __init__(
+        self, status: int, message: str, *, method: str = "", path: str = "", body: object = None
+    ) -> None:
         self.status = status
         self.message = message
         self.method = method

@@ -17,10 +17,10 @@ own, so correctness never depends on the sharing.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup
@@ -32,7 +32,10 @@ from .kube import KubeClient, Resource
 
 _EQUALITY = re.compile(r"^\s*([A-Za-z0-9_./-]+)\s*(==|=|!=)\s*([A-Za-z0-9_.-]*)\s*$")
 _EXISTS = re.compile(r"^\s*(!?)([A-Za-z0-9_./-]+)\s*$")
-_LOCAL_FIELDS = {"metadata.name": ("metadata", "name"), "metadata.namespace": ("metadata", "namespace")}
+_LOCAL_FIELDS = {
+    "metadata.name": ("metadata", "name"),
+    "metadata.namespace": ("metadata", "namespace"),
+}
 
 
 def index_key(label_selector: str | None, field_selector: str | None) -> tuple[str, ...] | None:
@@ -55,24 +58,33 @@ def index_key(label_selector: str | None, field_selector: str | None) -> tuple[s
 
 def _keys_of(obj: dict[str, Any]) -> list[tuple[str, ...]]:
     meta = obj.get("metadata", {})
-    return [("name", str(meta.get("name", ""))),
-            *(("label", k, v) for k, v in (meta.get("labels") or {}).items())]
+    return [
+        ("name", str(meta.get("name", ""))),
+        *(("label", k, v) for k, v in (meta.get("labels") or {}).items()),
+    ]
 
 
-def compile_selector(label_selector: str | None, field_selector: str | None
-                     ) -> Callable[[dict[str, Any]], bool] | None:
+def compile_selector(
+    label_selector: str | None, field_selector: str | None
+) -> Callable[[dict[str, Any]], bool] | None:
     """A predicate for the selectors, or None when they can't be evaluated locally."""
     tests: list[Callable[[dict[str, Any]], bool]] = []
     for term in filter(None, (label_selector or "").split(",")):
         if m := _EQUALITY.match(term):
             key, op, value = m.groups()
             want = op != "!="
-            tests.append(lambda o, k=key, v=value, w=want:
-                         ((o.get("metadata", {}).get("labels") or {}).get(k) == v) == w)
+            tests.append(
+                lambda o, k=key, v=value, w=want: (
+                    ((o.get("metadata", {}).get("labels") or {}).get(k) == v) == w
+                )
+            )
         elif m := _EXISTS.match(term):
             negate, key = m.groups()
-            tests.append(lambda o, k=key, n=bool(negate):
-                         (k in (o.get("metadata", {}).get("labels") or {})) != n)
+            tests.append(
+                lambda o, k=key, n=bool(negate): (
+                    (k in (o.get("metadata", {}).get("labels") or {})) != n
+                )
+            )
         else:
             return None
     for term in filter(None, (field_selector or "").split(",")):
@@ -134,8 +146,14 @@ class _Stream:
 class WatchHub:
     """Shared watches. Use as ``async with WatchHub(kube) as hub:`` around the runs."""
 
-    def __init__(self, kube: KubeClient, *, server_timeout: int = 60, linger: float = 30.0,
-                 on_note: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        kube: KubeClient,
+        *,
+        server_timeout: int = 60,
+        linger: float = 30.0,
+        on_note: Callable[[str], None] | None = None,
+    ) -> None:
         self.kube = kube
         self.server_timeout = server_timeout
         #: Seconds a stream nobody listens to is kept open. Phases follow each other within
@@ -161,9 +179,14 @@ class WatchHub:
         self._tg.cancel_scope.cancel()
         return await self._tg.__aexit__(*exc)
 
-    def known(self, resource: Resource, namespace: str | None = None, *,
-              label_selector: str | None = None, field_selector: str | None = None,
-              ) -> list[dict[str, Any]] | None:
+    def known(
+        self,
+        resource: Resource,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> list[dict[str, Any]] | None:
         """The matching objects as the running stream last saw them, without asking the
         API server; None when no synced stream covers them.
 
@@ -177,11 +200,16 @@ class WatchHub:
         return [obj for obj in stream.known.values() if predicate(obj)]
 
     @asynccontextmanager
-    async def subscribe(self, resource: Resource, namespace: str | None = None, *,
-                        label_selector: str | None = None, field_selector: str | None = None,
-                        on_note: Callable[[str], None] | None = None,
-                        on_ready: Callable[[], None] | None = None,
-                        ) -> AsyncIterator[AsyncIterator[WatchEvent]]:
+    async def subscribe(
+        self,
+        resource: Resource,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        on_note: Callable[[str], None] | None = None,
+        on_ready: Callable[[], None] | None = None,
+    ) -> AsyncIterator[AsyncIterator[WatchEvent]]:
         """Events for the matching objects: those known now first, then every change.
 
         ``on_ready`` is called once the subscription sees every change: at once when the
@@ -195,7 +223,9 @@ class WatchHub:
         stream = self._streams.get(key)
         if stream is None:
             own = predicate is _always  # a stream of its own: the server filters it
-            stream = _Stream(resource, namespace, *((label_selector, field_selector) if own else ()))
+            stream = _Stream(
+                resource, namespace, *((label_selector, field_selector) if own else ())
+            )
         self._streams[key] = stream
         send, receive = anyio.create_memory_object_stream[WatchEvent](max_buffer_size=10_000)
         for obj in list(stream.known.values()):
@@ -254,11 +284,16 @@ class WatchHub:
 
         with scope:
             try:
-                async for event in watch(self.kube, stream.resource, stream.namespace,
-                                         label_selector=stream.label_selector,
-                                         field_selector=stream.field_selector,
-                                         server_timeout=self.server_timeout, on_note=note,
-                                         on_synced=lambda: _synced(stream)):
+                async for event in watch(
+                    self.kube,
+                    stream.resource,
+                    stream.namespace,
+                    label_selector=stream.label_selector,
+                    field_selector=stream.field_selector,
+                    server_timeout=self.server_timeout,
+                    on_note=note,
+                    on_synced=lambda: _synced(stream),
+                ):
                     meta = event.object.get("metadata", {})
                     k = (str(meta.get("namespace", "")), str(meta.get("name", "")))
                     if event.type == "DELETED":
@@ -269,8 +304,11 @@ class WatchHub:
                         if predicate(event.object):
                             try:
                                 send.send_nowait(event)
-                            except (anyio.WouldBlock, anyio.ClosedResourceError,
-                                    anyio.BrokenResourceError):
+                            except (
+                                anyio.WouldBlock,
+                                anyio.ClosedResourceError,
+                                anyio.BrokenResourceError,
+                            ):
                                 pass
             except ClientError as exc:
                 stream.error = exc
@@ -279,9 +317,12 @@ class WatchHub:
                     send.close()
 
 
-def _routing(resource: Resource, namespace: str | None, label_selector: str | None,
-             field_selector: str | None,
-             ) -> tuple[tuple[Any, ...], Callable[[dict[str, Any]], bool], tuple[str, ...] | None]:
+def _routing(
+    resource: Resource,
+    namespace: str | None,
+    label_selector: str | None,
+    field_selector: str | None,
+) -> tuple[tuple[Any, ...], Callable[[dict[str, Any]], bool], tuple[str, ...] | None]:
     """Which stream serves these selectors, the predicate its events pass, and the key a
     subscriber is filed under. Selectors the hub cannot evaluate get a stream of their
     own, filtered by the server."""

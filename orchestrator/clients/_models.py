@@ -7,7 +7,6 @@ retypes one fails with the field's name instead of a KeyError deep in a phase.
 
 from __future__ import annotations
 
-
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -106,4 +105,3 @@ class DeploymentPods(_Answer):
 class DeploymentLogs(_Answer):
     logs: str
     pod_name: str = Field(alias="podName")
-

@@ -7,8 +7,9 @@ policy is a value we can pass around and test, not a loop copied into each call.
 from __future__ import annotations
 
 import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable, TypeVar
+from typing import TypeVar
 
 from tenacity import (
     AsyncRetrying,
@@ -57,8 +58,11 @@ class RetryPolicy:
             return max(jittered, min(exc.retry_after, self.maximum))
         return jittered
 
-    async def call(self, fn: Callable[[], Awaitable[T]],
-                   on_retry: Callable[[BaseException, float], None] | None = None) -> T:
+    async def call(
+        self,
+        fn: Callable[[], Awaitable[T]],
+        on_retry: Callable[[BaseException, float], None] | None = None,
+    ) -> T:
         """Run ``fn`` until it succeeds, fails for good, or the policy gives up.
 
         The last exception is re-raised unchanged, so callers see the server's

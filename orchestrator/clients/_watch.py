@@ -26,8 +26,9 @@ and is raised to the caller.
 from __future__ import annotations
 
 import random
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 import anyio
 
@@ -110,8 +111,12 @@ async def watch(
     while True:
         try:
             if version is None:
-                listing = await client.list(resource, namespace, label_selector=label_selector,
-                                            field_selector=field_selector)
+                listing = await client.list(
+                    resource,
+                    namespace,
+                    label_selector=label_selector,
+                    field_selector=field_selector,
+                )
                 version = str(listing.get("metadata", {}).get("resourceVersion") or "") or None
                 current = {_key(o): o for o in listing.get("items") or []}
                 for key, obj in list(known.items()):
@@ -128,8 +133,12 @@ async def watch(
                     on_synced()
 
             async for raw in client.watch_stream(
-                resource, namespace, resource_version=version, label_selector=label_selector,
-                field_selector=field_selector, server_timeout=server_timeout,
+                resource,
+                namespace,
+                resource_version=version,
+                label_selector=label_selector,
+                field_selector=field_selector,
+                server_timeout=server_timeout,
                 client_timeout=client_timeout,
             ):
                 kind = raw.get("type")
@@ -138,8 +147,13 @@ async def watch(
                     code = obj.get("code")
                     if code == 410:
                         raise _Gone(obj.get("message", "resource version too old"))
-                    raise HTTPStatusError(int(code or 500), str(obj.get("message", "watch error")),
-                                          method="WATCH", path=resource.path(namespace), body=obj)
+                    raise HTTPStatusError(
+                        int(code or 500),
+                        str(obj.get("message", "watch error")),
+                        method="WATCH",
+                        path=resource.path(namespace),
+                        body=obj,
+                    )
                 if _rv(obj):
                     version = _rv(obj)
                 if kind == "BOOKMARK":

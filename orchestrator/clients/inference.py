@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Literal
+from typing import Any, Literal
 
 import anyio
 import httpx
@@ -86,16 +87,19 @@ def validate_completion(body: Any) -> tuple[ChatCompletionResponse | None, list[
                 errors.append(f"choices.{i}.message.content: must not be empty")
             reason = choice.get("finish_reason")
             if isinstance(reason, str) and reason not in FINISH_REASONS:
-                errors.append(f"choices.{i}.finish_reason: unknown value {reason!r} "
-                              f"(expected one of {', '.join(sorted(FINISH_REASONS))})")
+                errors.append(
+                    f"choices.{i}.finish_reason: unknown value {reason!r} "
+                    f"(expected one of {', '.join(sorted(FINISH_REASONS))})"
+                )
             elif reason is None and "finish_reason" in choice:
                 errors.append(f"choices.{i}.finish_reason: must be set on a finished completion")
     usage = body.get("usage")
     if isinstance(usage, dict):
         p, c, t = (usage.get(k) for k in ("prompt_tokens", "completion_tokens", "total_tokens"))
         if all(isinstance(x, int) for x in (p, c, t)) and p + c != t:  # type: ignore[operator]
-            errors.append(f"usage.total_tokens: {t} is not prompt_tokens + completion_tokens "
-                          f"({p} + {c})")
+            errors.append(
+                f"usage.total_tokens: {t} is not prompt_tokens + completion_tokens ({p} + {c})"
+            )
         if isinstance(c, int) and c == 0 and isinstance(choices, list) and choices:
             errors.append("usage.completion_tokens: 0 for a non-empty answer")
     return (parsed if not errors else None), errors
@@ -141,15 +145,26 @@ LOADING_STATUSES = frozenset({502, 503, 504})
 class InferenceClient:
     """Send one chat completion to a deployed model and judge the answer."""
 
-    def __init__(self, route: InferenceRoute, *, kube: KubeClient | None = None,
-                 backend_url: str | None = None, token: str | None = None,
-                 request_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        route: InferenceRoute,
+        *,
+        kube: KubeClient | None = None,
+        backend_url: str | None = None,
+        token: str | None = None,
+        request_timeout: float = 60.0,
+    ) -> None:
         self.route = route
         self._kube = kube
         self._backend_url = (backend_url or "").rstrip("/")
-        headers = {"Authorization": f"Bearer {token}"} if token and route.kind == "backend-proxy" else {}
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(request_timeout, connect=5.0),
-                                       headers=headers, verify=default_context())
+        headers = (
+            {"Authorization": f"Bearer {token}"} if token and route.kind == "backend-proxy" else {}
+        )
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(request_timeout, connect=5.0),
+            headers=headers,
+            verify=default_context(),
+        )
         self._timeout = request_timeout
         self.requests_sent = 0
 
@@ -159,11 +174,14 @@ class InferenceClient:
     def describe(self, namespace: str, service: str, port: int) -> str:
         if self.route.kind == "service-proxy":
             assert self._kube is not None
-            return self._kube.server + self._kube.service_proxy_path(namespace, service, port,
-                                                                     "v1/chat/completions")
+            return self._kube.server + self._kube.service_proxy_path(
+                namespace, service, port, "v1/chat/completions"
+            )
         if self.route.kind == "url":
             return f"{(self.route.base_url or '').rstrip('/')}/v1/chat/completions"
-        return f"{self._backend_url}/api/deployments/{namespace}/{service}/proxy/v1/chat/completions"
+        return (
+            f"{self._backend_url}/api/deployments/{namespace}/{service}/proxy/v1/chat/completions"
+        )
 
     async def _post_once(self, url_or_path: str, body: dict[str, Any]) -> tuple[int, Any]:
         self.requests_sent += 1
@@ -180,7 +198,9 @@ class InferenceClient:
             try:
                 resp = await self._http.post(url_or_path, json=body)
             except httpx.TimeoutException as exc:
-                raise TransportError(f"POST {url_or_path}: no answer in time ({type(exc).__name__})") from None
+                raise TransportError(
+                    f"POST {url_or_path}: no answer in time ({type(exc).__name__})"
+                ) from None
             except httpx.TransportError as exc:
                 raise TransportError(f"POST {url_or_path}: {type(exc).__name__}: {exc}") from None
             status, text = resp.status_code, resp.text
@@ -189,11 +209,16 @@ class InferenceClient:
         except ValueError:
             return status, text
 
-    async def stream(self, *, namespace: str, service: str, port: int, model: str, prompt: str,
-                     max_tokens: int) -> StreamTiming:
+    async def stream(
+        self, *, namespace: str, service: str, port: int, model: str, prompt: str, max_tokens: int
+    ) -> StreamTiming:
         """Send the same completion streamed, to measure time to first token."""
-        body = {"model": model, "messages": [{"role": "user", "content": prompt}],
-                "max_tokens": max_tokens, "stream": True}
+        body = {
+            "model": model,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": max_tokens,
+            "stream": True,
+        }
         self.requests_sent += 1
         if self.route.kind == "service-proxy":
             assert self._kube is not None
@@ -202,12 +227,17 @@ class InferenceClient:
         url = self.describe(namespace, service, port)
         started = time.monotonic()
         try:
-            async with self._http.stream("POST", url, json=body,
-                                         headers={"Accept": "text/event-stream"}) as resp:
+            async with self._http.stream(
+                "POST", url, json=body, headers={"Accept": "text/event-stream"}
+            ) as resp:
                 if resp.status_code != 200:
                     text = (await resp.aread()).decode("utf-8", "replace")
-                    raise status_error(resp.status_code, _message(_try_json(text), f"HTTP {resp.status_code}"),
-                                       method="POST", path=url)
+                    raise status_error(
+                        resp.status_code,
+                        _message(_try_json(text), f"HTTP {resp.status_code}"),
+                        method="POST",
+                        path=url,
+                    )
 
                 async def lines() -> AsyncIterator[bytes]:
                     async for line in resp.aiter_lines():
@@ -217,16 +247,28 @@ class InferenceClient:
         except httpx.TransportError as exc:
             raise TransportError(f"POST {url}: {type(exc).__name__}: {exc}") from None
 
-    async def chat(self, *, namespace: str, service: str, port: int, model: str, prompt: str,
-                   max_tokens: int, loading_grace: float = 30.0,
-                   on_wait: Any = None) -> InferenceResult:
+    async def chat(
+        self,
+        *,
+        namespace: str,
+        service: str,
+        port: int,
+        model: str,
+        prompt: str,
+        max_tokens: int,
+        loading_grace: float = 30.0,
+        on_wait: Any = None,
+    ) -> InferenceResult:
         """Send the completion; wait out a loading model for up to ``loading_grace`` seconds.
 
         Raises :class:`InvalidCompletion` listing every schema error, or the
         HTTP error the model (or the proxy in front of it) answered with.
         """
-        body = {"model": model, "messages": [{"role": "user", "content": prompt}],
-                "max_tokens": max_tokens}
+        body = {
+            "model": model,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": max_tokens,
+        }
         if self.route.kind == "service-proxy":
             assert self._kube is not None
             target = self._kube.service_proxy_path(namespace, service, port, "v1/chat/completions")
@@ -248,14 +290,18 @@ class InferenceClient:
             if status == 200:
                 parsed, errors = validate_completion(answer)
                 if errors or parsed is None:
-                    raise InvalidCompletion("the model's answer is not a valid chat completion", errors)
+                    raise InvalidCompletion(
+                        "the model's answer is not a valid chat completion", errors
+                    )
                 return InferenceResult(parsed, latency, attempts, self.route.kind)
             loading = failure is not None or status in LOADING_STATUSES
             if not loading or time.monotonic() + delay > give_up_at:
                 if failure is not None:
                     raise failure
                 message = _message(answer, f"HTTP {status}")
-                raise status_error(int(status or 0), message, method="POST", path=target, body=answer)
+                raise status_error(
+                    int(status or 0), message, method="POST", path=target, body=answer
+                )
             if on_wait:
                 why = str(failure) if failure else f"HTTP {status}: {_message(answer, '')}"
                 on_wait(f"model not ready ({why}); retrying in {delay:.2f} s")
@@ -290,8 +336,9 @@ async def _sse_lines(lines: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any
         try:
             chunk = json.loads(data)
         except ValueError:
-            raise InvalidCompletion("the model's stream is not valid server-sent JSON",
-                                    [f"(chunk): {data[:200]!r}"]) from None
+            raise InvalidCompletion(
+                "the model's stream is not valid server-sent JSON", [f"(chunk): {data[:200]!r}"]
+            ) from None
         if isinstance(chunk, dict):
             yield chunk
 
@@ -309,19 +356,28 @@ async def _measure(chunks: AsyncIterator[dict[str, Any]], started: float) -> Str
                     first = time.monotonic() - started
     total = time.monotonic() - started
     if first is None:
-        raise InvalidCompletion("the model's stream carried no content", [f"{count} chunks, no content delta"])
+        raise InvalidCompletion(
+            "the model's stream carried no content", [f"{count} chunks, no content delta"]
+        )
     return StreamTiming(first, total, count, content)
 
 
-async def _stream_via_kube(kube: KubeClient, path: str, body: dict[str, Any], timeout: float) -> StreamTiming:
+async def _stream_via_kube(
+    kube: KubeClient, path: str, body: dict[str, Any], timeout: float
+) -> StreamTiming:
     started = time.monotonic()
-    response = await kube.open("POST", path, body=body, timeout=timeout,
-                               accept="text/event-stream, application/json")
+    response = await kube.open(
+        "POST", path, body=body, timeout=timeout, accept="text/event-stream, application/json"
+    )
     try:
         if response.status != 200:
             text = (await response.read()).decode("utf-8", "replace")
-            raise status_error(response.status, _message(_try_json(text), f"HTTP {response.status}"),
-                               method="POST", path=path)
+            raise status_error(
+                response.status,
+                _message(_try_json(text), f"HTTP {response.status}"),
+                method="POST",
+                path=path,
+            )
         return await _measure(_sse_lines(response.content.__aiter__()), started)
     finally:
         response.release()
@@ -348,5 +404,14 @@ def _message(body: Any, fallback: str) -> str:
     return fallback
 
 
-__all__ = ["InferenceClient", "InferenceRoute", "InferenceResult", "InvalidCompletion",
-           "ChatCompletionResponse", "validate_completion", "StreamTiming", "ClientError", "HTTPStatusError"]
+__all__ = [
+    "InferenceClient",
+    "InferenceRoute",
+    "InferenceResult",
+    "InvalidCompletion",
+    "ChatCompletionResponse",
+    "validate_completion",
+    "StreamTiming",
+    "ClientError",
+    "HTTPStatusError",
+]

@@ -14,8 +14,9 @@ which ``--help`` and ``--version`` should not pay.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from ._errors import RequestTimeout, TransportError, status_error
@@ -37,8 +38,9 @@ class Resource:
     def api_version(self) -> str:
         return f"{self.group}/{self.version}" if self.group else self.version
 
-    def path(self, namespace: str | None = None, name: str | None = None,
-             subresource: str | None = None) -> str:
+    def path(
+        self, namespace: str | None = None, name: str | None = None, subresource: str | None = None
+    ) -> str:
         base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
         if self.namespaced and namespace:
             base += f"/namespaces/{quote(namespace, safe='')}"
@@ -80,7 +82,9 @@ class KubeClient:
         import kubernetes_asyncio.config  # noqa: F401
 
     @classmethod
-    async def from_kubeconfig(cls, path: str | None = None, *, context: str | None = None) -> KubeClient:
+    async def from_kubeconfig(
+        cls, path: str | None = None, *, context: str | None = None
+    ) -> KubeClient:
         from kubernetes_asyncio import client, config
 
         cfg = client.Configuration()
@@ -102,9 +106,17 @@ class KubeClient:
 
     # -- plumbing ---------------------------------------------------------
 
-    async def open(self, method: str, path: str, *, query: dict[str, Any] | None = None,
-                   body: Any = None, content_type: str = "application/json",
-                   accept: str = "application/json, */*", timeout: Any = None) -> Any:
+    async def open(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: dict[str, Any] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        accept: str = "application/json, */*",
+        timeout: Any = None,
+    ) -> Any:
         """Send a request and return the raw aiohttp response (the caller reads and releases it)."""
         import aiohttp
 
@@ -113,16 +125,25 @@ class KubeClient:
         params = [(k, _query_value(v)) for k, v in (query or {}).items() if v is not None]
         try:
             return await self._api.call_api(
-                path, method, query_params=params, header_params=headers,
-                body=body, auth_settings=["BearerToken"], _preload_content=False,
+                path,
+                method,
+                query_params=params,
+                header_params=headers,
+                body=body,
+                auth_settings=["BearerToken"],
+                _preload_content=False,
                 _request_timeout=timeout,
             )
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise RequestTimeout(f"{method} {path}: no answer in time ({type(exc).__name__})",
-                                 method=method, url=path) from None
+            raise RequestTimeout(
+                f"{method} {path}: no answer in time ({type(exc).__name__})",
+                method=method,
+                url=path,
+            ) from None
         except (aiohttp.ClientError, OSError) as exc:
-            raise TransportError(f"{method} {path}: {type(exc).__name__}: {exc}", method=method,
-                                 url=path) from None
+            raise TransportError(
+                f"{method} {path}: {type(exc).__name__}: {exc}", method=method, url=path
+            ) from None
 
     async def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """Send a request; return the decoded body of a 2xx, raise the matching error otherwise."""
@@ -133,16 +154,22 @@ class KubeClient:
             try:
                 raw = await response.read()
             except (aiohttp.ClientError, TimeoutError) as exc:
-                raise TransportError(f"{method} {path}: reading the answer failed: {exc!r}",
-                                     method=method, url=path) from None
+                raise TransportError(
+                    f"{method} {path}: reading the answer failed: {exc!r}", method=method, url=path
+                ) from None
             text = raw.decode("utf-8", errors="replace")
             try:
                 body: Any = json.loads(text) if text else None
             except ValueError:
                 body = text
             if not 200 <= response.status < 300:
-                err = status_error(response.status, _status_message(body, f"HTTP {response.status}"),
-                                   method=method, path=path, body=body)
+                err = status_error(
+                    response.status,
+                    _status_message(body, f"HTTP {response.status}"),
+                    method=method,
+                    path=path,
+                    body=body,
+                )
                 if response.status == 429:
                     err.retry_after = _retry_after(response.headers)  # type: ignore[attr-defined]
                 raise err
@@ -155,44 +182,96 @@ class KubeClient:
     async def get(self, res: Resource, name: str, namespace: str | None = None) -> dict[str, Any]:
         return await self.request("GET", res.path(namespace, name))
 
-    async def list(self, res: Resource, namespace: str | None = None, *,
-                   label_selector: str | None = None, field_selector: str | None = None,
-                   timeout: float = 30.0) -> dict[str, Any]:
-        return await self.request("GET", res.path(namespace), timeout=timeout, query={
-            "labelSelector": label_selector, "fieldSelector": field_selector})
+    async def list(
+        self,
+        res: Resource,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        timeout: float = 30.0,
+    ) -> dict[str, Any]:
+        return await self.request(
+            "GET",
+            res.path(namespace),
+            timeout=timeout,
+            query={"labelSelector": label_selector, "fieldSelector": field_selector},
+        )
 
-    async def create(self, res: Resource, body: dict[str, Any], namespace: str | None = None) -> dict[str, Any]:
+    async def create(
+        self, res: Resource, body: dict[str, Any], namespace: str | None = None
+    ) -> dict[str, Any]:
         return await self.request("POST", res.path(namespace), body=body)
 
-    async def patch(self, res: Resource, name: str, body: dict[str, Any], namespace: str | None = None,
-                    *, subresource: str | None = None) -> dict[str, Any]:
-        return await self.request("PATCH", res.path(namespace, name, subresource), body=body,
-                                  content_type="application/merge-patch+json")
+    async def patch(
+        self,
+        res: Resource,
+        name: str,
+        body: dict[str, Any],
+        namespace: str | None = None,
+        *,
+        subresource: str | None = None,
+    ) -> dict[str, Any]:
+        return await self.request(
+            "PATCH",
+            res.path(namespace, name, subresource),
+            body=body,
+            content_type="application/merge-patch+json",
+        )
 
-    async def delete(self, res: Resource, name: str, namespace: str | None = None, *,
-                     grace_period: int | None = None) -> Any:
+    async def delete(
+        self,
+        res: Resource,
+        name: str,
+        namespace: str | None = None,
+        *,
+        grace_period: int | None = None,
+    ) -> Any:
         body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
         if grace_period is not None:
             body["gracePeriodSeconds"] = grace_period
         return await self.request("DELETE", res.path(namespace, name), body=body)
 
-    async def pod_log(self, name: str, namespace: str, *, container: str | None = None,
-                      tail_lines: int | None = None, previous: bool = False,
-                      limit_bytes: int | None = None) -> str:
+    async def pod_log(
+        self,
+        name: str,
+        namespace: str,
+        *,
+        container: str | None = None,
+        tail_lines: int | None = None,
+        previous: bool = False,
+        limit_bytes: int | None = None,
+    ) -> str:
         body = await self.request(
-            "GET", PODS.path(namespace, name, "log"), accept="text/plain, application/json, */*",
-            query={"container": container, "tailLines": tail_lines,
-                   "previous": "true" if previous else None, "limitBytes": limit_bytes})
+            "GET",
+            PODS.path(namespace, name, "log"),
+            accept="text/plain, application/json, */*",
+            query={
+                "container": container,
+                "tailLines": tail_lines,
+                "previous": "true" if previous else None,
+                "limitBytes": limit_bytes,
+            },
+        )
         return body if isinstance(body, str) else ("" if body is None else json.dumps(body))
 
     def service_proxy_path(self, namespace: str, service: str, port: int | str, path: str) -> str:
-        return (f"/api/v1/namespaces/{quote(namespace, safe='')}/services/"
-                f"{quote(service, safe='')}:{port}/proxy/{path.lstrip('/')}")
+        return (
+            f"/api/v1/namespaces/{quote(namespace, safe='')}/services/"
+            f"{quote(service, safe='')}:{port}/proxy/{path.lstrip('/')}"
+        )
 
-    async def watch_stream(self, res: Resource, namespace: str | None = None, *,
-                           resource_version: str | None, label_selector: str | None = None,
-                           field_selector: str | None = None, server_timeout: int = 60,
-                           client_timeout: float | None = None) -> AsyncIterator[dict[str, Any]]:
+    async def watch_stream(
+        self,
+        res: Resource,
+        namespace: str | None = None,
+        *,
+        resource_version: str | None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        server_timeout: int = 60,
+        client_timeout: float | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
         """One watch connection: yield raw events until the server ends the stream.
 
         Both timeouts are set: ``timeoutSeconds`` asks the server to end the
@@ -204,10 +283,16 @@ class KubeClient:
 
         client_timeout = client_timeout or server_timeout + 15
         response = await self.open(
-            "GET", res.path(namespace), query={
-                "watch": "true", "resourceVersion": resource_version,
-                "allowWatchBookmarks": "true", "timeoutSeconds": server_timeout,
-                "labelSelector": label_selector, "fieldSelector": field_selector},
+            "GET",
+            res.path(namespace),
+            query={
+                "watch": "true",
+                "resourceVersion": resource_version,
+                "allowWatchBookmarks": "true",
+                "timeoutSeconds": server_timeout,
+                "labelSelector": label_selector,
+                "fieldSelector": field_selector,
+            },
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=client_timeout),
         )
         self.watches_opened += 1
@@ -218,8 +303,13 @@ class KubeClient:
                     body: Any = json.loads(raw)
                 except ValueError:
                     body = raw.decode("utf-8", "replace")
-                err = status_error(response.status, _status_message(body, f"HTTP {response.status}"),
-                                   method="GET", path=res.path(namespace), body=body)
+                err = status_error(
+                    response.status,
+                    _status_message(body, f"HTTP {response.status}"),
+                    method="GET",
+                    path=res.path(namespace),
+                    body=body,
+                )
                 if response.status == 429:
                     err.retry_after = _retry_after(response.headers)  # type: ignore[attr-defined]
                 raise err
@@ -229,8 +319,11 @@ class KubeClient:
                     if line:
                         yield json.loads(line)
             except (aiohttp.ClientError, TimeoutError) as exc:
-                raise TransportError(f"watch {res.plural}: stream broke: {type(exc).__name__}: {exc}",
-                                     method="GET", url=res.path(namespace)) from None
+                raise TransportError(
+                    f"watch {res.plural}: stream broke: {type(exc).__name__}: {exc}",
+                    method="GET",
+                    url=res.path(namespace),
+                ) from None
         finally:
             response.release()
 

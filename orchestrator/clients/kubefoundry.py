@@ -18,9 +18,10 @@ import dataclasses
 import json
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable, TypeVar
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -129,7 +130,9 @@ class KubeFoundryClient:
         if token:
             headers["Authorization"] = f"Bearer {token}"
         self._http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"), headers=headers, timeout=timeout,
+            base_url=base_url.rstrip("/"),
+            headers=headers,
+            timeout=timeout,
             transport=transport or AiohttpTransport(ssl_context=default_context()),
             verify=default_context(),
         )
@@ -150,10 +153,17 @@ class KubeFoundryClient:
 
     # -- plumbing ---------------------------------------------------------
 
-    async def _send_once(self, method: str, path: str, *, params: dict[str, str] | None,
-                         json_body: Any, timeout: httpx.Timeout | None) -> tuple[int, Any]:
+    async def _send_once(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None,
+        json_body: Any,
+        timeout: httpx.Timeout | None,
+    ) -> tuple[int, Any]:
         started = time.monotonic()
-        at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+        at = datetime.now(UTC).isoformat(timespec="milliseconds")
         shown = path + ("?" + "&".join(f"{k}={v}" for k, v in params.items()) if params else "")
         self.requests_sent += 1
         try:
@@ -162,24 +172,41 @@ class KubeFoundryClient:
                 kwargs["timeout"] = timeout
             response = await self._http.request(method, path, **kwargs)
         except httpx.TimeoutException as exc:
-            self.journal.add(Exchange(at, method, shown, None, _ms(started), error=f"timeout: {exc!r}"))
-            raise RequestTimeout(f"{method} {shown}: no answer in time ({type(exc).__name__})",
-                                 method=method, url=shown) from None
+            self.journal.add(
+                Exchange(at, method, shown, None, _ms(started), error=f"timeout: {exc!r}")
+            )
+            raise RequestTimeout(
+                f"{method} {shown}: no answer in time ({type(exc).__name__})",
+                method=method,
+                url=shown,
+            ) from None
         except httpx.TransportError as exc:
             self.journal.add(Exchange(at, method, shown, None, _ms(started), error=repr(exc)))
-            raise TransportError(f"{method} {shown}: {type(exc).__name__}: {exc}".rstrip(": "),
-                                 method=method, url=shown) from None
+            raise TransportError(
+                f"{method} {shown}: {type(exc).__name__}: {exc}".rstrip(": "),
+                method=method,
+                url=shown,
+            ) from None
         try:
             body: Any = response.json()
         except ValueError as exc:
             body = _NotJSON(response.text, str(exc))
-        self.journal.add(Exchange(at, method, shown, response.status_code, _ms(started), _trim(body)))
+        self.journal.add(
+            Exchange(at, method, shown, response.status_code, _ms(started), _trim(body))
+        )
         return response.status_code, body
 
-    async def request(self, method: str, path: str, *, params: dict[str, str] | None = None,
-                      json_body: Any = None, expect: tuple[int, ...] = (200,),
-                      timeout: httpx.Timeout | None = None,
-                      retry: RetryPolicy | None = None) -> tuple[int, Any]:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        json_body: Any = None,
+        expect: tuple[int, ...] = (200,),
+        timeout: httpx.Timeout | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> tuple[int, Any]:
         """Send a request, retrying flakes; return ``(status, body)`` for an expected status.
 
         Any other status raises the matching :class:`HTTPStatusError` subclass
@@ -187,20 +214,23 @@ class KubeFoundryClient:
         """
 
         async def once() -> tuple[int, Any]:
-            status, body = await self._send_once(method, path, params=params,
-                                                 json_body=json_body, timeout=timeout)
+            status, body = await self._send_once(
+                method, path, params=params, json_body=json_body, timeout=timeout
+            )
             if status in expect:
                 if isinstance(body, _NotJSON):
                     # An answer, not a flake: a backend that sends broken JSON once will again.
                     raise ResponseFormatError(
                         f"{method} {path}: the {status} answer is not valid JSON ({body.error})",
-                        [f"(body): {str(body)[:120]!r}"])
+                        [f"(body): {str(body)[:120]!r}"],
+                    )
                 return status, body
             retry_after = None
             if status == 429:
                 retry_after = 1.0
-            err = status_error(status, _error_message(body, f"HTTP {status}"),
-                               method=method, path=path, body=body)
+            err = status_error(
+                status, _error_message(body, f"HTTP {status}"), method=method, path=path, body=body
+            )
             if retry_after is not None:
                 err.retry_after = retry_after  # type: ignore[attr-defined]
             raise err
@@ -224,14 +254,21 @@ class KubeFoundryClient:
         return await self._get(m.ClusterStatus, "/api/cluster/status")
 
     async def provider_status(self, provider: str) -> m.ProviderStatus:
-        return await self._get(m.ProviderStatus, f"/api/installation/providers/{_seg(provider)}/status")
+        return await self._get(
+            m.ProviderStatus, f"/api/installation/providers/{_seg(provider)}/status"
+        )
 
     async def install_provider(self, provider: str, *, force: bool = False) -> m.InstallResult:
         path = f"/api/installation/providers/{_seg(provider)}/install"
         # The route answers 500 when a helm step failed: an answer, not a flake.
         retry = dataclasses.replace(self.retry, server_statuses=GATEWAY_ERRORS)
-        _, body = await self.request("POST", path, params={"force": "true"} if force else None,
-                                     timeout=INSTALL_TIMEOUT, retry=retry)
+        _, body = await self.request(
+            "POST",
+            path,
+            params={"force": "true"} if force else None,
+            timeout=INSTALL_TIMEOUT,
+            retry=retry,
+        )
         return parse(m.InstallResult, body, f"POST {path}")
 
     async def catalog_model(self, model_id: str) -> m.CatalogModel:
@@ -248,8 +285,9 @@ class KubeFoundryClient:
         The backend turns *every* fetch error into 404, so a caller that takes
         404 to mean "gone" should also check :meth:`cluster_status`.
         """
-        return await self._get(m.DeploymentStatus, f"/api/deployments/{_seg(name)}",
-                               params={"namespace": namespace})
+        return await self._get(
+            m.DeploymentStatus, f"/api/deployments/{_seg(name)}", params={"namespace": namespace}
+        )
 
     async def delete_deployment(self, name: str, namespace: str) -> m.Deleted:
         path = f"/api/deployments/{_seg(name)}"
@@ -257,14 +295,22 @@ class KubeFoundryClient:
         return parse(m.Deleted, body, f"DELETE {path}")
 
     async def deployment_pods(self, name: str, namespace: str) -> m.DeploymentPods:
-        return await self._get(m.DeploymentPods, f"/api/deployments/{_seg(name)}/pods",
-                               params={"namespace": namespace})
+        return await self._get(
+            m.DeploymentPods, f"/api/deployments/{_seg(name)}/pods", params={"namespace": namespace}
+        )
 
-    async def post_json(self, path: str, body: Any, *, timeout: httpx.Timeout | None = None,
-                        retry: RetryPolicy | None = None) -> tuple[int, Any]:
+    async def post_json(
+        self,
+        path: str,
+        body: Any,
+        *,
+        timeout: httpx.Timeout | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> tuple[int, Any]:
         """A raw POST on the backend, for routes a newer backend may grow (an inference proxy)."""
-        return await self.request("POST", path, json_body=body, timeout=timeout, retry=retry,
-                                  expect=(200,))
+        return await self.request(
+            "POST", path, json_body=body, timeout=timeout, retry=retry, expect=(200,)
+        )
 
 
 class _NotJSON(str):

@@ -33,11 +33,7 @@ VERDICT_STYLES = {"passed": "bold green", "failed": "bold red", "interrupted": "
 def wants_live(console: Console) -> bool:
     """A live view only where a person watches a real terminal that wants colour
     (NO_COLOR, see no-color.org, also turns the animation off)."""
-    return (
-        console.is_terminal
-        and not console.is_dumb_terminal
-        and not os.environ.get("NO_COLOR")
-    )
+    return console.is_terminal and not console.is_dumb_terminal and not os.environ.get("NO_COLOR")
 
 
 class ConsoleReporter:

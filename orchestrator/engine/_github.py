@@ -62,8 +62,9 @@ class GitHubReporter:
     elsewhere the annotations would just be noise on stdout.
     """
 
-    def __init__(self, summary_path: str | os.PathLike[str] | None = None,
-                 stream: TextIO | None = None) -> None:
+    def __init__(
+        self, summary_path: str | os.PathLike[str] | None = None, stream: TextIO | None = None
+    ) -> None:
         if summary_path is None:
             summary_path = os.environ.get("GITHUB_STEP_SUMMARY") or None
         self.summary_path = Path(summary_path) if summary_path is not None else None
@@ -112,9 +113,13 @@ def _heading(record: RunRecord) -> str:
     if outcome == "interrupted":
         lines.append(f"Interrupted by {_inline(record.interrupted_by or 'a signal')}.")
     elif failed is not None:
-        lines.append(f"**{_inline(failed.title)}** failed: {_inline(failed.reason or 'no reason given')}")
-    lines.append(f"Budget {record.budget_total:g} s ({record.budget_reserve:g} s reserved for "
-                 f"diagnose and cleanup), exit code {record.exit_code}.")
+        lines.append(
+            f"**{_inline(failed.title)}** failed: {_inline(failed.reason or 'no reason given')}"
+        )
+    lines.append(
+        f"Budget {record.budget_total:g} s ({record.budget_reserve:g} s reserved for "
+        f"diagnose and cleanup), exit code {record.exit_code}."
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -122,8 +127,10 @@ def phase_table(record: RunRecord) -> str:
     rows = ["| # | Phase | Outcome | Duration | Reason |", "|---:|---|---|---:|---|"]
     for index, phase in enumerate(record.phase_records(), start=1):
         duration = f"{phase.duration:.1f} s" if phase.duration is not None else "–"
-        rows.append(f"| {index} | {cell(phase.title)} | {STATUS_ICONS.get(phase.status, phase.status)} "
-                    f"| {duration} | {cell(phase.reason or '')} |")
+        rows.append(
+            f"| {index} | {cell(phase.title)} | {STATUS_ICONS.get(phase.status, phase.status)} "
+            f"| {duration} | {cell(phase.reason or '')} |"
+        )
     return "\n".join(rows) + "\n"
 
 
@@ -143,18 +150,27 @@ def gantt(record: RunRecord) -> str:
             tasks.append(f"    section {section}")
         start = max(0, round(phase.offset * 1000))
         end = start + max(1, round(phase.duration * 1000))
-        tags = "crit, " if phase.status in ("failed", "interrupted") else (
-            "done, " if phase.status == "passed" else "")
-        tasks.append(f"    {gantt_title(phase.title, f'Phase {index + 1}')} :{tags}t{index}, "
-                     f"{_clock(start)}, {_clock(end)}")
+        tags = (
+            "crit, "
+            if phase.status in ("failed", "interrupted")
+            else ("done, " if phase.status == "passed" else "")
+        )
+        tasks.append(
+            f"    {gantt_title(phase.title, f'Phase {index + 1}')} :{tags}t{index}, "
+            f"{_clock(start)}, {_clock(end)}"
+        )
     if not tasks:
         return ""
-    lines = ["```mermaid", "gantt",
-             f"    title {gantt_title(record.suite, 'Run')} timeline",
-             f"    dateFormat {GANTT_DATE_FORMAT}",
-             f"    axisFormat {GANTT_AXIS_FORMAT}",
-             "    todayMarker off",
-             *tasks, "```"]
+    lines = [
+        "```mermaid",
+        "gantt",
+        f"    title {gantt_title(record.suite, 'Run')} timeline",
+        f"    dateFormat {GANTT_DATE_FORMAT}",
+        f"    axisFormat {GANTT_AXIS_FORMAT}",
+        "    todayMarker off",
+        *tasks,
+        "```",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -179,7 +195,9 @@ def cell(text: str) -> str:
     if len(text) > CELL_MAX_CHARS:
         text = text[: CELL_MAX_CHARS - 1] + "…"
     escaped = html.escape(text, quote=False).replace("|", "\\|")
-    return "<br>".join(line.strip() for line in escaped.replace("\r\n", "\n").replace("\r", "\n").split("\n"))
+    return "<br>".join(
+        line.strip() for line in escaped.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    )
 
 
 def _inline(text: str) -> str:
@@ -214,8 +232,13 @@ def annotations(record: RunRecord) -> list[str]:
             message += "\n" + phase.detail
         lines.append(command("error", message, title=f"{record.suite}: {phase.title} failed"))
     if record.outcome == "interrupted":
-        lines.append(command("warning", f"the run was interrupted by {record.interrupted_by or 'a signal'}",
-                             title=f"{record.suite}: interrupted"))
+        lines.append(
+            command(
+                "warning",
+                f"the run was interrupted by {record.interrupted_by or 'a signal'}",
+                title=f"{record.suite}: interrupted",
+            )
+        )
     return lines
 
 

@@ -8,7 +8,6 @@ write, so a killed run still leaves its last known state behind.
 
 from __future__ import annotations
 
-
 import os
 import re
 import time
@@ -153,21 +152,34 @@ def _suite_xml(record: RunRecord) -> tuple[str, dict[str, int]]:
 
 
 def _document(records: Sequence[RunRecord], suites: Sequence[tuple[str, dict[str, int]]]) -> str:
-    totals = {key: sum(counts[key] for _, counts in suites)
-              for key in ("tests", "failure", "error", "skipped")}
-    root = ET.Element("testsuites", {
-        "name": "orchestrator",
-        "tests": str(totals["tests"]),
-        "failures": str(totals["failure"]),
-        "errors": str(totals["error"]),
-        "skipped": str(totals["skipped"]),
-        "time": _seconds(sum(r.time_spent or 0.0 for r in records)),
-    })
+    totals = {
+        key: sum(counts[key] for _, counts in suites)
+        for key in ("tests", "failure", "error", "skipped")
+    }
+    root = ET.Element(
+        "testsuites",
+        {
+            "name": "orchestrator",
+            "tests": str(totals["tests"]),
+            "failures": str(totals["failure"]),
+            "errors": str(totals["error"]),
+            "skipped": str(totals["skipped"]),
+            "time": _seconds(sum(r.time_spent or 0.0 for r in records)),
+        },
+    )
     if not suites:
-        return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+        return (
+            '<?xml version="1.0" encoding="UTF-8"?>\n'
+            + ET.tostring(root, encoding="unicode")
+            + "\n"
+        )
     head = ET.tostring(root, encoding="unicode").removesuffix(" />") + ">\n"
-    return ('<?xml version="1.0" encoding="UTF-8"?>\n' + head + "".join(xml for xml, _ in suites)
-            + "</testsuites>\n")
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        + head
+        + "".join(xml for xml, _ in suites)
+        + "</testsuites>\n"
+    )
 
 
 def junit_xml(records: Sequence[RunRecord]) -> str:
@@ -231,7 +243,9 @@ class JUnitReporter:
     #: work per write rather than N squared. A run's end always writes.
     MIN_INTERVAL = 0.5
 
-    def __init__(self, path: str | os.PathLike[str], *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.path = Path(path)
         self._records: dict[int, RunRecord] = {}
         self._xml: dict[int, tuple[str, dict[str, int]]] = {}

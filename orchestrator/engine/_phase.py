@@ -78,8 +78,13 @@ class PhaseContext:
         cls, title: str = "Detached", timeout: float = 30.0, artifacts_dir: Path | None = None
     ) -> PhaseContext:
         """A context outside any run, to exercise one phase or hook on its own."""
-        record = PhaseRecord(name=title.lower().replace(" ", "-"), title=title, status="running",
-                             timeout=timeout, allowed=timeout)
+        record = PhaseRecord(
+            name=title.lower().replace(" ", "-"),
+            title=title,
+            status="running",
+            timeout=timeout,
+            allowed=timeout,
+        )
         return cls(record, time.monotonic() + timeout, artifacts_dir or Path.cwd())
 
     def remaining(self) -> float:

@@ -48,7 +48,7 @@ class FanOut:
         for reporter in self.reporters:
             try:
                 getattr(reporter, method)(*args)
-            except Exception as exc:  # noqa: BLE001 - reporters must not break the run
+            except Exception as exc:
                 self._on_error(
                     f"reporter {type(reporter).__name__}.{method} failed: "
                     f"{type(exc).__name__}: {exc}"

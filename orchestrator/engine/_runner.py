@@ -67,9 +67,7 @@ class Runner:
         self.record = RunRecord(
             suite=flow.name,
             properties={str(k): str(v) for k, v in flow.properties().items()},
-            phases=[
-                PhaseRecord(name=p.name, title=p.title, timeout=p.timeout) for p in phases
-            ],
+            phases=[PhaseRecord(name=p.name, title=p.title, timeout=p.timeout) for p in phases],
             cleanup_policy=cleanup_policy,
             budget_total=budget.total,
             budget_reserve=budget.reserve,
@@ -312,7 +310,7 @@ class Runner:
         try:
             with scope:
                 await body(ctx)
-        except Exception as exc:  # noqa: BLE001 - any error is a phase failure
+        except Exception as exc:
             error = exc
         finally:
             self._scope = None
@@ -382,7 +380,7 @@ class Runner:
     def _hints(self) -> str:
         try:
             return "\n".join(str(h) for h in self.flow.keep_hints())
-        except Exception as exc:  # noqa: BLE001 - hints are a courtesy
+        except Exception as exc:
             self._log(f"keep_hints failed: {_one_line(exc)}")
             return ""
 

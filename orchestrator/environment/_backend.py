@@ -129,16 +129,23 @@ class BackendProcess:
         self._log_file = self.log_path.open("ab")
         try:
             self._process = await anyio.open_process(
-                [executable, *self.command[1:]], cwd=self.directory, env=env,
-                stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT,
+                [executable, *self.command[1:]],
+                cwd=self.directory,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log_file,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         except OSError as exc:
             self._close_log()
-            raise EnvironmentSetupError(f"cannot start the backend ({' '.join(self.command)}): "
-                                        f"{exc}") from None
-        self._log(f"backend started: {' '.join(self.command)} in {self.directory} "
-                  f"(pid {self._process.pid}, port {self.port}, log {self.log_path.name})")
+            raise EnvironmentSetupError(
+                f"cannot start the backend ({' '.join(self.command)}): {exc}"
+            ) from None
+        self._log(
+            f"backend started: {' '.join(self.command)} in {self.directory} "
+            f"(pid {self._process.pid}, port {self.port}, log {self.log_path.name})"
+        )
 
     # -- wait ------------------------------------------------------------------------
 
@@ -187,10 +194,14 @@ class BackendProcess:
         if exited:
             raise EnvironmentSetupError(
                 f"the backend exited with code {process.returncode} before {HEALTH_PATH} answered; "
-                f"last log lines: {_one_line(tail)}", detail=tail)
+                f"last log lines: {_one_line(tail)}",
+                detail=tail,
+            )
         raise EnvironmentSetupError(
             f"the backend did not answer GET {self.health_url} with 200 before the deadline "
-            f"(last: {last}); last log lines: {_one_line(tail) or '(empty)'}", detail=tail)
+            f"(last: {last}); last log lines: {_one_line(tail) or '(empty)'}",
+            detail=tail,
+        )
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         """The last ``lines`` non-empty lines of the backend's log."""
@@ -237,8 +248,12 @@ class BackendProcess:
         await self.start()
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self.stop()
 
     # -- plumbing --------------------------------------------------------------------

@@ -84,14 +84,17 @@ class KindCluster:
 
     async def create(self) -> None:
         """Make the cluster (or adopt an existing one when ``reuse``) and write its kubeconfig."""
-        kind = self._require(self.kind, f"kind not found on PATH ({self.kind!r}); {KIND_INSTALL_HINT}")
+        kind = self._require(
+            self.kind, f"kind not found on PATH ({self.kind!r}); {KIND_INSTALL_HINT}"
+        )
         await self._check_docker()
         existing = await self.existing_clusters()
         if self.name in existing:
             if not self.reuse:
                 raise EnvironmentSetupError(
                     f"a kind cluster named {self.name!r} already exists and reuse was not asked for; "
-                    f"reuse it, pick another name, or delete it: kind delete cluster --name {self.name}")
+                    f"reuse it, pick another name, or delete it: kind delete cluster --name {self.name}"
+                )
             self._log(f"reusing the existing kind cluster {self.name!r}")
             await self._export_kubeconfig(kind)
             return
@@ -101,29 +104,43 @@ class KindCluster:
         first = await self._create_once(kind)
         if first.ok:
             return
-        self._log(f"kind create cluster failed ({first.tail(2)}); deleting what it left and retrying once")
+        self._log(
+            f"kind create cluster failed ({first.tail(2)}); deleting what it left and retrying once"
+        )
         await self._run(kind, "delete", "cluster", "--name", self.name)
         second = await self._create_once(kind)
         if not second.ok:
             raise EnvironmentSetupError(
                 f"kind create cluster --name {self.name} failed twice (exit {second.returncode}): "
                 f"{second.tail()}; full output in {self.log_path}",
-                detail=second.stderr or second.stdout)
+                detail=second.stderr or second.stdout,
+            )
 
     async def existing_clusters(self) -> list[str]:
         """The names ``kind get clusters`` lists (kind says "No kind clusters found." on stderr)."""
-        kind = self._require(self.kind, f"kind not found on PATH ({self.kind!r}); {KIND_INSTALL_HINT}")
+        kind = self._require(
+            self.kind, f"kind not found on PATH ({self.kind!r}); {KIND_INSTALL_HINT}"
+        )
         result = await self._run(kind, "get", "clusters")
         if not result.ok:
-            raise EnvironmentSetupError(f"kind get clusters failed (exit {result.returncode}): "
-                                        f"{result.tail()}")
+            raise EnvironmentSetupError(
+                f"kind get clusters failed (exit {result.returncode}): {result.tail()}"
+            )
         return [line.strip() for line in result.stdout.splitlines() if line.strip()]
 
     async def _create_once(self, kind: str) -> CommandResult:
-        argv = ["create", "cluster", "--name", self.name, "--kubeconfig", str(self.kubeconfig),
-                # Readiness is watched through the API afterwards, where it can be
-                # timed and explained; kind only has to bring the control plane up.
-                "--wait", "0s"]
+        argv = [
+            "create",
+            "cluster",
+            "--name",
+            self.name,
+            "--kubeconfig",
+            str(self.kubeconfig),
+            # Readiness is watched through the API afterwards, where it can be
+            # timed and explained; kind only has to bring the control plane up.
+            "--wait",
+            "0s",
+        ]
         if self.node_image:
             argv += ["--image", self.node_image]
         self._log(f"creating kind cluster {self.name!r} (output in {self.log_path.name})")
@@ -132,23 +149,31 @@ class KindCluster:
     async def _export_kubeconfig(self, kind: str) -> None:
         result = await self._run(kind, "get", "kubeconfig", "--name", self.name)
         if not result.ok or not result.stdout.strip():
-            raise EnvironmentSetupError(f"kind get kubeconfig --name {self.name} failed "
-                                        f"(exit {result.returncode}): {result.tail()}")
+            raise EnvironmentSetupError(
+                f"kind get kubeconfig --name {self.name} failed "
+                f"(exit {result.returncode}): {result.tail()}"
+            )
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.kubeconfig.write_text(result.stdout)
         self.kubeconfig.chmod(0o600)
 
     async def _check_docker(self) -> None:
-        docker = self._require(self.docker, "Docker is not installed (docker not found on PATH); "
-                                            "kind runs its nodes as Docker containers")
+        docker = self._require(
+            self.docker,
+            "Docker is not installed (docker not found on PATH); "
+            "kind runs its nodes as Docker containers",
+        )
         with anyio.move_on_after(DOCKER_INFO_TIMEOUT) as scope:
             result = await self._run(docker, "info")
         if scope.cancelled_caught:
             raise EnvironmentSetupError(
-                f"Docker is not running: docker info did not answer in {DOCKER_INFO_TIMEOUT:g} s")
+                f"Docker is not running: docker info did not answer in {DOCKER_INFO_TIMEOUT:g} s"
+            )
         if not result.ok:
-            raise EnvironmentSetupError(f"Docker is not running: docker info failed "
-                                        f"(exit {result.returncode}): {result.tail(2)}")
+            raise EnvironmentSetupError(
+                f"Docker is not running: docker info failed "
+                f"(exit {result.returncode}): {result.tail(2)}"
+            )
 
     # -- wait and check --------------------------------------------------------------
 
@@ -180,7 +205,9 @@ class KindCluster:
                     note(str(node.get("metadata", {}).get("name", "")), _readiness(node))
                 if not all_ready():
                     try:
-                        async with contextlib.aclosing(watch(client, NODES, on_note=self._log)) as events:
+                        async with contextlib.aclosing(
+                            watch(client, NODES, on_note=self._log)
+                        ) as events:
                             async for event in events:
                                 if event.type == "DELETED":
                                     nodes.pop(event.name, None)
@@ -189,16 +216,19 @@ class KindCluster:
                                 if all_ready():
                                     break
                     except ClientError as exc:  # an answer such as 403: waiting will not help
-                        raise EnvironmentSetupError(f"kind cluster {self.name!r}: cannot watch "
-                                                    f"nodes: {exc}") from None
+                        raise EnvironmentSetupError(
+                            f"kind cluster {self.name!r}: cannot watch nodes: {exc}"
+                        ) from None
         if scope.cancelled_caught:
             if not nodes:
                 state = "no node has registered yet"
             else:
-                state = ", ".join(f"{name} {why}" for name, (ready, why) in sorted(nodes.items())
-                                  if not ready)
-            raise EnvironmentSetupError(f"kind cluster {self.name!r}: nodes not Ready before the "
-                                        f"deadline: {state}")
+                state = ", ".join(
+                    f"{name} {why}" for name, (ready, why) in sorted(nodes.items()) if not ready
+                )
+            raise EnvironmentSetupError(
+                f"kind cluster {self.name!r}: nodes not Ready before the deadline: {state}"
+            )
         names = sorted(nodes)
         self._log(f"nodes Ready: {', '.join(names)}")
         await self._snapshot_nodes()
@@ -214,8 +244,9 @@ class KindCluster:
             except TransportError as exc:
                 self._log(f"listing nodes: {exc}; retrying in {delay:.1f} s")
             except ClientError as exc:
-                raise EnvironmentSetupError(f"kind cluster {self.name!r}: cannot list nodes: "
-                                            f"{exc}") from None
+                raise EnvironmentSetupError(
+                    f"kind cluster {self.name!r}: cannot list nodes: {exc}"
+                ) from None
             await anyio.sleep(delay)
             delay = min(2.0, delay * 2)
 
@@ -226,24 +257,31 @@ class KindCluster:
                 with anyio.fail_after(timeout):
                     body = await client.request("GET", "/version", timeout=timeout)
         except TimeoutError:
-            raise EnvironmentSetupError(f"kind cluster {self.name!r}: the API server did not answer "
-                                        f"GET /version in {timeout:g} s") from None
+            raise EnvironmentSetupError(
+                f"kind cluster {self.name!r}: the API server did not answer "
+                f"GET /version in {timeout:g} s"
+            ) from None
         except ClientError as exc:
-            raise EnvironmentSetupError(f"kind cluster {self.name!r}: the API server is not "
-                                        f"reachable: {exc}") from None
+            raise EnvironmentSetupError(
+                f"kind cluster {self.name!r}: the API server is not reachable: {exc}"
+            ) from None
         version = str(body.get("gitVersion", "?")) if isinstance(body, dict) else "?"
         self._log(f"API server reachable (Kubernetes {version})")
         return version
 
     async def _client(self) -> KubeClient:
         if not self.kubeconfig.is_file():
-            raise EnvironmentSetupError(f"kind cluster {self.name!r}: no kubeconfig at "
-                                        f"{self.kubeconfig}; was the cluster created?")
+            raise EnvironmentSetupError(
+                f"kind cluster {self.name!r}: no kubeconfig at "
+                f"{self.kubeconfig}; was the cluster created?"
+            )
         try:
             return await KubeClient.from_kubeconfig(str(self.kubeconfig))
         except Exception as exc:  # the loader raises many kinds; all mean "unusable kubeconfig"
-            raise EnvironmentSetupError(f"kind cluster {self.name!r}: cannot load "
-                                        f"{self.kubeconfig}: {type(exc).__name__}: {exc}") from None
+            raise EnvironmentSetupError(
+                f"kind cluster {self.name!r}: cannot load "
+                f"{self.kubeconfig}: {type(exc).__name__}: {exc}"
+            ) from None
 
     async def _snapshot_nodes(self) -> None:
         """Put ``kubectl get nodes -o wide`` in the log, for a person reading it later.
@@ -254,7 +292,9 @@ class KindCluster:
         if kubectl is None:
             return
         with contextlib.suppress(OSError), anyio.move_on_after(REACHABLE_TIMEOUT):
-            await self._run(kubectl, "--kubeconfig", str(self.kubeconfig), "get", "nodes", "-o", "wide")
+            await self._run(
+                kubectl, "--kubeconfig", str(self.kubeconfig), "get", "nodes", "-o", "wide"
+            )
 
     # -- delete ----------------------------------------------------------------------
 
@@ -267,16 +307,20 @@ class KindCluster:
         if not self.created or self.deleted:
             return False
         if self.keep:
-            self._log(f"keeping kind cluster {self.name!r}; delete it with: {self.delete_command()}")
+            self._log(
+                f"keeping kind cluster {self.name!r}; delete it with: {self.delete_command()}"
+            )
             return False
         kind = self._require(self.kind, f"kind not found on PATH ({self.kind!r})")
         with anyio.CancelScope(shield=True):
-            result = await self._run(kind, "delete", "cluster", "--name", self.name,
-                                     "--kubeconfig", str(self.kubeconfig))
+            result = await self._run(
+                kind, "delete", "cluster", "--name", self.name, "--kubeconfig", str(self.kubeconfig)
+            )
         if not result.ok:
             raise EnvironmentSetupError(
                 f"kind delete cluster --name {self.name} failed (exit {result.returncode}): "
-                f"{result.tail()}; delete it by hand: {self.delete_command()}")
+                f"{result.tail()}; delete it by hand: {self.delete_command()}"
+            )
         self.deleted = True
         self._log(f"deleted kind cluster {self.name!r}")
         return True

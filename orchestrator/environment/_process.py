@@ -70,9 +70,13 @@ async def run_logged(
         log.write(f"$ {shlex.join(argv)}\n".encode())
         log.flush()
         process = await anyio.open_process(
-            list(argv), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, env=dict(env) if env is not None else None,
-            cwd=cwd, start_new_session=True,
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
         )
         out: list[bytes] = []
         err: list[bytes] = []
@@ -87,9 +91,12 @@ async def run_logged(
             kill_group(process.pid)
             raise
         log.write(f"[exit {process.returncode}]\n".encode())
-    return CommandResult(tuple(argv), int(process.returncode or 0),
-                         b"".join(out).decode("utf-8", "replace"),
-                         b"".join(err).decode("utf-8", "replace"))
+    return CommandResult(
+        tuple(argv),
+        int(process.returncode or 0),
+        b"".join(out).decode("utf-8", "replace"),
+        b"".join(err).decode("utf-8", "replace"),
+    )
 
 
 async def _drain(stream: ByteReceiveStream, into: list[bytes], log: IO[bytes]) -> None:

@@ -52,12 +52,15 @@ def setup_phases(
     """
     phases: list[Phase] = []
     if cluster is not None:
+
         async def create(ctx: PhaseContext) -> None:
             await cluster.create()
             ctx.set_property("cluster", cluster.name)
             ctx.set_property("cluster_created", str(cluster.created).lower())
-            ctx.set_property("kubernetes_version", await cluster.check_reachable(
-                timeout=max(1.0, min(ctx.remaining(), 15.0))))
+            ctx.set_property(
+                "kubernetes_version",
+                await cluster.check_reachable(timeout=max(1.0, min(ctx.remaining(), 15.0))),
+            )
 
         async def nodes(ctx: PhaseContext) -> None:
             ctx.progress("watching nodes")
@@ -69,6 +72,7 @@ def setup_phases(
             Phase("wait_nodes", "Wait nodes Ready", nodes_timeout, _reported(nodes)),
         ]
     if backend is not None:
+
         async def start(ctx: PhaseContext) -> None:
             began = ctx.clock()
             await backend.start()
@@ -107,16 +111,19 @@ async def teardown(
     """
     steps: list[TeardownStep] = []
     if backend is not None:
+
         async def stop() -> bool:
             return await backend.stop() is not None
+
         steps.append(await _timed("stop_backend", "Stop backend", stop, clock))
     if cluster is not None:
         steps.append(await _timed("delete_cluster", "Delete cluster", cluster.delete, clock))
     return steps
 
 
-async def _timed(name: str, title: str, step: Callable[[], Awaitable[bool]],
-                 clock: Callable[[], float]) -> TeardownStep:
+async def _timed(
+    name: str, title: str, step: Callable[[], Awaitable[bool]], clock: Callable[[], float]
+) -> TeardownStep:
     began = clock()
     try:
         acted = await step()
@@ -133,11 +140,15 @@ def _own_share(ctx: PhaseContext) -> float:
     return remaining - 1.0 if remaining > 2.0 else remaining
 
 
-def _reported(body: Callable[[PhaseContext], Awaitable[None]]) -> Callable[[PhaseContext], Awaitable[None]]:
+def _reported(
+    body: Callable[[PhaseContext], Awaitable[None]],
+) -> Callable[[PhaseContext], Awaitable[None]]:
     """Turn the environment's error into the engine's PhaseFailed (one-line reason + detail)."""
+
     async def run(ctx: PhaseContext) -> None:
         try:
             await body(ctx)
         except EnvironmentSetupError as exc:
             raise PhaseFailed(str(exc), detail=exc.detail) from None
+
     return run

@@ -9,9 +9,10 @@ that a crash-looping pod cannot fill a CI runner's disk.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from ..clients import EVENTS, PODS, ClientError, KubeClient, KubeFoundryClient, Resource
 
@@ -37,8 +38,13 @@ def _safe_name(value: str) -> str:
 
 
 def _event_time(ev: dict[str, Any]) -> str:
-    return str(ev.get("lastTimestamp") or ev.get("eventTime") or ev.get("firstTimestamp")
-               or ev.get("metadata", {}).get("creationTimestamp") or "")
+    return str(
+        ev.get("lastTimestamp")
+        or ev.get("eventTime")
+        or ev.get("firstTimestamp")
+        or ev.get("metadata", {}).get("creationTimestamp")
+        or ""
+    )
 
 
 def _describe_pod(pod: dict[str, Any], events: list[dict[str, Any]]) -> str:
@@ -51,7 +57,9 @@ def _describe_pod(pod: dict[str, Any], events: list[dict[str, Any]]) -> str:
         f"Status:       {status.get('phase')}{' (deleting)' if meta.get('deletionTimestamp') else ''}",
     ]
     if status.get("reason") or status.get("message"):
-        lines.append(f"Reason:       {status.get('reason', '')} {status.get('message', '')}".rstrip())
+        lines.append(
+            f"Reason:       {status.get('reason', '')} {status.get('message', '')}".rstrip()
+        )
     lines.append("Containers:")
     images = {c.get("name"): c.get("image") for c in spec.get("containers") or []}
     for cs in status.get("containerStatuses") or []:
@@ -66,20 +74,30 @@ def _describe_pod(pod: dict[str, Any], events: list[dict[str, Any]]) -> str:
         lines.append(f"    Restart Count: {cs.get('restartCount', 0)}")
     lines.append("Conditions:")
     for cond in status.get("conditions") or []:
-        lines.append(f"  {cond.get('type'):<16} {cond.get('status')} {cond.get('reason') or ''}".rstrip())
+        lines.append(
+            f"  {cond.get('type'):<16} {cond.get('status')} {cond.get('reason') or ''}".rstrip()
+        )
     lines.append("Events:")
     mine = [e for e in events if (e.get("involvedObject") or {}).get("name") == meta.get("name")]
     for ev in sorted(mine, key=_event_time) or []:
-        lines.append(f"  {_event_time(ev):<22} {ev.get('type', ''):<8} {ev.get('reason', ''):<18} "
-                     f"{ev.get('message', '')}")
+        lines.append(
+            f"  {_event_time(ev):<22} {ev.get('type', ''):<8} {ev.get('reason', ''):<18} "
+            f"{ev.get('message', '')}"
+        )
     if not mine:
         lines.append("  <none>")
     return "\n".join(lines) + "\n"
 
 
 async def collect_diagnostics(
-    out: Path, *, kube: KubeClient, api: KubeFoundryClient, namespace: str, deployment: str,
-    workspaces: Resource, log: Callable[[str], None],
+    out: Path,
+    *,
+    kube: KubeClient,
+    api: KubeFoundryClient,
+    namespace: str,
+    deployment: str,
+    workspaces: Resource,
+    log: Callable[[str], None],
 ) -> None:
     """Write pods, describe, logs, events, the Workspace and the backend exchanges under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
@@ -102,17 +120,21 @@ async def collect_diagnostics(
             cs = st.get("containerStatuses") or []
             ready = f"{sum(1 for c in cs if c.get('ready'))}/{len(cs)}"
             restarts = sum(int(c.get("restartCount") or 0) for c in cs)
-            rows.append(f"{p['metadata'].get('namespace', ''):<24} {p['metadata'].get('name', ''):<48} "
-                        f"{st.get('phase', ''):<10} {ready:<6} {restarts}")
+            rows.append(
+                f"{p['metadata'].get('namespace', ''):<24} {p['metadata'].get('name', ''):<48} "
+                f"{st.get('phase', ''):<10} {ready:<6} {restarts}"
+            )
         _write(out / "pods-all.txt", "\n".join(rows) + "\n")
 
     async def ns_events() -> None:
         listing = await kube.list(EVENTS, namespace)
         events.extend(sorted(listing.get("items") or [], key=_event_time))
-        rows = [f"{_event_time(e):<22} {e.get('type', ''):<8} {e.get('reason', ''):<18} "
-                f"{(e.get('involvedObject') or {}).get('kind', '')}/"
-                f"{(e.get('involvedObject') or {}).get('name', '')}: {e.get('message', '')}"
-                for e in events]
+        rows = [
+            f"{_event_time(e):<22} {e.get('type', ''):<8} {e.get('reason', ''):<18} "
+            f"{(e.get('involvedObject') or {}).get('kind', '')}/"
+            f"{(e.get('involvedObject') or {}).get('name', '')}: {e.get('message', '')}"
+            for e in events
+        ]
         _write(out / "events.txt", "\n".join(rows) + "\n" if rows else "no events\n")
 
     async def describe() -> None:
@@ -127,23 +149,28 @@ async def collect_diagnostics(
             for cs in (pod.get("status") or {}).get("containerStatuses") or []:
                 container = cs.get("name")
                 base = out / "logs" / f"{_safe_name(name)}_{_safe_name(container)}"
-                waiting = ((cs.get("state") or {}).get("waiting"))
+                waiting = (cs.get("state") or {}).get("waiting")
                 if waiting is not None:
                     # A waiting container has no current log (the API answers 400); a
                     # crash-looping one still has its previous instance's.
-                    _write(base.with_suffix(".log"), "(no current log: the container is waiting: "
-                           f"{(waiting or {}).get('reason', 'unknown reason')})\n")
+                    _write(
+                        base.with_suffix(".log"),
+                        "(no current log: the container is waiting: "
+                        f"{(waiting or {}).get('reason', 'unknown reason')})\n",
+                    )
                 else:
                     try:
-                        text = await kube.pod_log(name, namespace, container=container,
-                                                  tail_lines=LOG_TAIL)
+                        text = await kube.pod_log(
+                            name, namespace, container=container, tail_lines=LOG_TAIL
+                        )
                         _write(base.with_suffix(".log"), text)
                     except ClientError as exc:
                         errors.append(f"logs of {name}/{container}: {exc}")
                 if int(cs.get("restartCount") or 0) > 0 or cs.get("lastState"):
                     try:
-                        text = await kube.pod_log(name, namespace, container=container,
-                                                  tail_lines=LOG_TAIL, previous=True)
+                        text = await kube.pod_log(
+                            name, namespace, container=container, tail_lines=LOG_TAIL, previous=True
+                        )
                         _write(base.with_name(base.name + ".previous.log"), text)
                     except ClientError as exc:
                         errors.append(f"previous logs of {name}/{container}: {exc}")
@@ -158,7 +185,9 @@ async def collect_diagnostics(
         _write(out / "workspace.json", json.dumps(obj, indent=2))
 
     async def backend() -> None:
-        _write(out / "backend-exchanges.json", json.dumps(api.journal.to_list(), indent=2, default=str))
+        _write(
+            out / "backend-exchanges.json", json.dumps(api.journal.to_list(), indent=2, default=str)
+        )
 
     await step("backend exchanges", backend)
     await step("all pods", all_pods)

@@ -14,8 +14,9 @@ turns such an event into a failure reason and the wait ends at once.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 from anyio.abc import TaskStatus
@@ -100,30 +101,43 @@ async def wait_for(
         if checks_begun:
             signal.set()
 
-    async def pump(spec: WatchSpec, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def pump(
+        spec: WatchSpec, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
         try:
             if hub is not None:
-                async with hub.subscribe(spec.resource, spec.namespace,
-                                         label_selector=spec.label_selector,
-                                         field_selector=spec.field_selector, on_note=on_note,
-                                         on_ready=live) as events:
+                async with hub.subscribe(
+                    spec.resource,
+                    spec.namespace,
+                    label_selector=spec.label_selector,
+                    field_selector=spec.field_selector,
+                    on_note=on_note,
+                    on_ready=live,
+                ) as events:
                     task_status.started()
                     async for event in events:
                         deliver(event, spec.wakes)
             else:
                 task_status.started()
-                async for event in watch(kube, spec.resource, spec.namespace,
-                                         label_selector=spec.label_selector,
-                                         field_selector=spec.field_selector,
-                                         server_timeout=server_timeout, on_note=on_note,
-                                         on_synced=live):
+                async for event in watch(
+                    kube,
+                    spec.resource,
+                    spec.namespace,
+                    label_selector=spec.label_selector,
+                    field_selector=spec.field_selector,
+                    server_timeout=server_timeout,
+                    on_note=on_note,
+                    on_synced=live,
+                ):
                     deliver(event, spec.wakes)
         except ClientError as exc:
             # A watch that cannot run (403, an unknown resource type) must not end the
             # wait: the authority is still asked at every re-check, only slower.
             if on_note:
-                on_note(f"watch {spec.resource.plural} unavailable ({exc}); re-checking every "
-                        f"{recheck:g} s instead")
+                on_note(
+                    f"watch {spec.resource.plural} unavailable ({exc}); re-checking every "
+                    f"{recheck:g} s instead"
+                )
 
     result: T | None = None
     async with anyio.create_task_group() as tg:
@@ -150,9 +164,9 @@ def pod_summary(pod: dict[str, Any]) -> str:
     """``name: Phase (container: state reason)`` in one line, for logs and reasons."""
     meta, status = pod.get("metadata", {}), pod.get("status", {}) or {}
     parts = []
-    for cs in (status.get("containerStatuses") or []):
+    for cs in status.get("containerStatuses") or []:
         state = cs.get("state") or {}
-        (kind, detail), = state.items() if len(state) == 1 else (("unknown", {}),)
+        ((kind, detail),) = state.items() if len(state) == 1 else (("unknown", {}),)
         reason = (detail or {}).get("reason", "")
         parts.append(f"{cs.get('name')}: {kind}{' ' + reason if reason else ''}")
     deleting = " (deleting)" if meta.get("deletionTimestamp") else ""

@@ -23,6 +23,7 @@ from ..clients import (
     CRDS,
     EVENTS,
     PODS,
+    SERVICES,
     ClientError,
     Conflict,
     HTTPStatusError,
@@ -30,7 +31,6 @@ from ..clients import (
     InvalidCompletion,
     KubeClient,
     KubeFoundryClient,
-    SERVICES,
     NotFound,
     Resource,
     ResponseFormatError,
@@ -39,8 +39,8 @@ from ..clients import (
     WatchHub,
 )
 from ..engine import Phase, PhaseContext, PhaseFailed, PhaseRecord
-from ._diagnostics import collect_diagnostics
 from ..history import regression
+from ._diagnostics import collect_diagnostics
 from ._waiting import Stop, WatchSpec, pod_summary, wait_for
 
 WORKSPACES = Resource("kaito.sh", "v1beta1", "workspaces")
@@ -50,10 +50,18 @@ OPERATOR_SELECTOR = "app.kubernetes.io/name=kaito-workspace"
 PROVIDER = "kaito"
 
 #: Container states that no amount of waiting will fix.
-FATAL_WAITING_REASONS = frozenset({
-    "ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull",
-    "CrashLoopBackOff", "CreateContainerConfigError", "CreateContainerError", "RunContainerError",
-})
+FATAL_WAITING_REASONS = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "InvalidImageName",
+        "ErrImageNeverPull",
+        "CrashLoopBackOff",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -134,9 +142,16 @@ class KaitoFlow:
 
     name = "kaito"
 
-    def __init__(self, settings: KaitoSettings, *, api: KubeFoundryClient, kube: KubeClient,
-                 inference: InferenceClient, hub: WatchHub | None = None,
-                 install_gate: InstallGate | None = None) -> None:
+    def __init__(
+        self,
+        settings: KaitoSettings,
+        *,
+        api: KubeFoundryClient,
+        kube: KubeClient,
+        inference: InferenceClient,
+        hub: WatchHub | None = None,
+        install_gate: InstallGate | None = None,
+    ) -> None:
         self.name = settings.suite
         self.hub = hub
         #: Shared by the flows of one run (see :meth:`install`).
@@ -167,9 +182,14 @@ class KaitoFlow:
 
     def properties(self) -> dict[str, str]:
         s = self.settings
-        return {"provider": PROVIDER, "model": s.model, "namespace": s.namespace,
-                "deployment": s.deployment_name, "api_url": s.api_url,
-                "inference_route": self.inference.route.kind}
+        return {
+            "provider": PROVIDER,
+            "model": s.model,
+            "namespace": s.namespace,
+            "deployment": s.deployment_name,
+            "api_url": s.api_url,
+            "inference_route": self.inference.route.kind,
+        }
 
     def keep_hints(self) -> list[str]:
         s = self.settings
@@ -204,8 +224,10 @@ class KaitoFlow:
                 gate.proved_by, gate.proved_at = self.settings.suite, time.monotonic()
                 return
         ago = time.monotonic() - gate.proved_at
-        ctx.log(f"KAITO is installed and its operator is running (the backend said so to "
-                f"{gate.proved_by} {ago:.1f} s ago, in this run)")
+        ctx.log(
+            f"KAITO is installed and its operator is running (the backend said so to "
+            f"{gate.proved_by} {ago:.1f} s ago, in this run)"
+        )
         ctx.set_property("kaito_checked_by", gate.proved_by)
         if gate.preinstalled:
             ctx.set_property("kaito_preinstalled", "true")
@@ -226,8 +248,9 @@ class KaitoFlow:
                 ctx.log(f"install answered 409 ({exc.message}); retrying once with force=true")
                 result = await self._call(ctx, self.api.install_provider(PROVIDER, force=True))
         except HTTPStatusError as exc:
-            raise PhaseFailed(f"KAITO install failed: the backend answered {exc.status}: "
-                              f"{exc.message}") from None
+            raise PhaseFailed(
+                f"KAITO install failed: the backend answered {exc.status}: {exc.message}"
+            ) from None
         if result.already_installed:
             ctx.log("the backend says KAITO is already installed")
         else:
@@ -235,20 +258,29 @@ class KaitoFlow:
             failed = [r for r in result.results if not r.success]
             if not result.success or failed:
                 steps = ", ".join(f"{r.step}: {r.error or r.output}".strip() for r in failed)
-                raise PhaseFailed(f"KAITO install failed: {result.message}{'; ' + steps if steps else ''}")
+                raise PhaseFailed(
+                    f"KAITO install failed: {result.message}{'; ' + steps if steps else ''}"
+                )
             ctx.log(f"install started: {result.message}")
 
         async def installed() -> bool | None:
             st = await self._call(ctx, self.api.provider_status(PROVIDER))
-            ctx.progress(f"KAITO status: installed={st.installed}, crdFound={st.crd_found}, "
-                         f"operatorRunning={st.operator_running}")
+            ctx.progress(
+                f"KAITO status: installed={st.installed}, crdFound={st.crd_found}, "
+                f"operatorRunning={st.operator_running}"
+            )
             return True if st.installed else None
 
-        await self._wait_for(installed, kube=self.kube, recheck=min(self.settings.recheck, 5.0),
-                       on_note=ctx.log, watches=[
-                           WatchSpec(PODS, OPERATOR_NAMESPACE, label_selector=OPERATOR_SELECTOR),
-                           WatchSpec(CRDS, field_selector=f"metadata.name={WORKSPACE_CRD}"),
-                       ])
+        await self._wait_for(
+            installed,
+            kube=self.kube,
+            recheck=min(self.settings.recheck, 5.0),
+            on_note=ctx.log,
+            watches=[
+                WatchSpec(PODS, OPERATOR_NAMESPACE, label_selector=OPERATOR_SELECTOR),
+                WatchSpec(CRDS, field_selector=f"metadata.name={WORKSPACE_CRD}"),
+            ],
+        )
         ctx.log("KAITO is installed and its operator is running")
 
     async def deploy(self, ctx: PhaseContext) -> None:
@@ -262,14 +294,17 @@ class KaitoFlow:
         ctx.log(f"catalog: {s.model} answers to model name {entry.model_name!r}")
 
         try:
-            existing = await self._call(ctx, self.api.get_deployment(s.deployment_name, s.namespace))
+            existing = await self._call(
+                ctx, self.api.get_deployment(s.deployment_name, s.namespace)
+            )
         except NotFound:
             existing = None
         if existing is not None:
             raise PhaseFailed(
                 f"deployment {s.deployment_name!r} already exists in namespace {s.namespace!r} "
                 f"(phase {existing.phase}); it was not made by this run, so it is left alone. "
-                f"Delete it, or choose another name with --deployment-name")
+                f"Delete it, or choose another name with --deployment-name"
+            )
 
         sent_before = self.api.requests_sent
         # From the moment the request leaves, the deployment may exist whatever comes back
@@ -299,8 +334,11 @@ class KaitoFlow:
         last_phase: list[str] = []
 
         async def ready() -> bool | None:
-            st = await self._call(ctx, self.api.get_deployment(s.deployment_name, s.namespace),
-                                  not_found_means_gone=False)
+            st = await self._call(
+                ctx,
+                self.api.get_deployment(s.deployment_name, s.namespace),
+                not_found_means_gone=False,
+            )
             conds = ", ".join(f"{c.type}={c.status}" for c in st.conditions) or "no conditions"
             line = f"deployment phase {st.phase}, ready {st.replicas.ready}/{st.replicas.desired} ({conds})"
             if not last_phase or last_phase[-1] != line:
@@ -325,16 +363,26 @@ class KaitoFlow:
                 raise Stop(problem)
 
         try:
-            await self._wait_for(ready, kube=self.kube, recheck=s.recheck, inspect=inspect, on_note=ctx.log,
-                           watches=[
-                               WatchSpec(WORKSPACES, s.namespace,
-                                         field_selector=f"metadata.name={s.deployment_name}"),
-                               # The backend derives the status from the Workspace alone
-                               # (pods are not consulted): pod events only feed inspect().
-                               WatchSpec(PODS, s.namespace,
-                                         label_selector=f"kaito.sh/workspace={s.deployment_name}",
-                                         wakes=False),
-                           ])
+            await self._wait_for(
+                ready,
+                kube=self.kube,
+                recheck=s.recheck,
+                inspect=inspect,
+                on_note=ctx.log,
+                watches=[
+                    WatchSpec(
+                        WORKSPACES, s.namespace, field_selector=f"metadata.name={s.deployment_name}"
+                    ),
+                    # The backend derives the status from the Workspace alone
+                    # (pods are not consulted): pod events only feed inspect().
+                    WatchSpec(
+                        PODS,
+                        s.namespace,
+                        label_selector=f"kaito.sh/workspace={s.deployment_name}",
+                        wakes=False,
+                    ),
+                ],
+            )
         except Stop as stop:
             raise PhaseFailed(stop.reason) from None
         ctx.log("deployment is Running with a ready replica")
@@ -348,8 +396,11 @@ class KaitoFlow:
         s = self.settings
         selector = f"kaito.sh/workspace={s.deployment_name}"
         listing = await self.kube.list(PODS, s.namespace, label_selector=selector)
-        victims = {p["metadata"]["uid"]: p["metadata"]["name"] for p in listing.get("items") or []
-                   if not p["metadata"].get("deletionTimestamp")}
+        victims = {
+            p["metadata"]["uid"]: p["metadata"]["name"]
+            for p in listing.get("items") or []
+            if not p["metadata"].get("deletionTimestamp")
+        }
         if not victims:
             raise PhaseFailed(f"no model pod with label {selector} to delete")
         for name in victims.values():
@@ -361,15 +412,23 @@ class KaitoFlow:
 
         async def recovered() -> bool | None:
             pods = await self.kube.list(PODS, s.namespace, label_selector=selector)
-            fresh = [p for p in pods.get("items") or []
-                     if p["metadata"].get("uid") not in victims and _pod_ready(p)]
+            fresh = [
+                p
+                for p in pods.get("items") or []
+                if p["metadata"].get("uid") not in victims and _pod_ready(p)
+            ]
             if not fresh:
                 ctx.progress("waiting for a replacement pod to become Ready")
                 return None
-            st = await self._call(ctx, self.api.get_deployment(s.deployment_name, s.namespace),
-                                  not_found_means_gone=False)
-            ctx.progress(f"replacement {fresh[0]['metadata']['name']} Ready; deployment phase "
-                         f"{st.phase}, ready {st.replicas.ready}/{st.replicas.desired}")
+            st = await self._call(
+                ctx,
+                self.api.get_deployment(s.deployment_name, s.namespace),
+                not_found_means_gone=False,
+            )
+            ctx.progress(
+                f"replacement {fresh[0]['metadata']['name']} Ready; deployment phase "
+                f"{st.phase}, ready {st.replicas.ready}/{st.replicas.desired}"
+            )
             return True if st.phase == "Running" and st.replicas.ready >= 1 else None
 
         def inspect(event: WatchEvent) -> None:
@@ -380,8 +439,14 @@ class KaitoFlow:
                 raise Stop(f"the replacement pod cannot start: {problem}")
 
         try:
-            await self._wait_for(recovered, kube=self.kube, recheck=s.recheck, inspect=inspect, on_note=ctx.log,
-                           watches=[WatchSpec(PODS, s.namespace, label_selector=selector)])
+            await self._wait_for(
+                recovered,
+                kube=self.kube,
+                recheck=s.recheck,
+                inspect=inspect,
+                on_note=ctx.log,
+                watches=[WatchSpec(PODS, s.namespace, label_selector=selector)],
+            )
         except Stop as stop:
             raise PhaseFailed(stop.reason) from None
         ctx.log("a replacement pod is Ready and the deployment is Running again")
@@ -395,13 +460,20 @@ class KaitoFlow:
         ctx.log(f"POST {target} (model {model!r}, max_tokens {s.max_tokens})")
         try:
             result = await self.inference.chat(
-                namespace=s.namespace, service=s.deployment_name, port=s.service_port, model=model,
-                prompt=s.prompt, max_tokens=s.max_tokens, loading_grace=s.loading_grace,
-                on_wait=ctx.log)
+                namespace=s.namespace,
+                service=s.deployment_name,
+                port=s.service_port,
+                model=model,
+                prompt=s.prompt,
+                max_tokens=s.max_tokens,
+                loading_grace=s.loading_grace,
+                on_wait=ctx.log,
+            )
         except InvalidCompletion as exc:
             ctx.log("schema errors:\n  " + "\n  ".join(exc.errors))
-            raise PhaseFailed(f"invalid chat completion ({len(exc.errors)} errors): "
-                              + "; ".join(exc.errors)) from None
+            raise PhaseFailed(
+                f"invalid chat completion ({len(exc.errors)} errors): " + "; ".join(exc.errors)
+            ) from None
         except HTTPStatusError as exc:
             raise PhaseFailed(f"inference answered {exc.status}: {exc.message}") from None
         except ClientError as exc:
@@ -411,9 +483,13 @@ class KaitoFlow:
             ctx.set_property("prompt_tokens", str(result.prompt_tokens))
             ctx.set_property("completion_tokens", str(result.completion_tokens))
             if result.latency_s > 0:
-                ctx.set_property("tokens_per_second", f"{result.completion_tokens / result.latency_s:.1f}")
-        ctx.log(f"answer in {result.latency_s * 1000:.0f} ms after {result.attempts} attempt(s): "
-                f"{result.content[:200]!r} (finish_reason {result.response.choices[0].finish_reason})")
+                ctx.set_property(
+                    "tokens_per_second", f"{result.completion_tokens / result.latency_s:.1f}"
+                )
+        ctx.log(
+            f"answer in {result.latency_s * 1000:.0f} ms after {result.attempts} attempt(s): "
+            f"{result.content[:200]!r} (finish_reason {result.response.choices[0].finish_reason})"
+        )
         if s.measure_ttft:
             await self._measure_ttft(ctx, model)
         latency_ms = result.latency_s * 1000
@@ -422,8 +498,10 @@ class KaitoFlow:
             if reason:
                 raise PhaseFailed(reason)
             base = f"{s.latency_baseline_ms:.0f} ms" if s.latency_baseline_ms else "none yet"
-            ctx.log(f"latency {latency_ms:.0f} ms within {s.latency_regression_pct:g}% of the "
-                    f"baseline ({base})")
+            ctx.log(
+                f"latency {latency_ms:.0f} ms within {s.latency_regression_pct:g}% of the "
+                f"baseline ({base})"
+            )
 
     async def _measure_ttft(self, ctx: PhaseContext, model: str) -> None:
         """Time to first token, from the same completion streamed.
@@ -434,8 +512,13 @@ class KaitoFlow:
         s = self.settings
         try:
             timing = await self.inference.stream(
-                namespace=s.namespace, service=s.deployment_name, port=s.service_port, model=model,
-                prompt=s.prompt, max_tokens=s.max_tokens)
+                namespace=s.namespace,
+                service=s.deployment_name,
+                port=s.service_port,
+                model=model,
+                prompt=s.prompt,
+                max_tokens=s.max_tokens,
+            )
         except ClientError as exc:
             ctx.log(f"time to first token not measured: {exc}")
             return
@@ -443,16 +526,22 @@ class KaitoFlow:
         ctx.set_property("stream_total_ms", f"{timing.total_s * 1000:.0f}")
         if timing.tokens_per_second is not None:
             ctx.set_property("stream_tokens_per_second", f"{timing.tokens_per_second:.1f}")
-        ctx.log(f"streamed: first token after {timing.ttft_s * 1000:.0f} ms, "
-                f"{timing.content_chunks} content chunks in {timing.total_s * 1000:.0f} ms")
+        ctx.log(
+            f"streamed: first token after {timing.ttft_s * 1000:.0f} ms, "
+            f"{timing.content_chunks} content chunks in {timing.total_s * 1000:.0f} ms"
+        )
 
     async def delete(self, ctx: PhaseContext) -> None:
         s = self.settings
         try:
-            answer = await self._call(ctx, self.api.delete_deployment(s.deployment_name, s.namespace))
+            answer = await self._call(
+                ctx, self.api.delete_deployment(s.deployment_name, s.namespace)
+            )
         except NotFound as exc:
-            raise PhaseFailed(f"DELETE answered 404 ({exc.message}): the deployment vanished "
-                              f"before this run deleted it") from None
+            raise PhaseFailed(
+                f"DELETE answered 404 ({exc.message}): the deployment vanished "
+                f"before this run deleted it"
+            ) from None
         ctx.log(f"delete accepted: {answer.message}")
         await self._wait_gone(ctx)
         self.created.deleted = True
@@ -461,15 +550,22 @@ class KaitoFlow:
 
     async def diagnose(self, ctx: PhaseContext, failed: PhaseRecord) -> None:
         await collect_diagnostics(
-            ctx.artifacts_dir / "diagnostics", kube=self.kube, api=self.api,
-            namespace=self.settings.namespace, deployment=self.settings.deployment_name,
-            workspaces=WORKSPACES, log=ctx.log)
+            ctx.artifacts_dir / "diagnostics",
+            kube=self.kube,
+            api=self.api,
+            namespace=self.settings.namespace,
+            deployment=self.settings.deployment_name,
+            workspaces=WORKSPACES,
+            log=ctx.log,
+        )
 
     async def cleanup(self, ctx: PhaseContext) -> None:
         s = self.settings
         if self.created.installed_kaito:
-            ctx.log("KAITO was installed by this run and is left installed (its uninstall "
-                    "deletes the whole operator namespace)")
+            ctx.log(
+                "KAITO was installed by this run and is left installed (its uninstall "
+                "deletes the whole operator namespace)"
+            )
         if not self.created.deployment:
             ctx.log("this run created no deployment: nothing to delete")
         elif self.created.deleted:
@@ -507,24 +603,34 @@ class KaitoFlow:
         # Independent questions, asked side by side: one round trip. The Workspaces are
         # those with our label, and ours by name whatever its labels say.
         labelled, named, pods, services = await _side_by_side(
-            self.kube.list(WORKSPACES, s.namespace,
-                           label_selector=f"app.kubernetes.io/instance={s.deployment_name}"),
+            self.kube.list(
+                WORKSPACES,
+                s.namespace,
+                label_selector=f"app.kubernetes.io/instance={s.deployment_name}",
+            ),
             self.kube.get(WORKSPACES, s.deployment_name, s.namespace),
             self.kube.list(PODS, s.namespace, label_selector=selector),
-            self.kube.list(SERVICES, s.namespace, label_selector=selector))
+            self.kube.list(SERVICES, s.namespace, label_selector=selector),
+        )
         workspaces = labelled.result().get("items") or []
         try:
             workspaces.append(named.result())
         except NotFound:
             pass
-        return [*(_leftover("Workspace", w) for w in {w["metadata"]["name"]: w for w in workspaces}.values()),
-                *(_leftover("Pod", o) for o in pods.result().get("items") or []),
-                *(_leftover("Service", o) for o in services.result().get("items") or [])]
+        return [
+            *(
+                _leftover("Workspace", w)
+                for w in {w["metadata"]["name"]: w for w in workspaces}.values()
+            ),
+            *(_leftover("Pod", o) for o in pods.result().get("items") or []),
+            *(_leftover("Service", o) for o in services.result().get("items") or []),
+        ]
 
     # -- helpers ----------------------------------------------------------------
 
-    async def _wait_for(self, check: Any, *, watches: list[WatchSpec], recheck: float,
-                        **kwargs: Any) -> Any:
+    async def _wait_for(
+        self, check: Any, *, watches: list[WatchSpec], recheck: float, **kwargs: Any
+    ) -> Any:
         """``wait_for`` under the configured strategy: shared watches, or plain polling."""
         if self.settings.wait_strategy == "poll":
             return await wait_for(check, watches=[], recheck=self.settings.poll_interval, **kwargs)
@@ -534,9 +640,11 @@ class KaitoFlow:
         s = self.settings
 
         selector = f"kaito.sh/workspace={s.deployment_name}"
-        watched = [(WORKSPACES, {"field_selector": f"metadata.name={s.deployment_name}"}, "Workspace"),
-                   (PODS, {"label_selector": selector}, "Pod"),
-                   (SERVICES, {"label_selector": selector}, "Service")]
+        watched = [
+            (WORKSPACES, {"field_selector": f"metadata.name={s.deployment_name}"}, "Workspace"),
+            (PODS, {"label_selector": selector}, "Pod"),
+            (SERVICES, {"label_selector": selector}, "Service"),
+        ]
 
         async def gone() -> bool | None:
             if self.hub is not None and s.wait_strategy == "watch":
@@ -545,7 +653,11 @@ class KaitoFlow:
                 # show nothing, the server has deleted it all. Cleanup's leak check then
                 # lists once more, as the final word. Without a live view, list now.
                 seen = [self.hub.known(res, s.namespace, **sel) for res, sel, _ in watched]
-                still = [_leftover(kind, o) for (_, _, kind), objs in zip(watched, seen) for o in objs or []]
+                still = [
+                    _leftover(kind, o)
+                    for (_, _, kind), objs in zip(watched, seen, strict=True)
+                    for o in objs or []
+                ]
                 if still:
                     ctx.progress("waiting for deletion; still there: " + "; ".join(still))
                     return None
@@ -557,8 +669,13 @@ class KaitoFlow:
                 return None
             return True
 
-        await self._wait_for(gone, kube=self.kube, recheck=min(s.recheck, 5.0), on_note=ctx.log,
-                             watches=[WatchSpec(res, s.namespace, **sel) for res, sel, _ in watched])
+        await self._wait_for(
+            gone,
+            kube=self.kube,
+            recheck=min(s.recheck, 5.0),
+            on_note=ctx.log,
+            watches=[WatchSpec(res, s.namespace, **sel) for res, sel, _ in watched],
+        )
         ctx.log("the Workspace, its pods and its services are gone")
         if not check_backend:
             return
@@ -568,28 +685,35 @@ class KaitoFlow:
             # round trip where it counts: at the end of every flow.
             got, connected = await _side_by_side(
                 self._call(ctx, self.api.get_deployment(s.deployment_name, s.namespace)),
-                self._call(ctx, self.api.cluster_status()))
+                self._call(ctx, self.api.cluster_status()),
+            )
             try:
                 st = got.result()
             except NotFound:
                 cluster = connected.result()
                 if not cluster.connected:
-                    raise PhaseFailed("the backend answers 404, but it is not connected to the "
-                                      f"cluster ({cluster.error or 'no reason given'}), so the "
-                                      "404 proves nothing") from None
+                    raise PhaseFailed(
+                        "the backend answers 404, but it is not connected to the "
+                        f"cluster ({cluster.error or 'no reason given'}), so the "
+                        "404 proves nothing"
+                    ) from None
                 ctx.log("GET answers 404: the backend no longer knows the deployment")
                 return
             ctx.progress(f"deleted objects are gone, but GET still answers 200 (phase {st.phase})")
             await anyio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
-    async def _call(self, ctx: PhaseContext, call: Any, *, not_found_means_gone: bool = True) -> Any:
+    async def _call(
+        self, ctx: PhaseContext, call: Any, *, not_found_means_gone: bool = True
+    ) -> Any:
         """Await a backend call, turning answers that end the phase into one-line reasons."""
         try:
             return await call
         except Unauthorized as exc:
-            raise PhaseFailed(f"the backend refused the request ({exc.status} {exc.message}): "
-                              f"check the bearer token (KUBEFOUNDRY_TOKEN or token_file)") from None
+            raise PhaseFailed(
+                f"the backend refused the request ({exc.status} {exc.message}): "
+                f"check the bearer token (KUBEFOUNDRY_TOKEN or token_file)"
+            ) from None
         except ResponseFormatError as exc:
             raise PhaseFailed(str(exc)) from None
         except NotFound as exc:
@@ -611,15 +735,19 @@ def pod_problem(pod: dict[str, Any]) -> str | None:
         if reason in FATAL_WAITING_REASONS:
             image = cs.get("image") or images.get(cs.get("name")) or "?"
             message = waiting.get("message") or ""
-            last = ((cs.get("lastState") or {}).get("terminated") or {})
+            last = (cs.get("lastState") or {}).get("terminated") or {}
             tail = f"; last exit code {last.get('exitCode')}" if last else ""
-            return (f"pod {name} container {cs.get('name')}: {reason} (image {image})"
-                    f"{': ' + message if message else ''}{tail}")
+            return (
+                f"pod {name} container {cs.get('name')}: {reason} (image {image})"
+                f"{': ' + message if message else ''}{tail}"
+            )
     if status.get("phase") == "Failed":
         why = status.get("reason") or status.get("message") or ""
-        exits = [f"{cs.get('name')} exit code {((cs.get('state') or {}).get('terminated') or {}).get('exitCode')}"
-                 for cs in status.get("containerStatuses") or []
-                 if (cs.get("state") or {}).get("terminated")]
+        exits = [
+            f"{cs.get('name')} exit code {((cs.get('state') or {}).get('terminated') or {}).get('exitCode')}"
+            for cs in status.get("containerStatuses") or []
+            if (cs.get("state") or {}).get("terminated")
+        ]
         return f"pod {name} Failed{': ' + why if why else ''}{' (' + ', '.join(exits) + ')' if exits else ''}"
     return None
 
@@ -634,7 +762,7 @@ class _Outcome:
     async def capture(self, awaitable: Any) -> None:
         try:
             self._value = await awaitable
-        except Exception as exc:  # noqa: BLE001 - kept and re-raised by result()
+        except Exception as exc:
             self._error = exc
 
     def result(self) -> Any:
@@ -647,7 +775,7 @@ async def _side_by_side(*awaitables: Any) -> list[_Outcome]:
     """Await independent requests at once; each outcome raises its own error when read."""
     outcomes = [_Outcome() for _ in awaitables]
     async with anyio.create_task_group() as tg:
-        for outcome, awaitable in zip(outcomes, awaitables):
+        for outcome, awaitable in zip(outcomes, awaitables, strict=True):
             tg.start_soon(outcome.capture, awaitable)
     return outcomes
 
@@ -657,8 +785,10 @@ def _leftover(kind: str, obj: dict[str, Any]) -> str:
     meta = obj.get("metadata", {})
     line = f"{kind} {meta.get('namespace')}/{meta.get('name')}"
     if kind == "Workspace":
-        line += (f" (finalizers {meta.get('finalizers') or []}, deleting since "
-                 f"{meta.get('deletionTimestamp') or 'never'})")
+        line += (
+            f" (finalizers {meta.get('finalizers') or []}, deleting since "
+            f"{meta.get('deletionTimestamp') or 'never'})"
+        )
     return line
 
 

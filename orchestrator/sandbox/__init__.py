@@ -4,7 +4,16 @@
 against a Kubernetes API (the test cluster, or a small in-process one), with faults
 that can be switched on to make each failure the orchestrator must diagnose happen.
 """
+
 from ._sandbox import Sandbox, SandboxOptions, serve_forever
 from .faults import Delays, Faults, InferenceFault, TimelineEntry
 
-__all__ = ["Delays", "Faults", "InferenceFault", "Sandbox", "SandboxOptions", "TimelineEntry", "serve_forever"]
+__all__ = [
+    "Delays",
+    "Faults",
+    "InferenceFault",
+    "Sandbox",
+    "SandboxOptions",
+    "TimelineEntry",
+    "serve_forever",
+]

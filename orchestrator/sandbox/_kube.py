@@ -4,6 +4,7 @@ The stand-ins only move plain manifests around (Workspaces have no generated mod
 dicts are simpler than the generated classes; kubernetes-asyncio still does the
 kubeconfig, TLS and token handling, which keeps them honest clients of a real API server.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -26,10 +27,18 @@ MERGE_PATCH = "application/merge-patch+json"
 class LocalServer(Protocol):
     """An API server in this process that answers plain requests without HTTP."""
 
-    async def call(self, method: str, path: str, query: Mapping[str, str] | None = None,
-                   body: bytes = b"", content_type: str = "application/json") -> tuple[int, bytes]: ...
+    async def call(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, str] | None = None,
+        body: bytes = b"",
+        content_type: str = "application/json",
+    ) -> tuple[int, bytes]: ...
 
-    def watch(self, path: str, query: Mapping[str, str]) -> AsyncIterator[list[tuple[str, JSON]]]: ...
+    def watch(
+        self, path: str, query: Mapping[str, str]
+    ) -> AsyncIterator[list[tuple[str, JSON]]]: ...
 
 
 class KubeError(Exception):
@@ -49,7 +58,9 @@ class Gone(KubeError):
 class Kube:
     """Requests to one API server; every method takes and returns JSON objects."""
 
-    def __init__(self, api: client.ApiClient, cluster_name: str = "", local: LocalServer | None = None) -> None:
+    def __init__(
+        self, api: client.ApiClient, cluster_name: str = "", local: LocalServer | None = None
+    ) -> None:
         self.api = api
         self.cluster_name = cluster_name
         #: The sandbox's own API server, when it runs in this process: plain requests are
@@ -65,17 +76,36 @@ class Kube:
     async def close(self) -> None:
         await self.api.close()
 
-    async def _send(self, method: str, path: str, query: Mapping[str, Any] | None, body: Any,
-                    content_type: str, accept: str) -> Any:
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, Any] | None,
+        body: Any,
+        content_type: str,
+        accept: str,
+    ) -> Any:
         params = [(k, _query_value(v)) for k, v in (query or {}).items() if v is not None]
         return await self.api.call_api(
-            path, method, query_params=params, body=body,
+            path,
+            method,
+            query_params=params,
+            body=body,
             header_params={"Content-Type": content_type, "Accept": accept},
-            auth_settings=["BearerToken"], _return_http_data_only=True, _preload_content=False,
+            auth_settings=["BearerToken"],
+            _return_http_data_only=True,
+            _preload_content=False,
         )
 
-    async def _exchange(self, method: str, path: str, query: Mapping[str, Any] | None, body: Any,
-                        content_type: str, accept: str) -> tuple[int, bytes]:
+    async def _exchange(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, Any] | None,
+        body: Any,
+        content_type: str,
+        accept: str,
+    ) -> tuple[int, bytes]:
         if self.local is not None:
             params = {k: _query_value(v) for k, v in (query or {}).items() if v is not None}
             data = b"" if body is None else json.dumps(body).encode()
@@ -86,16 +116,26 @@ class Kube:
         finally:
             resp.release()
 
-    async def request(self, method: str, path: str, *, query: Mapping[str, Any] | None = None,
-                      body: Any = None, content_type: str = "application/json") -> JSON:
-        status, data = await self._exchange(method, path, query, body, content_type, "application/json")
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, Any] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+    ) -> JSON:
+        status, data = await self._exchange(
+            method, path, query, body, content_type, "application/json"
+        )
         if not 200 <= status < 300:
             raise _error(status, data)
         return json.loads(data) if data else {}
 
     async def text(self, path: str, query: Mapping[str, Any] | None = None) -> str:
-        status, data = await self._exchange("GET", path, query, None, "application/json",
-                                            "text/plain, application/json")
+        status, data = await self._exchange(
+            "GET", path, query, None, "application/json", "text/plain, application/json"
+        )
         if not 200 <= status < 300:
             raise _error(status, data)
         return data.decode(errors="replace")
@@ -133,8 +173,13 @@ class Kube:
                 return False
             raise
 
-    async def watch(self, collection: str, query: Mapping[str, Any] | None = None,
-                    resource_version: str | None = None, timeout_seconds: int = 60) -> AsyncIterator[JSON]:
+    async def watch(
+        self,
+        collection: str,
+        query: Mapping[str, Any] | None = None,
+        resource_version: str | None = None,
+        timeout_seconds: int = 60,
+    ) -> AsyncIterator[JSON]:
         """One watch request: yields events ``{type, object}`` until the server ends it.
 
         An ERROR event raises (``Gone`` for 410) so the caller relists.
@@ -168,6 +213,7 @@ class Kube:
 
     async def wait_gone(self, collection: str, name: str, timeout: float = 60.0) -> None:
         """Return once the named object no longer exists, watching for its DELETED event."""
+
         async def _wait() -> None:
             while True:
                 listing = await self.get(collection, {"fieldSelector": f"metadata.name={name}"})
@@ -175,7 +221,9 @@ class Kube:
                     return
                 rv = listing["metadata"].get("resourceVersion")
                 try:
-                    async for event in self.watch(collection, {"fieldSelector": f"metadata.name={name}"}, rv, 10):
+                    async for event in self.watch(
+                        collection, {"fieldSelector": f"metadata.name={name}"}, rv, 10
+                    ):
                         if event["type"] == "DELETED":
                             return
                 except Gone:
@@ -216,4 +264,4 @@ def _error(status: int, data: bytes) -> KubeError:
 
 def backoff(attempt: int, cap: float = 5.0) -> float:
     """Exponential backoff with jitter for reconnecting watches."""
-    return min(cap, 0.1 * 2 ** attempt) * (0.5 + random.random() / 2)
+    return min(cap, 0.1 * 2**attempt) * (0.5 + random.random() / 2)

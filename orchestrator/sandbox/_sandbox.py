@@ -4,6 +4,7 @@ One async context manager starts everything on loopback (and a small in-process
 Kubernetes API when no kubeconfig is given), and stops everything on the way out,
 model children included, even when the surrounding task is cancelled.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -92,11 +93,15 @@ class Sandbox:
             self._stack.push_async_callback(fleet.stop)
             await fleet.start()
 
-            controller = asyncio.create_task(KaitoController(kube, fleet, self.state).run(), name="kaito controller")
+            controller = asyncio.create_task(
+                KaitoController(kube, fleet, self.state).run(), name="kaito controller"
+            )
             controller.add_done_callback(_report_crash)
             self._stack.push_async_callback(_cancel, controller)
 
-            kubefoundry = KubeFoundryServer(kube, self.state, opts.host, opts.port, opts.auth_token, opts.crd_dir)
+            kubefoundry = KubeFoundryServer(
+                kube, self.state, opts.host, opts.port, opts.auth_token, opts.crd_dir
+            )
             self._stack.push_async_callback(kubefoundry.stop)
             await kubefoundry.start()
             self._kubefoundry = kubefoundry
@@ -106,8 +111,12 @@ class Sandbox:
             raise
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self._stack.aclose()
 
 
@@ -148,7 +157,9 @@ class _LiveKubeFaults(KubeFaults):
     def gone_once(self, value: bool) -> None:
         # The API server clears the flag when it has answered one 410: count one down.
         faults = self._state.faults
-        faults.watch_gone = max(0, faults.watch_gone - 1) if not value else max(1, faults.watch_gone)
+        faults.watch_gone = (
+            max(0, faults.watch_gone - 1) if not value else max(1, faults.watch_gone)
+        )
 
     @property  # type: ignore[override]
     def gone_label_selector(self) -> str | None:

@@ -5,12 +5,13 @@ model misbehave. Each knob here makes one such failure happen on demand, at star
 while a run is in flight (``POST /_sandbox/faults``), so every diagnostic path of the
 flow can be exercised without a broken cluster.
 """
+
 from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime, timezone
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,8 +29,15 @@ ROUTES: dict[str, tuple[str, str]] = {
     "delete": ("DELETE", "/api/deployments/{name}"),
     "cluster_status": ("GET", "/api/cluster/status"),
 }
-RouteName = Literal["provider_status", "install", "catalog_model", "create", "deployment_status", "delete",
-                    "cluster_status"]
+RouteName = Literal[
+    "provider_status",
+    "install",
+    "catalog_model",
+    "create",
+    "deployment_status",
+    "delete",
+    "cluster_status",
+]
 
 
 class Delays(BaseModel):
@@ -37,9 +45,13 @@ class Delays(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    resource: float = Field(0.2, ge=0, description="Workspace seen -> ResourceReady, pod and services")
+    resource: float = Field(
+        0.2, ge=0, description="Workspace seen -> ResourceReady, pod and services"
+    )
     pod_start: float = Field(0.3, ge=0, description="pod created -> Running (fake-kubelet/delay)")
-    inference_ready: float = Field(0.2, ge=0, description="pod Running and model up -> InferenceReady")
+    inference_ready: float = Field(
+        0.2, ge=0, description="pod Running and model up -> InferenceReady"
+    )
 
 
 class BadBody(BaseModel):
@@ -141,8 +153,10 @@ class SandboxState:
 
     def _check_kube_faults(self, faults: Faults) -> None:
         if not self.kube_faults and faults.kube_faults_set():
-            raise ValueError(f"{', '.join(faults.kube_faults_set())}: only the sandbox's own Kubernetes API "
-                             "can inject these; this sandbox runs against a real cluster")
+            raise ValueError(
+                f"{', '.join(faults.kube_faults_set())}: only the sandbox's own Kubernetes API "
+                "can inject these; this sandbox runs against a real cluster"
+            )
 
     def take_backend_error(self) -> int | None:
         """Consume one of the ``backend_errors`` if any are left: the status to answer."""
@@ -164,13 +178,15 @@ class SandboxState:
         if bad is None or bad.route != route:
             return None
         if bad.count is not None:
-            self.faults.bad_body = None if bad.count <= 1 else bad.model_copy(update={"count": bad.count - 1})
+            self.faults.bad_body = (
+                None if bad.count <= 1 else bad.model_copy(update={"count": bad.count - 1})
+            )
         return bad.kind
 
     def record(self, namespace: str, name: str, event: str) -> None:
         self.timeline.append(
             TimelineEntry(
-                at=datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                at=datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
                 elapsed=round(time.monotonic() - self._started, 3),
                 namespace=namespace,
                 name=name,
@@ -199,7 +215,7 @@ class SandboxState:
             event = self._changed
             try:
                 await asyncio.wait_for(event.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def until(self, predicate: Callable[[Faults], bool]) -> None:

@@ -8,13 +8,14 @@ finalizer on deletion. The pod "runs" on the fake kubelet; the model behind the 
 is a real llama.cpp server reached through the model front (``fake-kubelet/proxy-to``).
 It reconciles only while an operator pod exists, as the real operator would.
 """
+
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -32,12 +33,17 @@ OPERATOR_NAMESPACE = "kaito-workspace"
 OPERATOR_SELECTOR = "app.kubernetes.io/name=kaito-workspace"
 MODEL_PORT = 5000
 DEFAULT_IMAGE = "ghcr.io/kaito-project/aikit/llama3.2:1b"
-CRASH_LINE = "llama.cpp server: error loading model: failed to allocate compute buffer (exit code 1)"
+CRASH_LINE = (
+    "llama.cpp server: error loading model: failed to allocate compute buffer (exit code 1)"
+)
 
 # (reason, message) exactly as KAITO writes them.
 CONDITIONS = {
     "ResourceReady": ("workspaceResourceStatusSuccess", "workspace resource is ready"),
-    "InferenceReady": ("WorkspaceInferenceStatusSuccess", "Inference has been deployed successfully"),
+    "InferenceReady": (
+        "WorkspaceInferenceStatusSuccess",
+        "Inference has been deployed successfully",
+    ),
     "WorkspaceSucceeded": ("workspaceSucceeded", "workspace succeeds"),
     "WorkspaceDeleting": ("workspaceDeleted", "workspace is being deleted"),
 }
@@ -48,7 +54,7 @@ def workspace_path(namespace: str, name: str) -> str:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _go_duration(seconds: float) -> str:
@@ -88,7 +94,9 @@ class KaitoController:
             while True:
                 await self._operator_present.wait()
                 log.info("operator pod present: reconciling Workspaces")
-                reconcile = asyncio.create_task(self._watch_workspaces(), name="kaito workspace watch")
+                reconcile = asyncio.create_task(
+                    self._watch_workspaces(), name="kaito workspace watch"
+                )
                 absent = asyncio.create_task(self._operator_absent.wait())
                 try:
                     await asyncio.wait({reconcile, absent}, return_when=asyncio.FIRST_COMPLETED)
@@ -132,7 +140,7 @@ class KaitoController:
                 continue
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - a controller keeps going
+            except Exception as exc:
                 log.debug("operator watch: %s", exc)
             await asyncio.sleep(backoff(attempt))
             attempt += 1
@@ -174,7 +182,7 @@ class KaitoController:
             except KubeError as exc:
                 # 404: the CRD is not there yet; 429: its watch cache is still warming up.
                 log.debug("workspace watch: %s", exc)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 log.debug("workspace watch: %r", exc)
             await asyncio.sleep(backoff(attempt, cap=1.0))
             attempt += 1
@@ -184,7 +192,9 @@ class KaitoController:
         worker = self._workers.get(key)
         if worker is None:
             worker = self._workers[key] = _Worker(latest=obj)
-            worker.task = asyncio.create_task(self._work(key, worker), name=f"workspace {key[0]}/{key[1]}")
+            worker.task = asyncio.create_task(
+                self._work(key, worker), name=f"workspace {key[0]}/{key[1]}"
+            )
         worker.latest = obj
         worker.wake.set()
         return key
@@ -200,7 +210,7 @@ class KaitoController:
             try:
                 await asyncio.wait_for(worker.finalize, 10)
                 return
-            except Exception:  # noqa: BLE001 - fall through to a plain cleanup
+            except Exception:
                 pass
         await self._delete_children(*key)
         await self.fleet.remove(*key)
@@ -222,7 +232,7 @@ class KaitoController:
                 attempt = 0
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - retried, as controller-runtime would
+            except Exception as exc:
                 log.debug("reconcile %s/%s: %r", *key, exc)
                 await asyncio.sleep(backoff(attempt))
                 attempt += 1
@@ -239,7 +249,12 @@ class KaitoController:
         if FINALIZER not in finalizers:
             await self.kube.merge_patch(
                 workspace_path(*key),
-                {"metadata": {"finalizers": finalizers + [FINALIZER], "resourceVersion": meta["resourceVersion"]}},
+                {
+                    "metadata": {
+                        "finalizers": finalizers + [FINALIZER],
+                        "resourceVersion": meta["resourceVersion"],
+                    }
+                },
             )
         if worker.provision is None:
             worker.provision = asyncio.create_task(self._provision(key, obj))
@@ -254,12 +269,16 @@ class KaitoController:
             if not broken:
                 alias = served_name_for_image(container["image"]) or name
                 self.fleet.ensure(namespace, name, alias)
-            await self._create_children(namespace, name, container, faults.image_pull_error, faults.crash_loop)
+            await self._create_children(
+                namespace, name, container, faults.image_pull_error, faults.crash_loop
+            )
             await self._set_conditions(namespace, name, ["ResourceReady"])
             if broken:
                 await self._break_pod(namespace, name, container["image"], faults.crash_loop)
                 return
-            pod = await self._wait_pod(namespace, f"{name}-0", lambda p: p.get("status", {}).get("phase") == "Running")
+            pod = await self._wait_pod(
+                namespace, f"{name}-0", lambda p: p.get("status", {}).get("phase") == "Running"
+            )
             self.state.record(namespace, name, "pod Running")
             upstream = await self.fleet.wait_ready(namespace, name)
             await self._probe(upstream)
@@ -270,13 +289,18 @@ class KaitoController:
                 await self.state.until(lambda f: not f.never_ready)
             node = pod.get("spec", {}).get("nodeName")
             await self._set_conditions(
-                namespace, name, ["InferenceReady", "WorkspaceSucceeded"],
-                extra={"workerNodes": [node] if node else [], "targetNodeCount": obj.get("resource", {}).get("count", 1)},
+                namespace,
+                name,
+                ["InferenceReady", "WorkspaceSucceeded"],
+                extra={
+                    "workerNodes": [node] if node else [],
+                    "targetNodeCount": obj.get("resource", {}).get("count", 1),
+                },
             )
             await self._keep_pod(namespace, name, container)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - the Workspace just never becomes ready
+        except Exception as exc:
             log.warning("provisioning %s/%s failed: %r", namespace, name, exc)
             self.state.record(namespace, name, f"provisioning failed: {exc}")
 
@@ -299,7 +323,7 @@ class KaitoController:
                 return
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:
                 log.debug("finalize %s/%s: %r", namespace, name, exc)
             await asyncio.sleep(backoff(attempt))
             attempt += 1
@@ -324,43 +348,88 @@ class KaitoController:
 
     # ------------------------------------------------------------------ children
 
-    async def _create_children(self, namespace: str, name: str, container: JSON,
-                               image_pull_error: bool, crash_loop: bool) -> None:
+    async def _create_children(
+        self, namespace: str, name: str, container: JSON, image_pull_error: bool, crash_loop: bool
+    ) -> None:
         selector = {"kaito.sh/workspace": name}
         port = {"name": "http", "port": 80, "targetPort": MODEL_PORT, "protocol": "TCP"}
         services = f"/api/v1/namespaces/{namespace}/services"
-        await self.kube.create(services, {
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": name, "namespace": namespace, "labels": selector,
-                         "annotations": {"fake-kubelet/proxy-to": self.fleet.url_for(namespace, name)}},
-            "spec": {"type": "ClusterIP", "selector": selector, "ports": [port]},
-        })
-        await self.kube.create(services, {
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": f"{name}-headless", "namespace": namespace, "labels": selector},
-            "spec": {"clusterIP": "None", "selector": selector, "ports": [port], "publishNotReadyAddresses": True},
-        })
+        await self.kube.create(
+            services,
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {
+                    "name": name,
+                    "namespace": namespace,
+                    "labels": selector,
+                    "annotations": {"fake-kubelet/proxy-to": self.fleet.url_for(namespace, name)},
+                },
+                "spec": {"type": "ClusterIP", "selector": selector, "ports": [port]},
+            },
+        )
+        await self.kube.create(
+            services,
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {
+                    "name": f"{name}-headless",
+                    "namespace": namespace,
+                    "labels": selector,
+                },
+                "spec": {
+                    "clusterIP": "None",
+                    "selector": selector,
+                    "ports": [port],
+                    "publishNotReadyAddresses": True,
+                },
+            },
+        )
         await self._create_pod(namespace, name, container, image_pull_error, crash_loop)
         self.state.record(namespace, name, "pod and services created")
 
-    async def _create_pod(self, namespace: str, name: str, container: JSON,
-                          image_pull_error: bool = False, crash_loop: bool = False) -> None:
+    async def _create_pod(
+        self,
+        namespace: str,
+        name: str,
+        container: JSON,
+        image_pull_error: bool = False,
+        crash_loop: bool = False,
+    ) -> None:
         selector = {"kaito.sh/workspace": name}
         annotations = {"fake-kubelet/delay": _go_duration(self.state.faults.delays.pod_start)}
         if image_pull_error:
-            annotations.update({"fake-kubelet/phase": "Pending", "fake-kubelet/waiting-reason": "ErrImagePull"})
+            annotations.update(
+                {"fake-kubelet/phase": "Pending", "fake-kubelet/waiting-reason": "ErrImagePull"}
+            )
         elif crash_loop:
-            annotations.update({"fake-kubelet/phase": "Pending", "fake-kubelet/waiting-reason": "CrashLoopBackOff",
-                                "fake-kubelet/log": CRASH_LINE})
+            annotations.update(
+                {
+                    "fake-kubelet/phase": "Pending",
+                    "fake-kubelet/waiting-reason": "CrashLoopBackOff",
+                    "fake-kubelet/log": CRASH_LINE,
+                }
+            )
         pod_name = f"{name}-0"
-        await self.kube.create(f"/api/v1/namespaces/{namespace}/pods", {
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {
-                "name": pod_name, "namespace": namespace, "annotations": annotations,
-                "labels": {**selector, "statefulset.kubernetes.io/pod-name": pod_name, "apps.kubernetes.io/pod-index": "0"},
+        await self.kube.create(
+            f"/api/v1/namespaces/{namespace}/pods",
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": pod_name,
+                    "namespace": namespace,
+                    "annotations": annotations,
+                    "labels": {
+                        **selector,
+                        "statefulset.kubernetes.io/pod-name": pod_name,
+                        "apps.kubernetes.io/pod-index": "0",
+                    },
+                },
+                "spec": {"containers": [container]},
             },
-            "spec": {"containers": [container]},
-        })
+        )
 
     async def _keep_pod(self, namespace: str, name: str, container: JSON) -> None:
         """Bring the model pod back whenever it is deleted, as the StatefulSet under a KAITO
@@ -371,19 +440,26 @@ class KaitoController:
         while True:
             try:
                 await self.kube.wait_gone(pods, pod_name, timeout=3600)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             self.state.record(namespace, name, "pod deleted")
             await self._create_pod(namespace, name, container)
             self.state.record(namespace, name, "pod recreated")
-            await self._wait_pod(namespace, pod_name, lambda p: p.get("status", {}).get("phase") == "Running")
+            await self._wait_pod(
+                namespace, pod_name, lambda p: p.get("status", {}).get("phase") == "Running"
+            )
             self.state.record(namespace, name, "recreated pod Running")
 
     async def _delete_children(self, namespace: str, name: str) -> None:
         targets = [("pods", f"{name}-0"), ("services", name), ("services", f"{name}-headless")]
         for kind, obj in targets:
             await self.kube.delete(f"/api/v1/namespaces/{namespace}/{kind}/{obj}")
-        await asyncio.gather(*(self.kube.wait_gone(f"/api/v1/namespaces/{namespace}/{kind}", obj) for kind, obj in targets))
+        await asyncio.gather(
+            *(
+                self.kube.wait_gone(f"/api/v1/namespaces/{namespace}/{kind}", obj)
+                for kind, obj in targets
+            )
+        )
 
     async def _break_pod(self, namespace: str, name: str, image: str, crash_loop: bool) -> None:
         """Make the kubelet's side of a broken pod visible: waiting reason, events, restarts."""
@@ -392,40 +468,83 @@ class KaitoController:
         self.state.record(namespace, name, f"pod {reason}")
         if crash_loop:
             message = f"back-off 40s restarting failed container=model pod={name}-0_{namespace}({pod['metadata']['uid']})"
-            status = {"containerStatuses": [{
-                "name": "model", "image": image, "imageID": "", "ready": False, "started": False, "restartCount": 3,
-                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": message}},
-                "lastState": {"terminated": {"exitCode": 1, "reason": "Error", "message": CRASH_LINE}},
-            }]}
+            status = {
+                "containerStatuses": [
+                    {
+                        "name": "model",
+                        "image": image,
+                        "imageID": "",
+                        "ready": False,
+                        "started": False,
+                        "restartCount": 3,
+                        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": message}},
+                        "lastState": {
+                            "terminated": {"exitCode": 1, "reason": "Error", "message": CRASH_LINE}
+                        },
+                    }
+                ]
+            }
             try:
-                await self.kube.merge_patch(f"/api/v1/namespaces/{namespace}/pods/{name}-0/status", {"status": status})
+                await self.kube.merge_patch(
+                    f"/api/v1/namespaces/{namespace}/pods/{name}-0/status", {"status": status}
+                )
             except KubeError as exc:
                 log.debug("pod status patch: %s", exc)
-            await self._event(pod, "BackOff", "Back-off restarting failed container model in pod "
-                              f"{name}-0_{namespace}({pod['metadata']['uid']})")
+            await self._event(
+                pod,
+                "BackOff",
+                "Back-off restarting failed container model in pod "
+                f"{name}-0_{namespace}({pod['metadata']['uid']})",
+            )
         else:
-            await self._event(pod, "Failed", f'Failed to pull image "{image}": rpc error: code = NotFound desc = '
-                              f'failed to pull and unpack image "{image}": not found')
+            await self._event(
+                pod,
+                "Failed",
+                f'Failed to pull image "{image}": rpc error: code = NotFound desc = '
+                f'failed to pull and unpack image "{image}": not found',
+            )
             await self._event(pod, "Failed", "Error: ErrImagePull")
 
     async def _event(self, pod: JSON, reason: str, message: str) -> None:
         meta = pod["metadata"]
         now = _now()
         try:
-            await self.kube.create(f"/api/v1/namespaces/{meta['namespace']}/events", {
-                "apiVersion": "v1", "kind": "Event",
-                "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
-                "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": meta["name"],
-                                   "namespace": meta["namespace"], "uid": meta.get("uid"),
-                                   "fieldPath": "spec.containers{model}"},
-                "reason": reason, "message": message, "type": "Warning", "count": 1,
-                "source": {"component": "kubelet", "host": pod.get("spec", {}).get("nodeName", "")},
-                "firstTimestamp": now, "lastTimestamp": now, "reportingComponent": "kubelet",
-            })
+            await self.kube.create(
+                f"/api/v1/namespaces/{meta['namespace']}/events",
+                {
+                    "apiVersion": "v1",
+                    "kind": "Event",
+                    "metadata": {
+                        "generateName": f"{meta['name']}.",
+                        "namespace": meta["namespace"],
+                    },
+                    "involvedObject": {
+                        "apiVersion": "v1",
+                        "kind": "Pod",
+                        "name": meta["name"],
+                        "namespace": meta["namespace"],
+                        "uid": meta.get("uid"),
+                        "fieldPath": "spec.containers{model}",
+                    },
+                    "reason": reason,
+                    "message": message,
+                    "type": "Warning",
+                    "count": 1,
+                    "source": {
+                        "component": "kubelet",
+                        "host": pod.get("spec", {}).get("nodeName", ""),
+                    },
+                    "firstTimestamp": now,
+                    "lastTimestamp": now,
+                    "reportingComponent": "kubelet",
+                },
+            )
         except KubeError as exc:
             log.debug("event: %s", exc)
 
-    async def _wait_pod(self, namespace: str, name: str, predicate: Any, timeout: float = 120.0) -> JSON:
+    async def _wait_pod(
+        self, namespace: str, name: str, predicate: Any, timeout: float = 120.0
+    ) -> JSON:
         collection = f"/api/v1/namespaces/{namespace}/pods"
         query = {"fieldSelector": f"metadata.name={name}"}
 
@@ -436,7 +555,9 @@ class KaitoController:
                     if predicate(pod):
                         return pod
                 try:
-                    async for event in self.kube.watch(collection, query, listing["metadata"].get("resourceVersion")):
+                    async for event in self.kube.watch(
+                        collection, query, listing["metadata"].get("resourceVersion")
+                    ):
                         if event["type"] in ("ADDED", "MODIFIED") and predicate(event["object"]):
                             return event["object"]
                 except Gone:
@@ -452,16 +573,23 @@ class KaitoController:
             if resp.status != 200:
                 raise RuntimeError(f"model server /health answered {resp.status}")
 
-    async def _set_conditions(self, namespace: str, name: str, types: list[str],
-                              extra: dict[str, Any] | None = None) -> None:
+    async def _set_conditions(
+        self, namespace: str, name: str, types: list[str], extra: dict[str, Any] | None = None
+    ) -> None:
         """Set the given conditions True through the status subresource (merge patch)."""
         current = await self.kube.get(workspace_path(namespace, name))
         conditions = list(current.get("status", {}).get("conditions") or [])
         now = _now()
         for ctype in types:
             reason, message = CONDITIONS[ctype]
-            new = {"type": ctype, "status": "True", "reason": reason, "message": message,
-                   "lastTransitionTime": now, "observedGeneration": current["metadata"].get("generation", 1)}
+            new = {
+                "type": ctype,
+                "status": "True",
+                "reason": reason,
+                "message": message,
+                "lastTransitionTime": now,
+                "observedGeneration": current["metadata"].get("generation", 1),
+            }
             for i, cond in enumerate(conditions):
                 if cond.get("type") == ctype:
                     if cond.get("status") == "True":
@@ -478,7 +606,9 @@ class KaitoController:
 
 def _model_container(obj: JSON) -> JSON:
     """The model container of the Workspace's inference template, normalised for the pod."""
-    containers = obj.get("inference", {}).get("template", {}).get("spec", {}).get("containers") or []
+    containers = (
+        obj.get("inference", {}).get("template", {}).get("spec", {}).get("containers") or []
+    )
     source = containers[0] if containers else {}
     container: JSON = {
         "name": "model",

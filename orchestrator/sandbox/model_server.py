@@ -7,6 +7,7 @@ terminates it with SIGTERM, and it also exits when its stdin closes (the parent 
 Usage: ``python -m orchestrator.sandbox.model_server --port 0 --alias NAME --model PATH``.
 Prints ``READY <url>`` on stdout once the model is loaded and the server listens.
 """
+
 from __future__ import annotations
 
 import argparse

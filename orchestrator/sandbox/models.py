@@ -5,6 +5,7 @@ check proves the whole path: Kubernetes service proxy -> model front -> llama.cp
 The front exists so that inference faults (broken completions, "Loading model") can be
 injected without touching llama.cpp; the service's ``fake-kubelet/proxy-to`` points at it.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -29,26 +30,86 @@ log = logging.getLogger(__name__)
 # The AIKit premade images and the model name each one serves (KubeFoundry's catalog).
 # KubeFoundry reads it to build Workspaces, KAITO's stand-in to know what the image answers to.
 AIKIT_MODELS: list[dict[str, str]] = [
-    {"id": "llama3.2:1b", "name": "Llama 3.2", "size": "1B", "modelName": "llama-3.2-1b-instruct",
-     "license": "Llama", "description": "Compact model for edge deployments"},
-    {"id": "llama3.2:3b", "name": "Llama 3.2", "size": "3B", "modelName": "llama-3.2-3b-instruct",
-     "license": "Llama", "description": "Efficient model for general tasks"},
-    {"id": "llama3.1:8b", "name": "Llama 3.1", "size": "8B", "modelName": "llama-3.1-8b-instruct",
-     "license": "Llama", "description": "Balanced performance and efficiency"},
-    {"id": "llama3.3:70b", "name": "Llama 3.3", "size": "70B", "modelName": "llama-3.3-70b-instruct",
-     "license": "Llama", "description": "High-performance large model"},
-    {"id": "mixtral:8x7b", "name": "Mixtral", "size": "8x7B", "modelName": "mixtral-8x7b-instruct",
-     "license": "Apache", "description": "Mixture of experts architecture"},
-    {"id": "phi4:14b", "name": "Phi 4", "size": "14B", "modelName": "phi-4-14b-instruct",
-     "license": "MIT", "description": "Microsoft research model"},
-    {"id": "gemma2:2b", "name": "Gemma 2", "size": "2B", "modelName": "gemma-2-2b-instruct",
-     "license": "Gemma", "description": "Google lightweight model"},
-    {"id": "qwq:32b", "name": "QwQ", "size": "32B", "modelName": "qwq-32b",
-     "license": "Apache 2.0", "description": "Reasoning-focused model"},
-    {"id": "codestral:22b", "name": "Codestral", "size": "22B", "modelName": "codestral-22b",
-     "license": "MNLP", "description": "Code generation specialist"},
-    {"id": "gpt-oss:20b", "name": "GPT-OSS", "size": "20B", "modelName": "gpt-oss-20b",
-     "license": "Apache 2.0", "description": "Open source GPT-style model"},
+    {
+        "id": "llama3.2:1b",
+        "name": "Llama 3.2",
+        "size": "1B",
+        "modelName": "llama-3.2-1b-instruct",
+        "license": "Llama",
+        "description": "Compact model for edge deployments",
+    },
+    {
+        "id": "llama3.2:3b",
+        "name": "Llama 3.2",
+        "size": "3B",
+        "modelName": "llama-3.2-3b-instruct",
+        "license": "Llama",
+        "description": "Efficient model for general tasks",
+    },
+    {
+        "id": "llama3.1:8b",
+        "name": "Llama 3.1",
+        "size": "8B",
+        "modelName": "llama-3.1-8b-instruct",
+        "license": "Llama",
+        "description": "Balanced performance and efficiency",
+    },
+    {
+        "id": "llama3.3:70b",
+        "name": "Llama 3.3",
+        "size": "70B",
+        "modelName": "llama-3.3-70b-instruct",
+        "license": "Llama",
+        "description": "High-performance large model",
+    },
+    {
+        "id": "mixtral:8x7b",
+        "name": "Mixtral",
+        "size": "8x7B",
+        "modelName": "mixtral-8x7b-instruct",
+        "license": "Apache",
+        "description": "Mixture of experts architecture",
+    },
+    {
+        "id": "phi4:14b",
+        "name": "Phi 4",
+        "size": "14B",
+        "modelName": "phi-4-14b-instruct",
+        "license": "MIT",
+        "description": "Microsoft research model",
+    },
+    {
+        "id": "gemma2:2b",
+        "name": "Gemma 2",
+        "size": "2B",
+        "modelName": "gemma-2-2b-instruct",
+        "license": "Gemma",
+        "description": "Google lightweight model",
+    },
+    {
+        "id": "qwq:32b",
+        "name": "QwQ",
+        "size": "32B",
+        "modelName": "qwq-32b",
+        "license": "Apache 2.0",
+        "description": "Reasoning-focused model",
+    },
+    {
+        "id": "codestral:22b",
+        "name": "Codestral",
+        "size": "22B",
+        "modelName": "codestral-22b",
+        "license": "MNLP",
+        "description": "Code generation specialist",
+    },
+    {
+        "id": "gpt-oss:20b",
+        "name": "GPT-OSS",
+        "size": "20B",
+        "modelName": "gpt-oss-20b",
+        "license": "Apache 2.0",
+        "description": "Open source GPT-style model",
+    },
 ]
 AIKIT_IMAGE_PREFIX = "ghcr.io/kaito-project/aikit/"
 
@@ -116,6 +177,7 @@ async def model_file() -> Path:
 
 # ---------------------------------------------------------------------------- one child process
 
+
 class ModelServerError(RuntimeError):
     """The model server child did not come up."""
 
@@ -137,9 +199,18 @@ class ModelProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log_file:
             self._proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "orchestrator.sandbox.model_server",
-                "--port", "0", "--alias", self.alias, "--model", str(self.model),
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=log_file,
+                sys.executable,
+                "-m",
+                "orchestrator.sandbox.model_server",
+                "--port",
+                "0",
+                "--alias",
+                self.alias,
+                "--model",
+                str(self.model),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log_file,
                 env=env,
             )
         try:
@@ -172,7 +243,7 @@ class ModelProcess:
             proc.send_signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(proc.wait(), grace)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 proc.kill()
                 await proc.wait()
         except ProcessLookupError:
@@ -187,6 +258,7 @@ class ModelProcess:
 
 
 # ---------------------------------------------------------------------------- the fleet and its front
+
 
 @dataclass
 class _Model:
@@ -210,8 +282,13 @@ CHAT_PATHS = {"v1/chat/completions", "chat/completions"}
 class ModelFleet:
     """The model servers of all Workspaces, behind one aiohttp front at ``/{namespace}/{name}/...``."""
 
-    def __init__(self, state: SandboxState, workdir: Path, host: str = "127.0.0.1",
-                 model_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        state: SandboxState,
+        workdir: Path,
+        host: str = "127.0.0.1",
+        model_path: Path | None = None,
+    ) -> None:
         self.state = state
         self.workdir = workdir
         self.host = host
@@ -231,7 +308,9 @@ class ModelFleet:
         await site.start()
         port = self._runner.addresses[0][1]
         self.front_url = f"http://{self.host}:{port}"
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=5))
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5)
+        )
 
     async def stop(self) -> None:
         """Stop every child (cancellation-safe: children are killed even then) and the front."""
@@ -257,7 +336,9 @@ class ModelFleet:
             return
         model = _Model(alias=alias)
         self._models[key] = model
-        model.task = asyncio.create_task(self._run(namespace, name, model), name=f"model {namespace}/{name}")
+        model.task = asyncio.create_task(
+            self._run(namespace, name, model), name=f"model {namespace}/{name}"
+        )
 
     async def _run(self, namespace: str, name: str, model: _Model) -> None:
         if self.state.faults.stub_models:
@@ -268,11 +349,13 @@ class ModelFleet:
             return
         try:
             path = self.model_path or await model_file()
-            model.process = ModelProcess(model.alias, path, self.workdir / "models" / f"{namespace}_{name}.log")
+            model.process = ModelProcess(
+                model.alias, path, self.workdir / "models" / f"{namespace}_{name}.log"
+            )
             await model.process.start()
         except asyncio.CancelledError:
             raise
-        except BaseException as exc:  # noqa: BLE001 - reported to whoever waits for readiness
+        except BaseException as exc:
             log.warning("model server for %s/%s failed: %s", namespace, name, exc)
             model.error = exc
         finally:
@@ -316,11 +399,17 @@ class ModelFleet:
             return _json_error(503, "Loading model")
 
         assert self._session is not None
-        headers = {k: v for k, v in request.headers.items() if k.lower() in ("content-type", "accept")}
+        headers = {
+            k: v for k, v in request.headers.items() if k.lower() in ("content-type", "accept")
+        }
         url = f"{model.url}/{tail}"
         try:
             upstream = await self._session.request(
-                request.method, url, params=request.query, data=await request.read(), headers=headers
+                request.method,
+                url,
+                params=request.query,
+                data=await request.read(),
+                headers=headers,
             )
         except aiohttp.ClientError as exc:
             return _json_error(502, f"model server unreachable: {exc}")
@@ -329,7 +418,9 @@ class ModelFleet:
             corrupt = fault != "ok" and tail.strip("/") in CHAT_PATHS and upstream.status == 200
             content_type = upstream.headers.get("Content-Type", "application/json")
             if content_type.startswith("text/event-stream"):
-                response = web.StreamResponse(status=upstream.status, headers={"Content-Type": content_type})
+                response = web.StreamResponse(
+                    status=upstream.status, headers={"Content-Type": content_type}
+                )
                 await response.prepare(request)
                 async for line in upstream.content:
                     if corrupt:
@@ -343,7 +434,9 @@ class ModelFleet:
                     body = json.dumps(corrupt_completion(json.loads(body), fault)).encode()
                 except ValueError:
                     pass
-            return web.Response(status=upstream.status, body=body, headers={"Content-Type": content_type})
+            return web.Response(
+                status=upstream.status, body=body, headers={"Content-Type": content_type}
+            )
 
 
 async def _stub_model(request: web.Request) -> web.StreamResponse:
@@ -361,18 +454,43 @@ async def _stub_model(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         for i, word in enumerate(words):
-            chunk = {"id": "chatcmpl-stub", "object": "chat.completion.chunk", "created": created,
-                     "model": alias, "choices": [{"index": 0, "delta": {"role": "assistant", "content": word},
-                                                  "finish_reason": "stop" if i == len(words) - 1 else None}]}
+            chunk = {
+                "id": "chatcmpl-stub",
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": alias,
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {"role": "assistant", "content": word},
+                        "finish_reason": "stop" if i == len(words) - 1 else None,
+                    }
+                ],
+            }
             await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
-    return web.json_response({
-        "id": "chatcmpl-stub", "object": "chat.completion", "created": created, "model": alias,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(words)},
-                     "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 12, "completion_tokens": len(words), "total_tokens": 12 + len(words)}})
+    return web.json_response(
+        {
+            "id": "chatcmpl-stub",
+            "object": "chat.completion",
+            "created": created,
+            "model": alias,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "".join(words)},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": 12,
+                "completion_tokens": len(words),
+                "total_tokens": 12 + len(words),
+            },
+        }
+    )
 
 
 def _json_error(status: int, message: str) -> web.Response:
@@ -398,7 +516,9 @@ def corrupt_completion(body: dict[str, Any], fault: str) -> dict[str, Any]:
                 choice["finish_reason"] = "banana"
     usage = body.get("usage")
     if fault == "malformed" and isinstance(usage, dict):
-        usage["total_tokens"] = int(usage.get("prompt_tokens", 0)) + int(usage.get("completion_tokens", 0)) + 7
+        usage["total_tokens"] = (
+            int(usage.get("prompt_tokens", 0)) + int(usage.get("completion_tokens", 0)) + 7
+        )
     return body
 
 
@@ -407,7 +527,7 @@ def _corrupt_sse_line(line: bytes, fault: str) -> bytes:
     if not text.startswith("data: ") or text.strip() == "data: [DONE]":
         return line
     try:
-        chunk = json.loads(text[len("data: "):])
+        chunk = json.loads(text[len("data: ") :])
     except ValueError:
         return line
     return ("data: " + json.dumps(corrupt_completion(chunk, fault)) + "\n").encode()

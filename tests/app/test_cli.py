@@ -15,11 +15,19 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     full = {k: v for k, v in os.environ.items() if k not in ("CI", "KUBECONFIG", "API_URL")}
     full.update(env or {})
-    return subprocess.run([sys.executable, "-m", "orchestrator", *args], cwd=cwd, env=full,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args],
+        cwd=cwd,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture
@@ -28,12 +36,12 @@ def backend() -> Iterator[tuple[str, list[str]]]:
     seen: list[str] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             seen.append(f"GET {self.path}")
             self.send_response(503)
             self.end_headers()
 
-        do_POST = do_DELETE = do_GET  # noqa: N815
+        do_POST = do_DELETE = do_GET
 
         def log_message(self, *args: object) -> None:
             pass
@@ -50,22 +58,37 @@ def backend() -> Iterator[tuple[str, list[str]]]:
 def test_version_and_help_do_not_load_the_heavy_clients(tmp_path: Path) -> None:
     out = run("--version", cwd=tmp_path)
     assert out.returncode == 0 and out.stdout.startswith("orchestrator ")
-    code = ("import sys; from orchestrator.cli import main\n"
-            "try:\n    main(['run', '--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
-            "heavy = [m for m in sys.modules if m.split('.')[0] in ('kubernetes_asyncio', 'aiohttp', 'xllamacpp')]\n"
-            "assert not heavy, heavy\n")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, capture_output=True, timeout=60)
+    code = (
+        "import sys; from orchestrator.cli import main\n"
+        "try:\n    main(['run', '--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
+        "heavy = [m for m in sys.modules if m.split('.')[0] in ('kubernetes_asyncio', 'aiohttp', 'xllamacpp')]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code], check=True, cwd=tmp_path, capture_output=True, timeout=60
+    )
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--deployment-name", "../x"], "--deployment-name (command line): must be a DNS-1123 label"),
-    (["--deployment-name", "has space"], "--deployment-name (command line)"),
-    (["--deployment-name", "a" * 64], "--deployment-name (command line)"),
-    (["--namespace", "UPPER"], "--namespace (command line)"),
-    (["--model", "../../etc/passwd"], "--model (command line): must be a catalog model id"),
-    (["--test-timeout", "ten minutes"], "--test-timeout (command line): must be a whole number of milliseconds"),
-])
-def test_hostile_input_is_rejected_before_any_request(tmp_path: Path, backend, args: list[str], needle: str) -> None:
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (
+            ["--deployment-name", "../x"],
+            "--deployment-name (command line): must be a DNS-1123 label",
+        ),
+        (["--deployment-name", "has space"], "--deployment-name (command line)"),
+        (["--deployment-name", "a" * 64], "--deployment-name (command line)"),
+        (["--namespace", "UPPER"], "--namespace (command line)"),
+        (["--model", "../../etc/passwd"], "--model (command line): must be a catalog model id"),
+        (
+            ["--test-timeout", "ten minutes"],
+            "--test-timeout (command line): must be a whole number of milliseconds",
+        ),
+    ],
+)
+def test_hostile_input_is_rejected_before_any_request(
+    tmp_path: Path, backend, args: list[str], needle: str
+) -> None:
     url, seen = backend
     out = run("run", "--api-url", url, "--artifacts-dir", str(tmp_path / "a"), *args, cwd=tmp_path)
     assert out.returncode == 2, out.stdout + out.stderr
@@ -80,7 +103,9 @@ def test_hostile_input_is_rejected_before_any_request(tmp_path: Path, backend, a
 def test_bad_env_and_config_file_name_the_source(tmp_path: Path) -> None:
     (tmp_path / "config.toml").write_text("test_timeout = 'soon'\nwat = 1\n")
     out = run("run", cwd=tmp_path)
-    assert out.returncode == 2 and "unknown key 'wat'" in out.stderr and "Traceback" not in out.stderr
+    assert (
+        out.returncode == 2 and "unknown key 'wat'" in out.stderr and "Traceback" not in out.stderr
+    )
     (tmp_path / "config.toml").write_text("test_timeout = 'soon'\n")
     out = run("run", cwd=tmp_path, env={"DEPLOYMENT_READY_TIMEOUT": "-5"})
     assert out.returncode == 2
@@ -97,8 +122,16 @@ def test_usage_errors_exit_2(tmp_path: Path) -> None:
 
 def test_a_missing_kubeconfig_is_a_configuration_error(tmp_path: Path, backend) -> None:
     url, seen = backend
-    out = run("run", "--api-url", url, "--kubeconfig", str(tmp_path / "nope.yaml"),
-              "--artifacts-dir", str(tmp_path / "a"), cwd=tmp_path)
+    out = run(
+        "run",
+        "--api-url",
+        url,
+        "--kubeconfig",
+        str(tmp_path / "nope.yaml"),
+        "--artifacts-dir",
+        str(tmp_path / "a"),
+        cwd=tmp_path,
+    )
     assert out.returncode == 2, out.stdout + out.stderr
     assert "kubeconfig" in out.stderr and "Traceback" not in out.stderr
     assert seen == []
@@ -108,13 +141,32 @@ def test_graph_prints_the_machine(tmp_path: Path) -> None:
     out = run("graph", cwd=tmp_path)
     assert out.returncode == 0
     assert out.stdout.startswith("stateDiagram-v2")
-    for state in ("Install KAITO", "Wait Ready", "diagnose", "cleanup", "passed", "failed", "interrupted"):
+    for state in (
+        "Install KAITO",
+        "Wait Ready",
+        "diagnose",
+        "cleanup",
+        "passed",
+        "failed",
+        "interrupted",
+    ):
         assert state in out.stdout
 
 
 def test_bad_sandbox_fault_is_a_configuration_error(tmp_path: Path) -> None:
-    out = run("run", "--sandbox", "--sandbox-fault", "watch_cut_after=-1", "--sandbox-fault", "nonsense=1",
-              "--artifacts-dir", str(tmp_path / "a"), cwd=tmp_path)
+    out = run(
+        "run",
+        "--sandbox",
+        "--sandbox-fault",
+        "watch_cut_after=-1",
+        "--sandbox-fault",
+        "nonsense=1",
+        "--artifacts-dir",
+        str(tmp_path / "a"),
+        cwd=tmp_path,
+    )
     assert out.returncode == 2, out.stderr
-    assert "--sandbox-fault watch_cut_after" in out.stderr and "--sandbox-fault nonsense" in out.stderr
+    assert (
+        "--sandbox-fault watch_cut_after" in out.stderr and "--sandbox-fault nonsense" in out.stderr
+    )
     assert "Traceback" not in out.stderr

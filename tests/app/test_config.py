@@ -21,8 +21,9 @@ def test_defaults_are_the_plans(tmp_path: Path) -> None:
 
 
 def test_precedence_flags_over_env_over_file(tmp_path: Path) -> None:
-    (tmp_path / "config.toml").write_text('test_timeout = 1000\nnamespace = "from-file"\n'
-                                          'deployment_name = "file-name"\n')
+    (tmp_path / "config.toml").write_text(
+        'test_timeout = 1000\nnamespace = "from-file"\ndeployment_name = "file-name"\n'
+    )
     env = {"TEST_TIMEOUT": "2000", "ORCHESTRATOR_NAMESPACE": "from-env"}
     s = load_settings({"test_timeout": "3000"}, environ=env, cwd=tmp_path)
     assert s.test_timeout == 3000
@@ -32,24 +33,46 @@ def test_precedence_flags_over_env_over_file(tmp_path: Path) -> None:
 
 def test_shipped_config_file_matches_defaults() -> None:
     root = Path(__file__).resolve().parents[2]
-    assert load_settings({}, environ={}, cwd=root) == load_settings({}, environ={}, cwd=root / "tests")
+    assert load_settings({}, environ={}, cwd=root) == load_settings(
+        {}, environ={}, cwd=root / "tests"
+    )
 
 
-@pytest.mark.parametrize("env, needle", [
-    ({"TEST_TIMEOUT": "soon"}, "TEST_TIMEOUT (environment): must be a whole number of milliseconds; got 'soon'"),
-    ({"TEST_TIMEOUT": "1.5"}, "TEST_TIMEOUT (environment): must be a whole number of milliseconds"),
-    ({"TEST_TIMEOUT": "0"}, "TEST_TIMEOUT (environment): Input should be greater than 0"),
-    ({"API_URL": "localhost:3001"}, "API_URL (environment): must be an http:// or https:// URL"),
-    ({"ORCHESTRATOR_CLEANUP": "sometimes"}, "ORCHESTRATOR_CLEANUP (environment): Input should be"),
-    ({"ORCHESTRATOR_INFERENCE": "carrier-pigeon"}, "ORCHESTRATOR_INFERENCE (environment): must be"),
-])
+@pytest.mark.parametrize(
+    "env, needle",
+    [
+        (
+            {"TEST_TIMEOUT": "soon"},
+            "TEST_TIMEOUT (environment): must be a whole number of milliseconds; got 'soon'",
+        ),
+        (
+            {"TEST_TIMEOUT": "1.5"},
+            "TEST_TIMEOUT (environment): must be a whole number of milliseconds",
+        ),
+        ({"TEST_TIMEOUT": "0"}, "TEST_TIMEOUT (environment): Input should be greater than 0"),
+        (
+            {"API_URL": "localhost:3001"},
+            "API_URL (environment): must be an http:// or https:// URL",
+        ),
+        (
+            {"ORCHESTRATOR_CLEANUP": "sometimes"},
+            "ORCHESTRATOR_CLEANUP (environment): Input should be",
+        ),
+        (
+            {"ORCHESTRATOR_INFERENCE": "carrier-pigeon"},
+            "ORCHESTRATOR_INFERENCE (environment): must be",
+        ),
+    ],
+)
 def test_bad_environment_values_name_key_and_source(tmp_path: Path, env: dict, needle: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_settings({}, environ=env, cwd=tmp_path)
     assert needle in str(err.value)
 
 
-@pytest.mark.parametrize("name", ["../x", "has space", "x" * 64, "UpperCase", "-lead", "trail-", ""])
+@pytest.mark.parametrize(
+    "name", ["../x", "has space", "x" * 64, "UpperCase", "-lead", "trail-", ""]
+)
 def test_hostile_names_are_rejected(tmp_path: Path, name: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_settings({"deployment_name": name}, environ={}, cwd=tmp_path)
@@ -57,17 +80,29 @@ def test_hostile_names_are_rejected(tmp_path: Path, name: str) -> None:
 
 
 def test_a_63_character_name_is_fine(tmp_path: Path) -> None:
-    assert load_settings({"deployment_name": "a" * 63}, environ={}, cwd=tmp_path).deployment_name == "a" * 63
+    assert (
+        load_settings({"deployment_name": "a" * 63}, environ={}, cwd=tmp_path).deployment_name
+        == "a" * 63
+    )
 
 
-@pytest.mark.parametrize("text, needle", [
-    ("test_timeout = ", "config.toml: not valid TOML"),
-    ("colour = 'blue'\n", "config.toml: unknown key 'colour'"),
-    ("test_timeout = 'ten'\n", "test_timeout (config.toml): must be a whole number of milliseconds"),
-    ("test_timeout = true\n", "test_timeout (config.toml): must be a whole number of milliseconds"),
-    ("namespace = ['a']\n", "namespace (config.toml): must be a single value"),
-    ("token = 'x'\n", "'token' may not be written in a file"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("test_timeout = ", "config.toml: not valid TOML"),
+        ("colour = 'blue'\n", "config.toml: unknown key 'colour'"),
+        (
+            "test_timeout = 'ten'\n",
+            "test_timeout (config.toml): must be a whole number of milliseconds",
+        ),
+        (
+            "test_timeout = true\n",
+            "test_timeout (config.toml): must be a whole number of milliseconds",
+        ),
+        ("namespace = ['a']\n", "namespace (config.toml): must be a single value"),
+        ("token = 'x'\n", "'token' may not be written in a file"),
+    ],
+)
 def test_bad_config_file(tmp_path: Path, text: str, needle: str) -> None:
     (tmp_path / "config.toml").write_text(text)
     with pytest.raises(ConfigError) as err:
@@ -83,7 +118,9 @@ def test_default_reserve_scales_with_a_small_budget(tmp_path: Path) -> None:
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
-        load_settings({"namespace": "Bad"}, environ={"TEST_TIMEOUT": "x", "API_URL": "nope"}, cwd=tmp_path)
+        load_settings(
+            {"namespace": "Bad"}, environ={"TEST_TIMEOUT": "x", "API_URL": "nope"}, cwd=tmp_path
+        )
     assert len(err.value.problems) == 3
 
 
@@ -93,7 +130,9 @@ def test_explicit_config_file_must_exist(tmp_path: Path) -> None:
 
 
 def test_reserve_must_leave_room_for_phases(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="--cleanup-reserve \\(command line\\): must be less than test_timeout"):
+    with pytest.raises(
+        ConfigError, match="--cleanup-reserve \\(command line\\): must be less than test_timeout"
+    ):
         load_settings({"test_timeout": "1000", "cleanup_reserve": "1000"}, environ={}, cwd=tmp_path)
 
 
@@ -108,17 +147,30 @@ def test_token_from_env_or_file_and_never_shown(tmp_path: Path) -> None:
 
 
 def test_unreadable_token_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="--token-file \\(command line\\): cannot read the token file"):
+    with pytest.raises(
+        ConfigError, match="--token-file \\(command line\\): cannot read the token file"
+    ):
         load_settings({"token_file": str(tmp_path / "nope")}, environ={}, cwd=tmp_path)
 
 
-@pytest.mark.parametrize("ci, expected", [("true", "always"), ("1", "always"), ("", "on-success"),
-                                          (None, "on-success"), ("false", "on-success")])
+@pytest.mark.parametrize(
+    "ci, expected",
+    [
+        ("true", "always"),
+        ("1", "always"),
+        ("", "on-success"),
+        (None, "on-success"),
+        ("false", "on-success"),
+    ],
+)
 def test_auto_cleanup_follows_ci(tmp_path: Path, ci: str | None, expected: str) -> None:
     s = load_settings({}, environ={}, cwd=tmp_path)
     env = {} if ci is None else {"CI": ci}
     assert s.cleanup_policy(env) == expected
-    assert load_settings({"cleanup": "never"}, environ={}, cwd=tmp_path).cleanup_policy({"CI": "1"}) == "never"
+    assert (
+        load_settings({"cleanup": "never"}, environ={}, cwd=tmp_path).cleanup_policy({"CI": "1"})
+        == "never"
+    )
 
 
 def test_one_deployment_keeps_the_plans_name_unless_asked(tmp_path: Path) -> None:
@@ -137,27 +189,41 @@ def test_parallel_copies_get_unique_names(tmp_path: Path) -> None:
 
 def test_deployments_from_the_file_and_flags(tmp_path: Path) -> None:
     (tmp_path / "config.toml").write_text(
-        '[[deployments]]\nname = "small"\n\n[[deployments]]\nname = "two"\nreplicas = 2\nnamespace = "other"\n')
+        '[[deployments]]\nname = "small"\n\n[[deployments]]\nname = "two"\nreplicas = 2\nnamespace = "other"\n'
+    )
     s = load_settings({}, environ={}, cwd=tmp_path)
     got = [(t.name, t.namespace, t.replicas) for t in s.targets("r1")]
     assert got == [("small-r1", "kaito-workspace", 1), ("two-r1", "other", 2)]
-    s = load_settings({"deployments": ["name=a,model=llama3.2:1b", "name=b"]}, environ={}, cwd=tmp_path)
+    s = load_settings(
+        {"deployments": ["name=a,model=llama3.2:1b", "name=b"]}, environ={}, cwd=tmp_path
+    )
     assert [t.name for t in s.targets("r2")] == ["a-r2", "b-r2"]
 
 
 def test_a_long_name_stays_a_valid_label_with_its_suffix(tmp_path: Path) -> None:
-    s = load_settings({"deployment_name": "a" * 63, "unique_names": "true"}, environ={}, cwd=tmp_path)
+    s = load_settings(
+        {"deployment_name": "a" * 63, "unique_names": "true"}, environ={}, cwd=tmp_path
+    )
     (target,) = s.targets("zz9zz")
     assert len(target.name) <= 63 and target.name.endswith("-zz9zz")
 
 
-@pytest.mark.parametrize("text, needle", [
-    ('[[deployments]]\nname = "Bad_Name"\n', "deployments[0].name (config.toml): must be a DNS-1123 label"),
-    ('[[deployments]]\nreplicas = 0\n', "deployments[0].replicas (config.toml)"),
-    ('[[deployments]]\ncolour = "red"\n', "deployments[0].colour (config.toml)"),
-    ('[[deployments]]\nname = "a"\n[[deployments]]\nname = "a"\n', "the name 'a-x' appears twice"),
-    ('deployments = 3\n', "deployments (config.toml): must be [[deployments]] tables"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        (
+            '[[deployments]]\nname = "Bad_Name"\n',
+            "deployments[0].name (config.toml): must be a DNS-1123 label",
+        ),
+        ("[[deployments]]\nreplicas = 0\n", "deployments[0].replicas (config.toml)"),
+        ('[[deployments]]\ncolour = "red"\n', "deployments[0].colour (config.toml)"),
+        (
+            '[[deployments]]\nname = "a"\n[[deployments]]\nname = "a"\n',
+            "the name 'a-x' appears twice",
+        ),
+        ("deployments = 3\n", "deployments (config.toml): must be [[deployments]] tables"),
+    ],
+)
 def test_bad_deployments(tmp_path: Path, text: str, needle: str) -> None:
     (tmp_path / "config.toml").write_text(text)
     with pytest.raises(ConfigError) as err:
@@ -166,10 +232,15 @@ def test_bad_deployments(tmp_path: Path, text: str, needle: str) -> None:
 
 
 def test_wait_strategy_and_booleans(tmp_path: Path) -> None:
-    s = load_settings({"wait_strategy": "poll", "chaos": "true"}, environ={"ORCHESTRATOR_POLL_INTERVAL": "250"},
-                      cwd=tmp_path)
+    s = load_settings(
+        {"wait_strategy": "poll", "chaos": "true"},
+        environ={"ORCHESTRATOR_POLL_INTERVAL": "250"},
+        cwd=tmp_path,
+    )
     assert (s.wait_strategy, s.poll_interval, s.chaos) == ("poll", 250, True)
-    with pytest.raises(ConfigError, match="ORCHESTRATOR_CHAOS \\(environment\\): must be true or false"):
+    with pytest.raises(
+        ConfigError, match="ORCHESTRATOR_CHAOS \\(environment\\): must be true or false"
+    ):
         load_settings({}, environ={"ORCHESTRATOR_CHAOS": "maybe"}, cwd=tmp_path)
     with pytest.raises(ConfigError, match="--wait-strategy"):
         load_settings({"wait_strategy": "sometimes"}, environ={}, cwd=tmp_path)

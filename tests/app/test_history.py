@@ -11,9 +11,19 @@ import pytest
 from orchestrator.history import Entry, HistoryError, append, baseline, load, regression, sparkline
 
 
-def entry(latency: float | None, outcome: str = "passed", ttft: float | None = None, model: str = "m") -> Entry:
-    return Entry(at="2026-11-25T10:00:00", suite="kaito", model=model, outcome=outcome,
-                 latency_ms=latency, ttft_ms=ttft, tokens_per_second=40.0, completion_tokens=50)
+def entry(
+    latency: float | None, outcome: str = "passed", ttft: float | None = None, model: str = "m"
+) -> Entry:
+    return Entry(
+        at="2026-11-25T10:00:00",
+        suite="kaito",
+        model=model,
+        outcome=outcome,
+        latency_ms=latency,
+        ttft_ms=ttft,
+        tokens_per_second=40.0,
+        completion_tokens=50,
+    )
 
 
 def test_append_and_load_round_trip(tmp_path: Path) -> None:
@@ -33,8 +43,14 @@ def test_a_corrupt_line_is_named(tmp_path: Path) -> None:
 
 
 def test_baseline_is_the_median_of_recent_passed_runs_of_the_same_model() -> None:
-    entries = [entry(100), entry(5000, outcome="failed"), entry(110), entry(90), entry(9999, model="other"),
-               entry(1000)]
+    entries = [
+        entry(100),
+        entry(5000, outcome="failed"),
+        entry(110),
+        entry(90),
+        entry(9999, model="other"),
+        entry(1000),
+    ]
     assert baseline(entries, suite="kaito", model="m") == 105  # median of 100, 110, 90, 1000
     assert baseline(entries, suite="kaito", model="m", window=2) == 545
     assert baseline([], suite="kaito", model="m") is None
@@ -55,9 +71,24 @@ def test_sparkline_scales_and_keeps_gaps() -> None:
 
 def test_history_command_table_and_png(tmp_path: Path) -> None:
     append(tmp_path / "history.jsonl", [entry(100 + i * 10, ttft=20 + i) for i in range(12)])
-    out = subprocess.run([sys.executable, "-m", "orchestrator", "history", "--artifacts-dir", str(tmp_path),
-                          "--last", "5", "--png", str(tmp_path / "chart.png")],
-                         capture_output=True, text=True, timeout=120, env={"COLUMNS": "120", "PATH": ""})
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator",
+            "history",
+            "--artifacts-dir",
+            str(tmp_path),
+            "--last",
+            "5",
+            "--png",
+            str(tmp_path / "chart.png"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"COLUMNS": "120", "PATH": ""},
+    )
     assert out.returncode == 0, out.stderr
     assert "last 5 of 12 runs" in out.stdout and "latency" in out.stdout
     assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -58,16 +58,32 @@ async def test_a_request_arrives_whole_and_the_answer_comes_back_whole(serve) ->
     seen: dict[str, object] = {}
 
     async def handler(request: web.Request) -> web.Response:
-        seen.update(method=request.method, path=request.path_qs, body=await request.json(),
-                    auth=request.headers.get("Authorization"), type=request.headers.get("Content-Type"))
+        seen.update(
+            method=request.method,
+            path=request.path_qs,
+            body=await request.json(),
+            auth=request.headers.get("Authorization"),
+            type=request.headers.get("Content-Type"),
+        )
         return web.json_response({"ok": True}, status=201, headers={"X-Answer": "42"})
 
     url = await serve(handler)
     async with client(url, headers={"Authorization": "Bearer t"}) as http:
-        response = await http.post("/api/deployments", params={"namespace": "a b"}, json={"name": "d"})
-    assert (response.status_code, response.json(), response.headers["x-answer"]) == (201, {"ok": True}, "42")
-    assert seen == {"method": "POST", "path": "/api/deployments?namespace=a+b", "body": {"name": "d"},
-                    "auth": "Bearer t", "type": "application/json"}
+        response = await http.post(
+            "/api/deployments", params={"namespace": "a b"}, json={"name": "d"}
+        )
+    assert (response.status_code, response.json(), response.headers["x-answer"]) == (
+        201,
+        {"ok": True},
+        "42",
+    )
+    assert seen == {
+        "method": "POST",
+        "path": "/api/deployments?namespace=a+b",
+        "body": {"name": "d"},
+        "auth": "Bearer t",
+        "type": "application/json",
+    }
 
 
 async def test_a_compressed_answer_is_decoded_by_httpx(serve) -> None:
@@ -75,8 +91,10 @@ async def test_a_compressed_answer_is_decoded_by_httpx(serve) -> None:
 
     async def handler(request: web.Request) -> web.Response:
         assert "gzip" in request.headers.get("Accept-Encoding", "")
-        return web.Response(body=gzip.compress(payload), headers={"Content-Encoding": "gzip",
-                                                                  "Content-Type": "application/json"})
+        return web.Response(
+            body=gzip.compress(payload),
+            headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+        )
 
     url = await serve(handler)
     async with client(url) as http:

@@ -7,9 +7,17 @@ import pytest
 from orchestrator.clients import validate_completion
 
 VALID = {
-    "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "llama-3.2-1b-instruct",
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there, friend."},
-                 "finish_reason": "stop"}],
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "llama-3.2-1b-instruct",
+    "choices": [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "Hello there, friend."},
+            "finish_reason": "stop",
+        }
+    ],
     "usage": {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17},
 }
 
@@ -30,8 +38,13 @@ def test_usage_is_optional_and_extra_fields_are_kept() -> None:
 
 def test_every_error_is_reported_not_just_the_first() -> None:
     body = {
-        "id": "x", "object": "text_completion", "created": 1, "model": "m",
-        "choices": [{"index": 0, "message": {"role": "user", "content": "   "}, "finish_reason": "banana"}],
+        "id": "x",
+        "object": "text_completion",
+        "created": 1,
+        "model": "m",
+        "choices": [
+            {"index": 0, "message": {"role": "user", "content": "   "}, "finish_reason": "banana"}
+        ],
         "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 9},
     }
     parsed, errors = validate_completion(body)
@@ -45,13 +58,16 @@ def test_every_error_is_reported_not_just_the_first() -> None:
     assert len(errors) >= 5
 
 
-@pytest.mark.parametrize("mutate, needle", [
-    (lambda b: b.update(choices=[]), "choices: List should have at least 1 item"),
-    (lambda b: b.pop("choices"), "choices: Field required"),
-    (lambda b: b["choices"][0]["message"].update(content=None), "choices.0.message.content"),
-    (lambda b: b["choices"][0].update(finish_reason=None), "finish_reason: must be set"),
-    (lambda b: b["usage"].update(completion_tokens=-1), "usage.completion_tokens"),
-])
+@pytest.mark.parametrize(
+    "mutate, needle",
+    [
+        (lambda b: b.update(choices=[]), "choices: List should have at least 1 item"),
+        (lambda b: b.pop("choices"), "choices: Field required"),
+        (lambda b: b["choices"][0]["message"].update(content=None), "choices.0.message.content"),
+        (lambda b: b["choices"][0].update(finish_reason=None), "finish_reason: must be set"),
+        (lambda b: b["usage"].update(completion_tokens=-1), "usage.completion_tokens"),
+    ],
+)
 def test_single_defects(mutate, needle: str) -> None:
     body = copy.deepcopy(VALID)
     mutate(body)

@@ -18,13 +18,19 @@ from orchestrator.clients import (
 
 FAST = RetryPolicy(attempts=4, initial=0.001, maximum=0.005, max_elapsed=5)
 
-STATUS = {"name": "d", "namespace": "ns", "phase": "Running",
-          "replicas": {"desired": 1, "ready": 1, "available": 1}, "conditions": []}
+STATUS = {
+    "name": "d",
+    "namespace": "ns",
+    "phase": "Running",
+    "replicas": {"desired": 1, "ready": 1, "available": 1},
+    "conditions": [],
+}
 
 
 def client(handler, **kwargs) -> KubeFoundryClient:
-    return KubeFoundryClient("http://backend.test", transport=httpx.MockTransport(handler),
-                             retry=FAST, **kwargs)
+    return KubeFoundryClient(
+        "http://backend.test", transport=httpx.MockTransport(handler), retry=FAST, **kwargs
+    )
 
 
 @pytest.mark.anyio
@@ -56,13 +62,17 @@ async def test_persistent_5xx_gives_up_with_the_servers_message() -> None:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("status, exc", [(400, None), (401, Unauthorized), (404, NotFound), (409, Conflict)])
+@pytest.mark.parametrize(
+    "status, exc", [(400, None), (401, Unauthorized), (404, NotFound), (409, Conflict)]
+)
 async def test_4xx_is_an_answer_and_never_retried(status: int, exc) -> None:
     calls = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         calls.append(request)
-        return httpx.Response(status, json={"error": {"message": f"nope {status}", "statusCode": status}})
+        return httpx.Response(
+            status, json={"error": {"message": f"nope {status}", "statusCode": status}}
+        )
 
     async with client(handler) as api:
         with pytest.raises(exc or Exception, match=f"nope {status}") as err:
@@ -85,7 +95,9 @@ async def test_connection_errors_are_retried_then_raised_as_transport_errors() -
 @pytest.mark.anyio
 async def test_wrong_shape_names_every_field() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json={"name": "d", "namespace": "ns", "replicas": {"desired": "one"}})
+        return httpx.Response(
+            200, json={"name": "d", "namespace": "ns", "replicas": {"desired": "one"}}
+        )
 
     async with client(handler) as api:
         with pytest.raises(ResponseFormatError) as err:
@@ -127,14 +139,19 @@ async def test_catalog_id_keeps_its_colon_and_install_force_flag() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         paths.append(request.url.raw_path.decode())
         if "aikit" in request.url.path:
-            return httpx.Response(200, json={"id": "llama3.2:1b", "modelName": "llama-3.2-1b-instruct"})
+            return httpx.Response(
+                200, json={"id": "llama3.2:1b", "modelName": "llama-3.2-1b-instruct"}
+            )
         return httpx.Response(200, json={"success": True, "message": "ok", "installing": True})
 
     async with client(handler) as api:
         entry = await api.catalog_model("llama3.2:1b")
         await api.install_provider("kaito", force=True)
     assert entry.model_name == "llama-3.2-1b-instruct"
-    assert paths == ["/api/aikit/models/llama3.2:1b", "/api/installation/providers/kaito/install?force=true"]
+    assert paths == [
+        "/api/aikit/models/llama3.2:1b",
+        "/api/installation/providers/kaito/install?force=true",
+    ]
 
 
 @pytest.mark.anyio
@@ -145,7 +162,9 @@ async def test_install_500_is_a_failed_step_and_not_retried_but_503_is() -> None
     def handler(request: httpx.Request) -> httpx.Response:
         calls.append(request)
         status = next(answers)
-        return httpx.Response(status, json={"error": {"message": f"step failed {status}", "statusCode": status}})
+        return httpx.Response(
+            status, json={"error": {"message": f"step failed {status}", "statusCode": status}}
+        )
 
     async with client(handler) as api:
         with pytest.raises(ServerError, match="step failed 500"):

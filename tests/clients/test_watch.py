@@ -35,9 +35,16 @@ async def kube(server: KubeAPIServer, tmp_path: Path) -> AsyncIterator[KubeClien
 
 
 def pod(name: str, **labels: str) -> dict:
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "labels": labels, "annotations": {"fake-kubelet/phase": "Pending"}},
-            "spec": {"containers": [{"name": "c", "image": "img"}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "labels": labels,
+            "annotations": {"fake-kubelet/phase": "Pending"},
+        },
+        "spec": {"containers": [{"name": "c", "image": "img"}]},
+    }
 
 
 async def test_objects_present_before_the_watch_arrive_first(kube: KubeClient) -> None:
@@ -54,6 +61,7 @@ async def test_cut_streams_lose_no_change(server: KubeAPIServer, kube: KubeClien
     seen: list[str] = []
     with anyio.fail_after(20):
         async with anyio.create_task_group() as tg:
+
             async def writer() -> None:
                 for name in names:
                     await kube.create(PODS, pod(name, app="cut"), NS)
@@ -69,7 +77,9 @@ async def test_cut_streams_lose_no_change(server: KubeAPIServer, kube: KubeClien
     assert kube.watches_opened >= 2  # the stream was really cut and reopened
 
 
-async def test_410_relists_and_reports_what_was_deleted_meanwhile(server: KubeAPIServer, kube: KubeClient) -> None:
+async def test_410_relists_and_reports_what_was_deleted_meanwhile(
+    server: KubeAPIServer, kube: KubeClient
+) -> None:
     await kube.create(PODS, pod("stays", app="g"), NS)
     await kube.create(PODS, pod("goes", app="g"), NS)
     events: list[tuple[str, str]] = []
@@ -86,14 +96,17 @@ async def test_410_relists_and_reports_what_was_deleted_meanwhile(server: KubeAP
     assert ("DELETED", "goes") in events
 
 
-@pytest.mark.parametrize("labels, fields, obj, expected", [
-    ("app=x", None, {"metadata": {"labels": {"app": "x"}}}, True),
-    ("app=x,tier!=db", None, {"metadata": {"labels": {"app": "x", "tier": "db"}}}, False),
-    ("app", None, {"metadata": {"labels": {"app": "y"}}}, True),
-    ("!app", None, {"metadata": {"labels": {}}}, True),
-    (None, "metadata.name=w", {"metadata": {"name": "w"}}, True),
-    (None, "metadata.name=w", {"metadata": {"name": "v"}}, False),
-])
+@pytest.mark.parametrize(
+    "labels, fields, obj, expected",
+    [
+        ("app=x", None, {"metadata": {"labels": {"app": "x"}}}, True),
+        ("app=x,tier!=db", None, {"metadata": {"labels": {"app": "x", "tier": "db"}}}, False),
+        ("app", None, {"metadata": {"labels": {"app": "y"}}}, True),
+        ("!app", None, {"metadata": {"labels": {}}}, True),
+        (None, "metadata.name=w", {"metadata": {"name": "w"}}, True),
+        (None, "metadata.name=w", {"metadata": {"name": "v"}}, False),
+    ],
+)
 def test_local_selectors(labels, fields, obj, expected) -> None:
     predicate = compile_selector(labels, fields)
     assert predicate is not None and predicate(obj) is expected
@@ -109,6 +122,7 @@ async def test_the_hub_shares_one_stream_per_resource_and_namespace(kube: KubeCl
     got: dict[str, anyio.Event] = {n: anyio.Event() for n in names}
     async with WatchHub(kube, linger=0) as hub:
         async with anyio.create_task_group() as tg:
+
             async def waiter(name: str, ready: anyio.Event) -> None:
                 async with hub.subscribe(PODS, NS, label_selector=f"app={name}") as events:
                     ready.set()
@@ -159,8 +173,12 @@ async def test_the_hub_answers_what_it_knows_only_once_synced(kube: KubeClient) 
                 # Once every task is blocked, the pump has taken the whole listing and
                 # is waiting on the watch stream.
                 await anyio.wait_all_tasks_blocked()
-            assert [o["metadata"]["name"] for o in hub.known(PODS, NS, label_selector="app=k")] == ["a"]
-            assert hub.known(PODS, NS, field_selector="metadata.name=b")[0]["metadata"]["name"] == "b"
+            assert [o["metadata"]["name"] for o in hub.known(PODS, NS, label_selector="app=k")] == [
+                "a"
+            ]
+            assert (
+                hub.known(PODS, NS, field_selector="metadata.name=b")[0]["metadata"]["name"] == "b"
+            )
             await kube.delete(PODS, "a", NS, grace_period=0)
             with anyio.fail_after(10):
                 async for event in events:
@@ -191,10 +209,22 @@ async def test_events_of_a_watch_that_does_not_wake_reach_inspect_only(kube: Kub
     async with WatchHub(kube) as hub:
         with anyio.fail_after(10):
             async with anyio.create_task_group() as tg:
+
                 async def waiter() -> None:
-                    assert await wait_for(check, kube=kube, recheck=60, inspect=inspect, hub=hub, watches=[
-                        WatchSpec(PODS, NS, label_selector="role=quiet", wakes=False),
-                        WatchSpec(PODS, NS, label_selector="role=go")]) is True
+                    assert (
+                        await wait_for(
+                            check,
+                            kube=kube,
+                            recheck=60,
+                            inspect=inspect,
+                            hub=hub,
+                            watches=[
+                                WatchSpec(PODS, NS, label_selector="role=quiet", wakes=False),
+                                WatchSpec(PODS, NS, label_selector="role=go"),
+                            ],
+                        )
+                        is True
+                    )
 
                 tg.start_soon(waiter)
                 await anyio.wait_all_tasks_blocked()  # watching, after its first looks
@@ -208,13 +238,16 @@ async def test_events_of_a_watch_that_does_not_wake_reach_inspect_only(kube: Kub
     assert checks == before + 1
 
 
-@pytest.mark.parametrize("labels, fields, key", [
-    ("app=x", None, ("label", "app", "x")),
-    ("tier!=db,app==x", None, ("label", "app", "x")),
-    ("app=x", "metadata.name=w", ("name", "w")),
-    ("!app", None, None),
-    ("app", "metadata.name!=w", None),
-])
+@pytest.mark.parametrize(
+    "labels, fields, key",
+    [
+        ("app=x", None, ("label", "app", "x")),
+        ("tier!=db,app==x", None, ("label", "app", "x")),
+        ("app=x", "metadata.name=w", ("name", "w")),
+        ("!app", None, None),
+        ("app", "metadata.name!=w", None),
+    ],
+)
 def test_subscribers_are_filed_under_a_value_every_match_carries(labels, fields, key) -> None:
     from orchestrator.clients._hub import index_key
 
@@ -232,7 +265,7 @@ async def test_filed_subscribers_get_their_objects_and_only_theirs(kube: KubeCli
                 async for event in events:  # a pod changes a few times: count each once
                     if event.name not in got[which]:
                         got[which].append(event.name)
-                    if all(len(v) >= n for v, n in zip(got.values(), (2, 1, 3))):
+                    if all(len(v) >= n for v, n in zip(got.values(), (2, 1, 3), strict=True)):
                         done.set()
 
         ready = {k: anyio.Event() for k in got}
@@ -248,8 +281,11 @@ async def test_filed_subscribers_get_their_objects_and_only_theirs(kube: KubeCli
                 await kube.create(PODS, pod("blue-2", team="blue"), NS)
                 await done.wait()
                 tg.cancel_scope.cancel()
-    assert got == {"by-label": ["blue-1", "blue-2"], "by-name": ["red-1"],
-                   "unfiled": ["blue-1", "red-1", "blue-2"]}
+    assert got == {
+        "by-label": ["blue-1", "blue-2"],
+        "by-name": ["red-1"],
+        "unfiled": ["blue-1", "red-1", "blue-2"],
+    }
 
 
 async def test_a_deletion_between_the_answer_and_the_watch_is_not_missed(kube: KubeClient) -> None:
@@ -270,8 +306,16 @@ async def test_a_deletion_between_the_answer_and_the_watch_is_not_missed(kube: K
 
     async with WatchHub(kube) as hub:
         with anyio.fail_after(5):  # the safety re-check is 60 s away
-            assert await wait_for(gone, kube=kube, recheck=60, hub=hub,
-                                  watches=[WatchSpec(PODS, NS, label_selector="app=doomed")]) is True
+            assert (
+                await wait_for(
+                    gone,
+                    kube=kube,
+                    recheck=60,
+                    hub=hub,
+                    watches=[WatchSpec(PODS, NS, label_selector="app=doomed")],
+                )
+                is True
+            )
     assert answers[0] is False and answers[-1] is True
 
 
@@ -326,9 +370,18 @@ async def test_a_waiter_asks_again_once_a_late_watch_has_its_listing() -> None:
 
     with anyio.fail_after(5):  # the safety re-check is 60 s away
         async with anyio.create_task_group() as tg:
+
             async def waiter() -> None:
-                assert await wait_for(check, kube=None, recheck=60, hub=hub,  # type: ignore[arg-type]
-                                      watches=[WatchSpec(PODS, NS)]) is True
+                assert (
+                    await wait_for(
+                        check,
+                        kube=None,
+                        recheck=60,
+                        hub=hub,  # type: ignore[arg-type]
+                        watches=[WatchSpec(PODS, NS)],
+                    )
+                    is True
+                )
                 tg.cancel_scope.cancel()
 
             tg.start_soon(waiter)
@@ -352,5 +405,7 @@ async def test_on_ready_comes_with_the_listing_or_at_once(kube: KubeClient) -> N
             with anyio.fail_after(10):
                 await listed.wait()
             assert hub.known(PODS, NS) is not None  # called once the listing was taken
-            async with hub.subscribe(PODS, NS, label_selector="app=x", on_ready=lambda: calls.append("second")):
+            async with hub.subscribe(
+                PODS, NS, label_selector="app=x", on_ready=lambda: calls.append("second")
+            ):
                 assert calls == ["first", "second"]  # already listed: at once

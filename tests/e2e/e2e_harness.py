@@ -33,7 +33,9 @@ PHASES = ["Install KAITO", "Deploy llama3.2:1b", "Wait Ready", "Inference", "Del
 
 
 @pytest.fixture(params=["sandbox-kube", "testcluster"])
-def kubeconfig(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path | None]:
+def kubeconfig(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Path | None]:
     """None: the sandbox starts its in-process Kubernetes API. A path: a fresh test cluster."""
     if request.param == "sandbox-kube":
         yield None
@@ -49,10 +51,16 @@ def faults() -> Faults:
 
 
 @pytest.fixture
-async def sandbox(kubeconfig: Path | None, faults: Faults, tmp_path: Path) -> AsyncIterator[Sandbox]:
+async def sandbox(
+    kubeconfig: Path | None, faults: Faults, tmp_path: Path
+) -> AsyncIterator[Sandbox]:
     crds = os.environ.get("KAITO_CRDS_DIR")
-    options = SandboxOptions(workdir=tmp_path / "sandbox", kubeconfig=kubeconfig, faults=faults,
-                             crd_dir=Path(crds) if crds and kubeconfig is not None else None)
+    options = SandboxOptions(
+        workdir=tmp_path / "sandbox",
+        kubeconfig=kubeconfig,
+        faults=faults,
+        crd_dir=Path(crds) if crds and kubeconfig is not None else None,
+    )
     async with Sandbox(options) as sb:
         yield sb
 
@@ -95,25 +103,45 @@ class Result:
         return json.loads((self.artifacts / "run.json").read_text())
 
 
-async def run_orchestrator(sb: Sandbox, tmp_path: Path, *args: str, env: dict[str, str] | None = None,
-                           timeout: float = 120) -> Result:
+async def run_orchestrator(
+    sb: Sandbox, tmp_path: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> Result:
     """Run ``python -m orchestrator run`` against ``sb`` and wait for it, with a deadline."""
     artifacts = tmp_path / "artifacts"
     full_env = {k: v for k, v in os.environ.items() if k not in ("CI", "KUBECONFIG", "API_URL")}
     full_env.update({"NO_COLOR": "1", "PYTHONUNBUFFERED": "1"})
     full_env.update(env or {})
-    argv = [sys.executable, "-m", "orchestrator", "run", "--no-live",
-            "--api-url", sb.api_url, "--kubeconfig", str(sb.kubeconfig),
-            "--artifacts-dir", str(artifacts), "--cleanup", "always", *args]
+    argv = [
+        sys.executable,
+        "-m",
+        "orchestrator",
+        "run",
+        "--no-live",
+        "--api-url",
+        sb.api_url,
+        "--kubeconfig",
+        str(sb.kubeconfig),
+        "--artifacts-dir",
+        str(artifacts),
+        "--cleanup",
+        "always",
+        *args,
+    ]
     started = time.monotonic()
     with anyio.fail_after(timeout):
         proc = await anyio.run_process(argv, env=full_env, cwd=tmp_path, check=False)
-    return Result(proc.returncode, proc.stdout.decode(), proc.stderr.decode(), time.monotonic() - started,
-                  artifacts)
+    return Result(
+        proc.returncode,
+        proc.stdout.decode(),
+        proc.stderr.decode(),
+        time.monotonic() - started,
+        artifacts,
+    )
 
 
-async def leftovers(sb: Sandbox, name: str = "integration-test-llama",
-                    namespace: str = "kaito-workspace") -> list[str]:
+async def leftovers(
+    sb: Sandbox, name: str = "integration-test-llama", namespace: str = "kaito-workspace"
+) -> list[str]:
     """What of the deployment is still in the cluster, checked through the API and Kubernetes."""
     left: list[str] = []
     kube = await KubeClient.from_kubeconfig(str(sb.kubeconfig))

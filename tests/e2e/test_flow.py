@@ -10,10 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from e2e_harness import PHASES, leftovers, run_orchestrator
 
 from orchestrator.sandbox import Faults
-
-from e2e_harness import PHASES, leftovers, run_orchestrator
 
 pytestmark = [pytest.mark.anyio, pytest.mark.cluster, pytest.mark.model]
 
@@ -76,7 +75,9 @@ async def test_image_pull_error_fails_fast_naming_the_image(sandbox, tmp_path: P
     assert failure["status"] == "failure"
     assert "ErrImagePull" in failure["message"] or "ImagePullBackOff" in failure["message"]
     assert "ghcr.io/kaito-project/aikit/llama3.2:1b" in failure["message"]
-    assert failure["message"].startswith("Wait Ready: pod integration-test-llama-0 container model:")
+    assert failure["message"].startswith(
+        "Wait Ready: pod integration-test-llama-0 container model:"
+    )
     wait_ready = next(p for p in result.run_json()["phases"] if p["name"] == "wait_ready")
     assert wait_ready["duration"] < 30
     assert_diagnostics(result.artifacts)
@@ -99,8 +100,16 @@ async def test_invalid_inference_response_lists_every_schema_error(sandbox, tmp_
 
 @pytest.mark.parametrize("faults", [Faults(stuck_delete=True)])
 async def test_stuck_delete_fails_in_delete_and_says_what_is_left(sandbox, tmp_path: Path) -> None:
-    result = await run_orchestrator(sandbox, tmp_path, "--delete-timeout", "3000",
-                                    "--cleanup-reserve", "4000", "--test-timeout", "120000")
+    result = await run_orchestrator(
+        sandbox,
+        tmp_path,
+        "--delete-timeout",
+        "3000",
+        "--cleanup-reserve",
+        "4000",
+        "--test-timeout",
+        "120000",
+    )
     assert result.code == 1, result.stdout + result.stderr
     failure = result.status_of("Delete")
     assert failure["status"] == "failure"
@@ -108,7 +117,10 @@ async def test_stuck_delete_fails_in_delete_and_says_what_is_left(sandbox, tmp_p
     assert "workspace.finalizer.kaito.sh" in failure["message"]
     cleanup = result.status_of("Cleanup")
     assert cleanup["status"] == "failure"
-    assert "still there: Workspace" in cleanup["message"] and "workspace.finalizer.kaito.sh" in cleanup["message"]
+    assert (
+        "still there: Workspace" in cleanup["message"]
+        and "workspace.finalizer.kaito.sh" in cleanup["message"]
+    )
     assert result.seconds < 40
     assert_diagnostics(result.artifacts)
     # Once the finalizer is released the cluster is clean again.

@@ -6,22 +6,25 @@ import re
 from pathlib import Path
 
 import pytest
-
 from e2e_harness import run_orchestrator
+
 from orchestrator.sandbox import Faults
 
 pytestmark = [pytest.mark.anyio, pytest.mark.cluster]
 
 # Mermaid's task grammar: "<title> :<tags>, <id>, <start>, <end>" with dateFormat HH:mm:ss.SSS.
-GANTT_TASK = re.compile(r"^ {4}[^:#;]+ :((crit|active|done), )*[A-Za-z][A-Za-z0-9_]*, "
-                        r"\d{2}:\d{2}:\d{2}\.\d{3}, \d{2}:\d{2}:\d{2}\.\d{3}$")
+GANTT_TASK = re.compile(
+    r"^ {4}[^:#;]+ :((crit|active|done), )*[A-Za-z][A-Za-z0-9_]*, "
+    r"\d{2}:\d{2}:\d{2}\.\d{3}, \d{2}:\d{2}:\d{2}\.\d{3}$"
+)
 
 
 @pytest.mark.parametrize("faults", [Faults(image_pull_error=True)])
 async def test_summary_and_annotation_for_a_failing_run(sandbox, tmp_path: Path) -> None:
     summary = tmp_path / "summary.md"
-    result = await run_orchestrator(sandbox, tmp_path, env={"GITHUB_ACTIONS": "true",
-                                                            "GITHUB_STEP_SUMMARY": str(summary)})
+    result = await run_orchestrator(
+        sandbox, tmp_path, env={"GITHUB_ACTIONS": "true", "GITHUB_STEP_SUMMARY": str(summary)}
+    )
     assert result.code == 1
     text = summary.read_text()
     # A Markdown table with a header separator and a row per phase.

@@ -6,15 +6,17 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-
 from e2e_harness import leftovers, run_orchestrator
 
 pytestmark = [pytest.mark.anyio, pytest.mark.cluster, pytest.mark.model]
 
 
-async def test_one_failing_deployment_neither_stops_nor_dirties_the_other(sandbox, tmp_path: Path) -> None:
-    result = await run_orchestrator(sandbox, tmp_path, "--deployment", "name=good",
-                                    "--deployment", "name=bad,model=nope:1b")
+async def test_one_failing_deployment_neither_stops_nor_dirties_the_other(
+    sandbox, tmp_path: Path
+) -> None:
+    result = await run_orchestrator(
+        sandbox, tmp_path, "--deployment", "name=good", "--deployment", "name=bad,model=nope:1b"
+    )
     assert result.code == 1, result.stdout + result.stderr
     result.cases()  # validates the file against the schema
     root = ET.parse(result.junit).getroot()
@@ -30,7 +32,10 @@ async def test_one_failing_deployment_neither_stops_nor_dirties_the_other(sandbo
         assert await leftovers(sandbox, name=name) == []
     # Each deployment's artifacts (run.json, diagnostics) sit in a folder of its own.
     assert (result.artifacts / f"kaito-{names[0]}" / "run.json").exists()
-    assert (next(p for p in result.artifacts.iterdir() if p.name.startswith("kaito-bad-")) / "diagnostics").exists()
+    assert (
+        next(p for p in result.artifacts.iterdir() if p.name.startswith("kaito-bad-"))
+        / "diagnostics"
+    ).exists()
 
 
 async def test_parallel_copies_share_watches_and_all_pass(sandbox, tmp_path: Path) -> None:
@@ -42,7 +47,11 @@ async def test_parallel_copies_share_watches_and_all_pass(sandbox, tmp_path: Pat
     assert root.get("failures") == "0"
     assert result.seconds < 60
     # KAITO is checked once per run: one suite asked the backend, the other four name it.
-    checked_by = [s.find("properties/property[@name='kaito_checked_by']") for s in root.iter("testsuite")]
-    askers = [s.get("name") for s, c in zip(root.iter("testsuite"), checked_by) if c is None]
+    checked_by = [
+        s.find("properties/property[@name='kaito_checked_by']") for s in root.iter("testsuite")
+    ]
+    askers = [
+        s.get("name") for s, c in zip(root.iter("testsuite"), checked_by, strict=True) if c is None
+    ]
     assert len(askers) == 1
     assert {c.get("value") for c in checked_by if c is not None} == set(askers)

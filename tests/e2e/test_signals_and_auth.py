@@ -16,8 +16,8 @@ from pathlib import Path
 import anyio
 import pytest
 from anyio.streams.text import TextReceiveStream
-
 from e2e_harness import PHASES, Result, leftovers, run_orchestrator
+
 from orchestrator.sandbox import Faults, Sandbox, SandboxOptions
 
 pytestmark = [pytest.mark.anyio, pytest.mark.cluster, pytest.mark.model]
@@ -25,13 +25,28 @@ pytestmark = [pytest.mark.anyio, pytest.mark.cluster, pytest.mark.model]
 TOKEN = "tok-e2e-7f3a9c1d-do-not-leak"
 
 
-async def run_until_then_signal(sb: Sandbox, tmp_path: Path, marker: str, sig: signal.Signals) -> Result:
+async def run_until_then_signal(
+    sb: Sandbox, tmp_path: Path, marker: str, sig: signal.Signals
+) -> Result:
     """Start the run, wait (with a deadline) until its output shows ``marker``, send ``sig``."""
     artifacts = tmp_path / "artifacts"
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "KUBECONFIG", "API_URL")}
     env.update({"NO_COLOR": "1", "PYTHONUNBUFFERED": "1"})
-    argv = [sys.executable, "-m", "orchestrator", "run", "--no-live", "--api-url", sb.api_url,
-            "--kubeconfig", str(sb.kubeconfig), "--artifacts-dir", str(artifacts), "--cleanup", "always"]
+    argv = [
+        sys.executable,
+        "-m",
+        "orchestrator",
+        "run",
+        "--no-live",
+        "--api-url",
+        sb.api_url,
+        "--kubeconfig",
+        str(sb.kubeconfig),
+        "--artifacts-dir",
+        str(artifacts),
+        "--cleanup",
+        "always",
+    ]
     started = time.monotonic()
     output: list[str] = []
     async with await anyio.open_process(argv, env=env, cwd=tmp_path) as proc:
@@ -50,7 +65,9 @@ async def run_until_then_signal(sb: Sandbox, tmp_path: Path, marker: str, sig: s
 
 @pytest.mark.parametrize("faults", [Faults(never_ready=True)])
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-async def test_signal_during_wait_ready_cleans_up_and_reports(sandbox, tmp_path: Path, sig, code) -> None:
+async def test_signal_during_wait_ready_cleans_up_and_reports(
+    sandbox, tmp_path: Path, sig, code
+) -> None:
     result = await run_until_then_signal(sandbox, tmp_path, "Wait Ready ... started", sig)
     assert result.code == code, result.stdout
     assert result.status_of("Wait Ready")["status"] == "error"
@@ -62,7 +79,9 @@ async def test_signal_during_wait_ready_cleans_up_and_reports(sandbox, tmp_path:
 
 @pytest.fixture
 async def auth_sandbox(kubeconfig, tmp_path: Path):
-    async with Sandbox(SandboxOptions(workdir=tmp_path / "sb", kubeconfig=kubeconfig, auth_token=TOKEN)) as sb:
+    async with Sandbox(
+        SandboxOptions(workdir=tmp_path / "sb", kubeconfig=kubeconfig, auth_token=TOKEN)
+    ) as sb:
         yield sb
 
 
@@ -74,7 +93,9 @@ def assert_token_nowhere(tmp_path: Path, result: Result) -> None:
 
 
 @pytest.mark.parametrize("token, expected", [(None, 1), ("wrong-token", 1), (TOKEN, 0)])
-async def test_backend_with_auth(auth_sandbox, tmp_path: Path, token: str | None, expected: int) -> None:
+async def test_backend_with_auth(
+    auth_sandbox, tmp_path: Path, token: str | None, expected: int
+) -> None:
     env = {"KUBEFOUNDRY_TOKEN": token} if token else {}
     result = await run_orchestrator(auth_sandbox, tmp_path, env=env)
     assert result.code == expected, result.stdout + result.stderr
@@ -91,9 +112,16 @@ async def test_backend_with_auth(auth_sandbox, tmp_path: Path, token: str | None
 async def test_a_second_run_leaves_the_first_runs_deployment_alone(sandbox, tmp_path: Path) -> None:
     import httpx
 
-    body = {"name": "integration-test-llama", "namespace": "kaito-workspace", "provider": "kaito",
-            "modelSource": "premade", "premadeModel": "llama3.2:1b", "ggufRunMode": "direct",
-            "computeType": "cpu", "replicas": 1}
+    body = {
+        "name": "integration-test-llama",
+        "namespace": "kaito-workspace",
+        "provider": "kaito",
+        "modelSource": "premade",
+        "premadeModel": "llama3.2:1b",
+        "ggufRunMode": "direct",
+        "computeType": "cpu",
+        "replicas": 1,
+    }
     async with httpx.AsyncClient() as http:
         await http.post(f"{sandbox.api_url}/api/installation/providers/kaito/install")
         assert (await http.post(f"{sandbox.api_url}/api/deployments", json=body)).status_code == 201

@@ -52,8 +52,12 @@ class FakeFlow:
             phase_name, behaviour, *rest = step
             timeout = rest[0] if rest else 5.0
             self._phases.append(
-                Phase(phase_name, phase_name.replace("-", " ").title(), timeout,
-                      self._body(phase_name, behaviour))
+                Phase(
+                    phase_name,
+                    phase_name.replace("-", " ").title(),
+                    timeout,
+                    self._body(phase_name, behaviour),
+                )
             )
 
     def event(self, key: str) -> anyio.Event:

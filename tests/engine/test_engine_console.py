@@ -27,26 +27,33 @@ def plain_console() -> tuple[Console, io.StringIO]:
     return Console(file=buffer, width=200, force_terminal=False), buffer
 
 
-async def run_with(reporter: ConsoleReporter, flow: FakeFlow, tmp_path: Path,
-                   clock: FakeClock | None = None) -> None:
+async def run_with(
+    reporter: ConsoleReporter, flow: FakeFlow, tmp_path: Path, clock: FakeClock | None = None
+) -> None:
     clock = clock or FakeClock()
     budget = Budget(600, 60, clock, diagnose_floor=0.5, cleanup_floor=1)
-    await Runner(flow, budget=budget, reporters=[reporter],
-                 artifacts_dir=tmp_path / "artifacts").run()
+    await Runner(
+        flow, budget=budget, reporters=[reporter], artifacts_dir=tmp_path / "artifacts"
+    ).run()
 
 
 async def test_plain_output_lists_each_phase_with_time_and_outcome(tmp_path: Path) -> None:
     clock = FakeClock()
 
-    def taking(seconds: float, fail: str | None = None):  # noqa: ANN202
+    def taking(seconds: float, fail: str | None = None):
         async def body(ctx: PhaseContext) -> None:
             clock.advance(seconds)
             if fail:
                 raise PhaseFailed(fail)
+
         return body
 
-    flow = FakeFlow(("install-kaito", taking(1.2)), ("deploy", taking(0.8, "quota [exceeded]")),
-                    ("infer", "pass"), properties={"model": "phi", "provider": "kaito"})
+    flow = FakeFlow(
+        ("install-kaito", taking(1.2)),
+        ("deploy", taking(0.8, "quota [exceeded]")),
+        ("infer", "pass"),
+        properties={"model": "phi", "provider": "kaito"},
+    )
     console, buffer = plain_console()
     reporter = ConsoleReporter(console, junit_path="out/junit.xml")
     assert reporter.live is False
@@ -82,8 +89,12 @@ async def test_plain_verdict_for_a_passing_run(tmp_path: Path) -> None:
 async def test_plain_verdict_for_an_interrupted_run(tmp_path: Path) -> None:
     console, buffer = plain_console()
     flow = FakeFlow(("install", "pass"))
-    runner = Runner(flow, budget=Budget(60, 5), reporters=[ConsoleReporter(console)],
-                    artifacts_dir=tmp_path / "a")
+    runner = Runner(
+        flow,
+        budget=Budget(60, 5),
+        reporters=[ConsoleReporter(console)],
+        artifacts_dir=tmp_path / "a",
+    )
     runner.interrupt("SIGTERM")
     await runner.run()
     last = buffer.getvalue().splitlines()[-1]
@@ -125,8 +136,7 @@ async def test_the_live_view_is_stopped_even_when_the_run_is_cancelled(tmp_path:
     console = Console(file=io.StringIO(), force_terminal=True)
     reporter = ConsoleReporter(console, live=True)
     flow = FakeFlow(("install", "block"))
-    runner = Runner(flow, budget=Budget(60, 5), reporters=[reporter],
-                    artifacts_dir=tmp_path / "a")
+    runner = Runner(flow, budget=Budget(60, 5), reporters=[reporter], artifacts_dir=tmp_path / "a")
     views = []
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:

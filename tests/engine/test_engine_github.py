@@ -32,15 +32,18 @@ HEADER = [
     re.compile(r"^    todayMarker off$"),
 ]
 SECTION = re.compile(r"^    section [^:#;\n]+$")
-TASK = re.compile(r"^    (?P<title>[^:#;%\n]+?) :(?P<tags>(?:(?:crit|done|active), )*)(?P<id>[A-Za-z]\w*), "
-                  r"(?P<start>\d\d:\d\d:\d\d\.\d{3}), (?P<end>\d\d:\d\d:\d\d\.\d{3})$")
+TASK = re.compile(
+    r"^    (?P<title>[^:#;%\n]+?) :(?P<tags>(?:(?:crit|done|active), )*)(?P<id>[A-Za-z]\w*), "
+    r"(?P<start>\d\d:\d\d:\d\d\.\d{3}), (?P<end>\d\d:\d\d:\d\d\.\d{3})$"
+)
 
 
-def timed(clock: FakeClock, seconds: float, fail: str | None = None):  # noqa: ANN201
+def timed(clock: FakeClock, seconds: float, fail: str | None = None):
     async def body(ctx: PhaseContext) -> None:
         clock.advance(seconds)
         if fail:
             raise PhaseFailed(fail, detail="pods:\n  web-0 | Pending")
+
     return body
 
 
@@ -49,8 +52,9 @@ async def run(flow: FakeFlow, clock: FakeClock, tmp_path: Path) -> tuple[RunReco
     summary = tmp_path / "summary.md"
     reporter = GitHubReporter(summary, stream=out)
     budget = Budget(600, 60, clock, diagnose_floor=0.5, cleanup_floor=1)
-    record = await Runner(flow, budget=budget, reporters=[reporter],
-                          artifacts_dir=tmp_path / "artifacts").run()
+    record = await Runner(
+        flow, budget=budget, reporters=[reporter], artifacts_dir=tmp_path / "artifacts"
+    ).run()
     return record, summary.read_text(), out.getvalue()
 
 
@@ -65,7 +69,7 @@ def check_gantt(lines: list[str]) -> list[re.Match[str]]:
     for pattern, line in zip(HEADER, lines, strict=False):
         assert pattern.match(line), line
     tasks = []
-    for line in lines[len(HEADER):]:
+    for line in lines[len(HEADER) :]:
         if SECTION.match(line):
             continue
         task = TASK.match(line)
@@ -80,8 +84,11 @@ def check_gantt(lines: list[str]) -> list[re.Match[str]]:
 @pytest.mark.anyio
 async def test_a_passing_run_gets_a_table_and_a_gantt_chart(tmp_path: Path) -> None:
     clock = FakeClock()
-    flow = FakeFlow(("install", timed(clock, 1.2)), ("wait-ready", timed(clock, 62.5)),
-                    properties={"model": "llama3.2:1b"})
+    flow = FakeFlow(
+        ("install", timed(clock, 1.2)),
+        ("wait-ready", timed(clock, 62.5)),
+        properties={"model": "llama3.2:1b"},
+    )
     record, summary, out = await run(flow, clock, tmp_path)
     assert record.outcome == "passed"
     assert summary.startswith("## ✅ fake: passed in 63.7 s\n")
@@ -104,9 +111,11 @@ async def test_a_passing_run_gets_a_table_and_a_gantt_chart(tmp_path: Path) -> N
 @pytest.mark.anyio
 async def test_a_failing_run_marks_the_failed_phase_crit_and_annotates_it(tmp_path: Path) -> None:
     clock = FakeClock()
-    flow = FakeFlow(("install", timed(clock, 2)),
-                    ("deploy", timed(clock, 3, "quota | exceeded: 50% <used>")),
-                    ("infer", "pass"))
+    flow = FakeFlow(
+        ("install", timed(clock, 2)),
+        ("deploy", timed(clock, 3, "quota | exceeded: 50% <used>")),
+        ("infer", "pass"),
+    )
     record, summary, out = await run(flow, clock, tmp_path)
     assert record.outcome == "failed"
     assert summary.startswith("## ❌ fake: failed")
@@ -116,19 +125,33 @@ async def test_a_failing_run_marks_the_failed_phase_crit_and_annotates_it(tmp_pa
 
     tasks = check_gantt(mermaid_block(summary))
     assert [(t["title"], t["tags"]) for t in tasks] == [
-        ("Install", "done, "), ("Deploy", "crit, "), ("Diagnose", "done, "), ("Cleanup", "done, ")]
+        ("Install", "done, "),
+        ("Deploy", "crit, "),
+        ("Diagnose", "done, "),
+        ("Cleanup", "done, "),
+    ]
     assert tasks[1]["start"] == "00:00:02.000" and tasks[1]["end"] == "00:00:05.000"
 
     assert out.splitlines() == [
-        "::error title=fake%3A Deploy failed::quota | exceeded: 50%25 <used>%0Apods:%0A  web-0 | Pending"]
+        "::error title=fake%3A Deploy failed::quota | exceeded: 50%25 <used>%0Apods:%0A  web-0 | Pending"
+    ]
 
 
 def test_titles_that_would_break_the_gantt_grammar_are_made_plain() -> None:
-    record = RunRecord(suite="kaito; #1", phases=[
-        PhaseRecord(name="deploy", title="Deploy llama3.2:1b; #2 %% x", status="failed",
-                    offset=0.25, duration=1.0),
-        PhaseRecord(name="odd", title=":#;", status="passed", offset=1.25, duration=0.0004),
-    ], outcome="failed")
+    record = RunRecord(
+        suite="kaito; #1",
+        phases=[
+            PhaseRecord(
+                name="deploy",
+                title="Deploy llama3.2:1b; #2 %% x",
+                status="failed",
+                offset=0.25,
+                duration=1.0,
+            ),
+            PhaseRecord(name="odd", title=":#;", status="passed", offset=1.25, duration=0.0004),
+        ],
+        outcome="failed",
+    )
     lines = gantt(record).strip().split("\n")
     assert lines[0] == "```mermaid" and lines[-1] == "```"
     tasks = check_gantt(lines[1:-1])
@@ -156,18 +179,28 @@ def test_workflow_command_escaping() -> None:
 
 
 def test_an_interrupted_run_is_a_warning_and_the_summary_says_by_what(tmp_path: Path) -> None:
-    record = RunRecord(suite="kaito", outcome="interrupted", interrupted_by="SIGTERM", phases=[
-        PhaseRecord(name="install", title="Install", status="interrupted", offset=0, duration=4)])
+    record = RunRecord(
+        suite="kaito",
+        outcome="interrupted",
+        interrupted_by="SIGTERM",
+        phases=[
+            PhaseRecord(name="install", title="Install", status="interrupted", offset=0, duration=4)
+        ],
+    )
     out = io.StringIO()
     GitHubReporter(tmp_path / "summary.md", stream=out).run_finished(record)
-    assert out.getvalue() == "::warning title=kaito%3A interrupted::the run was interrupted by SIGTERM\n"
+    assert (
+        out.getvalue()
+        == "::warning title=kaito%3A interrupted::the run was interrupted by SIGTERM\n"
+    )
     summary = (tmp_path / "summary.md").read_text()
     assert summary.startswith("## ⚠️ kaito: interrupted\n\nInterrupted by SIGTERM.")
     assert check_gantt(mermaid_block(summary))[0]["tags"] == "crit, "
 
 
 def test_the_summary_path_comes_from_the_environment_and_is_appended_to(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     target = tmp_path / "step_summary.md"
     target.write_text("earlier step\n")
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(target))
@@ -183,5 +216,6 @@ def test_the_summary_path_comes_from_the_environment_and_is_appended_to(
 def test_an_unwritable_summary_is_a_warning_not_a_crash(tmp_path: Path) -> None:
     out = io.StringIO()
     GitHubReporter(tmp_path / "missing-dir" / "summary.md", stream=out).run_finished(
-        RunRecord(suite="kaito", outcome="passed"))
+        RunRecord(suite="kaito", outcome="passed")
+    )
     assert out.getvalue().startswith("::warning::cannot write the job summary")

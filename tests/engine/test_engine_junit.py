@@ -62,8 +62,12 @@ async def test_a_passing_run_is_valid_and_lists_phases_then_cleanup(tmp_path: Pa
     suite = root.find("testsuite")
     assert suite is not None
     assert suite.attrib["name"] == "fake"
-    assert (suite.attrib["tests"], suite.attrib["failures"], suite.attrib["errors"],
-            suite.attrib["skipped"]) == ("3", "0", "0", "0")
+    assert (
+        suite.attrib["tests"],
+        suite.attrib["failures"],
+        suite.attrib["errors"],
+        suite.attrib["skipped"],
+    ) == ("3", "0", "0", "0")
     assert [c.attrib["name"] for c in cases(root)] == ["01 Install", "02 Wait Ready", "03 Cleanup"]
     assert {c.attrib["classname"] for c in cases(root)} == {"orchestrator.fake"}
     assert all(list(c) == [] for c in cases(root))
@@ -183,23 +187,36 @@ async def test_control_characters_and_huge_logs_still_give_valid_bounded_xml(
 
 
 def test_several_suites_go_into_one_file(tmp_path: Path) -> None:
-    first = RunRecord(suite="kaito", phases=[PhaseRecord(name="a", title="A", status="passed")],
-                      outcome="passed", time_spent=1.5)
-    second = RunRecord(suite="other", phases=[PhaseRecord(name="a", title="A", status="failed",
-                                                          reason="no", allowed=3.0)],
-                       outcome="failed", time_spent=2.0)
+    first = RunRecord(
+        suite="kaito",
+        phases=[PhaseRecord(name="a", title="A", status="passed")],
+        outcome="passed",
+        time_spent=1.5,
+    )
+    second = RunRecord(
+        suite="other",
+        phases=[PhaseRecord(name="a", title="A", status="failed", reason="no", allowed=3.0)],
+        outcome="failed",
+        time_spent=2.0,
+    )
     path = write_junit([first, second], tmp_path / "out" / "junit.xml")
     root = parse(path)
     assert [s.attrib["name"] for s in root.findall("testsuite")] == ["kaito", "other"]
     assert (root.attrib["tests"], root.attrib["failures"], root.attrib["time"]) == (
-        "4", "1", "3.500"
+        "4",
+        "1",
+        "3.500",
     )
     assert [p.name for p in path.parent.iterdir()] == ["junit.xml"]  # no temp files left
 
 
 def test_a_configuration_error_still_produces_a_report(tmp_path: Path) -> None:
-    path = write_error_junit(tmp_path / "junit.xml", "kaito", "KUBECONFIG \x1b not found",
-                             properties={"provider": "kaito"})
+    path = write_error_junit(
+        tmp_path / "junit.xml",
+        "kaito",
+        "KUBECONFIG \x1b not found",
+        properties={"provider": "kaito"},
+    )
     root = parse(path)
     case = cases(root)[0]
     assert case.attrib["name"] == "01 Configuration"
@@ -222,8 +239,12 @@ async def test_the_report_exists_while_the_run_is_going_and_after_cancellation(
         await anyio.sleep_forever()
 
     flow = FakeFlow(("install", "pass"), ("deploy", peek), ("infer", "pass"))
-    runner = Runner(flow, budget=Budget(60, 5), reporters=[JUnitReporter(path)],
-                    artifacts_dir=tmp_path / "artifacts")
+    runner = Runner(
+        flow,
+        budget=Budget(60, 5),
+        reporters=[JUnitReporter(path)],
+        artifacts_dir=tmp_path / "artifacts",
+    )
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
             tg.start_soon(runner.run)
@@ -234,7 +255,10 @@ async def test_the_report_exists_while_the_run_is_going_and_after_cancellation(
     assert seen == [["ok", "error", "skipped", "skipped"]]
     root = parse(path)
     assert [c.find("*").tag if len(c) else "ok" for c in cases(root)] == [
-        "ok", "error", "skipped", "skipped"
+        "ok",
+        "error",
+        "skipped",
+        "skipped",
     ]
     assert root.find("./testsuite/properties/property[@name='outcome']").attrib["value"] == (
         "interrupted"
@@ -248,12 +272,15 @@ async def test_one_reporter_shared_by_concurrent_runs_writes_a_suite_each(tmp_pa
     from orchestrator.engine import Budget, JUnitReporter, Runner
 
     reporter = JUnitReporter(tmp_path / "junit.xml")
-    flows = [FakeFlow(("install", "pass"), name="first"),
-             FakeFlow(("install", "fail"), name="second")]
+    flows = [
+        FakeFlow(("install", "pass"), name="first"),
+        FakeFlow(("install", "fail"), name="second"),
+    ]
     async with anyio.create_task_group() as tg:
         for flow in flows:
-            runner = Runner(flow, budget=Budget(10, 2), reporters=[reporter],
-                            artifacts_dir=tmp_path / flow.name)
+            runner = Runner(
+                flow, budget=Budget(10, 2), reporters=[reporter], artifacts_dir=tmp_path / flow.name
+            )
             tg.start_soon(runner.run)
     root = ET.parse(tmp_path / "junit.xml").getroot()
     suites = {s.get("name"): s for s in root.iter("testsuite")}
@@ -263,7 +290,8 @@ async def test_one_reporter_shared_by_concurrent_runs_writes_a_suite_each(tmp_pa
 
 
 def test_a_shared_reporter_reserializes_only_the_runs_that_changed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Many runs on one file: each write costs the changed suites, not all of them,
     and the file ends up exactly what a full rewrite would give."""

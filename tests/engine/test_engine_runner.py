@@ -39,17 +39,24 @@ async def test_happy_path_runs_phases_in_order_then_cleanup(tmp_path: Path) -> N
     record = await runner.run()
     assert flow.calls == ["install", "deploy", "infer", "cleanup"]
     assert statuses(runner) == {
-        "install": "passed", "deploy": "passed", "infer": "passed", "cleanup": "passed"
+        "install": "passed",
+        "deploy": "passed",
+        "infer": "passed",
+        "cleanup": "passed",
     }
     assert record.diagnose is None
     assert (record.outcome, record.exit_code, record.failed_phase) == ("passed", 0, None)
     assert runner.state == "passed"
     assert reporter.events == [
         ("run_started",),
-        ("phase_started", "install", "running"), ("phase_finished", "install", "passed"),
-        ("phase_started", "deploy", "running"), ("phase_finished", "deploy", "passed"),
-        ("phase_started", "infer", "running"), ("phase_finished", "infer", "passed"),
-        ("phase_started", "cleanup", "running"), ("phase_finished", "cleanup", "passed"),
+        ("phase_started", "install", "running"),
+        ("phase_finished", "install", "passed"),
+        ("phase_started", "deploy", "running"),
+        ("phase_finished", "deploy", "passed"),
+        ("phase_started", "infer", "running"),
+        ("phase_finished", "infer", "passed"),
+        ("phase_started", "cleanup", "running"),
+        ("phase_finished", "cleanup", "passed"),
         ("run_finished", "passed"),
     ]
     for phase in record.phase_records():
@@ -76,8 +83,11 @@ async def test_failure_diagnoses_cleans_up_and_skips_later_phases(tmp_path: Path
     assert flow.calls == ["install", "deploy", "diagnose:deploy", "cleanup"]
     assert flow.diagnosed is record.phases[1]
     assert statuses(runner) == {
-        "install": "passed", "deploy": "failed", "infer": "skipped",
-        "diagnose": "passed", "cleanup": "passed",
+        "install": "passed",
+        "deploy": "failed",
+        "infer": "skipped",
+        "diagnose": "passed",
+        "cleanup": "passed",
     }
     deploy, infer = record.phases[1], record.phases[2]
     assert deploy.reason == "deploy went wrong"
@@ -100,8 +110,10 @@ async def test_an_unexpected_exception_becomes_type_and_message(tmp_path: Path) 
 async def test_a_single_error_in_a_task_group_is_unwrapped(tmp_path: Path) -> None:
     async def grouped(ctx: PhaseContext) -> None:
         async with anyio.create_task_group() as tg:
+
             async def fail() -> None:
                 raise PhaseFailed("pod crashed")
+
             tg.start_soon(fail)
 
     record = await make_runner(FakeFlow(("install", grouped)), tmp_path).run()
@@ -308,9 +320,7 @@ async def test_an_unknown_cleanup_policy_is_refused(tmp_path: Path) -> None:
 # -- interrupts -------------------------------------------------------------------------
 
 
-async def _run_and_interrupt(
-    runner: Runner, flow: FakeFlow, at: str, *signals: str
-) -> None:
+async def _run_and_interrupt(runner: Runner, flow: FakeFlow, at: str, *signals: str) -> None:
     async with anyio.create_task_group() as tg:
         tg.start_soon(runner.run)
         await wait_for(flow.event(at))
@@ -329,13 +339,18 @@ async def test_interrupt_during_a_phase_cleans_up_and_exits_with_the_signal_code
         await _run_and_interrupt(runner, flow, "wait-ready", signame)
     record = runner.record
     assert statuses(runner) == {
-        "install": "passed", "wait-ready": "interrupted", "infer": "skipped", "cleanup": "passed"
+        "install": "passed",
+        "wait-ready": "interrupted",
+        "infer": "skipped",
+        "cleanup": "passed",
     }
     assert record.phases[1].reason == f"interrupted by {signame}"
     assert record.diagnose is None  # an interrupt skips diagnose
     assert flow.calls == ["install", "wait-ready", "cleanup"]
     assert (record.outcome, record.interrupted_by, record.exit_code) == (
-        "interrupted", signame, code
+        "interrupted",
+        signame,
+        code,
     )
     assert runner.state == "interrupted"
     assert reporter.events[-1] == ("run_finished", "interrupted")

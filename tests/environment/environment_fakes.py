@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = r'''
+SCRIPT = r"""
 import json, os, pathlib, signal, subprocess, sys, time
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -135,7 +135,7 @@ elif TOOL == "bun":
         serve_health(port)
     while True:
         signal.pause()
-'''
+"""
 
 
 @dataclass

@@ -20,9 +20,14 @@ WAIT = 60.0
 
 
 def bun(tmp_path: Path, mode: str, **options: object) -> BackendProcess:
-    return BackendProcess(tmp_path, port=free_port(), kubeconfig=tmp_path / "kubeconfig",
-                          log_path=tmp_path / "artifacts" / "backend.log",
-                          env={"STANDIN_MODE": mode}, **options)  # type: ignore[arg-type]
+    return BackendProcess(
+        tmp_path,
+        port=free_port(),
+        kubeconfig=tmp_path / "kubeconfig",
+        log_path=tmp_path / "artifacts" / "backend.log",
+        env={"STANDIN_MODE": mode},
+        **options,
+    )  # type: ignore[arg-type]
 
 
 async def test_a_missing_bun_is_a_clear_error(tmp_path: Path, standins: Standins) -> None:
@@ -38,7 +43,8 @@ async def test_a_missing_directory_is_a_clear_error(tmp_path: Path, standins: St
 
 
 async def test_a_backend_that_never_answers_hits_the_deadline_with_a_clear_message(
-        tmp_path: Path, standins: Standins) -> None:
+    tmp_path: Path, standins: Standins
+) -> None:
     backend = bun(tmp_path, "silent")
     async with backend:
         began = time.monotonic()
@@ -55,7 +61,8 @@ async def test_a_backend_that_never_answers_hits_the_deadline_with_a_clear_messa
 
 
 async def test_a_backend_that_dies_at_start_is_reported_at_once_with_its_log(
-        tmp_path: Path, standins: Standins) -> None:
+    tmp_path: Path, standins: Standins
+) -> None:
     backend = bun(tmp_path, "die")
     async with backend:
         began = time.monotonic()
@@ -65,15 +72,32 @@ async def test_a_backend_that_dies_at_start_is_reported_at_once_with_its_log(
     message = str(caught.value)
     assert message.startswith("the backend exited with code 1 before /api/health answered")
     assert "Cannot find package 'hono'" in message and "Did you run bun install?" in message
-    assert caught.value.detail is not None and caught.value.detail.endswith("Did you run bun install?")
+    assert caught.value.detail is not None and caught.value.detail.endswith(
+        "Did you run bun install?"
+    )
 
 
-async def test_the_sandbox_api_as_a_real_backend_is_detected_healthy_and_stopped(tmp_path: Path) -> None:
+async def test_the_sandbox_api_as_a_real_backend_is_detected_healthy_and_stopped(
+    tmp_path: Path,
+) -> None:
     port = free_port()
     backend = BackendProcess(
-        tmp_path, [sys.executable, "-m", "orchestrator", "sandbox", "--port", str(port),
-                   "--workdir", str(tmp_path / "sandbox")],
-        port=port, kubeconfig=None, log_path=tmp_path / "artifacts" / "backend.log", grace=10)
+        tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "orchestrator",
+            "sandbox",
+            "--port",
+            str(port),
+            "--workdir",
+            str(tmp_path / "sandbox"),
+        ],
+        port=port,
+        kubeconfig=None,
+        log_path=tmp_path / "artifacts" / "backend.log",
+        grace=10,
+    )
     await backend.start()
     try:
         with anyio.fail_after(WAIT):
@@ -94,7 +118,8 @@ async def test_the_sandbox_api_as_a_real_backend_is_detected_healthy_and_stopped
 
 
 async def test_a_backend_ignoring_sigterm_is_killed_after_the_grace_period(
-        tmp_path: Path, standins: Standins) -> None:
+    tmp_path: Path, standins: Standins
+) -> None:
     lines: list[str] = []
     backend = bun(tmp_path, "stubborn", grace=0.5, log=lines.append)
     await backend.start()

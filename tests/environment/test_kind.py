@@ -26,12 +26,18 @@ def make_cluster(tmp_path: Path, lines: list[str] | None = None, **options: obje
 
 
 async def set_ready(server: KubeAPIServer, node: str, ready: bool) -> None:
-    condition = {"type": "Ready", "status": "True" if ready else "False",
-                 "reason": "KubeletReady" if ready else "KubeletNotReady",
-                 "message": "stand-in"}
-    async with await KubeClient.from_kubeconfig(str(server.write_kubeconfig(
-            Path(os.environ["PATH"]) / "patch-kubeconfig"))) as client:
-        await client.patch(NODES, node, {"status": {"conditions": [condition]}}, subresource="status")
+    condition = {
+        "type": "Ready",
+        "status": "True" if ready else "False",
+        "reason": "KubeletReady" if ready else "KubeletNotReady",
+        "message": "stand-in",
+    }
+    async with await KubeClient.from_kubeconfig(
+        str(server.write_kubeconfig(Path(os.environ["PATH"]) / "patch-kubeconfig"))
+    ) as client:
+        await client.patch(
+            NODES, node, {"status": {"conditions": [condition]}}, subresource="status"
+        )
 
 
 async def wait_gone(pid: int) -> None:
@@ -51,14 +57,24 @@ async def wait_gone(pid: int) -> None:
 
 
 async def test_create_runs_kind_with_its_own_kubeconfig_and_deletes_what_it_made(
-        tmp_path: Path, standins: Standins, kubeapi: KubeAPIServer) -> None:
+    tmp_path: Path, standins: Standins, kubeapi: KubeAPIServer
+) -> None:
     lines: list[str] = []
     cluster = make_cluster(tmp_path, lines)
     await cluster.create()
 
     create = standins.calls("kind")[-1]
-    assert create == ["kind", "create", "cluster", "--name", "kf-test", "--kubeconfig",
-                      str(tmp_path / "artifacts" / "kubeconfig"), "--wait", "0s"]
+    assert create == [
+        "kind",
+        "create",
+        "cluster",
+        "--name",
+        "kf-test",
+        "--kubeconfig",
+        str(tmp_path / "artifacts" / "kubeconfig"),
+        "--wait",
+        "0s",
+    ]
     assert standins.calls("docker") == [["docker", "info"]]
     assert cluster.created and cluster.kubeconfig.is_file()
     log = (tmp_path / "artifacts" / "kind.log").read_text()
@@ -78,13 +94,18 @@ async def test_create_runs_kind_with_its_own_kubeconfig_and_deletes_what_it_made
 
 
 async def test_a_failed_create_is_cleared_and_retried_once(
-        tmp_path: Path, standins: Standins, kubeapi: KubeAPIServer) -> None:
+    tmp_path: Path, standins: Standins, kubeapi: KubeAPIServer
+) -> None:
     standins.set("fail_create", "1")
     lines: list[str] = []
     cluster = make_cluster(tmp_path, lines)
     await cluster.create()
-    assert standins.commands("kind") == ["get clusters", "create cluster", "delete cluster",
-                                         "create cluster"]
+    assert standins.commands("kind") == [
+        "get clusters",
+        "create cluster",
+        "delete cluster",
+        "create cluster",
+    ]
     assert any("retrying once" in line and "Multi-User System" in line for line in lines)
     assert cluster.kubeconfig.is_file()
 
@@ -117,7 +138,9 @@ async def test_missing_docker_fails_fast(tmp_path: Path, standins: Standins) -> 
     assert standins.calls("kind") == []
 
 
-async def test_docker_not_running_is_said_before_kind_runs(tmp_path: Path, standins: Standins) -> None:
+async def test_docker_not_running_is_said_before_kind_runs(
+    tmp_path: Path, standins: Standins
+) -> None:
     standins.set("docker_down")
     cluster = make_cluster(tmp_path)
     with pytest.raises(EnvironmentSetupError) as caught:
@@ -129,7 +152,8 @@ async def test_docker_not_running_is_said_before_kind_runs(tmp_path: Path, stand
 
 
 async def test_an_existing_cluster_is_reused_when_asked_and_never_deleted(
-        tmp_path: Path, standins: Standins, kubeapi: KubeAPIServer) -> None:
+    tmp_path: Path, standins: Standins, kubeapi: KubeAPIServer
+) -> None:
     standins.existing("other", "kf-test")
     cluster = make_cluster(tmp_path, reuse=True)
     await cluster.create()
@@ -142,10 +166,13 @@ async def test_an_existing_cluster_is_reused_when_asked_and_never_deleted(
 
 
 async def test_an_existing_cluster_is_not_taken_over_without_reuse(
-        tmp_path: Path, standins: Standins) -> None:
+    tmp_path: Path, standins: Standins
+) -> None:
     standins.existing("kf-test")
     cluster = make_cluster(tmp_path)
-    with pytest.raises(EnvironmentSetupError, match="already exists.*kind delete cluster --name kf-test"):
+    with pytest.raises(
+        EnvironmentSetupError, match="already exists.*kind delete cluster --name kf-test"
+    ):
         await cluster.create()
     assert "create cluster" not in standins.commands("kind")
     assert await cluster.delete() is False
@@ -153,7 +180,8 @@ async def test_an_existing_cluster_is_not_taken_over_without_reuse(
 
 
 async def test_a_kept_cluster_is_not_deleted_and_the_log_says_how(
-        tmp_path: Path, standins: Standins, kubeapi: KubeAPIServer) -> None:
+    tmp_path: Path, standins: Standins, kubeapi: KubeAPIServer
+) -> None:
     lines: list[str] = []
     cluster = make_cluster(tmp_path, lines, keep=True)
     await cluster.create()
@@ -163,15 +191,20 @@ async def test_a_kept_cluster_is_not_deleted_and_the_log_says_how(
 
 
 async def test_a_failed_delete_says_how_to_delete_by_hand(
-        tmp_path: Path, standins: Standins, kubeapi: KubeAPIServer) -> None:
+    tmp_path: Path, standins: Standins, kubeapi: KubeAPIServer
+) -> None:
     cluster = make_cluster(tmp_path)
     await cluster.create()
     standins.set("fail_delete")
-    with pytest.raises(EnvironmentSetupError, match="docker rm failed.*by hand: kind delete cluster"):
+    with pytest.raises(
+        EnvironmentSetupError, match="docker rm failed.*by hand: kind delete cluster"
+    ):
         await cluster.delete()
 
 
-async def test_a_cancelled_create_kills_kind_and_its_children(tmp_path: Path, standins: Standins) -> None:
+async def test_a_cancelled_create_kills_kind_and_its_children(
+    tmp_path: Path, standins: Standins
+) -> None:
     fifo = standins.bin / "hang_create"
     os.mkfifo(fifo)
     cluster = make_cluster(tmp_path)
@@ -193,7 +226,8 @@ async def test_a_cancelled_create_kills_kind_and_its_children(tmp_path: Path, st
 
 
 async def test_nodes_wait_wakes_when_a_not_ready_node_turns_ready(
-        tmp_path: Path, standins: Standins, kubeapi: KubeAPIServer) -> None:
+    tmp_path: Path, standins: Standins, kubeapi: KubeAPIServer
+) -> None:
     await set_ready(kubeapi, "fake-node-0", False)
     saw_not_ready = anyio.Event()
     lines: list[str] = []
@@ -221,7 +255,8 @@ async def test_nodes_wait_wakes_when_a_not_ready_node_turns_ready(
 
 
 async def test_nodes_wait_deadline_names_the_node_that_is_not_ready(
-        tmp_path: Path, standins: Standins, kubeapi: KubeAPIServer) -> None:
+    tmp_path: Path, standins: Standins, kubeapi: KubeAPIServer
+) -> None:
     await set_ready(kubeapi, "fake-node-1", False)
     cluster = make_cluster(tmp_path)
     await cluster.create()

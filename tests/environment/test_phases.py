@@ -48,9 +48,14 @@ class EnvFlow:
 def environment(tmp_path: Path) -> tuple[KindCluster, BackendProcess]:
     artifacts = tmp_path / "artifacts"
     cluster = KindCluster("kf-test", workdir=artifacts)
-    backend = BackendProcess(tmp_path, port=free_port(), kubeconfig=cluster.kubeconfig,
-                             log_path=artifacts / "backend.log", env={"STANDIN_MODE": "healthy"},
-                             grace=2)
+    backend = BackendProcess(
+        tmp_path,
+        port=free_port(),
+        kubeconfig=cluster.kubeconfig,
+        log_path=artifacts / "backend.log",
+        env={"STANDIN_MODE": "healthy"},
+        grace=2,
+    )
     return cluster, backend
 
 
@@ -59,12 +64,15 @@ async def run(flow: EnvFlow, tmp_path: Path) -> RunRecord:
 
 
 async def test_setup_phases_bring_the_environment_up_and_teardown_removes_it(
-        tmp_path: Path, standins: Standins, kubeapi: KubeAPIServer) -> None:
+    tmp_path: Path, standins: Standins, kubeapi: KubeAPIServer
+) -> None:
     cluster, backend = environment(tmp_path)
     phases = setup_phases(cluster, backend)
     assert [(p.name, p.title) for p in phases] == [
-        ("create_cluster", "Create cluster"), ("wait_nodes", "Wait nodes Ready"),
-        ("start_backend", "Start backend")]
+        ("create_cluster", "Create cluster"),
+        ("wait_nodes", "Wait nodes Ready"),
+        ("start_backend", "Start backend"),
+    ]
     flow = EnvFlow(phases, backend.health_url)
     try:
         record = await run(flow, tmp_path)
@@ -80,12 +88,16 @@ async def test_setup_phases_bring_the_environment_up_and_teardown_removes_it(
     assert all(p.duration is not None for p in record.phases)
 
     assert [(s.name, s.acted, s.error) for s in steps] == [
-        ("stop_backend", True, None), ("delete_cluster", True, None)]
+        ("stop_backend", True, None),
+        ("delete_cluster", True, None),
+    ]
     assert backend.returncode is not None
     assert standins.clusters() == []
 
 
-async def test_a_failing_setup_phase_gives_the_one_line_reason(tmp_path: Path, standins: Standins) -> None:
+async def test_a_failing_setup_phase_gives_the_one_line_reason(
+    tmp_path: Path, standins: Standins
+) -> None:
     standins.set("docker_down")
     cluster, backend = environment(tmp_path)
     record = await run(EnvFlow(setup_phases(cluster, backend)), tmp_path)
@@ -95,11 +107,14 @@ async def test_a_failing_setup_phase_gives_the_one_line_reason(tmp_path: Path, s
     assert [p.status for p in record.phases[1:]] == ["skipped"] * 3
     steps = await teardown(cluster, backend)
     assert [(s.name, s.acted, s.error) for s in steps] == [
-        ("stop_backend", False, None), ("delete_cluster", False, None)]
+        ("stop_backend", False, None),
+        ("delete_cluster", False, None),
+    ]
 
 
 async def test_a_dead_backend_fails_its_phase_with_the_log_as_detail(
-        tmp_path: Path, standins: Standins, kubeapi: KubeAPIServer) -> None:
+    tmp_path: Path, standins: Standins, kubeapi: KubeAPIServer
+) -> None:
     cluster, backend = environment(tmp_path)
     backend.env["STANDIN_MODE"] = "die"
     try:
@@ -113,7 +128,8 @@ async def test_a_dead_backend_fails_its_phase_with_the_log_as_detail(
 
 
 async def test_teardown_reports_a_failed_delete_and_still_stops_the_backend(
-        tmp_path: Path, standins: Standins, kubeapi: KubeAPIServer) -> None:
+    tmp_path: Path, standins: Standins, kubeapi: KubeAPIServer
+) -> None:
     cluster, backend = environment(tmp_path)
     await cluster.create()
     await backend.start()

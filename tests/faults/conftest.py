@@ -5,4 +5,4 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 
-from e2e_harness import faults, kubeconfig, sandbox  # noqa: E402,F401  (pytest fixtures)
+from e2e_harness import faults, kubeconfig, sandbox  # noqa: F401  (pytest fixtures)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import anyio
 from anyio.streams.text import TextReceiveStream
-
 from e2e_harness import Result, leftovers
+
 from orchestrator.clients import SERVICES, KubeClient
 from orchestrator.sandbox import Sandbox
 
@@ -27,16 +27,34 @@ def started(title: str) -> str:
     return f"{title} ... started"
 
 
-async def run_with_hooks(sb: Sandbox, tmp_path: Path, *args: str,
-                         hooks: list[tuple[str, Callable[[anyio.abc.Process], Awaitable[None] | None]]],
-                         env: dict[str, str] | None = None, timeout: float = 120) -> Result:
+async def run_with_hooks(
+    sb: Sandbox,
+    tmp_path: Path,
+    *args: str,
+    hooks: list[tuple[str, Callable[[anyio.abc.Process], Awaitable[None] | None]]],
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+) -> Result:
     """Run the real command; when its output shows each hook's marker (in order), call the hook."""
     artifacts = tmp_path / "artifacts"
     full_env = {k: v for k, v in os.environ.items() if k not in ("CI", "KUBECONFIG", "API_URL")}
     full_env.update({"NO_COLOR": "1", "PYTHONUNBUFFERED": "1", **(env or {})})
-    argv = [sys.executable, "-m", "orchestrator", "run", "--no-live", "--api-url", sb.api_url,
-            "--kubeconfig", str(sb.kubeconfig), "--artifacts-dir", str(artifacts), "--cleanup", "always",
-            *args]
+    argv = [
+        sys.executable,
+        "-m",
+        "orchestrator",
+        "run",
+        "--no-live",
+        "--api-url",
+        sb.api_url,
+        "--kubeconfig",
+        str(sb.kubeconfig),
+        "--artifacts-dir",
+        str(artifacts),
+        "--cleanup",
+        "always",
+        *args,
+    ]
     pending = list(hooks)
     output = ""
     started_at = time.monotonic()

@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from e2e_harness import PHASES, run_orchestrator
 from faults_harness import assert_clean, duration, run_with_hooks, started
+
 from orchestrator.sandbox import Faults
 
 pytestmark = [pytest.mark.anyio, pytest.mark.cluster, pytest.mark.model]
@@ -24,9 +24,14 @@ def assert_passed(result) -> None:
         assert result.status_of(title)["status"] == "passed", title
 
 
-@pytest.mark.parametrize("faults", [Faults(backend_errors=3, backend_error_status=502),
-                                    Faults(backend_errors=3, backend_error_status=503)],
-                         ids=["502", "503"])
+@pytest.mark.parametrize(
+    "faults",
+    [
+        Faults(backend_errors=3, backend_error_status=502),
+        Faults(backend_errors=3, backend_error_status=503),
+    ],
+    ids=["502", "503"],
+)
 async def test_gateway_errors_three_in_a_row_are_retried(sandbox, tmp_path: Path) -> None:
     result = await run_orchestrator(sandbox, tmp_path)
     assert_passed(result)
@@ -47,17 +52,22 @@ async def test_connection_resets_are_retried(sandbox, tmp_path: Path) -> None:
 async def test_backend_restarted_mid_run(sandbox, tmp_path: Path) -> None:
     # Down for a second while Wait Ready asks it every few hundred milliseconds: the
     # open connection is reset, then refused, then the same URL answers again.
-    result = await run_with_hooks(sandbox, tmp_path, hooks=[
-        (started("Wait Ready"), lambda _proc: sandbox.restart_backend(down_for=1.0))])
+    result = await run_with_hooks(
+        sandbox,
+        tmp_path,
+        hooks=[(started("Wait Ready"), lambda _proc: sandbox.restart_backend(down_for=1.0))],
+    )
     assert_passed(result)
     await assert_clean(sandbox)
     assert result.seconds < 30
 
 
-@pytest.mark.parametrize("kind, needle", [("invalid_json", "not valid JSON"),
-                                          ("wrong_shape", "replicas.ready")])
-async def test_broken_status_body_fails_wait_ready_naming_the_field(sandbox, tmp_path: Path,
-                                                                   kind: str, needle: str) -> None:
+@pytest.mark.parametrize(
+    "kind, needle", [("invalid_json", "not valid JSON"), ("wrong_shape", "replicas.ready")]
+)
+async def test_broken_status_body_fails_wait_ready_naming_the_field(
+    sandbox, tmp_path: Path, kind: str, needle: str
+) -> None:
     sandbox.update_faults({"bad_body": {"route": "deployment_status", "kind": kind}})
     result = await run_orchestrator(sandbox, tmp_path)
     assert result.code == 1, result.stdout + result.stderr
@@ -74,7 +84,8 @@ async def test_broken_status_body_fails_wait_ready_naming_the_field(sandbox, tmp
 
 
 async def test_broken_create_answer_fails_deploy_and_the_deployment_is_still_cleaned_up(
-        sandbox, tmp_path: Path) -> None:
+    sandbox, tmp_path: Path
+) -> None:
     # The backend created the deployment, then answered with a body missing ``name``: the
     # run cannot trust the answer, but must still delete what it asked for.
     sandbox.update_faults({"bad_body": {"route": "create", "kind": "wrong_shape"}})
@@ -89,8 +100,18 @@ async def test_broken_create_answer_fails_deploy_and_the_deployment_is_still_cle
 
 async def test_a_hanging_backend_is_ended_by_the_phase_timeout(sandbox, tmp_path: Path) -> None:
     # From Wait Ready on, the status route never answers (Deploy asks it too, and must not hang).
-    result = await run_with_hooks(sandbox, tmp_path, "--deployment-ready-timeout", "3000", hooks=[
-        (started("Wait Ready"), lambda _proc: sandbox.update_faults({"hang_route": "deployment_status"}) and None)])
+    result = await run_with_hooks(
+        sandbox,
+        tmp_path,
+        "--deployment-ready-timeout",
+        "3000",
+        hooks=[
+            (
+                started("Wait Ready"),
+                lambda _proc: sandbox.update_faults({"hang_route": "deployment_status"}) and None,
+            )
+        ],
+    )
     assert result.code == 1, result.stdout + result.stderr
     failure = result.status_of("Wait Ready")
     assert failure["status"] == "failure"

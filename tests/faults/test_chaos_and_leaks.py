@@ -10,11 +10,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from e2e_harness import run_orchestrator
 from faults_harness import NAME, assert_clean
-from orchestrator.clients import SERVICES, Conflict, InferenceClient, InferenceRoute, KubeClient, KubeFoundryClient
-from orchestrator.clients import NAMESPACES
+
+from orchestrator.clients import (
+    NAMESPACES,
+    SERVICES,
+    Conflict,
+    InferenceClient,
+    InferenceRoute,
+    KubeClient,
+    KubeFoundryClient,
+)
 from orchestrator.engine import Budget, JUnitReporter, Runner
 from orchestrator.flows.kaito import KaitoFlow, KaitoSettings
 
@@ -26,9 +33,16 @@ async def run_flow(sb, tmp_path: Path, **settings) -> Runner:
     kube = await KubeClient.from_kubeconfig(str(sb.kubeconfig))
     api = KubeFoundryClient(sb.api_url)
     inference = InferenceClient(InferenceRoute("service-proxy"), kube=kube)
-    flow = KaitoFlow(KaitoSettings(api_url=sb.api_url, **settings), api=api, kube=kube, inference=inference)
-    runner = Runner(flow, budget=Budget(total=120, reserve=30), artifacts_dir=tmp_path / "artifacts",
-                    reporters=[JUnitReporter(tmp_path / "artifacts" / "junit.xml")], cleanup_policy="always")
+    flow = KaitoFlow(
+        KaitoSettings(api_url=sb.api_url, **settings), api=api, kube=kube, inference=inference
+    )
+    runner = Runner(
+        flow,
+        budget=Budget(total=120, reserve=30),
+        artifacts_dir=tmp_path / "artifacts",
+        reporters=[JUnitReporter(tmp_path / "artifacts" / "junit.xml")],
+        cleanup_policy="always",
+    )
     try:
         await runner.run()
     finally:
@@ -38,12 +52,16 @@ async def run_flow(sb, tmp_path: Path, **settings) -> Runner:
     return runner
 
 
-async def test_chaos_phase_restarts_the_model_pod_and_inference_works_again(sandbox, tmp_path: Path) -> None:
+async def test_chaos_phase_restarts_the_model_pod_and_inference_works_again(
+    sandbox, tmp_path: Path
+) -> None:
     runner = await run_flow(sandbox, tmp_path, chaos=True)
     record = runner.record
     statuses = {p.name: p.status for p in record.phases}
     assert list(statuses) == ["install", "deploy", "wait_ready", "chaos", "inference", "delete"]
-    assert set(statuses.values()) == {"passed"}, [(p.name, p.status, p.reason) for p in record.phases]
+    assert set(statuses.values()) == {"passed"}, [
+        (p.name, p.status, p.reason) for p in record.phases
+    ]
     assert record.exit_code == 0
     events = [e.event for e in sandbox.timeline if e.name == NAME]
     assert events.index("pod deleted") < events.index("recreated pod Running")
@@ -52,8 +70,12 @@ async def test_chaos_phase_restarts_the_model_pod_and_inference_works_again(sand
 
 
 def test_chaos_is_off_by_default() -> None:
-    flow = KaitoFlow(KaitoSettings(api_url="http://127.0.0.1:1"), api=None, kube=None,  # type: ignore[arg-type]
-                     inference=None)  # type: ignore[arg-type]
+    flow = KaitoFlow(
+        KaitoSettings(api_url="http://127.0.0.1:1"),
+        api=None,
+        kube=None,  # type: ignore[arg-type]
+        inference=None,
+    )  # type: ignore[arg-type]
     assert "chaos" not in [p.name for p in flow.phases()]
 
 
@@ -70,15 +92,29 @@ async def test_a_leaked_object_with_the_runs_labels_fails_cleanup(sandbox, tmp_p
     kube = await KubeClient.from_kubeconfig(str(sandbox.kubeconfig))
     try:
         try:
-            await kube.create(NAMESPACES, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}})
+            await kube.create(
+                NAMESPACES, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NS}}
+            )
         except Conflict:
             pass
         leaked = f"{NAME}-leaked"
-        await kube.create(SERVICES, {
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": leaked, "namespace": NS, "labels": {"kaito.sh/workspace": NAME}},
-            "spec": {"ports": [{"port": 80}]}}, NS)
-        result = await run_orchestrator(sandbox, tmp_path, "--delete-timeout", "2000", "--cleanup-reserve", "3000")
+        await kube.create(
+            SERVICES,
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {
+                    "name": leaked,
+                    "namespace": NS,
+                    "labels": {"kaito.sh/workspace": NAME},
+                },
+                "spec": {"ports": [{"port": 80}]},
+            },
+            NS,
+        )
+        result = await run_orchestrator(
+            sandbox, tmp_path, "--delete-timeout", "2000", "--cleanup-reserve", "3000"
+        )
         assert result.code == 1, result.stdout + result.stderr
         delete = result.status_of("Delete")
         assert delete["status"] == "failure" and f"Service {NS}/{leaked}" in delete["message"]

@@ -14,9 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from e2e_harness import PHASES, run_orchestrator
 from faults_harness import assert_clean, duration, run_log
+
 from orchestrator.sandbox import Faults
 
 pytestmark = [pytest.mark.anyio, pytest.mark.cluster, pytest.mark.model]
@@ -26,7 +26,9 @@ pytestmark = [pytest.mark.anyio, pytest.mark.cluster, pytest.mark.model]
 def _own_kube_api_only(kubeconfig) -> None:
     # Before the sandbox is built: it refuses these knobs on a real cluster.
     if kubeconfig is not None:
-        pytest.skip("sandbox-only: a real API server cannot cut watches, answer 410 or 429 on demand")
+        pytest.skip(
+            "sandbox-only: a real API server cannot cut watches, answer 410 or 429 on demand"
+        )
 
 
 def assert_passed_promptly(result) -> None:
@@ -45,7 +47,10 @@ async def test_watch_streams_cut_every_half_second(sandbox, tmp_path: Path) -> N
     await assert_clean(sandbox)
 
 
-@pytest.mark.parametrize("faults", [Faults(watch_gone=2, watch_gone_selector="path=/api/v1/namespaces/kaito-workspace/pods")])
+@pytest.mark.parametrize(
+    "faults",
+    [Faults(watch_gone=2, watch_gone_selector="path=/api/v1/namespaces/kaito-workspace/pods")],
+)
 async def test_410_gone_on_the_pod_watch_relists(sandbox, tmp_path: Path) -> None:
     # The flows share one unfiltered pod watch per namespace (selectors are applied on the
     # client), so the 410s are aimed at that watch, not at the sandbox's own controller's.

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from e2e_harness import run_orchestrator
 from faults_harness import assert_clean, duration, run_log
+
 from orchestrator.sandbox import Faults
 
 pytestmark = [pytest.mark.anyio, pytest.mark.cluster, pytest.mark.model]
@@ -24,7 +24,9 @@ async def test_model_loading_503_for_ten_seconds_is_waited_out(sandbox, tmp_path
 
 
 @pytest.mark.parametrize("faults", [Faults(inference="empty")])
-async def test_empty_completion_fails_inference_listing_the_schema_errors(sandbox, tmp_path: Path) -> None:
+async def test_empty_completion_fails_inference_listing_the_schema_errors(
+    sandbox, tmp_path: Path
+) -> None:
     result = await run_orchestrator(sandbox, tmp_path)
     assert result.code == 1, result.stdout + result.stderr
     failure = result.status_of("Inference")
@@ -38,9 +40,13 @@ async def test_empty_completion_fails_inference_listing_the_schema_errors(sandbo
 
 
 @pytest.mark.parametrize("faults", [Faults(never_ready=True)])
-async def test_budget_running_out_in_wait_ready_still_diagnoses_and_cleans_up(sandbox, tmp_path: Path) -> None:
+async def test_budget_running_out_in_wait_ready_still_diagnoses_and_cleans_up(
+    sandbox, tmp_path: Path
+) -> None:
     # Wait Ready may wait 300 s, but the whole run has 10 s, of which 5 s are kept back.
-    result = await run_orchestrator(sandbox, tmp_path, "--test-timeout", "10000", "--cleanup-reserve", "5000")
+    result = await run_orchestrator(
+        sandbox, tmp_path, "--test-timeout", "10000", "--cleanup-reserve", "5000"
+    )
     assert result.code == 1, result.stdout + result.stderr
     failure = result.status_of("Wait Ready")
     assert failure["status"] == "failure"

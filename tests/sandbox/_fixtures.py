@@ -4,6 +4,7 @@ Every test gets a fresh Kubernetes backend: the in-process KubeAPIServer, and, w
 TESTCLUSTER_HOME is set, the real test cluster too (started into the test's tmp dir).
 Waiting is always on a watch with a deadline, never on a sleep.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -25,8 +26,16 @@ from orchestrator.sandbox._kube import Gone, Kube
 NS = "kaito-workspace"
 NAME = "integration-test-llama"
 MODEL = "llama-3.2-1b-instruct"
-CREATE_BODY = {"name": NAME, "namespace": NS, "provider": "kaito", "modelSource": "premade",
-               "premadeModel": "llama3.2:1b", "ggufRunMode": "direct", "computeType": "cpu", "replicas": 1}
+CREATE_BODY = {
+    "name": NAME,
+    "namespace": NS,
+    "provider": "kaito",
+    "modelSource": "premade",
+    "premadeModel": "llama3.2:1b",
+    "ggufRunMode": "direct",
+    "computeType": "cpu",
+    "replicas": 1,
+}
 WS_COLLECTION = f"/apis/kaito.sh/v1beta1/namespaces/{NS}/workspaces"
 DEADLINE = 60.0
 
@@ -67,10 +76,17 @@ def make_sandbox(kube_backend: Path | None, tmp_path: Path) -> SandboxFactory:
     """``async with make_sandbox(faults=..., auth_token=...) as (sandbox, api, kube):``"""
 
     @asynccontextmanager
-    async def factory(faults: Faults | None = None, auth_token: str | None = None,
-                      ) -> AsyncIterator[tuple[Sandbox, aiohttp.ClientSession, Kube]]:
-        options = SandboxOptions(workdir=tmp_path / "sandbox", kubeconfig=kube_backend,
-                                 faults=faults or Faults(), auth_token=auth_token, crd_dir=crd_dir())
+    async def factory(
+        faults: Faults | None = None,
+        auth_token: str | None = None,
+    ) -> AsyncIterator[tuple[Sandbox, aiohttp.ClientSession, Kube]]:
+        options = SandboxOptions(
+            workdir=tmp_path / "sandbox",
+            kubeconfig=kube_backend,
+            faults=faults or Faults(),
+            auth_token=auth_token,
+            crd_dir=crd_dir(),
+        )
         async with Sandbox(options) as sandbox:
             kube = await Kube.from_kubeconfig(sandbox.kubeconfig)
             try:
@@ -84,8 +100,14 @@ def make_sandbox(kube_backend: Path | None, tmp_path: Path) -> SandboxFactory:
 
 # ---------------------------------------------------------------------------- waiting on watches
 
-async def wait_for(kube: Kube, collection: str, name: str, predicate: Callable[[dict | None], bool],
-                   timeout: float = DEADLINE) -> dict | None:
+
+async def wait_for(
+    kube: Kube,
+    collection: str,
+    name: str,
+    predicate: Callable[[dict | None], bool],
+    timeout: float = DEADLINE,
+) -> dict | None:
     """Watch ``collection`` until the named object (None once it is gone) satisfies ``predicate``."""
     query = {"fieldSelector": f"metadata.name={name}"}
 
@@ -93,7 +115,7 @@ async def wait_for(kube: Kube, collection: str, name: str, predicate: Callable[[
         while True:
             try:
                 listing = await kube.get(collection, query)
-            except Exception:  # noqa: BLE001 - e.g. a CRD that is not served yet
+            except Exception:
                 await asyncio.sleep(0.1)
                 continue
             items = listing.get("items", [])
@@ -101,7 +123,9 @@ async def wait_for(kube: Kube, collection: str, name: str, predicate: Callable[[
             if predicate(current):
                 return current
             try:
-                async for event in kube.watch(collection, query, listing["metadata"].get("resourceVersion"), 10):
+                async for event in kube.watch(
+                    collection, query, listing["metadata"].get("resourceVersion"), 10
+                ):
                     obj = None if event["type"] == "DELETED" else event["object"]
                     if event["type"] == "BOOKMARK":
                         continue
@@ -121,7 +145,10 @@ def condition(obj: dict | None, ctype: str) -> str | None:
 
 
 def running_workspace(obj: dict | None) -> bool:
-    return condition(obj, "InferenceReady") == "True" and condition(obj, "WorkspaceSucceeded") == "True"
+    return (
+        condition(obj, "InferenceReady") == "True"
+        and condition(obj, "WorkspaceSucceeded") == "True"
+    )
 
 
 def pod_phase(phase: str) -> Callable[[dict | None], bool]:
@@ -134,6 +161,7 @@ def waiting_reason(reason: str) -> Callable[[dict | None], bool]:
             if (status.get("state") or {}).get("waiting", {}).get("reason") == reason:
                 return True
         return False
+
     return check
 
 
@@ -143,7 +171,10 @@ def gone(obj: dict | None) -> bool:
 
 # ---------------------------------------------------------------------------- the flow's steps
 
-async def call(api: aiohttp.ClientSession, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+
+async def call(
+    api: aiohttp.ClientSession, method: str, path: str, **kwargs: Any
+) -> tuple[int, Any]:
     async with api.request(method, path, **kwargs) as resp:
         text = await resp.text()
         try:
@@ -156,10 +187,18 @@ async def install_kaito(api: aiohttp.ClientSession, kube: Kube) -> None:
     """Install through the API, then wait (on watches) until KubeFoundry reports it installed."""
     status, body = await call(api, "POST", "/api/installation/providers/kaito/install")
     assert status == 200, body
-    await wait_for(kube, "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", "workspaces.kaito.sh",
-                   lambda crd: any(c.get("type") == "Established" and c.get("status") == "True"
-                                   for c in (crd or {}).get("status", {}).get("conditions") or []))
-    pods = await kube.get(f"/api/v1/namespaces/{NS}/pods", {"labelSelector": "app.kubernetes.io/name=kaito-workspace"})
+    await wait_for(
+        kube,
+        "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+        "workspaces.kaito.sh",
+        lambda crd: any(
+            c.get("type") == "Established" and c.get("status") == "True"
+            for c in (crd or {}).get("status", {}).get("conditions") or []
+        ),
+    )
+    pods = await kube.get(
+        f"/api/v1/namespaces/{NS}/pods", {"labelSelector": "app.kubernetes.io/name=kaito-workspace"}
+    )
     operator = pods["items"][0]["metadata"]["name"]
     await wait_for(kube, f"/api/v1/namespaces/{NS}/pods", operator, pod_phase("Running"))
     await wait_for(kube, WS_COLLECTION, "no-such-workspace", lambda _: True)  # the CRD is served
@@ -175,15 +214,26 @@ async def create_deployment(api: aiohttp.ClientSession, body: dict | None = None
 async def chat(kube: Kube, content: str = "Say hello.", max_tokens: int = 8, **extra: Any) -> dict:
     """A chat completion through the Kubernetes API server's service proxy."""
     path = f"/api/v1/namespaces/{NS}/services/{NAME}:80/proxy/v1/chat/completions"
-    body = {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": max_tokens, **extra}
+    body = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": content}],
+        "max_tokens": max_tokens,
+        **extra,
+    }
     return await kube.request("POST", path, body=body)
 
 
 async def proxy_raw(kube: Kube, path: str, body: dict | None = None) -> tuple[int, bytes]:
     """Status and raw body of a service-proxy request (for streams and error answers)."""
     full = f"/api/v1/namespaces/{NS}/services/{NAME}:80/proxy/{path}"
-    resp = await kube._send("POST" if body is not None else "GET", full, None, body,  # noqa: SLF001
-                            "application/json", "application/json, text/event-stream")
+    resp = await kube._send(
+        "POST" if body is not None else "GET",
+        full,
+        None,
+        body,
+        "application/json",
+        "application/json, text/event-stream",
+    )
     try:
         return resp.status, await resp.read()
     finally:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import os
 import pathlib
 import tempfile
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import AsyncIterator
 
 import anyio
-from _testcluster import stop_later
 import pytest
+from _testcluster import stop_later
 from kubernetes_asyncio import client, config
 
 from orchestrator.sandbox.kubeapi import KubeAPIServer
@@ -73,7 +73,9 @@ async def testcluster_kube(anyio_backend: str, tmp_path: pathlib.Path) -> AsyncI
     run_dir = _run_dir(tmp_path)
     started = await anyio.run_process([str(home / "start"), str(run_dir)], check=False)
     if started.returncode != 0:
-        pytest.fail(f"test cluster did not start: {started.stderr.decode(errors='replace')[-2000:]}")
+        pytest.fail(
+            f"test cluster did not start: {started.stderr.decode(errors='replace')[-2000:]}"
+        )
     try:
         kubeconfig = pathlib.Path(started.stdout.decode().strip().splitlines()[-1])
         env = dict(

@@ -1,14 +1,30 @@
 """Each fault knob makes the failure it names happen, visibly and only through real interfaces."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
-
 from _fixtures import (  # noqa: F401 - fixtures are used by name
-    MODEL, NAME, NS, WS_COLLECTION, call, chat, condition, create_deployment, gone, install_kaito, kube_backend,
-    make_sandbox, pod_phase, proxy_raw, running_workspace, wait_for, waiting_reason,
+    MODEL,
+    NAME,
+    NS,
+    WS_COLLECTION,
+    call,
+    chat,
+    condition,
+    create_deployment,
+    gone,
+    install_kaito,
+    kube_backend,
+    make_sandbox,
+    pod_phase,
+    proxy_raw,
+    running_workspace,
+    wait_for,
+    waiting_reason,
 )
+
 from orchestrator.sandbox import Faults
 from orchestrator.sandbox.kaito import CRASH_LINE
 
@@ -22,7 +38,9 @@ async def test_install_fails_answers_500_and_kaito_stays_uninstalled(make_sandbo
         status, body = await call(api, "POST", "/api/installation/providers/kaito/install")
         assert status == 500
         assert body["error"]["statusCode"] == 500
-        assert body["error"]["message"].startswith('Installation failed at step "install-kaito-workspace": ')
+        assert body["error"]["message"].startswith(
+            'Installation failed at step "install-kaito-workspace": '
+        )
         status, body = await call(api, "GET", "/api/installation/providers/kaito/status")
         assert body["installed"] is False and body["operatorRunning"] is False
 
@@ -33,7 +51,10 @@ async def test_backend_errors_fail_the_next_requests_then_recover(make_sandbox) 
         assert status == 200 and body["backend_errors"] == 2
         for _ in range(2):
             status, body = await call(api, "GET", "/api/health")
-            assert (status, body) == (503, {"error": {"message": "Service Unavailable", "statusCode": 503}})
+            assert (status, body) == (
+                503,
+                {"error": {"message": "Service Unavailable", "statusCode": 503}},
+            )
         status, body = await call(api, "GET", "/api/health")
         assert status == 200 and body["status"] == "healthy"
         status, body = await call(api, "GET", "/_sandbox/faults")
@@ -46,8 +67,14 @@ async def test_faults_endpoint_rejects_unknown_knobs(make_sandbox) -> None:
         assert status == 400
         status, body = await call(api, "POST", "/_sandbox/faults", json={"no_such_fault": True})
         assert status == 400
-        status, body = await call(api, "POST", "/_sandbox/faults", json={"delays": {"resource": 1.5}})
-        assert status == 200 and body["delays"]["resource"] == 1.5 and body["delays"]["pod_start"] == 0.3
+        status, body = await call(
+            api, "POST", "/_sandbox/faults", json={"delays": {"resource": 1.5}}
+        )
+        assert (
+            status == 200
+            and body["delays"]["resource"] == 1.5
+            and body["delays"]["pod_start"] == 0.3
+        )
 
 
 async def test_image_pull_error_leaves_the_pod_pending_and_names_the_image(make_sandbox) -> None:
@@ -58,8 +85,9 @@ async def test_image_pull_error_leaves_the_pod_pending_and_names_the_image(make_
         assert pod["status"]["phase"] == "Pending"
         assert pod["spec"]["containers"][0]["image"] == IMAGE
         await sandbox.state.wait_recorded(NAME, "pod ErrImagePull")
-        events = await kube.get(f"/api/v1/namespaces/{NS}/events",
-                                {"fieldSelector": f"involvedObject.name={NAME}-0"})
+        events = await kube.get(
+            f"/api/v1/namespaces/{NS}/events", {"fieldSelector": f"involvedObject.name={NAME}-0"}
+        )
         assert any(IMAGE in e["message"] and e["type"] == "Warning" for e in events["items"])
         ws = await kube.get(f"{WS_COLLECTION}/{NAME}")
         assert condition(ws, "ResourceReady") == "True" and condition(ws, "InferenceReady") is None
@@ -79,13 +107,19 @@ async def test_crash_loop_shows_the_waiting_reason_restarts_and_the_crash_log(ma
         assert body["pods"][0]["phase"] == "Pending" and body["pods"][0]["ready"] is False
         previous = await kube.text(f"{PODS}/{NAME}-0/log", {"previous": True})
         assert CRASH_LINE in previous
-        events = await kube.get(f"/api/v1/namespaces/{NS}/events", {"fieldSelector": f"involvedObject.name={NAME}-0"})
+        events = await kube.get(
+            f"/api/v1/namespaces/{NS}/events", {"fieldSelector": f"involvedObject.name={NAME}-0"}
+        )
         assert any(e["reason"] == "BackOff" for e in events["items"])
 
 
 async def test_stuck_delete_keeps_the_finalizer_until_lifted(make_sandbox) -> None:
     # image_pull_error keeps this test free of model servers; deletion does not care.
-    async with make_sandbox(faults=Faults(stuck_delete=True, image_pull_error=True)) as (sandbox, api, kube):
+    async with make_sandbox(faults=Faults(stuck_delete=True, image_pull_error=True)) as (
+        sandbox,
+        api,
+        kube,
+    ):
         await install_kaito(api, kube)
         await create_deployment(api)
         await wait_for(kube, PODS, f"{NAME}-0", waiting_reason("ErrImagePull"))
@@ -114,7 +148,9 @@ async def test_never_ready_withholds_inference_ready(make_sandbox) -> None:
         await wait_for(kube, PODS, f"{NAME}-0", pod_phase("Running"))
         ws = await kube.get(f"{WS_COLLECTION}/{NAME}")
         assert condition(ws, "ResourceReady") == "True"
-        assert condition(ws, "InferenceReady") is None and condition(ws, "WorkspaceSucceeded") is None
+        assert (
+            condition(ws, "InferenceReady") is None and condition(ws, "WorkspaceSucceeded") is None
+        )
         status, body = await call(api, "GET", f"/api/deployments/{NAME}?namespace={NS}")
         assert body["phase"] == "Pending"
 
@@ -130,7 +166,10 @@ async def test_inference_faults_break_the_completion(make_sandbox) -> None:
         await wait_for(kube, WS_COLLECTION, NAME, running_workspace)
 
         good = await chat(kube)
-        assert good["object"] == "chat.completion" and good["choices"][0]["message"]["role"] == "assistant"
+        assert (
+            good["object"] == "chat.completion"
+            and good["choices"][0]["message"]["role"] == "assistant"
+        )
 
         sandbox.update_faults({"inference": "wrong_object"})
         assert (await chat(kube))["object"] == "text_completion"
@@ -146,10 +185,21 @@ async def test_inference_faults_break_the_completion(make_sandbox) -> None:
         assert usage["total_tokens"] != usage["prompt_tokens"] + usage["completion_tokens"]
 
         sandbox.update_faults({"inference": "wrong_object"})
-        status, raw = await proxy_raw(kube, "v1/chat/completions", {
-            "model": MODEL, "stream": True, "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]})
-        chunks = [json.loads(line[6:]) for line in raw.splitlines()
-                  if line.startswith(b"data: ") and line != b"data: [DONE]"]
+        status, raw = await proxy_raw(
+            kube,
+            "v1/chat/completions",
+            {
+                "model": MODEL,
+                "stream": True,
+                "max_tokens": 4,
+                "messages": [{"role": "user", "content": "Hi"}],
+            },
+        )
+        chunks = [
+            json.loads(line[6:])
+            for line in raw.splitlines()
+            if line.startswith(b"data: ") and line != b"data: [DONE]"
+        ]
         assert chunks and all(c["object"] == "text_completion" for c in chunks)
 
 

@@ -1,14 +1,27 @@
 """The KAITO stand-in drives a Workspace to Running, serves a real model, and cleans up on delete."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
-
 from _fixtures import (  # noqa: F401 - fixtures are used by name
-    NAME, NS, WS_COLLECTION, call, chat, create_deployment, gone, install_kaito, kube_backend, make_sandbox,
-    pod_phase, proxy_raw, running_workspace, wait_for,
+    NAME,
+    NS,
+    WS_COLLECTION,
+    call,
+    chat,
+    create_deployment,
+    gone,
+    install_kaito,
+    kube_backend,
+    make_sandbox,
+    pod_phase,
+    proxy_raw,
+    running_workspace,
+    wait_for,
 )
+
 from orchestrator.sandbox.kaito import FINALIZER
 
 pytestmark = pytest.mark.anyio
@@ -23,7 +36,8 @@ async def test_workspace_runs_and_the_model_answers_through_the_service_proxy(ma
         ws = await wait_for(kube, WS_COLLECTION, NAME, running_workspace)
         assert FINALIZER in ws["metadata"]["finalizers"]
         assert {"ResourceReady", "InferenceReady", "WorkspaceSucceeded"} <= {
-            c["type"] for c in ws["status"]["conditions"]}
+            c["type"] for c in ws["status"]["conditions"]
+        }
 
         status, deployment = await call(api, "GET", f"/api/deployments/{NAME}?namespace={NS}")
         assert status == 200
@@ -49,11 +63,18 @@ async def test_workspace_runs_and_the_model_answers_through_the_service_proxy(ma
         usage = answer["usage"]
         assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
 
-        status, raw = await proxy_raw(kube, "v1/chat/completions", {
-            "model": deployment["modelId"], "stream": True, "max_tokens": 4,
-            "messages": [{"role": "user", "content": "Hi"}]})
+        status, raw = await proxy_raw(
+            kube,
+            "v1/chat/completions",
+            {
+                "model": deployment["modelId"],
+                "stream": True,
+                "max_tokens": 4,
+                "messages": [{"role": "user", "content": "Hi"}],
+            },
+        )
         assert status == 200
-        events = [line[len(b"data: "):] for line in raw.splitlines() if line.startswith(b"data: ")]
+        events = [line[len(b"data: ") :] for line in raw.splitlines() if line.startswith(b"data: ")]
         assert events[-1] == b"[DONE]"
         assert all(json.loads(e)["object"] == "chat.completion.chunk" for e in events[:-1])
 
@@ -72,9 +93,17 @@ async def test_delete_removes_pod_and_services_before_the_workspace(make_sandbox
         assert (status, body) == (200, {"message": "Deployment deleted successfully"})
         await wait_for(kube, WS_COLLECTION, NAME, gone)
 
-        for collection, name in (("pods", f"{NAME}-0"), ("services", NAME), ("services", f"{NAME}-headless")):
-            assert (await kube.get(f"/api/v1/namespaces/{NS}/{collection}",
-                                   {"fieldSelector": f"metadata.name={name}"}))["items"] == []
+        for collection, name in (
+            ("pods", f"{NAME}-0"),
+            ("services", NAME),
+            ("services", f"{NAME}-headless"),
+        ):
+            assert (
+                await kube.get(
+                    f"/api/v1/namespaces/{NS}/{collection}",
+                    {"fieldSelector": f"metadata.name={name}"},
+                )
+            )["items"] == []
         events = [e.event for e in sandbox.timeline if e.name == NAME]
         assert events.index("pod and services deleted") < events.index("finalizer removed")
         status, body = await call(api, "GET", f"/api/deployments/{NAME}?namespace={NS}")
@@ -85,7 +114,10 @@ async def test_nothing_is_reconciled_without_the_operator(make_sandbox) -> None:
     """Before install there is no CRD and no operator: a Workspace made behind KubeFoundry's back waits."""
     async with make_sandbox() as (sandbox, api, kube):
         await install_kaito(api, kube)
-        pods = await kube.get(f"/api/v1/namespaces/{NS}/pods", {"labelSelector": "app.kubernetes.io/name=kaito-workspace"})
+        pods = await kube.get(
+            f"/api/v1/namespaces/{NS}/pods",
+            {"labelSelector": "app.kubernetes.io/name=kaito-workspace"},
+        )
         operator = pods["items"][0]["metadata"]["name"]
         await kube.delete(f"/api/v1/namespaces/{NS}/pods/{operator}", {"gracePeriodSeconds": 0})
         await wait_for(kube, f"/api/v1/namespaces/{NS}/pods", operator, gone)
@@ -93,13 +125,24 @@ async def test_nothing_is_reconciled_without_the_operator(make_sandbox) -> None:
         await create_deployment(api)
 
         status, body = await call(api, "GET", "/api/installation/providers/kaito/status")
-        assert (body["installed"], body["crdFound"], body["operatorRunning"]) == (False, True, False)
+        assert (body["installed"], body["crdFound"], body["operatorRunning"]) == (
+            False,
+            True,
+            False,
+        )
         assert body["message"] == "KAITO operator is not running"
 
         # Reinstalling brings the operator back, and only then is the Workspace reconciled.
         status, body = await call(api, "POST", "/api/installation/providers/kaito/install")
         assert status == 200 and body["installing"] is True
-        ws = await wait_for(kube, WS_COLLECTION, NAME, lambda w: "workspace.finalizer.kaito.sh" in
-                            ((w or {}).get("metadata", {}).get("finalizers") or []))
+        ws = await wait_for(
+            kube,
+            WS_COLLECTION,
+            NAME,
+            lambda w: (
+                "workspace.finalizer.kaito.sh"
+                in ((w or {}).get("metadata", {}).get("finalizers") or [])
+            ),
+        )
         assert ws is not None
         await wait_for(kube, f"/api/v1/namespaces/{NS}/pods", f"{NAME}-0", pod_phase("Pending"))

@@ -11,7 +11,8 @@ import asyncio
 import json
 import os
 import pathlib
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
@@ -36,12 +37,26 @@ WIDGET_CRD: dict[str, Any] = {
     "spec": {
         "group": GROUP,
         "scope": "Namespaced",
-        "names": {"plural": PLURAL, "singular": "widget", "kind": "Widget", "listKind": "WidgetList"},
-        "versions": [{
-            "name": VERSION, "served": True, "storage": True,
-            "subresources": {"status": {}},
-            "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
-        }],
+        "names": {
+            "plural": PLURAL,
+            "singular": "widget",
+            "kind": "Widget",
+            "listKind": "WidgetList",
+        },
+        "versions": [
+            {
+                "name": VERSION,
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "x-kubernetes-preserve-unknown-fields": True,
+                    }
+                },
+            }
+        ],
     },
 }
 
@@ -66,8 +81,12 @@ async def retry_429(call: Callable[[], Awaitable[Any]]) -> Any:
 
 
 async def wait_for(
-    kube: Kube, list_fn: Callable[..., Any], *args: Any, predicate: Callable[[dict[str, Any]], bool],
-    timeout: float = 15, **kwargs: Any,
+    kube: Kube,
+    list_fn: Callable[..., Any],
+    *args: Any,
+    predicate: Callable[[dict[str, Any]], bool],
+    timeout: float = 15,
+    **kwargs: Any,
 ) -> dict[str, Any]:
     """List, then watch from the list's resourceVersion until an object satisfies `predicate`."""
     with anyio.fail_after(timeout):
@@ -79,7 +98,9 @@ async def wait_for(
             w = watch.Watch()
             rv = listed["metadata"]["resourceVersion"]
             try:
-                async for ev in w.stream(list_fn, *args, resource_version=rv, timeout_seconds=int(timeout) + 1, **kwargs):
+                async for ev in w.stream(
+                    list_fn, *args, resource_version=rv, timeout_seconds=int(timeout) + 1, **kwargs
+                ):
                     obj = as_dict(kube, ev["object"])
                     if ev["type"] != "DELETED" and predicate(obj):
                         return obj
@@ -90,16 +111,29 @@ async def wait_for(
                 await w.close()
 
 
-async def wait_gone(kube: Kube, list_fn: Callable[..., Any], *args: Any, name: str, timeout: float = 15, **kwargs: Any) -> None:
+async def wait_gone(
+    kube: Kube,
+    list_fn: Callable[..., Any],
+    *args: Any,
+    name: str,
+    timeout: float = 15,
+    **kwargs: Any,
+) -> None:
     with anyio.fail_after(timeout):
-        listed = as_dict(kube, await list_fn(*args, field_selector=f"metadata.name={name}", **kwargs))
+        listed = as_dict(
+            kube, await list_fn(*args, field_selector=f"metadata.name={name}", **kwargs)
+        )
         if not listed["items"]:
             return
         w = watch.Watch()
         try:
             async for ev in w.stream(
-                list_fn, *args, field_selector=f"metadata.name={name}",
-                resource_version=listed["metadata"]["resourceVersion"], timeout_seconds=int(timeout) + 1, **kwargs,
+                list_fn,
+                *args,
+                field_selector=f"metadata.name={name}",
+                resource_version=listed["metadata"]["resourceVersion"],
+                timeout_seconds=int(timeout) + 1,
+                **kwargs,
             ):
                 if ev["type"] == "DELETED":
                     return
@@ -122,12 +156,19 @@ async def install_crd(kube: Kube, crd: dict[str, Any]) -> dict[str, Any]:
     return await wait_for(kube, ext.list_custom_resource_definition, predicate=established)
 
 
-def pod_manifest(name: str, annotations: dict[str, str] | None = None, labels: dict[str, str] | None = None,
-                 containers: list[str] | None = None) -> dict[str, Any]:
+def pod_manifest(
+    name: str,
+    annotations: dict[str, str] | None = None,
+    labels: dict[str, str] | None = None,
+    containers: list[str] | None = None,
+) -> dict[str, Any]:
     return {
-        "apiVersion": "v1", "kind": "Pod",
+        "apiVersion": "v1",
+        "kind": "Pod",
         "metadata": {"name": name, "annotations": annotations or {}, "labels": labels or {}},
-        "spec": {"containers": [{"name": c, "image": "busybox:1.36"} for c in (containers or ["main"])]},
+        "spec": {
+            "containers": [{"name": c, "image": "busybox:1.36"} for c in (containers or ["main"])]
+        },
     }
 
 
@@ -161,10 +202,16 @@ async def test_pod_create_get_list_patch_delete(kube: Kube) -> None:
     assert int(patched.metadata.resource_version) > int(created.metadata.resource_version)
 
     jp = await kube.api.call_api(
-        f"/api/v1/namespaces/{NS}/pods/crud", "PATCH",
-        body=[{"op": "remove", "path": "/metadata/labels/tier"}, {"op": "add", "path": "/metadata/annotations", "value": {"a": "b"}}],
+        f"/api/v1/namespaces/{NS}/pods/crud",
+        "PATCH",
+        body=[
+            {"op": "remove", "path": "/metadata/labels/tier"},
+            {"op": "add", "path": "/metadata/annotations", "value": {"a": "b"}},
+        ],
         header_params={"Content-Type": "application/json-patch+json", "Accept": "application/json"},
-        auth_settings=["BearerToken"], response_types_map={200: "object"}, _return_http_data_only=True,
+        auth_settings=["BearerToken"],
+        response_types_map={200: "object"},
+        _return_http_data_only=True,
     )
     assert jp["metadata"]["labels"] == {"app": "crud"} and jp["metadata"]["annotations"]["a"] == "b"
 
@@ -181,15 +228,24 @@ async def test_not_found_and_conflict_status_shapes(kube: Kube) -> None:
         await v1.read_namespaced_pod("nope", NS)
     assert err.value.status == 404
     assert status_body(err.value) == {
-        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-        "message": 'pods "nope" not found', "reason": "NotFound",
-        "details": {"name": "nope", "kind": "pods"}, "code": 404,
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": 'pods "nope" not found',
+        "reason": "NotFound",
+        "details": {"name": "nope", "kind": "pods"},
+        "code": 404,
     }
     await v1.create_namespaced_config_map(NS, {"metadata": {"name": "dup"}})
     with pytest.raises(ApiException) as err:
         await v1.create_namespaced_config_map(NS, {"metadata": {"name": "dup"}})
     body = status_body(err.value)
-    assert (err.value.status, body["reason"], body["message"]) == (409, "AlreadyExists", 'configmaps "dup" already exists')
+    assert (err.value.status, body["reason"], body["message"]) == (
+        409,
+        "AlreadyExists",
+        'configmaps "dup" already exists',
+    )
     with pytest.raises(ApiException) as err:
         await v1.create_namespaced_config_map(NS, {"metadata": {}})
     assert err.value.status == 422 and status_body(err.value)["reason"] == "Invalid"
@@ -203,18 +259,29 @@ async def test_not_found_and_conflict_status_shapes(kube: Kube) -> None:
 async def test_custom_objects_crud_and_status_subresource(kube: Kube) -> None:
     await install_crd(kube, WIDGET_CRD)
     co = client.CustomObjectsApi(kube.api)
-    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Widget", "metadata": {"name": "w1", "labels": {"a": "1"}},
-            "spec": {"size": 1}, "status": {"ignored": True}}
-    created = await retry_429(lambda: co.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, body))
+    body = {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Widget",
+        "metadata": {"name": "w1", "labels": {"a": "1"}},
+        "spec": {"size": 1},
+        "status": {"ignored": True},
+    }
+    created = await retry_429(
+        lambda: co.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, body)
+    )
     assert created["metadata"]["generation"] == 1 and "status" not in created
 
     got = await co.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "w1")
     assert got["spec"] == {"size": 1} and got["kind"] == "Widget"
-    listed = await retry_429(lambda: co.list_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, label_selector="a=1"))
+    listed = await retry_429(
+        lambda: co.list_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, label_selector="a=1")
+    )
     assert [i["metadata"]["name"] for i in listed["items"]] == ["w1"]
     assert listed["kind"] == "WidgetList"
 
-    patched = await co.patch_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "w1", {"spec": {"size": 2}}, **MERGE)
+    patched = await co.patch_namespaced_custom_object(
+        GROUP, VERSION, NS, PLURAL, "w1", {"spec": {"size": 2}}, **MERGE
+    )
     assert patched["spec"]["size"] == 2 and patched["metadata"]["generation"] == 2
 
     status = await co.patch_namespaced_custom_object_status(
@@ -222,7 +289,9 @@ async def test_custom_objects_crud_and_status_subresource(kube: Kube) -> None:
     )
     assert status["status"] == {"phase": "Ready"} and status["metadata"]["generation"] == 2
     # the main resource cannot change status once the subresource exists
-    again = await co.patch_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "w1", {"status": {"phase": "Nope"}}, **MERGE)
+    again = await co.patch_namespaced_custom_object(
+        GROUP, VERSION, NS, PLURAL, "w1", {"status": {"phase": "Nope"}}, **MERGE
+    )
     assert again["status"] == {"phase": "Ready"}
 
     await co.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, "w1")
@@ -242,37 +311,68 @@ async def test_kaito_workspace_crd(kube: Kube) -> None:
     await install_crd(kube, crd)
     co = client.CustomObjectsApi(kube.api)
     ws = {
-        "apiVersion": "kaito.sh/v1beta1", "kind": "Workspace", "metadata": {"name": "phi"},
-        "resource": {"instanceType": "Standard_NC24ads_A100_v4", "labelSelector": {"matchLabels": {"apps": "phi"}}},
+        "apiVersion": "kaito.sh/v1beta1",
+        "kind": "Workspace",
+        "metadata": {"name": "phi"},
+        "resource": {
+            "instanceType": "Standard_NC24ads_A100_v4",
+            "labelSelector": {"matchLabels": {"apps": "phi"}},
+        },
         "inference": {"preset": {"name": "phi-4-mini-instruct"}},
     }
-    created = await retry_429(lambda: co.create_namespaced_custom_object("kaito.sh", "v1beta1", NS, "workspaces", ws))
+    created = await retry_429(
+        lambda: co.create_namespaced_custom_object("kaito.sh", "v1beta1", NS, "workspaces", ws)
+    )
     assert created["inference"]["preset"]["name"] == "phi-4-mini-instruct"
-    cond = {"type": "InferenceReady", "status": "True", "reason": "Ready", "message": "ok",
-            "lastTransitionTime": "2026-01-01T00:00:00Z"}
+    cond = {
+        "type": "InferenceReady",
+        "status": "True",
+        "reason": "Ready",
+        "message": "ok",
+        "lastTransitionTime": "2026-01-01T00:00:00Z",
+    }
     updated = await co.patch_namespaced_custom_object_status(
         "kaito.sh", "v1beta1", NS, "workspaces", "phi", {"status": {"conditions": [cond]}}, **MERGE
     )
     assert updated["status"]["conditions"][0]["type"] == "InferenceReady"
 
     def ready(obj: dict[str, Any]) -> bool:
-        return any(c["type"] == "InferenceReady" for c in (obj.get("status") or {}).get("conditions") or [])
+        return any(
+            c["type"] == "InferenceReady" for c in (obj.get("status") or {}).get("conditions") or []
+        )
 
-    found = await wait_for(kube, co.list_namespaced_custom_object, "kaito.sh", "v1beta1", NS, "workspaces", predicate=ready)
+    found = await wait_for(
+        kube,
+        co.list_namespaced_custom_object,
+        "kaito.sh",
+        "v1beta1",
+        NS,
+        "workspaces",
+        predicate=ready,
+    )
     assert found["metadata"]["name"] == "phi"
 
 
 # -- list and watch --------------------------------------------------------------------
 
 
-async def collect(kube: Kube, list_fn: Callable[..., Any], *args: Any, rv: str, until: Callable[[str, dict[str, Any]], bool],
-                  timeout: float = 10, **kwargs: Any) -> list[tuple[str, str]]:
+async def collect(
+    kube: Kube,
+    list_fn: Callable[..., Any],
+    *args: Any,
+    rv: str,
+    until: Callable[[str, dict[str, Any]], bool],
+    timeout: float = 10,
+    **kwargs: Any,
+) -> list[tuple[str, str]]:
     """(type, name) of watch events from `rv` until `until` says stop."""
     seen: list[tuple[str, str]] = []
     w = watch.Watch()
     try:
         with anyio.fail_after(timeout):
-            async for ev in w.stream(list_fn, *args, resource_version=rv, timeout_seconds=int(timeout) + 1, **kwargs):
+            async for ev in w.stream(
+                list_fn, *args, resource_version=rv, timeout_seconds=int(timeout) + 1, **kwargs
+            ):
                 obj = as_dict(kube, ev["object"])
                 seen.append((ev["type"], obj["metadata"]["name"]))
                 if until(ev["type"], obj):
@@ -285,31 +385,51 @@ async def collect(kube: Kube, list_fn: Callable[..., Any], *args: Any, rv: str, 
 async def test_list_then_watch_sees_exactly_the_later_changes(kube: Kube) -> None:
     v1 = client.CoreV1Api(kube.api)
     sel = {"label_selector": "suite=watch"}
-    await v1.create_namespaced_config_map(NS, {"metadata": {"name": "before", "labels": {"suite": "watch"}}})
+    await v1.create_namespaced_config_map(
+        NS, {"metadata": {"name": "before", "labels": {"suite": "watch"}}}
+    )
     listed = await v1.list_namespaced_config_map(NS, **sel)
     assert [i.metadata.name for i in listed.items] == ["before"]
     rv = listed.metadata.resource_version
 
-    await v1.create_namespaced_config_map(NS, {"metadata": {"name": "after", "labels": {"suite": "watch"}}})
+    await v1.create_namespaced_config_map(
+        NS, {"metadata": {"name": "after", "labels": {"suite": "watch"}}}
+    )
     await v1.patch_namespaced_config_map("before", NS, {"data": {"k": "v"}})
     await v1.delete_namespaced_config_map("after", NS)
     # leaving the selection reads as DELETED for this watcher
     await v1.patch_namespaced_config_map("before", NS, {"metadata": {"labels": {"suite": "other"}}})
 
     events = await collect(
-        kube, v1.list_namespaced_config_map, NS, rv=rv, until=lambda t, o: t == "DELETED" and o["metadata"]["name"] == "before", **sel
+        kube,
+        v1.list_namespaced_config_map,
+        NS,
+        rv=rv,
+        until=lambda t, o: t == "DELETED" and o["metadata"]["name"] == "before",
+        **sel,
     )
-    assert events == [("ADDED", "after"), ("MODIFIED", "before"), ("DELETED", "after"), ("DELETED", "before")]
+    assert events == [
+        ("ADDED", "after"),
+        ("MODIFIED", "before"),
+        ("DELETED", "after"),
+        ("DELETED", "before"),
+    ]
 
     # resourceVersions are one increasing sequence across kinds
     cm = await v1.read_namespaced_config_map("before", NS)
-    pod = await v1.create_namespaced_pod(NS, pod_manifest("rv-check", {"fake-kubelet/phase": "Pending"}))
+    pod = await v1.create_namespaced_pod(
+        NS, pod_manifest("rv-check", {"fake-kubelet/phase": "Pending"})
+    )
     assert int(pod.metadata.resource_version) > int(cm.metadata.resource_version)
 
 
 async def test_label_selectors(kube: Kube) -> None:
     v1 = client.CoreV1Api(kube.api)
-    for name, labels in {"a": {"env": "prod", "tier": "web"}, "b": {"env": "dev"}, "c": {"tier": "db"}}.items():
+    for name, labels in {
+        "a": {"env": "prod", "tier": "web"},
+        "b": {"env": "dev"},
+        "c": {"tier": "db"},
+    }.items():
         await v1.create_namespaced_config_map(NS, {"metadata": {"name": name, "labels": labels}})
 
     async def names(selector: str) -> list[str]:
@@ -335,7 +455,11 @@ async def test_event_field_selector(kube: Kube) -> None:
     await v1.create_namespaced_pod(NS, pod_manifest("ev-b"))
     selector = "involvedObject.name=ev-a,involvedObject.kind=Pod"
     started = await wait_for(
-        kube, v1.list_namespaced_event, NS, field_selector=selector, predicate=lambda e: e.get("reason") == "Started"
+        kube,
+        v1.list_namespaced_event,
+        NS,
+        field_selector=selector,
+        predicate=lambda e: e.get("reason") == "Started",
     )
     assert started["involvedObject"]["name"] == "ev-a" and started["type"] == "Normal"
     assert started["count"] >= 1 and started["firstTimestamp"] and started["lastTimestamp"]
@@ -344,19 +468,36 @@ async def test_event_field_selector(kube: Kube) -> None:
     assert {"Scheduled", "Pulled", "Created", "Started"} <= {e.reason for e in events.items}
     with pytest.raises(ApiException) as err:
         await v1.list_namespaced_event(NS, field_selector="nope=1")
-    assert err.value.status == 400 and "field label not supported" in status_body(err.value)["message"]
+    assert (
+        err.value.status == 400 and "field label not supported" in status_body(err.value)["message"]
+    )
 
 
 async def test_watch_from_expired_resource_version_is_410(kube: Kube) -> None:
     # A custom resource's history starts when its CRD is established, so "1" is too old on both backends.
     await install_crd(kube, WIDGET_CRD)
     co = client.CustomObjectsApi(kube.api)
-    await retry_429(lambda: co.create_namespaced_custom_object(
-        GROUP, VERSION, NS, PLURAL, {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Widget", "metadata": {"name": "w"}}
-    ))
-    resp = await retry_429(lambda: co.list_namespaced_custom_object(
-        GROUP, VERSION, NS, PLURAL, watch=True, resource_version="1", timeout_seconds=5, _preload_content=False
-    ))
+    await retry_429(
+        lambda: co.create_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            NS,
+            PLURAL,
+            {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Widget", "metadata": {"name": "w"}},
+        )
+    )
+    resp = await retry_429(
+        lambda: co.list_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            NS,
+            PLURAL,
+            watch=True,
+            resource_version="1",
+            timeout_seconds=5,
+            _preload_content=False,
+        )
+    )
     async with resp:
         assert resp.status == 200
         first = json.loads(await resp.content.readline())
@@ -366,8 +507,15 @@ async def test_watch_from_expired_resource_version_is_410(kube: Kube) -> None:
 
     w = watch.Watch()
     with pytest.raises(ApiException) as err:
-        async for _ in w.stream(co.list_namespaced_custom_object, GROUP, VERSION, NS, PLURAL,
-                                resource_version="1", timeout_seconds=5):
+        async for _ in w.stream(
+            co.list_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            NS,
+            PLURAL,
+            resource_version="1",
+            timeout_seconds=5,
+        ):
             pass
     await w.close()
     assert err.value.status == 410
@@ -384,8 +532,12 @@ async def test_finalizers_hold_deletion(kube: Kube) -> None:
     assert held.metadata.finalizers == ["example.test/hold"]
     await v1.patch_namespaced_config_map("held", NS, {"metadata": {"finalizers": None}})
     events = await collect(
-        kube, v1.list_namespaced_config_map, NS, rv=created.metadata.resource_version,
-        until=lambda t, o: t == "DELETED", field_selector="metadata.name=held",
+        kube,
+        v1.list_namespaced_config_map,
+        NS,
+        rv=created.metadata.resource_version,
+        until=lambda t, o: t == "DELETED",
+        field_selector="metadata.name=held",
     )
     assert events == [("MODIFIED", "held"), ("DELETED", "held")]
     with pytest.raises(ApiException) as err:
@@ -399,12 +551,17 @@ async def test_finalizers_hold_deletion(kube: Kube) -> None:
 async def test_pod_goes_running(kube: Kube) -> None:
     v1 = client.CoreV1Api(kube.api)
     await v1.create_namespaced_pod(NS, pod_manifest("runner", {"fake-kubelet/delay": "100ms"}))
-    pod = await wait_for(kube, v1.list_namespaced_pod, NS, field_selector="metadata.name=runner", predicate=running)
+    pod = await wait_for(
+        kube, v1.list_namespaced_pod, NS, field_selector="metadata.name=runner", predicate=running
+    )
     assert pod["spec"]["nodeName"] in ("fake-node-0", "fake-node-1")
     st = pod["status"]
     assert st["podIP"] and st["startTime"]
     assert {c["type"]: c["status"] for c in st["conditions"]} == {
-        "PodScheduled": "True", "Initialized": "True", "ContainersReady": "True", "Ready": "True",
+        "PodScheduled": "True",
+        "Initialized": "True",
+        "ContainersReady": "True",
+        "Ready": "True",
     }
     [cs] = st["containerStatuses"]
     assert cs["ready"] is True and "running" in cs["state"]
@@ -419,21 +576,31 @@ async def test_pod_waiting_reason_stays_pending(kube: Kube) -> None:
 
     def waiting(obj: dict[str, Any]) -> bool:
         statuses = (obj.get("status") or {}).get("containerStatuses") or []
-        return bool(statuses) and (statuses[0]["state"].get("waiting") or {}).get("reason") == "ImagePullBackOff"
+        return (
+            bool(statuses)
+            and (statuses[0]["state"].get("waiting") or {}).get("reason") == "ImagePullBackOff"
+        )
 
-    pod = await wait_for(kube, v1.list_namespaced_pod, NS, field_selector="metadata.name=stuck", predicate=waiting)
+    pod = await wait_for(
+        kube, v1.list_namespaced_pod, NS, field_selector="metadata.name=stuck", predicate=waiting
+    )
     assert pod["status"]["phase"] == "Pending" and pod["spec"]["nodeName"]
     with pytest.raises(ApiException) as err:
         await v1.read_namespaced_pod_log("stuck", NS)
     assert err.value.status == 400
-    assert status_body(err.value)["message"] == 'container "main" in pod "stuck" is waiting to start: ImagePullBackOff'
+    assert (
+        status_body(err.value)["message"]
+        == 'container "main" in pod "stuck" is waiting to start: ImagePullBackOff'
+    )
 
 
 async def test_pod_logs(kube: Kube) -> None:
     v1 = client.CoreV1Api(kube.api)
     ann = {"fake-kubelet/log": "alpha\nbeta", "fake-kubelet/log.side": "side text"}
     await v1.create_namespaced_pod(NS, pod_manifest("talker", ann, containers=["main", "side"]))
-    pod = await wait_for(kube, v1.list_namespaced_pod, NS, field_selector="metadata.name=talker", predicate=running)
+    pod = await wait_for(
+        kube, v1.list_namespaced_pod, NS, field_selector="metadata.name=talker", predicate=running
+    )
     log = await v1.read_namespaced_pod_log("talker", NS, container="main")
     assert log.splitlines() == [
         f"container main started on node {pod['spec']['nodeName']}",
@@ -441,16 +608,25 @@ async def test_pod_logs(kube: Kube) -> None:
         "alpha",
         "beta",
     ]
-    assert await v1.read_namespaced_pod_log("talker", NS, container="main", tail_lines=1) == "beta\n"
-    assert (await v1.read_namespaced_pod_log("talker", NS, container="side")).endswith("side text\n")
-    stamped = await v1.read_namespaced_pod_log("talker", NS, container="main", timestamps=True, tail_lines=1)
+    assert (
+        await v1.read_namespaced_pod_log("talker", NS, container="main", tail_lines=1) == "beta\n"
+    )
+    assert (await v1.read_namespaced_pod_log("talker", NS, container="side")).endswith(
+        "side text\n"
+    )
+    stamped = await v1.read_namespaced_pod_log(
+        "talker", NS, container="main", timestamps=True, tail_lines=1
+    )
     assert stamped.split(" ", 1)[1] == "beta\n" and stamped[:4].isdigit()
     assert len(await v1.read_namespaced_pod_log("talker", NS, container="main", limit_bytes=5)) == 5
 
     for params, message in [
         ({"container": "nope"}, "container nope is not valid for pod talker"),
         ({}, "a container name must be specified for pod talker, choose one of: [main side]"),
-        ({"container": "main", "previous": True}, 'previous terminated container "main" in pod "talker" not found'),
+        (
+            {"container": "main", "previous": True},
+            'previous terminated container "main" in pod "talker" not found',
+        ),
     ]:
         with pytest.raises(ApiException) as err:
             await v1.read_namespaced_pod_log("talker", NS, **params)
@@ -460,14 +636,22 @@ async def test_pod_logs(kube: Kube) -> None:
 async def test_graceful_pod_deletion(kube: Kube) -> None:
     v1 = client.CoreV1Api(kube.api)
     await v1.create_namespaced_pod(NS, pod_manifest("leaver"))
-    pod = await wait_for(kube, v1.list_namespaced_pod, NS, field_selector="metadata.name=leaver", predicate=running)
+    pod = await wait_for(
+        kube, v1.list_namespaced_pod, NS, field_selector="metadata.name=leaver", predicate=running
+    )
     await v1.delete_namespaced_pod("leaver", NS)
     events = await collect(
-        kube, v1.list_namespaced_pod, NS, rv=pod["metadata"]["resourceVersion"],
-        until=lambda t, o: t == "DELETED", field_selector="metadata.name=leaver",
+        kube,
+        v1.list_namespaced_pod,
+        NS,
+        rv=pod["metadata"]["resourceVersion"],
+        until=lambda t, o: t == "DELETED",
+        field_selector="metadata.name=leaver",
     )
     assert events[0] == ("MODIFIED", "leaver") and events[-1] == ("DELETED", "leaver")
-    killing = await v1.list_namespaced_event(NS, field_selector="involvedObject.name=leaver,reason=Killing")
+    killing = await v1.list_namespaced_event(
+        NS, field_selector="involvedObject.name=leaver,reason=Killing"
+    )
     assert [e.message for e in killing.items] == ["Stopping container main"]
 
 
@@ -483,7 +667,7 @@ class Backend:
         self.url = ""
         self._runner: web.AppRunner | None = None
 
-    async def __aenter__(self) -> "Backend":
+    async def __aenter__(self) -> Backend:
         app = web.Application()
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/chat/completions", self._chat)
@@ -503,7 +687,9 @@ class Backend:
 
     async def _models(self, request: web.Request) -> web.Response:
         self.seen_headers = dict(request.headers)
-        return web.json_response({"object": "list", "data": [{"id": "m"}], "query": request.query_string})
+        return web.json_response(
+            {"object": "list", "data": [{"id": "m"}], "query": request.query_string}
+        )
 
     async def _chat(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -522,32 +708,54 @@ class Backend:
 async def test_service_proxy(kube: Kube) -> None:
     v1 = client.CoreV1Api(kube.api)
     async with Backend() as backend:
-        await v1.create_namespaced_service(NS, {
-            "metadata": {"name": "model", "annotations": {"fake-kubelet/proxy-to": backend.url}},
-            "spec": {"ports": [{"name": "http", "port": 80}]},
-        })
+        await v1.create_namespaced_service(
+            NS,
+            {
+                "metadata": {
+                    "name": "model",
+                    "annotations": {"fake-kubelet/proxy-to": backend.url},
+                },
+                "spec": {"ports": [{"name": "http", "port": 80}]},
+            },
+        )
         # the generated method works as is (it returns the body as text)
         got = await v1.connect_get_namespaced_service_proxy_with_path("model:80", NS, "v1/models")
         assert "list" in got
 
         base = f"/api/v1/namespaces/{NS}/services/model:http/proxy"
         models = await kube.api.call_api(
-            f"{base}/v1/models", "GET", query_params=[("limit", "5")], header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"], response_types_map={200: "object"}, _return_http_data_only=True,
+            f"{base}/v1/models",
+            "GET",
+            query_params=[("limit", "5")],
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+            response_types_map={200: "object"},
+            _return_http_data_only=True,
         )
         assert models == {"object": "list", "data": [{"id": "m"}], "query": "limit=5"}
         assert "authorization" not in {k.lower() for k in backend.seen_headers}
 
         data = await kube.api.call_api(
-            f"{base}/v1/chat/completions", "POST", body={"messages": [{"role": "user", "content": "hi"}]},
+            f"{base}/v1/chat/completions",
+            "POST",
+            body={"messages": [{"role": "user", "content": "hi"}]},
             header_params={"Content-Type": "application/json", "Accept": "application/json"},
-            auth_settings=["BearerToken"], response_types_map={200: "object"}, _return_http_data_only=True,
+            auth_settings=["BearerToken"],
+            response_types_map={200: "object"},
+            _return_http_data_only=True,
         )
-        assert data == {"echo": {"messages": [{"role": "user", "content": "hi"}]}, "content_type": "application/json"}
+        assert data == {
+            "echo": {"messages": [{"role": "user", "content": "hi"}]},
+            "content_type": "application/json",
+        }
 
         resp = await kube.api.call_api(
-            f"{base}/v1/stream", "GET", header_params={"Accept": "text/event-stream"},
-            auth_settings=["BearerToken"], _preload_content=False, _return_http_data_only=True,
+            f"{base}/v1/stream",
+            "GET",
+            header_params={"Accept": "text/event-stream"},
+            auth_settings=["BearerToken"],
+            _preload_content=False,
+            _return_http_data_only=True,
         )
         async with resp:
             with anyio.fail_after(10):
@@ -559,23 +767,37 @@ async def test_service_proxy(kube: Kube) -> None:
 
 async def test_service_proxy_errors(kube: Kube) -> None:
     v1 = client.CoreV1Api(kube.api)
-    await v1.create_namespaced_service(NS, {"metadata": {"name": "bare"}, "spec": {"ports": [{"port": 80}]}})
+    await v1.create_namespaced_service(
+        NS, {"metadata": {"name": "bare"}, "spec": {"ports": [{"port": 80}]}}
+    )
     # a port nothing listens on: bind one, then close it
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
     await listener.aclose()
-    await v1.create_namespaced_service(NS, {
-        "metadata": {"name": "dead", "annotations": {"fake-kubelet/proxy-to": f"http://127.0.0.1:{port}"}},
-        "spec": {"ports": [{"port": 80}]},
-    })
+    await v1.create_namespaced_service(
+        NS,
+        {
+            "metadata": {
+                "name": "dead",
+                "annotations": {"fake-kubelet/proxy-to": f"http://127.0.0.1:{port}"},
+            },
+            "spec": {"ports": [{"port": 80}]},
+        },
+    )
     cases = [
         ("bare", 503, "ServiceUnavailable", 'no endpoints available for service "bare"'),
-        ("dead", 503, "ServiceUnavailable",
-         f"error trying to reach service: dial tcp 127.0.0.1:{port}: connect: connection refused"),
+        (
+            "dead",
+            503,
+            "ServiceUnavailable",
+            f"error trying to reach service: dial tcp 127.0.0.1:{port}: connect: connection refused",
+        ),
         ("ghost", 404, "NotFound", 'services "ghost" not found'),
     ]
     for name, code, reason, message in cases:
         with pytest.raises(ApiException) as err:
-            await v1.connect_get_namespaced_service_proxy_with_path(f"{name}:80", NS, "x", path2="x")
+            await v1.connect_get_namespaced_service_proxy_with_path(
+                f"{name}:80", NS, "x", path2="x"
+            )
         body = status_body(err.value)
         assert (err.value.status, body["reason"], body["message"]) == (code, reason, message)

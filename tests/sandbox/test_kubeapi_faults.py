@@ -22,13 +22,21 @@ NS = "default"
 
 def _crd(group: str) -> dict[str, Any]:
     return {
-        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
         "metadata": {"name": f"gadgets.{group}"},
         "spec": {
-            "group": group, "scope": "Namespaced",
+            "group": group,
+            "scope": "Namespaced",
             "names": {"plural": "gadgets", "singular": "gadget", "kind": "Gadget"},
-            "versions": [{"name": "v1", "served": True, "storage": True,
-                          "schema": {"openAPIV3Schema": {"type": "object"}}}],
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": {"type": "object"}},
+                }
+            ],
         },
     }
 
@@ -70,14 +78,22 @@ async def test_gone_once_answers_410_once(sandbox: Kube) -> None:
     sandbox.server.faults.gone_once = True
     w = watch.Watch()
     with pytest.raises(ApiException) as err:
-        async for _ in w.stream(v1.list_namespaced_config_map, NS, resource_version=listed.metadata.resource_version,
-                                timeout_seconds=2):
+        async for _ in w.stream(
+            v1.list_namespaced_config_map,
+            NS,
+            resource_version=listed.metadata.resource_version,
+            timeout_seconds=2,
+        ):
             pass
     await w.close()
     assert err.value.status == 410
     assert sandbox.server.faults.gone_once is False
     resp = await v1.list_namespaced_config_map(
-        NS, watch=True, resource_version=listed.metadata.resource_version, timeout_seconds=1, _preload_content=False
+        NS,
+        watch=True,
+        resource_version=listed.metadata.resource_version,
+        timeout_seconds=1,
+        _preload_content=False,
     )
     async with resp:
         assert await resp.content.read() == b""  # a normal, empty stream this time
@@ -91,7 +107,9 @@ async def test_too_many_requests_after_crd(sandbox: Kube) -> None:
     await ext.create_custom_resource_definition(_crd("busy.test"))
     for call in (
         lambda: co.list_namespaced_custom_object("busy.test", "v1", NS, "gadgets"),
-        lambda: co.list_namespaced_custom_object("busy.test", "v1", NS, "gadgets", watch=True, timeout_seconds=1),
+        lambda: co.list_namespaced_custom_object(
+            "busy.test", "v1", NS, "gadgets", watch=True, timeout_seconds=1
+        ),
     ):
         with pytest.raises(ApiException) as err:
             await call()
@@ -99,7 +117,9 @@ async def test_too_many_requests_after_crd(sandbox: Kube) -> None:
         assert err.value.headers["Retry-After"] == "1"
         body = json.loads(err.value.body)
         assert (body["reason"], body["message"], body["details"]) == (
-            "TooManyRequests", "storage is (re)initializing", {"retryAfterSeconds": 1}
+            "TooManyRequests",
+            "storage is (re)initializing",
+            {"retryAfterSeconds": 1},
         )
     # core resources are not affected, nor CRDs established while the fault is off
     await client.CoreV1Api(sandbox.api).list_namespaced_pod(NS)
@@ -117,7 +137,11 @@ async def test_history_is_bounded(anyio_backend: str) -> None:
             for i in range(1, 8):
                 await v1.create_namespaced_config_map(NS, {"metadata": {"name": f"c{i}"}})
             resp = await v1.list_namespaced_config_map(
-                NS, watch=True, resource_version=first.metadata.resource_version, timeout_seconds=1, _preload_content=False
+                NS,
+                watch=True,
+                resource_version=first.metadata.resource_version,
+                timeout_seconds=1,
+                _preload_content=False,
             )
             async with resp:
                 event = json.loads(await resp.content.readline())
@@ -129,7 +153,9 @@ async def test_stop_closes_watch_streams(anyio_backend: str) -> None:
     await server.start()
     cfg = client.Configuration(host=server.url)
     async with client.ApiClient(cfg) as api:
-        resp = await client.CoreV1Api(api).list_namespaced_pod(NS, watch=True, _preload_content=False)
+        resp = await client.CoreV1Api(api).list_namespaced_pod(
+            NS, watch=True, _preload_content=False
+        )
         with anyio.fail_after(5):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(server.stop)

@@ -37,15 +37,25 @@ async def server(tmp_path: Path) -> AsyncIterator[tuple[KubeAPIServer, Path]]:
 
 
 def configmap(name: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "labels": {"app": name}},
-            "data": {"key": "value"}}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "labels": {"app": name}},
+        "data": {"key": "value"},
+    }
 
 
 def pod(name: str) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": name, "labels": {"app": name},
-                         "annotations": {"fake-kubelet/phase": "Pending"}},
-            "spec": {"containers": [{"name": "c", "image": "img"}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "labels": {"app": name},
+            "annotations": {"fake-kubelet/phase": "Pending"},
+        },
+        "spec": {"containers": [{"name": "c", "image": "img"}]},
+    }
 
 
 async def scenario(kube: Kube, name: str) -> list[Any]:
@@ -65,9 +75,17 @@ async def scenario(kube: Kube, name: str) -> list[Any]:
     await step(kube.get(path))
     await step(kube.get(CONFIGMAPS, {"labelSelector": f"app={name}"}))
     await step(kube.get(CONFIGMAPS, {"labelSelector": "app in ("}))  # 400
-    await step(kube.merge_patch(path, {"metadata": {"labels": {"tier": "web"}}, "data": {"more": "x"}}))
-    await step(kube.request("PATCH", path, body={"metadata": {"resourceVersion": "1"}},
-                            content_type="application/merge-patch+json"))  # 409 conflict
+    await step(
+        kube.merge_patch(path, {"metadata": {"labels": {"tier": "web"}}, "data": {"more": "x"}})
+    )
+    await step(
+        kube.request(
+            "PATCH",
+            path,
+            body={"metadata": {"resourceVersion": "1"}},
+            content_type="application/merge-patch+json",
+        )
+    )  # 409 conflict
     await step(kube.get(f"{CONFIGMAPS}/{name}-missing"))  # 404
     await step(kube.get("/api/v1/nonsense"))  # 404, unknown type
     await step(kube.delete(path))
@@ -95,7 +113,9 @@ async def test_in_process_answers_are_the_http_answers(server: tuple[KubeAPIServ
         await remote.close()
 
 
-async def test_streaming_requests_are_refused_in_process(server: tuple[KubeAPIServer, Path]) -> None:
+async def test_streaming_requests_are_refused_in_process(
+    server: tuple[KubeAPIServer, Path],
+) -> None:
     srv, _ = server
     for query in ({"watch": "true"}, {"follow": "true"}):
         with pytest.raises(ValueError, match="needs HTTP"):
@@ -104,7 +124,9 @@ async def test_streaming_requests_are_refused_in_process(server: tuple[KubeAPISe
         await srv.call("GET", f"/api/v1/namespaces/{NS}/services/s:80/proxy/health")
 
 
-async def test_in_process_watches_see_what_http_watches_see(server: tuple[KubeAPIServer, Path]) -> None:
+async def test_in_process_watches_see_what_http_watches_see(
+    server: tuple[KubeAPIServer, Path],
+) -> None:
     srv, kubeconfig = server
     local = await Kube.from_kubeconfig(kubeconfig, local=srv)
     remote = await Kube.from_kubeconfig(kubeconfig)
@@ -125,7 +147,11 @@ async def test_in_process_watches_see_what_http_watches_see(server: tuple[KubeAP
                         return seen
             return seen
 
-        expected = [("ADDED", "a", "value"), ("MODIFIED", "a", "changed"), ("DELETED", "a", "changed")]
+        expected = [
+            ("ADDED", "a", "value"),
+            ("MODIFIED", "a", "changed"),
+            ("DELETED", "a", "changed"),
+        ]
         assert await events(local) == await events(remote) == expected
         for kube in (local, remote):  # a bad selector is an error answer either way
             with pytest.raises(KubeError) as err:

@@ -6,6 +6,7 @@ installed, pod Running, conditions set, Workspace gone) by holding and releasing
 controller's delays and waiting on watches. Status codes, keys, value types and every
 value that does not depend on the recording rig must match.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -15,19 +16,40 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from _fixtures import (  # noqa: F401 - fixtures are used by name
-    NAME, NS, WS_COLLECTION, call, gone, kube_backend, make_sandbox, pod_phase, running_workspace, wait_for,
+    NAME,
+    NS,
+    WS_COLLECTION,
+    call,
+    gone,
+    kube_backend,
+    make_sandbox,
+    pod_phase,
+    running_workspace,
+    wait_for,
 )
+
 from orchestrator.sandbox import Delays, Faults
 
 pytestmark = pytest.mark.anyio
 
 # Values that depend on the rig (time, cluster, helm stand-in, generated names): type only.
 RIG_VALUES = [
-    "timestamp", "createdAt", "*.createdAt", "*.lastTransitionTime", "clusterName", "version",
-    "*.metadata.creationTimestamp", "*.metadata.uid", "*.metadata.resourceVersion", "*.metadata.generation",
-    "*.metadata.managedFields", "installationStatus.*", "results.*.output", "logs", "*.node",
+    "timestamp",
+    "createdAt",
+    "*.createdAt",
+    "*.lastTransitionTime",
+    "clusterName",
+    "version",
+    "*.metadata.creationTimestamp",
+    "*.metadata.uid",
+    "*.metadata.resourceVersion",
+    "*.metadata.generation",
+    "*.metadata.managedFields",
+    "installationStatus.*",
+    "results.*.output",
+    "logs",
+    "*.node",
     "results.*.step",  # one apply step per CRD file given to the sandbox
 ]
 # Lists whose length depends on the rig: the CRD files applied, the conditions already set.
@@ -45,7 +67,9 @@ PER_FILE_RIG = {
 def _contract_dir() -> Path:
     value = os.environ.get("KUBEFOUNDRY_CONTRACT_DIR")
     if not value:
-        pytest.skip("KUBEFOUNDRY_CONTRACT_DIR is not set: no recorded KubeFoundry exchanges to replay")
+        pytest.skip(
+            "KUBEFOUNDRY_CONTRACT_DIR is not set: no recorded KubeFoundry exchanges to replay"
+        )
     return Path(value)
 
 
@@ -65,7 +89,9 @@ def compare(expected: Any, actual: Any, rig: list[str], path: str = "") -> list[
     """Differences between a recorded body and ours, as ``path: what`` lines."""
     where = path or "<body>"
     if _kind(expected) != _kind(actual):
-        return [f"{where}: expected {_kind(expected)} {expected!r:.80}, got {_kind(actual)} {actual!r:.80}"]
+        return [
+            f"{where}: expected {_kind(expected)} {expected!r:.80}, got {_kind(actual)} {actual!r:.80}"
+        ]
     if path and _matches(path, rig):
         return []
     if isinstance(expected, dict):
@@ -83,7 +109,7 @@ def compare(expected: Any, actual: Any, rig: list[str], path: str = "") -> list[
         problems = []
         if len(expected) != len(actual) and not _matches(path, RIG_LENGTHS):
             problems.append(f"{where}: expected {len(expected)} items, got {len(actual)}")
-        for i, (e, a) in enumerate(zip(expected, actual)):
+        for i, (e, a) in enumerate(zip(expected, actual, strict=False)):
             problems += compare(e, a, rig, f"{path}.{i}")
         return problems
     return [] if expected == actual else [f"{where}: expected {expected!r}, got {actual!r}"]
@@ -112,14 +138,22 @@ class Replayer:
         status, answer = await call(self.api, record["method"], self._sub(record["path"]), **kwargs)
         expected = json.loads(self._sub(json.dumps(record["responseBody"])))
         rig = RIG_VALUES + PER_FILE_RIG.get(filename, [])
-        problems = [] if status == record["status"] else [f"status: expected {record['status']}, got {status}"]
+        problems = (
+            []
+            if status == record["status"]
+            else [f"status: expected {record['status']}, got {status}"]
+        )
         problems += compare(expected, answer, rig)
-        assert not problems, f"{filename}:\n  " + "\n  ".join(problems) + f"\n  body: {json.dumps(answer)[:800]}"
+        assert not problems, (
+            f"{filename}:\n  " + "\n  ".join(problems) + f"\n  body: {json.dumps(answer)[:800]}"
+        )
         return answer
 
 
 async def _operator_pod(kube: Any) -> str:
-    pods = await kube.get(f"/api/v1/namespaces/{NS}/pods", {"labelSelector": "app.kubernetes.io/name=kaito-workspace"})
+    pods = await kube.get(
+        f"/api/v1/namespaces/{NS}/pods", {"labelSelector": "app.kubernetes.io/name=kaito-workspace"}
+    )
     return pods["items"][0]["metadata"]["name"]
 
 
@@ -129,14 +163,23 @@ async def test_replay_the_recorded_kaito_flow(make_sandbox) -> None:
     hold = Faults(delays=Delays(resource=3600, pod_start=0.1, inference_ready=3600))
     async with make_sandbox(faults=hold) as (sandbox, api, kube):
         replayer = Replayer(directory, api)
-        for name in ["01-health.json", "02-cluster-status.json", "03-helm-status.json",
-                     "04-kaito-status-before.json"]:
+        for name in [
+            "01-health.json",
+            "02-cluster-status.json",
+            "03-helm-status.json",
+            "04-kaito-status-before.json",
+        ]:
             await replayer.replay(name)
         installed = await replayer.replay("05-kaito-install.json")
         steps = [r["step"] for r in installed["results"]]
-        recorded = json.loads((directory / "05-kaito-install.json").read_text())["responseBody"]["results"]
+        recorded = json.loads((directory / "05-kaito-install.json").read_text())["responseBody"][
+            "results"
+        ]
         assert set(steps) <= {r["step"] for r in recorded}
-        assert steps[:2] == ["repo-add-kaito", "repo-update"] and steps[-1] == "install-kaito-workspace"
+        assert (
+            steps[:2] == ["repo-add-kaito", "repo-update"]
+            and steps[-1] == "install-kaito-workspace"
+        )
 
         operator = await _operator_pod(kube)
         await wait_for(kube, f"/api/v1/namespaces/{NS}/pods", operator, pod_phase("Running"))
@@ -147,9 +190,17 @@ async def test_replay_the_recorded_kaito_flow(make_sandbox) -> None:
 
         sandbox.update_faults({"delays": {"resource": 0}})
         await wait_for(kube, f"/api/v1/namespaces/{NS}/pods", f"{NAME}-0", pod_phase("Running"))
-        await wait_for(kube, WS_COLLECTION, NAME, lambda ws: bool((ws or {}).get("status", {}).get("conditions")))
-        for name in ["30-deployment-pods-running.json", "31-deployment-get-pod-running-no-status.json",
-                     "32-deployment-get-resource-ready-only.json"]:
+        await wait_for(
+            kube,
+            WS_COLLECTION,
+            NAME,
+            lambda ws: bool((ws or {}).get("status", {}).get("conditions")),
+        )
+        for name in [
+            "30-deployment-pods-running.json",
+            "31-deployment-get-pod-running-no-status.json",
+            "32-deployment-get-resource-ready-only.json",
+        ]:
             await replayer.replay(name)
 
         sandbox.update_faults({"delays": {"inference_ready": 0}})
@@ -173,9 +224,17 @@ async def test_replay_the_recorded_auth_exchanges(make_sandbox) -> None:
         for name in sorted(os.listdir(directory)):
             if "48" <= name[:2] <= "54":
                 await replayer.replay(name)
-        status, body = await call(api, "GET", f"/api/deployments?namespace={NS}",
-                                  headers={"Authorization": "Bearer s3cret"})
+        status, body = await call(
+            api,
+            "GET",
+            f"/api/deployments?namespace={NS}",
+            headers={"Authorization": "Bearer s3cret"},
+        )
         assert status == 200 and body["deployments"] == []
-        status, body = await call(api, "GET", f"/api/deployments?namespace={NS}",
-                                  headers={"Authorization": "Bearer wrong"})
+        status, body = await call(
+            api,
+            "GET",
+            f"/api/deployments?namespace={NS}",
+            headers={"Authorization": "Bearer wrong"},
+        )
         assert (status, body["error"]["message"]) == (401, "Authentication required")

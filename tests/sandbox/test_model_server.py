@@ -1,4 +1,5 @@
 """The llama.cpp child process: it comes up under its alias, exits cleanly, and never outlives the sandbox."""
+
 from __future__ import annotations
 
 import asyncio
@@ -7,8 +8,15 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from _fixtures import (
+    NAME,
+    WS_COLLECTION,
+    create_deployment,
+    install_kaito,
+    running_workspace,
+    wait_for,
+)
 
-from _fixtures import NAME, WS_COLLECTION, create_deployment, install_kaito, kube_backend, make_sandbox, running_workspace, wait_for  # noqa: F401,E501
 from orchestrator.sandbox.models import ModelProcess, model_file
 
 pytestmark = [pytest.mark.anyio, pytest.mark.model]
@@ -46,7 +54,7 @@ async def test_model_server_answers_to_its_alias_and_exits_on_sigterm(tmp_path: 
         assert [m["id"] for m in models["data"]] == ["llama-3.2-1b-instruct"]
     finally:
         await process.stop()
-    assert process._proc is not None and process._proc.returncode == 0  # noqa: SLF001
+    assert process._proc is not None and process._proc.returncode == 0
 
 
 async def test_cancelling_a_sandbox_leaves_no_model_process(make_sandbox) -> None:

@@ -4,10 +4,11 @@
 change faults at run time and see when the sandbox moved, and are exempt from auth and
 from ``backend_errors``.
 """
+
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ KUBEFOUNDRY_NAMESPACE = "kubefoundry-system"
 
 
 def _timestamp() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 async def health(request: web.Request) -> web.Response:
@@ -40,7 +41,7 @@ async def cluster_status(request: web.Request) -> web.Response:
         await kube.get("/api/v1/namespaces", {"limit": 1})
         if kube.cluster_name:
             body["clusterName"] = kube.cluster_name
-    except Exception as exc:  # noqa: BLE001 - reported in the body
+    except Exception as exc:
         body = {"connected": False, "namespace": KUBEFOUNDRY_NAMESPACE, "error": str(exc)}
     body["provider"] = {"id": "dynamo", "name": PROVIDERS["dynamo"]["name"]}
     body["providerInstallation"] = other_provider_status("dynamo")
@@ -48,17 +49,37 @@ async def cluster_status(request: web.Request) -> web.Response:
 
 
 async def settings(request: web.Request) -> web.Response:
-    providers = [{"id": pid, "name": p["name"], "description": p["description"], "defaultNamespace": p["defaultNamespace"]}
-                 for pid, p in PROVIDERS.items()]
-    return web.json_response({"config": {}, "providers": providers, "auth": {"enabled": bool(request.app[AUTH_KEY])}})
+    providers = [
+        {
+            "id": pid,
+            "name": p["name"],
+            "description": p["description"],
+            "defaultNamespace": p["defaultNamespace"],
+        }
+        for pid, p in PROVIDERS.items()
+    ]
+    return web.json_response(
+        {"config": {}, "providers": providers, "auth": {"enabled": bool(request.app[AUTH_KEY])}}
+    )
 
 
 async def runtimes_status(request: web.Request) -> web.Response:
     runtimes = []
     for pid, provider in PROVIDERS.items():
-        status = await kaito_status(request.app[KUBE_KEY]) if pid == "kaito" else other_provider_status(pid)
-        runtimes.append({"id": pid, "name": provider["name"], "installed": status["installed"],
-                         "healthy": status["installed"], "message": status["message"]})
+        status = (
+            await kaito_status(request.app[KUBE_KEY])
+            if pid == "kaito"
+            else other_provider_status(pid)
+        )
+        runtimes.append(
+            {
+                "id": pid,
+                "name": provider["name"],
+                "installed": status["installed"],
+                "healthy": status["installed"],
+                "message": status["message"],
+            }
+        )
     return web.json_response({"runtimes": runtimes})
 
 
@@ -104,8 +125,9 @@ async def restart(request: web.Request) -> web.Response:
         return web.json_response({"error": {"message": str(exc), "statusCode": 400}}, status=400)
     hooks = request.app[RESTART_KEY]
     if not hooks:
-        return web.json_response({"error": {"message": "restart is not available", "statusCode": 501}},
-                                 status=501)
+        return web.json_response(
+            {"error": {"message": "restart is not available", "statusCode": 501}}, status=501
+        )
     task = asyncio.get_running_loop().create_task(hooks[0](down))
     _background.add(task)
     task.add_done_callback(_background.discard)
@@ -119,8 +141,9 @@ async def timeline(request: web.Request) -> web.Response:
     return web.json_response({"events": [e.model_dump() for e in request.app[STATE_KEY].timeline]})
 
 
-def create_app(kube: Kube, state: SandboxState, auth_token: str | None = None,
-               crd_dir: Path | None = None) -> web.Application:
+def create_app(
+    kube: Kube, state: SandboxState, auth_token: str | None = None, crd_dir: Path | None = None
+) -> web.Application:
     app = web.Application(middlewares=[errors_middleware, faults_and_auth_middleware])
     app[KUBE_KEY] = kube
     app[STATE_KEY] = state
@@ -148,8 +171,15 @@ def create_app(kube: Kube, state: SandboxState, auth_token: str | None = None,
 class KubeFoundryServer:
     """The stand-in listening on ``host:port`` (0 picks a free port)."""
 
-    def __init__(self, kube: Kube, state: SandboxState, host: str = "127.0.0.1", port: int = 0,
-                 auth_token: str | None = None, crd_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        state: SandboxState,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        auth_token: str | None = None,
+        crd_dir: Path | None = None,
+    ) -> None:
         self._args = (kube, state, auth_token, crd_dir)
         self.app = self._make_app()
         self.host = host
@@ -188,4 +218,3 @@ class KubeFoundryServer:
             await asyncio.sleep(down_for)
         self.app = self._make_app()
         await self.start()
-

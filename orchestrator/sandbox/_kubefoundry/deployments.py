@@ -5,11 +5,12 @@ orchestrator must cope with them: unknown provider and malformed JSON are 500s, 
 turns every failure into 404, and the phase is Running only when WorkspaceSucceeded and
 InferenceReady are both True (Pending otherwise, even while being deleted).
 """
+
 from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -22,10 +23,16 @@ from .installation import KUBE_KEY, PROVIDERS
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 NAME_MESSAGE = "Name must be a valid Kubernetes resource name (lowercase alphanumeric and hyphens)"
-QUERY_NAMESPACE_MESSAGE = "Namespace must be lowercase alphanumeric with hyphens, starting and ending with alphanumeric"
-QUERY_NAME_MESSAGE = "Name must be lowercase alphanumeric with hyphens/dots, starting and ending with alphanumeric"
-MODEL_CONFIG_MESSAGE = ("Invalid model configuration: premade requires premadeModel, huggingface requires modelId "
-                        "and ggufFile, vllm requires modelId")
+QUERY_NAMESPACE_MESSAGE = (
+    "Namespace must be lowercase alphanumeric with hyphens, starting and ending with alphanumeric"
+)
+QUERY_NAME_MESSAGE = (
+    "Name must be lowercase alphanumeric with hyphens/dots, starting and ending with alphanumeric"
+)
+MODEL_CONFIG_MESSAGE = (
+    "Invalid model configuration: premade requires premadeModel, huggingface requires modelId "
+    "and ggufFile, vllm requires modelId"
+)
 MANAGED_SELECTOR = "app.kubernetes.io/managed-by=kubefoundry"
 DEFAULT_NAMESPACE = "kaito-workspace"
 PRIMARY = {"kind": "Workspace", "apiVersion": "kaito.sh/v1beta1"}
@@ -37,6 +44,7 @@ def workspaces_path(namespace: str) -> str:
 
 
 # ---------------------------------------------------------------------------- request validation
+
 
 def parse_body(raw: str) -> Any:
     """Bun's JSON.parse errors, which KubeFoundry passes through as a 500."""
@@ -66,8 +74,11 @@ def _issues(body: JSON) -> list[str]:
     namespace = body.get("namespace", DEFAULT_NAMESPACE)
     if not isinstance(namespace, str) or not DNS_LABEL.match(namespace) or len(namespace) > 63:
         issues.append("namespace: Namespace must be a valid Kubernetes namespace name")
-    for field, allowed in (("modelSource", ("premade", "huggingface", "vllm")), ("computeType", ("cpu", "gpu")),
-                           ("ggufRunMode", ("build", "direct"))):
+    for field, allowed in (
+        ("modelSource", ("premade", "huggingface", "vllm")),
+        ("computeType", ("cpu", "gpu")),
+        ("ggufRunMode", ("build", "direct")),
+    ):
         value = body.get(field)
         if value is not None and value not in allowed:
             options = " | ".join(f"'{a}'" for a in allowed)
@@ -110,15 +121,27 @@ def validated_config(body: Any) -> JSON:
         body = {}
     provider = body.get("provider")
     if not provider:
-        raise ApiError(400, 'The "provider" field is required. Please specify the runtime (dynamo or kuberay).')
+        raise ApiError(
+            400, 'The "provider" field is required. Please specify the runtime (dynamo or kuberay).'
+        )
     if provider not in PROVIDERS:
-        raise ApiError(500, f"Provider '{provider}' not found. Available providers: {', '.join(PROVIDERS)}")
+        raise ApiError(
+            500, f"Provider '{provider}' not found. Available providers: {', '.join(PROVIDERS)}"
+        )
     if provider != "kaito":
-        raise ApiError(500, "Failed to create deployment: the server could not find the requested resource")
+        raise ApiError(
+            500, "Failed to create deployment: the server could not find the requested resource"
+        )
     issues = _issues(body)
     if issues:
         raise ApiError(400, "Validation error: " + ", ".join(issues))
-    config = {"namespace": DEFAULT_NAMESPACE, "modelSource": "premade", "computeType": "cpu", "replicas": 1, **body}
+    config = {
+        "namespace": DEFAULT_NAMESPACE,
+        "modelSource": "premade",
+        "computeType": "cpu",
+        "replicas": 1,
+        **body,
+    }
     if config["modelSource"] == "premade" and _premade(config["premadeModel"]) is None:
         raise ApiError(400, f"Validation error: Unknown premade model: {config['premadeModel']}")
     return config
@@ -130,13 +153,16 @@ def _premade(model_id: str) -> JSON | None:
 
 # ---------------------------------------------------------------------------- the Workspace
 
+
 def workspace_manifest(config: JSON) -> JSON:
     """The Workspace KubeFoundry creates: ``resource`` and ``inference`` at the top level, no ``spec``."""
     if config["modelSource"] != "premade":
         raise ApiError(500, "Unable to determine image reference for KAITO deployment")
     image = _premade(config["premadeModel"])["image"]  # type: ignore[index]
     gpu = config["computeType"] == "gpu"
-    match_labels = config.get("labelSelector") or ({"nvidia.com/gpu.present": "true"} if gpu else {"kubernetes.io/os": "linux"})
+    match_labels = config.get("labelSelector") or (
+        {"nvidia.com/gpu.present": "true"} if gpu else {"kubernetes.io/os": "linux"}
+    )
     return {
         "apiVersion": "kaito.sh/v1beta1",
         "kind": "Workspace",
@@ -152,13 +178,24 @@ def workspace_manifest(config: JSON) -> JSON:
                 "kubefoundry.io/provider": "kaito",
             },
         },
-        "resource": {"count": int(config["replicas"]), "labelSelector": {"matchLabels": match_labels}},
-        "inference": {"template": {"spec": {"containers": [{
-            "name": "model",
-            "image": image,
-            "args": ["run", f"--address=:{LLAMACPP_PORT}"],
-            "ports": [{"containerPort": LLAMACPP_PORT, "protocol": "TCP"}],
-        }]}}},
+        "resource": {
+            "count": int(config["replicas"]),
+            "labelSelector": {"matchLabels": match_labels},
+        },
+        "inference": {
+            "template": {
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "model",
+                            "image": image,
+                            "args": ["run", f"--address=:{LLAMACPP_PORT}"],
+                            "ports": [{"containerPort": LLAMACPP_PORT, "protocol": "TCP"}],
+                        }
+                    ]
+                }
+            }
+        },
     }
 
 
@@ -166,7 +203,9 @@ def deployment_status(ws: JSON) -> JSON:
     """DeploymentStatus exactly as the backend derives it from a Workspace (pods are not consulted)."""
     meta = ws.get("metadata", {})
     labels = meta.get("labels") or {}
-    containers = ws.get("inference", {}).get("template", {}).get("spec", {}).get("containers") or [{}]
+    containers = ws.get("inference", {}).get("template", {}).get("spec", {}).get("containers") or [
+        {}
+    ]
     image = containers[0].get("image", "")
     model_id = image
     if labels.get("kubefoundry.io/model-source") == "premade":
@@ -203,6 +242,7 @@ def deployment_status(ws: JSON) -> JSON:
 
 # ---------------------------------------------------------------------------- routes
 
+
 def _query_namespace(request: web.Request) -> str | web.Response:
     namespace = request.query.get("namespace")
     if namespace is None:
@@ -233,20 +273,33 @@ async def create(request: web.Request) -> web.Response:
     config = validated_config(parse_body(await request.text()))
     manifest = workspace_manifest(config)
     try:
-        await request.app[KUBE_KEY].request("POST", workspaces_path(config["namespace"]), body=manifest)
+        await request.app[KUBE_KEY].request(
+            "POST", workspaces_path(config["namespace"]), body=manifest
+        )
     except KubeError as exc:
-        raise ApiError(409 if exc.status == 409 else 500, f"Failed to create deployment: {exc.message}") from None
-    return web.json_response({"message": "Deployment created successfully", "name": config["name"],
-                              "namespace": config["namespace"], "provider": "kaito"}, status=201)
+        raise ApiError(
+            409 if exc.status == 409 else 500, f"Failed to create deployment: {exc.message}"
+        ) from None
+    return web.json_response(
+        {
+            "message": "Deployment created successfully",
+            "name": config["name"],
+            "namespace": config["namespace"],
+            "provider": "kaito",
+        },
+        status=201,
+    )
 
 
 async def preview(request: web.Request) -> web.Response:
     config = validated_config(parse_body(await request.text()))
     manifest = workspace_manifest(config)
-    return web.json_response({
-        "resources": [{**PRIMARY, "name": config["name"], "manifest": manifest}],
-        "primaryResource": PRIMARY,
-    })
+    return web.json_response(
+        {
+            "resources": [{**PRIMARY, "name": config["name"], "manifest": manifest}],
+            "primaryResource": PRIMARY,
+        }
+    )
 
 
 async def list_deployments(request: web.Request) -> web.Response:
@@ -257,7 +310,9 @@ async def list_deployments(request: web.Request) -> web.Response:
     items: list[JSON] = []
     for ns in namespaces:
         try:
-            listing = await request.app[KUBE_KEY].get(workspaces_path(ns), {"labelSelector": MANAGED_SELECTOR})
+            listing = await request.app[KUBE_KEY].get(
+                workspaces_path(ns), {"labelSelector": MANAGED_SELECTOR}
+            )
         except KubeError:
             continue  # the real backend answers 200 with what it could read
         items.extend(listing.get("items", []))
@@ -265,12 +320,18 @@ async def list_deployments(request: web.Request) -> web.Response:
     deployments.sort(key=lambda d: d["createdAt"], reverse=True)
     offset = _int(request.query.get("offset"), 0)
     limit = _int(request.query.get("limit"), len(deployments))
-    page = deployments[offset:offset + limit]
-    return web.json_response({
-        "deployments": page,
-        "pagination": {"total": len(deployments), "limit": len(page) if "limit" not in request.query else limit,
-                       "offset": offset, "hasMore": offset + len(page) < len(deployments)},
-    })
+    page = deployments[offset : offset + limit]
+    return web.json_response(
+        {
+            "deployments": page,
+            "pagination": {
+                "total": len(deployments),
+                "limit": len(page) if "limit" not in request.query else limit,
+                "offset": offset,
+                "hasMore": offset + len(page) < len(deployments),
+            },
+        }
+    )
 
 
 def _int(value: str | None, default: int) -> int:
@@ -290,7 +351,7 @@ async def get_deployment(request: web.Request) -> web.Response:
         return target
     try:
         ws = await _workspace(request, *target)
-    except Exception:  # noqa: BLE001 - the backend turns every failure into 404
+    except Exception:
         raise ApiError(404, "Deployment not found") from None
     return web.json_response(deployment_status(ws))
 
@@ -303,7 +364,9 @@ async def manifest(request: web.Request) -> web.Response:
         ws = await _workspace(request, *target)
     except KubeError:
         raise ApiError(404, "Deployment not found") from None
-    return web.json_response({"resources": [{**PRIMARY, "name": target[0], "manifest": ws}], "primaryResource": PRIMARY})
+    return web.json_response(
+        {"resources": [{**PRIMARY, "name": target[0], "manifest": ws}], "primaryResource": PRIMARY}
+    )
 
 
 async def delete_deployment(request: web.Request) -> web.Response:
@@ -322,8 +385,9 @@ async def delete_deployment(request: web.Request) -> web.Response:
 
 
 async def _pods(request: web.Request, name: str, namespace: str) -> list[JSON]:
-    listing = await request.app[KUBE_KEY].get(f"/api/v1/namespaces/{namespace}/pods",
-                                              {"labelSelector": f"kaito.sh/workspace={name}"})
+    listing = await request.app[KUBE_KEY].get(
+        f"/api/v1/namespaces/{namespace}/pods", {"labelSelector": f"kaito.sh/workspace={name}"}
+    )
     return listing.get("items", [])
 
 
@@ -338,13 +402,15 @@ async def pods(request: web.Request) -> web.Response:
     out = []
     for pod in items:
         statuses = pod.get("status", {}).get("containerStatuses") or []
-        out.append({
-            "name": pod["metadata"]["name"],
-            "phase": pod.get("status", {}).get("phase", "Unknown"),
-            "ready": bool(statuses) and all(s.get("ready") for s in statuses),
-            "restarts": sum(s.get("restartCount", 0) for s in statuses),
-            "node": pod.get("spec", {}).get("nodeName"),
-        })
+        out.append(
+            {
+                "name": pod["metadata"]["name"],
+                "phase": pod.get("status", {}).get("phase", "Unknown"),
+                "ready": bool(statuses) and all(s.get("ready") for s in statuses),
+                "restarts": sum(s.get("restartCount", 0) for s in statuses),
+                "node": pod.get("spec", {}).get("nodeName"),
+            }
+        )
     return web.json_response({"pods": out})
 
 
@@ -355,15 +421,22 @@ async def logs(request: web.Request) -> web.Response:
     name, namespace = target
     items = await _pods(request, name, namespace)
     if not items:
-        return web.json_response({"logs": "", "podName": "", "message": "No pods found for this deployment"})
+        return web.json_response(
+            {"logs": "", "podName": "", "message": "No pods found for this deployment"}
+        )
     names = [p["metadata"]["name"] for p in items]
     pod_name = request.query.get("podName") or names[0]
     if pod_name not in names:
         raise ApiError(400, f"Pod '{pod_name}' is not part of deployment '{name}'")
-    query = {"container": request.query.get("container"), "tailLines": request.query.get("tailLines"),
-             "timestamps": request.query.get("timestamps")}
+    query = {
+        "container": request.query.get("container"),
+        "tailLines": request.query.get("tailLines"),
+        "timestamps": request.query.get("timestamps"),
+    }
     try:
-        text = await request.app[KUBE_KEY].text(f"/api/v1/namespaces/{namespace}/pods/{pod_name}/log", query)
+        text = await request.app[KUBE_KEY].text(
+            f"/api/v1/namespaces/{namespace}/pods/{pod_name}/log", query
+        )
     except KubeError as exc:
         raise ApiError(500, f"Failed to get logs: {exc.message}") from None
     return web.json_response({"logs": text, "podName": pod_name})
@@ -377,14 +450,18 @@ async def pending_reasons(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    return web.json_response({
-        "available": False,
-        "error": "Metrics are only available when KubeFoundry is deployed inside the Kubernetes cluster. "
-                 "Run KubeFoundry in-cluster to access deployment metrics.",
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-        "metrics": [],
-        "runningOffCluster": True,
-    })
+    return web.json_response(
+        {
+            "available": False,
+            "error": "Metrics are only available when KubeFoundry is deployed inside the Kubernetes cluster. "
+            "Run KubeFoundry in-cluster to access deployment metrics.",
+            "timestamp": datetime.now(UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "metrics": [],
+            "runningOffCluster": True,
+        }
+    )
 
 
 def add_routes(app: web.Application) -> None:

@@ -5,6 +5,7 @@ the real backend's shapes: ``{"error": {"message", "statusCode"}}`` for handled 
 zod-validator's ``{"success": false, "error": {"issues", "name"}}`` for bad path/query
 parameters, and a plain-text 404 outside ``/api``.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,7 +44,9 @@ def error_response(status: int, message: str) -> web.Response:
 def zod_error(field: str, message: str) -> web.Response:
     """The 400 that Hono's zod-validator sends for an invalid path or query parameter."""
     issue = {"validation": "regex", "code": "invalid_string", "message": message, "path": [field]}
-    return web.json_response({"success": False, "error": {"issues": [issue], "name": "ZodError"}}, status=400)
+    return web.json_response(
+        {"success": False, "error": {"issues": [issue], "name": "ZodError"}}, status=400
+    )
 
 
 @web.middleware
@@ -55,10 +58,12 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except (web.HTTPNotFound, web.HTTPMethodNotAllowed):
         if request.path.startswith("/api"):
             return error_response(404, f"Route not found: {request.method} {request.path}")
-        return web.Response(status=404, text=NO_FRONTEND, content_type="text/plain", charset="UTF-8")
+        return web.Response(
+            status=404, text=NO_FRONTEND, content_type="text/plain", charset="UTF-8"
+        )
     except web.HTTPException:
         raise
-    except Exception as exc:  # noqa: BLE001 - the real backend answers 500 with the message
+    except Exception as exc:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, str(exc) or type(exc).__name__)
 

@@ -4,10 +4,10 @@ Instead of ``helm upgrade --install`` and ``kubectl apply -f <URL>``, the stand-
 through the Kubernetes API what those would create (the namespace, the CRDs, a helm
 release Secret and the operator pod), and, like the real route, does not wait for them.
 """
+
 from __future__ import annotations
 
 import asyncio
-
 import random
 import string
 import weakref
@@ -29,43 +29,63 @@ OPERATOR_SELECTOR = "app.kubernetes.io/name=kaito-workspace"
 HELM_VERSION = "v3.19.0+sandbox"
 
 PROVIDERS = {
-    "dynamo": {"name": "NVIDIA Dynamo", "defaultNamespace": "dynamo-system",
-               "description": "NVIDIA Dynamo is a high-performance inference serving platform for LLMs with "
-                              "support for KV cache routing and disaggregated serving.",
-               "missing": "Dynamo CRD not found. Please install the Dynamo operator."},
-    "kuberay": {"name": "Ray Serve via KubeRay", "defaultNamespace": "kuberay-system",
-                "description": "KubeRay enables Ray Serve on Kubernetes for scalable LLM inference with vLLM "
-                               "backend, supporting both aggregated and disaggregated (P/D) serving modes.",
-                "missing": "KubeRay CRD not found. Please install the KubeRay operator."},
-    "kaito": {"name": "KAITO", "defaultNamespace": "kaito-workspace",
-              "description": "Flexible inference with GGUF (llama.cpp) and vLLM support. Deploy models on CPU "
-                             "or GPU nodes.",
-              "missing": "KAITO CRD not found. Please install the KAITO operator."},
+    "dynamo": {
+        "name": "NVIDIA Dynamo",
+        "defaultNamespace": "dynamo-system",
+        "description": "NVIDIA Dynamo is a high-performance inference serving platform for LLMs with "
+        "support for KV cache routing and disaggregated serving.",
+        "missing": "Dynamo CRD not found. Please install the Dynamo operator.",
+    },
+    "kuberay": {
+        "name": "Ray Serve via KubeRay",
+        "defaultNamespace": "kuberay-system",
+        "description": "KubeRay enables Ray Serve on Kubernetes for scalable LLM inference with vLLM "
+        "backend, supporting both aggregated and disaggregated (P/D) serving modes.",
+        "missing": "KubeRay CRD not found. Please install the KubeRay operator.",
+    },
+    "kaito": {
+        "name": "KAITO",
+        "defaultNamespace": "kaito-workspace",
+        "description": "Flexible inference with GGUF (llama.cpp) and vLLM support. Deploy models on CPU "
+        "or GPU nodes.",
+        "missing": "KAITO CRD not found. Please install the KAITO operator.",
+    },
 }
 
 _KAITO_CRDS = f"https://raw.githubusercontent.com/kaito-project/kaito/v{KAITO_VERSION}/charts/kaito/workspace/crds"
 _KARPENTER_CRDS = "https://raw.githubusercontent.com/kubernetes-sigs/karpenter/main/pkg/apis/crds"
 INSTALLATION_STEPS = [
-    {"title": "Add KAITO Helm Repository",
-     "command": "helm repo add kaito https://kaito-project.github.io/kaito/charts/kaito",
-     "description": "Add the KAITO Helm repository."},
-    {"title": "Update Helm Repositories", "command": "helm repo update",
-     "description": "Update local Helm repository cache."},
-    {"title": "Apply Karpenter CRDs",
-     "command": f"kubectl apply -f {_KARPENTER_CRDS}/karpenter.sh_nodeclaims.yaml "
-                f"-f {_KARPENTER_CRDS}/karpenter.sh_nodepools.yaml",
-     "description": "Apply Karpenter CRDs (NodeClaim, NodePool). KAITO requires these CRDs even when Node "
-                    "Auto-Provisioning is disabled."},
-    {"title": "Apply KAITO CRDs",
-     "command": f"kubectl apply -f {_KAITO_CRDS}/kaito.sh_workspaces.yaml -f {_KAITO_CRDS}/kaito.sh_inferencesets.yaml",
-     "description": "Apply KAITO-specific CRDs. We skip bundled CRDs to avoid conflicts with NVIDIA GPU Operator."},
-    {"title": "Install KAITO Workspace Operator",
-     "command": f"helm upgrade --install kaito-workspace kaito/workspace --version {KAITO_VERSION} -n kaito-workspace "
-                "--create-namespace --skip-crds --set featureGates.disableNodeAutoProvisioning=true "
-                "--set localCSIDriver.useLocalCSIDriver=false --set gpu-feature-discovery.enabled=false --wait",
-     "description": f"Install the KAITO workspace operator v{KAITO_VERSION} with --skip-crds (CRDs applied "
-                    "separately). Node Auto-Provisioning disabled (BYO nodes mode). Local CSI Driver and GPU "
-                    "Feature Discovery are disabled as they're provided by the NVIDIA GPU Operator."},
+    {
+        "title": "Add KAITO Helm Repository",
+        "command": "helm repo add kaito https://kaito-project.github.io/kaito/charts/kaito",
+        "description": "Add the KAITO Helm repository.",
+    },
+    {
+        "title": "Update Helm Repositories",
+        "command": "helm repo update",
+        "description": "Update local Helm repository cache.",
+    },
+    {
+        "title": "Apply Karpenter CRDs",
+        "command": f"kubectl apply -f {_KARPENTER_CRDS}/karpenter.sh_nodeclaims.yaml "
+        f"-f {_KARPENTER_CRDS}/karpenter.sh_nodepools.yaml",
+        "description": "Apply Karpenter CRDs (NodeClaim, NodePool). KAITO requires these CRDs even when Node "
+        "Auto-Provisioning is disabled.",
+    },
+    {
+        "title": "Apply KAITO CRDs",
+        "command": f"kubectl apply -f {_KAITO_CRDS}/kaito.sh_workspaces.yaml -f {_KAITO_CRDS}/kaito.sh_inferencesets.yaml",
+        "description": "Apply KAITO-specific CRDs. We skip bundled CRDs to avoid conflicts with NVIDIA GPU Operator.",
+    },
+    {
+        "title": "Install KAITO Workspace Operator",
+        "command": f"helm upgrade --install kaito-workspace kaito/workspace --version {KAITO_VERSION} -n kaito-workspace "
+        "--create-namespace --skip-crds --set featureGates.disableNodeAutoProvisioning=true "
+        "--set localCSIDriver.useLocalCSIDriver=false --set gpu-feature-discovery.enabled=false --wait",
+        "description": f"Install the KAITO workspace operator v{KAITO_VERSION} with --skip-crds (CRDs applied "
+        "separately). Node Auto-Provisioning disabled (BYO nodes mode). Local CSI Driver and GPU "
+        "Feature Discovery are disabled as they're provided by the NVIDIA GPU Operator.",
+    },
 ]
 HELM_COMMANDS = [
     "helm repo add kaito https://kaito-project.github.io/kaito/charts/kaito",
@@ -74,8 +94,12 @@ HELM_COMMANDS = [
 ]
 
 # The CRD files KubeFoundry applies, in its order.
-CRD_FILES = ["karpenter.sh_nodeclaims.yaml", "karpenter.sh_nodepools.yaml",
-             "kaito.sh_workspaces.yaml", "kaito.sh_inferencesets.yaml"]
+CRD_FILES = [
+    "karpenter.sh_nodeclaims.yaml",
+    "karpenter.sh_nodepools.yaml",
+    "kaito.sh_workspaces.yaml",
+    "kaito.sh_inferencesets.yaml",
+]
 
 # Used when no directory of real CRDs is given: enough for Workspaces to be stored and watched.
 BUILTIN_WORKSPACE_CRD: JSON = {
@@ -85,13 +109,28 @@ BUILTIN_WORKSPACE_CRD: JSON = {
     "spec": {
         "group": "kaito.sh",
         "scope": "Namespaced",
-        "names": {"kind": "Workspace", "listKind": "WorkspaceList", "plural": "workspaces",
-                  "singular": "workspace", "shortNames": ["wk", "wks"], "categories": ["workspace"]},
-        "versions": [{
-            "name": "v1beta1", "served": True, "storage": True,
-            "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
-            "subresources": {"status": {}},
-        }],
+        "names": {
+            "kind": "Workspace",
+            "listKind": "WorkspaceList",
+            "plural": "workspaces",
+            "singular": "workspace",
+            "shortNames": ["wk", "wks"],
+            "categories": ["workspace"],
+        },
+        "versions": [
+            {
+                "name": "v1beta1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "x-kubernetes-preserve-unknown-fields": True,
+                    }
+                },
+                "subresources": {"status": {}},
+            }
+        ],
     },
 }
 
@@ -100,14 +139,20 @@ async def kaito_status(kube: Kube) -> JSON:
     """``installed = crdFound && operatorRunning``, checked the way KubeFoundry checks them."""
     crd_found = False
     try:
-        await kube.get(f"/apis/kaito.sh/v1beta1/namespaces/{OPERATOR_NAMESPACE}/workspaces", {"limit": 1})
+        await kube.get(
+            f"/apis/kaito.sh/v1beta1/namespaces/{OPERATOR_NAMESPACE}/workspaces", {"limit": 1}
+        )
         crd_found = True
     except KubeError:
         pass
     operator_running = False
     try:
-        pods = await kube.get(f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/pods", {"labelSelector": OPERATOR_SELECTOR})
-        operator_running = any(p.get("status", {}).get("phase") == "Running" for p in pods.get("items", []))
+        pods = await kube.get(
+            f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/pods", {"labelSelector": OPERATOR_SELECTOR}
+        )
+        operator_running = any(
+            p.get("status", {}).get("phase") == "Running" for p in pods.get("items", [])
+        )
         if not operator_running:
             pods = await kube.get(f"/api/v1/namespaces/{OPERATOR_NAMESPACE}/pods")
             operator_running = any(
@@ -124,11 +169,21 @@ async def kaito_status(kube: Kube) -> JSON:
         message = PROVIDERS["kaito"]["missing"]
     else:
         message = "KAITO operator is not running"
-    return {"installed": installed, "crdFound": crd_found, "operatorRunning": operator_running, "message": message}
+    return {
+        "installed": installed,
+        "crdFound": crd_found,
+        "operatorRunning": operator_running,
+        "message": message,
+    }
 
 
 def other_provider_status(provider: str) -> JSON:
-    return {"installed": False, "crdFound": False, "operatorRunning": False, "message": PROVIDERS[provider]["missing"]}
+    return {
+        "installed": False,
+        "crdFound": False,
+        "operatorRunning": False,
+        "message": PROVIDERS[provider]["missing"],
+    }
 
 
 async def provider_status(request: web.Request) -> web.Response:
@@ -137,11 +192,15 @@ async def provider_status(request: web.Request) -> web.Response:
         raise ApiError(404, f"Provider not found: {provider}")
     kaito = provider == "kaito"
     status = await kaito_status(request.app[KUBE_KEY]) if kaito else other_provider_status(provider)
-    return web.json_response({
-        "providerId": provider, "providerName": PROVIDERS[provider]["name"], **status,
-        "installationSteps": INSTALLATION_STEPS if kaito else [],
-        "helmCommands": HELM_COMMANDS if kaito else [],
-    })
+    return web.json_response(
+        {
+            "providerId": provider,
+            "providerName": PROVIDERS[provider]["name"],
+            **status,
+            "installationSteps": INSTALLATION_STEPS if kaito else [],
+            "helmCommands": HELM_COMMANDS if kaito else [],
+        }
+    )
 
 
 async def helm_status(request: web.Request) -> web.Response:
@@ -151,7 +210,8 @@ async def helm_status(request: web.Request) -> web.Response:
 #: Helm takes a lock on its release: two installs at once run one after the other (the
 #: second then finds KAITO installed) instead of racing on the same CRDs.
 _INSTALL_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
-    weakref.WeakKeyDictionary())
+    weakref.WeakKeyDictionary()
+)
 
 
 async def install_provider(request: web.Request) -> web.Response:
@@ -165,34 +225,50 @@ async def _install_provider(request: web.Request) -> web.Response:
     if provider not in PROVIDERS:
         raise ApiError(404, f"Provider not found: {provider}")
     if provider != "kaito":
-        raise ApiError(500, f'Installation failed at step "repo-add-{provider}": Error: repository not reachable')
+        raise ApiError(
+            500,
+            f'Installation failed at step "repo-add-{provider}": Error: repository not reachable',
+        )
     kube = request.app[KUBE_KEY]
     if (await kaito_status(kube))["installed"]:
-        return web.json_response({"success": True, "message": "KAITO is already installed", "alreadyInstalled": True})
+        return web.json_response(
+            {"success": True, "message": "KAITO is already installed", "alreadyInstalled": True}
+        )
 
     results: list[JSON] = [
         _step("repo-add-kaito", '"kaito" has been added to your repositories\n'),
-        _step("repo-update", "Hang tight while we grab the latest from your chart repositories...\n"
-                             '...Successfully got an update from the "kaito" chart repository\n'
-                             "Update Complete. ⎈Happy Helming!⎈\n"),
+        _step(
+            "repo-update",
+            "Hang tight while we grab the latest from your chart repositories...\n"
+            '...Successfully got an update from the "kaito" chart repository\n'
+            "Update Complete. ⎈Happy Helming!⎈\n",
+        ),
     ]
     for filename, docs in _crd_documents(request.app[CRD_DIR_KEY]):
         lines = [await _apply_crd(kube, doc) for doc in docs]
         results.append(_step(f"apply-crd-{filename}", "".join(lines)))
     if request.app[STATE_KEY].faults.install_fails:
-        stderr = "Error: INSTALLATION FAILED: failed pre-install: timed out waiting for the condition\n"
+        stderr = (
+            "Error: INSTALLATION FAILED: failed pre-install: timed out waiting for the condition\n"
+        )
         raise ApiError(500, f'Installation failed at step "install-kaito-workspace": {stderr}')
     await _install_operator(kube)
-    results.append(_step("install-kaito-workspace",
-                         'Release "kaito-workspace" does not exist. Installing it now.\nNAME: kaito-workspace\n'
-                         "NAMESPACE: kaito-workspace\nSTATUS: deployed\nREVISION: 1\nTEST SUITE: None\n"))
-    return web.json_response({
-        "success": True,
-        "message": "KAITO installation started. The operator is being deployed - check status for progress.",
-        "installing": True,
-        "installationStatus": await kaito_status(kube),
-        "results": results,
-    })
+    results.append(
+        _step(
+            "install-kaito-workspace",
+            'Release "kaito-workspace" does not exist. Installing it now.\nNAME: kaito-workspace\n'
+            "NAMESPACE: kaito-workspace\nSTATUS: deployed\nREVISION: 1\nTEST SUITE: None\n",
+        )
+    )
+    return web.json_response(
+        {
+            "success": True,
+            "message": "KAITO installation started. The operator is being deployed - check status for progress.",
+            "installing": True,
+            "installationStatus": await kaito_status(kube),
+            "results": results,
+        }
+    )
 
 
 def _step(step: str, output: str) -> JSON:
@@ -218,7 +294,10 @@ async def _apply_crd(kube: Kube, doc: JSON) -> str:
     if await kube.create(collection, doc) is not None:
         return f"customresourcedefinition.apiextensions.k8s.io/{name} created\n"
     existing = await kube.get(f"{collection}/{name}")
-    body: dict[str, Any] = {**doc, "metadata": {**doc["metadata"], "resourceVersion": existing["metadata"]["resourceVersion"]}}
+    body: dict[str, Any] = {
+        **doc,
+        "metadata": {**doc["metadata"], "resourceVersion": existing["metadata"]["resourceVersion"]},
+    }
     await kube.request("PUT", f"{collection}/{name}", body=body)
     return f"customresourcedefinition.apiextensions.k8s.io/{name} configured\n"
 
@@ -226,22 +305,55 @@ async def _apply_crd(kube: Kube, doc: JSON) -> str:
 async def _install_operator(kube: Kube) -> None:
     """What the chart leaves behind that KubeFoundry looks at: namespace, release Secret, operator pod."""
     ns = OPERATOR_NAMESPACE
-    await kube.create("/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
-    await kube.create(f"/api/v1/namespaces/{ns}/secrets", {
-        "apiVersion": "v1", "kind": "Secret", "type": "helm.sh/release.v1",
-        "metadata": {"name": "sh.helm.release.v1.kaito-workspace.v1", "namespace": ns,
-                     "labels": {"owner": "helm", "name": "kaito-workspace", "status": "deployed", "version": "1"}},
-    })
+    await kube.create(
+        "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
+    )
+    await kube.create(
+        f"/api/v1/namespaces/{ns}/secrets",
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "type": "helm.sh/release.v1",
+            "metadata": {
+                "name": "sh.helm.release.v1.kaito-workspace.v1",
+                "namespace": ns,
+                "labels": {
+                    "owner": "helm",
+                    "name": "kaito-workspace",
+                    "status": "deployed",
+                    "version": "1",
+                },
+            },
+        },
+    )
     existing = await kube.get(f"/api/v1/namespaces/{ns}/pods", {"labelSelector": OPERATOR_SELECTOR})
     if existing.get("items"):
         return
     suffix = "".join(random.choices("bcdfghjklmnpqrstvwxz2456789", k=5))
     pod_hash = "".join(random.choices(string.hexdigits.lower()[:16], k=10))
-    labels = {"app.kubernetes.io/name": "kaito-workspace", "app.kubernetes.io/instance": "kaito-workspace",
-              "pod-template-hash": pod_hash}
-    await kube.create(f"/api/v1/namespaces/{ns}/pods", {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": f"kaito-workspace-{pod_hash}-{suffix}", "namespace": ns, "labels": labels},
-        "spec": {"containers": [{"name": "manager", "image": f"mcr.microsoft.com/aks/kaito/workspace:{KAITO_VERSION}",
-                                 "ports": [{"containerPort": 9443, "protocol": "TCP"}]}]},
-    })
+    labels = {
+        "app.kubernetes.io/name": "kaito-workspace",
+        "app.kubernetes.io/instance": "kaito-workspace",
+        "pod-template-hash": pod_hash,
+    }
+    await kube.create(
+        f"/api/v1/namespaces/{ns}/pods",
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": f"kaito-workspace-{pod_hash}-{suffix}",
+                "namespace": ns,
+                "labels": labels,
+            },
+            "spec": {
+                "containers": [
+                    {
+                        "name": "manager",
+                        "image": f"mcr.microsoft.com/aks/kaito/workspace:{KAITO_VERSION}",
+                        "ports": [{"containerPort": 9443, "protocol": "TCP"}],
+                    }
+                ]
+            },
+        },
+    )

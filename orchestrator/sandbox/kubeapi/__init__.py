@@ -32,7 +32,12 @@ class KubeAPIServer:
     """Serves core/v1, CRDs and custom resources from memory, with a fake kubelet driving pods."""
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 0, *, history: int = 1000, faults: KubeFaults | None = None
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        history: int = 1000,
+        faults: KubeFaults | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -56,12 +61,20 @@ class KubeAPIServer:
         if hasattr(self, "_api"):
             self._api.faults = value
 
-    async def call(self, method: str, path: str, query: Mapping[str, str] | None = None,
-                   body: bytes = b"", content_type: str = "application/json") -> tuple[int, bytes]:
+    async def call(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, str] | None = None,
+        body: bytes = b"",
+        content_type: str = "application/json",
+    ) -> tuple[int, bytes]:
         """Serve one non-streaming request in-process (see ``ApiServer.call``)."""
         return await self._api.call(method, path, query, body, content_type)
 
-    def watch(self, path: str, query: Mapping[str, str]) -> AsyncIterator[list[tuple[str, dict[str, Any]]]]:
+    def watch(
+        self, path: str, query: Mapping[str, str]
+    ) -> AsyncIterator[list[tuple[str, dict[str, Any]]]]:
         """A watch served in-process (see ``ApiServer.watch``)."""
         return self._api.watch(path, query)
 
@@ -104,7 +117,12 @@ class KubeAPIServer:
             "kind": "Config",
             "clusters": [{"name": "sandbox", "cluster": {"server": self.url}}],
             "users": [{"name": "admin", "user": {"token": self.token}}],
-            "contexts": [{"name": "sandbox", "context": {"cluster": "sandbox", "user": "admin", "namespace": "default"}}],
+            "contexts": [
+                {
+                    "name": "sandbox",
+                    "context": {"cluster": "sandbox", "user": "admin", "namespace": "default"},
+                }
+            ],
             "current-context": "sandbox",
         }
         out.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -115,6 +133,9 @@ class KubeAPIServer:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.stop()

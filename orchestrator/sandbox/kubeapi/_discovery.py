@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from ._resources import ResourceType
 
@@ -13,8 +14,11 @@ def resource_list(group_version: str, types: Iterable[ResourceType]) -> dict[str
     resources: list[dict[str, Any]] = []
     for rt in sorted(types, key=lambda t: t.plural):
         entry: dict[str, Any] = {
-            "name": rt.plural, "singularName": rt.singular, "namespaced": rt.namespaced,
-            "kind": rt.kind, "verbs": _VERBS,
+            "name": rt.plural,
+            "singularName": rt.singular,
+            "namespaced": rt.namespaced,
+            "kind": rt.kind,
+            "verbs": _VERBS,
         }
         if rt.short_names:
             entry["shortNames"] = rt.short_names
@@ -24,14 +28,32 @@ def resource_list(group_version: str, types: Iterable[ResourceType]) -> dict[str
                 sub, ["create", "delete", "get", "patch", "update"]
             )
             kind = {"proxy": "ServiceProxyOptions"}.get(sub, rt.kind)
-            resources.append({"name": f"{rt.plural}/{sub}", "singularName": "", "namespaced": rt.namespaced,
-                              "kind": kind, "verbs": verbs})
-    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}
+            resources.append(
+                {
+                    "name": f"{rt.plural}/{sub}",
+                    "singularName": "",
+                    "namespaced": rt.namespaced,
+                    "kind": kind,
+                    "verbs": verbs,
+                }
+            )
+    return {
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": group_version,
+        "resources": resources,
+    }
 
 
 def api_group(name: str, versions: list[str]) -> dict[str, Any]:
     gvs = [{"groupVersion": f"{name}/{v}", "version": v} for v in versions]
-    return {"kind": "APIGroup", "apiVersion": "v1", "name": name, "versions": gvs, "preferredVersion": gvs[0]}
+    return {
+        "kind": "APIGroup",
+        "apiVersion": "v1",
+        "name": name,
+        "versions": gvs,
+        "preferredVersion": gvs[0],
+    }
 
 
 def api_group_list(groups: dict[str, list[str]]) -> dict[str, Any]:
@@ -47,11 +69,20 @@ def api_versions(server_address: str) -> dict[str, Any]:
     return {
         "kind": "APIVersions",
         "versions": ["v1"],
-        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": server_address}],
+        "serverAddressByClientCIDRs": [
+            {"clientCIDR": "0.0.0.0/0", "serverAddress": server_address}
+        ],
     }
 
 
 VERSION = {
-    "major": "1", "minor": "36", "gitVersion": "v1.36.4-sandbox", "gitCommit": "", "gitTreeState": "",
-    "buildDate": "1970-01-01T00:00:00Z", "goVersion": "", "compiler": "", "platform": "linux/amd64",
+    "major": "1",
+    "minor": "36",
+    "gitVersion": "v1.36.4-sandbox",
+    "gitCommit": "",
+    "gitTreeState": "",
+    "buildDate": "1970-01-01T00:00:00Z",
+    "goVersion": "",
+    "compiler": "",
+    "platform": "linux/amd64",
 }

@@ -51,17 +51,28 @@ def _qualified(plural: str, group: str) -> str:
 
 
 def not_found(plural: str, name: str, group: str = "") -> ApiError:
-    return ApiError(404, "NotFound", f'{_qualified(plural, group)} "{name}" not found', _details(plural, name, group))
+    return ApiError(
+        404,
+        "NotFound",
+        f'{_qualified(plural, group)} "{name}" not found',
+        _details(plural, name, group),
+    )
 
 
 def already_exists(plural: str, name: str, group: str = "") -> ApiError:
     return ApiError(
-        409, "AlreadyExists", f'{_qualified(plural, group)} "{name}" already exists', _details(plural, name, group)
+        409,
+        "AlreadyExists",
+        f'{_qualified(plural, group)} "{name}" already exists',
+        _details(plural, name, group),
     )
 
 
 def conflict(plural: str, name: str, group: str = "", why: str | None = None) -> ApiError:
-    why = why or "the object has been modified; please apply your changes to the latest version and try again"
+    why = (
+        why
+        or "the object has been modified; please apply your changes to the latest version and try again"
+    )
     return ApiError(
         409,
         "Conflict",
@@ -70,7 +81,9 @@ def conflict(plural: str, name: str, group: str = "", why: str | None = None) ->
     )
 
 
-def invalid(kind: str, name: str, field: str, cause_reason: str, text: str, group: str = "") -> ApiError:
+def invalid(
+    kind: str, name: str, field: str, cause_reason: str, text: str, group: str = ""
+) -> ApiError:
     """422, with one cause, like a failed field validation."""
     qualified = f"{kind}.{group}" if group else kind
     details: dict[str, Any] = {"name": name} if name else {}
@@ -89,7 +102,9 @@ def expired(message: str) -> ApiError:
     return ApiError(410, "Expired", message)
 
 
-def too_many_requests(message: str = "storage is (re)initializing", retry_after: int = 1) -> ApiError:
+def too_many_requests(
+    message: str = "storage is (re)initializing", retry_after: int = 1
+) -> ApiError:
     return ApiError(
         429,
         "TooManyRequests",
@@ -108,4 +123,8 @@ def method_not_allowed(message: str) -> ApiError:
 
 
 def unsupported_media_type(content_type: str) -> ApiError:
-    return ApiError(415, "UnsupportedMediaType", f'the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml (got "{content_type}")')
+    return ApiError(
+        415,
+        "UnsupportedMediaType",
+        f'the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml (got "{content_type}")',
+    )

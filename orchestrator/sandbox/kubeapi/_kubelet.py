@@ -79,7 +79,14 @@ def _first_waiting_reason(pod: dict[str, Any]) -> str | None:
 
 
 class FakeKubelet:
-    def __init__(self, store: Store, types: dict[str, ResourceType], logs: PodLogs, nodes: int = 2, gpus: int = 8) -> None:
+    def __init__(
+        self,
+        store: Store,
+        types: dict[str, ResourceType],
+        logs: PodLogs,
+        nodes: int = 2,
+        gpus: int = 8,
+    ) -> None:
         self._store = store
         self._pods = types["pods"]
         self._events = types["events"]
@@ -129,24 +136,44 @@ class FakeKubelet:
                 "metadata": {
                     "name": name,
                     "labels": {
-                        "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
-                        "kubernetes.io/arch": "amd64", "type": "fake-kubelet",
+                        "kubernetes.io/hostname": name,
+                        "kubernetes.io/os": "linux",
+                        "kubernetes.io/arch": "amd64",
+                        "type": "fake-kubelet",
                     },
                 },
                 "spec": {},
             }
             created = self._store.create(self._nodes_rt, "", node)
             created["status"] = {
-                "capacity": capacity, "allocatable": dict(capacity), "phase": "Running",
-                "conditions": [{
-                    "type": "Ready", "status": "True", "reason": "KubeletReady",
-                    "message": "fake kubelet is posting ready status", "lastHeartbeatTime": now, "lastTransitionTime": now,
-                }],
-                "addresses": [{"type": "InternalIP", "address": node_ip(name)}, {"type": "Hostname", "address": name}],
+                "capacity": capacity,
+                "allocatable": dict(capacity),
+                "phase": "Running",
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": "True",
+                        "reason": "KubeletReady",
+                        "message": "fake kubelet is posting ready status",
+                        "lastHeartbeatTime": now,
+                        "lastTransitionTime": now,
+                    }
+                ],
+                "addresses": [
+                    {"type": "InternalIP", "address": node_ip(name)},
+                    {"type": "Hostname", "address": name},
+                ],
                 "nodeInfo": {
-                    "machineID": "", "systemUUID": "", "bootID": "", "kernelVersion": "", "osImage": "",
-                    "containerRuntimeVersion": "", "kubeletVersion": "fake", "kubeProxyVersion": "",
-                    "operatingSystem": "linux", "architecture": "amd64",
+                    "machineID": "",
+                    "systemUUID": "",
+                    "bootID": "",
+                    "kernelVersion": "",
+                    "osImage": "",
+                    "containerRuntimeVersion": "",
+                    "kubeletVersion": "fake",
+                    "kubeProxyVersion": "",
+                    "operatingSystem": "linux",
+                    "architecture": "amd64",
                 },
             }
             self._store.update(self._nodes_rt, "", name, created, status_only=True)
@@ -187,7 +214,10 @@ class FakeKubelet:
         want = _wanted_phase(pod)
         node = (pod.get("spec") or {}).get("nodeName")
         if _annotations(pod).get(ANN_PHASE) == "Unschedulable":
-            if node or any(c.get("type") == "PodScheduled" for c in (pod.get("status") or {}).get("conditions") or []):
+            if node or any(
+                c.get("type") == "PodScheduled"
+                for c in (pod.get("status") or {}).get("conditions") or []
+            ):
                 return
         elif want == "Pending":
             if node and _first_waiting_reason(pod) == _waiting_reason(pod):
@@ -204,7 +234,9 @@ class FakeKubelet:
 
     def _write(self, pod: dict[str, Any], *, status: bool) -> dict[str, Any]:
         meta = pod["metadata"]
-        return self._store.update(self._pods, meta["namespace"], meta["name"], pod, status_only=status)
+        return self._store.update(
+            self._pods, meta["namespace"], meta["name"], pod, status_only=status
+        )
 
     def _drive(self, pod: dict[str, Any], want: str) -> None:
         meta = pod["metadata"]
@@ -214,10 +246,16 @@ class FakeKubelet:
                 f"0/{self._nodes} nodes are available: {self._nodes} node(s) didn't match "
                 "the fake-kubelet/phase=Unschedulable annotation."
             )
-            pod.setdefault("status", {})["conditions"] = [{
-                "type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": msg,
-                "lastProbeTime": None, "lastTransitionTime": now_rfc3339(),
-            }]
+            pod.setdefault("status", {})["conditions"] = [
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "message": msg,
+                    "lastProbeTime": None,
+                    "lastTransitionTime": now_rfc3339(),
+                }
+            ]
             pod = self._write(pod, status=True)
             self._event(pod, "", "Warning", "FailedScheduling", msg, "default-scheduler")
             self._inflight.discard(uid)
@@ -226,7 +264,14 @@ class FakeKubelet:
             node = f"fake-node-{zlib.crc32(f'{ns}/{name}'.encode()) % max(self._nodes, 1)}"
             pod["spec"]["nodeName"] = node
             pod = self._write(pod, status=False)
-            self._event(pod, "", "Normal", "Scheduled", f"Successfully assigned {ns}/{name} to {node}", "default-scheduler")
+            self._event(
+                pod,
+                "",
+                "Normal",
+                "Scheduled",
+                f"Successfully assigned {ns}/{name} to {node}",
+                "default-scheduler",
+            )
         if want == "Pending":
             reason = _waiting_reason(pod)
             if _first_waiting_reason(pod) != reason:
@@ -253,16 +298,28 @@ class FakeKubelet:
             if phase in (want, "Succeeded", "Failed"):
                 return
             started = [
-                c for c in pod["spec"].get("containers") or []
+                c
+                for c in pod["spec"].get("containers") or []
                 if "running" not in ((container_status(pod, c["name"]) or {}).get("state") or {})
             ]
             pod["status"] = self._pod_status(pod, want)
             pod = self._write(pod, status=True)
             for c in started:
                 fp = f"spec.containers{{{c['name']}}}"
-                self._event(pod, fp, "Normal", "Pulled", f'Container image "{c.get("image", "")}" already present on machine', "kubelet")
-                self._event(pod, fp, "Normal", "Created", f"Created container: {c['name']}", "kubelet")
-                self._event(pod, fp, "Normal", "Started", f"Started container {c['name']}", "kubelet")
+                self._event(
+                    pod,
+                    fp,
+                    "Normal",
+                    "Pulled",
+                    f'Container image "{c.get("image", "")}" already present on machine',
+                    "kubelet",
+                )
+                self._event(
+                    pod, fp, "Normal", "Created", f"Created container: {c['name']}", "kubelet"
+                )
+                self._event(
+                    pod, fp, "Normal", "Started", f"Started container {c['name']}", "kubelet"
+                )
         except ApiError:
             pass
         finally:
@@ -278,11 +335,27 @@ class FakeKubelet:
             fp = f"spec.containers{{{c['name']}}}"
             image = c.get("image", "")
             if reason == "ImagePullBackOff":
-                self._event(pod, fp, "Warning", "BackOff", f'Back-off pulling image "{image}"', "kubelet")
+                self._event(
+                    pod, fp, "Warning", "BackOff", f'Back-off pulling image "{image}"', "kubelet"
+                )
             elif reason == "ErrImagePull":
-                self._event(pod, fp, "Warning", "Failed", f'Failed to pull image "{image}": fake-kubelet', "kubelet")
+                self._event(
+                    pod,
+                    fp,
+                    "Warning",
+                    "Failed",
+                    f'Failed to pull image "{image}": fake-kubelet',
+                    "kubelet",
+                )
             elif reason == "CrashLoopBackOff":
-                self._event(pod, fp, "Warning", "BackOff", f"Back-off restarting failed container {c['name']} in pod {pod['metadata']['name']}", "kubelet")
+                self._event(
+                    pod,
+                    fp,
+                    "Warning",
+                    "BackOff",
+                    f"Back-off restarting failed container {c['name']} in pod {pod['metadata']['name']}",
+                    "kubelet",
+                )
             else:
                 self._event(pod, fp, "Warning", "Failed", f"Error: {reason}", "kubelet")
 
@@ -302,7 +375,12 @@ class FakeKubelet:
             ready, not_ready = "False", "PodCompleted"
 
         def cond(kind: str, status: str, reason: str = "") -> dict[str, Any]:
-            c: dict[str, Any] = {"type": kind, "status": status, "lastProbeTime": None, "lastTransitionTime": now}
+            c: dict[str, Any] = {
+                "type": kind,
+                "status": status,
+                "lastProbeTime": None,
+                "lastTransitionTime": now,
+            }
             if reason:
                 c["reason"] = reason
             return c
@@ -311,28 +389,54 @@ class FakeKubelet:
         st: dict[str, Any] = {
             "phase": phase,
             "conditions": [
-                cond("PodScheduled", "True"), cond("Initialized", "True"),
-                cond("ContainersReady", ready, not_ready), cond("Ready", ready, not_ready),
+                cond("PodScheduled", "True"),
+                cond("Initialized", "True"),
+                cond("ContainersReady", ready, not_ready),
+                cond("Ready", ready, not_ready),
             ],
-            "hostIP": node_ip(node), "hostIPs": [{"ip": node_ip(node)}],
-            "podIP": pod_ip, "podIPs": [{"ip": pod_ip}],
+            "hostIP": node_ip(node),
+            "hostIPs": [{"ip": node_ip(node)}],
+            "podIP": pod_ip,
+            "podIPs": [{"ip": pod_ip}],
             "startTime": old.get("startTime") or now,
             "qosClass": "BestEffort",
         }
         if phase != "Pending" and pod["spec"].get("initContainers"):
-            st["initContainerStatuses"] = [{
-                "name": c["name"], "image": c.get("image", ""), "imageID": c.get("image", ""),
-                "containerID": f"fake://{uid}/{c['name']}", "ready": False, "restartCount": 0, "started": False,
-                "state": {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": now, "finishedAt": now,
-                                         "containerID": f"fake://{uid}/{c['name']}"}},
-                "lastState": {},
-            } for c in pod["spec"]["initContainers"]]
+            st["initContainerStatuses"] = [
+                {
+                    "name": c["name"],
+                    "image": c.get("image", ""),
+                    "imageID": c.get("image", ""),
+                    "containerID": f"fake://{uid}/{c['name']}",
+                    "ready": False,
+                    "restartCount": 0,
+                    "started": False,
+                    "state": {
+                        "terminated": {
+                            "exitCode": 0,
+                            "reason": "Completed",
+                            "startedAt": now,
+                            "finishedAt": now,
+                            "containerID": f"fake://{uid}/{c['name']}",
+                        }
+                    },
+                    "lastState": {},
+                }
+                for c in pod["spec"]["initContainers"]
+            ]
         statuses = []
         for c in pod["spec"].get("containers") or []:
             prev = container_status(pod, c["name"]) or {}
             started_at = ((prev.get("state") or {}).get("running") or {}).get("startedAt") or now
-            cs: dict[str, Any] = {"name": c["name"], "state": {}, "lastState": {}, "ready": False,
-                                  "restartCount": 0, "image": c.get("image", ""), "imageID": ""}
+            cs: dict[str, Any] = {
+                "name": c["name"],
+                "state": {},
+                "lastState": {},
+                "ready": False,
+                "restartCount": 0,
+                "image": c.get("image", ""),
+                "imageID": "",
+            }
             if phase == "Pending":
                 cs["state"] = {"waiting": {"reason": _waiting_reason(pod)}}
                 cs["started"] = False
@@ -351,8 +455,15 @@ class FakeKubelet:
                         except ValueError:
                             code = 1
                     cs["started"] = False
-                    cs["state"] = {"terminated": {"exitCode": code, "reason": reason, "startedAt": started_at,
-                                                  "finishedAt": now, "containerID": cs["containerID"]}}
+                    cs["state"] = {
+                        "terminated": {
+                            "exitCode": code,
+                            "reason": reason,
+                            "startedAt": started_at,
+                            "finishedAt": now,
+                            "containerID": cs["containerID"],
+                        }
+                    }
             statuses.append(cs)
         st["containerStatuses"] = statuses
         return st
@@ -365,7 +476,14 @@ class FakeKubelet:
         delay = min(max(parse_duration(_annotations(pod).get(ANN_TERM_DELAY)), 0.0), grace)
         for c in pod["spec"].get("containers") or []:
             if "running" in ((container_status(pod, c["name"]) or {}).get("state") or {}):
-                self._event(pod, f"spec.containers{{{c['name']}}}", "Normal", "Killing", f"Stopping container {c['name']}", "kubelet")
+                self._event(
+                    pod,
+                    f"spec.containers{{{c['name']}}}",
+                    "Normal",
+                    "Killing",
+                    f"Stopping container {c['name']}",
+                    "kubelet",
+                )
         self._later(delay, self._finish_termination, meta["namespace"], meta["name"], meta["uid"])
 
     def _finish_termination(self, ns: str, name: str, uid: str) -> None:
@@ -379,8 +497,15 @@ class FakeKubelet:
             for cs in status.get("containerStatuses") or []:
                 running = (cs.get("state") or {}).get("running")
                 if running is not None:
-                    cs["state"] = {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": running.get("startedAt"),
-                                                  "finishedAt": now, "containerID": cs.get("containerID", "")}}
+                    cs["state"] = {
+                        "terminated": {
+                            "exitCode": 0,
+                            "reason": "Completed",
+                            "startedAt": running.get("startedAt"),
+                            "finishedAt": now,
+                            "containerID": cs.get("containerID", ""),
+                        }
+                    }
                     cs["ready"], cs["started"], changed = False, False, True
                 term = (cs.get("state") or {}).get("terminated")
                 if term is None or term.get("exitCode") != 0:
@@ -400,24 +525,45 @@ class FakeKubelet:
 
     # -- events ----------------------------------------------------------------
 
-    def _event(self, pod: dict[str, Any], field_path: str, kind: str, reason: str, message: str, component: str) -> None:
+    def _event(
+        self,
+        pod: dict[str, Any],
+        field_path: str,
+        kind: str,
+        reason: str,
+        message: str,
+        component: str,
+    ) -> None:
         meta = pod["metadata"]
         host = pod["spec"].get("nodeName", "") if component == "kubelet" else ""
         now = now_rfc3339()
         self._event_counter += 1
         involved = {
-            "kind": "Pod", "namespace": meta["namespace"], "name": meta["name"], "uid": meta["uid"],
-            "apiVersion": "v1", "resourceVersion": meta.get("resourceVersion", ""),
+            "kind": "Pod",
+            "namespace": meta["namespace"],
+            "name": meta["name"],
+            "uid": meta["uid"],
+            "apiVersion": "v1",
+            "resourceVersion": meta.get("resourceVersion", ""),
         }
         if field_path:
             involved["fieldPath"] = field_path
         ev = {
-            "metadata": {"name": f"{meta['name']}.{time.time_ns() + self._event_counter:x}", "namespace": meta["namespace"]},
+            "metadata": {
+                "name": f"{meta['name']}.{time.time_ns() + self._event_counter:x}",
+                "namespace": meta["namespace"],
+            },
             "involvedObject": involved,
-            "reason": reason, "message": message, "type": kind, "count": 1,
+            "reason": reason,
+            "message": message,
+            "type": kind,
+            "count": 1,
             "source": {"component": component, **({"host": host} if host else {})},
-            "firstTimestamp": now, "lastTimestamp": now, "eventTime": None,
-            "reportingComponent": component, "reportingInstance": host,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "eventTime": None,
+            "reportingComponent": component,
+            "reportingInstance": host,
         }
         try:
             self._store.create(self._events, meta["namespace"], ev)

@@ -12,7 +12,7 @@ ANN_LOG = "fake-kubelet/log"
 
 
 def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def parse_time(text: str | None) -> dt.datetime | None:
@@ -63,25 +63,35 @@ class PodLogs:
         per = self._lines.setdefault(uid, {})
         now = _utcnow()
         status = cur.get("status") or {}
-        statuses = list(status.get("initContainerStatuses") or []) + list(status.get("containerStatuses") or [])
+        statuses = list(status.get("initContainerStatuses") or []) + list(
+            status.get("containerStatuses") or []
+        )
         for st in statuses:
             before = container_status(old, st["name"]) if old else None
             if _started(st) and not _started(before):
                 per.setdefault(st["name"], []).append(
-                    (now, f"container {st['name']} started on node {(cur.get('spec') or {}).get('nodeName', '')}")
+                    (
+                        now,
+                        f"container {st['name']} started on node {(cur.get('spec') or {}).get('nodeName', '')}",
+                    )
                 )
         old_phase = ((old or {}).get("status") or {}).get("phase")
         new_phase = status.get("phase")
         if old is not None and old_phase != new_phase and new_phase:
             spec = cur.get("spec") or {}
             for c in list(spec.get("initContainers") or []) + list(spec.get("containers") or []):
-                per.setdefault(c["name"], []).append((now, f"pod phase changed: {old_phase or ''} -> {new_phase}"))
+                per.setdefault(c["name"], []).append(
+                    (now, f"pod phase changed: {old_phase or ''} -> {new_phase}")
+                )
         for st in statuses:
             term = _terminated(st)
             before = container_status(old, st["name"]) if old else None
             if term and not _terminated(before):
                 per.setdefault(st["name"], []).append(
-                    (now, f"container {st['name']} terminated: exit code {term.get('exitCode', 0)} ({term.get('reason', '')})")
+                    (
+                        now,
+                        f"container {st['name']} terminated: exit code {term.get('exitCode', 0)} ({term.get('reason', '')})",
+                    )
                 )
         self._notify()
 
@@ -96,9 +106,12 @@ class PodLogs:
         if text:
             st = container_status(pod, container) or {}
             state = st.get("state") or {}
-            t = parse_time((state.get("running") or {}).get("startedAt")) or parse_time(
-                (state.get("terminated") or {}).get("startedAt")
-            ) or parse_time(pod["metadata"].get("creationTimestamp")) or _utcnow()
+            t = (
+                parse_time((state.get("running") or {}).get("startedAt"))
+                or parse_time((state.get("terminated") or {}).get("startedAt"))
+                or parse_time(pod["metadata"].get("creationTimestamp"))
+                or _utcnow()
+            )
             if out and out[-1][0] > t:
                 t = out[-1][0]
             for s in text.removesuffix("\n").split("\n"):
@@ -117,7 +130,7 @@ def render(
     if since is not None:
         lines = [ln for ln in lines if ln[0] >= since]
     if tail is not None and tail < len(lines):
-        lines = lines[len(lines) - tail:] if tail else []
+        lines = lines[len(lines) - tail :] if tail else []
     parts = []
     for t, s in lines:
         prefix = t.strftime("%Y-%m-%dT%H:%M:%S.%fZ") + " " if timestamps else ""

@@ -43,7 +43,11 @@ def _parent(doc: Any, tokens: list[str], path: str) -> Any:
         try:
             cur = cur[int(t)] if isinstance(cur, list) else cur[t]
         except (KeyError, IndexError, ValueError, TypeError):
-            raise ApiError(422, "Invalid", f"the server rejected our request due to an error in our request: path {path!r} not found") from None
+            raise ApiError(
+                422,
+                "Invalid",
+                f"the server rejected our request due to an error in our request: path {path!r} not found",
+            ) from None
     return cur
 
 
@@ -55,7 +59,11 @@ def _get(doc: Any, path: str) -> Any:
     try:
         return parent[int(tokens[-1])] if isinstance(parent, list) else parent[tokens[-1]]
     except (KeyError, IndexError, ValueError, TypeError):
-        raise ApiError(422, "Invalid", f"the server rejected our request due to an error in our request: path {path!r} not found") from None
+        raise ApiError(
+            422,
+            "Invalid",
+            f"the server rejected our request due to an error in our request: path {path!r} not found",
+        ) from None
 
 
 def _remove(doc: Any, path: str) -> Any:
@@ -86,7 +94,11 @@ def _add(doc: Any, path: str, value: Any, replace: bool = False) -> Any:
     elif isinstance(parent, dict):
         parent[last] = clone(value)
     else:
-        raise ApiError(422, "Invalid", f"the server rejected our request due to an error in our request: path {path!r} not found")
+        raise ApiError(
+            422,
+            "Invalid",
+            f"the server rejected our request due to an error in our request: path {path!r} not found",
+        )
     return doc
 
 
@@ -108,7 +120,11 @@ def json_patch(target: Any, ops: Any) -> Any:
             doc = _add(doc, path, _get(doc, op.get("from", "")))
         elif kind == "test":
             if _get(doc, path) != op.get("value"):
-                raise ApiError(422, "Invalid", f"the server rejected our request due to an error in our request: testing value {path} failed")
+                raise ApiError(
+                    422,
+                    "Invalid",
+                    f"the server rejected our request due to an error in our request: testing value {path} failed",
+                )
         else:
             raise bad_request(f"Unexpected kind: {kind}")
     return doc

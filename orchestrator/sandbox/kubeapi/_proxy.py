@@ -14,8 +14,17 @@ from ._store import Store
 ANN_PROXY_TO = "fake-kubelet/proxy-to"
 
 _HOP_BY_HOP = {
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
-    "transfer-encoding", "upgrade", "host", "authorization", "content-length",
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "authorization",
+    "content-length",
 }
 
 
@@ -39,7 +48,9 @@ def resolve(store: Store, rt: ResourceType, namespace: str, service_id: str) -> 
         ports = (svc.get("spec") or {}).get("ports") or []
         if port.isdigit():
             if not any(int(p.get("port", -1)) == int(port) for p in ports):
-                raise errors.service_unavailable(f'no service port {int(port)} found for service "{name}"')
+                raise errors.service_unavailable(
+                    f'no service port {int(port)} found for service "{name}"'
+                )
         elif not any(p.get("name") == port for p in ports):
             raise errors.service_unavailable(f'no endpoints available for service "{service_id}"')
     target = ((svc.get("metadata") or {}).get("annotations") or {}).get(ANN_PROXY_TO, "")
@@ -67,20 +78,36 @@ async def forward(
         url += "?" + request.query_string
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
     peer = request.remote or ""
-    headers["X-Forwarded-For"] = ", ".join(filter(None, [request.headers.get("X-Forwarded-For", ""), peer]))
+    headers["X-Forwarded-For"] = ", ".join(
+        filter(None, [request.headers.get("X-Forwarded-For", ""), peer])
+    )
     headers.setdefault("X-Forwarded-Host", request.host)
     headers.setdefault("X-Forwarded-Proto", request.scheme)
     body = await request.read()
     target = urlsplit(base)
-    host_port = target.netloc if target.port else f"{target.hostname}:{443 if target.scheme == 'https' else 80}"
+    host_port = (
+        target.netloc
+        if target.port
+        else f"{target.hostname}:{443 if target.scheme == 'https' else 80}"
+    )
     try:
         upstream = await session.request(
-            request.method, url, data=body if body else None, headers=headers,
-            allow_redirects=False, auto_decompress=False,
+            request.method,
+            url,
+            data=body if body else None,
+            headers=headers,
+            allow_redirects=False,
+            auto_decompress=False,
         )
     except aiohttp.ClientConnectorError as exc:
-        why = "connect: connection refused" if isinstance(exc.os_error, ConnectionRefusedError) else str(exc.os_error)
-        raise errors.service_unavailable(f"error trying to reach service: dial tcp {host_port}: {why}") from None
+        why = (
+            "connect: connection refused"
+            if isinstance(exc.os_error, ConnectionRefusedError)
+            else str(exc.os_error)
+        )
+        raise errors.service_unavailable(
+            f"error trying to reach service: dial tcp {host_port}: {why}"
+        ) from None
     except aiohttp.ClientError as exc:
         raise errors.service_unavailable(f"error trying to reach service: {exc}") from None
     async with upstream:
@@ -88,7 +115,9 @@ async def forward(
         for k, v in upstream.headers.items():
             if k.lower() not in _HOP_BY_HOP:
                 resp.headers.add(k, v)
-        if upstream.content_length is not None and "chunked" not in upstream.headers.get("Transfer-Encoding", ""):
+        if upstream.content_length is not None and "chunked" not in upstream.headers.get(
+            "Transfer-Encoding", ""
+        ):
             resp.content_length = upstream.content_length
         await resp.prepare(request)
         if request.method != "HEAD":
@@ -99,5 +128,3 @@ async def forward(
                 pass
         await resp.write_eof()
         return resp
-
-

@@ -66,20 +66,43 @@ _EVENT_FIELDS = [
     "reason",
     "type",
 ]
-_POD_FIELDS = ["spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "status.phase", "status.podIP"]
+_POD_FIELDS = [
+    "spec.nodeName",
+    "spec.restartPolicy",
+    "spec.schedulerName",
+    "status.phase",
+    "status.podIP",
+]
 
 
 def builtin_types() -> list[ResourceType]:
     """The core/v1 kinds the test cluster serves, and the CRD kind itself."""
     return [
-        ResourceType("", "v1", "pods", "pod", "Pod", True, True, ["po"], _POD_FIELDS, ["status", "log"]),
+        ResourceType(
+            "", "v1", "pods", "pod", "Pod", True, True, ["po"], _POD_FIELDS, ["status", "log"]
+        ),
         ResourceType("", "v1", "nodes", "node", "Node", False, True, ["no"], [], ["status"]),
-        ResourceType("", "v1", "namespaces", "namespace", "Namespace", False, True, ["ns"], ["status.phase"], ["status"]),
+        ResourceType(
+            "",
+            "v1",
+            "namespaces",
+            "namespace",
+            "Namespace",
+            False,
+            True,
+            ["ns"],
+            ["status.phase"],
+            ["status"],
+        ),
         ResourceType("", "v1", "events", "event", "Event", True, False, ["ev"], _EVENT_FIELDS),
         ResourceType("", "v1", "configmaps", "configmap", "ConfigMap", True, False, ["cm"]),
         ResourceType("", "v1", "secrets", "secret", "Secret", True, False, [], ["type"]),
-        ResourceType("", "v1", "services", "service", "Service", True, True, ["svc"], [], ["status", "proxy"]),
-        ResourceType("", "v1", "serviceaccounts", "serviceaccount", "ServiceAccount", True, False, ["sa"]),
+        ResourceType(
+            "", "v1", "services", "service", "Service", True, True, ["svc"], [], ["status", "proxy"]
+        ),
+        ResourceType(
+            "", "v1", "serviceaccounts", "serviceaccount", "ServiceAccount", True, False, ["sa"]
+        ),
         ResourceType(
             "apiextensions.k8s.io",
             "v1",

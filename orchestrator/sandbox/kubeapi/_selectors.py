@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ._errors import bad_request
 
@@ -76,11 +77,15 @@ class LabelSelector:
             negated, key, op, values = m.groups()
             if op:
                 if negated:
-                    raise bad_request(f"unable to parse requirement: found '{op}', expected: ',' or 'end of string'")
+                    raise bad_request(
+                        f"unable to parse requirement: found '{op}', expected: ',' or 'end of string'"
+                    )
                 vals = tuple(v.strip() for v in values.split(",") if v.strip())
                 return _Requirement(key, op, vals)
             return _Requirement(key, "!exists" if negated else "exists")
-        raise bad_request(f"unable to parse requirement: {part.strip()!r} is not a valid label selector")
+        raise bad_request(
+            f"unable to parse requirement: {part.strip()!r} is not a valid label selector"
+        )
 
     def matches(self, obj: dict[str, Any]) -> bool:
         labels = (obj.get("metadata") or {}).get("labels") or {}

@@ -76,8 +76,10 @@ class Registry:
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     return web.Response(
-        body=json.dumps(body, separators=(",", ":")).encode(), status=status,
-        content_type="application/json", headers=headers,
+        body=json.dumps(body, separators=(",", ":")).encode(),
+        status=status,
+        content_type="application/json",
+        headers=headers,
     )
 
 
@@ -87,7 +89,13 @@ def _status_success(rt: ResourceType, obj: dict[str, Any]) -> dict[str, Any]:
         details["group"] = rt.group
     details["kind"] = rt.plural
     details["uid"] = obj["metadata"].get("uid", "")
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details}
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Success",
+        "details": details,
+    }
 
 
 def _int_param(request: web.Request, name: str) -> int | None:
@@ -97,13 +105,17 @@ def _int_param(request: web.Request, name: str) -> int | None:
     try:
         return int(raw)
     except ValueError:
-        raise errors.bad_request(f'invalid value for {name}: strconv.ParseInt: parsing "{raw}": invalid syntax') from None
+        raise errors.bad_request(
+            f'invalid value for {name}: strconv.ParseInt: parsing "{raw}": invalid syntax'
+        ) from None
 
 
 class _LocalRequest:
     """What the routes read of an aiohttp request, for a call made in-process (``ApiServer.call``)."""
 
-    def __init__(self, method: str, path: str, query: Mapping[str, str], body: bytes, content_type: str) -> None:
+    def __init__(
+        self, method: str, path: str, query: Mapping[str, str], body: bytes, content_type: str
+    ) -> None:
         self.method = method
         self.path = path
         self.query = MultiDictProxy(MultiDict(query))
@@ -122,7 +134,14 @@ def _truthy(request: web.Request, name: str) -> bool:
 class ApiServer:
     """Owns the store, the registry, the fake kubelet's logs and the HTTP routes."""
 
-    def __init__(self, store: Store, registry: Registry, logs: PodLogs, faults: KubeFaults, graceful_pods: bool = True) -> None:
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        logs: PodLogs,
+        faults: KubeFaults,
+        graceful_pods: bool = True,
+    ) -> None:
         self.store = store
         self.registry = registry
         self.logs = logs
@@ -133,8 +152,14 @@ class ApiServer:
         self._streams: set[asyncio.Task[Any]] = set()
         store.add_listener(self._on_event)
 
-    async def call(self, method: str, path: str, query: Mapping[str, str] | None = None,
-                   body: bytes = b"", content_type: str = "application/json") -> tuple[int, bytes]:
+    async def call(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, str] | None = None,
+        body: bytes = b"",
+        content_type: str = "application/json",
+    ) -> tuple[int, bytes]:
         """One request served in-process: the status and body an HTTP client would get.
 
         The sandbox's own controllers live in this process; over loopback HTTP, each of
@@ -144,8 +169,11 @@ class ApiServer:
         requests (watches, the service proxy, followed logs) still need HTTP.
         """
         query = dict(query or {})
-        if query.get("watch", "").lower() in ("1", "true") or query.get("follow", "").lower() in ("1", "true") \
-                or "/proxy" in path:
+        if (
+            query.get("watch", "").lower() in ("1", "true")
+            or query.get("follow", "").lower() in ("1", "true")
+            or "/proxy" in path
+        ):
             raise ValueError(f"{method} {path}: a streaming request needs HTTP")
         request = _LocalRequest(method, path, query, body, content_type)
         response = await self._dispatch(request)  # type: ignore[arg-type]
@@ -163,7 +191,8 @@ class ApiServer:
 
     async def _startup(self, _: web.Application) -> None:
         self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=None, connect=10), trust_env=False,
+            timeout=aiohttp.ClientTimeout(total=None, connect=10),
+            trust_env=False,
         )
 
     async def _cleanup(self, _: web.Application) -> None:
@@ -176,7 +205,9 @@ class ApiServer:
         if ev.key != CRD_KEY or ev.type != "DELETED":
             return
         spec = ev.obj.get("spec") or {}
-        for rt in self.registry.remove(spec.get("group", ""), (spec.get("names") or {}).get("plural", "")):
+        for rt in self.registry.remove(
+            spec.get("group", ""), (spec.get("names") or {}).get("plural", "")
+        ):
             self.store.drop_type(rt)
 
     def _establish(self, crd: dict[str, Any]) -> dict[str, Any]:
@@ -185,10 +216,20 @@ class ApiServer:
         now = now_rfc3339()
         crd["status"] = {
             "conditions": [
-                {"type": "NamesAccepted", "status": "True", "lastTransitionTime": now, "reason": "NoConflicts",
-                 "message": "no conflicts found"},
-                {"type": "Established", "status": "True", "lastTransitionTime": now, "reason": "InitialNamesAccepted",
-                 "message": "the initial names have been accepted"},
+                {
+                    "type": "NamesAccepted",
+                    "status": "True",
+                    "lastTransitionTime": now,
+                    "reason": "NoConflicts",
+                    "message": "no conflicts found",
+                },
+                {
+                    "type": "Established",
+                    "status": "True",
+                    "lastTransitionTime": now,
+                    "reason": "InitialNamesAccepted",
+                    "message": "the initial names have been accepted",
+                },
             ],
             "acceptedNames": spec.get("names") or {},
             "storedVersions": [v["name"] for v in spec.get("versions") or [] if v.get("storage")],
@@ -211,8 +252,12 @@ class ApiServer:
         name = (crd.get("metadata") or {}).get("name", "")
         if name != want:
             raise errors.invalid(
-                "CustomResourceDefinition", name, "metadata.name", "FieldValueInvalid",
-                f'Invalid value: "{name}": must be spec.names.plural+"."+spec.group', "apiextensions.k8s.io",
+                "CustomResourceDefinition",
+                name,
+                "metadata.name",
+                "FieldValueInvalid",
+                f'Invalid value: "{name}": must be spec.names.plural+"."+spec.group',
+                "apiextensions.k8s.io",
             )
 
     # -- routing -------------------------------------------------------------------
@@ -223,7 +268,10 @@ class ApiServer:
         except errors.ApiError as err:
             return _json(err.status(), err.code, err.headers)
         except (json.JSONDecodeError, yaml.YAMLError) as err:
-            return _json(errors.bad_request(f"the body of the request could not be decoded: {err}").status(), 400)
+            return _json(
+                errors.bad_request(f"the body of the request could not be decoded: {err}").status(),
+                400,
+            )
 
     async def _route(self, request: web.Request) -> web.StreamResponse:
         path = request.path
@@ -233,14 +281,20 @@ class ApiServer:
         if path == "/version":
             return _json(discovery.VERSION)
         if not segs:
-            return _json({"paths": ["/api", "/api/v1", "/apis", "/healthz", "/livez", "/readyz", "/version"]})
+            return _json(
+                {"paths": ["/api", "/api/v1", "/apis", "/healthz", "/livez", "/readyz", "/version"]}
+            )
         if segs[0] == "api":
             if len(segs) == 1:
                 return _json(discovery.api_versions(self.server_address))
             if segs[1] != "v1":
-                raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
+                raise errors.ApiError(
+                    404, "NotFound", "the server could not find the requested resource"
+                )
             if len(segs) == 2:
-                return _json(discovery.resource_list("v1", self.registry.in_group_version("", "v1")))
+                return _json(
+                    discovery.resource_list("v1", self.registry.in_group_version("", "v1"))
+                )
             return await self._resource(request, "", "v1", segs[2:])
         if segs[0] == "apis":
             if len(segs) == 1:
@@ -248,12 +302,20 @@ class ApiServer:
             groups = self.registry.groups()
             if len(segs) == 2:
                 if segs[1] not in groups:
-                    raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
+                    raise errors.ApiError(
+                        404, "NotFound", "the server could not find the requested resource"
+                    )
                 return _json(discovery.api_group(segs[1], groups[segs[1]]))
             if len(segs) == 3:
                 if segs[2] not in groups.get(segs[1], []):
-                    raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
-                return _json(discovery.resource_list(f"{segs[1]}/{segs[2]}", self.registry.in_group_version(segs[1], segs[2])))
+                    raise errors.ApiError(
+                        404, "NotFound", "the server could not find the requested resource"
+                    )
+                return _json(
+                    discovery.resource_list(
+                        f"{segs[1]}/{segs[2]}", self.registry.in_group_version(segs[1], segs[2])
+                    )
+                )
             return await self._resource(request, segs[1], segs[2], segs[3:])
         raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
 
@@ -263,42 +325,60 @@ class ApiServer:
             namespace, segs = segs[1], segs[2:]
         rt = self.registry.find(group, version, segs[0])
         if rt is None or (namespace and not rt.namespaced):
-            raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
+            raise errors.ApiError(
+                404, "NotFound", "the server could not find the requested resource"
+            )
         name = segs[1] if len(segs) > 1 else ""
         sub = segs[2] if len(segs) > 2 else ""
         rest = "/".join(segs[3:])
         if sub and sub not in rt.subresources:
-            raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
+            raise errors.ApiError(
+                404, "NotFound", "the server could not find the requested resource"
+            )
         return _Target(rt, namespace, name, sub, rest)
 
-    async def _resource(self, request: web.Request, group: str, version: str, segs: list[str]) -> web.StreamResponse:
+    async def _resource(
+        self, request: web.Request, group: str, version: str, segs: list[str]
+    ) -> web.StreamResponse:
         t = self._target(group, version, segs)
         m = request.method
         if t.sub == "proxy":
             return await self._proxy(request, t)
         if t.sub == "log":
             if m != "GET":
-                raise errors.method_not_allowed("the server does not allow this method on the requested resource")
+                raise errors.method_not_allowed(
+                    "the server does not allow this method on the requested resource"
+                )
             return await self._log(request, t)
         if not t.name:
             if m == "GET":
-                return await self._watch(request, t) if _truthy(request, "watch") else self._list(request, t)
+                return (
+                    await self._watch(request, t)
+                    if _truthy(request, "watch")
+                    else self._list(request, t)
+                )
             if m == "POST":
                 return await self._create(request, t)
             if m == "DELETE":
                 return self._delete_collection(request, t)
-            raise errors.method_not_allowed("the server does not allow this method on the requested resource")
+            raise errors.method_not_allowed(
+                "the server does not allow this method on the requested resource"
+            )
         status_only = t.sub == "status"
         if m == "GET":
             return _json(self.store.get(t.rt, t.namespace, t.name))
         if m == "PUT":
             body = await self._body(request)
-            return _json(self.store.update(t.rt, t.namespace, t.name, body, status_only=status_only))
+            return _json(
+                self.store.update(t.rt, t.namespace, t.name, body, status_only=status_only)
+            )
         if m == "PATCH":
             return await self._patch(request, t, status_only)
         if m == "DELETE" and not t.sub:
             return await self._delete(request, t)
-        raise errors.method_not_allowed("the server does not allow this method on the requested resource")
+        raise errors.method_not_allowed(
+            "the server does not allow this method on the requested resource"
+        )
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
         raw = await request.read()
@@ -314,7 +394,9 @@ class ApiServer:
         if rt.busy_until and asyncio.get_running_loop().time() < rt.busy_until:
             raise errors.too_many_requests()
 
-    def _selectors(self, request: web.Request, rt: ResourceType) -> tuple[LabelSelector, FieldSelector]:
+    def _selectors(
+        self, request: web.Request, rt: ResourceType
+    ) -> tuple[LabelSelector, FieldSelector]:
         return (
             LabelSelector(request.query.get("labelSelector")),
             FieldSelector(request.query.get("fieldSelector"), rt.selectable_fields()),
@@ -337,16 +419,25 @@ class ApiServer:
             try:
                 start = int(token)
             except ValueError:
-                raise errors.bad_request("continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)") from None
+                raise errors.bad_request(
+                    "continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)"
+                ) from None
         if limit and limit > 0:
-            page = items[start:start + limit]
+            page = items[start : start + limit]
             if start + limit < len(items):
                 meta["continue"] = str(start + limit)
                 meta["remainingItemCount"] = len(items) - start - limit
             items = page
         elif start:
             items = items[start:]
-        return _json({"kind": t.rt.list_kind, "apiVersion": t.rt.api_version, "metadata": meta, "items": items})
+        return _json(
+            {
+                "kind": t.rt.list_kind,
+                "apiVersion": t.rt.api_version,
+                "metadata": meta,
+                "items": items,
+            }
+        )
 
     async def _create(self, request: web.Request, t: _Target) -> web.Response:
         body = await self._body(request)
@@ -379,7 +470,9 @@ class ApiServer:
         if grace is None:
             grace = _int_param(request, "gracePeriodSeconds")
         uid = ((opts.get("preconditions") or {}).get("uid")) or None
-        obj, gone = self.store.delete(t.rt, t.namespace, t.name, grace=grace, uid=uid, graceful_pods=self.graceful_pods)
+        obj, gone = self.store.delete(
+            t.rt, t.namespace, t.name, grace=grace, uid=uid, graceful_pods=self.graceful_pods
+        )
         if gone:
             return _json(_status_success(t.rt, obj))
         return _json(obj)
@@ -391,19 +484,30 @@ class ApiServer:
         for item in items:
             meta = item["metadata"]
             try:
-                obj, _ = self.store.delete(t.rt, meta.get("namespace", ""), meta["name"], graceful_pods=self.graceful_pods)
+                obj, _ = self.store.delete(
+                    t.rt, meta.get("namespace", ""), meta["name"], graceful_pods=self.graceful_pods
+                )
                 out.append(obj)
             except errors.ApiError:
                 pass
-        return _json({"kind": t.rt.list_kind, "apiVersion": t.rt.api_version,
-                      "metadata": {"resourceVersion": str(self.store.rv)}, "items": out})
+        return _json(
+            {
+                "kind": t.rt.list_kind,
+                "apiVersion": t.rt.api_version,
+                "metadata": {"resourceVersion": str(self.store.rv)},
+                "items": out,
+            }
+        )
 
     # -- watch -----------------------------------------------------------------------
 
     async def _watch(self, request: web.Request, t: _Target) -> web.StreamResponse:
         batches = self._watch_batches(request, t)
         await anext(batches)  # errors before the stream opens are plain error answers
-        resp = web.StreamResponse(status=200, headers={"Content-Type": "application/json", "Cache-Control": "no-cache, private"})
+        resp = web.StreamResponse(
+            status=200,
+            headers={"Content-Type": "application/json", "Cache-Control": "no-cache, private"},
+        )
         resp.enable_chunked_encoding()
         try:
             await resp.prepare(request)
@@ -421,8 +525,9 @@ class ApiServer:
             pass
         return resp
 
-    async def _watch_batches(self, request: web.Request | _LocalRequest, t: _Target
-                             ) -> AsyncIterator[list[tuple[str, dict[str, Any]]]]:
+    async def _watch_batches(
+        self, request: web.Request | _LocalRequest, t: _Target
+    ) -> AsyncIterator[list[tuple[str, dict[str, Any]]]]:
         """One watch request's events, a batch per wake-up, for HTTP and in-process watches.
 
         The first batch is empty and comes at once, once the request has been accepted:
@@ -466,13 +571,22 @@ class ApiServer:
                 if remaining <= 0:
                     break
                 try:
-                    item = await asyncio.wait_for(watcher.queue.get(), timeout=min(remaining, 60.0) if bookmarks else remaining)
-                except asyncio.TimeoutError:
+                    item = await asyncio.wait_for(
+                        watcher.queue.get(),
+                        timeout=min(remaining, 60.0) if bookmarks else remaining,
+                    )
+                except TimeoutError:
                     if bookmarks and deadline > asyncio.get_running_loop().time():
-                        yield [("BOOKMARK", {
-                            "kind": t.rt.kind, "apiVersion": t.rt.api_version,
-                            "metadata": {"resourceVersion": str(self.store.rv)},
-                        })]
+                        yield [
+                            (
+                                "BOOKMARK",
+                                {
+                                    "kind": t.rt.kind,
+                                    "apiVersion": t.rt.api_version,
+                                    "metadata": {"resourceVersion": str(self.store.rv)},
+                                },
+                            )
+                        ]
                     continue
                 if item is None:
                     break
@@ -491,7 +605,9 @@ class ApiServer:
             if watcher is not None:
                 self.store.unwatch(watcher)
 
-    async def watch(self, path: str, query: Mapping[str, str]) -> AsyncIterator[list[tuple[str, dict[str, Any]]]]:
+    async def watch(
+        self, path: str, query: Mapping[str, str]
+    ) -> AsyncIterator[list[tuple[str, dict[str, Any]]]]:
         """A watch served in-process: the batches of events ``_watch`` would send, each
         object a copy of its own, as a client decoding the HTTP stream would have."""
         segs = [seg for seg in path.split("/") if seg]
@@ -502,7 +618,9 @@ class ApiServer:
             elif segs[:1] == ["apis"] and len(segs) > 3:
                 group, version, rest = segs[1], segs[2], segs[3:]
             else:
-                raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")
+                raise errors.ApiError(
+                    404, "NotFound", "the server could not find the requested resource"
+                )
             batches = self._watch_batches(request, self._target(group, version, rest))
             await anext(batches)
         except errors.ApiError as err:  # over HTTP: an error answer instead of a stream
@@ -524,7 +642,9 @@ class ApiServer:
         since_time = parse_time(request.query.get("sinceTime"))
         causes = []
         if tail is not None and tail < 0:
-            causes.append(("tailLines", f"Invalid value: {tail}: must be greater than or equal to 0"))
+            causes.append(
+                ("tailLines", f"Invalid value: {tail}: must be greater than or equal to 0")
+            )
         if limit is not None and limit < 1:
             causes.append(("limitBytes", f"Invalid value: {limit}: must be greater than 0"))
         if since_s is not None and since_s < 1:
@@ -539,7 +659,7 @@ class ApiServer:
         self._log_state(pod, container, previous)
         since = since_time
         if since_s is not None:
-            since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=since_s)
+            since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=since_s)
         timestamps = _truthy(request, "timestamps")
         lines = self.logs.lines(pod, container)
         if not _truthy(request, "follow"):
@@ -548,8 +668,16 @@ class ApiServer:
         return await self._follow(request, t, pod, container, lines, timestamps, tail, since, limit)
 
     async def _follow(
-        self, request: web.Request, t: _Target, pod: dict[str, Any], container: str, lines: list[Any],
-        timestamps: bool, tail: int | None, since: dt.datetime | None, limit: int | None,
+        self,
+        request: web.Request,
+        t: _Target,
+        pod: dict[str, Any],
+        container: str,
+        lines: list[Any],
+        timestamps: bool,
+        tail: int | None,
+        since: dt.datetime | None,
+        limit: int | None,
     ) -> web.StreamResponse:
         """Stream the current lines, then new ones as the pod changes, until the container is done."""
         resp = web.StreamResponse(status=200, headers={"Content-Type": "text/plain"})
@@ -585,7 +713,9 @@ class ApiServer:
                         break
                     st = container_status(pod, container) or {}
                     phase = (pod.get("status") or {}).get("phase")
-                    done = phase in ("Succeeded", "Failed") or "terminated" in (st.get("state") or {})
+                    done = phase in ("Succeeded", "Failed") or "terminated" in (
+                        st.get("state") or {}
+                    )
                     if not done:
                         await changed.wait()
             await resp.write_eof()
@@ -596,7 +726,9 @@ class ApiServer:
     @staticmethod
     def _log_container(pod: dict[str, Any], container: str) -> str:
         spec = pod.get("spec") or {}
-        names = [c["name"] for c in (spec.get("initContainers") or []) + (spec.get("containers") or [])]
+        names = [
+            c["name"] for c in (spec.get("initContainers") or []) + (spec.get("containers") or [])
+        ]
         name = pod["metadata"]["name"]
         if not container:
             containers = spec.get("containers") or []
@@ -604,7 +736,9 @@ class ApiServer:
                 return str(containers[0]["name"])
             if not containers:
                 raise errors.bad_request(f"a container name must be specified for pod {name}")
-            raise errors.bad_request(f"a container name must be specified for pod {name}, choose one of: [{' '.join(names)}]")
+            raise errors.bad_request(
+                f"a container name must be specified for pod {name}, choose one of: [{' '.join(names)}]"
+            )
         if container not in names:
             raise errors.bad_request(f"container {container} is not valid for pod {name}")
         return container
@@ -614,18 +748,26 @@ class ApiServer:
         name = pod["metadata"]["name"]
         st = container_status(pod, container)
         if st is None:
-            raise errors.bad_request(f'container "{container}" in pod "{name}" is waiting to start: ContainerCreating')
+            raise errors.bad_request(
+                f'container "{container}" in pod "{name}" is waiting to start: ContainerCreating'
+            )
         state = st.get("state") or {}
         if previous:
             if not (st.get("lastState") or {}).get("terminated"):
-                raise errors.bad_request(f'previous terminated container "{container}" in pod "{name}" not found')
+                raise errors.bad_request(
+                    f'previous terminated container "{container}" in pod "{name}" not found'
+                )
             return
         if "running" in state or "terminated" in state:
             return
         if "waiting" in state:
             reason = (state.get("waiting") or {}).get("reason", "")
-            raise errors.bad_request(f'container "{container}" in pod "{name}" is waiting to start: {reason}')
-        raise errors.bad_request(f'container "{container}" in pod "{name}" is waiting to start - no logs yet')
+            raise errors.bad_request(
+                f'container "{container}" in pod "{name}" is waiting to start: {reason}'
+            )
+        raise errors.bad_request(
+            f'container "{container}" in pod "{name}" is waiting to start - no logs yet'
+        )
 
     # -- services/proxy ---------------------------------------------------------------
 
@@ -635,7 +777,7 @@ class ApiServer:
         # The decoded path after ".../proxy", trailing slash included (clients may send "/" as %2F).
         decoded = request.path
         start = decoded.find(f"/services/{t.name}/proxy")
-        path = decoded[start + len(f"/services/{t.name}/proxy"):] if start >= 0 else t.rest
+        path = decoded[start + len(f"/services/{t.name}/proxy") :] if start >= 0 else t.rest
         return await forward(request, self._session, base, path)
 
 
@@ -646,8 +788,11 @@ def _gone_target_matches(target: str | None, request: web.Request) -> bool:
     if target is None:
         return True
     if target.startswith("path="):
-        return (request.path == target[5:] and not request.query.get("labelSelector")
-                and not request.query.get("fieldSelector"))
+        return (
+            request.path == target[5:]
+            and not request.query.get("labelSelector")
+            and not request.query.get("fieldSelector")
+        )
     return target == request.query.get("labelSelector")
 
 

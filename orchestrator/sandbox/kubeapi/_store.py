@@ -13,8 +13,9 @@ import random
 import string
 import uuid
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from . import _errors as errors
 from ._clone import clone
@@ -30,7 +31,7 @@ _MAX_PENDING = 10_000
 
 
 def now_rfc3339(offset_seconds: float = 0) -> str:
-    t = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=offset_seconds)
+    t = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=offset_seconds)
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -152,7 +153,8 @@ class Store:
         items = [
             self._decorate(rt, obj)
             for (ns, _), obj in sorted(self._bucket(rt).items(), key=lambda kv: kv[0])
-            if (not namespace or ns == namespace) and labels.matches(obj)
+            if (not namespace or ns == namespace)
+            and labels.matches(obj)
             and (not fields.terms or fields.matches(rt.fields_of(obj)))
         ]
         return items, self.rv
@@ -171,12 +173,18 @@ class Store:
                 meta["name"] = meta["generateName"] + suffix
             else:
                 raise errors.invalid(
-                    rt.kind, "", "metadata.name", "FieldValueRequired",
-                    "Required value: name or generateName is required", rt.group,
+                    rt.kind,
+                    "",
+                    "metadata.name",
+                    "FieldValueRequired",
+                    "Required value: name or generateName is required",
+                    rt.group,
                 )
         if rt.namespaced:
             if meta.get("namespace") and namespace and meta["namespace"] != namespace:
-                raise errors.bad_request("the namespace of the provided object does not match the namespace sent on the request")
+                raise errors.bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request"
+                )
             meta["namespace"] = namespace or meta.get("namespace") or "default"
         else:
             meta.pop("namespace", None)
@@ -189,14 +197,18 @@ class Store:
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = now_rfc3339()
         prepare_create(rt, obj)
-        obj.pop("apiVersion", None) if rt.group == "" else obj.setdefault("apiVersion", rt.api_version)
+        obj.pop("apiVersion", None) if rt.group == "" else obj.setdefault(
+            "apiVersion", rt.api_version
+        )
         obj.pop("kind", None) if rt.group == "" else obj.setdefault("kind", rt.kind)
         meta["resourceVersion"] = str(self._next_rv())
         bucket[k] = obj
         self._emit(Event(self.rv, rt.key, k[0], "ADDED", self._decorate(rt, obj)))
         return self._decorate(rt, obj)
 
-    def update(self, rt: ResourceType, namespace: str, name: str, new: Obj, *, status_only: bool = False) -> Obj:
+    def update(
+        self, rt: ResourceType, namespace: str, name: str, new: Obj, *, status_only: bool = False
+    ) -> Obj:
         """PUT semantics: optimistic concurrency on metadata.resourceVersion, no-op writes are not stored."""
         k = (namespace if rt.namespaced else "", name)
         bucket = self._bucket(rt)
@@ -211,7 +223,14 @@ class Store:
         if want_rv and want_rv != old["metadata"]["resourceVersion"]:
             raise errors.conflict(rt.plural, name, rt.group)
         old_meta = old["metadata"]
-        for keep in ("uid", "creationTimestamp", "namespace", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"):
+        for keep in (
+            "uid",
+            "creationTimestamp",
+            "namespace",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+        ):
             if keep in old_meta:
                 meta[keep] = old_meta[keep]
             else:
@@ -232,7 +251,16 @@ class Store:
                 return self._remove(rt, k)
         stored["metadata"]["resourceVersion"] = str(self._next_rv())
         bucket[k] = stored
-        self._emit(Event(self.rv, rt.key, k[0], "MODIFIED", self._decorate(rt, stored), self._decorate(rt, old)))
+        self._emit(
+            Event(
+                self.rv,
+                rt.key,
+                k[0],
+                "MODIFIED",
+                self._decorate(rt, stored),
+                self._decorate(rt, old),
+            )
+        )
         return self._decorate(rt, stored)
 
     def _remove(self, rt: ResourceType, k: tuple[str, str]) -> Obj:
@@ -244,7 +272,13 @@ class Store:
         return out
 
     def delete(
-        self, rt: ResourceType, namespace: str, name: str, *, grace: int | None = None, uid: str | None = None,
+        self,
+        rt: ResourceType,
+        namespace: str,
+        name: str,
+        *,
+        grace: int | None = None,
+        uid: str | None = None,
         graceful_pods: bool = True,
     ) -> tuple[Obj, bool]:
         """Returns (object, gone). Pods on a node terminate gracefully; finalizers hold any object back."""
@@ -255,12 +289,18 @@ class Store:
         meta = cur["metadata"]
         if uid and uid != meta.get("uid"):
             raise errors.conflict(
-                rt.plural, name, rt.group,
+                rt.plural,
+                name,
+                rt.group,
                 f"Precondition failed: UID in precondition: {uid}, UID in object meta: {meta.get('uid')}",
             )
         period = 0
         if rt.key == "/pods" and graceful_pods:
-            period = grace if grace is not None else int((cur.get("spec") or {}).get("terminationGracePeriodSeconds", 30))
+            period = (
+                grace
+                if grace is not None
+                else int((cur.get("spec") or {}).get("terminationGracePeriodSeconds", 30))
+            )
             phase = (cur.get("status") or {}).get("phase")
             if not (cur.get("spec") or {}).get("nodeName") or phase in ("Succeeded", "Failed"):
                 period = 0
@@ -275,7 +315,11 @@ class Store:
         meta["deletionGracePeriodSeconds"] = period
         meta["generation"] = meta.get("generation", 1) + 1
         meta["resourceVersion"] = str(self._next_rv())
-        self._emit(Event(self.rv, rt.key, k[0], "MODIFIED", self._decorate(rt, cur), self._decorate(rt, old)))
+        self._emit(
+            Event(
+                self.rv, rt.key, k[0], "MODIFIED", self._decorate(rt, cur), self._decorate(rt, old)
+            )
+        )
         return self._decorate(rt, cur), False
 
     def drop_type(self, rt: ResourceType) -> None:
@@ -290,7 +334,12 @@ class Store:
         return max(rt.created_rv, self._evicted_rv)
 
     def watch(
-        self, rt: ResourceType, namespace: str, since: int | None, labels: LabelSelector, fields: FieldSelector
+        self,
+        rt: ResourceType,
+        namespace: str,
+        since: int | None,
+        labels: LabelSelector,
+        fields: FieldSelector,
     ) -> Watcher:
         """Open a watch: from `since` (events after it) or, without one, the current state as ADDED events."""
         w = Watcher(rt.key, namespace, labels, fields, rt)

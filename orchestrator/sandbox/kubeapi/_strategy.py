@@ -61,7 +61,9 @@ def _spec_part(obj: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in obj.items() if k not in ("metadata", "status", "kind", "apiVersion")}
 
 
-def prepare_update(rt: ResourceType, new: dict[str, Any], old: dict[str, Any], status_only: bool) -> dict[str, Any]:
+def prepare_update(
+    rt: ResourceType, new: dict[str, Any], old: dict[str, Any], status_only: bool
+) -> dict[str, Any]:
     """Return the object to store: the main resource cannot change status, /status only changes status."""
     if status_only:
         out = clone(old)
