@@ -4,7 +4,9 @@ A child process, not a thread, because llama.cpp's server cannot be stopped clea
 from inside a running event loop and must never outlive the sandbox: the parent
 terminates it with SIGTERM, and it also exits when its stdin closes (the parent died).
 
-Usage: ``python -m orchestrator.sandbox.model_server --port 0 --alias NAME --model PATH``.
+Usage: ``python -m orchestrator.sandbox.model_server --port 0 --alias NAME --model PATH``
+(``--chat-template NAME`` picks another llama.cpp built-in template; the default is the
+model's own, Gemma's).
 Prints ``READY <url>`` on stdout once the model is loaded and the server listens.
 """
 
@@ -24,6 +26,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--ctx", type=int, default=512)
+    parser.add_argument(
+        "--chat-template",
+        default="gemma",
+        help="llama.cpp built-in template name (default: gemma, the model's own)",
+    )
     return parser.parse_args(argv)
 
 
@@ -40,6 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     params.model.path = args.model
     params.model_alias = {args.alias}
     params.n_ctx = args.ctx
+    # The GGUF carries no chat template, so llama.cpp would fall back to ChatML, which
+    # this Gemma model does not know: it echoes the prompt and spells out "<|im_end|>".
+    # Its own format is Gemma's turn markup, which llama.cpp has built in under a name
+    # (a name, not Jinja source: with Jinja on, "gemma" would be rendered literally).
+    params.use_jinja = False
+    params.chat_template = args.chat_template
     params.n_parallel = 1
     params.cpuparams.n_threads = 1
     params.cpuparams_batch.n_threads = 1

@@ -44,14 +44,41 @@ def _children(pid: int) -> set[int]:
     return out
 
 
-async def test_model_server_answers_to_its_alias_and_exits_on_sigterm(tmp_path: Path) -> None:
+#: Chat-template markup of the common families; none belongs in an answer.
+TEMPLATE_MARKERS = ("<|im_start|>", "<|im_end|>", "<start_of_turn>", "<end_of_turn>", "<|eot_id|>")
+PROMPTS = ("Say hello in exactly 3 words.", "What is the capital of France?")
+
+
+async def test_model_server_answers_to_its_alias_in_its_own_template_and_exits_on_sigterm(
+    tmp_path: Path,
+) -> None:
     process = ModelProcess("llama-3.2-1b-instruct", await model_file(), tmp_path / "model.log")
     url = await process.start()
     try:
         async with aiohttp.ClientSession() as session:
             async with session.get(f"{url}/v1/models") as resp:
                 models = await resp.json()
+            # The prompt goes out in Gemma's turn markup (the model's own), so the model
+            # answers as the model turn instead of echoing a ChatML transcript.
+            async with session.post(
+                f"{url}/apply-template", json={"messages": [{"role": "user", "content": "hi"}]}
+            ) as resp:
+                rendered = (await resp.json())["prompt"]
+            answers = []
+            for prompt in PROMPTS:
+                body = {
+                    "model": "llama-3.2-1b-instruct",
+                    "messages": [{"role": "user", "content": prompt}],
+                    "max_tokens": 40,
+                    "temperature": 0,
+                }
+                async with session.post(f"{url}/v1/chat/completions", json=body) as resp:
+                    answers.append((await resp.json())["choices"][0]["message"]["content"])
         assert [m["id"] for m in models["data"]] == ["llama-3.2-1b-instruct"]
+        assert rendered == "<start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n"
+        for answer in answers:
+            assert answer.strip()
+            assert not [m for m in TEMPLATE_MARKERS if m in answer], answer
     finally:
         await process.stop()
     assert process._proc is not None and process._proc.returncode == 0
