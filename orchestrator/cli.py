@@ -340,10 +340,10 @@ def _graph() -> int:
     # Only the phases are read: no client is needed to draw the machine.
     flow = KaitoFlow(
         KaitoSettings(api_url="http://unused"),
-        api=None,
+        api=None,  # type: ignore[arg-type]
         kube=None,  # type: ignore[arg-type]
-        inference=None,
-    )  # type: ignore[arg-type]
+        inference=None,  # type: ignore[arg-type]
+    )
     print(machine_mermaid(flow))
     return EXIT_OK
 
@@ -383,8 +383,13 @@ def _serve_sandbox(ns: argparse.Namespace) -> int:
         assert task is not None
         got: list[int] = []
         loop = asyncio.get_running_loop()
+
+        def stop(signum: int) -> None:
+            got.append(128 + signum)
+            task.cancel()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, lambda s=sig: (got.append(128 + s), task.cancel()))
+            loop.add_signal_handler(sig, stop, sig)
         try:
             await serve_forever(options)
         except asyncio.CancelledError:

@@ -333,7 +333,9 @@ class Settings(BaseModel):
             return min(60.0, self.test_timeout / 4000.0)
         return float(getattr(self, key)) / 1000.0
 
-    def cleanup_policy(self, environ: Mapping[str, str] | None = None) -> str:
+    def cleanup_policy(
+        self, environ: Mapping[str, str] | None = None
+    ) -> Literal["always", "on-success", "never"]:
         """``auto`` means: always in CI (``CI`` set), keep resources on failure elsewhere."""
         if self.cleanup != "auto":
             return self.cleanup

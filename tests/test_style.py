@@ -1,4 +1,4 @@
-"""Lint and format are checked by the tests: a style slip fails the build like a bug."""
+"""Lint, format and types are checked by the tests: a style or type slip fails the build like a bug."""
 
 import subprocess
 import sys
@@ -24,4 +24,17 @@ def test_ruff_lint_is_clean() -> None:
 
 def test_ruff_format_is_clean() -> None:
     result = _ruff("format", "--check", ".")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_mypy_strict_is_clean() -> None:
+    # The settings (strict, the pydantic plugin) live in pyproject.toml's [tool.mypy], so
+    # that an editor's mypy and this test agree.
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "orchestrator"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout + result.stderr

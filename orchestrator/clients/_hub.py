@@ -73,18 +73,10 @@ def compile_selector(
         if m := _EQUALITY.match(term):
             key, op, value = m.groups()
             want = op != "!="
-            tests.append(
-                lambda o, k=key, v=value, w=want: (
-                    ((o.get("metadata", {}).get("labels") or {}).get(k) == v) == w
-                )
-            )
+            tests.append(_label_equals(key, value, want))
         elif m := _EXISTS.match(term):
             negate, key = m.groups()
-            tests.append(
-                lambda o, k=key, n=bool(negate): (
-                    (k in (o.get("metadata", {}).get("labels") or {})) != n
-                )
-            )
+            tests.append(_label_exists(key, not negate))
         else:
             return None
     for term in filter(None, (field_selector or "").split(",")):
@@ -93,8 +85,26 @@ def compile_selector(
             return None
         path, op, value = _LOCAL_FIELDS[m.group(1)], m.group(2), m.group(3)
         want = op != "!="
-        tests.append(lambda o, p=path, v=value, w=want: (o.get(p[0], {}).get(p[1]) == v) == w)
+        tests.append(_field_equals(path, value, want))
     return lambda obj: all(t(obj) for t in tests)
+
+
+def _labels(obj: dict[str, Any]) -> dict[str, Any]:
+    return obj.get("metadata", {}).get("labels") or {}
+
+
+def _label_equals(key: str, value: str, want: bool) -> Callable[[dict[str, Any]], bool]:
+    return lambda obj: (_labels(obj).get(key) == value) == want
+
+
+def _label_exists(key: str, want: bool) -> Callable[[dict[str, Any]], bool]:
+    return lambda obj: (key in _labels(obj)) == want
+
+
+def _field_equals(
+    path: tuple[str, str], value: str, want: bool
+) -> Callable[[dict[str, Any]], bool]:
+    return lambda obj: (obj.get(path[0], {}).get(path[1]) == value) == want
 
 
 _Entry = tuple[Callable[[dict[str, Any]], bool], MemoryObjectSendStream[WatchEvent]]

@@ -51,7 +51,7 @@ class RetryPolicy:
         # can draw near-zero waits several times in a row and spend every attempt inside
         # one short outage (a backend restarting for a second); this way the attempts are
         # guaranteed to span at least half of the schedule.
-        step = min(self.maximum, self.initial * 2 ** max(0, state.attempt_number - 1))
+        step = min(self.maximum, self.initial * 2.0 ** max(0, state.attempt_number - 1))
         jittered = step / 2 + random.uniform(0, step / 2)
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, TooManyRequests) and exc.retry_after:

@@ -26,7 +26,7 @@ and is raised to the caller.
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,7 +95,7 @@ async def watch(
     backoff: Backoff | None = None,
     on_note: Callable[[str], None] | None = None,
     on_synced: Callable[[], None] | None = None,
-) -> AsyncIterator[WatchEvent]:
+) -> AsyncGenerator[WatchEvent, None]:
     """Yield every change to the matching objects, starting with those that exist now.
 
     Runs until the caller stops iterating (or cancels): the deadline belongs to

@@ -275,6 +275,7 @@ class InferenceClient:
         else:
             target = self.describe(namespace, service, port)
         give_up_at = time.monotonic() + loading_grace
+        failure: TransportError | None
         attempts = 0
         delay = 0.25
         while True:
@@ -393,12 +394,12 @@ def _try_json(text: str) -> Any:
 def _message(body: Any, fallback: str) -> str:
     if isinstance(body, dict):
         err = body.get("error")
-        if isinstance(err, dict) and isinstance(err.get("message"), str):
-            return err["message"]
+        if isinstance(err, dict) and isinstance(message := err.get("message"), str):
+            return message
         if isinstance(err, str):
             return err
-        if isinstance(body.get("message"), str):
-            return body["message"]
+        if isinstance(message := body.get("message"), str):
+            return message
     if isinstance(body, str) and body.strip():
         return body.strip()[:300]
     return fallback

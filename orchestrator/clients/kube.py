@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from ._errors import RequestTimeout, TransportError, status_error
+from ._errors import RequestTimeout, TooManyRequests, TransportError, status_error
 
 if TYPE_CHECKING:  # pragma: no cover
     from kubernetes_asyncio.client import ApiClient
@@ -60,8 +60,8 @@ CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", names
 
 
 def _status_message(body: Any, fallback: str) -> str:
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
-        return body["message"]
+    if isinstance(body, dict) and isinstance(message := body.get("message"), str):
+        return message
     if isinstance(body, str) and body.strip():
         return body.strip()[:300]
     return fallback
@@ -170,8 +170,8 @@ class KubeClient:
                     path=path,
                     body=body,
                 )
-                if response.status == 429:
-                    err.retry_after = _retry_after(response.headers)  # type: ignore[attr-defined]
+                if isinstance(err, TooManyRequests):
+                    err.retry_after = _retry_after(response.headers)
                 raise err
             return body
         finally:
@@ -180,7 +180,8 @@ class KubeClient:
     # -- verbs ------------------------------------------------------------
 
     async def get(self, res: Resource, name: str, namespace: str | None = None) -> dict[str, Any]:
-        return await self.request("GET", res.path(namespace, name))
+        obj: dict[str, Any] = await self.request("GET", res.path(namespace, name))
+        return obj
 
     async def list(
         self,
@@ -191,17 +192,19 @@ class KubeClient:
         field_selector: str | None = None,
         timeout: float = 30.0,
     ) -> dict[str, Any]:
-        return await self.request(
+        listing: dict[str, Any] = await self.request(
             "GET",
             res.path(namespace),
             timeout=timeout,
             query={"labelSelector": label_selector, "fieldSelector": field_selector},
         )
+        return listing
 
     async def create(
         self, res: Resource, body: dict[str, Any], namespace: str | None = None
     ) -> dict[str, Any]:
-        return await self.request("POST", res.path(namespace), body=body)
+        created: dict[str, Any] = await self.request("POST", res.path(namespace), body=body)
+        return created
 
     async def patch(
         self,
@@ -212,12 +215,13 @@ class KubeClient:
         *,
         subresource: str | None = None,
     ) -> dict[str, Any]:
-        return await self.request(
+        patched: dict[str, Any] = await self.request(
             "PATCH",
             res.path(namespace, name, subresource),
             body=body,
             content_type="application/merge-patch+json",
         )
+        return patched
 
     async def delete(
         self,
@@ -227,7 +231,11 @@ class KubeClient:
         *,
         grace_period: int | None = None,
     ) -> Any:
-        body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
+        body: dict[str, Any] = {
+            "kind": "DeleteOptions",
+            "apiVersion": "v1",
+            "propagationPolicy": "Background",
+        }
         if grace_period is not None:
             body["gracePeriodSeconds"] = grace_period
         return await self.request("DELETE", res.path(namespace, name), body=body)
@@ -310,8 +318,8 @@ class KubeClient:
                     path=res.path(namespace),
                     body=body,
                 )
-                if response.status == 429:
-                    err.retry_after = _retry_after(response.headers)  # type: ignore[attr-defined]
+                if isinstance(err, TooManyRequests):
+                    err.retry_after = _retry_after(response.headers)
                 raise err
             try:
                 async for line in response.content:

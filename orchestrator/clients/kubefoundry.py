@@ -82,13 +82,13 @@ def _error_message(body: Any, fallback: str) -> str:
     """The server's own explanation, from whichever error shape it used."""
     if isinstance(body, dict):
         err = body.get("error")
-        if isinstance(err, dict) and isinstance(err.get("message"), str):
-            return err["message"]
+        if isinstance(err, dict) and isinstance(message := err.get("message"), str):
+            return message
         if isinstance(err, dict) and isinstance(err.get("issues"), list):  # zod-validator
             issues = [i.get("message", "") for i in err["issues"] if isinstance(i, dict)]
             return "; ".join(x for x in issues if x) or fallback
-        if isinstance(body.get("message"), str):
-            return body["message"]
+        if isinstance(message := body.get("message"), str):
+            return message
     if isinstance(body, str) and body.strip():
         return body.strip().splitlines()[0][:300]
     return fallback

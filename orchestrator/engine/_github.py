@@ -83,7 +83,7 @@ class GitHubReporter:
 
     def run_finished(self, record: RunRecord) -> None:
         stream = self._stream if self._stream is not None else sys.stdout
-        for line in annotations(record):
+        for line in workflow_commands(record):
             print(line, file=stream)
         if self.summary_path is not None:
             try:
@@ -221,7 +221,7 @@ def _clock(milliseconds: int) -> str:
 # -- workflow commands -------------------------------------------------------------------
 
 
-def annotations(record: RunRecord) -> list[str]:
+def workflow_commands(record: RunRecord) -> list[str]:
     """An ``::error`` for each failed phase (cleanup included), a ``::warning`` if interrupted."""
     lines: list[str] = []
     for phase in record.phase_records():

@@ -68,7 +68,7 @@ class RunMachine:
         add("start", PENDING, names[0])
         for current, following in zip(names, [*names[1:], CLEANUP], strict=True):
             add("advance", current, following)
-        add("fail", names, DIAGNOSE)
+        add("fail", [*names], DIAGNOSE)
         # An interrupted run skips diagnose: the operator asked to stop, not to debug.
         add("interrupt", [PENDING, *names, DIAGNOSE], CLEANUP)
         add("diagnosed", DIAGNOSE, CLEANUP)
@@ -101,7 +101,8 @@ class RunMachine:
                     conditions = [
                         str(c.func) if c.target else f"not {c.func}" for c in item.conditions
                     ]
-                    rows.append((source, event_name, item.dest, conditions))
+                    # Every transition here names its destination (no internal ones).
+                    rows.append((source, event_name, str(item.dest), conditions))
         return rows
 
 

@@ -166,7 +166,7 @@ def pod_summary(pod: dict[str, Any]) -> str:
     parts = []
     for cs in status.get("containerStatuses") or []:
         state = cs.get("state") or {}
-        ((kind, detail),) = state.items() if len(state) == 1 else (("unknown", {}),)
+        kind, detail = next(iter(state.items())) if len(state) == 1 else ("unknown", None)
         reason = (detail or {}).get("reason", "")
         parts.append(f"{cs.get('name')}: {kind}{' ' + reason if reason else ''}")
     deleting = " (deleting)" if meta.get("deletionTimestamp") else ""

@@ -641,9 +641,14 @@ class KaitoFlow:
 
         selector = f"kaito.sh/workspace={s.deployment_name}"
         watched = [
-            (WORKSPACES, {"field_selector": f"metadata.name={s.deployment_name}"}, "Workspace"),
-            (PODS, {"label_selector": selector}, "Pod"),
-            (SERVICES, {"label_selector": selector}, "Service"),
+            (
+                WatchSpec(
+                    WORKSPACES, s.namespace, field_selector=f"metadata.name={s.deployment_name}"
+                ),
+                "Workspace",
+            ),
+            (WatchSpec(PODS, s.namespace, label_selector=selector), "Pod"),
+            (WatchSpec(SERVICES, s.namespace, label_selector=selector), "Service"),
         ]
 
         async def gone() -> bool | None:
@@ -652,10 +657,18 @@ class KaitoFlow:
                 # moment behind it: what they still show is not gone, and once all three
                 # show nothing, the server has deleted it all. Cleanup's leak check then
                 # lists once more, as the final word. Without a live view, list now.
-                seen = [self.hub.known(res, s.namespace, **sel) for res, sel, _ in watched]
+                seen = [
+                    self.hub.known(
+                        w.resource,
+                        w.namespace,
+                        label_selector=w.label_selector,
+                        field_selector=w.field_selector,
+                    )
+                    for w, _ in watched
+                ]
                 still = [
                     _leftover(kind, o)
-                    for (_, _, kind), objs in zip(watched, seen, strict=True)
+                    for (_, kind), objs in zip(watched, seen, strict=True)
                     for o in objs or []
                 ]
                 if still:
@@ -674,7 +687,7 @@ class KaitoFlow:
             kube=self.kube,
             recheck=min(s.recheck, 5.0),
             on_note=ctx.log,
-            watches=[WatchSpec(res, s.namespace, **sel) for res, sel, _ in watched],
+            watches=[w for w, _ in watched],
         )
         ctx.log("the Workspace, its pods and its services are gone")
         if not check_backend:
@@ -799,7 +812,7 @@ def _pod_ready(pod: dict[str, Any]) -> bool:
         return False
     for cond in status.get("conditions") or []:
         if cond.get("type") == "Ready":
-            return cond.get("status") == "True"
+            return bool(cond.get("status") == "True")
     statuses = status.get("containerStatuses") or []
     return bool(statuses) and all(cs.get("ready") for cs in statuses)
 

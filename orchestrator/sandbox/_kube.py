@@ -264,4 +264,4 @@ def _error(status: int, data: bytes) -> KubeError:
 
 def backoff(attempt: int, cap: float = 5.0) -> float:
     """Exponential backoff with jitter for reconnecting watches."""
-    return min(cap, 0.1 * 2**attempt) * (0.5 + random.random() / 2)
+    return min(cap, 0.1 * 2.0**attempt) * (0.5 + random.random() / 2)

@@ -141,7 +141,7 @@ class _LiveKubeFaults(KubeFaults):
     def __init__(self, state: SandboxState) -> None:  # no dataclass fields of its own
         self._state = state
 
-    @property  # type: ignore[override]
+    @property
     def watch_cut_after(self) -> float | None:
         return self._state.faults.watch_cut_after
 
@@ -149,7 +149,7 @@ class _LiveKubeFaults(KubeFaults):
     def watch_cut_after(self, value: float | None) -> None:
         self._state.faults.watch_cut_after = value
 
-    @property  # type: ignore[override]
+    @property
     def gone_once(self) -> bool:
         return self._state.faults.watch_gone > 0
 
@@ -161,7 +161,7 @@ class _LiveKubeFaults(KubeFaults):
             max(0, faults.watch_gone - 1) if not value else max(1, faults.watch_gone)
         )
 
-    @property  # type: ignore[override]
+    @property
     def gone_label_selector(self) -> str | None:
         return self._state.faults.watch_gone_selector
 
@@ -169,7 +169,7 @@ class _LiveKubeFaults(KubeFaults):
     def gone_label_selector(self, value: str | None) -> None:
         self._state.faults.watch_gone_selector = value
 
-    @property  # type: ignore[override]
+    @property
     def too_many_requests_after_crd(self) -> float:
         return self._state.faults.too_many_requests_after_crd
 

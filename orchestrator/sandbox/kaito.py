@@ -551,6 +551,7 @@ class KaitoController:
         async def _wait() -> JSON:
             while True:
                 listing = await self.kube.get(collection, query)
+                pod: JSON
                 for pod in listing.get("items", []):
                     if predicate(pod):
                         return pod
@@ -558,8 +559,9 @@ class KaitoController:
                     async for event in self.kube.watch(
                         collection, query, listing["metadata"].get("resourceVersion")
                     ):
-                        if event["type"] in ("ADDED", "MODIFIED") and predicate(event["object"]):
-                            return event["object"]
+                        pod = event["object"]
+                        if event["type"] in ("ADDED", "MODIFIED") and predicate(pod):
+                            return pod
                 except Gone:
                     continue
 
@@ -625,7 +627,7 @@ def _waiting_reason(pod: JSON) -> str | None:
     for status in pod.get("status", {}).get("containerStatuses") or []:
         waiting = (status.get("state") or {}).get("waiting")
         if waiting:
-            return waiting.get("reason")
+            return str(waiting.get("reason") or "") or None
     return None
 
 

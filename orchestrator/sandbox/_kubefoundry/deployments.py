@@ -388,7 +388,8 @@ async def _pods(request: web.Request, name: str, namespace: str) -> list[JSON]:
     listing = await request.app[KUBE_KEY].get(
         f"/api/v1/namespaces/{namespace}/pods", {"labelSelector": f"kaito.sh/workspace={name}"}
     )
-    return listing.get("items", [])
+    pods: list[JSON] = listing.get("items", [])
+    return pods
 
 
 async def pods(request: web.Request) -> web.Response:

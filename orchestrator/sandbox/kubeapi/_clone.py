@@ -9,14 +9,20 @@ times faster than deepcopy's general machinery (memo table, per-type dispatch).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar, cast
+
+T = TypeVar("T")
 
 
-def clone(value: Any) -> Any:
-    """A deep copy of JSON data."""
+def clone(value: T) -> T:
+    """A deep copy of JSON data (of the same type as what it copies)."""
+    return cast(T, _clone(value))
+
+
+def _clone(value: Any) -> Any:
     kind = type(value)
     if kind is dict:
-        return {k: clone(v) for k, v in value.items()}
+        return {k: _clone(v) for k, v in value.items()}
     if kind is list:
-        return [clone(v) for v in value]
+        return [_clone(v) for v in value]
     return value

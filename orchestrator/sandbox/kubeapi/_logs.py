@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from typing import Any
+from typing import Any, cast
 
 Line = tuple[dt.datetime, str]
 
@@ -29,7 +29,7 @@ def container_status(pod: dict[str, Any], name: str) -> dict[str, Any] | None:
     for key in ("initContainerStatuses", "containerStatuses"):
         for st in status.get(key) or []:
             if st.get("name") == name:
-                return st
+                return cast(dict[str, Any], st)
     return None
 
 

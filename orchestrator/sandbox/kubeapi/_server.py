@@ -6,9 +6,9 @@ import asyncio
 import datetime as dt
 import json
 import random
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import yaml
@@ -386,7 +386,7 @@ class ApiServer:
             data = yaml.safe_load(raw or b"{}")
         else:
             data = json.loads(raw or b"{}")
-        return data
+        return cast(dict[str, Any], data)
 
     # -- verbs -----------------------------------------------------------------------
 
@@ -527,7 +527,7 @@ class ApiServer:
 
     async def _watch_batches(
         self, request: web.Request | _LocalRequest, t: _Target
-    ) -> AsyncIterator[list[tuple[str, dict[str, Any]]]]:
+    ) -> AsyncGenerator[list[tuple[str, dict[str, Any]]], None]:
         """One watch request's events, a batch per wake-up, for HTTP and in-process watches.
 
         The first batch is empty and comes at once, once the request has been accepted:
