@@ -47,7 +47,9 @@ from .engine import (
     Reporter,
     Runner,
     RunRecord,
-    runs_table,
+    RunsView,
+    print_runs,
+    wants_live,
 )
 from .flows.kaito import InstallGate, KaitoFlow, KaitoSettings
 from .history import HISTORY_FILE, Entry, append, baseline, load
@@ -125,7 +127,9 @@ async def _sandbox(
         async with Sandbox(options) as sb:
             console.print(
                 f"sandbox: KubeFoundry API at {sb.api_url}, kubeconfig {sb.kubeconfig}",
+                markup=False,
                 highlight=False,
+                soft_wrap=True,
             )
             yield sb.api_url, str(sb.kubeconfig)
 
@@ -206,7 +210,9 @@ async def _run(
                 env_dir.mkdir(parents=True, exist_ok=True)
 
                 def say(line: str) -> None:
-                    console.print(f"environment: {line}", markup=False, highlight=False)
+                    console.print(
+                        f"environment: {line}", markup=False, highlight=False, soft_wrap=True
+                    )
 
                 if env_opts.create_cluster:
                     cluster = KindCluster(
@@ -326,7 +332,7 @@ async def _run_flows(
             api_url,
             token=token,
             on_retry=lambda msg: console.print(
-                f"{prefix}retrying: {msg}", markup=False, highlight=False
+                f"{prefix}retrying: {msg}", markup=False, highlight=False, soft_wrap=True
             ),
         )
         clients.append(api)
@@ -343,7 +349,7 @@ async def _run_flows(
     try:
         past = load(history_path)
     except Exception as exc:  # a broken history must not stop the run
-        console.print(f"history: ignored ({exc})", markup=False)
+        console.print(f"history: ignored ({exc})", markup=False, soft_wrap=True)
         past = []
     run_id = secrets.token_hex(3)[:5]
     targets = settings.targets(run_id)
@@ -368,14 +374,16 @@ async def _run_flows(
                     )
                 )
             mine = []
+            # Many flows in a terminal share one live view (a row per flow); in a log,
+            # each flow's lines carry its name.
+            board = (
+                RunsView(console, budget=total) if multi and live and wants_live(console) else None
+            )
             for flow in flows:
-                reporters: list[Reporter] = [
-                    ConsoleReporter(
-                        console, live=None if live else False, junit_path=junit.path, prefix=multi
-                    ),
-                    junit,
-                    *extra,
-                ]
+                shown: Reporter = board or ConsoleReporter(
+                    console, live=None if live else False, junit_path=junit.path, prefix=multi
+                )
+                reporters: list[Reporter] = [shown, junit, *extra]
                 runner = Runner(
                     flow,
                     budget=Budget(total, reserve, cleanup_cap=cleanup_cap),
@@ -385,17 +393,22 @@ async def _run_flows(
                 )
                 runners.append(runner)
                 mine.append(runner)
-            async with anyio.create_task_group() as tg:
-                for runner in mine:
-                    tg.start_soon(runner.run)
+            try:
+                async with anyio.create_task_group() as tg:
+                    for runner in mine:
+                        tg.start_soon(runner.run)
+            finally:
+                if board is not None:
+                    board.close()
             records = [r.record for r in mine]
         if multi:
-            console.print(runs_table(records))
+            print_runs(console, records)
             console.print(
                 f"watch connections opened: {kube.watches_opened} for {len(targets)} deployments "
                 f"(shared per resource type and namespace)",
                 markup=False,
                 highlight=False,
+                soft_wrap=True,
             )
     finally:
         for client in clients:
@@ -410,7 +423,7 @@ async def _run_flows(
     try:
         append(history_path, entries)
     except OSError as exc:
-        console.print(f"history: not written ({exc})", markup=False)
+        console.print(f"history: not written ({exc})", markup=False, soft_wrap=True)
     return records
 
 
@@ -435,7 +448,7 @@ async def _teardown(
         for s in steps
     )
     for line in (rec.detail or "").splitlines():
-        console.print(f"environment: {line}", markup=False, highlight=False)
+        console.print(f"environment: {line}", markup=False, highlight=False, soft_wrap=True)
     if errors:
         env_record.outcome = "failed" if env_record.outcome == "passed" else env_record.outcome
     junit.run_finished(env_record)

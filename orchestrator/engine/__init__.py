@@ -5,7 +5,19 @@ It knows nothing of KAITO, HTTP or Kubernetes; see docs/ARCHITECTURE.md for the 
 """
 
 from ._budget import Budget
-from ._console import ConsoleReporter, runs_table, summary_table
+from ._console import (
+    ConsoleReporter,
+    RunsView,
+    print_runs,
+    run_view,
+    runs_lines,
+    runs_table,
+    runs_view,
+    summary_lines,
+    summary_table,
+    verdict,
+    wants_live,
+)
 from ._github import GitHubReporter
 from ._junit import JUnitReporter, junit_xml, write_error_junit, write_junit
 from ._machine import RunMachine, machine_mermaid
@@ -31,11 +43,19 @@ __all__ = [
     "Reporter",
     "RunMachine",
     "RunRecord",
+    "RunsView",
     "Runner",
     "junit_xml",
     "machine_mermaid",
+    "print_runs",
+    "run_view",
+    "runs_lines",
     "runs_table",
+    "runs_view",
+    "summary_lines",
     "summary_table",
+    "verdict",
+    "wants_live",
     "write_error_junit",
     "write_junit",
 ]

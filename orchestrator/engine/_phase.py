@@ -111,6 +111,14 @@ class PhaseContext:
         """
         self.phase.last_seen = state
 
+    def note(self, waiting_for: str) -> None:
+        """Say what the phase is waiting for now ("deployment Running, 1 ready replica").
+
+        The live console shows it beside what the phase last saw (``progress``), so a
+        person watching a long wait knows what would end it. Only the latest is kept.
+        """
+        self.phase.note = waiting_for
+
 
 @runtime_checkable
 class Flow(Protocol):

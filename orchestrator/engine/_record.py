@@ -53,6 +53,8 @@ class PhaseRecord(BaseModel):
     #: The last state the phase saw while waiting (``PhaseContext.progress``): a timeout
     #: names it, so "timed out" also says what it was still waiting for.
     last_seen: str | None = None
+    #: What the phase is waiting for now (``PhaseContext.note``), for the live console.
+    note: str | None = None
     #: Extra JUnit properties the phase set (e.g. a measured latency).
     properties: dict[str, str] = Field(default_factory=dict)
 

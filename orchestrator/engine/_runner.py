@@ -233,6 +233,7 @@ class Runner:
             self.cleanup_policy == "on-success" and failed_main
         )
         if keep:
+            record.offset = self._offset()
             record.status = "skipped"
             record.reason = f"resources kept (cleanup policy {self.cleanup_policy})"
             record.detail = self._hints() or None
