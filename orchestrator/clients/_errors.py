@@ -7,17 +7,63 @@ problem or a 5xx may be retried, a 4xx is an answer and never is.
 
     ClientError
     ├── TransportError          connection refused/reset, timeouts
-    │   └── RequestTimeout
+    │   └── RequestTimeout      no whole answer in time (what arrived, for how long)
     ├── HTTPStatusError         any non-2xx answer we did not expect
     │   ├── Unauthorized        401/403
     │   ├── NotFound            404
     │   ├── Conflict            409
     │   ├── TooManyRequests     429
     │   └── ServerError         5xx
-    └── ResponseFormatError     invalid JSON, or JSON of the wrong shape
+    └── ProtocolError           the peer's bytes do not follow the protocol (route, excerpt)
+        └── ResponseFormatError invalid JSON, or JSON of the wrong shape
+
+Every byte a peer sends is untrusted. Each client parses what it receives at one
+place, into typed values or one of these errors, and nothing else leaves a
+client: a caller that catches :class:`ClientError` has caught everything a peer
+can cause. Excerpts of what a peer sent are short and have ``Authorization`` and
+bearer values masked, since a peer may echo our own credentials back.
 """
 
 from __future__ import annotations
+
+import re
+
+#: How much of a peer's bytes an error quotes: enough to recognise the answer.
+EXCERPT_LIMIT = 160
+
+_SECRET_PATTERNS = (
+    # "Authorization: Bearer x", "authorization": "Basic x", authorization=x
+    re.compile(
+        r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?)((?:bearer|basic|token)\s+)?[^\s\"',;}&]+"
+    ),
+    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"),
+)
+
+
+def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """``text`` with ``Authorization`` and bearer values, and the given secrets, masked."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    text = _SECRET_PATTERNS[0].sub(lambda m: m.group(1) + (m.group(2) or "") + "***", text)
+    return _SECRET_PATTERNS[1].sub(lambda m: m.group(1) + "***", text)
+
+
+def clip(data: bytes | str, limit: int = EXCERPT_LIMIT, secrets: tuple[str, ...] = ()) -> str:
+    """A peer's text, redacted, then cut to ``limit`` characters.
+
+    Masked before it is cut, so that a cut can never leave half a token visible.
+    """
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    text = redact(text, secrets)
+    if len(text) > limit:
+        text = text[:limit] + f"... ({len(text) - limit} more characters)"
+    return text
+
+
+def excerpt(data: bytes | str, limit: int = EXCERPT_LIMIT, secrets: tuple[str, ...] = ()) -> str:
+    """A short, one-line, redacted quote of what a peer sent, as ``repr`` shows it."""
+    return repr(clip(data, limit, secrets))
 
 
 class ClientError(Exception):
@@ -34,7 +80,25 @@ class TransportError(ClientError):
 
 
 class RequestTimeout(TransportError):
-    """The request took longer than its client timeout."""
+    """No whole answer in time: the connection, the headers or the body took too long.
+
+    ``received`` counts the bytes of the body that did arrive and ``elapsed`` how long
+    the request had run, so that "a body trickling in" and "no answer at all" read
+    differently in a report.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        method: str = "",
+        url: str = "",
+        elapsed: float | None = None,
+        received: int | None = None,
+    ) -> None:
+        super().__init__(message, method=method, url=url)
+        self.elapsed = elapsed
+        self.received = received
 
 
 class HTTPStatusError(ClientError):
@@ -46,8 +110,17 @@ class HTTPStatusError(ClientError):
     """
 
     def __init__(
-        self, status: int, message: str, *, method: str = "", path: str = "", body: object = None
+        self,
+        status: int,
+        message: str,
+        *,
+        method: str = "",
+        path: str = "",
+        body: object = None,
+        retry_after: float | None = None,
     ) -> None:
+        #: The pause the server asked for (``Retry-After``), in seconds, if it asked.
+        self.retry_after = retry_after
         self.status = status
         self.message = message
         self.method = method
@@ -71,25 +144,39 @@ class Conflict(HTTPStatusError):
 class TooManyRequests(HTTPStatusError):
     """429: the server asks us to come back later (``retry_after`` seconds)."""
 
-    def __init__(self, *args: object, retry_after: float | None = None, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.retry_after = retry_after
-
 
 class ServerError(HTTPStatusError):
     """5xx."""
 
 
-class ResponseFormatError(ClientError):
+class ProtocolError(ClientError):
+    """What the peer sent does not follow the protocol: the route, and a redacted excerpt.
+
+    An answer, not a flake: a peer that sends broken bytes once will usually again, so
+    a client does not retry it (a watch stream relists, which is the same thing).
+    """
+
+    def __init__(self, message: str, *, route: str = "", excerpt: str = "") -> None:
+        self.route = route
+        self.excerpt = excerpt
+        super().__init__(message)
+
+
+class ResponseFormatError(ProtocolError):
     """The body was not JSON, or not of the shape the caller needs.
 
     ``errors`` lists every problem found (``field: what is wrong``), not just the first.
     """
 
-    def __init__(self, message: str, errors: list[str] | None = None) -> None:
+    def __init__(
+        self, message: str, errors: list[str] | None = None, *, route: str = "", excerpt: str = ""
+    ) -> None:
         self.errors = list(errors or [])
         detail = "; ".join(self.errors)
-        super().__init__(f"{message}: {detail}" if detail else message)
+        text = f"{message}: {detail}" if detail else message
+        if excerpt:
+            text += f" (received {excerpt})"
+        super().__init__(text, route=route, excerpt=excerpt)
 
 
 def status_error(status: int, message: str, **kwargs: object) -> HTTPStatusError:
@@ -108,6 +195,29 @@ def status_error(status: int, message: str, **kwargs: object) -> HTTPStatusError
     else:
         cls = HTTPStatusError
     return cls(status, message, **kwargs)  # type: ignore[arg-type]
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """``Retry-After`` in seconds: a number of seconds, or an HTTP date; None if neither."""
+    if not value:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        from datetime import UTC, datetime
+
+        if when.tzinfo is None:
+            return None
+        seconds = (when - datetime.now(UTC)).total_seconds()
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+        return None
+    return max(0.0, seconds)
 
 
 def is_retryable(exc: BaseException) -> bool:

@@ -12,6 +12,13 @@ A new subscriber first receives the objects the hub already knows (as
 waiter as much as for the first. Selectors the hub cannot evaluate locally
 (set-based label selectors, unusual field selectors) get a stream of their
 own, so correctness never depends on the sharing.
+
+The hub runs in a task group that also holds every runner, so nothing a
+stream meets may escape it: a peer's broken bytes, a failing or silent
+stream are the watch loop's to recover from (relist, reconnect), and even a
+failure of the hub's own code only makes that stream *impaired*, which its
+subscribers hear about (``on_impaired``) and answer by asking their
+authorities more often. The hub's view wakes waiters; it never decides for them.
 """
 
 from __future__ import annotations
@@ -26,8 +33,8 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 
-from ._errors import ClientError
-from ._watch import WatchEvent, watch
+from ._errors import clip
+from ._watch import Backoff, WatchEvent, watch
 from .kube import KubeClient, Resource
 
 _EQUALITY = re.compile(r"^\s*([A-Za-z0-9_./-]+)\s*(==|=|!=)\s*([A-Za-z0-9_.-]*)\s*$")
@@ -120,7 +127,10 @@ class _Stream:
     #: The subscribers, filed by :func:`index_key` (None: tested on every event).
     index: dict[tuple[str, ...] | None, list[_Entry]] = field(default_factory=dict)
     scope: anyio.CancelScope | None = None
-    error: ClientError | None = None
+    #: Why the stream's view may be behind the server now (None: it is whole).
+    impaired: str | None = None
+    #: Each subscriber's impairment callback, told when ``impaired`` changes.
+    on_impaired: list[Callable[[str | None], None]] = field(default_factory=list)
     #: ``known`` holds the whole state as of a listing, kept current by the events since.
     synced: bool = False
     #: Called once the first listing has been taken (or the stream failed).
@@ -205,9 +215,22 @@ class WatchHub:
         """
         key, predicate, _ = _routing(resource, namespace, label_selector, field_selector)
         stream = self._streams.get(key)
-        if stream is None or stream.scope is None or not stream.synced or stream.error is not None:
+        if stream is None or stream.scope is None or not stream.synced or stream.impaired:
             return None
         return [obj for obj in stream.known.values() if predicate(obj)]
+
+    def impaired(
+        self,
+        resource: Resource,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> str | None:
+        """Why the stream serving these selectors may be behind the server, or None."""
+        key, _, _ = _routing(resource, namespace, label_selector, field_selector)
+        stream = self._streams.get(key)
+        return stream.impaired if stream is not None else None
 
     @asynccontextmanager
     async def subscribe(
@@ -219,13 +242,17 @@ class WatchHub:
         field_selector: str | None = None,
         on_note: Callable[[str], None] | None = None,
         on_ready: Callable[[], None] | None = None,
+        on_impaired: Callable[[str | None], None] | None = None,
     ) -> AsyncIterator[AsyncIterator[WatchEvent]]:
         """Events for the matching objects: those known now first, then every change.
 
         ``on_ready`` is called once the subscription sees every change: at once when the
-        stream has already taken its listing, else when it has (or has failed). A caller
-        that asked the authority before that moment should ask again then: a change in
-        between (a deletion, above all) may reach it as no event at all.
+        stream has already taken its listing, else when it has. A caller that asked the
+        authority before that moment should ask again then: a change in between (a
+        deletion, above all) may reach it as no event at all. ``on_impaired`` is called
+        with a reason whenever the stream may be behind (failing, relisting), and with
+        None when it is whole again; at once if it is impaired when subscribing. The
+        events never end with an error: a stream's failure is the hub's to recover from.
         """
         if self._tg is None:
             raise RuntimeError("WatchHub used outside 'async with'")
@@ -246,20 +273,26 @@ class WatchHub:
         if on_note is not None:
             stream.notes.append(on_note)
         if on_ready is not None:
-            if stream.synced or stream.error is not None:
+            if stream.synced:
                 on_ready()
             else:
                 stream.on_ready.append(on_ready)
+        if on_impaired is not None:
+            stream.on_impaired.append(on_impaired)
+            if stream.impaired:
+                on_impaired(stream.impaired)
         if stream.scope is None:
             stream.scope = anyio.CancelScope()
             self._tg.start_soon(self._pump, stream)
         try:
             async with receive:
-                yield _iterate(receive, stream)
+                yield _iterate(receive)
         finally:
             stream.remove(entry, filed_under)
             if on_note is not None:
                 stream.notes.remove(on_note)
+            if on_impaired is not None:
+                stream.on_impaired.remove(on_impaired)
             send.close()
             if not stream.subscribers and stream.scope is not None:
                 # Nobody listens: stop paying for the stream, after a while.
@@ -283,8 +316,15 @@ class WatchHub:
         self._streams.pop(key, None)
 
     async def _pump(self, stream: _Stream) -> None:
+        """Feed the stream's subscribers until the stream is closed. Never raises.
+
+        The watch loop recovers from everything a server does. Should the hub itself
+        fail on an event (a bug, or an object no check foresaw), the stream is marked
+        impaired, its view dropped, and it starts over with a fresh listing.
+        """
         scope = stream.scope
         assert scope is not None
+        backoff = Backoff(initial=0.5, maximum=5.0)
 
         def note(message: str) -> None:
             if self._note is not None:
@@ -293,38 +333,45 @@ class WatchHub:
                 callback(message)
 
         with scope:
-            try:
-                async for event in watch(
-                    self.kube,
-                    stream.resource,
-                    stream.namespace,
-                    label_selector=stream.label_selector,
-                    field_selector=stream.field_selector,
-                    server_timeout=self.server_timeout,
-                    on_note=note,
-                    on_synced=lambda: _synced(stream),
-                ):
-                    meta = event.object.get("metadata", {})
-                    k = (str(meta.get("namespace", "")), str(meta.get("name", "")))
-                    if event.type == "DELETED":
-                        stream.known.pop(k, None)
-                    else:
-                        stream.known[k] = event.object
-                    for predicate, send in stream.candidates(event.object):
-                        if predicate(event.object):
-                            try:
-                                send.send_nowait(event)
-                            except (
-                                anyio.WouldBlock,
-                                anyio.ClosedResourceError,
-                                anyio.BrokenResourceError,
-                            ):
-                                pass
-            except ClientError as exc:
-                stream.error = exc
-                _ready(stream)
-                for _, send in list(stream.subscribers):
-                    send.close()
+            while True:
+                try:
+                    await self._feed(stream, note)
+                except Exception as exc:  # the hub's own failure: never a runner's
+                    why = f"watch {stream.resource.plural}: {type(exc).__name__}: {clip(str(exc))}"
+                    stream.known.clear()
+                    stream.synced = False
+                    _impaired(stream, why)
+                    note(f"{why}; starting the stream over")
+                    await anyio.sleep(backoff.next_delay())
+
+    async def _feed(self, stream: _Stream, note: Callable[[str], None]) -> None:
+        async for event in watch(
+            self.kube,
+            stream.resource,
+            stream.namespace,
+            label_selector=stream.label_selector,
+            field_selector=stream.field_selector,
+            server_timeout=self.server_timeout,
+            on_note=note,
+            on_synced=lambda: _synced(stream),
+            on_impaired=lambda why: _impaired(stream, why),
+        ):
+            meta = event.object["metadata"]
+            k = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+            if event.type == "DELETED":
+                stream.known.pop(k, None)
+            else:
+                stream.known[k] = event.object
+            for predicate, send in stream.candidates(event.object):
+                if predicate(event.object):
+                    try:
+                        send.send_nowait(event)
+                    except (
+                        anyio.WouldBlock,
+                        anyio.ClosedResourceError,
+                        anyio.BrokenResourceError,
+                    ):
+                        pass
 
 
 def _routing(
@@ -347,6 +394,14 @@ def _synced(stream: _Stream) -> None:
     _ready(stream)
 
 
+def _impaired(stream: _Stream, why: str | None) -> None:
+    if stream.impaired == why:
+        return
+    stream.impaired = why
+    for callback in list(stream.on_impaired):
+        callback(why)
+
+
 def _ready(stream: _Stream) -> None:
     callbacks, stream.on_ready = stream.on_ready, []
     for callback in callbacks:
@@ -357,8 +412,6 @@ def _always(_obj: dict[str, Any]) -> bool:
     return True
 
 
-async def _iterate(receive: Any, stream: _Stream) -> AsyncIterator[WatchEvent]:
+async def _iterate(receive: Any) -> AsyncIterator[WatchEvent]:
     async for event in receive:
         yield event
-    if stream.error is not None:
-        raise stream.error

@@ -1,42 +1,71 @@
-"""One retry policy for every client: exponential backoff with equal jitter.
+"""One retry policy for every client: retry flakes until the caller's deadline.
 
-tenacity does the bookkeeping (attempts, waits, the final re-raise) so that the
-policy is a value we can pass around and test, not a loop copied into each call.
+A flake (a refused or reset connection, a 502/503/504, a 429) says nothing about
+the request; the only question is how long to keep trying. Counting attempts
+answers it badly: a backend restart takes about seven seconds whatever the
+backoff, so a fixed count gives up either too early (inside the restart) or, in
+a phase with little time left, too late. So a call retries until the deadline
+it runs under (the phase's, which anyio knows as the effective deadline of the
+current cancel scope) minus a margin: the last failure is then the call's own,
+named error, not a bare cancellation. Outside any deadline ``max_elapsed``
+bounds it.
+
+tenacity does the bookkeeping (waits, the final re-raise) so that the policy is
+a value we can pass around and test, not a loop copied into each call.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_after_delay,
-)
+import anyio
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
-from ._errors import ServerError, TooManyRequests, is_retryable
+from ._errors import HTTPStatusError, ServerError, is_retryable
 
 T = TypeVar("T")
 
 
+def margin_before(deadline: float, now: float) -> float:
+    """How long before ``deadline`` a call stops retrying: a tenth of what is left, at
+    most one second, so that its own error (naming the route) is what ends the phase."""
+    return min(1.0, max(0.0, deadline - now) / 10)
+
+
+def bounded(seconds: float) -> float:
+    """``seconds``, cut so that it ends a margin before the caller's deadline, if it has one.
+
+    A request's own timeout then fires before the phase's cancellation, and the failure
+    says which route was waited on and what had arrived.
+    """
+    deadline = anyio.current_effective_deadline()
+    if math.isinf(deadline):
+        return seconds
+    now = anyio.current_time()
+    return max(0.01, min(seconds, deadline - now - margin_before(deadline, now)))
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How hard to try before a flake becomes a failure.
+    """How long to try before a flake becomes a failure.
 
-    ``attempts`` counts the first try. ``max_elapsed`` bounds the whole retry
-    loop so that a backend that keeps answering 503 cannot eat a phase's budget
-    by itself; the phase deadline bounds it further from outside.
+    Until the caller's deadline minus :func:`margin_before`, or ``max_elapsed`` seconds
+    without one. ``attempts`` (None: no limit) exists for callers that must not repeat
+    themselves, such as a request that is not idempotent.
     """
 
-    attempts: int = 6
     initial: float = 0.2
-    maximum: float = 5.0
-    max_elapsed: float = 60.0
+    #: The longest wait between two tries: short enough that a backend back from a
+    #: restart is noticed within a couple of seconds.
+    maximum: float = 2.0
+    max_elapsed: float = 120.0
+    #: The longest ``Retry-After`` honoured: a server asking for minutes is not waited for.
+    retry_after_cap: float = 10.0
+    attempts: int | None = None
     #: The 5xx statuses worth another try. A route whose 500 is a real answer (the
     #: install route says "a helm step failed" that way) narrows this to gateway errors.
     server_statuses: frozenset[int] = frozenset(range(500, 600))
@@ -46,16 +75,17 @@ class RetryPolicy:
             return exc.status in self.server_statuses
         return is_retryable(exc)
 
-    def _wait(self, state: RetryCallState) -> float:
+    def delay(self, attempt: int, exc: BaseException | None) -> float:
+        """The wait after failed try number ``attempt``: exponential with equal jitter, or
+        the server's ``Retry-After`` (capped) when it asked for longer."""
         # Equal jitter: half the exponential step is certain, half is random. Full jitter
-        # can draw near-zero waits several times in a row and spend every attempt inside
-        # one short outage (a backend restarting for a second); this way the attempts are
-        # guaranteed to span at least half of the schedule.
-        step = min(self.maximum, self.initial * 2.0 ** max(0, state.attempt_number - 1))
+        # can draw near-zero waits several times in a row and spend a burst of tries
+        # inside one short outage.
+        step = min(self.maximum, self.initial * 2.0 ** max(0, attempt - 1))
         jittered = step / 2 + random.uniform(0, step / 2)
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, TooManyRequests) and exc.retry_after:
-            return max(jittered, min(exc.retry_after, self.maximum))
+        asked = _asked_pause(exc)
+        if asked:
+            return max(jittered, min(asked, self.retry_after_cap))
         return jittered
 
     async def call(
@@ -63,11 +93,33 @@ class RetryPolicy:
         fn: Callable[[], Awaitable[T]],
         on_retry: Callable[[BaseException, float], None] | None = None,
     ) -> T:
-        """Run ``fn`` until it succeeds, fails for good, or the policy gives up.
+        """Run ``fn`` until it succeeds, fails for good, or its time is up.
 
         The last exception is re-raised unchanged, so callers see the server's
         own answer rather than a wrapper.
         """
+        now = anyio.current_time()
+        deadline = anyio.current_effective_deadline()
+        give_up_at = now + self.max_elapsed
+        if not math.isinf(deadline):
+            give_up_at = min(give_up_at, deadline - margin_before(deadline, now))
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            return min(self.delay(state.attempt_number, exc), _left(give_up_at))
+
+        def stop(state: RetryCallState) -> bool:
+            if self.attempts is not None and state.attempt_number >= self.attempts:
+                return True
+            exc = state.outcome.exception() if state.outcome else None
+            wanted = self.delay(state.attempt_number, exc)
+            # Not worth another try if even the wait would not end before the time is up,
+            # or if the server asked for a pause longer than what is left.
+            asked = _asked_pause(exc)
+            asked_too_long = asked is not None and min(asked, self.retry_after_cap) > _left(
+                give_up_at
+            )
+            return asked_too_long or _left(give_up_at) <= min(wanted, 0.05)
 
         def before_sleep(state: RetryCallState) -> None:
             if on_retry and state.outcome is not None:
@@ -77,20 +129,25 @@ class RetryPolicy:
 
         retrying = AsyncRetrying(
             retry=retry_if_exception(self.retryable),
-            wait=self._wait,
-            stop=stop_after_attempt(self.attempts) | stop_after_delay(self.max_elapsed),
+            wait=wait,
+            stop=stop,
             reraise=True,
             before_sleep=before_sleep,
-            sleep=_sleep,
+            sleep=anyio.sleep,
         )
         return await retrying(fn)
 
 
-async def _sleep(seconds: float) -> None:
-    import anyio
+def _asked_pause(exc: BaseException | None) -> float | None:
+    """The pause the server asked for (``Retry-After`` on a 429 or a 503), if any."""
+    return exc.retry_after if isinstance(exc, HTTPStatusError) else None
 
-    await anyio.sleep(seconds)
+
+def _left(give_up_at: float) -> float:
+    return max(0.0, give_up_at - anyio.current_time())
 
 
 NO_RETRY = RetryPolicy(attempts=1)
+#: Idempotent reads (GET, LIST) of the Kubernetes API: the same policy, named for readers.
+READS = RetryPolicy()
 GATEWAY_ERRORS = frozenset({502, 503, 504})

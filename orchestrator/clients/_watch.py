@@ -1,7 +1,7 @@
 """Watching a resource without missing a change: list, then watch, forever.
 
 The loop follows the pattern every mature Kubernetes client converges on
-(kopf's ``watching.py``, client-go's reflector):
+(kopf's watcher, client-go's reflector):
 
 1. **List** first. The listing is the current state, so an object that is
    already in the wanted state is seen at once instead of waiting for a change
@@ -9,57 +9,56 @@ The loop follows the pattern every mature Kubernetes client converges on
    nothing that happens between the list and the watch is lost.
 2. **Watch** from that version. Each event moves the version forward; a
    ``BOOKMARK`` moves it without an object change.
-3. A stream that **ends** (the server's ``timeoutSeconds``, a proxy cutting it,
-   a restart) is reopened from the last version seen: no relist, no gap.
+3. A stream that **ends** (the server's ``timeoutSeconds``, a proxy cutting it)
+   is reopened from the last version seen: no relist, no gap. So is a stream
+   **silent** for longer than the server's own timeout: a half-open connection.
 4. **410 Gone** means the version is older than the server's history: relist,
    and compare with what we knew so that an object deleted while we were away
    is still reported as ``DELETED``.
-5. **Flakes** (connection errors, 5xx, and the 429 a CRD answers while its
-   watch cache fills right after it is established) are waited out with an
-   exponential, jittered backoff, so that a struggling API server is not
-   hammered by every watcher at once.
+5. **Flakes** (connection errors, 5xx, the 429 a CRD answers while its watch
+   cache fills) are waited out with an exponential, jittered backoff (or the
+   server's ``Retry-After``), so a struggling API server is not hammered by
+   every watcher at once. A stream that **keeps failing** is relisted: whatever
+   state it was in is no longer trusted.
+6. **Broken bytes** (a line that is not JSON, an event of the wrong shape) and
+   **ERROR events** mean the stream can no longer be trusted either: relist,
+   after a backoff. Watching never turns itself off; answers such as 403 or a
+   resource type that does not exist yet are retried at the backoff's slowest pace.
 
-Anything else (403, 404 for a resource type that does not exist) is an answer
-and is raised to the caller.
+The loop never raises for anything the server does: it reports, through
+``on_impaired``, when its view may be behind (with the reason) and when it is
+whole again, so that a waiter can ask its authority more often meanwhile.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
 
-from ._errors import ClientError, HTTPStatusError, ServerError, TooManyRequests, TransportError
-from .kube import KubeClient, Resource
+from ._errors import ClientError, HTTPStatusError, ProtocolError, TransportError
+from ._retry import NO_RETRY
+from .kube import KubeClient, Resource, WatchEvent
 
-
-@dataclass(frozen=True)
-class WatchEvent:
-    """A change to one object. ``type`` is ADDED, MODIFIED or DELETED.
-
-    Objects present at the first listing arrive as ADDED too, so a consumer
-    needs one code path for "it was already there" and "it just appeared".
-    """
-
-    type: str
-    object: dict[str, Any]
-
-    @property
-    def name(self) -> str:
-        return str(self.object.get("metadata", {}).get("name", ""))
+#: Consecutive failures of one stream after which it is relisted rather than reopened.
+RELIST_AFTER_FAILURES = 3
 
 
 @dataclass
 class Backoff:
-    """Exponential backoff with full jitter between reconnects."""
+    """Exponential backoff with jitter between reconnects."""
 
     initial: float = 0.1
     maximum: float = 5.0
     factor: float = 2.0
     _failures: int = field(default=0, init=False)
+
+    @property
+    def failures(self) -> int:
+        return self._failures
 
     def next_delay(self) -> float:
         self._failures += 1
@@ -70,17 +69,116 @@ class Backoff:
         self._failures = 0
 
 
+@dataclass(frozen=True)
+class _Target:
+    """What is watched: the resource, where, and the server-side selectors."""
+
+    resource: Resource
+    namespace: str | None
+    label_selector: str | None
+    field_selector: str | None
+
+
+@dataclass
+class _View:
+    """What the loop knows: every object as last seen, and the version to watch from
+    (None: a listing is due)."""
+
+    known: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    version: str | None = None
+
+
+class _Relist(Exception):
+    """The stream's view can no longer be trusted: list again (after ``pause`` s)."""
+
+    def __init__(self, reason: str, *, pause: bool = True) -> None:
+        super().__init__(reason)
+        self.pause = pause
+
+
 def _key(obj: dict[str, Any]) -> tuple[str, str]:
-    meta = obj.get("metadata", {})
-    return (str(meta.get("namespace", "")), str(meta.get("name", "")))
+    meta = obj["metadata"]
+    return (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
 
 
 def _rv(obj: dict[str, Any]) -> str:
-    return str(obj.get("metadata", {}).get("resourceVersion", ""))
+    return str(obj["metadata"].get("resourceVersion") or "")
 
 
-class _Gone(Exception):
-    """The watch's resourceVersion is too old: relist."""
+async def _relist(client: KubeClient, target: _Target, view: _View) -> AsyncIterator[WatchEvent]:
+    """List, and yield what changed against what the view knew: ``DELETED`` for what is
+    gone, ``ADDED``/``MODIFIED`` for what is new or newer. Moves the view to the list's
+    version."""
+    listing = await client.list(
+        target.resource,
+        target.namespace,
+        label_selector=target.label_selector,
+        field_selector=target.field_selector,
+        retry=NO_RETRY,  # the loop has its own backoff, and says meanwhile that it is behind
+    )
+    current = {_key(o): o for o in listing["items"]}
+    for key, obj in list(view.known.items()):
+        if key not in current:
+            del view.known[key]
+            yield WatchEvent("DELETED", obj)
+    for key, obj in current.items():
+        old = view.known.get(key)
+        if old is None or _rv(old) != _rv(obj):
+            view.known[key] = obj
+            yield WatchEvent("ADDED" if old is None else "MODIFIED", obj)
+    view.version = str(listing.get("metadata", {}).get("resourceVersion") or "") or None
+
+
+async def _stream(
+    client: KubeClient, target: _Target, view: _View, server_timeout: int, silence: float | None
+) -> AsyncIterator[WatchEvent]:
+    """One watch connection from the view's version: yield object changes until the
+    server ends the stream. Bookmarks only move the version; an ERROR ends the stream
+    with :class:`_Relist`."""
+    async for event in client.watch_stream(
+        target.resource,
+        target.namespace,
+        resource_version=view.version,
+        label_selector=target.label_selector,
+        field_selector=target.field_selector,
+        server_timeout=server_timeout,
+        client_timeout=silence,
+    ):
+        if event.type == "ERROR":
+            raise _error_event(event.object)
+        if _rv(event.object):
+            view.version = _rv(event.object)
+        if event.type == "BOOKMARK":
+            continue
+        if event.type == "DELETED":
+            view.known.pop(_key(event.object), None)
+        else:
+            view.known[_key(event.object)] = event.object
+        yield event
+
+
+def _error_event(status: dict[str, Any]) -> _Relist:
+    """An ERROR event: 410 means "relist now"; anything else, "relist after a pause"."""
+    code, message = status.get("code"), str(status.get("message") or "watch error")[:300]
+    if code == 410:
+        return _Relist(message, pause=False)
+    return _Relist(f"ERROR event ({code}): {message}")
+
+
+def _after_failure(exc: Exception, backoff: Backoff) -> tuple[str, float, bool]:
+    """What a failure means: ``(what to say, how long to wait, whether to relist)``."""
+    if isinstance(exc, _Relist):
+        return str(exc), backoff.next_delay() if exc.pause else 0.0, True
+    if isinstance(exc, HTTPStatusError) and exc.status == 410:
+        return "410 Gone", 0.0, True
+    delay = backoff.next_delay()
+    if isinstance(exc, HTTPStatusError):
+        delay = max(delay, min(exc.retry_after or 0.0, backoff.maximum * 2))
+        why = f"{exc.status} {exc.message}"
+    else:
+        why = str(exc)
+    relist = isinstance(exc, ProtocolError) or backoff.failures >= RELIST_AFTER_FAILURES
+    return why, delay, relist
 
 
 async def watch(
@@ -95,97 +193,52 @@ async def watch(
     backoff: Backoff | None = None,
     on_note: Callable[[str], None] | None = None,
     on_synced: Callable[[], None] | None = None,
-) -> AsyncGenerator[WatchEvent, None]:
+    on_impaired: Callable[[str | None], None] | None = None,
+) -> AsyncIterator[WatchEvent]:
     """Yield every change to the matching objects, starting with those that exist now.
 
     Runs until the caller stops iterating (or cancels): the deadline belongs to
     the caller, which knows which phase it is in. ``on_synced`` is called once the
     events of a (re)listing have all been taken: from then on, what the caller has
-    seen is the whole current state, as of the listing.
+    seen is the whole current state, as of the listing. ``on_impaired`` is called
+    with the reason when a failure may have left the caller's view behind, and with
+    None once a listing has made it whole again. ``client_timeout`` is the longest
+    silence taken before the stream is reopened (default: the server's timeout + 15 s).
     """
+    target = _Target(resource, namespace, label_selector, field_selector)
     backoff = backoff or Backoff()
     note = on_note or (lambda _msg: None)
-    known: dict[tuple[str, str], dict[str, Any]] = {}
-    version: str | None = None
-
+    impaired = on_impaired or (lambda _why: None)
+    view = _View()
+    behind = False
     while True:
         try:
-            if version is None:
-                listing = await client.list(
-                    resource,
-                    namespace,
-                    label_selector=label_selector,
-                    field_selector=field_selector,
-                )
-                version = str(listing.get("metadata", {}).get("resourceVersion") or "") or None
-                current = {_key(o): o for o in listing.get("items") or []}
-                for key, obj in list(known.items()):
-                    if key not in current:
-                        del known[key]
-                        yield WatchEvent("DELETED", obj)
-                for key, obj in current.items():
-                    old = known.get(key)
-                    if old is None or _rv(old) != _rv(obj):
-                        known[key] = obj
-                        yield WatchEvent("ADDED" if old is None else "MODIFIED", obj)
-                backoff.reset()
+            if view.version is None:
+                async for event in _relist(client, target, view):
+                    yield event
+                behind = False
+                impaired(None)
                 if on_synced is not None:
                     on_synced()
-
-            async for raw in client.watch_stream(
-                resource,
-                namespace,
-                resource_version=version,
-                label_selector=label_selector,
-                field_selector=field_selector,
-                server_timeout=server_timeout,
-                client_timeout=client_timeout,
-            ):
-                kind = raw.get("type")
-                obj = raw.get("object") or {}
-                if kind == "ERROR":
-                    code = obj.get("code")
-                    if code == 410:
-                        raise _Gone(obj.get("message", "resource version too old"))
-                    raise HTTPStatusError(
-                        int(code or 500),
-                        str(obj.get("message", "watch error")),
-                        method="WATCH",
-                        path=resource.path(namespace),
-                        body=obj,
-                    )
-                if _rv(obj):
-                    version = _rv(obj)
-                if kind == "BOOKMARK":
-                    continue
+            async for event in _stream(client, target, view, server_timeout, client_timeout):
                 backoff.reset()
-                key = _key(obj)
-                if kind == "DELETED":
-                    known.pop(key, None)
-                else:
-                    known[key] = obj
-                yield WatchEvent(str(kind), obj)
+                if behind:  # resumed from the last version seen: nothing was missed
+                    behind = False
+                    impaired(None)
+                yield event
             # A clean end of stream: the server's timeout, or someone cut it. Reopen from
             # where we were; a tiny jitter keeps a server that ends every stream at once
             # from being hit in lockstep.
             await anyio.sleep(random.uniform(0, 0.05))
-        except _Gone as exc:
-            note(f"watch {resource.plural}: {exc}; relisting")
-            version = None
-        except HTTPStatusError as exc:
-            if exc.status == 410:
-                note(f"watch {resource.plural}: 410 Gone; relisting")
-                version = None
-                continue
-            if not isinstance(exc, (ServerError, TooManyRequests)):
-                raise
-            delay = max(backoff.next_delay(), getattr(exc, "retry_after", None) or 0.0)
-            note(f"watch {resource.plural}: {exc.status} {exc.message}; retrying in {delay:.2f} s")
-            await anyio.sleep(delay)
-        except TransportError as exc:
-            delay = backoff.next_delay()
-            note(f"watch {resource.plural}: {exc}; reconnecting in {delay:.2f} s")
+        except (ClientError, _Relist) as exc:
+            why, delay, relist = _after_failure(exc, backoff)
+            if relist:
+                view.version = None
+            behind = True
+            impaired(f"watch {resource.plural}: {why}")
+            then = "relisting" if relist else "reconnecting"
+            note(f"watch {resource.plural}: {why}; {then} in {delay:.2f} s")
             await anyio.sleep(delay)
 
 
-__all__ = ["watch", "WatchEvent", "Backoff", "ClientError"]
+__all__ = ["watch", "WatchEvent", "Backoff", "ClientError", "TransportError"]

@@ -16,14 +16,24 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import anyio
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ._errors import ClientError, HTTPStatusError, ResponseFormatError, TransportError, status_error
+from ._errors import (
+    ClientError,
+    HTTPStatusError,
+    RequestTimeout,
+    ResponseFormatError,
+    TransportError,
+    clip,
+    excerpt,
+    status_error,
+)
+from ._retry import bounded
 from ._tls import default_context
 from .kube import KubeClient
 
@@ -184,35 +194,30 @@ class InferenceClient:
         )
 
     async def _post_once(self, url_or_path: str, body: dict[str, Any]) -> tuple[int, Any]:
+        """One completion request, its whole answer read within the request timeout.
+
+        The one place the model's answer comes in: ``(status, decoded JSON)``, or the
+        text when it is not JSON; every failure is a :class:`ClientError`.
+        """
         self.requests_sent += 1
         if self.route.kind == "service-proxy":
             assert self._kube is not None
-            response = await self._kube.open("POST", url_or_path, body=body, timeout=self._timeout)
-            try:
-                raw = await response.read()
-                status = response.status
-            finally:
-                response.release()
-            text = raw.decode("utf-8", "replace")
+            status, _, raw = await self._kube.exchange(
+                "POST", url_or_path, body=body, timeout=self._timeout
+            )
         else:
-            try:
-                resp = await self._http.post(url_or_path, json=body)
-            except httpx.TimeoutException as exc:
-                raise TransportError(
-                    f"POST {url_or_path}: no answer in time ({type(exc).__name__})"
-                ) from None
-            except httpx.TransportError as exc:
-                raise TransportError(f"POST {url_or_path}: {type(exc).__name__}: {exc}") from None
-            status, text = resp.status_code, resp.text
-        try:
-            return status, json.loads(text)
-        except ValueError:
-            return status, text
+            status, raw = await _post_whole(self._http, url_or_path, body, self._timeout)
+        text = raw.decode("utf-8", "replace")
+        return status, _try_json(text)
 
     async def stream(
         self, *, namespace: str, service: str, port: int, model: str, prompt: str, max_tokens: int
     ) -> StreamTiming:
-        """Send the same completion streamed, to measure time to first token."""
+        """Send the same completion streamed, to measure time to first token.
+
+        The whole stream is bounded by the request timeout (and the caller's deadline):
+        a stream that never ends fails naming the route and what had arrived.
+        """
         body = {
             "model": model,
             "messages": [{"role": "user", "content": prompt}],
@@ -223,29 +228,41 @@ class InferenceClient:
         if self.route.kind == "service-proxy":
             assert self._kube is not None
             path = self._kube.service_proxy_path(namespace, service, port, "v1/chat/completions")
-            return await _stream_via_kube(self._kube, path, body, self._timeout)
-        url = self.describe(namespace, service, port)
+            route = f"POST {path}"
+        else:
+            path = self.describe(namespace, service, port)
+            route = f"POST {path}"
+        seen = _Seen()
         started = time.monotonic()
-        try:
-            async with self._http.stream(
-                "POST", url, json=body, headers={"Accept": "text/event-stream"}
-            ) as resp:
-                if resp.status_code != 200:
-                    text = (await resp.aread()).decode("utf-8", "replace")
-                    raise status_error(
-                        resp.status_code,
-                        _message(_try_json(text), f"HTTP {resp.status_code}"),
-                        method="POST",
-                        path=url,
-                    )
-
-                async def lines() -> AsyncIterator[bytes]:
-                    async for line in resp.aiter_lines():
-                        yield line.encode()
-
-                return await _measure(_sse_lines(lines()), started)
-        except httpx.TransportError as exc:
-            raise TransportError(f"POST {url}: {type(exc).__name__}: {exc}") from None
+        with anyio.move_on_after(bounded(self._timeout)):
+            try:
+                if self.route.kind == "service-proxy":
+                    assert self._kube is not None
+                    return await _stream_via_kube(self._kube, path, body, self._timeout, seen)
+                async with self._http.stream(
+                    "POST", path, json=body, headers={"Accept": "text/event-stream"}
+                ) as resp:
+                    seen.status = resp.status_code
+                    if resp.status_code != 200:
+                        text = (await resp.aread()).decode("utf-8", "replace")
+                        raise status_error(
+                            resp.status_code,
+                            clip(_message(_try_json(text), f"HTTP {resp.status_code}"), 300),
+                            method="POST",
+                            path=path,
+                        )
+                    return await _measure(_sse_chunks(resp.aiter_bytes(), seen, route), started)
+            except ClientError:
+                raise
+            except httpx.TimeoutException:
+                pass
+            except Exception as exc:  # the boundary: nothing but a ClientError leaves a client
+                raise TransportError(
+                    f"{route}: {type(exc).__name__}: {clip(str(exc), 200)}",
+                    method="POST",
+                    url=path,
+                ) from None
+        raise _no_whole_answer(route, started, seen.status, seen.received, seen.chunks)
 
     async def chat(
         self,
@@ -326,21 +343,90 @@ class StreamTiming:
         return (self.content_chunks - 1) / rest if self.content_chunks > 1 and rest > 0 else None
 
 
-async def _sse_lines(lines: AsyncIterator[bytes]) -> AsyncIterator[dict[str, Any]]:
-    async for raw in lines:
-        line = raw.decode("utf-8", "replace").strip()
-        if not line.startswith("data:"):
+@dataclass
+class _Seen:
+    """What a stream has brought so far: for the error that says how far it got."""
+
+    status: int | None = None
+    received: bytearray = field(default_factory=bytearray)
+    chunks: int = 0
+
+
+def parse_sse_data(data: str, route: str = "the model's stream") -> dict[str, Any] | None:
+    """One ``data:`` payload of a streamed completion: the chunk, or None for ``[DONE]``.
+
+    The one place the stream's bytes are judged: a payload that is not a JSON object, or
+    whose ``choices`` are not a list of objects with an object ``delta`` and a string (or
+    null) ``content``, raises :class:`InvalidCompletion`.
+    """
+    if data == "[DONE]":
+        return None
+    try:
+        chunk = json.loads(data)
+    except (ValueError, RecursionError):
+        raise InvalidCompletion(
+            f"{route}: the stream is not valid server-sent JSON",
+            [f"(chunk): {excerpt(data, 200)}"],
+            route=route,
+        ) from None
+    problem = _chunk_problem(chunk)
+    if problem is not None:
+        raise InvalidCompletion(
+            f"{route}: a stream chunk of the wrong shape",
+            [problem],
+            route=route,
+            excerpt=excerpt(data, 200),
+        )
+    return chunk  # type: ignore[no-any-return]
+
+
+def _chunk_problem(chunk: Any) -> str | None:
+    if not isinstance(chunk, dict):
+        return f"(chunk): expected an object, got {type(chunk).__name__}"
+    choices = chunk.get("choices")
+    if choices is None:
+        return None  # a usage-only chunk, or a keep-alive
+    if not isinstance(choices, list):
+        return f"choices: expected a list, got {type(choices).__name__}"
+    for i, choice in enumerate(choices):
+        if not isinstance(choice, dict):
+            return f"choices.{i}: expected an object, got {type(choice).__name__}"
+        delta = choice.get("delta")
+        if delta is None:
             continue
-        data = line[5:].strip()
-        if data == "[DONE]":
-            return
-        try:
-            chunk = json.loads(data)
-        except ValueError:
+        if not isinstance(delta, dict):
+            return f"choices.{i}.delta: expected an object, got {type(delta).__name__}"
+        if not isinstance(delta.get("content"), str | None):
+            return f"choices.{i}.delta.content: expected a string"
+    return None
+
+
+async def _sse_chunks(
+    data: AsyncIterator[bytes], seen: _Seen, route: str
+) -> AsyncIterator[dict[str, Any]]:
+    """The stream's chunks, from raw bytes, until ``[DONE]`` or the end of the body."""
+    pending = b""
+    async for piece in data:
+        seen.received += piece
+        pending += piece
+        *lines, pending = pending.split(b"\n")
+        for raw in lines:
+            line = raw.decode("utf-8", "replace").strip()
+            if not line.startswith("data:"):
+                continue
+            seen.chunks += 1
+            chunk = parse_sse_data(line[5:].strip(), route)
+            if chunk is None:
+                return
+            yield chunk
+        if len(pending) > 1024 * 1024:
             raise InvalidCompletion(
-                "the model's stream is not valid server-sent JSON", [f"(chunk): {data[:200]!r}"]
-            ) from None
-        if isinstance(chunk, dict):
+                f"{route}: a stream line longer than 1 MiB", [f"(line): {excerpt(pending[:200])}"]
+            )
+    line = pending.decode("utf-8", "replace").strip()
+    if line.startswith("data:"):
+        chunk = parse_sse_data(line[5:].strip(), route)
+        if chunk is not None:
             yield chunk
 
 
@@ -350,8 +436,8 @@ async def _measure(chunks: AsyncIterator[dict[str, Any]], started: float) -> Str
     async for chunk in chunks:
         count += 1
         for choice in chunk.get("choices") or []:
-            delta = (choice or {}).get("delta") or {}
-            if isinstance(delta.get("content"), str) and delta["content"]:
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
                 content += 1
                 if first is None:
                     first = time.monotonic() - started
@@ -364,22 +450,25 @@ async def _measure(chunks: AsyncIterator[dict[str, Any]], started: float) -> Str
 
 
 async def _stream_via_kube(
-    kube: KubeClient, path: str, body: dict[str, Any], timeout: float
+    kube: KubeClient, path: str, body: dict[str, Any], timeout: float, seen: _Seen
 ) -> StreamTiming:
     started = time.monotonic()
     response = await kube.open(
         "POST", path, body=body, timeout=timeout, accept="text/event-stream, application/json"
     )
     try:
+        seen.status = response.status
         if response.status != 200:
             text = (await response.read()).decode("utf-8", "replace")
             raise status_error(
                 response.status,
-                _message(_try_json(text), f"HTTP {response.status}"),
+                clip(_message(_try_json(text), f"HTTP {response.status}"), 300),
                 method="POST",
                 path=path,
             )
-        return await _measure(_sse_lines(response.content.__aiter__()), started)
+        return await _measure(
+            _sse_chunks(response.content.iter_any(), seen, f"POST {path}"), started
+        )
     finally:
         response.release()
 
@@ -387,8 +476,53 @@ async def _stream_via_kube(
 def _try_json(text: str) -> Any:
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         return text
+
+
+async def _post_whole(
+    http: httpx.AsyncClient, url: str, body: dict[str, Any], timeout: float
+) -> tuple[int, bytes]:
+    """POST and read the whole answer within ``timeout`` (and the caller's deadline)."""
+    total = bounded(timeout)
+    started = time.monotonic()
+    received = bytearray()
+    status: int | None = None
+    with anyio.move_on_after(total):
+        try:
+            async with http.stream("POST", url, json=body) as resp:
+                status = resp.status_code
+                async for chunk in resp.aiter_bytes():
+                    received += chunk
+            return status, bytes(received)
+        except httpx.TimeoutException:
+            pass
+        except Exception as exc:  # the boundary: nothing but a ClientError leaves a client
+            raise TransportError(
+                f"POST {url}: {type(exc).__name__}: {clip(str(exc), 200)}", method="POST", url=url
+            ) from None
+    raise _no_whole_answer(f"POST {url}", started, status, received)
+
+
+def _no_whole_answer(
+    route: str, started: float, status: int | None, received: bytearray, chunks: int | None = None
+) -> RequestTimeout:
+    elapsed = time.monotonic() - started
+    what = (
+        "no answer"
+        if status is None
+        else f"answered {status}, {len(received)} bytes of the body arrived"
+        + (f" in {chunks} chunks" if chunks is not None else "")
+        + (f" ({excerpt(bytes(received[-400:]))})" if received else "")
+    )
+    method, _, url = route.partition(" ")
+    return RequestTimeout(
+        f"{route}: no whole answer within {elapsed:.1f} s: {what}",
+        method=method,
+        url=url,
+        elapsed=elapsed,
+        received=len(received),
+    )
 
 
 def _message(body: Any, fallback: str) -> str:
@@ -412,6 +546,7 @@ __all__ = [
     "InvalidCompletion",
     "ChatCompletionResponse",
     "validate_completion",
+    "parse_sse_data",
     "StreamTiming",
     "ClientError",
     "HTTPStatusError",

@@ -19,7 +19,20 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from ._errors import RequestTimeout, TooManyRequests, TransportError, status_error
+import anyio
+
+from ._errors import (
+    ClientError,
+    ProtocolError,
+    RequestTimeout,
+    ResponseFormatError,
+    TransportError,
+    clip,
+    excerpt,
+    parse_retry_after,
+    status_error,
+)
+from ._retry import READS, RetryPolicy, bounded
 
 if TYPE_CHECKING:  # pragma: no cover
     from kubernetes_asyncio.client import ApiClient
@@ -57,6 +70,147 @@ SERVICES = Resource("", "v1", "services")
 EVENTS = Resource("", "v1", "events")
 NAMESPACES = Resource("", "v1", "namespaces", namespaced=False)
 CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", namespaced=False)
+
+
+#: A request's whole deadline, from sending it to the last byte of its answer. A phase's
+#: deadline bounds it further: a request never outlives the phase that sent it.
+REQUEST_TIMEOUT = 30.0
+
+#: The kinds of watch event the API server sends.
+EVENT_TYPES = frozenset({"ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR"})
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    """A change to one object. ``type`` is ADDED, MODIFIED or DELETED.
+
+    Objects present at the first listing arrive as ADDED too, so a consumer
+    needs one code path for "it was already there" and "it just appeared".
+    On the wire there are BOOKMARK (``object`` carries only a resourceVersion) and
+    ERROR (``object`` is a ``Status``) too; the watch loop consumes those itself.
+    """
+
+    type: str
+    object: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return str(self.object["metadata"].get("name", ""))
+
+
+def decode_json(raw: bytes, route: str) -> Any:
+    """The JSON value in ``raw``; an empty body is None. Raises :class:`ResponseFormatError`."""
+    if not raw.strip():
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise ResponseFormatError(
+            f"{route}: the answer is not valid JSON ({type(exc).__name__})",
+            route=route,
+            excerpt=excerpt(raw),
+        ) from None
+
+
+def check_object(value: Any, route: str, what: str = "object") -> dict[str, Any]:
+    """``value`` if it is shaped as a Kubernetes object, as far as any reader relies on.
+
+    Cheap on purpose (a handful of ``isinstance`` checks, no model): it runs on every
+    watch event. What it guarantees: a dict whose ``metadata`` is a dict with string
+    name, namespace and resourceVersion and string-to-string labels, and whose
+    ``spec`` and ``status``, when present, are dicts.
+    """
+    problem = _object_problem(value)
+    if problem is not None:
+        raise ResponseFormatError(
+            f"{route}: the {what} is not a Kubernetes object",
+            [problem],
+            route=route,
+            excerpt=excerpt(_dump(value)),
+        )
+    return value  # type: ignore[no-any-return]
+
+
+def _object_problem(value: Any) -> str | None:
+    if not isinstance(value, dict):
+        return f"(object): expected an object, got {type(value).__name__}"
+    meta = value.get("metadata")
+    if not isinstance(meta, dict):
+        return f"metadata: expected an object, got {type(meta).__name__}"
+    for key in ("name", "namespace", "resourceVersion", "deletionTimestamp"):
+        if key in meta and not isinstance(meta[key], str | None):
+            return f"metadata.{key}: expected a string, got {type(meta[key]).__name__}"
+    labels = meta.get("labels")
+    if labels is not None and not (
+        isinstance(labels, dict) and all(isinstance(v, str) for v in labels.values())
+    ):
+        return "metadata.labels: expected a map of strings"
+    for key in ("spec", "status"):
+        if key in value and not isinstance(value[key], dict | None):
+            return f"{key}: expected an object, got {type(value[key]).__name__}"
+    return None
+
+
+def check_list(value: Any, route: str) -> dict[str, Any]:
+    """``value`` if it is a list answer: ``metadata`` a dict, ``items`` a list of objects."""
+    if not isinstance(value, dict) or not isinstance(value.get("metadata", {}), dict):
+        raise ResponseFormatError(
+            f"{route}: the answer is not a Kubernetes list",
+            ["(body): expected an object with metadata and items"],
+            route=route,
+            excerpt=excerpt(_dump(value)),
+        )
+    items = value.get("items")
+    if items is None:
+        value["items"] = []
+    elif not isinstance(items, list):
+        raise ResponseFormatError(
+            f"{route}: the answer is not a Kubernetes list",
+            [f"items: expected a list, got {type(items).__name__}"],
+            route=route,
+            excerpt=excerpt(_dump(value)),
+        )
+    else:
+        for i, item in enumerate(items):
+            check_object(item, route, f"item {i}")
+    return value
+
+
+def parse_watch_line(line: bytes, route: str) -> WatchEvent:
+    """One line of a watch stream, as a typed event, or :class:`ProtocolError`.
+
+    The one place a watch stream's bytes are trusted or refused: a line that is not
+    JSON, an unknown event type, or an object that is not a Kubernetes object (an
+    ERROR's ``Status`` excepted) is refused here, with the route and an excerpt.
+    """
+    raw = decode_json(line, route)
+    if not isinstance(raw, dict):
+        raise ProtocolError(
+            f"{route}: a watch event is not a JSON object", route=route, excerpt=excerpt(line)
+        )
+    kind, obj = raw.get("type"), raw.get("object")
+    if not isinstance(kind, str) or kind not in EVENT_TYPES:
+        raise ProtocolError(
+            f"{route}: unknown watch event type {excerpt(str(kind), 40)}",
+            route=route,
+            excerpt=excerpt(line),
+        )
+    if kind == "ERROR":
+        return WatchEvent("ERROR", obj if isinstance(obj, dict) else {})
+    if kind == "BOOKMARK":
+        if not isinstance(obj, dict) or not isinstance(obj.get("metadata"), dict):
+            raise ProtocolError(
+                f"{route}: a BOOKMARK without metadata", route=route, excerpt=excerpt(line)
+            )
+        return WatchEvent("BOOKMARK", obj)
+    return WatchEvent(kind, check_object(obj, route, f"{kind} event's object"))
+
+
+def _dump(value: Any) -> str:
+    try:
+        return json.dumps(value)[:4096]
+    except (TypeError, ValueError, RecursionError):
+        return repr(value)[:4096]
 
 
 def _status_message(body: Any, fallback: str) -> str:
@@ -140,48 +294,116 @@ class KubeClient:
                 method=method,
                 url=path,
             ) from None
-        except (aiohttp.ClientError, OSError) as exc:
+        except ClientError:
+            raise
+        except Exception as exc:
+            # The transport's boundary: a connection failure, and whatever a peer's broken
+            # HTTP makes the transport raise (a header too long, a bad status line).
             raise TransportError(
-                f"{method} {path}: {type(exc).__name__}: {exc}", method=method, url=path
+                f"{method} {path}: {type(exc).__name__}: {excerpt(str(exc), 200)}",
+                method=method,
+                url=path,
             ) from None
 
-    async def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        """Send a request; return the decoded body of a 2xx, raise the matching error otherwise."""
+    async def exchange(
+        self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any
+    ) -> tuple[int, Any, bytes]:
+        """Send a request and read its whole answer within one deadline: status, headers, body.
+
+        The deadline (``timeout``, else :data:`REQUEST_TIMEOUT`, and never past the
+        caller's own deadline) covers the body too: a server that trickles its answer a
+        byte at a time is ended like one that never answers, and the error says what
+        had arrived by then, and after how long.
+        """
         import aiohttp
 
-        response = await self.open(method, path, **kwargs)
-        try:
+        total = bounded(timeout or REQUEST_TIMEOUT)
+        started = anyio.current_time()
+        received = bytearray()
+        status: int | None = None
+        with anyio.move_on_after(total):
+            response = await self.open(
+                method,
+                path,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=total),
+                **kwargs,
+            )
+            status = response.status
             try:
-                raw = await response.read()
-            except (aiohttp.ClientError, TimeoutError) as exc:
+                async for chunk in response.content.iter_any():
+                    received += chunk
+                return response.status, response.headers, bytes(received)
+            except (TimeoutError, aiohttp.ServerTimeoutError):
+                pass  # reported below, with what arrived
+            except Exception as exc:
                 raise TransportError(
-                    f"{method} {path}: reading the answer failed: {exc!r}", method=method, url=path
-                ) from None
-            text = raw.decode("utf-8", errors="replace")
-            try:
-                body: Any = json.loads(text) if text else None
-            except ValueError:
-                body = text
-            if not 200 <= response.status < 300:
-                err = status_error(
-                    response.status,
-                    _status_message(body, f"HTTP {response.status}"),
+                    f"{method} {path}: reading the answer failed after {len(received)} bytes "
+                    f"({type(exc).__name__}: {excerpt(str(exc), 200)})",
                     method=method,
-                    path=path,
-                    body=body,
-                )
-                if isinstance(err, TooManyRequests):
-                    err.retry_after = _retry_after(response.headers)
-                raise err
-            return body
-        finally:
-            response.release()
+                    url=path,
+                ) from None
+            finally:
+                response.release()
+        elapsed = anyio.current_time() - started
+        what = (
+            "no answer"
+            if status is None
+            else f"answered {status}, {len(received)} bytes of the body arrived"
+            + (f" ({excerpt(bytes(received))})" if received else "")
+        )
+        raise RequestTimeout(
+            f"{method} {path}: no whole answer within {elapsed:.1f} s: {what}",
+            method=method,
+            url=path,
+            elapsed=elapsed,
+            received=len(received),
+        )
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Send a request; return the decoded body of a 2xx, raise the matching error otherwise.
+
+        A 2xx whose body is not JSON raises :class:`ResponseFormatError`; other statuses
+        raise the matching :class:`HTTPStatusError`, with the server's own message.
+        """
+        status, headers, raw = await self.exchange(method, path, **kwargs)
+        route = f"{method} {path}"
+        if 200 <= status < 300:
+            return decode_json(raw, route)
+        try:
+            body: Any = decode_json(raw, route)
+        except ResponseFormatError:
+            body = raw.decode("utf-8", "replace")
+        err = status_error(
+            status,
+            clip(_status_message(body, f"HTTP {status}"), 300),
+            method=method,
+            path=path,
+            body=body,
+        )
+        err.retry_after = parse_retry_after(headers.get("Retry-After"))
+        raise err
+
+    async def read(self, path: str, retry: RetryPolicy | None = None, **kwargs: Any) -> Any:
+        """A GET, retried through flakes until the caller's deadline: reads are idempotent."""
+
+        async def once() -> Any:  # tenacity awaits only what a coroutine function returns
+            return await self.request("GET", path, **kwargs)
+
+        return await (retry or READS).call(once)
 
     # -- verbs ------------------------------------------------------------
 
-    async def get(self, res: Resource, name: str, namespace: str | None = None) -> dict[str, Any]:
-        obj: dict[str, Any] = await self.request("GET", res.path(namespace, name))
-        return obj
+    async def get(
+        self,
+        res: Resource,
+        name: str,
+        namespace: str | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> dict[str, Any]:
+        """The object; flakes are retried until the caller's deadline (a GET is idempotent)."""
+        path = res.path(namespace, name)
+        return check_object(await self.read(path, retry), f"GET {path}")
 
     async def list(
         self,
@@ -190,21 +412,24 @@ class KubeClient:
         *,
         label_selector: str | None = None,
         field_selector: str | None = None,
-        timeout: float = 30.0,
+        timeout: float = REQUEST_TIMEOUT,
+        retry: RetryPolicy | None = None,
     ) -> dict[str, Any]:
-        listing: dict[str, Any] = await self.request(
-            "GET",
-            res.path(namespace),
+        """The list answer, ``items`` always a list; flakes retried as for :meth:`get`."""
+        path = res.path(namespace)
+        body = await self.read(
+            path,
+            retry,
             timeout=timeout,
             query={"labelSelector": label_selector, "fieldSelector": field_selector},
         )
-        return listing
+        return check_list(body, f"GET {path}")
 
     async def create(
         self, res: Resource, body: dict[str, Any], namespace: str | None = None
     ) -> dict[str, Any]:
-        created: dict[str, Any] = await self.request("POST", res.path(namespace), body=body)
-        return created
+        path = res.path(namespace)
+        return check_object(await self.request("POST", path, body=body), f"POST {path}")
 
     async def patch(
         self,
@@ -215,13 +440,11 @@ class KubeClient:
         *,
         subresource: str | None = None,
     ) -> dict[str, Any]:
-        patched: dict[str, Any] = await self.request(
-            "PATCH",
-            res.path(namespace, name, subresource),
-            body=body,
-            content_type="application/merge-patch+json",
+        path = res.path(namespace, name, subresource)
+        answer = await self.request(
+            "PATCH", path, body=body, content_type="application/merge-patch+json"
         )
-        return patched
+        return check_object(answer, f"PATCH {path}")
 
     async def delete(
         self,
@@ -250,9 +473,10 @@ class KubeClient:
         previous: bool = False,
         limit_bytes: int | None = None,
     ) -> str:
-        body = await self.request(
+        path = PODS.path(namespace, name, "log")
+        status, headers, raw = await self.exchange(
             "GET",
-            PODS.path(namespace, name, "log"),
+            path,
             accept="text/plain, application/json, */*",
             query={
                 "container": container,
@@ -261,7 +485,20 @@ class KubeClient:
                 "limitBytes": limit_bytes,
             },
         )
-        return body if isinstance(body, str) else ("" if body is None else json.dumps(body))
+        text = raw.decode("utf-8", "replace")
+        if not 200 <= status < 300:
+            try:
+                body: Any = decode_json(raw, f"GET {path}")
+            except ResponseFormatError:
+                body = text
+            raise status_error(
+                status,
+                clip(_status_message(body, f"HTTP {status}"), 300),
+                method="GET",
+                path=path,
+                body=body,
+            )
+        return text
 
     def service_proxy_path(self, namespace: str, service: str, port: int | str, path: str) -> str:
         return (
@@ -279,20 +516,25 @@ class KubeClient:
         field_selector: str | None = None,
         server_timeout: int = 60,
         client_timeout: float | None = None,
-    ) -> AsyncIterator[dict[str, Any]]:
-        """One watch connection: yield raw events until the server ends the stream.
+    ) -> AsyncIterator[WatchEvent]:
+        """One watch connection: yield typed events until the server ends the stream.
 
         Both timeouts are set: ``timeoutSeconds`` asks the server to end the
-        stream cleanly, and the client's read timeout catches a server or a
-        network that silently stops talking (a half-open connection would
-        otherwise hang the watcher forever).
+        stream cleanly, and the client's read timeout (``client_timeout``: the
+        longest silence taken) catches a server or a network that silently stops
+        talking (a half-open connection would otherwise hang the watcher forever).
+        Each line is parsed by :func:`parse_watch_line`; a line it refuses ends the
+        stream with that :class:`ProtocolError`, every other failure is a
+        :class:`TransportError` or the :class:`HTTPStatusError` the server answered.
         """
         import aiohttp
 
         client_timeout = client_timeout or server_timeout + 15
+        path = res.path(namespace)
+        route = f"WATCH {path}"
         response = await self.open(
             "GET",
-            res.path(namespace),
+            path,
             query={
                 "watch": "true",
                 "resourceVersion": resource_version,
@@ -306,44 +548,77 @@ class KubeClient:
         self.watches_opened += 1
         try:
             if response.status != 200:
-                raw = await response.read()
-                try:
-                    body: Any = json.loads(raw)
-                except ValueError:
-                    body = raw.decode("utf-8", "replace")
-                err = status_error(
-                    response.status,
-                    _status_message(body, f"HTTP {response.status}"),
-                    method="GET",
-                    path=res.path(namespace),
-                    body=body,
-                )
-                if isinstance(err, TooManyRequests):
-                    err.retry_after = _retry_after(response.headers)
-                raise err
-            try:
-                async for line in response.content:
-                    line = line.strip()
-                    if line:
-                        yield json.loads(line)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                raise TransportError(
-                    f"watch {res.plural}: stream broke: {type(exc).__name__}: {exc}",
-                    method="GET",
-                    url=res.path(namespace),
-                ) from None
+                raise await _status_answer(response, "GET", path)
+            async for line in _lines(response, route, client_timeout):
+                yield parse_watch_line(line, route)
         finally:
             response.release()
+
+
+#: The longest watch line taken: far above any real object (etcd refuses objects over
+#: 1.5 MiB), and a bound on what a peer that never sends a newline can make us hold.
+MAX_LINE = 16 * 1024 * 1024
+
+
+async def _lines(response: Any, route: str, silence: float) -> AsyncIterator[bytes]:
+    """The stream's non-empty lines. A silence longer than ``silence`` or a broken
+    connection is a :class:`TransportError`; an endless line a :class:`ProtocolError`."""
+    pending = b""
+    try:
+        async for chunk in response.content.iter_any():
+            if b"\n" in chunk:
+                *lines, rest = (pending + chunk).split(b"\n")
+                pending = rest
+                for line in lines:
+                    if line.strip():
+                        yield line
+            else:
+                pending += chunk
+            if len(pending) > MAX_LINE:
+                raise ProtocolError(
+                    f"{route}: a watch line longer than {MAX_LINE} bytes",
+                    route=route,
+                    excerpt=excerpt(pending[:200]),
+                )
+    except ClientError:
+        raise
+    except TimeoutError:
+        raise TransportError(
+            f"{route}: the stream was silent for more than {silence:g} s", url=route
+        ) from None
+    except Exception as exc:
+        raise TransportError(
+            f"{route}: the stream broke ({type(exc).__name__}: {clip(str(exc), 200)})", url=route
+        ) from None
+    if pending.strip():
+        yield pending
+
+
+async def _status_answer(response: Any, method: str, path: str) -> ClientError:
+    """The error for a non-2xx answer, its body read within :data:`REQUEST_TIMEOUT`."""
+    received = bytearray()
+    with anyio.move_on_after(REQUEST_TIMEOUT):
+        try:
+            async for chunk in response.content.iter_any():
+                received += chunk
+        except Exception:
+            pass
+    try:
+        body: Any = decode_json(bytes(received), f"{method} {path}")
+    except ResponseFormatError:
+        body = bytes(received).decode("utf-8", "replace")
+    err = status_error(
+        response.status,
+        clip(_status_message(body, f"HTTP {response.status}"), 300),
+        method=method,
+        path=path,
+        body=body,
+    )
+    err.retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    return err
 
 
 def _query_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
-
-
-def _retry_after(headers: Any) -> float | None:
-    try:
-        return float(headers.get("Retry-After", ""))
-    except (TypeError, ValueError):
-        return None

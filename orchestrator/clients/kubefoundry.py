@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import quote
 
+import anyio
 import httpx
 from pydantic import BaseModel, ValidationError
 
@@ -34,9 +35,12 @@ from ._errors import (
     RequestTimeout,
     ResponseFormatError,
     TransportError,
+    clip,
+    excerpt,
+    parse_retry_after,
     status_error,
 )
-from ._retry import GATEWAY_ERRORS, RetryPolicy
+from ._retry import GATEWAY_ERRORS, RetryPolicy, bounded
 from ._tls import default_context
 
 M = TypeVar("M", bound=BaseModel)
@@ -102,15 +106,31 @@ def _trim(body: Any) -> Any:
 
 
 def parse(model: type[M], body: Any, where: str) -> M:
-    """Validate ``body`` against ``model``, naming every field that is wrong."""
+    """Validate ``body`` against ``model``, naming every field that is wrong.
+
+    With :meth:`KubeFoundryClient._send_once`, the boundary of the backend's bytes:
+    what leaves the client is a model, or a :class:`ResponseFormatError`.
+    """
     try:
         return model.model_validate(body)
-    except ValidationError as exc:
+    except (ValidationError, RecursionError) as exc:
         errors = []
-        for err in exc.errors():
+        for err in exc.errors() if isinstance(exc, ValidationError) else []:
             loc = ".".join(str(p) for p in err["loc"]) or "(body)"
-            errors.append(f"{loc}: {err['msg']}")
-        raise ResponseFormatError(f"{where}: unexpected response shape", errors) from None
+            errors.append(f"{clip(loc, 80)}: {err['msg']}")
+        raise ResponseFormatError(
+            f"{where}: unexpected response shape",
+            errors[:10] + ([f"... {len(errors) - 10} more"] if len(errors) > 10 else []),
+            route=where,
+            excerpt=excerpt(_trim_text(body)),
+        ) from None
+
+
+def _trim_text(body: Any) -> str:
+    try:
+        return json.dumps(body)[:1000]
+    except (TypeError, ValueError, RecursionError):
+        return repr(body)[:1000]
 
 
 class KubeFoundryClient:
@@ -137,6 +157,9 @@ class KubeFoundryClient:
             verify=default_context(),
         )
         self.base_url = base_url.rstrip("/")
+        self._timeout = timeout
+        #: Values never quoted in an error: a peer may echo our own token back.
+        self._secrets = (token,) if token else ()
         self.retry = retry or RetryPolicy()
         self.journal = Journal()
         self._on_retry = on_retry
@@ -161,40 +184,82 @@ class KubeFoundryClient:
         params: dict[str, str] | None,
         json_body: Any,
         timeout: httpx.Timeout | None,
-    ) -> tuple[int, Any]:
+    ) -> tuple[int, Any, httpx.Headers]:
+        """One exchange, bounded as a whole: ``(status, decoded body, headers)``.
+
+        The one place the backend's bytes come in. The read timeout of ``timeout`` is
+        the deadline for the *whole* answer, body included, so a body that trickles in
+        is ended like one that never comes; the error names the route, how many bytes
+        had arrived (and a redacted excerpt) and after how long. A body that is not
+        JSON comes back as :class:`_NotJSON`, for the caller to judge by status.
+        """
         started = time.monotonic()
         at = datetime.now(UTC).isoformat(timespec="milliseconds")
         shown = path + ("?" + "&".join(f"{k}={v}" for k, v in params.items()) if params else "")
+        route = f"{method} {shown}"
         self.requests_sent += 1
+        limits = timeout or self._timeout
+        total = bounded(limits.read or DEFAULT_TIMEOUT.read or 30.0)
+        received = bytearray()
+        status: int | None = None
+        headers = httpx.Headers()
+        failure: ClientError | None = None
+        with anyio.move_on_after(total):
+            try:
+                async with self._http.stream(
+                    method, path, params=params, json=json_body, timeout=limits
+                ) as response:
+                    status, headers = response.status_code, response.headers
+                    async for chunk in response.aiter_bytes():
+                        received += chunk
+            except httpx.TimeoutException as exc:
+                failure = self._timed_out(route, started, status, received, type(exc).__name__)
+            except Exception as exc:
+                failure = TransportError(
+                    f"{route}: {type(exc).__name__}: {clip(str(exc), 200, self._secrets)}".rstrip(
+                        ": "
+                    )
+                    + (f" after {len(received)} bytes of the answer" if status else ""),
+                    method=method,
+                    url=shown,
+                )
+        if failure is None and status is None:
+            failure = self._timed_out(route, started, status, received, "")
+        if failure is not None:
+            self.journal.add(Exchange(at, method, shown, status, _ms(started), error=str(failure)))
+            raise failure
+        assert status is not None
+        body = self._decode(bytes(received))
+        self.journal.add(Exchange(at, method, shown, status, _ms(started), _trim(body)))
+        return status, body, headers
+
+    def _decode(self, raw: bytes) -> Any:
+        if not raw.strip():
+            return None
         try:
-            kwargs: dict[str, Any] = {"params": params, "json": json_body}
-            if timeout is not None:
-                kwargs["timeout"] = timeout
-            response = await self._http.request(method, path, **kwargs)
-        except httpx.TimeoutException as exc:
-            self.journal.add(
-                Exchange(at, method, shown, None, _ms(started), error=f"timeout: {exc!r}")
-            )
-            raise RequestTimeout(
-                f"{method} {shown}: no answer in time ({type(exc).__name__})",
-                method=method,
-                url=shown,
-            ) from None
-        except httpx.TransportError as exc:
-            self.journal.add(Exchange(at, method, shown, None, _ms(started), error=repr(exc)))
-            raise TransportError(
-                f"{method} {shown}: {type(exc).__name__}: {exc}".rstrip(": "),
-                method=method,
-                url=shown,
-            ) from None
-        try:
-            body: Any = response.json()
-        except ValueError as exc:
-            body = _NotJSON(response.text, str(exc))
-        self.journal.add(
-            Exchange(at, method, shown, response.status_code, _ms(started), _trim(body))
+            return json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            return _NotJSON(raw.decode("utf-8", "replace"), f"{type(exc).__name__}: {exc}")
+
+    def _timed_out(
+        self, route: str, started: float, status: int | None, received: bytearray, why: str
+    ) -> RequestTimeout:
+        elapsed = time.monotonic() - started
+        what = (
+            "no answer"
+            if status is None
+            else f"answered {status}, {len(received)} bytes of the body arrived"
+            + (f" ({excerpt(bytes(received), secrets=self._secrets)})" if received else "")
         )
-        return response.status_code, body
+        method, _, shown = route.partition(" ")
+        return RequestTimeout(
+            f"{route}: no whole answer within {elapsed:.1f} s: {what}"
+            + (f" ({why})" if why else ""),
+            method=method,
+            url=shown,
+            elapsed=elapsed,
+            received=len(received),
+        )
 
     async def request(
         self,
@@ -210,11 +275,12 @@ class KubeFoundryClient:
         """Send a request, retrying flakes; return ``(status, body)`` for an expected status.
 
         Any other status raises the matching :class:`HTTPStatusError` subclass
-        carrying the server's own message.
+        carrying the server's own message (and ``Retry-After``, which the retry
+        policy honours).
         """
 
         async def once() -> tuple[int, Any]:
-            status, body = await self._send_once(
+            status, body, headers = await self._send_once(
                 method, path, params=params, json_body=json_body, timeout=timeout
             )
             if status in expect:
@@ -222,18 +288,20 @@ class KubeFoundryClient:
                     # An answer, not a flake: a backend that sends broken JSON once will again.
                     raise ResponseFormatError(
                         f"{method} {path}: the {status} answer is not valid JSON ({body.error})",
-                        [f"(body): {str(body)[:120]!r}"],
+                        [f"(body): {excerpt(body, 120, self._secrets)}"],
+                        route=f"{method} {path}",
                     )
                 return status, body
-            retry_after = None
-            if status == 429:
-                retry_after = 1.0
-            err = status_error(
-                status, _error_message(body, f"HTTP {status}"), method=method, path=path, body=body
+            raise status_error(
+                status,
+                clip(_error_message(body, f"HTTP {status}"), 300, self._secrets),
+                method=method,
+                path=path,
+                body=body,
+                retry_after=parse_retry_after(headers.get("Retry-After"))
+                if status in (429, 503)
+                else None,
             )
-            if retry_after is not None:
-                err.retry_after = retry_after  # type: ignore[attr-defined]
-            raise err
 
         def on_retry(exc: BaseException, wait: float) -> None:
             if self._on_retry:

@@ -115,7 +115,11 @@ async def test_a_hanging_backend_is_ended_by_the_phase_timeout(sandbox, tmp_path
     assert result.code == 1, result.stdout + result.stderr
     failure = result.status_of("Wait Ready")
     assert failure["status"] == "failure"
-    assert "timed out after 3.0 s (phase timeout 3 s" in failure["message"], failure["message"]
+    # The request's own deadline ends just before the phase's, so the reason names the
+    # route that hung and what had arrived, not only the phase.
+    message = failure["message"]
+    assert "GET /api/deployments/integration-test-llama" in message, message
+    assert "no whole answer within" in message and "no answer" in message, message
     assert result.status_of("Cleanup")["status"] == "passed"
     assert result.run_json()["budget_total"] == 600  # the whole budget was never at stake
     assert result.seconds < 20
