@@ -33,7 +33,7 @@ whole again, so that a waiter can ask its authority more often meanwhile.
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -194,7 +194,7 @@ async def watch(
     on_note: Callable[[str], None] | None = None,
     on_synced: Callable[[], None] | None = None,
     on_impaired: Callable[[str | None], None] | None = None,
-) -> AsyncIterator[WatchEvent]:
+) -> AsyncGenerator[WatchEvent, None]:
     """Yield every change to the matching objects, starting with those that exist now.
 
     Runs until the caller stops iterating (or cancels): the deadline belongs to
