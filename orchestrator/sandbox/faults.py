@@ -41,16 +41,33 @@ RouteName = Literal[
 
 
 class Delays(BaseModel):
-    """Seconds the stand-ins wait before each step, small so that a whole flow takes seconds."""
+    """Seconds the stand-ins wait before each step, small so that a whole flow takes seconds.
+
+    Each is above zero by default so that the flow walks the same waits as against a real
+    cluster (the install answer comes before the operator runs; a Workspace being deleted
+    stays visible for a moment), only shorter. The real figures are in each description.
+    """
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    operator_start: float = Field(
+        0.5,
+        ge=0,
+        description="install answered -> KAITO operator pod Running (a real install: about "
+        "8 s after the answer, which itself takes about 4 s)",
+    )
     resource: float = Field(
         0.2, ge=0, description="Workspace seen -> ResourceReady, pod and services"
     )
     pod_start: float = Field(0.3, ge=0, description="pod created -> Running (fake-kubelet/delay)")
     inference_ready: float = Field(
         0.2, ge=0, description="pod Running and model up -> InferenceReady"
+    )
+    finalize: float = Field(
+        0.2,
+        ge=0,
+        description="Workspace deleted -> its children torn down and the finalizer released; "
+        "meanwhile it reports WorkspaceDeleting=True and keeps its phase (seconds in a cluster)",
     )
 
 

@@ -6,7 +6,7 @@ moves the ResourceReady / InferenceReady / WorkspaceSucceeded conditions (with K
 own reason and message strings), then tears everything down before releasing the
 finalizer on deletion. The pod "runs" on the fake kubelet; the model behind the Service
 is a real llama.cpp server reached through the model front (``fake-kubelet/proxy-to``).
-It reconciles only while an operator pod exists, as the real operator would.
+It reconciles only while an operator pod is Running, as the real operator would.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 
 from ._kube import JSON, Gone, Kube, KubeError, backoff
+from ._kubefoundry.installation import OPERATOR_HOLD
 from .faults import SandboxState
 from .models import ModelFleet, served_name_for_image
 
@@ -81,6 +82,8 @@ class KaitoController:
         self.state = state
         self._workers: dict[tuple[str, str], _Worker] = {}
         self._operator_pods: set[str] = set()
+        #: Operator pods held in ContainerCreating by the install, each released by a task.
+        self._operator_starts: dict[str, asyncio.Task[None]] = {}
         self._operator_present = asyncio.Event()
         self._operator_absent = asyncio.Event()
         self._operator_absent.set()
@@ -110,6 +113,7 @@ class KaitoController:
         finally:
             operator_watch.cancel()
             await asyncio.gather(operator_watch, return_exceptions=True)
+            await _cancel(*self._operator_starts.values())
             await self._stop_workers()
             if self._probes is not None:
                 await self._probes.close()
@@ -123,7 +127,11 @@ class KaitoController:
         while True:
             try:
                 listing = await self.kube.get(collection, query)
-                self._operator_pods = {p["metadata"]["name"] for p in listing.get("items", [])}
+                for p in listing.get("items", []):
+                    self._release_later(p)
+                self._operator_pods = {
+                    p["metadata"]["name"] for p in listing.get("items", []) if _running(p)
+                }
                 self._operator_changed()
                 rv = listing["metadata"].get("resourceVersion")
                 attempt = 0
@@ -131,9 +139,11 @@ class KaitoController:
                     async for event in self.kube.watch(collection, query, rv):
                         rv = event["object"].get("metadata", {}).get("resourceVersion", rv)
                         pod = event["object"]["metadata"].get("name")
-                        if event["type"] in ("ADDED", "MODIFIED"):
+                        if event["type"] != "DELETED":
+                            self._release_later(event["object"])
+                        if event["type"] in ("ADDED", "MODIFIED") and _running(event["object"]):
                             self._operator_pods.add(pod)
-                        elif event["type"] == "DELETED":
+                        elif event["type"] in ("ADDED", "MODIFIED", "DELETED"):
                             self._operator_pods.discard(pod)
                         self._operator_changed()
             except Gone:
@@ -144,6 +154,48 @@ class KaitoController:
                 log.debug("operator watch: %s", exc)
             await asyncio.sleep(backoff(attempt))
             attempt += 1
+
+    def _release_later(self, pod: JSON) -> None:
+        """Start the operator pod ``delays.operator_start`` seconds after the install made it."""
+        meta = pod.get("metadata", {})
+        uid = meta.get("uid", "")
+        if OPERATOR_HOLD not in (meta.get("annotations") or {}) or uid in self._operator_starts:
+            return
+        self._operator_starts[uid] = asyncio.create_task(
+            self._release(meta["namespace"], meta["name"], "operator_start", time.monotonic()),
+            name=f"operator start {meta['name']}",
+        )
+
+    async def _release(
+        self, namespace: str, name: str, delay: str, since: float, pulled: str | None = None
+    ) -> None:
+        """After ``delays.<delay>``, let the kubelet start a pod held in ContainerCreating.
+
+        A hold rather than the kubelet's own delay annotation, because the knob is then
+        live: a test can hold a pod and let it go. With ``pulled`` (an image), the wait is
+        the image pull, reported in the kubelet's words, as a cold node reports it.
+        """
+        await self.state.wait_delay(delay, since)
+        path = f"/api/v1/namespaces/{namespace}/pods/{name}"
+        release = {
+            k: None for k in (OPERATOR_HOLD, "fake-kubelet/phase", "fake-kubelet/waiting-reason")
+        }
+        try:
+            if pulled is not None:
+                pod = await self.kube.get(path)
+                took = _go_duration(time.monotonic() - since)
+                await self._event(
+                    pod,
+                    "Pulled",
+                    f'Successfully pulled image "{pulled}" in {took} ({took} including '
+                    "waiting). Image size: 1325400000 bytes.",
+                    "Normal",
+                )
+            await self.kube.merge_patch(path, {"metadata": {"annotations": release}})
+        except KubeError as exc:
+            log.debug("releasing pod %s/%s: %s", namespace, name, exc)
+            return
+        self.state.record(namespace, name, "pod released")
 
     def _operator_changed(self) -> None:
         if self._operator_pods:
@@ -269,6 +321,7 @@ class KaitoController:
             if not broken:
                 alias = served_name_for_image(container["image"]) or name
                 self.fleet.ensure(namespace, name, alias)
+            created = time.monotonic()
             await self._create_children(
                 namespace, name, container, faults.image_pull_error, faults.crash_loop
             )
@@ -276,6 +329,7 @@ class KaitoController:
             if broken:
                 await self._break_pod(namespace, name, container["image"], faults.crash_loop)
                 return
+            await self._release(namespace, f"{name}-0", "pod_start", created, container["image"])
             pod = await self._wait_pod(
                 namespace, f"{name}-0", lambda p: p.get("status", {}).get("phase") == "Running"
             )
@@ -310,6 +364,9 @@ class KaitoController:
             await self._set_conditions(namespace, name, ["WorkspaceDeleting"])
         except KubeError:
             pass
+        # KAITO keeps the other conditions while it tears down, so the backend still says
+        # Running (with WorkspaceDeleting=True) until the Workspace is gone.
+        await self.state.wait_delay("finalize", time.monotonic())
         if self.state.faults.stuck_delete:
             self.state.record(namespace, name, "finalizer kept (stuck_delete)")
             await self.state.until(lambda f: not f.stuck_delete)
@@ -398,21 +455,26 @@ class KaitoController:
         crash_loop: bool = False,
     ) -> None:
         selector = {"kaito.sh/workspace": name}
-        annotations = {"fake-kubelet/delay": _go_duration(self.state.faults.delays.pod_start)}
         if image_pull_error:
-            annotations.update(
-                {"fake-kubelet/phase": "Pending", "fake-kubelet/waiting-reason": "ErrImagePull"}
-            )
+            annotations = {
+                "fake-kubelet/phase": "Pending",
+                "fake-kubelet/waiting-reason": "ErrImagePull",
+            }
         elif crash_loop:
-            annotations.update(
-                {
-                    "fake-kubelet/phase": "Pending",
-                    "fake-kubelet/waiting-reason": "CrashLoopBackOff",
-                    "fake-kubelet/log": CRASH_LINE,
-                }
-            )
+            annotations = {
+                "fake-kubelet/phase": "Pending",
+                "fake-kubelet/waiting-reason": "CrashLoopBackOff",
+                "fake-kubelet/log": CRASH_LINE,
+            }
+        else:
+            # Held in ContainerCreating (the image pull) until ``_release`` lets it start.
+            annotations = {
+                "fake-kubelet/phase": "Pending",
+                "fake-kubelet/waiting-reason": "ContainerCreating",
+                OPERATOR_HOLD: "delays.pod_start",
+            }
         pod_name = f"{name}-0"
-        await self.kube.create(
+        pod = await self.kube.create(
             f"/api/v1/namespaces/{namespace}/pods",
             {
                 "apiVersion": "v1",
@@ -430,6 +492,8 @@ class KaitoController:
                 "spec": {"containers": [container]},
             },
         )
+        if pod is not None and not (image_pull_error or crash_loop):
+            await self._event(pod, "Pulling", f'Pulling image "{container["image"]}"', "Normal")
 
     async def _keep_pod(self, namespace: str, name: str, container: JSON) -> None:
         """Bring the model pod back whenever it is deleted, as the StatefulSet under a KAITO
@@ -443,8 +507,10 @@ class KaitoController:
             except TimeoutError:
                 continue
             self.state.record(namespace, name, "pod deleted")
+            created = time.monotonic()
             await self._create_pod(namespace, name, container)
             self.state.record(namespace, name, "pod recreated")
+            await self._release(namespace, pod_name, "pod_start", created, container["image"])
             await self._wait_pod(
                 namespace, pod_name, lambda p: p.get("status", {}).get("phase") == "Running"
             )
@@ -505,7 +571,7 @@ class KaitoController:
             )
             await self._event(pod, "Failed", "Error: ErrImagePull")
 
-    async def _event(self, pod: JSON, reason: str, message: str) -> None:
+    async def _event(self, pod: JSON, reason: str, message: str, type_: str = "Warning") -> None:
         meta = pod["metadata"]
         now = _now()
         try:
@@ -528,7 +594,7 @@ class KaitoController:
                     },
                     "reason": reason,
                     "message": message,
-                    "type": "Warning",
+                    "type": type_,
                     "count": 1,
                     "source": {
                         "component": "kubelet",
@@ -621,6 +687,13 @@ def _model_container(obj: JSON) -> JSON:
         if key in source:
             container[key] = source[key]
     return container
+
+
+def _running(pod: JSON) -> bool:
+    return bool(
+        pod.get("status", {}).get("phase") == "Running"
+        and not pod.get("metadata", {}).get("deletionTimestamp")
+    )
 
 
 def _waiting_reason(pod: JSON) -> str | None:

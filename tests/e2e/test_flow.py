@@ -38,6 +38,12 @@ async def test_passing_flow(sandbox, tmp_path: Path) -> None:
     assert not (result.artifacts / "diagnostics").exists()
     assert await leftovers(sandbox) == []
     assert result.seconds < 60
+    # The install answer came before the operator ran, as on a real cluster: the flow
+    # had to wait for it, and did.
+    log = "\n".join(record["log"])
+    assert "install started: KAITO installation started" in log, log
+    answered = next(e for e in sandbox.timeline if e.event == "pod released")
+    assert answered.namespace == "kaito-workspace" and answered.name.startswith("kaito-workspace-")
 
 
 @pytest.mark.parametrize("faults", [Faults(install_fails=True)])

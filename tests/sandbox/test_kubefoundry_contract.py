@@ -21,18 +21,21 @@ from _fixtures import (  # noqa: F401 - fixtures are used by name
     NS,
     WS_COLLECTION,
     call,
+    condition,
     gone,
     kube_backend,
     make_sandbox,
     pod_phase,
     running_workspace,
     wait_for,
+    waiting_reason,
 )
 
 from orchestrator.sandbox import Delays, Faults
 
 pytestmark = pytest.mark.anyio
 
+STATUS_FLAGS = ("installed", "crdFound", "operatorRunning")
 # Values that depend on the rig (time, cluster, helm stand-in, generated names): type only.
 RIG_VALUES = [
     "timestamp",
@@ -160,7 +163,11 @@ async def _operator_pod(kube: Any) -> str:
 @pytest.mark.model
 async def test_replay_the_recorded_kaito_flow(make_sandbox) -> None:
     directory = _contract_dir()
-    hold = Faults(delays=Delays(resource=3600, pod_start=0.1, inference_ready=3600))
+    hold = Faults(
+        delays=Delays(
+            operator_start=3600, resource=3600, pod_start=0.1, inference_ready=3600, finalize=3600
+        )
+    )
     async with make_sandbox(faults=hold) as (sandbox, api, kube):
         replayer = Replayer(directory, api)
         for name in [
@@ -171,6 +178,17 @@ async def test_replay_the_recorded_kaito_flow(make_sandbox) -> None:
         ]:
             await replayer.replay(name)
         installed = await replayer.replay("05-kaito-install.json")
+        # As the real backend answers on a cluster (helm runs without --wait): the CRDs
+        # are there, the operator is not Running yet, and so not installed.
+        assert installed["installing"] is True
+        assert {k: installed["installationStatus"][k] for k in STATUS_FLAGS} == {
+            "installed": False,
+            "crdFound": True,
+            "operatorRunning": False,
+        }
+        assert "installation started" in installed["message"]
+        status, body = await call(api, "GET", "/api/installation/providers/kaito/status")
+        assert (status, body["installed"], body["operatorRunning"]) == (200, False, False)
         steps = [r["step"] for r in installed["results"]]
         recorded = json.loads((directory / "05-kaito-install.json").read_text())["responseBody"][
             "results"
@@ -182,13 +200,24 @@ async def test_replay_the_recorded_kaito_flow(make_sandbox) -> None:
         )
 
         operator = await _operator_pod(kube)
+        sandbox.update_faults({"delays": {"operator_start": 0}})
         await wait_for(kube, f"/api/v1/namespaces/{NS}/pods", operator, pod_phase("Running"))
         await wait_for(kube, WS_COLLECTION, "no-such-workspace", lambda _: True)
         for name in sorted(os.listdir(directory)):
             if "06" <= name[:2] <= "29":
                 await replayer.replay(name)
 
-        sandbox.update_faults({"delays": {"resource": 0}})
+        # Right after create the pod exists but its container is being created: the real
+        # backend answers the logs route 500 (the API server refuses a waiting container).
+        sandbox.update_faults({"delays": {"resource": 0, "pod_start": 3600}})
+        await wait_for(
+            kube, f"/api/v1/namespaces/{NS}/pods", f"{NAME}-0", waiting_reason("ContainerCreating")
+        )
+        status, body = await call(api, "GET", f"/api/deployments/{NAME}/logs?namespace={NS}")
+        assert status == 500, body
+        assert body["error"]["message"].startswith(f"Failed to get logs for pod {NAME}-0"), body
+        assert "ContainerCreating" in body["error"]["message"]
+        sandbox.update_faults({"delays": {"pod_start": 0}})
         await wait_for(kube, f"/api/v1/namespaces/{NS}/pods", f"{NAME}-0", pod_phase("Running"))
         await wait_for(
             kube,
@@ -211,6 +240,17 @@ async def test_replay_the_recorded_kaito_flow(make_sandbox) -> None:
             if "33" <= name[:2] <= "41":
                 await replayer.replay(name)
 
+        # While KAITO tears it down, the Workspace keeps its conditions: the backend still
+        # says Running, with WorkspaceDeleting=True beside them, until it is gone.
+        await wait_for(
+            kube, WS_COLLECTION, NAME, lambda ws: condition(ws, "WorkspaceDeleting") == "True"
+        )
+        status, body = await call(api, "GET", f"/api/deployments/{NAME}?namespace={NS}")
+        assert (status, body["phase"]) == (200, "Running"), body
+        assert {"type": "WorkspaceDeleting", "status": "True"}.items() <= next(
+            c for c in body["conditions"] if c["type"] == "WorkspaceDeleting"
+        ).items()
+        sandbox.update_faults({"delays": {"finalize": 0}})
         await wait_for(kube, WS_COLLECTION, NAME, gone)
         for name in sorted(os.listdir(directory)):
             if "42" <= name[:2] <= "47":

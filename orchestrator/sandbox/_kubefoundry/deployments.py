@@ -3,7 +3,9 @@
 The rules are the real backend's (v0.2), including its surprises, because the
 orchestrator must cope with them: unknown provider and malformed JSON are 500s, a GET
 turns every failure into 404, and the phase is Running only when WorkspaceSucceeded and
-InferenceReady are both True (Pending otherwise, even while being deleted).
+InferenceReady are both True, Pending otherwise; a Workspace being deleted keeps the phase
+its conditions give (Running, beside WorkspaceDeleting=True, when it was ready). Logs of a
+pod whose container has not started are a 500, as the Kubernetes API refuses them.
 """
 
 from __future__ import annotations
@@ -439,7 +441,7 @@ async def logs(request: web.Request) -> web.Response:
             f"/api/v1/namespaces/{namespace}/pods/{pod_name}/log", query
         )
     except KubeError as exc:
-        raise ApiError(500, f"Failed to get logs: {exc.message}") from None
+        raise ApiError(500, f"Failed to get logs for pod {pod_name}: {exc.message}") from None
     return web.json_response({"logs": text, "podName": pod_name})
 
 

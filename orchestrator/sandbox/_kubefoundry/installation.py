@@ -260,12 +260,18 @@ async def _install_provider(request: web.Request) -> web.Response:
             "NAMESPACE: kaito-workspace\nSTATUS: deployed\nREVISION: 1\nTEST SUITE: None\n",
         )
     )
+    # Helm runs without --wait, so the answer usually comes before the operator pod runs:
+    # installed false, and the flow has to wait. ``installing`` is ``!installed``.
+    status = await kaito_status(kube)
+    installed = bool(status["installed"])
     return web.json_response(
         {
             "success": True,
-            "message": "KAITO installation started. The operator is being deployed - check status for progress.",
-            "installing": True,
-            "installationStatus": await kaito_status(kube),
+            "message": "KAITO installed successfully"
+            if installed
+            else "KAITO installation started. The operator is being deployed - check status for progress.",
+            "installing": not installed,
+            "installationStatus": status,
             "results": results,
         }
     )
@@ -302,8 +308,20 @@ async def _apply_crd(kube: Kube, doc: JSON) -> str:
     return f"customresourcedefinition.apiextensions.k8s.io/{name} configured\n"
 
 
+#: Marks an operator pod that the KAITO stand-in starts ``delays.operator_start`` seconds
+#: after it sees it: until then the kubelet holds it in ContainerCreating.
+OPERATOR_HOLD = "sandbox.orchestrator/start-after"
+
+
 async def _install_operator(kube: Kube) -> None:
-    """What the chart leaves behind that KubeFoundry looks at: namespace, release Secret, operator pod."""
+    """What the chart leaves behind that KubeFoundry looks at: namespace, release Secret, operator pod.
+
+    The pod is held in ContainerCreating and released by the cluster side of the sandbox
+    (``OPERATOR_HOLD``), as on a real cluster, where the install answer comes first and the
+    operator runs seconds later. The hold is a delay knob read while it runs, so a test can
+    keep the operator from starting and then let it go, and a backend restart does not stop
+    it from starting.
+    """
     ns = OPERATOR_NAMESPACE
     await kube.create(
         "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
@@ -345,6 +363,11 @@ async def _install_operator(kube: Kube) -> None:
                 "name": f"kaito-workspace-{pod_hash}-{suffix}",
                 "namespace": ns,
                 "labels": labels,
+                "annotations": {
+                    "fake-kubelet/phase": "Pending",
+                    "fake-kubelet/waiting-reason": "ContainerCreating",
+                    OPERATOR_HOLD: "delays.operator_start",
+                },
             },
             "spec": {
                 "containers": [
