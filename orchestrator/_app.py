@@ -25,6 +25,7 @@ import os
 import secrets
 import shlex
 import signal
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -37,6 +38,8 @@ from rich.console import Console
 from .clients import InferenceClient, InferenceRoute, KubeClient, KubeFoundryClient, WatchHub
 from .config import Settings, Target
 from .engine import (
+    EXIT_REPORTS,
+    RUN_JSON,
     Budget,
     ConsoleReporter,
     GitHubReporter,
@@ -45,9 +48,13 @@ from .engine import (
     PhaseContext,
     PhaseRecord,
     Reporter,
+    ReportProblem,
     Runner,
     RunRecord,
     RunsView,
+    clear_reports,
+    describe_os_error,
+    discard,
     print_runs,
     wants_live,
 )
@@ -178,7 +185,9 @@ async def _run(
 ) -> int:
     console = Console()
     artifacts = Path(settings.artifacts_dir)
-    artifacts.mkdir(parents=True, exist_ok=True)
+    unusable = _prepare_reports(artifacts)
+    if unusable:
+        return _reports_failed(unusable, EXIT_REPORTS)
     junit_path = artifacts / "junit.xml"
     junit = JUnitReporter(junit_path)
     extra: list[Reporter] = [GitHubReporter()] if os.environ.get("GITHUB_ACTIONS") == "true" else []
@@ -284,7 +293,7 @@ async def _run(
                     reserve,
                     cleanup_cap,
                 )
-            return _worst_exit(records)
+            return _check_reports(_worst_exit(records), junit, runners, console)
     except _ConfigProblem as exc:
         from .cli import report_config_error
 
@@ -293,6 +302,60 @@ async def _run(
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+def _prepare_reports(artifacts: Path) -> list[ReportProblem]:
+    """Make the artifacts dir and remove the previous run's reports.
+
+    From here until this run writes its own, there is no verdict on disk rather than an
+    old one: a CI step that reads junit.xml after a crash must not find "passed".
+    """
+    try:
+        artifacts.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return [ReportProblem(artifacts, describe_os_error(exc))]
+    return clear_reports(artifacts)
+
+
+def _reports_failed(problems: Sequence[ReportProblem], code: int) -> int:
+    """Say on stderr which reports are missing and why; the exit code says it too."""
+    print("orchestrator: reports not written:", file=sys.stderr)
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+    print(
+        "  a CI step cannot see this run's verdict: make the directory writable or choose "
+        "another with --artifacts-dir (env ORCHESTRATOR_ARTIFACTS_DIR)",
+        file=sys.stderr,
+    )
+    # A signal's code or a usage error stays; a passed or failed run becomes "no report".
+    return EXIT_REPORTS if code in (0, 1) else code
+
+
+def _check_reports(
+    code: int, junit: JUnitReporter, runners: Sequence[Runner], console: Console
+) -> int:
+    """Write junit.xml a last time, check every run.json, and name only files that exist."""
+    problems: list[ReportProblem] = []
+    try:
+        junit.flush()
+    except OSError as exc:
+        discard(junit.path)
+        problems.append(ReportProblem(junit.path, describe_os_error(exc)))
+    for runner in runners:
+        problems += runner.report_problems
+    if problems:
+        return _reports_failed(problems, code)
+    run_jsons = [runner.artifacts_dir / RUN_JSON for runner in runners]
+    named = [str(p) for p in run_jsons[:2]]
+    if len(run_jsons) > 2:
+        named = [f"{junit.path.parent}/*/{RUN_JSON} ({len(run_jsons)} runs)"]
+    console.print(
+        f"Reports: {junit.path}, {', '.join(named)}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    return code
 
 
 class _ConfigProblem(Exception):
@@ -381,7 +444,7 @@ async def _run_flows(
             )
             for flow in flows:
                 shown: Reporter = board or ConsoleReporter(
-                    console, live=None if live else False, junit_path=junit.path, prefix=multi
+                    console, live=None if live else False, prefix=multi
                 )
                 reporters: list[Reporter] = [shown, junit, *extra]
                 runner = Runner(

@@ -1,7 +1,8 @@
 """``python -m orchestrator``: wire configuration, clients, a flow and the engine.
 
 Exit codes: 0 passed, 1 the flow failed (a failed cleanup included), 2 usage or
-configuration error, 130 interrupted by Ctrl-C, 143 by SIGTERM. Bad input gets
+configuration error, 3 a report could not be written, 130 interrupted by Ctrl-C, 143 by
+SIGTERM. Bad input gets
 one clear message per problem and never a traceback.
 
 Heavy imports (the Kubernetes client, the sandbox) happen inside the commands
@@ -292,19 +293,22 @@ def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int
 
 
 def report_config_error(problems: Sequence[str], artifacts_dir: str | None) -> None:
-    """Say what is wrong, and leave a JUnit report saying it too: a CI job whose
-    configuration is broken should show why in its test report, not a missing file."""
+    """Say what is wrong, and leave reports saying it too: a CI job whose configuration
+    is broken should show why in its test report, not a missing file, and never the
+    previous run's verdict (junit.xml and run.json are both rewritten, or removed)."""
     print("orchestrator: configuration error:", file=sys.stderr)
     for problem in problems:
         print(f"  {problem}", file=sys.stderr)
     target = Path(artifacts_dir or os.environ.get("ORCHESTRATOR_ARTIFACTS_DIR") or "test-results")
     try:
-        from .engine import write_error_junit
+        from .engine import write_error_reports
 
-        target.mkdir(parents=True, exist_ok=True)
-        write_error_junit(target / "junit.xml", "kaito", "; ".join(problems))
-    except (OSError, ValueError) as exc:
-        print(f"orchestrator: (no JUnit report written: {exc})", file=sys.stderr)
+        unwritten = write_error_reports(target, "kaito", "; ".join(problems))
+    except ValueError as exc:
+        print(f"orchestrator: (no reports written: {exc})", file=sys.stderr)
+        return
+    for problem in unwritten:
+        print(f"orchestrator: report not written: {problem}", file=sys.stderr)
 
 
 def _history(ns: argparse.Namespace) -> int:

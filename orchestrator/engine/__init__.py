@@ -24,9 +24,27 @@ from ._machine import RunMachine, machine_mermaid
 from ._phase import Flow, Phase, PhaseContext, PhaseFailed
 from ._record import Outcome, PhaseKind, PhaseRecord, PhaseStatus, RunRecord
 from ._reporter import Reporter
+from ._reports import (
+    EXIT_REPORTS,
+    REPORT_FILES,
+    RUN_JSON,
+    ReportProblem,
+    clear_reports,
+    describe_os_error,
+    discard,
+    write_error_reports,
+)
 from ._runner import CleanupPolicy, Runner
 
 __all__ = [
+    "EXIT_REPORTS",
+    "REPORT_FILES",
+    "RUN_JSON",
+    "describe_os_error",
+    "discard",
+    "ReportProblem",
+    "clear_reports",
+    "write_error_reports",
     "Budget",
     "CleanupPolicy",
     "ConsoleReporter",

@@ -151,6 +151,21 @@ def _suite_xml(record: RunRecord) -> tuple[str, dict[str, int]]:
     return "  " + ET.tostring(holder[0], encoding="unicode").rstrip() + "\n", counts
 
 
+def wall_time(records: Sequence[RunRecord]) -> float:
+    """Seconds from the first run's start to the last run's end: what the job took.
+
+    Runs of one invocation overlap (``--parallel``), so the sum of their times says
+    nothing about how long anyone waited. Runs still going count up to now; records
+    without timestamps (built by hand) fall back to their own time.
+    """
+    spans = [(r.started_at, r.ended_at or utcnow()) for r in records if r.started_at is not None]
+    if not spans:
+        return max((r.time_spent or 0.0 for r in records), default=0.0)
+    return max(
+        0.0, (max(end for _, end in spans) - min(start for start, _ in spans)).total_seconds()
+    )
+
+
 def _document(records: Sequence[RunRecord], suites: Sequence[tuple[str, dict[str, int]]]) -> str:
     totals = {
         key: sum(counts[key] for _, counts in suites)
@@ -164,7 +179,7 @@ def _document(records: Sequence[RunRecord], suites: Sequence[tuple[str, dict[str
             "failures": str(totals["failure"]),
             "errors": str(totals["error"]),
             "skipped": str(totals["skipped"]),
-            "time": _seconds(sum(r.time_spent or 0.0 for r in records)),
+            "time": _seconds(wall_time(records)),
         },
     )
     if not suites:
@@ -192,16 +207,14 @@ def write_junit(records: Sequence[RunRecord], path: str | os.PathLike[str]) -> P
     return atomic_write_text(path, junit_xml(records))
 
 
-def write_error_junit(
-    path: str | os.PathLike[str],
+def error_record(
     suite: str,
     message: str,
     *,
     title: str = "Configuration",
     properties: dict[str, str] | None = None,
-) -> Path:
-    """A JUnit file for a run that never started (bad configuration, unusable
-    cluster): CI then shows why, instead of a missing report."""
+) -> RunRecord:
+    """The record of a run that never started (bad configuration, unusable cluster)."""
     now = utcnow()
     step = PhaseRecord(
         name="configuration",
@@ -225,6 +238,20 @@ def write_error_junit(
     record.cleanup.status = "skipped"
     record.cleanup.reason = "the run did not start"
     record.append_log(message)
+    return record
+
+
+def write_error_junit(
+    path: str | os.PathLike[str],
+    suite: str,
+    message: str,
+    *,
+    title: str = "Configuration",
+    properties: dict[str, str] | None = None,
+) -> Path:
+    """A JUnit file for a run that never started (bad configuration, unusable
+    cluster): CI then shows why, instead of a missing report."""
+    record = error_record(suite, message, title=title, properties=properties)
     return write_junit([record], path)
 
 
@@ -252,6 +279,9 @@ class JUnitReporter:
         self._dirty: set[int] = set()
         self._clock = clock
         self._last: float | None = None
+        #: Why the latest write failed (None once a write succeeds): the app turns it
+        #: into a failed verdict, since CI cannot see a report that is not there.
+        self.error: OSError | None = None
 
     def _write(self, record: RunRecord, *, force: bool = False) -> None:
         key = id(record)
@@ -270,7 +300,15 @@ class JUnitReporter:
             self._xml[key] = _suite_xml(self._records[key])
         self._dirty.clear()
         records = list(self._records.values())
-        return atomic_write_text(self.path, _document(records, [self._xml[id(r)] for r in records]))
+        try:
+            written = atomic_write_text(
+                self.path, _document(records, [self._xml[id(r)] for r in records])
+            )
+        except OSError as exc:
+            self.error = exc
+            raise
+        self.error = None
+        return written
 
     def run_started(self, record: RunRecord) -> None:
         # The first run writes at once (the file exists from the start); runs that join a

@@ -7,7 +7,6 @@ Interrupts cancel that scope, never a trigger.
 
 from __future__ import annotations
 
-import json
 import os
 import traceback
 from collections.abc import Awaitable, Callable, Iterable
@@ -16,12 +15,12 @@ from typing import Literal, get_args
 
 import anyio
 
-from ._atomic import atomic_write_text
 from ._budget import Budget
 from ._machine import DIAGNOSE, RunMachine
 from ._phase import Flow, Phase, PhaseContext, PhaseFailed
 from ._record import PhaseRecord, RunRecord, utcnow
 from ._reporter import FanOut, Reporter
+from ._reports import RUN_JSON, ReportProblem, describe_os_error, discard, write_run_json
 
 CleanupPolicy = Literal["always", "on-success", "never"]
 Stage = Literal["idle", "main", "diagnose", "cleanup", "done"]
@@ -31,7 +30,6 @@ Stage = Literal["idle", "main", "diagnose", "cleanup", "done"]
 #: Ctrl-C, so only a third gives up on deleting what the run created.
 ABANDON_CLEANUP_AFTER = 3
 DETAIL_MAX_CHARS = 16_000
-RUN_JSON = "run.json"
 
 
 class Runner:
@@ -80,6 +78,8 @@ class Runner:
         self._interrupts = 0
         self._t0: float | None = None
         self._ran = False
+        #: Report files this runner could not write (run.json): empty when all is well.
+        self.report_problems: list[ReportProblem] = []
 
     @property
     def state(self) -> str:
@@ -135,7 +135,12 @@ class Runner:
                 f"({self.budget.reserve:g} s reserved), cleanup policy {self.cleanup_policy}"
             )
             self._reporters.run_started(record)
-            self.artifacts_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.artifacts_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                # The flow can still run (and clean up); only its files are lost, which
+                # the missing run.json reports.
+                self._log(f"artifacts dir {self.artifacts_dir}: {describe_os_error(exc)}")
             await self._main_path()
             self._skip_unreached()
             await self._diagnose()
@@ -401,12 +406,15 @@ class Runner:
         return f"run {record.suite} {record.outcome} (exit code {record.exit_code})"
 
     def _write_run_json(self) -> None:
+        path = self.artifacts_dir / RUN_JSON
         try:
-            atomic_write_text(
-                self.artifacts_dir / RUN_JSON, json.dumps(self.record.to_dict(), indent=2) + "\n"
-            )
+            write_run_json(self.record, path)
         except OSError as exc:
-            self._log(f"could not write {RUN_JSON}: {_one_line(exc)}")
+            # Never leave an earlier run's verdict in its place; the caller decides
+            # what a missing report means (the app fails the run: EXIT_REPORTS).
+            discard(path)
+            self.report_problems.append(ReportProblem(path, describe_os_error(exc)))
+            self._log(f"could not write {path}: {describe_os_error(exc)}")
 
 
 def _describe(error: BaseException) -> tuple[str, str | None]:

@@ -202,12 +202,35 @@ def test_several_suites_go_into_one_file(tmp_path: Path) -> None:
     path = write_junit([first, second], tmp_path / "out" / "junit.xml")
     root = parse(path)
     assert [s.attrib["name"] for s in root.findall("testsuite")] == ["kaito", "other"]
+    # Records without timestamps: the longest run stands for the wall time.
     assert (root.attrib["tests"], root.attrib["failures"], root.attrib["time"]) == (
         "4",
         "1",
-        "3.500",
+        "2.000",
     )
     assert [p.name for p in path.parent.iterdir()] == ["junit.xml"]  # no temp files left
+
+
+def test_the_total_time_is_the_wall_time_of_runs_that_overlap(tmp_path: Path) -> None:
+    """Five flows of 19 s each, side by side, took 19 s, not 95 s: CI shows the total as
+    the job's duration."""
+    from datetime import UTC, datetime, timedelta
+
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    records = [
+        RunRecord(
+            suite=f"kaito-{i}",
+            phases=[PhaseRecord(name="a", title="A", status="passed")],
+            outcome="passed",
+            started_at=start + timedelta(seconds=i * 0.25),
+            ended_at=start + timedelta(seconds=i * 0.25 + 19),
+            time_spent=19.0,
+        )
+        for i in range(5)
+    ]
+    root = parse(write_junit(records, tmp_path / "junit.xml"))
+    assert root.attrib["time"] == "20.000"
+    assert [s.attrib["time"] for s in root.findall("testsuite")] == ["19.000"] * 5
 
 
 def test_a_configuration_error_still_produces_a_report(tmp_path: Path) -> None:

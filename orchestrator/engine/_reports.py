@@ -1,0 +1,96 @@
+"""The report files as part of the verdict.
+
+CI decides from junit.xml and a person from run.json, so a stale file from an earlier
+run is worse than none: it states a verdict about something that did not happen. A
+run therefore removes the previous run's reports before it starts, writes new ones on
+every exit path, and when a report cannot be written, says so and fails
+(:data:`EXIT_REPORTS`) instead of naming a file that is not there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ._atomic import atomic_write_text
+from ._junit import error_record, write_junit
+from ._record import RunRecord
+
+JUNIT_XML = "junit.xml"
+RUN_JSON = "run.json"
+#: Every file that states a verdict, in the artifacts dir.
+REPORT_FILES = (JUNIT_XML, RUN_JSON)
+#: The exit code of a run whose reports could not be written (a run interrupted by a
+#: signal, or stopped by bad input, keeps its own code: 130/143, 2).
+EXIT_REPORTS = 3
+
+
+@dataclass(frozen=True)
+class ReportProblem:
+    """A report file that could not be written, and why."""
+
+    path: Path
+    error: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.error}"
+
+
+def describe_os_error(exc: OSError) -> str:
+    """ "Permission denied", "No space left on device": what a person can act on."""
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def clear_reports(artifacts_dir: str | os.PathLike[str]) -> list[ReportProblem]:
+    """Remove the previous run's report files; the ones that cannot be removed are returned."""
+    problems = []
+    for name in REPORT_FILES:
+        path = Path(artifacts_dir) / name
+        try:
+            path.unlink(missing_ok=True)
+        except IsADirectoryError:
+            problems.append(ReportProblem(path, "is a directory"))
+        except OSError as exc:
+            problems.append(ReportProblem(path, describe_os_error(exc)))
+    return problems
+
+
+def discard(path: Path) -> None:
+    """Remove a report that could not be rewritten, so no stale verdict survives."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def write_run_json(record: RunRecord, path: str | os.PathLike[str]) -> Path:
+    """``record`` as run.json, atomically."""
+    return atomic_write_text(path, json.dumps(record.to_dict(), indent=2) + "\n")
+
+
+def write_error_reports(
+    artifacts_dir: str | os.PathLike[str],
+    suite: str,
+    message: str,
+    *,
+    title: str = "Configuration",
+) -> list[ReportProblem]:
+    """junit.xml and run.json for a run that never started; the files that could not be
+    written are removed and returned."""
+    record = error_record(suite, message, title=title)
+    target = Path(artifacts_dir)
+    problems = []
+    for name in REPORT_FILES:
+        path = target / name
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+            if name == JUNIT_XML:
+                write_junit([record], path)
+            else:
+                write_run_json(record, path)
+        except OSError as exc:
+            problems.append(ReportProblem(path, describe_os_error(exc)))
+            discard(path)
+    return problems
