@@ -307,8 +307,8 @@ def report_config_error(problems: Sequence[str], artifacts_dir: str | None) -> N
     except ValueError as exc:
         print(f"orchestrator: (no reports written: {exc})", file=sys.stderr)
         return
-    for problem in unwritten:
-        print(f"orchestrator: report not written: {problem}", file=sys.stderr)
+    for missing in unwritten:
+        print(f"orchestrator: report not written: {missing}", file=sys.stderr)
 
 
 def _history(ns: argparse.Namespace) -> int:
