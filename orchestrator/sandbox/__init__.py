@@ -6,9 +6,10 @@ that can be switched on to make each failure the orchestrator must diagnose happ
 """
 
 from ._sandbox import Sandbox, SandboxOptions, serve_forever
-from .faults import Delays, Faults, InferenceFault, TimelineEntry
+from .faults import Defects, Delays, Faults, InferenceFault, TimelineEntry
 
 __all__ = [
+    "Defects",
     "Delays",
     "Faults",
     "InferenceFault",

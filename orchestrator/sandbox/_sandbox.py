@@ -17,9 +17,11 @@ from typing import Any
 
 from ._kube import Kube
 from ._kubefoundry import KubeFoundryServer
+from .dynamo import DynamoOperator
 from .faults import Faults, SandboxState, TimelineEntry
 from .kaito import KaitoController
 from .kubeapi import KubeFaults
+from .kuberay import KubeRayOperator
 from .models import ModelFleet
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,9 @@ class SandboxOptions:
     faults: Faults = field(default_factory=Faults)
     auth_token: str | None = None
     crd_dir: Path | None = None
+    #: The real KubeRay and Dynamo CRDs, by provider id ("kuberay", "dynamo"); without
+    #: one, the install route creates small CRDs that accept any object.
+    provider_crds: dict[str, Path] = field(default_factory=dict)
     host: str = "127.0.0.1"
     port: int = 0
     model_path: Path | None = None  # a GGUF to serve instead of the packaged one
@@ -98,9 +103,21 @@ class Sandbox:
             )
             controller.add_done_callback(_report_crash)
             self._stack.push_async_callback(_cancel, controller)
+            for operator in (KubeRayOperator, DynamoOperator):
+                task = asyncio.create_task(
+                    operator(kube, fleet, self.state).run(), name=operator.label
+                )
+                task.add_done_callback(_report_crash)
+                self._stack.push_async_callback(_cancel, task)
 
             kubefoundry = KubeFoundryServer(
-                kube, self.state, opts.host, opts.port, opts.auth_token, opts.crd_dir
+                kube,
+                self.state,
+                opts.host,
+                opts.port,
+                opts.auth_token,
+                opts.crd_dir,
+                opts.provider_crds,
             )
             self._stack.push_async_callback(kubefoundry.stop)
             await kubefoundry.start()
@@ -186,4 +203,4 @@ async def _cancel(task: asyncio.Task[Any]) -> None:
 
 def _report_crash(task: asyncio.Task[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
-        log.error("the KAITO controller stopped: %r", task.exception())
+        log.error("%s stopped: %r", task.get_name(), task.exception())

@@ -69,6 +69,34 @@ class Delays(BaseModel):
         description="Workspace deleted -> its children torn down and the finalizer released; "
         "meanwhile it reports WorkspaceDeleting=True and keeps its phase (seconds in a cluster)",
     )
+    #: KubeRay and Dynamo stand-ins: how long a deleted pod stays Terminating
+    #: (``fake-kubelet/termination-delay``), which is what makes a workload outlive its CR.
+    pod_termination: float = Field(
+        0.5, ge=0, description="pod deleted -> gone (KubeRay/Dynamo pods)"
+    )
+
+
+class Defects(BaseModel):
+    """The real KubeFoundry backend's known defects with KubeRay and Dynamo, each switchable.
+
+    On (the default) the stand-in answers as the real backend does; off, it answers as a
+    backend without that defect would, so a test can show a finding and its absence.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    #: Dynamo ``replicas.ready``/``available`` read keys the operator never writes: always 0.
+    dynamo_ready_always_zero: bool = True
+    #: A DynamoGraphDeployment in the operator's ``failed`` state shows as Pending.
+    dynamo_failed_shows_pending: bool = True
+    #: ``/pods`` and ``/logs`` never find Dynamo's pods (they carry no label it tries).
+    dynamo_pods_not_found: bool = True
+    #: ``/pods`` matches KubeRay pods whose ``ray.io/cluster`` merely starts with the name.
+    kuberay_pods_by_prefix: bool = True
+    #: ``replicas`` above ``maxReplicas`` (2) is sent as is, and KubeRay clamps it.
+    kuberay_clamps_replicas: bool = True
+    #: GET is 404 as soon as the RayService is gone, while its RayCluster and pods remain.
+    kuberay_get_404_while_pods_go: bool = True
 
 
 class BadBody(BaseModel):
@@ -118,7 +146,10 @@ class Faults(BaseModel):
     watch_gone_selector: str | None = None
     #: List/watch of a CRD's resources answer 429 for this many seconds after it is Established.
     too_many_requests_after_crd: float = Field(0, ge=0)
+    #: The Dynamo operator marks the DynamoGraphDeployment ``failed`` (its workers never start).
+    operator_fails: bool = False
     delays: Delays = Field(default_factory=Delays)
+    defects: Defects = Field(default_factory=Defects)
 
     def kube_faults_set(self) -> list[str]:
         """The Kubernetes API knobs that are switched on (which a real cluster cannot honour)."""
@@ -155,11 +186,11 @@ class SandboxState:
         self._changed = asyncio.Event()
 
     def update(self, patch: dict[str, Any]) -> Faults:
-        """Merge a partial JSON object into the faults (nested ``delays`` too) and validate it."""
+        """Merge a partial JSON object into the faults (nested ``delays``/``defects`` too) and validate it."""
         merged = self.faults.model_dump()
         for key, value in patch.items():
-            if key == "delays" and isinstance(value, dict):
-                merged["delays"].update(value)
+            if key in ("delays", "defects") and isinstance(value, dict):
+                merged[key].update(value)
             else:
                 merged[key] = value
         faults = Faults.model_validate(merged)

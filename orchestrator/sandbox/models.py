@@ -300,7 +300,7 @@ class ModelFleet:
 
     async def start(self) -> None:
         app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_route("*", "/_stub/{alias}/{tail:.*}", _stub_model)
+        app.router.add_route("*", "/_stub/{namespace}/{name}/{tail:.*}", self._stub)
         app.router.add_route("*", "/{namespace}/{name}/{tail:.*}", self._forward)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
@@ -344,7 +344,8 @@ class ModelFleet:
         if self.state.faults.stub_models:
             # Many deployments at once (benchmarks): a canned OpenAI-compatible answer instead
             # of one llama.cpp process per Workspace, which two cores could not load in time.
-            model.stub_url = f"{self.front_url}/_stub/{model.alias}"
+            # Addressed by deployment, not by alias: a Hugging Face id has a "/" in it.
+            model.stub_url = f"{self.front_url}/_stub/{namespace}/{name}"
             model.ready.set()
             return
         try:
@@ -384,6 +385,12 @@ class ModelFleet:
         self._models.pop((namespace, name), None)
 
     # -- the front
+
+    async def _stub(self, request: web.Request) -> web.StreamResponse:
+        model = self._models.get((request.match_info["namespace"], request.match_info["name"]))
+        if model is None:
+            return _json_error(503, "model server is not running")
+        return await _stub_model(request, model.alias)
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         key = (request.match_info["namespace"], request.match_info["name"])
@@ -439,9 +446,9 @@ class ModelFleet:
             )
 
 
-async def _stub_model(request: web.Request) -> web.StreamResponse:
+async def _stub_model(request: web.Request, alias: str) -> web.StreamResponse:
     """A canned OpenAI-compatible server: /health, and chat completions plain or streamed."""
-    alias, tail = request.match_info["alias"], request.match_info["tail"].strip("/")
+    tail = request.match_info["tail"].strip("/")
     if tail not in CHAT_PATHS:
         return web.json_response({"status": "ok"})
     try:

@@ -20,7 +20,7 @@ from ..faults import SandboxState
 from ..models import catalog
 from . import deployments, installation
 from .errors import AUTH_KEY, STATE_KEY, ApiError, errors_middleware, faults_and_auth_middleware
-from .installation import CRD_DIR_KEY, KUBE_KEY, PROVIDERS, kaito_status, other_provider_status
+from .installation import CRD_DIR_KEY, KUBE_KEY, PROVIDER_CRDS_KEY, PROVIDERS, any_provider_status
 
 KUBEFOUNDRY_NAMESPACE = "kubefoundry-system"
 
@@ -44,7 +44,7 @@ async def cluster_status(request: web.Request) -> web.Response:
     except Exception as exc:
         body = {"connected": False, "namespace": KUBEFOUNDRY_NAMESPACE, "error": str(exc)}
     body["provider"] = {"id": "dynamo", "name": PROVIDERS["dynamo"]["name"]}
-    body["providerInstallation"] = other_provider_status("dynamo")
+    body["providerInstallation"] = await any_provider_status(kube, "dynamo")
     return web.json_response(body)
 
 
@@ -66,11 +66,7 @@ async def settings(request: web.Request) -> web.Response:
 async def runtimes_status(request: web.Request) -> web.Response:
     runtimes = []
     for pid, provider in PROVIDERS.items():
-        status = (
-            await kaito_status(request.app[KUBE_KEY])
-            if pid == "kaito"
-            else other_provider_status(pid)
-        )
+        status = await any_provider_status(request.app[KUBE_KEY], pid)
         runtimes.append(
             {
                 "id": pid,
@@ -142,13 +138,18 @@ async def timeline(request: web.Request) -> web.Response:
 
 
 def create_app(
-    kube: Kube, state: SandboxState, auth_token: str | None = None, crd_dir: Path | None = None
+    kube: Kube,
+    state: SandboxState,
+    auth_token: str | None = None,
+    crd_dir: Path | None = None,
+    provider_crds: dict[str, Path] | None = None,
 ) -> web.Application:
     app = web.Application(middlewares=[errors_middleware, faults_and_auth_middleware])
     app[KUBE_KEY] = kube
     app[STATE_KEY] = state
     app[AUTH_KEY] = auth_token or ""
     app[CRD_DIR_KEY] = str(crd_dir) if crd_dir else ""
+    app[PROVIDER_CRDS_KEY] = {k: str(v) for k, v in (provider_crds or {}).items()}
     app[RESTART_KEY] = []
     r = app.router
     r.add_get("/api/health", health)
@@ -179,8 +180,9 @@ class KubeFoundryServer:
         port: int = 0,
         auth_token: str | None = None,
         crd_dir: Path | None = None,
+        provider_crds: dict[str, Path] | None = None,
     ) -> None:
-        self._args = (kube, state, auth_token, crd_dir)
+        self._args = (kube, state, auth_token, crd_dir, provider_crds)
         self.app = self._make_app()
         self.host = host
         self.port = port

@@ -19,7 +19,8 @@ from aiohttp import web
 
 from .._kube import JSON, KubeError
 from ..models import catalog
-from .errors import ApiError, zod_error
+from . import providers
+from .errors import STATE_KEY, ApiError, zod_error
 from .installation import KUBE_KEY, PROVIDERS
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -131,9 +132,7 @@ def validated_config(body: Any) -> JSON:
             500, f"Provider '{provider}' not found. Available providers: {', '.join(PROVIDERS)}"
         )
     if provider != "kaito":
-        raise ApiError(
-            500, "Failed to create deployment: the server could not find the requested resource"
-        )
+        return providers.validated(body, providers.PROVIDERS[provider])
     issues = _issues(body)
     if issues:
         raise ApiError(400, "Validation error: " + ", ".join(issues))
@@ -271,23 +270,38 @@ def _name_and_namespace(request: web.Request) -> tuple[str, str] | web.Response:
     return name, namespace
 
 
+def _manifest_for(request: web.Request, config: JSON) -> tuple[str, JSON]:
+    """The collection to POST to and the custom resource, for any provider."""
+    provider = config.get("provider", "kaito")
+    if provider == "kaito":
+        return workspaces_path(config["namespace"]), workspace_manifest(config)
+    other = providers.PROVIDERS[provider]
+    defects = request.app[STATE_KEY].faults.defects
+    return other.collection(config["namespace"]), providers.manifest(config, other, defects)
+
+
 async def create(request: web.Request) -> web.Response:
     config = validated_config(parse_body(await request.text()))
-    manifest = workspace_manifest(config)
+    collection, manifest = _manifest_for(request, config)
+    kube = request.app[KUBE_KEY]
+    if config["provider"] != "kaito":
+        # The API server answers 404 for a namespace that does not exist (the test
+        # cluster does not check, so the stand-in asks).
+        if await kube.get_or_none(f"/api/v1/namespaces/{config['namespace']}") is None:
+            raise ApiError(
+                404, f'Failed to create deployment: namespaces "{config["namespace"]}" not found'
+            )
     try:
-        await request.app[KUBE_KEY].request(
-            "POST", workspaces_path(config["namespace"]), body=manifest
-        )
+        await kube.request("POST", collection, body=manifest)
     except KubeError as exc:
-        raise ApiError(
-            409 if exc.status == 409 else 500, f"Failed to create deployment: {exc.message}"
-        ) from None
+        status = exc.status if exc.status in (404, 409, 422) else 500
+        raise ApiError(status, f"Failed to create deployment: {exc.message}") from None
     return web.json_response(
         {
             "message": "Deployment created successfully",
             "name": config["name"],
             "namespace": config["namespace"],
-            "provider": "kaito",
+            "provider": config["provider"],
         },
         status=201,
     )
@@ -295,11 +309,12 @@ async def create(request: web.Request) -> web.Response:
 
 async def preview(request: web.Request) -> web.Response:
     config = validated_config(parse_body(await request.text()))
-    manifest = workspace_manifest(config)
+    _, manifest = _manifest_for(request, config)
+    primary = {"kind": manifest["kind"], "apiVersion": manifest["apiVersion"]}
     return web.json_response(
         {
-            "resources": [{**PRIMARY, "name": config["name"], "manifest": manifest}],
-            "primaryResource": PRIMARY,
+            "resources": [{**primary, "name": config["name"], "manifest": manifest}],
+            "primaryResource": primary,
         }
     )
 
@@ -319,6 +334,16 @@ async def list_deployments(request: web.Request) -> web.Response:
             continue  # the real backend answers 200 with what it could read
         items.extend(listing.get("items", []))
     deployments = [deployment_status(ws) for ws in items]
+    defects = request.app[STATE_KEY].faults.defects
+    for ns in namespaces:
+        for other in providers.LOOKUP:
+            try:
+                listing = await request.app[KUBE_KEY].get(other.collection(ns))
+            except KubeError:
+                continue
+            deployments += [
+                providers.deployment_status(obj, other, defects) for obj in listing.get("items", [])
+            ]
     deployments.sort(key=lambda d: d["createdAt"], reverse=True)
     offset = _int(request.query.get("offset"), 0)
     limit = _int(request.query.get("limit"), len(deployments))
@@ -351,7 +376,13 @@ async def get_deployment(request: web.Request) -> web.Response:
     target = _name_and_namespace(request)
     if isinstance(target, web.Response):
         return target
+    kube = request.app[KUBE_KEY]
     try:
+        found = await providers.find(kube, *target)
+        if found is not None:
+            other, obj = found
+            defects = request.app[STATE_KEY].faults.defects
+            return web.json_response(providers.deployment_status(obj, other, defects))
         ws = await _workspace(request, *target)
     except Exception:
         raise ApiError(404, "Deployment not found") from None
@@ -378,7 +409,13 @@ async def delete_deployment(request: web.Request) -> web.Response:
     name, namespace = target
     deleted = False
     try:
-        deleted = await request.app[KUBE_KEY].delete(f"{workspaces_path(namespace)}/{name}")
+        found = await providers.find(request.app[KUBE_KEY], name, namespace)
+        path = (
+            found[0].path(namespace, name)
+            if found is not None
+            else f"{workspaces_path(namespace)}/{name}"
+        )
+        deleted = await request.app[KUBE_KEY].delete(path)
     except KubeError as exc:
         raise ApiError(500, f"Failed to delete deployment: {exc.message}") from None
     if not deleted:
@@ -387,11 +424,9 @@ async def delete_deployment(request: web.Request) -> web.Response:
 
 
 async def _pods(request: web.Request, name: str, namespace: str) -> list[JSON]:
-    listing = await request.app[KUBE_KEY].get(
-        f"/api/v1/namespaces/{namespace}/pods", {"labelSelector": f"kaito.sh/workspace={name}"}
-    )
-    pods: list[JSON] = listing.get("items", [])
-    return pods
+    """The backend's search: by instance label, KAITO workspace, app, then ray.io/cluster prefix."""
+    defects = request.app[STATE_KEY].faults.defects
+    return await providers.find_pods(request.app[KUBE_KEY], name, namespace, defects)
 
 
 async def pods(request: web.Request) -> web.Response:

@@ -18,10 +18,13 @@ import yaml
 from aiohttp import web
 
 from .._kube import JSON, Kube, KubeError
+from . import providers
 from .errors import STATE_KEY, ApiError
 
 KUBE_KEY: web.AppKey[Kube] = web.AppKey("kube", Kube)
 CRD_DIR_KEY: web.AppKey[str] = web.AppKey("crd_dir", str)
+#: Directories of the real KubeRay and Dynamo CRDs, by provider id ("" or absent: built-in ones).
+PROVIDER_CRDS_KEY: web.AppKey[dict[str, str]] = web.AppKey("provider_crds", dict)
 
 KAITO_VERSION = "0.8.0"
 OPERATOR_NAMESPACE = "kaito-workspace"
@@ -190,17 +193,29 @@ async def provider_status(request: web.Request) -> web.Response:
     provider = request.match_info["id"]
     if provider not in PROVIDERS:
         raise ApiError(404, f"Provider not found: {provider}")
-    kaito = provider == "kaito"
-    status = await kaito_status(request.app[KUBE_KEY]) if kaito else other_provider_status(provider)
+    kube = request.app[KUBE_KEY]
+    if provider == "kaito":
+        status, steps, commands = await kaito_status(kube), INSTALLATION_STEPS, HELM_COMMANDS
+    else:
+        other = providers.PROVIDERS[provider]
+        status = await providers.status(kube, other)
+        steps, commands = providers.installation_steps(other), providers.helm_commands(other)
     return web.json_response(
         {
             "providerId": provider,
             "providerName": PROVIDERS[provider]["name"],
             **status,
-            "installationSteps": INSTALLATION_STEPS if kaito else [],
-            "helmCommands": HELM_COMMANDS if kaito else [],
+            "installationSteps": steps,
+            "helmCommands": commands,
         }
     )
+
+
+async def any_provider_status(kube: Kube, provider: str) -> JSON:
+    """``installed``, ``crdFound``, ``operatorRunning`` and ``message`` of any provider."""
+    if provider == "kaito":
+        return await kaito_status(kube)
+    return await providers.status(kube, providers.PROVIDERS[provider])
 
 
 async def helm_status(request: web.Request) -> web.Response:
@@ -224,12 +239,15 @@ async def _install_provider(request: web.Request) -> web.Response:
     provider = request.match_info["id"]
     if provider not in PROVIDERS:
         raise ApiError(404, f"Provider not found: {provider}")
-    if provider != "kaito":
-        raise ApiError(
-            500,
-            f'Installation failed at step "repo-add-{provider}": Error: repository not reachable',
-        )
     kube = request.app[KUBE_KEY]
+    if provider != "kaito":
+        answer = await providers.install(
+            kube,
+            providers.PROVIDERS[provider],
+            request.app[PROVIDER_CRDS_KEY].get(provider, ""),
+            request.app[STATE_KEY].faults.install_fails,
+        )
+        return web.json_response(answer)
     if (await kaito_status(kube))["installed"]:
         return web.json_response(
             {"success": True, "message": "KAITO is already installed", "alreadyInstalled": True}

@@ -1,0 +1,557 @@
+"""What the KubeRay and Dynamo operator stand-ins share: one custom resource, watched.
+
+Each stand-in reconciles one kind of custom resource in all namespaces while its
+operator pod exists (as the real operator, which only acts while it runs): it lists,
+watches from the list's resourceVersion, relists on 410 and backs off on errors, and
+keeps one worker per object that reconciles the latest version it has seen. The
+helpers below create the pods that the fake kubelet then drives, and break them the
+way a kubelet would when their Secret is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+
+from ._kube import JSON, Gone, Kube, KubeError, backoff
+from .faults import SandboxState
+from .models import ModelFleet
+
+log = logging.getLogger(__name__)
+
+_SUFFIX_CHARS = "bcdfghjklmnpqrstvwxz2456789"
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def go_duration(seconds: float) -> str:
+    return f"{max(0, round(seconds * 1000))}ms"
+
+
+def suffix(length: int = 5) -> str:
+    """A random name suffix like the ones controllers and ReplicaSets add."""
+    return "".join(random.choices(_SUFFIX_CHARS, k=length))
+
+
+def pod_running(pod: JSON | None) -> bool:
+    return pod is not None and pod.get("status", {}).get("phase") == "Running"
+
+
+def secret_refs(containers: list[JSON]) -> list[str]:
+    """The Secrets the containers take their environment from (``envFrom[].secretRef``)."""
+    names = []
+    for container in containers:
+        for source in container.get("envFrom") or []:
+            name = (source.get("secretRef") or {}).get("name")
+            if name and name not in names:
+                names.append(name)
+    return names
+
+
+@dataclass
+class Worker:
+    """What the operator knows about one object between events."""
+
+    latest: JSON
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    provision: asyncio.Task[None] | None = None
+    finalize: asyncio.Task[None] | None = None
+
+
+class CustomResourceOperator:
+    """Reconciles one custom resource type in all namespaces until cancelled.
+
+    Subclasses say which resource and operator pod, and implement :meth:`reconcile`
+    (called with the latest object after every change) and :meth:`gone` (the object
+    was deleted; whatever it left behind is theirs to collect).
+    """
+
+    group = ""
+    version = ""
+    plural = ""
+    operator_namespace = ""
+    operator_selector = ""
+    label = "operator"
+
+    def __init__(self, kube: Kube, fleet: ModelFleet, state: SandboxState) -> None:
+        self.kube = kube
+        self.fleet = fleet
+        self.state = state
+        self.workers: dict[tuple[str, str], Worker] = {}
+        self._operator_pods: set[str] = set()
+        self._present = asyncio.Event()
+        self._absent = asyncio.Event()
+        self._absent.set()
+        self._probes: aiohttp.ClientSession | None = None
+
+    @property
+    def collection(self) -> str:
+        return f"/apis/{self.group}/{self.version}/{self.plural}"
+
+    def path(self, namespace: str, name: str) -> str:
+        return f"/apis/{self.group}/{self.version}/namespaces/{namespace}/{self.plural}/{name}"
+
+    # ------------------------------------------------------------------ the loop
+
+    async def run(self) -> None:
+        operator_watch = asyncio.create_task(self._watch_operator(), name=f"{self.label} pod watch")
+        try:
+            while True:
+                await self._present.wait()
+                log.info("%s pod present: reconciling %s", self.label, self.plural)
+                reconcile = asyncio.create_task(
+                    self._watch_objects(), name=f"{self.label} {self.plural} watch"
+                )
+                absent = asyncio.create_task(self._absent.wait())
+                try:
+                    await asyncio.wait({reconcile, absent}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for task in (reconcile, absent):
+                        task.cancel()
+                    await asyncio.gather(reconcile, absent, return_exceptions=True)
+                    await self._stop_workers()
+                if reconcile.done() and not reconcile.cancelled() and reconcile.exception():
+                    raise reconcile.exception()  # type: ignore[misc]
+        finally:
+            operator_watch.cancel()
+            await asyncio.gather(operator_watch, return_exceptions=True)
+            await self._stop_workers()
+            if self._probes is not None:
+                await self._probes.close()
+
+    async def _watch_operator(self) -> None:
+        collection = f"/api/v1/namespaces/{self.operator_namespace}/pods"
+        query = {"labelSelector": self.operator_selector}
+        attempt = 0
+        while True:
+            try:
+                listing = await self.kube.get(collection, query)
+                self._operator_pods = {p["metadata"]["name"] for p in listing.get("items", [])}
+                self._operator_changed()
+                rv = listing["metadata"].get("resourceVersion")
+                attempt = 0
+                while True:
+                    async for event in self.kube.watch(collection, query, rv):
+                        rv = event["object"].get("metadata", {}).get("resourceVersion", rv)
+                        pod = event["object"]["metadata"].get("name")
+                        if event["type"] in ("ADDED", "MODIFIED"):
+                            self._operator_pods.add(pod)
+                        elif event["type"] == "DELETED":
+                            self._operator_pods.discard(pod)
+                        self._operator_changed()
+            except Gone:
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("%s pod watch: %s", self.label, exc)
+            await asyncio.sleep(backoff(attempt))
+            attempt += 1
+
+    def _operator_changed(self) -> None:
+        if self._operator_pods:
+            self._absent.clear()
+            self._present.set()
+        else:
+            self._present.clear()
+            self._absent.set()
+
+    async def _watch_objects(self) -> None:
+        """List, then watch from the list's resourceVersion; relist on 410, back off on errors."""
+        attempt = 0
+        while True:
+            try:
+                listing = await self.kube.get(self.collection)
+                attempt = 0
+                seen = {self._dispatch(item) for item in listing.get("items", [])}
+                for key in set(self.workers) - seen:
+                    await self._forget(key)
+                rv = listing["metadata"].get("resourceVersion")
+                while True:
+                    async for event in self.kube.watch(self.collection, resource_version=rv):
+                        obj = event["object"]
+                        rv = obj.get("metadata", {}).get("resourceVersion", rv)
+                        if event["type"] in ("ADDED", "MODIFIED"):
+                            self._dispatch(obj)
+                        elif event["type"] == "DELETED":
+                            meta = obj["metadata"]
+                            await self._forget((meta["namespace"], meta["name"]))
+            except Gone:
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # 404: the CRD is not there yet; 429: its watch cache is still warming up.
+                log.debug("%s watch: %r", self.plural, exc)
+            await asyncio.sleep(backoff(attempt, cap=1.0))
+            attempt += 1
+
+    def _dispatch(self, obj: JSON) -> tuple[str, str]:
+        key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
+        worker = self.workers.get(key)
+        if worker is None:
+            worker = self.workers[key] = Worker(latest=obj)
+            worker.task = asyncio.create_task(self._work(key, worker), name=f"{self.plural} {key}")
+        worker.latest = obj
+        worker.wake.set()
+        return key
+
+    async def _forget(self, key: tuple[str, str]) -> None:
+        """The object is gone: stop its worker and collect what it left behind."""
+        worker = self.workers.pop(key, None)
+        if worker is None:
+            return
+        await cancel(worker.task, worker.provision)
+        if worker.finalize is not None:
+            # Our finalizer release raced its own DELETED event: let it finish.
+            try:
+                await asyncio.wait_for(worker.finalize, 10)
+                return
+            except Exception:
+                pass
+        self.state.record(key[0], key[1], f"{self.plural} gone")
+        task = asyncio.create_task(self._collect(key), name=f"collect {key}")
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    async def _collect(self, key: tuple[str, str]) -> None:
+        attempt = 0
+        while True:
+            try:
+                await self.gone(*key)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("collect %s: %r", key, exc)
+            await asyncio.sleep(backoff(attempt))
+            attempt += 1
+
+    async def _stop_workers(self) -> None:
+        workers, self.workers = list(self.workers.values()), {}
+        for worker in workers:
+            await cancel(worker.task, worker.provision, worker.finalize)
+
+    async def _work(self, key: tuple[str, str], worker: Worker) -> None:
+        attempt = 0
+        while True:
+            await worker.wake.wait()
+            worker.wake.clear()
+            try:
+                await self.reconcile(key, worker, worker.latest)
+                attempt = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("reconcile %s/%s: %r", *key, exc)
+                await asyncio.sleep(backoff(attempt))
+                attempt += 1
+                worker.wake.set()
+
+    # ------------------------------------------------------------------ for subclasses
+
+    async def reconcile(self, key: tuple[str, str], worker: Worker, obj: JSON) -> None:
+        raise NotImplementedError
+
+    async def gone(self, namespace: str, name: str) -> None:
+        """Collect what a deleted object left behind (retried until it succeeds)."""
+
+    async def ensure_finalizer(self, obj: JSON, finalizer: str) -> None:
+        meta = obj["metadata"]
+        finalizers = list(meta.get("finalizers") or [])
+        if finalizer in finalizers:
+            return
+        await self.kube.merge_patch(
+            self.path(meta["namespace"], meta["name"]),
+            {
+                "metadata": {
+                    "finalizers": finalizers + [finalizer],
+                    "resourceVersion": meta["resourceVersion"],
+                }
+            },
+        )
+
+    async def remove_finalizer(self, namespace: str, name: str, finalizer: str) -> None:
+        while True:
+            current = await self.kube.get_or_none(self.path(namespace, name))
+            if current is None:
+                return
+            meta = current["metadata"]
+            rest = [f for f in meta.get("finalizers") or [] if f != finalizer]
+            try:
+                await self.kube.merge_patch(
+                    self.path(namespace, name),
+                    {"metadata": {"finalizers": rest, "resourceVersion": meta["resourceVersion"]}},
+                )
+                self.state.record(namespace, name, "finalizer removed")
+                return
+            except KubeError as exc:
+                if exc.status not in (404, 409):
+                    raise
+
+    async def patch_status(self, path: str, status: JSON) -> None:
+        await self.kube.merge_patch(path + "/status", {"status": status})
+
+    async def missing_secrets(self, namespace: str, names: list[str]) -> list[str]:
+        missing = []
+        for name in names:
+            if (
+                await self.kube.get_or_none(f"/api/v1/namespaces/{namespace}/secrets/{name}")
+                is None
+            ):
+                missing.append(name)
+        return missing
+
+    async def create_pod(
+        self,
+        namespace: str,
+        name: str,
+        labels: dict[str, str],
+        containers: list[JSON],
+        *,
+        missing_secret: str | None = None,
+        crash: str | None = None,
+    ) -> None:
+        """A pod for the fake kubelet: Running after ``delays.pod_start``, or broken.
+
+        ``missing_secret``: the kubelet cannot build the environment
+        (CreateContainerConfigError, as when the Hugging Face token Secret is absent).
+        ``crash``: the container exits at once with this line in its log.
+        """
+        delays = self.state.faults.delays
+        annotations = {
+            "fake-kubelet/delay": go_duration(delays.pod_start),
+            "fake-kubelet/termination-delay": go_duration(delays.pod_termination),
+        }
+        if missing_secret:
+            annotations.update(
+                {
+                    "fake-kubelet/phase": "Pending",
+                    "fake-kubelet/waiting-reason": "CreateContainerConfigError",
+                }
+            )
+        elif crash:
+            annotations.update(
+                {
+                    "fake-kubelet/phase": "Pending",
+                    "fake-kubelet/waiting-reason": "CrashLoopBackOff",
+                    "fake-kubelet/log": crash,
+                }
+            )
+        pod = await self.kube.create(
+            f"/api/v1/namespaces/{namespace}/pods",
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": name,
+                    "namespace": namespace,
+                    "labels": labels,
+                    "annotations": annotations,
+                },
+                "spec": {"containers": containers, "terminationGracePeriodSeconds": 30},
+            },
+        )
+        if pod is not None and missing_secret:
+            await self.event(
+                pod, "Failed", f'Error: secret "{missing_secret}" not found', containers[0]["name"]
+            )
+
+    async def show_crash(self, namespace: str, name: str, line: str) -> None:
+        """What a kubelet shows of a container that keeps exiting: CrashLoopBackOff, restarts,
+        the last termination's message, and a BackOff event."""
+        selector = f"metadata.name={name}"
+        collection = f"/api/v1/namespaces/{namespace}/pods"
+
+        def waiting(pods: list[JSON]) -> bool:
+            for pod in pods:
+                for status in pod.get("status", {}).get("containerStatuses") or []:
+                    if (status.get("state") or {}).get("waiting", {}).get("reason"):
+                        return True
+            return False
+
+        pods = await self.wait_pods(namespace, "", waiting, field_selector=selector)
+        pod = pods[0]
+        container = pod["spec"]["containers"][0]
+        status = {
+            "containerStatuses": [
+                {
+                    "name": container["name"],
+                    "image": container.get("image", ""),
+                    "imageID": "",
+                    "ready": False,
+                    "started": False,
+                    "restartCount": 3,
+                    "state": {
+                        "waiting": {
+                            "reason": "CrashLoopBackOff",
+                            "message": f"back-off 40s restarting failed container="
+                            f"{container['name']} pod={name}_{namespace}",
+                        }
+                    },
+                    "lastState": {
+                        "terminated": {"exitCode": 1, "reason": "Error", "message": line}
+                    },
+                }
+            ]
+        }
+        try:
+            await self.kube.merge_patch(f"{collection}/{name}/status", {"status": status})
+        except KubeError as exc:
+            log.debug("pod status patch: %s", exc)
+        await self.event(
+            pod,
+            "BackOff",
+            f"Back-off restarting failed container {container['name']} in pod {name}_{namespace}",
+            container["name"],
+        )
+
+    async def create_service(
+        self,
+        namespace: str,
+        name: str,
+        selector: dict[str, str],
+        ports: list[JSON],
+        *,
+        labels: dict[str, str] | None = None,
+        proxy_to: str | None = None,
+    ) -> None:
+        metadata: JSON = {"name": name, "namespace": namespace, "labels": labels or selector}
+        if proxy_to:
+            metadata["annotations"] = {"fake-kubelet/proxy-to": proxy_to}
+        await self.kube.create(
+            f"/api/v1/namespaces/{namespace}/services",
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": metadata,
+                "spec": {"type": "ClusterIP", "selector": selector, "ports": ports},
+            },
+        )
+
+    async def list_pods(self, namespace: str, selector: str) -> list[JSON]:
+        listing = await self.kube.get(
+            f"/api/v1/namespaces/{namespace}/pods", {"labelSelector": selector}
+        )
+        return list(listing.get("items", []))
+
+    async def wait_pods(
+        self,
+        namespace: str,
+        selector: str,
+        predicate: Callable[[list[JSON]], bool],
+        timeout: float = 300.0,
+        field_selector: str = "",
+    ) -> list[JSON]:
+        """Watch the pods of ``selector`` until their set satisfies ``predicate``."""
+        collection = f"/api/v1/namespaces/{namespace}/pods"
+        query = {"labelSelector": selector} if selector else {"fieldSelector": field_selector}
+
+        async def _wait() -> list[JSON]:
+            while True:
+                listing = await self.kube.get(collection, query)
+                pods = {p["metadata"]["name"]: p for p in listing.get("items", [])}
+                if predicate(list(pods.values())):
+                    return list(pods.values())
+                try:
+                    async for event in self.kube.watch(
+                        collection, query, listing["metadata"].get("resourceVersion")
+                    ):
+                        obj = event["object"]
+                        name = obj.get("metadata", {}).get("name")
+                        if event["type"] in ("ADDED", "MODIFIED"):
+                            pods[name] = obj
+                        elif event["type"] == "DELETED":
+                            pods.pop(name, None)
+                        else:
+                            continue
+                        if predicate(list(pods.values())):
+                            return list(pods.values())
+                except Gone:
+                    continue
+
+        return await asyncio.wait_for(_wait(), timeout)
+
+    async def delete_pods(self, namespace: str, selector: str) -> None:
+        """Delete the pods of ``selector`` and wait until the kubelet has let them go."""
+        for pod in await self.list_pods(namespace, selector):
+            await self.kube.delete(f"/api/v1/namespaces/{namespace}/pods/{pod['metadata']['name']}")
+        await self.wait_pods(namespace, selector, lambda pods: not pods)
+
+    async def probe(self, upstream: str) -> None:
+        """The model server answers /health (what a readiness probe would check)."""
+        if self._probes is None or self._probes.closed:
+            self._probes = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+        async with self._probes.get(f"{upstream}/health") as resp:
+            if resp.status != 200:
+                raise RuntimeError(f"model server /health answered {resp.status}")
+
+    async def event(self, obj: JSON, reason: str, message: str, container: str = "") -> None:
+        """A Warning event about ``obj`` (a pod: from the kubelet, else from this operator)."""
+        meta = obj["metadata"]
+        kind = obj.get("kind", "Pod")
+        stamp = now()
+        involved: JSON = {
+            "apiVersion": obj.get("apiVersion", "v1"),
+            "kind": kind,
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid"),
+        }
+        if container:
+            involved["fieldPath"] = f"spec.containers{{{container}}}"
+        component = "kubelet" if kind == "Pod" else self.label
+        try:
+            await self.kube.create(
+                f"/api/v1/namespaces/{meta['namespace']}/events",
+                {
+                    "apiVersion": "v1",
+                    "kind": "Event",
+                    "metadata": {
+                        "generateName": f"{meta['name']}.",
+                        "namespace": meta["namespace"],
+                    },
+                    "involvedObject": involved,
+                    "reason": reason,
+                    "message": message,
+                    "type": "Warning",
+                    "count": 1,
+                    "source": {"component": component},
+                    "firstTimestamp": stamp,
+                    "lastTimestamp": stamp,
+                    "reportingComponent": component,
+                },
+            )
+        except KubeError as exc:
+            log.debug("event: %s", exc)
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+async def cancel(*tasks: asyncio.Task[Any] | None) -> None:
+    pending = [t for t in tasks if t is not None and not t.done()]
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+
+
+def condition(ctype: str, status: bool, reason: str, message: str, generation: int = 1) -> JSON:
+    return {
+        "type": ctype,
+        "status": "True" if status else "False",
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": now(),
+        "observedGeneration": generation,
+    }
