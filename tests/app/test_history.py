@@ -101,3 +101,59 @@ def test_history_command_without_history_and_with_a_bad_file(tmp_path: Path) -> 
     (tmp_path / "history.jsonl").write_text("{{{\n")
     out = subprocess.run(run, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "history.jsonl:1" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_the_table_keeps_dates_whole_at_80_columns() -> None:
+    from rich.console import Console
+
+    from orchestrator.history import render
+
+    entries = [
+        Entry(
+            at=f"2026-11-2{i}T10:0{i}:00.123456Z",
+            suite="kaito",
+            model="llama3.2:1b",
+            outcome="failed" if i == 3 else "passed",
+            latency_ms=900.0 + i,
+            ttft_ms=80.0 + i,
+            tokens_per_second=41.5,
+        )
+        for i in range(1, 6)
+    ]
+    console = Console(width=80, record=True, color_system=None)
+    console.print(render(entries, last=4))
+    text = console.export_text()
+    assert all(len(line) <= 80 for line in text.splitlines())
+    # Numbered from the whole history; suite and model, shared by every row, in the title.
+    assert "last 4 of 5 runs (kaito, llama3.2:1b)" in text
+    rows = [line for line in text.splitlines() if "2026-11-2" in line]
+    assert [row.replace("│", " ").split()[:3] for row in rows] == [
+        [str(i), f"2026-11-2{i}", f"10:0{i}"] for i in range(2, 6)
+    ]
+    assert "failed" in rows[1] and "903" in rows[1] and "83" in rows[1]
+
+
+def test_the_chart_has_a_readable_axis_for_each_measure_and_marks_failures() -> None:
+    pytest.importorskip("matplotlib")
+    from orchestrator.history import chart
+
+    undated = [entry(1000.0 + i, ttft=20.0 + i) for i in range(4)]
+    undated = [Entry(**{**e.__dict__, "at": ""}) for e in undated]
+    undated[2] = Entry(**{**undated[2].__dict__, "outcome": "failed", "latency_ms": None})
+    fig = chart(undated)
+    latency, ttft = fig.axes
+    # Each measure on its own scale: TTFT does not lie flat under a latency 50x larger.
+    assert latency.get_ylim()[1] > 1000 and ttft.get_ylim()[1] < 100
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ttft.get_xticklabels() if t.get_text()]
+    assert labels and all(label.lstrip("−-").isdigit() for label in labels)
+    assert [line.get_xdata()[0] for line in latency.lines if line.get_label() == "failed run"] == [
+        3
+    ]
+    dated = [
+        Entry(**{**e.__dict__, "at": f"2026-11-2{i}T10:00:00Z"}) for i, e in enumerate(undated)
+    ]
+    fig = chart(dated)
+    fig.canvas.draw()
+    labels = " ".join(t.get_text() for t in fig.axes[1].get_xticklabels())
+    assert "Nov" in labels or "2026" in labels or "-2" in labels
