@@ -52,6 +52,7 @@ from .engine import (
     Runner,
     RunRecord,
     RunsView,
+    SharedServices,
     clear_reports,
     describe_os_error,
     discard,
@@ -418,7 +419,10 @@ async def _run_flows(
     targets = settings.targets(run_id)
     multi = len(targets) > 1
     try:
-        async with WatchHub(kube) as hub:
+        # The hub lives in a task of its own: a broken stream must fail the flows that
+        # wait on it, with its reason, never cancel their runners (and so their cleanup).
+        async with SharedServices() as shared:
+            hub = await shared.start("the watch hub", WatchHub(kube))
             install_gate = InstallGate()
             flows = []
             for target in targets:
@@ -456,6 +460,7 @@ async def _run_flows(
                 )
                 runners.append(runner)
                 mine.append(runner)
+            shared.on_failure(lambda reason: [runner.fail(reason) for runner in mine])
             try:
                 async with anyio.create_task_group() as tg:
                     for runner in mine:

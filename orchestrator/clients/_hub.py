@@ -33,7 +33,7 @@ import anyio
 from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectSendStream
 
-from ._errors import clip
+from ._errors import ClientError, clip
 from ._watch import Backoff, WatchEvent, watch
 from .kube import KubeClient, Resource
 
@@ -183,6 +183,7 @@ class WatchHub:
         self._note = on_note
         self._streams: dict[tuple[Any, ...], _Stream] = {}
         self._tg: TaskGroup | None = None
+        self._closed = False
 
     @property
     def streams_open(self) -> int:
@@ -197,7 +198,23 @@ class WatchHub:
     async def __aexit__(self, *exc: Any) -> bool | None:
         assert self._tg is not None
         self._tg.cancel_scope.cancel()
-        return await self._tg.__aexit__(*exc)
+        try:
+            return await self._tg.__aexit__(*exc)
+        finally:
+            self._shut()
+
+    def _shut(self) -> None:
+        """No live view any more (closed, or its task group broke): what the streams knew
+        is forgotten, each is impaired and its subscriptions end, so that their waiters
+        ask the authority instead of trusting a dead stream; a new subscription fails."""
+        self._closed = True
+        for stream in self._streams.values():
+            stream.scope = None
+            stream.known.clear()
+            stream.synced = False
+            _impaired(stream, "the watch hub has stopped")
+            for _, send in list(stream.subscribers):
+                send.close()
 
     def known(
         self,
@@ -215,7 +232,13 @@ class WatchHub:
         """
         key, predicate, _ = _routing(resource, namespace, label_selector, field_selector)
         stream = self._streams.get(key)
-        if stream is None or stream.scope is None or not stream.synced or stream.impaired:
+        if (
+            self._closed
+            or stream is None
+            or stream.scope is None
+            or not stream.synced
+            or stream.impaired
+        ):
             return None
         return [obj for obj in stream.known.values() if predicate(obj)]
 
@@ -256,6 +279,8 @@ class WatchHub:
         """
         if self._tg is None:
             raise RuntimeError("WatchHub used outside 'async with'")
+        if self._closed:
+            raise ClientError("the watch hub has stopped")
         key, predicate, filed_under = _routing(resource, namespace, label_selector, field_selector)
         stream = self._streams.get(key)
         if stream is None:
@@ -294,7 +319,7 @@ class WatchHub:
             if on_impaired is not None:
                 stream.on_impaired.remove(on_impaired)
             send.close()
-            if not stream.subscribers and stream.scope is not None:
+            if not stream.subscribers and stream.scope is not None and not self._closed:
                 # Nobody listens: stop paying for the stream, after a while.
                 stream.idle += 1
                 if self.linger > 0 and self._tg is not None:

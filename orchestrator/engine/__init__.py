@@ -35,6 +35,7 @@ from ._reports import (
     write_error_reports,
 )
 from ._runner import CleanupPolicy, Runner
+from ._shared import SharedServices
 
 __all__ = [
     "EXIT_REPORTS",
@@ -63,6 +64,7 @@ __all__ = [
     "RunRecord",
     "RunsView",
     "Runner",
+    "SharedServices",
     "junit_xml",
     "machine_mermaid",
     "print_runs",

@@ -3,6 +3,11 @@
 Each phase coroutine runs inside its own ``anyio.CancelScope`` *outside* the state
 machine; only when it has finished does the runner fire a trigger with the outcome.
 Interrupts cancel that scope, never a trigger.
+
+Only a signal interrupts a run (``interrupt``). Anything else that stops it is a
+failure with a reason: shared machinery that breaks calls ``fail``, and a cancellation
+from outside (a task group that some other task broke) fails the running phase, runs
+cleanup in a shielded scope of its own, and only then lets the cancellation go on.
 """
 
 from __future__ import annotations
@@ -75,6 +80,9 @@ class Runner:
         self._stage: Stage = "idle"
         self._scope: anyio.CancelScope | None = None
         self._interrupted_scope: anyio.CancelScope | None = None
+        self._failed_scope: anyio.CancelScope | None = None
+        #: Why shared machinery this flow depends on failed (see :meth:`fail`).
+        self._failure: str | None = None
         self._interrupts = 0
         self._t0: float | None = None
         self._ran = False
@@ -113,6 +121,29 @@ class Runner:
         self._log(f"{signame} received: stopping the run, then cleaning up")
         self._cancel_running()
 
+    def fail(self, reason: str) -> None:
+        """Fail the run because something it depends on broke: not a signal.
+
+        Shared machinery (a watch hub, an install gate, a reporter every flow writes
+        through) calls it when it can no longer serve this flow. The running phase
+        stops and fails with ``reason`` (a phase not yet started fails at once), then
+        diagnose and cleanup run as after any failure. Diagnose and cleanup are not
+        stopped: what the run created must still be deleted. Safe at any point of the
+        run, on the event loop's thread.
+        """
+        if self._stage == "done":
+            self._log(f"{reason} (after the run finished; ignored)")
+            return
+        if self._failure is None:
+            self._failure = reason
+        if self._stage in ("idle", "main"):
+            self._log(f"{reason}: failing the run, then cleaning up")
+            if self._scope is not None and self._interrupted_scope is not self._scope:
+                self._failed_scope = self._scope
+                self._scope.cancel()
+        else:
+            self._log(f"{reason} (during {self._stage}, which continues)")
+
     def _cancel_running(self) -> None:
         if self._scope is not None:
             self._interrupted_scope = self._scope
@@ -146,6 +177,10 @@ class Runner:
             await self._diagnose()
             await self._cleanup()
             await self._finish()
+        except anyio.get_cancelled_exc_class() as exc:
+            await self._cleanup_after_cancel()
+            self._abort(exc)
+            raise
         except BaseException as exc:
             self._abort(exc)
             raise
@@ -169,7 +204,9 @@ class Runner:
                 await self._machine.fire("interrupt")
                 return
             deadline, allowed = self.budget.deadline_for(phase.timeout)
-            if allowed <= 0:
+            if self._failure is not None:
+                self._fail_unstarted(record, f"{record.title} not started: {self._failure}")
+            elif allowed <= 0:
                 self._fail_unstarted(record)
             else:
                 await self._guarded(
@@ -185,12 +222,12 @@ class Runner:
                 await self._machine.fire("fail")
                 return
 
-    def _fail_unstarted(self, record: PhaseRecord) -> None:
+    def _fail_unstarted(self, record: PhaseRecord, reason: str | None = None) -> None:
         record.allowed = 0.0
         self._begin(record)
         record.duration = 0.0
         record.status = "failed"
-        record.reason = (
+        record.reason = reason or (
             f"{record.title} not started: the run budget ran out "
             f"({self.budget.total:g} s total, {self.budget.reserve:g} s kept for diagnose and "
             f"cleanup, {self.budget.remaining:.1f} s left)"
@@ -271,23 +308,59 @@ class Runner:
         outcome = await self._machine.fire("finish")
         self.record.outcome = outcome  # type: ignore[assignment]
 
+    async def _cleanup_after_cancel(self) -> None:
+        """Cancelled from outside: fail what was running, then clean up anyway.
+
+        The cancellation came from a scope around the runner (a task group that another
+        task broke), not from a signal: the flow's resources must still be deleted, so
+        cleanup runs shielded, under its own deadline from the budget reserve, and can
+        still be abandoned by signals as usual.
+        """
+        if self._stage not in ("main", "diagnose"):
+            return
+        signal = self.record.interrupted_by
+        why = (
+            f"interrupted by {signal}"
+            if signal is not None
+            else "cancelled from outside the flow without a signal (shared machinery failed?)"
+        )
+        with anyio.CancelScope(shield=True):
+            self._log(f"{why}: cleaning up")
+            for record in self.record.phase_records():
+                if record.status == "running":
+                    record.status = "interrupted" if signal else "failed"
+                    record.reason = why
+                    self._end(record)
+            self._skip_unreached()
+            self._machine.model.failed = True
+            await self._cleanup()
+
     def _abort(self, exc: BaseException) -> None:
-        """Make the record truthful when the run itself was cancelled or broke."""
-        cancelled = isinstance(exc, anyio.get_cancelled_exc_class() | KeyboardInterrupt)
-        why = "the run was cancelled" if cancelled else f"the run aborted: {_one_line(exc)}"
+        """Make the record truthful when the run itself was cancelled or broke.
+
+        Only a signal makes a run "interrupted": a cancellation that no signal caused
+        is a failure (exit code 1), since nothing asked the run to stop.
+        """
+        cancelled = isinstance(exc, anyio.get_cancelled_exc_class())
+        if isinstance(exc, KeyboardInterrupt) and self.record.interrupted_by is None:
+            self.record.interrupted_by = "SIGINT"
+        signal = self.record.interrupted_by
+        if cancelled:
+            why = "the run was cancelled" + ("" if signal else " from outside, without a signal")
+        else:
+            why = f"the run aborted: {_one_line(exc)}"
         self._log(why)
-        if not cancelled:
+        if not cancelled and not isinstance(exc, KeyboardInterrupt):
             self._log("".join(traceback.format_exception(exc))[-DETAIL_MAX_CHARS:])
         for record in self.record.phase_records():
             if record.status == "running":
-                record.status = "interrupted"
+                record.status = "interrupted" if signal else "failed"
                 record.reason = why
             elif record.status == "pending":
                 record.status = "skipped"
                 record.reason = "not reached" if record.kind == "phase" else why
         if self.record.outcome is None:
-            interrupted = cancelled or self.record.interrupted_by is not None
-            self.record.outcome = "interrupted" if interrupted else "failed"
+            self.record.outcome = "interrupted" if signal is not None else "failed"
 
     # -- running one guarded step ----------------------------------------------------
 
@@ -324,6 +397,11 @@ class Runner:
         if self._interrupted_scope is scope:
             record.status = "interrupted"
             record.reason = f"interrupted by {self.record.interrupted_by}"
+        elif self._failed_scope is scope:
+            record.status = "failed"
+            record.reason = self._failure
+            if error is not None:
+                record.detail = _bounded("while stopping: " + _format_error(error))
         elif scope.cancel_called:
             record.status = "failed"
             record.timed_out = True

@@ -104,6 +104,14 @@ async def wait_for(
     async def pump(
         spec: WatchSpec, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
     ) -> None:
+        started = False
+
+        def ready() -> None:
+            nonlocal started
+            if not started:
+                started = True
+                task_status.started()
+
         try:
             if hub is not None:
                 async with hub.subscribe(
@@ -114,11 +122,11 @@ async def wait_for(
                     on_note=on_note,
                     on_ready=live,
                 ) as events:
-                    task_status.started()
+                    ready()
                     async for event in events:
                         deliver(event, spec.wakes)
             else:
-                task_status.started()
+                ready()
                 async for event in watch(
                     kube,
                     spec.resource,
@@ -138,6 +146,7 @@ async def wait_for(
                     f"watch {spec.resource.plural} unavailable ({exc}); re-checking every "
                     f"{recheck:g} s instead"
                 )
+            ready()
 
     result: T | None = None
     async with anyio.create_task_group() as tg:

@@ -9,7 +9,14 @@ import anyio
 import pytest
 from engine_fakes import BrokenReporter, FakeClock, FakeFlow, RecordingReporter, wait_for
 
-from orchestrator.engine import Budget, PhaseContext, PhaseFailed, PhaseRecord, Runner
+from orchestrator.engine import (
+    Budget,
+    PhaseContext,
+    PhaseFailed,
+    PhaseRecord,
+    Runner,
+    SharedServices,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -446,7 +453,10 @@ async def test_interrupt_after_the_run_is_ignored(tmp_path: Path) -> None:
     assert (record.outcome, record.exit_code, record.interrupted_by) == ("passed", 0, None)
 
 
-async def test_cancelling_the_run_from_outside_still_reports(tmp_path: Path) -> None:
+async def test_cancelling_the_run_from_outside_fails_it_and_still_cleans_up(
+    tmp_path: Path,
+) -> None:
+    """No signal came, so the run is not "interrupted": it failed, and its cleanup ran."""
     flow = FakeFlow(("install", "pass"), ("deploy", "block"), ("infer", "pass"))
     reporter = RecordingReporter()
     runner = make_runner(flow, tmp_path, reporters=[reporter])
@@ -456,11 +466,142 @@ async def test_cancelling_the_run_from_outside_still_reports(tmp_path: Path) -> 
             await wait_for(flow.event("deploy"))
             tg.cancel_scope.cancel()
     record = runner.record
-    assert [p.status for p in record.phases] == ["passed", "interrupted", "skipped"]
-    assert record.outcome == "interrupted"
-    assert reporter.events[-1] == ("run_finished", "interrupted")
+    assert [p.status for p in record.phases] == ["passed", "failed", "skipped"]
+    assert record.phases[1].reason is not None and "without a signal" in record.phases[1].reason
+    assert flow.calls == ["install", "deploy", "cleanup"]
+    assert record.cleanup.status == "passed"
+    assert (record.outcome, record.exit_code, record.interrupted_by) == ("failed", 1, None)
+    assert reporter.events[-1] == ("run_finished", "failed")
     data = json.loads((tmp_path / "artifacts" / "run.json").read_text())
-    assert data["outcome"] == "interrupted"
+    assert data["outcome"] == "failed"
+
+
+async def test_a_cancelled_runner_cleans_up_even_though_its_scope_is_cancelled(
+    tmp_path: Path,
+) -> None:
+    """Cleanup that awaits (deletes, waits for deletion) is shielded from that cancellation."""
+    deleted = anyio.Event()
+
+    async def cleanup(ctx: PhaseContext) -> None:
+        await anyio.sleep(0)
+        await anyio.sleep(0)
+        deleted.set()
+
+    flow = FakeFlow(("install", "block"), cleanup=cleanup)
+    runner = make_runner(flow, tmp_path)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(runner.run)
+            await wait_for(flow.event("install"))
+            tg.cancel_scope.cancel()
+    assert deleted.is_set()
+    assert runner.record.cleanup.status == "passed"
+
+
+# -- shared machinery ---------------------------------------------------------------
+
+
+class Breakable:
+    """A shared service (like a watch hub) that breaks when told to."""
+
+    def __init__(self) -> None:
+        self.entered = anyio.Event()
+        self.exited = False
+        self._break = anyio.Event()
+
+    def breaks(self) -> None:
+        self._break.set()
+
+    async def __aenter__(self) -> Breakable:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._tg.start_soon(self._serve)
+        self.entered.set()
+        return self
+
+    async def __aexit__(self, *exc: object) -> bool | None:
+        self.exited = True
+        self._tg.cancel_scope.cancel()
+        return await self._tg.__aexit__(*exc)  # type: ignore[arg-type]
+
+    async def _serve(self) -> None:
+        await self._break.wait()
+        raise KeyError("a malformed line")
+
+
+async def test_shared_machinery_that_breaks_fails_each_flow_with_its_reason_and_each_cleans_up(
+    tmp_path: Path,
+) -> None:
+    flows = [FakeFlow(("install", "pass"), ("wait", "block"), name=f"f{i}") for i in range(3)]
+    runners = [
+        Runner(
+            flow,
+            budget=Budget(60, 10, diagnose_floor=0.5, cleanup_floor=1),
+            artifacts_dir=tmp_path / flow.name,
+        )
+        for flow in flows
+    ]
+    with anyio.fail_after(5):
+        async with SharedServices() as shared:
+            service = await shared.start("the stream hub", Breakable())
+            shared.on_failure(lambda reason: [r.fail(reason) for r in runners])
+            async with anyio.create_task_group() as tg:
+                for runner in runners:
+                    tg.start_soon(runner.run)
+                for flow in flows:
+                    await wait_for(flow.event("wait"))
+                service.breaks()
+    assert shared.failures == ["the stream hub failed: KeyError: 'a malformed line'"]
+    for flow, runner in zip(flows, runners, strict=True):
+        record = runner.record
+        assert record.phases[1].status == "failed"
+        assert record.phases[1].reason == shared.failures[0]
+        assert flow.calls == ["install", "wait", "diagnose:wait", "cleanup"]
+        assert record.cleanup.status == "passed"
+        assert (record.outcome, record.exit_code, record.interrupted_by) == ("failed", 1, None)
+
+
+async def test_a_failure_before_a_flow_starts_fails_its_first_phase_without_running_it(
+    tmp_path: Path,
+) -> None:
+    flow = FakeFlow(("install", "pass"), ("deploy", "pass"))
+    runner = make_runner(flow, tmp_path)
+    runner.fail("the stream hub failed: OSError")
+    record = await runner.run()
+    assert flow.calls == ["diagnose:install", "cleanup"]
+    assert record.phases[0].reason == "Install not started: the stream hub failed: OSError"
+    assert (record.outcome, record.exit_code) == ("failed", 1)
+
+
+async def test_a_failure_during_cleanup_lets_cleanup_finish(tmp_path: Path) -> None:
+    release = anyio.Event()
+
+    async def cleanup(ctx: PhaseContext) -> None:
+        await release.wait()
+
+    flow = FakeFlow(("install", "pass"), cleanup=cleanup)
+    runner = make_runner(flow, tmp_path)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(runner.run)
+            await wait_for(flow.event("cleanup"))
+            runner.fail("the stream hub failed: OSError")
+            release.set()
+    assert runner.record.cleanup.status == "passed"
+    assert runner.record.outcome == "passed"
+
+
+async def test_a_service_that_cannot_start_raises_to_the_caller(tmp_path: Path) -> None:
+    class Refuses:
+        async def __aenter__(self) -> None:
+            raise OSError("no route to host")
+
+        async def __aexit__(self, *exc: object) -> None:
+            return None
+
+    with pytest.raises(OSError, match="no route"):
+        async with SharedServices() as shared:
+            await shared.start("the hub", Refuses())
 
 
 # -- reporters and misuse -----------------------------------------------------------------
