@@ -460,7 +460,12 @@ async def _run_flows(
                 )
                 runners.append(runner)
                 mine.append(runner)
-            shared.on_failure(lambda reason: [runner.fail(reason) for runner in mine])
+
+            def fail_all(reason: str) -> None:
+                for runner in mine:
+                    runner.fail(reason)
+
+            shared.on_failure(fail_all)
             try:
                 async with anyio.create_task_group() as tg:
                     for runner in mine:

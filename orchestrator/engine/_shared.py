@@ -43,7 +43,7 @@ class SharedServices:
     def __init__(self) -> None:
         self._tg: TaskGroup | None = None
         self._closing = anyio.Event()
-        self._listeners: list[Callable[[str], None]] = []
+        self._listeners: list[Callable[[str], object]] = []
         #: Every failure so far, as reported to the listeners.
         self.failures: list[str] = []
         #: The traceback of each failure, for a log or a diagnostics file.
@@ -65,7 +65,7 @@ class SharedServices:
                 raise group.exceptions[0] from None
             raise
 
-    def on_failure(self, listener: Callable[[str], None]) -> None:
+    def on_failure(self, listener: Callable[[str], object]) -> None:
         """Call ``listener(reason)`` for each failure; those already seen at once."""
         self._listeners.append(listener)
         for reason in self.failures:
@@ -111,7 +111,7 @@ class SharedServices:
             self._call(listener, reason)
 
     @staticmethod
-    def _call(listener: Callable[[str], None], reason: str) -> None:
+    def _call(listener: Callable[[str], object], reason: str) -> None:
         try:
             listener(reason)
         except Exception:  # a listener's trouble must not hide the failure from the others

@@ -544,7 +544,12 @@ async def test_shared_machinery_that_breaks_fails_each_flow_with_its_reason_and_
     with anyio.fail_after(5):
         async with SharedServices() as shared:
             service = await shared.start("the stream hub", Breakable())
-            shared.on_failure(lambda reason: [r.fail(reason) for r in runners])
+
+            def fail_all(reason: str) -> None:
+                for runner in runners:
+                    runner.fail(reason)
+
+            shared.on_failure(fail_all)
             async with anyio.create_task_group() as tg:
                 for runner in runners:
                     tg.start_soon(runner.run)
