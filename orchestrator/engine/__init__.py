@@ -22,7 +22,7 @@ from ._github import GitHubReporter
 from ._junit import JUnitReporter, junit_xml, write_error_junit, write_junit
 from ._machine import RunMachine, machine_mermaid
 from ._phase import Flow, Phase, PhaseContext, PhaseFailed
-from ._record import Outcome, PhaseKind, PhaseRecord, PhaseStatus, RunRecord
+from ._record import Finding, Outcome, PhaseKind, PhaseRecord, PhaseStatus, RunRecord
 from ._reporter import Reporter
 from ._reports import (
     EXIT_REPORTS,
@@ -49,6 +49,7 @@ __all__ = [
     "Budget",
     "CleanupPolicy",
     "ConsoleReporter",
+    "Finding",
     "Flow",
     "GitHubReporter",
     "JUnitReporter",

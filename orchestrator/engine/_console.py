@@ -244,6 +244,16 @@ def summary_table(record: RunRecord) -> Table:
     return table
 
 
+def findings_lines(record: RunRecord) -> list[str]:
+    """What the run found the system under test getting wrong, one line each."""
+    found = record.findings()
+    if not found:
+        return []
+    return [f"{record.suite}: {len(found)} finding(s)"] + [
+        f"  {phase.title}: {finding.line()}" for phase, finding in found
+    ]
+
+
 def summary_lines(record: RunRecord) -> list[str]:
     """The summary as plain, unwrapped lines (for CI logs): aligned columns, the whole
     reason at the end of its line."""
@@ -398,6 +408,8 @@ class ConsoleReporter:
                 else:
                     for line in summary_lines(record):
                         self._line(line)
+            for line in findings_lines(record):
+                self._line(line)
             cleanup = record.cleanup
             if cleanup.detail and cleanup.status in ("skipped", "failed", "interrupted"):
                 # Kept or left-behind resources: say how to look at them and remove them.
@@ -502,6 +514,7 @@ class RunsView:
         if view is not None and view.is_started:
             view.stop()
         for record in self._records.values():
+            _write_lines(self.console, findings_lines(record))
             cleanup = record.cleanup
             if cleanup.detail and cleanup.status in ("skipped", "failed", "interrupted"):
                 lines = [f"Cleanup {cleanup.status}; to inspect and clean up:"]

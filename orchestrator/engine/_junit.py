@@ -79,6 +79,18 @@ def _testcase(suite: ET.Element, record: RunRecord, index: int, phase: PhaseReco
             "time": _seconds(phase.duration),
         },
     )
+    verdict = _verdict(case, phase)
+    if phase.findings:
+        # The testcase's own output: what this phase found the system under test getting
+        # wrong (the finding.NAME properties carry the same, at the suite level).
+        out = ET.SubElement(case, "system-out")
+        out.text = clean_xml_text(
+            "\n".join(f"FINDING {f.line()}" for f in phase.findings), BODY_MAX_CHARS
+        )
+    return verdict
+
+
+def _verdict(case: ET.Element, phase: PhaseRecord) -> str:
     body = "\n".join(filter(None, [phase.reason, phase.detail]))
     if phase.status in ("pending", "skipped"):
         message = _message(phase.reason or "not reached")

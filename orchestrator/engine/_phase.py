@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from ._record import PhaseRecord
+from ._record import Finding, PhaseRecord
 
 #: State names the machine uses for itself; a phase cannot take them.
 RESERVED_NAMES = frozenset({"pending", "diagnose", "cleanup", "passed", "failed", "interrupted"})
@@ -102,6 +102,21 @@ class PhaseContext:
     def set_property(self, key: str, value: object) -> None:
         """Record an extra JUnit property, e.g. a measured latency."""
         self.phase.properties[str(key)] = str(value)
+
+    def finding(self, name: str, message: str, fact: str = "") -> None:
+        """Record that the system under test contradicts what the phase saw for itself.
+
+        The phase goes on, deciding from what it saw; the finding goes to the console, the
+        JUnit testcase (a ``finding.NAME`` property and its system-out) and run.json, and
+        fails the phase under ``--strict``. ``fact`` names the documented fact it relates
+        to (a document and anchor). The same finding is recorded once per phase.
+        """
+        if any(f.name == name for f in self.phase.findings):
+            return
+        found = Finding(name=name, message=message, fact=fact)
+        self.phase.findings = [*self.phase.findings, found]
+        self.phase.properties[f"finding.{name}"] = found.line()
+        self.log(f"FINDING {found.line()}")
 
     def progress(self, state: str) -> None:
         """Note what the phase is waiting on now, without logging it.

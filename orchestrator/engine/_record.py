@@ -28,6 +28,24 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class Finding(BaseModel):
+    """A contradiction between the system under test and the ground truth, named.
+
+    The phase decided from the ground truth and went on; the finding says what the system
+    under test got wrong, and ``fact`` points at the documented fact it contradicts (or
+    confirms), so a reader can tell a known defect from a new one. With ``--strict`` a
+    finding fails its phase.
+    """
+
+    name: str
+    message: str
+    fact: str = ""
+
+    def line(self) -> str:
+        see = f" (see {self.fact})" if self.fact else ""
+        return f"{self.name}: {self.message}{see}"
+
+
 class PhaseRecord(BaseModel):
     """What happened to one phase (or to diagnose/cleanup)."""
 
@@ -57,6 +75,8 @@ class PhaseRecord(BaseModel):
     note: str | None = None
     #: Extra JUnit properties the phase set (e.g. a measured latency).
     properties: dict[str, str] = Field(default_factory=dict)
+    #: What the phase found the system under test getting wrong (``PhaseContext.finding``).
+    findings: list[Finding] = Field(default_factory=list)
 
     @property
     def finished(self) -> bool:
@@ -113,6 +133,10 @@ class RunRecord(BaseModel):
             if phase.status == "failed":
                 return phase.name
         return None
+
+    def findings(self) -> list[tuple[PhaseRecord, Finding]]:
+        """Every finding of the run, with the phase that made it, in report order."""
+        return [(phase, finding) for phase in self.phase_records() for finding in phase.findings]
 
     def phase_records(self) -> list[PhaseRecord]:
         """Main phases, then diagnose (if it was needed), then cleanup: report order."""

@@ -49,6 +49,7 @@ class Runner:
         artifacts_dir: str | os.PathLike[str],
         cleanup_policy: CleanupPolicy = "always",
         clock: Callable[[], float] | None = None,
+        strict: bool = False,
     ) -> None:
         if cleanup_policy not in get_args(CleanupPolicy):
             raise ValueError(
@@ -62,6 +63,8 @@ class Runner:
         self.flow = flow
         self.budget = budget
         self.cleanup_policy: CleanupPolicy = cleanup_policy
+        #: A finding fails the phase that made it (``--strict``).
+        self.strict = strict
         self.artifacts_dir = Path(artifacts_dir)
         # One clock for durations and deadlines, so a phase's deadline and its budget agree.
         self._clock = clock if clock is not None else budget.clock
@@ -411,6 +414,11 @@ class Runner:
         elif error is not None:
             record.status = "failed"
             record.reason, record.detail = _describe(error)
+        elif self.strict and record.kind == "phase" and record.findings:
+            record.status = "failed"
+            names = ", ".join(f.name for f in record.findings)
+            record.reason = f"--strict: {len(record.findings)} finding(s): {names}"
+            record.detail = "\n".join(f.line() for f in record.findings)
         else:
             record.status = "passed"
         self._end(record)
