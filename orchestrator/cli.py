@@ -156,7 +156,46 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sub.add_parser("graph", help="print the state machine as a Mermaid diagram")
+
+    merge = sub.add_parser(
+        "merge-junit",
+        help="merge the JUnit files of several jobs into one, with a Markdown summary",
+        description="Merge JUnit files (one per CI job of a matrix) into one document with "
+        "every testsuite, and write a Markdown summary: a row per testsuite, the failures "
+        "and the findings. Exit 0 when every file was read, 2 when one could not be.",
+    )
+    merge.add_argument("files", nargs="+", metavar="JUNIT_XML")
+    merge.add_argument("-o", "--output", required=True, metavar="PATH", help="merged JUnit file")
+    merge.add_argument(
+        "--summary",
+        metavar="PATH",
+        default=None,
+        help="append the Markdown summary here (e.g. $GITHUB_STEP_SUMMARY; '-': stdout)",
+    )
     return parser
+
+
+def _merge_junit(ns: argparse.Namespace) -> int:
+    from .engine import merge_junit
+    from .engine._atomic import atomic_write_text
+
+    merged = merge_junit([Path(f) for f in ns.files])
+    try:
+        atomic_write_text(ns.output, merged.xml)
+        text = merged.markdown()
+        if ns.summary == "-":
+            sys.stdout.write(text)
+        elif ns.summary:
+            with open(ns.summary, "a", encoding="utf-8") as handle:
+                handle.write(text)
+    except OSError as exc:
+        print(f"orchestrator merge-junit: cannot write: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    for problem in merged.problems:
+        print(f"orchestrator merge-junit: {problem}", file=sys.stderr)
+    counts = sum(r.tests for r in merged.rows)
+    print(f"merged {len(merged.rows)} testsuite(s), {counts} testcases into {ns.output}")
+    return EXIT_USAGE if merged.problems else 0
 
 
 def _flags(ns: argparse.Namespace) -> dict[str, Any]:
@@ -248,6 +287,8 @@ def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int
         return _graph()
     if ns.command == "history":
         return _history(ns)
+    if ns.command == "merge-junit":
+        return _merge_junit(ns)
     try:
         if ns.command == "sandbox":
             return _serve_sandbox(ns)

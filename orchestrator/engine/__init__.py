@@ -20,6 +20,7 @@ from ._console import (
 )
 from ._github import GitHubReporter
 from ._junit import JUnitReporter, junit_xml, write_error_junit, write_junit
+from ._junit_merge import MergedJUnit, merge_junit
 from ._machine import RunMachine, machine_mermaid
 from ._phase import Flow, Phase, PhaseContext, PhaseFailed
 from ._record import Finding, Outcome, PhaseKind, PhaseRecord, PhaseStatus, RunRecord
@@ -67,6 +68,8 @@ __all__ = [
     "Runner",
     "SharedServices",
     "junit_xml",
+    "merge_junit",
+    "MergedJUnit",
     "machine_mermaid",
     "print_runs",
     "run_view",
