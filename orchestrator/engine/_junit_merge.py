@@ -135,7 +135,7 @@ def _row(source: str, suite: ET.Element) -> SuiteRow:
     for case in cases:
         for tag in ("failure", "error"):
             for bad in case.findall(tag):
-                row.messages.append(bad.get("message") or case.get("name", tag))
+                row.messages.append(bad.get("message") or case.get("name") or tag)
     for prop in suite.iter("property"):
         name = prop.get("name", "")
         if name.startswith("finding."):
