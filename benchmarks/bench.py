@@ -272,8 +272,8 @@ class SandboxProcess:
         self.api_url = self.kubeconfig = ""
         assert self.proc.stdout is not None
         for line in self.proc.stdout:  # it prints both once it serves
-            if line.startswith("KubeFoundry API:"):
-                self.api_url = line.split(":", 1)[1].strip()
+            if line.startswith("API_URL="):
+                self.api_url = line.split("=", 1)[1].strip()
             elif line.startswith("KUBECONFIG="):
                 self.kubeconfig = line.split("=", 1)[1].strip()
             if self.api_url and self.kubeconfig:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import os
 import secrets
 import shlex
@@ -76,6 +77,8 @@ class EnvironmentOptions:
     backend_dir: str | None = None
     backend_command: str = "bun run dev"
     backend_port: int = 3001
+    #: With --sandbox: keep the sandbox serving after the run until Ctrl-C.
+    keep_sandbox: bool = False
 
     @property
     def managed(self) -> bool:
@@ -118,28 +121,106 @@ def inference_route(settings: Settings) -> InferenceRoute:
 
 @contextlib.asynccontextmanager
 async def _sandbox(
-    settings: Settings, sandbox: bool, faults: dict[str, Any], console: Console
+    settings: Settings,
+    sandbox: bool,
+    faults: dict[str, Any],
+    console: Console,
+    artifacts: Path,
+    keep_until: asyncio.Event | None = None,
 ) -> AsyncIterator[tuple[str, str | None]]:
-    """Yield ``(api_url, kubeconfig)``: the configured ones, or a sandbox's."""
+    """Yield ``(api_url, kubeconfig)``: the configured ones, or a sandbox's.
+
+    The sandbox's own log goes to ``ARTIFACTS/sandbox.log``, not the console: what it
+    says matters only when something went wrong, and then the console says where to
+    look. With ``keep_until`` the sandbox keeps serving after the run until that event
+    is set (Ctrl-C), so the commands printed for a failed run still work.
+    """
     if not sandbox:
         yield settings.api_url, settings.kubeconfig
         return
     from .sandbox import Faults, Sandbox, SandboxOptions
 
-    with tempfile.TemporaryDirectory(prefix="orchestrator-sandbox-") as workdir:
+    with (
+        tempfile.TemporaryDirectory(prefix="orchestrator-sandbox-") as workdir,
+        _SandboxLog(artifacts / "sandbox.log") as sandbox_log,
+    ):
         options = SandboxOptions(
             workdir=Path(workdir),
             faults=Faults.model_validate(faults),
             auth_token=settings.token.get_secret_value() if settings.token else None,
         )
         async with Sandbox(options) as sb:
+            lasts = "until Ctrl-C after the run" if keep_until else "until the run ends"
             console.print(
-                f"sandbox: KubeFoundry API at {sb.api_url}, kubeconfig {sb.kubeconfig}",
+                f"sandbox: API_URL={sb.api_url} KUBECONFIG={sb.kubeconfig} ({lasts})",
                 markup=False,
                 highlight=False,
                 soft_wrap=True,
             )
             yield sb.api_url, str(sb.kubeconfig)
+            if keep_until is not None:
+                console.print(
+                    "sandbox kept for inspection; in another shell:\n"
+                    f"  export API_URL={sb.api_url} KUBECONFIG={sb.kubeconfig}\n"
+                    "Ctrl-C stops it (and everything it runs).",
+                    markup=False,
+                    highlight=False,
+                    soft_wrap=True,
+                )
+                await keep_until.wait()
+        if sandbox_log.problems:
+            console.print(
+                f"sandbox: {sandbox_log.problems} warning(s) or error(s), see {sandbox_log.path}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
+
+
+class _SandboxLog(logging.Handler):
+    """Sends the sandbox's log (and its HTTP servers') to a file while a run uses it,
+    counting the warnings and errors, so the console stays the run's."""
+
+    LOGGERS = ("orchestrator.sandbox", "aiohttp")
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(logging.WARNING)
+        self.path = path
+        self.problems = 0
+        self._file: logging.Handler | None = None
+        self._saved: list[tuple[logging.Logger, bool, int]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.problems += 1
+
+    def __enter__(self) -> _SandboxLog:
+        try:
+            self._file = logging.FileHandler(self.path, mode="w", encoding="utf-8", delay=True)
+        except OSError:
+            self._file = None
+        if self._file is not None:
+            self._file.setFormatter(
+                logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+            )
+        for name in self.LOGGERS:
+            logger = logging.getLogger(name)
+            self._saved.append((logger, logger.propagate, logger.level))
+            logger.propagate = False
+            logger.setLevel(logging.INFO)
+            logger.addHandler(self)
+            if self._file is not None:
+                logger.addHandler(self._file)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for logger, propagate, level in self._saved:
+            logger.removeHandler(self)
+            if self._file is not None:
+                logger.removeHandler(self._file)
+            logger.propagate = propagate
+            logger.setLevel(level)
+        if self._file is not None:
+            self._file.close()
 
 
 class _EnvironmentFlow:
@@ -199,7 +280,15 @@ async def _run(
     runners: list[Runner] = []
     loop = asyncio.get_running_loop()
 
+    keep = sandbox and env_opts.keep_sandbox
+    keep_sandbox = asyncio.Event()
+    if sandbox and not keep and settings.cleanup == "auto":
+        # The sandbox goes away with the run: keeping a failed run's resources for
+        # inspection would keep nothing, and its cleanup is part of what is tested.
+        settings = settings.model_copy(update={"cleanup": "always"})
+
     def interrupt(signame: str) -> None:
+        keep_sandbox.set()
         for runner in runners:
             runner.interrupt(signame)
 
@@ -208,7 +297,9 @@ async def _run(
     try:
         async with contextlib.AsyncExitStack() as stack:
             api_url, kubeconfig = await stack.enter_async_context(
-                _sandbox(settings, sandbox, faults, console)
+                _sandbox(
+                    settings, sandbox, faults, console, artifacts, keep_sandbox if keep else None
+                )
             )
             records: list[RunRecord] = []
             cluster = backend = None
@@ -294,6 +385,14 @@ async def _run(
                     reserve,
                     cleanup_cap,
                 )
+            if sandbox and not keep and any(_kept(r) for r in records):
+                console.print(
+                    "note: the sandbox shuts down with this run, so the commands above will "
+                    "not find it; rerun with --keep-sandbox to inspect what a failed run left",
+                    markup=False,
+                    highlight=False,
+                    soft_wrap=True,
+                )
             return _check_reports(_worst_exit(records), junit, runners, console)
     except _ConfigProblem as exc:
         from .cli import report_config_error
@@ -303,6 +402,12 @@ async def _run(
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+def _kept(record: RunRecord) -> bool:
+    """Whether the console told how to inspect or delete what this run left behind."""
+    cleanup = record.cleanup
+    return bool(cleanup.detail) and cleanup.status in ("skipped", "failed", "interrupted")
 
 
 def _prepare_reports(artifacts: Path) -> list[ReportProblem]:

@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="with --sandbox: inject a fault, e.g. image_pull_error=true (repeatable)",
     )
+    run.add_argument(
+        "--keep-sandbox",
+        action="store_true",
+        help="with --sandbox: keep the sandbox serving after the run, until Ctrl-C, and keep "
+        "a failed run's resources in it, so that the printed kubectl/curl commands work",
+    )
     run.add_argument("--no-live", action="store_true", help="plain line-by-line output")
     env = run.add_argument_group("environment (needs kind and Docker, or the backend's toolchain)")
     env.add_argument(
@@ -296,6 +302,8 @@ def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int
         faults = _parse_faults(ns.sandbox_fault)
         if faults and not ns.sandbox:
             raise ConfigError(["--sandbox-fault needs --sandbox"])
+        if ns.keep_sandbox and not ns.sandbox:
+            raise ConfigError(["--keep-sandbox needs --sandbox: add --sandbox, or drop it"])
         if faults:
             _check_faults(faults)
     except ConfigError as exc:
@@ -325,6 +333,7 @@ def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int
         backend_dir=ns.backend_dir,
         backend_command=ns.backend_command,
         backend_port=ns.backend_port,
+        keep_sandbox=ns.keep_sandbox,
     )
     if own_process:
         _settle_heap()

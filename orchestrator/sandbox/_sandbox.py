@@ -140,8 +140,14 @@ class Sandbox:
 async def serve_forever(options: SandboxOptions) -> None:
     """Run a sandbox until cancelled (``python -m orchestrator sandbox``)."""
     async with Sandbox(options) as sandbox:
-        print(f"KubeFoundry API: {sandbox.api_url}", flush=True)
+        # Lines a shell takes as they are (`export` them), then what to do with them.
+        print(f"API_URL={sandbox.api_url}", flush=True)
         print(f"KUBECONFIG={sandbox.kubeconfig}", flush=True)
+        print(
+            "sandbox serving: export the two lines above, then run "
+            "`python -m orchestrator run`; Ctrl-C stops it",
+            flush=True,
+        )
         await asyncio.Event().wait()
 
 

@@ -104,7 +104,7 @@ async def test_the_sandbox_api_as_a_real_backend_is_detected_healthy_and_stopped
             await backend.wait_healthy(time.monotonic() + WAIT)
         async with httpx.AsyncClient(trust_env=False) as http:
             assert (await http.get(backend.health_url)).json()["status"] == "healthy"
-        assert f"KubeFoundry API: http://127.0.0.1:{port}" in backend.log_tail()
+        assert f"API_URL=http://127.0.0.1:{port}" in backend.log_tail()
     finally:
         began = time.monotonic()
         code = await backend.stop()

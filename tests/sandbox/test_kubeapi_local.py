@@ -161,3 +161,62 @@ async def test_in_process_watches_see_what_http_watches_see(
     finally:
         await local.close()
         await remote.close()
+
+
+async def test_the_service_proxy_lets_a_client_hang_up_quietly() -> None:
+    """A client that stops reading a stream and closes (the inference client after the
+    last token, a cancelled run) must not make the proxy raise: aiohttp would print the
+    traceback on the console of a run that passed."""
+    import asyncio
+
+    import aiohttp
+    from aiohttp import web
+
+    from orchestrator.sandbox.kubeapi._proxy import forward
+
+    release = asyncio.Event()
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b"data: first\n\n")
+        await release.wait()
+        for _ in range(50):
+            await resp.write(b"data: more\n\n" * 100)
+        await resp.write_eof()
+        return resp
+
+    ended: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+
+    async def proxy(request: web.Request) -> web.StreamResponse:
+        try:
+            resp = await forward(request, session, model_url, "v1/stream")
+        except BaseException as exc:
+            ended.set_result(exc)
+            raise
+        ended.set_result(None)
+        return resp
+
+    runners = []
+    for handler in (stream, proxy):
+        app = web.Application()
+        app.router.add_get("/{tail:.*}", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        runners.append(runner)
+    model_url = f"http://127.0.0.1:{runners[0].addresses[0][1]}"
+    proxy_url = f"http://127.0.0.1:{runners[1].addresses[0][1]}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with aiohttp.ClientSession() as client:
+                resp = await client.get(f"{proxy_url}/v1/stream")
+                with anyio.fail_after(10):
+                    assert await resp.content.readline() == b"data: first\n"
+                resp.close()  # hang up with the stream still open
+            release.set()
+            with anyio.fail_after(10):
+                assert await ended is None
+    finally:
+        for runner in runners:
+            await runner.cleanup()

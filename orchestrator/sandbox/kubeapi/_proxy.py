@@ -119,12 +119,15 @@ async def forward(
             "Transfer-Encoding", ""
         ):
             resp.content_length = upstream.content_length
-        await resp.prepare(request)
-        if request.method != "HEAD":
-            try:
+        try:
+            await resp.prepare(request)
+            if request.method != "HEAD":
                 async for chunk in upstream.content.iter_any():
                     await resp.write(chunk)
-            except (aiohttp.ClientError, ConnectionResetError):
-                pass
-        await resp.write_eof()
+            await resp.write_eof()
+        except (aiohttp.ClientError, ConnectionResetError):
+            # The client hung up (it had what it wanted: a streamed completion read to
+            # its first token, a cancelled run) or the model did. Nobody is left to
+            # tell, and a traceback on the console of a passing run would only alarm.
+            pass
         return resp

@@ -1,0 +1,100 @@
+"""``run --sandbox`` as a user meets it: quiet, cleaned up, and hints that still work."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from orchestrator._app import _SandboxLog
+
+STUB = ["--sandbox-fault", "stub_models=true"]
+
+
+def orchestrator(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "KUBECONFIG", "API_URL")}
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_the_sandbox_log_goes_to_a_file_and_is_counted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with _SandboxLog(tmp_path / "sandbox.log") as log:
+        logging.getLogger("aiohttp.server").error("Error handling request")
+        logging.getLogger("orchestrator.sandbox.kaito").info("reconciling")
+    logging.getLogger("aiohttp.server").debug("after: not captured")
+    assert log.problems == 1
+    text = (tmp_path / "sandbox.log").read_text()
+    assert "ERROR aiohttp.server: Error handling request" in text and "reconciling" in text
+    assert capsys.readouterr().err == ""
+    assert logging.getLogger("aiohttp").propagate is True
+
+
+def test_keep_sandbox_needs_sandbox(tmp_path: Path) -> None:
+    out = orchestrator("run", "--keep-sandbox", "--artifacts-dir", str(tmp_path), cwd=tmp_path)
+    assert out.returncode == 2
+    assert "--keep-sandbox needs --sandbox" in out.stderr
+
+
+@pytest.mark.cluster
+def test_a_failed_sandbox_run_cleans_up_and_prints_no_dead_commands(tmp_path: Path) -> None:
+    """The sandbox is gone when the run ends: commands for it would fail, so the run
+    cleans up (exercising Cleanup) and prints none."""
+    out = orchestrator(
+        "run", "--sandbox", *STUB, "--sandbox-fault", "crash_loop=true",
+        "--artifacts-dir", str(tmp_path), cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 1, out.stderr
+    assert "kubectl" not in out.stdout and "curl" not in out.stdout
+    assert out.stderr == ""
+    assert json.loads((tmp_path / "run.json").read_text())["cleanup"]["status"] == "passed"
+    first = out.stdout.splitlines()[0]
+    assert first.startswith("sandbox: API_URL=http://127.0.0.1:") and " KUBECONFIG=" in first
+
+
+@pytest.mark.cluster
+def test_keep_sandbox_keeps_it_serving_until_ctrl_c(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "KUBECONFIG", "API_URL")}
+    args = ["run", "--sandbox", "--keep-sandbox", *STUB, "--sandbox-fault", "crash_loop=true"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator", *args, "--artifacts-dir", str(tmp_path)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:  # ends when the process does: no wait without an end
+            lines.append(line)
+            if line.startswith("Ctrl-C stops it"):
+                break
+        text = "".join(lines)
+        assert "kubectl -n kaito-workspace" in text  # the hints: they apply now
+        export = next(line for line in lines if line.strip().startswith("export API_URL="))
+        api_url = export.split("API_URL=")[1].split()[0]
+        name = "integration-test-llama?namespace=kaito-workspace"
+        with urllib.request.urlopen(f"{api_url}/api/deployments/{name}", timeout=10) as resp:
+            assert json.load(resp)["name"] == "integration-test-llama"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=60) == 1  # the run's verdict, not the Ctrl-C
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
