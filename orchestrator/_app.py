@@ -37,7 +37,7 @@ import anyio
 from rich.console import Console
 
 from .clients import InferenceClient, InferenceRoute, KubeClient, KubeFoundryClient, WatchHub
-from .config import Settings, Target
+from .config import TOKEN_ENV, Settings, Target
 from .engine import (
     EXIT_REPORTS,
     RUN_JSON,
@@ -58,6 +58,7 @@ from .engine import (
     describe_os_error,
     discard,
     print_runs,
+    redactor,
     wants_live,
 )
 from .flows.kaito import InstallGate, KaitoFlow, KaitoSettings
@@ -484,6 +485,8 @@ async def _run_flows(
 ) -> list[RunRecord]:
     try:
         kube = await KubeClient.from_kubeconfig(kubeconfig)
+        for secret in kube.secrets:
+            redactor.add(secret)
     except Exception as exc:  # the loader raises many kinds; all mean "bad kubeconfig"
         where = kubeconfig or "KUBECONFIG / ~/.kube/config"
         first = str(exc).splitlines()[0] if str(exc) else ""
@@ -640,6 +643,13 @@ def run_app(
     live: bool,
     environment: EnvironmentOptions | None = None,
 ) -> int:
+    # Secrets are registered before anything can print them, and the process's own
+    # streams pass the redactor too: a traceback or a stray print is a sink as well.
+    redactor.add(os.environ.get(TOKEN_ENV))
+    if settings.token is not None:
+        redactor.add(settings.token.get_secret_value())
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = redactor.stream(stdout), redactor.stream(stderr)
     try:
         return asyncio.run(
             _run(settings, sandbox, faults, live, environment or EnvironmentOptions())
@@ -647,3 +657,6 @@ def run_app(
     except KeyboardInterrupt:
         # Only reachable before the runners installed their handlers (or after they ended).
         return 130
+    finally:
+        sys.stdout.flush()
+        sys.stdout, sys.stderr = stdout, stderr

@@ -249,6 +249,16 @@ class KubeClient:
     def server(self) -> str:
         return str(self._api.configuration.host)
 
+    @property
+    def secrets(self) -> list[str]:
+        """The credentials this client sends (a kubeconfig's bearer token, a credential
+        plugin's, a password): the caller keeps them out of every report."""
+        cfg = self._api.configuration
+        values = [str(v).removeprefix("Bearer ").strip() for v in (cfg.api_key or {}).values() if v]
+        if getattr(cfg, "password", None):
+            values.append(str(cfg.password))
+        return [v for v in values if v]
+
     async def aclose(self) -> None:
         await self._api.close()
 

@@ -24,6 +24,7 @@ from ._junit_merge import MergedJUnit, merge_junit
 from ._machine import RunMachine, machine_mermaid
 from ._phase import Flow, Phase, PhaseContext, PhaseFailed
 from ._record import Finding, Outcome, PhaseKind, PhaseRecord, PhaseStatus, RunRecord
+from ._redact import Redactor, redact, redactor
 from ._reporter import Reporter
 from ._reports import (
     EXIT_REPORTS,
@@ -61,6 +62,7 @@ __all__ = [
     "PhaseKind",
     "PhaseRecord",
     "PhaseStatus",
+    "Redactor",
     "Reporter",
     "RunMachine",
     "RunRecord",
@@ -72,6 +74,8 @@ __all__ = [
     "MergedJUnit",
     "machine_mermaid",
     "print_runs",
+    "redact",
+    "redactor",
     "run_view",
     "runs_lines",
     "runs_table",

@@ -28,6 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ._record import PhaseRecord, RunRecord
+from ._redact import redact
 
 ICONS = {
     "pending": ("·", "dim"),
@@ -435,8 +436,12 @@ class ConsoleReporter:
     def _line(self, text: str | Text) -> None:
         if self.prefix and self._record is not None:
             text = Text(f"{self._record.suite}: ") + text
+        plain = str(text)
+        masked = redact(plain)
+        if masked != plain:  # a secret in it: its styling goes with it
+            text = Text(masked)
         if self._plain_file is not None:
-            self._plain_file.write(str(text) + "\n")
+            self._plain_file.write(masked + "\n")
             return
         self.console.print(text, markup=False, highlight=False, soft_wrap=True)
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ._record import PhaseRecord, RunRecord
+from ._redact import redact
 
 #: GitHub truncates a step summary beyond 1 MiB; cells and properties stay well below.
 CELL_MAX_CHARS = 500
@@ -84,11 +85,11 @@ class GitHubReporter:
     def run_finished(self, record: RunRecord) -> None:
         stream = self._stream if self._stream is not None else sys.stdout
         for line in workflow_commands(record):
-            print(line, file=stream)
+            print(redact(line), file=stream)
         if self.summary_path is not None:
             try:
                 with self.summary_path.open("a", encoding="utf-8") as summary:
-                    summary.write(job_summary(record))
+                    summary.write(redact(job_summary(record)))
             except OSError as exc:
                 print(command("warning", f"cannot write the job summary: {exc}"), file=stream)
         stream.flush()

@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, computed_field
 
+from ._redact import redact
+
 PhaseStatus = Literal["pending", "running", "passed", "failed", "skipped", "interrupted"]
 PhaseKind = Literal["phase", "diagnose", "cleanup"]
 Outcome = Literal["passed", "failed", "interrupted"]
@@ -169,8 +171,10 @@ class RunRecord(BaseModel):
     def append_log(self, line: str) -> None:
         """Append one line, dropping the oldest ones beyond the line and byte bounds.
 
-        The tail is kept because the end of a log usually explains a failure.
+        The tail is kept because the end of a log usually explains a failure. Secrets
+        are masked first, so that a cut can never leave half of one behind.
         """
+        line = redact(line)
         encoded = line.encode("utf-8", "replace")
         if len(encoded) > LOG_MAX_LINE_BYTES:
             line = encoded[:LOG_MAX_LINE_BYTES].decode("utf-8", "ignore") + " [line truncated]"

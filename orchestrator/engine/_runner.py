@@ -24,6 +24,7 @@ from ._budget import Budget
 from ._machine import DIAGNOSE, RunMachine
 from ._phase import Flow, Phase, PhaseContext, PhaseFailed
 from ._record import PhaseRecord, RunRecord, utcnow
+from ._redact import redact
 from ._reporter import FanOut, Reporter
 from ._reports import RUN_JSON, ReportProblem, describe_os_error, discard, write_run_json
 
@@ -433,6 +434,12 @@ class Runner:
 
     def _end(self, record: PhaseRecord) -> None:
         record.ended_at = utcnow()
+        # A reason often quotes a peer (an error body, an event): what reporters read
+        # holds no secret, whatever the peer echoed.
+        if record.reason:
+            record.reason = redact(record.reason)
+        if record.detail:
+            record.detail = redact(record.detail)
         took = f" in {record.duration:.1f} s" if record.duration is not None else ""
         why = f": {record.reason}" if record.reason else ""
         self._log(f"{record.title}: {record.status}{took}{why}")
@@ -520,7 +527,7 @@ def _secs(value: float) -> str:
 
 
 def _one_line(error: BaseException) -> str:
-    text = str(error).strip().split("\n", 1)[0]
+    text = redact(str(error)).strip().split("\n", 1)[0]
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
@@ -529,6 +536,7 @@ def _format_error(error: BaseException) -> str:
 
 
 def _bounded(text: str) -> str:
+    text = redact(text)  # before a cut that could leave half a secret behind
     if len(text) <= DETAIL_MAX_CHARS:
         return text
     return "[...]\n" + text[-DETAIL_MAX_CHARS:]

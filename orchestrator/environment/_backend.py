@@ -30,6 +30,7 @@ import anyio
 import httpx
 from anyio.abc import Process
 
+from ..engine import redact
 from ._errors import EnvironmentSetupError
 from ._process import kill_group
 
@@ -211,7 +212,7 @@ class BackendProcess:
             with self.log_path.open("rb") as handle:
                 handle.seek(0, os.SEEK_END)
                 handle.seek(max(0, handle.tell() - 64 * 1024))
-                text = handle.read().decode("utf-8", "replace")
+                text = redact(handle.read().decode("utf-8", "replace"))
         except OSError:
             return ""
         kept = [line.rstrip() for line in text.splitlines() if line.strip()]
@@ -267,6 +268,23 @@ class BackendProcess:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+            _redact_file(self.log_path)
+
+
+def _redact_file(path: Path) -> None:
+    """Pass the backend's log through the redactor once it is closed.
+
+    The child writes straight into the file (so the log grows even while this process
+    is busy); a backend that logs a request's Authorization header would otherwise leave
+    the token in the artifacts.
+    """
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+        masked = redact(text)
+        if masked != text:
+            path.write_text(masked, encoding="utf-8")
+    except OSError:
+        pass
 
 
 def _describe(exc: httpx.HTTPError) -> str:

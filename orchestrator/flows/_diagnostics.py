@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..clients import EVENTS, PODS, ClientError, KubeClient, KubeFoundryClient, Resource
+from ..engine import redact
 
 FILE_LIMIT = 1 << 20  # bytes per file
 LOG_TAIL = 500
@@ -30,7 +31,7 @@ def _bounded(text: str, limit: int = FILE_LIMIT) -> str:
 
 def _write(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(_bounded(text), encoding="utf-8")
+    path.write_text(_bounded(redact(text)), encoding="utf-8")
 
 
 def _safe_name(value: str) -> str:

@@ -134,6 +134,9 @@ class Faults(BaseModel):
     backend_resets: int = Field(0, ge=0)
     #: Requests to this route never answer until the fault is lifted.
     hang_route: RouteName | None = None
+    #: Every error answer (4xx/5xx) quotes the request's Authorization header in its
+    #: message, as careless proxies and backends do: the token must still reach no report.
+    echo_authorization: bool = False
     bad_body: BadBody | None = None
     # Kubernetes API faults: only when the sandbox runs its own Kubernetes API (a real
     # cluster cannot be told to misbehave like this).

@@ -19,7 +19,14 @@ from .._kube import Kube
 from ..faults import SandboxState
 from ..models import catalog
 from . import deployments, installation
-from .errors import AUTH_KEY, STATE_KEY, ApiError, errors_middleware, faults_and_auth_middleware
+from .errors import (
+    AUTH_KEY,
+    STATE_KEY,
+    ApiError,
+    echo_authorization_middleware,
+    errors_middleware,
+    faults_and_auth_middleware,
+)
 from .installation import CRD_DIR_KEY, KUBE_KEY, PROVIDER_CRDS_KEY, PROVIDERS, any_provider_status
 
 KUBEFOUNDRY_NAMESPACE = "kubefoundry-system"
@@ -144,7 +151,9 @@ def create_app(
     crd_dir: Path | None = None,
     provider_crds: dict[str, Path] | None = None,
 ) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware, faults_and_auth_middleware])
+    app = web.Application(
+        middlewares=[echo_authorization_middleware, errors_middleware, faults_and_auth_middleware]
+    )
     app[KUBE_KEY] = kube
     app[STATE_KEY] = state
     app[AUTH_KEY] = auth_token or ""

@@ -113,6 +113,31 @@ def _break_body(response: web.StreamResponse, route: str, kind: str) -> web.Stre
 
 
 @web.middleware
+async def echo_authorization_middleware(
+    request: web.Request, handler: Handler
+) -> web.StreamResponse:
+    """With ``echo_authorization``: an error answer quotes the Authorization header."""
+    response = await handler(request)
+    state = request.app[STATE_KEY]
+    if not state.faults.echo_authorization or response.status < 400:
+        return response
+    if not isinstance(response, web.Response) or response.body is None:
+        return response
+    header = request.headers.get("Authorization", "(none)")
+    try:
+        body = json.loads(bytes(response.body))  # type: ignore[arg-type]
+    except ValueError:
+        body = {"error": {"message": bytes(response.body).decode("utf-8", "replace")}}  # type: ignore[arg-type]
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        message = str(body["error"].get("message", ""))
+        body["error"]["message"] = f"{message} (request had Authorization: {header})"
+    else:
+        body = {"error": {"message": f"request had Authorization: {header}"}, "was": body}
+    body["echo"] = {"headers": {"authorization": header}}
+    return web.json_response(body, status=response.status)
+
+
+@web.middleware
 async def faults_and_auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Transport faults first (a dead or flaky backend fails before it checks anything), then auth,
     then the route's own answer, possibly broken."""
