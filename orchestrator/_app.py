@@ -465,6 +465,38 @@ def _check_reports(
     return code
 
 
+#: What to do when no cluster is configured: said wherever that is the problem.
+NO_CLUSTER_NEXT = (
+    "point KUBECONFIG (or --kubeconfig) at your cluster's kubeconfig, or run with --sandbox "
+    "(no cluster needed) or --create-cluster (an ephemeral kind cluster)"
+)
+
+
+async def _load_kubeconfig(kubeconfig: str | None) -> KubeClient:
+    """The Kubernetes client, or a configuration problem that says what to do.
+
+    A missing file is checked first: the loader would log "Config not found" and then
+    complain about a missing current-context, which sends a person looking inside a
+    file that does not exist.
+    """
+    if kubeconfig:
+        files = [Path(p).expanduser() for p in kubeconfig.split(os.pathsep) if p]
+        where = f"{kubeconfig} (KUBECONFIG or --kubeconfig)"
+    else:
+        files = [Path("~/.kube/config").expanduser()]
+        where = f"{files[0]} (the default; KUBECONFIG is not set)"
+    if not any(f.is_file() for f in files):
+        raise _ConfigProblem(f"no kubeconfig: {where} does not exist; {NO_CLUSTER_NEXT}")
+    try:
+        return await KubeClient.from_kubeconfig(kubeconfig)
+    except Exception as exc:  # the loader raises many kinds; all mean "bad kubeconfig"
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise _ConfigProblem(
+            f"kubeconfig {where}: cannot be loaded: {type(exc).__name__}: {first}; fix the "
+            f"file (`kubectl config view` shows what it holds) or {NO_CLUSTER_NEXT}"
+        ) from None
+
+
 class _ConfigProblem(Exception):
     """The configuration points at something unusable (a kubeconfig that does not load)."""
 
@@ -483,16 +515,9 @@ async def _run_flows(
     reserve: float,
     cleanup_cap: float,
 ) -> list[RunRecord]:
-    try:
-        kube = await KubeClient.from_kubeconfig(kubeconfig)
-        for secret in kube.secrets:
-            redactor.add(secret)
-    except Exception as exc:  # the loader raises many kinds; all mean "bad kubeconfig"
-        where = kubeconfig or "KUBECONFIG / ~/.kube/config"
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise _ConfigProblem(
-            f"kubeconfig ({where}): cannot be loaded: {type(exc).__name__}: {first}"
-        ) from None
+    kube = await _load_kubeconfig(kubeconfig)
+    for secret in kube.secrets:
+        redactor.add(secret)
     token = settings.token.get_secret_value() if settings.token else None
     # Each flow gets its own backend and inference clients: its diagnostics then show its
     # own exchanges only, and each connection pool stays small (httpx scans the whole

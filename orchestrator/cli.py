@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run",
         help="run the flow (the default command)",
         description="Run the KAITO flow against a KubeFoundry backend.",
+        formatter_class=_FaultHelp,
     )
     run.add_argument(
         "--sandbox",
@@ -132,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sb = sub.add_parser(
         "sandbox",
+        formatter_class=_FaultHelp,
         help="serve the sandbox until Ctrl-C",
         description="Serve the sandbox on loopback and print API_URL and KUBECONFIG.",
     )
@@ -144,7 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="use this cluster instead of the in-process Kubernetes API",
     )
-    sb.add_argument("--fault", action="append", default=[], metavar="NAME=VALUE")
+    sb.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="inject a fault, e.g. crash_loop=true (repeatable)",
+    )
 
     hist = sub.add_parser(
         "history",
@@ -178,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="append the Markdown summary here (e.g. $GITHUB_STEP_SUMMARY; '-': stdout)",
     )
+    for command in sub.choices.values():
+        # So that a usage error names the command's options, not the top level's.
+        command.set_defaults(command_parser=command)
     return parser
 
 
@@ -212,7 +223,27 @@ def _flags(ns: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _check_faults(faults: dict[str, Any]) -> None:
+def fault_names() -> list[str]:
+    """Every ``--sandbox-fault`` name, nested knobs as ``group.knob``, read from the
+    sandbox's own model so that the list never falls behind it."""
+    import typing
+
+    from pydantic import BaseModel
+
+    from .sandbox import Faults
+
+    names = []
+    for name, field in Faults.model_fields.items():
+        args = typing.get_args(field.annotation) or (field.annotation,)
+        group = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if group is None:
+            names.append(name)
+        else:
+            names += [f"{name}.{sub}" for sub in group.model_fields]
+    return names
+
+
+def _check_faults(faults: dict[str, Any], flag: str = "--sandbox-fault") -> None:
     """Refuse an unknown knob or a bad value before anything starts."""
     from pydantic import ValidationError
 
@@ -221,13 +252,30 @@ def _check_faults(faults: dict[str, Any]) -> None:
     try:
         Faults.model_validate(faults)
     except ValidationError as exc:
-        raise ConfigError(
-            [
-                f"--sandbox-fault {'.'.join(str(p) for p in e['loc'])}: "
-                f"{e['msg']}; got {e.get('input')!r}"
-                for e in exc.errors()
-            ]
-        ) from None
+        problems = []
+        for e in exc.errors():
+            name = ".".join(str(p) for p in e["loc"])
+            if e["type"] == "extra_forbidden":
+                problems.append(
+                    f"{flag} {name}: no such fault; valid names: {', '.join(fault_names())}"
+                )
+            else:
+                problems.append(f"{flag} {name}: {e['msg']}; got {e.get('input')!r}")
+        raise ConfigError(problems) from None
+
+
+class _FaultHelp(argparse.HelpFormatter):
+    """Lists the fault names under --sandbox-fault when ``run --help`` is shown, and only
+    then: importing the sandbox's model costs more than the rest of ``--help``."""
+
+    def _expand_help(self, action: argparse.Action) -> str:
+        text = super()._expand_help(action)
+        if action.dest in ("sandbox_fault", "fault"):
+            try:
+                text += "; names: " + ", ".join(fault_names())
+            except ImportError:  # the sandbox extra is not installed
+                pass
+        return text
 
 
 def _parse_faults(items: Sequence[str]) -> dict[str, Any]:
@@ -288,7 +336,12 @@ def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int
     parser = build_parser()
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
         argv = ["run", *argv]
-    ns = parser.parse_args(argv)
+    ns, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # argparse would blame the top-level parser and print its usage; the options
+        # belong to the command, so its usage is the one that helps.
+        owner = getattr(ns, "command_parser", None) or parser
+        owner.error(f"unrecognized arguments: {' '.join(unknown)}")
     if ns.command == "graph":
         return _graph()
     if ns.command == "history":
@@ -407,7 +460,7 @@ def _serve_sandbox(ns: argparse.Namespace) -> int:
 
     try:
         faults = _parse_faults(ns.fault)
-        _check_faults(faults)
+        _check_faults(faults, "--fault")
     except ConfigError as exc:
         report_config_error(exc.problems, None)
         return EXIT_USAGE

@@ -44,12 +44,6 @@ def test_the_sandbox_log_goes_to_a_file_and_is_counted(
     assert logging.getLogger("aiohttp").propagate is True
 
 
-def test_keep_sandbox_needs_sandbox(tmp_path: Path) -> None:
-    out = orchestrator("run", "--keep-sandbox", "--artifacts-dir", str(tmp_path), cwd=tmp_path)
-    assert out.returncode == 2
-    assert "--keep-sandbox needs --sandbox" in out.stderr
-
-
 @pytest.mark.cluster
 def test_a_failed_sandbox_run_cleans_up_and_prints_no_dead_commands(tmp_path: Path) -> None:
     """The sandbox is gone when the run ends: commands for it would fail, so the run

@@ -1,0 +1,92 @@
+"""Every failure message a user can meet ends in what to do next: the setting to change,
+the command to run, the list of valid names. One test per message class."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from orchestrator.cli import fault_names
+
+
+def orchestrator(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if k not in ("CI", "KUBECONFIG", "API_URL")}
+    full.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator", *args],
+        cwd=cwd,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_no_kubeconfig_says_where_it_looked_and_what_to_do(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    out = orchestrator(
+        "run", "--api-url", "http://127.0.0.1:9", "--artifacts-dir", str(tmp_path / "a"),
+        cwd=tmp_path, env={"HOME": str(home)},
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    text = out.stdout + out.stderr
+    assert f"no kubeconfig: {home}/.kube/config (the default; KUBECONFIG is not set)" in text
+    assert "KUBECONFIG" in text and "--sandbox" in text and "--create-cluster" in text
+    # The loader's own words would send the reader inside a file that does not exist.
+    assert "current-context" not in text and "Config not found" not in text
+    out = orchestrator(
+        "run", "--kubeconfig", str(tmp_path / "nope.yaml"), "--artifacts-dir",
+        str(tmp_path / "a"), cwd=tmp_path,
+    )  # fmt: skip
+    assert f"no kubeconfig: {tmp_path / 'nope.yaml'} (KUBECONFIG or --kubeconfig)" in out.stderr
+
+
+def test_a_broken_kubeconfig_names_the_file_and_the_way_out(tmp_path: Path) -> None:
+    broken = tmp_path / "kubeconfig"
+    broken.write_text("clusters: [\n")
+    out = orchestrator(
+        "run", "--artifacts-dir", str(tmp_path / "a"), cwd=tmp_path,
+        env={"KUBECONFIG": str(broken)},
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert f"kubeconfig {broken} (KUBECONFIG or --kubeconfig): cannot be loaded" in out.stderr
+    assert "kubectl config view" in out.stderr and "--sandbox" in out.stderr
+
+
+def test_an_unknown_fault_lists_the_valid_names_and_so_does_help(tmp_path: Path) -> None:
+    out = orchestrator(
+        "run", "--sandbox", "--sandbox-fault", "crashloop=true", "--sandbox-fault",
+        "delays.podstart=1", "--artifacts-dir", str(tmp_path / "a"), cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 2
+    names = fault_names()
+    assert "crash_loop" in names and "delays.pod_start" in names and "bad_body.route" in names
+    for line in ("--sandbox-fault crashloop: ", "--sandbox-fault delays.podstart: "):
+        [problem] = [x for x in out.stderr.splitlines() if line in x]
+        assert problem.endswith("no such fault; valid names: " + ", ".join(names))
+    help_text = " ".join(orchestrator("run", "--help", cwd=tmp_path).stdout.split())
+    assert "names: " + ", ".join(names) in help_text
+
+
+def test_an_unknown_option_shows_the_commands_own_usage(tmp_path: Path) -> None:
+    for argv in (["run", "--bogus"], ["--bogus"]):
+        out = orchestrator(*argv, cwd=tmp_path)
+        assert out.returncode == 2
+        assert out.stderr.startswith("usage: orchestrator run ")
+        assert "--sandbox" in out.stderr  # run's options, not just COMMAND
+        assert out.stderr.rstrip().endswith(
+            "orchestrator run: error: unrecognized arguments: --bogus"
+        )
+    out = orchestrator("history", "--bogus", cwd=tmp_path)
+    assert out.stderr.startswith("usage: orchestrator history ")
+
+
+def test_keep_sandbox_without_sandbox_says_how_to_fix_it(tmp_path: Path) -> None:
+    out = orchestrator("run", "--keep-sandbox", "--artifacts-dir", str(tmp_path), cwd=tmp_path)
+    assert out.returncode == 2
+    assert "--keep-sandbox needs --sandbox: add --sandbox, or drop it" in out.stderr
