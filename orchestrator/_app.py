@@ -29,7 +29,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,10 @@ from .engine import (
     discard,
     print_runs,
     redactor,
+    signal_exit_code,
+    stopped_record,
     wants_live,
+    write_run_json,
 )
 from .flows.kaito import InstallGate, KaitoFlow, KaitoSettings
 from .history import HISTORY_FILE, Entry, append, baseline, load
@@ -253,6 +256,57 @@ class _EnvironmentFlow:
         return []
 
 
+class _Stopped(Exception):
+    """A signal came while the run was setting up, before its flows existed."""
+
+    def __init__(self, signame: str, where: str) -> None:
+        super().__init__(f"interrupted by {signame} {where}")
+        self.signame = signame
+        self.where = where
+
+
+class _Runners(list[Runner]):
+    """The run's runners, and the signal, from the first instruction of the run on.
+
+    A signal that comes before a runner exists is not lost: a runner added later is
+    interrupted at once (it skips its phases, cleans up and reports), and a setup step
+    in progress (starting the sandbox, loading the kubeconfig, a credential plugin) is
+    cancelled and reported as interrupted.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.signame: str | None = None
+        self._setup: list[anyio.CancelScope] = []
+
+    def append(self, runner: Runner) -> None:
+        super().append(runner)
+        if self.signame is not None:
+            runner.interrupt(self.signame)
+
+    def interrupt(self, signame: str) -> None:
+        if self.signame is None:
+            self.signame = signame
+        for runner in self:
+            runner.interrupt(signame)
+        for scope in self._setup:
+            scope.cancel()
+
+    @contextlib.contextmanager
+    def setup(self, where: str) -> Iterator[None]:
+        """Run a setup step that a signal cancels; raise :class:`_Stopped` if one did."""
+        with anyio.CancelScope() as scope:
+            self._setup.append(scope)
+            try:
+                if self.signame is not None:
+                    scope.cancel()
+                yield
+            finally:
+                self._setup.remove(scope)
+        if self.signame is not None:
+            raise _Stopped(self.signame, where)
+
+
 def _worst_exit(records: Sequence[RunRecord]) -> int:
     """Interrupted beats failed beats passed: the exit code a CI job should see."""
     codes = [r.exit_code for r in records]
@@ -278,7 +332,7 @@ async def _run(
     total = settings.seconds("test_timeout")
     reserve = settings.seconds("cleanup_reserve")
     cleanup_cap = max(reserve, settings.seconds("delete_timeout"))
-    runners: list[Runner] = []
+    runners = _Runners()
     loop = asyncio.get_running_loop()
 
     keep = sandbox and env_opts.keep_sandbox
@@ -290,18 +344,23 @@ async def _run(
 
     def interrupt(signame: str) -> None:
         keep_sandbox.set()
-        for runner in runners:
-            runner.interrupt(signame)
+        runners.interrupt(signame)
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, interrupt, sig.name)
     try:
         async with contextlib.AsyncExitStack() as stack:
-            api_url, kubeconfig = await stack.enter_async_context(
-                _sandbox(
-                    settings, sandbox, faults, console, artifacts, keep_sandbox if keep else None
+            with runners.setup("while the sandbox started"):
+                api_url, kubeconfig = await stack.enter_async_context(
+                    _sandbox(
+                        settings,
+                        sandbox,
+                        faults,
+                        console,
+                        artifacts,
+                        keep_sandbox if keep else None,
+                    )
                 )
-            )
             records: list[RunRecord] = []
             cluster = backend = None
             env_record: RunRecord | None = None
@@ -394,7 +453,39 @@ async def _run(
                     highlight=False,
                     soft_wrap=True,
                 )
-            return _check_reports(_worst_exit(records), junit, runners, console)
+            code = _worst_exit(records)
+            if runners.signame is not None and code < 128:
+                # The signal came after the flows had ended (during teardown): the run
+                # still did not end as asked, and a CI job must not read it as passed.
+                code = signal_exit_code(runners.signame)
+                console.print(
+                    f"{runners.signame} received after the flows ended; exit code {code}",
+                    markup=False,
+                    highlight=False,
+                )
+            return _check_reports(code, junit, runners, console)
+    except _Stopped as exc:
+        # Whatever existed was cleaned up on the way here (the sandbox, the environment).
+        code = signal_exit_code(exc.signame)
+        record = stopped_record(
+            "kaito", exc.signame, f"{exc}: the flows did not start; nothing was created"
+        )
+        for reporter in (junit, *extra):
+            reporter.run_started(record)
+            reporter.run_finished(record)
+        console.print(
+            f"INTERRUPTED: {exc}; nothing to clean up (exit code {code})",
+            markup=False,
+            highlight=False,
+        )
+        try:
+            write_run_json(record, artifacts / RUN_JSON)
+        except OSError as err:
+            discard(artifacts / RUN_JSON)
+            return _reports_failed(
+                [ReportProblem(artifacts / RUN_JSON, describe_os_error(err))], code
+            )
+        return _check_reports(code, junit, runners, console, [artifacts / RUN_JSON])
     except _ConfigProblem as exc:
         from .cli import report_config_error
 
@@ -439,7 +530,11 @@ def _reports_failed(problems: Sequence[ReportProblem], code: int) -> int:
 
 
 def _check_reports(
-    code: int, junit: JUnitReporter, runners: Sequence[Runner], console: Console
+    code: int,
+    junit: JUnitReporter,
+    runners: Sequence[Runner],
+    console: Console,
+    written: Sequence[Path] = (),
 ) -> int:
     """Write junit.xml a last time, check every run.json, and name only files that exist."""
     problems: list[ReportProblem] = []
@@ -452,7 +547,7 @@ def _check_reports(
         problems += runner.report_problems
     if problems:
         return _reports_failed(problems, code)
-    run_jsons = [runner.artifacts_dir / RUN_JSON for runner in runners]
+    run_jsons = [*written, *(runner.artifacts_dir / RUN_JSON for runner in runners)]
     named = [str(p) for p in run_jsons[:2]]
     if len(run_jsons) > 2:
         named = [f"{junit.path.parent}/*/{RUN_JSON} ({len(run_jsons)} runs)"]
@@ -472,7 +567,7 @@ NO_CLUSTER_NEXT = (
 )
 
 
-async def _load_kubeconfig(kubeconfig: str | None) -> KubeClient:
+async def _load_kubeconfig(kubeconfig: str | None, exec_timeout: float) -> KubeClient:
     """The Kubernetes client, or a configuration problem that says what to do.
 
     A missing file is checked first: the loader would log "Config not found" and then
@@ -488,7 +583,7 @@ async def _load_kubeconfig(kubeconfig: str | None) -> KubeClient:
     if not any(f.is_file() for f in files):
         raise _ConfigProblem(f"no kubeconfig: {where} does not exist; {NO_CLUSTER_NEXT}")
     try:
-        return await KubeClient.from_kubeconfig(kubeconfig)
+        return await KubeClient.from_kubeconfig(kubeconfig, exec_timeout=exec_timeout)
     except Exception as exc:  # the loader raises many kinds; all mean "bad kubeconfig"
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise _ConfigProblem(
@@ -510,12 +605,13 @@ async def _run_flows(
     live: bool,
     junit: JUnitReporter,
     extra: list[Reporter],
-    runners: list[Runner],
+    runners: _Runners,
     total: float,
     reserve: float,
     cleanup_cap: float,
 ) -> list[RunRecord]:
-    kube = await _load_kubeconfig(kubeconfig)
+    with runners.setup("while the kubeconfig loaded"):  # a credential plugin included
+        kube = await _load_kubeconfig(kubeconfig, settings.seconds("credential_timeout"))
     for secret in kube.secrets:
         redactor.add(secret)
     token = settings.token.get_secret_value() if settings.token else None
@@ -679,9 +775,6 @@ def run_app(
         return asyncio.run(
             _run(settings, sandbox, faults, live, environment or EnvironmentOptions())
         )
-    except KeyboardInterrupt:
-        # Only reachable before the runners installed their handlers (or after they ended).
-        return 130
     finally:
         sys.stdout.flush()
         sys.stdout, sys.stderr = stdout, stderr

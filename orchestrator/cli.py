@@ -16,6 +16,7 @@ import gc
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -311,6 +312,11 @@ def entry() -> int:
     Unlike :func:`main`, which tests and library users call in-process, it owns the
     interpreter, so it can tune its garbage collector: see :func:`_settle_heap`.
     """
+    # From the first instruction on, SIGTERM stops the run the way Ctrl-C does (an
+    # exception, so that what exists is cleaned up and a report written), not by the
+    # default of dying on the spot. Once the run's event loop starts, its own handlers
+    # take over: they stop the flows instead.
+    signal.signal(signal.SIGTERM, _terminated)
     code = main(own_process=True)
     # The work is done and every client closed: freezing spares the interpreter's final
     # collections a walk over every object the imports made (about 150 ms at exit).
@@ -331,6 +337,14 @@ def _settle_heap() -> None:
     gc.freeze()
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised like KeyboardInterrupt is for SIGINT (see :func:`entry`)."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -342,6 +356,47 @@ def main(argv: Sequence[str] | None = None, *, own_process: bool = False) -> int
         # belong to the command, so its usage is the one that helps.
         owner = getattr(ns, "command_parser", None) or parser
         owner.error(f"unrecognized arguments: {' '.join(unknown)}")
+    started = time.time()
+    try:
+        return _main(ns, own_process=own_process)
+    except (KeyboardInterrupt, Terminated) as exc:
+        # A signal before the run's own handlers were in place (or after they were
+        # removed): nothing was created yet, so a report saying so is all there is to do.
+        signame = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
+        code = 128 + int(signal.Signals[signame])
+        if ns.command == "run":
+            _report_stopped(signame, getattr(ns, "artifacts_dir", None), started)
+        print(f"orchestrator: interrupted by {signame} (exit code {code})", file=sys.stderr)
+        return code
+
+
+def _written_since(path: Path, started: float) -> bool:
+    try:
+        return path.stat().st_mtime >= started
+    except OSError:
+        return False
+
+
+def _report_stopped(signame: str, artifacts_dir: str | None, started: float) -> None:
+    target = Path(artifacts_dir or os.environ.get("ORCHESTRATOR_ARTIFACTS_DIR") or "test-results")
+    if all(_written_since(target / name, started) for name in ("junit.xml", "run.json")):
+        return  # this run got far enough to report itself (the signal came at its very end)
+    problems: list[object]
+    try:
+        from .engine import write_stopped_reports
+
+        problems = list(
+            write_stopped_reports(
+                target, "kaito", signame, f"interrupted by {signame} before the run started"
+            )
+        )
+    except Exception as exc:  # a report is best effort here; the exit code is the verdict
+        problems = [exc]
+    for problem in problems:
+        print(f"orchestrator: report not written: {problem}", file=sys.stderr)
+
+
+def _main(ns: argparse.Namespace, *, own_process: bool) -> int:
     if ns.command == "graph":
         return _graph()
     if ns.command == "history":

@@ -95,6 +95,12 @@ KEYS: tuple[Key, ...] = (
         "watch (react to watch events) or poll (ask every poll_interval)",
     ),
     Key(
+        "credential_timeout",
+        "ORCHESTRATOR_CREDENTIAL_TIMEOUT",
+        "--credential-timeout",
+        "time a kubeconfig credential plugin (users[].user.exec) may take, ms",
+    ),
+    Key(
         "poll_interval",
         "ORCHESTRATOR_POLL_INTERVAL",
         "--poll-interval",
@@ -212,6 +218,7 @@ class Settings(BaseModel):
     cleanup: Literal["auto", "always", "on-success", "never"] = "auto"
     wait_strategy: Literal["watch", "poll"] = "watch"
     poll_interval: Milliseconds = Field(5_000, gt=0)
+    credential_timeout: Milliseconds = Field(30_000, gt=0, le=600_000)
     parallel: int = Field(1, ge=1, le=200)
     unique_names: bool = False
     latency_regression: float | None = Field(None, gt=0)
@@ -227,6 +234,7 @@ class Settings(BaseModel):
         "inference_timeout",
         "delete_timeout",
         "cleanup_reserve",
+        "credential_timeout",
         mode="before",
     )
     @classmethod

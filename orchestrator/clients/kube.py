@@ -32,6 +32,7 @@ from ._errors import (
     parse_retry_after,
     status_error,
 )
+from ._exec_credential import EXEC_TIMEOUT, bounded_exec_provider
 from ._retry import READS, RetryPolicy, bounded
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -237,10 +238,26 @@ class KubeClient:
 
     @classmethod
     async def from_kubeconfig(
-        cls, path: str | None = None, *, context: str | None = None
+        cls,
+        path: str | None = None,
+        *,
+        context: str | None = None,
+        exec_timeout: float = EXEC_TIMEOUT,
     ) -> KubeClient:
-        from kubernetes_asyncio import client, config
+        """Load a kubeconfig; a credential plugin it names gets ``exec_timeout`` seconds.
 
+        Cancelling the load (a signal) ends a plugin that is still running.
+        """
+        from kubernetes_asyncio import client, config
+        from kubernetes_asyncio.config import kube_config
+
+        # The loader looks its plugin runner up in its module at each use: ours bounds
+        # the plugin in time and ends it when the load is cancelled.
+        current = getattr(kube_config, "ExecProvider")  # noqa: B009  (not re-exported)
+        base = getattr(current, "unbounded", current)
+        bounded = bounded_exec_provider(base, exec_timeout)
+        bounded.unbounded = base
+        setattr(kube_config, "ExecProvider", bounded)  # noqa: B010
         cfg = client.Configuration()
         await config.load_kube_config(config_file=path, context=context, client_configuration=cfg)
         return cls(client.ApiClient(configuration=cfg))

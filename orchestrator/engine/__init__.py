@@ -19,11 +19,19 @@ from ._console import (
     wants_live,
 )
 from ._github import GitHubReporter
-from ._junit import JUnitReporter, junit_xml, write_error_junit, write_junit
+from ._junit import JUnitReporter, junit_xml, stopped_record, write_error_junit, write_junit
 from ._junit_merge import MergedJUnit, merge_junit
 from ._machine import RunMachine, machine_mermaid
 from ._phase import Flow, Phase, PhaseContext, PhaseFailed
-from ._record import Finding, Outcome, PhaseKind, PhaseRecord, PhaseStatus, RunRecord
+from ._record import (
+    Finding,
+    Outcome,
+    PhaseKind,
+    PhaseRecord,
+    PhaseStatus,
+    RunRecord,
+    signal_exit_code,
+)
 from ._redact import Redactor, redact, redactor
 from ._reporter import Reporter
 from ._reports import (
@@ -35,6 +43,8 @@ from ._reports import (
     describe_os_error,
     discard,
     write_error_reports,
+    write_run_json,
+    write_stopped_reports,
 )
 from ._runner import CleanupPolicy, Runner
 from ._shared import SharedServices
@@ -48,6 +58,10 @@ __all__ = [
     "ReportProblem",
     "clear_reports",
     "write_error_reports",
+    "write_run_json",
+    "signal_exit_code",
+    "stopped_record",
+    "write_stopped_reports",
     "Budget",
     "CleanupPolicy",
     "ConsoleReporter",

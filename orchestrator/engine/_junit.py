@@ -253,6 +253,18 @@ def error_record(
     return record
 
 
+def stopped_record(suite: str, signame: str, message: str, *, title: str = "Setup") -> RunRecord:
+    """The record of a run that a signal stopped before its flows started (while the
+    kubeconfig loaded, a credential plugin ran, the sandbox started)."""
+    record = error_record(suite, message, title=title)
+    record.usage_error = False
+    record.phases[0].status = "interrupted"
+    record.interrupted_by = signame
+    record.outcome = "interrupted"
+    record.cleanup.reason = "the flows did not start: nothing of theirs to delete"
+    return record
+
+
 def write_error_junit(
     path: str | os.PathLike[str],
     suite: str,

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._atomic import atomic_write_text
-from ._junit import error_record, write_junit
+from ._junit import error_record, stopped_record, write_junit
 from ._record import RunRecord
 
 JUNIT_XML = "junit.xml"
@@ -79,7 +79,19 @@ def write_error_reports(
 ) -> list[ReportProblem]:
     """junit.xml and run.json for a run that never started; the files that could not be
     written are removed and returned."""
-    record = error_record(suite, message, title=title)
+    return write_reports(error_record(suite, message, title=title), artifacts_dir)
+
+
+def write_stopped_reports(
+    artifacts_dir: str | os.PathLike[str], suite: str, signame: str, message: str
+) -> list[ReportProblem]:
+    """junit.xml and run.json for a run a signal stopped before its flows started."""
+    return write_reports(stopped_record(suite, signame, message), artifacts_dir)
+
+
+def write_reports(record: RunRecord, artifacts_dir: str | os.PathLike[str]) -> list[ReportProblem]:
+    """``record`` as junit.xml and run.json; the files that could not be written are
+    removed and returned."""
     target = Path(artifacts_dir)
     problems = []
     for name in REPORT_FILES:
