@@ -3,8 +3,9 @@
 - :class:`KubeFoundryClient`: the KubeFoundry backend's HTTP API (httpx).
 - :class:`KubeClient` and :func:`watch`: Kubernetes over kubernetes-asyncio,
   with a list-then-watch loop that survives cut streams and 410 Gone.
-- :class:`InferenceClient`: the served model's chat-completion endpoint, and
-  :func:`validate_completion` for its schema.
+- :class:`InferenceClient`: the served model's chat-completion endpoint (one streamed
+  request gives the timing and the verdict), and :func:`validate_completion`, the
+  schema and the quality gate beyond it (each failed check a named :class:`Violation`).
 
 They know nothing of the engine or of any flow.
 """
@@ -28,11 +29,13 @@ from ._retry import NO_RETRY, RetryPolicy
 from ._watch import Backoff, WatchEvent, watch
 from .inference import (
     ChatCompletionResponse,
+    Expectations,
     InferenceClient,
     InferenceResult,
     InferenceRoute,
     InvalidCompletion,
     StreamTiming,
+    Violation,
     validate_completion,
 )
 from .kube import CRDS, EVENTS, NAMESPACES, PODS, SERVICES, KubeClient, Resource
@@ -46,6 +49,7 @@ __all__ = [
     "Conflict",
     "EVENTS",
     "Exchange",
+    "Expectations",
     "HTTPStatusError",
     "InferenceClient",
     "InferenceResult",
@@ -69,6 +73,7 @@ __all__ = [
     "TooManyRequests",
     "TransportError",
     "Unauthorized",
+    "Violation",
     "WatchEvent",
     "WatchHub",
     "compile_selector",

@@ -14,15 +14,22 @@ than one field, and a report that names them all saves a round trip.
 from __future__ import annotations
 
 import json
+import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import anyio
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ._completion import (
+    ChatCompletionResponse,
+    Expectations,
+    Violation,
+    assemble_stream,
+    completion_violations,
+)
 from ._errors import (
     ClientError,
     HTTPStatusError,
@@ -37,86 +44,49 @@ from ._retry import bounded
 from ._tls import default_context
 from .kube import KubeClient
 
-FINISH_REASONS = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
 
+def validate_completion(
+    body: Any,
+    *,
+    model: str | None = None,
+    max_tokens: int | None = None,
+    pattern: re.Pattern[str] | None = None,
+) -> tuple[ChatCompletionResponse | None, list[str]]:
+    """Check a non-streamed answer: the parsed completion, or None and *every* violation.
 
-class _Shape(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-
-class ChatMessage(_Shape):
-    role: Literal["assistant"]
-    content: str
-
-
-class Choice(_Shape):
-    index: int
-    message: ChatMessage
-    finish_reason: str | None
-
-
-class Usage(_Shape):
-    prompt_tokens: int = Field(ge=0)
-    completion_tokens: int = Field(ge=0)
-    total_tokens: int = Field(ge=0)
-
-
-class ChatCompletionResponse(_Shape):
-    """The plan's ``ChatCompletionResponse``: what an OpenAI-compatible server must answer."""
-
-    id: str
-    object: Literal["chat.completion"]
-    created: int
-    model: str
-    choices: list[Choice] = Field(min_length=1)
-    usage: Usage | None = None
-
-
-def validate_completion(body: Any) -> tuple[ChatCompletionResponse | None, list[str]]:
-    """Check ``body`` against the schema; return the parsed answer and *every* error found."""
-    errors: list[str] = []
-    parsed: ChatCompletionResponse | None = None
-    if not isinstance(body, dict):
-        return None, [f"(body): expected a JSON object, got {type(body).__name__}"]
-    try:
-        parsed = ChatCompletionResponse.model_validate(body)
-    except ValidationError as exc:
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "(body)"
-            errors.append(f"{loc}: {err['msg']}")
-    # Semantic checks run on the raw body too, so they add to the structural errors
-    # instead of hiding behind them.
-    choices = body.get("choices")
-    if isinstance(choices, list):
-        for i, choice in enumerate(choices):
-            if not isinstance(choice, dict):
-                continue
-            msg = choice.get("message")
-            content = msg.get("content") if isinstance(msg, dict) else None
-            if isinstance(content, str) and not content.strip():
-                errors.append(f"choices.{i}.message.content: must not be empty")
-            reason = choice.get("finish_reason")
-            if isinstance(reason, str) and reason not in FINISH_REASONS:
-                errors.append(
-                    f"choices.{i}.finish_reason: unknown value {reason!r} "
-                    f"(expected one of {', '.join(sorted(FINISH_REASONS))})"
-                )
-            elif reason is None and "finish_reason" in choice:
-                errors.append(f"choices.{i}.finish_reason: must be set on a finished completion")
-    usage = body.get("usage")
-    if isinstance(usage, dict):
-        p, c, t = (usage.get(k) for k in ("prompt_tokens", "completion_tokens", "total_tokens"))
-        if all(isinstance(x, int) for x in (p, c, t)) and p + c != t:  # type: ignore[operator]
-            errors.append(
-                f"usage.total_tokens: {t} is not prompt_tokens + completion_tokens ({p} + {c})"
-            )
-        if isinstance(c, int) and c == 0 and isinstance(choices, list) and choices:
-            errors.append("usage.completion_tokens: 0 for a non-empty answer")
-    return (parsed if not errors else None), errors
+    The schema, then the quality gate (``_completion``): non-empty content, no leaked
+    template tokens, a finish reason consistent with ``max_tokens`` and the usage, usage
+    that adds up, and, when given, the model name and the expected pattern.
+    """
+    found = completion_violations(body, Expectations(model, max_tokens, pattern))
+    if found:
+        return None, [str(v) for v in found]
+    return ChatCompletionResponse.model_validate(body), []
 
 
 class InvalidCompletion(ResponseFormatError):
-    """The model answered, but not with a valid chat completion."""
+    """The model answered, but not with a valid chat completion.
+
+    ``violations`` are the named checks it failed (``errors`` has them as text).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        errors: list[str] | None = None,
+        *,
+        violations: Sequence[Violation] = (),
+        route: str = "",
+        excerpt: str = "",
+    ) -> None:
+        self.violations = list(violations)
+        text = list(errors or []) + [str(v) for v in self.violations]
+        super().__init__(message, text, route=route, excerpt=excerpt)
+
+    @property
+    def checks(self) -> list[str]:
+        """The names of the failed checks, each once, in the order first met."""
+        return list(dict.fromkeys(v.check for v in self.violations))
 
 
 @dataclass(frozen=True)
@@ -129,10 +99,34 @@ class InferenceRoute:
 
 @dataclass
 class InferenceResult:
+    """A judged completion and its timing.
+
+    ``latency_s`` runs from the request to the answer's last byte; ``ttft_s`` to the
+    first content of a streamed answer (None when the server did not stream).
+    """
+
     response: ChatCompletionResponse
     latency_s: float
     attempts: int
     route: str
+    ttft_s: float | None = None
+    content_chunks: int = 0
+
+    @property
+    def streamed(self) -> bool:
+        return self.ttft_s is not None
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        """Generation speed: tokens after the first over the time after it when streamed
+        (time to first token is the prompt's cost, not generation's), else over the latency.
+        Tokens are the usage's count, or one per content chunk when the server gives none."""
+        tokens = self.completion_tokens
+        if self.ttft_s is None:
+            return tokens / self.latency_s if tokens and self.latency_s > 0 else None
+        count = tokens if tokens is not None else self.content_chunks
+        rest = self.latency_s - self.ttft_s
+        return (count - 1) / rest if count > 1 and rest > 0 else None
 
     @property
     def content(self) -> str:
@@ -286,45 +280,241 @@ class InferenceClient:
             "messages": [{"role": "user", "content": prompt}],
             "max_tokens": max_tokens,
         }
+        target = self._target(namespace, service, port)
+
+        async def once() -> tuple[int, _Answer]:
+            started = time.monotonic()
+            status, answer = await self._post_once(target, body)
+            return status, _Answer(status, body=answer, total_s=time.monotonic() - started)
+
+        answer, attempts = await _until_served(once, target, loading_grace, on_wait)
+        expect = Expectations(model=model, max_tokens=max_tokens)
+        return self._judge(answer, attempts, expect, f"POST {target}")
+
+    async def complete(
+        self,
+        *,
+        namespace: str,
+        service: str,
+        port: int,
+        model: str,
+        prompt: str,
+        max_tokens: int,
+        loading_grace: float = 30.0,
+        on_wait: Callable[[str], None] | None = None,
+        temperature: float | None = None,
+        expect_pattern: re.Pattern[str] | None = None,
+    ) -> InferenceResult:
+        """ONE streamed completion: time to first token, latency, speed and every check.
+
+        The answer is asked for as a stream (with the usage in its last chunk), so the
+        same request that is judged is the one that is timed; a server that answers
+        with a whole JSON completion instead is judged the same way, untimed to its
+        first token. A loading model is waited out for up to ``loading_grace`` seconds
+        (503 and friends, before the stream begins). Raises :class:`InvalidCompletion`
+        naming every failed check, or the HTTP error the model (or its proxy) answered.
+        """
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": max_tokens,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if temperature is not None:
+            body["temperature"] = temperature
+        target = self._target(namespace, service, port)
+
+        async def once() -> tuple[int, _Answer]:
+            answer = await self._send_streamed(target, body)
+            return answer.status, answer
+
+        answer, attempts = await _until_served(once, target, loading_grace, on_wait)
+        expect = Expectations(model=model, max_tokens=max_tokens, pattern=expect_pattern)
+        return self._judge(answer, attempts, expect, f"POST {target}")
+
+    def _target(self, namespace: str, service: str, port: int) -> str:
+        """A path under the API server for the service proxy, else the whole URL."""
         if self.route.kind == "service-proxy":
             assert self._kube is not None
-            target = self._kube.service_proxy_path(namespace, service, port, "v1/chat/completions")
-        else:
-            target = self.describe(namespace, service, port)
-        give_up_at = time.monotonic() + loading_grace
-        failure: TransportError | None
-        attempts = 0
-        delay = 0.25
-        while True:
-            attempts += 1
-            started = time.monotonic()
+            return self._kube.service_proxy_path(namespace, service, port, "v1/chat/completions")
+        return self.describe(namespace, service, port)
+
+    def _judge(
+        self, answer: _Answer, attempts: int, expect: Expectations, route: str
+    ) -> InferenceResult:
+        found: list[Violation] = []
+        body = answer.body
+        if answer.chunks is not None:
+            assembled = assemble_stream(answer.chunks)
+            body, found = assembled.body, assembled.violations
+        found += completion_violations(body, expect)
+        if found:
+            what = "streamed answer" if answer.chunks is not None else "answer"
+            raise InvalidCompletion(
+                f"the model's {what} failed {len({v.check for v in found})} check(s)",
+                violations=found,
+                route=route,
+            )
+        return InferenceResult(
+            ChatCompletionResponse.model_validate(body),
+            answer.total_s,
+            attempts,
+            self.route.kind,
+            ttft_s=answer.ttft_s,
+            content_chunks=answer.content_chunks,
+        )
+
+    async def _send_streamed(self, target: str, body: dict[str, Any]) -> _Answer:
+        """Send one request that asks for a stream; read what comes, within the timeout.
+
+        Only a 200 ``text/event-stream`` is read as a stream; anything else (an error, or
+        a server that answers a whole completion) is read whole.
+        """
+        self.requests_sent += 1
+        route = f"POST {target}"
+        seen = _Seen()
+        started = time.monotonic()
+        accept = "text/event-stream, application/json"
+        with anyio.move_on_after(bounded(self._timeout)):
             try:
-                status, answer = await self._post_once(target, body)
-            except TransportError as exc:
-                status, answer, failure = None, None, exc
-            else:
-                failure = None
-            latency = time.monotonic() - started
-            if status == 200:
-                parsed, errors = validate_completion(answer)
-                if errors or parsed is None:
-                    raise InvalidCompletion(
-                        "the model's answer is not a valid chat completion", errors
+                if self.route.kind == "service-proxy":
+                    assert self._kube is not None
+                    response = await self._kube.open(
+                        "POST", target, body=body, timeout=self._timeout, accept=accept
                     )
-                return InferenceResult(parsed, latency, attempts, self.route.kind)
-            loading = failure is not None or status in LOADING_STATUSES
-            if not loading or time.monotonic() + delay > give_up_at:
-                if failure is not None:
-                    raise failure
-                message = _message(answer, f"HTTP {status}")
-                raise status_error(
-                    int(status or 0), message, method="POST", path=target, body=answer
-                )
-            if on_wait:
-                why = str(failure) if failure else f"HTTP {status}: {_message(answer, '')}"
-                on_wait(f"model not ready ({why}); retrying in {delay:.2f} s")
-            await anyio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+                    try:
+                        return await _read_answer(
+                            response.status,
+                            response.headers.get("Content-Type", ""),
+                            response.content.iter_any(),
+                            seen,
+                            route,
+                            started,
+                        )
+                    finally:
+                        response.release()
+                async with self._http.stream(
+                    "POST", target, json=body, headers={"Accept": accept}
+                ) as resp:
+                    return await _read_answer(
+                        resp.status_code,
+                        resp.headers.get("Content-Type", ""),
+                        resp.aiter_bytes(),
+                        seen,
+                        route,
+                        started,
+                    )
+            except ClientError:
+                raise
+            except httpx.TimeoutException:
+                pass
+            except Exception as exc:  # the boundary: nothing but a ClientError leaves a client
+                raise TransportError(
+                    f"{route}: {type(exc).__name__}: {clip(str(exc), 200)}",
+                    method="POST",
+                    url=target,
+                ) from None
+        raise _no_whole_answer(route, started, seen.status, seen.received, seen.chunks)
+
+
+#: More chunks than any sane answer to a bounded ``max_tokens`` has: a peer that streams
+#: without end is stopped here rather than by memory.
+MAX_CHUNKS = 20_000
+
+
+@dataclass
+class _Answer:
+    """What one request brought: the status and a whole body, or a stream's chunks."""
+
+    status: int
+    body: Any = None
+    chunks: list[dict[str, Any]] | None = None
+    ttft_s: float | None = None
+    total_s: float = 0.0
+    content_chunks: int = 0
+
+
+async def _read_answer(
+    status: int,
+    content_type: str,
+    data: AsyncIterator[bytes],
+    seen: _Seen,
+    route: str,
+    started: float,
+) -> _Answer:
+    seen.status = status
+    if status == 200 and content_type.startswith("text/event-stream"):
+        return await _collect(_sse_chunks(data, seen, route), started, route)
+    async for piece in data:
+        seen.received += piece
+    body = _try_json(bytes(seen.received).decode("utf-8", "replace"))
+    return _Answer(status, body=body, total_s=time.monotonic() - started)
+
+
+async def _collect(chunks: AsyncIterator[dict[str, Any]], started: float, route: str) -> _Answer:
+    """Keep a stream's chunks, noting when the first content arrived."""
+    answer = _Answer(200, chunks=[])
+    assert answer.chunks is not None
+    async for chunk in chunks:
+        answer.chunks.append(chunk)
+        if len(answer.chunks) > MAX_CHUNKS:
+            raise InvalidCompletion(
+                f"{route}: the stream did not end", [f"more than {MAX_CHUNKS} chunks"], route=route
+            )
+        if _has_content(chunk):
+            answer.content_chunks += 1
+            if answer.ttft_s is None:
+                answer.ttft_s = time.monotonic() - started
+    answer.total_s = time.monotonic() - started
+    return answer
+
+
+def _has_content(chunk: dict[str, Any]) -> bool:
+    choices = chunk.get("choices")
+    return isinstance(choices, list) and any(
+        isinstance(c, dict) and isinstance(c.get("delta"), dict) and bool(c["delta"].get("content"))
+        for c in choices
+    )
+
+
+async def _until_served(
+    send: Callable[[], Awaitable[tuple[int, _Answer]]],
+    target: str,
+    loading_grace: float,
+    on_wait: Callable[[str], None] | None,
+) -> tuple[_Answer, int]:
+    """Send until the model answers 200, waiting out a loading model (or an unreachable
+    one) for up to ``loading_grace`` seconds; the answer and how many attempts it took."""
+    give_up_at = time.monotonic() + loading_grace
+    attempts = 0
+    delay = 0.25
+    while True:
+        attempts += 1
+        failure: TransportError | None = None
+        try:
+            status, answer = await send()
+        except TransportError as exc:
+            status, answer, failure = 0, None, exc
+        if answer is not None and status == 200:
+            return answer, attempts
+        loading = failure is not None or status in LOADING_STATUSES
+        if not loading or time.monotonic() + delay > give_up_at:
+            if failure is not None:
+                raise failure
+            body = answer.body if answer is not None else None
+            raise status_error(
+                status, _message(body, f"HTTP {status}"), method="POST", path=target, body=body
+            )
+        if on_wait:
+            why = (
+                str(failure)
+                if failure
+                else f"HTTP {status}: {_message(answer and answer.body, '')}"
+            )
+            on_wait(f"model not ready ({why}); retrying in {delay:.2f} s")
+        await anyio.sleep(delay)
+        delay = min(delay * 2, 2.0)
 
 
 @dataclass
@@ -545,6 +735,8 @@ __all__ = [
     "InferenceResult",
     "InvalidCompletion",
     "ChatCompletionResponse",
+    "Expectations",
+    "Violation",
     "validate_completion",
     "parse_sse_data",
     "StreamTiming",

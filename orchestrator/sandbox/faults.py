@@ -16,7 +16,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-InferenceFault = Literal["ok", "malformed", "empty", "wrong_object"]
+InferenceFault = Literal[
+    "ok", "malformed", "empty", "wrong_object", "wrong_chat_template", "wrong_model"
+]
 
 #: The KubeFoundry routes a body or hang fault can target, by the name tests use.
 #: Each maps to the (method, route pattern) the stand-in registers.

@@ -308,8 +308,12 @@ class ModelFleet:
         await site.start()
         port = self._runner.addresses[0][1]
         self.front_url = f"http://{self.host}:{port}"
+        # A new connection per request: llama.cpp closes idle keep-alive connections on its
+        # own schedule, and a request sent on one it has just closed fails with "Server
+        # disconnected", a sandbox flake and no fault of the orchestrator under test.
         self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5)
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
+            connector=aiohttp.TCPConnector(force_close=True),
         )
 
     async def stop(self) -> None:
@@ -504,18 +508,35 @@ def _json_error(status: int, message: str) -> web.Response:
     return web.json_response({"error": {"message": message, "code": status}}, status=status)
 
 
+#: What a server whose chat template does not fit the model adds to its answers: the
+#: end of its turn and the start of the next, spelled out as text (ChatML on Gemma).
+CHATML_LEAK = "<|im_end|>\n<|im_start|>assistant\n"
+#: The model a mixed-up deployment answers as.
+OTHER_MODEL = "qwen2.5-0.5b-instruct"
+
+
 def corrupt_completion(body: dict[str, Any], fault: str) -> dict[str, Any]:
     """Break a chat completion the way the named fault says (a whole response or a stream chunk).
 
     ``wrong_object``: object "text_completion"; ``empty``: every message/delta content "";
-    ``malformed``: role "user", finish_reason "banana", usage totals that do not add up.
+    ``malformed``: role "user", finish_reason "banana", usage totals that do not add up;
+    ``wrong_chat_template``: the answer runs on past its turn in ChatML tokens (in the
+    final chunk of a stream); ``wrong_model``: the answer names another model.
     """
     if fault == "wrong_object":
         body["object"] = "text_completion"
+    if fault == "wrong_model" and "model" in body:
+        body["model"] = OTHER_MODEL
     for choice in body.get("choices") or []:
         part = choice.get("message") or choice.get("delta")
         if fault == "empty" and isinstance(part, dict) and "content" in part:
             part["content"] = ""
+        if fault == "wrong_chat_template" and isinstance(part, dict | None):
+            finished = choice.get("finish_reason") is not None
+            if "message" in choice and isinstance(part, dict):
+                part["content"] = str(part.get("content") or "") + CHATML_LEAK
+            elif finished:
+                choice["delta"] = {**(part or {}), "content": CHATML_LEAK}
         if fault == "malformed":
             if isinstance(part, dict):
                 part["role"] = "user"

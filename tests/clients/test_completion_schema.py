@@ -1,4 +1,8 @@
-"""The chat-completion schema: every error is listed, and a valid answer passes whatever its words."""
+"""The chat-completion schema: every error is listed, and a valid answer passes whatever its words.
+
+Each error names its check first (``schema``, ``empty-content``, ``finish-reason``,
+``usage``...), so a failure says which promise the answer broke.
+"""
 
 import copy
 
@@ -79,4 +83,6 @@ def test_single_defects(mutate, needle: str) -> None:
 @pytest.mark.parametrize("body", ["not json at all", [], None, 42])
 def test_not_an_object(body) -> None:
     parsed, errors = validate_completion(body)
-    assert parsed is None and errors and errors[0].startswith("(body): expected a JSON object")
+    assert (
+        parsed is None and errors and errors[0].startswith("schema: (body): expected a JSON object")
+    )

@@ -212,13 +212,19 @@ def test_an_sse_stream_of_arbitrary_bytes_is_measured_or_invalid(pieces: list[by
 @given(
     status=st.sampled_from([200, 400, 404, 500]),
     body=st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode()),
+    content_type=st.sampled_from(["application/json", "text/event-stream"]),
 )
-def test_a_completion_answer_is_a_result_or_a_client_error(status: int, body: bytes) -> None:
+def test_a_completion_answer_is_a_result_or_a_client_error(
+    status: int, body: bytes, content_type: str
+) -> None:
     async def main() -> None:
         client = InferenceClient(InferenceRoute("url", "http://model.invalid"), request_timeout=5)
         await client._http.aclose()
+        headers = {"Content-Type": content_type}
         client._http = httpx.AsyncClient(
-            transport=httpx.MockTransport(lambda _r: httpx.Response(status, content=body))
+            transport=httpx.MockTransport(
+                lambda _r: httpx.Response(status, content=body, headers=headers)
+            )
         )
         try:
             for call in (
@@ -233,6 +239,15 @@ def test_a_completion_answer_is_a_result_or_a_client_error(status: int, body: by
                 ),
                 client.stream(
                     namespace="ns", service="s", port=80, model="m", prompt="p", max_tokens=4
+                ),
+                client.complete(
+                    namespace="ns",
+                    service="s",
+                    port=80,
+                    model="m",
+                    prompt="p",
+                    max_tokens=4,
+                    loading_grace=0,
                 ),
             ):
                 try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from _fixtures import (  # noqa: F401 - fixtures are used by name
@@ -25,7 +26,10 @@ from _fixtures import (  # noqa: F401 - fixtures are used by name
     waiting_reason,
 )
 
+from orchestrator.clients import Expectations
+from orchestrator.clients._completion import assemble_stream, completion_violations
 from orchestrator.sandbox import Faults
+from orchestrator.sandbox._kube import Kube
 from orchestrator.sandbox.kaito import CRASH_LINE
 
 pytestmark = pytest.mark.anyio
@@ -170,12 +174,23 @@ async def test_inference_faults_break_the_completion(make_sandbox) -> None:
             good["object"] == "chat.completion"
             and good["choices"][0]["message"]["role"] == "assistant"
         )
+        # The real model, in its own template, passes the whole quality gate.
+        assert gate(good, max_tokens=8) == []
 
         sandbox.update_faults({"inference": "wrong_object"})
         assert (await chat(kube))["object"] == "text_completion"
 
         sandbox.update_faults({"inference": "empty"})
         assert all(c["message"]["content"] == "" for c in (await chat(kube))["choices"])
+        assert gate(await chat(kube), max_tokens=8) == ["empty-content"]
+
+        # Each fault a real deployment can have fails exactly its own check.
+        sandbox.update_faults({"inference": "wrong_chat_template"})
+        assert gate(await chat(kube), max_tokens=8) == ["template-tokens"]
+        assert gate(await streamed_chat(kube), max_tokens=8) == ["template-tokens"]
+        sandbox.update_faults({"inference": "wrong_model"})
+        assert gate(await chat(kube), max_tokens=8) == ["model-name"]
+        assert gate(await streamed_chat(kube), max_tokens=8) == ["model-name"]
 
         sandbox.update_faults({"inference": "malformed"})
         bad = await chat(kube)
@@ -201,6 +216,27 @@ async def test_inference_faults_break_the_completion(make_sandbox) -> None:
             if line.startswith(b"data: ") and line != b"data: [DONE]"
         ]
         assert chunks and all(c["object"] == "text_completion" for c in chunks)
+
+
+def gate(body: Any, max_tokens: int) -> list[str]:
+    """The names of the quality checks ``body`` fails, as the Inference phase judges it."""
+    return [v.check for v in completion_violations(body, Expectations(MODEL, max_tokens))]
+
+
+async def streamed_chat(kube: Kube) -> dict[str, Any]:
+    """A streamed completion, put back together into the completion it stands for."""
+    body = {"model": MODEL, "stream": True, "max_tokens": 8}
+    body["messages"] = [{"role": "user", "content": "Say hello."}]
+    status, raw = await proxy_raw(kube, "v1/chat/completions", body)
+    assert status == 200, raw
+    chunks = [
+        json.loads(line[6:])
+        for line in raw.splitlines()
+        if line.startswith(b"data: ") and line != b"data: [DONE]"
+    ]
+    assembled = assemble_stream(chunks)
+    assert assembled.violations == []
+    return assembled.body
 
 
 @pytest.mark.model
