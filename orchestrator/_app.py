@@ -83,6 +83,8 @@ class EnvironmentOptions:
     backend_port: int = 3001
     #: With --sandbox: keep the sandbox serving after the run until Ctrl-C.
     keep_sandbox: bool = False
+    #: Loaded into the new cluster's nodes before the flow (a cached model image).
+    load_images: tuple[str, ...] = ()
 
     @property
     def managed(self) -> bool:
@@ -395,7 +397,7 @@ async def _run(
                     )
                     api_url = backend.url
                 env_flow = _EnvironmentFlow(
-                    setup_phases(cluster, backend),
+                    setup_phases(cluster, backend, load_images=list(env_opts.load_images)),
                     {
                         "cluster": env_opts.cluster_name if cluster else "configured",
                         "backend": env_opts.backend_command if backend else "configured",

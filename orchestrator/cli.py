@@ -130,6 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="command that starts the backend (default: bun run dev)",
     )
     env.add_argument("--backend-port", type=int, default=3001, help="backend port (default 3001)")
+    env.add_argument(
+        "--load-image",
+        action="append",
+        default=[],
+        metavar="IMAGE",
+        help="with --create-cluster: kind load docker-image IMAGE (from the local Docker) "
+        "before the flow, so the node does not pull it (repeatable; CI caches the model image)",
+    )
     _add_config_flags(run)
 
     sb = sub.add_parser(
@@ -428,6 +436,14 @@ def _main(ns: argparse.Namespace, *, own_process: bool) -> int:
             ns.artifacts_dir,
         )
         return EXIT_USAGE
+    if ns.load_image and not ns.create_cluster:
+        report_config_error(
+            [
+                "--load-image loads into the kind cluster this run creates: it needs --create-cluster"
+            ],
+            ns.artifacts_dir,
+        )
+        return EXIT_USAGE
     if ns.backend_dir and not Path(ns.backend_dir).is_dir():
         report_config_error(
             [f"--backend-dir (command line): {ns.backend_dir} is not a directory"], ns.artifacts_dir
@@ -442,6 +458,7 @@ def _main(ns: argparse.Namespace, *, own_process: bool) -> int:
         backend_command=ns.backend_command,
         backend_port=ns.backend_port,
         keep_sandbox=ns.keep_sandbox,
+        load_images=tuple(ns.load_image),
     )
     if own_process:
         _settle_heap()

@@ -94,3 +94,32 @@ def test_the_integration_job_is_bounded_pinned_and_always_reports() -> None:
             ("actions/upload-artifact@", "mikepenz/action-junit-report@")
         ):
             assert step.get("if") == "always()", step
+
+
+def test_the_model_image_is_cached_between_runs_and_loaded_before_deploy() -> None:
+    workflow = yaml.safe_load(
+        (ROOT / ".github" / "workflows" / "integration-tests.yml").read_text()
+    )
+    image = workflow["env"]["MODEL_IMAGE"]
+    assert image == "ghcr.io/kaito-project/aikit/llama3.2:1b"
+    steps = workflow["jobs"]["integration"]["steps"]
+    names = [step.get("name", step.get("uses", "")) for step in steps]
+
+    def index(prefix: str) -> int:
+        return next(i for i, step in enumerate(steps) if step.get("uses", "").startswith(prefix))
+
+    restore, save = index("actions/cache/restore@"), index("actions/cache/save@")
+    key = "model-image-${{ env.MODEL_IMAGE }}"
+    assert steps[restore]["with"]["key"] == key and steps[save]["with"]["key"] == key
+    assert steps[restore]["with"]["path"] == steps[save]["with"]["path"]
+    run = next(
+        i for i, step in enumerate(steps) if "python -m orchestrator run" in step.get("run", "")
+    )
+    load = next(i for i, step in enumerate(steps) if "docker load" in step.get("run", ""))
+    # Restored and in Docker before the run, which loads it into the node before Deploy;
+    # saved after it, on a miss, whatever the run's outcome.
+    assert restore < load < run < save, names
+    assert "--load-image" in steps[run]["run"] and "cache-hit" in steps[run]["env"]["CACHE_HIT"]
+    pull = next(step for step in steps if "docker save" in step.get("run", ""))
+    assert pull["if"].startswith("always()") and "cache-hit != 'true'" in pull["if"]
+    assert steps[save]["if"].startswith("always()")

@@ -175,6 +175,30 @@ class KindCluster:
                 f"(exit {result.returncode}): {result.tail(2)}"
             )
 
+    # -- images ----------------------------------------------------------------------
+
+    async def load_images(self, images: list[str]) -> None:
+        """``kind load docker-image`` each image into every node, from the local Docker.
+
+        A model image is gigabytes: pulled by the node it takes minutes of the Deploy
+        phase on every fresh cluster. Loaded from a cache restored on the host, the
+        kubelet finds it present and the pull costs nothing (CI keeps the image between
+        runs). An image that is not in the local Docker is an error, not a silent pull.
+        """
+        kind = self._require(
+            self.kind, f"kind not found on PATH ({self.kind!r}); {KIND_INSTALL_HINT}"
+        )
+        for image in images:
+            self._log(f"loading image {image} into the nodes of {self.name!r}")
+            result = await self._run(kind, "load", "docker-image", image, "--name", self.name)
+            if not result.ok:
+                raise EnvironmentSetupError(
+                    f"kind load docker-image {image} failed (exit {result.returncode}): "
+                    f"{result.tail()}; pull or load it into the local Docker first "
+                    f"(docker pull {image}), or leave it to the node to pull",
+                    detail=result.stderr or result.stdout,
+                )
+
     # -- wait and check --------------------------------------------------------------
 
     async def wait_nodes_ready(self, deadline: float) -> list[str]:

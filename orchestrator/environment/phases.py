@@ -11,6 +11,8 @@ name                title                  what it does
 ``create_cluster``  Create cluster         ``kind create cluster`` (retried once), then
                                            GET /version through the new kubeconfig
 ``wait_nodes``      Wait nodes Ready       watch nodes until each is Ready=True
+``load_images``     Load images            ``kind load docker-image`` the images asked
+                                           for (a cached model image), if any
 ``start_backend``   Start backend          start the process, wait for /api/health 200
 ==================  =====================  ===========================================
 
@@ -35,6 +37,7 @@ from ._kind import KindCluster
 CREATE_CLUSTER_TIMEOUT = 300.0
 WAIT_NODES_TIMEOUT = 180.0
 START_BACKEND_TIMEOUT = 120.0
+LOAD_IMAGES_TIMEOUT = 300.0
 
 
 def setup_phases(
@@ -44,6 +47,8 @@ def setup_phases(
     create_timeout: float = CREATE_CLUSTER_TIMEOUT,
     nodes_timeout: float = WAIT_NODES_TIMEOUT,
     backend_timeout: float = START_BACKEND_TIMEOUT,
+    load_images: list[str] | None = None,
+    load_timeout: float = LOAD_IMAGES_TIMEOUT,
 ) -> list[Phase]:
     """The phases that bring the environment up, in order; none for what is ``None``.
 
@@ -71,6 +76,16 @@ def setup_phases(
             Phase("create_cluster", "Create cluster", create_timeout, _reported(create)),
             Phase("wait_nodes", "Wait nodes Ready", nodes_timeout, _reported(nodes)),
         ]
+        if load_images:
+            images = list(load_images)
+
+            async def load(ctx: PhaseContext) -> None:
+                began = ctx.clock()
+                await cluster.load_images(images)
+                ctx.set_property("loaded_images", ",".join(images))
+                ctx.set_property("load_images_seconds", f"{ctx.clock() - began:.3f}")
+
+            phases.append(Phase("load_images", "Load images", load_timeout, _reported(load)))
     if backend is not None:
 
         async def start(ctx: PhaseContext) -> None:

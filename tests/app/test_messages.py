@@ -90,3 +90,12 @@ def test_keep_sandbox_without_sandbox_says_how_to_fix_it(tmp_path: Path) -> None
     out = orchestrator("run", "--keep-sandbox", "--artifacts-dir", str(tmp_path), cwd=tmp_path)
     assert out.returncode == 2
     assert "--keep-sandbox needs --sandbox: add --sandbox, or drop it" in out.stderr
+
+
+def test_load_image_without_create_cluster_says_it_needs_it(tmp_path: Path) -> None:
+    out = orchestrator(
+        "run", "--load-image", "ghcr.io/kaito-project/aikit/llama3.2:1b",
+        "--artifacts-dir", str(tmp_path / "a"), cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert "--load-image" in out.stderr and "needs --create-cluster" in out.stderr

@@ -10,6 +10,7 @@ behaves as files in its directory say:
 - ``hang_create``: a FIFO; ``kind create`` writes its pid and its child's pid into it,
   then hangs (to test that cancellation kills both);
 - ``fail_delete``, ``docker_down``: make those commands fail;
+- ``docker_images``: the images in the local Docker (``kind load docker-image`` finds them);
 - ``source-kubeconfig``: what ``kind create`` copies to its ``--kubeconfig`` path.
 
 ``bun`` reads ``STANDIN_MODE`` from its environment: ``silent`` (never answers),
@@ -109,6 +110,16 @@ elif TOOL == "kind":
         target = pathlib.Path(option("--kubeconfig"))
         target.write_text((HERE / "source-kubeconfig").read_text())
         print(f"Set kubectl context to \"kind-{name}\"", file=sys.stderr)
+    elif ARGS[:2] == ["load", "docker-image"]:
+        images = HERE / "docker_images"
+        if ARGS[2] not in (images.read_text().split() if images.exists() else []):
+            print(f"ERROR: image: \"{ARGS[2]}\" not present locally", file=sys.stderr)
+            sys.exit(1)
+        if option("--name") not in clusters():
+            print(f"ERROR: no nodes found for cluster \"{option('--name')}\"", file=sys.stderr)
+            sys.exit(1)
+        print(f"Image: \"{ARGS[2]}\" with ID \"sha256:0\" not yet present on node "
+              f"\"{option('--name')}-control-plane\", loading...")
     elif ARGS[:2] == ["delete", "cluster"]:
         if (HERE / "fail_delete").exists():
             print("ERROR: failed to delete cluster: docker rm failed", file=sys.stderr)

@@ -143,3 +143,45 @@ async def test_teardown_reports_a_failed_delete_and_still_stops_the_backend(
 
 def test_no_environment_means_no_phases() -> None:
     assert setup_phases(None, None) == []
+
+
+IMAGE = "ghcr.io/kaito-project/aikit/llama3.2:1b"
+
+
+async def test_a_cached_image_is_loaded_into_the_nodes_before_the_flow(
+    tmp_path: Path, standins: Standins, kubeapi: KubeAPIServer
+) -> None:
+    standins.set("docker_images", IMAGE)
+    cluster, backend = environment(tmp_path)
+    phases = setup_phases(cluster, backend, load_images=[IMAGE])
+    assert [p.name for p in phases] == [
+        "create_cluster",
+        "wait_nodes",
+        "load_images",
+        "start_backend",
+    ]
+    try:
+        record = await run(EnvFlow(phases, backend.health_url), tmp_path)
+    finally:
+        await teardown(cluster, backend)
+    assert record.outcome == "passed", record.log_text()
+    assert ["kind", "load", "docker-image", IMAGE, "--name", "kf-test"] in standins.calls("kind")
+    assert record.all_properties()["loaded_images"] == IMAGE
+
+
+async def test_an_image_missing_from_the_local_docker_fails_load_images_saying_what_to_do(
+    tmp_path: Path, standins: Standins, kubeapi: KubeAPIServer
+) -> None:
+    cluster, backend = environment(tmp_path)
+    record = await run(EnvFlow(setup_phases(cluster, None, load_images=[IMAGE])), tmp_path)
+    await teardown(cluster, None)
+    load = next(p for p in record.phases if p.name == "load_images")
+    assert load.status == "failed" and load.reason is not None
+    assert f"kind load docker-image {IMAGE} failed" in load.reason
+    assert "not present locally" in load.reason and f"docker pull {IMAGE}" in load.reason
+    assert standins.clusters() == []
+
+
+def test_no_images_to_load_means_no_load_phase(tmp_path: Path) -> None:
+    cluster, _ = environment(tmp_path)
+    assert "load_images" not in [p.name for p in setup_phases(cluster, None, load_images=[])]
