@@ -125,6 +125,19 @@ KEYS: tuple[Key, ...] = (
         "fail Inference when latency exceeds the history's median by more than this percent",
     ),
     Key(
+        "inference_expect",
+        "ORCHESTRATOR_INFERENCE_EXPECT",
+        "--inference-expect",
+        "a regular expression that the answer to inference_expect_prompt, asked at "
+        "temperature 0, must match (unset: no such check)",
+    ),
+    Key(
+        "inference_expect_prompt",
+        "ORCHESTRATOR_INFERENCE_EXPECT_PROMPT",
+        "--inference-expect-prompt",
+        "the deterministic prompt inference_expect judges",
+    ),
+    Key(
         "chaos",
         "ORCHESTRATOR_CHAOS",
         "--chaos",
@@ -222,6 +235,12 @@ class Settings(BaseModel):
     parallel: int = Field(1, ge=1, le=200)
     unique_names: bool = False
     latency_regression: float | None = Field(None, gt=0)
+    #: Off by default: a model's words are not stable, so only its user can say which
+    #: answer (to which prompt, at temperature 0) proves the right model is serving.
+    inference_expect: str | None = None
+    inference_expect_prompt: str = Field(
+        "What is the capital of France? Answer with one word.", min_length=1, max_length=4000
+    )
     chaos: bool = False
     deployments: list[DeploymentSpec] = Field(default_factory=list, max_length=200)
     token: SecretStr | None = Field(default=None, repr=False)
@@ -284,6 +303,17 @@ class Settings(BaseModel):
             else:
                 out.append(item)
         return out
+
+    @field_validator("inference_expect")
+    @classmethod
+    def _pattern(cls, v: str | None) -> str | None:
+        if v is None or v == "":
+            return None
+        try:
+            re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"must be a regular expression (Python re syntax): {exc}") from None
+        return v
 
     @field_validator("unique_names", "chaos", mode="before")
     @classmethod

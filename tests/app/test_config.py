@@ -62,6 +62,11 @@ def test_shipped_config_file_matches_defaults() -> None:
             {"ORCHESTRATOR_INFERENCE": "carrier-pigeon"},
             "ORCHESTRATOR_INFERENCE (environment): must be",
         ),
+        (
+            {"ORCHESTRATOR_INFERENCE_EXPECT": "(paris"},
+            "ORCHESTRATOR_INFERENCE_EXPECT (environment): must be a regular expression "
+            "(Python re syntax): missing ), unterminated subpattern at position 0",
+        ),
     ],
 )
 def test_bad_environment_values_name_key_and_source(tmp_path: Path, env: dict, needle: str) -> None:
@@ -244,3 +249,17 @@ def test_wait_strategy_and_booleans(tmp_path: Path) -> None:
         load_settings({}, environ={"ORCHESTRATOR_CHAOS": "maybe"}, cwd=tmp_path)
     with pytest.raises(ConfigError, match="--wait-strategy"):
         load_settings({"wait_strategy": "sometimes"}, environ={}, cwd=tmp_path)
+
+
+def test_the_inference_expectation_is_off_by_default_and_set_by_file_env_or_flag(
+    tmp_path: Path,
+) -> None:
+    settings = load_settings({}, environ={}, cwd=tmp_path)
+    assert settings.inference_expect is None and "France" in settings.inference_expect_prompt
+    (tmp_path / "config.toml").write_text('inference_expect = "(?i)paris"\n')
+    assert load_settings({}, environ={}, cwd=tmp_path).inference_expect == "(?i)paris"
+    env = {"ORCHESTRATOR_INFERENCE_EXPECT": "Paris", "ORCHESTRATOR_INFERENCE_EXPECT_PROMPT": "Q?"}
+    settings = load_settings({}, environ=env, cwd=tmp_path)
+    assert (settings.inference_expect, settings.inference_expect_prompt) == ("Paris", "Q?")
+    flags = {"inference_expect": r"\bLyon\b"}
+    assert load_settings(flags, environ=env, cwd=tmp_path).inference_expect == r"\bLyon\b"
