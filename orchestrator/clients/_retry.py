@@ -25,7 +25,7 @@ from typing import TypeVar
 import anyio
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
-from ._errors import HTTPStatusError, ServerError, is_retryable
+from ._errors import HTTPStatusError, ProtocolError, ServerError, is_retryable
 
 T = TypeVar("T")
 
@@ -69,10 +69,17 @@ class RetryPolicy:
     #: The 5xx statuses worth another try. A route whose 500 is a real answer (the
     #: install route says "a helm step failed" that way) narrows this to gateway errors.
     server_statuses: frozenset[int] = frozenset(range(500, 600))
+    #: Whether broken bytes (a body cut short, not JSON, of the wrong shape) are worth
+    #: another try. Not for the backend, whose broken answer is a finding to report at
+    #: once; yes for idempotent Kubernetes reads, where a middlebox mangling one answer
+    #: must not fail the leak check of a run whose every phase passed.
+    protocol_errors: bool = False
 
     def retryable(self, exc: BaseException) -> bool:
         if isinstance(exc, ServerError):
             return exc.status in self.server_statuses
+        if isinstance(exc, ProtocolError):
+            return self.protocol_errors
         return is_retryable(exc)
 
     def delay(self, attempt: int, exc: BaseException | None) -> float:
@@ -149,5 +156,5 @@ def _left(give_up_at: float) -> float:
 
 NO_RETRY = RetryPolicy(attempts=1)
 #: Idempotent reads (GET, LIST) of the Kubernetes API: the same policy, named for readers.
-READS = RetryPolicy()
+READS = RetryPolicy(protocol_errors=True)
 GATEWAY_ERRORS = frozenset({502, 503, 504})

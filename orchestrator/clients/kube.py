@@ -14,7 +14,7 @@ which ``--help`` and ``--version`` should not pay.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -410,11 +410,18 @@ class KubeClient:
         err.retry_after = parse_retry_after(headers.get("Retry-After"))
         raise err
 
-    async def read(self, path: str, retry: RetryPolicy | None = None, **kwargs: Any) -> Any:
-        """A GET, retried through flakes until the caller's deadline: reads are idempotent."""
+    async def read(
+        self,
+        path: str,
+        check: Callable[[Any, str], dict[str, Any]],
+        retry: RetryPolicy | None = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """A GET whose answer ``check`` accepts, retried through flakes (broken bytes
+        included) until the caller's deadline: reads are idempotent."""
 
-        async def once() -> Any:  # tenacity awaits only what a coroutine function returns
-            return await self.request("GET", path, **kwargs)
+        async def once() -> dict[str, Any]:  # tenacity awaits what a coroutine function returns
+            return check(await self.request("GET", path, **kwargs), f"GET {path}")
 
         return await (retry or READS).call(once)
 
@@ -430,7 +437,7 @@ class KubeClient:
     ) -> dict[str, Any]:
         """The object; flakes are retried until the caller's deadline (a GET is idempotent)."""
         path = res.path(namespace, name)
-        return check_object(await self.read(path, retry), f"GET {path}")
+        return await self.read(path, check_object, retry)
 
     async def list(
         self,
@@ -444,13 +451,13 @@ class KubeClient:
     ) -> dict[str, Any]:
         """The list answer, ``items`` always a list; flakes retried as for :meth:`get`."""
         path = res.path(namespace)
-        body = await self.read(
+        return await self.read(
             path,
+            check_list,
             retry,
             timeout=timeout,
             query={"labelSelector": label_selector, "fieldSelector": field_selector},
         )
-        return check_list(body, f"GET {path}")
 
     async def create(
         self, res: Resource, body: dict[str, Any], namespace: str | None = None

@@ -38,6 +38,7 @@ from ._errors import (
     clip,
     excerpt,
     parse_retry_after,
+    redact,
     status_error,
 )
 from ._retry import GATEWAY_ERRORS, RetryPolicy, bounded
@@ -98,8 +99,13 @@ def _error_message(body: Any, fallback: str) -> str:
     return fallback
 
 
-def _trim(body: Any) -> Any:
+def _trim(body: Any, secrets: tuple[str, ...] = ()) -> Any:
+    """The body as the journal keeps it: bounded, and with any credential a peer echoed
+    (our token, an ``Authorization`` or bearer value) masked."""
     text = body if isinstance(body, str) else json.dumps(body)
+    masked = redact(text, secrets)
+    if masked != text:
+        body = text = masked
     if len(text) <= JOURNAL_BODY_LIMIT:
         return body
     return text[:JOURNAL_BODY_LIMIT] + f"... [{len(text) - JOURNAL_BODY_LIMIT} more characters]"
@@ -204,6 +210,7 @@ class KubeFoundryClient:
         status: int | None = None
         headers = httpx.Headers()
         failure: ClientError | None = None
+        whole = False
         with anyio.move_on_after(total):
             try:
                 async with self._http.stream(
@@ -212,6 +219,7 @@ class KubeFoundryClient:
                     status, headers = response.status_code, response.headers
                     async for chunk in response.aiter_bytes():
                         received += chunk
+                    whole = True
             except httpx.TimeoutException as exc:
                 failure = self._timed_out(route, started, status, received, type(exc).__name__)
             except Exception as exc:
@@ -223,14 +231,16 @@ class KubeFoundryClient:
                     method=method,
                     url=shown,
                 )
-        if failure is None and status is None:
+        if failure is None and not whole:
             failure = self._timed_out(route, started, status, received, "")
         if failure is not None:
             self.journal.add(Exchange(at, method, shown, status, _ms(started), error=str(failure)))
             raise failure
         assert status is not None
         body = self._decode(bytes(received))
-        self.journal.add(Exchange(at, method, shown, status, _ms(started), _trim(body)))
+        self.journal.add(
+            Exchange(at, method, shown, status, _ms(started), _trim(body, self._secrets))
+        )
         return status, body, headers
 
     def _decode(self, raw: bytes) -> Any:

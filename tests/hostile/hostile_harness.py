@@ -1,0 +1,147 @@
+"""Running the real command through hostile peers, and what every such run must show.
+
+``hostile`` (a fixture) puts a :class:`HostileProxy` in front of the sandbox's
+Kubernetes API (the sandbox's own or the test cluster's; the model's traffic goes
+through it too, by the service proxy) and another in front of the KubeFoundry
+stand-in. :func:`run_hostile` runs ``python -m orchestrator run`` through both, and
+:func:`assert_survived` checks the promise: a named reason, a documented exit code,
+cleanup done, nothing left in the cluster (by name and by label), no secret in any
+output or artifact, and no traceback.
+
+Reused by the soak script: ``Hostile.start(sandbox)`` outside pytest.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import pytest
+from e2e_harness import Result
+from faults_harness import assert_clean
+from proxy import HostileProxy
+
+from orchestrator.sandbox import Faults, Sandbox
+
+#: The backend token every hostile run sends: a secret no output may show.
+BACKEND_TOKEN = "hostile-backend-token-5f3c9a"
+#: Exit codes a run may end with when a peer misbehaves (docs: 0 passed, 1 failed).
+DOCUMENTED_EXITS = (0, 1)
+
+
+@dataclass
+class Hostile:
+    """The two proxies of one sandbox, and the kubeconfig that goes through the first."""
+
+    kube: HostileProxy
+    backend: HostileProxy
+    kubeconfig: Path
+    sandbox: Sandbox
+
+    @property
+    def secrets(self) -> list[str]:
+        return [s for s in (self.kube.token, BACKEND_TOKEN) if s]
+
+    @classmethod
+    async def start(cls, sandbox: Sandbox, stack: AsyncExitStack, workdir: Path) -> Hostile:
+        kube = await stack.enter_async_context(HostileProxy.for_kubeconfig(sandbox.kubeconfig))
+        backend = await stack.enter_async_context(HostileProxy(sandbox.api_url))
+        workdir.mkdir(parents=True, exist_ok=True)
+        return cls(kube, backend, kube.write_kubeconfig(workdir / "kubeconfig"), sandbox)
+
+    def clear(self) -> None:
+        self.kube.clear()
+        self.backend.clear()
+
+
+@pytest.fixture
+def faults() -> Faults:
+    """Stub models: the model's answers are not the subject of these tests, its bytes are."""
+    return Faults(stub_models=True)
+
+
+@pytest.fixture
+async def hostile(sandbox: Sandbox, tmp_path: Path) -> AsyncIterator[Hostile]:
+    async with AsyncExitStack() as stack:
+        yield await Hostile.start(sandbox, stack, tmp_path / "hostile")
+
+
+async def run_hostile(
+    h: Hostile,
+    artifacts: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 180,
+) -> Result:
+    """Run ``python -m orchestrator run`` through the hostile proxies, with ``CI`` set
+    (cleanup always) and the backend token in the environment."""
+    full_env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "API_URL")}
+    full_env.update(
+        {"NO_COLOR": "1", "PYTHONUNBUFFERED": "1", "CI": "true", "KUBEFOUNDRY_TOKEN": BACKEND_TOKEN}
+    )
+    full_env.update(env or {})
+    argv = [
+        sys.executable,
+        "-m",
+        "orchestrator",
+        "run",
+        "--no-live",
+        "--api-url",
+        h.backend.url,
+        "--kubeconfig",
+        str(h.kubeconfig),
+        "--artifacts-dir",
+        str(artifacts),
+        "--cleanup",
+        "always",
+        *args,
+    ]
+    started = time.monotonic()
+    with anyio.fail_after(timeout):
+        proc = await anyio.run_process(argv, env=full_env, cwd=artifacts.parent, check=False)
+    return Result(
+        proc.returncode,
+        proc.stdout.decode(),
+        proc.stderr.decode(),
+        time.monotonic() - started,
+        artifacts,
+    )
+
+
+def secrets_shown(result: Result, secrets: list[str]) -> list[str]:
+    """Where a secret shows: the console, stderr, or any file the run wrote."""
+    found = []
+    for secret in secrets:
+        if secret in result.stdout:
+            found.append(f"{secret[:4]}... in stdout")
+        if secret in result.stderr:
+            found.append(f"{secret[:4]}... in stderr")
+        if result.artifacts.exists():
+            for path in result.artifacts.rglob("*"):
+                if path.is_file() and secret.encode() in path.read_bytes():
+                    found.append(f"{secret[:4]}... in {path.relative_to(result.artifacts)}")
+    return found
+
+
+async def assert_survived(h: Hostile, result: Result) -> None:
+    """Whatever the peers did: a named reason, a documented exit, cleanup done, nothing
+    left, no secret anywhere, no traceback."""
+    out = result.stdout + result.stderr
+    assert result.code in DOCUMENTED_EXITS, f"exit {result.code}:\n{out}"
+    assert "Traceback" not in out, out
+    cases = result.cases()  # the JUnit file exists and is valid
+    failed = [c for c in cases.values() if c["status"] in ("failure", "error")]
+    if result.code == 1:
+        assert failed and all(c["message"].strip() for c in failed), cases
+    else:
+        assert not failed, cases
+    assert result.status_of("Cleanup")["status"] == "passed", out
+    assert secrets_shown(result, h.secrets) == []
+    h.clear()  # the leak check asks the real peers, not the hostile ones
+    await assert_clean(h.sandbox)
