@@ -1,11 +1,38 @@
-"""Shared fixtures: tests run on asyncio through anyio's pytest plugin."""
+"""Shared fixtures: tests run on asyncio through anyio's pytest plugin.
+
+Models: a sandbox started by a test serves *stub* models (a canned OpenAI-compatible
+answer from the sandbox's model front) unless the test is marked ``@pytest.mark.model``.
+A llama.cpp server costs seconds of CPU to start and answer, and most tests are about
+something else (a phase, a fault, a cleanup). Fixtures that build a sandbox take the
+``stub_models`` fixture and pass it on as ``Faults(stub_models=...)``; a test that builds
+its own sandbox does the same. ``pytest --real-models`` serves the real model everywhere.
+See tests/README.md.
+"""
+
+from __future__ import annotations
 
 import pytest
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--real-models",
+        action="store_true",
+        help="serve the real llama.cpp model in every sandbox, not only in tests marked 'model'",
+    )
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture
+def stub_models(request: pytest.FixtureRequest) -> bool:
+    """True (serve canned completions) unless the test is marked ``model`` or --real-models."""
+    if request.config.getoption("real_models"):
+        return False
+    return request.node.get_closest_marker("model") is None
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -21,6 +21,7 @@ from typing import Any
 import anyio
 import pytest
 import xmlschema
+from _bounded import running_sandbox
 from _testcluster import fresh_cluster
 
 from orchestrator.clients import PODS, KubeClient, NotFound
@@ -52,16 +53,18 @@ def faults() -> Faults:
 
 @pytest.fixture
 async def sandbox(
-    kubeconfig: Path | None, faults: Faults, tmp_path: Path
+    kubeconfig: Path | None, faults: Faults, stub_models: bool, tmp_path: Path
 ) -> AsyncIterator[Sandbox]:
+    """A running sandbox; stub models unless the test is marked ``model`` (tests/README.md)."""
     crds = os.environ.get("KAITO_CRDS_DIR")
     options = SandboxOptions(
         workdir=tmp_path / "sandbox",
         kubeconfig=kubeconfig,
-        faults=faults,
+        # A copy: a parametrized Faults object is shared by every backend's run.
+        faults=faults.model_copy(update={"stub_models": stub_models}),
         crd_dir=Path(crds) if crds and kubeconfig is not None else None,
     )
-    async with Sandbox(options) as sb:
+    async with running_sandbox(options) as sb:
         yield sb
 
 
@@ -92,6 +95,18 @@ class Result:
                     status, message = tag, el.get("message", "")
             out[case.get("name", "")] = {"status": status, "message": message}
         return out
+
+    def verdicts(self) -> str:
+        """Every testcase's status and reason, and the run's output: what an assertion on a
+        verdict shows when it fails, so that 'failure' != 'passed' comes with its why."""
+        try:
+            lines = [
+                f"{name}: {case['status']}" + (f" ({case['message']})" if case["message"] else "")
+                for name, case in self.cases().items()
+            ]
+        except Exception as exc:  # no or an invalid report: that is the news then
+            lines = [f"no readable JUnit report: {exc!r}"]
+        return "\n".join([*lines, "--- output ---", self.stdout[-4000:], self.stderr[-2000:]])
 
     def status_of(self, title: str) -> dict[str, Any]:
         for name, case in self.cases().items():

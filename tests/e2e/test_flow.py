@@ -14,7 +14,7 @@ from e2e_harness import PHASES, leftovers, run_orchestrator
 
 from orchestrator.sandbox import Faults
 
-pytestmark = [pytest.mark.anyio, pytest.mark.cluster, pytest.mark.model]
+pytestmark = [pytest.mark.anyio, pytest.mark.cluster]
 
 DIAG_FILES = ["pods-all.txt", "describe-pods.txt", "events.txt", "backend-exchanges.json"]
 
@@ -25,19 +25,19 @@ def assert_diagnostics(artifacts: Path) -> None:
     assert not missing, f"diagnostics missing {missing}: {sorted(p.name for p in diag.glob('*'))}"
 
 
+@pytest.mark.model  # the one run of the whole flow with the real model, on each backend
 async def test_passing_flow(sandbox, tmp_path: Path) -> None:
     result = await run_orchestrator(sandbox, tmp_path)
     assert result.code == 0, result.stdout + result.stderr
     cases = result.cases()
     for title in PHASES:
-        assert result.status_of(title)["status"] == "passed"
-    assert result.status_of("Cleanup")["status"] == "passed"
+        assert result.status_of(title)["status"] == "passed", result.verdicts()
+    assert result.status_of("Cleanup")["status"] == "passed", result.verdicts()
     assert len(cases) == len(PHASES) + 1
     record = result.run_json()
     assert record["outcome"] == "passed"
     assert not (result.artifacts / "diagnostics").exists()
     assert await leftovers(sandbox) == []
-    assert result.seconds < 60
     # The install answer came before the operator ran, as on a real cluster: the flow
     # had to wait for it, and did.
     log = "\n".join(record["log"])
@@ -51,10 +51,10 @@ async def test_failing_install(sandbox, tmp_path: Path) -> None:
     result = await run_orchestrator(sandbox, tmp_path)
     assert result.code == 1, result.stdout + result.stderr
     failure = result.status_of("Install KAITO")
-    assert failure["status"] == "failure"
+    assert failure["status"] == "failure", result.verdicts()
     assert "Install KAITO" in failure["message"] and "install failed" in failure["message"]
     for title in PHASES[1:]:
-        assert result.status_of(title)["status"] == "skipped"
+        assert result.status_of(title)["status"] == "skipped", result.verdicts()
     assert_diagnostics(result.artifacts)
     assert await leftovers(sandbox) == []
 
@@ -64,10 +64,10 @@ async def test_deployment_that_never_becomes_ready(sandbox, tmp_path: Path) -> N
     result = await run_orchestrator(sandbox, tmp_path, "--deployment-ready-timeout", "4000")
     assert result.code == 1, result.stdout + result.stderr
     failure = result.status_of("Wait Ready")
-    assert failure["status"] == "failure"
+    assert failure["status"] == "failure", result.verdicts()
     assert "timed out" in failure["message"] and "Pending" in failure["message"]
-    assert result.status_of("Inference")["status"] == "skipped"
-    assert result.status_of("Cleanup")["status"] == "passed"
+    assert result.status_of("Inference")["status"] == "skipped", result.verdicts()
+    assert result.status_of("Cleanup")["status"] == "passed", result.verdicts()
     assert_diagnostics(result.artifacts)
     assert await leftovers(sandbox) == []
 
@@ -78,14 +78,14 @@ async def test_image_pull_error_fails_fast_naming_the_image(sandbox, tmp_path: P
     result = await run_orchestrator(sandbox, tmp_path, "--deployment-ready-timeout", "300000")
     assert result.code == 1, result.stdout + result.stderr
     failure = result.status_of("Wait Ready")
-    assert failure["status"] == "failure"
+    assert failure["status"] == "failure", result.verdicts()
     assert "ErrImagePull" in failure["message"] or "ImagePullBackOff" in failure["message"]
     assert "ghcr.io/kaito-project/aikit/llama3.2:1b" in failure["message"]
     assert failure["message"].startswith(
         "Wait Ready: pod integration-test-llama-0 container model:"
     )
-    wait_ready = next(p for p in result.run_json()["phases"] if p["name"] == "wait_ready")
-    assert wait_ready["duration"] < 30
+    # Ended by the pod's state, not by the phase's 300 s timeout.
+    assert "timed out" not in failure["message"], failure["message"]
     assert_diagnostics(result.artifacts)
     assert "ImagePull" in (result.artifacts / "diagnostics" / "describe-pods.txt").read_text()
     assert await leftovers(sandbox) == []
@@ -96,10 +96,10 @@ async def test_invalid_inference_response_lists_every_schema_error(sandbox, tmp_
     result = await run_orchestrator(sandbox, tmp_path)
     assert result.code == 1, result.stdout + result.stderr
     failure = result.status_of("Inference")
-    assert failure["status"] == "failure"
+    assert failure["status"] == "failure", result.verdicts()
     assert "invalid chat completion" in failure["message"]
     assert failure["message"].count(";") >= 1, failure["message"]  # more than one error listed
-    assert result.status_of("Delete")["status"] == "skipped"
+    assert result.status_of("Delete")["status"] == "skipped", result.verdicts()
     assert_diagnostics(result.artifacts)
     assert await leftovers(sandbox) == []
 
@@ -118,16 +118,15 @@ async def test_stuck_delete_fails_in_delete_and_says_what_is_left(sandbox, tmp_p
     )
     assert result.code == 1, result.stdout + result.stderr
     failure = result.status_of("Delete")
-    assert failure["status"] == "failure"
+    assert failure["status"] == "failure", result.verdicts()
     assert "timed out" in failure["message"]
     assert "workspace.finalizer.kaito.sh" in failure["message"]
     cleanup = result.status_of("Cleanup")
-    assert cleanup["status"] == "failure"
+    assert cleanup["status"] == "failure", result.verdicts()
     assert (
         "still there: Workspace" in cleanup["message"]
         and "workspace.finalizer.kaito.sh" in cleanup["message"]
     )
-    assert result.seconds < 40
     assert_diagnostics(result.artifacts)
     # Once the finalizer is released the cluster is clean again.
     sandbox.update_faults({"stuck_delete": False})

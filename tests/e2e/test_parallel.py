@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from e2e_harness import leftovers, run_orchestrator
 
-pytestmark = [pytest.mark.anyio, pytest.mark.cluster, pytest.mark.model]
+pytestmark = [pytest.mark.anyio, pytest.mark.cluster]
 
 
 async def test_one_failing_deployment_neither_stops_nor_dirties_the_other(
@@ -39,13 +39,11 @@ async def test_one_failing_deployment_neither_stops_nor_dirties_the_other(
 
 
 async def test_parallel_copies_share_watches_and_all_pass(sandbox, tmp_path: Path) -> None:
-    sandbox.update_faults({"stub_models": True})
     result = await run_orchestrator(sandbox, tmp_path, "--parallel", "5")
     assert result.code == 0, result.stdout + result.stderr
     root = ET.parse(result.junit).getroot()
     assert len(list(root.iter("testsuite"))) == 5
     assert root.get("failures") == "0"
-    assert result.seconds < 60
     # KAITO is checked once per run: one suite asked the backend, the other four name it.
     checked_by = [
         s.find("properties/property[@name='kaito_checked_by']") for s in root.iter("testsuite")

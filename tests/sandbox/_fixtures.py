@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from _bounded import running_sandbox
 from _testcluster import fresh_cluster
 
 from orchestrator.sandbox import Faults, Sandbox, SandboxOptions
@@ -72,8 +73,11 @@ SandboxFactory = Callable[..., Any]
 
 
 @pytest.fixture
-def make_sandbox(kube_backend: Path | None, tmp_path: Path) -> SandboxFactory:
-    """``async with make_sandbox(faults=..., auth_token=...) as (sandbox, api, kube):``"""
+def make_sandbox(kube_backend: Path | None, stub_models: bool, tmp_path: Path) -> SandboxFactory:
+    """``async with make_sandbox(faults=..., auth_token=...) as (sandbox, api, kube):``
+
+    Stub models unless the test is marked ``model`` (see tests/README.md).
+    """
 
     @asynccontextmanager
     async def factory(
@@ -83,11 +87,11 @@ def make_sandbox(kube_backend: Path | None, tmp_path: Path) -> SandboxFactory:
         options = SandboxOptions(
             workdir=tmp_path / "sandbox",
             kubeconfig=kube_backend,
-            faults=faults or Faults(),
+            faults=(faults or Faults()).model_copy(update={"stub_models": stub_models}),
             auth_token=auth_token,
             crd_dir=crd_dir(),
         )
-        async with Sandbox(options) as sandbox:
+        async with running_sandbox(options) as sandbox:
             kube = await Kube.from_kubeconfig(sandbox.kubeconfig)
             try:
                 async with aiohttp.ClientSession(sandbox.api_url) as api:

@@ -143,7 +143,6 @@ async def test_stuck_delete_keeps_the_finalizer_until_lifted(make_sandbox) -> No
         await wait_for(kube, PODS, f"{NAME}-0", gone)
 
 
-@pytest.mark.model
 async def test_never_ready_withholds_inference_ready(make_sandbox) -> None:
     async with make_sandbox(faults=Faults(never_ready=True)) as (sandbox, api, kube):
         await install_kaito(api, kube)
@@ -162,7 +161,7 @@ async def test_never_ready_withholds_inference_ready(make_sandbox) -> None:
         await wait_for(kube, WS_COLLECTION, NAME, running_workspace)
 
 
-@pytest.mark.model
+@pytest.mark.model  # the real model, in its own template, against the quality gate
 async def test_inference_faults_break_the_completion(make_sandbox) -> None:
     async with make_sandbox() as (sandbox, api, kube):
         await install_kaito(api, kube)
@@ -239,7 +238,6 @@ async def streamed_chat(kube: Kube) -> dict[str, Any]:
     return assembled.body
 
 
-@pytest.mark.model
 async def test_model_loading_answers_503_until_the_time_is_up(make_sandbox) -> None:
     async with make_sandbox(faults=Faults(model_loading_seconds=600)) as (sandbox, api, kube):
         await install_kaito(api, kube)

@@ -82,7 +82,6 @@ async def test_workspace_runs_and_the_model_answers_through_the_service_proxy(ma
         assert timeline.index("ResourceReady=True") < timeline.index("InferenceReady=True")
 
 
-@pytest.mark.model
 async def test_delete_removes_pod_and_services_before_the_workspace(make_sandbox) -> None:
     async with make_sandbox() as (sandbox, api, kube):
         await install_kaito(api, kube)

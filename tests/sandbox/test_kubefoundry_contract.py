@@ -160,7 +160,6 @@ async def _operator_pod(kube: Any) -> str:
     return pods["items"][0]["metadata"]["name"]
 
 
-@pytest.mark.model
 async def test_replay_the_recorded_kaito_flow(make_sandbox) -> None:
     directory = _contract_dir()
     hold = Faults(

@@ -8,11 +8,13 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from _fixtures import (
+from _fixtures import (  # noqa: F401 - fixtures are used by name
     NAME,
     WS_COLLECTION,
     create_deployment,
     install_kaito,
+    kube_backend,
+    make_sandbox,
     running_workspace,
     wait_for,
 )
