@@ -19,10 +19,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from ._keys import BOOLEAN_KEYS, KEYS, TOKEN_ENV, ConfigError
 from ._version import __version__
-from .config import BOOLEAN_KEYS, KEYS, TOKEN_ENV, ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -414,6 +417,8 @@ def _main(ns: argparse.Namespace, *, own_process: bool) -> int:
     try:
         if ns.command == "sandbox":
             return _serve_sandbox(ns)
+        from .config import load_settings  # pydantic: only for commands that run
+
         settings = load_settings(_flags(ns), config_file=ns.config)
         faults = _parse_faults(ns.sandbox_fault)
         if faults and not ns.sandbox:
@@ -579,3 +584,12 @@ def _serve_sandbox(ns: argparse.Namespace) -> int:
 
 
 __all__ = ["main", "build_parser", "Settings", "signal"]
+
+
+def __getattr__(name: str) -> Any:
+    """``Settings`` on first use: importing it (and pydantic) would slow ``--help``."""
+    if name == "Settings":
+        from .config import Settings
+
+        return Settings
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

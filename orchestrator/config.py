@@ -22,139 +22,20 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+# The keys and the error live apart from the models, without pydantic, so that
+# ``--help`` and ``--version`` can build the parser without importing it.
+from ._keys import BOOLEAN_KEYS as BOOLEAN_KEYS
+from ._keys import CONFIG_ENV as CONFIG_ENV
+from ._keys import DEFAULT_CONFIG_FILE as DEFAULT_CONFIG_FILE
+from ._keys import KEYS as KEYS
+from ._keys import KEYS_BY_NAME as KEYS_BY_NAME
+from ._keys import TOKEN_ENV as TOKEN_ENV
+from ._keys import ConfigError as ConfigError
+from ._keys import Key as Key
+
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
-
-@dataclass(frozen=True)
-class Key:
-    """One setting: its name in ``config.toml``, its environment variable and its flag."""
-
-    name: str
-    env: str | None
-    flag: str | None
-    help: str
-
-
-KEYS: tuple[Key, ...] = (
-    Key("api_url", "API_URL", "--api-url", "KubeFoundry backend URL"),
-    Key("test_timeout", "TEST_TIMEOUT", "--test-timeout", "budget for the whole run, ms"),
-    Key(
-        "kaito_install_timeout",
-        "KAITO_INSTALL_TIMEOUT",
-        "--kaito-install-timeout",
-        "Install phase timeout, ms",
-    ),
-    Key("deploy_timeout", "DEPLOY_TIMEOUT", "--deploy-timeout", "Deploy phase timeout, ms"),
-    Key(
-        "deployment_ready_timeout",
-        "DEPLOYMENT_READY_TIMEOUT",
-        "--deployment-ready-timeout",
-        "Wait Ready phase timeout, ms",
-    ),
-    Key(
-        "inference_timeout",
-        "INFERENCE_TIMEOUT",
-        "--inference-timeout",
-        "Inference phase timeout, ms",
-    ),
-    Key("delete_timeout", "DELETE_TIMEOUT", "--delete-timeout", "Delete phase timeout, ms"),
-    Key(
-        "cleanup_reserve",
-        "ORCHESTRATOR_CLEANUP_RESERVE",
-        "--cleanup-reserve",
-        "part of the budget kept for diagnostics and cleanup, ms",
-    ),
-    Key("test_model", "TEST_MODEL", "--model", "catalog model to deploy"),
-    Key("kubeconfig", "KUBECONFIG", "--kubeconfig", "kubeconfig file"),
-    Key("namespace", "ORCHESTRATOR_NAMESPACE", "--namespace", "deployment namespace"),
-    Key("deployment_name", "ORCHESTRATOR_DEPLOYMENT_NAME", "--deployment-name", "deployment name"),
-    Key(
-        "artifacts_dir",
-        "ORCHESTRATOR_ARTIFACTS_DIR",
-        "--artifacts-dir",
-        "where reports and diagnostics go",
-    ),
-    Key(
-        "token_file",
-        "KUBEFOUNDRY_TOKEN_FILE",
-        "--token-file",
-        "file holding the backend's bearer token",
-    ),
-    Key(
-        "inference",
-        "ORCHESTRATOR_INFERENCE",
-        "--inference",
-        "how to reach the model: service-proxy, backend-proxy, or a base URL",
-    ),
-    Key("cleanup", "ORCHESTRATOR_CLEANUP", "--cleanup", "auto, always, on-success or never"),
-    Key(
-        "wait_strategy",
-        "ORCHESTRATOR_WAIT_STRATEGY",
-        "--wait-strategy",
-        "watch (react to watch events) or poll (ask every poll_interval)",
-    ),
-    Key(
-        "credential_timeout",
-        "ORCHESTRATOR_CREDENTIAL_TIMEOUT",
-        "--credential-timeout",
-        "time a kubeconfig credential plugin (users[].user.exec) may take, ms",
-    ),
-    Key(
-        "poll_interval",
-        "ORCHESTRATOR_POLL_INTERVAL",
-        "--poll-interval",
-        "re-check interval for --wait-strategy poll, ms",
-    ),
-    Key(
-        "parallel",
-        "ORCHESTRATOR_PARALLEL",
-        "--parallel",
-        "run N copies of the deployment at once (names made unique)",
-    ),
-    Key(
-        "unique_names",
-        "ORCHESTRATOR_UNIQUE_NAMES",
-        "--unique-names",
-        "suffix deployment names with the run id (always on for several deployments)",
-    ),
-    Key(
-        "latency_regression",
-        "ORCHESTRATOR_LATENCY_REGRESSION",
-        "--latency-regression",
-        "fail Inference when latency exceeds the history's median by more than this percent",
-    ),
-    Key(
-        "inference_expect",
-        "ORCHESTRATOR_INFERENCE_EXPECT",
-        "--inference-expect",
-        "a regular expression that the answer to inference_expect_prompt, asked at "
-        "temperature 0, must match (unset: no such check)",
-    ),
-    Key(
-        "inference_expect_prompt",
-        "ORCHESTRATOR_INFERENCE_EXPECT_PROMPT",
-        "--inference-expect-prompt",
-        "the deterministic prompt inference_expect judges",
-    ),
-    Key(
-        "chaos",
-        "ORCHESTRATOR_CHAOS",
-        "--chaos",
-        "after Wait Ready, delete the model pod and check a new one serves (true/false)",
-    ),
-    Key(
-        "deployments",
-        None,
-        "--deployment",
-        "several deployments: name=..,model=..,namespace=..,replicas=.. (repeatable)",
-    ),
-)
-KEYS_BY_NAME = {k.name: k for k in KEYS}
-BOOLEAN_KEYS = frozenset({"unique_names", "chaos"})
-TOKEN_ENV = "KUBEFOUNDRY_TOKEN"
-CONFIG_ENV = "ORCHESTRATOR_CONFIG"
-DEFAULT_CONFIG_FILE = "config.toml"
 
 Milliseconds = int
 
@@ -385,14 +266,6 @@ class Settings(BaseModel):
         data = self.model_dump(exclude={"token"})
         data["token"] = "(set)" if self.token else "(not set)"
         return data
-
-
-class ConfigError(Exception):
-    """Invalid configuration. ``problems`` holds one line per bad value."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(problems))
 
 
 def _describe(source: str, key: str) -> str:
