@@ -13,10 +13,11 @@ import re
 from pathlib import Path
 
 import pytest
+from _bounded import running_sandbox
 from e2e_harness import Result, run_orchestrator
 
 from orchestrator.engine import Redactor
-from orchestrator.sandbox import Faults, Sandbox, SandboxOptions
+from orchestrator.sandbox import Faults, SandboxOptions
 
 pytestmark = [pytest.mark.anyio, pytest.mark.cluster]
 
@@ -28,11 +29,10 @@ BEARER = re.compile(r"(?i)bearer\s+(?!\*\*\*|tokens?\b)[A-Za-z0-9]")
 @pytest.fixture
 async def echoing(kubeconfig, tmp_path: Path):
     faults = Faults(echo_authorization=True, stub_models=True)
-    async with Sandbox(
-        SandboxOptions(
-            workdir=tmp_path / "sb", kubeconfig=kubeconfig, auth_token=TOKEN, faults=faults
-        )
-    ) as sb:
+    options = SandboxOptions(
+        workdir=tmp_path / "sb", kubeconfig=kubeconfig, auth_token=TOKEN, faults=faults
+    )
+    async with running_sandbox(options) as sb:
         yield sb
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from _bounded import running_sandbox
 from _fixtures import (  # noqa: F401 - fixtures are used by name
     call,
     gone,
@@ -61,7 +62,7 @@ def make_env(kube_backend: Path | None, tmp_path: Path) -> Any:
             faults=Faults.model_validate({"stub_models": True, **faults}),
             provider_crds=provider_crds() if kube_backend is not None else {},
         )
-        async with Sandbox(options) as sandbox:
+        async with running_sandbox(options) as sandbox:
             kube = await Kube.from_kubeconfig(sandbox.kubeconfig)
             try:
                 async with aiohttp.ClientSession(sandbox.api_url) as api:
