@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import anyio
@@ -332,10 +332,13 @@ def test_a_shared_reporter_reserializes_only_the_runs_that_changed(
     monkeypatch.setattr(_junit, "_suite_xml", lambda r: (serialized.append(r.suite), real(r))[1])
     now = [0.0]
     reporter = JUnitReporter(tmp_path / "junit.xml", clock=lambda: now[0])
-    # A fixed start: without one each write stamps "now", and two writes a second
-    # apart on a loaded machine would differ in their timestamp alone.
+    # Fixed times: without them each write stamps "now" (a start, or the end of a run
+    # still going), and two writes apart on a loaded machine would differ in that alone.
     began = datetime(2026, 1, 1, tzinfo=UTC)
-    records = [RunRecord(suite=f"run-{i}", started_at=began) for i in range(20)]
+    records = [
+        RunRecord(suite=f"run-{i}", started_at=began, ended_at=began + timedelta(seconds=3))
+        for i in range(20)
+    ]
     for record in records:
         reporter.run_started(record)
     assert parse(reporter.path).findall("testsuite")[0].get("name") == "run-0"
