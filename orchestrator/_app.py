@@ -594,6 +594,61 @@ async def _load_kubeconfig(kubeconfig: str | None, exec_timeout: float) -> KubeC
         ) from None
 
 
+#: How long "nothing listens at API_URL" may last before the run gives up: longer than a
+#: backend restart (about 7 s), far shorter than the Install phase's deadline.
+BACKEND_WINDOW = 10.0
+
+
+async def _check_backend(api_url: str, window: float = BACKEND_WINDOW) -> None:
+    """Fail at once, saying what to do, when nothing listens at ``api_url``.
+
+    The flow's calls retry connection errors until their phase's deadline (a restarting
+    backend is worth waiting for), which for a backend that is simply not there means
+    minutes of retry lines. Only a TCP connection is tried, no request: whatever the
+    backend would answer is the flow's to report (and a test's injected faults are the
+    flow's to meet), and the backend client does not go through a proxy either.
+    """
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(api_url)
+    host = parts.hostname or "localhost"
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    deadline = time.monotonic() + window
+    delay = 0.2
+    while True:
+        try:
+            with anyio.fail_after(min(5.0, window)):
+                stream = await anyio.connect_tcp(host, port)
+            await stream.aclose()
+            return
+        except (OSError, TimeoutError) as exc:
+            why = _connect_problem(exc)
+            if time.monotonic() + delay > deadline:
+                raise _ConfigProblem(
+                    f"no KubeFoundry backend answers at {api_url} (API_URL or --api-url): "
+                    f"{why} (for {window:g} s); start it (cd kube-foundry/backend && "
+                    "PORT=3001 bun run dev) or set API_URL to where it runs, or run with "
+                    "--sandbox (a built-in stand-in) or --create-cluster --backend-dir PATH "
+                    "(a kind cluster and the backend, started for the run)"
+                ) from None
+        await anyio.sleep(delay)
+        delay = min(2.0, delay * 2)
+
+
+def _connect_problem(exc: BaseException) -> str:
+    """ "connection refused", "Name or service not known": the words of the cause."""
+    if isinstance(exc, TimeoutError):
+        return "connecting timed out"
+    # anyio says "All connection attempts failed" and keeps the reason as the cause.
+    causes = [exc, *([exc.__cause__] if exc.__cause__ else []), *getattr(exc, "exceptions", ())]
+    for cause in causes:
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror
+    return str(exc) or type(exc).__name__
+
+
 class _ConfigProblem(Exception):
     """The configuration points at something unusable (a kubeconfig that does not load)."""
 
@@ -614,6 +669,12 @@ async def _run_flows(
 ) -> list[RunRecord]:
     with runners.setup("while the kubeconfig loaded"):  # a credential plugin included
         kube = await _load_kubeconfig(kubeconfig, settings.seconds("credential_timeout"))
+    try:
+        with runners.setup("while waiting for the backend"):
+            await _check_backend(api_url)
+    except BaseException:
+        await kube.aclose()
+        raise
     for secret in kube.secrets:
         redactor.add(secret)
     token = settings.token.get_secret_value() if settings.token else None

@@ -8,7 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from orchestrator.cli import fault_names
+
+pytestmark = pytest.mark.anyio
 
 
 def orchestrator(
@@ -99,3 +103,67 @@ def test_load_image_without_create_cluster_says_it_needs_it(tmp_path: Path) -> N
     )  # fmt: skip
     assert out.returncode == 2, out.stderr
     assert "--load-image" in out.stderr and "needs --create-cluster" in out.stderr
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_no_backend_names_api_url_and_the_ways_to_get_one() -> None:
+    import pytest
+
+    from orchestrator._app import _check_backend, _ConfigProblem
+
+    url = f"http://127.0.0.1:{_closed_port()}"
+    with pytest.raises(_ConfigProblem) as caught:
+        await _check_backend(url, window=0.3)
+    message = str(caught.value)
+    assert message.startswith(f"no KubeFoundry backend answers at {url} (API_URL or --api-url): ")
+    assert "connection refused" in message
+    for way in ("bun run dev", "--sandbox", "--create-cluster --backend-dir"):
+        assert way in message
+
+
+async def test_a_backend_that_answers_anything_is_there() -> None:
+    """A 503 is the backend's answer, for the flow to report; only silence is "no backend"."""
+    from aiohttp import web
+
+    from orchestrator._app import _check_backend
+
+    async def busy(request: web.Request) -> web.Response:
+        return web.Response(status=503)
+
+    app = web.Application()
+    app.router.add_get("/api/health", busy)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        await _check_backend(f"http://127.0.0.1:{runner.addresses[0][1]}", window=0.3)
+    finally:
+        await runner.cleanup()
+
+
+KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:1"}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+"""
+
+
+def test_no_backend_is_a_configuration_error_with_a_report(tmp_path: Path) -> None:
+    (tmp_path / "kubeconfig").write_text(KUBECONFIG)
+    out = orchestrator(
+        "run", "--api-url", f"http://127.0.0.1:{_closed_port()}", "--artifacts-dir",
+        str(tmp_path / "a"), cwd=tmp_path, env={"KUBECONFIG": str(tmp_path / "kubeconfig")},
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert "no KubeFoundry backend answers" in out.stderr and "--sandbox" in out.stderr
+    assert "Traceback" not in out.stderr and "retrying" not in out.stdout
+    assert "no KubeFoundry backend" in (tmp_path / "a" / "run.json").read_text()
