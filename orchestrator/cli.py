@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve the sandbox on loopback and print API_URL and KUBECONFIG.",
     )
     sb.add_argument(
-        "--port", type=int, default=3001, help="KubeFoundry API port (default 3001; 0 = any)"
+        "--port", type=_port, default=3001, help="KubeFoundry API port (default 3001; 0 = any)"
     )
     sb.add_argument("--workdir", default=None, help="where the sandbox writes its kubeconfig")
     sb.add_argument(
@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--file", default=None, help="history file (default: ARTIFACTS_DIR/history.jsonl)"
     )
     hist.add_argument("--artifacts-dir", default=None, help="artifacts dir holding history.jsonl")
-    hist.add_argument("--last", type=int, default=20, help="runs to show (default 20)")
+    hist.add_argument("--last", type=_count, default=20, help="runs to show (default 20)")
     hist.add_argument(
         "--png", default=None, metavar="PATH", help="also draw a PNG chart (needs matplotlib)"
     )
@@ -454,6 +454,10 @@ def _main(ns: argparse.Namespace, *, own_process: bool) -> int:
             [f"--backend-dir (command line): {ns.backend_dir} is not a directory"], ns.artifacts_dir
         )
         return EXIT_USAGE
+    problems = _environment_problems(ns)
+    if problems:
+        report_config_error(problems, ns.artifacts_dir)
+        return EXIT_USAGE
     environment = EnvironmentOptions(
         create_cluster=ns.create_cluster,
         cluster_name=ns.cluster_name,
@@ -470,6 +474,58 @@ def _main(ns: argparse.Namespace, *, own_process: bool) -> int:
     return run_app(
         settings, sandbox=ns.sandbox, faults=faults, live=not ns.no_live, environment=environment
     )
+
+
+def _environment_problems(ns: argparse.Namespace) -> list[str]:
+    """The environment flags, checked before anything starts: a bad one would otherwise
+    fail a phase minutes later (or a child process with a message of its own)."""
+    import shlex
+
+    from .config import DNS_LABEL
+
+    problems = []
+    if not 1 <= ns.backend_port <= 65535:
+        problems.append(
+            f"--backend-port (command line): must be a port between 1 and 65535; "
+            f"got {ns.backend_port}"
+        )
+    name = ns.cluster_name
+    if len(name) > 50 or not DNS_LABEL.match(name):
+        problems.append(
+            "--cluster-name (command line): must be a kind cluster name: at most 50 "
+            f"lower-case letters, digits and '-', starting and ending with a letter or digit; "
+            f"got {name!r}"
+        )
+    try:
+        if not shlex.split(ns.backend_command):
+            problems.append("--backend-command (command line): is empty")
+    except ValueError as exc:
+        problems.append(
+            f"--backend-command (command line): cannot be split into words ({exc}); "
+            f"got {ns.backend_command!r}"
+        )
+    return problems
+
+
+def _port(text: str) -> int:
+    """A TCP port for a server to listen on: 0 (any free one) to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number; got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 65535; got {value}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number; got {text!r}") from None
+    if not 1 <= value <= 100_000:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 100000; got {value}")
+    return value
 
 
 def report_config_error(problems: Sequence[str], artifacts_dir: str | None) -> None:

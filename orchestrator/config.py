@@ -12,9 +12,11 @@ it comes from ``KUBEFOUNDRY_TOKEN`` or from a file, and is held as a
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,14 @@ MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 
 Milliseconds = int
+#: No run, phase or wait takes longer than a day: a bigger number is a typo (seconds
+#: taken for milliseconds twice over) that would make a stuck run hold CI forever.
+MAX_MILLISECONDS = 86_400_000
+#: What a bearer token may hold to be sent in an HTTP header: visible ASCII, no space.
+#: Anything else (a newline from a file, a non-ASCII character) would break the request
+#: or, worse, let the value add a header of its own.
+HEADER_SAFE = re.compile(r"^[\x21-\x7e]+$")
+TOKEN_MAX = 16_384
 
 
 class DeploymentSpec(BaseModel):
@@ -71,6 +81,63 @@ class Target:
     replicas: int = 1
 
 
+def base_url(v: str) -> str:
+    """An http(s) base URL with a valid host and port, nothing a request would choke on
+    later, and no credentials in it (they would show in every log line naming the URL)."""
+    text = v.strip()
+    if any(ch.isspace() or not ch.isprintable() for ch in text):
+        raise ValueError("must be a URL without spaces or control characters")
+    try:
+        parts = urllib.parse.urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"is not a valid URL ({exc})") from None
+    if parts.scheme not in ("http", "https"):
+        raise ValueError("must start with http:// or https://")
+    host = parts.hostname
+    if not host:
+        raise ValueError("must name a host, e.g. http://localhost:3001")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(
+            f"must not hold credentials (user:password@); set {TOKEN_ENV} or token_file"
+        )
+    if port == 0:
+        raise ValueError("port must be between 1 and 65535")
+    if not _valid_host(host):
+        raise ValueError(f"host {host!r} is not a valid host name or IP address")
+    if parts.query or parts.fragment:
+        raise ValueError("must be a base URL, without '?query' or '#fragment'")
+    return text.rstrip("/")
+
+
+def _hide_userinfo(url: str) -> str:
+    """``http://user:pw@host`` as ``http://***@host``: an error must not print a password."""
+    return re.sub(r"(?<=://)[^/@\s]*@", "***@", url)
+
+
+def _valid_host(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    labels = host.rstrip(".").split(".")
+    return len(host) <= 253 and all(
+        re.fullmatch(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?", label) for label in labels
+    )
+
+
+def check_token(value: str) -> None:
+    """A bearer token that can go into an Authorization header as it is."""
+    if len(value) > TOKEN_MAX:
+        raise ValueError(f"is longer than {TOKEN_MAX} characters")
+    if not HEADER_SAFE.match(value):
+        raise ValueError(
+            "may hold only visible ASCII characters (no spaces, line breaks or "
+            "non-ASCII): it is sent in an HTTP header"
+        )
+
+
 def _dns_label(v: str) -> str:
     if len(v) > 63 or not DNS_LABEL.match(v):
         raise ValueError(
@@ -94,14 +161,14 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     api_url: str = "http://localhost:3001"
-    test_timeout: Milliseconds = Field(600_000, gt=0)
-    kaito_install_timeout: Milliseconds = Field(180_000, gt=0)
-    deploy_timeout: Milliseconds = Field(60_000, gt=0)
-    deployment_ready_timeout: Milliseconds = Field(300_000, gt=0)
-    inference_timeout: Milliseconds = Field(120_000, gt=0)
-    delete_timeout: Milliseconds = Field(120_000, gt=0)
+    test_timeout: Milliseconds = Field(600_000, gt=0, le=MAX_MILLISECONDS)
+    kaito_install_timeout: Milliseconds = Field(180_000, gt=0, le=MAX_MILLISECONDS)
+    deploy_timeout: Milliseconds = Field(60_000, gt=0, le=MAX_MILLISECONDS)
+    deployment_ready_timeout: Milliseconds = Field(300_000, gt=0, le=MAX_MILLISECONDS)
+    inference_timeout: Milliseconds = Field(120_000, gt=0, le=MAX_MILLISECONDS)
+    delete_timeout: Milliseconds = Field(120_000, gt=0, le=MAX_MILLISECONDS)
     #: None: the smaller of 60 s and a quarter of the budget.
-    cleanup_reserve: Milliseconds | None = Field(None, ge=0)
+    cleanup_reserve: Milliseconds | None = Field(None, ge=0, le=MAX_MILLISECONDS)
     test_model: str = "llama3.2:1b"
     kubeconfig: str | None = None
     namespace: str = "kaito-workspace"
@@ -111,11 +178,11 @@ class Settings(BaseModel):
     inference: str = "service-proxy"
     cleanup: Literal["auto", "always", "on-success", "never"] = "auto"
     wait_strategy: Literal["watch", "poll"] = "watch"
-    poll_interval: Milliseconds = Field(5_000, gt=0)
+    poll_interval: Milliseconds = Field(5_000, gt=0, le=3_600_000)
     credential_timeout: Milliseconds = Field(30_000, gt=0, le=600_000)
     parallel: int = Field(1, ge=1, le=200)
     unique_names: bool = False
-    latency_regression: float | None = Field(None, gt=0)
+    latency_regression: float | None = Field(None, gt=0, le=100_000, allow_inf_nan=False)
     #: Off by default: a model's words are not stable, so only its user can say which
     #: answer (to which prompt, at temperature 0) proves the right model is serving.
     inference_expect: str | None = None
@@ -135,6 +202,7 @@ class Settings(BaseModel):
         "delete_timeout",
         "cleanup_reserve",
         "credential_timeout",
+        "poll_interval",
         mode="before",
     )
     @classmethod
@@ -151,9 +219,14 @@ class Settings(BaseModel):
     @field_validator("api_url")
     @classmethod
     def _url(cls, v: str) -> str:
-        if not re.match(r"^https?://[^/\s]+", v):
-            raise ValueError("must be an http:// or https:// URL with a host")
-        return v.rstrip("/")
+        return base_url(v)
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            check_token(v.get_secret_value())
+        return v
 
     @field_validator("namespace", "deployment_name")
     @classmethod
@@ -236,9 +309,11 @@ class Settings(BaseModel):
     @field_validator("inference")
     @classmethod
     def _inference(cls, v: str) -> str:
-        if v in ("service-proxy", "backend-proxy") or re.match(r"^https?://[^/\s]+", v):
-            return v.rstrip("/")
-        raise ValueError("must be 'service-proxy', 'backend-proxy' or an http(s):// base URL")
+        if v in ("service-proxy", "backend-proxy"):
+            return v
+        if "://" not in v:
+            raise ValueError("must be 'service-proxy', 'backend-proxy' or an http(s):// base URL")
+        return base_url(v)
 
     @field_validator("kubeconfig", "token_file")
     @classmethod
@@ -343,8 +418,12 @@ def load_settings(
 
     problems: list[str] = []
     token = env.get(TOKEN_ENV) or None
+    token_source = f"{TOKEN_ENV} (environment)"
     token_file = values.get("token_file")
     if token_file and isinstance(token_file, str):
+        token_source = (
+            f"the token file {token_file} ({_describe(sources['token_file'], 'token_file')})"
+        )
         try:
             token = Path(token_file).read_text(encoding="utf-8").strip() or None
         except OSError as exc:
@@ -365,8 +444,10 @@ def load_settings(
             key = str(err["loc"][0]) if err["loc"] else "(config)"
             got = values.get(key)
             msg = err["msg"].removeprefix("Value error, ")
+            if isinstance(got, str) and "@" in got:
+                got = _hide_userinfo(got)
             shown = "" if key == "token" else f"; got {got!r}"
-            where = _describe(sources.get(key, "default"), key)
+            where = token_source if key == "token" else _describe(sources.get(key, "default"), key)
             if key == "deployments" and len(err["loc"]) > 1:
                 index, *rest = err["loc"][1:]
                 sub = f"[{index}]" + "".join(f".{p}" for p in rest)

@@ -97,6 +97,25 @@ def test_version_and_help_do_not_load_the_heavy_clients(tmp_path: Path) -> None:
             ["--test-timeout", "ten minutes"],
             "--test-timeout (command line): must be a whole number of milliseconds",
         ),
+        # URLs: scheme, host, port, no credentials, nothing a request would choke on.
+        (["--inference", "http://a b"], "--inference (command line): must be a URL without"),
+        (["--inference", "ftp://host"], "--inference (command line): must start with http"),
+        (["--inference", "http://:80"], "--inference (command line): must name a host"),
+        (["--inference", "http://[::1"], "--inference (command line): is not a valid URL"),
+        (["--inference", "http://h:99999"], "--inference (command line): is not a valid URL"),
+        (["--inference", "http://bad_host!/"], "--inference (command line): host"),
+        (["--inference", "http://u:pw@host"], "--inference (command line): must not hold cred"),
+        (["--inference", "http://host/v1?x=1"], "--inference (command line): must be a base URL"),
+        # Numbers: positive, and within sane ranges.
+        (["--test-timeout", "9" * 20], "--test-timeout (command line): Input should be less"),
+        (["--poll-interval", "0"], "--poll-interval (command line): Input should be greater"),
+        (["--latency-regression", "nan"], "--latency-regression (command line): Input should be"),
+        (["--parallel", "1000"], "--parallel (command line): Input should be less"),
+        (["--credential-timeout", "0"], "--credential-timeout (command line): Input should be"),
+        # The environment's own flags.
+        (["--backend-port", "70000"], "--backend-port (command line): must be a port"),
+        (["--cluster-name", "Bad Name"], "--cluster-name (command line): must be a kind"),
+        (["--backend-command", "bun 'run"], "--backend-command (command line): cannot be split"),
     ],
 )
 def test_hostile_input_is_rejected_before_any_request(
@@ -111,6 +130,51 @@ def test_hostile_input_is_rejected_before_any_request(
     junit = (tmp_path / "a" / "junit.xml").read_text()
     assert "Configuration" in junit and needle.split(" (")[0] in junit
     assert '<property name="exit_code" value="2" />' in junit
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["zq7\nInjected: header", "zq7-nön-ascii", "zq7 has space", "zq7\there", "zq7" * 7_000],
+    ids=["line-break", "non-ascii", "space", "tab", "too-long"],
+)
+@pytest.mark.parametrize("source", ["environment", "file"])
+def test_a_token_that_is_not_header_safe_is_refused_without_showing_it(
+    tmp_path: Path, backend, value: str, source: str
+) -> None:
+    url, seen = backend
+    env, args = {}, []
+    if source == "environment":
+        env["KUBEFOUNDRY_TOKEN"] = value
+        where = "KUBEFOUNDRY_TOKEN (environment)"
+    else:
+        token_file = tmp_path / "token"
+        token_file.write_text(value)
+        args = ["--token-file", str(token_file)]
+        where = f"the token file {token_file} (--token-file (command line))"
+    out = run(
+        "run",
+        "--api-url",
+        url,
+        "--artifacts-dir",
+        str(tmp_path / "a"),
+        *args,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert f"{where}: may hold only visible ASCII" in out.stderr or "longer than" in out.stderr
+    assert where in out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
+    assert seen == []
+    for text in (out.stdout, out.stderr, (tmp_path / "a" / "junit.xml").read_text()):
+        assert "zq7" not in text
+
+
+def test_a_url_with_a_password_is_refused_without_showing_it(tmp_path: Path) -> None:
+    out = run("run", "--api-url", "http://admin:hunter2-secret@host", cwd=tmp_path)
+    assert out.returncode == 2
+    assert "--api-url (command line): must not hold credentials" in out.stderr
+    assert "hunter2-secret" not in out.stdout + out.stderr
 
 
 def test_bad_env_and_config_file_name_the_source(tmp_path: Path) -> None:

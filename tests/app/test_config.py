@@ -52,7 +52,7 @@ def test_shipped_config_file_matches_defaults() -> None:
         ({"TEST_TIMEOUT": "0"}, "TEST_TIMEOUT (environment): Input should be greater than 0"),
         (
             {"API_URL": "localhost:3001"},
-            "API_URL (environment): must be an http:// or https:// URL",
+            "API_URL (environment): must start with http:// or https://",
         ),
         (
             {"ORCHESTRATOR_CLEANUP": "sometimes"},
