@@ -7,6 +7,8 @@
   request gives the timing and the verdict), and :func:`validate_completion`, the
   schema and the quality gate beyond it (each failed check a named :class:`Violation`).
 
+The backend's answers come back as typed models (:class:`DeploymentStatus`,
+:class:`ProviderStatus`, ...), exported here so that a flow can name them.
 They know nothing of the engine or of any flow.
 """
 
@@ -25,6 +27,22 @@ from ._errors import (
     is_retryable,
 )
 from ._hub import WatchHub, compile_selector
+from ._models import (
+    CatalogModel,
+    ClusterStatus,
+    Condition,
+    Created,
+    Deleted,
+    DeploymentLogs,
+    DeploymentPod,
+    DeploymentPods,
+    DeploymentStatus,
+    Health,
+    InstallResult,
+    InstallStep,
+    ProviderStatus,
+    Replicas,
+)
 from ._retry import NO_RETRY, RetryPolicy
 from ._watch import Backoff, WatchEvent, watch
 from .inference import (
@@ -38,22 +56,34 @@ from .inference import (
     Violation,
     validate_completion,
 )
-from .kube import CRDS, EVENTS, NAMESPACES, PODS, SERVICES, KubeClient, Resource
+from .kube import CRDS, EVENTS, NAMESPACES, PODS, SECRETS, SERVICES, KubeClient, Resource
 from .kubefoundry import Exchange, Journal, KubeFoundryClient
 
 __all__ = [
     "Backoff",
     "CRDS",
+    "CatalogModel",
     "ChatCompletionResponse",
     "ClientError",
+    "ClusterStatus",
+    "Condition",
     "Conflict",
+    "Created",
+    "Deleted",
+    "DeploymentLogs",
+    "DeploymentPod",
+    "DeploymentPods",
+    "DeploymentStatus",
     "EVENTS",
     "Exchange",
     "Expectations",
     "HTTPStatusError",
+    "Health",
     "InferenceClient",
     "InferenceResult",
     "InferenceRoute",
+    "InstallResult",
+    "InstallStep",
     "InvalidCompletion",
     "Journal",
     "KubeClient",
@@ -63,10 +93,13 @@ __all__ = [
     "NotFound",
     "PODS",
     "ProtocolError",
+    "ProviderStatus",
+    "Replicas",
     "RequestTimeout",
     "Resource",
     "ResponseFormatError",
     "RetryPolicy",
+    "SECRETS",
     "SERVICES",
     "ServerError",
     "StreamTiming",
