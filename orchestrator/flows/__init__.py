@@ -1,6 +1,65 @@
-"""Provider flows. Each module is one provider's lifecycle as engine phases.
+"""Provider flows, and the toolkit to write one.
 
-``kaito`` is the KubeFoundry + KAITO flow. A new provider (NVIDIA Dynamo,
-KubeRay) is one new module here, built on the same clients and the shared
-waiting and diagnostics helpers; the engine does not change.
+A flow is what the engine runs: named phases, diagnostics and cleanup. The
+:class:`KubeFoundryFlow` is the lifecycle every KubeFoundry provider shares
+(install once per run, guard the create, wait ready, inference, delete and wait
+for the 404, diagnostics, leak check, cleanup by name and labels); a
+:class:`ProviderProfile` says what is particular to one provider. KAITO is
+:class:`~orchestrator.flows.kaito.KaitoProfile`, about forty lines.
+
+The toolkit below is what those flows are built from, public so that a flow of
+your own (in a package of its own) needs no private name:
+
+- waiting: :func:`wait_for` asks an authority and sleeps on watches
+  (:class:`WatchSpec`) until it answers; an ``inspect`` callback ends it early by
+  raising :class:`Stop`.
+- pods: :func:`pod_problem` (will this pod ever be ready?), :func:`pod_ready`,
+  :func:`pod_summary`, :data:`FATAL_WAITING_REASONS`.
+- :func:`collect_diagnostics`: pods, describe, logs, events, the workload
+  object and the backend exchanges, for any workload resource.
+- :func:`call_backend` maps backend answers that end a phase to one-line
+  reasons; :func:`side_by_side` asks independent questions at once.
+- :class:`OncePerRun`: work the flows of one run share (an install), done once.
 """
+
+from ._calls import Outcome, call_backend, side_by_side
+from ._diagnostics import collect_diagnostics
+from ._kubefoundry import FlowSettings, KubeFoundryFlow
+from ._once import OncePerRun, Proof
+from ._pods import FATAL_WAITING_REASONS, is_pod, pod_problem, pod_ready
+from ._profile import (
+    ClusterView,
+    Deployment,
+    Endpoint,
+    Owned,
+    ProviderProfile,
+    Readiness,
+    Tracked,
+)
+from ._waiting import Stop, WatchSpec, pod_summary, wait_for
+
+__all__ = [
+    "FATAL_WAITING_REASONS",
+    "ClusterView",
+    "Deployment",
+    "Endpoint",
+    "FlowSettings",
+    "KubeFoundryFlow",
+    "OncePerRun",
+    "Outcome",
+    "Owned",
+    "Proof",
+    "ProviderProfile",
+    "Readiness",
+    "Stop",
+    "Tracked",
+    "WatchSpec",
+    "call_backend",
+    "collect_diagnostics",
+    "is_pod",
+    "pod_problem",
+    "pod_ready",
+    "pod_summary",
+    "side_by_side",
+    "wait_for",
+]

@@ -97,10 +97,16 @@ async def collect_diagnostics(
     api: KubeFoundryClient,
     namespace: str,
     deployment: str,
-    workspaces: Resource,
+    workload: Resource,
+    workload_kind: str = "Workspace",
     log: Callable[[str], None],
 ) -> None:
-    """Write pods, describe, logs, events, the Workspace and the backend exchanges under ``out``."""
+    """Write pods, describe, logs, events, the workload and the backend exchanges under ``out``.
+
+    ``workload`` is the custom resource the backend made for ``deployment`` (a KAITO
+    Workspace, a RayService, a DynamoGraphDeployment); it is written as
+    ``<kind>.json`` (``workspace.json``).
+    """
     out.mkdir(parents=True, exist_ok=True)
     errors: list[str] = []
 
@@ -176,14 +182,16 @@ async def collect_diagnostics(
                     except ClientError as exc:
                         errors.append(f"previous logs of {name}/{container}: {exc}")
 
-    async def workspace() -> None:
+    workload_file = out / f"{_safe_name(workload_kind.lower())}.json"
+
+    async def workload_object() -> None:
         try:
-            obj = await kube.get(workspaces, deployment, namespace)
+            obj = await kube.get(workload, deployment, namespace)
         except ClientError as exc:
-            _write(out / "workspace.json", json.dumps({"error": str(exc)}, indent=2))
+            _write(workload_file, json.dumps({"error": str(exc)}, indent=2))
             return
         obj.get("metadata", {}).pop("managedFields", None)
-        _write(out / "workspace.json", json.dumps(obj, indent=2))
+        _write(workload_file, json.dumps(obj, indent=2))
 
     async def backend() -> None:
         _write(
@@ -195,7 +203,7 @@ async def collect_diagnostics(
     await step("events", ns_events)
     await step("describe pods", describe)
     await step("container logs", logs)
-    await step("workspace", workspace)
+    await step(workload_kind, workload_object)
     stamp = datetime.now().astimezone().isoformat(timespec="seconds")
     if errors:
         _write(out / "errors.txt", f"collected {stamp}\n" + "\n".join(errors) + "\n")

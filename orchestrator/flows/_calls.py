@@ -1,0 +1,79 @@
+"""Calling the backend from a phase: one-line failure reasons, and calls side by side.
+
+A phase that talks to KubeFoundry wants two things from every call: an answer
+that ends the phase (a refused token, a body that is not what the API
+promises) turned into a reason a person can act on, and independent questions
+asked at once, so that a flow's round trips do not add up where it counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import Any, Generic, TypeVar
+
+import anyio
+
+from ..clients import NotFound, ResponseFormatError, Unauthorized
+from ..engine import PhaseFailed
+
+T = TypeVar("T")
+
+
+async def call_backend(call: Awaitable[T], *, not_found_fails: bool = False) -> T:
+    """Await a backend call, turning answers that end the phase into one-line reasons.
+
+    A 401/403 names the token settings to check, and a malformed body its own
+    message, both as :class:`~orchestrator.engine.PhaseFailed`. A 404 is
+    re-raised as :class:`~orchestrator.clients.NotFound` (often an answer: "it
+    is gone") unless ``not_found_fails``, where it fails the phase with the route.
+    """
+    try:
+        return await call
+    except Unauthorized as exc:
+        raise PhaseFailed(
+            f"the backend refused the request ({exc.status} {exc.message}): "
+            f"check the bearer token (KUBEFOUNDRY_TOKEN or token_file)"
+        ) from None
+    except ResponseFormatError as exc:
+        raise PhaseFailed(str(exc)) from None
+    except NotFound as exc:
+        if not not_found_fails:
+            raise
+        raise PhaseFailed(f"{exc.method} {exc.path} answered 404: {exc.message}") from None
+
+
+class Outcome(Generic[T]):
+    """What an awaitable gave: its value, or the exception it raised, kept until read."""
+
+    def __init__(self) -> None:
+        self._value: T
+        self._error: Exception | None = None
+        self._done = False
+
+    async def capture(self, awaitable: Awaitable[T]) -> None:
+        try:
+            self._value = await awaitable
+        except Exception as exc:
+            self._error = exc
+        self._done = True
+
+    def result(self) -> T:
+        """The value, or the awaitable's own exception raised here."""
+        if self._error is not None:
+            raise self._error
+        if not self._done:
+            raise RuntimeError("the awaitable has not finished")
+        return self._value
+
+
+async def side_by_side(*awaitables: Awaitable[Any]) -> list[Outcome[Any]]:
+    """Await independent requests at once; each outcome raises its own error when read.
+
+    One failing request neither cancels the others nor hides their answers: the
+    caller reads each outcome and decides what a failure of that one means.
+    """
+    outcomes: list[Outcome[Any]] = [Outcome() for _ in awaitables]
+    async with anyio.create_task_group() as tg:
+        for outcome, awaitable in zip(outcomes, awaitables, strict=True):
+            tg.start_soon(outcome.capture, awaitable)
+    return outcomes

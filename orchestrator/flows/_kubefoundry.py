@@ -1,0 +1,766 @@
+"""The KubeFoundry flow: Install -> Deploy -> Wait Ready -> Inference -> Delete, for any provider.
+
+KubeFoundry is the authority for its own answers (is the provider installed, is
+the deployment Running, is it gone); the cluster is watched only to know *when*
+to ask again, and to fail fast on what KubeFoundry hides (a workload whose pod
+cannot pull its image stays ``Pending`` there for ever). What is provider-specific
+(the install route, the custom resource, the labels, the serving Service, how
+readiness reads) comes from a :class:`~orchestrator.flows.ProviderProfile`.
+
+Everything this run creates is remembered, so that cleanup deletes exactly
+that and nothing else: a deployment that existed before the run is reported,
+never touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import anyio
+
+from ..clients import (
+    CRDS,
+    PODS,
+    ClientError,
+    Conflict,
+    DeploymentStatus,
+    HTTPStatusError,
+    InferenceClient,
+    InvalidCompletion,
+    KubeClient,
+    KubeFoundryClient,
+    NotFound,
+    WatchEvent,
+    WatchHub,
+)
+from ..engine import Phase, PhaseContext, PhaseFailed, PhaseRecord
+from ..history import regression
+from ._calls import call_backend, side_by_side
+from ._diagnostics import collect_diagnostics
+from ._once import OncePerRun
+from ._pods import is_pod, pod_problem, pod_ready
+from ._profile import Deployment, Owned, ProviderProfile, Readiness, Tracked
+from ._waiting import Stop, WatchSpec, pod_summary, wait_for
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class FlowSettings:
+    """What the flow needs to know besides its provider. Durations are seconds.
+
+    ``namespace``, ``model`` and ``suite`` left unset take the profile's defaults
+    (its default namespace and model, its provider id).
+    """
+
+    api_url: str
+    namespace: str | None = None
+    deployment_name: str = "integration-test-llama"
+    model: str | None = None
+    install_timeout: float = 180.0
+    deploy_timeout: float = 60.0
+    ready_timeout: float = 300.0
+    inference_timeout: float = 120.0
+    delete_timeout: float = 120.0
+    prompt: str = "Say hello in exactly 3 words."
+    max_tokens: int = 50
+    loading_grace: float = 30.0
+    #: The safety-net re-check while watching: watches bring every change, so this only
+    #: covers what no Kubernetes object shows. Polling uses ``poll_interval`` instead.
+    recheck: float = 30.0
+    replicas: int = 1
+    #: The JUnit testsuite name: the provider's id, or one per deployment when a run has
+    #: several.
+    suite: str | None = None
+    #: "watch": wake on watch events (re-checking every ``recheck`` s as a safety net);
+    #: "poll": ask every ``poll_interval`` s and watch nothing, to measure what watches buy.
+    wait_strategy: str = "watch"
+    poll_interval: float = 5.0
+    #: Time to first token from a second, streamed completion.
+    measure_ttft: bool = True
+    #: Fail Inference when latency exceeds this baseline by more than the percentage.
+    latency_baseline_ms: float | None = None
+    latency_regression_pct: float | None = None
+    #: Between Wait Ready and Inference, delete the model pod and wait for its replacement:
+    #: a serving stack that cannot survive losing a pod is not ready for production.
+    chaos: bool = False
+
+
+@dataclass
+class _Created:
+    """What this run made, and so what its cleanup may delete."""
+
+    deployment: bool = False
+    deleted: bool = False
+    installed_provider: bool = False
+    model_name: str | None = None
+    owned: list[Owned] = field(default_factory=list)
+
+
+class _Cluster:
+    """The :class:`~orchestrator.flows.ClusterView` a readiness reading gets."""
+
+    def __init__(self, flow: KubeFoundryFlow) -> None:
+        self._flow = flow
+
+    @property
+    def kube(self) -> KubeClient:
+        return self._flow.kube
+
+    async def pods(self) -> list[dict[str, Any]]:
+        pods = self._flow.profile.tracked(self._flow.deployment)[0]
+        return await self._flow._objects(pods, fresh=False)
+
+
+class KubeFoundryFlow:
+    """One deployment's lifecycle through KubeFoundry, as engine phases.
+
+    The engine runs it like any flow (``name``, ``phases()``, ``properties()``,
+    ``diagnose()``, ``cleanup()``, ``keep_hints()``). Flows of one run share the
+    ``hub`` (one watch stream per resource type and namespace) and the
+    ``install_gate`` (the provider is installed once per run).
+    """
+
+    def __init__(
+        self,
+        profile: ProviderProfile,
+        settings: FlowSettings,
+        *,
+        api: KubeFoundryClient,
+        kube: KubeClient,
+        inference: InferenceClient,
+        hub: WatchHub | None = None,
+        install_gate: OncePerRun | None = None,
+    ) -> None:
+        self.profile = profile
+        self.settings = settings
+        self.deployment = Deployment(
+            name=settings.deployment_name,
+            namespace=settings.namespace or profile.default_namespace,
+            model=settings.model or profile.default_model,
+            replicas=settings.replicas,
+        )
+        self.name = settings.suite or profile.provider
+        self.hub = hub
+        #: Shared by the flows of one run (see :meth:`install`).
+        self.install_gate = install_gate
+        self.api = api
+        self.kube = kube
+        self.inference = inference
+        self.created = _Created()
+        self._seen_pod_states: dict[str, str] = {}
+        self._findings: list[str] = []
+
+    # -- the engine's view ----------------------------------------------------
+
+    def phases(self) -> list[Phase]:
+        s, d = self.settings, self.deployment
+        phases = [
+            Phase("install", f"Install {self.profile.title}", s.install_timeout, self.install),
+            Phase("deploy", f"Deploy {d.model}", s.deploy_timeout, self.deploy),
+            Phase("wait_ready", "Wait Ready", s.ready_timeout, self.wait_ready),
+        ]
+        if s.chaos:
+            phases.append(Phase("chaos", "Chaos: restart model pod", s.ready_timeout, self.chaos))
+        phases += [
+            Phase("inference", "Inference", s.inference_timeout, self.run_inference),
+            Phase("delete", "Delete", s.delete_timeout, self.delete),
+        ]
+        return phases
+
+    def properties(self) -> dict[str, str]:
+        d = self.deployment
+        return {
+            "provider": self.profile.provider,
+            "model": d.model,
+            "namespace": d.namespace,
+            "deployment": d.name,
+            "api_url": self.settings.api_url,
+            "inference_route": self.inference.route.kind,
+        }
+
+    def keep_hints(self) -> list[str]:
+        if not self.created.deployment or self.created.deleted:
+            return []
+        return self.profile.keep_hints(self.deployment, self.settings.api_url)
+
+    # -- phases ---------------------------------------------------------------
+
+    async def install(self, ctx: PhaseContext) -> None:
+        """Install the provider, once per run: flows running side by side share one install.
+
+        The first flow to get here installs (or finds the provider installed) and waits
+        until the backend says it is; the others wait for that answer and take it, so the
+        backend sees one install and one status check instead of N racing on the same
+        Helm release. If the first flow fails, the next one tries in its turn.
+        """
+        p = self.profile
+        gate = self.install_gate
+        if gate is None:
+            await self._install(ctx)
+            return
+        proof = await gate.once(f"install:{p.provider}", self.name, lambda: self._install(ctx))
+        if proof.here:
+            return
+        ctx.log(
+            f"{p.title} is installed and its operator is running (the backend said so to "
+            f"{proof.by} {proof.age:.1f} s ago, in this run)"
+        )
+        ctx.set_property(f"{p.provider}_checked_by", proof.by)
+        if proof.value:
+            ctx.set_property(f"{p.provider}_preinstalled", "true")
+
+    async def _install(self, ctx: PhaseContext) -> bool:
+        """Install and wait until the backend says installed; True if it already was."""
+        p = self.profile
+        status = await call_backend(self.api.provider_status(p.provider))
+        if status.installed:
+            ctx.log(f"{p.title} is already installed and its operator is running")
+            ctx.set_property(f"{p.provider}_preinstalled", "true")
+            return True
+        ctx.log(f"{p.title} not installed yet ({status.message or 'no message'}); installing")
+        try:
+            try:
+                result = await call_backend(self.api.install_provider(p.provider))
+            except Conflict as exc:
+                ctx.log(f"install answered 409 ({exc.message}); retrying once with force=true")
+                result = await call_backend(self.api.install_provider(p.provider, force=True))
+        except HTTPStatusError as exc:
+            raise PhaseFailed(
+                f"{p.title} install failed: the backend answered {exc.status}: {exc.message}"
+            ) from None
+        if result.already_installed:
+            ctx.log(f"the backend says {p.title} is already installed")
+        else:
+            self.created.installed_provider = True
+            failed = [r for r in result.results if not r.success]
+            if not result.success or failed:
+                steps = ", ".join(f"{r.step}: {r.error or r.output}".strip() for r in failed)
+                raise PhaseFailed(
+                    f"{p.title} install failed: {result.message}{'; ' + steps if steps else ''}"
+                )
+            ctx.log(f"install started: {result.message}")
+
+        async def installed() -> bool | None:
+            st = await call_backend(self.api.provider_status(p.provider))
+            ctx.progress(
+                f"{p.title} status: installed={st.installed}, crdFound={st.crd_found}, "
+                f"operatorRunning={st.operator_running}"
+            )
+            return True if st.installed else None
+
+        watches = [WatchSpec(CRDS, field_selector=f"metadata.name={p.crd_name}")]
+        if p.operator_selector is not None:
+            watches.insert(
+                0, WatchSpec(PODS, p.operator_namespace, label_selector=p.operator_selector)
+            )
+        await self._wait_for(
+            ctx, installed, recheck=min(self.settings.recheck, 5.0), watches=watches
+        )
+        ctx.log(f"{p.title} is installed and its operator is running")
+        return False
+
+    async def deploy(self, ctx: PhaseContext) -> None:
+        d = self.deployment
+        name = await self.profile.model_name(self.api, d)
+        self.created.model_name = name
+        ctx.set_property("served_model_name", name)
+        ctx.log(f"{d.model} answers to model name {name!r}")
+
+        try:
+            existing = await call_backend(self.api.get_deployment(d.name, d.namespace))
+        except NotFound:
+            existing = None
+        if existing is not None:
+            raise PhaseFailed(
+                f"deployment {d.name!r} already exists in namespace {d.namespace!r} "
+                f"(phase {existing.phase}); it was not made by this run, so it is left alone. "
+                f"Delete it, or choose another name with --deployment-name"
+            )
+        self.created.owned += await self.profile.prepare(self.kube, d, ctx.log)
+
+        sent_before = self.api.requests_sent
+        # From the moment the request leaves, the deployment may exist whatever comes back
+        # (a 201 lost to a reset, a body that does not parse, a phase deadline): cleanup must
+        # look for it. Only a clear refusal takes that back.
+        self.created.deployment = True
+        try:
+            created = await call_backend(self.api.create_deployment(self.profile.create_body(d)))
+        except Conflict as exc:
+            if self.api.requests_sent - sent_before > 1:
+                # An earlier attempt of ours reached the backend before the connection
+                # failed: the object that now exists is the one this run asked for.
+                ctx.log(f"create met 409 after a retry ({exc.message}); the deployment is ours")
+                return
+            self.created.deployment = False
+            raise PhaseFailed(f"create answered 409: {exc.message}") from None
+        except HTTPStatusError as exc:
+            if exc.status < 500:
+                self.created.deployment = False
+            raise
+        for warning in created.warnings or []:
+            ctx.log(f"backend warning: {warning}")
+        ctx.log(f"created deployment {created.name} in {created.namespace} ({created.message})")
+
+    async def _read_status(self, ctx: PhaseContext) -> tuple[DeploymentStatus, Readiness]:
+        """The backend's status of the deployment and the profile's reading of it."""
+        d = self.deployment
+        st = await call_backend(self.api.get_deployment(d.name, d.namespace), not_found_fails=True)
+        reading = await self.profile.readiness(st, _Cluster(self))
+        for finding in reading.findings:
+            if finding not in self._findings:
+                self._findings.append(finding)
+                ctx.log(f"finding: {finding}")
+                ctx.set_property(f"finding_{len(self._findings)}", finding)
+        return st, reading
+
+    async def wait_ready(self, ctx: PhaseContext) -> None:
+        d, p = self.deployment, self.profile
+        last_line: list[str] = []
+
+        async def ready() -> bool | None:
+            st, reading = await self._read_status(ctx)
+            conds = ", ".join(f"{c.type}={c.status}" for c in st.conditions) or "no conditions"
+            line = f"deployment phase {st.phase}, ready {st.replicas.ready}/{st.replicas.desired} ({conds})"
+            if not last_line or last_line[-1] != line:
+                ctx.log(line)
+                last_line.append(line)
+            ctx.progress(line)
+            if reading.failure is not None:
+                raise PhaseFailed(f"deployment {d.name}: {reading.failure} ({conds})")
+            return True if reading.ready else None
+
+        def inspect(event: WatchEvent) -> None:
+            obj = event.object
+            if not is_pod(obj) or not p.owns_pod(d, obj):
+                return
+            summary = pod_summary(obj)
+            name = obj.get("metadata", {}).get("name", "?")
+            if self._seen_pod_states.get(name) != summary:
+                self._seen_pod_states[name] = summary
+                ctx.log(f"pod {summary}")
+            problem = pod_problem(obj, p.fatal_waiting_reasons)
+            if problem:
+                raise Stop(problem)
+
+        pods = p.tracked(d)[0]
+        try:
+            await self._wait_for(
+                ctx,
+                ready,
+                recheck=self.settings.recheck,
+                inspect=inspect,
+                watches=[
+                    self._workload_by_name().watch(),
+                    # Unless the profile reads pods, the backend's status is derived from
+                    # the workload alone: pod events then only feed inspect().
+                    pods.watch(wakes=p.readiness_reads_pods),
+                ],
+            )
+        except Stop as stop:
+            raise PhaseFailed(stop.reason) from None
+        ctx.log("deployment is Running with a ready replica")
+
+    async def chaos(self, ctx: PhaseContext) -> None:
+        """Delete the model pod, and wait until a new one is Ready and the backend says Running.
+
+        The Inference phase that follows then proves the replacement serves. The old pods
+        are told apart by uid, since a StatefulSet's replacement keeps the pod's name.
+        """
+        d, p = self.deployment, self.profile
+        pods = p.tracked(d)[0]
+        victims = {
+            o["metadata"]["uid"]: o["metadata"]["name"]
+            for o in await self._objects(pods)
+            if not o["metadata"].get("deletionTimestamp")
+        }
+        if not victims:
+            raise PhaseFailed(f"no model pod with label {pods.label_selector} to delete")
+        for name in victims.values():
+            try:
+                await self.kube.delete(PODS, name, d.namespace)
+            except NotFound:
+                pass
+            ctx.log(f"deleted pod {name}")
+
+        async def recovered() -> bool | None:
+            fresh = [
+                o
+                for o in await self._objects(pods)
+                if o["metadata"].get("uid") not in victims and pod_ready(o)
+            ]
+            if not fresh:
+                ctx.progress("waiting for a replacement pod to become Ready")
+                return None
+            st, reading = await self._read_status(ctx)
+            ctx.progress(
+                f"replacement {fresh[0]['metadata']['name']} Ready; deployment phase "
+                f"{st.phase}, ready {st.replicas.ready}/{st.replicas.desired}"
+            )
+            return True if reading.ready else None
+
+        def inspect(event: WatchEvent) -> None:
+            if event.object.get("metadata", {}).get("uid") in victims:
+                return
+            problem = pod_problem(event.object, p.fatal_waiting_reasons)
+            if problem:
+                raise Stop(f"the replacement pod cannot start: {problem}")
+
+        try:
+            await self._wait_for(
+                ctx,
+                recovered,
+                recheck=self.settings.recheck,
+                inspect=inspect,
+                watches=[pods.watch()],
+            )
+        except Stop as stop:
+            raise PhaseFailed(stop.reason) from None
+        ctx.log("a replacement pod is Ready and the deployment is Running again")
+
+    async def run_inference(self, ctx: PhaseContext) -> None:
+        s, d = self.settings, self.deployment
+        model = self.created.model_name
+        if model is None:
+            model = await self.profile.model_name(self.api, d)
+        serving = self.profile.endpoint(d)
+        target = self.inference.describe(d.namespace, serving.service, serving.port)
+        ctx.log(f"POST {target} (model {model!r}, max_tokens {s.max_tokens})")
+        try:
+            result = await self.inference.chat(
+                namespace=d.namespace,
+                service=serving.service,
+                port=serving.port,
+                model=model,
+                prompt=s.prompt,
+                max_tokens=s.max_tokens,
+                loading_grace=s.loading_grace,
+                on_wait=ctx.log,
+            )
+        except InvalidCompletion as exc:
+            ctx.log("schema errors:\n  " + "\n  ".join(exc.errors))
+            raise PhaseFailed(
+                f"invalid chat completion ({len(exc.errors)} errors): " + "; ".join(exc.errors)
+            ) from None
+        except HTTPStatusError as exc:
+            raise PhaseFailed(f"inference answered {exc.status}: {exc.message}") from None
+        except ClientError as exc:
+            raise PhaseFailed(f"inference failed: {exc}") from None
+        ctx.set_property("inference_latency_ms", f"{result.latency_s * 1000:.0f}")
+        if result.completion_tokens is not None:
+            ctx.set_property("prompt_tokens", str(result.prompt_tokens))
+            ctx.set_property("completion_tokens", str(result.completion_tokens))
+            if result.latency_s > 0:
+                ctx.set_property(
+                    "tokens_per_second", f"{result.completion_tokens / result.latency_s:.1f}"
+                )
+        ctx.log(
+            f"answer in {result.latency_s * 1000:.0f} ms after {result.attempts} attempt(s): "
+            f"{result.content[:200]!r} (finish_reason {result.response.choices[0].finish_reason})"
+        )
+        if s.measure_ttft:
+            await self._measure_ttft(ctx, model)
+        latency_ms = result.latency_s * 1000
+        if s.latency_regression_pct is not None:
+            reason = regression(latency_ms, s.latency_baseline_ms, s.latency_regression_pct)
+            if reason:
+                raise PhaseFailed(reason)
+            base = f"{s.latency_baseline_ms:.0f} ms" if s.latency_baseline_ms else "none yet"
+            ctx.log(
+                f"latency {latency_ms:.0f} ms within {s.latency_regression_pct:g}% of the "
+                f"baseline ({base})"
+            )
+
+    async def _measure_ttft(self, ctx: PhaseContext, model: str) -> None:
+        """Time to first token, from the same completion streamed.
+
+        A measurement, not a verdict: the plan's check is the non-streamed answer above,
+        so a server that cannot stream is noted in the log and the phase still passes.
+        """
+        s, d = self.settings, self.deployment
+        serving = self.profile.endpoint(d)
+        try:
+            timing = await self.inference.stream(
+                namespace=d.namespace,
+                service=serving.service,
+                port=serving.port,
+                model=model,
+                prompt=s.prompt,
+                max_tokens=s.max_tokens,
+            )
+        except ClientError as exc:
+            ctx.log(f"time to first token not measured: {exc}")
+            return
+        ctx.set_property("time_to_first_token_ms", f"{timing.ttft_s * 1000:.0f}")
+        ctx.set_property("stream_total_ms", f"{timing.total_s * 1000:.0f}")
+        if timing.tokens_per_second is not None:
+            ctx.set_property("stream_tokens_per_second", f"{timing.tokens_per_second:.1f}")
+        ctx.log(
+            f"streamed: first token after {timing.ttft_s * 1000:.0f} ms, "
+            f"{timing.content_chunks} content chunks in {timing.total_s * 1000:.0f} ms"
+        )
+
+    async def delete(self, ctx: PhaseContext) -> None:
+        d = self.deployment
+        try:
+            answer = await call_backend(self.api.delete_deployment(d.name, d.namespace))
+        except NotFound as exc:
+            raise PhaseFailed(
+                f"DELETE answered 404 ({exc.message}): the deployment vanished "
+                f"before this run deleted it"
+            ) from None
+        ctx.log(f"delete accepted: {answer.message}")
+        await self._wait_gone(ctx)
+        self.created.deleted = True
+
+    # -- failure path -----------------------------------------------------------
+
+    async def diagnose(self, ctx: PhaseContext, failed: PhaseRecord) -> None:
+        await collect_diagnostics(
+            ctx.artifacts_dir / "diagnostics",
+            kube=self.kube,
+            api=self.api,
+            namespace=self.deployment.namespace,
+            deployment=self.deployment.name,
+            workload=self.profile.workload,
+            workload_kind=self.profile.workload_kind,
+            log=ctx.log,
+        )
+
+    async def cleanup(self, ctx: PhaseContext) -> None:
+        d, p = self.deployment, self.profile
+        if self.created.installed_provider:
+            ctx.log(
+                f"{p.title} was installed by this run and is left installed (its uninstall "
+                "deletes the whole operator namespace)"
+            )
+        if not self.created.deployment:
+            ctx.log("this run created no deployment: nothing to delete")
+        elif self.created.deleted:
+            ctx.log("the Delete phase removed the deployment")
+        else:
+            ctx.log(f"deleting deployment {d.name} in {d.namespace}")
+            try:
+                await call_backend(self.api.delete_deployment(d.name, d.namespace))
+            except NotFound:
+                ctx.log("the backend no longer knows the deployment")
+            except ClientError as exc:
+                # The backend is the normal way, but a broken backend must not leave the
+                # cluster dirty: the workload is ours, delete it through Kubernetes.
+                ctx.log(
+                    f"backend delete failed ({exc}); deleting the {p.workload_kind} "
+                    "through Kubernetes"
+                )
+                await self._delete_workloads()
+            await self._wait_gone(ctx, check_backend=False)
+            self.created.deleted = True
+        await self._delete_owned(ctx)
+        leftovers = await self.leftovers()
+        if leftovers:
+            raise PhaseFailed("left behind: " + "; ".join(leftovers))
+
+    async def _delete_workloads(self) -> None:
+        """Delete the workload through Kubernetes, by name and by KubeFoundry's labels."""
+        d, p = self.deployment, self.profile
+        labelled = await self.kube.list(
+            p.workload, d.namespace, label_selector=p.workload_selector(d)
+        )
+        names = {d.name, *(o["metadata"]["name"] for o in labelled.get("items") or [])}
+        for name in sorted(names):
+            try:
+                await self.kube.delete(p.workload, name, d.namespace)
+            except NotFound:
+                pass
+
+    async def _delete_owned(self, ctx: PhaseContext) -> None:
+        """Delete what the profile made before the create (a Secret), once nothing uses it."""
+        for obj in self.created.owned:
+            try:
+                await self.kube.delete(obj.resource, obj.name, obj.namespace)
+                ctx.log(f"deleted {obj.kind} {obj.namespace}/{obj.name}")
+            except NotFound:
+                pass
+
+    async def leftovers(self) -> list[str]:
+        """What of this run's is still in the cluster: the leak check.
+
+        Everything that carries the run's labels counts, not just the objects the flow knows
+        by name: a Service or a pod that the provider's operator forgot to delete is a leak.
+        """
+        d, p = self.deployment, self.profile
+        if not self.created.deployment and not self.created.owned:
+            return []
+        tracked = [self._workload_by_label(), *p.tracked(d)]
+        # Independent questions, asked side by side: one round trip. The workloads are
+        # those with our label, and ours by name whatever its labels say.
+        named, *listed = await side_by_side(
+            self.kube.get(p.workload, d.name, d.namespace),
+            *(self._objects(t) for t in tracked),
+            *(self._owned_still_there(o) for o in self.created.owned),
+        )
+        workloads = list(listed[0].result())
+        try:
+            workloads.append(named.result())
+        except NotFound:
+            pass
+        out = [
+            _leftover(p.workload_kind, w)
+            for w in {w["metadata"]["name"]: w for w in workloads}.values()
+        ]
+        for t, outcome in zip(tracked[1:], listed[1 : len(tracked)], strict=True):
+            out += [_leftover(t.kind, o) for o in outcome.result()]
+        out += [line for outcome in listed[len(tracked) :] if (line := outcome.result())]
+        return out
+
+    async def _owned_still_there(self, obj: Owned) -> str:
+        try:
+            await self.kube.get(obj.resource, obj.name, obj.namespace)
+        except NotFound:
+            return ""
+        return f"{obj.kind} {obj.namespace}/{obj.name}"
+
+    # -- helpers ----------------------------------------------------------------
+
+    def _workload_by_name(self) -> Tracked:
+        d, p = self.deployment, self.profile
+        return Tracked(
+            p.workload_kind, p.workload, d.namespace, field_selector=f"metadata.name={d.name}"
+        )
+
+    def _workload_by_label(self) -> Tracked:
+        d, p = self.deployment, self.profile
+        return Tracked(
+            p.workload_kind, p.workload, d.namespace, label_selector=p.workload_selector(d)
+        )
+
+    async def _objects(self, t: Tracked, *, fresh: bool = True) -> list[dict[str, Any]]:
+        """The tracked objects: listed now, or (``fresh=False``) as the watches last saw them."""
+        if not fresh and self.hub is not None:
+            seen = self.hub.known(
+                t.resource,
+                t.namespace,
+                label_selector=t.label_selector,
+                field_selector=t.field_selector,
+            )
+            if seen is not None:
+                return t.select(seen)
+        listing = await self.kube.list(
+            t.resource,
+            t.namespace,
+            label_selector=t.label_selector,
+            field_selector=t.field_selector,
+        )
+        return t.select(listing.get("items") or [])
+
+    async def _wait_for(
+        self,
+        ctx: PhaseContext,
+        check: Callable[[], Awaitable[T | None]],
+        *,
+        watches: list[WatchSpec],
+        recheck: float,
+        inspect: Callable[[WatchEvent], None] | None = None,
+    ) -> T:
+        """``wait_for`` under the configured strategy: shared watches, or plain polling."""
+        if self.settings.wait_strategy == "poll":
+            watches, recheck = [], self.settings.poll_interval
+        return await wait_for(
+            check,
+            kube=self.kube,
+            watches=watches,
+            recheck=recheck,
+            inspect=inspect,
+            on_note=ctx.log,
+            hub=self.hub if watches else None,
+        )
+
+    async def _wait_gone(self, ctx: PhaseContext, *, check_backend: bool = True) -> None:
+        d, p = self.deployment, self.profile
+        watched = [self._workload_by_name(), *p.tracked(d)]
+
+        async def gone() -> bool | None:
+            if self.hub is not None and self.settings.wait_strategy == "watch":
+                # The shared watches are the API server's own account of these objects, a
+                # moment behind it: what they still show is not gone, and once all of them
+                # show nothing, the server has deleted it all. Cleanup's leak check then
+                # lists once more, as the final word. Without a live view, list now.
+                seen = [
+                    self.hub.known(
+                        t.resource,
+                        t.namespace,
+                        label_selector=t.label_selector,
+                        field_selector=t.field_selector,
+                    )
+                    for t in watched
+                ]
+                still = [
+                    _leftover(t.kind, o)
+                    for t, objs in zip(watched, seen, strict=True)
+                    for o in t.select(objs or [])
+                ]
+                if still:
+                    ctx.progress("waiting for deletion; still there: " + "; ".join(still))
+                    return None
+                if all(objs is not None for objs in seen):
+                    return True
+            left = await self.leftovers()
+            if left:
+                ctx.progress("waiting for deletion; still there: " + "; ".join(left))
+                return None
+            return True
+
+        await self._wait_for(
+            ctx,
+            gone,
+            recheck=min(self.settings.recheck, 5.0),
+            watches=[t.watch() for t in watched],
+        )
+        names = [f"the {p.workload_kind}", *(f"its {t.kind.lower()}s" for t in watched[1:])]
+        ctx.log(
+            f"{', '.join(names[:-1])} and {names[-1]} are gone"
+            if len(names) > 1
+            else f"{names[0]} is gone"
+        )
+        if check_backend:
+            await self._wait_backend_forgets(ctx)
+
+    async def _wait_backend_forgets(self, ctx: PhaseContext) -> None:
+        """Ask until GET answers 404, from a backend that is connected to the cluster."""
+        d = self.deployment
+        delay = 0.1
+        while True:
+            # The cluster status only matters for a 404, but asking both at once saves a
+            # round trip where it counts: at the end of every flow.
+            got, connected = await side_by_side(
+                call_backend(self.api.get_deployment(d.name, d.namespace)),
+                call_backend(self.api.cluster_status()),
+            )
+            try:
+                st = got.result()
+            except NotFound:
+                cluster = connected.result()
+                if not cluster.connected:
+                    raise PhaseFailed(
+                        "the backend answers 404, but it is not connected to the "
+                        f"cluster ({cluster.error or 'no reason given'}), so the "
+                        "404 proves nothing"
+                    ) from None
+                ctx.log("GET answers 404: the backend no longer knows the deployment")
+                return
+            ctx.progress(f"deleted objects are gone, but GET still answers 200 (phase {st.phase})")
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+def _leftover(kind: str, obj: dict[str, Any]) -> str:
+    """One object that should be gone, with what holds it back when it is being deleted."""
+    meta = obj.get("metadata", {})
+    line = f"{kind} {meta.get('namespace')}/{meta.get('name')}"
+    if kind not in ("Pod", "Service"):
+        line += (
+            f" (finalizers {meta.get('finalizers') or []}, deleting since "
+            f"{meta.get('deletionTimestamp') or 'never'})"
+        )
+    return line
