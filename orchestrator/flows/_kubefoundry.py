@@ -151,7 +151,6 @@ class KubeFoundryFlow:
         self.inference = inference
         self.created = _Created()
         self._seen_pod_states: dict[str, str] = {}
-        self._findings: list[str] = []
 
     # -- the engine's view ----------------------------------------------------
 
@@ -310,10 +309,7 @@ class KubeFoundryFlow:
         st = await call_backend(self.api.get_deployment(d.name, d.namespace), not_found_fails=True)
         reading = await self.profile.readiness(st, _Cluster(self))
         for finding in reading.findings:
-            if finding not in self._findings:
-                self._findings.append(finding)
-                ctx.log(f"finding: {finding}")
-                ctx.set_property(f"finding_{len(self._findings)}", finding)
+            ctx.finding(finding.name, finding.message, finding.fact)
         return st, reading
 
     async def wait_ready(self, ctx: PhaseContext) -> None:

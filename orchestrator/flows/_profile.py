@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..clients import PODS, SERVICES, DeploymentStatus, KubeClient, KubeFoundryClient, Resource
+from ..engine import Finding
 from ._pods import FATAL_WAITING_REASONS
 from ._waiting import WatchSpec
 
@@ -82,13 +83,14 @@ class Readiness:
 
     ``failure`` ends the wait at once (waiting longer cannot help). ``findings`` name
     what the backend got wrong while the cluster shows otherwise (its ``ready`` count
-    stuck at 0 while the pods are Ready): they are reported, and a run may be made to
-    fail on them, but readiness is decided from what is true.
+    stuck at 0 while the pods are Ready): each is recorded once per phase with
+    :meth:`~orchestrator.engine.PhaseContext.finding` (and fails it under ``--strict``),
+    but readiness is decided from what is true.
     """
 
     ready: bool
     failure: str | None = None
-    findings: tuple[str, ...] = ()
+    findings: tuple[Finding, ...] = ()
 
 
 class ClusterView(Protocol):
