@@ -157,7 +157,11 @@ class InferenceClient:
         backend_url: str | None = None,
         token: str | None = None,
         request_timeout: float = 60.0,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        """``transport`` carries the ``url`` and ``backend-proxy`` routes' requests (an
+        ``httpx.MockTransport`` in tests, as for :class:`KubeFoundryClient`); the
+        ``service-proxy`` route goes through ``kube``."""
         self.route = route
         self._kube = kube
         self._backend_url = (backend_url or "").rstrip("/")
@@ -168,6 +172,7 @@ class InferenceClient:
             timeout=httpx.Timeout(request_timeout, connect=5.0),
             headers=headers,
             verify=default_context(),
+            transport=transport,
         )
         self._timeout = request_timeout
         self.requests_sent = 0
