@@ -579,14 +579,17 @@ class KubeFoundryFlow:
             except NotFound:
                 pass
 
-    async def leftovers(self) -> list[str]:
+    async def leftovers(self, *, owned: bool = True) -> list[str]:
         """What of this run's is still in the cluster: the leak check.
 
         Everything that carries the run's labels counts, not just the objects the flow knows
         by name: a Service or a pod that the provider's operator forgot to delete is a leak.
+        ``owned=False`` leaves out what the profile made before the create (a Secret),
+        which is deleted only once the deployment is gone.
         """
         d, p = self.deployment, self.profile
-        if not self.created.deployment and not self.created.owned:
+        mine = self.created.owned if owned else []
+        if not self.created.deployment and not mine:
             return []
         tracked = [self._workload_by_label(), *p.tracked(d)]
         # Independent questions, asked side by side: one round trip. The workloads are
@@ -594,7 +597,7 @@ class KubeFoundryFlow:
         named, *listed = await side_by_side(
             self.kube.get(p.workload, d.name, d.namespace),
             *(self._objects(t) for t in tracked),
-            *(self._owned_still_there(o) for o in self.created.owned),
+            *(self._owned_still_there(o) for o in mine),
         )
         workloads = list(listed[0].result())
         try:
@@ -701,7 +704,7 @@ class KubeFoundryFlow:
                     return None
                 if all(objs is not None for objs in seen):
                     return True
-            left = await self.leftovers()
+            left = await self.leftovers(owned=False)
             if left:
                 ctx.progress("waiting for deletion; still there: " + "; ".join(left))
                 return None

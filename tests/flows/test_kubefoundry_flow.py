@@ -1,0 +1,304 @@
+"""The provider-neutral flow and its profiles, run through the engine against small fakes.
+
+What a profile says must be what the flow does: the body it creates, the Service it asks
+for inference, the objects it waits on after the delete and looks for in the leak check,
+the Secret it makes before the create and deletes after. Each test runs a whole flow in
+milliseconds; the end-to-end suites run the same flow against the sandbox.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flow_fakes import FakeBackend, FakeCluster, FakeModel, Workload
+
+from orchestrator.clients import PODS, SECRETS, SERVICES, Resource
+from orchestrator.engine import Budget, Finding, Runner, RunRecord
+from orchestrator.flows import (
+    ClusterView,
+    Deployment,
+    Endpoint,
+    FlowSettings,
+    KubeFoundryFlow,
+    OncePerRun,
+    Owned,
+    ProviderProfile,
+    Readiness,
+    pod_problem,
+    pod_ready,
+)
+from orchestrator.flows.kaito import WORKSPACES, KaitoProfile
+
+pytestmark = pytest.mark.anyio
+
+RAY = Resource("ray.io", "v1", "rayservices")
+
+
+def kaito_workload() -> Workload:
+    return Workload(WORKSPACES, "Workspace", lambda name: {"kaito.sh/workspace": name})
+
+
+class RayLikeProfile(ProviderProfile):
+    """A provider unlike KAITO in every way the profile can say: a Secret first, a
+    RayService, pods found by a label prefix, a Service named from the deployment on
+    port 8000, and readiness read from the pods because the backend's count is wrong."""
+
+    provider = "raylike"
+    title = "RayLike"
+    workload = RAY
+    workload_kind = "RayService"
+    default_namespace = "ray"
+    default_model = "org/model"
+    readiness_reads_pods = True
+
+    def create_body(self, d: Deployment) -> dict[str, Any]:
+        return {"name": d.name, "namespace": d.namespace, "provider": "raylike", "modelId": d.model}
+
+    async def prepare(self, kube: Any, d: Deployment, log: Any) -> list[Owned]:
+        body = {"metadata": {"name": "hf-token", "namespace": d.namespace}, "data": {}}
+        await kube.create(SECRETS, body, d.namespace)
+        return [Owned("Secret", SECRETS, "hf-token", d.namespace)]
+
+    def pod_selector(self, d: Deployment) -> str:
+        return "ray.io/cluster"
+
+    def owns_pod(self, d: Deployment, pod: dict[str, Any]) -> bool:
+        labels = pod["metadata"].get("labels") or {}
+        return str(labels.get("ray.io/cluster", "")).startswith(f"{d.name}-")
+
+    def service_selector(self, d: Deployment) -> str | None:
+        return f"ray.io/serve={d.name}"
+
+    def endpoint(self, d: Deployment) -> Endpoint:
+        return Endpoint(f"{d.name}-serve-svc", 8000)
+
+    async def readiness(self, status: Any, cluster: ClusterView) -> Readiness:
+        pods = await cluster.pods()
+        problems = [
+            problem for p in pods if (problem := pod_problem(p, self.fatal_waiting_reasons))
+        ]
+        if problems:
+            return Readiness(False, failure=problems[0])
+        ready = any(pod_ready(p) for p in pods)
+        findings = ()
+        if ready and status.replicas.ready == 0:
+            findings = (Finding(name="ready-count", message="backend says 0 ready"),)
+        return Readiness(ready, findings=findings)
+
+
+def raylike_workload() -> Workload:
+    return Workload(
+        RAY,
+        "RayService",
+        lambda name: {"ray.io/cluster": f"{name}-abcde", "ray.io/serve": name},
+        service_name=lambda name: f"{name}-serve-svc",
+        reports_ready=False,
+    )
+
+
+async def run(
+    profile: ProviderProfile,
+    backend: FakeBackend,
+    tmp_path: Path,
+    model: FakeModel | None = None,
+    budget: Budget | None = None,
+    **settings: Any,
+) -> tuple[KubeFoundryFlow, RunRecord]:
+    api = backend.client()
+    inference = (model or FakeModel()).client()
+    flow = KubeFoundryFlow(
+        profile,
+        FlowSettings(
+            api_url="http://backend.test",
+            measure_ttft=False,
+            wait_strategy="poll",
+            poll_interval=0.01,
+            **settings,
+        ),
+        api=api,
+        kube=backend.cluster,  # type: ignore[arg-type]
+        inference=inference,
+    )
+    runner = Runner(
+        flow,
+        budget=budget or Budget(30, 10),
+        reporters=[],
+        artifacts_dir=tmp_path,
+        cleanup_policy="always",
+    )
+    try:
+        record = await runner.run()
+    finally:
+        await api.aclose()
+        await inference.aclose()
+    return flow, record
+
+
+def statuses(record: RunRecord) -> dict[str, str]:
+    return {p.name: p.status for p in record.phases}
+
+
+async def test_kaito_profile_runs_the_plan_and_leaves_nothing(tmp_path: Path) -> None:
+    backend = FakeBackend(FakeCluster(), kaito_workload())
+    model = FakeModel()
+    flow, record = await run(KaitoProfile(), backend, tmp_path, model)
+    assert record.exit_code == 0, [(p.name, p.reason) for p in record.phases]
+    assert set(statuses(record).values()) == {"passed"}
+    assert backend.bodies == [
+        {
+            "name": "integration-test-llama",
+            "namespace": "kaito-workspace",
+            "provider": "kaito",
+            "modelSource": "premade",
+            "premadeModel": "llama3.2:1b",
+            "ggufRunMode": "direct",
+            "computeType": "cpu",
+            "replicas": 1,
+        }
+    ]
+    # The catalog's model name, at the Service named like the deployment.
+    assert model.asked == [
+        (
+            "/api/deployments/kaito-workspace/integration-test-llama/proxy/v1/chat/completions",
+            "llama-3.2-1b",
+        )
+    ]
+    assert backend.cluster.objects == {}
+    assert record.properties["provider"] == "kaito"
+    assert flow.name == "kaito"
+
+
+async def test_a_profile_unlike_kaito_is_served_waited_on_and_cleaned_as_it_says(
+    tmp_path: Path,
+) -> None:
+    cluster = FakeCluster()
+    # A pod of another deployment whose label merely shares the key: not ours.
+    cluster.put(
+        PODS,
+        {
+            "kind": "Pod",
+            "metadata": {"name": "other-0", "namespace": "ray", "labels": {"ray.io/cluster": "x"}},
+            "status": {"phase": "Pending"},
+        },
+    )
+    backend = FakeBackend(cluster, raylike_workload())
+    model = FakeModel()
+    flow, record = await run(RayLikeProfile(), backend, tmp_path, model, deployment_name="llm")
+    assert record.exit_code == 0, [(p.name, p.reason) for p in record.phases]
+    assert model.asked == [
+        ("/api/deployments/ray/llm-serve-svc/proxy/v1/chat/completions", "org/model")
+    ]
+    wait_ready = next(p for p in record.phases if p.name == "wait_ready")
+    assert [f.name for f in wait_ready.findings] == ["ready-count"]
+    # The Secret made before the create is gone, and so is everything of the deployment;
+    # the other deployment's pod is untouched.
+    assert ("secrets", "hf-token") in cluster.deleted
+    assert list(cluster.objects) == [("pods", "ray", "other-0")]
+    assert record.properties["provider"] == "raylike" and record.suite == "raylike"
+
+
+async def test_readiness_read_from_pods_fails_fast_on_a_fatal_pod(tmp_path: Path) -> None:
+    workload = raylike_workload()
+    workload.container_state = {"waiting": {"reason": "ImagePullBackOff", "message": "no"}}
+    backend = FakeBackend(FakeCluster(), workload)
+    _, record = await run(RayLikeProfile(), backend, tmp_path, deployment_name="llm")
+    wait_ready = next(p for p in record.phases if p.name == "wait_ready")
+    assert wait_ready.status == "failed"
+    # The profile's failure, with the backend's conditions, and not a timeout.
+    assert wait_ready.reason == (
+        "deployment llm: pod llm-0 container model: ImagePullBackOff (image model:1): no "
+        "(no conditions)"
+    )
+    assert record.cleanup.status == "passed"
+
+
+async def test_an_existing_deployment_is_reported_and_never_touched(tmp_path: Path) -> None:
+    cluster = FakeCluster()
+    backend = FakeBackend(cluster, kaito_workload())
+    backend._make("integration-test-llama", "kaito-workspace")
+    before = dict(cluster.objects)
+    _, record = await run(KaitoProfile(), backend, tmp_path)
+    deploy = next(p for p in record.phases if p.name == "deploy")
+    assert deploy.status == "failed"
+    assert "already exists" in (deploy.reason or "") and "left alone" in (deploy.reason or "")
+    assert ("POST", "/api/deployments") not in backend.requests
+    assert cluster.objects == before and cluster.deleted == []
+
+
+async def test_a_leaked_service_with_the_runs_labels_fails_cleanup(tmp_path: Path) -> None:
+    cluster = FakeCluster()
+    backend = FakeBackend(cluster, kaito_workload())
+    original = backend._remove
+
+    def remove_but_forget_a_service(name: str, ns: str) -> None:
+        original(name, ns)
+        cluster.put(
+            SERVICES,
+            {
+                "metadata": {
+                    "name": f"{name}-extra",
+                    "namespace": ns,
+                    "labels": {"kaito.sh/workspace": name},
+                }
+            },
+        )
+
+    backend._remove = remove_but_forget_a_service  # type: ignore[method-assign]
+    budget = Budget(30, 0.5, cleanup_cap=0.5, cleanup_floor=0.5)
+    _, record = await run(KaitoProfile(), backend, tmp_path, budget=budget, delete_timeout=0.5)
+    assert record.exit_code == 1
+    assert "Service kaito-workspace/integration-test-llama-extra" in (record.cleanup.reason or "")
+
+
+async def test_a_model_missing_from_the_catalog_fails_deploy_before_any_create(
+    tmp_path: Path,
+) -> None:
+    backend = FakeBackend(FakeCluster(), kaito_workload(), catalog={})
+    _, record = await run(KaitoProfile(), backend, tmp_path)
+    deploy = next(p for p in record.phases if p.name == "deploy")
+    assert deploy.reason == "model 'llama3.2:1b' is not in the backend's catalog"
+    assert ("POST", "/api/deployments") not in backend.requests
+
+
+async def test_flows_of_one_run_install_a_provider_once(tmp_path: Path) -> None:
+    backend = FakeBackend(FakeCluster(), kaito_workload(), installed=False)
+    gate = OncePerRun()
+    api = backend.client()
+    model = FakeModel().client()
+    flows = [
+        KubeFoundryFlow(
+            KaitoProfile(),
+            FlowSettings(
+                api_url="http://backend.test",
+                deployment_name=f"d{i}",
+                suite=f"kaito-d{i}",
+                measure_ttft=False,
+                wait_strategy="poll",
+                poll_interval=0.01,
+            ),
+            api=api,
+            kube=backend.cluster,  # type: ignore[arg-type]
+            inference=model,
+            install_gate=gate,
+        )
+        for i in range(3)
+    ]
+    records = []
+    for i, flow in enumerate(flows):
+        runner = Runner(
+            flow,
+            budget=Budget(30, 10),
+            reporters=[],
+            artifacts_dir=tmp_path / str(i),
+            cleanup_policy="always",
+        )
+        records.append(await runner.run())
+    await api.aclose()
+    await model.aclose()
+    assert [r.exit_code for r in records] == [0, 0, 0]
+    installs = [r for r in backend.requests if r[1].endswith("/install")]
+    assert installs == [("POST", "/api/installation/providers/kaito/install")]
+    taken = [r.phases[0].properties.get("kaito_checked_by") for r in records]
+    assert taken == [None, "kaito-d0", "kaito-d0"]
