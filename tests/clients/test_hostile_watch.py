@@ -1,0 +1,191 @@
+"""The watch loop and the hub against a hostile Kubernetes API (the proxy in front of
+the sandbox's API server): principles 1 and 3 at the level of one stream.
+
+- garbage and ERROR events never end watching: the loop relists, says it was behind
+  (``on_impaired``) and whole again, and later changes still arrive as events;
+- a stream that falls silent is reopened;
+- the hub never lets a stream's failure, nor its own, reach the task group that
+  holds the runners.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from proxy import HostileProxy, Mutation
+
+from orchestrator.clients import PODS, KubeClient, WatchHub, watch
+from orchestrator.sandbox.kubeapi import KubeAPIServer, KubeFaults
+
+pytestmark = pytest.mark.anyio
+NS = "hostile-watch"
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[KubeAPIServer]:
+    async with KubeAPIServer(faults=KubeFaults()) as srv:
+        yield srv
+
+
+@pytest.fixture
+async def proxy(server: KubeAPIServer, tmp_path: Path) -> AsyncIterator[HostileProxy]:
+    async with HostileProxy.for_kubeconfig(server.write_kubeconfig(tmp_path / "direct")) as p:
+        yield p
+
+
+@pytest.fixture
+async def direct(server: KubeAPIServer, tmp_path: Path) -> AsyncIterator[KubeClient]:
+    """A client that goes straight to the server: the test's own hands."""
+    client = await KubeClient.from_kubeconfig(str(server.write_kubeconfig(tmp_path / "d2")))
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def kube(proxy: HostileProxy, tmp_path: Path) -> AsyncIterator[KubeClient]:
+    """The client under test, through the hostile proxy."""
+    client = await KubeClient.from_kubeconfig(str(proxy.write_kubeconfig(tmp_path / "via")))
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def pod(name: str, **labels: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"containers": [{"name": "c", "image": "img"}]},
+    }
+
+
+async def _until_added(events: AsyncIterator[Any], name: str) -> None:
+    async for event in events:
+        if event.type == "ADDED" and event.name == name:
+            return
+
+
+@pytest.mark.parametrize(
+    "mutation",
+    [
+        Mutation("garbage_lines", watch=True, times=3),
+        Mutation("error_event", watch=True, times=3),
+        Mutation("status", watch=True, times=4, params={"status": 503}),
+        Mutation("reset", watch=True, times=4),
+    ],
+    ids=lambda m: m.name,
+)
+async def test_a_failing_stream_is_recovered_and_says_so(
+    proxy: HostileProxy, kube: KubeClient, direct: KubeClient, mutation: Mutation
+) -> None:
+    proxy.add(mutation)
+    impaired: list[str | None] = []
+    await direct.create(PODS, pod("before", app="h"), NS)
+    with anyio.fail_after(30):
+        events = watch(kube, PODS, NS, label_selector="app=h", on_impaired=impaired.append)
+        await _until_added(events, "before")
+        # Stay on until every injected failure has been served and recovered from.
+        while mutation.times:
+            await direct.create(PODS, pod(f"p{len(impaired)}-{mutation.times}", app="h"), NS)
+            await _until_added(events, f"p{len(impaired)}-{mutation.times}")
+        await direct.create(PODS, pod("after", app="h"), NS)
+        await _until_added(events, "after")
+        await events.aclose()
+    assert any(why and "watch pods" in why for why in impaired), impaired
+    assert impaired[-1] is None, impaired  # whole again
+
+
+async def test_a_silent_stream_is_reopened(
+    proxy: HostileProxy, kube: KubeClient, direct: KubeClient
+) -> None:
+    # The first watch connection gets the listing's events and then nothing, ever.
+    proxy.add(Mutation("stall_watch", watch=True, times=1))
+    with anyio.fail_after(30):
+        await direct.create(PODS, pod("early", app="s"), NS)
+        events = watch(kube, PODS, NS, label_selector="app=s", client_timeout=1.0)
+        await _until_added(events, "early")  # the listing
+        await direct.create(PODS, pod("late", app="s"), NS)
+        await _until_added(events, "late")
+        await events.aclose()
+    assert kube.watches_opened >= 2
+    assert proxy.applied[0][0] == "stall_watch"
+
+
+async def test_the_hub_never_cancels_its_neighbours(
+    proxy: HostileProxy, kube: KubeClient, direct: KubeClient
+) -> None:
+    # A runner-like task shares the hub's task group; garbage on every stream and a
+    # subscriber whose predicate blows up must not cancel it.
+    proxy.add(Mutation("garbage_lines", watch=True, times=None))
+    finished = anyio.Event()
+    impaired: list[str | None] = []
+    with anyio.fail_after(30):
+        async with WatchHub(kube, linger=0) as hub:
+
+            async def runner() -> None:
+                await direct.create(PODS, pod("r1", app="n"), NS)
+                async with hub.subscribe(
+                    PODS, NS, label_selector="app=n", on_impaired=impaired.append
+                ) as events:
+                    await _until_added(events, "r1")  # the listing
+                    await direct.create(PODS, pod("r2", app="n"), NS)
+                    await _until_added(events, "r2")  # through garbage and relists
+                finished.set()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(runner)
+                await finished.wait()
+    assert any(why for why in impaired), impaired
+
+
+async def test_a_failure_of_the_hub_itself_only_impairs_the_stream(
+    kube: KubeClient, direct: KubeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import orchestrator.clients._hub as hub_module
+
+    calls = {"n": 0}
+    original = hub_module._keys_of
+
+    def flaky(obj: dict[str, Any]) -> list[tuple[str, ...]]:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("a bug in the hub")
+        return original(obj)
+
+    monkeypatch.setattr(hub_module, "_keys_of", flaky)
+    impaired: list[str | None] = []
+    await direct.create(PODS, pod("b1", app="b"), NS)
+    with anyio.fail_after(30):
+        async with WatchHub(kube, linger=0) as hub:
+            async with hub.subscribe(
+                PODS, NS, label_selector="app=b", on_impaired=impaired.append
+            ) as events:
+                await _until_added(events, "b1")  # after the stream started over
+    assert impaired and "a bug in the hub" in (impaired[0] or ""), impaired
+    assert impaired[-1] is None
+
+
+async def test_a_trickling_answer_is_ended_naming_the_route_and_what_arrived(
+    proxy: HostileProxy, kube: KubeClient, direct: KubeClient
+) -> None:
+    from orchestrator.clients import RequestTimeout
+
+    await direct.create(PODS, pod("t1", app="t"), NS)
+    proxy.add(
+        Mutation("trickle", watch=False, times=None, params={"interval": 0.05, "forever": True})
+    )
+    with anyio.fail_after(10):
+        with anyio.CancelScope(deadline=anyio.current_time() + 3):  # a phase's deadline
+            with pytest.raises(RequestTimeout) as err:
+                await kube.get(PODS, "t1", NS)
+    message = str(err.value)
+    assert f"GET /api/v1/namespaces/{NS}/pods/t1" in message, message
+    assert "bytes of the body arrived" in message and "answered 200" in message, message
+    assert err.value.received and err.value.received > 0

@@ -1,0 +1,123 @@
+"""Retries count time, not attempts (principle 4), and every request is bounded as a whole.
+
+Timing assertions here are lower bounds only (a wait honoured at least this long) or
+outcomes (which error ends the call), so a loaded machine cannot make them flaky.
+"""
+
+from __future__ import annotations
+
+import math
+
+import anyio
+import httpx
+import pytest
+
+from orchestrator.clients import (
+    KubeFoundryClient,
+    NotFound,
+    RetryPolicy,
+    ServerError,
+    TooManyRequests,
+    TransportError,
+)
+from orchestrator.clients._retry import bounded
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_flakes_are_retried_until_the_deadline_not_a_count() -> None:
+    calls = 0
+
+    async def always_503() -> None:
+        nonlocal calls
+        calls += 1
+        raise ServerError(503, "restarting", method="GET", path="/api/health")
+
+    policy = RetryPolicy(initial=0.01, maximum=0.05)
+    with anyio.fail_after(2):  # the phase's deadline
+        with pytest.raises(ServerError):  # the call's own error, not the deadline's
+            await policy.call(always_503)
+    assert calls > 6  # the old policy's attempt count
+
+
+async def test_an_outage_longer_than_a_few_attempts_is_waited_out() -> None:
+    up_at = anyio.current_time() + 1.5
+    calls = 0
+
+    async def restarting() -> str:
+        nonlocal calls
+        calls += 1
+        if anyio.current_time() < up_at:
+            raise TransportError("connection refused")
+        return "ok"
+
+    with anyio.fail_after(20):
+        assert await RetryPolicy(initial=0.01, maximum=0.1).call(restarting) == "ok"
+    assert calls > 6
+
+
+async def test_retry_after_is_honoured() -> None:
+    answers = [TooManyRequests(429, "slow down", retry_after=0.5)]
+
+    async def once() -> str:
+        if answers:
+            raise answers.pop()
+        return "ok"
+
+    started = anyio.current_time()
+    with anyio.fail_after(20):
+        assert await RetryPolicy(initial=0.001, maximum=0.002).call(once) == "ok"
+    assert anyio.current_time() - started >= 0.5
+
+
+async def test_a_pause_longer_than_the_time_left_is_not_waited_for() -> None:
+    async def once() -> None:
+        raise TooManyRequests(429, "come back in a minute", retry_after=60)
+
+    with anyio.fail_after(5):
+        with pytest.raises(TooManyRequests):
+            await RetryPolicy(retry_after_cap=60).call(once)
+
+
+async def test_answers_are_not_retried() -> None:
+    calls = 0
+
+    async def once() -> None:
+        nonlocal calls
+        calls += 1
+        raise NotFound(404, "no such thing")
+
+    with pytest.raises(NotFound):
+        await RetryPolicy().call(once)
+    assert calls == 1
+
+
+async def test_a_request_deadline_never_passes_the_callers() -> None:
+    assert bounded(30.0) == 30.0
+    with anyio.move_on_after(5):
+        assert bounded(30.0) <= 5.0
+    assert not math.isinf(bounded(30.0))
+
+
+async def test_the_backend_client_honours_retry_after() -> None:
+    answers = [
+        httpx.Response(
+            503, json={"error": {"message": "restarting"}}, headers={"Retry-After": "0.5"}
+        )
+    ]
+
+    def answer(_request: httpx.Request) -> httpx.Response:
+        return answers.pop() if answers else httpx.Response(200, json={"status": "ok"})
+
+    api = KubeFoundryClient(
+        "http://backend.invalid",
+        transport=httpx.MockTransport(answer),
+        retry=RetryPolicy(initial=0.001, maximum=0.002),
+    )
+    started = anyio.current_time()
+    try:
+        with anyio.fail_after(20):
+            assert (await api.health()).status == "ok"
+    finally:
+        await api.aclose()
+    assert anyio.current_time() - started >= 0.5
