@@ -136,6 +136,10 @@ class Faults(BaseModel):
     backend_resets: int = Field(0, ge=0)
     #: Requests to this route never answer until the fault is lifted.
     hang_route: RouteName | None = None
+    #: DELETE /api/deployments/{name} answers 200 "deleted successfully" and deletes
+    #: nothing: cleanup must not take the backend's word for it. (A DELETE that never
+    #: answers is ``hang_route: delete``.)
+    delete_noop: bool = False
     #: Every error answer (4xx/5xx) quotes the request's Authorization header in its
     #: message, as careless proxies and backends do: the token must still reach no report.
     echo_authorization: bool = False

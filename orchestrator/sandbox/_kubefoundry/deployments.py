@@ -408,6 +408,8 @@ async def delete_deployment(request: web.Request) -> web.Response:
         return target
     name, namespace = target
     deleted = False
+    if request.app[STATE_KEY].faults.delete_noop:
+        return web.json_response({"message": "Deployment deleted successfully"})
     try:
         found = await providers.find(request.app[KUBE_KEY], name, namespace)
         path = (
