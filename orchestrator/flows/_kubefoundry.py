@@ -46,6 +46,13 @@ from ._waiting import Stop, WatchSpec, pod_summary, wait_for
 
 T = TypeVar("T")
 
+#: Seconds an accepted delete has to show in the cluster (the workload gone, or a
+#: deletionTimestamp on it) before the Delete phase calls it a 200 that deleted nothing.
+DELETE_GRACE = 10.0
+#: At most this many seconds of cleanup go to the backend's delete; the rest is kept for
+#: deleting through Kubernetes when the backend fails, hangs or deletes nothing.
+BACKEND_CLEANUP_SHARE_MAX = 30.0
+
 
 @dataclass(frozen=True)
 class FlowSettings:
@@ -94,6 +101,10 @@ class _Created:
 
     deployment: bool = False
     deleted: bool = False
+    #: Why the backend's delete is not to be trusted with this deployment any more (it
+    #: failed, hung, or answered 200 and deleted nothing): cleanup goes straight to
+    #: Kubernetes.
+    backend_delete_failed: str | None = None
     installed_provider: bool = False
     model_name: str | None = None
     owned: list[Owned] = field(default_factory=list)
@@ -499,7 +510,7 @@ class KubeFoundryFlow:
         )
 
     async def delete(self, ctx: PhaseContext) -> None:
-        d = self.deployment
+        d, p = self.deployment, self.profile
         try:
             answer = await call_backend(self.api.delete_deployment(d.name, d.namespace))
         except NotFound as exc:
@@ -507,9 +518,45 @@ class KubeFoundryFlow:
                 f"DELETE answered 404 ({exc.message}): the deployment vanished "
                 f"before this run deleted it"
             ) from None
+        except ClientError as exc:
+            self.created.backend_delete_failed = f"the backend's DELETE failed: {exc}"[:300]
+            raise
+        except BaseException:
+            # Cut off while it hung (the deadline, a signal): cleanup will not wait again.
+            self.created.backend_delete_failed = "the backend's DELETE gave no answer"
+            raise
         ctx.log(f"delete accepted: {answer.message}")
-        await self._wait_gone(ctx)
+        # A delete that was accepted shows in the cluster at once: the workload is gone
+        # or has a deletionTimestamp. One that still shows neither after a grace period
+        # was a 200 that deleted nothing, a finding of its own rather than a timeout.
+        grace = min(DELETE_GRACE, ctx.remaining() / 3)
+        with anyio.move_on_after(grace) as waited:
+            await self._wait_gone(ctx)
+        if waited.cancelled_caught:
+            untouched = await self._not_being_deleted()
+            if untouched:
+                self.created.backend_delete_failed = (
+                    f"DELETE answered 200 but deleted nothing ({untouched})"
+                )
+                raise PhaseFailed(
+                    f"DELETE answered 200 ({answer.message!r}), but after {grace:.0f} s the "
+                    f"{p.workload_kind} {d.namespace}/{d.name} is not being deleted "
+                    f"({untouched}): the backend deleted nothing; cleanup deletes it "
+                    "through Kubernetes"
+                )
+            await self._wait_gone(ctx)
         self.created.deleted = True
+
+    async def _not_being_deleted(self) -> str | None:
+        """Why the workload is untouched by a delete (None if it is gone or going)."""
+        d, p = self.deployment, self.profile
+        try:
+            obj = await self.kube.get(p.workload, d.name, d.namespace)
+        except NotFound:
+            return None
+        if (obj.get("metadata") or {}).get("deletionTimestamp"):
+            return None
+        return "no deletionTimestamp"
 
     # -- failure path -----------------------------------------------------------
 
@@ -526,7 +573,7 @@ class KubeFoundryFlow:
         )
 
     async def cleanup(self, ctx: PhaseContext) -> None:
-        d, p = self.deployment, self.profile
+        p = self.profile
         if self.created.installed_provider:
             ctx.log(
                 f"{p.title} was installed by this run and is left installed (its uninstall "
@@ -537,25 +584,68 @@ class KubeFoundryFlow:
         elif self.created.deleted:
             ctx.log("the Delete phase removed the deployment")
         else:
-            ctx.log(f"deleting deployment {d.name} in {d.namespace}")
-            try:
-                await call_backend(self.api.delete_deployment(d.name, d.namespace))
-            except NotFound:
-                ctx.log("the backend no longer knows the deployment")
-            except ClientError as exc:
-                # The backend is the normal way, but a broken backend must not leave the
-                # cluster dirty: the workload is ours, delete it through Kubernetes.
-                ctx.log(
-                    f"backend delete failed ({exc}); deleting the {p.workload_kind} "
-                    "through Kubernetes"
-                )
-                await self._delete_workloads()
-            await self._wait_gone(ctx, check_backend=False)
-            self.created.deleted = True
+            await self._remove_deployment(ctx)
         await self._delete_owned(ctx)
         leftovers = await self.leftovers()
         if leftovers:
             raise PhaseFailed("left behind: " + "; ".join(leftovers))
+
+    async def _remove_deployment(self, ctx: PhaseContext) -> None:
+        """Delete the deployment: the backend's way first, then, if that fails, hangs or
+        deletes nothing, directly through Kubernetes. Cleanup is the last line of defence,
+        so it never depends on the backend it is testing: a CI cluster stays clean
+        whatever the backend did.
+        """
+        d, p = self.deployment, self.profile
+        if self.created.backend_delete_failed:
+            ctx.log(f"{self.created.backend_delete_failed}; not asking the backend again")
+        else:
+            # The backend gets a share of cleanup's time: the rest stays for Kubernetes.
+            share = min(BACKEND_CLEANUP_SHARE_MAX, ctx.remaining() / 3)
+            ctx.log(f"deleting deployment {d.name} in {d.namespace} through the backend")
+            outcome = "timed out"
+            with anyio.move_on_after(share):
+                try:
+                    await call_backend(self.api.delete_deployment(d.name, d.namespace))
+                except NotFound:
+                    ctx.log("the backend no longer knows the deployment")
+                except ClientError as exc:
+                    ctx.log(f"the backend's delete failed ({exc})")
+                    outcome = "failed"
+                if outcome != "failed":
+                    await self._wait_gone(ctx, check_backend=False)
+                    outcome = "done"
+            if outcome == "done":
+                self.created.deleted = True
+                ctx.set_property("cleanup_deleted_by", "backend")
+                return
+            if outcome == "timed out":
+                ctx.log(
+                    f"the backend's delete did not remove the {p.workload_kind} within "
+                    f"{share:.0f} s"
+                )
+        ctx.log(
+            f"deleting the {p.workload_kind}, then what carries the deployment's labels, "
+            "directly through Kubernetes"
+        )
+        await self._delete_workloads()
+        await self._delete_tracked(ctx)
+        await self._wait_gone(ctx, check_backend=False)
+        self.created.deleted = True
+        ctx.set_property("cleanup_deleted_by", "kubernetes")
+
+    async def _delete_tracked(self, ctx: PhaseContext) -> None:
+        """Delete the pods and Services that carry the deployment's labels (an operator
+        that is gone or broken would leave them), after the workload that owns them."""
+        d, p = self.deployment, self.profile
+        for t in p.tracked(d):
+            for obj in await self._objects(t):
+                name = obj["metadata"]["name"]
+                try:
+                    await self.kube.delete(t.resource, name, d.namespace)
+                    ctx.log(f"deleted {t.kind} {d.namespace}/{name}")
+                except NotFound:
+                    pass
 
     async def _delete_workloads(self) -> None:
         """Delete the workload through Kubernetes, by name and by KubeFoundry's labels."""

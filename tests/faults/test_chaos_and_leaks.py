@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from e2e_harness import run_orchestrator
-from faults_harness import NAME, assert_clean
+from faults_harness import NAME, assert_clean, run_log
 
 from orchestrator.clients import (
     NAMESPACES,
@@ -86,9 +86,12 @@ async def test_chaos_flag_through_the_command(sandbox, tmp_path: Path) -> None:
     await assert_clean(sandbox)
 
 
-async def test_a_leaked_object_with_the_runs_labels_fails_cleanup(sandbox, tmp_path: Path) -> None:
-    # A Service that carries this run's label but that nothing deletes: the leak check
-    # must find it by label, and the run must fail saying so.
+async def test_a_leaked_object_with_the_runs_labels_fails_the_run_and_cleanup_removes_it(
+    sandbox, tmp_path: Path
+) -> None:
+    # A Service that carries this run's label but that nothing deletes: the Delete phase
+    # must find it by label and fail saying so; Cleanup, the last line of defence,
+    # deletes it by the run's labels, and its final listing proves nothing is left.
     kube = await KubeClient.from_kubeconfig(str(sandbox.kubeconfig))
     try:
         try:
@@ -120,11 +123,9 @@ async def test_a_leaked_object_with_the_runs_labels_fails_cleanup(sandbox, tmp_p
         assert delete["status"] == "failure" and f"Service {NS}/{leaked}" in delete["message"], (
             result.verdicts()
         )
-        cleanup = result.status_of("Cleanup")
-        assert cleanup["status"] == "failure", result.verdicts()
-        assert f"Service {NS}/{leaked}" in cleanup["message"], cleanup["message"]
-        # Only the leaked Service is left: the rest of the run's objects were deleted.
-        await kube.delete(SERVICES, leaked, NS)
+        assert result.status_of("Cleanup")["status"] == "passed", result.verdicts()
+        assert f"deleted Service {NS}/{leaked}" in run_log(result)
+        await assert_clean(sandbox)
     finally:
         await kube.aclose()
     await assert_clean(sandbox)

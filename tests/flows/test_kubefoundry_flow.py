@@ -227,7 +227,9 @@ async def test_an_existing_deployment_is_reported_and_never_touched(tmp_path: Pa
     assert cluster.objects == before and cluster.deleted == []
 
 
-async def test_a_leaked_service_with_the_runs_labels_fails_cleanup(tmp_path: Path) -> None:
+async def test_a_leaked_service_with_the_runs_labels_fails_the_run_and_cleanup_removes_it(
+    tmp_path: Path,
+) -> None:
     cluster = FakeCluster()
     backend = FakeBackend(cluster, kaito_workload())
     original = backend._remove
@@ -249,7 +251,11 @@ async def test_a_leaked_service_with_the_runs_labels_fails_cleanup(tmp_path: Pat
     budget = Budget(30, 0.5, cleanup_cap=0.5, cleanup_floor=0.5)
     _, record = await run(KaitoProfile(), backend, tmp_path, budget=budget, delete_timeout=0.5)
     assert record.exit_code == 1
-    assert "Service kaito-workspace/integration-test-llama-extra" in (record.cleanup.reason or "")
+    delete = next(p for p in record.phases if p.name == "delete")
+    assert "Service kaito-workspace/integration-test-llama-extra" in (delete.reason or "")
+    # Cleanup deleted it by the run's labels, and its final listing found nothing.
+    assert record.cleanup.status == "passed", record.cleanup.reason
+    assert cluster.of(SERVICES) == []
 
 
 async def test_a_model_missing_from_the_catalog_fails_deploy_before_any_create(

@@ -1,0 +1,94 @@
+"""Cleanup is the last line of defence: whatever the backend's delete does (fail, hang,
+answer 200 and delete nothing), the Delete phase fails with that finding and Cleanup
+removes what the run made directly through Kubernetes, then lists to prove nothing is
+left. With ``CI`` set a run never leaves anything behind.
+
+Held on the sandbox's own API and, when ``TESTCLUSTER_HOME`` is set, a real API server.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from faults_harness import assert_clean, run_log, run_with_hooks
+
+pytestmark = [pytest.mark.anyio, pytest.mark.cluster]
+
+#: Short phases and a small cleanup reserve: the backend's share of cleanup is then a
+#: few seconds, and a run that must wait it out still takes seconds.
+FAST = ["--delete-timeout", "6000", "--cleanup-reserve", "9000"]
+
+
+@pytest.mark.parametrize(
+    "knobs, finding",
+    [
+        ({"delete_noop": True}, "DELETE answered 200"),
+        ({"hang_route": "delete"}, "DELETE /api/deployments"),
+        ({"backend_errors": 0, "bad_body": {"route": "delete", "kind": "invalid_json"}}, "DELETE"),
+    ],
+    ids=["answers-200-deletes-nothing", "hangs", "answers-garbage"],
+)
+async def test_a_delete_the_backend_does_not_do_fails_the_phase_and_cleanup_still_cleans(
+    sandbox, tmp_path: Path, knobs: dict[str, object], finding: str
+) -> None:
+    sandbox.update_faults({"stub_models": True})
+
+    def break_delete(_proc: object) -> None:
+        sandbox.update_faults(knobs)
+
+    result = await run_with_hooks(
+        sandbox, tmp_path, *FAST, hooks=[("Delete ... started", break_delete)], env={"CI": "true"}
+    )
+    out = result.stdout + result.stderr
+    assert result.code == 1, out
+    assert "Traceback" not in out
+    delete = result.status_of("Delete")
+    assert delete["status"] in ("failure", "error") and finding in delete["message"], delete
+    assert result.status_of("Cleanup")["status"] == "passed", out
+    assert "directly through Kubernetes" in run_log(result)
+    sandbox.update_faults({"hang_route": None, "delete_noop": False, "bad_body": None})
+    await assert_clean(sandbox)
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [{"delete_noop": True}, {"hang_route": "delete"}],
+    ids=["answers-200-deletes-nothing", "hangs"],
+)
+async def test_cleanup_after_a_failure_does_not_wait_on_a_backend_that_deletes_nothing(
+    sandbox, tmp_path: Path, knobs: dict[str, object]
+) -> None:
+    """Wait Ready fails (the model never becomes ready); the backend then gets its share
+    of cleanup, and Kubernetes does the rest."""
+    sandbox.update_faults({"stub_models": True, "never_ready": True, **knobs})
+    result = await run_with_hooks(
+        sandbox,
+        tmp_path,
+        *FAST,
+        "--deployment-ready-timeout",
+        "3000",
+        hooks=[],
+        env={"CI": "true"},
+    )
+    out = result.stdout + result.stderr
+    assert result.code == 1, out
+    assert result.status_of("Wait Ready")["status"] == "failure"
+    assert result.status_of("Cleanup")["status"] == "passed", out
+    log = run_log(result)
+    assert (
+        "the backend's delete did not remove the Workspace" in log
+        or "the backend's delete failed" in log
+    ), log
+    assert "directly through Kubernetes" in log
+    props = {p["name"]: p["value"] for p in _properties(result)}
+    assert props.get("cleanup_deleted_by") == "kubernetes", props
+    sandbox.update_faults({"hang_route": None, "delete_noop": False, "never_ready": False})
+    await assert_clean(sandbox)
+
+
+def _properties(result) -> list[dict[str, str]]:
+    import xml.etree.ElementTree as ET
+
+    root = ET.parse(result.junit).getroot()
+    return [dict(p.attrib) for p in root.iter("property")]
