@@ -41,6 +41,9 @@ class Phase:
     title: str
     timeout: float
     run: Callable[[PhaseContext], Awaitable[None]]
+    #: How a user gives this phase more time ("DEPLOY_TIMEOUT or --deploy-timeout, in
+    #: ms"): a timeout's reason ends with it, so the message says what to do next.
+    timeout_setting: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.strip():

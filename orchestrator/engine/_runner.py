@@ -453,10 +453,16 @@ class Runner:
             capped = ", capped by the run budget" if allowed < phase.timeout else ""
             record = next(p for p in self.record.phases if p.name == phase.name)
             seen = f"; last seen: {record.last_seen}" if record.last_seen else ""
+            if capped:
+                more = "; to allow more time, raise the run budget"
+            elif phase.timeout_setting:
+                more = f"; if it only needs longer, raise {phase.timeout_setting}"
+            else:
+                more = ""
             return (
                 f"{phase.title} timed out after {allowed:.1f} s (phase timeout "
                 f"{phase.timeout:g} s{capped}; budget left {_secs(self.budget.remaining)} s)"
-                f"{seen}"
+                f"{seen}{more}"
             )
 
         return reason

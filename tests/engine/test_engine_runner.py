@@ -181,6 +181,19 @@ async def test_a_hanging_phase_times_out_with_a_reason_naming_phase_and_deadline
     assert flow.calls[-2:] == ["diagnose:wait-ready", "cleanup"]
 
 
+async def test_a_timeout_says_how_to_give_the_phase_more_time(tmp_path: Path) -> None:
+    import dataclasses
+
+    flow = FakeFlow(("wait-ready", "hang", 0.05))
+    flow._phases = [
+        dataclasses.replace(p, timeout_setting="READY_TIMEOUT or --ready-timeout (ms)")
+        for p in flow._phases
+    ]
+    record = await make_runner(flow, tmp_path).run()
+    reason = record.phases[0].reason or ""
+    assert reason.endswith("; if it only needs longer, raise READY_TIMEOUT or --ready-timeout (ms)")
+
+
 async def test_a_phase_that_swallows_cancellation_still_counts_as_timed_out(
     tmp_path: Path,
 ) -> None:
