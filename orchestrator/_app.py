@@ -649,6 +649,25 @@ def _connect_problem(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _timeout_setting(name: str) -> str:
+    """How a user sets the timeout ``name``: "DEPLOY_TIMEOUT or --deploy-timeout (ms)"."""
+    from ._keys import KEYS
+
+    key = next(k for k in KEYS if k.name == name)
+    return " or ".join(filter(None, [key.env, key.flag])) + " (ms)"
+
+
+#: The flows' phases and the settings that give each more time (named in timeouts).
+PHASE_TIMEOUT_SETTINGS = {
+    "install": _timeout_setting("kaito_install_timeout"),
+    "deploy": _timeout_setting("deploy_timeout"),
+    "wait_ready": _timeout_setting("deployment_ready_timeout"),
+    "chaos": _timeout_setting("deployment_ready_timeout"),
+    "inference": _timeout_setting("inference_timeout"),
+    "delete": _timeout_setting("delete_timeout"),
+}
+
+
 class _ConfigProblem(Exception):
     """The configuration points at something unusable (a kubeconfig that does not load)."""
 
@@ -749,6 +768,7 @@ async def _run_flows(
                     reporters=reporters,
                     artifacts_dir=artifacts / flow.name if multi else artifacts,
                     cleanup_policy=settings.cleanup_policy(),
+                    timeout_settings=PHASE_TIMEOUT_SETTINGS,
                 )
                 runners.append(runner)
                 mine.append(runner)

@@ -27,10 +27,13 @@ class PhaseFailed(Exception):
     the report but would drown the one-line verdict.
     """
 
-    def __init__(self, reason: str, *, detail: str | None = None) -> None:
+    def __init__(self, reason: str, *, detail: str | None = None, timed_out: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.detail = detail
+        #: The phase ran out of time inside (a request that never answered, bounded by
+        #: the phase's deadline): reported as a timeout, with how to allow more time.
+        self.timed_out = timed_out
 
 
 @dataclass(frozen=True)

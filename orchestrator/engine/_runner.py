@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import traceback
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -51,6 +51,7 @@ class Runner:
         cleanup_policy: CleanupPolicy = "always",
         clock: Callable[[], float] | None = None,
         strict: bool = False,
+        timeout_settings: Mapping[str, str] | None = None,
     ) -> None:
         if cleanup_policy not in get_args(CleanupPolicy):
             raise ValueError(
@@ -66,6 +67,9 @@ class Runner:
         self.cleanup_policy: CleanupPolicy = cleanup_policy
         #: A finding fails the phase that made it (``--strict``).
         self.strict = strict
+        #: Phase name -> how a user gives it more time (the app knows its settings'
+        #: names; a flow may say it on its Phase too). Timeout reasons end with it.
+        self._timeout_settings = dict(timeout_settings or {})
         self.artifacts_dir = Path(artifacts_dir)
         # One clock for durations and deadlines, so a phase's deadline and its budget agree.
         self._clock = clock if clock is not None else budget.clock
@@ -214,7 +218,12 @@ class Runner:
                 self._fail_unstarted(record)
             else:
                 await self._guarded(
-                    record, phase.run, deadline, allowed, self._phase_timeout_reason(phase)
+                    record,
+                    phase.run,
+                    deadline,
+                    allowed,
+                    self._phase_timeout_reason(phase),
+                    more_time=self._more_time(phase),
                 )
             if record.status == "passed":
                 await self._machine.fire("advance")
@@ -375,6 +384,8 @@ class Runner:
         deadline: float,
         allowed: float,
         timeout_reason: Callable[[], str],
+        *,
+        more_time: str = "",
     ) -> None:
         """Run ``body`` under ``allowed`` seconds and record how it ended."""
         record.allowed = allowed
@@ -415,6 +426,11 @@ class Runner:
         elif error is not None:
             record.status = "failed"
             record.reason, record.detail = _describe(error)
+            inner = _unwrap(error)
+            if isinstance(inner, PhaseFailed) and inner.timed_out:
+                # A wait inside the phase (a request) ran out of the phase's time.
+                record.timed_out = True
+                record.reason += more_time
         elif self.strict and record.kind == "phase" and record.findings:
             record.status = "failed"
             names = ", ".join(f.name for f in record.findings)
@@ -453,19 +469,21 @@ class Runner:
             capped = ", capped by the run budget" if allowed < phase.timeout else ""
             record = next(p for p in self.record.phases if p.name == phase.name)
             seen = f"; last seen: {record.last_seen}" if record.last_seen else ""
-            if capped:
-                more = "; to allow more time, raise the run budget"
-            elif phase.timeout_setting:
-                more = f"; if it only needs longer, raise {phase.timeout_setting}"
-            else:
-                more = ""
             return (
                 f"{phase.title} timed out after {allowed:.1f} s (phase timeout "
                 f"{phase.timeout:g} s{capped}; budget left {_secs(self.budget.remaining)} s)"
-                f"{seen}{more}"
+                f"{seen}{self._more_time(phase)}"
             )
 
         return reason
+
+    def _more_time(self, phase: Phase) -> str:
+        """The end of a timeout's reason: how to give the phase more time, if known."""
+        allowed = self._allowed_of(phase.name)
+        if allowed and allowed < phase.timeout:
+            return "; to allow more time, raise the run's budget"
+        setting = self._timeout_settings.get(phase.name) or phase.timeout_setting
+        return f"; if it only needs longer, raise {setting}" if setting else ""
 
     def _reserve_timeout_reason(self, record: PhaseRecord) -> Callable[[], str]:
         def reason() -> str:
@@ -516,10 +534,16 @@ class Runner:
             self._log(f"could not write {path}: {describe_os_error(exc)}")
 
 
-def _describe(error: BaseException) -> tuple[str, str | None]:
-    """A one-line reason and an optional detail for an error a phase raised."""
+def _unwrap(error: BaseException) -> BaseException:
+    """The one error inside task groups' exception groups of one."""
     while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
         error = error.exceptions[0]
+    return error
+
+
+def _describe(error: BaseException) -> tuple[str, str | None]:
+    """A one-line reason and an optional detail for an error a phase raised."""
+    error = _unwrap(error)
     if isinstance(error, PhaseFailed):
         first, _, rest = error.reason.strip().partition("\n")
         detail = "\n".join(filter(None, [rest.strip(), error.detail]))

@@ -13,7 +13,7 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 
-from ..clients import NotFound, ResponseFormatError, Unauthorized
+from ..clients import NotFound, RequestTimeout, ResponseFormatError, Unauthorized
 from ..engine import PhaseFailed
 
 T = TypeVar("T")
@@ -36,6 +36,11 @@ async def call_backend(call: Awaitable[T], *, not_found_fails: bool = False) -> 
         ) from None
     except ResponseFormatError as exc:
         raise PhaseFailed(str(exc)) from None
+    except RequestTimeout as exc:
+        # Bounded by the phase's deadline: the backend took longer than the phase may.
+        raise PhaseFailed(
+            f"{exc}; the backend did not answer in time (its log may say why)", timed_out=True
+        ) from None
     except NotFound as exc:
         if not not_found_fails:
             raise

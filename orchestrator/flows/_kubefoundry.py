@@ -261,6 +261,7 @@ class KubeFoundryFlow:
             )
             return True if st.installed else None
 
+        ctx.note(f"the backend to report {p.title} installed")
         watches = [WatchSpec(CRDS, field_selector=f"metadata.name={p.crd_name}")]
         if p.operator_selector is not None:
             watches.insert(
@@ -353,6 +354,7 @@ class KubeFoundryFlow:
                 raise Stop(problem)
 
         pods = p.tracked(d)[0]
+        ctx.note(f"deployment {d.name} Running with a ready replica")
         try:
             await self._wait_for(
                 ctx,
@@ -391,6 +393,8 @@ class KubeFoundryFlow:
             except NotFound:
                 pass
             ctx.log(f"deleted pod {name}")
+
+        ctx.note("a replacement model pod Ready and the deployment Running")
 
         async def recovered() -> bool | None:
             fresh = [
@@ -435,6 +439,7 @@ class KubeFoundryFlow:
         serving = self.profile.endpoint(d)
         target = self.inference.describe(d.namespace, serving.service, serving.port)
         ctx.log(f"POST {target} (model {model!r}, max_tokens {s.max_tokens})")
+        ctx.note(f"a chat completion from {model}")
         try:
             result = await self.inference.chat(
                 namespace=d.namespace,
@@ -768,6 +773,7 @@ class KubeFoundryFlow:
     async def _wait_gone(self, ctx: PhaseContext, *, check_backend: bool = True) -> None:
         d, p = self.deployment, self.profile
         watched = [self._workload_by_name(), *p.tracked(d)]
+        ctx.note(f"the {p.workload_kind} and its objects to be gone")
 
         async def gone() -> bool | None:
             if self.hub is not None and self.settings.wait_strategy == "watch":
@@ -818,6 +824,7 @@ class KubeFoundryFlow:
     async def _wait_backend_forgets(self, ctx: PhaseContext) -> None:
         """Ask until GET answers 404, from a backend that is connected to the cluster."""
         d = self.deployment
+        ctx.note(f"GET {d.name} to answer 404")
         delay = 0.1
         while True:
             # The cluster status only matters for a 404, but asking both at once saves a

@@ -55,7 +55,12 @@ def test_a_failed_sandbox_run_cleans_up_and_prints_no_dead_commands(tmp_path: Pa
     assert out.returncode == 1, out.stderr
     assert "kubectl" not in out.stdout and "curl" not in out.stdout
     assert out.stderr == ""
-    assert json.loads((tmp_path / "run.json").read_text())["cleanup"]["status"] == "passed"
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["cleanup"]["status"] == "passed"
+    # What each wait waited for, as the live view's Note column showed it.
+    notes = {p["name"]: p["note"] for p in run["phases"]}
+    assert notes["install"] == "the backend to report KAITO installed"
+    assert notes["wait_ready"] == "deployment integration-test-llama Running with a ready replica"
     first = out.stdout.splitlines()[0]
     assert first.startswith("sandbox: API_URL=http://127.0.0.1:") and " KUBECONFIG=" in first
 

@@ -194,6 +194,36 @@ async def test_a_timeout_says_how_to_give_the_phase_more_time(tmp_path: Path) ->
     assert reason.endswith("; if it only needs longer, raise READY_TIMEOUT or --ready-timeout (ms)")
 
 
+async def test_the_runner_knows_the_settings_and_a_request_timeout_counts_as_one(
+    tmp_path: Path,
+) -> None:
+    async def never_answered(ctx: PhaseContext) -> None:
+        raise PhaseFailed("POST /api/deployments: no whole answer within 4.5 s", timed_out=True)
+
+    flow = FakeFlow(("install", "hang", 0.05), name="a")
+    record = await Runner(
+        flow,
+        budget=Budget(60, 5),
+        artifacts_dir=tmp_path / "a",
+        timeout_settings={"install": "INSTALL_TIMEOUT or --install-timeout (ms)"},
+    ).run()
+    assert (record.phases[0].reason or "").endswith(
+        "; if it only needs longer, raise INSTALL_TIMEOUT or --install-timeout (ms)"
+    )
+    flow = FakeFlow(("deploy", never_answered), name="b")
+    record = await Runner(
+        flow,
+        budget=Budget(60, 5),
+        artifacts_dir=tmp_path / "b",
+        timeout_settings={"deploy": "DEPLOY_TIMEOUT"},
+    ).run()
+    phase = record.phases[0]
+    assert phase.timed_out and phase.reason == (
+        "POST /api/deployments: no whole answer within 4.5 s; if it only needs longer, "
+        "raise DEPLOY_TIMEOUT"
+    )
+
+
 async def test_a_phase_that_swallows_cancellation_still_counts_as_timed_out(
     tmp_path: Path,
 ) -> None:

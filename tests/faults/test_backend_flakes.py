@@ -117,6 +117,8 @@ async def test_a_hanging_backend_is_ended_by_the_phase_timeout(sandbox, tmp_path
     message = failure["message"]
     assert "GET /api/deployments/integration-test-llama" in message, message
     assert "no whole answer within" in message and "no answer" in message, message
+    # ... and what to do next: the setting that gives the phase more time.
+    assert "raise DEPLOYMENT_READY_TIMEOUT or --deployment-ready-timeout (ms)" in message
     assert result.status_of("Cleanup")["status"] == "passed", result.verdicts()
     assert result.run_json()["budget_total"] == 600  # the whole budget was never at stake
     sandbox.update_faults({"hang_route": None})
