@@ -25,6 +25,7 @@ import logging
 import os
 import secrets
 import shlex
+import shutil
 import signal
 import sys
 import tempfile
@@ -514,6 +515,9 @@ def _prepare_reports(artifacts: Path) -> list[ReportProblem]:
         artifacts.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         return [ReportProblem(artifacts, describe_os_error(exc))]
+    # The evidence of an earlier failure would read as this run's.
+    shutil.rmtree(artifacts / "diagnostics", ignore_errors=True)
+    discard(artifacts / "sandbox.log")
     return clear_reports(artifacts)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +55,30 @@ def clear_reports(artifacts_dir: str | os.PathLike[str]) -> list[ReportProblem]:
             problems.append(ReportProblem(path, "is a directory"))
         except OSError as exc:
             problems.append(ReportProblem(path, describe_os_error(exc)))
+    for child in _earlier_runs(Path(artifacts_dir)):
+        try:
+            shutil.rmtree(child)
+        except OSError as exc:
+            problems.append(ReportProblem(child, describe_os_error(exc)))
     return problems
+
+
+def _earlier_runs(artifacts_dir: Path) -> list[Path]:
+    """Folders an earlier run left (a flow's of ``--parallel``, the environment's): each
+    holds a run.json of ours, a verdict about a run that is over."""
+    try:
+        children = [c for c in artifacts_dir.iterdir() if c.is_dir() and not c.is_symlink()]
+    except OSError:
+        return []
+    found = []
+    for child in children:
+        try:
+            data = json.loads((child / RUN_JSON).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and {"suite", "phases", "outcome"} <= data.keys():
+            found.append(child)
+    return found
 
 
 def discard(path: Path) -> None:

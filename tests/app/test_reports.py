@@ -152,3 +152,24 @@ async def test_written_reports_are_named_after_they_are_written(tmp_path: Path) 
     assert _check_reports(0, junit, [runner], Console(file=buffer)) == 0
     assert buffer.getvalue() == f"Reports: {tmp_path / 'junit.xml'}, {tmp_path / 'run.json'}\n"
     assert (tmp_path / "junit.xml").is_file() and (tmp_path / "run.json").is_file()
+
+
+def test_an_earlier_runs_folders_go_and_everything_else_stays(tmp_path: Path) -> None:
+    from orchestrator._app import _prepare_reports
+
+    stale_reports(tmp_path)
+    flow = tmp_path / "kaito-integration-test-llama-abc12-1"
+    flow.mkdir()
+    (flow / "run.json").write_text(
+        json.dumps({"suite": flow.name, "phases": [], "outcome": "passed"})
+    )
+    (tmp_path / "diagnostics").mkdir()
+    (tmp_path / "diagnostics" / "pods.txt").write_text("CrashLoopBackOff")
+    (tmp_path / "sandbox.log").write_text("old")
+    (tmp_path / "history.jsonl").write_text("{}\n")
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "run.json").write_text('{"not": "ours"}')
+    assert _prepare_reports(tmp_path) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["history.jsonl", "notes"]
+    assert (mine / "run.json").exists()
