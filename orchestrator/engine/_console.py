@@ -117,12 +117,14 @@ def run_view(record: RunRecord, *, width: int, run_elapsed: float | None = None)
     for (phase, elapsed), allow in zip(cells, allowed, strict=True):
         icon, style = ICONS[phase.status]
         note, cut = _fit(phase_note(phase), note_w)
-        if cut and phase.status != "running":
-            # The whole reason matters most when a step failed: it goes below, in full.
+        if cut:
+            # What a step waits for, or why it failed, matters whole: it goes below the
+            # table, where it wraps, and the column points at it.
             note, _ = _fit("(see below)", note_w)
-            reason = Text(f"{phase.title} {phase.status}: ", style=style)
-            reason.append(" ".join((phase.reason or "").split()))
-            below.append(reason)
+            status = "" if phase.status == "running" else f" {phase.status}"
+            line = Text(f"{phase.title}{status}: ", style=style)
+            line.append(" ".join(phase_note(phase).split()))
+            below.append(line)
         cells_of_row: list[RenderableType] = [Text(icon, style=style), phase.title, elapsed]
         table.add_row(*cells_of_row, *([allow] if show_allowed else []), note)
     parts: list[RenderableType] = [Text(record.suite, style="bold"), table, *below]
