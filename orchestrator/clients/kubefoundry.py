@@ -315,7 +315,10 @@ class KubeFoundryClient:
 
         def on_retry(exc: BaseException, wait: float) -> None:
             if self._on_retry:
-                self._on_retry(f"{method} {path}: {exc}; retrying in {wait:.1f} s")
+                # The client's own errors already start with the route: say it once.
+                text, route = str(exc), f"{method} {path}"
+                what = text if text.startswith(route) else f"{route}: {text}"
+                self._on_retry(f"{what}; retrying in {wait:.1f} s")
 
         return await (retry or self.retry).call(once, on_retry)
 

@@ -170,3 +170,26 @@ async def test_install_500_is_a_failed_step_and_not_retried_but_503_is() -> None
         with pytest.raises(ServerError, match="step failed 500"):
             await api.install_provider("kaito")
     assert len(calls) == 2
+
+
+@pytest.mark.anyio
+async def test_a_retry_line_names_the_route_once() -> None:
+    """The line a person reads while a call is retried: route, what happened, when next."""
+    lines: list[str] = []
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        if len(calls) == 1:
+            raise httpx.ConnectError("connection refused", request=request)
+        if len(calls) == 2:
+            return httpx.Response(503, json={"error": {"message": "warming up"}})
+        return httpx.Response(200, json={"status": "healthy"})
+
+    async with client(handler, on_retry=lines.append) as api:
+        await api.health()
+    assert len(lines) == 2
+    for line in lines:
+        assert line.startswith("GET /api/health") and line.count("/api/health") == 1, line
+        assert " retrying in " in line
+    assert "connection refused" in lines[0] and "warming up" in lines[1]
