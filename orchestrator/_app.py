@@ -117,6 +117,8 @@ def kaito_settings(
         chaos=settings.chaos,
         latency_baseline_ms=latency_baseline_ms,
         latency_regression_pct=settings.latency_regression,
+        expect_pattern=settings.inference_expect,
+        expect_prompt=settings.inference_expect_prompt,
     )
 
 

@@ -52,7 +52,6 @@ from .inference import (
     InferenceResult,
     InferenceRoute,
     InvalidCompletion,
-    StreamTiming,
     Violation,
     validate_completion,
 )
@@ -102,7 +101,6 @@ __all__ = [
     "SECRETS",
     "SERVICES",
     "ServerError",
-    "StreamTiming",
     "TooManyRequests",
     "TransportError",
     "Unauthorized",

@@ -209,60 +209,6 @@ class InferenceClient:
         text = raw.decode("utf-8", "replace")
         return status, _try_json(text)
 
-    async def stream(
-        self, *, namespace: str, service: str, port: int, model: str, prompt: str, max_tokens: int
-    ) -> StreamTiming:
-        """Send the same completion streamed, to measure time to first token.
-
-        The whole stream is bounded by the request timeout (and the caller's deadline):
-        a stream that never ends fails naming the route and what had arrived.
-        """
-        body = {
-            "model": model,
-            "messages": [{"role": "user", "content": prompt}],
-            "max_tokens": max_tokens,
-            "stream": True,
-        }
-        self.requests_sent += 1
-        if self.route.kind == "service-proxy":
-            assert self._kube is not None
-            path = self._kube.service_proxy_path(namespace, service, port, "v1/chat/completions")
-            route = f"POST {path}"
-        else:
-            path = self.describe(namespace, service, port)
-            route = f"POST {path}"
-        seen = _Seen()
-        started = time.monotonic()
-        with anyio.move_on_after(bounded(self._timeout)):
-            try:
-                if self.route.kind == "service-proxy":
-                    assert self._kube is not None
-                    return await _stream_via_kube(self._kube, path, body, self._timeout, seen)
-                async with self._http.stream(
-                    "POST", path, json=body, headers={"Accept": "text/event-stream"}
-                ) as resp:
-                    seen.status = resp.status_code
-                    if resp.status_code != 200:
-                        text = (await resp.aread()).decode("utf-8", "replace")
-                        raise status_error(
-                            resp.status_code,
-                            clip(_message(_try_json(text), f"HTTP {resp.status_code}"), 300),
-                            method="POST",
-                            path=path,
-                        )
-                    return await _measure(_sse_chunks(resp.aiter_bytes(), seen, route), started)
-            except ClientError:
-                raise
-            except httpx.TimeoutException:
-                pass
-            except Exception as exc:  # the boundary: nothing but a ClientError leaves a client
-                raise TransportError(
-                    f"{route}: {type(exc).__name__}: {clip(str(exc), 200)}",
-                    method="POST",
-                    url=path,
-                ) from None
-        raise _no_whole_answer(route, started, seen.status, seen.received, seen.chunks)
-
     async def chat(
         self,
         *,
@@ -523,22 +469,6 @@ async def _until_served(
 
 
 @dataclass
-class StreamTiming:
-    """A streamed completion, measured: when the first token came, and how fast the rest did."""
-
-    ttft_s: float
-    total_s: float
-    chunks: int
-    content_chunks: int
-
-    @property
-    def tokens_per_second(self) -> float | None:
-        """Content chunks per second after the first: llama.cpp and vLLM send one token per chunk."""
-        rest = self.total_s - self.ttft_s
-        return (self.content_chunks - 1) / rest if self.content_chunks > 1 and rest > 0 else None
-
-
-@dataclass
 class _Seen:
     """What a stream has brought so far: for the error that says how far it got."""
 
@@ -625,49 +555,6 @@ async def _sse_chunks(
             yield chunk
 
 
-async def _measure(chunks: AsyncIterator[dict[str, Any]], started: float) -> StreamTiming:
-    first: float | None = None
-    count = content = 0
-    async for chunk in chunks:
-        count += 1
-        for choice in chunk.get("choices") or []:
-            delta = choice.get("delta") or {}
-            if delta.get("content"):
-                content += 1
-                if first is None:
-                    first = time.monotonic() - started
-    total = time.monotonic() - started
-    if first is None:
-        raise InvalidCompletion(
-            "the model's stream carried no content", [f"{count} chunks, no content delta"]
-        )
-    return StreamTiming(first, total, count, content)
-
-
-async def _stream_via_kube(
-    kube: KubeClient, path: str, body: dict[str, Any], timeout: float, seen: _Seen
-) -> StreamTiming:
-    started = time.monotonic()
-    response = await kube.open(
-        "POST", path, body=body, timeout=timeout, accept="text/event-stream, application/json"
-    )
-    try:
-        seen.status = response.status
-        if response.status != 200:
-            text = (await response.read()).decode("utf-8", "replace")
-            raise status_error(
-                response.status,
-                clip(_message(_try_json(text), f"HTTP {response.status}"), 300),
-                method="POST",
-                path=path,
-            )
-        return await _measure(
-            _sse_chunks(response.content.iter_any(), seen, f"POST {path}"), started
-        )
-    finally:
-        response.release()
-
-
 def _try_json(text: str) -> Any:
     try:
         return json.loads(text)
@@ -744,7 +631,6 @@ __all__ = [
     "Violation",
     "validate_completion",
     "parse_sse_data",
-    "StreamTiming",
     "ClientError",
     "HTTPStatusError",
 ]

@@ -14,6 +14,7 @@ never touched.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -22,12 +23,14 @@ import anyio
 
 from ..clients import (
     CRDS,
+    EVENTS,
     PODS,
     ClientError,
     Conflict,
     DeploymentStatus,
     HTTPStatusError,
     InferenceClient,
+    InferenceResult,
     InvalidCompletion,
     KubeClient,
     KubeFoundryClient,
@@ -42,6 +45,8 @@ from ._diagnostics import collect_diagnostics
 from ._once import OncePerRun
 from ._pods import is_pod, pod_problem, pod_ready
 from ._profile import Deployment, Owned, ProviderProfile, Readiness, Tracked
+from ._pull import image_pulls
+from ._pull import summary as pull_summary
 from ._waiting import Stop, WatchSpec, pod_summary, wait_for
 
 T = TypeVar("T")
@@ -85,8 +90,11 @@ class FlowSettings:
     #: "poll": ask every ``poll_interval`` s and watch nothing, to measure what watches buy.
     wait_strategy: str = "watch"
     poll_interval: float = 5.0
-    #: Time to first token from a second, streamed completion.
-    measure_ttft: bool = True
+    #: A regular expression the answer to ``expect_prompt``, asked at temperature 0, must
+    #: match (None: no such check). Off by default: only a model's user can say which
+    #: answer proves the right model serves.
+    expect_pattern: str | None = None
+    expect_prompt: str = "What is the capital of France? Answer with one word."
     #: Fail Inference when latency exceeds this baseline by more than the percentage.
     latency_baseline_ms: float | None = None
     latency_regression_pct: float | None = None
@@ -371,6 +379,29 @@ class KubeFoundryFlow:
         except Stop as stop:
             raise PhaseFailed(stop.reason) from None
         ctx.log("deployment is Running with a ready replica")
+        await self._report_image_pull(ctx)
+
+    async def _report_image_pull(self, ctx: PhaseContext) -> None:
+        """The image pull the kubelet reported for this deployment's pods, as properties.
+
+        A measurement, not a verdict: on a fresh node the model image is most of the
+        wait, and a cache is the cheapest speed-up; reporting it lets a cold and a warm
+        run be compared. Events that cannot be read are noted, and the phase passes.
+        """
+        d = self.deployment
+        try:
+            pods = {p.get("metadata", {}).get("name", "") for p in await _Cluster(self).pods()}
+            events = (await self.kube.list(EVENTS, d.namespace)).get("items") or []
+        except ClientError as exc:
+            ctx.log(f"image pull time not read: {exc}")
+            return
+        pulls = image_pulls(events, pods)
+        for key, value in pull_summary(pulls).items():
+            ctx.set_property(key, value)
+        for pull in pulls:
+            took = f" in {pull.seconds:.1f} s" if pull.seconds is not None else ""
+            what = f"pulled{took}" if pull.state == "pulled" else "already present on the node"
+            ctx.log(f"image {pull.image} on {pull.pod}: {what}")
 
     async def chaos(self, ctx: PhaseContext) -> None:
         """Delete the model pod, and wait until a new one is Ready and the backend says Running.
@@ -432,48 +463,22 @@ class KubeFoundryFlow:
         ctx.log("a replacement pod is Ready and the deployment is Running again")
 
     async def run_inference(self, ctx: PhaseContext) -> None:
+        """ONE streamed completion gives everything: time to first token, latency,
+        tokens/s, and the verdict on the answer (the OpenAI schema and the quality gate:
+        content, leaked template tokens, finish reason, usage, model name). Then, only
+        when the user set an expectation, its deterministic prompt at temperature 0."""
         s, d = self.settings, self.deployment
         model = self.created.model_name
         if model is None:
             model = await self.profile.model_name(self.api, d)
         serving = self.profile.endpoint(d)
         target = self.inference.describe(d.namespace, serving.service, serving.port)
-        ctx.log(f"POST {target} (model {model!r}, max_tokens {s.max_tokens})")
+        ctx.log(f"POST {target} (model {model!r}, max_tokens {s.max_tokens}, streamed)")
         ctx.note(f"a chat completion from {model}")
-        try:
-            result = await self.inference.chat(
-                namespace=d.namespace,
-                service=serving.service,
-                port=serving.port,
-                model=model,
-                prompt=s.prompt,
-                max_tokens=s.max_tokens,
-                loading_grace=s.loading_grace,
-                on_wait=ctx.log,
-            )
-        except InvalidCompletion as exc:
-            ctx.log("schema errors:\n  " + "\n  ".join(exc.errors))
-            raise PhaseFailed(
-                f"invalid chat completion ({len(exc.errors)} errors): " + "; ".join(exc.errors)
-            ) from None
-        except HTTPStatusError as exc:
-            raise PhaseFailed(f"inference answered {exc.status}: {exc.message}") from None
-        except ClientError as exc:
-            raise PhaseFailed(f"inference failed: {exc}") from None
-        ctx.set_property("inference_latency_ms", f"{result.latency_s * 1000:.0f}")
-        if result.completion_tokens is not None:
-            ctx.set_property("prompt_tokens", str(result.prompt_tokens))
-            ctx.set_property("completion_tokens", str(result.completion_tokens))
-            if result.latency_s > 0:
-                ctx.set_property(
-                    "tokens_per_second", f"{result.completion_tokens / result.latency_s:.1f}"
-                )
-        ctx.log(
-            f"answer in {result.latency_s * 1000:.0f} ms after {result.attempts} attempt(s): "
-            f"{result.content[:200]!r} (finish_reason {result.response.choices[0].finish_reason})"
-        )
-        if s.measure_ttft:
-            await self._measure_ttft(ctx, model)
+        result = await self._complete(ctx, model, s.prompt)
+        _report_completion(ctx, result)
+        if s.expect_pattern is not None:
+            await self._expectation(ctx, model, re.compile(s.expect_pattern))
         latency_ms = result.latency_s * 1000
         if s.latency_regression_pct is not None:
             reason = regression(latency_ms, s.latency_baseline_ms, s.latency_regression_pct)
@@ -485,34 +490,50 @@ class KubeFoundryFlow:
                 f"baseline ({base})"
             )
 
-    async def _measure_ttft(self, ctx: PhaseContext, model: str) -> None:
-        """Time to first token, from the same completion streamed.
-
-        A measurement, not a verdict: the plan's check is the non-streamed answer above,
-        so a server that cannot stream is noted in the log and the phase still passes.
-        """
+    async def _complete(
+        self,
+        ctx: PhaseContext,
+        model: str,
+        prompt: str,
+        *,
+        temperature: float | None = None,
+        pattern: re.Pattern[str] | None = None,
+    ) -> InferenceResult:
+        """One completion, judged; a failed check ends the phase naming every violation."""
         s, d = self.settings, self.deployment
         serving = self.profile.endpoint(d)
         try:
-            timing = await self.inference.stream(
+            return await self.inference.complete(
                 namespace=d.namespace,
                 service=serving.service,
                 port=serving.port,
                 model=model,
-                prompt=s.prompt,
+                prompt=prompt,
                 max_tokens=s.max_tokens,
+                loading_grace=s.loading_grace,
+                on_wait=ctx.log,
+                temperature=temperature,
+                expect_pattern=pattern,
             )
+        except InvalidCompletion as exc:
+            checks = exc.checks or ["schema"]
+            ctx.set_property("inference_failed_checks", ",".join(checks))
+            ctx.log("the answer failed the quality gate:\n  " + "\n  ".join(exc.errors))
+            raise PhaseFailed(
+                f"invalid chat completion, failed {', '.join(checks)} "
+                f"({len(exc.errors)} errors): " + "; ".join(exc.errors)
+            ) from None
+        except HTTPStatusError as exc:
+            raise PhaseFailed(f"inference answered {exc.status}: {exc.message}") from None
         except ClientError as exc:
-            ctx.log(f"time to first token not measured: {exc}")
-            return
-        ctx.set_property("time_to_first_token_ms", f"{timing.ttft_s * 1000:.0f}")
-        ctx.set_property("stream_total_ms", f"{timing.total_s * 1000:.0f}")
-        if timing.tokens_per_second is not None:
-            ctx.set_property("stream_tokens_per_second", f"{timing.tokens_per_second:.1f}")
-        ctx.log(
-            f"streamed: first token after {timing.ttft_s * 1000:.0f} ms, "
-            f"{timing.content_chunks} content chunks in {timing.total_s * 1000:.0f} ms"
-        )
+            raise PhaseFailed(f"inference failed: {exc}") from None
+
+    async def _expectation(self, ctx: PhaseContext, model: str, pattern: re.Pattern[str]) -> None:
+        prompt = self.settings.expect_prompt
+        ctx.log(f"expectation: {prompt!r} at temperature 0 must match /{pattern.pattern}/")
+        result = await self._complete(ctx, model, prompt, temperature=0, pattern=pattern)
+        ctx.set_property("inference_expectation", "met")
+        ctx.log(f"expectation met: {result.content[:200]!r}")
 
     async def delete(self, ctx: PhaseContext) -> None:
         d, p = self.deployment, self.profile
@@ -848,6 +869,27 @@ class KubeFoundryFlow:
             ctx.progress(f"deleted objects are gone, but GET still answers 200 (phase {st.phase})")
             await anyio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+def _report_completion(ctx: PhaseContext, result: InferenceResult) -> None:
+    """The answer's timing and size as JUnit properties, and one line for the log."""
+    ctx.set_property("inference_latency_ms", f"{result.latency_s * 1000:.0f}")
+    ctx.set_property("inference_streamed", str(result.streamed).lower())
+    if result.ttft_s is not None:
+        ctx.set_property("time_to_first_token_ms", f"{result.ttft_s * 1000:.0f}")
+    if result.completion_tokens is not None:
+        ctx.set_property("prompt_tokens", str(result.prompt_tokens))
+        ctx.set_property("completion_tokens", str(result.completion_tokens))
+    if result.tokens_per_second is not None:
+        ctx.set_property("tokens_per_second", f"{result.tokens_per_second:.1f}")
+    first = (
+        f", first token after {result.ttft_s * 1000:.0f} ms" if result.ttft_s is not None else ""
+    )
+    ctx.log(
+        f"answer in {result.latency_s * 1000:.0f} ms{first}, after {result.attempts} "
+        f"attempt(s), passed every check: {result.content[:200]!r} "
+        f"(finish_reason {result.response.choices[0].finish_reason})"
+    )
 
 
 def _leftover(kind: str, obj: dict[str, Any]) -> str:

@@ -447,6 +447,9 @@ class ModelFleet:
             model.first_request = now
         if loading > 0 and now - model.first_request < loading:
             return _json_error(503, "Loading model")
+        if tail.strip("/") in CHAT_PATHS:
+            # On the timeline, so a test can count what a run asked of the model.
+            self.state.record(*key, "chat completion served")
 
         assert self._session is not None
         headers = {

@@ -27,7 +27,7 @@ from orchestrator.clients import (
 )
 from orchestrator.clients import _models as m
 from orchestrator.clients._errors import excerpt, redact
-from orchestrator.clients.inference import _measure, _Seen, _sse_chunks, parse_sse_data
+from orchestrator.clients.inference import _collect, _Seen, _sse_chunks, parse_sse_data
 from orchestrator.clients.kube import check_list, check_object, parse_watch_line
 from orchestrator.clients.kubefoundry import parse
 
@@ -201,7 +201,7 @@ def test_an_sse_stream_of_arbitrary_bytes_is_measured_or_invalid(pieces: list[by
                 yield piece
 
         try:
-            await _measure(_sse_chunks(feed(), _Seen(), "POST /v1/chat"), 0.0)
+            await _collect(_sse_chunks(feed(), _Seen(), "POST /v1/chat"), 0.0, "POST /v1/chat")
         except ClientError:
             pass
 
@@ -236,9 +236,6 @@ def test_a_completion_answer_is_a_result_or_a_client_error(
                     prompt="p",
                     max_tokens=4,
                     loading_grace=0,
-                ),
-                client.stream(
-                    namespace="ns", service="s", port=80, model="m", prompt="p", max_tokens=4
                 ),
                 client.complete(
                     namespace="ns",

@@ -44,6 +44,18 @@ async def test_passing_flow(sandbox, tmp_path: Path) -> None:
     assert "install started: KAITO installation started" in log, log
     answered = next(e for e in sandbox.timeline if e.event == "pod released")
     assert answered.namespace == "kaito-workspace" and answered.name.startswith("kaito-workspace-")
+    # Inference once: one streamed request gave the timing and the verdict.
+    served = [e for e in sandbox.timeline if e.event == "chat completion served"]
+    assert len(served) == 1, served
+    inference = next(p for p in record["phases"] if p["name"] == "inference")["properties"]
+    assert inference["inference_streamed"] == "true"
+    latency, ttft = int(inference["inference_latency_ms"]), int(inference["time_to_first_token_ms"])
+    assert 0 <= ttft <= latency and float(inference["tokens_per_second"]) > 0
+    assert int(inference["completion_tokens"]) >= 1
+    # The pull the kubelet reported (the sandbox holds the pod for delays.pod_start).
+    ready = next(p for p in record["phases"] if p["name"] == "wait_ready")["properties"]
+    assert ready["image_pull"] == "pulled" and ready["image"].startswith("ghcr.io/kaito-project/")
+    assert float(ready["image_pull_seconds"]) > 0
 
 
 @pytest.mark.parametrize("faults", [Faults(install_fails=True)])

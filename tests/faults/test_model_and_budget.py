@@ -37,6 +37,62 @@ async def test_empty_completion_fails_inference_listing_the_schema_errors(
     await assert_clean(sandbox)
 
 
+@pytest.mark.parametrize(
+    "faults, check, needle",
+    [
+        (
+            Faults(inference="wrong_chat_template"),
+            "template-tokens",
+            "leaked chat-template tokens '<|im_start|>' (ChatML), '<|im_end|>' (ChatML)",
+        ),
+        (
+            Faults(inference="wrong_model"),
+            "model-name",
+            "answered as 'qwen2.5-0.5b-instruct', but the catalog names the model "
+            "'llama-3.2-1b-instruct'",
+        ),
+        (Faults(inference="empty"), "empty-content", "must not be empty"),
+    ],
+)
+async def test_a_broken_deployment_fails_inference_naming_the_check(
+    sandbox, tmp_path: Path, check: str, needle: str
+) -> None:
+    # Schema-valid answers all three: only the quality gate catches them.
+    result = await run_orchestrator(sandbox, tmp_path)
+    assert result.code == 1, result.stdout + result.stderr
+    failure = result.status_of("Inference")
+    assert failure["status"] == "failure", result.verdicts()
+    assert f"failed {check} " in failure["message"] and needle in failure["message"]
+    inference = next(p for p in result.run_json()["phases"] if p["name"] == "inference")
+    assert inference["properties"]["inference_failed_checks"] == check
+    served = [e for e in sandbox.timeline if e.event == "chat completion served"]
+    assert len(served) == 1, served
+    await assert_clean(sandbox)
+
+
+async def test_the_expected_answer_is_asked_at_temperature_zero_only_when_set(
+    sandbox, tmp_path: Path
+) -> None:
+    # The stub model answers "Hello there, friend." to everything.
+    for run in ("met", "missed"):
+        (tmp_path / run).mkdir()
+    met = await run_orchestrator(sandbox, tmp_path / "met", "--inference-expect", r"\bfriend\b")
+    assert met.code == 0, met.stdout + met.stderr
+    inference = next(p for p in met.run_json()["phases"] if p["name"] == "inference")
+    assert inference["properties"]["inference_expectation"] == "met"
+    served = [e for e in sandbox.timeline if e.event == "chat completion served"]
+    assert len(served) == 2, served  # the measured answer, then the deterministic prompt
+    missed = await run_orchestrator(
+        sandbox, tmp_path / "missed", "--inference-expect", "(?i)paris",
+        "--inference-expect-prompt", "What is the capital of France?",
+    )  # fmt: skip
+    assert missed.code == 1, missed.stdout + missed.stderr
+    failure = missed.status_of("Inference")
+    assert "failed expectation" in failure["message"]
+    assert "'Hello there, friend.' does not match /(?i)paris/" in failure["message"]
+    await assert_clean(sandbox)
+
+
 @pytest.mark.parametrize("faults", [Faults(never_ready=True)])
 async def test_budget_running_out_in_wait_ready_still_diagnoses_and_cleans_up(
     sandbox, tmp_path: Path

@@ -112,7 +112,6 @@ async def run(
         profile,
         FlowSettings(
             api_url="http://backend.test",
-            measure_ttft=False,
             wait_strategy="poll",
             poll_interval=0.01,
             **settings,
@@ -280,7 +279,6 @@ async def test_flows_of_one_run_install_a_provider_once(tmp_path: Path) -> None:
                 api_url="http://backend.test",
                 deployment_name=f"d{i}",
                 suite=f"kaito-d{i}",
-                measure_ttft=False,
                 wait_strategy="poll",
                 poll_interval=0.01,
             ),
