@@ -37,13 +37,14 @@ from typing import Any
 import anyio
 from rich.console import Console
 
-from .clients import InferenceClient, InferenceRoute, KubeClient, KubeFoundryClient, WatchHub
-from .config import TOKEN_ENV, Settings, Target
+from .clients import InferenceRoute, KubeClient
+from .config import TOKEN_ENV, Settings
 from .engine import (
     EXIT_REPORTS,
     RUN_JSON,
     Budget,
     ConsoleReporter,
+    Flow,
     GitHubReporter,
     JUnitReporter,
     Phase,
@@ -54,7 +55,6 @@ from .engine import (
     Runner,
     RunRecord,
     RunsView,
-    SharedServices,
     clear_reports,
     describe_os_error,
     discard,
@@ -65,7 +65,17 @@ from .engine import (
     wants_live,
     write_run_json,
 )
-from .flows.kaito import InstallGate, KaitoFlow, KaitoSettings
+from .flows import (
+    ArtifactsInUse,
+    FlowContext,
+    FlowFactory,
+    FlowNotFound,
+    FlowRun,
+    FlowSettings,
+    exclusive_artifacts,
+    find_flow,
+)
+from .flows import Target as FlowTarget
 from .history import HISTORY_FILE, Entry, append, baseline, load
 
 EXIT_USAGE = 2
@@ -92,22 +102,14 @@ class EnvironmentOptions:
         return self.create_cluster or self.backend_dir is not None
 
 
-def kaito_settings(
-    settings: Settings,
-    target: Target,
-    *,
-    api_url: str,
-    suite: str,
-    latency_baseline_ms: float | None,
-) -> KaitoSettings:
-    return KaitoSettings(
+def flow_settings(settings: Settings, *, api_url: str) -> FlowSettings:
+    """The configured flow settings: what every flow of the run shares."""
+    return FlowSettings(
         api_url=api_url,
-        namespace=target.namespace,
-        deployment_name=target.name,
-        model=target.model,
-        replicas=target.replicas,
-        suite=suite,
-        install_timeout=settings.seconds("kaito_install_timeout"),
+        namespace=settings.namespace,
+        deployment_name=settings.deployment_name,
+        model=settings.model,
+        install_timeout=settings.seconds("install_timeout"),
         deploy_timeout=settings.seconds("deploy_timeout"),
         ready_timeout=settings.seconds("deployment_ready_timeout"),
         inference_timeout=settings.seconds("inference_timeout"),
@@ -115,7 +117,6 @@ def kaito_settings(
         wait_strategy=settings.wait_strategy,
         poll_interval=settings.seconds("poll_interval"),
         chaos=settings.chaos,
-        latency_baseline_ms=latency_baseline_ms,
         latency_regression_pct=settings.latency_regression,
         expect_pattern=settings.inference_expect,
         expect_prompt=settings.inference_expect_prompt,
@@ -325,6 +326,29 @@ async def _run(
     live: bool,
     env_opts: EnvironmentOptions,
 ) -> int:
+    """Hold the artifacts directory for the whole run, then run.
+
+    Held before the previous reports are cleared: a second run pointed at the same
+    directory stops here, and neither deletes nor overwrites the first one's files.
+    """
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(exclusive_artifacts(Path(settings.artifacts_dir)))
+        except ArtifactsInUse as exc:
+            print(f"orchestrator: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except OSError:
+            pass  # an unusable directory: _prepare_reports says what is wrong with it
+        return await _run_held(settings, sandbox, faults, live, env_opts)
+
+
+async def _run_held(
+    settings: Settings,
+    sandbox: bool,
+    faults: dict[str, Any],
+    live: bool,
+    env_opts: EnvironmentOptions,
+) -> int:
     console = Console()
     artifacts = Path(settings.artifacts_dir)
     unusable = _prepare_reports(artifacts)
@@ -473,7 +497,7 @@ async def _run(
         # Whatever existed was cleaned up on the way here (the sandbox, the environment).
         code = signal_exit_code(exc.signame)
         record = stopped_record(
-            "kaito", exc.signame, f"{exc}: the flows did not start; nothing was created"
+            "orchestrator", exc.signame, f"{exc}: the flows did not start; nothing was created"
         )
         for reporter in (junit, *extra):
             reporter.run_started(record)
@@ -665,13 +689,23 @@ def _timeout_setting(name: str) -> str:
 
 #: The flows' phases and the settings that give each more time (named in timeouts).
 PHASE_TIMEOUT_SETTINGS = {
-    "install": _timeout_setting("kaito_install_timeout"),
+    "install": _timeout_setting("install_timeout"),
     "deploy": _timeout_setting("deploy_timeout"),
     "wait_ready": _timeout_setting("deployment_ready_timeout"),
     "chaos": _timeout_setting("deployment_ready_timeout"),
     "inference": _timeout_setting("inference_timeout"),
     "delete": _timeout_setting("delete_timeout"),
 }
+
+
+def _with_options(factory: FlowFactory, options: dict[str, Any]) -> FlowFactory:
+    """The factory, called with the flow's own table of config.toml as its options."""
+
+    def made(ctx: FlowContext) -> Any:
+        return factory(ctx.with_options(options))
+
+    made.__doc__ = factory.__doc__
+    return made
 
 
 class _ConfigProblem(Exception):
@@ -703,29 +737,6 @@ async def _run_flows(
     for secret in kube.secrets:
         redactor.add(secret)
     token = settings.token.get_secret_value() if settings.token else None
-    # Each flow gets its own backend and inference clients: its diagnostics then show its
-    # own exchanges only, and each connection pool stays small (httpx scans the whole
-    # pool at every request, so one pool shared by fifty flows costs most of their CPU).
-    clients: list[KubeFoundryClient | InferenceClient] = []
-
-    def backend_client(prefix: str) -> KubeFoundryClient:
-        api = KubeFoundryClient(
-            api_url,
-            token=token,
-            on_retry=lambda msg: console.print(
-                f"{prefix}retrying: {msg}", markup=False, highlight=False, soft_wrap=True
-            ),
-        )
-        clients.append(api)
-        return api
-
-    def inference_client() -> InferenceClient:
-        client = InferenceClient(
-            inference_route(settings), kube=kube, backend_url=api_url, token=token
-        )
-        clients.append(client)
-        return client
-
     history_path = artifacts / HISTORY_FILE
     try:
         past = load(history_path)
@@ -734,77 +745,74 @@ async def _run_flows(
         past = []
     run_id = secrets.token_hex(3)[:5]
     targets = settings.targets(run_id)
-    multi = len(targets) > 1
+
+    def retried(prefix: str, message: str) -> None:
+        console.print(f"{prefix}retrying: {message}", markup=False, highlight=False, soft_wrap=True)
+
+    # Each flow gets its own backend and inference clients (FlowContext makes them): its
+    # diagnostics then show its own exchanges only, and each connection pool stays small
+    # (httpx scans the whole pool at every request; one pool for fifty flows costs most
+    # of their CPU).
+    context = FlowContext(
+        kube=kube,
+        settings=flow_settings(settings, api_url=api_url),
+        targets=[FlowTarget(t.name, t.model, t.namespace, t.replicas) for t in targets],
+        token=token,
+        inference_route=inference_route(settings),
+        run_id=run_id,
+        baseline=lambda suite, model: baseline(past, suite=suite, model=model),
+        on_retry=retried,
+    )
     try:
-        # The hub lives in a task of its own: a broken stream must fail the flows that
-        # wait on it, with its reason, never cancel their runners (and so their cleanup).
-        async with SharedServices() as shared:
-            hub = await shared.start("the watch hub", WatchHub(kube))
-            install_gate = InstallGate()
-            flows = []
-            for target in targets:
-                suite = f"kaito-{target.name}" if multi else "kaito"
-                base = baseline(past, suite="kaito", model=target.model)
-                flows.append(
-                    KaitoFlow(
-                        kaito_settings(
-                            settings, target, api_url=api_url, suite=suite, latency_baseline_ms=base
-                        ),
-                        api=backend_client(f"{suite}: " if multi else ""),
-                        kube=kube,
-                        inference=inference_client(),
-                        hub=hub,
-                        install_gate=install_gate,
-                    )
-                )
-            mine = []
-            # Many flows in a terminal share one live view (a row per flow); in a log,
-            # each flow's lines carry its name.
-            board = (
-                RunsView(console, budget=total) if multi and live and wants_live(console) else None
-            )
-            for flow in flows:
-                shown: Reporter = board or ConsoleReporter(
-                    console, live=None if live else False, prefix=multi
-                )
-                reporters: list[Reporter] = [shown, junit, *extra]
-                runner = Runner(
-                    flow,
-                    budget=Budget(total, reserve, cleanup_cap=cleanup_cap),
-                    reporters=reporters,
-                    artifacts_dir=artifacts / flow.name if multi else artifacts,
-                    cleanup_policy=settings.cleanup_policy(),
-                    timeout_settings=PHASE_TIMEOUT_SETTINGS,
-                )
-                runners.append(runner)
-                mine.append(runner)
-
-            def fail_all(reason: str) -> None:
-                for runner in mine:
-                    runner.fail(reason)
-
-            shared.on_failure(fail_all)
-            try:
-                async with anyio.create_task_group() as tg:
-                    for runner in mine:
-                        tg.start_soon(runner.run)
-            finally:
-                if board is not None:
-                    board.close()
-            records = [r.record for r in mine]
-        if multi:
-            print_runs(console, records)
-            console.print(
-                f"watch connections opened: {kube.watches_opened} for {len(targets)} deployments "
-                f"(shared per resource type and namespace)",
-                markup=False,
-                highlight=False,
-                soft_wrap=True,
-            )
-    finally:
-        for client in clients:
-            await client.aclose()
+        factories = [
+            _with_options(find_flow(name).load(), settings.flow_options.get(name, {}))
+            for name in settings.flow_names()
+        ]
+    except FlowNotFound as exc:
         await kube.aclose()
+        raise _ConfigProblem(str(exc)) from None
+    # Many flows in a terminal share one live view (a row per flow); in a log, each
+    # flow's lines carry its name.
+    boards: list[RunsView] = []
+
+    def reporters(flow: Flow, several: bool) -> Sequence[Reporter]:
+        if several and live and wants_live(console):
+            if not boards:
+                boards.append(RunsView(console, budget=total))
+            return [boards[0], *extra]
+        return [ConsoleReporter(console, live=None if live else False, prefix=several), *extra]
+
+    run = FlowRun(
+        factories,
+        budget=total,
+        reserve=reserve,
+        cleanup_cap=cleanup_cap,
+        artifacts_dir=artifacts,
+        reporters=reporters,
+        context=context,
+        cleanup_policy=settings.cleanup_policy(),
+        junit=junit,
+        handle_signals=False,
+        on_runner=runners.append,
+        timeout_settings=PHASE_TIMEOUT_SETTINGS,
+        lock=False,  # _run holds the artifacts directory from its first instruction
+    )
+    try:
+        await run.run()
+    finally:
+        for board in boards:
+            board.close()
+        await kube.aclose()
+    records = run.records
+    if len(records) > 1:
+        print_runs(console, records)
+        console.print(
+            f"watch connections opened: {kube.watches_opened} for {len(records)} deployments "
+            f"(shared per resource type and namespace)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     entries = []
     for record in records:
         entry = Entry.from_record(record.to_dict())

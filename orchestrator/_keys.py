@@ -22,9 +22,22 @@ KEYS: tuple[Key, ...] = (
     Key("api_url", "API_URL", "--api-url", "KubeFoundry backend URL"),
     Key("test_timeout", "TEST_TIMEOUT", "--test-timeout", "budget for the whole run, ms"),
     Key(
-        "kaito_install_timeout",
+        "provider",
+        "ORCHESTRATOR_PROVIDER",
+        "--provider",
+        "the KubeFoundry provider(s) to test, comma-separated: kaito (default)",
+    ),
+    Key(
+        "flow",
+        "ORCHESTRATOR_FLOW",
+        "--flow",
+        "run these flows instead, comma-separated: installed names (see `orchestrator flows`) "
+        "or module:factory paths",
+    ),
+    Key(
+        "install_timeout",
         "KAITO_INSTALL_TIMEOUT",
-        "--kaito-install-timeout",
+        "--install-timeout",
         "Install phase timeout, ms",
     ),
     Key("deploy_timeout", "DEPLOY_TIMEOUT", "--deploy-timeout", "Deploy phase timeout, ms"),
@@ -47,9 +60,14 @@ KEYS: tuple[Key, ...] = (
         "--cleanup-reserve",
         "part of the budget kept for diagnostics and cleanup, ms",
     ),
-    Key("test_model", "TEST_MODEL", "--model", "catalog model to deploy"),
+    Key("model", "TEST_MODEL", "--model", "model to deploy (default: the provider's)"),
     Key("kubeconfig", "KUBECONFIG", "--kubeconfig", "kubeconfig file"),
-    Key("namespace", "ORCHESTRATOR_NAMESPACE", "--namespace", "deployment namespace"),
+    Key(
+        "namespace",
+        "ORCHESTRATOR_NAMESPACE",
+        "--namespace",
+        "deployment namespace (default: the provider's)",
+    ),
     Key("deployment_name", "ORCHESTRATOR_DEPLOYMENT_NAME", "--deployment-name", "deployment name"),
     Key(
         "artifacts_dir",
@@ -133,6 +151,8 @@ KEYS: tuple[Key, ...] = (
     ),
 )
 KEYS_BY_NAME = {k.name: k for k in KEYS}
+#: Names a key had before the flow became provider-neutral: still read from files.
+KEY_ALIASES = {"test_model": "model", "kaito_install_timeout": "install_timeout"}
 BOOLEAN_KEYS = frozenset({"unique_names", "chaos"})
 TOKEN_ENV = "KUBEFOUNDRY_TOKEN"
 CONFIG_ENV = "ORCHESTRATOR_CONFIG"
@@ -153,6 +173,7 @@ __all__ = [
     "DEFAULT_CONFIG_FILE",
     "KEYS",
     "KEYS_BY_NAME",
+    "KEY_ALIASES",
     "TOKEN_ENV",
     "ConfigError",
     "Key",

@@ -68,6 +68,8 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
             )
         else:
             group.add_argument(key.flag, dest=key.name, metavar="VALUE", help=f"{key.help}{env}")
+    # The flag's name before the Install phase became provider-neutral: still accepted.
+    group.add_argument("--kaito-install-timeout", dest="install_timeout", help=argparse.SUPPRESS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sub.add_parser("graph", help="print the state machine as a Mermaid diagram")
+    sub.add_parser(
+        "flows",
+        help="list the flows that can be run by name (run --flow NAME)",
+        description="List the built-in flows and those installed packages register in the "
+        "'orchestrator.flows' entry-point group, each with a one-line description.",
+    )
 
     merge = sub.add_parser(
         "merge-junit",
@@ -398,7 +406,7 @@ def _report_stopped(signame: str, artifacts_dir: str | None, started: float) -> 
 
         problems = list(
             write_stopped_reports(
-                target, "kaito", signame, f"interrupted by {signame} before the run started"
+                target, "orchestrator", signame, f"interrupted by {signame} before the run started"
             )
         )
     except Exception as exc:  # a report is best effort here; the exit code is the verdict
@@ -410,6 +418,8 @@ def _report_stopped(signame: str, artifacts_dir: str | None, started: float) -> 
 def _main(ns: argparse.Namespace, *, own_process: bool) -> int:
     if ns.command == "graph":
         return _graph()
+    if ns.command == "flows":
+        return _list_flows()
     if ns.command == "history":
         return _history(ns)
     if ns.command == "merge-junit":
@@ -427,6 +437,7 @@ def _main(ns: argparse.Namespace, *, own_process: bool) -> int:
             raise ConfigError(["--keep-sandbox needs --sandbox: add --sandbox, or drop it"])
         if faults:
             _check_faults(faults)
+        _check_flows(settings.flow_names())
     except ConfigError as exc:
         report_config_error(exc.problems, getattr(ns, "artifacts_dir", None))
         return EXIT_USAGE
@@ -539,7 +550,8 @@ def report_config_error(problems: Sequence[str], artifacts_dir: str | None) -> N
     try:
         from .engine import write_error_reports
 
-        unwritten = write_error_reports(target, "kaito", "; ".join(problems))
+        # Named for what failed, not for a provider: no flow ran.
+        unwritten = write_error_reports(target, "configuration", "; ".join(problems))
     except ValueError as exc:
         print(f"orchestrator: (no reports written: {exc})", file=sys.stderr)
         return
@@ -570,6 +582,31 @@ def _history(ns: argparse.Namespace) -> int:
     except HistoryError as exc:
         print(f"orchestrator: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    return EXIT_OK
+
+
+def _check_flows(names: Sequence[str]) -> None:
+    """Refuse a flow that is not installed, or whose factory does not load, before anything
+    starts: a misspelt --flow is a usage error, not a failed run."""
+    from .flows import FlowNotFound, find_flow
+
+    problems = []
+    for name in names:
+        try:
+            find_flow(name).load()
+        except FlowNotFound as exc:
+            problems.append(f"--flow/--provider: {exc}")
+    if problems:
+        raise ConfigError(problems)
+
+
+def _list_flows() -> int:
+    from .flows import installed_flows
+
+    flows = installed_flows()
+    width = max(len(name) for name in flows)
+    for name, entry in sorted(flows.items()):
+        print(f"{name:<{width}}  {entry.description()}  [{entry.origin}]")
     return EXIT_OK
 
 

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from ._keys import BOOLEAN_KEYS as BOOLEAN_KEYS
 from ._keys import CONFIG_ENV as CONFIG_ENV
 from ._keys import DEFAULT_CONFIG_FILE as DEFAULT_CONFIG_FILE
+from ._keys import KEY_ALIASES as KEY_ALIASES
 from ._keys import KEYS as KEYS
 from ._keys import KEYS_BY_NAME as KEYS_BY_NAME
 from ._keys import TOKEN_ENV as TOKEN_ENV
@@ -36,6 +37,9 @@ from ._keys import ConfigError as ConfigError
 from ._keys import Key as Key
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+#: A flow's name (``kaito``, ``my-flow``) or a ``module:factory`` path.
+FLOW_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+FLOW_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 
 
@@ -73,11 +77,12 @@ class DeploymentSpec(BaseModel):
 
 @dataclass(frozen=True)
 class Target:
-    """A deployment this run will make: resolved name, model, namespace, replicas."""
+    """A deployment this run will make: its name, and what the configuration says of its
+    model, namespace and replicas (None: the provider's default)."""
 
     name: str
-    model: str
-    namespace: str
+    model: str | None
+    namespace: str | None
     replicas: int = 1
 
 
@@ -162,16 +167,21 @@ class Settings(BaseModel):
 
     api_url: str = "http://localhost:3001"
     test_timeout: Milliseconds = Field(600_000, gt=0, le=MAX_MILLISECONDS)
-    kaito_install_timeout: Milliseconds = Field(180_000, gt=0, le=MAX_MILLISECONDS)
+    #: The KubeFoundry provider(s) to test: each is the built-in flow of that name.
+    provider: str | None = "kaito"
+    #: Flows to run instead of the providers' (names or module:factory paths).
+    flow: str | None = None
+    install_timeout: Milliseconds = Field(180_000, gt=0, le=MAX_MILLISECONDS)
     deploy_timeout: Milliseconds = Field(60_000, gt=0, le=MAX_MILLISECONDS)
     deployment_ready_timeout: Milliseconds = Field(300_000, gt=0, le=MAX_MILLISECONDS)
     inference_timeout: Milliseconds = Field(120_000, gt=0, le=MAX_MILLISECONDS)
     delete_timeout: Milliseconds = Field(120_000, gt=0, le=MAX_MILLISECONDS)
     #: None: the smaller of 60 s and a quarter of the budget.
     cleanup_reserve: Milliseconds | None = Field(None, ge=0, le=MAX_MILLISECONDS)
-    test_model: str = "llama3.2:1b"
+    #: None: the provider's own default (KAITO: llama3.2:1b in kaito-workspace).
+    model: str | None = None
     kubeconfig: str | None = None
-    namespace: str = "kaito-workspace"
+    namespace: str | None = None
     deployment_name: str = "integration-test-llama"
     artifacts_dir: str = "test-results"
     token_file: str | None = None
@@ -191,11 +201,13 @@ class Settings(BaseModel):
     )
     chaos: bool = False
     deployments: list[DeploymentSpec] = Field(default_factory=list, max_length=200)
+    #: The tables of config.toml named after a flow (``[kaito]``): that flow's options.
+    flow_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     token: SecretStr | None = Field(default=None, repr=False)
 
     @field_validator(
         "test_timeout",
-        "kaito_install_timeout",
+        "install_timeout",
         "deploy_timeout",
         "deployment_ready_timeout",
         "inference_timeout",
@@ -230,13 +242,34 @@ class Settings(BaseModel):
 
     @field_validator("namespace", "deployment_name")
     @classmethod
-    def _dns_label(cls, v: str) -> str:
-        return _dns_label(v)
+    def _dns_label(cls, v: str | None) -> str | None:
+        return None if v is None else _dns_label(v)
 
-    @field_validator("test_model")
+    @field_validator("model")
     @classmethod
-    def _model(cls, v: str) -> str:
-        return _model_id(v)
+    def _model(cls, v: str | None) -> str | None:
+        return None if v is None else _model_id(v)
+
+    @field_validator("provider", "flow")
+    @classmethod
+    def _flows(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        names = [n.strip() for n in v.split(",")]
+        for name in names:
+            if not (FLOW_NAME.match(name) or FLOW_PATH.match(name)):
+                raise ValueError(
+                    f"{name!r} is not a flow name (lower-case letters, digits, '-', '_') "
+                    "or a module:factory path"
+                )
+        if len(set(names)) != len(names):
+            raise ValueError("names a flow twice")
+        return ",".join(names)
+
+    def flow_names(self) -> list[str]:
+        """The flows this run runs: ``flow`` when set, else one per ``provider``."""
+        chosen = self.flow or self.provider or "kaito"
+        return chosen.split(",")
 
     @field_validator("deployments", mode="before")
     @classmethod
@@ -299,7 +332,7 @@ class Settings(BaseModel):
             out.append(
                 Target(
                     name,
-                    spec.model or self.test_model,
+                    spec.model or self.model,
                     spec.namespace or self.namespace,
                     spec.replicas,
                 )
@@ -355,6 +388,8 @@ def _describe(source: str, key: str) -> str:
 
 
 def _read_file(path: Path, explicit: bool) -> dict[str, Any]:
+    """The file's settings, keys under their current names; its flow tables under
+    ``flow_options``. A missing default file is no file; a missing named one is an error."""
     if not path.exists():
         if explicit:
             raise ConfigError([f"{path}: configuration file not found"])
@@ -365,43 +400,68 @@ def _read_file(path: Path, explicit: bool) -> dict[str, Any]:
         raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{path}: cannot be read: {exc}"]) from None
-    problems = []
+    problems: list[str] = []
+    out: dict[str, Any] = {}
+    tables: dict[str, dict[str, Any]] = {}
     for key, value in data.items():
-        if key == "token":
-            problems.append(
-                f"{path}: 'token' may not be written in a file; set {TOKEN_ENV} or token_file"
-            )
-        elif key not in KEYS_BY_NAME:
-            problems.append(
-                f"{path}: unknown key '{key}' (known keys: {', '.join(sorted(KEYS_BY_NAME))})"
-            )
-        elif key == "deployments":
-            if not isinstance(value, list):
-                problems.append(f"deployments ({path.name}): must be [[deployments]] tables")
-        elif isinstance(value, (dict, list)):
-            problems.append(
-                f"{key} ({path.name}): must be a single value, not a {type(value).__name__}"
-            )
+        name = KEY_ALIASES.get(key, key)
+        problem = _file_entry_problem(path, name, value)
+        if problem:
+            problems.append(problem)
+        elif name in KEYS_BY_NAME:
+            out[name] = value
+        else:
+            tables[key] = value
     if problems:
         raise ConfigError(problems)
-    return data
+    if tables:
+        out["flow_options"] = tables
+    return out
 
 
-def load_settings(
-    flags: Mapping[str, Any] | None = None,
-    *,
-    environ: Mapping[str, str] | None = None,
-    config_file: str | None = None,
-    cwd: Path | None = None,
-) -> Settings:
-    """Merge the sources and validate once; report every bad value with its source."""
-    env = dict(os.environ if environ is None else environ)
-    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+def _file_entry_problem(path: Path, key: str, value: Any) -> str | None:
+    """What is wrong with one top-level entry of the file, if anything."""
+    if key == "token":
+        return f"{path}: 'token' may not be written in a file; set {TOKEN_ENV} or token_file"
+    if key not in KEYS_BY_NAME:
+        if isinstance(value, dict) and FLOW_NAME.match(key):
+            return _flow_table_problem(path, key, value)
+        return f"{path}: unknown key '{key}' (known keys: {', '.join(sorted(KEYS_BY_NAME))})"
+    if key == "deployments":
+        if not isinstance(value, list):
+            return f"deployments ({path.name}): must be [[deployments]] tables"
+        return None
+    if isinstance(value, (dict, list)):
+        return f"{key} ({path.name}): must be a single value, not a {type(value).__name__}"
+    return None
+
+
+def _flow_table_problem(path: Path, flow: str, table: dict[str, Any]) -> str | None:
+    """A flow's table (``[kaito]``) holds single values: the flow's own options."""
+    for key, value in table.items():
+        if isinstance(value, (dict, list)):
+            return (
+                f"[{flow}].{key} ({path.name}): must be a single value, not a "
+                f"{type(value).__name__}"
+            )
+    return None
+
+
+def _config_path(
+    config_file: str | None, env: Mapping[str, str], cwd: Path | None
+) -> tuple[Path, bool]:
+    """The configuration file to read, and whether it was named (so must exist)."""
     explicit = config_file is not None or CONFIG_ENV in env
     path = Path(config_file or env.get(CONFIG_ENV) or DEFAULT_CONFIG_FILE)
     if not path.is_absolute():
         path = (cwd or Path.cwd()) / path
+    return path, explicit
 
+
+def _merge(
+    path: Path, explicit: bool, env: Mapping[str, str], flags: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Every source's values, later sources winning, and where each value came from."""
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for key, value in _read_file(path, explicit).items():
@@ -415,62 +475,88 @@ def load_settings(
         if key == "deployments" and not value:
             continue
         values[key], sources[key] = value, "flag"
+    return values, sources
 
-    problems: list[str] = []
+
+def _read_token(
+    values: dict[str, Any], sources: Mapping[str, str], env: Mapping[str, str]
+) -> tuple[str, list[str]]:
+    """Put the bearer token (environment, or token_file) into ``values``; return where it
+    came from (for messages) and the problems reading it."""
     token = env.get(TOKEN_ENV) or None
     token_source = f"{TOKEN_ENV} (environment)"
+    problems: list[str] = []
     token_file = values.get("token_file")
     if token_file and isinstance(token_file, str):
-        token_source = (
-            f"the token file {token_file} ({_describe(sources['token_file'], 'token_file')})"
-        )
+        where = _describe(sources["token_file"], "token_file")
+        token_source = f"the token file {token_file} ({where})"
         try:
             token = Path(token_file).read_text(encoding="utf-8").strip() or None
         except OSError as exc:
-            problems.append(
-                f"{_describe(sources['token_file'], 'token_file')}: cannot read the token "
-                f"file: {exc.strerror or exc}"
-            )
-        if token_file and token is None and not problems:
-            problems.append(
-                f"{_describe(sources['token_file'], 'token_file')}: the token file is empty"
-            )
+            problems.append(f"{where}: cannot read the token file: {exc.strerror or exc}")
+        if token is None and not problems:
+            problems.append(f"{where}: the token file is empty")
     if token is not None:
         values["token"] = token
-    try:
-        settings = Settings.model_validate(values)
-    except ValidationError as exc:
-        for err in exc.errors():
-            key = str(err["loc"][0]) if err["loc"] else "(config)"
-            got = values.get(key)
-            msg = err["msg"].removeprefix("Value error, ")
-            if isinstance(got, str) and "@" in got:
-                got = _hide_userinfo(got)
-            shown = "" if key == "token" else f"; got {got!r}"
-            where = token_source if key == "token" else _describe(sources.get(key, "default"), key)
-            if key == "deployments" and len(err["loc"]) > 1:
-                index, *rest = err["loc"][1:]
-                sub = f"[{index}]" + "".join(f".{p}" for p in rest)
-                shown = f"; got {err.get('input')!r}"
-                where = f"deployments{sub} ({sources.get(key, 'default').removeprefix('file:')})"
-            problems.append(f"{where}: {msg}{shown}")
-    if problems:
-        raise ConfigError(problems)
+    return token_source, problems
+
+
+def _validation_problem(
+    err: Any, values: Mapping[str, Any], sources: Mapping[str, str], token_source: str
+) -> str:
+    """One line for one pydantic error: which key, from which source, what is wrong."""
+    key = str(err["loc"][0]) if err["loc"] else "(config)"
+    got = values.get(key)
+    msg = err["msg"].removeprefix("Value error, ")
+    if isinstance(got, str) and "@" in got:
+        got = _hide_userinfo(got)
+    shown = "" if key == "token" else f"; got {got!r}"
+    where = token_source if key == "token" else _describe(sources.get(key, "default"), key)
+    if key in ("deployments", "flow_options") and len(err["loc"]) > 1:
+        index, *rest = err["loc"][1:]
+        sub = f"[{index}]" + "".join(f".{p}" for p in rest)
+        shown = f"; got {err.get('input')!r}"
+        where = f"{key}{sub} ({sources.get(key, 'default').removeprefix('file:')})"
+    return f"{where}: {msg}{shown}"
+
+
+def _cross_checks(settings: Settings, sources: Mapping[str, str]) -> list[str]:
+    """What no single value shows: a name twice in a namespace, a reserve above the budget."""
     names = [(t.namespace, t.name) for t in settings.targets("x")]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
-        raise ConfigError(
-            [
-                f"deployments ({sources.get('deployments', 'default').removeprefix('file:')}): "
-                f"the name {dup[1]!r} appears twice in namespace {dup[0]!r}"
-            ]
-        )
+        where = sources.get("deployments", "default").removeprefix("file:")
+        ns = f"namespace {dup[0]!r}" if dup[0] else "the provider's namespace"
+        return [f"deployments ({where}): the name {dup[1]!r} appears twice in {ns}"]
     if settings.cleanup_reserve is not None and settings.cleanup_reserve >= settings.test_timeout:
-        raise ConfigError(
-            [
-                f"{_describe(sources.get('cleanup_reserve', 'default'), 'cleanup_reserve')}: "
-                f"must be less than test_timeout ({settings.test_timeout} ms); "
-                f"got {settings.cleanup_reserve}"
-            ]
-        )
+        where = _describe(sources.get("cleanup_reserve", "default"), "cleanup_reserve")
+        return [
+            f"{where}: must be less than test_timeout ({settings.test_timeout} ms); "
+            f"got {settings.cleanup_reserve}"
+        ]
+    return []
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    config_file: str | None = None,
+    cwd: Path | None = None,
+) -> Settings:
+    """Merge the sources and validate once; report every bad value with its source."""
+    env = dict(os.environ if environ is None else environ)
+    given = {k: v for k, v in (flags or {}).items() if v is not None}
+    path, explicit = _config_path(config_file, env, cwd)
+    values, sources = _merge(path, explicit, env, given)
+    token_source, problems = _read_token(values, sources, env)
+    try:
+        settings = Settings.model_validate(values)
+    except ValidationError as exc:
+        problems += [_validation_problem(e, values, sources, token_source) for e in exc.errors()]
+    if problems:
+        raise ConfigError(problems)
+    problems = _cross_checks(settings, sources)
+    if problems:
+        raise ConfigError(problems)
     return settings

@@ -20,6 +20,13 @@ your own (in a package of its own) needs no private name:
 - :func:`call_backend` maps backend answers that end a phase to one-line
   reasons; :func:`side_by_side` asks independent questions at once.
 - :class:`OncePerRun`: work the flows of one run share (an install), done once.
+
+Running them: :func:`run_flows` runs flows (or :data:`FlowFactory` functions that
+build them from the run's :class:`FlowContext`) side by side under one budget, with
+shared watches, one JUnit report and SIGINT/SIGTERM handled, and returns the exit
+code. The command line uses it too. Flows are found by name (:func:`find_flow`,
+:func:`installed_flows`) among the built-in ones and the entry points that
+installed packages declare in the ``orchestrator.flows`` group.
 """
 
 from ._calls import Outcome, call_backend, side_by_side
@@ -36,10 +43,42 @@ from ._profile import (
     Readiness,
     Tracked,
 )
+from ._registry import (
+    BUILTIN_FLOWS,
+    ENTRY_POINT_GROUP,
+    FlowEntry,
+    FlowNotFound,
+    find_flow,
+    installed_flows,
+)
+from ._run import (
+    ArtifactsInUse,
+    FlowContext,
+    FlowFactory,
+    FlowRun,
+    Target,
+    exclusive_artifacts,
+    run_flows,
+    worst_exit,
+)
 from ._waiting import Stop, WatchSpec, pod_summary, wait_for
 
 __all__ = [
+    "BUILTIN_FLOWS",
+    "ENTRY_POINT_GROUP",
     "FATAL_WAITING_REASONS",
+    "ArtifactsInUse",
+    "FlowContext",
+    "FlowEntry",
+    "FlowFactory",
+    "FlowNotFound",
+    "FlowRun",
+    "Target",
+    "exclusive_artifacts",
+    "find_flow",
+    "installed_flows",
+    "run_flows",
+    "worst_exit",
     "ClusterView",
     "Deployment",
     "Endpoint",

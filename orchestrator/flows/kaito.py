@@ -24,6 +24,7 @@ from ._kubefoundry import FlowSettings, KubeFoundryFlow
 from ._once import OncePerRun
 from ._pods import pod_problem
 from ._profile import Deployment, ProviderProfile
+from ._run import FlowContext
 
 WORKSPACES = Resource("kaito.sh", "v1beta1", "workspaces")
 
@@ -59,6 +60,11 @@ class KaitoProfile(ProviderProfile):
             return (await call_backend(api.catalog_model(d.model))).model_name
         except NotFound:
             raise PhaseFailed(f"model {d.model!r} is not in the backend's catalog") from None
+
+
+def flows(ctx: FlowContext) -> list[KubeFoundryFlow]:
+    """KAITO through KubeFoundry: install, deploy a catalog model, infer, delete."""
+    return ctx.kubefoundry_flows(KaitoProfile())
 
 
 # The names this module had before the flow became provider-neutral.
@@ -97,5 +103,6 @@ __all__ = [
     "KaitoFlow",
     "KaitoProfile",
     "KaitoSettings",
+    "flows",
     "pod_problem",
 ]

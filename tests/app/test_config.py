@@ -11,10 +11,11 @@ def test_defaults_are_the_plans(tmp_path: Path) -> None:
     s = load_settings({}, environ={}, cwd=tmp_path)
     assert s.api_url == "http://localhost:3001"
     assert s.test_timeout == 600_000
-    assert s.kaito_install_timeout == 180_000
+    assert s.install_timeout == 180_000
     assert s.deployment_ready_timeout == 300_000
-    assert s.test_model == "llama3.2:1b"
-    assert s.namespace == "kaito-workspace"
+    # The model and namespace are the provider's unless configured (KAITO's: the plan's).
+    assert s.model is None and s.namespace is None
+    assert s.flow_names() == ["kaito"]
     assert s.deployment_name == "integration-test-llama"
     assert s.artifacts_dir == "test-results"
     assert s.seconds("test_timeout") == 600.0
@@ -189,7 +190,7 @@ def test_parallel_copies_get_unique_names(tmp_path: Path) -> None:
     s = load_settings({"parallel": "3"}, environ={}, cwd=tmp_path)
     targets = s.targets("ab12c")
     assert [t.name for t in targets] == [f"integration-test-llama-ab12c-{i}" for i in (1, 2, 3)]
-    assert {t.model for t in targets} == {"llama3.2:1b"}
+    assert {t.model for t in targets} == {None}  # the provider's default model
 
 
 def test_deployments_from_the_file_and_flags(tmp_path: Path) -> None:
@@ -198,7 +199,7 @@ def test_deployments_from_the_file_and_flags(tmp_path: Path) -> None:
     )
     s = load_settings({}, environ={}, cwd=tmp_path)
     got = [(t.name, t.namespace, t.replicas) for t in s.targets("r1")]
-    assert got == [("small-r1", "kaito-workspace", 1), ("two-r1", "other", 2)]
+    assert got == [("small-r1", None, 1), ("two-r1", "other", 2)]
     s = load_settings(
         {"deployments": ["name=a,model=llama3.2:1b", "name=b"]}, environ={}, cwd=tmp_path
     )
@@ -263,3 +264,40 @@ def test_the_inference_expectation_is_off_by_default_and_set_by_file_env_or_flag
     assert (settings.inference_expect, settings.inference_expect_prompt) == ("Paris", "Q?")
     flags = {"inference_expect": r"\bLyon\b"}
     assert load_settings(flags, environ=env, cwd=tmp_path).inference_expect == r"\bLyon\b"
+
+
+def test_the_plans_names_for_the_model_and_install_timeout_still_work(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text('test_model = "phi"\nkaito_install_timeout = 5000\n')
+    s = load_settings({}, environ={}, cwd=tmp_path)
+    assert (s.model, s.install_timeout) == ("phi", 5000)
+    s = load_settings(
+        {}, environ={"KAITO_INSTALL_TIMEOUT": "7000", "TEST_MODEL": "m"}, cwd=tmp_path
+    )
+    assert (s.model, s.install_timeout) == ("m", 7000)
+
+
+def test_provider_flow_and_provider_tables(tmp_path: Path) -> None:
+    (tmp_path / "config.toml").write_text(
+        'provider = "kaito,kuberay"\n\n[kuberay]\nnamespace = "kuberay-system"\nmodel = "x/y"\n'
+    )
+    s = load_settings({}, environ={}, cwd=tmp_path)
+    assert s.flow_names() == ["kaito", "kuberay"]
+    assert s.flow_options == {"kuberay": {"namespace": "kuberay-system", "model": "x/y"}}
+    s = load_settings({"flow": "mypkg.flows:make"}, environ={}, cwd=tmp_path)
+    assert s.flow_names() == ["mypkg.flows:make"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('provider = "Kaito!"', "provider (config.toml): 'Kaito!' is not a flow name"),
+        ('provider = "a,a"', "provider (config.toml): names a flow twice"),
+        ("[kaito]\nx = [1]", "[kaito].x (config.toml): must be a single value, not a list"),
+        ('["Bad Name"]\nx = 1', "unknown key 'Bad Name'"),
+    ],
+)
+def test_bad_flow_names_and_tables_are_named(tmp_path: Path, text: str, expected: str) -> None:
+    (tmp_path / "config.toml").write_text(text + "\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings({}, environ={}, cwd=tmp_path)
+    assert any(expected in p for p in err.value.problems), err.value.problems
