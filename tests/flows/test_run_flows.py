@@ -117,9 +117,7 @@ async def test_a_factory_gets_the_runs_context_and_its_clients_are_closed(tmp_pa
         return [flow]
 
     context = FlowContext(
-        settings=FlowSettings(
-            api_url="http://backend.test", wait_strategy="poll", measure_ttft=False
-        )
+        settings=FlowSettings(api_url="http://backend.test", wait_strategy="poll")
     )
     code = await run_flows([factory], budget=30, artifacts_dir=tmp_path, context=context)
     assert code == 0, json.loads((tmp_path / "run.json").read_text())
