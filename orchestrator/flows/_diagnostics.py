@@ -49,45 +49,77 @@ def _event_time(ev: dict[str, Any]) -> str:
 
 
 def _describe_pod(pod: dict[str, Any], events: list[dict[str, Any]]) -> str:
+    """The pod as ``kubectl describe pod`` shows it: who, containers, conditions, events."""
+    lines = [
+        *_pod_header(pod),
+        "Containers:",
+        *_container_lines(pod),
+        "Conditions:",
+        *_condition_lines(pod),
+        "Events:",
+        *_event_lines(pod, events),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _pod_header(pod: dict[str, Any]) -> list[str]:
     meta, spec, status = pod.get("metadata", {}), pod.get("spec", {}), pod.get("status", {}) or {}
+    labels = ", ".join(f"{k}={v}" for k, v in (meta.get("labels") or {}).items())
     lines = [
         f"Name:         {meta.get('name')}",
         f"Namespace:    {meta.get('namespace')}",
         f"Node:         {spec.get('nodeName') or '<none>'}",
-        f"Labels:       {', '.join(f'{k}={v}' for k, v in (meta.get('labels') or {}).items()) or '<none>'}",
+        f"Labels:       {labels or '<none>'}",
         f"Status:       {status.get('phase')}{' (deleting)' if meta.get('deletionTimestamp') else ''}",
     ]
     if status.get("reason") or status.get("message"):
         lines.append(
             f"Reason:       {status.get('reason', '')} {status.get('message', '')}".rstrip()
         )
-    lines.append("Containers:")
+    return lines
+
+
+def _container_lines(pod: dict[str, Any]) -> list[str]:
+    spec, status = pod.get("spec", {}), pod.get("status", {}) or {}
     images = {c.get("name"): c.get("image") for c in spec.get("containers") or []}
+    lines = []
     for cs in status.get("containerStatuses") or []:
         lines.append(f"  {cs.get('name')}:")
         lines.append(f"    Image:         {cs.get('image') or images.get(cs.get('name'))}")
-        for label, key in (("State", "state"), ("Last State", "lastState")):
-            for kind, detail in (cs.get(key) or {}).items():
-                detail = detail or {}
-                extra = ", ".join(f"{k}={v}" for k, v in detail.items())
-                lines.append(f"    {label + ':':<14} {kind.capitalize()} {extra}".rstrip())
+        lines += _state_lines(cs)
         lines.append(f"    Ready:         {cs.get('ready')}")
         lines.append(f"    Restart Count: {cs.get('restartCount', 0)}")
-    lines.append("Conditions:")
-    for cond in status.get("conditions") or []:
-        lines.append(
-            f"  {cond.get('type'):<16} {cond.get('status')} {cond.get('reason') or ''}".rstrip()
-        )
-    lines.append("Events:")
-    mine = [e for e in events if (e.get("involvedObject") or {}).get("name") == meta.get("name")]
-    for ev in sorted(mine, key=_event_time) or []:
-        lines.append(
-            f"  {_event_time(ev):<22} {ev.get('type', ''):<8} {ev.get('reason', ''):<18} "
-            f"{ev.get('message', '')}"
-        )
-    if not mine:
-        lines.append("  <none>")
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def _state_lines(cs: dict[str, Any]) -> list[str]:
+    """A container's state and last state, each with its details (reason, exit code)."""
+    lines = []
+    for label, key in (("State", "state"), ("Last State", "lastState")):
+        for kind, detail in (cs.get(key) or {}).items():
+            extra = ", ".join(f"{k}={v}" for k, v in (detail or {}).items())
+            lines.append(f"    {label + ':':<14} {kind.capitalize()} {extra}".rstrip())
+    return lines
+
+
+def _condition_lines(pod: dict[str, Any]) -> list[str]:
+    status = pod.get("status", {}) or {}
+    return [
+        f"  {cond.get('type'):<16} {cond.get('status')} {cond.get('reason') or ''}".rstrip()
+        for cond in status.get("conditions") or []
+    ]
+
+
+def _event_lines(pod: dict[str, Any], events: list[dict[str, Any]]) -> list[str]:
+    """The events about this pod, oldest first."""
+    name = pod.get("metadata", {}).get("name")
+    mine = [e for e in events if (e.get("involvedObject") or {}).get("name") == name]
+    lines = [
+        f"  {_event_time(ev):<22} {ev.get('type', ''):<8} {ev.get('reason', ''):<18} "
+        f"{ev.get('message', '')}"
+        for ev in sorted(mine, key=_event_time)
+    ]
+    return lines or ["  <none>"]
 
 
 async def collect_diagnostics(
