@@ -491,6 +491,7 @@ async def _run_held(
                     f"{runners.signame} received after the flows ended; exit code {code}",
                     markup=False,
                     highlight=False,
+                    soft_wrap=True,
                 )
             return _check_reports(code, junit, runners, console)
     except _Stopped as exc:
@@ -506,6 +507,7 @@ async def _run_held(
             f"INTERRUPTED: {exc}; nothing to clean up (exit code {code})",
             markup=False,
             highlight=False,
+            soft_wrap=True,
         )
         try:
             write_run_json(record, artifacts / RUN_JSON)

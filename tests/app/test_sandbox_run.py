@@ -20,6 +20,7 @@ STUB = ["--sandbox-fault", "stub_models=true"]
 
 def orchestrator(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "KUBECONFIG", "API_URL")}
+    env["COLUMNS"] = "40"  # a narrow log: nothing may be wrapped to fit it
     return subprocess.run(
         [sys.executable, "-m", "orchestrator", *args],
         cwd=cwd,
@@ -61,6 +62,12 @@ def test_a_failed_sandbox_run_cleans_up_and_prints_no_dead_commands(tmp_path: Pa
     notes = {p["name"]: p["note"] for p in run["phases"]}
     assert notes["install"] == "the backend to report KAITO installed"
     assert notes["wait_ready"] == "deployment integration-test-llama Running with a ready replica"
+    reason = (
+        "pod integration-test-llama-0 container model: CrashLoopBackOff "
+        "(image ghcr.io/kaito-project/aikit/llama3.2:1b)"
+    )
+    mentions = [line for line in out.stdout.splitlines() if "CrashLoopBackOff" in line]
+    assert len(mentions) >= 3 and all(reason in line for line in mentions), mentions
     first = out.stdout.splitlines()[0]
     assert first.startswith("sandbox: API_URL=http://127.0.0.1:") and " KUBECONFIG=" in first
 
