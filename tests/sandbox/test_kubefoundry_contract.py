@@ -23,6 +23,7 @@ from _fixtures import (  # noqa: F401 - fixtures are used by name
     call,
     condition,
     gone,
+    install_kaito,
     kube_backend,
     make_sandbox,
     pod_phase,
@@ -277,3 +278,37 @@ async def test_replay_the_recorded_auth_exchanges(make_sandbox) -> None:
             headers={"Authorization": "Bearer wrong"},
         )
         assert (status, body["error"]["message"]) == (401, "Authentication required")
+
+
+@pytest.mark.parametrize("kube_backend", ["kubeapi"], indirect=True)
+async def test_an_install_that_finds_the_operator_running_says_installed_successfully(
+    make_sandbox,
+) -> None:
+    """``installing`` is ``!installed`` and the message follows it, as the real backend's.
+
+    The usual answer (operator not Running yet) is replayed above; here the operator is
+    already Running when the install applies the missing CRDs, so the answer is installed.
+    The scenario needs a CRD deleted and gone, which the test cluster does not finish
+    within the deadline (its CRD cleanup finalizer), so it runs on the sandbox's API.
+    """
+    async with make_sandbox(faults=Faults(delays=Delays(operator_start=0))) as (sb, api, kube):
+        await install_kaito(api, kube)
+        crd = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/workspaces.kaito.sh"
+        await kube.delete(crd)
+        await wait_for(
+            kube,
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+            "workspaces.kaito.sh",
+            gone,
+        )
+        status, body = await call(api, "GET", "/api/installation/providers/kaito/status")
+        assert (body["installed"], body["crdFound"], body["operatorRunning"]) == (
+            False,
+            False,
+            True,
+        )
+        status, answer = await call(api, "POST", "/api/installation/providers/kaito/install")
+        assert status == 200, answer
+        assert answer["installationStatus"]["installed"] is True
+        assert answer["installing"] is False
+        assert answer["message"] == "KAITO installed successfully"
