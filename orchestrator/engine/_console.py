@@ -174,7 +174,7 @@ def runs_view(
             note = phase_note(failed) if failed is not None else ""
         else:
             step = current.title if current is not None else "starting"
-            note = phase_note(current) if current is not None else ""
+            note = _short_note(current) if current is not None else ""
         entries.append((record.suite, status, step, took, note))
     # Flows of one run share a long name prefix (kaito-NAME-RUNID-): say it once above.
     names = [e[0] for e in entries]
@@ -215,6 +215,14 @@ def runs_view(
         if budget is not None:
             footer += f" · budget {max(0.0, budget - run_elapsed):.0f}/{budget:g} s left"
     return Group(*heading, table, Text(footer, style="dim", no_wrap=True, overflow="ellipsis"))
+
+
+def _short_note(phase: PhaseRecord) -> str:
+    """A running step's note in a row of many: what it last saw changes, so it comes
+    first; what it waits for is the same for every flow of a run."""
+    if phase.status == "running" and phase.last_seen:
+        return phase.last_seen
+    return phase_note(phase)
 
 
 def _current_step(record: RunRecord) -> PhaseRecord | None:

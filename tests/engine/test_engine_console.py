@@ -299,7 +299,11 @@ def test_many_flows_get_a_row_each_and_a_budget_footer() -> None:
     lines = console.export_text().splitlines()
     assert all(len(line) <= 80 for line in lines)
     assert "kaito-a" in lines[1] and "done" in lines[1] and "20.5s" in lines[1]
-    assert "kaito-b" in lines[2] and "Cleanup" in lines[2] and "waiting for" in lines[2]
+    assert (
+        "kaito-b" in lines[2]
+        and "Cleanup" in lines[2]
+        and "pod integration-test-llama-0 Terminating" in lines[2]
+    )
     assert "kaito-c" in lines[3] and "Wait Ready" in lines[3] and "30.1s" in lines[3]
     assert lines[4] == "3 flows: 1 passed, 1 failed, 1 running · 31.0 s · budget 569/600 s left"
     # More flows than lines: what needs attention first, the rest counted.
