@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -569,27 +570,42 @@ def corrupt_completion(body: dict[str, Any], fault: str) -> dict[str, Any]:
         body["object"] = "text_completion"
     if fault == "wrong_model" and "model" in body:
         body["model"] = OTHER_MODEL
-    for choice in body.get("choices") or []:
-        part = choice.get("message") or choice.get("delta")
-        if fault == "empty" and isinstance(part, dict) and "content" in part:
-            part["content"] = ""
-        if fault == "wrong_chat_template" and isinstance(part, dict | None):
-            finished = choice.get("finish_reason") is not None
-            if "message" in choice and isinstance(part, dict):
-                part["content"] = str(part.get("content") or "") + CHATML_LEAK
-            elif finished:
-                choice["delta"] = {**(part or {}), "content": CHATML_LEAK}
-        if fault == "malformed":
-            if isinstance(part, dict):
-                part["role"] = "user"
-            if choice.get("finish_reason") is not None or "message" in choice:
-                choice["finish_reason"] = "banana"
+    per_choice = _CHOICE_FAULTS.get(fault)
+    if per_choice is not None:
+        for choice in body.get("choices") or []:
+            per_choice(choice, choice.get("message") or choice.get("delta"))
     usage = body.get("usage")
     if fault == "malformed" and isinstance(usage, dict):
         usage["total_tokens"] = (
             int(usage.get("prompt_tokens", 0)) + int(usage.get("completion_tokens", 0)) + 7
         )
     return body
+
+
+def _empty(choice: dict[str, Any], part: Any) -> None:
+    if isinstance(part, dict) and "content" in part:
+        part["content"] = ""
+
+
+def _wrong_template(choice: dict[str, Any], part: Any) -> None:
+    if "message" in choice and isinstance(part, dict):
+        part["content"] = str(part.get("content") or "") + CHATML_LEAK
+    elif choice.get("finish_reason") is not None and isinstance(part, dict | None):
+        choice["delta"] = {**(part or {}), "content": CHATML_LEAK}
+
+
+def _malformed(choice: dict[str, Any], part: Any) -> None:
+    if isinstance(part, dict):
+        part["role"] = "user"
+    if choice.get("finish_reason") is not None or "message" in choice:
+        choice["finish_reason"] = "banana"
+
+
+_CHOICE_FAULTS: dict[str, Callable[[dict[str, Any], Any], None]] = {
+    "empty": _empty,
+    "wrong_chat_template": _wrong_template,
+    "malformed": _malformed,
+}
 
 
 def _corrupt_sse_line(line: bytes, fault: str) -> bytes:
