@@ -127,6 +127,10 @@ class _Stream:
     #: The subscribers, filed by :func:`index_key` (None: tested on every event).
     index: dict[tuple[str, ...] | None, list[_Entry]] = field(default_factory=dict)
     scope: anyio.CancelScope | None = None
+    #: The scope of the running watch loop: cancelled to start the stream over.
+    feed: anyio.CancelScope | None = None
+    #: Why the stream was last asked to start over (see :meth:`WatchHub.resync`).
+    resync_reason: str = ""
     #: Why the stream's view may be behind the server now (None: it is whole).
     impaired: str | None = None
     #: Each subscriber's impairment callback, told when ``impaired`` changes.
@@ -255,6 +259,27 @@ class WatchHub:
         stream = self._streams.get(key)
         return stream.impaired if stream is not None else None
 
+    def resync(
+        self,
+        resource: Resource,
+        namespace: str | None = None,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        reason: str = "a fresh read disagreed with the stream's view",
+    ) -> None:
+        """Start the stream serving these selectors over, with a new listing.
+
+        For a waiter whose fresh read contradicted the stream (it still shows an object
+        the server no longer has): a stream can stall without any error to tell, and then
+        neither wakes anyone nor learns anything until its silence runs out.
+        """
+        key, _, _ = _routing(resource, namespace, label_selector, field_selector)
+        stream = self._streams.get(key)
+        if stream is not None and stream.feed is not None and not stream.feed.cancel_called:
+            stream.resync_reason = reason
+            stream.feed.cancel()
+
     @asynccontextmanager
     async def subscribe(
         self,
@@ -359,8 +384,10 @@ class WatchHub:
 
         with scope:
             while True:
+                stream.feed = feed = anyio.CancelScope()
                 try:
-                    await self._feed(stream, note)
+                    with feed:
+                        await self._feed(stream, note)
                 except Exception as exc:  # the hub's own failure: never a runner's
                     why = f"watch {stream.resource.plural}: {type(exc).__name__}: {clip(str(exc))}"
                     stream.known.clear()
@@ -368,6 +395,12 @@ class WatchHub:
                     _impaired(stream, why)
                     note(f"{why}; starting the stream over")
                     await anyio.sleep(backoff.next_delay())
+                if feed.cancel_called:
+                    why = f"watch {stream.resource.plural}: {stream.resync_reason}"
+                    stream.known.clear()
+                    stream.synced = False
+                    _impaired(stream, why)
+                    note(f"{why}; starting the stream over")
 
     async def _feed(self, stream: _Stream, note: Callable[[str], None]) -> None:
         async for event in watch(

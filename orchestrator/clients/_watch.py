@@ -130,7 +130,12 @@ async def _relist(client: KubeClient, target: _Target, view: _View) -> AsyncIter
 
 
 async def _stream(
-    client: KubeClient, target: _Target, view: _View, server_timeout: int, silence: float | None
+    client: KubeClient,
+    target: _Target,
+    view: _View,
+    server_timeout: int,
+    silence: float | None,
+    on_open: Callable[[], None],
 ) -> AsyncIterator[WatchEvent]:
     """One watch connection from the view's version: yield object changes until the
     server ends the stream. Bookmarks only move the version; an ERROR ends the stream
@@ -143,6 +148,7 @@ async def _stream(
         field_selector=target.field_selector,
         server_timeout=server_timeout,
         client_timeout=silence,
+        on_open=on_open,
     ):
         if event.type == "ERROR":
             raise _error_event(event.object)
@@ -202,7 +208,8 @@ async def watch(
     events of a (re)listing have all been taken: from then on, what the caller has
     seen is the whole current state, as of the listing. ``on_impaired`` is called
     with the reason when a failure may have left the caller's view behind, and with
-    None once a listing has made it whole again. ``client_timeout`` is the longest
+    None once a stream is live again (accepted by the server, after the relisting if
+    one was due): a listing alone is whole only for a moment. ``client_timeout`` is the longest
     silence taken before the stream is reopened (default: the server's timeout + 15 s).
     """
     target = _Target(resource, namespace, label_selector, field_selector)
@@ -210,21 +217,25 @@ async def watch(
     note = on_note or (lambda _msg: None)
     impaired = on_impaired or (lambda _why: None)
     view = _View()
-    behind = False
+    behind = True  # until the first stream is live: a caller starting over hears it
+
+    def live() -> None:
+        """The server accepted the watch: from the listing's version, or from the last
+        one seen, so nothing was missed."""
+        nonlocal behind
+        backoff.reset()
+        if behind:
+            behind = False
+            impaired(None)
+
     while True:
         try:
             if view.version is None:
                 async for event in _relist(client, target, view):
                     yield event
-                behind = False
-                impaired(None)
                 if on_synced is not None:
                     on_synced()
-            async for event in _stream(client, target, view, server_timeout, client_timeout):
-                backoff.reset()
-                if behind:  # resumed from the last version seen: nothing was missed
-                    behind = False
-                    impaired(None)
+            async for event in _stream(client, target, view, server_timeout, client_timeout, live):
                 yield event
             # A clean end of stream: the server's timeout, or someone cut it. Reopen from
             # where we were; a tiny jitter keeps a server that ends every stream at once

@@ -551,8 +551,12 @@ class KubeClient:
         field_selector: str | None = None,
         server_timeout: int = 60,
         client_timeout: float | None = None,
+        on_open: Callable[[], None] | None = None,
     ) -> AsyncIterator[WatchEvent]:
         """One watch connection: yield typed events until the server ends the stream.
+
+        ``on_open`` is called once the server has accepted the watch (200): from then
+        on, the stream is live, events or not.
 
         Both timeouts are set: ``timeoutSeconds`` asks the server to end the
         stream cleanly, and the client's read timeout (``client_timeout``: the
@@ -584,6 +588,8 @@ class KubeClient:
         try:
             if response.status != 200:
                 raise await _status_answer(response, "GET", path)
+            if on_open is not None:
+                on_open()
             async for line in _lines(response, route, client_timeout):
                 yield parse_watch_line(line, route)
         finally:

@@ -8,13 +8,14 @@ asked at once, so that a flow's round trips do not add up where it counts.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import functools
+from collections.abc import Awaitable, Callable
 from typing import Any, Generic, TypeVar
 
 import anyio
 
-from ..clients import NotFound, RequestTimeout, ResponseFormatError, Unauthorized
-from ..engine import PhaseFailed
+from ..clients import ClientError, NotFound, RequestTimeout, ResponseFormatError, Unauthorized
+from ..engine import PhaseContext, PhaseFailed
 
 T = TypeVar("T")
 
@@ -45,6 +46,32 @@ async def call_backend(call: Awaitable[T], *, not_found_fails: bool = False) -> 
         if not not_found_fails:
             raise
         raise PhaseFailed(f"{exc.method} {exc.path} answered 404: {exc.message}") from None
+
+
+def peer_failures_named(
+    run: Callable[[PhaseContext], Awaitable[None]],
+) -> Callable[[PhaseContext], Awaitable[None]]:
+    """A phase body whose client errors fail the phase with the error's own words.
+
+    A :class:`~orchestrator.clients.ClientError` is something a peer did (an answer, a
+    flake that outlasted its retries, bytes that break the protocol), and its message
+    already names the route and what came back: that is the reason to report, not a
+    traceback of our own code.
+    """
+
+    @functools.wraps(run)
+    async def phase(ctx: PhaseContext) -> None:
+        try:
+            await run(ctx)
+        except ClientError as exc:
+            raise PhaseFailed(f"{type(exc).__name__}: {exc}") from None
+        except BaseExceptionGroup as group:
+            only = group.exceptions[0] if len(group.exceptions) == 1 else None
+            if isinstance(only, ClientError):
+                raise PhaseFailed(f"{type(only).__name__}: {only}") from None
+            raise
+
+    return phase
 
 
 class Outcome(Generic[T]):

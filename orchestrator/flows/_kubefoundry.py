@@ -14,6 +14,7 @@ never touched.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ from ..clients import (
 )
 from ..engine import Phase, PhaseContext, PhaseFailed, PhaseRecord
 from ..history import regression
-from ._calls import call_backend, side_by_side
+from ._calls import call_backend, peer_failures_named, side_by_side
 from ._diagnostics import collect_diagnostics
 from ._once import OncePerRun
 from ._pods import is_pod, pod_problem, pod_ready
@@ -57,6 +58,9 @@ DELETE_GRACE = 10.0
 #: At most this many seconds of cleanup go to the backend's delete; the rest is kept for
 #: deleting through Kubernetes when the backend fails, hangs or deletes nothing.
 BACKEND_CLEANUP_SHARE_MAX = 30.0
+#: While the watches show an object that should be gone, the API server is asked again
+#: at most this often: the watches' view is a hint, a fresh list the answer.
+CONFIRM_EVERY = 2.0
 
 
 @dataclass(frozen=True)
@@ -121,8 +125,11 @@ class _Created:
 class _Cluster:
     """The :class:`~orchestrator.flows.ClusterView` a readiness reading gets."""
 
-    def __init__(self, flow: KubeFoundryFlow) -> None:
+    def __init__(self, flow: KubeFoundryFlow, *, fresh: bool = False) -> None:
         self._flow = flow
+        self._fresh = fresh
+        #: Whether an answer came from the watches' view rather than a fresh read.
+        self.cached = False
 
     @property
     def kube(self) -> KubeClient:
@@ -130,7 +137,12 @@ class _Cluster:
 
     async def pods(self) -> list[dict[str, Any]]:
         pods = self._flow.profile.tracked(self._flow.deployment)[0]
-        return await self._flow._objects(pods, fresh=False)
+        if not self._fresh:
+            seen = self._flow._cached(pods)
+            if seen is not None:
+                self.cached = True
+                return seen
+        return await self._flow._objects(pods)
 
 
 class KubeFoundryFlow:
@@ -175,16 +187,21 @@ class KubeFoundryFlow:
 
     def phases(self) -> list[Phase]:
         s, d = self.settings, self.deployment
+        named = peer_failures_named
         phases = [
-            Phase("install", f"Install {self.profile.title}", s.install_timeout, self.install),
-            Phase("deploy", f"Deploy {d.model}", s.deploy_timeout, self.deploy),
-            Phase("wait_ready", "Wait Ready", s.ready_timeout, self.wait_ready),
+            Phase(
+                "install", f"Install {self.profile.title}", s.install_timeout, named(self.install)
+            ),
+            Phase("deploy", f"Deploy {d.model}", s.deploy_timeout, named(self.deploy)),
+            Phase("wait_ready", "Wait Ready", s.ready_timeout, named(self.wait_ready)),
         ]
         if s.chaos:
-            phases.append(Phase("chaos", "Chaos: restart model pod", s.ready_timeout, self.chaos))
+            phases.append(
+                Phase("chaos", "Chaos: restart model pod", s.ready_timeout, named(self.chaos))
+            )
         phases += [
-            Phase("inference", "Inference", s.inference_timeout, self.run_inference),
-            Phase("delete", "Delete", s.delete_timeout, self.delete),
+            Phase("inference", "Inference", s.inference_timeout, named(self.run_inference)),
+            Phase("delete", "Delete", s.delete_timeout, named(self.delete)),
         ]
         return phases
 
@@ -327,7 +344,12 @@ class KubeFoundryFlow:
         """The backend's status of the deployment and the profile's reading of it."""
         d = self.deployment
         st = await call_backend(self.api.get_deployment(d.name, d.namespace), not_found_fails=True)
-        reading = await self.profile.readiness(st, _Cluster(self))
+        cluster = _Cluster(self)
+        reading = await self.profile.readiness(st, cluster)
+        if reading.ready and cluster.cached:
+            # The watches' view woke the wait; a fresh read decides it: a stalled stream
+            # must not call a deployment ready on the strength of pods it no longer sees.
+            reading = await self.profile.readiness(st, _Cluster(self, fresh=True))
         for finding in reading.findings:
             ctx.finding(finding.name, finding.message, finding.fact)
         return st, reading
@@ -750,17 +772,26 @@ class KubeFoundryFlow:
             p.workload_kind, p.workload, d.namespace, label_selector=p.workload_selector(d)
         )
 
+    def _cached(self, t: Tracked) -> list[dict[str, Any]] | None:
+        """The tracked objects as the shared watches last saw them; None without a whole view.
+
+        A hint that may wake or keep a wait going, never the answer that ends it: a
+        stream can stall without knowing it, and its view then stays as it was.
+        """
+        if self.hub is None or self.settings.wait_strategy != "watch":
+            return None
+        seen = self.hub.known(
+            t.resource,
+            t.namespace,
+            label_selector=t.label_selector,
+            field_selector=t.field_selector,
+        )
+        return None if seen is None else t.select(seen)
+
     async def _objects(self, t: Tracked, *, fresh: bool = True) -> list[dict[str, Any]]:
         """The tracked objects: listed now, or (``fresh=False``) as the watches last saw them."""
-        if not fresh and self.hub is not None:
-            seen = self.hub.known(
-                t.resource,
-                t.namespace,
-                label_selector=t.label_selector,
-                field_selector=t.field_selector,
-            )
-            if seen is not None:
-                return t.select(seen)
+        if not fresh and (seen := self._cached(t)) is not None:
+            return seen
         listing = await self.kube.list(
             t.resource,
             t.namespace,
@@ -796,35 +827,39 @@ class KubeFoundryFlow:
         watched = [self._workload_by_name(), *p.tracked(d)]
         ctx.note(f"the {p.workload_kind} and its objects to be gone")
 
+        confirmed_at = -math.inf
+
         async def gone() -> bool | None:
-            if self.hub is not None and self.settings.wait_strategy == "watch":
-                # The shared watches are the API server's own account of these objects, a
-                # moment behind it: what they still show is not gone, and once all of them
-                # show nothing, the server has deleted it all. Cleanup's leak check then
-                # lists once more, as the final word. Without a live view, list now.
-                seen = [
-                    self.hub.known(
-                        t.resource,
-                        t.namespace,
-                        label_selector=t.label_selector,
-                        field_selector=t.field_selector,
-                    )
-                    for t in watched
-                ]
-                still = [
-                    _leftover(t.kind, o)
-                    for t, objs in zip(watched, seen, strict=True)
-                    for o in t.select(objs or [])
-                ]
-                if still:
-                    ctx.progress("waiting for deletion; still there: " + "; ".join(still))
-                    return None
-                if all(objs is not None for objs in seen):
-                    return True
+            nonlocal confirmed_at
+            # The shared watches wake this wait and, while they still show something, spare
+            # the API server a list per event. But they only ever hint: "gone" is decided by
+            # a fresh list, and so is "still there" once the last list is CONFIRM_EVERY s old,
+            # since a stream that stalls without knowing it keeps showing what was there.
+            seen = [self._cached(t) for t in watched]
+            still = [
+                _leftover(t.kind, o)
+                for t, objs in zip(watched, seen, strict=True)
+                for o in objs or []
+            ]
+            if still and anyio.current_time() - confirmed_at < CONFIRM_EVERY:
+                ctx.progress("waiting for deletion; still there: " + "; ".join(still))
+                return None
+            confirmed_at = anyio.current_time()
             left = await self.leftovers(owned=False)
             if left:
                 ctx.progress("waiting for deletion; still there: " + "; ".join(left))
                 return None
+            if still and self.hub is not None:
+                # The server has none of it, the watches still show some: they are stuck.
+                for t, objs in zip(watched, seen, strict=True):
+                    if objs:
+                        self.hub.resync(
+                            t.resource,
+                            t.namespace,
+                            label_selector=t.label_selector,
+                            field_selector=t.field_selector,
+                            reason="still showed objects a fresh list no longer has",
+                        )
             return True
 
         await self._wait_for(

@@ -38,6 +38,12 @@ class WatchSpec:
     wakes: bool = True
 
 
+#: Seconds between questions to the authority while a watch may be behind (failing,
+#: relisting, unavailable): the wait then reacts within seconds, not at the slow
+#: safety re-check.
+IMPAIRED_RECHECK = 2.0
+
+
 class _Signal:
     """A level-triggered wake-up: set by any watcher, cleared by the waiter."""
 
@@ -82,6 +88,18 @@ async def wait_for(
     """
     signal = _Signal()
     stopped: list[Stop] = []
+    #: Why each watch that may be behind is (failing, relisting, unavailable).
+    impaired: dict[int, str] = {}
+
+    def health(index: int, why: str | None) -> None:
+        """A watch fell behind (ask the authority now, and often until it is whole), or
+        is whole again."""
+        if why is None:
+            impaired.pop(index, None)
+            return
+        if index not in impaired:
+            signal.set()
+        impaired[index] = why
 
     def deliver(event: WatchEvent, wakes: bool) -> None:
         if inspect is not None:
@@ -102,7 +120,10 @@ async def wait_for(
             signal.set()
 
     async def pump(
-        spec: WatchSpec, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+        index: int,
+        spec: WatchSpec,
+        *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         started = False
 
@@ -121,6 +142,7 @@ async def wait_for(
                     field_selector=spec.field_selector,
                     on_note=on_note,
                     on_ready=live,
+                    on_impaired=lambda why: health(index, why),
                 ) as events:
                     ready()
                     async for event in events:
@@ -136,30 +158,33 @@ async def wait_for(
                     server_timeout=server_timeout,
                     on_note=on_note,
                     on_synced=live,
+                    on_impaired=lambda why: health(index, why),
                 ):
                     deliver(event, spec.wakes)
         except ClientError as exc:
-            # A watch that cannot run (403, an unknown resource type) must not end the
-            # wait: the authority is still asked at every re-check, only slower.
+            # The watch loop recovers from what a server does; should anything still end
+            # a watch, the wait goes on: the authority is asked at the impaired pace.
             if on_note:
                 on_note(
                     f"watch {spec.resource.plural} unavailable ({exc}); re-checking every "
-                    f"{recheck:g} s instead"
+                    f"{min(recheck, IMPAIRED_RECHECK):g} s instead"
                 )
+            health(index, str(exc))
             ready()
 
     result: T | None = None
     async with anyio.create_task_group() as tg:
         # Subscribed before the first question, so that a shared stream that is already
         # live misses nothing after it; one still taking its listing calls live().
-        for spec in watches:
-            await tg.start(pump, spec)
+        for index, spec in enumerate(watches):
+            await tg.start(pump, index, spec)
         while not stopped:
             checks_begun += 1
             result = await check()
             if result is not None or stopped:
                 break
-            await signal.wait(recheck)
+            # While a watch may be behind, its silence proves nothing: ask more often.
+            await signal.wait(min(recheck, IMPAIRED_RECHECK) if impaired else recheck)
         tg.cancel_scope.cancel()
     # Raised outside the task group, so callers see the Stop itself and not an
     # exception group wrapping it.

@@ -16,13 +16,14 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
 import pytest
+from anyio.streams.text import TextReceiveStream
 from e2e_harness import Result
 from faults_harness import assert_clean
 from proxy import HostileProxy
@@ -78,9 +79,15 @@ async def run_hostile(
     *args: str,
     env: dict[str, str] | None = None,
     timeout: float = 180,
+    hooks: list[tuple[str, Callable[[], object]]] | None = None,
 ) -> Result:
     """Run ``python -m orchestrator run`` through the hostile proxies, with ``CI`` set
-    (cleanup always) and the backend token in the environment."""
+    (cleanup always) and the backend token in the environment.
+
+    ``hooks``: ``(marker, action)`` pairs, in order; each action runs once the run's
+    output shows its marker (``"Delete ... started"``), so that a peer can turn hostile
+    in the middle of a given phase.
+    """
     full_env = {k: v for k, v in os.environ.items() if k not in ("KUBECONFIG", "API_URL")}
     full_env.update(
         {"NO_COLOR": "1", "PYTHONUNBUFFERED": "1", "CI": "true", "KUBEFOUNDRY_TOKEN": BACKEND_TOKEN}
@@ -103,15 +110,29 @@ async def run_hostile(
         *args,
     ]
     started = time.monotonic()
+    artifacts.parent.mkdir(parents=True, exist_ok=True)
+    pending = list(hooks or [])
+    out: list[str] = []
+    err: list[str] = []
     with anyio.fail_after(timeout):
-        proc = await anyio.run_process(argv, env=full_env, cwd=artifacts.parent, check=False)
-    return Result(
-        proc.returncode,
-        proc.stdout.decode(),
-        proc.stderr.decode(),
-        time.monotonic() - started,
-        artifacts,
-    )
+        async with await anyio.open_process(argv, env=full_env, cwd=artifacts.parent) as proc:
+            assert proc.stdout is not None and proc.stderr is not None
+            stderr = proc.stderr
+
+            async def drain_stderr() -> None:
+                async for chunk in TextReceiveStream(stderr):
+                    err.append(chunk)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(drain_stderr)
+                async for chunk in TextReceiveStream(proc.stdout):
+                    out.append(chunk)
+                    while pending and pending[0][0] in "".join(out):
+                        _, action = pending.pop(0)
+                        action()
+            code = await proc.wait()
+    assert not pending, f"the run never printed {[m for m, _ in pending]}"
+    return Result(code, "".join(out), "".join(err), time.monotonic() - started, artifacts)
 
 
 def secrets_shown(result: Result, secrets: list[str]) -> list[str]:

@@ -138,10 +138,13 @@ class Exchange:
         return out
 
     async def passthrough(self) -> web.StreamResponse:
-        """Forward the request and stream the answer back unchanged."""
+        """Forward the request and stream the answer back unchanged (but a watch stream
+        falls silent, connection held, once the proxy's watches are frozen)."""
         async with await self.upstream() as up:
             out = await self.start(up.status, up.headers)
             async for chunk in up.content.iter_any():
+                if self.is_watch and self.proxy.watches_frozen:
+                    await _forever(self)
                 await out.write(chunk)
             await out.write_eof()
             return out
@@ -357,6 +360,13 @@ class HostileProxy:
         self._client: aiohttp.ClientSession | None = None
         self._stalled: list[asyncio.Event] = []
         self._tempdir: tempfile.TemporaryDirectory[str] | None = None
+        #: Set by :meth:`freeze_watches`: every watch stream, open or new, stops talking.
+        self.watches_frozen = False
+
+    def freeze_watches(self) -> None:
+        """Stall every watch stream from now on, those already open included, while every
+        other request still works: a watch that stalls without an error to tell."""
+        self.watches_frozen = True
 
     def add(self, *mutations: Mutation) -> HostileProxy:
         self.mutations.extend(mutations)
@@ -365,6 +375,7 @@ class HostileProxy:
     def clear(self) -> None:
         """Stop misbehaving: forward everything from now on, and release stalled requests."""
         self.mutations.clear()
+        self.watches_frozen = False
         for stop in self._stalled:
             stop.set()
         self._stalled.clear()

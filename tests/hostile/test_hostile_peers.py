@@ -39,6 +39,24 @@ async def test_error_events_do_not_turn_watching_off(hostile: Hostile, tmp_path:
     await assert_survived(hostile, result)
 
 
+async def test_watches_that_stall_in_delete_do_not_hold_it(
+    hostile: Hostile, tmp_path: Path
+) -> None:
+    # From Delete on, every watch stream (those open already too) stops talking while
+    # lists still work: the watches' view keeps showing the Workspace and its pods. The
+    # wait must take a fresh list's word for it, not wait on that view until it times out.
+    result = await run_hostile(
+        hostile,
+        tmp_path / "artifacts",
+        "--delete-timeout",
+        "30000",
+        hooks=[("Delete ... started", hostile.kube.freeze_watches)],
+    )
+    assert result.code == 0, result.stdout + result.stderr
+    assert result.status_of("Delete")["status"] == "passed"
+    await assert_survived(hostile, result)
+
+
 async def test_flaky_kubernetes_reads_are_retried(hostile: Hostile, tmp_path: Path) -> None:
     # Lists (the leak check's above all) answer 503, 429 and resets before they work.
     hostile.kube.add(
