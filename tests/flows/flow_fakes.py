@@ -244,3 +244,8 @@ class FakeModel:
         model = json.loads(request.content)["model"]
         self.asked.append((request.url.path, model))
         return httpx.Response(200, json=completion(model))
+
+
+def kaito_like(resource: Resource, kind: str) -> Workload:
+    """A workload whose pods and Service carry one label naming the deployment."""
+    return Workload(resource, kind, lambda name: {"app": name})

@@ -1,0 +1,166 @@
+"""The public toolkit's pieces, one by one: what a flow of one's own builds on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from flow_fakes import FakeBackend, FakeCluster, kaito_like
+
+from orchestrator.clients import PODS, NotFound, Resource, ResponseFormatError, Unauthorized
+from orchestrator.engine import PhaseFailed
+from orchestrator.flows import (
+    OncePerRun,
+    call_backend,
+    collect_diagnostics,
+    is_pod,
+    pod_problem,
+    pod_ready,
+    side_by_side,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+def pod(
+    *,
+    phase: str = "Running",
+    waiting: str | None = None,
+    ready: bool = True,
+    deleting: bool = False,
+    **status: Any,
+) -> dict[str, Any]:
+    state = {"waiting": {"reason": waiting, "message": "why"}} if waiting else {"running": {}}
+    meta: dict[str, Any] = {"name": "p"}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    return {
+        "kind": "Pod",
+        "metadata": meta,
+        "spec": {"containers": [{"name": "c", "image": "img:1"}]},
+        "status": {
+            "phase": phase,
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+            "containerStatuses": [{"name": "c", "state": state, "ready": ready}],
+            **status,
+        },
+    }
+
+
+def test_pod_problem_names_the_container_reason_and_image() -> None:
+    assert pod_problem(pod(waiting="ImagePullBackOff", ready=False)) == (
+        "pod p container c: ImagePullBackOff (image img:1): why"
+    )
+
+
+def test_pod_problem_waits_on_a_reason_that_passes_and_on_a_pod_being_deleted() -> None:
+    assert pod_problem(pod(waiting="ContainerCreating", ready=False)) is None
+    assert pod_problem(pod(waiting="CrashLoopBackOff", deleting=True)) is None
+
+
+def test_pod_problem_takes_a_profiles_own_fatal_reasons() -> None:
+    assert pod_problem(pod(waiting="ContainerCreating"), {"ContainerCreating"}) is not None
+    assert pod_problem(pod(waiting="ImagePullBackOff"), {"ContainerCreating"}) is None
+
+
+def test_pod_problem_reports_a_failed_pod_with_exit_codes() -> None:
+    failed = pod(phase="Failed", reason="Evicted")
+    failed["status"]["containerStatuses"][0]["state"] = {"terminated": {"exitCode": 137}}
+    assert pod_problem(failed) == "pod p Failed: Evicted (c exit code 137)"
+
+
+def test_pod_ready_needs_running_ready_and_not_deleting() -> None:
+    assert pod_ready(pod())
+    assert not pod_ready(pod(ready=False))
+    assert not pod_ready(pod(phase="Pending"))
+    assert not pod_ready(pod(deleting=True))
+
+
+def test_is_pod_tells_a_pod_from_a_workload_with_or_without_kind() -> None:
+    assert is_pod(pod())
+    assert is_pod({"spec": {"containers": []}})
+    assert not is_pod({"kind": "Workspace", "inference": {}})
+    assert not is_pod({"metadata": {"name": "ws"}})
+
+
+async def fails(exc: Exception) -> None:
+    raise exc
+
+
+async def test_call_backend_turns_answers_that_end_a_phase_into_reasons() -> None:
+    with pytest.raises(PhaseFailed, match="check the bearer token"):
+        await call_backend(fails(Unauthorized(401, "no", method="GET", path="/x")))
+    with pytest.raises(PhaseFailed, match="bad shape"):
+        await call_backend(fails(ResponseFormatError("bad shape", [])))
+    with pytest.raises(NotFound):  # a 404 is often an answer ("it is gone")
+        await call_backend(fails(NotFound(404, "gone", method="GET", path="/x")))
+    with pytest.raises(PhaseFailed, match="GET /x answered 404: gone"):
+        await call_backend(
+            fails(NotFound(404, "gone", method="GET", path="/x")), not_found_fails=True
+        )
+
+
+async def test_side_by_side_keeps_each_outcome_apart() -> None:
+    async def value() -> int:
+        return 7
+
+    ok, broken = await side_by_side(value(), fails(ValueError("one of two")))
+    assert ok.result() == 7
+    with pytest.raises(ValueError, match="one of two"):
+        broken.result()
+
+
+async def test_once_per_run_shares_a_success_never_a_failure() -> None:
+    gate = OncePerRun()
+    calls: list[str] = []
+
+    async def work(who: str, ok: bool) -> str:
+        calls.append(who)
+        if not ok:
+            raise RuntimeError("install failed")
+        return who
+
+    with pytest.raises(RuntimeError):
+        await gate.once("install:x", "a", lambda: work("a", False))
+    proofs = []
+
+    async def take(who: str) -> None:
+        proofs.append(await gate.once("install:x", who, lambda: work(who, True)))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(take, "b")
+        tg.start_soon(take, "c")
+    assert len(calls) == 2  # a failed, then exactly one more did the work
+    assert [p.here for p in proofs] == [True, False]
+    assert proofs[1].by == proofs[0].by and proofs[1].value == proofs[0].by
+    assert await gate.once("install:y", "d", lambda: work("d", True)) != proofs[0]
+
+
+async def test_diagnostics_are_written_for_any_workload_resource(tmp_path: Path) -> None:
+    cluster = FakeCluster()
+    backend = FakeBackend(
+        cluster, kaito_like(Resource("ray.io", "v1", "rayservices"), "RayService")
+    )
+    backend._make("llm", "ray")
+    lines: list[str] = []
+    api = backend.client()
+    try:
+        await collect_diagnostics(
+            tmp_path,
+            kube=cluster,  # type: ignore[arg-type]
+            api=api,
+            namespace="ray",
+            deployment="llm",
+            workload=Resource("ray.io", "v1", "rayservices"),
+            workload_kind="RayService",
+            log=lines.append,
+        )
+    finally:
+        await api.aclose()
+    assert json.loads((tmp_path / "rayservice.json").read_text())["kind"] == "RayService"
+    assert "llm-0" in (tmp_path / "describe-pods.txt").read_text()
+    assert (tmp_path / "logs").is_dir() and cluster.of(PODS)
+    assert lines[-1] == f"diagnostics written to {tmp_path}"
