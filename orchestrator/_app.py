@@ -591,6 +591,16 @@ def _check_reports(
         highlight=False,
         soft_wrap=True,
     )
+    # Where a person looks first when a step failed: the pods, their logs and events.
+    evidence = [r.artifacts_dir / "diagnostics" for r in runners]
+    found = [str(d) for d in evidence if d.is_dir() and any(d.iterdir())]
+    if found:
+        console.print(
+            f"Diagnostics (pods, logs, events): {', '.join(found)}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
     return code
 
 

@@ -55,6 +55,12 @@ def render(run_json: Path, svg: Path, width: int = WIDTH) -> str:
     console.print(
         "Reports: test-results/junit.xml, test-results/run.json", markup=False, highlight=False
     )
+    if run.diagnose is not None:
+        console.print(
+            "Diagnostics (pods, logs, events): test-results/diagnostics",
+            markup=False,
+            highlight=False,
+        )
     text = console.export_text(clear=False)
     console.save_svg(str(svg), title=f"orchestrator run --sandbox: {run.outcome}")
     return text

@@ -367,7 +367,8 @@ class KubeFoundryFlow:
                 last_line.append(line)
             ctx.progress(line)
             if reading.failure is not None:
-                raise PhaseFailed(f"deployment {d.name}: {reading.failure} ({conds})")
+                # The failure last: it ends with what to do next.
+                raise PhaseFailed(f"deployment {d.name} ({conds}): {reading.failure}")
             return True if reading.ready else None
 
         def inspect(event: WatchEvent) -> None:

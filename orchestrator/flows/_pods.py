@@ -62,9 +62,30 @@ def _fatal_container(pod: dict[str, Any], name: str, fatal: frozenset[str]) -> s
         tail = f"; last exit code {last.get('exitCode')}" if last else ""
         return (
             f"pod {name} container {cs.get('name')}: {reason} (image {image})"
-            f"{': ' + message if message else ''}{tail}"
+            f"{': ' + message if message else ''}{tail}; {NEXT_STEP.get(reason, DESCRIBE)}"
         )
     return None
+
+
+DESCRIBE = "the pod's description and events, in the diagnostics, say more"
+#: What a person does next about a container stuck for that reason.
+NEXT_STEP = {
+    **dict.fromkeys(
+        ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"),
+        "check that the image exists and that the nodes can pull it (a private registry "
+        "needs an imagePullSecret); the pod's events, in the diagnostics, hold the "
+        "registry's answer",
+    ),
+    **dict.fromkeys(
+        ("CrashLoopBackOff", "RunContainerError"),
+        "the container keeps exiting: its last log lines are in the diagnostics",
+    ),
+    **dict.fromkeys(
+        ("CreateContainerConfigError", "CreateContainerError"),
+        "a Secret, ConfigMap or volume it needs may be missing: the pod's events, in the "
+        "diagnostics, name it",
+    ),
+}
 
 
 def _failed_pod(pod: dict[str, Any], name: str) -> str | None:

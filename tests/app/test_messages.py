@@ -167,3 +167,27 @@ def test_no_backend_is_a_configuration_error_with_a_report(tmp_path: Path) -> No
     assert "no KubeFoundry backend answers" in out.stderr and "--sandbox" in out.stderr
     assert "Traceback" not in out.stderr and "retrying" not in out.stdout
     assert "no KubeFoundry backend" in (tmp_path / "a" / "run.json").read_text()
+
+
+def test_a_stuck_container_says_what_to_look_at_for_its_reason() -> None:
+    from orchestrator.flows._pods import FATAL_WAITING_REASONS, pod_problem
+
+    def stuck(reason: str) -> str:
+        pod = {
+            "metadata": {"name": "m-0"},
+            "spec": {"containers": [{"name": "model", "image": "img:1"}]},
+            "status": {
+                "phase": "Pending",
+                "containerStatuses": [{"name": "model", "state": {"waiting": {"reason": reason}}}],
+            },
+        }
+        problem = pod_problem(pod)
+        assert problem is not None
+        return problem
+
+    assert "the nodes can pull it" in stuck("ImagePullBackOff")
+    assert "the nodes can pull it" in stuck("ErrImagePull")
+    assert stuck("CrashLoopBackOff").endswith("its last log lines are in the diagnostics")
+    assert "a Secret, ConfigMap or volume" in stuck("CreateContainerConfigError")
+    for reason in FATAL_WAITING_REASONS:
+        assert "diagnostics" in stuck(reason).rsplit(";", 1)[1], reason

@@ -68,6 +68,8 @@ def test_a_failed_sandbox_run_cleans_up_and_prints_no_dead_commands(tmp_path: Pa
     )
     mentions = [line for line in out.stdout.splitlines() if "CrashLoopBackOff" in line]
     assert len(mentions) >= 3 and all(reason in line for line in mentions), mentions
+    assert f"Diagnostics (pods, logs, events): {tmp_path / 'diagnostics'}" in out.stdout
+    assert "its last log lines are in the diagnostics" in mentions[-1]
     first = out.stdout.splitlines()[0]
     assert first.startswith("sandbox: API_URL=http://127.0.0.1:") and " KUBECONFIG=" in first
 

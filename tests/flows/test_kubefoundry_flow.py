@@ -207,8 +207,10 @@ async def test_readiness_read_from_pods_fails_fast_on_a_fatal_pod(tmp_path: Path
     assert wait_ready.status == "failed"
     # The profile's failure, with the backend's conditions, and not a timeout.
     assert wait_ready.reason == (
-        "deployment llm: pod llm-0 container model: ImagePullBackOff (image model:1): no "
-        "(no conditions)"
+        "deployment llm (no conditions): pod llm-0 container model: ImagePullBackOff "
+        "(image model:1): no; check that the image exists and that the nodes can pull it "
+        "(a private registry needs an imagePullSecret); the pod's events, in the "
+        "diagnostics, hold the registry's answer"
     )
     assert record.cleanup.status == "passed"
 
