@@ -52,7 +52,9 @@ def pod(
 
 def test_pod_problem_names_the_container_reason_and_image() -> None:
     assert pod_problem(pod(waiting="ImagePullBackOff", ready=False)) == (
-        "pod p container c: ImagePullBackOff (image img:1): why"
+        "pod p container c: ImagePullBackOff (image img:1): why; check that the image exists "
+        "and that the nodes can pull it (a private registry needs an imagePullSecret); the "
+        "pod's events, in the diagnostics, hold the registry's answer"
     )
 
 
