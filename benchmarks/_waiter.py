@@ -10,17 +10,21 @@ and is started per trial, as users run it.
 The orchestrator's waiter is the flow's own machinery: a subscription to the run's shared
 watch hub (one stream per resource type and namespace), woken by events, and a
 confirming read of the object before it returns: a watch cache is a hint, not the truth.
+The read asks for a state not older than the event's resourceVersion, which the API
+server answers from its own watch cache instead of a quorum read from etcd. The heap is
+settled as ``orchestrator run`` settles it (imports frozen out of the collector's sight).
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 from typing import Any
 
 import anyio
 
-from orchestrator.clients import PODS, KubeClient, Resource, WatchHub
+from orchestrator.clients import PODS, KubeClient, Resource, WatchEvent, WatchHub
 from orchestrator.flows._waiting import WatchSpec, wait_for
 
 WORKSPACES = Resource("kaito.sh", "v1beta1", "workspaces")
@@ -39,6 +43,8 @@ def ready(kind: str, obj: dict[str, Any]) -> bool:
 
 
 async def serve(kubeconfig: str, namespace: str) -> None:
+    KubeClient.preload()
+    gc.freeze()
     kube = await KubeClient.from_kubeconfig(kubeconfig)
     try:
         async with WatchHub(kube) as hub:
@@ -52,9 +58,16 @@ async def serve(kubeconfig: str, namespace: str) -> None:
 async def one(kube: KubeClient, hub: WatchHub, namespace: str, ask: dict[str, str]) -> None:
     kind, name = ask["kind"], ask["name"]
     resource = PODS if kind == "pod" else WORKSPACES
+    seen: list[str] = []  # the resourceVersions the events showed
+
+    def inspect(event: WatchEvent) -> None:
+        version = (event.object.get("metadata") or {}).get("resourceVersion")
+        if isinstance(version, str):
+            seen.append(version)
 
     async def check() -> bool | None:
-        obj = await kube.get(resource, name, namespace)  # the confirming read
+        # The confirming read: the API server's answer, at least as new as the last event.
+        obj = await kube.get(resource, name, namespace, not_older_than=seen[-1] if seen else None)
         return True if ready(kind, obj) else None
 
     if ask["method"] == "orchestrator":
@@ -63,6 +76,7 @@ async def one(kube: KubeClient, hub: WatchHub, namespace: str, ask: dict[str, st
             kube=kube,
             hub=hub,
             recheck=RECHECK,
+            inspect=inspect,
             watches=[WatchSpec(resource, namespace, field_selector=f"metadata.name={name}")],
         )
     else:

@@ -195,6 +195,8 @@ async def reaction(kubeconfig: Path, trials: int, seed: int) -> dict[str, Any]:
         await kube.aclose()
     return {
         "where": "test cluster (upstream k8s.io/apiserver on etcd), fake kubelet off",
+        "orchestrator_waiter": "shared watch hub, then a confirming GET not older than the "
+        "event's resourceVersion (benchmarks/_waiter.py)",
         "trials_per_method": trials,
         "flip_after_s": [0.8, 2.8],
         "seconds": round(time.monotonic() - began, 1),
@@ -408,6 +410,7 @@ def main() -> int:
             kubeconfig = start_testcluster(args.testcluster, args.kaito_crds, run_dir)
             try:
                 results["reaction"] = asyncio.run(reaction(kubeconfig, args.trials, args.seed))
+                print(table({"reaction": results["reaction"]}), flush=True)
             finally:
                 subprocess.run([str(args.testcluster / "stop"), str(run_dir)], check=False)
         if "flows" in only:
