@@ -330,7 +330,8 @@ def table(results: dict[str, Any]) -> str:
     if r:
         out.append(
             f"Reaction, change sent -> waiter returns, n = {r['trials_per_method']} per "
-            f"method and kind, interleaved; load {r['load_before']} -> {r['load_after']}:\n"
+            f"method and kind, interleaved; load {r['load_before']} -> {r['load_after']} "
+            f"(with n = {r['trials_per_method']}, p99 is the largest sample or next to it):\n"
         )
         out.append("| object | waiter | p50 ms | p90 ms | p99 ms | max ms |")
         out.append("|---|---|---:|---:|---:|---:|")
@@ -341,6 +342,17 @@ def table(results: dict[str, Any]) -> str:
                     f"| {label} | {method} | {s['p50_ms']} | {s['p90_ms']} | {s['p99_ms']} "
                     f"| {s['max_ms']} |"
                 )
+        out.append("")
+        for kind, by in r["results"].items():
+            ours, theirs = by.get("orchestrator"), by.get("kubectl wait")
+            if not (ours and theirs):
+                continue
+            gaps = {q: round(ours[f"{q}_ms"] - theirs[f"{q}_ms"], 1) for q in ("p50", "p99")}
+            ahead = all(g < 0 for g in gaps.values())
+            out.append(
+                f"- {kind}: the orchestrator is {'ahead of' if ahead else 'not ahead of'} "
+                f"`kubectl wait` (p50 {gaps['p50']:+} ms, p99 {gaps['p99']:+} ms)."
+            )
         out.append("")
     s = results.get("startup")
     if s:
@@ -366,7 +378,7 @@ def table(results: dict[str, Any]) -> str:
         out.append("")
     m = results.get("machine", {})
     out.append(
-        f"Measured {results.get('when', '?')} on {m.get('cpus', '?')} CPUs "
+        f"Last updated {results.get('when', '?')} on {m.get('cpus', '?')} CPUs "
         f"({m.get('python', '?')}, {m.get('platform', '?')})."
     )
     return "\n".join(out)
