@@ -66,9 +66,9 @@ def test_the_integration_job_is_bounded_pinned_and_always_reports() -> None:
     )
     triggers = workflow[True]  # YAML 1.1 reads the key "on" as True
     assert {"push", "pull_request", "workflow_dispatch"} <= set(triggers)
-    assert (
-        triggers["workflow_dispatch"]["inputs"]["kubefoundry_ref"]["default"] == PINNED_KUBEFOUNDRY
-    )
+    inputs = triggers["workflow_dispatch"]["inputs"]
+    assert inputs["kubefoundry_ref"]["default"] == PINNED_KUBEFOUNDRY
+    assert inputs["gpu_runner"]["default"] == ""
     assert workflow["env"]["KUBEFOUNDRY_REF"] == PINNED_KUBEFOUNDRY
     assert workflow["permissions"]["checks"] == "write"
 
@@ -82,18 +82,52 @@ def test_the_integration_job_is_bounded_pinned_and_always_reports() -> None:
         "azure/setup-helm@",
         "helm/kind-action@",
         "actions/upload-artifact@v4",
-        "mikepenz/action-junit-report@",
     ):
         assert any(u.startswith(action) for u in uses), action
     kind = next(step for step in steps if step.get("uses", "").startswith("helm/kind-action@"))
     assert kind["with"]["install_only"] is True
     run = next(step for step in steps if "python -m orchestrator run" in step.get("run", ""))
-    assert "--create-cluster" in run["run"] and "--backend-dir kube-foundry/backend" in run["run"]
-    for step in steps:
-        if step.get("uses", "").startswith(
-            ("actions/upload-artifact@", "mikepenz/action-junit-report@")
-        ):
-            assert step.get("if") == "always()", step
+    for flag in ("--create-cluster", "--backend-dir kube-foundry/backend", "--provider", "--shard"):
+        assert flag in run["run"], flag
+    upload = next(s for s in steps if s.get("uses", "").startswith("actions/upload-artifact@"))
+    assert upload.get("if") == "always()"
+
+
+def test_the_matrix_covers_every_provider_and_gpu_ones_skip_with_a_notice() -> None:
+    workflow = yaml.safe_load(
+        (ROOT / ".github" / "workflows" / "integration-tests.yml").read_text()
+    )
+    job = workflow["jobs"]["integration"]
+    include = job["strategy"]["matrix"]["include"]
+    assert {m["provider"]: m["gpu"] for m in include} == {
+        "kaito": False,
+        "kuberay": True,
+        "dynamo": True,
+    }
+    assert job["strategy"]["fail-fast"] is False
+    assert "gpu_runner" in job["runs-on"] and "ubuntu-latest" in job["runs-on"]
+    skip = job["steps"][0]
+    assert skip["if"] == "env.SKIP == 'true'"
+    assert "::notice" in skip["run"] and "<skipped" in skip["run"]
+    # every real step is skipped with it; the upload still runs (the skipped testcase)
+    for step in job["steps"][1:]:
+        if not step.get("uses", "").startswith(("actions/upload-artifact@", "actions/cache/save@")):
+            assert "env.SKIP != 'true'" in step.get("if", ""), step
+
+
+def test_one_report_job_merges_every_junit_file_and_publishes_it() -> None:
+    workflow = yaml.safe_load(
+        (ROOT / ".github" / "workflows" / "integration-tests.yml").read_text()
+    )
+    report = workflow["jobs"]["report"]
+    assert report["needs"] == "integration" and report["if"] == "always()"
+    steps = report["steps"]
+    merge = next(s for s in steps if "merge-junit" in s.get("run", ""))
+    assert "$GITHUB_STEP_SUMMARY" in merge["run"]
+    publish = next(
+        s for s in steps if s.get("uses", "").startswith("mikepenz/action-junit-report@")
+    )
+    assert publish.get("if") == "always()"
 
 
 def test_the_model_image_is_cached_between_runs_and_loaded_before_deploy() -> None:
@@ -120,6 +154,7 @@ def test_the_model_image_is_cached_between_runs_and_loaded_before_deploy() -> No
     # saved after it, on a miss, whatever the run's outcome.
     assert restore < load < run < save, names
     assert "--load-image" in steps[run]["run"] and "cache-hit" in steps[run]["env"]["CACHE_HIT"]
+    assert "kaito" in steps[restore]["if"]  # the image is KAITO's model: other providers skip it
     pull = next(step for step in steps if "docker save" in step.get("run", ""))
     assert pull["if"].startswith("always()") and "cache-hit != 'true'" in pull["if"]
     assert steps[save]["if"].startswith("always()")
