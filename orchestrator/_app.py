@@ -393,7 +393,17 @@ async def _run_held(
             records: list[RunRecord] = []
             cluster = backend = None
             env_record: RunRecord | None = None
-            if env_opts.managed:
+            if not settings.targets("shard"):
+                # More CI jobs than deployments: this job's shard is empty. It passes,
+                # with an empty report, and makes no cluster and starts no backend.
+                console.print(
+                    f"shard {settings.shard}: no deployment of this run falls in it; "
+                    "nothing to run",
+                    markup=False,
+                    highlight=False,
+                    soft_wrap=True,
+                )
+            elif env_opts.managed:
                 from .environment import BackendProcess, KindCluster, setup_phases
 
                 env_dir = artifacts / "environment"
@@ -768,7 +778,7 @@ async def _run_flows(
     context = FlowContext(
         kube=kube,
         settings=flow_settings(settings, api_url=api_url),
-        targets=[FlowTarget(t.name, t.model, t.namespace, t.replicas) for t in targets],
+        targets=[FlowTarget(t.name, t.model, t.namespace, t.replicas, t.provider) for t in targets],
         token=token,
         inference_route=inference_route(settings),
         run_id=run_id,
@@ -803,6 +813,7 @@ async def _run_flows(
         reporters=reporters,
         context=context,
         cleanup_policy=settings.cleanup_policy(),
+        strict=settings.strict,
         junit=junit,
         handle_signals=False,
         on_runner=runners.append,

@@ -25,7 +25,7 @@ KEYS: tuple[Key, ...] = (
         "provider",
         "ORCHESTRATOR_PROVIDER",
         "--provider",
-        "the KubeFoundry provider(s) to test, comma-separated: kaito (default)",
+        "the KubeFoundry provider(s) to test, comma-separated: kaito (default), kuberay, dynamo",
     ),
     Key(
         "flow",
@@ -147,13 +147,25 @@ KEYS: tuple[Key, ...] = (
         "deployments",
         None,
         "--deployment",
-        "several deployments: name=..,model=..,namespace=..,replicas=.. (repeatable)",
+        "several deployments: name=..,model=..,namespace=..,replicas=..,provider=.. (repeatable)",
+    ),
+    Key(
+        "shard",
+        "ORCHESTRATOR_SHARD",
+        "--shard",
+        "INDEX/COUNT: run only this part of the deployments (one CI job of COUNT)",
+    ),
+    Key(
+        "strict",
+        "ORCHESTRATOR_STRICT",
+        "--strict",
+        "a finding (the backend contradicting the cluster) fails its phase (true/false)",
     ),
 )
 KEYS_BY_NAME = {k.name: k for k in KEYS}
 #: Names a key had before the flow became provider-neutral: still read from files.
 KEY_ALIASES = {"test_model": "model", "kaito_install_timeout": "install_timeout"}
-BOOLEAN_KEYS = frozenset({"unique_names", "chaos"})
+BOOLEAN_KEYS = frozenset({"unique_names", "chaos", "strict"})
 TOKEN_ENV = "KUBEFOUNDRY_TOKEN"
 CONFIG_ENV = "ORCHESTRATOR_CONFIG"
 DEFAULT_CONFIG_FILE = "config.toml"

@@ -35,12 +35,14 @@ from ._keys import KEYS_BY_NAME as KEYS_BY_NAME
 from ._keys import TOKEN_ENV as TOKEN_ENV
 from ._keys import ConfigError as ConfigError
 from ._keys import Key as Key
+from ._shard import parse_shard, select_shard
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 #: A flow's name (``kaito``, ``my-flow``) or a ``module:factory`` path.
 FLOW_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 FLOW_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
-MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+#: A catalog id (``llama3.2:1b``) or a Hugging Face repository id (``Qwen/Qwen2.5-0.5B``).
+MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 
 
 Milliseconds = int
@@ -63,6 +65,15 @@ class DeploymentSpec(BaseModel):
     model: str | None = None
     namespace: str | None = None
     replicas: int = Field(1, ge=1, le=10)
+    #: The provider this deployment is for (None: every provider the run tests).
+    provider: str | None = None
+
+    @field_validator("provider")
+    @classmethod
+    def _provider(cls, v: str | None) -> str | None:
+        if v is not None and not FLOW_NAME.match(v):
+            raise ValueError(f"{v!r} is not a provider name (kaito, kuberay, dynamo)")
+        return v
 
     @field_validator("name", "namespace")
     @classmethod
@@ -84,6 +95,8 @@ class Target:
     model: str | None
     namespace: str | None
     replicas: int = 1
+    #: The provider (flow) this deployment is for; None: every flow of the run.
+    provider: str | None = None
 
 
 def base_url(v: str) -> str:
@@ -155,7 +168,9 @@ def _dns_label(v: str) -> str:
 def _model_id(v: str) -> str:
     if not MODEL_ID.match(v):
         raise ValueError(
-            "must be a catalog model id such as 'llama3.2:1b' (letters, digits, '.', '_', ':', '-')"
+            "must be a catalog model id such as 'llama3.2:1b' or a Hugging Face repository "
+            "id such as 'Qwen/Qwen2.5-0.5B-Instruct' (letters, digits, '.', '_', ':', '-', "
+            "one '/')"
         )
     return v
 
@@ -192,6 +207,10 @@ class Settings(BaseModel):
     credential_timeout: Milliseconds = Field(30_000, gt=0, le=600_000)
     parallel: int = Field(1, ge=1, le=200)
     unique_names: bool = False
+    #: ``INDEX/COUNT``: run only this CI job's part of the deployments.
+    shard: str | None = None
+    #: A finding (the backend contradicting the cluster) fails the phase that made it.
+    strict: bool = False
     latency_regression: float | None = Field(None, gt=0, le=100_000, allow_inf_nan=False)
     #: Off by default: a model's words are not stable, so only its user can say which
     #: answer (to which prompt, at temperature 0) proves the right model is serving.
@@ -267,9 +286,13 @@ class Settings(BaseModel):
         return ",".join(names)
 
     def flow_names(self) -> list[str]:
-        """The flows this run runs: ``flow`` when set, else one per ``provider``."""
-        chosen = self.flow or self.provider or "kaito"
-        return chosen.split(",")
+        """The flows this run runs: ``flow`` when set, else one per ``provider``, and one
+        per provider a ``[[deployments]]`` table names."""
+        if self.flow:
+            return self.flow.split(",")
+        named = [d.provider for d in self.deployments if d.provider]
+        chosen = (self.provider or "kaito").split(",") if not named or self.provider else []
+        return list(dict.fromkeys([*chosen, *named]))
 
     @field_validator("deployments", mode="before")
     @classmethod
@@ -302,7 +325,15 @@ class Settings(BaseModel):
             raise ValueError(f"must be a regular expression (Python re syntax): {exc}") from None
         return v
 
-    @field_validator("unique_names", "chaos", mode="before")
+    @field_validator("shard")
+    @classmethod
+    def _shard(cls, v: str | None) -> str | None:
+        if v is None or not v.strip():
+            return None
+        index, count = parse_shard(v)
+        return f"{index}/{count}"
+
+    @field_validator("unique_names", "chaos", "strict", mode="before")
     @classmethod
     def _bool(cls, v: Any) -> Any:
         if isinstance(v, str):
@@ -323,20 +354,28 @@ class Settings(BaseModel):
         """
         specs = list(self.deployments) or [DeploymentSpec() for _ in range(self.parallel)]
         unique = self.unique_names or len(specs) > 1
+        # Without --flow, a deployment that names no provider is made once per provider,
+        # so that a shard is a part of what the run as a whole would make.
+        providers = [None] if self.flow else self.flow_names()
         out = []
         for i, spec in enumerate(specs, start=1):
             name = spec.name or self.deployment_name
             if unique:
                 tail = f"-{run_id}" + (f"-{i}" if not spec.name and len(specs) > 1 else "")
                 name = name[: 63 - len(tail)].rstrip("-") + tail
-            out.append(
-                Target(
-                    name,
-                    spec.model or self.model,
-                    spec.namespace or self.namespace,
-                    spec.replicas,
+            for provider in [spec.provider] if spec.provider else providers:
+                out.append(
+                    Target(
+                        name,
+                        spec.model or self.model,
+                        spec.namespace or self.namespace,
+                        spec.replicas,
+                        provider,
+                    )
                 )
-            )
+        if self.shard:
+            index, count = parse_shard(self.shard)
+            out = select_shard(out, index, count)
         return out
 
     @field_validator("inference")
@@ -522,7 +561,9 @@ def _validation_problem(
 
 def _cross_checks(settings: Settings, sources: Mapping[str, str]) -> list[str]:
     """What no single value shows: a name twice in a namespace, a reserve above the budget."""
-    names = [(t.namespace, t.name) for t in settings.targets("x")]
+    # One name per namespace and provider: the same name under two providers is two
+    # custom resources of different kinds (and, by default, in different namespaces).
+    names = [(t.namespace, t.name, t.provider) for t in settings.targets("x")]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
         where = sources.get("deployments", "default").removeprefix("file:")

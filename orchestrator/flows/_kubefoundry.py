@@ -135,6 +135,14 @@ class _Cluster:
     def kube(self) -> KubeClient:
         return self._flow.kube
 
+    @property
+    def api(self) -> KubeFoundryClient:
+        return self._flow.api
+
+    @property
+    def deployment(self) -> Deployment:
+        return self._flow.deployment
+
     async def pods(self) -> list[dict[str, Any]]:
         pods = self._flow.profile.tracked(self._flow.deployment)[0]
         if not self._fresh:
@@ -143,6 +151,9 @@ class _Cluster:
                 self.cached = True
                 return seen
         return await self._flow._objects(pods)
+
+    async def leftovers(self) -> list[str]:
+        return await self._flow.leftovers(owned=False)
 
 
 class KubeFoundryFlow:
@@ -575,6 +586,8 @@ class KubeFoundryFlow:
             self.created.backend_delete_failed = "the backend's DELETE gave no answer"
             raise
         ctx.log(f"delete accepted: {answer.message}")
+        for found in await self.profile.after_delete(_Cluster(self)):
+            ctx.finding(found.name, found.message, found.fact)
         # A delete that was accepted shows in the cluster at once: the workload is gone
         # or has a deletionTimestamp. One that still shows neither after a grace period
         # was a 200 that deleted nothing, a finding of its own rather than a timeout.

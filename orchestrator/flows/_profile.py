@@ -94,13 +94,29 @@ class Readiness:
 
 
 class ClusterView(Protocol):
-    """What a readiness reading may ask the cluster, cheaply and only when it needs to."""
+    """What a readiness reading may ask the cluster (and the backend, to compare its
+    answers with the cluster's), cheaply and only when it needs to."""
 
     @property
     def kube(self) -> KubeClient: ...
 
+    @property
+    def api(self) -> KubeFoundryClient:
+        """The flow's backend client (its exchanges go into the flow's diagnostics)."""
+        ...
+
+    @property
+    def deployment(self) -> Deployment:
+        """The deployment being read: its name, namespace, model and the replicas asked."""
+        ...
+
     async def pods(self) -> list[dict[str, Any]]:
         """The deployment's pods (the shared watches' view when there is one, else a list)."""
+        ...
+
+    async def leftovers(self) -> list[str]:
+        """What of the deployment is in the cluster now (listed, not the watches' view),
+        leaving out what the profile made before the create (a Secret)."""
         ...
 
 
@@ -202,6 +218,11 @@ class ProviderProfile:
         if status.phase == "Failed":
             return Readiness(False, failure="the backend reports phase Failed")
         return Readiness(status.phase == "Running" and status.replicas.ready >= 1)
+
+    async def after_delete(self, cluster: ClusterView) -> tuple[Finding, ...]:
+        """Read the backend right after its DELETE was accepted, before the wait for
+        everything to go; return what it got wrong (findings). Default: nothing."""
+        return ()
 
     # -- people --------------------------------------------------------------------
 

@@ -29,7 +29,11 @@ ENTRY_POINT_GROUP = "orchestrator.flows"
 
 #: Flows that ship with the orchestrator, found even without installed metadata (a
 #: source checkout on ``PYTHONPATH``).
-BUILTIN_FLOWS = {"kaito": "orchestrator.flows.kaito:flows"}
+BUILTIN_FLOWS = {
+    "kaito": "orchestrator.flows.kaito:flows",
+    "kuberay": "orchestrator.flows.kuberay:flows",
+    "dynamo": "orchestrator.flows.dynamo:flows",
+}
 
 _TARGET = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 

@@ -63,6 +63,9 @@ class Target:
     model: str | None = None
     namespace: str | None = None
     replicas: int = 1
+    #: The provider this deployment is for: only that provider's flow makes it. None:
+    #: every provider's flow does.
+    provider: str | None = None
 
 
 @dataclass
@@ -126,9 +129,10 @@ class FlowContext:
             raise ValueError("a KubeFoundry flow needs a Kubernetes client (FlowContext.kube)")
         s = self._with_own_options(self.settings)
         own = self._with_own_options(FlowSettings(api_url=s.api_url))
-        targets = list(self.targets) or [
-            Target(s.deployment_name, s.model, s.namespace, s.replicas)
-        ]
+        if self.targets:
+            targets = [t for t in self.targets if t.provider in (None, profile.provider)]
+        else:
+            targets = [Target(s.deployment_name, s.model, s.namespace, s.replicas)]
         multi = len(targets) > 1
         flows = []
         for t in targets:

@@ -12,7 +12,7 @@ has: ``state`` (``pending``, ``successful``, ``failed``) and the ``Ready`` condi
 
 A worker without a GPU request crashes, as Dynamo's CUDA engines do on a CPU node; a
 pod whose ``envFromSecret`` is missing cannot start. The ``operator_fails`` fault makes
-the workers crash and the operator mark the DGD ``failed``. On deletion the operator
+the operator mark the DGD ``failed`` and make nothing. On deletion the operator
 deletes the pods and the Service and only then releases its finalizer (never, while
 ``stuck_delete`` holds).
 """
@@ -45,7 +45,6 @@ FINALIZER = "nvidia.com/finalizer"
 DGD_LABEL = "nvidia.com/dynamo-graph-deployment-name"
 FRONTEND_PORT = 8000
 NO_GPU_LINE = "RuntimeError: No CUDA GPUs are available"
-FAILED_LINE = "dynamo worker: engine failed to start (exit code 1)"
 
 
 def model_names(dgd: JSON) -> tuple[str, str]:
@@ -148,6 +147,19 @@ class DynamoOperator(CustomResourceOperator):
             + str([f"{name}-{c.lower()}" for c in components]),
             generation,
         )
+        if self.state.faults.operator_fails:
+            # What the operator does when it cannot make the graph's components: it marks
+            # the DGD failed and makes nothing (so only the DGD's state tells).
+            await self._status(
+                namespace,
+                name,
+                "failed",
+                False,
+                "failed_to_reconcile",
+                "failed to create the component deployments: admission webhook denied the request",
+                generation,
+            )
+            return
         await self.create_service(
             namespace,
             f"{name}-frontend",
@@ -163,7 +175,6 @@ class DynamoOperator(CustomResourceOperator):
             labels={DGD_LABEL: name},
             proxy_to=self.fleet.url_for(namespace, name),
         )
-        failing = self.state.faults.operator_fails
         expected = 0
         broken = False
         crashing: list[tuple[str, str]] = []
@@ -174,7 +185,7 @@ class DynamoOperator(CustomResourceOperator):
             missing = await self.missing_secrets(namespace, secret_refs(containers))
             crash = None
             if kind == "worker" and not missing:
-                crash = FAILED_LINE if failing else (None if _has_gpu(service) else NO_GPU_LINE)
+                crash = None if _has_gpu(service) else NO_GPU_LINE
             broken = broken or bool(missing) or crash is not None
             deployment = f"{name}-{component.lower()}"
             template_hash = suffix(10)
@@ -200,17 +211,6 @@ class DynamoOperator(CustomResourceOperator):
         self.state.record(namespace, name, f"{expected} pods created")
         for pod_name, line in crashing:
             await self.show_crash(namespace, pod_name, line)
-        if failing:
-            await self._status(
-                namespace,
-                name,
-                "failed",
-                False,
-                "failed_to_reconcile",
-                "the worker deployments failed: engine failed to start",
-                generation,
-            )
-            return
         if broken:
             self.state.record(namespace, name, "pods cannot start")
             return

@@ -48,6 +48,7 @@ class Provider:
         self,
         pid: str,
         title: str,
+        name: str,
         group: str,
         version: str,
         plural: str,
@@ -56,7 +57,10 @@ class Provider:
         operator_name: str,
     ) -> None:
         self.id = pid
+        #: The short name the backend's status messages use ("Dynamo CRD not found").
         self.title = title
+        #: The provider's name as the backend lists it ("NVIDIA Dynamo").
+        self.name = name
         self.group = group
         self.version = version
         self.plural = plural
@@ -78,6 +82,7 @@ class Provider:
 KUBERAY = Provider(
     "kuberay",
     "KubeRay",
+    "Ray Serve via KubeRay",
     "ray.io",
     "v1",
     "rayservices",
@@ -88,6 +93,7 @@ KUBERAY = Provider(
 DYNAMO = Provider(
     "dynamo",
     "Dynamo",
+    "NVIDIA Dynamo",
     "nvidia.com",
     "v1alpha1",
     "dynamographdeployments",
@@ -204,7 +210,7 @@ async def install(kube: Kube, provider: Provider, crd_dir: str, fails: bool) -> 
     if (await status(kube, provider))["installed"]:
         return {
             "success": True,
-            "message": f"{provider.title} is already installed",
+            "message": f"{provider.name} is already installed",
             "alreadyInstalled": True,
         }
     results: list[JSON] = []
@@ -234,12 +240,16 @@ async def install(kube: Kube, provider: Provider, crd_dir: str, fails: bool) -> 
     results.append(
         _step(f"install-{release}", _release_output(release, provider.operator_namespace))
     )
+    # Helm runs without --wait: the answer usually comes before the operator pod runs.
     current = await status(kube, provider)
+    installed = bool(current["installed"])
     return {
         "success": True,
-        "message": f"{provider.title} installation started. The operator is being deployed - "
+        "message": f"{provider.name} installed successfully"
+        if installed
+        else f"{provider.name} installation started. The operator is being deployed - "
         "check status for progress.",
-        "installing": not current["installed"],
+        "installing": not installed,
         "installationStatus": current,
         "results": results,
     }

@@ -1,0 +1,300 @@
+"""The KubeRay and Dynamo profiles, end to end on the sandbox: every finding shown by a
+stand-in that has the real backend's defect, and absent when the stand-in behaves.
+
+Each flow runs through the engine (the Runner, JUnit) against the sandbox's stand-ins,
+on the in-process Kubernetes API and, when TESTCLUSTER_HOME is set, on a fresh test
+cluster (with the real CRDs when KUBERAY_CRDS_DIR / DYNAMO_CRDS_DIR name them). Models
+are stubs here: inference is proven, its words are not the subject.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+import xmlschema
+from _testcluster import fresh_cluster
+
+from orchestrator.clients import (
+    CRDS,
+    PODS,
+    SECRETS,
+    InferenceClient,
+    InferenceRoute,
+    KubeClient,
+    KubeFoundryClient,
+    NotFound,
+    WatchHub,
+)
+from orchestrator.engine import Budget, JUnitReporter, Runner, RunRecord, SharedServices
+from orchestrator.flows import (
+    Deployment,
+    FlowSettings,
+    KubeFoundryFlow,
+    ProviderProfile,
+    WatchSpec,
+    wait_for,
+)
+from orchestrator.flows._providers import ensure_token_secret
+from orchestrator.flows.dynamo import DGDS, DynamoProfile
+from orchestrator.flows.kuberay import RAYCLUSTERS, RAYSERVICES, KubeRayProfile
+from orchestrator.sandbox import Faults, Sandbox, SandboxOptions
+
+pytestmark = pytest.mark.anyio
+
+XSD = xmlschema.XMLSchema(str(Path(__file__).parents[1] / "engine" / "junit.xsd"))
+NAME = "llm"
+
+
+@pytest.fixture(params=["sandbox-kube", "testcluster"])
+def kubeconfig(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path | None]:
+    if request.param == "sandbox-kube":
+        yield None
+        return
+    run_dir = tmp_path / "tc"
+    if any(ch.isspace() for ch in str(run_dir)):
+        run_dir = Path(tempfile.mkdtemp(prefix="testcluster-"))
+    with fresh_cluster(run_dir) as path:
+        yield path
+
+
+def provider_crds() -> dict[str, Path]:
+    out = {}
+    for provider, var in (("kuberay", "KUBERAY_CRDS_DIR"), ("dynamo", "DYNAMO_CRDS_DIR")):
+        value = os.environ.get(var)
+        if value and Path(value).is_dir():
+            out[provider] = Path(value)
+    return out
+
+
+class Env:
+    def __init__(self, sandbox: Sandbox, kube: KubeClient, tmp_path: Path) -> None:
+        self.sandbox = sandbox
+        self.kube = kube
+        self.tmp_path = tmp_path
+        self.runs = 0
+
+    async def run(
+        self,
+        profile: ProviderProfile,
+        *,
+        strict: bool = False,
+        name: str = NAME,
+        replicas: int = 1,
+        ready_timeout: float = 60.0,
+    ) -> tuple[RunRecord, ET.Element]:
+        """One whole flow through the engine, with the watch hub, as the command runs it."""
+        self.runs += 1
+        artifacts = self.tmp_path / f"run-{self.runs}"
+        junit = artifacts / "junit.xml"
+        api = KubeFoundryClient(self.sandbox.api_url)
+        inference = InferenceClient(InferenceRoute("service-proxy"), kube=self.kube)
+        try:
+            async with SharedServices() as shared:
+                hub = await shared.start("the watch hub", WatchHub(self.kube))
+                flow = KubeFoundryFlow(
+                    profile,
+                    FlowSettings(
+                        api_url=self.sandbox.api_url,
+                        deployment_name=name,
+                        replicas=replicas,
+                        install_timeout=60,
+                        ready_timeout=ready_timeout,
+                        delete_timeout=60,
+                        recheck=5,
+                    ),
+                    api=api,
+                    kube=self.kube,
+                    inference=inference,
+                    hub=hub,
+                )
+                runner = Runner(
+                    flow,
+                    budget=Budget(240, 30),
+                    reporters=[JUnitReporter(junit)],
+                    artifacts_dir=artifacts,
+                    cleanup_policy="always",
+                    strict=strict,
+                )
+                record = await runner.run()
+        finally:
+            await api.aclose()
+            await inference.aclose()
+        XSD.validate(str(junit))
+        return record, ET.parse(junit).getroot()
+
+
+@pytest.fixture
+def make_env(kubeconfig: Path | None, tmp_path: Path) -> Any:
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def factory(**faults: Any) -> AsyncIterator[Env]:
+        options = SandboxOptions(
+            workdir=tmp_path / "sandbox",
+            kubeconfig=kubeconfig,
+            faults=Faults.model_validate({"stub_models": True, **faults}),
+            provider_crds=provider_crds() if kubeconfig is not None else {},
+        )
+        async with Sandbox(options) as sandbox:
+            kube = await KubeClient.from_kubeconfig(str(sandbox.kubeconfig))
+            try:
+                yield Env(sandbox, kube, tmp_path)
+            finally:
+                await kube.aclose()
+
+    return factory
+
+
+async def installed(env: Env, api: KubeFoundryClient, provider: str) -> None:
+    """Wait (on the CRD's watch) until the backend says the provider is installed."""
+
+    async def check() -> bool | None:
+        return True if (await api.provider_status(provider)).installed else None
+
+    with anyio.fail_after(60):
+        await wait_for(
+            check,
+            kube=env.kube,
+            watches=[WatchSpec(CRDS, None), WatchSpec(PODS, f"{provider}-system")],
+            recheck=5,
+        )
+
+
+def findings(record: RunRecord) -> dict[str, str]:
+    return {f.name: phase.name for phase, f in record.findings()}
+
+
+def statuses(record: RunRecord) -> dict[str, str]:
+    return {p.name: p.status for p in record.phase_records()}
+
+
+def junit_findings(root: ET.Element) -> dict[str, str]:
+    """finding.NAME properties, and that each shows in its testcase's system-out."""
+    props = {
+        p.get("name", "").removeprefix("finding."): p.get("value", "")
+        for p in root.iter("property")
+        if p.get("name", "").startswith("finding.")
+    }
+    outs = " ".join((case.findtext("system-out") or "") for case in root.iter("testcase"))
+    for name in props:
+        assert f"FINDING {name}" in outs, name
+        assert f"docs/PROVIDERS.md#{name}" in props[name]
+    return props
+
+
+async def nothing_left(env: Env, namespace: str) -> None:
+    """The workload, its pods and the Secret the flow made are gone from the cluster."""
+    for res in (RAYSERVICES, RAYCLUSTERS, DGDS):
+        try:
+            listing = await env.kube.list(res, namespace)
+        except NotFound:
+            continue  # that provider's CRD is not installed
+        assert not listing["items"], [o["metadata"]["name"] for o in listing["items"]]
+    for selector in ("ray.io/cluster", "nvidia.com/dynamo-graph-deployment-name"):
+        pods = await env.kube.list(PODS, namespace, label_selector=selector)
+        assert not pods["items"], [p["metadata"]["name"] for p in pods["items"]]
+    with pytest.raises(NotFound):
+        await env.kube.get(SECRETS, "hf-token-secret", namespace)
+
+
+# ---------------------------------------------------------------------------- KubeRay
+
+
+@pytest.mark.parametrize("defect", [True, False], ids=["real-backend", "behaving"])
+async def test_kuberay_end_to_end(make_env: Any, defect: bool) -> None:
+    """Install, the token Secret, deploy, serve-svc inference, delete until the pods are
+    gone; the real backend's early 404 is a finding, absent when the stand-in behaves."""
+    async with make_env(
+        defects={"kuberay_get_404_while_pods_go": defect},
+        delays={"pod_termination": 2.0},
+    ) as env:
+        record, root = await env.run(KubeRayProfile())
+        assert record.outcome == "passed", [(p.name, p.reason) for p in record.phase_records()]
+        expected = {"kuberay-gone-before-pods": "delete"} if defect else {}
+        assert findings(record) == expected
+        assert set(junit_findings(root)) == set(expected)
+        props = record.all_properties()
+        assert props["served_model_name"] == KubeRayProfile.default_model
+        await nothing_left(env, "kuberay-system")
+
+
+@pytest.mark.parametrize("defect", [True, False], ids=["real-backend", "behaving"])
+async def test_kuberay_replicas_above_max(make_env: Any, defect: bool) -> None:
+    async with make_env(defects={"kuberay_clamps_replicas": defect}) as env:
+        record, _ = await env.run(KubeRayProfile(), replicas=3)
+        assert record.outcome == "passed"
+        assert ("kuberay-replicas-clamped" in findings(record)) == defect
+
+
+@pytest.mark.parametrize("defect", [True, False], ids=["real-backend", "behaving"])
+async def test_kuberay_pods_matched_by_prefix(make_env: Any, defect: bool) -> None:
+    """Another deployment whose name starts with ours: the real /pods lists its pods too,
+    and the flow's own pod set (its exact RayCluster) never takes them."""
+    async with make_env(defects={"kuberay_pods_by_prefix": defect}) as env:
+        api = KubeFoundryClient(env.sandbox.api_url)
+        try:
+            await api.install_provider("kuberay")
+            await installed(env, api, "kuberay")
+            await ensure_token_secret(env.kube, "kuberay-system", lambda _: None)
+            decoy = Deployment("llm-b", "kuberay-system", KubeRayProfile.default_model)
+            await api.create_deployment(KubeRayProfile().create_body(decoy))
+            await env.sandbox.state.wait_recorded("llm-b", "serviceStatus=Running")
+            record, _ = await env.run(KubeRayProfile())
+            await api.delete_deployment("llm-b", "kuberay-system")
+        finally:
+            await api.aclose()
+        assert record.outcome == "passed", [(p.name, p.reason) for p in record.phase_records()]
+        assert ("kuberay-pods-by-prefix" in findings(record)) == defect
+
+
+async def test_kuberay_strict_fails_on_a_finding(make_env: Any) -> None:
+    async with make_env(delays={"pod_termination": 2.0}) as env:
+        record, root = await env.run(KubeRayProfile(), strict=True)
+        assert record.outcome == "failed" and record.failed_phase == "delete"
+        delete = next(p for p in record.phases if p.name == "delete")
+        assert delete.reason == "--strict: 1 finding(s): kuberay-gone-before-pods"
+        assert statuses(record)["cleanup"] == "passed"
+        await nothing_left(env, "kuberay-system")
+
+
+# ---------------------------------------------------------------------------- Dynamo
+
+
+@pytest.mark.parametrize("defect", [True, False], ids=["real-backend", "behaving"])
+async def test_dynamo_end_to_end(make_env: Any, defect: bool) -> None:
+    """Running with 0 ready replicas and no pods listed: decided from the pods, findings;
+    absent when the stand-in behaves. Delete waits out the finalizer and the pods."""
+    defects = {"dynamo_ready_always_zero": defect, "dynamo_pods_not_found": defect}
+    async with make_env(defects=defects) as env:
+        record, root = await env.run(DynamoProfile())
+        assert record.outcome == "passed", [(p.name, p.reason) for p in record.phase_records()]
+        expected = (
+            {"dynamo-ready-replicas-zero": "wait_ready", "dynamo-pods-not-listed": "wait_ready"}
+            if defect
+            else {}
+        )
+        assert findings(record) == expected
+        assert set(junit_findings(root)) == set(expected)
+        await nothing_left(env, "dynamo-system")
+
+
+@pytest.mark.parametrize("defect", [True, False], ids=["real-backend", "behaving"])
+async def test_dynamo_failed_workload_fails_fast(make_env: Any, defect: bool) -> None:
+    """The operator marks the DGD failed: Wait Ready fails at once (not at its timeout),
+    and the backend's Pending is a finding."""
+    faults = {"operator_fails": True, "defects": {"dynamo_failed_shows_pending": defect}}
+    async with make_env(**faults) as env:
+        record, _ = await env.run(DynamoProfile(), ready_timeout=120)
+        wait = next(p for p in record.phases if p.name == "wait_ready")
+        assert wait.status == "failed" and not wait.timed_out
+        assert "marked it failed" in (wait.reason or "")
+        assert ("dynamo-failed-shown-pending" in findings(record)) == defect
+        assert statuses(record)["cleanup"] == "passed"
+        await nothing_left(env, "dynamo-system")
