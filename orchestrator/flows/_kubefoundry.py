@@ -671,7 +671,9 @@ class KubeFoundryFlow:
                     await call_backend(self.api.delete_deployment(d.name, d.namespace))
                 except NotFound:
                     ctx.log("the backend no longer knows the deployment")
-                except ClientError as exc:
+                except (ClientError, PhaseFailed) as exc:
+                    # call_backend turns a refused token, a broken body or a timed-out
+                    # answer into PhaseFailed: for cleanup, each is a backend that failed.
                     ctx.log(f"the backend's delete failed ({exc})")
                     outcome = "failed"
                 if outcome != "failed":
