@@ -553,9 +553,10 @@ class KubeFoundryFlow:
             checks = exc.checks or ["schema"]
             ctx.set_property("inference_failed_checks", ",".join(checks))
             ctx.log("the answer failed the quality gate:\n  " + "\n  ".join(exc.errors))
+            n = len(exc.errors)
             raise PhaseFailed(
-                f"invalid chat completion, failed {', '.join(checks)} "
-                f"({len(exc.errors)} errors): " + "; ".join(exc.errors)
+                f"invalid chat completion ({n} violation{'' if n == 1 else 's'} of "
+                f"{', '.join(checks)}): " + "; ".join(exc.errors)
             ) from None
         except HTTPStatusError as exc:
             raise PhaseFailed(f"inference answered {exc.status}: {exc.message}") from None

@@ -62,7 +62,8 @@ async def test_a_broken_deployment_fails_inference_naming_the_check(
     assert result.code == 1, result.stdout + result.stderr
     failure = result.status_of("Inference")
     assert failure["status"] == "failure", result.verdicts()
-    assert f"failed {check} " in failure["message"] and needle in failure["message"]
+    assert f"(1 violation of {check}): {check}: " in failure["message"], failure["message"]
+    assert needle in failure["message"]
     inference = next(p for p in result.run_json()["phases"] if p["name"] == "inference")
     assert inference["properties"]["inference_failed_checks"] == check
     served = [e for e in sandbox.timeline if e.event == "chat completion served"]
@@ -88,7 +89,7 @@ async def test_the_expected_answer_is_asked_at_temperature_zero_only_when_set(
     )  # fmt: skip
     assert missed.code == 1, missed.stdout + missed.stderr
     failure = missed.status_of("Inference")
-    assert "failed expectation" in failure["message"]
+    assert "(1 violation of expectation)" in failure["message"]
     assert "'Hello there, friend.' does not match /(?i)paris/" in failure["message"]
     await assert_clean(sandbox)
 
