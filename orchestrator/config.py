@@ -183,7 +183,8 @@ class Settings(BaseModel):
     api_url: str = "http://localhost:3001"
     test_timeout: Milliseconds = Field(600_000, gt=0, le=MAX_MILLISECONDS)
     #: The KubeFoundry provider(s) to test: each is the built-in flow of that name.
-    provider: str | None = "kaito"
+    #: None: kaito, unless ``[[deployments]]`` tables name their providers.
+    provider: str | None = None
     #: Flows to run instead of the providers' (names or module:factory paths).
     flow: str | None = None
     install_timeout: Milliseconds = Field(180_000, gt=0, le=MAX_MILLISECONDS)
@@ -291,7 +292,10 @@ class Settings(BaseModel):
         if self.flow:
             return self.flow.split(",")
         named = [d.provider for d in self.deployments if d.provider]
-        chosen = (self.provider or "kaito").split(",") if not named or self.provider else []
+        if self.provider:
+            chosen = self.provider.split(",")
+        else:
+            chosen = [] if named else ["kaito"]
         return list(dict.fromkeys([*chosen, *named]))
 
     @field_validator("deployments", mode="before")

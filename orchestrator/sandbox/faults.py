@@ -74,7 +74,7 @@ class Delays(BaseModel):
     #: KubeRay and Dynamo stand-ins: how long a deleted pod stays Terminating
     #: (``fake-kubelet/termination-delay``), which is what makes a workload outlive its CR.
     pod_termination: float = Field(
-        0.5, ge=0, description="pod deleted -> gone (KubeRay/Dynamo pods)"
+        2.0, ge=0, description="pod deleted -> gone (KubeRay/Dynamo pods; seconds in a cluster)"
     )
 
 

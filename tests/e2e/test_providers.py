@@ -1,0 +1,200 @@
+"""Every provider in one run, as a user runs it: ``run --provider kaito,kuberay,dynamo``.
+
+The command runs as a child process against the sandbox (the in-process Kubernetes API,
+and a fresh test cluster with the real CRDs when TESTCLUSTER_HOME is set): one budget,
+one JUnit file with a testsuite per provider, the findings of the real backend's
+defects in it, ``--strict`` turning them into failures, ``--shard`` and
+``[[deployments]]`` tables that name their provider. Models are stubs.
+"""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from e2e_harness import Result, run_orchestrator
+
+from orchestrator.clients import PODS, KubeClient
+from orchestrator.sandbox import Faults, Sandbox, SandboxOptions
+
+pytestmark = pytest.mark.anyio
+
+ALL = "kaito,kuberay,dynamo"
+
+
+def provider_crds() -> dict[str, Path]:
+    out = {}
+    for provider, var in (("kuberay", "KUBERAY_CRDS_DIR"), ("dynamo", "DYNAMO_CRDS_DIR")):
+        value = os.environ.get(var)
+        if value and Path(value).is_dir():
+            out[provider] = Path(value)
+    return out
+
+
+@pytest.fixture
+def faults() -> Faults:
+    return Faults(stub_models=True)
+
+
+@pytest.fixture
+async def providers_sandbox(
+    kubeconfig: Path | None, faults: Faults, tmp_path: Path
+) -> AsyncIterator[Sandbox]:
+    crds = os.environ.get("KAITO_CRDS_DIR")
+    options = SandboxOptions(
+        workdir=tmp_path / "sandbox",
+        kubeconfig=kubeconfig,
+        faults=faults,
+        crd_dir=Path(crds) if crds and kubeconfig is not None else None,
+        provider_crds=provider_crds() if kubeconfig is not None else {},
+    )
+    async with Sandbox(options) as sb:
+        yield sb
+
+
+def suites(result: Result) -> dict[str, ET.Element]:
+    result.cases()  # validates the file against the junit-10 schema
+    root = ET.parse(result.junit).getroot()
+    return {s.get("name", ""): s for s in root.iter("testsuite")}
+
+
+def suite_findings(suite: ET.Element) -> set[str]:
+    return {
+        p.get("name", "").removeprefix("finding.")
+        for p in suite.iter("property")
+        if p.get("name", "").startswith("finding.")
+    }
+
+
+async def no_workload_pods(sb: Sandbox) -> list[str]:
+    kube = await KubeClient.from_kubeconfig(str(sb.kubeconfig))
+    try:
+        left = []
+        for namespace, selector in (
+            ("kaito-workspace", "kaito.sh/workspace"),
+            ("kuberay-system", "ray.io/cluster"),
+            ("dynamo-system", "nvidia.com/dynamo-graph-deployment-name"),
+        ):
+            pods = await kube.list(PODS, namespace, label_selector=selector)
+            left += [p["metadata"]["name"] for p in pods["items"]]
+        return left
+    finally:
+        await kube.aclose()
+
+
+async def test_every_provider_in_one_run(providers_sandbox: Sandbox, tmp_path: Path) -> None:
+    result = await run_orchestrator(providers_sandbox, tmp_path, "--provider", ALL, timeout=240)
+    assert result.code == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    found = suites(result)
+    assert set(found) == {"kaito", "kuberay", "dynamo"}
+    assert suite_findings(found["kaito"]) == set()
+    assert suite_findings(found["kuberay"]) == {"kuberay-gone-before-pods"}
+    assert suite_findings(found["dynamo"]) == {
+        "dynamo-ready-replicas-zero",
+        "dynamo-pods-not-listed",
+    }
+    # the console names them, with where they are explained
+    assert "dynamo-ready-replicas-zero" in result.stdout
+    assert "docs/PROVIDERS.md#kuberay-gone-before-pods" in result.stdout
+    # one budget for all three: each run.json says so
+    for provider in ("kuberay", "dynamo"):
+        run = (result.artifacts / provider / "run.json").read_text()
+        assert '"findings"' in run
+    assert await no_workload_pods(providers_sandbox) == []
+
+
+async def test_strict_fails_the_phases_that_found_something(
+    providers_sandbox: Sandbox, tmp_path: Path
+) -> None:
+    result = await run_orchestrator(
+        providers_sandbox, tmp_path, "--provider", "kuberay,dynamo", "--strict", timeout=240
+    )
+    assert result.code == 1
+    found = suites(result)
+
+    def failures(suite: ET.Element) -> list[str]:
+        return [f.get("message", "") for f in suite.iter("failure")]
+
+    assert failures(found["kuberay"]) == [
+        "Delete: --strict: 1 finding(s): kuberay-gone-before-pods (deadline 120.0 s)"
+    ]
+    (dynamo,) = failures(found["dynamo"])
+    assert dynamo.startswith("Wait Ready: --strict: 2 finding(s): dynamo-ready-replicas-zero")
+    assert await no_workload_pods(providers_sandbox) == []  # cleanup still ran
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [Faults(stub_models=True, defects={"kuberay_get_404_while_pods_go": False})],
+    ids=["behaving"],
+)
+async def test_strict_passes_a_behaving_backend(providers_sandbox: Sandbox, tmp_path: Path) -> None:
+    result = await run_orchestrator(
+        providers_sandbox, tmp_path, "--provider", "kuberay", "--strict", timeout=180
+    )
+    assert result.code == 0, result.stdout[-3000:]
+    assert suite_findings(suites(result)["kuberay"]) == set()
+
+
+async def test_shards_split_the_providers(providers_sandbox: Sandbox, tmp_path: Path) -> None:
+    """Three providers over two jobs: 1/2 runs kaito and dynamo, 2/2 runs kuberay; a
+    shard with nothing in it passes without making anything."""
+    for sub in ("a", "b", "c"):
+        (tmp_path / sub).mkdir()
+    first = await run_orchestrator(
+        providers_sandbox, tmp_path / "a", "--provider", ALL, "--shard", "1/2", timeout=240
+    )
+    second = await run_orchestrator(
+        providers_sandbox, tmp_path / "b", "--provider", ALL, "--shard", "2/2", timeout=240
+    )
+    assert first.code == 0 and second.code == 0, first.stdout[-2000:] + second.stdout[-2000:]
+    assert set(suites(first)) == {"kaito", "dynamo"}
+    assert set(suites(second)) == {"kuberay"}
+    empty = await run_orchestrator(
+        providers_sandbox, tmp_path / "c", "--provider", "kuberay", "--shard", "2/2"
+    )
+    assert empty.code == 0
+    assert "nothing to run" in empty.stdout
+    assert suites(empty) == {}
+
+
+async def test_deployments_name_their_provider(providers_sandbox: Sandbox, tmp_path: Path) -> None:
+    config = tmp_path / "providers.toml"
+    config.write_text(
+        '[[deployments]]\nname = "ray-a"\nprovider = "kuberay"\n\n'
+        '[[deployments]]\nname = "dyn-a"\nprovider = "dynamo"\nreplicas = 2\n'
+    )
+    result = await run_orchestrator(
+        providers_sandbox, tmp_path, "--config", str(config), timeout=240
+    )
+    assert result.code == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    found = suites(result)
+    assert set(found) == {"kuberay", "dynamo"}  # one deployment each: named by provider
+
+    def prop(suite: ET.Element, name: str) -> str:
+        return next(p.get("value", "") for p in suite.iter("property") if p.get("name") == name)
+
+    # two deployments in one run: their names get the run id, so two jobs never collide
+    assert prop(found["kuberay"], "deployment").startswith("ray-a-")
+    assert prop(found["dynamo"], "deployment").startswith("dyn-a-")
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--shard", "3/2"], "INDEX must be between 1 and COUNT"),
+        (["--shard", "x"], "is not INDEX/COUNT"),
+        (["--provider", "kuberay", "--deployment", "name=a,provider=Ray!"], "not a provider name"),
+        (["--provider", "nope"], "no flow named 'nope'"),
+    ],
+)
+async def test_bad_provider_input_is_exit_2(
+    providers_sandbox: Sandbox, tmp_path: Path, args: list[str], message: str
+) -> None:
+    result = await run_orchestrator(providers_sandbox, tmp_path, *args, timeout=60)
+    assert result.code == 2, result.stdout + result.stderr
+    assert message in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
