@@ -278,6 +278,13 @@ class InferenceClient:
 
         async def once() -> tuple[int, _Answer]:
             answer = await self._send_streamed(target, body)
+            if answer.status == 400 and _refuses_stream_options(body, answer.body):
+                # A server from before stream_options: ask again without it (the usage
+                # is then judged only if it sends one anyway).
+                if on_wait:
+                    on_wait(f"the model refused stream_options ({_message(answer.body, '')})")
+                del body["stream_options"]
+                answer = await self._send_streamed(target, body)
             return answer.status, answer
 
         answer, attempts = await _until_served(once, target, loading_grace, on_wait)
@@ -419,6 +426,10 @@ async def _collect(chunks: AsyncIterator[dict[str, Any]], started: float, route:
                 answer.ttft_s = time.monotonic() - started
     answer.total_s = time.monotonic() - started
     return answer
+
+
+def _refuses_stream_options(body: dict[str, Any], answer: Any) -> bool:
+    return "stream_options" in body and "stream_options" in _message(answer, "")
 
 
 def _has_content(chunk: dict[str, Any]) -> bool:

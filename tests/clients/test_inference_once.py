@@ -13,7 +13,13 @@ from typing import Any
 import httpx
 import pytest
 
-from orchestrator.clients import InferenceClient, InferenceRoute, InvalidCompletion, ServerError
+from orchestrator.clients import (
+    HTTPStatusError,
+    InferenceClient,
+    InferenceRoute,
+    InvalidCompletion,
+    ServerError,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -197,3 +203,22 @@ async def test_the_deterministic_prompt_asks_temperature_zero_and_meets_the_patt
     with pytest.raises(InvalidCompletion) as caught:
         await complete(miss, temperature=0, expect_pattern=re.compile(r"Paris"))
     assert caught.value.checks == ["expectation"] and "does not match /Paris/" in str(caught.value)
+
+
+async def test_a_server_that_refuses_stream_options_is_asked_again_without_them() -> None:
+    refused = httpx.Response(
+        400, json={"error": {"message": "Unrecognized request argument supplied: stream_options"}}
+    )
+    model = Model(refused, streamed(stream_of("Hi", usage=False)))
+    waits: list[str] = []
+    result = await complete(model, on_wait=waits.append)
+    assert [("stream_options" in r) for r in model.requests] == [True, False]
+    assert result.content == "Hi" and result.completion_tokens is None
+    assert waits and "stream_options" in waits[0]
+
+
+async def test_any_other_400_is_the_answer() -> None:
+    model = Model(httpx.Response(400, json={"error": {"message": "max_tokens too large"}}))
+    with pytest.raises(HTTPStatusError, match="max_tokens too large"):
+        await complete(model)
+    assert len(model.requests) == 1
