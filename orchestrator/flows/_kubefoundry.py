@@ -669,7 +669,9 @@ class KubeFoundryFlow:
             outcome = "timed out"
             with anyio.move_on_after(share):
                 try:
-                    await call_backend(self.api.delete_deployment(d.name, d.namespace))
+                    # Not through call_backend: a broken answer (wrong shape, not JSON) is
+                    # a ClientError like any other failure here, and Kubernetes takes over.
+                    await self.api.delete_deployment(d.name, d.namespace)
                 except NotFound:
                     ctx.log("the backend no longer knows the deployment")
                 except (ClientError, PhaseFailed) as exc:

@@ -518,6 +518,7 @@ KUBE_TARGETS = {
 BACKEND_TARGETS = {
     "status": {"method": "GET", "path": r"^/api/deployments/[^/?]+\?"},
     "install": {"path": r"/api/installation/"},
+    "delete": {"method": "DELETE", "path": r"^/api/deployments/"},
     "any": {"path": ""},
 }
 _BY_TARGET = {
@@ -526,6 +527,7 @@ _BY_TARGET = {
     "model": ["wrong_shape", "not_json", "truncate", "reset", "status", "trickle"],
     "status": ["wrong_shape", "not_json", "truncate", "reset", "status", "echo_authorization"],
     "install": ["reset", "status", "echo_authorization"],
+    "delete": ["wrong_shape", "not_json", "truncate", "reset", "status", "echo_authorization"],
     "any": ["reset", "status", "trickle"],
 }
 
