@@ -100,7 +100,13 @@ class GitHubReporter:
 
 def job_summary(record: RunRecord) -> str:
     """The Markdown job summary: verdict, phase table, Gantt chart, properties."""
-    parts = [_heading(record), phase_table(record), gantt(record), _properties(record)]
+    parts = [
+        _heading(record),
+        phase_table(record),
+        _findings(record),
+        gantt(record),
+        _properties(record),
+    ]
     return "\n".join(part for part in parts if part) + "\n"
 
 
@@ -122,6 +128,19 @@ def _heading(record: RunRecord) -> str:
         f"diagnose and cleanup), exit code {record.exit_code}."
     )
     return "\n".join(lines) + "\n"
+
+
+def _findings(record: RunRecord) -> str:
+    """What the system under test got wrong while the run went on (``--strict``: failed)."""
+    found = record.findings()
+    if not found:
+        return ""
+    rows = ["**Findings**", "", "| Phase | Finding | What | Fact |", "|---|---|---|---|"]
+    for phase, f in found:
+        rows.append(
+            f"| {cell(phase.title)} | {cell(f.name)} | {cell(f.message)} | {cell(f.fact)} |"
+        )
+    return "\n".join(rows) + "\n"
 
 
 def phase_table(record: RunRecord) -> str:
@@ -223,7 +242,8 @@ def _clock(milliseconds: int) -> str:
 
 
 def workflow_commands(record: RunRecord) -> list[str]:
-    """An ``::error`` for each failed phase (cleanup included), a ``::warning`` if interrupted."""
+    """An ``::error`` for each failed phase (cleanup included), a ``::warning`` for each
+    finding of a phase that passed, and one if interrupted."""
     lines: list[str] = []
     for phase in record.phase_records():
         if phase.status != "failed":
@@ -232,6 +252,9 @@ def workflow_commands(record: RunRecord) -> list[str]:
         if phase.detail:
             message += "\n" + phase.detail
         lines.append(command("error", message, title=f"{record.suite}: {phase.title} failed"))
+    for phase, f in record.findings():
+        if phase.status != "failed":  # under --strict the phase's error says it already
+            lines.append(command("warning", f.line(), title=f"{record.suite}: finding {f.name}"))
     if record.outcome == "interrupted":
         lines.append(
             command(

@@ -198,3 +198,21 @@ async def test_bad_provider_input_is_exit_2(
     assert result.code == 2, result.stdout + result.stderr
     assert message in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("faults", [Faults()], ids=["real-model"])
+async def test_kuberay_and_dynamo_serve_a_real_model(
+    providers_sandbox: Sandbox, kubeconfig: Path | None, tmp_path: Path
+) -> None:
+    """Once per provider, a real llama.cpp model behind NAME-serve-svc and NAME-frontend
+    (the in-process API only: the test cluster adds nothing to what a model says)."""
+    if kubeconfig is not None:
+        pytest.skip("one real-model run per provider: on the sandbox's own API")
+    result = await run_orchestrator(
+        providers_sandbox, tmp_path, "--provider", "kuberay,dynamo", timeout=300
+    )
+    assert result.code == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    for name, suite in suites(result).items():
+        props = {p.get("name"): p.get("value") for p in suite.iter("property")}
+        assert int(props["completion_tokens"] or 0) > 0, (name, props)

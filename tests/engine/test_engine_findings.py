@@ -74,3 +74,19 @@ async def test_the_console_lists_the_findings(tmp_path: Path) -> None:
     text = out.getvalue()
     assert "1 finding(s)" in text
     assert "Wait Ready: ready-replicas-zero: Running with 0 ready replicas" in text
+
+
+async def test_github_gets_a_findings_table_and_a_warning_each(tmp_path: Path) -> None:
+    from orchestrator.engine._github import job_summary, workflow_commands
+
+    record, _ = await run_flow(FakeFlow(("wait-ready", finds)), tmp_path)
+    summary = job_summary(record)
+    assert "**Findings**" in summary and "| Wait Ready | ready-replicas-zero |" in summary
+    assert FACT in summary
+    (warning,) = workflow_commands(record)
+    assert warning.startswith("::warning title=fake%3A finding ready-replicas-zero::")
+
+    strict, _ = await run_flow(FakeFlow(("wait-ready", finds)), tmp_path / "s", strict=True)
+    commands = workflow_commands(strict)
+    assert not any(c.startswith("::warning") for c in commands)  # the ::error says it
+    assert any(c.startswith("::error") and "ready-replicas-zero" in c for c in commands)
