@@ -579,7 +579,9 @@ class KubeFoundryFlow:
                 f"DELETE answered 404 ({exc.message}): the deployment vanished "
                 f"before this run deleted it"
             ) from None
-        except ClientError as exc:
+        except (ClientError, PhaseFailed) as exc:
+            # call_backend turns some client errors (a timeout, a broken body) into
+            # PhaseFailed with advice: either way, the backend's delete did not work.
             self.created.backend_delete_failed = f"the backend's DELETE failed: {exc}"[:300]
             raise
         except BaseException:

@@ -53,8 +53,12 @@ async def test_a_delete_the_backend_does_not_do_fails_the_phase_and_cleanup_stil
 
 @pytest.mark.parametrize(
     "knobs",
-    [{"delete_noop": True}, {"hang_route": "delete"}],
-    ids=["answers-200-deletes-nothing", "hangs"],
+    [
+        {"delete_noop": True},
+        {"hang_route": "delete"},
+        {"bad_body": {"route": "delete", "kind": "invalid_json"}},
+    ],
+    ids=["answers-200-deletes-nothing", "hangs", "answers-garbage"],
 )
 async def test_cleanup_after_a_failure_does_not_wait_on_a_backend_that_deletes_nothing(
     sandbox, tmp_path: Path, knobs: dict[str, object]
@@ -83,7 +87,9 @@ async def test_cleanup_after_a_failure_does_not_wait_on_a_backend_that_deletes_n
     assert "directly through Kubernetes" in log
     props = {p["name"]: p["value"] for p in _properties(result)}
     assert props.get("cleanup_deleted_by") == "kubernetes", props
-    sandbox.update_faults({"hang_route": None, "delete_noop": False, "never_ready": False})
+    sandbox.update_faults(
+        {"hang_route": None, "delete_noop": False, "never_ready": False, "bad_body": None}
+    )
     await assert_clean(sandbox)
 
 
