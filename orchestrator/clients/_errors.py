@@ -79,8 +79,11 @@ class TransportError(ClientError):
         self.url = url
 
 
-class RequestTimeout(TransportError):
+class RequestTimeout(TransportError, TimeoutError):
     """No whole answer in time: the connection, the headers or the body took too long.
+
+    Also a :class:`TimeoutError`, which it is: code that knows nothing of this client (the
+    engine) can tell that a phase ran out of time waiting for an answer.
 
     ``received`` counts the bytes of the body that did arrive and ``elapsed`` how long
     the request had run, so that "a body trickling in" and "no answer at all" read

@@ -427,8 +427,11 @@ class Runner:
             record.status = "failed"
             record.reason, record.detail = _describe(error)
             inner = _unwrap(error)
-            if isinstance(inner, PhaseFailed) and inner.timed_out:
-                # A wait inside the phase (a request) ran out of the phase's time.
+            if (isinstance(inner, PhaseFailed) and inner.timed_out) or isinstance(
+                inner, TimeoutError
+            ):
+                # A wait inside the phase (a request bounded by the phase's deadline) ran
+                # out of time: a timeout too, and the way to allow more time applies.
                 record.timed_out = True
                 record.reason += more_time
         elif self.strict and record.kind == "phase" and record.findings:

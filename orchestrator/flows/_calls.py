@@ -14,7 +14,7 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 
-from ..clients import ClientError, NotFound, RequestTimeout, ResponseFormatError, Unauthorized
+from ..clients import ClientError, NotFound, ResponseFormatError, Unauthorized
 from ..engine import PhaseContext, PhaseFailed
 
 T = TypeVar("T")
@@ -37,11 +37,6 @@ async def call_backend(call: Awaitable[T], *, not_found_fails: bool = False) -> 
         ) from None
     except ResponseFormatError as exc:
         raise PhaseFailed(str(exc)) from None
-    except RequestTimeout as exc:
-        # Bounded by the phase's deadline: the backend took longer than the phase may.
-        raise PhaseFailed(
-            f"{exc}; the backend did not answer in time (its log may say why)", timed_out=True
-        ) from None
     except NotFound as exc:
         if not not_found_fails:
             raise
@@ -64,14 +59,20 @@ def peer_failures_named(
         try:
             await run(ctx)
         except ClientError as exc:
-            raise PhaseFailed(f"{type(exc).__name__}: {exc}") from None
+            raise _named(exc) from None
         except BaseExceptionGroup as group:
             only = group.exceptions[0] if len(group.exceptions) == 1 else None
             if isinstance(only, ClientError):
-                raise PhaseFailed(f"{type(only).__name__}: {only}") from None
+                raise _named(only) from None
             raise
 
     return phase
+
+
+def _named(exc: ClientError) -> PhaseFailed:
+    # A request that ran out of the phase's time is a timeout (RequestTimeout is a
+    # TimeoutError): the engine then says how to give the phase more time.
+    return PhaseFailed(f"{type(exc).__name__}: {exc}", timed_out=isinstance(exc, TimeoutError))
 
 
 class Outcome(Generic[T]):

@@ -210,6 +210,19 @@ async def test_the_runner_knows_the_settings_and_a_request_timeout_counts_as_one
     assert (record.phases[0].reason or "").endswith(
         "; if it only needs longer, raise INSTALL_TIMEOUT or --install-timeout (ms)"
     )
+
+    async def request_timed_out(ctx: PhaseContext) -> None:
+        raise TimeoutError("GET /thing: no whole answer within 2.0 s")
+
+    flow = FakeFlow(("deploy", request_timed_out), name="c")
+    record = await Runner(
+        flow,
+        budget=Budget(60, 5),
+        artifacts_dir=tmp_path / "c",
+        timeout_settings={"deploy": "DEPLOY_TIMEOUT"},
+    ).run()
+    assert record.phases[0].timed_out
+    assert (record.phases[0].reason or "").endswith("raise DEPLOY_TIMEOUT")
     flow = FakeFlow(("deploy", never_answered), name="b")
     record = await Runner(
         flow,
