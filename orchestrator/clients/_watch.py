@@ -187,6 +187,32 @@ def _after_failure(exc: Exception, backoff: Backoff) -> tuple[str, float, bool]:
     return why, delay, relist
 
 
+def _ignore(_value: object) -> None:
+    pass
+
+
+@dataclass
+class _Health:
+    """Whether the caller's view may be behind the server, told only when it changes."""
+
+    tell: Callable[[str | None], None]
+    backoff: Backoff
+    #: Until the first stream is live: a caller that starts a watch over hears it.
+    behind: bool = True
+
+    def live(self) -> None:
+        """The server accepted the watch, from the listing's version or from the last one
+        seen: nothing was missed."""
+        self.backoff.reset()
+        if self.behind:
+            self.behind = False
+            self.tell(None)
+
+    def lost(self, why: str) -> None:
+        self.behind = True
+        self.tell(why)
+
+
 async def watch(
     client: KubeClient,
     resource: Resource,
@@ -209,47 +235,42 @@ async def watch(
     seen is the whole current state, as of the listing. ``on_impaired`` is called
     with the reason when a failure may have left the caller's view behind, and with
     None once a stream is live again (accepted by the server, after the relisting if
-    one was due): a listing alone is whole only for a moment. ``client_timeout`` is the longest
-    silence taken before the stream is reopened (default: the server's timeout + 15 s).
+    one was due): a listing alone is whole only for a moment. ``client_timeout`` is the
+    longest silence taken before the stream is reopened (default: the server's timeout
+    + 15 s).
     """
     target = _Target(resource, namespace, label_selector, field_selector)
-    backoff = backoff or Backoff()
-    note = on_note or (lambda _msg: None)
-    impaired = on_impaired or (lambda _why: None)
+    health = _Health(on_impaired or _ignore, backoff or Backoff())
+    note, synced = on_note or _ignore, on_synced or (lambda: None)
     view = _View()
-    behind = True  # until the first stream is live: a caller starting over hears it
-
-    def live() -> None:
-        """The server accepted the watch: from the listing's version, or from the last
-        one seen, so nothing was missed."""
-        nonlocal behind
-        backoff.reset()
-        if behind:
-            behind = False
-            impaired(None)
-
     while True:
         try:
             if view.version is None:
                 async for event in _relist(client, target, view):
                     yield event
-                if on_synced is not None:
-                    on_synced()
-            async for event in _stream(client, target, view, server_timeout, client_timeout, live):
+                synced()
+            async for event in _stream(
+                client, target, view, server_timeout, client_timeout, health.live
+            ):
                 yield event
             # A clean end of stream: the server's timeout, or someone cut it. Reopen from
             # where we were; a tiny jitter keeps a server that ends every stream at once
             # from being hit in lockstep.
             await anyio.sleep(random.uniform(0, 0.05))
         except (ClientError, _Relist) as exc:
-            why, delay, relist = _after_failure(exc, backoff)
-            if relist:
-                view.version = None
-            behind = True
-            impaired(f"watch {resource.plural}: {why}")
-            then = "relisting" if relist else "reconnecting"
-            note(f"watch {resource.plural}: {why}; {then} in {delay:.2f} s")
-            await anyio.sleep(delay)
+            await _recover(exc, f"watch {resource.plural}", view, health, note)
+
+
+async def _recover(
+    exc: Exception, what: str, view: _View, health: _Health, note: Callable[[str], None]
+) -> None:
+    """After a failure: say so, forget the version if a relisting is due, and back off."""
+    why, delay, relist = _after_failure(exc, health.backoff)
+    if relist:
+        view.version = None
+    health.lost(f"{what}: {why}")
+    note(f"{what}: {why}; {'relisting' if relist else 'reconnecting'} in {delay:.2f} s")
+    await anyio.sleep(delay)
 
 
 __all__ = ["watch", "WatchEvent", "Backoff", "ClientError", "TransportError"]
