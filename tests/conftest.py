@@ -13,6 +13,11 @@ from __future__ import annotations
 
 import pytest
 
+# The shared harnesses assert what every run must show, so their failures should say what
+# was seen. They are registered here, before any suite's conftest imports one of them:
+# registering a module that is already imported has no effect (and pytest warns).
+pytest.register_assert_rewrite("e2e_harness", "faults_harness", "hostile_harness", "proxy")
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(

@@ -3,14 +3,10 @@
 import sys
 from pathlib import Path
 
-import pytest
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[0] / "e2e"))
 sys.path.insert(0, str(HERE.parents[0] / "faults"))
 sys.path.insert(0, str(HERE))
-# The helpers assert what every run must show: their failures should say what was seen.
-pytest.register_assert_rewrite("hostile_harness", "faults_harness", "proxy")
 
 from e2e_harness import kubeconfig, sandbox  # noqa: E402, F401  (pytest fixtures)
 from hostile_harness import faults, hostile  # noqa: E402, F401  (pytest fixtures)
