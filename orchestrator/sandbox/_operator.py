@@ -83,6 +83,13 @@ class CustomResourceOperator:
     operator_selector = ""
     label = "operator"
 
+    def operator_ready(self, pod: JSON) -> bool:
+        """Whether this operator pod counts as running the operator (by default: it exists)."""
+        return True
+
+    def operator_seen(self, pod: JSON) -> None:
+        """Called with every operator pod the watch lists or sees change (not deletions)."""
+
     def __init__(self, kube: Kube, fleet: ModelFleet, state: SandboxState) -> None:
         self.kube = kube
         self.fleet = fleet
@@ -136,17 +143,26 @@ class CustomResourceOperator:
         while True:
             try:
                 listing = await self.kube.get(collection, query)
-                self._operator_pods = {p["metadata"]["name"] for p in listing.get("items", [])}
+                for p in listing.get("items", []):
+                    self.operator_seen(p)
+                self._operator_pods = {
+                    p["metadata"]["name"]
+                    for p in listing.get("items", [])
+                    if self.operator_ready(p)
+                }
                 self._operator_changed()
                 rv = listing["metadata"].get("resourceVersion")
                 attempt = 0
                 while True:
                     async for event in self.kube.watch(collection, query, rv):
                         rv = event["object"].get("metadata", {}).get("resourceVersion", rv)
-                        pod = event["object"]["metadata"].get("name")
-                        if event["type"] in ("ADDED", "MODIFIED"):
+                        obj = event["object"]
+                        pod = obj["metadata"].get("name")
+                        if event["type"] != "DELETED":
+                            self.operator_seen(obj)
+                        if event["type"] in ("ADDED", "MODIFIED") and self.operator_ready(obj):
                             self._operator_pods.add(pod)
-                        elif event["type"] == "DELETED":
+                        elif event["type"] in ("ADDED", "MODIFIED", "DELETED"):
                             self._operator_pods.discard(pod)
                         self._operator_changed()
             except Gone:
@@ -496,8 +512,10 @@ class CustomResourceOperator:
             if resp.status != 200:
                 raise RuntimeError(f"model server /health answered {resp.status}")
 
-    async def event(self, obj: JSON, reason: str, message: str, container: str = "") -> None:
-        """A Warning event about ``obj`` (a pod: from the kubelet, else from this operator)."""
+    async def event(
+        self, obj: JSON, reason: str, message: str, container: str = "", type_: str = "Warning"
+    ) -> None:
+        """An event about ``obj`` (a pod: from the kubelet on its node, else from this operator)."""
         meta = obj["metadata"]
         kind = obj.get("kind", "Pod")
         stamp = now()
@@ -511,6 +529,9 @@ class CustomResourceOperator:
         if container:
             involved["fieldPath"] = f"spec.containers{{{container}}}"
         component = "kubelet" if kind == "Pod" else self.label
+        source: JSON = {"component": component}
+        if kind == "Pod":
+            source["host"] = obj.get("spec", {}).get("nodeName", "")
         try:
             await self.kube.create(
                 f"/api/v1/namespaces/{meta['namespace']}/events",
@@ -524,9 +545,9 @@ class CustomResourceOperator:
                     "involvedObject": involved,
                     "reason": reason,
                     "message": message,
-                    "type": "Warning",
+                    "type": type_,
                     "count": 1,
-                    "source": {"component": component},
+                    "source": source,
                     "firstTimestamp": stamp,
                     "lastTimestamp": stamp,
                     "reportingComponent": component,
