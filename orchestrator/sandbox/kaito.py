@@ -332,7 +332,6 @@ class KaitoController(CustomResourceOperator):
         """Make the kubelet's side of a broken pod visible: waiting reason, events, restarts."""
         reason = "CrashLoopBackOff" if crash_loop else "ErrImagePull"
         pod = await self._wait_pod(namespace, f"{name}-0", lambda p: _waiting_reason(p) == reason)
-        self.state.record(namespace, name, f"pod {reason}")
         if crash_loop:
             message = f"back-off 40s restarting failed container=model pod={name}-0_{namespace}({pod['metadata']['uid']})"
             status = {
@@ -373,6 +372,9 @@ class KaitoController(CustomResourceOperator):
                 "model",
             )
             await self.event(pod, "Failed", "Error: ErrImagePull", "model")
+        # Recorded last: a reader that waits for this entry finds the status and the
+        # events already there, as a kubelet's would be by the time anyone looks.
+        self.state.record(namespace, name, f"pod {reason}")
 
     async def _wait_pod(
         self, namespace: str, name: str, predicate: Any, timeout: float = 120.0
