@@ -232,6 +232,29 @@ class Kube:
         await asyncio.wait_for(_wait(), timeout)
 
 
+#: libyaml's loader when PyYAML was built with it: the real KubeRay and Dynamo CRDs are
+#: tens of thousands of lines, which the pure-Python loader takes seconds to read.
+_YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_manifest_cache: dict[tuple[str, int, int], str] = {}
+
+
+def manifests(path: Path) -> list[JSON]:
+    """The non-empty documents of a YAML (or JSON) manifest file, as fresh JSON objects.
+
+    Each install of a stand-in applies the same CRD files again, so a file's documents are
+    parsed once per content (path, size and mtime) and kept as JSON text; every call gets
+    its own copy, which the caller may change.
+    """
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    text = _manifest_cache.get(key)
+    if text is None:
+        docs = [d for d in yaml.load_all(path.read_text(), Loader=_YAML_LOADER) if d]
+        text = _manifest_cache[key] = json.dumps(docs)
+    documents: list[JSON] = json.loads(text)
+    return documents
+
+
 def _cluster_name(path: Path) -> str:
     """The current context's cluster name, which KubeFoundry reports as ``clusterName``."""
     try:

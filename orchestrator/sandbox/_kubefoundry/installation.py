@@ -14,10 +14,9 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-import yaml
 from aiohttp import web
 
-from .._kube import JSON, Kube, KubeError
+from .._kube import JSON, Kube, KubeError, manifests
 from . import providers
 from .errors import STATE_KEY, ApiError
 
@@ -307,8 +306,7 @@ def _crd_documents(crd_dir: str) -> list[tuple[str, list[JSON]]]:
     paths = sorted(Path(crd_dir).iterdir(), key=lambda p: (order.get(p.name, len(order)), p.name))
     for path in paths:
         if path.suffix in (".yaml", ".yml", ".json"):
-            docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
-            out.append((path.name, docs))
+            out.append((path.name, manifests(path)))
     return out
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from .._kube import JSON, Kube, KubeError
+from .._kube import JSON, Kube, KubeError, manifests
 from ..faults import Defects
 from .errors import ApiError
 
@@ -305,7 +305,7 @@ async def _apply_crds(kube: Kube, crd_dir: str, builtin: list[JSON]) -> None:
         docs = []
         for path in sorted(Path(crd_dir).iterdir()):
             if path.suffix in (".yaml", ".yml", ".json"):
-                docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+                docs += manifests(path)
     collection = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
     for doc in docs:
         await kube.create(collection, doc)  # an existing CRD is kept, as helm keeps CRDs
