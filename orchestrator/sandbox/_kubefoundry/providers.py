@@ -10,6 +10,7 @@ found by ``/pods``, KubeRay pods are matched by a name prefix, ``replicas`` abov
 
 from __future__ import annotations
 
+import asyncio
 import random
 import re
 import string
@@ -18,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from .._kube import JSON, Kube, KubeError, manifests
+from .._kube import JSON, Kube, KubeError, backoff, manifests
 from ..faults import Defects
 from .errors import ApiError
 
@@ -309,6 +310,46 @@ async def _apply_crds(kube: Kube, crd_dir: str, builtin: list[JSON]) -> None:
     collection = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
     for doc in docs:
         await kube.create(collection, doc)  # an existing CRD is kept, as helm keeps CRDs
+    # helm installs a chart's crds/ first and waits for them before anything else; so
+    # does the stand-in, or "installed" could come before the resources are served.
+    try:
+        await asyncio.wait_for(_wait_served(kube, docs), CRD_SERVED_TIMEOUT)
+    except TimeoutError:
+        raise ApiError(
+            500,
+            "Installation failed: Error: INSTALLATION FAILED: CRDs not served within "
+            f"{CRD_SERVED_TIMEOUT:.0f} s: timed out waiting for the condition\n",
+        ) from None
+
+
+#: How long an install waits for its CRDs to be served (helm's CRD wait is 60 s).
+CRD_SERVED_TIMEOUT = 60.0
+
+
+async def _wait_served(kube: Kube, docs: list[JSON]) -> None:
+    """Until every served version of every CRD in ``docs`` answers a list.
+
+    A CRD is not served the moment it is created: a real API server answers 404 for its
+    resources until their handler is up (seconds for the large KubeRay and Dynamo CRDs).
+    A read is what says they are served, so this asks, with a short backoff; a CRD that
+    already existed answers at once.
+    """
+    for doc in docs:
+        spec = doc.get("spec") or {}
+        for version in spec.get("versions") or []:
+            if not version.get("served", True):
+                continue
+            path = f"/apis/{spec['group']}/{version['name']}/{spec['names']['plural']}"
+            attempt = 0
+            while True:
+                try:
+                    await kube.get(path, {"limit": 1})
+                    break
+                except KubeError as exc:
+                    if exc.status not in (404, 429, 503):
+                        raise
+                await asyncio.sleep(backoff(attempt, cap=0.25))
+                attempt += 1
 
 
 async def _install_operator(kube: Kube, provider: Provider, release: str) -> None:
