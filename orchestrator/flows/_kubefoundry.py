@@ -361,6 +361,14 @@ class KubeFoundryFlow:
             # The watches' view woke the wait; a fresh read decides it: a stalled stream
             # must not call a deployment ready on the strength of pods it no longer sees.
             reading = await self.profile.readiness(st, _Cluster(self, fresh=True))
+        if reading.findings:
+            # A finding says the backend's answer disagrees with the cluster, but that answer
+            # was read before the cluster was: the cluster may just have moved on (an operator
+            # marking its resource failed in between). Decide on an answer read after it.
+            st = await call_backend(
+                self.api.get_deployment(d.name, d.namespace), not_found_fails=True
+            )
+            reading = await self.profile.readiness(st, _Cluster(self, fresh=True))
         for finding in reading.findings:
             ctx.finding(finding.name, finding.message, finding.fact)
         return st, reading
