@@ -261,9 +261,14 @@ async def _install_provider(request: web.Request) -> web.Response:
             "Update Complete. ⎈Happy Helming!⎈\n",
         ),
     ]
+    applied: list[JSON] = []
     for filename, docs in _crd_documents(request.app[CRD_DIR_KEY]):
         lines = [await _apply_crd(kube, doc) for doc in docs]
         results.append(_step(f"apply-crd-{filename}", "".join(lines)))
+        applied += docs
+    # A real install takes seconds (helm), so its CRDs are served by the time it answers;
+    # without this wait, the status read right after could say crdFound false.
+    await providers.wait_crds_served(kube, applied)
     if request.app[STATE_KEY].faults.install_fails:
         stderr = (
             "Error: INSTALLATION FAILED: failed pre-install: timed out waiting for the condition\n"

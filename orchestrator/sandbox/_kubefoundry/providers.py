@@ -310,8 +310,16 @@ async def _apply_crds(kube: Kube, crd_dir: str, builtin: list[JSON]) -> None:
     collection = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
     for doc in docs:
         await kube.create(collection, doc)  # an existing CRD is kept, as helm keeps CRDs
-    # helm installs a chart's crds/ first and waits for them before anything else; so
-    # does the stand-in, or "installed" could come before the resources are served.
+    await wait_crds_served(kube, docs)
+
+
+async def wait_crds_served(kube: Kube, docs: list[JSON]) -> None:
+    """Answer an install only once its CRDs are served, or fail it as helm would.
+
+    helm installs a chart's crds/ first and waits for them before anything else; so does
+    the stand-in, or "installed" (or a create right after it) could come before the
+    resources are served.
+    """
     try:
         await asyncio.wait_for(_wait_served(kube, docs), CRD_SERVED_TIMEOUT)
     except TimeoutError:
