@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -281,6 +281,30 @@ class CustomResourceOperator:
 
     async def gone(self, namespace: str, name: str) -> None:
         """Collect what a deleted object left behind (retried until it succeeds)."""
+
+    async def requeue(
+        self, key: tuple[str, str], kind: str, step: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Run ``step`` until it succeeds, backing off between tries.
+
+        A real controller requeues a reconcile that failed (a request that timed out on a
+        loaded API server, a conflict) instead of giving up on the object: a stand-in that
+        gave up left a deployment that could never become ready, and its run waited out
+        Wait Ready's whole timeout.
+        """
+        namespace, name = key
+        attempt = 0
+        while True:
+            try:
+                await step()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("%s %s/%s failed, requeued: %r", kind, namespace, name, exc)
+                self.state.record(namespace, name, f"provisioning failed: {exc!r}; requeued")
+            await asyncio.sleep(backoff(attempt, cap=5.0))
+            attempt += 1
 
     async def ensure_finalizer(self, obj: JSON, finalizer: str) -> None:
         meta = obj["metadata"]

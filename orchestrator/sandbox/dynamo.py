@@ -104,14 +104,7 @@ class DynamoOperator(CustomResourceOperator):
         self.state.record(namespace, name, "pods and services deleted")
 
     async def _provision(self, key: tuple[str, str], obj: JSON) -> None:
-        namespace, name = key
-        try:
-            await self._bring_up(namespace, name, obj)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("dynamographdeployment %s/%s failed: %r", namespace, name, exc)
-            self.state.record(namespace, name, f"provisioning failed: {exc}")
+        await self.requeue(key, "dynamographdeployment", lambda: self._bring_up(*key, obj))
 
     async def _status(
         self,

@@ -141,51 +141,48 @@ class KaitoController(CustomResourceOperator):
             worker.provision = asyncio.create_task(self._provision(key, obj))
 
     async def _provision(self, key: tuple[str, str], obj: JSON) -> None:
+        await self.requeue(key, "workspace", lambda: self._bring_up(key, obj))
+
+    async def _bring_up(self, key: tuple[str, str], obj: JSON) -> None:
         namespace, name = key
-        try:
-            await self.state.wait_delay("resource", time.monotonic())
-            faults = self.state.faults
-            broken = faults.image_pull_error or faults.crash_loop
-            container = _model_container(obj)
-            if not broken:
-                alias = served_name_for_image(container["image"]) or name
-                self.fleet.ensure(namespace, name, alias)
-            created = time.monotonic()
-            await self._create_children(
-                namespace, name, container, faults.image_pull_error, faults.crash_loop
-            )
-            await self._set_conditions(namespace, name, ["ResourceReady"])
-            if broken:
-                await self._break_pod(namespace, name, container["image"], faults.crash_loop)
-                return
-            await self._release(namespace, f"{name}-0", "pod_start", created, container["image"])
-            pod = await self._wait_pod(
-                namespace, f"{name}-0", lambda p: p.get("status", {}).get("phase") == "Running"
-            )
-            self.state.record(namespace, name, "pod Running")
-            upstream = await self.fleet.wait_ready(namespace, name)
-            await self.probe(upstream)
-            self.state.record(namespace, name, "model server answering")
-            await self.state.wait_delay("inference_ready", time.monotonic())
-            if self.state.faults.never_ready:
-                self.state.record(namespace, name, "InferenceReady withheld (never_ready)")
-                await self.state.until(lambda f: not f.never_ready)
-            node = pod.get("spec", {}).get("nodeName")
-            await self._set_conditions(
-                namespace,
-                name,
-                ["InferenceReady", "WorkspaceSucceeded"],
-                extra={
-                    "workerNodes": [node] if node else [],
-                    "targetNodeCount": obj.get("resource", {}).get("count", 1),
-                },
-            )
-            await self._keep_pod(namespace, name, container)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("provisioning %s/%s failed: %r", namespace, name, exc)
-            self.state.record(namespace, name, f"provisioning failed: {exc}")
+        await self.state.wait_delay("resource", time.monotonic())
+        faults = self.state.faults
+        broken = faults.image_pull_error or faults.crash_loop
+        container = _model_container(obj)
+        if not broken:
+            alias = served_name_for_image(container["image"]) or name
+            self.fleet.ensure(namespace, name, alias)
+        created = time.monotonic()
+        await self._create_children(
+            namespace, name, container, faults.image_pull_error, faults.crash_loop
+        )
+        await self._set_conditions(namespace, name, ["ResourceReady"])
+        if broken:
+            await self._break_pod(namespace, name, container["image"], faults.crash_loop)
+            return
+        await self._release(namespace, f"{name}-0", "pod_start", created, container["image"])
+        pod = await self._wait_pod(
+            namespace, f"{name}-0", lambda p: p.get("status", {}).get("phase") == "Running"
+        )
+        self.state.record(namespace, name, "pod Running")
+        upstream = await self.fleet.wait_ready(namespace, name)
+        await self.probe(upstream)
+        self.state.record(namespace, name, "model server answering")
+        await self.state.wait_delay("inference_ready", time.monotonic())
+        if self.state.faults.never_ready:
+            self.state.record(namespace, name, "InferenceReady withheld (never_ready)")
+            await self.state.until(lambda f: not f.never_ready)
+        node = pod.get("spec", {}).get("nodeName")
+        await self._set_conditions(
+            namespace,
+            name,
+            ["InferenceReady", "WorkspaceSucceeded"],
+            extra={
+                "workerNodes": [node] if node else [],
+                "targetNodeCount": obj.get("resource", {}).get("count", 1),
+            },
+        )
+        await self._keep_pod(namespace, name, container)
 
     async def _finalize(self, namespace: str, name: str) -> None:
         """Tear down the children, then release the finalizer; retried until it succeeds."""

@@ -127,14 +127,7 @@ class KubeRayOperator(CustomResourceOperator):
         self.state.record(namespace, name, "raycluster and pods deleted")
 
     async def _provision(self, key: tuple[str, str], obj: JSON) -> None:
-        namespace, name = key
-        try:
-            await self._bring_up(namespace, name, obj)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("rayservice %s/%s failed: %r", namespace, name, exc)
-            self.state.record(namespace, name, f"provisioning failed: {exc}")
+        await self.requeue(key, "rayservice", lambda: self._bring_up(*key, obj))
 
     async def _bring_up(self, namespace: str, name: str, obj: JSON) -> None:
         await self.state.wait_delay("resource", time.monotonic())
