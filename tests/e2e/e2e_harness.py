@@ -118,14 +118,16 @@ class Result:
         return json.loads((self.artifacts / "run.json").read_text())
 
 
-async def run_orchestrator(
-    sb: Sandbox, tmp_path: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120
-) -> Result:
-    """Run ``python -m orchestrator run`` against ``sb`` and wait for it, with a deadline."""
-    artifacts = tmp_path / "artifacts"
+def command(
+    sb: Sandbox, artifacts: Path, *args: str, env: dict[str, str] | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """The ``orchestrator run`` command line against ``sb``, and the environment to run it in.
+
+    The caller's CI, KUBECONFIG and API_URL are dropped, so that only what the test says
+    reaches the run; colours off and output unbuffered, so that markers arrive as printed.
+    """
     full_env = {k: v for k, v in os.environ.items() if k not in ("CI", "KUBECONFIG", "API_URL")}
-    full_env.update({"NO_COLOR": "1", "PYTHONUNBUFFERED": "1"})
-    full_env.update(env or {})
+    full_env.update({"NO_COLOR": "1", "PYTHONUNBUFFERED": "1", **(env or {})})
     argv = [
         sys.executable,
         "-m",
@@ -142,6 +144,15 @@ async def run_orchestrator(
         "always",
         *args,
     ]
+    return argv, full_env
+
+
+async def run_orchestrator(
+    sb: Sandbox, tmp_path: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> Result:
+    """Run ``python -m orchestrator run`` against ``sb`` and wait for it, with a deadline."""
+    artifacts = tmp_path / "artifacts"
+    argv, full_env = command(sb, artifacts, *args, env=env)
     started = time.monotonic()
     with anyio.fail_after(timeout):
         proc = await anyio.run_process(argv, env=full_env, cwd=tmp_path, check=False)

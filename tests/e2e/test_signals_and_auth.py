@@ -7,9 +7,7 @@ and the token must appear in no log, artifact or report.
 
 from __future__ import annotations
 
-import os
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import anyio
 import pytest
 from _bounded import running_sandbox
 from anyio.streams.text import TextReceiveStream
-from e2e_harness import PHASES, Result, leftovers, run_orchestrator
+from e2e_harness import PHASES, Result, command, leftovers, run_orchestrator
 
 from orchestrator.sandbox import Faults, Sandbox, SandboxOptions
 
@@ -31,23 +29,7 @@ async def run_until_then_signal(
 ) -> Result:
     """Start the run, wait (with a deadline) until its output shows ``marker``, send ``sig``."""
     artifacts = tmp_path / "artifacts"
-    env = {k: v for k, v in os.environ.items() if k not in ("CI", "KUBECONFIG", "API_URL")}
-    env.update({"NO_COLOR": "1", "PYTHONUNBUFFERED": "1"})
-    argv = [
-        sys.executable,
-        "-m",
-        "orchestrator",
-        "run",
-        "--no-live",
-        "--api-url",
-        sb.api_url,
-        "--kubeconfig",
-        str(sb.kubeconfig),
-        "--artifacts-dir",
-        str(artifacts),
-        "--cleanup",
-        "always",
-    ]
+    argv, env = command(sb, artifacts)
     started = time.monotonic()
     output: list[str] = []
     async with await anyio.open_process(argv, env=env, cwd=tmp_path) as proc:

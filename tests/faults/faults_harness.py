@@ -7,15 +7,13 @@ never on sleeps.
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
 from anyio.streams.text import TextReceiveStream
-from e2e_harness import Result, leftovers
+from e2e_harness import Result, command, leftovers
 
 from orchestrator.clients import SERVICES, KubeClient
 from orchestrator.sandbox import Sandbox
@@ -37,24 +35,7 @@ async def run_with_hooks(
 ) -> Result:
     """Run the real command; when its output shows each hook's marker (in order), call the hook."""
     artifacts = tmp_path / "artifacts"
-    full_env = {k: v for k, v in os.environ.items() if k not in ("CI", "KUBECONFIG", "API_URL")}
-    full_env.update({"NO_COLOR": "1", "PYTHONUNBUFFERED": "1", **(env or {})})
-    argv = [
-        sys.executable,
-        "-m",
-        "orchestrator",
-        "run",
-        "--no-live",
-        "--api-url",
-        sb.api_url,
-        "--kubeconfig",
-        str(sb.kubeconfig),
-        "--artifacts-dir",
-        str(artifacts),
-        "--cleanup",
-        "always",
-        *args,
-    ]
+    argv, full_env = command(sb, artifacts, *args, env=env)
     pending = list(hooks)
     output = ""
     started_at = time.monotonic()
