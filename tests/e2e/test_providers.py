@@ -18,7 +18,7 @@ import pytest
 from e2e_harness import Result, run_orchestrator
 
 from orchestrator.clients import PODS, KubeClient
-from orchestrator.sandbox import Faults, Sandbox, SandboxOptions
+from orchestrator.sandbox import Delays, Faults, Sandbox, SandboxOptions
 
 pytestmark = pytest.mark.anyio
 
@@ -36,7 +36,10 @@ def provider_crds() -> dict[str, Path]:
 
 @pytest.fixture
 def faults() -> Faults:
-    return Faults(stub_models=True)
+    """The real backend's KubeRay defect (``kuberay-gone-before-pods``) is seen only while
+    the pods outlive the RayService: they stay Terminating longer than the default here,
+    so the finding the tests assert shows a state, not the outcome of a close race."""
+    return Faults(stub_models=True, delays=Delays(pod_termination=2.0))
 
 
 @pytest.fixture

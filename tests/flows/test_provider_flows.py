@@ -50,6 +50,9 @@ pytestmark = pytest.mark.anyio
 
 XSD = xmlschema.XMLSchema(str(Path(__file__).parents[1] / "engine" / "junit.xsd"))
 NAME = "llm"
+#: Seconds a deleted KubeRay pod stays Terminating in the tests that assert
+#: ``kuberay-gone-before-pods`` (the default is shorter: every Delete waits it out).
+LINGER = 2.0
 
 
 @pytest.fixture(params=["sandbox-kube", "testcluster"])
@@ -211,10 +214,10 @@ async def nothing_left(env: Env, namespace: str) -> None:
 async def test_kuberay_end_to_end(make_env: Any, defect: bool) -> None:
     """Install, the token Secret, deploy, serve-svc inference, delete until the pods are
     gone; the real backend's early 404 is a finding, absent when the stand-in behaves."""
-    async with make_env(
-        defects={"kuberay_get_404_while_pods_go": defect},
-        delays={"pod_termination": 2.0},
-    ) as env:
+    # The defect's finding is seen while the pods outlive the RayService: keep them
+    # Terminating long enough that it shows a state, not the outcome of a close race.
+    lingering = {"delays": {"pod_termination": LINGER}} if defect else {}
+    async with make_env(defects={"kuberay_get_404_while_pods_go": defect}, **lingering) as env:
         record, root = await env.run(KubeRayProfile())
         assert record.outcome == "passed", [(p.name, p.reason) for p in record.phase_records()]
         expected = {"kuberay-gone-before-pods": "delete"} if defect else {}
@@ -255,7 +258,7 @@ async def test_kuberay_pods_matched_by_prefix(make_env: Any, defect: bool) -> No
 
 
 async def test_kuberay_strict_fails_on_a_finding(make_env: Any) -> None:
-    async with make_env(delays={"pod_termination": 2.0}) as env:
+    async with make_env(delays={"pod_termination": LINGER}) as env:
         record, root = await env.run(KubeRayProfile(), strict=True)
         assert record.outcome == "failed" and record.failed_phase == "delete"
         delete = next(p for p in record.phases if p.name == "delete")
