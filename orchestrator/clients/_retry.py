@@ -99,12 +99,18 @@ class RetryPolicy:
         self,
         fn: Callable[[], Awaitable[T]],
         on_retry: Callable[[BaseException, float], None] | None = None,
+        *,
+        failed: BaseException | None = None,
     ) -> T:
         """Run ``fn`` until it succeeds, fails for good, or its time is up.
 
         The last exception is re-raised unchanged, so callers see the server's
-        own answer rather than a wrapper.
+        own answer rather than a wrapper. ``failed`` is the failure of a first try the
+        caller made on its own (a lean attempt outside this machinery): it counts as
+        try number one, so the wait before the next try, the ``Retry-After`` honoured,
+        ``attempts`` and the deadline are what they would have been had ``fn`` failed so.
         """
+        attempt = fn if failed is None else _replaying(failed, fn)
         now = anyio.current_time()
         deadline = anyio.current_effective_deadline()
         give_up_at = now + self.max_elapsed
@@ -142,7 +148,19 @@ class RetryPolicy:
             before_sleep=before_sleep,
             sleep=anyio.sleep,
         )
-        return await retrying(fn)
+        return await retrying(attempt)
+
+
+def _replaying(failed: BaseException, fn: Callable[[], Awaitable[T]]) -> Callable[[], Awaitable[T]]:
+    """``fn``, whose first call raises ``failed`` (a try already made) instead of running."""
+    pending = [failed]
+
+    async def attempt() -> T:
+        if pending:
+            raise pending.pop()
+        return await fn()
+
+    return attempt
 
 
 def _asked_pause(exc: BaseException | None) -> float | None:

@@ -14,10 +14,13 @@ which ``--help`` and ``--version`` should not pay.
 from __future__ import annotations
 
 import json
+import math
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import anyio
 
@@ -36,6 +39,7 @@ from ._exec_credential import EXEC_TIMEOUT, bounded_exec_provider
 from ._retry import READS, RetryPolicy, bounded
 
 if TYPE_CHECKING:  # pragma: no cover
+    import aiohttp
     from kubernetes_asyncio.client import ApiClient
 
 
@@ -230,6 +234,8 @@ class KubeClient:
         self._api = api
         self.requests_sent = 0
         self.watches_opened = 0
+        #: The session reads are sent on, and what each read passes it (see _open_reader).
+        self._reader: tuple[aiohttp.ClientSession, dict[str, Any]] | None = None
 
     @staticmethod
     def preload() -> None:
@@ -278,7 +284,55 @@ class KubeClient:
         return [v for v in values if v]
 
     async def aclose(self) -> None:
+        if self._reader is not None:
+            await self._reader[0].close()  # not its connector: the ApiClient's, closed next
         await self._api.close()
+
+    def _open_reader(self) -> tuple[aiohttp.ClientSession, dict[str, Any]]:
+        """A session for reads on the ApiClient's own connector, and what each read passes it.
+
+        The same connection pool and TLS context (the connector holds both), the same
+        cookie jar, read buffer, proxy and TLS server name. One difference: the
+        ApiClient's session has ``trust_env`` on, and aiohttp then asks a worker thread,
+        on every request, for the netrc entry and for the environment's proxy: two
+        round trips through a thread pool that cost a read about a quarter of a
+        millisecond warm and more after an idle while. Both are asked here once, with
+        the same functions, and passed with each read, the way httpx reads the
+        environment once per client.
+        """
+        import aiohttp
+        from aiohttp.helpers import get_env_proxy_for_url
+        from yarl import URL
+
+        rest = self._api.rest_client
+        own: aiohttp.ClientSession = rest.pool_manager
+        reader = aiohttp.ClientSession(
+            connector=own.connector,
+            connector_owner=False,
+            cookie_jar=own.cookie_jar,
+            read_bufsize=2**21,  # as kubernetes-asyncio's own session
+        )
+        extra: dict[str, Any] = {}
+        if rest.proxy:
+            extra["proxy"] = rest.proxy
+        elif own.trust_env:
+            try:
+                extra["proxy"], extra["proxy_auth"] = get_env_proxy_for_url(URL(self.server))
+            except LookupError:
+                pass
+        if rest.proxy_headers:
+            extra["proxy_headers"] = rest.proxy_headers
+        if rest.server_hostname:
+            extra["server_hostname"] = rest.server_hostname
+        host = URL(self.server).host
+        if own.trust_env and host is not None:
+            # With an Authorization header too, aiohttp refuses the request (ValueError,
+            # a TransportError here), exactly as it does on the ApiClient's session.
+            netrc_auth = own._get_netrc_auth(host)
+            if netrc_auth is not None:
+                extra["auth"] = netrc_auth
+        self._reader = reader, extra
+        return self._reader
 
     async def __aenter__(self) -> KubeClient:
         return self
@@ -394,37 +448,118 @@ class KubeClient:
         raise the matching :class:`HTTPStatusError`, with the server's own message.
         """
         status, headers, raw = await self.exchange(method, path, **kwargs)
-        route = f"{method} {path}"
         if 200 <= status < 300:
-            return decode_json(raw, route)
-        try:
-            body: Any = decode_json(raw, route)
-        except ResponseFormatError:
-            body = raw.decode("utf-8", "replace")
-        err = status_error(
-            status,
-            clip(_status_message(body, f"HTTP {status}"), 300),
-            method=method,
-            path=path,
-            body=body,
-        )
-        err.retry_after = parse_retry_after(headers.get("Retry-After"))
-        raise err
+            return decode_json(raw, f"{method} {path}")
+        raise _answer_error(status, headers, raw, method, path)
 
     async def read(
         self,
         path: str,
         check: Callable[[Any, str], dict[str, Any]],
         retry: RetryPolicy | None = None,
-        **kwargs: Any,
+        *,
+        query: dict[str, Any] | None = None,
+        timeout: float | None = None,
     ) -> dict[str, Any]:
         """A GET whose answer ``check`` accepts, retried through flakes (broken bytes
-        included) until the caller's deadline: reads are idempotent."""
+        included) until the caller's deadline: reads are idempotent.
 
-        async def once() -> dict[str, Any]:  # tenacity awaits what a coroutine function returns
-            return check(await self.request("GET", path, **kwargs), f"GET {path}")
+        Each try is :meth:`_get_once`. Only a failure worth another try meets the retry
+        policy (tenacity's bookkeeping, the deadline arithmetic): the first try is sent
+        before any of it is set up, since most reads succeed at once and a waiter's
+        confirming read is on the path from a change to the wait's end.
+        """
+        try:
+            return await self._get_once(path, check, query, timeout)
+        except ClientError as exc:
+            policy = retry or READS
+            if not policy.retryable(exc):
+                raise
+            return await policy.call(
+                partial(self._get_once, path, check, query, timeout), failed=exc
+            )
 
-        return await (retry or READS).call(once)
+    async def _get_once(
+        self,
+        path: str,
+        check: Callable[[Any, str], dict[str, Any]],
+        query: dict[str, Any] | None,
+        timeout: float | None,
+    ) -> dict[str, Any]:
+        """One GET, sent straight on the aiohttp session kubernetes-asyncio's ApiClient owns.
+
+        The same connection pool, TLS context, proxy and headers as :meth:`open`, and the
+        ``Authorization`` header from the ApiClient's own ``update_params_for_auth`` (so a
+        refresh hook or a credential plugin's token is what is sent); without the layers
+        a read does not need (``call_api``'s parameter sanitising, an anyio scope around
+        the body): aiohttp's ``total`` timeout bounds the whole exchange, body included,
+        within the caller's deadline. After an idle while every instruction on the way is
+        cold, so fewer of them is what makes a confirming read fast.
+
+        The one place a read's bytes are trusted or refused: a 2xx whose body ``check``
+        accepts, or a :class:`ClientError` naming the route, what arrived (redacted) and
+        after how long.
+        """
+        import aiohttp
+
+        api = self._api
+        self.requests_sent += 1
+        headers = {"Content-Type": "application/json", "Accept": "application/json, */*"}
+        headers.update(api.default_headers)
+        if api.cookie:
+            headers["Cookie"] = api.cookie
+        auth_query: list[tuple[str, str]] = []
+        await api.update_params_for_auth(headers, auth_query, ["BearerToken"])
+        params = [(k, _query_value(v)) for k, v in (query or {}).items() if v is not None]
+        params += auth_query
+        url = f"{api.configuration.host}{path}"
+        if params:
+            url += "?" + urlencode(params)
+        reader, extra = self._reader or self._open_reader()
+        total = bounded(timeout or REQUEST_TIMEOUT)
+        limits = aiohttp.ClientTimeout(total=total, sock_connect=10, ceil_threshold=math.inf)
+        started = time.monotonic()
+        received = bytearray()
+        status: int | None = None
+        try:
+            async with reader.get(url, headers=headers, timeout=limits, **extra) as r:
+                status = r.status
+                answer_headers = r.headers
+                while chunk := await r.content.readany():
+                    received += chunk
+        except TimeoutError:  # aiohttp's own timeouts are TimeoutErrors too
+            elapsed = time.monotonic() - started
+            what = (
+                "no answer"
+                if status is None
+                else f"answered {status}, {len(received)} bytes of the body arrived"
+                + (f" ({excerpt(bytes(received))})" if received else "")
+            )
+            raise RequestTimeout(
+                f"GET {path}: no whole answer within {elapsed:.1f} s: {what}",
+                method="GET",
+                url=path,
+                elapsed=elapsed,
+                received=len(received),
+            ) from None
+        except Exception as exc:
+            # The transport's boundary: a connection failure, and whatever a peer's broken
+            # HTTP makes aiohttp raise (a header too long, a bad status line, a body cut).
+            detail = f"{type(exc).__name__}: {excerpt(str(exc), 200)}"
+            raise TransportError(
+                f"GET {path}: {detail}"
+                if status is None
+                else f"GET {path}: reading the answer failed after {len(received)} bytes "
+                f"({detail})",
+                method="GET",
+                url=path,
+            ) from None
+        raw = bytes(received)
+        assert status is not None  # the answer came, or an error was raised above
+        if 200 <= status < 300:
+            route = f"GET {path}"
+            return check(decode_json(raw, route), route)
+        raise _answer_error(status, answer_headers, raw, "GET", path)
 
     # -- verbs ------------------------------------------------------------
 
@@ -664,6 +799,24 @@ async def _status_answer(response: Any, method: str, path: str) -> ClientError:
         body=body,
     )
     err.retry_after = parse_retry_after(response.headers.get("Retry-After"))
+    return err
+
+
+def _answer_error(status: int, headers: Any, raw: bytes, method: str, path: str) -> ClientError:
+    """The :class:`HTTPStatusError` for a non-2xx answer: the server's own message, its
+    ``Retry-After``."""
+    try:
+        body: Any = decode_json(raw, f"{method} {path}")
+    except ResponseFormatError:
+        body = raw.decode("utf-8", "replace")
+    err = status_error(
+        status,
+        clip(_status_message(body, f"HTTP {status}"), 300),
+        method=method,
+        path=path,
+        body=body,
+    )
+    err.retry_after = parse_retry_after(headers.get("Retry-After"))
     return err
 
 
