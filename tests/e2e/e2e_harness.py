@@ -9,6 +9,7 @@ signals and the files it writes are tested for real.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -30,6 +31,15 @@ from orchestrator.sandbox import Faults, Sandbox, SandboxOptions
 
 ROOT = Path(__file__).resolve().parents[2]
 XSD = ROOT / "tests" / "engine" / "junit.xsd"
+
+
+@functools.cache
+def junit_schema() -> xmlschema.XMLSchema:
+    """The JUnit schema, built once per worker: building it costs more CPU than most
+    checks it serves, and ``Result.cases`` runs on every status a test asks about."""
+    return xmlschema.XMLSchema(str(XSD))
+
+
 PHASES = ["Install KAITO", "Deploy llama3.2:1b", "Wait Ready", "Inference", "Delete"]
 
 
@@ -82,8 +92,7 @@ class Result:
 
     def cases(self) -> dict[str, dict[str, Any]]:
         """testcase name -> {status, message} from the JUnit file, validated against the schema."""
-        schema = xmlschema.XMLSchema(str(XSD))
-        schema.validate(str(self.junit))
+        junit_schema().validate(str(self.junit))
         import xml.etree.ElementTree as ET
 
         out: dict[str, dict[str, Any]] = {}
@@ -166,21 +175,29 @@ async def run_orchestrator(
 
 
 async def leftovers(
-    sb: Sandbox, name: str = "integration-test-llama", namespace: str = "kaito-workspace"
+    sb: Sandbox,
+    name: str = "integration-test-llama",
+    namespace: str = "kaito-workspace",
+    *,
+    kube: KubeClient | None = None,
 ) -> list[str]:
-    """What of the deployment is still in the cluster, checked through the API and Kubernetes."""
+    """What of the deployment is still in the cluster, checked through the API and Kubernetes.
+
+    ``kube``: a client the caller already holds (a new one costs a TLS context's CPU)."""
     left: list[str] = []
-    kube = await KubeClient.from_kubeconfig(str(sb.kubeconfig))
+    own = kube is None
+    client = await KubeClient.from_kubeconfig(str(sb.kubeconfig)) if kube is None else kube
     try:
         try:
-            await kube.get(WORKSPACES, name, namespace)
+            await client.get(WORKSPACES, name, namespace)
             left.append(f"workspace {name}")
         except NotFound:
             pass
-        pods = await kube.list(PODS, namespace, label_selector=f"kaito.sh/workspace={name}")
+        pods = await client.list(PODS, namespace, label_selector=f"kaito.sh/workspace={name}")
         left += [p["metadata"]["name"] for p in pods.get("items") or []]
     finally:
-        await kube.aclose()
+        if own:
+            await client.aclose()
     import httpx
 
     async with httpx.AsyncClient() as http:

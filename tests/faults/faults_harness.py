@@ -73,9 +73,9 @@ def run_log(result: Result) -> str:
 async def assert_clean(sb: Sandbox, namespace: str = "kaito-workspace") -> None:
     """Nothing the run created is left: checked through the backend and the cluster, where
     Services carrying the run's label count as much as the Workspace and its pods."""
-    assert await leftovers(sb) == []
     kube = await KubeClient.from_kubeconfig(str(sb.kubeconfig))
     try:
+        assert await leftovers(sb, kube=kube) == []
         services = await kube.list(SERVICES, namespace, label_selector=f"kaito.sh/workspace={NAME}")
     finally:
         await kube.aclose()
