@@ -1,37 +1,47 @@
-"""Stopping test clusters without making each test wait for it.
+"""Fresh test clusters for tests, started ahead of need and stopped without waiting.
 
-The shared test cluster's ``stop`` script waits up to five seconds for its API
-server and etcd to exit. No test needs that: a cluster is never reused. So
-``stop_later`` starts the script in the background and the session waits for
-all of them once, at its end (see the ``_stop_clusters`` fixture in conftest).
+Every test that runs on the shared test cluster gets a fresh, empty cluster of its own
+(``fresh_cluster``); none is ever reused. What this module saves is the waiting:
+
+- **Started ahead.** While a test runs, the cluster of the *next* test of this worker
+  starts in the background (pytest knows the next item: see ``pytest_runtest_call`` in
+  tests/conftest.py), so that test's setup takes a running cluster instead of waiting
+  for ``start`` (about a second on a quiet machine, more under the suite's load). Spares
+  start only when the next test takes a cluster (its parameters name the ``testcluster``
+  backend), and at most ``MAX_SPARES`` start or wait per worker, so the clusters running
+  at once stay bounded: per worker, the one in use and two spares (plus those stopping).
+- **Stopped later.** ``stop`` waits up to five seconds for the API server and etcd to
+  exit. No test needs that, so the stop runs in the background and the session waits
+  for all of them once, at its end.
+
+``close`` (at session end, also after Ctrl-C or SIGTERM; see tests/conftest.py) stops
+every cluster this process started that is still running, spares included, and waits
+for every stop: a session leaves no API server or etcd behind. Should this process die
+before it can (pytest-xdist kills a worker that does not exit soon after an interrupt),
+the reaper process does it (``_REAPER``).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-_pending: list[subprocess.Popen[bytes]] = []
-
-
-def stop_later(home: str | Path, run_dir: str | Path) -> None:
-    _pending.append(
-        subprocess.Popen(
-            [str(Path(home) / "stop"), str(run_dir)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    )
-
-
-def wait_all(timeout: float = 60) -> None:
-    while _pending:
-        _pending.pop().wait(timeout=timeout)
+#: Spares (starting or ready) one worker keeps at most.
+MAX_SPARES = 2
+#: How long a ``start`` may take before the test fails (the script's own limit is 30 s).
+START_TIMEOUT = 120.0
+#: How long one ``stop`` may take at the end (the script kills stragglers after 5 s).
+STOP_TIMEOUT = 60.0
 
 
 def home() -> Path | None:
@@ -40,21 +50,191 @@ def home() -> Path | None:
     return Path(value) if value and (Path(value) / "start").exists() else None
 
 
+@dataclass
+class Cluster:
+    """A running test cluster: its RUN_DIR, kubeconfig and ``RUN_DIR/env`` variables."""
+
+    run_dir: Path
+    kubeconfig: Path
+    env: dict[str, str]
+
+
+class _Start:
+    """One ``start RUN_DIR`` running in the background."""
+
+    def __init__(self, where: Path, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.proc = subprocess.Popen(
+            [str(where / "start"), str(run_dir)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+
+    def result(self, timeout: float) -> Cluster:
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.communicate()
+            raise RuntimeError(f"start did not finish within {timeout:.0f} s") from None
+        if self.proc.returncode != 0:
+            raise RuntimeError(err[-2000:])
+        kubeconfig = Path(out.strip().splitlines()[-1])
+        env_file = self.run_dir / "env"
+        env = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+        return Cluster(self.run_dir, kubeconfig, env)
+
+
+#: The reaper: a process of its own that outlives this one. It reads ``+ RUN_DIR`` (a cluster
+#: starts) and ``- RUN_DIR`` (its stop has begun) from its stdin; at end of file, which comes
+#: when this process closes the pipe or dies in any way (SIGKILL too, as pytest-xdist does to a
+#: worker that does not exit within seconds of an interrupted session), it stops every cluster
+#: still listed and waits for those stops. Signals to the process group do not stop it first.
+_REAPER = """
+import signal, subprocess, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+live = []
+for line in sys.stdin:
+    verb, _, run_dir = line.rstrip("\\n").partition(" ")
+    if verb == "+":
+        live.append(run_dir)
+    elif run_dir in live:
+        live.remove(run_dir)
+stops = [subprocess.Popen([sys.argv[1], d], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL) for d in live]
+for stop in stops:
+    stop.wait()
+"""
+
+
+class Pool:
+    """This process's test clusters: spares started ahead, and every one it must stop."""
+
+    def __init__(self) -> None:
+        self.base: Path | None = None
+        self._spares: list[_Start] = []
+        self._running: set[Path] = set()  # started (or starting) and not yet stopped
+        self._stops: list[subprocess.Popen[bytes]] = []
+        self._count = 0
+        self._reaper: subprocess.Popen[str] | None = None
+
+    def _tell_reaper(self, where: Path, line: str) -> None:
+        if self._reaper is None:
+            self._reaper = subprocess.Popen(
+                [sys.executable, "-c", _REAPER, str(where / "stop")],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                text=True,
+                start_new_session=True,
+            )
+        assert self._reaper.stdin is not None
+        self._reaper.stdin.write(line + "\n")
+        self._reaper.stdin.flush()
+
+    def _base(self) -> Path:
+        if self.base is None or any(ch.isspace() for ch in str(self.base)):
+            # RUN_DIR may not contain whitespace; pytest's tmp dir may.
+            self.base = Path(tempfile.mkdtemp(prefix="testclusters-"))
+        return self.base
+
+    def _start(self, where: Path) -> _Start:
+        self._count += 1
+        run_dir = self._base() / f"tc{self._count}"
+        self._running.add(run_dir)
+        self._tell_reaper(where, f"+ {run_dir}")
+        return _Start(where, run_dir)
+
+    def prepare(self) -> None:
+        """Start spares in the background until ``MAX_SPARES`` are starting or waiting.
+
+        Two, not one: a short test (a conformance check takes a fraction of a second)
+        ends before the next cluster is up, and the second spare has had two tests' time.
+        A spare left over waits for the next test that takes one; only the last one or two
+        of a session go unused.
+        """
+        where = home()
+        while where is not None and len(self._spares) < MAX_SPARES:
+            self._spares.append(self._start(where))
+
+    def take(self, where: Path) -> Cluster:
+        """A fresh running cluster: a spare if one is there, else one started now."""
+        start = self._spares.pop(0) if self._spares else self._start(where)
+        try:
+            return start.result(START_TIMEOUT)
+        except RuntimeError as exc:
+            self.stop_later(where, start.run_dir)
+            pytest.fail(f"the test cluster did not start: {exc}")
+
+    def stop_later(self, where: Path, run_dir: Path) -> None:
+        self._running.discard(run_dir)
+        self._tell_reaper(where, f"- {run_dir}")
+        self._stops.append(
+            subprocess.Popen(
+                [str(where / "stop"), str(run_dir)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+
+    def close(self) -> None:
+        """Stop every cluster still running (spares too) and wait for every stop."""
+        where = home()
+        spares, self._spares = self._spares, []
+        for start in spares:
+            try:
+                start.proc.communicate(timeout=START_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                start.proc.kill()
+                start.proc.communicate()
+        if where is not None:
+            for run_dir in sorted(self._running):
+                self.stop_later(where, run_dir)
+        stops, self._stops = self._stops, []
+        for stop in stops:
+            try:
+                stop.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                stop.kill()
+                stop.wait()
+        reaper, self._reaper = self._reaper, None
+        if reaper is not None:  # nothing is left on its list: it exits at once
+            assert reaper.stdin is not None
+            reaper.stdin.close()
+            reaper.wait(timeout=STOP_TIMEOUT)
+
+
+pool = Pool()
+atexit.register(pool.close)  # the session's own teardown comes first; this is the net under it
+
+
+def needs_cluster(item: Any) -> bool:
+    """Whether a collected test takes a fresh test cluster: a parameter names it."""
+    callspec = getattr(item, "callspec", None)
+    if callspec is None:
+        return False
+    return any(value == "testcluster" for value in callspec.params.values())
+
+
+def stop_later(where: str | Path, run_dir: str | Path) -> None:
+    pool.stop_later(Path(where), Path(run_dir))
+
+
 @contextmanager
-def fresh_cluster(run_dir: Path) -> Iterator[Path]:
-    """A fresh test cluster in ``run_dir`` (no whitespace in it); yields its kubeconfig.
+def fresh_cluster() -> Iterator[Cluster]:
+    """A fresh, empty test cluster of this test's own; stopped (in the background) after it.
 
     Skips the test with a clear reason on a machine without the test cluster.
     """
     where = home()
     if where is None:
         pytest.skip("TESTCLUSTER_HOME is not set to the shared test cluster (see .ci/run)")
-    out = subprocess.run(
-        [str(where / "start"), str(run_dir)], capture_output=True, text=True, timeout=120
-    )
-    if out.returncode != 0:
-        pytest.fail(f"the test cluster did not start: {out.stderr[-2000:]}")
+    cluster = pool.take(where)
     try:
-        yield Path(out.stdout.strip().splitlines()[-1])
+        yield cluster
     finally:
-        stop_later(where, run_dir)
+        stop_later(where, cluster.run_dir)

@@ -11,6 +11,8 @@ See tests/README.md.
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 # The shared harnesses assert what every run must show, so their failures should say what
@@ -40,10 +42,40 @@ def stub_models(request: pytest.FixtureRequest) -> bool:
     return request.node.get_closest_marker("model") is None
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _stop_clusters():
-    """Wait, once, for the test clusters that tests stopped in the background."""
-    from _testcluster import wait_all
+def pytest_configure(config: pytest.Config) -> None:
+    # SIGTERM (a CI job's timeout, ``kill``) ends the session the way Ctrl-C does, so that
+    # its teardown runs and stops every test cluster it started, instead of dying on the
+    # spot and leaving API servers and etcd running.
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _interrupted)
 
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    item.stash[_NEXT] = nextitem
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> None:
+    """While a test runs (its own cluster taken), start the next test's cluster."""
+    from _testcluster import needs_cluster, pool
+
+    if needs_cluster(item.stash.get(_NEXT, None)):
+        pool.prepare()
+
+
+_NEXT = pytest.StashKey["pytest.Item | None"]()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _test_clusters(tmp_path_factory: pytest.TempPathFactory):
+    """Test clusters' RUN_DIRs under this session's tmp dir; at its end, none left running."""
+    from _testcluster import pool
+
+    pool.base = tmp_path_factory.mktemp("clusters")
     yield
-    wait_all()
+    pool.close()

@@ -13,8 +13,8 @@ pytestmark = [pytest.mark.anyio, pytest.mark.cluster]
 
 
 async def test_a_read_not_older_than_a_version_sees_that_version_or_newer(tmp_path: Path) -> None:
-    with fresh_cluster(tmp_path / "tc") as kubeconfig:
-        kube = await KubeClient.from_kubeconfig(str(kubeconfig))
+    with fresh_cluster() as cluster:
+        kube = await KubeClient.from_kubeconfig(str(cluster.kubeconfig))
         try:
             await kube.create(NAMESPACES, {"metadata": {"name": "reads"}})
             pod = {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i"}]}}

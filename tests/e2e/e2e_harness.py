@@ -44,15 +44,13 @@ PHASES = ["Install KAITO", "Deploy llama3.2:1b", "Wait Ready", "Inference", "Del
 
 
 @pytest.fixture(params=["sandbox-kube", "testcluster"])
-def kubeconfig(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Path | None]:
+def kubeconfig(request: pytest.FixtureRequest) -> Iterator[Path | None]:
     """None: the sandbox starts its in-process Kubernetes API. A path: a fresh test cluster."""
     if request.param == "sandbox-kube":
         yield None
         return
-    with fresh_cluster(tmp_path_factory.mktemp("tc")) as kubeconfig_path:
-        yield kubeconfig_path
+    with fresh_cluster() as cluster:
+        yield cluster.kubeconfig
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ are stubs here: inference is proven, its words are not the subject.
 from __future__ import annotations
 
 import os
-import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -56,15 +55,12 @@ LINGER = 2.0
 
 
 @pytest.fixture(params=["sandbox-kube", "testcluster"])
-def kubeconfig(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path | None]:
+def kubeconfig(request: pytest.FixtureRequest) -> Iterator[Path | None]:
     if request.param == "sandbox-kube":
         yield None
         return
-    run_dir = tmp_path / "tc"
-    if any(ch.isspace() for ch in str(run_dir)):
-        run_dir = Path(tempfile.mkdtemp(prefix="testcluster-"))
-    with fresh_cluster(run_dir) as path:
-        yield path
+    with fresh_cluster() as cluster:
+        yield cluster.kubeconfig
 
 
 def provider_crds() -> dict[str, Path]:

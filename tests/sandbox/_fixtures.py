@@ -1,7 +1,7 @@
 """Fixtures and helpers for the sandbox stand-in tests (KubeFoundry, KAITO, models, faults).
 
 Every test gets a fresh Kubernetes backend: the in-process KubeAPIServer, and, when
-TESTCLUSTER_HOME is set, the real test cluster too (started into the test's tmp dir).
+TESTCLUSTER_HOME is set, a fresh real test cluster too (tests/_testcluster.py).
 Waiting is always on a watch with a deadline, never on a sleep.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -50,18 +49,15 @@ def _kubeapi_available() -> bool:
 
 
 @pytest.fixture(params=["kubeapi", "testcluster"])
-def kube_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+def kube_backend(request: pytest.FixtureRequest) -> Any:
     """None for the in-process API (the Sandbox starts it), else a fresh test cluster's kubeconfig."""
     if request.param == "kubeapi":
         if not _kubeapi_available():
             pytest.skip("orchestrator.sandbox.kubeapi is not available")
         yield None
         return
-    run_dir = tmp_path / "testcluster"
-    if any(ch.isspace() for ch in str(run_dir)):
-        run_dir = Path(tempfile.mkdtemp(prefix="testcluster-"))
-    with fresh_cluster(run_dir) as kubeconfig:
-        yield kubeconfig
+    with fresh_cluster() as cluster:
+        yield cluster.kubeconfig
 
 
 def crd_dir() -> Path | None:

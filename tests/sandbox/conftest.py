@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import os
 import pathlib
-import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-import anyio
 import pytest
-from _testcluster import stop_later
+from _testcluster import fresh_cluster
 from kubernetes_asyncio import client, config
 
 from orchestrator.sandbox.kubeapi import KubeAPIServer
@@ -48,14 +46,6 @@ def _testcluster_home() -> pathlib.Path:
     return path
 
 
-def _run_dir(tmp_path: pathlib.Path) -> pathlib.Path:
-    """RUN_DIR may not contain whitespace; fall back to a fresh temp dir if pytest's has some."""
-    run_dir = tmp_path / "testcluster"
-    if any(ch.isspace() for ch in str(run_dir)):
-        run_dir = pathlib.Path(tempfile.mkdtemp(prefix="testcluster-"))
-    return run_dir
-
-
 @pytest.fixture
 async def sandbox_kube(anyio_backend: str, tmp_path: pathlib.Path) -> AsyncIterator[Kube]:
     async with KubeAPIServer() as server:
@@ -68,26 +58,14 @@ async def sandbox_kube(anyio_backend: str, tmp_path: pathlib.Path) -> AsyncItera
 
 
 @pytest.fixture
-async def testcluster_kube(anyio_backend: str, tmp_path: pathlib.Path) -> AsyncIterator[Kube]:
-    home = _testcluster_home()
-    run_dir = _run_dir(tmp_path)
-    started = await anyio.run_process([str(home / "start"), str(run_dir)], check=False)
-    if started.returncode != 0:
-        pytest.fail(
-            f"test cluster did not start: {started.stderr.decode(errors='replace')[-2000:]}"
-        )
-    try:
-        kubeconfig = pathlib.Path(started.stdout.decode().strip().splitlines()[-1])
-        env = dict(
-            line.split("=", 1) for line in (run_dir / "env").read_text().splitlines() if "=" in line
-        )
-        api = await _api_client(kubeconfig)
+async def testcluster_kube(anyio_backend: str) -> AsyncIterator[Kube]:
+    _testcluster_home()
+    with fresh_cluster() as cluster:
+        api = await _api_client(cluster.kubeconfig)
         try:
-            yield Kube("testcluster", kubeconfig, api, env=env)
+            yield Kube("testcluster", cluster.kubeconfig, api, env=cluster.env)
         finally:
             await api.close()
-    finally:
-        stop_later(home, run_dir)
 
 
 @pytest.fixture(params=["sandbox", "testcluster"])
