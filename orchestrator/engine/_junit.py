@@ -307,7 +307,7 @@ class JUnitReporter:
         #: into a failed verdict, since CI cannot see a report that is not there.
         self.error: OSError | None = None
 
-    def _write(self, record: RunRecord, *, force: bool = False) -> None:
+    def _write(self, record: RunRecord, *, force: bool = False, durable: bool = False) -> None:
         key = id(record)
         self._records.setdefault(key, record)
         self._dirty.add(key)
@@ -316,17 +316,20 @@ class JUnitReporter:
         if shared and not force and self._last is not None and now - self._last < self.MIN_INTERVAL:
             return
         self._last = now
-        self.flush()
+        self.flush(durable=durable)
 
-    def flush(self) -> Path:
-        """Write the file now, serializing again only the runs that changed since the last write."""
+    def flush(self, *, durable: bool = True) -> Path:
+        """Write the file now, serializing again only the runs that changed since the last write.
+
+        ``durable=False`` for progress written while runs go on: still atomic (a rename),
+        not synced to the disk (see ``_atomic``); a run's end writes it durably."""
         for key in self._dirty:
             self._xml[key] = _suite_xml(self._records[key])
         self._dirty.clear()
         records = list(self._records.values())
         try:
             written = atomic_write_text(
-                self.path, _document(records, [self._xml[id(r)] for r in records])
+                self.path, _document(records, [self._xml[id(r)] for r in records]), durable=durable
             )
         except OSError as exc:
             self.error = exc
@@ -346,4 +349,4 @@ class JUnitReporter:
         self._write(record)
 
     def run_finished(self, record: RunRecord) -> None:
-        self._write(record, force=True)
+        self._write(record, force=True, durable=True)
