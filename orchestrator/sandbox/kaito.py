@@ -12,6 +12,7 @@ It reconciles only while an operator pod is Running, as the real operator would.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -29,6 +30,11 @@ OPERATOR_NAMESPACE = "kaito-workspace"
 OPERATOR_SELECTOR = "app.kubernetes.io/name=kaito-workspace"
 MODEL_PORT = 5000
 DEFAULT_IMAGE = "ghcr.io/kaito-project/aikit/llama3.2:1b"
+#: An annotation the stand-in bumps on a released pod that is still Pending, so that the
+#: kubelet sees a change and looks at the pod again (see ``KaitoController._release``).
+KUBELET_NUDGE = "sandbox.orchestrator/nudge"
+#: The longest wait for a released pod to start before it is touched again.
+RELEASE_RECHECK_CAP = 8.0
 CRASH_LINE = (
     "llama.cpp server: error loading model: failed to allocate compute buffer (exit code 1)"
 )
@@ -93,34 +99,72 @@ class KaitoController(CustomResourceOperator):
     async def _release(
         self, namespace: str, name: str, delay: str, since: float, pulled: str | None = None
     ) -> None:
-        """After ``delays.<delay>``, let the kubelet start a pod held in ContainerCreating.
+        """After ``delays.<delay>``, let the kubelet start a pod held in ContainerCreating,
+        and see that it does: return once the pod has left Pending (or is gone).
 
         A hold rather than the kubelet's own delay annotation, because the knob is then
         live: a test can hold a pod and let it go. With ``pulled`` (an image), the wait is
         the image pull, reported in the kubelet's words, as a cold node reports it.
+
+        The release is an edit the kubelet must notice, and a kubelet can miss one: the
+        test cluster's drops a pod's change that arrives while it is still writing that
+        pod's previous state (its work on the pod in flight), and then never looks again.
+        Released once, the pod stayed ContainerCreating for good, the Workspace never got
+        past ResourceReady, and a run waited out Wait Ready; a release done again changes
+        nothing and so wakes nothing. So the release waits until the kubelet has settled
+        the held pod, and until the pod leaves Pending it is touched again, with backoff,
+        as a controller requeues: each touch is a change the kubelet acts on when idle.
         """
         await self.state.wait_delay(delay, since)
         path = f"/api/v1/namespaces/{namespace}/pods/{name}"
-        release = {
+        release: JSON = {
             k: None for k in (OPERATOR_HOLD, "fake-kubelet/phase", "fake-kubelet/waiting-reason")
         }
-        try:
-            if pulled is not None:
-                pod = await self.kube.get(path)
-                took = go_duration(time.monotonic() - since)
-                await self.event(
-                    pod,
-                    "Pulled",
-                    f'Successfully pulled image "{pulled}" in {took} ({took} including '
-                    "waiting). Image size: 1325400000 bytes.",
-                    "model",
-                    "Normal",
-                )
-            await self.kube.merge_patch(path, {"metadata": {"annotations": release}})
-        except KubeError as exc:
-            log.debug("releasing pod %s/%s: %s", namespace, name, exc)
-            return
-        self.state.record(namespace, name, "pod released")
+        attempt = 0
+        while True:
+            wait = min(RELEASE_RECHECK_CAP, 2.0**attempt)
+            try:
+                pod = await self.kube.get_or_none(path)
+                if pod is None or not _held_or_starting(pod):
+                    return
+                if OPERATOR_HOLD in (pod["metadata"].get("annotations") or {}):
+                    if not _settled(pod):
+                        # The kubelet is still writing the held state: a release now
+                        # could land in the middle of that and be dropped (and if it
+                        # never settles, the touches below still get the release seen).
+                        with contextlib.suppress(TimeoutError):
+                            await self._wait_pod(namespace, name, _settled, timeout=wait)
+                    if pulled is not None:
+                        took = go_duration(time.monotonic() - since)
+                        await self.event(
+                            pod,
+                            "Pulled",
+                            f'Successfully pulled image "{pulled}" in {took} ({took} including '
+                            "waiting). Image size: 1325400000 bytes.",
+                            "model",
+                            "Normal",
+                        )
+                        pulled = None
+                    await self.kube.merge_patch(path, {"metadata": {"annotations": release}})
+                    self.state.record(namespace, name, "pod released")
+                else:
+                    await self.kube.merge_patch(
+                        path, {"metadata": {"annotations": {KUBELET_NUDGE: str(attempt)}}}
+                    )
+                    self.state.record(namespace, name, "pod still Pending: kubelet nudged")
+                    log.info(
+                        "pod %s/%s still Pending after its release: kubelet nudged", namespace, name
+                    )
+                await self._wait_pod(namespace, name, _started, timeout=wait)
+                return
+            except asyncio.CancelledError:
+                raise
+            except TimeoutError:
+                pass
+            except Exception as exc:
+                log.debug("releasing pod %s/%s: %r", namespace, name, exc)
+                await asyncio.sleep(backoff(attempt))
+            attempt += 1
 
     # ------------------------------------------------------------------ reconcile
 
@@ -432,6 +476,21 @@ def _model_container(obj: JSON) -> JSON:
         if key in source:
             container[key] = source[key]
     return container
+
+
+def _held_or_starting(pod: JSON) -> bool:
+    """Pending and not being deleted: a release (or a nudge) still has something to do."""
+    phase = pod.get("status", {}).get("phase")
+    return phase in (None, "", "Pending") and not pod["metadata"].get("deletionTimestamp")
+
+
+def _settled(pod: JSON) -> bool:
+    """The kubelet has bound the held pod and reports it waiting in ContainerCreating."""
+    return bool(pod.get("spec", {}).get("nodeName")) and _waiting_reason(pod) == "ContainerCreating"
+
+
+def _started(pod: JSON) -> bool:
+    return not _held_or_starting(pod)
 
 
 def _waiting_reason(pod: JSON) -> str | None:

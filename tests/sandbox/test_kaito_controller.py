@@ -145,3 +145,61 @@ async def test_nothing_is_reconciled_without_the_operator(make_sandbox) -> None:
         )
         assert ws is not None
         await wait_for(kube, f"/api/v1/namespaces/{NS}/pods", f"{NAME}-0", pod_phase("Pending"))
+
+
+def drop_the_release(monkeypatch: pytest.MonkeyPatch, pod_name: str) -> list[str]:
+    """Make the in-process kubelet miss the release of a held pod, once.
+
+    The test cluster's kubelet drops a pod's change that arrives while it is still
+    writing that pod's previous state, and never looks at the pod again: under load the
+    release of a held pod can be that change. Here the in-process kubelet drops exactly
+    that change (the first one it sees of ``pod_name`` with the hold gone), every time.
+    Returns the names of the pods whose release was dropped.
+    """
+    from orchestrator.sandbox._kubefoundry.installation import OPERATOR_HOLD
+    from orchestrator.sandbox.kubeapi._kubelet import FakeKubelet
+
+    handle = FakeKubelet._handle
+    dropped: list[str] = []
+
+    def dropping(self: FakeKubelet, ns: str, name: str, uid: str) -> None:
+        pod = self._fresh(ns, name, uid)
+        if pod is not None and name.startswith(pod_name) and name not in dropped:
+            held = OPERATOR_HOLD in (pod["metadata"].get("annotations") or {})
+            if not held and (pod.get("status") or {}).get("phase") == "Pending":
+                dropped.append(name)
+                return
+        handle(self, ns, name, uid)
+
+    monkeypatch.setattr(FakeKubelet, "_handle", dropping)
+    return dropped
+
+
+@pytest.mark.parametrize("kube_backend", ["kubeapi"], indirect=True)
+async def test_a_release_the_kubelet_missed_is_made_again(
+    make_sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The model pod's release is lost: the stand-in sees the pod still Pending and touches
+    it until the kubelet starts it, so the Workspace still gets ready (it used to stay
+    ResourceReady only, and a run waited out Wait Ready)."""
+    dropped = drop_the_release(monkeypatch, f"{NAME}-0")
+    async with make_sandbox() as (sandbox, api, kube):
+        await install_kaito(api, kube)
+        await create_deployment(api)
+        await wait_for(kube, WS_COLLECTION, NAME, running_workspace)
+        assert dropped == [f"{NAME}-0"]
+        events = [e.event for e in sandbox.timeline if e.name == f"{NAME}-0"]
+        assert events[0] == "pod released"
+        assert "pod still Pending: kubelet nudged" in events
+
+
+@pytest.mark.parametrize("kube_backend", ["kubeapi"], indirect=True)
+async def test_an_operator_release_the_kubelet_missed_is_made_again(
+    make_sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same for the KAITO operator pod: without a second touch it never ran, KAITO was
+    never installed and nothing was ever reconciled."""
+    dropped = drop_the_release(monkeypatch, "kaito-workspace-")
+    async with make_sandbox() as (sandbox, api, kube):
+        await install_kaito(api, kube)  # waits (on watches) for the operator pod Running
+        assert len(dropped) == 1 and dropped[0].startswith("kaito-workspace-")
