@@ -5,6 +5,11 @@ servers) on a fresh Kubernetes API: the sandbox's own, and, when
 ``TESTCLUSTER_HOME`` names the shared test cluster, a real API server too. The
 orchestrator runs as a child process exactly as a user runs it, so exit codes,
 signals and the files it writes are tested for real.
+
+A run that outlives its test's deadline is stopped as CI would stop it, so that it says
+why (:func:`drive`): SIGTERM first (the orchestrator diagnoses, cleans up and writes its
+reports, exit 143), SIGKILL only if that does not end it in time; the test then fails
+with the run's output so far, the sandbox's timeline and the tail of its log.
 """
 
 from __future__ import annotations
@@ -14,16 +19,18 @@ import json
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 import xmlschema
-from _bounded import running_sandbox
+from _bounded import running_sandbox, sandbox_log
 from _testcluster import fresh_cluster
+from anyio.streams.text import TextReceiveStream
 
 from orchestrator.clients import PODS, KubeClient, NotFound
 from orchestrator.flows.kaito import WORKSPACES
@@ -154,22 +161,150 @@ def command(
     return argv, full_env
 
 
+#: After its deadline, how long a run gets to end on SIGTERM (diagnose, cleanup, reports)
+#: before it is killed. Its cleanup has a floor of 10 s and diagnose of 5 s; a loaded
+#: machine needs more.
+TERM_GRACE = 45.0
+#: After the run ended, how long its output may take to reach EOF (a grandchild that
+#: inherited the pipes could hold them open).
+DRAIN_SECONDS = 10.0
+
+#: Called with the output so far after each chunk of stdout, and the process (for signals).
+OnOutput = Callable[[str, anyio.abc.Process], Awaitable[None] | None]
+
+
+@dataclass
+class Ended:
+    """How a driven process ended: its code and output, and whether its deadline did it."""
+
+    code: int
+    stdout: str
+    stderr: str
+    seconds: float
+    #: None: it ended by itself. Else what stopping it took ("SIGTERM: exit 143 after 4.2 s").
+    stopped: str | None = None
+
+
+async def drive(
+    argv: list[str],
+    env: dict[str, str],
+    cwd: Path,
+    timeout: float,
+    on_output: OnOutput | None = None,
+    grace: float = TERM_GRACE,
+    stop: anyio.Event | None = None,
+) -> Ended:
+    """Run ``argv``, reading its output as it comes, until it ends or ``timeout`` passes.
+
+    At the deadline the process gets SIGTERM and ``grace`` seconds to end, which the
+    orchestrator spends on diagnostics, cleanup and its reports; only then SIGKILL. A
+    deadline that cancelled the wait would kill it at once and keep nothing of what it
+    knew about why it hung. ``stop``, once set, does what the deadline does (for tests of
+    this function: a deadline they could only wait out).
+    """
+    started = time.monotonic()
+    out: list[str] = []
+    err: list[str] = []
+    stopped: str | None = None
+    async with await anyio.open_process(argv, env=env, cwd=cwd) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        stdout, stderr = proc.stdout, proc.stderr
+        read = anyio.Event(), anyio.Event()
+
+        async def read_stdout() -> None:
+            async for chunk in TextReceiveStream(stdout):
+                out.append(chunk)
+                if on_output is not None:
+                    done = on_output("".join(out), proc)
+                    if done is not None:
+                        await done
+            read[0].set()
+
+        async def read_stderr() -> None:
+            async for chunk in TextReceiveStream(stderr):
+                err.append(chunk)
+            read[1].set()
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(read_stdout)
+                tg.start_soon(read_stderr)
+                with anyio.move_on_after(timeout) as waiting:
+                    if stop is not None:
+                        tg.start_soon(_cancel_when_set, stop, waiting)
+                    await proc.wait()
+                if proc.returncode is None:
+                    proc.terminate()
+                    term = time.monotonic()
+                    with anyio.move_on_after(grace):
+                        await proc.wait()
+                    if proc.returncode is None:
+                        proc.kill()
+                        stopped = f"SIGTERM did not end it within {grace:.0f} s: SIGKILLed"
+                    else:
+                        took = time.monotonic() - term
+                        stopped = f"SIGTERM: exit {proc.returncode} after {took:.1f} s"
+                code = await proc.wait()
+                with anyio.move_on_after(DRAIN_SECONDS):
+                    for event in read:
+                        await event.wait()
+                tg.cancel_scope.cancel()
+        except BaseException:
+            if proc.returncode is None:  # a hook failed: the process must not outlive it
+                proc.kill()
+            raise
+    return Ended(code, "".join(out), "".join(err), time.monotonic() - started, stopped)
+
+
+async def _cancel_when_set(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
+def tail(text: str, lines: int) -> str:
+    kept = text.splitlines()[-lines:]
+    return "\n".join(kept) if kept else "(nothing)"
+
+
+def sandbox_report(sb: Sandbox, lines: int = 60) -> str:
+    """What the sandbox did and said: its timeline's and its log's last lines."""
+    timeline = "\n".join(
+        f"{e.elapsed:9.3f} {e.namespace}/{e.name}: {e.event}" for e in sb.timeline[-lines:]
+    )
+    path = sandbox_log(sb.options)
+    log = path.read_text(errors="replace") if path.exists() else f"(no {path.name})"
+    return (
+        f"--- sandbox timeline (last {lines}) ---\n{timeline or '(empty)'}\n"
+        f"--- sandbox log {path} (last {lines} lines) ---\n{tail(log, lines)}"
+    )
+
+
+def hung(ended: Ended, timeout: float, sb: Sandbox | None = None) -> str:
+    """The failure message of a run its deadline stopped: what it printed, what the sandbox did."""
+    parts = [
+        f"the run did not end within {timeout:.0f} s; {ended.stopped}",
+        f"--- its stdout (last 150 lines) ---\n{tail(ended.stdout, 150)}",
+        f"--- its stderr (last 40 lines) ---\n{tail(ended.stderr, 40)}",
+    ]
+    if sb is not None:
+        parts.append(sandbox_report(sb))
+    return "\n".join(parts)
+
+
 async def run_orchestrator(
     sb: Sandbox, tmp_path: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120
 ) -> Result:
-    """Run ``python -m orchestrator run`` against ``sb`` and wait for it, with a deadline."""
+    """Run ``python -m orchestrator run`` against ``sb`` and wait for it, with a deadline.
+
+    A run still going at the deadline is stopped (:func:`drive`) and fails the test with
+    its output and the sandbox's side of the story.
+    """
     artifacts = tmp_path / "artifacts"
     argv, full_env = command(sb, artifacts, *args, env=env)
-    started = time.monotonic()
-    with anyio.fail_after(timeout):
-        proc = await anyio.run_process(argv, env=full_env, cwd=tmp_path, check=False)
-    return Result(
-        proc.returncode,
-        proc.stdout.decode(),
-        proc.stderr.decode(),
-        time.monotonic() - started,
-        artifacts,
-    )
+    ended = await drive(argv, full_env, tmp_path, timeout)
+    if ended.stopped is not None:
+        pytest.fail(hung(ended, timeout, sb), pytrace=False)
+    return Result(ended.code, ended.stdout, ended.stderr, ended.seconds, artifacts)
 
 
 async def leftovers(

@@ -8,14 +8,13 @@ and the token must appear in no log, artifact or report.
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import pytest
 from _bounded import running_sandbox
-from anyio.streams.text import TextReceiveStream
-from e2e_harness import PHASES, Result, command, leftovers, run_orchestrator
+from e2e_harness import PHASES, Result, command, drive, hung, leftovers, run_orchestrator
 
 from orchestrator.sandbox import Faults, Sandbox, SandboxOptions
 
@@ -30,20 +29,18 @@ async def run_until_then_signal(
     """Start the run, wait (with a deadline) until its output shows ``marker``, send ``sig``."""
     artifacts = tmp_path / "artifacts"
     argv, env = command(sb, artifacts)
-    started = time.monotonic()
-    output: list[str] = []
-    async with await anyio.open_process(argv, env=env, cwd=tmp_path) as proc:
-        assert proc.stdout is not None
-        with anyio.fail_after(60):
-            async for chunk in TextReceiveStream(proc.stdout):
-                output.append(chunk)
-                if marker in "".join(output):
-                    proc.send_signal(sig)
-                    break
-            async for chunk in TextReceiveStream(proc.stdout):
-                output.append(chunk)
-            code = await proc.wait()
-    return Result(code, "".join(output), "", time.monotonic() - started, artifacts)
+    sent: list[bool] = []
+
+    def on_output(output: str, proc: anyio.abc.Process) -> None:
+        if not sent and marker in output:
+            proc.send_signal(sig)
+            sent.append(True)
+
+    ended = await drive(argv, env, tmp_path, 60, on_output)
+    if ended.stopped is not None:
+        pytest.fail(hung(ended, 60, sb), pytrace=False)
+    assert sent, f"the run never printed {marker!r}:\n{ended.stdout}"
+    return Result(ended.code, ended.stdout, ended.stderr, ended.seconds, artifacts)
 
 
 @pytest.mark.parametrize("faults", [Faults(never_ready=True)])

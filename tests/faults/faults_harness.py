@@ -7,13 +7,13 @@ never on sleeps.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
-from anyio.streams.text import TextReceiveStream
-from e2e_harness import Result, command, leftovers
+import anyio.abc
+import pytest
+from e2e_harness import Result, command, drive, hung, leftovers
 
 from orchestrator.clients import SERVICES, KubeClient
 from orchestrator.sandbox import Sandbox
@@ -33,33 +33,27 @@ async def run_with_hooks(
     env: dict[str, str] | None = None,
     timeout: float = 120,
 ) -> Result:
-    """Run the real command; when its output shows each hook's marker (in order), call the hook."""
+    """Run the real command; when its output shows each hook's marker (in order), call the hook.
+
+    A run still going at the deadline is stopped and fails the test as
+    :func:`e2e_harness.run_orchestrator` does, with its output and the sandbox's log.
+    """
     artifacts = tmp_path / "artifacts"
     argv, full_env = command(sb, artifacts, *args, env=env)
     pending = list(hooks)
-    output = ""
-    started_at = time.monotonic()
-    async with await anyio.open_process(argv, env=full_env, cwd=tmp_path) as proc:
-        assert proc.stdout is not None and proc.stderr is not None
-        err: list[str] = []
 
-        async def drain_stderr() -> None:
-            async for chunk in TextReceiveStream(proc.stderr):  # type: ignore[arg-type]
-                err.append(chunk)
+    async def on_output(output: str, proc: anyio.abc.Process) -> None:
+        while pending and pending[0][0] in output:
+            _, hook = pending.pop(0)
+            done = hook(proc)
+            if done is not None:
+                await done
 
-        with anyio.fail_after(timeout):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(drain_stderr)
-                async for chunk in TextReceiveStream(proc.stdout):
-                    output += chunk
-                    while pending and pending[0][0] in output:
-                        _, hook = pending.pop(0)
-                        done = hook(proc)
-                        if done is not None:
-                            await done
-                code = await proc.wait()
-    assert not pending, f"the run never printed {[m for m, _ in pending]}:\n{output}"
-    return Result(code, output, "".join(err), time.monotonic() - started_at, artifacts)
+    ended = await drive(argv, full_env, tmp_path, timeout, on_output)
+    if ended.stopped is not None:
+        pytest.fail(hung(ended, timeout, sb), pytrace=False)
+    assert not pending, f"the run never printed {[m for m, _ in pending]}:\n{ended.stdout}"
+    return Result(ended.code, ended.stdout, ended.stderr, ended.seconds, artifacts)
 
 
 def duration(result: Result, phase: str) -> float:

@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+import anyio.abc
 import pytest
-from anyio.streams.text import TextReceiveStream
-from e2e_harness import Result
+from e2e_harness import Result, drive, hung
 from faults_harness import assert_clean
 from proxy import HostileProxy
 
@@ -109,30 +108,19 @@ async def run_hostile(
         "always",
         *args,
     ]
-    started = time.monotonic()
     artifacts.parent.mkdir(parents=True, exist_ok=True)
     pending = list(hooks or [])
-    out: list[str] = []
-    err: list[str] = []
-    with anyio.fail_after(timeout):
-        async with await anyio.open_process(argv, env=full_env, cwd=artifacts.parent) as proc:
-            assert proc.stdout is not None and proc.stderr is not None
-            stderr = proc.stderr
 
-            async def drain_stderr() -> None:
-                async for chunk in TextReceiveStream(stderr):
-                    err.append(chunk)
+    def on_output(output: str, proc: anyio.abc.Process) -> None:
+        while pending and pending[0][0] in output:
+            _, action = pending.pop(0)
+            action()
 
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(drain_stderr)
-                async for chunk in TextReceiveStream(proc.stdout):
-                    out.append(chunk)
-                    while pending and pending[0][0] in "".join(out):
-                        _, action = pending.pop(0)
-                        action()
-            code = await proc.wait()
+    ended = await drive(argv, full_env, artifacts.parent, timeout, on_output)
+    if ended.stopped is not None:
+        pytest.fail(hung(ended, timeout, h.sandbox), pytrace=False)
     assert not pending, f"the run never printed {[m for m, _ in pending]}"
-    return Result(code, "".join(out), "".join(err), time.monotonic() - started, artifacts)
+    return Result(ended.code, ended.stdout, ended.stderr, ended.seconds, artifacts)
 
 
 def secrets_shown(result: Result, secrets: list[str]) -> list[str]:
