@@ -15,14 +15,24 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from _bounded import running_sandbox
 from e2e_harness import Result, run_orchestrator
 
 from orchestrator.clients import PODS, KubeClient
 from orchestrator.sandbox import Delays, Faults, Sandbox, SandboxOptions
 
-pytestmark = pytest.mark.anyio
+#: Above the harness's deadline (TIMEOUT) plus its SIGTERM grace and the sandbox's start
+#: and stop, so that a stuck run is reported by the harness, with its output.
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(360)]
 
 ALL = "kaito,kuberay,dynamo"
+#: The run's own budget, below the harness's deadline (TIMEOUT): a run that gets stuck
+#: fails its phase with a named reason ("Wait Ready timed out"), diagnoses, cleans up and
+#: reports, instead of being stopped from outside. A passing run takes about 30 s on a
+#: loaded 2-core machine; the default budget (600 s) would outlast any test deadline.
+BUDGET = ("--test-timeout", "180000")
+#: The harness's deadline for one such run: the budget, its overshoot and some slack.
+TIMEOUT = 240
 
 
 def provider_crds() -> dict[str, Path]:
@@ -54,7 +64,7 @@ async def providers_sandbox(
         crd_dir=Path(crds) if crds and kubeconfig is not None else None,
         provider_crds=provider_crds() if kubeconfig is not None else {},
     )
-    async with Sandbox(options) as sb:
+    async with running_sandbox(options) as sb:
         yield sb
 
 
@@ -89,7 +99,9 @@ async def no_workload_pods(sb: Sandbox) -> list[str]:
 
 
 async def test_every_provider_in_one_run(providers_sandbox: Sandbox, tmp_path: Path) -> None:
-    result = await run_orchestrator(providers_sandbox, tmp_path, "--provider", ALL, timeout=240)
+    result = await run_orchestrator(
+        providers_sandbox, tmp_path, "--provider", ALL, *BUDGET, timeout=TIMEOUT
+    )
     assert result.code == 0, result.stdout[-3000:] + result.stderr[-2000:]
     found = suites(result)
     assert set(found) == {"kaito", "kuberay", "dynamo"}
@@ -148,10 +160,24 @@ async def test_shards_split_the_providers(providers_sandbox: Sandbox, tmp_path: 
     for sub in ("a", "b", "c"):
         (tmp_path / sub).mkdir()
     first = await run_orchestrator(
-        providers_sandbox, tmp_path / "a", "--provider", ALL, "--shard", "1/2", timeout=240
+        providers_sandbox,
+        tmp_path / "a",
+        "--provider",
+        ALL,
+        "--shard",
+        "1/2",
+        *BUDGET,
+        timeout=TIMEOUT,
     )
     second = await run_orchestrator(
-        providers_sandbox, tmp_path / "b", "--provider", ALL, "--shard", "2/2", timeout=240
+        providers_sandbox,
+        tmp_path / "b",
+        "--provider",
+        ALL,
+        "--shard",
+        "2/2",
+        *BUDGET,
+        timeout=TIMEOUT,
     )
     assert first.code == 0 and second.code == 0, first.stdout[-2000:] + second.stdout[-2000:]
     assert set(suites(first)) == {"kaito", "dynamo"}
@@ -171,7 +197,7 @@ async def test_deployments_name_their_provider(providers_sandbox: Sandbox, tmp_p
         '[[deployments]]\nname = "dyn-a"\nprovider = "dynamo"\nreplicas = 2\n'
     )
     result = await run_orchestrator(
-        providers_sandbox, tmp_path, "--config", str(config), timeout=240
+        providers_sandbox, tmp_path, "--config", str(config), *BUDGET, timeout=TIMEOUT
     )
     assert result.code == 0, result.stdout[-3000:] + result.stderr[-2000:]
     found = suites(result)
