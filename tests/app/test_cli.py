@@ -47,12 +47,15 @@ def backend() -> Iterator[tuple[str, list[str]]]:
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # shutdown() returns once the loop next looks at its flag: every poll_interval (0.5 s
+    # by default, which was most of each test's time), here a few milliseconds.
+    thread = threading.Thread(target=server.serve_forever, args=(0.01,), daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}", seen
     finally:
         server.shutdown()
+        server.server_close()
 
 
 def test_version_and_help_do_not_load_the_heavy_clients(tmp_path: Path) -> None:
