@@ -70,6 +70,9 @@ class _Start:
             stderr=subprocess.PIPE,
             stdin=subprocess.DEVNULL,
             text=True,
+            # The script gives up on readiness after 30 s by default; a spare starts while
+            # tests run, and on a machine busy with other work that is not always enough.
+            env={**os.environ, "TESTCLUSTER_TIMEOUT": os.environ.get("TESTCLUSTER_TIMEOUT", "90")},
         )
 
     def result(self, timeout: float) -> Cluster:
