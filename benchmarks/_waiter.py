@@ -7,12 +7,15 @@ benchmark, so that Python's start-up is not part of any reaction (the start-up i
 reported on its own); ``kubectl wait`` is a Go binary that starts in a few milliseconds
 and is started per trial, as users run it.
 
-The orchestrator's waiter is the flow's own machinery: a subscription to the run's shared
-watch hub (one stream per resource type and namespace), woken by events, and a
+The orchestrator's waiter is the flows' own public machinery (``orchestrator.flows``'
+``wait_for`` and ``WatchSpec``, ``orchestrator.clients``' ``WatchHub`` and ``KubeClient``),
+nothing the flows do not use: a subscription to the run's shared watch hub (one stream
+per resource type and namespace), woken by events seen through ``inspect``, and a
 confirming read of the object before it returns: a watch cache is a hint, not the truth.
 The read asks for a state not older than the event's resourceVersion, which the API
-server answers from its own watch cache instead of a quorum read from etcd. The heap is
-settled as ``orchestrator run`` settles it (imports frozen out of the collector's sight).
+server answers from its own watch cache instead of a quorum read from etcd, as the flows'
+confirming reads after an event do. The heap is settled as ``orchestrator run`` settles
+it (imports frozen out of the collector's sight).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 import anyio
 
 from orchestrator.clients import PODS, KubeClient, Resource, WatchEvent, WatchHub
-from orchestrator.flows._waiting import WatchSpec, wait_for
+from orchestrator.flows import WatchSpec, wait_for
 
 WORKSPACES = Resource("kaito.sh", "v1beta1", "workspaces")
 POLL_INTERVAL = 2.0  # KAITO's own e2e tests poll every 2 s

@@ -24,14 +24,13 @@ authorities more often. The hub's view wakes waiters; it never decides for them.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 from anyio.abc import TaskGroup
-from anyio.streams.memory import MemoryObjectSendStream
 
 from ._errors import ClientError, clip
 from ._watch import Backoff, WatchEvent, watch
@@ -114,7 +113,27 @@ def _field_equals(
     return lambda obj: (obj.get(path[0], {}).get(path[1]) == value) == want
 
 
-_Entry = tuple[Callable[[dict[str, Any]], bool], MemoryObjectSendStream[WatchEvent]]
+class _Sink(Protocol):
+    """Where a subscriber's events go: a memory stream, or a :class:`_Callback`."""
+
+    def send_nowait(self, item: WatchEvent, /) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _Callback:
+    """A subscriber that takes each event in the hub's own task, as it arrives."""
+
+    __slots__ = ("send_nowait",)
+
+    def __init__(self, on_event: Callable[[WatchEvent], None]) -> None:
+        self.send_nowait = on_event
+
+    def close(self) -> None:
+        pass
+
+
+_Entry = tuple[Callable[[dict[str, Any]], bool], _Sink]
 
 
 @dataclass
@@ -302,6 +321,65 @@ class WatchHub:
         None when it is whole again; at once if it is impaired when subscribing. The
         events never end with an error: a stream's failure is the hub's to recover from.
         """
+        send, receive = anyio.create_memory_object_stream[WatchEvent](max_buffer_size=10_000)
+        with self._joined(
+            send,
+            resource,
+            namespace,
+            label_selector,
+            field_selector,
+            on_note,
+            on_ready,
+            on_impaired,
+        ):
+            async with receive:
+                yield _iterate(receive)
+
+    def listen(
+        self,
+        resource: Resource,
+        namespace: str | None = None,
+        *,
+        on_event: Callable[[WatchEvent], None],
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        on_note: Callable[[str], None] | None = None,
+        on_ready: Callable[[], None] | None = None,
+        on_impaired: Callable[[str | None], None] | None = None,
+    ) -> AbstractContextManager[None]:
+        """:meth:`subscribe`, with each event handed to ``on_event`` in the hub's own task.
+
+        For a waiter that only needs to be woken: no task of its own to receive the
+        events, so an event reaches it one scheduling step sooner, and leaving (a plain
+        ``with`` block) cancels nothing. ``on_event`` runs inside the stream's loop, so
+        it must be quick and must not raise: what it fails on, it keeps for its owner
+        (a failure here would start the shared stream over, for every subscriber). The
+        objects known now are handed to it before this returns.
+        """
+        return self._joined(
+            _Callback(on_event),
+            resource,
+            namespace,
+            label_selector,
+            field_selector,
+            on_note,
+            on_ready,
+            on_impaired,
+        )
+
+    @contextmanager
+    def _joined(
+        self,
+        send: _Sink,
+        resource: Resource,
+        namespace: str | None,
+        label_selector: str | None,
+        field_selector: str | None,
+        on_note: Callable[[str], None] | None,
+        on_ready: Callable[[], None] | None,
+        on_impaired: Callable[[str | None], None] | None,
+    ) -> Iterator[None]:
+        """``send`` gets the matching objects known now, then every change, until the block ends."""
         if self._tg is None:
             raise RuntimeError("WatchHub used outside 'async with'")
         if self._closed:
@@ -314,7 +392,6 @@ class WatchHub:
                 resource, namespace, *((label_selector, field_selector) if own else ())
             )
         self._streams[key] = stream
-        send, receive = anyio.create_memory_object_stream[WatchEvent](max_buffer_size=10_000)
         for obj in list(stream.known.values()):
             if predicate(obj):
                 send.send_nowait(WatchEvent("ADDED", obj))
@@ -335,8 +412,7 @@ class WatchHub:
             stream.scope = anyio.CancelScope()
             self._tg.start_soon(self._pump, stream)
         try:
-            async with receive:
-                yield _iterate(receive)
+            yield
         finally:
             stream.remove(entry, filed_under)
             if on_note is not None:

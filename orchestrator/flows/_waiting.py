@@ -15,7 +15,9 @@ turns such an event into a failure reason and the wait ends at once.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import anyio
@@ -101,6 +103,9 @@ async def wait_for(
             signal.set()
         impaired[index] = why
 
+    #: What ``inspect`` failed on (other than Stop) while the hub's task ran it.
+    failed: list[Exception] = []
+
     def deliver(event: WatchEvent, wakes: bool) -> None:
         if inspect is not None:
             try:
@@ -111,6 +116,15 @@ async def wait_for(
         if wakes:
             signal.set()
 
+    def hand_over(event: WatchEvent, wakes: bool) -> None:
+        """``deliver``, run by the hub in its stream's task: a failure of ``inspect`` is
+        kept for this wait to raise, never let loose on a stream others share."""
+        try:
+            deliver(event, wakes)
+        except Exception as exc:
+            failed.append(exc)
+            signal.set()
+
     checks_begun = 0
 
     def live() -> None:
@@ -119,75 +133,87 @@ async def wait_for(
         if checks_begun:
             signal.set()
 
+    def unavailable(index: int, spec: WatchSpec, exc: ClientError) -> None:
+        # The watch loop recovers from what a server does; should anything still end
+        # a watch, the wait goes on: the authority is asked at the impaired pace.
+        if on_note:
+            on_note(
+                f"watch {spec.resource.plural} unavailable ({exc}); re-checking every "
+                f"{min(recheck, IMPAIRED_RECHECK):g} s instead"
+            )
+        health(index, str(exc))
+
     async def pump(
         index: int,
         spec: WatchSpec,
         *,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
-        started = False
-
-        def ready() -> None:
-            nonlocal started
-            if not started:
-                started = True
-                task_status.started()
-
+        """A watch of this wait's own (no hub), in a task of its own."""
+        task_status.started()
         try:
-            if hub is not None:
-                async with hub.subscribe(
-                    spec.resource,
-                    spec.namespace,
-                    label_selector=spec.label_selector,
-                    field_selector=spec.field_selector,
-                    on_note=on_note,
-                    on_ready=live,
-                    on_impaired=lambda why: health(index, why),
-                ) as events:
-                    ready()
-                    async for event in events:
-                        deliver(event, spec.wakes)
-            else:
-                ready()
-                async for event in watch(
-                    kube,
-                    spec.resource,
-                    spec.namespace,
-                    label_selector=spec.label_selector,
-                    field_selector=spec.field_selector,
-                    server_timeout=server_timeout,
-                    on_note=on_note,
-                    on_synced=live,
-                    on_impaired=lambda why: health(index, why),
-                ):
-                    deliver(event, spec.wakes)
+            async for event in watch(
+                kube,
+                spec.resource,
+                spec.namespace,
+                label_selector=spec.label_selector,
+                field_selector=spec.field_selector,
+                server_timeout=server_timeout,
+                on_note=on_note,
+                on_synced=live,
+                on_impaired=lambda why: health(index, why),
+            ):
+                deliver(event, spec.wakes)
         except ClientError as exc:
-            # The watch loop recovers from what a server does; should anything still end
-            # a watch, the wait goes on: the authority is asked at the impaired pace.
-            if on_note:
-                on_note(
-                    f"watch {spec.resource.plural} unavailable ({exc}); re-checking every "
-                    f"{min(recheck, IMPAIRED_RECHECK):g} s instead"
-                )
-            health(index, str(exc))
-            ready()
+            unavailable(index, spec, exc)
 
-    result: T | None = None
-    async with anyio.create_task_group() as tg:
-        # Subscribed before the first question, so that a shared stream that is already
-        # live misses nothing after it; one still taking its listing calls live().
-        for index, spec in enumerate(watches):
-            await tg.start(pump, index, spec)
-        while not stopped:
+    async def ask() -> T | None:
+        nonlocal checks_begun
+        while not stopped and not failed:
             checks_begun += 1
-            result = await check()
-            if result is not None or stopped:
-                break
+            answer = await check()
+            if answer is not None or stopped or failed:
+                return answer
             # While a watch may be behind, its silence proves nothing: ask more often.
             await signal.wait(min(recheck, IMPAIRED_RECHECK) if impaired else recheck)
-        tg.cancel_scope.cancel()
+        return None
+
+    result: T | None
+    if hub is not None or not watches:
+        # The hub hands each event to this wait in its own task: no task here to receive
+        # them, and so nothing to cancel when the answer comes: leaving the block below
+        # only takes the subscriptions off their streams.
+        with ExitStack() as subscribed:
+            # Subscribed before the first question, so that a shared stream that is
+            # already live misses nothing after it; one still taking its listing calls live().
+            for index, spec in enumerate(watches):
+                assert hub is not None
+                try:
+                    subscribed.enter_context(
+                        hub.listen(
+                            spec.resource,
+                            spec.namespace,
+                            on_event=partial(hand_over, wakes=spec.wakes),
+                            label_selector=spec.label_selector,
+                            field_selector=spec.field_selector,
+                            on_note=on_note,
+                            on_ready=live,
+                            on_impaired=partial(health, index),
+                        )
+                    )
+                except ClientError as exc:
+                    unavailable(index, spec, exc)
+            result = await ask()
+    else:
+        async with anyio.create_task_group() as tg:
+            for index, spec in enumerate(watches):
+                await tg.start(pump, index, spec)
+            result = await ask()
+            tg.cancel_scope.cancel()
     # Raised outside the task group, so callers see the Stop itself and not an
     # exception group wrapping it.
+    if failed:
+        raise failed[0]
     if stopped:
         raise stopped[0]
     assert result is not None

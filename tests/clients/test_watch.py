@@ -341,24 +341,19 @@ async def test_a_stream_left_alone_lingers_for_the_next_subscriber(kube: KubeCli
 async def test_a_waiter_asks_again_once_a_late_watch_has_its_listing() -> None:
     """A watch that takes its listing after the first question may have missed a change
     that no event will ever show: the waiter asks once more, events or not."""
-    from contextlib import asynccontextmanager as acm
+    from contextlib import contextmanager
 
-    from orchestrator.flows._waiting import WatchSpec, wait_for
+    from orchestrator.flows import WatchSpec, wait_for
 
     class LateHub:
         """A hub whose stream lists only when told to, and never sends an event."""
 
         on_ready = None
 
-        @acm
-        async def subscribe(self, *args, on_ready=None, **kwargs):
+        @contextmanager
+        def listen(self, *args, on_ready=None, **kwargs):
             self.on_ready = on_ready
-
-            async def nothing():
-                await anyio.sleep_forever()
-                yield
-
-            yield nothing()
+            yield
 
     hub = LateHub()
     asked = anyio.Event()
@@ -409,3 +404,46 @@ async def test_on_ready_comes_with_the_listing_or_at_once(kube: KubeClient) -> N
                 PODS, NS, label_selector="app=x", on_ready=lambda: calls.append("second")
             ):
                 assert calls == ["first", "second"]  # already listed: at once
+
+
+async def test_a_failing_inspect_ends_its_wait_and_no_one_elses(kube: KubeClient) -> None:
+    """The hub hands events to a waiter in the stream's own task: what the waiter's
+    ``inspect`` fails on is raised by that wait, and the stream others share goes on."""
+    from orchestrator.flows import WatchSpec, wait_for
+
+    def broken(event) -> None:
+        if event.name == "bad":
+            raise ValueError("inspect broke on bad")
+
+    others: list[str] = []
+    async with WatchHub(kube) as hub:
+        with anyio.fail_after(10):
+            async with hub.subscribe(PODS, NS) as events:
+
+                async def never() -> bool | None:
+                    return None
+
+                async with anyio.create_task_group() as tg:
+
+                    async def waiter() -> None:
+                        with pytest.raises(ValueError, match="inspect broke on bad"):
+                            await wait_for(
+                                never,
+                                kube=kube,
+                                recheck=60,
+                                inspect=broken,
+                                hub=hub,
+                                watches=[WatchSpec(PODS, NS)],
+                            )
+
+                    tg.start_soon(waiter)
+                    await anyio.wait_all_tasks_blocked()
+                    await kube.create(PODS, pod("bad"), NS)
+                await kube.create(PODS, pod("after"), NS)
+                async for event in events:
+                    others.append(event.name)
+                    if event.name == "after":
+                        break
+        assert others[0] == "bad" and others[-1] == "after"  # (the fake kubelet edits "bad")
+        assert hub.impaired(PODS, NS) is None  # the shared stream never started over
+        assert hub.known(PODS, NS) is not None
