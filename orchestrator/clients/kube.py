@@ -592,16 +592,18 @@ class KubeClient:
         field_selector: str | None = None,
         timeout: float = REQUEST_TIMEOUT,
         retry: RetryPolicy | None = None,
+        not_older_than: str | None = None,
     ) -> dict[str, Any]:
-        """The list answer, ``items`` always a list; flakes retried as for :meth:`get`."""
+        """The list answer, ``items`` always a list; flakes retried as for :meth:`get`.
+
+        ``not_older_than`` asks for a state at least as new as that resourceVersion
+        (``resourceVersionMatch=NotOlderThan``), as :meth:`get` does.
+        """
         path = res.path(namespace)
-        return await self.read(
-            path,
-            check_list,
-            retry,
-            timeout=timeout,
-            query={"labelSelector": label_selector, "fieldSelector": field_selector},
-        )
+        query = {"labelSelector": label_selector, "fieldSelector": field_selector}
+        if not_older_than:
+            query |= {"resourceVersion": not_older_than, "resourceVersionMatch": "NotOlderThan"}
+        return await self.read(path, check_list, retry, timeout=timeout, query=query)
 
     async def create(
         self, res: Resource, body: dict[str, Any], namespace: str | None = None

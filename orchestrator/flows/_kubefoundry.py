@@ -144,13 +144,14 @@ class _Cluster:
         return self._flow.deployment
 
     async def pods(self) -> list[dict[str, Any]]:
-        pods = self._flow.profile.tracked(self._flow.deployment)[0]
+        flow = self._flow
+        pods = flow.profile.tracked(flow.deployment)[0]
         if not self._fresh:
-            seen = self._flow._cached(pods)
+            seen = flow._cached(pods)
             if seen is not None:
                 self.cached = True
                 return seen
-        return await self._flow._objects(pods)
+        return await flow._objects(pods, not_older_than=flow._pods_version)
 
     async def leftovers(self) -> list[str]:
         return await self._flow.leftovers(owned=False)
@@ -193,6 +194,9 @@ class KubeFoundryFlow:
         self.inference = inference
         self.created = _Created()
         self._seen_pod_states: dict[str, str] = {}
+        #: The resourceVersion of the last event this flow's waits saw on its pods. A
+        #: read that confirms what the events showed asks for a state not older than it.
+        self._pods_version: str | None = None
 
     # -- the engine's view ----------------------------------------------------
 
@@ -394,6 +398,7 @@ class KubeFoundryFlow:
             obj = event.object
             if not is_pod(obj) or not p.owns_pod(d, obj):
                 return
+            self._pods_version = obj["metadata"].get("resourceVersion") or self._pods_version
             summary = pod_summary(obj)
             name = obj.get("metadata", {}).get("name", "?")
             if self._seen_pod_states.get(name) != summary:
@@ -472,7 +477,7 @@ class KubeFoundryFlow:
         async def recovered() -> bool | None:
             fresh = [
                 o
-                for o in await self._objects(pods)
+                for o in await self._objects(pods, not_older_than=self._pods_version)
                 if o["metadata"].get("uid") not in victims and pod_ready(o)
             ]
             if not fresh:
@@ -486,6 +491,9 @@ class KubeFoundryFlow:
             return True if reading.ready else None
 
         def inspect(event: WatchEvent) -> None:
+            self._pods_version = event.object["metadata"].get("resourceVersion") or (
+                self._pods_version
+            )
             if event.object.get("metadata", {}).get("uid") in victims:
                 return
             problem = pod_problem(event.object, p.fatal_waiting_reasons)
@@ -817,8 +825,19 @@ class KubeFoundryFlow:
         )
         return None if seen is None else t.select(seen)
 
-    async def _objects(self, t: Tracked, *, fresh: bool = True) -> list[dict[str, Any]]:
-        """The tracked objects: listed now, or (``fresh=False``) as the watches last saw them."""
+    async def _objects(
+        self, t: Tracked, *, fresh: bool = True, not_older_than: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The tracked objects: listed now, or (``fresh=False``) as the watches last saw them.
+
+        ``not_older_than`` (the resourceVersion of the last event a wait saw on them) is
+        for a read that confirms what events showed: the API server answers from its own
+        watch cache, at least that new, instead of a quorum read from etcd. Still the
+        server's view, not the stream's: a stream of ours that stalled is caught all the
+        same, since the server's cache is fed by its own watch on etcd. Reads that decide
+        "gone" or "nothing left behind" (the leak check) pass none: there no event is
+        being confirmed, and they must see the latest state etcd holds.
+        """
         if not fresh and (seen := self._cached(t)) is not None:
             return seen
         listing = await self.kube.list(
@@ -826,6 +845,7 @@ class KubeFoundryFlow:
             t.namespace,
             label_selector=t.label_selector,
             field_selector=t.field_selector,
+            not_older_than=not_older_than,
         )
         return t.select(listing.get("items") or [])
 

@@ -57,6 +57,7 @@ class FakeCluster:
         label_selector: str | None = None,
         field_selector: str | None = None,
         timeout: float = 30.0,
+        not_older_than: str | None = None,  # always the latest state here
     ) -> Obj:
         match = compile_selector(label_selector, field_selector)
         assert match is not None, (label_selector, field_selector)
