@@ -169,8 +169,11 @@ async def test_a_signal_while_the_backend_starts_stops_it_and_reports(
     )
     backend = tmp_path / "backend"
     backend.mkdir()
-    pidfile = tmp_path / "backend.pid"
-    command = f"{sys.executable} -c \"import os,time; open('{pidfile}','w').write(str(os.getpid())); time.sleep(3600)\""
+    # The backend says its pid through a FIFO: the test reads it when the backend is up,
+    # so the signal never comes before there is a backend to outlive the run.
+    pidfifo = tmp_path / "backend.pid"
+    os.mkfifo(pidfifo)
+    command = f"{sys.executable} -c \"import os,time; open('{pidfifo}','w').write(str(os.getpid())); time.sleep(3600)\""
     with anyio.fail_after(60):
         async with await start_run(
             tmp_path,
@@ -187,12 +190,13 @@ async def test_a_signal_while_the_backend_starts_stops_it_and_reports(
             async for chunk in TextReceiveStream(proc.stdout):
                 seen += chunk
                 if "backend started" in seen:
-                    proc.send_signal(sig)
                     break
+            pid = int(await anyio.to_thread.run_sync(pidfifo.read_text, abandon_on_cancel=True))
+            proc.send_signal(sig)
             stdout = seen + await read_all(proc.stdout)
             stderr = await read_all(proc.stderr)
             assert await proc.wait() == code, stdout + stderr
     assert "Traceback" not in stdout + stderr
-    assert not alive(int(pidfile.read_text())), "the backend outlived the run"
+    assert not alive(pid), "the backend outlived the run"
     run = json.loads((tmp_path / "artifacts" / "environment" / "run.json").read_text())
     assert (run["outcome"], run["interrupted_by"]) == ("interrupted", sig.name)
