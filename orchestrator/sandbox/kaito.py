@@ -70,7 +70,7 @@ class KaitoController(CustomResourceOperator):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         #: Operator pods held in ContainerCreating by the install, each released by a task.
-        self._operator_starts: dict[str, asyncio.Task[None]] = {}
+        self._operator_starts: dict[str, asyncio.Task[JSON | None]] = {}
 
     async def run(self) -> None:
         try:
@@ -98,9 +98,9 @@ class KaitoController(CustomResourceOperator):
 
     async def _release(
         self, namespace: str, name: str, delay: str, since: float, pulled: str | None = None
-    ) -> None:
+    ) -> JSON | None:
         """After ``delays.<delay>``, let the kubelet start a pod held in ContainerCreating,
-        and see that it does: return once the pod has left Pending (or is gone).
+        and see that it does: return the pod once it has left Pending (None if it is gone).
 
         A hold rather than the kubelet's own delay annotation, because the knob is then
         live: a test can hold a pod and let it go. With ``pulled`` (an image), the wait is
@@ -126,7 +126,7 @@ class KaitoController(CustomResourceOperator):
             try:
                 pod = await self.kube.get_or_none(path)
                 if pod is None or not _held_or_starting(pod):
-                    return
+                    return pod
                 if OPERATOR_HOLD in (pod["metadata"].get("annotations") or {}):
                     if not _settled(pod):
                         # The kubelet is still writing the held state: a release now
@@ -155,8 +155,7 @@ class KaitoController(CustomResourceOperator):
                     log.info(
                         "pod %s/%s still Pending after its release: kubelet nudged", namespace, name
                     )
-                await self._wait_pod(namespace, name, _started, timeout=wait)
-                return
+                return await self._wait_pod(namespace, name, _started, timeout=wait)
             except asyncio.CancelledError:
                 raise
             except TimeoutError:
@@ -352,10 +351,14 @@ class KaitoController(CustomResourceOperator):
             created = time.monotonic()
             await self._create_pod(namespace, name, container)
             self.state.record(namespace, name, "pod recreated")
-            await self._release(namespace, pod_name, "pod_start", created, container["image"])
-            await self._wait_pod(
-                namespace, pod_name, lambda p: p.get("status", {}).get("phase") == "Running"
-            )
+            pod = await self._release(namespace, pod_name, "pod_start", created, container["image"])
+            # Recorded as the release sees it start: another wait would begin after the
+            # change it waits for, and a run that moves on at once (its Delete cancels
+            # this) would leave the restart unrecorded.
+            if pod is None:
+                continue  # deleted again before it started: recreate it
+            if _phase(pod) != "Running":
+                pod = await self._wait_pod(namespace, pod_name, lambda p: _phase(p) == "Running")
             self.state.record(namespace, name, "recreated pod Running")
 
     async def _delete_children(self, namespace: str, name: str) -> None:
@@ -487,6 +490,11 @@ def _held_or_starting(pod: JSON) -> bool:
 def _settled(pod: JSON) -> bool:
     """The kubelet has bound the held pod and reports it waiting in ContainerCreating."""
     return bool(pod.get("spec", {}).get("nodeName")) and _waiting_reason(pod) == "ContainerCreating"
+
+
+def _phase(pod: JSON) -> str | None:
+    phase = pod.get("status", {}).get("phase")
+    return phase if isinstance(phase, str) else None
 
 
 def _started(pod: JSON) -> bool:
