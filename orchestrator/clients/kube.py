@@ -381,11 +381,7 @@ class KubeClient:
         except Exception as exc:
             # The transport's boundary: a connection failure, and whatever a peer's broken
             # HTTP makes the transport raise (a header too long, a bad status line).
-            raise TransportError(
-                f"{method} {path}: {type(exc).__name__}: {excerpt(str(exc), 200)}",
-                method=method,
-                url=path,
-            ) from None
+            raise _broken(method, path, None, 0, exc) from None
 
     async def exchange(
         self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any
@@ -418,28 +414,10 @@ class KubeClient:
             except (TimeoutError, aiohttp.ServerTimeoutError):
                 pass  # reported below, with what arrived
             except Exception as exc:
-                raise TransportError(
-                    f"{method} {path}: reading the answer failed after {len(received)} bytes "
-                    f"({type(exc).__name__}: {excerpt(str(exc), 200)})",
-                    method=method,
-                    url=path,
-                ) from None
+                raise _broken(method, path, status, len(received), exc) from None
             finally:
                 response.release()
-        elapsed = anyio.current_time() - started
-        what = (
-            "no answer"
-            if status is None
-            else f"answered {status}, {len(received)} bytes of the body arrived"
-            + (f" ({excerpt(bytes(received))})" if received else "")
-        )
-        raise RequestTimeout(
-            f"{method} {path}: no whole answer within {elapsed:.1f} s: {what}",
-            method=method,
-            url=path,
-            elapsed=elapsed,
-            received=len(received),
-        )
+        raise _unfinished(method, path, status, received, anyio.current_time() - started)
 
     async def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """Send a request; return the decoded body of a 2xx, raise the matching error otherwise.
@@ -528,32 +506,11 @@ class KubeClient:
                 while chunk := await r.content.readany():
                     received += chunk
         except TimeoutError:  # aiohttp's own timeouts are TimeoutErrors too
-            elapsed = time.monotonic() - started
-            what = (
-                "no answer"
-                if status is None
-                else f"answered {status}, {len(received)} bytes of the body arrived"
-                + (f" ({excerpt(bytes(received))})" if received else "")
-            )
-            raise RequestTimeout(
-                f"GET {path}: no whole answer within {elapsed:.1f} s: {what}",
-                method="GET",
-                url=path,
-                elapsed=elapsed,
-                received=len(received),
-            ) from None
+            raise _unfinished("GET", path, status, received, time.monotonic() - started) from None
         except Exception as exc:
             # The transport's boundary: a connection failure, and whatever a peer's broken
             # HTTP makes aiohttp raise (a header too long, a bad status line, a body cut).
-            detail = f"{type(exc).__name__}: {excerpt(str(exc), 200)}"
-            raise TransportError(
-                f"GET {path}: {detail}"
-                if status is None
-                else f"GET {path}: reading the answer failed after {len(received)} bytes "
-                f"({detail})",
-                method="GET",
-                url=path,
-            ) from None
+            raise _broken("GET", path, status, len(received), exc) from None
         raw = bytes(received)
         assert status is not None  # the answer came, or an error was raised above
         if 200 <= status < 300:
@@ -802,6 +759,39 @@ async def _status_answer(response: Any, method: str, path: str) -> ClientError:
     )
     err.retry_after = parse_retry_after(response.headers.get("Retry-After"))
     return err
+
+
+def _unfinished(
+    method: str, path: str, status: int | None, received: bytearray, elapsed: float
+) -> RequestTimeout:
+    """A request's deadline passed before its whole answer came: say what had arrived."""
+    what = (
+        "no answer"
+        if status is None
+        else f"answered {status}, {len(received)} bytes of the body arrived"
+        + (f" ({excerpt(bytes(received))})" if received else "")
+    )
+    return RequestTimeout(
+        f"{method} {path}: no whole answer within {elapsed:.1f} s: {what}",
+        method=method,
+        url=path,
+        elapsed=elapsed,
+        received=len(received),
+    )
+
+
+def _broken(
+    method: str, path: str, status: int | None, received: int, exc: Exception
+) -> TransportError:
+    """The transport failed: before an answer (``status`` None) or while reading its body."""
+    detail = f"{type(exc).__name__}: {excerpt(str(exc), 200)}"
+    return TransportError(
+        f"{method} {path}: {detail}"
+        if status is None
+        else f"{method} {path}: reading the answer failed after {received} bytes ({detail})",
+        method=method,
+        url=path,
+    )
 
 
 def _answer_error(status: int, headers: Any, raw: bytes, method: str, path: str) -> ClientError:
