@@ -262,3 +262,13 @@ def fresh_cluster() -> Iterator[Cluster]:
         yield cluster
     finally:
         stop_later(where, cluster.run_dir)
+
+
+def provider_crds() -> dict[str, Path]:
+    """The real KubeRay and Dynamo CRDs, when the environment names them (``.ci/run`` does)."""
+    out = {}
+    for provider, var in (("kuberay", "KUBERAY_CRDS_DIR"), ("dynamo", "DYNAMO_CRDS_DIR")):
+        value = os.environ.get(var)
+        if value and Path(value).is_dir():
+            out[provider] = Path(value)
+    return out

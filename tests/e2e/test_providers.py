@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from _bounded import running_sandbox
+from _testcluster import provider_crds
 from e2e_harness import Result, run_orchestrator
 
 from orchestrator.clients import PODS, KubeClient
@@ -33,15 +34,6 @@ ALL = "kaito,kuberay,dynamo"
 BUDGET = ("--test-timeout", "180000")
 #: The harness's deadline for one such run: the budget, its overshoot and some slack.
 TIMEOUT = 240
-
-
-def provider_crds() -> dict[str, Path]:
-    out = {}
-    for provider, var in (("kuberay", "KUBERAY_CRDS_DIR"), ("dynamo", "DYNAMO_CRDS_DIR")):
-        value = os.environ.get(var)
-        if value and Path(value).is_dir():
-            out[provider] = Path(value)
-    return out
 
 
 @pytest.fixture

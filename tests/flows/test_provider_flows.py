@@ -9,7 +9,6 @@ are stubs here: inference is proven, its words are not the subject.
 
 from __future__ import annotations
 
-import os
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 import anyio
 import pytest
 import xmlschema
-from _testcluster import fresh_cluster
+from _testcluster import fresh_cluster, provider_crds
 
 from orchestrator.clients import (
     CRDS,
@@ -61,15 +60,6 @@ def kubeconfig(request: pytest.FixtureRequest) -> Iterator[Path | None]:
         return
     with fresh_cluster() as cluster:
         yield cluster.kubeconfig
-
-
-def provider_crds() -> dict[str, Path]:
-    out = {}
-    for provider, var in (("kuberay", "KUBERAY_CRDS_DIR"), ("dynamo", "DYNAMO_CRDS_DIR")):
-        value = os.environ.get(var)
-        if value and Path(value).is_dir():
-            out[provider] = Path(value)
-    return out
 
 
 class Env:

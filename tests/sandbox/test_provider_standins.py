@@ -9,7 +9,6 @@ Models are stubs: what is tested here is the path to them, not their words.
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -24,6 +23,7 @@ from _fixtures import (  # noqa: F401 - fixtures are used by name
     kube_backend,
     wait_for,
 )
+from _testcluster import provider_crds
 
 from orchestrator.sandbox import Faults, Sandbox, SandboxOptions
 from orchestrator.sandbox._kube import Kube
@@ -37,16 +37,6 @@ RAYSERVICES = f"/apis/ray.io/v1/namespaces/{NS}/rayservices"
 RAYCLUSTERS = f"/apis/ray.io/v1/namespaces/{NS}/rayclusters"
 DGDS = f"/apis/nvidia.com/v1alpha1/namespaces/{NS}/dynamographdeployments"
 PODS = f"/api/v1/namespaces/{NS}/pods"
-
-
-def provider_crds() -> dict[str, Path]:
-    """The real CRDs, when the environment names them (``.ci/run`` does)."""
-    out = {}
-    for provider, var in (("kuberay", "KUBERAY_CRDS_DIR"), ("dynamo", "DYNAMO_CRDS_DIR")):
-        value = os.environ.get(var)
-        if value and Path(value).is_dir():
-            out[provider] = Path(value)
-    return out
 
 
 Env = tuple[Sandbox, aiohttp.ClientSession, Kube]
