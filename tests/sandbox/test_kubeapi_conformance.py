@@ -285,9 +285,17 @@ async def test_custom_objects_crud_and_status_subresource(kube: Kube) -> None:
     assert patched["spec"]["size"] == 2 and patched["metadata"]["generation"] == 2
 
     status = await co.patch_namespaced_custom_object_status(
-        GROUP, VERSION, NS, PLURAL, "w1", {"status": {"phase": "Ready"}}, **MERGE
+        GROUP,
+        VERSION,
+        NS,
+        PLURAL,
+        "w1",
+        {"metadata": {"labels": {"a": "2"}}, "status": {"phase": "Ready"}},
+        **MERGE,
     )
     assert status["status"] == {"phase": "Ready"} and status["metadata"]["generation"] == 2
+    # a custom resource's /status changes only the status (a core object's keeps metadata)
+    assert status["metadata"]["labels"] == {"a": "1"}
     # the main resource cannot change status once the subresource exists
     again = await co.patch_namespaced_custom_object(
         GROUP, VERSION, NS, PLURAL, "w1", {"status": {"phase": "Nope"}}, **MERGE
@@ -592,6 +600,68 @@ async def test_pod_waiting_reason_stays_pending(kube: Kube) -> None:
         status_body(err.value)["message"]
         == 'container "main" in pod "stuck" is waiting to start: ImagePullBackOff'
     )
+
+
+async def test_pod_status_write_carries_labels_and_annotations(kube: Kube) -> None:
+    """pods/status keeps the new labels and annotations (only the spec is kept from
+    before), so one write can move a Pending pod to another waiting reason together with
+    the fake kubelet's annotation for it: the stand-ins show a crash loop that way."""
+    v1 = client.CoreV1Api(kube.api)
+    await v1.create_namespaced_pod(NS, pod_manifest("crasher", {"fake-kubelet/phase": "Pending"}))
+
+    def waiting(reason: str) -> Callable[[dict[str, Any]], bool]:
+        def check(obj: dict[str, Any]) -> bool:
+            statuses = (obj.get("status") or {}).get("containerStatuses") or []
+            return (
+                bool(obj["spec"].get("nodeName"))
+                and bool(statuses)
+                and (statuses[0]["state"].get("waiting") or {}).get("reason") == reason
+            )
+
+        return check
+
+    settled = await wait_for(
+        kube,
+        v1.list_namespaced_pod,
+        NS,
+        field_selector="metadata.name=crasher",
+        predicate=waiting("ContainerCreating"),
+    )
+    crash = {
+        "name": "main",
+        "image": "busybox:1.36",
+        "imageID": "",
+        "ready": False,
+        "started": False,
+        "restartCount": 3,
+        "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+        "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}},
+    }
+    written = await kube.api.call_api(
+        f"/api/v1/namespaces/{NS}/pods/crasher/status",
+        "PATCH",
+        body={
+            "metadata": {
+                "resourceVersion": settled["metadata"]["resourceVersion"],
+                "labels": {"crashed": "yes"},
+                "annotations": {"fake-kubelet/waiting-reason": "CrashLoopBackOff"},
+            },
+            "spec": {"containers": [{"name": "main", "image": "other:1"}]},
+            "status": {"containerStatuses": [crash]},
+        },
+        header_params={
+            "Content-Type": "application/merge-patch+json",
+            "Accept": "application/json",
+        },
+        auth_settings=["BearerToken"],
+        response_types_map={200: "object"},
+        _return_http_data_only=True,
+    )
+    assert written["metadata"]["labels"] == {"crashed": "yes"}
+    assert written["metadata"]["annotations"]["fake-kubelet/waiting-reason"] == "CrashLoopBackOff"
+    assert written["spec"]["containers"][0]["image"] == "busybox:1.36"
+    [shown] = written["status"]["containerStatuses"]
+    assert shown["restartCount"] == 3 and shown["state"]["waiting"]["reason"] == "CrashLoopBackOff"
 
 
 async def test_pod_logs(kube: Kube) -> None:

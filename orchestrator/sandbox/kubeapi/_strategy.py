@@ -64,13 +64,26 @@ def _spec_part(obj: dict[str, Any]) -> dict[str, Any]:
 def prepare_update(
     rt: ResourceType, new: dict[str, Any], old: dict[str, Any], status_only: bool
 ) -> dict[str, Any]:
-    """Return the object to store: the main resource cannot change status, /status only changes status."""
+    """Return the object to store: the main resource cannot change status; /status cannot
+    change the spec, and of a custom resource it changes only the status.
+
+    A core object's /status keeps the new labels and annotations, as kube-apiserver's
+    status strategies do (they keep only the old spec, and the pod's owner references):
+    a kubelet may write a pod's status and its annotations in one update.
+    """
     if status_only:
         out = clone(old)
         if "status" in new:
             out["status"] = new["status"]
         else:
             out.pop("status", None)
+        if rt.group == "":
+            for key in ("labels", "annotations"):
+                value = (new.get("metadata") or {}).get(key)
+                if value:
+                    out["metadata"][key] = clone(value)
+                else:
+                    out["metadata"].pop(key, None)
         return out
     if rt.has_status:
         if "status" in old:
