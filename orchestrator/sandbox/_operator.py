@@ -46,6 +46,20 @@ def pod_running(pod: JSON | None) -> bool:
     return pod is not None and pod.get("status", {}).get("phase") == "Running"
 
 
+def waiting_reason(pod: JSON) -> str | None:
+    """The first container's waiting reason, if it is waiting."""
+    for status in pod.get("status", {}).get("containerStatuses") or []:
+        waiting = (status.get("state") or {}).get("waiting")
+        if waiting:
+            return str(waiting.get("reason") or "") or None
+    return None
+
+
+def kubelet_settled(pod: JSON) -> bool:
+    """The kubelet has bound the pod and written it waiting in ContainerCreating."""
+    return bool(pod.get("spec", {}).get("nodeName")) and waiting_reason(pod) == "ContainerCreating"
+
+
 def secret_refs(containers: list[JSON]) -> list[str]:
     """The Secrets the containers take their environment from (``envFrom[].secretRef``)."""
     names = []
@@ -381,13 +395,8 @@ class CustomResourceOperator:
                 }
             )
         elif crash:
-            annotations.update(
-                {
-                    "fake-kubelet/phase": "Pending",
-                    "fake-kubelet/waiting-reason": "CrashLoopBackOff",
-                    "fake-kubelet/log": crash,
-                }
-            )
+            # Waiting in ContainerCreating until ``show_crash`` moves it to CrashLoopBackOff.
+            annotations.update({"fake-kubelet/phase": "Pending", "fake-kubelet/log": crash})
         pod = await self.kube.create(
             f"/api/v1/namespaces/{namespace}/pods",
             {
@@ -407,54 +416,61 @@ class CustomResourceOperator:
                 pod, "Failed", f'Error: secret "{missing_secret}" not found', containers[0]["name"]
             )
 
-    async def show_crash(self, namespace: str, name: str, line: str) -> None:
-        """What a kubelet shows of a container that keeps exiting: CrashLoopBackOff, restarts,
-        the last termination's message, and a BackOff event."""
-        selector = f"metadata.name={name}"
-        collection = f"/api/v1/namespaces/{namespace}/pods"
+    async def show_crash(self, namespace: str, name: str, line: str) -> JSON | None:
+        """Show the pod ``name`` crash-looping, as a kubelet does: CrashLoopBackOff with its
+        restarts and the last termination (``line`` its message), then a BackOff event.
+        Returns the pod as written (None if it went first).
 
-        def waiting(pods: list[JSON]) -> bool:
-            for pod in pods:
-                for status in pod.get("status", {}).get("containerStatuses") or []:
-                    if (status.get("state") or {}).get("waiting", {}).get("reason"):
-                        return True
-            return False
+        A kubelet reports CrashLoopBackOff only for a container that has exited and been
+        restarted, and the waiting reason, the restart count and the last termination
+        arrive in one status write: no one ever sees the back-off with no restart. The
+        stand-ins once let the fake kubelet show the reason (with the restart count 0 it
+        knows nothing better of) and added the restarts after, and a waiter fast enough to
+        collect diagnostics in between reported a crash loop without restarts.
 
-        pods = await self.wait_pods(namespace, "", waiting, field_selector=selector)
-        pod = pods[0]
-        container = pod["spec"]["containers"][0]
-        status = {
-            "containerStatuses": [
-                {
-                    "name": container["name"],
-                    "image": container.get("image", ""),
-                    "imageID": "",
-                    "ready": False,
-                    "started": False,
-                    "restartCount": 3,
-                    "state": {
-                        "waiting": {
-                            "reason": "CrashLoopBackOff",
-                            "message": f"back-off 40s restarting failed container="
-                            f"{container['name']} pod={name}_{namespace}",
-                        }
-                    },
-                    "lastState": {
-                        "terminated": {"exitCode": 1, "reason": "Error", "message": line}
-                    },
-                }
-            ]
-        }
-        try:
-            await self.kube.merge_patch(f"{collection}/{name}/status", {"status": status})
-        except KubeError as exc:
-            log.debug("pod status patch: %s", exc)
+        So the pod is created waiting in ContainerCreating (``create_pod``), and once the
+        fake kubelet has bound it and written that state, one write of pods/status brings
+        the crash-loop state and the kubelet's ``fake-kubelet/waiting-reason`` annotation
+        together. The annotation must move in the same write: the fake kubelet rewrites a
+        Pending pod whose waiting reason differs from the annotation's (to a fresh status,
+        restart count 0), so the annotation moved before would bring that state back and
+        moved after would be too late. pods/status takes metadata changes as
+        kube-apiserver's does (only the spec is kept from before). Waiting for the written
+        ContainerCreating state first keeps the node binding before the crash, as on a
+        node, and a kubelet write still under way when ours lands conflicts and is retried
+        from the pod as it now is, which agrees with the annotation and is left alone.
+        """
+        path = f"/api/v1/namespaces/{namespace}/pods/{name}"
+        attempt = 0
+        while True:
+            try:
+                [pod] = await self.wait_pods(
+                    namespace,
+                    "",
+                    lambda pods: any(kubelet_settled(p) for p in pods),
+                    field_selector=f"metadata.name={name}",
+                )
+                written = await self.kube.merge_patch(f"{path}/status", _crash_loop(pod, line))
+                break
+            except asyncio.CancelledError:
+                raise
+            except KubeError as exc:
+                if exc.status == 404:
+                    return None
+                log.debug("pod %s/%s crash loop: %s", namespace, name, exc)
+            except Exception as exc:
+                log.debug("pod %s/%s crash loop: %r", namespace, name, exc)
+            await asyncio.sleep(backoff(attempt))
+            attempt += 1
+        container = written["spec"]["containers"][0]["name"]
         await self.event(
-            pod,
+            written,
             "BackOff",
-            f"Back-off restarting failed container {container['name']} in pod {name}_{namespace}",
-            container["name"],
+            f"Back-off restarting failed container {container} in pod "
+            f"{name}_{namespace}({written['metadata']['uid']})",
+            container,
         )
+        return written
 
     async def create_service(
         self,
@@ -589,6 +605,44 @@ async def cancel(*tasks: asyncio.Task[Any] | None) -> None:
     for task in pending:
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
+
+
+#: Restarts a crash-looping container has behind it when it is shown (a kubelet's back-off
+#: reaches 40 s at the third).
+CRASH_RESTARTS = 3
+
+
+def _crash_loop(pod: JSON, line: str) -> JSON:
+    """The pods/status merge patch that puts ``pod``'s first container in CrashLoopBackOff."""
+    meta, container = pod["metadata"], pod["spec"]["containers"][0]
+    message = (
+        f"back-off 40s restarting failed container={container['name']} "
+        f"pod={meta['name']}_{meta['namespace']}({meta['uid']})"
+    )
+    return {
+        "metadata": {
+            "annotations": {"fake-kubelet/waiting-reason": "CrashLoopBackOff"},
+            # The write is for the ContainerCreating state waited for: the container
+            # crashes after it was being created, never before.
+            "resourceVersion": meta["resourceVersion"],
+        },
+        "status": {
+            "containerStatuses": [
+                {
+                    "name": container["name"],
+                    "image": container.get("image", ""),
+                    "imageID": "",
+                    "ready": False,
+                    "started": False,
+                    "restartCount": CRASH_RESTARTS,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff", "message": message}},
+                    "lastState": {
+                        "terminated": {"exitCode": 1, "reason": "Error", "message": line}
+                    },
+                }
+            ]
+        },
+    }
 
 
 def condition(ctype: str, status: bool, reason: str, message: str, generation: int = 1) -> JSON:

@@ -19,7 +19,16 @@ from typing import Any
 
 from ._kube import JSON, KubeError, backoff
 from ._kubefoundry.installation import OPERATOR_HOLD
-from ._operator import CustomResourceOperator, Worker, cancel, go_duration, now, pod_running
+from ._operator import (
+    CustomResourceOperator,
+    Worker,
+    cancel,
+    go_duration,
+    kubelet_settled,
+    now,
+    pod_running,
+    waiting_reason,
+)
 from .models import served_name_for_image
 
 log = logging.getLogger(__name__)
@@ -128,12 +137,12 @@ class KaitoController(CustomResourceOperator):
                 if pod is None or not _held_or_starting(pod):
                     return pod
                 if OPERATOR_HOLD in (pod["metadata"].get("annotations") or {}):
-                    if not _settled(pod):
+                    if not kubelet_settled(pod):
                         # The kubelet is still writing the held state: a release now
                         # could land in the middle of that and be dropped (and if it
                         # never settles, the touches below still get the release seen).
                         with contextlib.suppress(TimeoutError):
-                            await self._wait_pod(namespace, name, _settled, timeout=wait)
+                            await self._wait_pod(namespace, name, kubelet_settled, timeout=wait)
                     if pulled is not None:
                         took = go_duration(time.monotonic() - since)
                         await self.event(
@@ -300,11 +309,8 @@ class KaitoController(CustomResourceOperator):
                 "fake-kubelet/waiting-reason": "ErrImagePull",
             }
         elif crash_loop:
-            annotations = {
-                "fake-kubelet/phase": "Pending",
-                "fake-kubelet/waiting-reason": "CrashLoopBackOff",
-                "fake-kubelet/log": CRASH_LINE,
-            }
+            # Waiting in ContainerCreating until ``show_crash`` moves it to CrashLoopBackOff.
+            annotations = {"fake-kubelet/phase": "Pending", "fake-kubelet/log": CRASH_LINE}
         else:
             # Held in ContainerCreating (the image pull) until ``_release`` lets it start.
             annotations = {
@@ -374,40 +380,14 @@ class KaitoController(CustomResourceOperator):
 
     async def _break_pod(self, namespace: str, name: str, image: str, crash_loop: bool) -> None:
         """Make the kubelet's side of a broken pod visible: waiting reason, events, restarts."""
-        reason = "CrashLoopBackOff" if crash_loop else "ErrImagePull"
-        pod = await self._wait_pod(namespace, f"{name}-0", lambda p: _waiting_reason(p) == reason)
         if crash_loop:
-            message = f"back-off 40s restarting failed container=model pod={name}-0_{namespace}({pod['metadata']['uid']})"
-            status = {
-                "containerStatuses": [
-                    {
-                        "name": "model",
-                        "image": image,
-                        "imageID": "",
-                        "ready": False,
-                        "started": False,
-                        "restartCount": 3,
-                        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": message}},
-                        "lastState": {
-                            "terminated": {"exitCode": 1, "reason": "Error", "message": CRASH_LINE}
-                        },
-                    }
-                ]
-            }
-            try:
-                await self.kube.merge_patch(
-                    f"/api/v1/namespaces/{namespace}/pods/{name}-0/status", {"status": status}
-                )
-            except KubeError as exc:
-                log.debug("pod status patch: %s", exc)
-            await self.event(
-                pod,
-                "BackOff",
-                "Back-off restarting failed container model in pod "
-                f"{name}-0_{namespace}({pod['metadata']['uid']})",
-                "model",
-            )
+            await self.show_crash(namespace, f"{name}-0", CRASH_LINE)
+            reason = "CrashLoopBackOff"
         else:
+            reason = "ErrImagePull"
+            pod = await self._wait_pod(
+                namespace, f"{name}-0", lambda p: waiting_reason(p) == reason
+            )
             await self.event(
                 pod,
                 "Failed",
@@ -487,11 +467,6 @@ def _held_or_starting(pod: JSON) -> bool:
     return phase in (None, "", "Pending") and not pod["metadata"].get("deletionTimestamp")
 
 
-def _settled(pod: JSON) -> bool:
-    """The kubelet has bound the held pod and reports it waiting in ContainerCreating."""
-    return bool(pod.get("spec", {}).get("nodeName")) and _waiting_reason(pod) == "ContainerCreating"
-
-
 def _phase(pod: JSON) -> str | None:
     phase = pod.get("status", {}).get("phase")
     return phase if isinstance(phase, str) else None
@@ -499,11 +474,3 @@ def _phase(pod: JSON) -> str | None:
 
 def _started(pod: JSON) -> bool:
     return not _held_or_starting(pod)
-
-
-def _waiting_reason(pod: JSON) -> str | None:
-    for status in pod.get("status", {}).get("containerStatuses") or []:
-        waiting = (status.get("state") or {}).get("waiting")
-        if waiting:
-            return str(waiting.get("reason") or "") or None
-    return None

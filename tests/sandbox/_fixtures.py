@@ -238,3 +238,62 @@ async def proxy_raw(kube: Kube, path: str, body: dict | None = None) -> tuple[in
         return resp.status, await resp.read()
     finally:
         resp.release()
+
+
+# ---------------------------------------------------------------------------- every state seen
+
+
+class PodHistory:
+    """Every version of the pods a query selects, in order, from a watch opened before
+    they exist.
+
+    A watch delivers each write to the pod (both backends keep the history a watch from
+    a listed resourceVersion replays), so a state shown even for a moment is recorded,
+    which a wait for the final state would skip. ``until`` waits for a version that
+    satisfies a predicate.
+    """
+
+    def __init__(self, kube: Kube, collection: str, query: dict[str, str]) -> None:
+        self.kube, self.collection, self.query = kube, collection, query
+        self.versions: list[dict] = []
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> PodHistory:
+        listing = await self.kube.get(self.collection, self.query)
+        self.versions.extend(listing.get("items", []))
+        self._task = asyncio.create_task(self._record(listing["metadata"]["resourceVersion"]))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _record(self, rv: str) -> None:
+        try:
+            while True:  # a watch the server ends is resumed from the last version seen
+                async for event in self.kube.watch(self.collection, self.query, rv, 60):
+                    obj = event["object"]
+                    rv = obj.get("metadata", {}).get("resourceVersion", rv)
+                    if event["type"] in ("ADDED", "MODIFIED"):
+                        self.versions.append(obj)
+                        self._changed.set()
+        finally:
+            self._changed.set()  # a waiter sees the watch end instead of its deadline
+
+    async def until(self, predicate: Callable[[dict], bool], timeout: float = DEADLINE) -> dict:
+        async def _wait() -> dict:
+            seen = 0
+            while True:
+                for version in self.versions[seen:]:
+                    if predicate(version):
+                        return version
+                seen = len(self.versions)
+                self._changed.clear()
+                assert self._task is not None
+                if self._task.done():
+                    raise AssertionError(f"the watch of {self.query} ended: {self._task!r}")
+                await self._changed.wait()
+
+        return await asyncio.wait_for(_wait(), timeout)

@@ -11,6 +11,7 @@ from _fixtures import (  # noqa: F401 - fixtures are used by name
     NAME,
     NS,
     WS_COLLECTION,
+    PodHistory,
     call,
     chat,
     condition,
@@ -115,6 +116,33 @@ async def test_crash_loop_shows_the_waiting_reason_restarts_and_the_crash_log(ma
             f"/api/v1/namespaces/{NS}/events", {"fieldSelector": f"involvedObject.name={NAME}-0"}
         )
         assert any(e["reason"] == "BackOff" for e in events["items"])
+
+
+def _restarts(pod: dict) -> int:
+    return sum(s.get("restartCount", 0) for s in pod["status"].get("containerStatuses") or [])
+
+
+async def test_a_crash_loop_is_never_shown_before_its_restarts(make_sandbox) -> None:
+    """A kubelet puts a container in CrashLoopBackOff only after it has restarted, and it
+    writes the waiting reason and the restart count in one status update: no version of
+    the pod, not even for a moment, may show the back-off with no restart. A fast waiter
+    collects its diagnostics from whatever version it sees first."""
+    async with make_sandbox(faults=Faults(crash_loop=True)) as (sandbox, api, kube):
+        await install_kaito(api, kube)
+        async with PodHistory(kube, PODS, {"fieldSelector": f"metadata.name={NAME}-0"}) as history:
+            await create_deployment(api)
+            crashed = await history.until(waiting_reason("CrashLoopBackOff"))
+            await sandbox.state.wait_recorded(NAME, "pod CrashLoopBackOff")
+            current = await kube.get(f"{PODS}/{NAME}-0")
+        shown = [
+            (v["metadata"]["resourceVersion"], _restarts(v))
+            for v in history.versions
+            if waiting_reason("CrashLoopBackOff")(v)
+        ]
+        assert all(restarts > 0 for _, restarts in shown), shown
+        assert _restarts(crashed) == 3 and crashed["status"]["containerStatuses"][0]["lastState"]
+        # The kubelet left the crash-loop state alone: it is still what the pod shows.
+        assert waiting_reason("CrashLoopBackOff")(current) and _restarts(current) == 3
 
 
 async def test_stuck_delete_keeps_the_finalizer_until_lifted(make_sandbox) -> None:

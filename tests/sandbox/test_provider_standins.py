@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 from _bounded import running_sandbox
 from _fixtures import (  # noqa: F401 - fixtures are used by name
+    PodHistory,
     call,
     gone,
     kube_backend,
@@ -359,25 +360,34 @@ async def test_dynamo_failed_state(make_env: Any, defect: bool) -> None:
 
 
 async def test_dynamo_worker_without_gpu_crashes(make_env: Any) -> None:
-    """Sent without ``resources``, the worker requests no GPU and its CUDA engine fails."""
+    """Sent without ``resources``, the worker requests no GPU and its CUDA engine fails: it
+    crash-loops, and no version of its pod shows the back-off before its restarts."""
     async with make_env() as (sandbox, api, kube):
         await install(api, kube, "dynamo")
         await namespace_with_secret(kube)
         body = dynamo_body()
         del body["resources"]
-        await create(api, body)
+        selector = "nvidia.com/dynamo-graph-deployment-name=dyn-llm"
+        workers = {"labelSelector": selector + ",nvidia.com/dynamo-component-type=worker"}
+        async with PodHistory(kube, PODS, workers) as history:
+            await create(api, body)
+            crashed = await history.until(
+                lambda p: "No CUDA GPUs" in str(p.get("status", {}).get("containerStatuses"))
+            )
         await sandbox.state.wait_recorded("dyn-llm", "2 pods created")
         dgd = await wait_for(kube, DGDS, "dyn-llm", dgd_state("pending"))
         worker = dgd["spec"]["services"]["VllmWorker"]  # type: ignore[index]
         assert "resources" not in worker
-        selector = "nvidia.com/dynamo-graph-deployment-name=dyn-llm"
-        pods = await pods_of(kube, selector + ",nvidia.com/dynamo-component-type=worker")
-        await wait_for(
-            kube,
-            PODS,
-            pods[0]["metadata"]["name"],
-            lambda p: "No CUDA GPUs" in str((p or {}).get("status", {}).get("containerStatuses")),
-        )
+        [status] = crashed["status"]["containerStatuses"]
+        assert status["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+        assert status["restartCount"] > 0
+        shown = [
+            (v["metadata"]["resourceVersion"], s.get("restartCount", 0))
+            for v in history.versions
+            for s in v.get("status", {}).get("containerStatuses") or []
+            if (s.get("state") or {}).get("waiting", {}).get("reason") == "CrashLoopBackOff"
+        ]
+        assert all(restarts > 0 for _, restarts in shown), shown
 
 
 # ---------------------------------------------------------------------------- the routes
