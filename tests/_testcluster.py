@@ -248,9 +248,10 @@ atexit.register(pool.close)  # the session's own teardown comes first; this is t
 
 
 def needs_cluster(item: Any) -> bool:
-    """Whether a collected test takes a fresh test cluster: a parameter names it."""
+    """Whether a collected test takes a fresh test cluster: a parameter names it, and it is
+    not marked to be skipped (a skipped row starts no fixture)."""
     callspec = getattr(item, "callspec", None)
-    if callspec is None:
+    if callspec is None or item.get_closest_marker("skip") is not None:
         return False
     return any(value == "testcluster" for value in callspec.params.values())
 

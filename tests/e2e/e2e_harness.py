@@ -68,6 +68,20 @@ def kubeconfig(request: pytest.FixtureRequest) -> Iterator[Path | None]:
         yield cluster.kubeconfig
 
 
+def sandbox_kube_only(reason: str) -> pytest.MarkDecorator:
+    """Run a test on the sandbox's own Kubernetes API only, its test-cluster row skipped.
+
+    The skip is a mark on that row's parameter, so it is decided before any fixture runs:
+    no test cluster (and no sandbox on it) is started only to be thrown away, as happened
+    when the test itself skipped after its ``kubeconfig`` fixture had started one.
+    """
+    return pytest.mark.parametrize(
+        "kubeconfig",
+        ["sandbox-kube", pytest.param("testcluster", marks=pytest.mark.skip(reason=reason))],
+        indirect=True,
+    )
+
+
 @pytest.fixture
 def faults() -> Faults:
     """Override in a test module (or parametrize) to inject faults."""

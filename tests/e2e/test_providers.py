@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from _bounded import running_sandbox
 from _testcluster import provider_crds
-from e2e_harness import Result, run_orchestrator
+from e2e_harness import Result, run_orchestrator, sandbox_kube_only
 
 from orchestrator.clients import PODS, KubeClient
 from orchestrator.sandbox import Delays, Faults, Sandbox, SandboxOptions
@@ -212,6 +212,9 @@ async def test_deployments_name_their_provider(providers_sandbox: Sandbox, tmp_p
         (["--provider", "nope"], "no flow named 'nope'"),
     ],
 )
+# On the sandbox's own API only: the input is refused before any cluster is reached, so a
+# test cluster's row would start a cluster and a sandbox only to repeat the same run.
+@pytest.mark.parametrize("kubeconfig", ["sandbox-kube"], indirect=True)
 async def test_bad_provider_input_is_exit_2(
     providers_sandbox: Sandbox, tmp_path: Path, args: list[str], message: str
 ) -> None:
@@ -223,13 +226,12 @@ async def test_bad_provider_input_is_exit_2(
 
 @pytest.mark.model
 @pytest.mark.parametrize("faults", [Faults()], ids=["real-model"])
+@sandbox_kube_only("one real-model run per provider: on the sandbox's own API")
 async def test_kuberay_and_dynamo_serve_a_real_model(
-    providers_sandbox: Sandbox, kubeconfig: Path | None, tmp_path: Path
+    providers_sandbox: Sandbox, tmp_path: Path
 ) -> None:
     """Once per provider, a real llama.cpp model behind NAME-serve-svc and NAME-frontend
     (the in-process API only: the test cluster adds nothing to what a model says)."""
-    if kubeconfig is not None:
-        pytest.skip("one real-model run per provider: on the sandbox's own API")
     result = await run_orchestrator(
         providers_sandbox, tmp_path, "--provider", "kuberay,dynamo", timeout=300
     )

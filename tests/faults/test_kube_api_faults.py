@@ -14,21 +14,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from e2e_harness import PHASES, run_orchestrator
+from e2e_harness import PHASES, run_orchestrator, sandbox_kube_only
 from faults_harness import assert_clean, run_log
 
 from orchestrator.sandbox import Faults
 
-pytestmark = [pytest.mark.anyio, pytest.mark.cluster]
-
-
-@pytest.fixture(autouse=True)
-def _own_kube_api_only(kubeconfig) -> None:
-    # Before the sandbox is built: it refuses these knobs on a real cluster.
-    if kubeconfig is not None:
-        pytest.skip(
-            "sandbox-only: a real API server cannot cut watches, answer 410 or 429 on demand"
-        )
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.cluster,
+    # Decided before the sandbox is built: it refuses these knobs on a real cluster.
+    sandbox_kube_only(
+        "sandbox-only: a real API server cannot cut watches, answer 410 or 429 on demand"
+    ),
+]
 
 
 #: Wait Ready's safety re-check comes every 30 s; with a 20 s phase timeout the phase can
