@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from e2e_harness import run_orchestrator
+from e2e_harness import Result, run_orchestrator
 from faults_harness import assert_clean, run_log
 
-from orchestrator.sandbox import Faults
+from orchestrator.sandbox import Faults, Sandbox
 
 pytestmark = [pytest.mark.anyio, pytest.mark.cluster]
 
@@ -26,15 +26,28 @@ async def test_model_loading_503_for_ten_seconds_is_waited_out(sandbox, tmp_path
 async def test_empty_completion_fails_inference_listing_the_schema_errors(
     sandbox, tmp_path: Path
 ) -> None:
+    # Also the "empty-content" row of the quality gate below: the same run, checked once.
     result = await run_orchestrator(sandbox, tmp_path)
     assert result.code == 1, result.stdout + result.stderr
     failure = result.status_of("Inference")
     assert failure["status"] == "failure", result.verdicts()
     assert "invalid chat completion" in failure["message"]
     assert "choices.0.message.content: must not be empty" in failure["message"]
+    assert_names_the_check(result, sandbox, "empty-content", "must not be empty")
     assert result.status_of("Delete")["status"] == "skipped", result.verdicts()
     assert result.status_of("Cleanup")["status"] == "passed", result.verdicts()
     await assert_clean(sandbox)
+
+
+def assert_names_the_check(result: Result, sandbox: Sandbox, check: str, needle: str) -> None:
+    """Inference failed on the quality gate's ``check``, after one served completion."""
+    failure = result.status_of("Inference")
+    assert f"(1 violation of {check}): {check}: " in failure["message"], failure["message"]
+    assert needle in failure["message"]
+    inference = next(p for p in result.run_json()["phases"] if p["name"] == "inference")
+    assert inference["properties"]["inference_failed_checks"] == check
+    served = [e for e in sandbox.timeline if e.event == "chat completion served"]
+    assert len(served) == 1, served
 
 
 @pytest.mark.parametrize(
@@ -51,23 +64,18 @@ async def test_empty_completion_fails_inference_listing_the_schema_errors(
             "answered as 'qwen2.5-0.5b-instruct', but the catalog names the model "
             "'llama-3.2-1b-instruct'",
         ),
-        (Faults(inference="empty"), "empty-content", "must not be empty"),
+        # The empty answer ("empty-content") is checked on the run of the test above.
     ],
 )
 async def test_a_broken_deployment_fails_inference_naming_the_check(
     sandbox, tmp_path: Path, check: str, needle: str
 ) -> None:
-    # Schema-valid answers all three: only the quality gate catches them.
+    # Schema-valid answers both: only the quality gate catches them.
     result = await run_orchestrator(sandbox, tmp_path)
     assert result.code == 1, result.stdout + result.stderr
     failure = result.status_of("Inference")
     assert failure["status"] == "failure", result.verdicts()
-    assert f"(1 violation of {check}): {check}: " in failure["message"], failure["message"]
-    assert needle in failure["message"]
-    inference = next(p for p in result.run_json()["phases"] if p["name"] == "inference")
-    assert inference["properties"]["inference_failed_checks"] == check
-    served = [e for e in sandbox.timeline if e.event == "chat completion served"]
-    assert len(served) == 1, served
+    assert_names_the_check(result, sandbox, check, needle)
     await assert_clean(sandbox)
 
 
