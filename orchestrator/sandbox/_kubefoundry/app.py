@@ -19,6 +19,7 @@ from .._kube import Kube
 from ..faults import SandboxState
 from ..models import catalog
 from . import deployments, installation
+from ._listener import Listener
 from .errors import (
     AUTH_KEY,
     STATE_KEY,
@@ -197,6 +198,7 @@ class KubeFoundryServer:
         self.port = port
         self.url = ""
         self._runner: web.AppRunner | None = None
+        self._listener: Listener | None = None
 
     def _make_app(self) -> web.Application:
         app = create_app(*self._args)
@@ -208,18 +210,24 @@ class KubeFoundryServer:
         # the sandbox's exit for aiohttp's default minute.
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
+        assert self._runner.server is not None
+        # Not an aiohttp site: the listener resets every connection when it stops (see
+        # ``_listener``), where a stopped site could leave one open and unanswered.
+        self._listener = Listener(self._runner.server, self.host, self.port)
+        self.port = self._listener.port
         self.url = f"http://{self.host}:{self.port}"
 
     async def stop(self) -> None:
+        """Reset every connection, as a dying process does, then let the app clean up."""
+        if self._listener is not None:
+            await self._listener.reset()
+            self._listener = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
 
     async def restart(self, down_for: float = 0.0) -> None:
-        """Go away (open connections are closed), stay down ``down_for`` seconds, come back on the same port.
+        """Go away (open connections are reset), stay down ``down_for`` seconds, come back on the same port.
 
         What a backend restart looks like to a client: a reset, then refused connections,
         then the same URL answering again, with the state that lives in the cluster intact.
