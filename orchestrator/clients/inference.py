@@ -4,7 +4,9 @@ KubeFoundry has no inference proxy, so the model is reached one of three ways
 (``InferenceRoute``): through the Kubernetes API server's service proxy (the
 default: it needs nothing but the kubeconfig the run already has), through a
 base URL the user gives (a port-forward or an ingress), or through the plan's
-backend proxy path, for a backend that grows one.
+backend proxy path, for a backend that grows one. Through the service proxy the
+request's body goes chunked: with a Content-Length, the API server's proxy can cut
+an answer that begins quickly (see :meth:`KubeClient.open`).
 
 A model's words are not stable, so the answer is judged by its shape only, and
 every schema error is reported at once: a broken server usually breaks more
@@ -202,7 +204,7 @@ class InferenceClient:
         if self.route.kind == "service-proxy":
             assert self._kube is not None
             status, _, raw = await self._kube.exchange(
-                "POST", url_or_path, body=body, timeout=self._timeout
+                "POST", url_or_path, body=body, timeout=self._timeout, chunked=True
             )
         else:
             status, raw = await _post_whole(self._http, url_or_path, body, self._timeout)
@@ -339,7 +341,12 @@ class InferenceClient:
                 if self.route.kind == "service-proxy":
                     assert self._kube is not None
                     response = await self._kube.open(
-                        "POST", target, body=body, timeout=self._timeout, accept=accept
+                        "POST",
+                        target,
+                        body=body,
+                        timeout=self._timeout,
+                        accept=accept,
+                        chunked=True,
                     )
                     try:
                         return await _read_answer(

@@ -352,14 +352,28 @@ class KubeClient:
         content_type: str = "application/json",
         accept: str = "application/json, */*",
         timeout: Any = None,
+        chunked: bool = False,
     ) -> Any:
-        """Send a request and return the raw aiohttp response (the caller reads and releases it)."""
+        """Send a request and return the raw aiohttp response (the caller reads and releases it).
+
+        ``chunked`` sends the body (JSON) with chunked transfer coding, not a
+        Content-Length: for a body that the API server forwards (``services/proxy``).
+        Its proxy (Go's ``httputil.ReverseProxy``, in kube-apiserver as in the test
+        cluster) reads a Content-Length body once more after forwarding it, to see it
+        end; if the upstream's answer has begun by then, the server has already closed
+        that body, the read fails, and the proxy drops the upstream connection: the
+        answer is cut mid-stream (golang/go#40747): a few streamed completions in a
+        thousand on a busy two-core machine. The end of a chunked body is read before
+        it is forwarded, so the upstream cannot answer before the proxy is done with it.
+        """
         import aiohttp
 
         self.requests_sent += 1
         headers = {"Content-Type": content_type, "Accept": accept}
         params = [(k, _query_value(v)) for k, v in (query or {}).items() if v is not None]
         try:
+            if chunked:
+                return await self._send_chunked(method, path, params, headers, body, timeout)
             return await self._api.call_api(
                 path,
                 method,
@@ -382,6 +396,44 @@ class KubeClient:
             # The transport's boundary: a connection failure, and whatever a peer's broken
             # HTTP makes the transport raise (a header too long, a bad status line).
             raise _broken(method, path, None, 0, exc) from None
+
+    async def _send_chunked(
+        self,
+        method: str,
+        path: str,
+        params: list[tuple[str, str]],
+        headers: dict[str, str],
+        body: Any,
+        timeout: Any,
+    ) -> Any:
+        """:meth:`open` with a chunked body, on the ApiClient's own session.
+
+        kubernetes-asyncio's ``call_api`` always sends a Content-Length; this sends what
+        it would (its default headers, cookie and ``Authorization``, the same URL), and
+        the same timeouts: a number is the total, an ``aiohttp.ClientTimeout`` is used
+        as it is.
+        """
+        import aiohttp
+
+        api = self._api
+        headers = {**headers, **api.default_headers}
+        if api.cookie:
+            headers["Cookie"] = api.cookie
+        auth_query: list[tuple[str, str]] = []
+        await api.update_params_for_auth(headers, auth_query, ["BearerToken"])
+        query = params + auth_query
+        url = f"{api.configuration.host}{path}"
+        if query:
+            url += "?" + urlencode(query)
+        if isinstance(timeout, int | float):
+            timeout = aiohttp.ClientTimeout(total=timeout)
+        elif not isinstance(timeout, aiohttp.ClientTimeout):
+            timeout = aiohttp.ClientTimeout()
+        data = None if body is None else json.dumps(body).encode()
+        reader, extra = self._reader or self._open_reader()
+        return await reader.request(
+            method, url, data=data, chunked=True, headers=headers, timeout=timeout, **extra
+        )
 
     async def exchange(
         self, method: str, path: str, *, timeout: float | None = None, **kwargs: Any
