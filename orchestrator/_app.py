@@ -116,6 +116,7 @@ def flow_settings(settings: Settings, *, api_url: str) -> FlowSettings:
         delete_timeout=settings.seconds("delete_timeout"),
         wait_strategy=settings.wait_strategy,
         poll_interval=settings.seconds("poll_interval"),
+        recheck=settings.seconds("recheck_interval"),
         chaos=settings.chaos,
         latency_regression_pct=settings.latency_regression,
         expect_pattern=settings.inference_expect,

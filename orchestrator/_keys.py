@@ -95,6 +95,14 @@ KEYS: tuple[Key, ...] = (
         "watch (react to watch events) or poll (ask every poll_interval)",
     ),
     Key(
+        "recheck_interval",
+        "ORCHESTRATOR_RECHECK_INTERVAL",
+        "--recheck-interval",
+        "while watching, ask KubeFoundry again after this long without a watch event: the "
+        "safety net for a stalled watch or a change no Kubernetes object shows, ms "
+        "(at least 1000)",
+    ),
+    Key(
         "credential_timeout",
         "ORCHESTRATOR_CREDENTIAL_TIMEOUT",
         "--credential-timeout",

@@ -52,6 +52,11 @@ MAX_MILLISECONDS = 86_400_000
 #: What a bearer token may hold to be sent in an HTTP header: visible ASCII, no space.
 #: Anything else (a newline from a file, a non-ASCII character) would break the request
 #: or, worse, let the value add a header of its own.
+#: The shortest safety re-check while watching. Below a second it stops being a safety net
+#: and becomes a poll of the backend (and the Kubernetes reads behind its answer) many
+#: times a second for every waiting flow; ``wait_strategy = "poll"`` is the honest way
+#: to ask that often.
+MIN_RECHECK_MILLISECONDS = 1_000
 HEADER_SAFE = re.compile(r"^[\x21-\x7e]+$")
 TOKEN_MAX = 16_384
 
@@ -205,6 +210,10 @@ class Settings(BaseModel):
     cleanup: Literal["auto", "always", "on-success", "never"] = "auto"
     wait_strategy: Literal["watch", "poll"] = "watch"
     poll_interval: Milliseconds = Field(5_000, gt=0, le=3_600_000)
+    #: While watching, the wait asks its authority again after this long without an event:
+    #: watches bring every change within milliseconds, so this only covers a watch that
+    #: stalls without an error and a change that no Kubernetes object shows.
+    recheck_interval: Milliseconds = 30_000
     credential_timeout: Milliseconds = Field(30_000, gt=0, le=600_000)
     parallel: int = Field(1, ge=1, le=200)
     unique_names: bool = False
@@ -235,6 +244,7 @@ class Settings(BaseModel):
         "cleanup_reserve",
         "credential_timeout",
         "poll_interval",
+        "recheck_interval",
         mode="before",
     )
     @classmethod
@@ -247,6 +257,18 @@ class Settings(BaseModel):
         if isinstance(v, int) and not isinstance(v, bool):
             return v
         raise ValueError("must be a whole number of milliseconds")
+
+    @field_validator("recheck_interval")
+    @classmethod
+    def _recheck(cls, v: int) -> int:
+        if v < MIN_RECHECK_MILLISECONDS:
+            raise ValueError(
+                f"must be at least {MIN_RECHECK_MILLISECONDS} ms: it is a safety net, not a "
+                "poll (to ask the backend that often, set wait_strategy to poll)"
+            )
+        if v > 3_600_000:
+            raise ValueError("must be at most 3600000 ms (an hour)")
+        return v
 
     @field_validator("api_url")
     @classmethod

@@ -83,8 +83,10 @@ class FlowSettings:
     prompt: str = "Say hello in exactly 3 words."
     max_tokens: int = 50
     loading_grace: float = 30.0
-    #: The safety-net re-check while watching: watches bring every change, so this only
-    #: covers what no Kubernetes object shows. Polling uses ``poll_interval`` instead.
+    #: The safety-net re-check while watching (``recheck_interval``): watches bring every
+    #: change, so this only covers a watch that stalls without an error and what no
+    #: Kubernetes object shows. Wait Ready and the chaos step use it as it is; the waits
+    #: of Install and Delete use it capped at 5 s. Polling uses ``poll_interval`` instead.
     recheck: float = 30.0
     replicas: int = 1
     #: The JUnit testsuite name: the provider's id, or one per deployment when a run has

@@ -193,6 +193,13 @@ def test_bad_env_and_config_file_name_the_source(tmp_path: Path) -> None:
     assert "DEPLOYMENT_READY_TIMEOUT (environment)" in out.stderr
 
 
+def test_a_recheck_below_a_second_is_refused_before_any_request(tmp_path: Path) -> None:
+    out = run("run", "--recheck-interval", "250", cwd=tmp_path)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "--recheck-interval (command line): must be at least 1000 ms" in out.stderr
+    assert "Traceback" not in out.stdout + out.stderr
+
+
 def test_usage_errors_exit_2(tmp_path: Path) -> None:
     out = run("run", "--no-such-flag", cwd=tmp_path)
     assert out.returncode == 2 and "unrecognized arguments" in out.stderr

@@ -301,3 +301,47 @@ def test_bad_flow_names_and_tables_are_named(tmp_path: Path, text: str, expected
     with pytest.raises(ConfigError) as err:
         load_settings({}, environ={}, cwd=tmp_path)
     assert any(expected in p for p in err.value.problems), err.value.problems
+
+
+def test_the_safety_recheck_is_30_s_unless_a_file_env_or_flag_says_otherwise(
+    tmp_path: Path,
+) -> None:
+    assert load_settings({}, environ={}, cwd=tmp_path).seconds("recheck_interval") == 30.0
+    (tmp_path / "config.toml").write_text("recheck_interval = 10000\n")
+    assert load_settings({}, environ={}, cwd=tmp_path).recheck_interval == 10_000
+    env = {"ORCHESTRATOR_RECHECK_INTERVAL": "5000"}
+    assert load_settings({}, environ=env, cwd=tmp_path).recheck_interval == 5_000
+    flags = {"recheck_interval": "1000"}
+    assert load_settings(flags, environ=env, cwd=tmp_path).recheck_interval == 1_000
+
+
+@pytest.mark.parametrize(
+    "source, needle",
+    [
+        (
+            {"flags": {"recheck_interval": "999"}},
+            "--recheck-interval (command line): must be at least 1000 ms: it is a safety "
+            "net, not a poll (to ask the backend that often, set wait_strategy to poll); "
+            "got '999'",
+        ),
+        (
+            {"environ": {"ORCHESTRATOR_RECHECK_INTERVAL": "30s"}},
+            "ORCHESTRATOR_RECHECK_INTERVAL (environment): must be a whole number of "
+            "milliseconds; got '30s'",
+        ),
+        (
+            {"toml": "recheck_interval = 2.5\n"},
+            "recheck_interval (config.toml): must be a whole number of milliseconds",
+        ),
+        (
+            {"flags": {"recheck_interval": "3600001"}},
+            "--recheck-interval (command line): must be at most 3600000 ms",
+        ),
+    ],
+)
+def test_a_bad_recheck_is_named_with_its_source(tmp_path: Path, source: dict, needle: str) -> None:
+    if "toml" in source:
+        (tmp_path / "config.toml").write_text(source["toml"])
+    with pytest.raises(ConfigError) as err:
+        load_settings(source.get("flags", {}), environ=source.get("environ", {}), cwd=tmp_path)
+    assert needle in str(err.value)
