@@ -55,11 +55,14 @@ class _Signal:
     def set(self) -> None:
         self._event.set()
 
-    async def wait(self, timeout: float) -> None:
+    async def wait(self, timeout: float) -> bool:
+        """Whether a watcher woke the waiter (False: ``timeout`` ran out first)."""
         with anyio.move_on_after(timeout):
             await self._event.wait()
         if self._event.is_set():
             self._event = anyio.Event()
+            return True
+        return False
 
 
 class Stop(Exception):
@@ -169,13 +172,26 @@ async def wait_for(
 
     async def ask() -> T | None:
         nonlocal checks_begun
+        #: Whether this question is the safety re-check: no watcher spoke for ``recheck``
+        #: seconds while every watch looked whole.
+        at_recheck = False
         while not stopped and not failed:
             checks_begun += 1
             answer = await check()
             if answer is not None or stopped or failed:
+                if answer is not None and at_recheck and on_note:
+                    # Watches bring every change within milliseconds: an answer that only
+                    # the re-check found is worth a line (a watch that stalled without an
+                    # error, or an authority that moved without any object showing it).
+                    on_note(
+                        f"answered at the {recheck:g} s safety re-check, not after a watch "
+                        "event (a watch stalled, or the change showed in no watched object)"
+                    )
                 return answer
             # While a watch may be behind, its silence proves nothing: ask more often.
-            await signal.wait(min(recheck, IMPAIRED_RECHECK) if impaired else recheck)
+            whole = not impaired
+            woken = await signal.wait(recheck if whole else min(recheck, IMPAIRED_RECHECK))
+            at_recheck = whole and not woken and bool(watches)
         return None
 
     result: T | None

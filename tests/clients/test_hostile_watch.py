@@ -216,3 +216,68 @@ async def test_a_waiter_asks_its_authority_often_while_its_watch_is_impaired(
             assert await wait_for(
                 check, kube=kube, watches=[WatchSpec(PODS, NS)], recheck=60, hub=hub
             )
+
+
+async def test_a_stalled_watch_is_met_by_the_safety_recheck_which_says_so(
+    proxy: HostileProxy, kube: KubeClient
+) -> None:
+    from orchestrator.flows import WatchSpec, wait_for
+
+    # Lists work; every watch is accepted and then says nothing, without an error: the
+    # waiter cannot tell, and only the safety re-check asks the authority again.
+    proxy.add(Mutation("stall_watch", watch=True, times=None))
+    notes: list[str] = []
+    asked_while_live = 0
+
+    async with WatchHub(kube, linger=0) as hub:
+
+        async def check() -> bool | None:
+            # The authority says yes only once the waiter has asked while its watch was
+            # live: after that no event can come, so only the re-check can ask again.
+            nonlocal asked_while_live
+            if hub.known(PODS, NS) is None:
+                return None
+            asked_while_live += 1
+            return True if asked_while_live > 1 else None
+
+        with anyio.fail_after(30):
+            assert await wait_for(
+                check,
+                kube=kube,
+                watches=[WatchSpec(PODS, NS)],
+                recheck=1,
+                hub=hub,
+                on_note=notes.append,
+            )
+    assert any(name == "stall_watch" for name, _, _ in proxy.applied)
+    assert [n for n in notes if "safety re-check" in n] == [
+        "answered at the 1 s safety re-check, not after a watch event (a watch stalled, "
+        "or the change showed in no watched object)"
+    ], notes
+
+
+async def test_a_wait_that_an_event_ends_does_not_blame_the_recheck(
+    kube: KubeClient, direct: KubeClient
+) -> None:
+    from orchestrator.flows import WatchSpec, wait_for
+
+    notes: list[str] = []
+    async with WatchHub(kube, linger=0) as hub:
+
+        async def check() -> bool | None:
+            seen = hub.known(PODS, NS, label_selector="app=e") or []
+            return True if seen else None
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(direct.create, PODS, pod("wanted", app="e"), NS)
+                # At a 60 s re-check only the pod's event can end this wait in time.
+                assert await wait_for(
+                    check,
+                    kube=kube,
+                    watches=[WatchSpec(PODS, NS, label_selector="app=e")],
+                    recheck=60,
+                    hub=hub,
+                    on_note=notes.append,
+                )
+    assert not [n for n in notes if "safety re-check" in n], notes
