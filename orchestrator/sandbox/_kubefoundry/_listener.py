@@ -19,6 +19,7 @@ its backlog, as the kernel does for a dying process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import socket
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 _RESET_ON_CLOSE = struct.pack("ii", 1, 0)
 #: Errors of one ``accept`` that leave the listening socket usable (the peer gave up).
 _TRANSIENT = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
+_ACCEPT_RETRY_SECONDS = 1.0
 
 
 class Listener:
@@ -63,10 +65,18 @@ class Listener:
             except OSError as exc:
                 if exc.errno in _TRANSIENT:
                     continue
-                log.warning("backend stand-in: accept failed: %s", exc)
+                # Out of descriptors, say: the socket stays readable, so listening on
+                # would spin. Pause, as asyncio's own servers do, and try again later.
+                log.warning("backend stand-in: accept failed, retrying in 1 s: %s", exc)
+                self._loop.remove_reader(self._sock.fileno())
+                self._loop.call_later(_ACCEPT_RETRY_SECONDS, self._resume)
                 return
             conn.setblocking(False)
             self._accepted[conn] = self._loop.create_task(self._hand_over(conn))
+
+    def _resume(self) -> None:
+        if not self._closed:
+            self._loop.add_reader(self._sock.fileno(), self._accept)
 
     async def _hand_over(self, conn: socket.socket) -> None:
         if self._closed:  # reset before its turn came: nobody will serve it
@@ -102,10 +112,8 @@ class Listener:
         for conn in self._accepted:
             if conn.fileno() == -1:
                 continue
-            try:
+            with contextlib.suppress(OSError):  # then a plain close: still not left open
                 conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
-            except OSError:
-                continue  # already gone at the other end
             transport = self._transports.get(conn)
             if transport is not None:
                 # The transport lets go of the socket at once (it closes it itself only
