@@ -19,6 +19,7 @@ import json
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -329,58 +330,83 @@ class InferenceClient:
         """Send one request that asks for a stream; read what comes, within the timeout.
 
         Only a 200 ``text/event-stream`` is read as a stream; anything else (an error, or
-        a server that answers a whole completion) is read whole.
+        a server that answers a whole completion) is read whole. A stream's answer is
+        whole at ``[DONE]``; what follows, up to the body's end, is then read too
+        (:func:`_read_to_end`), so that the connection is let go whole, not cut.
         """
         self.requests_sent += 1
         route = f"POST {target}"
         seen = _Seen()
         started = time.monotonic()
+        async with AsyncExitStack() as held:
+            answer: _Answer | None = None
+            rest: AsyncIterator[bytes] | None = None
+            with anyio.move_on_after(bounded(self._timeout)):
+                try:
+                    status, content_type, rest = await self._open_stream(held, target, body)
+                    answer = await _read_answer(status, content_type, rest, seen, route, started)
+                except ClientError:
+                    raise
+                except httpx.TimeoutException:
+                    pass
+                except Exception as exc:  # the boundary: nothing but a ClientError leaves
+                    raise TransportError(
+                        f"{route}: {type(exc).__name__}: {clip(str(exc), 200)}",
+                        method="POST",
+                        url=target,
+                    ) from None
+            if answer is None:
+                raise _no_whole_answer(route, started, seen.status, seen.received, seen.chunks)
+            if answer.chunks is not None and rest is not None:
+                await _read_to_end(rest)
+            return answer
+
+    async def _open_stream(
+        self, held: AsyncExitStack, target: str, body: dict[str, Any]
+    ) -> tuple[int, str, AsyncIterator[bytes]]:
+        """Send the request: the answer's status, content type and body, released with
+        ``held``."""
         accept = "text/event-stream, application/json"
-        with anyio.move_on_after(bounded(self._timeout)):
-            try:
-                if self.route.kind == "service-proxy":
-                    assert self._kube is not None
-                    response = await self._kube.open(
-                        "POST",
-                        target,
-                        body=body,
-                        timeout=self._timeout,
-                        accept=accept,
-                        chunked=True,
-                    )
-                    try:
-                        return await _read_answer(
-                            response.status,
-                            response.headers.get("Content-Type", ""),
-                            response.content.iter_any(),
-                            seen,
-                            route,
-                            started,
-                        )
-                    finally:
-                        response.release()
-                async with self._http.stream(
-                    "POST", target, json=body, headers={"Accept": accept}
-                ) as resp:
-                    return await _read_answer(
-                        resp.status_code,
-                        resp.headers.get("Content-Type", ""),
-                        resp.aiter_bytes(),
-                        seen,
-                        route,
-                        started,
-                    )
-            except ClientError:
-                raise
-            except httpx.TimeoutException:
-                pass
-            except Exception as exc:  # the boundary: nothing but a ClientError leaves a client
-                raise TransportError(
-                    f"{route}: {type(exc).__name__}: {clip(str(exc), 200)}",
-                    method="POST",
-                    url=target,
-                ) from None
-        raise _no_whole_answer(route, started, seen.status, seen.received, seen.chunks)
+        if self.route.kind == "service-proxy":
+            assert self._kube is not None
+            response = await self._kube.open(
+                "POST", target, body=body, timeout=self._timeout, accept=accept, chunked=True
+            )
+            held.callback(response.release)
+            content = response.content.iter_any()
+            return response.status, response.headers.get("Content-Type", ""), content
+        resp = await held.enter_async_context(
+            self._http.stream("POST", target, json=body, headers={"Accept": accept})
+        )
+        return resp.status_code, resp.headers.get("Content-Type", ""), resp.aiter_bytes()
+
+
+#: After ``[DONE]``, how long and how many more bytes are read, at most, to reach the end
+#: of the body. A server ends it at once (the last chunk of a chunked body). A connection
+#: read to its end is kept for the next request; one let go before it is closed under
+#: the server's last write, which fails, and a proxy on the way aborts the request and
+#: drops its own connection to the server. A peer that sends on, or never ends its body,
+#: is cut off at these bounds.
+DRAIN_SECONDS = 2.0
+DRAIN_BYTES = 64 * 1024
+
+
+async def _read_to_end(rest: AsyncIterator[bytes]) -> None:
+    """Read what follows a stream's ``[DONE]`` to the body's end, within
+    :data:`DRAIN_SECONDS` (a margin before the caller's deadline) and :data:`DRAIN_BYTES`.
+
+    The answer is whole already: whatever the peer does now (sends on, stalls, breaks the
+    connection) only decides whether the connection is kept or closed.
+    """
+    left = DRAIN_BYTES
+    with anyio.move_on_after(bounded(DRAIN_SECONDS)):
+        try:
+            async for piece in rest:
+                left -= len(piece)
+                if left < 0:
+                    return
+        except Exception:  # a connection broken after the answer: closed, nothing to report
+            return
 
 
 #: More chunks than any sane answer to a bounded ``max_tokens`` has: a peer that streams
