@@ -106,6 +106,21 @@ class _Kube:
         self.sent.append(kwargs)
         return _Response(self.body)
 
+    async def exchange(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any, bytes]:
+        """A whole (not streamed) completion, for :meth:`InferenceClient.chat`."""
+        self.sent.append(kwargs)
+        message = {"role": "assistant", "content": "Hi"}
+        usage = {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
+        completion = {
+            "id": "c",
+            "object": "chat.completion",
+            "created": 1,
+            "model": MODEL,
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+            "usage": usage,
+        }
+        return 200, {}, json.dumps(completion).encode()
+
 
 async def complete(route: str, body: Body) -> tuple[InferenceResult, list[dict[str, Any]]]:
     """One streamed completion over ``route``, whose answer is ``body``; and what the
@@ -142,9 +157,18 @@ async def test_after_done_the_body_is_read_to_its_end_before_it_is_let_go(route:
 async def test_through_the_service_proxy_the_body_is_sent_chunked() -> None:
     # A Content-Length body lets the API server's proxy cut an answer that begins
     # quickly; the reason is in KubeClient.open, the proof against the real proxy in
-    # test_inference_through_proxy.py.
+    # test_inference_through_proxy.py. Streamed or not.
     _, sent = await complete("service-proxy", Body())
-    assert [kwargs.get("chunked") for kwargs in sent] == [True]
+    kube = _Kube(Body())
+    client = InferenceClient(InferenceRoute("service-proxy"), kube=kube)  # type: ignore[arg-type]
+    try:
+        result = await client.chat(
+            namespace="ns", service="svc", port=80, model=MODEL, prompt="hi", max_tokens=8
+        )
+    finally:
+        await client.aclose()
+    assert result.content == "Hi"
+    assert [kwargs.get("chunked") for kwargs in sent + kube.sent] == [True, True]
 
 
 @pytest.mark.parametrize("route", ROUTES)
