@@ -33,6 +33,11 @@ from orchestrator.sandbox import Faults, Sandbox
 BACKEND_TOKEN = "hostile-backend-token-5f3c9a"
 #: Exit codes a run may end with when a peer misbehaves (docs: 0 passed, 1 failed).
 DOCUMENTED_EXITS = (0, 1)
+#: The safety re-check of every hostile run, ms (a test may pass its own): a peer that
+#: stalls a watch leaves the wait to it, and at the 30 s default each such stall costs
+#: half a minute. Above the 2 s pace of an impaired watch, so that the two stay
+#: different paths.
+RECHECK_MS = "3000"
 
 
 @dataclass
@@ -81,7 +86,8 @@ async def run_hostile(
     hooks: list[tuple[str, Callable[[], object]]] | None = None,
 ) -> Result:
     """Run ``python -m orchestrator run`` through the hostile proxies, with ``CI`` set
-    (cleanup always) and the backend token in the environment.
+    (cleanup always), the backend token in the environment and the short safety
+    re-check (:data:`RECHECK_MS`).
 
     ``hooks``: ``(marker, action)`` pairs, in order; each action runs once the run's
     output shows its marker (``"Delete ... started"``), so that a peer can turn hostile
@@ -106,6 +112,8 @@ async def run_hostile(
         str(artifacts),
         "--cleanup",
         "always",
+        "--recheck-interval",
+        RECHECK_MS,
         *args,
     ]
     artifacts.parent.mkdir(parents=True, exist_ok=True)
