@@ -1,8 +1,8 @@
 """The cluster misbehaving the way real API servers do: the watch loop must not miss a transition.
 
 "No transition missed" is measured by time: the flow re-asks on its own only every
-``recheck`` seconds (10 s in Wait Ready, 5 s in Install), so a phase that ends well before
-that was woken by a watch event, not by the safety re-check.
+``recheck_interval`` (30 s by default in Wait Ready, at most 5 s in Install), so a phase
+that ends well before that was woken by a watch event, not by the safety re-check.
 
 Sandbox-only: the test cluster's API server cannot be told to cut streams, answer 410
 for a fresh resourceVersion or hold a CRD's watch cache cold on demand (it compacts every
