@@ -116,6 +116,9 @@ async def set_faults(request: web.Request) -> web.Response:
 
 
 RESTART_KEY: web.AppKey[list[Any]] = web.AppKey("restart", list)
+#: The timeline's name for the backend's restarts ("down", then "up"): a failed run's
+#: diagnostics show when the backend was away, and a test can wait for either moment.
+RESTART_NAME = "kubefoundry-backend"
 
 
 async def restart(request: web.Request) -> web.Response:
@@ -232,8 +235,15 @@ class KubeFoundryServer:
         What a backend restart looks like to a client: a reset, then refused connections,
         then the same URL answering again, with the state that lives in the cluster intact.
         """
+        state = self._args[1]
         await self.stop()
-        if down_for > 0:
-            await asyncio.sleep(down_for)
+        state.record("", RESTART_NAME, "down")
+        await self._stay_down(down_for)
         self.app = self._make_app()
         await self.start()
+        state.record("", RESTART_NAME, "up")
+
+    async def _stay_down(self, seconds: float) -> None:
+        """The downtime of a restart: a test overrides it to look around for as long as it needs."""
+        if seconds > 0:
+            await asyncio.sleep(seconds)
