@@ -7,11 +7,18 @@ wait out its read timeout (30 s) instead. Each test here puts a connection in on
 restart can find it (the listen backlog, accepted in the very loop turn the restart
 begins, idle between requests, in the middle of a request) and looks, without waiting,
 at what the client has once the restart has returned.
+
+A real backend also keeps its address across a restart (a Service, a port-forward): the
+stand-in holds its port for the whole downtime, bound but not listening, so connections
+are refused at once, as a dead process's port refuses them, and no other socket on the
+machine (an outgoing connection's ephemeral port, another server's free port) can take
+the port before the backend comes back on it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -21,6 +28,7 @@ from typing import Any, cast
 import pytest
 
 from orchestrator.sandbox._kubefoundry import KubeFoundryServer
+from orchestrator.sandbox._kubefoundry.app import RESTART_NAME
 from orchestrator.sandbox.faults import Faults, SandboxState
 
 pytestmark = pytest.mark.anyio
@@ -167,3 +175,113 @@ async def test_a_request_in_progress_is_reset_not_waited_for() -> None:
         await asyncio.wait_for(server.restart(), DEADLINE)
         assert fate(client) == "reset"
         client.close()
+
+
+class HeldDownServer(KubeFoundryServer):
+    """A stand-in whose restart stays down until the test lets it come back."""
+
+    def __init__(self, state: SandboxState) -> None:
+        super().__init__(cast(Any, None), state)
+        self.down = asyncio.Event()
+        self.come_back = asyncio.Event()
+
+    async def _stay_down(self, seconds: float) -> None:
+        self.down.set()
+        await self.come_back.wait()
+
+
+async def answers_health(host: str, port: int) -> bytes:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(HEALTH)
+        return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), DEADLINE)
+    finally:
+        writer.close()
+
+
+async def test_a_port_bound_but_not_listening_refuses_a_connection_at_once() -> None:
+    """What the stand-in's downtime rests on: the kernel answers a connection attempt to
+    a bound socket that does not listen with a reset, as it does for a port nobody holds
+    (a hang would end in a timeout here, not in a refusal)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=DEADLINE).close()
+
+
+async def test_the_port_is_held_while_the_backend_is_down_and_answers_after() -> None:
+    state = SandboxState(Faults())
+    server = HeldDownServer(state)
+    await server.start()
+    host, port, url = server.host, server.port, server.url
+    restart = asyncio.ensure_future(server.restart(down_for=7.0))
+    try:
+        await asyncio.wait_for(server.down.wait(), DEADLINE)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as other:
+            with pytest.raises(OSError) as taken:
+                other.bind((host, port))
+            assert taken.value.errno == errno.EADDRINUSE
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((host, port), timeout=DEADLINE).close()
+        server.come_back.set()
+        await asyncio.wait_for(restart, DEADLINE)
+        assert (server.port, server.url) == (port, url)
+        head = await answers_health(host, port)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert [e.event for e in state.timeline if e.name == RESTART_NAME] == ["down", "up"]
+    finally:
+        server.come_back.set()
+        restart.cancel()
+        await asyncio.wait_for(server.stop(), DEADLINE)
+
+
+async def test_a_backend_stopped_while_down_lets_its_port_go_and_stays_down() -> None:
+    state = SandboxState(Faults())
+    server = HeldDownServer(state)
+    await server.start()
+    host, port = server.host, server.port
+    restart = asyncio.ensure_future(server.restart(down_for=7.0))
+    try:
+        await asyncio.wait_for(server.down.wait(), DEADLINE)
+        await asyncio.wait_for(server.stop(), DEADLINE)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as other:
+            other.bind((host, port))  # let go: free for anyone
+            server.come_back.set()
+            await asyncio.wait_for(restart, DEADLINE)  # and it did not try to come back
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection((host, port), timeout=DEADLINE).close()
+        assert [e.event for e in state.timeline if e.name == RESTART_NAME] == ["down"]
+    finally:
+        server.come_back.set()
+        restart.cancel()
+        await asyncio.wait_for(server.stop(), DEADLINE)
+
+
+async def test_a_restart_asked_for_while_down_comes_back_on_the_same_port() -> None:
+    state = SandboxState(Faults())
+    server = HeldDownServer(state)
+    await server.start()
+    host, port = server.host, server.port
+    first = asyncio.ensure_future(server.restart(down_for=7.0))
+    second: asyncio.Future[None] | None = None
+    try:
+        await asyncio.wait_for(server.down.wait(), DEADLINE)
+        server.down.clear()
+        second = asyncio.ensure_future(server.restart(down_for=7.0))
+        await asyncio.wait_for(server.down.wait(), DEADLINE)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as other:
+            with pytest.raises(OSError) as taken:
+                other.bind((host, port))
+            assert taken.value.errno == errno.EADDRINUSE
+        server.come_back.set()
+        await asyncio.wait_for(asyncio.gather(first, second), DEADLINE)
+        assert server.port == port
+        head = await answers_health(host, port)
+        assert head.startswith(b"HTTP/1.1 200"), head
+    finally:
+        server.come_back.set()
+        for task in (first, second):
+            if task is not None:
+                task.cancel()
+        await asyncio.wait_for(server.stop(), DEADLINE)

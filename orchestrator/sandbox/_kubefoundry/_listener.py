@@ -14,6 +14,17 @@ accepted, before any protocol sees it, and :meth:`Listener.reset` ends them all 
 a reset (``SO_LINGER`` zero, then a close by whoever owns the socket), accepted,
 half-handed-over or serving alike. Closing the listening socket resets what waits in
 its backlog, as the kernel does for a dying process.
+
+A real backend also keeps its address across a restart (a Service, a port-forward),
+and the stand-in's port came from the kernel's ephemeral range, which every outgoing
+connection on the machine draws from too: a port let go for the seven seconds of a
+restart was, now and then, taken by another socket, and the restart failed with
+"address already in use". So a reset can hold the port (``hold_port``): in the very
+call that closes the listening socket, a new socket is bound to the same address, and
+it does not listen. The kernel answers a connection attempt to it with a reset, as it
+does for a dead process's port; no outgoing connection and no bind to a free port
+(``port=0``) picks a port that a socket is bound to; and the next :class:`Listener`
+listens on that socket.
 """
 
 from __future__ import annotations
@@ -35,18 +46,41 @@ _TRANSIENT = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
 _ACCEPT_RETRY_SECONDS = 1.0
 
 
+def bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (0: a free port), not listening.
+
+    ``SO_REUSEADDR``, as servers set it: the connections of the socket before it (in
+    ``TIME_WAIT``, or still being reset) do not keep it from binding their port.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class Listener:
-    """Accept on ``host:port`` (0: a free port) and serve each connection with ``protocol``."""
+    """Accept on ``sock`` (bound by :func:`bind`) and serve each connection with ``protocol``.
+
+    The listener owns the socket from here on, and closes it if it cannot listen.
+    """
 
     def __init__(
-        self, protocol: Callable[[], asyncio.Protocol], host: str, port: int, backlog: int = 128
+        self, protocol: Callable[[], asyncio.Protocol], sock: socket.socket, backlog: int = 128
     ) -> None:
         self._protocol = protocol
         self._loop = asyncio.get_running_loop()
-        # create_server sets SO_REUSEADDR: a restart binds the same port again at once.
-        self._sock = socket.create_server((host, port), backlog=backlog)
-        self._sock.setblocking(False)
-        self.port: int = self._sock.getsockname()[1]
+        try:
+            sock.listen(backlog)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock = sock
+        self.port: int = sock.getsockname()[1]
         self._closed = False
         #: Every accepted socket not yet closed, with the task that hands it over and,
         #: once handed over, its transport.
@@ -98,17 +132,23 @@ class Listener:
             del self._accepted[conn]
             self._transports.pop(conn, None)
 
-    async def reset(self) -> None:
+    async def reset(self, *, hold_port: bool = False) -> socket.socket | None:
         """Stop listening and reset every connection, as a killed process's kernel does.
 
         Returns once every accepted connection is closed (in a turn or two of the loop):
         none is left to the garbage collector, and none is answered after the reset.
+        With ``hold_port``, returns a socket bound to the port, not listening, for the
+        next listener (the caller owns it); otherwise None.
         """
         if self._closed:
-            return
+            return None
         self._closed = True
         self._loop.remove_reader(self._sock.fileno())
+        host, port = self._sock.getsockname()[:2]
         self._sock.close()
+        # Bound again before anything else can run: the port is free only between
+        # these two system calls.
+        held = bind(host, port) if hold_port else None
         for conn in self._accepted:
             if conn.fileno() == -1:
                 continue
@@ -122,6 +162,12 @@ class Listener:
                 conn.close()
         # Connections still being handed over see the flag and close themselves: their
         # transports may not have let go of the socket yet.
-        await asyncio.gather(*self._accepted.values(), return_exceptions=True)
+        try:
+            await asyncio.gather(*self._accepted.values(), return_exceptions=True)
+        except BaseException:
+            if held is not None:
+                held.close()
+            raise
         self._accepted.clear()
         self._transports.clear()
+        return held

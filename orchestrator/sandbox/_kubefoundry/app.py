@@ -8,6 +8,7 @@ from ``backend_errors``.
 from __future__ import annotations
 
 import asyncio
+import socket
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from .._kube import Kube
 from ..faults import SandboxState
 from ..models import catalog
 from . import deployments, installation
-from ._listener import Listener
+from ._listener import Listener, bind
 from .errors import (
     AUTH_KEY,
     STATE_KEY,
@@ -202,6 +203,9 @@ class KubeFoundryServer:
         self.url = ""
         self._runner: web.AppRunner | None = None
         self._listener: Listener | None = None
+        #: While a restart is down: its port, bound and not listening (see ``_listener``).
+        self._held: socket.socket | None = None
+        self._stopped = False
 
     def _make_app(self) -> web.Application:
         app = create_app(*self._args)
@@ -216,14 +220,30 @@ class KubeFoundryServer:
         assert self._runner.server is not None
         # Not an aiohttp site: the listener resets every connection when it stops (see
         # ``_listener``), where a stopped site could leave one open and unanswered.
-        self._listener = Listener(self._runner.server, self.host, self.port)
+        # A restart listens on the port it held while down: the same address, with no
+        # moment in which another socket could have taken it.
+        self._stopped = False
+        held, self._held = self._held, None
+        self._listener = Listener(
+            self._runner.server, held if held is not None else bind(self.host, self.port)
+        )
         self.port = self._listener.port
         self.url = f"http://{self.host}:{self.port}"
 
     async def stop(self) -> None:
-        """Reset every connection, as a dying process does, then let the app clean up."""
+        """Reset every connection, as a dying process does, then let the app clean up.
+
+        A restart that is down at the time stays down, and lets its port go.
+        """
+        self._stopped = True
+        await self._go_down(hold_port=False)
+
+    async def _go_down(self, *, hold_port: bool) -> None:
+        if self._held is not None and not hold_port:
+            self._held.close()
+            self._held = None
         if self._listener is not None:
-            await self._listener.reset()
+            self._held = await self._listener.reset(hold_port=hold_port)
             self._listener = None
         if self._runner is not None:
             await self._runner.cleanup()
@@ -236,9 +256,11 @@ class KubeFoundryServer:
         then the same URL answering again, with the state that lives in the cluster intact.
         """
         state = self._args[1]
-        await self.stop()
+        await self._go_down(hold_port=True)
         state.record("", RESTART_NAME, "down")
         await self._stay_down(down_for)
+        if self._stopped or self._listener is not None:
+            return  # stopped for good meanwhile, or already back (an overlapping restart)
         self.app = self._make_app()
         await self.start()
         state.record("", RESTART_NAME, "up")
