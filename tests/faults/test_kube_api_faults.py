@@ -1,6 +1,7 @@
 """The cluster misbehaving the way real API servers do: the watch loop must not miss a transition.
 
-"No transition missed" is measured by time: the flow re-asks on its own only every
+"No transition missed" is checked twice: by the run's own log (a wait that only the safety
+re-check answered says so) and by time: the flow re-asks on its own only every
 ``recheck_interval`` (30 s by default in Wait Ready, at most 5 s in Install), so a phase
 that ends well before that was woken by a watch event, not by the safety re-check.
 
@@ -39,6 +40,13 @@ def assert_passed_promptly(result) -> None:
     assert result.code == 0, result.verdicts()
     for title in PHASES + ["Cleanup"]:
         assert result.status_of(title)["status"] == "passed", result.verdicts()
+    # And said so: a wait that only the safety re-check answered logs it.
+    assert not_at_the_recheck(result), run_log(result)
+
+
+def not_at_the_recheck(result) -> bool:
+    """No wait of the run was answered only by the safety re-check (each such wait logs it)."""
+    return "safety re-check, not after a watch event" not in run_log(result)
 
 
 @pytest.mark.parametrize("faults", [Faults(watch_cut_after=0.5)])
@@ -71,4 +79,5 @@ async def test_429_right_after_the_crd_appears(sandbox, tmp_path: Path) -> None:
     result = await run_orchestrator(sandbox, tmp_path, *EVENTS_ONLY)
     assert result.code == 0, result.verdicts()
     assert "watch workspaces: 429" in run_log(result), run_log(result)
+    assert not_at_the_recheck(result), run_log(result)
     await assert_clean(sandbox)
