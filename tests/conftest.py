@@ -80,7 +80,7 @@ def _rewrite_tests(config: pytest.Config) -> None:
 
     pytest rewrites the asserts of every test module, conftest and registered harness as it
     imports them, and caches the result beside the source, unless PYTHONDONTWRITEBYTECODE
-    is set: then each of the six workers rewrote all of them again, about half of a
+    is set: then each worker rewrote all of them again, about half of a
     worker's collection (3.8 CPU-s with the rewrite, 2.0 with the cache), at the start of
     the run when every worker collects at once. The controller writes that cache here with
     pytest's own rewriter; a worker checks a cached file against its source's hash before
