@@ -104,6 +104,37 @@ class RequestTimeout(TransportError, TimeoutError):
         self.received = received
 
 
+def no_whole_answer(
+    method: str,
+    url: str,
+    elapsed: float,
+    status: int | None,
+    received: bytes | bytearray,
+    *,
+    chunks: int | None = None,
+    quote_last: int | None = None,
+) -> RequestTimeout:
+    """The :class:`RequestTimeout` of a request whose deadline passed before its whole
+    answer came, saying what had arrived: no answer, or the status, the bytes of the body
+    (in how many stream chunks, when counted) and a redacted quote of them (of the last
+    ``quote_last`` bytes only, when given)."""
+    quoted = bytes(received if quote_last is None else received[-quote_last:])
+    what = (
+        "no answer"
+        if status is None
+        else f"answered {status}, {len(received)} bytes of the body arrived"
+        + (f" in {chunks} chunks" if chunks is not None else "")
+        + (f" ({excerpt(quoted)})" if received else "")
+    )
+    return RequestTimeout(
+        f"{method} {url}: no whole answer within {elapsed:.1f} s: {what}",
+        method=method,
+        url=url,
+        elapsed=elapsed,
+        received=len(received),
+    )
+
+
 class HTTPStatusError(ClientError):
     """The server answered with a status we did not expect.
 

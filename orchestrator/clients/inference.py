@@ -41,6 +41,7 @@ from ._errors import (
     TransportError,
     clip,
     excerpt,
+    no_whole_answer,
     status_error,
 )
 from ._retry import bounded
@@ -633,22 +634,9 @@ async def _post_whole(
 def _no_whole_answer(
     route: str, started: float, status: int | None, received: bytearray, chunks: int | None = None
 ) -> RequestTimeout:
-    elapsed = time.monotonic() - started
-    what = (
-        "no answer"
-        if status is None
-        else f"answered {status}, {len(received)} bytes of the body arrived"
-        + (f" in {chunks} chunks" if chunks is not None else "")
-        + (f" ({excerpt(bytes(received[-400:]))})" if received else "")
-    )
     method, _, url = route.partition(" ")
-    return RequestTimeout(
-        f"{route}: no whole answer within {elapsed:.1f} s: {what}",
-        method=method,
-        url=url,
-        elapsed=elapsed,
-        received=len(received),
-    )
+    elapsed = time.monotonic() - started
+    return no_whole_answer(method, url, elapsed, status, received, chunks=chunks, quote_last=400)
 
 
 def _message(body: Any, fallback: str) -> str:

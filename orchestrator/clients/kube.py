@@ -32,6 +32,7 @@ from ._errors import (
     TransportError,
     clip,
     excerpt,
+    no_whole_answer,
     parse_retry_after,
     status_error,
 )
@@ -397,6 +398,23 @@ class KubeClient:
             # HTTP makes the transport raise (a header too long, a bad status line).
             raise _broken(method, path, None, 0, exc) from None
 
+    async def _addressed(
+        self, path: str, params: list[tuple[str, str]], headers: dict[str, str]
+    ) -> tuple[str, dict[str, str]]:
+        """The URL and headers ``call_api`` would send for a request that goes around it:
+        the ApiClient's default headers and cookie, and its ``Authorization`` (from its own
+        ``update_params_for_auth``, so a refresh hook or a credential plugin's token is
+        what is sent)."""
+        api = self._api
+        headers = {**headers, **api.default_headers}
+        if api.cookie:
+            headers["Cookie"] = api.cookie
+        auth_query: list[tuple[str, str]] = []
+        await api.update_params_for_auth(headers, auth_query, ["BearerToken"])
+        query = params + auth_query
+        url = f"{api.configuration.host}{path}"
+        return (url + "?" + urlencode(query) if query else url), headers
+
     async def _send_chunked(
         self,
         method: str,
@@ -415,16 +433,7 @@ class KubeClient:
         """
         import aiohttp
 
-        api = self._api
-        headers = {**headers, **api.default_headers}
-        if api.cookie:
-            headers["Cookie"] = api.cookie
-        auth_query: list[tuple[str, str]] = []
-        await api.update_params_for_auth(headers, auth_query, ["BearerToken"])
-        query = params + auth_query
-        url = f"{api.configuration.host}{path}"
-        if query:
-            url += "?" + urlencode(query)
+        url, headers = await self._addressed(path, params, headers)
         if isinstance(timeout, int | float):
             timeout = aiohttp.ClientTimeout(total=timeout)
         elif not isinstance(timeout, aiohttp.ClientTimeout):
@@ -469,7 +478,7 @@ class KubeClient:
                 raise _broken(method, path, status, len(received), exc) from None
             finally:
                 response.release()
-        raise _unfinished(method, path, status, received, anyio.current_time() - started)
+        raise no_whole_answer(method, path, anyio.current_time() - started, status, received)
 
     async def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """Send a request; return the decoded body of a 2xx, raise the matching error otherwise.
@@ -532,19 +541,12 @@ class KubeClient:
         """
         import aiohttp
 
-        api = self._api
         self.requests_sent += 1
-        headers = {"Content-Type": "application/json", "Accept": "application/json, */*"}
-        headers.update(api.default_headers)
-        if api.cookie:
-            headers["Cookie"] = api.cookie
-        auth_query: list[tuple[str, str]] = []
-        await api.update_params_for_auth(headers, auth_query, ["BearerToken"])
-        params = [(k, _query_value(v)) for k, v in (query or {}).items() if v is not None]
-        params += auth_query
-        url = f"{api.configuration.host}{path}"
-        if params:
-            url += "?" + urlencode(params)
+        url, headers = await self._addressed(
+            path,
+            [(k, _query_value(v)) for k, v in (query or {}).items() if v is not None],
+            {"Content-Type": "application/json", "Accept": "application/json, */*"},
+        )
         reader, extra = self._reader or self._open_reader()
         total = bounded(timeout or REQUEST_TIMEOUT)
         limits = aiohttp.ClientTimeout(total=total, sock_connect=10, ceil_threshold=math.inf)
@@ -558,7 +560,8 @@ class KubeClient:
                 while chunk := await r.content.readany():
                     received += chunk
         except TimeoutError:  # aiohttp's own timeouts are TimeoutErrors too
-            raise _unfinished("GET", path, status, received, time.monotonic() - started) from None
+            elapsed = time.monotonic() - started
+            raise no_whole_answer("GET", path, elapsed, status, received) from None
         except Exception as exc:
             # The transport's boundary: a connection failure, and whatever a peer's broken
             # HTTP makes aiohttp raise (a header too long, a bad status line, a body cut).
@@ -811,25 +814,6 @@ async def _status_answer(response: Any, method: str, path: str) -> ClientError:
     )
     err.retry_after = parse_retry_after(response.headers.get("Retry-After"))
     return err
-
-
-def _unfinished(
-    method: str, path: str, status: int | None, received: bytearray, elapsed: float
-) -> RequestTimeout:
-    """A request's deadline passed before its whole answer came: say what had arrived."""
-    what = (
-        "no answer"
-        if status is None
-        else f"answered {status}, {len(received)} bytes of the body arrived"
-        + (f" ({excerpt(bytes(received))})" if received else "")
-    )
-    return RequestTimeout(
-        f"{method} {path}: no whole answer within {elapsed:.1f} s: {what}",
-        method=method,
-        url=path,
-        elapsed=elapsed,
-        received=len(received),
-    )
 
 
 def _broken(
