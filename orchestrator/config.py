@@ -49,14 +49,14 @@ Milliseconds = int
 #: No run, phase or wait takes longer than a day: a bigger number is a typo (seconds
 #: taken for milliseconds twice over) that would make a stuck run hold CI forever.
 MAX_MILLISECONDS = 86_400_000
-#: What a bearer token may hold to be sent in an HTTP header: visible ASCII, no space.
-#: Anything else (a newline from a file, a non-ASCII character) would break the request
-#: or, worse, let the value add a header of its own.
 #: The shortest safety re-check while watching. Below a second it stops being a safety net
 #: and becomes a poll of the backend (and the Kubernetes reads behind its answer) many
 #: times a second for every waiting flow; ``wait_strategy = "poll"`` is the honest way
 #: to ask that often.
 MIN_RECHECK_MILLISECONDS = 1_000
+#: What a bearer token may hold to be sent in an HTTP header: visible ASCII, no space.
+#: Anything else (a newline from a file, a non-ASCII character) would break the request
+#: or, worse, let the value add a header of its own.
 HEADER_SAFE = re.compile(r"^[\x21-\x7e]+$")
 TOKEN_MAX = 16_384
 

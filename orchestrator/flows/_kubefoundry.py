@@ -400,7 +400,7 @@ class KubeFoundryFlow:
             obj = event.object
             if not is_pod(obj) or not p.owns_pod(d, obj):
                 return
-            self._pods_version = obj["metadata"].get("resourceVersion") or self._pods_version
+            self._saw_pod(obj)
             summary = pod_summary(obj)
             name = obj.get("metadata", {}).get("name", "?")
             if self._seen_pod_states.get(name) != summary:
@@ -493,9 +493,7 @@ class KubeFoundryFlow:
             return True if reading.ready else None
 
         def inspect(event: WatchEvent) -> None:
-            self._pods_version = event.object["metadata"].get("resourceVersion") or (
-                self._pods_version
-            )
+            self._saw_pod(event.object)
             if event.object.get("metadata", {}).get("uid") in victims:
                 return
             problem = pod_problem(event.object, p.fatal_waiting_reasons)
@@ -826,6 +824,10 @@ class KubeFoundryFlow:
             field_selector=t.field_selector,
         )
         return None if seen is None else t.select(seen)
+
+    def _saw_pod(self, pod: dict[str, Any]) -> None:
+        """Note the resourceVersion of a pod event a wait saw (see ``_pods_version``)."""
+        self._pods_version = pod["metadata"].get("resourceVersion") or self._pods_version
 
     async def _objects(
         self, t: Tracked, *, fresh: bool = True, not_older_than: str | None = None
