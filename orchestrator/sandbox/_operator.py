@@ -444,12 +444,7 @@ class CustomResourceOperator:
         attempt = 0
         while True:
             try:
-                [pod] = await self.wait_pods(
-                    namespace,
-                    "",
-                    lambda pods: any(kubelet_settled(p) for p in pods),
-                    field_selector=f"metadata.name={name}",
-                )
+                pod = await self.wait_pod(namespace, name, kubelet_settled, 300.0)
                 written = await self.kube.merge_patch(f"{path}/status", _crash_loop(pod, line))
                 break
             except asyncio.CancelledError:
@@ -500,6 +495,19 @@ class CustomResourceOperator:
             f"/api/v1/namespaces/{namespace}/pods", {"labelSelector": selector}
         )
         return list(listing.get("items", []))
+
+    async def wait_pod(
+        self, namespace: str, name: str, predicate: Callable[[JSON], bool], timeout: float = 120.0
+    ) -> JSON:
+        """Watch the pod ``name`` until it satisfies ``predicate``; return it."""
+        pods = await self.wait_pods(
+            namespace,
+            "",
+            lambda pods: any(predicate(p) for p in pods),
+            timeout,
+            field_selector=f"metadata.name={name}",
+        )
+        return next(p for p in pods if predicate(p))
 
     async def wait_pods(
         self,

@@ -142,7 +142,7 @@ class KaitoController(CustomResourceOperator):
                         # could land in the middle of that and be dropped (and if it
                         # never settles, the touches below still get the release seen).
                         with contextlib.suppress(TimeoutError):
-                            await self._wait_pod(namespace, name, kubelet_settled, timeout=wait)
+                            await self.wait_pod(namespace, name, kubelet_settled, timeout=wait)
                     if pulled is not None:
                         took = go_duration(time.monotonic() - since)
                         await self.event(
@@ -164,7 +164,7 @@ class KaitoController(CustomResourceOperator):
                     log.info(
                         "pod %s/%s still Pending after its release: kubelet nudged", namespace, name
                     )
-                return await self._wait_pod(namespace, name, _started, timeout=wait)
+                return await self.wait_pod(namespace, name, _started, timeout=wait)
             except asyncio.CancelledError:
                 raise
             except TimeoutError:
@@ -213,7 +213,7 @@ class KaitoController(CustomResourceOperator):
             await self._break_pod(namespace, name, container["image"], faults.crash_loop)
             return
         await self._release(namespace, f"{name}-0", "pod_start", created, container["image"])
-        pod = await self._wait_pod(
+        pod = await self.wait_pod(
             namespace, f"{name}-0", lambda p: p.get("status", {}).get("phase") == "Running"
         )
         self.state.record(namespace, name, "pod Running")
@@ -364,7 +364,7 @@ class KaitoController(CustomResourceOperator):
             if pod is None:
                 continue  # deleted again before it started: recreate it
             if _phase(pod) != "Running":
-                pod = await self._wait_pod(namespace, pod_name, lambda p: _phase(p) == "Running")
+                pod = await self.wait_pod(namespace, pod_name, lambda p: _phase(p) == "Running")
             self.state.record(namespace, name, "recreated pod Running")
 
     async def _delete_children(self, namespace: str, name: str) -> None:
@@ -385,9 +385,7 @@ class KaitoController(CustomResourceOperator):
             reason = "CrashLoopBackOff"
         else:
             reason = "ErrImagePull"
-            pod = await self._wait_pod(
-                namespace, f"{name}-0", lambda p: waiting_reason(p) == reason
-            )
+            pod = await self.wait_pod(namespace, f"{name}-0", lambda p: waiting_reason(p) == reason)
             await self.event(
                 pod,
                 "Failed",
@@ -399,19 +397,6 @@ class KaitoController(CustomResourceOperator):
         # Recorded last: a reader that waits for this entry finds the status and the
         # events already there, as a kubelet's would be by the time anyone looks.
         self.state.record(namespace, name, f"pod {reason}")
-
-    async def _wait_pod(
-        self, namespace: str, name: str, predicate: Any, timeout: float = 120.0
-    ) -> JSON:
-        """Watch the pod ``name`` until it satisfies ``predicate``; return it."""
-        pods = await self.wait_pods(
-            namespace,
-            "",
-            lambda pods: any(predicate(p) for p in pods),
-            timeout,
-            field_selector=f"metadata.name={name}",
-        )
-        return next(p for p in pods if predicate(p))
 
     async def _set_conditions(
         self, namespace: str, name: str, types: list[str], extra: dict[str, Any] | None = None
