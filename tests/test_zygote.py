@@ -1,0 +1,271 @@
+"""The zygote (tests/_zygote.py): a forked child starts as a fresh interpreter would.
+
+Each test runs a small probe module both ways, as ``python -m zygote_probe`` from its
+own directory: once as a fresh interpreter (``anyio.open_process``) and once forked from
+this worker's zygote, and compares what each saw of itself. Waits are on the children's
+own output and exits, each bounded by a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Mapping
+from pathlib import Path
+
+import _zygote
+import anyio
+import anyio.abc
+import pytest
+from anyio.streams.text import TextReceiveStream
+
+pytestmark = pytest.mark.anyio
+
+HERE = Path(__file__).resolve().parent
+
+#: Prints what a process knows of how it started, then exits with its first argument,
+#: or, given "wait", says "waiting" and blocks reading stdin (held open by the parent).
+PROBE = textwrap.dedent(
+    """\
+    import json, os, signal, sys, threading
+
+    def stream(s):
+        return [s.name, s.mode, s.encoding, s.errors, s.line_buffering, s.write_through,
+                type(s.buffer).__name__, s.isatty(), getattr(s.buffer, "raw", s.buffer).name,
+                s.fileno()]
+
+    state = {
+        "name": __name__,
+        "argv": sys.argv,
+        "orig_argv": sys.orig_argv,
+        "cwd": os.getcwd(),
+        "path": sys.path,
+        "env": dict(os.environ),
+        "signals": {
+            int(s): repr(signal.getsignal(s))
+            for s in signal.valid_signals()
+            if s not in (signal.SIGKILL, signal.SIGSTOP)
+        },
+        "mask": sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, ())),
+        "wakeup_fd": signal.set_wakeup_fd(-1),
+        "stdio": [stream(sys.stdin), stream(sys.stdout), stream(sys.stderr)],
+        "std_same": [sys.stdin is sys.__stdin__, sys.stdout is sys.__stdout__],
+        "fds": sorted(os.listdir("/proc/self/fd")),
+        "threads": threading.active_count(),
+        "main": sorted(vars(sys.modules["__main__"])),
+        "group": [os.getpgrp(), os.getsid(0)],
+    }
+    print(json.dumps(state))
+    print("to stderr", file=sys.stderr)
+    if sys.argv[1:] == ["wait"]:
+        print("waiting", flush=True)
+        sys.stdin.read()
+    sys.exit(int(sys.argv[1]))
+    """
+)
+
+
+@pytest.fixture
+def probe(tmp_path: Path) -> Path:
+    (tmp_path / "zygote_probe.py").write_text(PROBE)
+    return tmp_path
+
+
+def run_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "KUBECONFIG", "API_URL")}
+    return {**env, "NO_COLOR": "1", "PYTHONUNBUFFERED": "1", **extra}
+
+
+async def read_all(stream: anyio.abc.ByteReceiveStream | None) -> str:
+    assert stream is not None
+    return "".join([chunk async for chunk in TextReceiveStream(stream)])
+
+
+async def outcome(proc: anyio.abc.Process) -> tuple[int, str, str]:
+    """Exit code, stdout and stderr of ``proc``, within a deadline that only a hang reaches."""
+    with anyio.fail_after(60):
+        async with proc:
+            out, err = await read_all(proc.stdout), await read_all(proc.stderr)
+            return await proc.wait(), out, err
+
+
+def argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "zygote_probe", *args]
+
+
+async def test_a_forked_child_starts_as_a_fresh_interpreter_would(probe: Path) -> None:
+    env = run_env(ZYGOTE_PROBE="its own value")
+    fresh = await outcome(await anyio.open_process(argv("7"), env=env, cwd=probe))
+    proc = await _zygote.fork(argv("7"), env, probe)
+    assert proc.fresh is None, proc.fresh  # it ran forked, not exec'd
+    forked = await outcome(proc)
+    assert forked[0] == fresh[0] == 7, forked
+    assert forked[2] == fresh[2] == "to stderr\n"
+    seen, expected = json.loads(forked[1]), json.loads(fresh[1])
+    assert seen == expected
+    assert seen["env"]["ZYGOTE_PROBE"] == "its own value"
+    assert seen["cwd"] == str(probe) and seen["path"][0] == str(probe)
+    assert seen["argv"] == [str(probe / "zygote_probe.py"), "7"]
+    assert proc.cpu_seconds is not None and proc.cpu_seconds >= 0
+
+
+async def test_each_forked_child_has_its_own_environment_and_directory(tmp_path: Path) -> None:
+    results = []
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "zygote_probe.py").write_text(PROBE)
+        env = run_env(ZYGOTE_PROBE=name)
+        results.append(await outcome(await _zygote.fork(argv("0"), env, tmp_path / name)))
+    one, two = (json.loads(out) for _, out, _ in results)
+    assert (one["env"]["ZYGOTE_PROBE"], two["env"]["ZYGOTE_PROBE"]) == ("one", "two")
+    assert (one["cwd"], two["cwd"]) == (str(tmp_path / "one"), str(tmp_path / "two"))
+
+
+async def started(proc: anyio.abc.Process) -> str:
+    """The probe's output up to "waiting": it has set nothing up that a signal would meet."""
+    assert proc.stdout is not None
+    seen = ""
+    with anyio.fail_after(60):
+        async for chunk in TextReceiveStream(proc.stdout):
+            seen += chunk
+            if "waiting\n" in seen:
+                return seen
+    raise AssertionError(f"the probe ended before it waited: {seen}")
+
+
+@pytest.mark.parametrize(
+    "sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name
+)
+async def test_a_signal_ends_a_forked_child_as_it_ends_a_fresh_one(
+    probe: Path, sig: signal.Signals
+) -> None:
+    """SIGINT is Python's KeyboardInterrupt in both, which exits through SIGINT again."""
+    codes = []
+    for proc in (
+        await anyio.open_process(argv("wait"), env=run_env(), cwd=probe),
+        await _zygote.fork(argv("wait"), run_env(), probe),
+    ):
+        async with proc:
+            await started(proc)
+            proc.send_signal(sig)
+            with anyio.fail_after(60):
+                codes.append(await proc.wait())
+    assert codes == [-sig, -sig]
+
+
+async def test_a_child_whose_interpreter_would_start_otherwise_is_exec_d_fresh(
+    probe: Path, tmp_path: Path
+) -> None:
+    """A PYTHONPATH unlike the zygote's changes what the interpreter imports: exec'd."""
+    extra = tmp_path / "elsewhere"
+    env = run_env(PYTHONPATH=str(extra))
+    proc = await _zygote.fork(argv("3"), env, probe)
+    assert proc.fresh is not None and "PYTHONPATH" in proc.fresh
+    code, out, _ = await outcome(proc)
+    assert code == 3
+    assert str(extra) in json.loads(out)["path"]
+
+
+#: A stand-in for an xdist worker: starts a zygote of its own, forks a waiting probe from
+#: it, prints both pids and blocks. Its stdin is the test's, so it never reads EOF.
+WORKER = textwrap.dedent(
+    """\
+    import sys
+    sys.path.insert(0, {tests!r})
+    import anyio, _zygote
+
+    async def main():
+        proc = await _zygote.fork({argv!r}, {env!r}, {cwd!r})
+        assert proc.stdout is not None
+        seen = b""
+        while b"waiting" not in seen:
+            seen += await proc.stdout.receive()
+        print(_zygote.server().proc.pid, proc.pid, flush=True)
+        await anyio.sleep_forever()
+
+    anyio.run(main)
+    """
+)
+
+
+async def gone(pid: int) -> None:
+    """Wait (on a pidfd, an event) until ``pid`` has exited."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        await anyio.wait_readable(fd)
+    finally:
+        os.close(fd)
+
+
+def exited(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state in ("Z", "X")
+
+
+async def start_worker(probe: Path) -> tuple[anyio.abc.Process, int, int]:
+    code = WORKER.format(tests=str(HERE), argv=argv("wait"), env=run_env(), cwd=str(probe))
+    worker = await anyio.open_process([sys.executable, "-c", code], env=run_env())
+    assert worker.stdout is not None
+    with anyio.fail_after(60):
+        line = (await worker.stdout.receive()).decode()
+    zygote_pid, child_pid = (int(word) for word in line.split())
+    return worker, zygote_pid, child_pid
+
+
+async def test_a_killed_worker_leaves_no_zygote_and_no_child_behind(probe: Path) -> None:
+    worker, zygote_pid, child_pid = await start_worker(probe)
+    async with worker:
+        assert not exited(zygote_pid) and not exited(child_pid)
+        worker.kill()
+        with anyio.fail_after(60):
+            await worker.wait()
+            await gone(child_pid)
+            await gone(zygote_pid)
+
+
+async def test_stopping_the_zygote_ends_its_live_children(probe: Path) -> None:
+    """What the session's end does with this worker's zygote, on one of its own."""
+    server = _zygote.Server(run_env())
+    try:
+        proc = await _zygote.fork(argv("wait"), run_env(), probe, via=server)
+        async with proc:
+            await started(proc)
+            await anyio.to_thread.run_sync(server.stop)
+            with anyio.fail_after(60):
+                assert await proc.wait() == -signal.SIGKILL
+        assert server.proc.returncode == 0
+    finally:
+        server.stop()
+
+
+def test_the_option_and_the_variable_turn_the_zygote_off(tmp_path: Path) -> None:
+    run = [sys.executable, "-m", "orchestrator", "run", "--no-live"]
+    assert _zygote.wanted(run) is _zygote.enabled
+    for env in ({_zygote.FRESH_ENV: "1"}, {}):
+        code = (
+            "import sys; sys.path.insert(0, sys.argv[1]); import _zygote; "
+            f"print(_zygote.wanted({run!r}), _zygote.wanted({argv('0')!r}))"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code, str(HERE)],
+            env=_without_fresh(os.environ) | env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        assert out.split() == (["False", "False"] if env else ["True", "False"])
+
+
+def _without_fresh(env: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k != _zygote.FRESH_ENV}
