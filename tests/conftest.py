@@ -32,6 +32,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="serve the real llama.cpp model in every sandbox, not only in tests marked 'model'",
     )
+    parser.addoption(
+        "--fresh-interpreters",
+        action="store_true",
+        help="start every `python -m orchestrator run` child as a fresh interpreter, not "
+        "forked from the pre-imported zygote (also: FRESH_INTERPRETERS=1); tests/README.md",
+    )
 
 
 @pytest.fixture
@@ -53,6 +59,10 @@ def pytest_configure(config: pytest.Config) -> None:
     # spot and leaving API servers and etcd running.
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _interrupted)
+    if config.getoption("fresh_interpreters"):
+        import _zygote
+
+        _zygote.enabled = False
     if not hasattr(config, "workerinput"):  # the controller (or ``-n 0``), once per session
         _compile_package()
         _rewrite_tests(config)
@@ -187,3 +197,12 @@ def _test_clusters(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     pool.base = tmp_path_factory.mktemp("clusters")
     yield
     pool.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _zygote_stopped() -> Iterator[None]:
+    """At the session's end, this worker's zygote (if a test started one) stops."""
+    yield
+    import _zygote
+
+    _zygote.stop()

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import _zygote
 import anyio
 import anyio.abc
 import pytest
@@ -218,6 +219,10 @@ async def drive(
 ) -> Ended:
     """Run ``argv``, reading its output as it comes, until it ends or ``timeout`` passes.
 
+    A ``python -m orchestrator run`` child is forked from this worker's pre-imported
+    zygote (tests/_zygote.py, tests/README.md), which skips its imports and nothing else;
+    any other command, or every one under ``--fresh-interpreters``, starts fresh.
+
     At the deadline the process gets SIGTERM and ``grace`` seconds to end, which the
     orchestrator spends on diagnostics, cleanup and its reports; only then SIGKILL. A
     deadline that cancelled the wait would kill it at once and keep nothing of what it
@@ -228,7 +233,7 @@ async def drive(
     out: list[str] = []
     err: list[str] = []
     stopped: str | None = None
-    async with await anyio.open_process(argv, env=env, cwd=cwd) as proc:
+    async with await _zygote.open_process(argv, env, cwd) as proc:
         assert proc.stdout is not None and proc.stderr is not None
         stdout, stderr = proc.stdout, proc.stderr
         read = anyio.Event(), anyio.Event()
