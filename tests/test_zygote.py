@@ -216,8 +216,12 @@ async def start_worker(probe: Path) -> tuple[anyio.abc.Process, int, int]:
     code = WORKER.format(tests=str(HERE), argv=argv("wait"), env=run_env(), cwd=str(probe))
     worker = await anyio.open_process([sys.executable, "-c", code], env=run_env())
     assert worker.stdout is not None
+    line = ""
     with anyio.fail_after(60):
-        line = (await worker.stdout.receive()).decode()
+        async for chunk in TextReceiveStream(worker.stdout):
+            line += chunk
+            if line.endswith("\n"):
+                break
     zygote_pid, child_pid = (int(word) for word in line.split())
     return worker, zygote_pid, child_pid
 
