@@ -269,10 +269,15 @@ def _accept(
     request = json.loads(data)
     request["fds"] = fds
     request["fresh"] = start.differs(request["argv"], request["env"])
+    # Every signal is held from the fork until the child has put back the dispositions a
+    # fresh interpreter has (:func:`_become`), then delivered to those: one that came
+    # earlier would meet the zygote's (and wake the zygote through the shared wakeup fd).
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
     pid = os.fork()
     if pid == 0:
         conn.close()
         return request
+    signal.pthread_sigmask(signal.SIG_SETMASK, held)
     for fd in fds:
         os.close(fd)
     pidfd = os.pidfd_open(pid)
@@ -322,8 +327,9 @@ def _become(request: dict[str, Any]) -> None:
     for fd in {stdin, stdout, stderr} - {0, 1, 2}:
         os.close(fd)
     os.chdir(request["cwd"])
-    # Dispositions and mask as the interpreter started with them (the zygote's own
-    # SIGINT/SIGTERM/SIGHUP settings are the zygote's, not a run's).
+    # Dispositions, then the mask, as the interpreter started with them (the zygote's own
+    # SIGINT/SIGTERM/SIGHUP settings are the zygote's, not a run's); a signal held since
+    # the fork is delivered when the mask is put back.
     for sig, handler in start.signals.items():
         signal.signal(sig, handler)
     signal.pthread_sigmask(signal.SIG_SETMASK, start.mask)

@@ -157,6 +157,20 @@ async def test_a_signal_ends_a_forked_child_as_it_ends_a_fresh_one(
     assert codes == [-sig, -sig]
 
 
+async def test_a_signal_at_once_after_the_fork_meets_a_fresh_child_s_dispositions(
+    probe: Path,
+) -> None:
+    """Sent as soon as the pid is known, SIGTERM may come before the child has put back
+    a fresh interpreter's dispositions: it is held until then, so it ends the child as
+    SIG_DFL does, and never reaches the zygote (which serves the next request)."""
+    for _ in range(3):
+        proc = await _zygote.fork(argv("wait"), run_env(), probe)
+        proc.terminate()
+        code, _, _ = await outcome(proc)
+        assert code == -signal.SIGTERM
+    assert (await outcome(await _zygote.fork(argv("0"), run_env(), probe)))[0] == 0
+
+
 async def test_a_child_whose_interpreter_would_start_otherwise_is_exec_d_fresh(
     probe: Path, tmp_path: Path
 ) -> None:
