@@ -538,8 +538,8 @@ class ForkedProcess(anyio.abc.Process):
     """A child forked by the zygote, driven as :func:`anyio.open_process`'s are.
 
     Signals go through the pidfd the zygote sent, so they reach that process or, once
-    it is reaped, none (``ProcessLookupError`` is then swallowed, as a zombie swallows a
-    signal to a fresh child). The exit status arrives on the request's connection;
+    it is reaped, none: a signal to an ended child does nothing, as with a fresh one
+    whose output is still being read (a hook may act on its last lines). The exit status arrives on the request's connection;
     :attr:`returncode` looks for it without waiting, as asyncio's child watcher
     sets a fresh child's in the background.
     """
@@ -586,8 +586,8 @@ class ForkedProcess(anyio.abc.Process):
         return self._returncode
 
     def send_signal(self, signal_: int) -> None:
-        if self.returncode is not None:
-            raise ProcessLookupError(self._pid)
+        if self.returncode is not None:  # as Popen's: an ended child is not signalled
+            return
         try:
             signal.pidfd_send_signal(self._pidfd, signal_)
         except ProcessLookupError:

@@ -111,6 +111,7 @@ async def test_a_forked_child_starts_as_a_fresh_interpreter_would(probe: Path) -
     assert seen["cwd"] == str(probe) and seen["path"][0] == str(probe)
     assert seen["argv"] == [str(probe / "zygote_probe.py"), "7"]
     assert proc.cpu_seconds is not None and proc.cpu_seconds >= 0
+    proc.terminate()  # ended and reaped: nothing happens, as with a fresh child
 
 
 async def test_each_forked_child_has_its_own_environment_and_directory(tmp_path: Path) -> None:
