@@ -24,11 +24,16 @@ the reaper process does it (``_REAPER``).
 from __future__ import annotations
 
 import atexit
+import base64
+import json
 import os
+import re
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -134,6 +139,7 @@ class Pool:
         self._running: set[Path] = set()  # started (or starting) and not yet stopped
         self._stops: list[subprocess.Popen[bytes]] = []
         self._count = 0
+        self._users: dict[Path, dict[str, Any]] = {}  # a taken cluster's test, for ``account``
         self._reaper: subprocess.Popen[str] | None = None
 
     def _tell_reaper(self, where: Path, line: str) -> None:
@@ -179,12 +185,17 @@ class Pool:
         """A fresh running cluster: a spare if one is there, else one started now."""
         start = self._spares.pop(0) if self._spares else self._start(where)
         try:
-            return start.result(START_TIMEOUT)
+            cluster = start.result(START_TIMEOUT)
         except RuntimeError as exc:
             self.stop_later(where, start.run_dir)
             pytest.fail(f"the test cluster did not start: {exc}")
+        if os.environ.get(ACCOUNT):
+            test = os.environ.get("PYTEST_CURRENT_TEST", "?").rpartition(" ")[0]
+            self._users[start.run_dir] = {"test": test, **_cpu(start.run_dir, "_at_take")}
+        return cluster
 
     def stop_later(self, where: Path, run_dir: Path) -> None:
+        account(run_dir, self._users.pop(run_dir, None))
         self._running.discard(run_dir)
         self._tell_reaper(where, f"- {run_dir}")
         _kill(run_dir)
@@ -222,6 +233,106 @@ class Pool:
             assert reaper.stdin is not None
             reaper.stdin.close()
             reaper.wait(timeout=STOP_TIMEOUT)
+
+
+#: ``TESTCLUSTER_ACCOUNT=FILE`` appends one JSON line per test cluster to FILE as it is
+#: discarded: the test that took it (null for a spare that no test took), the CPU seconds its
+#: API server and etcd used (from ``/proc``, just before they are killed), how long it ran,
+#: and the requests it served (``apiserver_request_total`` from its ``/metrics``, by verb,
+#: resource and code). ``python tests/_testcluster.py FILE`` sums it up by test file. For
+#: finding what costs the API servers CPU; it adds a request and a file write per cluster.
+ACCOUNT = "TESTCLUSTER_ACCOUNT"
+
+
+def account(run_dir: Path, taken: dict[str, Any] | None) -> None:
+    """Write ``run_dir``'s line to the ``TESTCLUSTER_ACCOUNT`` file, if that is set.
+
+    ``taken`` is what ``Pool.take`` noted when a test took the cluster (the test, and the
+    CPU its start and wait had used by then); None for a spare that no test took.
+    """
+    path = os.environ.get(ACCOUNT)
+    if not path:
+        return
+    record: dict[str, Any] = {"test": None, **(taken or {}), **_cpu(run_dir, "")}
+    record["worker"] = os.environ.get("PYTEST_XDIST_WORKER")
+    try:
+        record["requests"] = _requests(run_dir)
+    except (OSError, ValueError, KeyError) as exc:
+        record["requests_error"] = repr(exc)
+    with open(path, "a") as out:
+        out.write(json.dumps(record) + "\n")
+
+
+def _cpu(run_dir: Path, suffix: str) -> dict[str, float]:
+    """CPU seconds (user + system) the cluster's API server and etcd have used so far, and
+    the seconds since each started, from ``/proc``."""
+    out = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    for name in ("apiserver", "etcd"):
+        try:
+            pid = int((run_dir / f"{name}.pid").read_text())
+            stat = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except (OSError, ValueError):
+            continue  # it never started, or died
+        out[f"{name}_cpu{suffix}"] = (int(stat[11]) + int(stat[12])) / tick
+        out[f"{name}_seconds{suffix}"] = round(uptime - int(stat[19]) / tick, 2)
+    return out
+
+
+def _requests(run_dir: Path) -> dict[str, float]:
+    """``apiserver_request_total`` of the cluster in ``run_dir``: ``"VERB group/resource[/sub]
+    code"`` -> count (the metrics request itself is not counted)."""
+    env = dict(line.split("=", 1) for line in (run_dir / "env").read_text().splitlines())
+    ca = re.search(r"certificate-authority-data: *(\S+)", (run_dir / "kubeconfig").read_text())
+    assert ca is not None, "no CA in the kubeconfig"
+    tls = ssl.create_default_context(cadata=base64.b64decode(ca[1]).decode())
+    request = urllib.request.Request(
+        env["TESTCLUSTER_SERVER"] + "/metrics",
+        headers={"Authorization": f"Bearer {env['TESTCLUSTER_TOKEN']}"},
+    )
+    with urllib.request.urlopen(request, context=tls, timeout=30) as answer:
+        text = answer.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("apiserver_request_total{"):
+            labels, _, value = line[len("apiserver_request_total{") :].rpartition("} ")
+            d = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+            what = "/".join(
+                x for x in (d.get("group"), d.get("resource"), d.get("subresource")) if x
+            )
+            key = f"{d.get('verb')} {what} {d.get('code')}"
+            out[key] = out.get(key, 0) + float(value)
+    return out
+
+
+def summary(lines: list[str]) -> str:
+    """What ``account`` wrote, summed up: API server CPU-s by test file (all of it, and the
+    part spent after the test took the cluster), and the requests served."""
+    records = [json.loads(line) for line in lines if line.strip()]
+    by_file: dict[str, list[tuple[float, float]]] = {}
+    requests: dict[str, float] = {}
+    for record in records:
+        test = record["test"]
+        kind = "(spare, never taken)" if test is None else test.split("::")[0]
+        cpu = record.get("apiserver_cpu", 0.0)
+        by_file.setdefault(kind, []).append((cpu, cpu - record.get("apiserver_cpu_at_take", cpu)))
+        for key, count in record.get("requests", {}).items():
+            requests[key] = requests.get(key, 0) + count
+    total = sum(cpu for rows in by_file.values() for cpu, _ in rows)
+    etcd = sum(record.get("etcd_cpu", 0.0) for record in records)
+    out = [
+        f"{len(records)} clusters: API servers {total:.1f} CPU-s, etcd {etcd:.1f} CPU-s",
+        "API server CPU-s: all, clusters x mean, mean after the test took it; test file",
+    ]
+    for kind, rows in sorted(by_file.items(), key=lambda kv: -sum(cpu for cpu, _ in kv[1])):
+        whole, used = sum(cpu for cpu, _ in rows), sum(after for _, after in rows)
+        n = len(rows)
+        out.append(f"{whole:7.1f} {n:4d} x {whole / n:5.2f} {used / n:5.2f}  {kind}")
+    out.append("requests served (all clusters), the most frequent:")
+    top = sorted(requests.items(), key=lambda kv: -kv[1])[:40]
+    out += [f"{count:8.0f}  {key}" for key, count in top]
+    return "\n".join(out)
 
 
 def _kill(run_dir: Path) -> None:
@@ -284,3 +395,7 @@ def provider_crds() -> dict[str, Path]:
         if value and Path(value).is_dir():
             out[provider] = Path(value)
     return out
+
+
+if __name__ == "__main__":  # python tests/_testcluster.py FILE: sum up a TESTCLUSTER_ACCOUNT file
+    print(summary(Path(sys.argv[1]).read_text().splitlines()))
