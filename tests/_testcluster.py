@@ -169,16 +169,18 @@ class Pool:
         self._tell_reaper(where, f"+ {run_dir}")
         return _Start(where, run_dir)
 
-    def prepare(self) -> None:
-        """Start spares in the background until ``MAX_SPARES`` are starting or waiting.
+    def prepare(self, wanted: int = MAX_SPARES) -> None:
+        """Start spares in the background until ``wanted`` (at most ``MAX_SPARES``) are
+        starting or waiting.
 
         Two, not one: a short test (a conformance check takes a fraction of a second)
         ends before the next cluster is up, and the second spare has had two tests' time.
-        A spare left over waits for the next test that takes one; only the last one or two
-        of a session go unused.
+        But only as many as the tests still queued on this worker will take (``wanted``,
+        see ``pytest_runtest_call`` in tests/conftest.py): a spare that no test takes costs
+        a whole start for nothing, and every worker's share used to end with one or two.
         """
         where = home()
-        while where is not None and len(self._spares) < MAX_SPARES:
+        while where is not None and len(self._spares) < min(wanted, MAX_SPARES):
             self._spares.append(self._start(where))
 
     def take(self, where: Path) -> Cluster:

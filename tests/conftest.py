@@ -179,11 +179,41 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_call(item: pytest.Item) -> None:
-    """While a test runs (its own cluster taken), start the next test's cluster."""
+    """While a test runs (its own cluster taken), start the clusters of the tests after it:
+    the next one's, and a second for a later test of this worker that takes one."""
     from _testcluster import needs_cluster, pool
 
     if needs_cluster(item.stash.get(_NEXT, None)):
-        pool.prepare()
+        later = _queued(item)
+        if later is None:
+            pool.prepare()
+        else:
+            pool.prepare(1 + sum(1 for other in later if needs_cluster(other)))
+
+
+def _queued(item: pytest.Item) -> list[pytest.Item] | None:
+    """The tests this process will run after ``item``'s next one, as far as it knows.
+
+    Under xdist, the worker's queue: what the controller has sent it and not yet taken
+    back (work stealing can still take some away; the next test is already out of the
+    queue, so it stays). In one process, the rest of the session. None when the queue
+    cannot be read (pytest-xdist keeps it private): then spares start as if it held more.
+    """
+    items = item.session.items
+    if not hasattr(item.config, "workerinput"):
+        try:
+            return items[items.index(item) + 2 :]
+        except ValueError:
+            return None
+    for plugin in item.config.pluginmanager.get_plugins():
+        queue = getattr(plugin, "torun", None)
+        if type(plugin).__name__ == "WorkerInteractor" and hasattr(queue, "lock"):
+            try:
+                with queue.lock() as indices:
+                    return [items[i] for i in indices if isinstance(i, int)]
+            except (TypeError, IndexError):
+                return None
+    return None
 
 
 _NEXT = pytest.StashKey["pytest.Item | None"]()
