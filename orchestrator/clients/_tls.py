@@ -1,16 +1,22 @@
-"""One TLS context for every HTTP client of a run.
+"""One TLS context for every HTTP client of a run, built only if a client may use it.
 
 Building a verifying context loads the whole CA bundle, about 15 ms of CPU. A run
 with fifty deployments has a backend client and an inference client per deployment,
 so building one each would cost more than the rest of the run's client work. The
 context is built on first use, honours ``SSL_CERT_FILE``/``SSL_CERT_DIR`` as httpx
 does, and is safe to share: settings are fixed before the first connection.
+
+A client of a plain-HTTP peer reached directly never opens a TLS connection (the
+clients follow no redirects), so it gets no context at all: a run against a backend
+on ``http://localhost:3001``, the usual set-up, spends none of that CPU.
 """
 
 from __future__ import annotations
 
 import functools
 import ssl
+import urllib.request
+from urllib.parse import urlsplit
 
 
 @functools.cache
@@ -18,3 +24,14 @@ def default_context() -> ssl.SSLContext:
     import httpx
 
     return httpx.create_ssl_context()
+
+
+def context_for(url: str) -> ssl.SSLContext | None:
+    """The shared context for a client of ``url``, or None when it cannot need one.
+
+    It can for an ``https`` URL, and whenever the environment names a proxy (httpx
+    routes through it, and reaches an ``https://`` proxy over TLS).
+    """
+    if urlsplit(url).scheme.lower() != "http" or urllib.request.getproxies():
+        return default_context()
+    return None

@@ -172,17 +172,29 @@ class InferenceClient:
         headers = (
             {"Authorization": f"Bearer {token}"} if token and route.kind == "backend-proxy" else {}
         )
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(request_timeout, connect=5.0),
-            headers=headers,
-            verify=default_context(),
-            transport=transport,
-        )
+        self._headers = headers
+        self._transport = transport
+        #: Made at the first request that needs it: the default route (``service-proxy``)
+        #: goes through ``kube`` and never does, and httpx builds its TLS context when
+        #: the client is made.
+        self._httpx: httpx.AsyncClient | None = None
         self._timeout = request_timeout
         self.requests_sent = 0
 
+    @property
+    def _http(self) -> httpx.AsyncClient:
+        if self._httpx is None:
+            self._httpx = httpx.AsyncClient(
+                timeout=httpx.Timeout(self._timeout, connect=5.0),
+                headers=self._headers,
+                verify=default_context(),
+                transport=self._transport,
+            )
+        return self._httpx
+
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._httpx is not None:
+            await self._httpx.aclose()
 
     def describe(self, namespace: str, service: str, port: int) -> str:
         if self.route.kind == "service-proxy":

@@ -42,7 +42,7 @@ from ._errors import (
     status_error,
 )
 from ._retry import GATEWAY_ERRORS, RetryPolicy, bounded
-from ._tls import default_context
+from ._tls import context_for
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -155,12 +155,13 @@ class KubeFoundryClient:
         headers = {"Accept": "application/json", "User-Agent": "orchestrator"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
+        tls = context_for(base_url)
         self._http = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             headers=headers,
             timeout=timeout,
-            transport=transport or AiohttpTransport(ssl_context=default_context()),
-            verify=default_context(),
+            transport=transport or AiohttpTransport(ssl_context=tls),
+            verify=True if tls is None else tls,  # True: httpx builds none of its own here
         )
         self.base_url = base_url.rstrip("/")
         self._timeout = timeout

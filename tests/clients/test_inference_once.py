@@ -70,9 +70,11 @@ def streamed(body: bytes) -> httpx.Response:
 
 
 async def complete(model: Model, **kwargs: Any) -> Any:
-    client = InferenceClient(InferenceRoute("url", "http://model.test"), request_timeout=5)
-    await client._http.aclose()
-    client._http = httpx.AsyncClient(transport=httpx.MockTransport(model))
+    client = InferenceClient(
+        InferenceRoute("url", "http://model.test"),
+        request_timeout=5,
+        transport=httpx.MockTransport(model),
+    )
     try:
         args: dict[str, Any] = {
             "namespace": "ns",

@@ -218,13 +218,13 @@ def test_a_completion_answer_is_a_result_or_a_client_error(
     status: int, body: bytes, content_type: str
 ) -> None:
     async def main() -> None:
-        client = InferenceClient(InferenceRoute("url", "http://model.invalid"), request_timeout=5)
-        await client._http.aclose()
         headers = {"Content-Type": content_type}
-        client._http = httpx.AsyncClient(
+        client = InferenceClient(
+            InferenceRoute("url", "http://model.invalid"),
+            request_timeout=5,
             transport=httpx.MockTransport(
                 lambda _r: httpx.Response(status, content=body, headers=headers)
-            )
+            ),
         )
         try:
             for call in (
