@@ -98,6 +98,11 @@ def find_flow(name: str) -> FlowEntry:
         if not _TARGET.match(name):
             raise FlowNotFound(f"{name!r} is not a module:factory path")
         return FlowEntry(name, name, "path")
+    if name in BUILTIN_FLOWS:
+        # Built-in flows come first in installed_flows(), whatever a package registers under
+        # their names: no need to read every installed package's entry points (a few ms
+        # of a run's start, twice: the command checks its flows, then loads them).
+        return FlowEntry(name, BUILTIN_FLOWS[name], "built-in")
     flows = installed_flows()
     if name not in flows:
         known = ", ".join(sorted(flows)) or "none"

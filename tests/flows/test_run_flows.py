@@ -133,6 +133,12 @@ def test_the_builtin_flow_is_found_by_name_with_a_description() -> None:
     assert "kaito" in installed_flows()
 
 
+def test_a_builtin_flow_found_by_name_is_the_one_installed_flows_lists() -> None:
+    listed = installed_flows()
+    for name in ("kaito", "kuberay", "dynamo"):
+        assert find_flow(name) == listed[name]
+
+
 def test_a_module_factory_path_is_found_too() -> None:
     entry = find_flow("orchestrator.flows.kaito:flows")
     assert entry.load() is find_flow("kaito").load()
