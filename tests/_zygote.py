@@ -79,6 +79,8 @@ PRELOAD = (
     "httpcore",
     "certifi",
     "rich._emoji_codes",
+    # The event loop the run chooses, where it is installed (imported before the loop).
+    "uvloop",
 )
 
 #: Variables a fresh interpreter reads as it starts (besides those named ``PYTHON*`` and
@@ -118,6 +120,9 @@ class _Start:
     def preload(self, modules: Sequence[str]) -> None:
         """Import ``modules``, recording which environment variables the imports read.
 
+        A module that does not import is left out: a child that needs it imports it, and
+        meets the same error a fresh interpreter would.
+
         ``os.environ`` reads go through ``_Environ.__getitem__`` (``get``, ``in`` and
         ``os.getenv`` too) and a copy iterates it; both are watched only while importing.
         """
@@ -137,7 +142,10 @@ class _Start:
         environ.__iter__ = watched_iter  # type: ignore[method-assign]
         try:
             for name in modules:
-                importlib.import_module(name)
+                try:
+                    importlib.import_module(name)
+                except Exception:  # not installed, or broken: the child meets it itself
+                    continue
         finally:
             environ.__getitem__ = getitem  # type: ignore[method-assign]
             environ.__iter__ = iterate  # type: ignore[method-assign]

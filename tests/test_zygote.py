@@ -267,6 +267,12 @@ async def test_stopping_the_zygote_ends_its_live_children(probe: Path) -> None:
         server.stop()
 
 
+def test_a_module_that_does_not_import_is_left_to_the_child() -> None:
+    start = _zygote._Start()
+    start.preload(["orchestrator_no_such_module", "json"])
+    assert "orchestrator_no_such_module" not in sys.modules
+
+
 def test_the_option_and_the_variable_turn_the_zygote_off(tmp_path: Path) -> None:
     run = [sys.executable, "-m", "orchestrator", "run", "--no-live"]
     assert _zygote.wanted(run) is _zygote.enabled
