@@ -236,10 +236,11 @@ def serve(listener: socket.socket, control: int) -> dict[str, Any] | None:
                     got = wake_r.recv(64)
                     if {signal.SIGTERM, signal.SIGHUP} & set(got):
                         return None
-                elif isinstance(what, _Child) and key.fileobj == what.pidfd:
+                elif what.pid not in children:  # reaped earlier in this batch of events
+                    continue
+                elif key.fileobj == what.pidfd:
                     _reap(what, sel, children)
-                elif isinstance(what, _Child):  # its connection: EOF means no one waits
-                    assert what.conn is not None
+                elif what.conn is not None:  # its connection: EOF means no one waits
                     sel.unregister(what.conn)
                     what.conn.close()
                     what.conn = None
@@ -698,5 +699,8 @@ async def open_process(
 
 if __name__ == "__main__":
     _request = serve(socket.socket(fileno=int(sys.argv[1])), int(sys.argv[2]))
-    if _request is not None:
-        _become(_request)
+    if _request is None:
+        # The zygote's children are reaped and it has nothing to flush: skipping the
+        # finalisation of its ~1500 modules keeps the worker's teardown short.
+        os._exit(0)
+    _become(_request)
