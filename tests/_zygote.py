@@ -180,7 +180,9 @@ class _Child:
         self.pid, self.pidfd, self.conn = pid, pidfd, conn
 
 
-def serve(listener: socket.socket, control: int) -> dict[str, Any] | None:
+def serve(
+    listener: socket.socket, control: int, preload: Sequence[str] = PRELOAD
+) -> dict[str, Any] | None:
     """Serve fork requests until the worker goes; return a request only in a forked child.
 
     ``listener`` is bound and listening already (the worker made it, so that its first
@@ -198,7 +200,7 @@ def serve(listener: socket.socket, control: int) -> dict[str, Any] | None:
         signal.signal(sig, lambda *_: None)  # woken through the wakeup fd, see below
 
     del sys.path[0]  # this file's directory: the imports must resolve as a run's would
-    start.preload(PRELOAD)
+    start.preload(preload)
     # The imports' objects live as long as the process: out of the collector's sight,
     # collections neither walk them nor write to their pages (which forks share).
     gc.freeze()
@@ -416,7 +418,7 @@ class Server:
     however it went) is what ends the zygote.
     """
 
-    def __init__(self, env: Mapping[str, str]) -> None:
+    def __init__(self, env: Mapping[str, str], preload: Sequence[str] = PRELOAD) -> None:
         self.dir = tempfile.mkdtemp(prefix="orchestrator-zygote-")
         self.path = os.path.join(self.dir, "socket")
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -426,7 +428,13 @@ class Server:
             listener.listen(64)
             with open(os.path.join(self.dir, "log"), "wb") as log:
                 self.proc = subprocess.Popen(
-                    [sys.executable, __file__, str(listener.fileno()), str(control_r)],
+                    [
+                        sys.executable,
+                        __file__,
+                        str(listener.fileno()),
+                        str(control_r),
+                        *preload,
+                    ],
                     pass_fds=(listener.fileno(), control_r),
                     env=dict(env),
                     cwd=self.dir,
@@ -698,7 +706,7 @@ async def open_process(
 
 
 if __name__ == "__main__":
-    _request = serve(socket.socket(fileno=int(sys.argv[1])), int(sys.argv[2]))
+    _request = serve(socket.socket(fileno=int(sys.argv[1])), int(sys.argv[2]), sys.argv[3:])
     if _request is None:
         # The zygote's children are reaped and it has nothing to flush: skipping the
         # finalisation of its ~1500 modules keeps the worker's teardown short.

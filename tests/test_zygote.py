@@ -185,8 +185,8 @@ async def test_a_child_whose_interpreter_would_start_otherwise_is_exec_d_fresh(
     assert str(extra) in json.loads(out)["path"]
 
 
-#: A stand-in for an xdist worker: starts a zygote of its own, forks a waiting probe from
-#: it, prints both pids and blocks. Its stdin is the test's, so it never reads EOF.
+#: A stand-in for an xdist worker: starts a zygote of its own (that imports nothing ahead,
+#: to be cheap), forks a waiting probe from it, prints both pids and blocks. Its stdin is the test's, so it never reads EOF.
 WORKER = textwrap.dedent(
     """\
     import sys
@@ -194,12 +194,13 @@ WORKER = textwrap.dedent(
     import anyio, _zygote
 
     async def main():
-        proc = await _zygote.fork({argv!r}, {env!r}, {cwd!r})
+        zygote = _zygote.Server({env!r}, preload=())
+        proc = await _zygote.fork({argv!r}, {env!r}, {cwd!r}, via=zygote)
         assert proc.stdout is not None
         seen = b""
         while b"waiting" not in seen:
             seen += await proc.stdout.receive()
-        print(_zygote.server().proc.pid, proc.pid, flush=True)
+        print(zygote.proc.pid, proc.pid, flush=True)
         await anyio.sleep_forever()
 
     anyio.run(main)
@@ -254,7 +255,7 @@ async def test_a_killed_worker_leaves_no_zygote_and_no_child_behind(probe: Path)
 
 async def test_stopping_the_zygote_ends_its_live_children(probe: Path) -> None:
     """What the session's end does with this worker's zygote, on one of its own."""
-    server = _zygote.Server(run_env())
+    server = _zygote.Server(run_env(), preload=())  # what it imports is not the subject
     try:
         proc = await _zygote.fork(argv("wait"), run_env(), probe, via=server)
         async with proc:
