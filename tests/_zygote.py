@@ -580,6 +580,7 @@ class ForkedProcess(anyio.abc.Process):
         self._stdout = _PipeReader(fds[1])
         self._stderr = _PipeReader(fds[2])
         self._returncode: int | None = None
+        self._waiting = anyio.Lock()
 
     def _read_status(self) -> bool:
         """Take the exit report if it is there; False if not yet."""
@@ -598,8 +599,9 @@ class ForkedProcess(anyio.abc.Process):
         return True
 
     async def wait(self) -> int:
-        while self._returncode is None and not self._read_status():
-            await anyio.wait_readable(self._conn)
+        async with self._waiting:  # one task at a time may wait on the connection
+            while self._returncode is None and not self._read_status():
+                await anyio.wait_readable(self._conn)
         return self._returncode
 
     def send_signal(self, signal_: int) -> None:

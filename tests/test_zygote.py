@@ -114,6 +114,24 @@ async def test_a_forked_child_starts_as_a_fresh_interpreter_would(probe: Path) -
     proc.terminate()  # ended and reaped: nothing happens, as with a fresh child
 
 
+async def test_two_tasks_may_wait_for_one_forked_child(probe: Path) -> None:
+    proc = await _zygote.fork(argv("wait"), run_env(), probe)
+    codes: list[int] = []
+
+    async def wait() -> None:
+        codes.append(await proc.wait())
+
+    async with proc:
+        await started(proc)
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wait)
+                tg.start_soon(wait)
+                await anyio.wait_all_tasks_blocked()
+                proc.kill()
+    assert codes == [-signal.SIGKILL, -signal.SIGKILL]
+
+
 async def test_each_forked_child_has_its_own_environment_and_directory(tmp_path: Path) -> None:
     results = []
     for name in ("one", "two"):
