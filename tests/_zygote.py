@@ -699,10 +699,11 @@ async def fork(
 
 
 async def open_process(
-    argv: Sequence[str], env: Mapping[str, str], cwd: str | Path
+    argv: Sequence[str], env: Mapping[str, str], cwd: str | Path, *, fresh: bool = False
 ) -> anyio.abc.Process:
-    """A run child forked from the zygote when :func:`wanted`, else a fresh interpreter."""
-    if wanted(argv):
+    """A run child forked from the zygote when :func:`wanted`, else (or with ``fresh``,
+    for a test whose subject is the command line itself) a fresh interpreter."""
+    if not fresh and wanted(argv):
         return await fork(argv, env, cwd)
     return await anyio.open_process(list(argv), env=dict(env), cwd=cwd)
 

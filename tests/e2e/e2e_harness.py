@@ -216,12 +216,14 @@ async def drive(
     on_output: OnOutput | None = None,
     grace: float = TERM_GRACE,
     stop: anyio.Event | None = None,
+    fresh: bool = False,
 ) -> Ended:
     """Run ``argv``, reading its output as it comes, until it ends or ``timeout`` passes.
 
     A ``python -m orchestrator run`` child is forked from this worker's pre-imported
     zygote (tests/_zygote.py, tests/README.md), which skips its imports and nothing else;
-    any other command, or every one under ``--fresh-interpreters``, starts fresh.
+    any other command, one with ``fresh`` (the command line is the test's subject), or
+    every one under ``--fresh-interpreters``, starts a fresh interpreter.
 
     At the deadline the process gets SIGTERM and ``grace`` seconds to end, which the
     orchestrator spends on diagnostics, cleanup and its reports; only then SIGKILL. A
@@ -233,7 +235,7 @@ async def drive(
     out: list[str] = []
     err: list[str] = []
     stopped: str | None = None
-    async with await _zygote.open_process(argv, env, cwd) as proc:
+    async with await _zygote.open_process(argv, env, cwd, fresh=fresh) as proc:
         assert proc.stdout is not None and proc.stderr is not None
         stdout, stderr = proc.stdout, proc.stderr
         read = anyio.Event(), anyio.Event()
@@ -319,16 +321,22 @@ def hung(ended: Ended, timeout: float, sb: Sandbox | None = None) -> str:
 
 
 async def run_orchestrator(
-    sb: Sandbox, tmp_path: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120
+    sb: Sandbox,
+    tmp_path: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    fresh: bool = False,
 ) -> Result:
     """Run ``python -m orchestrator run`` against ``sb`` and wait for it, with a deadline.
 
     A run still going at the deadline is stopped (:func:`drive`) and fails the test with
-    its output and the sandbox's side of the story.
+    its output and the sandbox's side of the story. ``fresh``: in a fresh interpreter,
+    not forked from the zygote (:func:`drive`).
     """
     artifacts = tmp_path / "artifacts"
     argv, full_env = command(sb, artifacts, *args, env=env)
-    ended = await drive(argv, full_env, tmp_path, timeout)
+    ended = await drive(argv, full_env, tmp_path, timeout, fresh=fresh)
     if ended.stopped is not None:
         pytest.fail(hung(ended, timeout, sb), pytrace=False)
     return Result(ended.code, ended.stdout, ended.stderr, ended.seconds, artifacts)

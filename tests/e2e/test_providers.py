@@ -218,7 +218,8 @@ async def test_deployments_name_their_provider(providers_sandbox: Sandbox, tmp_p
 async def test_bad_provider_input_is_exit_2(
     providers_sandbox: Sandbox, tmp_path: Path, args: list[str], message: str
 ) -> None:
-    result = await run_orchestrator(providers_sandbox, tmp_path, *args, timeout=60)
+    # Bad input on the command line is the subject: a fresh interpreter, as a user's.
+    result = await run_orchestrator(providers_sandbox, tmp_path, *args, timeout=60, fresh=True)
     assert result.code == 2, result.stdout + result.stderr
     assert message in result.stderr + result.stdout
     assert "Traceback" not in result.stderr
