@@ -204,7 +204,7 @@ async def test_a_child_whose_interpreter_would_start_otherwise_is_exec_d_fresh(
 
 
 #: A stand-in for an xdist worker: starts a zygote of its own (that imports nothing ahead,
-#: to be cheap), forks a waiting probe from it, prints both pids and blocks. Its stdin is the test's, so it never reads EOF.
+#: to be cheap), forks a waiting probe from it, prints both pids and blocks until killed.
 WORKER = textwrap.dedent(
     """\
     import sys
@@ -246,9 +246,8 @@ def exited(pid: int) -> bool:
     return state in ("Z", "X")
 
 
-async def start_worker(probe: Path) -> tuple[anyio.abc.Process, int, int]:
-    code = WORKER.format(tests=str(HERE), argv=argv("wait"), env=run_env(), cwd=str(probe))
-    worker = await anyio.open_process([sys.executable, "-c", code], env=run_env())
+async def pids(worker: anyio.abc.Process) -> tuple[int, int]:
+    """The worker stand-in's zygote's pid and its forked child's, once both are up."""
     assert worker.stdout is not None
     line = ""
     with anyio.fail_after(60):
@@ -257,14 +256,17 @@ async def start_worker(probe: Path) -> tuple[anyio.abc.Process, int, int]:
             if line.endswith("\n"):
                 break
     zygote_pid, child_pid = (int(word) for word in line.split())
-    return worker, zygote_pid, child_pid
+    return zygote_pid, child_pid
 
 
 async def test_a_killed_worker_leaves_no_zygote_and_no_child_behind(probe: Path) -> None:
-    worker, zygote_pid, child_pid = await start_worker(probe)
-    async with worker:
-        assert not exited(zygote_pid) and not exited(child_pid)
-        worker.kill()
+    code = WORKER.format(tests=str(HERE), argv=argv("wait"), env=run_env(), cwd=str(probe))
+    async with await anyio.open_process([sys.executable, "-c", code], env=run_env()) as worker:
+        try:
+            zygote_pid, child_pid = await pids(worker)
+            assert not exited(zygote_pid) and not exited(child_pid)
+        finally:
+            worker.kill()  # the subject; and should the above fail, no stand-in is left
         with anyio.fail_after(60):
             await worker.wait()
             await gone(child_pid)
