@@ -6,10 +6,13 @@ Every test that runs on the shared test cluster gets a fresh, empty cluster of i
 - **Started ahead.** While a test runs, the cluster of the *next* test of this worker
   starts in the background (pytest knows the next item: see ``pytest_runtest_call`` in
   tests/conftest.py), so that test's setup takes a running cluster instead of waiting
-  for ``start`` (about a second on a quiet machine, more under the suite's load). Spares
-  start only when the next test takes a cluster (its parameters name the ``testcluster``
-  backend), and at most ``MAX_SPARES`` start or wait per worker, so the clusters running
-  at once stay bounded: per worker, the one in use and two spares (plus those stopping).
+  for one to start (about a second on a quiet machine, more under the suite's load).
+  Spares start only when the next test takes a cluster (its parameters name the
+  ``testcluster`` backend), and at most ``MAX_SPARES`` start or wait per worker, so the
+  clusters running at once stay bounded: per worker, the one in use and two spares (plus
+  those stopping).
+- **Started without the script.** etcd and the API server are launched as the test
+  cluster's ``start`` launches them, minus what costs CPU and serves no test (``_Start``).
 - **Stopped at once.** A used cluster's API server and etcd are killed (``_kill``), and
   ``stop`` tidies up its RUN_DIR in the background; the session waits for all of those
   once, at its end.
@@ -28,11 +31,15 @@ import base64
 import json
 import os
 import re
+import secrets
+import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,12 +51,13 @@ import pytest
 
 #: Spares (starting or ready) one worker keeps at most.
 MAX_SPARES = 2
-#: How long a ``start`` may take before the test fails (the script's own limit is 30 s).
+#: How long taking a cluster may wait for it at most (``START_READINESS`` comes first).
 START_TIMEOUT = 120.0
 #: How long one ``stop`` may take at the end (the script kills stragglers after 5 s).
 STOP_TIMEOUT = 60.0
-#: The script gives up on readiness after 30 s by default; a spare starts while tests
-#: run, and on a machine busy with other work that is not always enough.
+#: Seconds from a cluster's launch to its readiness before it counts as failed (``start``
+#: gives up after 30 s by default; a spare starts while tests run, and on a machine busy
+#: with other work that is not always enough). ``TESTCLUSTER_TIMEOUT`` as for ``start``.
 START_READINESS = os.environ.get("TESTCLUSTER_TIMEOUT", "90")
 #: Garbage collection of the cluster's API server and etcd (both Go programs), unless the
 #: environment sets its own. A test cluster lives for one test and is killed with its data,
@@ -78,33 +86,146 @@ class Cluster:
     env: dict[str, str]
 
 
-class _Start:
-    """One ``start RUN_DIR`` running in the background."""
+#: What ``start`` gives each cluster unless the environment says otherwise (its README): two
+#: fake Ready nodes with 8 GPUs each, and no extra node labels.
+NODES = ("TESTCLUSTER_FAKE_NODES", "2"), ("TESTCLUSTER_NODE_GPUS", "8")
+#: How many times a start picks new ports when etcd finds one taken meanwhile (as ``start``).
+PORT_ATTEMPTS = 5
 
-    def __init__(self, where: Path, run_dir: Path) -> None:
+
+class _Start:
+    """One cluster starting in the background: the test cluster's etcd and API server,
+    launched the way its ``start RUN_DIR`` launches them, without the script.
+
+    ``start`` costs what a test's cluster does not need: it polls for readiness in bash
+    every 50 ms (two processes forked each time: 0.1 CPU-s or more per start, and more the
+    longer a loaded machine makes it wait), and it removes RUN_DIR/certs, so that every
+    API server generated a fresh self-signed serving certificate (RSA keys: 0.06 CPU-s of
+    its 0.25). Here the processes start directly, readiness is looked at only when a test
+    takes the cluster (a spare is ready long before, most often), and the API servers of
+    one process share the certificate the first of them generated (``certs``). Each
+    cluster is still its own etcd and API server, with an empty etcd and its own token;
+    RUN_DIR holds the same files as after ``start`` (pid files, kubeconfig, env, logs), so
+    ``stop`` and the reaper treat it as one of its own.
+    """
+
+    def __init__(self, where: Path, run_dir: Path, certs: Path | None) -> None:
+        self.where = where
         self.run_dir = run_dir
-        self.proc = subprocess.Popen(
-            [str(where / "start"), str(run_dir)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            env={**GO_GC, **os.environ, "TESTCLUSTER_TIMEOUT": START_READINESS},
-        )
+        self.certs = certs or run_dir / "certs"
+        self.token = secrets.token_hex(16)
+        self.deadline = time.monotonic() + float(START_READINESS)
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.attempts = 0
+        self.error: str | None = None
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self._launch()
+        except OSError as exc:
+            self.error = f"could not start the test cluster: {exc}"
+
+    def _launch(self) -> None:
+        self.attempts += 1
+        run, bin_dir = self.run_dir, self.where / "bin"
+        for name in ("kubeconfig", "env", "etcd.pid", "apiserver.pid"):
+            (run / name).unlink(missing_ok=True)
+        shutil.rmtree(run / "etcd-data", ignore_errors=True)
+        client, peer = _free_ports(2)
+        self.etcd_url = f"http://127.0.0.1:{client}"
+        peer_url = f"http://127.0.0.1:{peer}"
+        etcd = [
+            str(bin_dir / "etcd"), "--name", "default", "--data-dir", str(run / "etcd-data"),
+            "--listen-client-urls", self.etcd_url, "--advertise-client-urls", self.etcd_url,
+            "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+            "--initial-cluster", f"default={peer_url}", "--unsafe-no-fsync",
+            "--log-level", "warn",
+        ]  # fmt: skip
+        nodes, gpus = (os.environ.get(name, default) for name, default in NODES)
+        labels = os.environ.get("TESTCLUSTER_NODE_LABELS")
+        apiserver = [
+            str(bin_dir / "miniapiserver"), "--etcd-servers", self.etcd_url,
+            "--secure-port", "0", "--cert-dir", str(self.certs), "--token", self.token,
+            "--write-kubeconfig", str(run / "kubeconfig"), "--etcd-wait", f"{START_READINESS}s",
+            "--fake-nodes", nodes, "--fake-node-gpus", gpus,
+            *(["--fake-node-labels", labels] if labels else []),
+        ]  # fmt: skip
+        for name, argv in (("etcd", etcd), ("apiserver", apiserver)):
+            with open(run / f"{name}.log", "wb") as log:
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env={**GO_GC, **os.environ},
+                    start_new_session=True,  # as under ``start``: a Ctrl-C leaves it to the teardown
+                )
+            self.procs.append(proc)
+            (run / f"{name}.pid").write_text(f"{proc.pid}\n")
 
     def result(self, timeout: float) -> Cluster:
-        try:
-            out, err = self.proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.communicate()
-            raise RuntimeError(f"start did not finish within {timeout:.0f} s") from None
-        if self.proc.returncode != 0:
-            raise RuntimeError(err[-2000:])
-        kubeconfig = Path(out.strip().splitlines()[-1])
-        env_file = self.run_dir / "env"
-        env = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
-        return Cluster(self.run_dir, kubeconfig, env)
+        """The cluster once its API server is ready (it writes the kubeconfig then)."""
+        deadline = min(self.deadline, time.monotonic() + timeout)
+        kubeconfig = self.run_dir / "kubeconfig"
+        while self.error is None:
+            text = kubeconfig.read_text() if kubeconfig.exists() else ""
+            server = re.search(r"^ *server: *(\S+)", text, re.MULTILINE)
+            if server and self.token in text:
+                env = {
+                    "KUBECONFIG": str(kubeconfig),
+                    "TESTCLUSTER_SERVER": server[1],
+                    "TESTCLUSTER_TOKEN": self.token,
+                    "TESTCLUSTER_ETCD": self.etcd_url,
+                }
+                lines = "".join(f"{key}={value}\n" for key, value in env.items())
+                (self.run_dir / "env").write_text(lines)
+                return Cluster(self.run_dir, kubeconfig, env)
+            etcd, apiserver = self.procs[-2:]
+            if etcd.poll() is not None:
+                log = _tail(self.run_dir / "etcd.log")
+                if "address already in use" in log and self.attempts < PORT_ATTEMPTS:
+                    self.reap()
+                    self._launch()  # a port was taken meanwhile: others, as ``start`` does
+                    continue
+                self.error = f"etcd exited; last lines of its log:\n{log}"
+            elif apiserver.poll() is not None:
+                log = _tail(self.run_dir / "apiserver.log")
+                errors = [line for line in log.splitlines() if line.startswith("error:")]
+                self.error = "miniapiserver exited: " + ("\n".join(errors) or log)
+            elif time.monotonic() > deadline:
+                self.error = f"not ready after {START_READINESS} s; see {self.run_dir}/*.log"
+            else:
+                time.sleep(0.02)
+        self.reap()
+        raise RuntimeError(self.error)
+
+    def reap(self) -> None:
+        """Kill and wait for this start's processes (an unreaped one lingers as a zombie,
+        which ``stop`` would take for a live process and wait on for seconds)."""
+        procs, self.procs = self.procs, []
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+def _free_ports(count: int) -> list[int]:
+    """Free loopback ports, the way ``start`` picks etcd's (bound, then let go: another
+    process may take one before etcd does; ``result`` retries then)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _tail(log: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
 
 
 #: The reaper: a process of its own that outlives this one. It reads ``+ RUN_DIR`` (a cluster
@@ -136,7 +257,10 @@ class Pool:
     def __init__(self) -> None:
         self.base: Path | None = None
         self._spares: list[_Start] = []
-        self._running: set[Path] = set()  # started (or starting) and not yet stopped
+        self._running: dict[Path, _Start] = {}  # started (or starting) and not yet stopped
+        self._certs: Path | None = None  # the first API server's; see ``_start``
+        self._certs_from: Path | None = None  # the cluster generating them
+        self._certs_whole = False  # that cluster has been ready: its certificate is written
         self._stops: list[subprocess.Popen[bytes]] = []
         self._count = 0
         self._users: dict[Path, dict[str, Any]] = {}  # a taken cluster's test, for ``account``
@@ -163,11 +287,21 @@ class Pool:
         return self.base
 
     def _start(self, where: Path) -> _Start:
+        """Start a cluster. The first one generates a serving certificate in the shared
+        folder; once it has written its kubeconfig (it is serving with that certificate),
+        later ones use the same instead of generating their own, and until then their own."""
         self._count += 1
         run_dir = self._base() / f"tc{self._count}"
-        self._running.add(run_dir)
         self._tell_reaper(where, f"+ {run_dir}")
-        return _Start(where, run_dir)
+        certs = None
+        if self._certs_from is None:
+            self._certs, self._certs_from = self._base() / f"certs-{run_dir.name}", run_dir
+            certs = self._certs
+        elif self._certs_whole or (self._certs_from / "kubeconfig").exists():
+            self._certs_whole = True
+            certs = self._certs
+        start = self._running[run_dir] = _Start(where, run_dir, certs)
+        return start
 
     def prepare(self, wanted: int = MAX_SPARES) -> None:
         """Start spares in the background until ``wanted`` (at most ``MAX_SPARES``) are
@@ -190,7 +324,10 @@ class Pool:
             cluster = start.result(START_TIMEOUT)
         except RuntimeError as exc:
             self.stop_later(where, start.run_dir)
+            if start.run_dir == self._certs_from and not self._certs_whole:
+                self._certs_from = None  # the next start generates them again
             pytest.fail(f"the test cluster did not start: {exc}")
+        self._certs_whole |= start.run_dir == self._certs_from
         if os.environ.get(ACCOUNT):
             test = os.environ.get("PYTEST_CURRENT_TEST", "?").rpartition(" ")[0]
             self._users[start.run_dir] = {"test": test, **_cpu(start.run_dir, "_at_take")}
@@ -198,9 +335,11 @@ class Pool:
 
     def stop_later(self, where: Path, run_dir: Path) -> None:
         account(run_dir, self._users.pop(run_dir, None))
-        self._running.discard(run_dir)
+        start = self._running.pop(run_dir, None)
         self._tell_reaper(where, f"- {run_dir}")
         _kill(run_dir)
+        if start is not None:
+            start.reap()
         self._stops.append(
             subprocess.Popen(
                 [str(where / "stop"), str(run_dir)],
@@ -213,13 +352,7 @@ class Pool:
     def close(self) -> None:
         """Stop every cluster still running (spares too) and wait for every stop."""
         where = home()
-        spares, self._spares = self._spares, []
-        for start in spares:
-            try:
-                start.proc.communicate(timeout=START_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                start.proc.kill()
-                start.proc.communicate()
+        self._spares = []
         if where is not None:
             for run_dir in sorted(self._running):
                 self.stop_later(where, run_dir)
