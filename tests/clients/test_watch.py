@@ -338,6 +338,32 @@ async def test_a_stream_left_alone_lingers_for_the_next_subscriber(kube: KubeCli
     assert kube.watches_opened <= 1
 
 
+async def test_a_stream_left_alone_closes_after_lingering(kube: KubeClient) -> None:
+    """Subscribers that come and go keep it; once nobody has listened for ``linger``
+    seconds, the stream stops, and the next subscriber starts a new one."""
+    await kube.create(PODS, pod("gone-soon", app="brief"), NS)
+    async with WatchHub(kube, linger=0.2) as hub:
+        for _ in range(3):
+            async with hub.subscribe(PODS, NS, label_selector="app=brief") as events:
+                with anyio.fail_after(10):
+                    async for event in events:
+                        assert event.name == "gone-soon"
+                        break
+        with anyio.fail_after(10):
+            while hub.streams_open:
+                await anyio.sleep(0.05)
+        opened = kube.watches_opened
+        async with hub.subscribe(PODS, NS, label_selector="app=brief") as events:
+            with anyio.fail_after(10):
+                async for event in events:
+                    assert event.name == "gone-soon"
+                    break
+            assert hub.streams_open == 1
+        with anyio.fail_after(10):
+            while kube.watches_opened == opened:  # a new stream: listed, then watching
+                await anyio.sleep(0.05)
+
+
 async def test_a_waiter_asks_again_once_a_late_watch_has_its_listing() -> None:
     """A watch that takes its listing after the first question may have missed a change
     that no event will ever show: the waiter asks once more, events or not."""
