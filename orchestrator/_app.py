@@ -37,6 +37,7 @@ from typing import Any
 import anyio
 from rich.console import Console
 
+from ._loop import run as run_loop
 from .clients import InferenceRoute, KubeClient
 from .config import TOKEN_ENV, Settings
 from .engine import (
@@ -893,9 +894,8 @@ def run_app(
     stdout, stderr = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = redactor.stream(stdout), redactor.stream(stderr)
     try:
-        return asyncio.run(
-            _run(settings, sandbox, faults, live, environment or EnvironmentOptions())
-        )
+        # The loop ORCHESTRATOR_EVENT_LOOP chooses (_loop.py), as the benchmark's waiter does.
+        return run_loop(_run(settings, sandbox, faults, live, environment or EnvironmentOptions()))
     finally:
         sys.stdout.flush()
         sys.stdout, sys.stderr = stdout, stderr

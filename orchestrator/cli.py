@@ -466,6 +466,12 @@ def _main(ns: argparse.Namespace, *, own_process: bool) -> int:
         )
         return EXIT_USAGE
     problems = _environment_problems(ns)
+    from ._loop import LoopChoiceError, loop_factory
+
+    try:
+        loop_factory()  # checked now; a chosen uvloop is imported before the heap is settled
+    except LoopChoiceError as exc:
+        problems.append(str(exc))
     if problems:
         report_config_error(problems, ns.artifacts_dir)
         return EXIT_USAGE

@@ -64,7 +64,8 @@ def test_version_and_help_do_not_load_the_heavy_clients(tmp_path: Path) -> None:
     code = (
         "import sys; from orchestrator.cli import main\n"
         "try:\n    main(['run', '--help'])\nexcept SystemExit as e:\n    assert e.code == 0\n"
-        "heavy = [m for m in sys.modules if m.split('.')[0] in ('kubernetes_asyncio', 'aiohttp', 'xllamacpp')]\n"
+        "heavy = [m for m in sys.modules if m.split('.')[0] in\n"
+        "    ('kubernetes_asyncio', 'aiohttp', 'xllamacpp', 'uvloop')]\n"
         "assert not heavy, heavy\n"
     )
     subprocess.run(
@@ -77,7 +78,8 @@ def test_version_and_help_do_not_load_the_heavy_clients(tmp_path: Path) -> None:
             "import sys; from orchestrator.cli import main\n"
             f"try:\n    main({argv!r})\nexcept SystemExit as e:\n    assert e.code == 0\n"
             "heavy = [m for m in sys.modules if m.split('.')[0] in\n"
-            "    ('kubernetes_asyncio', 'aiohttp', 'xllamacpp', 'pydantic', 'httpx', 'rich')]\n"
+            "    ('kubernetes_asyncio', 'aiohttp', 'xllamacpp', 'pydantic', 'httpx', 'rich',\n"
+            "     'uvloop')]\n"
             "assert not heavy, heavy\n"
         )
         subprocess.run(
@@ -191,6 +193,15 @@ def test_bad_env_and_config_file_name_the_source(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert "test_timeout (config.toml): must be a whole number of milliseconds" in out.stderr
     assert "DEPLOYMENT_READY_TIMEOUT (environment)" in out.stderr
+
+
+def test_an_unknown_event_loop_is_a_usage_error_before_any_request(tmp_path: Path, backend) -> None:
+    url, seen = backend
+    out = run("run", "--api-url", url, cwd=tmp_path, env={"ORCHESTRATOR_EVENT_LOOP": "libuv"})
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "ORCHESTRATOR_EVENT_LOOP (environment): expected asyncio or uvloop" in out.stderr
+    assert "Traceback" not in out.stdout + out.stderr
+    assert seen == []
 
 
 def test_a_recheck_below_a_second_is_refused_before_any_request(tmp_path: Path) -> None:
