@@ -1,6 +1,8 @@
 """A waiting process for the reaction benchmark: the orchestrator's waiter, or a 2 s poll.
 
-``python benchmarks/_waiter.py KUBECONFIG NAMESPACE`` reads one JSON request per line
+``python benchmarks/_waiter.py KUBECONFIG NAMESPACE`` first prints ``loop NAME`` (the event
+loop it runs on, chosen as ``orchestrator run`` chooses it: ``ORCHESTRATOR_EVENT_LOOP``),
+then reads one JSON request per line
 (``{"method": "orchestrator" | "poll", "kind": "workspace" | "pod", "name": ...}``), waits
 until that object is ready, and prints ``done NAME`` at once. It lives for the whole
 benchmark, so that Python's start-up is not part of any reaction (the start-up is
@@ -15,7 +17,8 @@ confirming read of the object before it returns: a watch cache is a hint, not th
 The read asks for a state not older than the event's resourceVersion, which the API
 server answers from its own watch cache instead of a quorum read from etcd, as the flows'
 confirming reads after an event do. The heap is settled as ``orchestrator run`` settles
-it (imports frozen out of the collector's sight).
+it (imports frozen out of the collector's sight), and the loop is started by the same
+function.
 
 For the orchestrator's waiter the answer also gives the moment (``time.monotonic()``, one
 clock for every process on the machine) the last event before the answer was handed to
@@ -25,6 +28,7 @@ confirming read's part.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import sys
@@ -33,6 +37,8 @@ from typing import Any
 
 import anyio
 
+from orchestrator._loop import loop_name
+from orchestrator._loop import run as run_loop
 from orchestrator.clients import PODS, KubeClient, Resource, WatchEvent, WatchHub
 from orchestrator.flows import WatchSpec, wait_for
 
@@ -52,8 +58,8 @@ def ready(kind: str, obj: dict[str, Any]) -> bool:
 
 
 async def serve(kubeconfig: str, namespace: str) -> None:
-    KubeClient.preload()
-    gc.freeze()
+    sys.stdout.write(f"loop {loop_name(asyncio.get_running_loop())}\n")
+    sys.stdout.flush()
     kube = await KubeClient.from_kubeconfig(kubeconfig)
     try:
         async with WatchHub(kube) as hub:
@@ -99,4 +105,6 @@ async def one(kube: KubeClient, hub: WatchHub, namespace: str, ask: dict[str, st
 
 
 if __name__ == "__main__":
-    anyio.run(serve, sys.argv[1], sys.argv[2])
+    KubeClient.preload()
+    gc.freeze()
+    run_loop(serve(sys.argv[1], sys.argv[2]))

@@ -21,6 +21,12 @@ with the test cluster's fake kubelet off so that only our PATCH moves it) are me
 The orchestrator's reaction is also split where the watch event reaches its waiter, to
 show what the confirming read costs against what the watch delivers.
 
+``--loops uvloop,asyncio`` runs the orchestrator's waiter once per event loop
+(``ORCHESTRATOR_EVENT_LOOP``, a waiter process each), interleaved in the same shuffled
+trials: an A/B of the loop on one machine at one load, not two runs at two loads.
+``--methods`` leaves waiters out (the poll, when only the fast ones are compared), and
+``--no-save`` prints the tables without writing the results file or the README.
+
 **Flows**: ``orchestrator run --parallel N`` (N = 1, 10, 50, 100) against the sandbox in a
 process of its own (stub models: a llama.cpp per flow would measure llama.cpp). CPU time
 and peak RSS are the orchestrator process's own (``wait4`` on its pid), not the sandbox's
@@ -53,6 +59,8 @@ RESULTS = ROOT / "benchmarks" / "results.json"
 README = ROOT / "README.md"
 NS = "bench"
 METHODS = ("orchestrator", "kubectl wait", "poll 2 s")
+#: ``--methods`` names each by its first word.
+METHOD_WORDS = {m.split()[0]: m for m in METHODS}
 KINDS = ("workspace", "pod")
 #: The orchestrator's reaction, split where the event reaches its waiter.
 PARTS = ("event handed to the waiter", "confirming read and return")
@@ -142,7 +150,57 @@ class Kubectl:
         )  # fmt: skip
 
 
-async def reaction(kubeconfig: Path, trials: int, seed: int) -> dict[str, Any]:
+class Waiter:
+    """One ``_waiter.py`` process, on the event loop ``ORCHESTRATOR_EVENT_LOOP`` chooses."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, loop: str) -> None:
+        self.proc, self.loop = proc, loop
+        assert proc.stdin is not None and proc.stdout is not None
+        self.stdin, self.stdout = proc.stdin, proc.stdout
+
+    @classmethod
+    async def start(cls, kubeconfig: Path, choice: str | None) -> Waiter:
+        env = dict(os.environ)
+        if choice is not None:
+            env["ORCHESTRATOR_EVENT_LOOP"] = choice
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(ROOT / "benchmarks" / "_waiter.py"), str(kubeconfig), NS,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        word, loop = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode().split()
+        if word != "loop" or (choice is not None and loop != choice):
+            raise RuntimeError(f"the waiter for {choice} runs on {loop}")
+        return cls(proc, loop)
+
+    async def close(self) -> None:
+        self.stdin.close()
+        await self.proc.wait()
+
+
+def methods_for(loops: list[str] | None, methods: list[str]) -> dict[str, str | None]:
+    """The reaction's methods, and for each orchestrator waiter the loop it is asked for.
+
+    One waiter as ``orchestrator run`` would start it is "orchestrator"; with ``--loops``,
+    one per loop, named after it ("orchestrator (uvloop)").
+    """
+    out: dict[str, str | None] = {}
+    for method in methods:
+        if method == "orchestrator" and loops:
+            out |= {f"orchestrator ({loop})": loop for loop in loops}
+        else:
+            out[method] = None
+    return out
+
+
+async def reaction(
+    kubeconfig: Path,
+    trials: int,
+    seed: int,
+    *,
+    loops: list[str] | None = None,
+    methods: list[str] = list(METHODS),  # noqa: B006  (never changed)
+) -> dict[str, Any]:
     from orchestrator.clients import NAMESPACES, PODS, KubeClient, Resource
 
     workspaces = Resource("kaito.sh", "v1beta1", "workspaces")
@@ -151,32 +209,40 @@ async def reaction(kubeconfig: Path, trials: int, seed: int) -> dict[str, Any]:
     kubectl = Kubectl(kubeconfig, Path(tempfile.mkdtemp(prefix="bench-kubectl-")))
     # Discovery warmed once (kubectl caches it), as on any machine that used kubectl before.
     await (await kubectl.wait("workspace", "warm-up")).wait()
-    waiter = await asyncio.create_subprocess_exec(
-        sys.executable, str(ROOT / "benchmarks" / "_waiter.py"), str(kubeconfig), NS,
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert waiter.stdin is not None and waiter.stdout is not None
+    chosen = methods_for(loops, methods)
+    waiters: dict[str, Waiter] = {}
+    for method, loop in chosen.items():
+        if method.startswith("orchestrator") or method == "poll 2 s":
+            # The poll shares the first waiter process: it only sleeps and reads.
+            key = loop or "default"
+            if key not in waiters:
+                waiters[key] = await Waiter.start(kubeconfig, loop)
     rng = random.Random(seed)
-    samples: dict[str, dict[str, list[float]]] = {k: {m: [] for m in METHODS} for k in KINDS}
+    samples: dict[str, dict[str, list[float]]] = {k: {m: [] for m in chosen} for k in KINDS}
     # The orchestrator's reaction in two: change sent -> event handed to the waiter, and
     # from there -> the waiter's answer (the confirming read, then the return).
-    parts: dict[str, dict[str, list[float]]] = {k: {p: [] for p in PARTS} for k in KINDS}
+    parts: dict[str, dict[str, dict[str, list[float]]]] = {
+        k: {m: {p: [] for p in PARTS} for m in chosen if m.startswith("orchestrator")}
+        for k in KINDS
+    }
     patch_ms: list[float] = []
     load_before = load()
     began = time.monotonic()
     try:
         for i in range(trials):
-            order = [(k, m) for k in KINDS for m in METHODS]
+            order = [(k, m) for k in KINDS for m in chosen]
             rng.shuffle(order)
             for kind, method in order:
                 res = PODS if kind == "pod" else workspaces
-                name = f"{kind[:2]}-{method.split()[0]}-{i}"
+                loop = chosen[method]
+                name = f"{kind[:2]}-{method.split()[0]}-{loop + '-' if loop else ''}{i}"
                 await kube.create(res, pod(name) if kind == "pod" else workspace(name), NS)
                 proc = None
                 if method == "kubectl wait":
                     proc = await kubectl.wait(kind, name)
                     out = proc.stdout
                 else:
+                    waiter = waiters[loop or "default"] if loop else next(iter(waiters.values()))
                     ask = {"method": method.split()[0], "kind": kind, "name": name}
                     waiter.stdin.write((json.dumps(ask) + "\n").encode())
                     await waiter.stdin.drain()
@@ -197,18 +263,22 @@ async def reaction(kubeconfig: Path, trials: int, seed: int) -> dict[str, Any]:
                     if (word, answered) != ("done", name):
                         raise RuntimeError(f"the waiter answered {line!r} for {name}")
                     if event_at:
-                        parts[kind][PARTS[0]].append((float(event_at[0]) - sent) * 1000)
-                        parts[kind][PARTS[1]].append((seen - float(event_at[0])) * 1000)
+                        split = parts[kind][method]
+                        split[PARTS[0]].append((float(event_at[0]) - sent) * 1000)
+                        split[PARTS[1]].append((seen - float(event_at[0])) * 1000)
                 samples[kind][method].append((seen - sent) * 1000)
                 patch_ms.append((patched - sent) * 1000)
     finally:
-        waiter.stdin.close()
-        await waiter.wait()
+        for waiter in waiters.values():
+            await waiter.close()
         await kube.aclose()
     return {
         "where": "test cluster (upstream k8s.io/apiserver on etcd), fake kubelet off",
         "orchestrator_waiter": "shared watch hub, then a confirming GET not older than the "
         "event's resourceVersion (benchmarks/_waiter.py)",
+        "event_loops": {
+            m: waiters[chosen[m] or "default"].loop for m in chosen if m.startswith("orchestrator")
+        },
         "trials_per_method": trials,
         "flip_after_s": [0.8, 2.8],
         "seconds": round(time.monotonic() - began, 1),
@@ -217,7 +287,8 @@ async def reaction(kubeconfig: Path, trials: int, seed: int) -> dict[str, Any]:
         "patch_answer_ms": summary(patch_ms),
         "results": {k: {m: summary(v) for m, v in by.items()} for k, by in samples.items()},
         "orchestrator_parts": {
-            k: {p: summary(v) for p, v in by.items() if v} for k, by in parts.items()
+            k: {m: {p: summary(v) for p, v in split.items() if v} for m, split in by.items()}
+            for k, by in parts.items()
         },
     }
 
@@ -357,32 +428,37 @@ def table(results: dict[str, Any]) -> str:
                     f"| {label} | {method} | {s['p50_ms']} | {s['p90_ms']} | {s['p99_ms']} "
                     f"| {s['max_ms']} |"
                 )
-        split = r.get("orchestrator_parts") or {}
-        if any(split.values()):
+        split = _parts_by_method(r.get("orchestrator_parts") or {})
+        if any(by for methods in split.values() for by in methods.values()):
+            several = any(len(methods) > 1 for methods in split.values())
             out.append(
                 "\nThe orchestrator's reaction split where the watch event reaches its waiter "
                 "(the same trials; `time.monotonic()` in both processes):\n"
             )
             out.append("| object | part | p50 ms | p90 ms | p99 ms | max ms |")
             out.append("|---|---|---:|---:|---:|---:|")
-            for kind, by in split.items():
+            for kind, methods in split.items():
                 label = "Workspace condition" if kind == "workspace" else "pod phase"
-                for part, s in by.items():
-                    out.append(
-                        f"| {label} | {part} | {s['p50_ms']} | {s['p90_ms']} | {s['p99_ms']} "
-                        f"| {s['max_ms']} |"
-                    )
+                for method, by in methods.items():
+                    for part, s in by.items():
+                        what = f"{method}: {part}" if several else part
+                        out.append(
+                            f"| {label} | {what} | {s['p50_ms']} | {s['p90_ms']} "
+                            f"| {s['p99_ms']} | {s['max_ms']} |"
+                        )
         out.append("")
         for kind, by in r["results"].items():
-            ours, theirs = by.get("orchestrator"), by.get("kubectl wait")
-            if not (ours and theirs):
-                continue
-            gaps = {q: round(ours[f"{q}_ms"] - theirs[f"{q}_ms"], 1) for q in ("p50", "p99")}
-            ahead = all(g < 0 for g in gaps.values())
-            out.append(
-                f"- {kind}: the orchestrator is {'ahead of' if ahead else 'not ahead of'} "
-                f"`kubectl wait` (p50 {gaps['p50']:+} ms, p99 {gaps['p99']:+} ms)."
-            )
+            theirs = by.get("kubectl wait")
+            for method, ours in by.items():
+                if not (method.startswith("orchestrator") and theirs):
+                    continue
+                gaps = {q: round(ours[f"{q}_ms"] - theirs[f"{q}_ms"], 1) for q in ("p50", "p99")}
+                ahead = all(g < 0 for g in gaps.values())
+                who = "the orchestrator" + method.removeprefix("orchestrator")
+                out.append(
+                    f"- {kind}: {who} is {'ahead of' if ahead else 'not ahead of'} "
+                    f"`kubectl wait` (p50 {gaps['p50']:+} ms, p99 {gaps['p99']:+} ms)."
+                )
         out.append("")
     s = results.get("startup")
     if s:
@@ -414,6 +490,15 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _parts_by_method(parts: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{kind: {method: {part: summary}}}``; results written before waiters could be
+    compared hold one orchestrator waiter's parts directly (``{kind: {part: summary}}``)."""
+    return {
+        kind: {"orchestrator": by} if any("p50_ms" in v for v in by.values()) else by
+        for kind, by in parts.items()
+    }
+
+
 def write_readme(results: dict[str, Any]) -> None:
     text = README.read_text()
     start, end = text.index(README_BEGIN), text.index(README_END)
@@ -428,12 +513,34 @@ def main() -> int:
     p.add_argument("--flows", default="1,10,50,100", help="N values for run --parallel")
     p.add_argument("--seed", type=int, default=12)
     p.add_argument("--only", choices=["reaction", "flows", "startup"], action="append")
+    p.add_argument(
+        "--loops",
+        help="the orchestrator's waiter once per event loop, e.g. uvloop,asyncio "
+        "(ORCHESTRATOR_EVENT_LOOP; default: one waiter, on the loop a run goes on)",
+    )
+    p.add_argument(
+        "--methods",
+        default=",".join(METHOD_WORDS),
+        help=f"the reaction's waiters, from {','.join(METHOD_WORDS)} (default: all)",
+    )
+    p.add_argument(
+        "--no-save",
+        action="store_true",
+        help="print the results only: neither the results file nor the README is written",
+    )
     p.add_argument("--readme", action="store_true", help="only rewrite the README from results")
     args = p.parse_args()
     if args.readme:
         write_readme(json.loads(RESULTS.read_text()))
         return 0
     only = set(args.only or ["reaction", "flows", "startup"])
+    loops = [x.strip() for x in args.loops.split(",")] if args.loops else None
+    if loops and (bad := set(loops) - {"uvloop", "asyncio"}):
+        p.error(f"--loops: unknown {', '.join(sorted(bad))} (uvloop, asyncio)")
+    words = [x.strip() for x in args.methods.split(",")]
+    if bad := set(words) - set(METHOD_WORDS):
+        p.error(f"--methods: unknown {', '.join(sorted(bad))} ({', '.join(METHOD_WORDS)})")
+    methods = [METHOD_WORDS[w] for w in words]
     results: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results["when"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     results["machine"] = {
@@ -451,7 +558,9 @@ def main() -> int:
             run_dir = work / "cluster"
             kubeconfig = start_testcluster(args.testcluster, args.kaito_crds, run_dir)
             try:
-                results["reaction"] = asyncio.run(reaction(kubeconfig, args.trials, args.seed))
+                results["reaction"] = asyncio.run(
+                    reaction(kubeconfig, args.trials, args.seed, loops=loops, methods=methods)
+                )
                 print(table({"reaction": results["reaction"]}), flush=True)
             finally:
                 subprocess.run([str(args.testcluster / "stop"), str(run_dir)], check=False)
@@ -463,6 +572,9 @@ def main() -> int:
                     results["flows"].append(run_flows(n, work, sb))
                 finally:
                     sb.close()
+    if args.no_save:
+        print(json.dumps({k: results[k] for k in only if k in results}, indent=2))
+        return 0
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     write_readme(results)
     print(table(results))
