@@ -44,6 +44,54 @@ if TYPE_CHECKING:  # pragma: no cover
     from kubernetes_asyncio.client import ApiClient
 
 
+def _api_client(cfg: Any) -> ApiClient:
+    """An ApiClient for ``cfg``, without the CA bundle when it can never open a TLS connection.
+
+    kubernetes-asyncio's REST client builds a verifying TLS context for every ApiClient,
+    and with no CA named in the kubeconfig that loads the system's whole CA bundle, about
+    18 ms of CPU, even for an ``http://`` server: the sandbox's API server, ``kubectl
+    proxy``. Such a server reached directly (no proxy, which could be reached over TLS)
+    gets a bare client context instead, made while the ApiClient is built (synchronously,
+    so nothing else sees it): it would verify as strictly (certificates required, host
+    names checked) but trusts no CA, so were it ever used, it could only fail.
+    """
+    import ssl
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    from kubernetes_asyncio import client
+    from kubernetes_asyncio.client import rest
+
+    if (
+        urlsplit(str(cfg.host)).scheme.lower() != "http"
+        or cfg.proxy
+        or urllib.request.getproxies()
+        or getattr(rest, "ssl") is not ssl  # noqa: B009  (someone else's substitute)
+    ):
+        return client.ApiClient(configuration=cfg)
+    setattr(rest, "ssl", _NoCaBundle())  # noqa: B010  (the module the REST client reads)
+    try:
+        return client.ApiClient(configuration=cfg)
+    finally:
+        setattr(rest, "ssl", ssl)  # noqa: B010
+
+
+class _NoCaBundle:
+    """The ``ssl`` module as kubernetes-asyncio's REST client sees it while it builds a
+    client of a plain-HTTP server: a default context is a bare client one."""
+
+    @staticmethod
+    def create_default_context(*_args: Any, **_kwargs: Any) -> Any:
+        import ssl
+
+        return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+
+    def __getattr__(self, name: str) -> Any:
+        import ssl
+
+        return getattr(ssl, name)
+
+
 @dataclass(frozen=True)
 class Resource:
     """A resource type: ``Resource("", "v1", "pods")``, ``Resource("kaito.sh", "v1beta1", "workspaces")``."""
@@ -268,7 +316,7 @@ class KubeClient:
         setattr(kube_config, "ExecProvider", bounded)  # noqa: B010
         cfg = client.Configuration()
         await config.load_kube_config(config_file=path, context=context, client_configuration=cfg)
-        return cls(client.ApiClient(configuration=cfg))
+        return cls(_api_client(cfg))
 
     @property
     def server(self) -> str:

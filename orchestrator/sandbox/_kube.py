@@ -11,10 +11,12 @@ import asyncio
 import json
 import logging
 import random
+import ssl
+import urllib.request
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import aiohttp
 import yaml
@@ -59,6 +61,43 @@ class Gone(KubeError):
     """410: the resource version we watched from has been compacted away; relist."""
 
 
+def _api_client(cfg: client.Configuration) -> client.ApiClient:
+    """An ApiClient for ``cfg``, without the CA bundle when it can never open a TLS connection.
+
+    kubernetes-asyncio's REST client builds a verifying TLS context for every ApiClient,
+    and with no CA in the kubeconfig that loads the system's whole CA bundle, about 18 ms
+    of CPU, also for the sandbox's own ``http://`` API server, whose every stand-in set
+    builds one. A plain-HTTP server reached directly (no proxy) gets a bare client context
+    instead, swapped in while the ApiClient is built (synchronously: nothing else sees
+    it); it trusts no CA, so were it ever used, it could only fail.
+    """
+    from kubernetes_asyncio.client import rest
+
+    if (
+        urlsplit(str(cfg.host)).scheme.lower() != "http"
+        or cfg.proxy
+        or urllib.request.getproxies()
+        or getattr(rest, "ssl") is not ssl  # noqa: B009  (not re-exported)
+    ):
+        return client.ApiClient(cfg)
+    setattr(rest, "ssl", _NoCaBundle())  # noqa: B010  (the module the REST client reads)
+    try:
+        return client.ApiClient(cfg)
+    finally:
+        setattr(rest, "ssl", ssl)  # noqa: B010
+
+
+class _NoCaBundle:
+    """``ssl`` as the REST client sees it while it builds a client of a plain-HTTP server."""
+
+    @staticmethod
+    def create_default_context(*_args: Any, **_kwargs: Any) -> ssl.SSLContext:
+        return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(ssl, name)
+
+
 class Kube:
     """Requests to one API server; every method takes and returns JSON objects."""
 
@@ -77,7 +116,7 @@ class Kube:
     async def from_kubeconfig(cls, path: Path, *, local: LocalServer | None = None) -> Kube:
         cfg = client.Configuration()
         await config.load_kube_config(config_file=str(path), client_configuration=cfg)
-        return cls(client.ApiClient(cfg), cluster_name=_cluster_name(path), local=local)
+        return cls(_api_client(cfg), cluster_name=_cluster_name(path), local=local)
 
     async def close(self) -> None:
         if self._session is not None:

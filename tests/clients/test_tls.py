@@ -1,10 +1,13 @@
-"""Which clients get the shared TLS context: those that may open a TLS connection."""
+"""Which clients load a CA bundle: only those that may open a TLS connection."""
 
 from __future__ import annotations
 
+import ssl
+from pathlib import Path
+
 import pytest
 
-from orchestrator.clients import InferenceClient, InferenceRoute, KubeFoundryClient
+from orchestrator.clients import InferenceClient, InferenceRoute, KubeClient, KubeFoundryClient
 from orchestrator.clients._tls import context_for, default_context
 
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY")
@@ -52,3 +55,57 @@ async def test_a_plain_http_backend_client_verifies_nothing_it_never_uses() -> N
     api = KubeFoundryClient("http://localhost:3001")
     await api.aclose()
     assert api._http._transport._ssl is None  # type: ignore[attr-defined]
+
+
+def kubeconfig(tmp_path: Path, server: str) -> str:
+    path = tmp_path / "kubeconfig"
+    path.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        f"clusters: [{{name: k, cluster: {{server: '{server}'}}}}]\n"
+        "users: [{name: u, user: {token: abcdef123456}}]\n"
+        "contexts: [{name: c, context: {cluster: k, user: u}}]\n"
+    )
+    return str(path)
+
+
+def cas_trusted(kube: KubeClient) -> int:
+    context = kube._api.rest_client.pool_manager.connector._ssl
+    return int(context.cert_store_stats()["x509_ca"])
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("no_proxy_env")
+async def test_a_plain_http_cluster_client_loads_no_ca_bundle(tmp_path: Path) -> None:
+    from kubernetes_asyncio.client import rest
+
+    kube = await KubeClient.from_kubeconfig(kubeconfig(tmp_path, "http://127.0.0.1:1"))
+    try:
+        assert cas_trusted(kube) == 0
+        context = kube._api.rest_client.pool_manager.connector._ssl
+        assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    finally:
+        await kube.aclose()
+    assert rest.ssl is ssl  # the REST client's module is itself again
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("no_proxy_env")
+async def test_an_https_cluster_client_still_trusts_the_system_cas(tmp_path: Path) -> None:
+    kube = await KubeClient.from_kubeconfig(kubeconfig(tmp_path, "https://127.0.0.1:1"))
+    try:
+        assert cas_trusted(kube) == default_context().cert_store_stats()["x509_ca"] > 0
+    finally:
+        await kube.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("no_proxy_env")
+async def test_a_plain_http_cluster_behind_a_proxy_keeps_the_ca_bundle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "https://proxy.example:3128")
+    kube = await KubeClient.from_kubeconfig(kubeconfig(tmp_path, "http://127.0.0.1:1"))
+    try:
+        assert cas_trusted(kube) > 0
+    finally:
+        await kube.aclose()
