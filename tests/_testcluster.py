@@ -340,6 +340,9 @@ class Pool:
         _kill(run_dir)
         if start is not None:
             start.reap()
+        # Stops that have ended are waited for here, not only at the end of the session:
+        # until then each lingered as a zombie (a hundred at a time, in a full run).
+        self._stops = [stop for stop in self._stops if stop.poll() is None]
         self._stops.append(
             subprocess.Popen(
                 [str(where / "stop"), str(run_dir)],
