@@ -132,23 +132,7 @@ class _Start:
         shutil.rmtree(run / "etcd-data", ignore_errors=True)
         client, peer = _free_ports(2)
         self.etcd_url = f"http://127.0.0.1:{client}"
-        peer_url = f"http://127.0.0.1:{peer}"
-        etcd = [
-            str(bin_dir / "etcd"), "--name", "default", "--data-dir", str(run / "etcd-data"),
-            "--listen-client-urls", self.etcd_url, "--advertise-client-urls", self.etcd_url,
-            "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
-            "--initial-cluster", f"default={peer_url}", "--unsafe-no-fsync",
-            "--log-level", "warn",
-        ]  # fmt: skip
-        nodes, gpus = (os.environ.get(name, default) for name, default in NODES)
-        labels = os.environ.get("TESTCLUSTER_NODE_LABELS")
-        apiserver = [
-            str(bin_dir / "miniapiserver"), "--etcd-servers", self.etcd_url,
-            "--secure-port", "0", "--cert-dir", str(self.certs), "--token", self.token,
-            "--write-kubeconfig", str(run / "kubeconfig"), "--etcd-wait", f"{START_READINESS}s",
-            "--fake-nodes", nodes, "--fake-node-gpus", gpus,
-            *(["--fake-node-labels", labels] if labels else []),
-        ]  # fmt: skip
+        etcd, apiserver = launch_argv(bin_dir, run, self.certs, self.token, client, peer)
         for name, argv in (("etcd", etcd), ("apiserver", apiserver)):
             with open(run / f"{name}.log", "wb") as log:
                 proc = subprocess.Popen(
@@ -206,6 +190,32 @@ class _Start:
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
+
+
+def launch_argv(
+    bin_dir: Path, run: Path, certs: Path | None, token: str, client: int, peer: int
+) -> tuple[list[str], list[str]]:
+    """etcd's and the API server's command lines for a cluster in ``run``, as ``start``
+    writes them (``tests/test_testcluster_launch.py`` holds the two to the same flags, so
+    a ``start`` that changes them fails that test by name, not every cluster test)."""
+    etcd_url, peer_url = f"http://127.0.0.1:{client}", f"http://127.0.0.1:{peer}"
+    etcd = [
+        str(bin_dir / "etcd"), "--name", "default", "--data-dir", str(run / "etcd-data"),
+        "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
+        "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
+        "--initial-cluster", f"default={peer_url}", "--unsafe-no-fsync",
+        "--log-level", "warn",
+    ]  # fmt: skip
+    nodes, gpus = (os.environ.get(name, default) for name, default in NODES)
+    labels = os.environ.get("TESTCLUSTER_NODE_LABELS")
+    apiserver = [
+        str(bin_dir / "miniapiserver"), "--etcd-servers", etcd_url,
+        "--secure-port", "0", "--cert-dir", str(certs), "--token", token,
+        "--write-kubeconfig", str(run / "kubeconfig"), "--etcd-wait", f"{START_READINESS}s",
+        "--fake-nodes", nodes, "--fake-node-gpus", gpus,
+        *(["--fake-node-labels", labels] if labels else []),
+    ]  # fmt: skip
+    return etcd, apiserver
 
 
 def _free_ports(count: int) -> list[int]:
