@@ -198,6 +198,7 @@ async def reaction(
     trials: int,
     seed: int,
     *,
+    kubectl_cache: Path,
     loops: list[str] | None = None,
     methods: list[str] = list(METHODS),  # noqa: B006  (never changed)
 ) -> dict[str, Any]:
@@ -206,7 +207,7 @@ async def reaction(
     workspaces = Resource("kaito.sh", "v1beta1", "workspaces")
     kube = await KubeClient.from_kubeconfig(str(kubeconfig))
     await kube.create(NAMESPACES, {"metadata": {"name": NS}})
-    kubectl = Kubectl(kubeconfig, Path(tempfile.mkdtemp(prefix="bench-kubectl-")))
+    kubectl = Kubectl(kubeconfig, kubectl_cache)
     # Discovery warmed once (kubectl caches it), as on any machine that used kubectl before.
     await (await kubectl.wait("workspace", "warm-up")).wait()
     chosen = methods_for(loops, methods)
@@ -559,7 +560,15 @@ def main() -> int:
             kubeconfig = start_testcluster(args.testcluster, args.kaito_crds, run_dir)
             try:
                 results["reaction"] = asyncio.run(
-                    reaction(kubeconfig, args.trials, args.seed, loops=loops, methods=methods)
+                    reaction(
+                        kubeconfig,
+                        args.trials,
+                        args.seed,
+                        # kubectl's discovery cache, in the run's own folder: removed with it.
+                        kubectl_cache=work / "kubectl-cache",
+                        loops=loops,
+                        methods=methods,
+                    )
                 )
                 print(table({"reaction": results["reaction"]}), flush=True)
             finally:
