@@ -26,12 +26,13 @@ def default_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
-def context_for(url: str) -> ssl.SSLContext | None:
-    """The shared context for a client of ``url``, or None when it cannot need one.
+def plain_http(url: str) -> bool:
+    """Whether a client of ``url`` can never open a TLS connection: an ``http`` URL, and
+    no proxy in the environment (a client routes through it, and reaches an ``https://``
+    proxy over TLS)."""
+    return urlsplit(url).scheme.lower() == "http" and not urllib.request.getproxies()
 
-    It can for an ``https`` URL, and whenever the environment names a proxy (httpx
-    routes through it, and reaches an ``https://`` proxy over TLS).
-    """
-    if urlsplit(url).scheme.lower() != "http" or urllib.request.getproxies():
-        return default_context()
-    return None
+
+def context_for(url: str) -> ssl.SSLContext | None:
+    """The shared context for a client of ``url``, or None when it cannot need one."""
+    return None if plain_http(url) else default_context()

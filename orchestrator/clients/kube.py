@@ -38,6 +38,7 @@ from ._errors import (
 )
 from ._exec_credential import EXEC_TIMEOUT, bounded_exec_provider
 from ._retry import READS, RetryPolicy, bounded
+from ._tls import plain_http
 
 if TYPE_CHECKING:  # pragma: no cover
     import aiohttp
@@ -56,17 +57,12 @@ def _api_client(cfg: Any) -> ApiClient:
     names checked) but trusts no CA, so were it ever used, it could only fail.
     """
     import ssl
-    import urllib.request
-    from urllib.parse import urlsplit
 
     from kubernetes_asyncio import client
     from kubernetes_asyncio.client import rest
 
     if (
-        urlsplit(str(cfg.host)).scheme.lower() != "http"
-        or cfg.proxy
-        or urllib.request.getproxies()
-        or getattr(rest, "ssl") is not ssl  # noqa: B009  (someone else's substitute)
+        not plain_http(str(cfg.host)) or cfg.proxy or getattr(rest, "ssl") is not ssl  # noqa: B009  (someone else's substitute)
     ):
         return client.ApiClient(configuration=cfg)
     setattr(rest, "ssl", _NoCaBundle())  # noqa: B010  (the module the REST client reads)
