@@ -3,9 +3,11 @@ the command to run, the list of valid names. One test per message class."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -105,12 +107,16 @@ def test_load_image_without_create_cluster_says_it_needs_it(tmp_path: Path) -> N
     assert "--load-image" in out.stderr and "needs --create-cluster" in out.stderr
 
 
-def _closed_port() -> int:
+@contextlib.contextmanager
+def _closed_port() -> Iterator[int]:
+    """A loopback port that refuses connections, held for as long as it is used: bound but
+    not listening, so a connect is refused at once and no other process (a test cluster
+    picking its ports, a stand-in) can take it meanwhile and answer instead."""
     import socket
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        yield int(sock.getsockname()[1])
 
 
 async def test_no_backend_names_api_url_and_the_ways_to_get_one() -> None:
@@ -118,8 +124,8 @@ async def test_no_backend_names_api_url_and_the_ways_to_get_one() -> None:
 
     from orchestrator._app import _check_backend, _ConfigProblem
 
-    url = f"http://127.0.0.1:{_closed_port()}"
-    with pytest.raises(_ConfigProblem) as caught:
+    with _closed_port() as port, pytest.raises(_ConfigProblem) as caught:
+        url = f"http://127.0.0.1:{port}"
         await _check_backend(url, window=0.3)
     message = str(caught.value)
     assert message.startswith(f"no KubeFoundry backend answers at {url} (API_URL or --api-url): ")
@@ -159,10 +165,11 @@ current-context: x
 
 def test_no_backend_is_a_configuration_error_with_a_report(tmp_path: Path) -> None:
     (tmp_path / "kubeconfig").write_text(KUBECONFIG)
-    out = orchestrator(
-        "run", "--api-url", f"http://127.0.0.1:{_closed_port()}", "--artifacts-dir",
-        str(tmp_path / "a"), cwd=tmp_path, env={"KUBECONFIG": str(tmp_path / "kubeconfig")},
-    )  # fmt: skip
+    with _closed_port() as port:
+        out = orchestrator(
+            "run", "--api-url", f"http://127.0.0.1:{port}", "--artifacts-dir",
+            str(tmp_path / "a"), cwd=tmp_path, env={"KUBECONFIG": str(tmp_path / "kubeconfig")},
+        )  # fmt: skip
     assert out.returncode == 2
     assert "no KubeFoundry backend answers" in out.stderr and "--sandbox" in out.stderr
     assert "Traceback" not in out.stderr and "retrying" not in out.stdout

@@ -193,13 +193,15 @@ async def test_events_of_a_watch_that_does_not_wake_reach_inspect_only(kube: Kub
     from orchestrator.flows._waiting import WatchSpec, wait_for
 
     seen: list[str] = []
-    quiet_seen = anyio.Event()
+    quiet_seen, marks_seen = anyio.Event(), anyio.Event()
     checks = 0
 
     def inspect(event) -> None:
         seen.append(event.name)
         if sum(n.startswith("q") for n in seen) == 3:
             quiet_seen.set()
+        if {"mark-quiet", "mark-go"} <= set(seen):
+            marks_seen.set()
 
     async def check() -> bool | None:
         nonlocal checks
@@ -227,7 +229,14 @@ async def test_events_of_a_watch_that_does_not_wake_reach_inspect_only(kube: Kub
                     )
 
                 tg.start_soon(waiter)
-                await anyio.wait_all_tasks_blocked()  # watching, after its first looks
+                # Watching, past both listings: a watch that gets its listing after the
+                # first look asks once more, and a task waiting on that listing's bytes
+                # counts as blocked, so idle tasks alone do not say the looks are over.
+                # An object each watch shows says so (neither is named "go" or "q...").
+                await kube.create(PODS, pod("mark-quiet", role="quiet"), NS)
+                await kube.create(PODS, pod("mark-go", role="go"), NS)
+                await marks_seen.wait()
+                await anyio.wait_all_tasks_blocked()
                 before = checks
                 for name in ("q1", "q2", "q3"):
                     await kube.create(PODS, pod(name, role="quiet"), NS)
