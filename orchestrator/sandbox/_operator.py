@@ -15,7 +15,7 @@ import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -30,7 +30,7 @@ _SUFFIX_CHARS = "bcdfghjklmnpqrstvwxz2456789"
 
 
 def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _stamp(datetime.now(UTC))
 
 
 def go_duration(seconds: float) -> str:
@@ -417,9 +417,10 @@ class CustomResourceOperator:
             )
 
     async def show_crash(self, namespace: str, name: str, line: str) -> JSON | None:
-        """Show the pod ``name`` crash-looping, as a kubelet does: CrashLoopBackOff with its
-        restarts and the last termination (``line`` its message), then a BackOff event.
-        Returns the pod as written (None if it went first).
+        """Show the pod ``name`` crash-looping, as a kubelet does: Running, not ready, its
+        container in CrashLoopBackOff with its restarts and the last termination (``line``
+        its message), then a BackOff event. Returns the pod as written (None if it went
+        first).
 
         A kubelet reports CrashLoopBackOff only for a container that has exited and been
         restarted, and the waiting reason, the restart count and the last termination
@@ -432,9 +433,10 @@ class CustomResourceOperator:
         fake kubelet has bound it and written that state, one write of pods/status brings
         the crash-loop state and the kubelet's ``fake-kubelet/waiting-reason`` annotation
         together. The annotation must move in the same write: the fake kubelet rewrites a
-        Pending pod whose waiting reason differs from the annotation's (to a fresh status,
-        restart count 0), so the annotation moved before would bring that state back and
-        moved after would be too late. pods/status takes metadata changes as
+        pod annotated Pending whose waiting reason differs from the annotation's (to a
+        fresh Pending status, restart count 0) whatever phase the pod shows, so the
+        annotation moved before would bring that state back and moved after would be too
+        late. pods/status takes metadata changes as
         kube-apiserver's does (only the spec is kept from before). Waiting for the written
         ContainerCreating state first keeps the node binding before the crash, as on a
         node, and a kubelet write still under way when ours lands conflicts and is retried
@@ -618,15 +620,40 @@ async def cancel(*tasks: asyncio.Task[Any] | None) -> None:
 #: Restarts a crash-looping container has behind it when it is shown (a kubelet's back-off
 #: reaches 40 s at the third).
 CRASH_RESTARTS = 3
+#: How long the instance that crashed last ran before it exited.
+CRASH_RAN_FOR = timedelta(seconds=2)
 
 
 def _crash_loop(pod: JSON, line: str) -> JSON:
-    """The pods/status merge patch that puts ``pod``'s first container in CrashLoopBackOff."""
+    """The pods/status merge patch that puts ``pod``'s first container in CrashLoopBackOff,
+    in the shape a kubelet writes it.
+
+    The pod is ``Running``: its containers were all created and one is restarting, and a
+    kubelet keeps such a pod Running under restartPolicy Always (its phase rules count a
+    container waiting with a last termination as one that ran; only Pending pods have
+    never started one). Not ready: the Ready and ContainersReady conditions are False
+    with ContainersNotReady, naming the container. The container carries the image and
+    container IDs of the instance that ran, ``restartCount`` above 0, and that instance
+    in ``lastState.terminated`` (exit code 1, Error, when it started and exited, ``line``
+    its message), all in the write that brings the waiting reason.
+    """
     meta, container = pod["metadata"], pod["spec"]["containers"][0]
+    name = container["name"]
     message = (
-        f"back-off 40s restarting failed container={container['name']} "
+        f"back-off 40s restarting failed container={name} "
         f"pod={meta['name']}_{meta['namespace']}({meta['uid']})"
     )
+    finished = datetime.now(UTC)
+    container_id = f"fake://{meta['uid']}/{name}"
+    not_ready = {
+        "status": "False",
+        "reason": "ContainersNotReady",
+        "message": f"containers with unready status: [{name}]",
+    }
+    conditions = [
+        {**cond, **not_ready} if cond.get("type") in ("Ready", "ContainersReady") else cond
+        for cond in (pod.get("status") or {}).get("conditions") or []
+    ]
     return {
         "metadata": {
             "annotations": {"fake-kubelet/waiting-reason": "CrashLoopBackOff"},
@@ -635,22 +662,36 @@ def _crash_loop(pod: JSON, line: str) -> JSON:
             "resourceVersion": meta["resourceVersion"],
         },
         "status": {
+            "phase": "Running",
+            "conditions": conditions,
             "containerStatuses": [
                 {
-                    "name": container["name"],
+                    "name": name,
                     "image": container.get("image", ""),
-                    "imageID": "",
+                    "imageID": container.get("image", ""),
+                    "containerID": container_id,
                     "ready": False,
                     "started": False,
                     "restartCount": CRASH_RESTARTS,
                     "state": {"waiting": {"reason": "CrashLoopBackOff", "message": message}},
                     "lastState": {
-                        "terminated": {"exitCode": 1, "reason": "Error", "message": line}
+                        "terminated": {
+                            "exitCode": 1,
+                            "reason": "Error",
+                            "message": line,
+                            "startedAt": _stamp(finished - CRASH_RAN_FOR),
+                            "finishedAt": _stamp(finished),
+                            "containerID": container_id,
+                        }
                     },
                 }
-            ]
+            ],
         },
     }
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def condition(ctype: str, status: bool, reason: str, message: str, generation: int = 1) -> JSON:

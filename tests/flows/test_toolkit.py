@@ -63,6 +63,28 @@ def test_pod_problem_waits_on_a_reason_that_passes_and_on_a_pod_being_deleted() 
     assert pod_problem(pod(waiting="CrashLoopBackOff", deleting=True)) is None
 
 
+def test_a_crash_loop_in_the_shape_a_kubelet_writes_is_a_problem_and_not_ready() -> None:
+    """A kubelet keeps a crash-looping pod Running (its container ran and is restarting):
+    the waiting reason decides, whatever the phase, and the last exit code is named."""
+    looping = pod(waiting="CrashLoopBackOff", ready=False)
+    looping["status"]["containerStatuses"][0].update(
+        restartCount=4,
+        started=False,
+        containerID="containerd://0f1e",
+        lastState={"terminated": {"exitCode": 1, "reason": "Error", "containerID": "x"}},
+    )
+    looping["status"]["containerStatuses"][0]["state"]["waiting"]["message"] = (
+        "back-off 1m20s restarting failed container=c pod=p_ns(uid)"
+    )
+    assert looping["status"]["phase"] == "Running"
+    assert pod_problem(looping) == (
+        "pod p container c: CrashLoopBackOff (image img:1): back-off 1m20s restarting failed "
+        "container=c pod=p_ns(uid); last exit code 1; the container keeps exiting: its last "
+        "log lines are in the diagnostics"
+    )
+    assert not pod_ready(looping)
+
+
 def test_pod_problem_takes_a_profiles_own_fatal_reasons() -> None:
     assert pod_problem(pod(waiting="ContainerCreating"), {"ContainerCreating"}) is not None
     assert pod_problem(pod(waiting="ImagePullBackOff"), {"ContainerCreating"}) is None

@@ -169,6 +169,56 @@ def gone(obj: dict | None) -> bool:
     return obj is None
 
 
+def crash_loop_shape_problems(pod: dict) -> list[str]:
+    """What in ``pod`` differs from the status a kubelet writes for a crash-looping pod.
+
+    A container that started, exited and is backing off: the pod stays ``Running`` (its
+    containers have all been created and one is restarting: the kubelet's phase rules,
+    restartPolicy Always), not ready, and in one and the same write the container shows
+    ``waiting: CrashLoopBackOff`` with its back-off message, ``restartCount`` above 0 and
+    the instance that ended in ``lastState.terminated`` (exit code, reason, times, the
+    container's ID), with the image and container IDs it ran with. Empty when it agrees.
+    """
+    problems: list[str] = []
+    status = pod.get("status") or {}
+    if status.get("phase") != "Running":
+        problems.append(f"phase {status.get('phase')!r}, a kubelet shows Running")
+    if not (pod.get("spec") or {}).get("nodeName"):
+        problems.append("not bound to a node")
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    for kind in ("Ready", "ContainersReady"):
+        cond = conditions.get(kind) or {}
+        if (cond.get("status"), cond.get("reason")) != ("False", "ContainersNotReady"):
+            problems.append(f"condition {kind} {cond}, a kubelet shows False/ContainersNotReady")
+    looping = [
+        cs
+        for cs in status.get("containerStatuses") or []
+        if ((cs.get("state") or {}).get("waiting") or {}).get("reason") == "CrashLoopBackOff"
+    ]
+    if not looping:
+        problems.append("no container waiting in CrashLoopBackOff")
+    for cs in looping:
+        name = cs.get("name")
+        waiting = cs["state"]["waiting"]
+        if not str(waiting.get("message", "")).startswith("back-off "):
+            problems.append(f"{name}: waiting message {waiting.get('message')!r}")
+        restarts = cs.get("restartCount")
+        if not isinstance(restarts, int) or restarts < 1:
+            problems.append(f"{name}: restartCount {restarts!r} in the CrashLoopBackOff write")
+        if cs.get("ready") is not False or cs.get("started") is not False:
+            problems.append(f"{name}: ready {cs.get('ready')!r}, started {cs.get('started')!r}")
+        if not cs.get("containerID") or not cs.get("imageID") or not cs.get("image"):
+            problems.append(f"{name}: image/imageID/containerID missing from a container that ran")
+        last = (cs.get("lastState") or {}).get("terminated") or {}
+        code = last.get("exitCode")
+        if not isinstance(code, int) or code == 0:
+            problems.append(f"{name}: lastState.terminated exitCode {code!r}")
+        for key in ("reason", "startedAt", "finishedAt", "containerID"):
+            if not last.get(key):
+                problems.append(f"{name}: lastState.terminated without {key}")
+    return problems
+
+
 # ---------------------------------------------------------------------------- the flow's steps
 
 

@@ -15,6 +15,7 @@ from _fixtures import (  # noqa: F401 - fixtures are used by name
     call,
     chat,
     condition,
+    crash_loop_shape_problems,
     create_deployment,
     gone,
     install_kaito,
@@ -109,7 +110,10 @@ async def test_crash_loop_shows_the_waiting_reason_restarts_and_the_crash_log(ma
         pod = await kube.get(f"{PODS}/{NAME}-0")
         assert pod["metadata"]["annotations"]["fake-kubelet/log"] == CRASH_LINE
         status, body = await call(api, "GET", f"/api/deployments/{NAME}/pods?namespace={NS}")
-        assert body["pods"][0]["phase"] == "Pending" and body["pods"][0]["ready"] is False
+        # A kubelet keeps a crash-looping pod Running (its container has run, and is
+        # restarting); only its readiness and the waiting reason tell.
+        assert body["pods"][0]["phase"] == "Running" and body["pods"][0]["ready"] is False
+        assert body["pods"][0]["restarts"] > 0
         previous = await kube.text(f"{PODS}/{NAME}-0/log", {"previous": True})
         assert CRASH_LINE in previous
         events = await kube.get(
@@ -124,9 +128,10 @@ def _restarts(pod: dict) -> int:
 
 async def test_a_crash_loop_is_never_shown_before_its_restarts(make_sandbox) -> None:
     """A kubelet puts a container in CrashLoopBackOff only after it has restarted, and it
-    writes the waiting reason and the restart count in one status update: no version of
-    the pod, not even for a moment, may show the back-off with no restart. A fast waiter
-    collects its diagnostics from whatever version it sees first."""
+    writes the waiting reason, the restart count and the last termination in one status
+    update, with the pod Running: no version of the pod, not even for a moment, may show
+    the back-off in another shape. A fast waiter collects its diagnostics from whatever
+    version it sees first."""
     async with make_sandbox(faults=Faults(crash_loop=True)) as (sandbox, api, kube):
         await install_kaito(api, kube)
         async with PodHistory(kube, PODS, {"fieldSelector": f"metadata.name={NAME}-0"}) as history:
@@ -140,6 +145,12 @@ async def test_a_crash_loop_is_never_shown_before_its_restarts(make_sandbox) -> 
             if waiting_reason("CrashLoopBackOff")(v)
         ]
         assert all(restarts > 0 for _, restarts in shown), shown
+        wrong = {
+            v["metadata"]["resourceVersion"]: problems
+            for v in history.versions
+            if waiting_reason("CrashLoopBackOff")(v) and (problems := crash_loop_shape_problems(v))
+        }
+        assert not wrong, wrong
         assert _restarts(crashed) == 3 and crashed["status"]["containerStatuses"][0]["lastState"]
         # The kubelet left the crash-loop state alone: it is still what the pod shows.
         assert waiting_reason("CrashLoopBackOff")(current) and _restarts(current) == 3

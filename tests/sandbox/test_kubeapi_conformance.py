@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 import yaml
+from _fixtures import crash_loop_shape_problems
 from aiohttp import web
 from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -600,6 +601,32 @@ async def test_pod_waiting_reason_stays_pending(kube: Kube) -> None:
         status_body(err.value)["message"]
         == 'container "main" in pod "stuck" is waiting to start: ImagePullBackOff'
     )
+
+
+async def test_a_crash_loop_waiting_reason_is_shown_as_a_kubelet_shows_it(sandbox: Kube) -> None:
+    """A deliberate difference (kubeapi/README.md): annotated to wait in CrashLoopBackOff,
+    the pod shows a container that ran, exited and backs off, in one write, Running with
+    a restart and its last termination, as a kubelet writes it. The test cluster's fake
+    kubelet writes Pending with no restart, a shape no kubelet writes; the stand-ins do
+    not rely on it and write the crash loop themselves on both backends."""
+    v1 = client.CoreV1Api(sandbox.api)
+    ann = {
+        "fake-kubelet/phase": "Pending",
+        "fake-kubelet/waiting-reason": "CrashLoopBackOff",
+        "fake-kubelet/exit-code": "3",
+    }
+    await v1.create_namespaced_pod(NS, pod_manifest("looper", ann))
+    pod = await wait_for(
+        sandbox,
+        v1.list_namespaced_pod,
+        NS,
+        field_selector="metadata.name=looper",
+        predicate=lambda p: bool((p.get("status") or {}).get("containerStatuses")),
+    )
+    assert crash_loop_shape_problems(pod) == []
+    [cs] = pod["status"]["containerStatuses"]
+    assert cs["restartCount"] == 1 and cs["lastState"]["terminated"]["exitCode"] == 3
+    assert await v1.read_namespaced_pod_log("looper", NS, previous=True) is not None
 
 
 async def test_pod_status_write_carries_labels_and_annotations(kube: Kube) -> None:

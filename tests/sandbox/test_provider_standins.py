@@ -20,6 +20,7 @@ from _bounded import running_sandbox
 from _fixtures import (  # noqa: F401 - fixtures are used by name
     PodHistory,
     call,
+    crash_loop_shape_problems,
     gone,
     kube_backend,
     wait_for,
@@ -361,7 +362,8 @@ async def test_dynamo_failed_state(make_env: Any, defect: bool) -> None:
 
 async def test_dynamo_worker_without_gpu_crashes(make_env: Any) -> None:
     """Sent without ``resources``, the worker requests no GPU and its CUDA engine fails: it
-    crash-loops, and no version of its pod shows the back-off before its restarts."""
+    crash-loops, and every version of its pod that shows the back-off shows it as a
+    kubelet does: Running, with its restarts and last termination in the same write."""
     async with make_env() as (sandbox, api, kube):
         await install(api, kube, "dynamo")
         await namespace_with_secret(kube)
@@ -388,6 +390,16 @@ async def test_dynamo_worker_without_gpu_crashes(make_env: Any) -> None:
             if (s.get("state") or {}).get("waiting", {}).get("reason") == "CrashLoopBackOff"
         ]
         assert all(restarts > 0 for _, restarts in shown), shown
+        wrong = {
+            v["metadata"]["resourceVersion"]: problems
+            for v in history.versions
+            if any(
+                (s.get("state") or {}).get("waiting", {}).get("reason") == "CrashLoopBackOff"
+                for s in v.get("status", {}).get("containerStatuses") or []
+            )
+            and (problems := crash_loop_shape_problems(v))
+        }
+        assert not wrong, wrong
 
 
 # ---------------------------------------------------------------------------- the routes

@@ -78,6 +78,41 @@ def _first_waiting_reason(pod: dict[str, Any]) -> str | None:
     return ((statuses[0].get("state") or {}).get("waiting") or {}).get("reason")
 
 
+def _crash_loop(pod: dict[str, Any], container: dict[str, Any], now: str) -> dict[str, Any]:
+    """A container's status fields as a kubelet writes them once it has exited, been
+    restarted and exited again, and waits out its first back-off: waiting in
+    CrashLoopBackOff with one restart and, in the same write, the instance that ended
+    in ``lastState`` (the ``fake-kubelet/exit-code`` annotation's code, else 1)."""
+    meta, name = pod["metadata"], container["name"]
+    try:
+        code = int(_annotations(pod).get(ANN_EXIT_CODE) or 1)
+    except ValueError:
+        code = 1
+    container_id = f"fake://{meta['uid']}/{name}"
+    return {
+        "state": {
+            "waiting": {
+                "reason": "CrashLoopBackOff",
+                "message": f"back-off 10s restarting failed container={name} "
+                f"pod={meta['name']}_{meta['namespace']}({meta['uid']})",
+            }
+        },
+        "lastState": {
+            "terminated": {
+                "exitCode": code,
+                "reason": "Error" if code else "Completed",
+                "startedAt": now,
+                "finishedAt": now,
+                "containerID": container_id,
+            }
+        },
+        "restartCount": 1,
+        "started": False,
+        "imageID": container.get("image", ""),
+        "containerID": container_id,
+    }
+
+
 class FakeKubelet:
     def __init__(
         self,
@@ -360,7 +395,14 @@ class FakeKubelet:
                 self._event(pod, fp, "Warning", "Failed", f"Error: {reason}", "kubelet")
 
     def _pod_status(self, pod: dict[str, Any], phase: str) -> dict[str, Any]:
+        """The status for ``phase``; "Pending" with the waiting reason CrashLoopBackOff is a
+        container that ran, exited and is backing off, which a kubelet shows Running (see
+        ``_crash_loop``), where the test cluster's fake kubelet writes Pending with no
+        restart, a shape no kubelet writes."""
         now = now_rfc3339()
+        crash_loop = phase == "Pending" and _waiting_reason(pod) == "CrashLoopBackOff"
+        if crash_loop:
+            phase = "Running"
         old = pod.get("status") or {}
         node = pod["spec"].get("nodeName", "")
         pod_ip = old.get("podIP")
@@ -369,7 +411,7 @@ class FakeKubelet:
             i = self._ip_counter
             pod_ip = f"10.244.{(i // 250) % 250}.{i % 250 + 1}"
         ready, not_ready = "True", ""
-        if phase == "Pending":
+        if phase == "Pending" or crash_loop:
             ready, not_ready = "False", "ContainersNotReady"
         elif phase in ("Succeeded", "Failed"):
             ready, not_ready = "False", "PodCompleted"
@@ -437,7 +479,9 @@ class FakeKubelet:
                 "image": c.get("image", ""),
                 "imageID": "",
             }
-            if phase == "Pending":
+            if crash_loop:
+                cs.update(_crash_loop(pod, c, now))
+            elif phase == "Pending":
                 cs["state"] = {"waiting": {"reason": _waiting_reason(pod)}}
                 cs["started"] = False
             else:
