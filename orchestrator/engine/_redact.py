@@ -5,17 +5,52 @@ A secret reaches a report in ways no one plans for: a peer echoes the
 reason goes to the console, junit.xml, run.json, the GitHub summary. Masking at each
 place that builds a message would miss the next such place. Instead every sink (the
 console stream, every report and diagnostics file, the job summary and its
-annotations, the backend's log) passes its text through :data:`redactor` just before
-it leaves the process, and the run log masks each line as it is added.
+annotations, the backend's log, the environment's command log) passes its text through
+:data:`redactor` before it leaves the process, and the run log masks each line as it is
+added.
 
-It masks every value registered with :meth:`Redactor.add` (the bearer token, the
-contents of a token file, a kubeconfig's token) wherever it appears, also split by
-terminal styling, line wrapping or table borders, and URL-encoded; and the value of
-any ``Authorization`` header or ``Bearer`` credential, known or not.
+What is masked:
+
+- every value registered with :meth:`Redactor.add` (the bearer token, the contents of
+  a token file, a kubeconfig's token or password, a credential plugin's token, the
+  Hugging Face token), wherever it appears: as is, also split by terminal styling,
+  line wrapping or table borders; URL-encoded; JSON-escaped; and base64-encoded at any
+  alignment (Kubernetes carries a Secret's data, and HTTP ``Basic`` its credentials,
+  in base64, so a peer that quotes either quotes that form);
+- the value of any ``Authorization`` header or ``Bearer`` credential, known or not;
+- the password of a URL's userinfo (``https://user:***@host``), a whole userinfo
+  without one (``https://***@host``: a token is often sent as the user), and
+  the value of query parameters that carry credentials (``?token=***``,
+  ``X-Amz-Signature=***``).
+
+**Short secrets.** GitHub Actions' ``add-mask`` masks any registered value, however
+short, everywhere: a one-character secret then turns every such character of a log
+into ``***``. Others set a floor and leave shorter values unmasked. We take a middle
+way, because leaking is worse than a garbled word, and a garbled report is still a
+cost: a value of at least :data:`MIN_SECRET_LENGTH` characters is masked anywhere,
+even inside a longer word or split by styling; a shorter one is masked wherever it
+stands as a word of its own (not next to a letter, digit or ``_``, but after a
+``%XX`` or ``\\n`` escape or a style code), which is every place a peer puts a
+credential it echoes: an error body's words, a log line, a header value, a URL's
+userinfo or query, a JSON string. It stays visible only inside a longer word (secret
+``abc`` in ``abcdef``), where it does not tell a reader the credential. The caller is
+told (:meth:`Redactor.add` returns False) so that it can warn the user that such a
+value is weak and only partly masked. Reports written as JSON mask their string
+values one by one (:meth:`Redactor.redact_value`), so that a short numeric secret
+never turns a number into ``***`` and the file into something no parser reads.
+
+**Streams.** A sink written in pieces (a child's log as it arrives, a terminal stream)
+masks through :class:`StreamMasker`: what could be the start of a secret (its first
+characters at the end of a piece, an unfinished ``Bearer`` value) is held back until
+the next piece or the end shows what it is, so that a secret split across two reads is
+masked as a whole and nothing written to disk was ever unmasked.
 """
 
 from __future__ import annotations
 
+import base64
+import codecs
+import json
 import re
 import threading
 import urllib.parse
@@ -23,13 +58,22 @@ from collections.abc import Iterable
 from typing import IO, Any
 
 MASK = "***"
-#: Shorter values are not masked: masking "abc" everywhere would garble every report,
-#: and a credential that short is not a secret worth the name.
+#: Values at least this long are masked anywhere; shorter ones only where they stand as a
+#: word of their own (see the module's docstring): masking "abc" inside every word that
+#: contains it would garble every report, and a credential that short is weak anyway.
 MIN_SECRET_LENGTH = 6
+#: The shortest base64 fragment of a secret that is masked: shorter ones would match
+#: ordinary words.
+MIN_BASE64_FRAGMENT = 8
+#: How much of a stream's end :class:`StreamMasker` may hold back, at most, while it waits
+#: to see whether a secret completes there.
+STREAM_HOLD_MAX = 8192
 
 #: What may separate the characters of a secret on a terminal: a style escape, a line
 #: break with the next line's indentation, a table border.
 _GAP = r"(?:\x1b\[[0-9;?]*[A-Za-z]|[ \t\r\n│┃║|])*"
+#: A gap that a stream's piece may end in the middle of (an escape not yet finished).
+_OPEN_GAP = _GAP + r"(?:\x1b\[?[0-9;?]*)?"
 #: ``Bearer xyz``, ``bearer%20xyz``: the credential after the scheme word (not the
 #: words of a sentence such as "check the bearer token").
 _BEARER = re.compile(
@@ -41,46 +85,140 @@ _AUTHORIZATION = re.compile(
     r"""(?i)\b((?:proxy-)?authorization["']?\s*[:=]\s*["']?(?:(?!bearer\b)[A-Za-z]+\s+)?)"""
     r"""(?!bearer\b)([^\s"',;}&]+)"""
 )
+#: ``scheme://user:password@host``: the password; ``scheme://token@host``: all of it (a
+#: token is often sent as the user; a plain user name masked too costs little).
+_USERINFO = re.compile(r"(://)([^\s/?#@:'\"<>]*)(:[^\s/?#@'\"<>]*)?@")
+#: Query parameters that carry a credential (OAuth, API keys, signed URLs).
+_QUERY_CREDENTIAL = re.compile(
+    r"(?i)([?&;](?:access_token|id_token|refresh_token|token|api[_-]?key|apikey|key|"
+    r"password|passwd|pwd|secret|client_secret|sig|signature|x-amz-signature|"
+    r"x-amz-credential|x-amz-security-token|x-goog-signature|auth)=)([^&#\s\"'<>]+)"
+)
+#: What a short secret must not touch to count as a word of its own: a letter, digit or
+#: ``_``, unless that character ends an escape (``%2F``, ``\n``, a style code).
+_SHORT_BEFORE = (
+    r"(?:(?<![A-Za-z0-9_])|(?<=%[0-9A-Fa-f]{2})|(?<=\\[nrtbfu\"\\/])"
+    + "".join(f"|(?<=\\x1b\\[[0-9;]{{{n}}}m)" for n in range(0, 9))
+    + ")"
+)
+_SHORT_AFTER = r"(?![A-Za-z0-9_])"
+#: The end of a stream's piece that may be the start of a credential pattern's match.
+_OPEN_CREDENTIAL = re.compile(
+    r"(?i)(?:"
+    r"\b(?:b(?:e(?:a(?:r(?:e(?:r)?)?)?)?)?)\Z"
+    r"|\bbearer(?:\s+|%2?0?|\+)[A-Za-z0-9\-._~+/=%]*\Z"
+    r"|\b(?:p(?:r(?:o(?:x(?:y(?:-)?)?)?)?)?)?"
+    r"(?:a(?:u(?:t(?:h(?:o(?:r(?:i(?:z(?:a(?:t(?:i(?:o(?:n)?)?)?)?)?)?)?)?)?)?)?)?)?\Z"
+    r"""|\b(?:proxy-)?authorization["']?\s*(?:[:=]\s*["']?(?:[A-Za-z]+\s*)?[^\s"',;}&]*)?\Z"""
+    r"|:/?/?[^\s/?#'\"<>]*\Z"
+    r"|[?&;][A-Za-z0-9_-]*(?:=[^&#\s\"'<>]*)?\Z"
+    r"|%[0-9A-Fa-f]?\Z|\\\Z"
+    r")"
+)
+
+
+def _prefixes(parts: list[str]) -> str:
+    """A pattern for any non-empty prefix of ``parts`` (regex pieces) joined by _GAP."""
+    pattern = ""
+    for part in reversed(parts[1:]):
+        pattern = f"(?:{_GAP}{part}{pattern})?"
+    return parts[0] + pattern
+
+
+def _base64_fragments(value: str) -> set[str]:
+    """The base64 characters that only ``value`` decides, at each of the three offsets
+    it may start at inside a longer encoded text (the way a Secret's data or a Basic
+    credential carries it)."""
+    data = value.encode("utf-8")
+    fragments = set()
+    for offset in range(3):
+        encoded = base64.b64encode(b"\0" * offset + data).decode("ascii")
+        start = -(-offset * 8 // 6)  # the first character no earlier byte shares
+        end = (offset + len(data)) * 8 // 6  # the last one no later byte shares
+        fragment = encoded[start:end]
+        if len(fragment) >= MIN_BASE64_FRAGMENT:
+            fragments.add(fragment)
+    return fragments
+
+
+def _forms(value: str) -> set[str]:
+    """The ways a peer may quote ``value``: as is, URL-encoded, JSON-escaped."""
+    escaped = json.dumps(value)[1:-1]
+    return {
+        value,
+        urllib.parse.quote(value, safe=""),
+        urllib.parse.quote_plus(value),
+        escaped,
+        escaped.replace("/", "\\/"),
+        json.dumps(value, ensure_ascii=False)[1:-1],
+    }
 
 
 class Redactor:
-    """Masks configured secret values and any Authorization/bearer value in text."""
+    """Masks configured secret values and any credential-shaped value in text."""
 
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._lock = threading.Lock()
-        self._secrets: set[str] = set()
+        self._long: set[str] = set()
+        self._short: set[str] = set()
         self._pattern: re.Pattern[str] | None = None
+        self._open: re.Pattern[str] | None = None
         for secret in secrets:
             self.add(secret)
 
-    def add(self, secret: str | None) -> None:
-        """Mask ``secret`` from now on (and its URL-encoded form); a short one is ignored."""
+    def add(self, secret: str | None) -> bool:
+        """Mask ``secret`` from now on, in each form a peer may quote it.
+
+        Returns False for a value shorter than :data:`MIN_SECRET_LENGTH`: it is masked
+        only where it stands as a word of its own, and the caller should say so.
+        """
         if secret is None:
-            return
+            return True
         value = secret.strip()
-        if len(value) < MIN_SECRET_LENGTH:
-            return
+        if not value:
+            return True
+        short = len(value) < MIN_SECRET_LENGTH
         with self._lock:
-            forms = {value, urllib.parse.quote(value, safe=""), urllib.parse.quote_plus(value)}
-            if forms <= self._secrets:
-                return
-            self._secrets |= forms
-            # Longest first, so that a secret containing another is masked whole.
-            ordered = sorted(self._secrets, key=len, reverse=True)
-            self._pattern = re.compile(
-                "|".join(_GAP.join(re.escape(ch) for ch in form) for form in ordered)
-            )
+            if short:
+                forms = {f for f in _forms(value) if f}
+                if forms <= self._short:
+                    return False
+                self._short |= forms
+            else:
+                forms = _forms(value) | _base64_fragments(value)
+                if forms <= self._long:
+                    return True
+                self._long |= forms
+            self._compile()
+        return not short
+
+    def _compile(self) -> None:
+        # Longest first, so that a secret containing another is masked whole.
+        longs = sorted(self._long, key=len, reverse=True)
+        shorts = sorted(self._short, key=len, reverse=True)
+        alternatives = [_GAP.join(re.escape(ch) for ch in form) for form in longs]
+        if shorts:
+            words = "|".join(re.escape(form) for form in shorts)
+            alternatives.append(f"{_SHORT_BEFORE}(?:{words}){_SHORT_AFTER}")
+        self._pattern = re.compile("|".join(alternatives)) if alternatives else None
+        opens = [_prefixes([re.escape(ch) for ch in form]) + _OPEN_GAP + r"\Z" for form in longs]
+        opens += [
+            _SHORT_BEFORE + _prefixes([re.escape(ch) for ch in form]).replace(_GAP, "") + r"\Z"
+            for form in shorts
+        ]
+        self._open = re.compile("|".join(opens)) if opens else None
 
     @property
     def secrets(self) -> int:
         """How many values (with their encoded forms) are masked."""
-        return len(self._secrets)
+        return len(self._long) + len(self._short)
 
     def clear(self) -> None:
         """Forget every registered value (for tests; the patterns stay)."""
         with self._lock:
-            self._secrets.clear()
-            self._pattern = None
+            self._long.clear()
+            self._short.clear()
+            self._pattern = self._open = None
 
     def __call__(self, text: str) -> str:
         return self.redact(text)
@@ -93,26 +231,123 @@ class Redactor:
             text = pattern.sub(MASK, text)
         text = _BEARER.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)
         text = _AUTHORIZATION.sub(lambda m: f"{m.group(1)}{MASK}", text)
-        return text
+        text = _USERINFO.sub(_mask_userinfo, text)
+        return _QUERY_CREDENTIAL.sub(lambda m: f"{m.group(1)}{MASK}", text)
 
     def redact_bytes(self, data: bytes) -> bytes:
         return self.redact(data.decode("utf-8", "replace")).encode("utf-8")
+
+    def redact_value(self, value: Any) -> Any:
+        """``value`` (JSON-shaped: dicts, lists, strings, numbers) with every string in it
+        masked: a report stays valid JSON whatever a secret looks like."""
+        if isinstance(value, str):
+            return self.redact(value)
+        if isinstance(value, dict):
+            return {self.redact(str(k)): self.redact_value(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.redact_value(v) for v in value]
+        return value
+
+    def patterns(self) -> list[re.Pattern[str]]:
+        """Every pattern :meth:`redact` masks with, the registered values' first."""
+        own = [self._pattern] if self._pattern is not None else []
+        return [*own, _BEARER, _AUTHORIZATION, _USERINFO, _QUERY_CREDENTIAL]
+
+    def open_tail(self, text: str) -> int:
+        """Where the part of ``text`` that may be an unfinished secret starts (``len(text)``
+        when none may): the first characters of a registered value, a ``Bearer`` or
+        ``Authorization`` whose value may go on, a URL or query not yet ended."""
+        if not text:
+            return 0
+        floor = max(0, len(text) - STREAM_HOLD_MAX)
+        starts = [len(text)]
+        for pattern in (self._open, _OPEN_CREDENTIAL):
+            if pattern is not None and (m := pattern.search(text, floor)) is not None:
+                starts.append(m.start())
+        return min(starts)
+
+    def masker(self) -> StreamMasker:
+        """A masker for text that arrives in pieces (see :class:`StreamMasker`)."""
+        return StreamMasker(self)
 
     def stream(self, target: IO[str]) -> RedactingStream:
         """A text stream that writes to ``target`` through this redactor."""
         return RedactingStream(target, self)
 
 
+def _mask_userinfo(m: re.Match[str]) -> str:
+    if m.group(3) is not None:
+        return f"{m.group(1)}{m.group(2)}:{MASK}@"
+    return f"{m.group(1)}{MASK}@"
+
+
+class StreamMasker:
+    """Masks text that arrives in pieces, so that what it returns can be written at once.
+
+    :meth:`feed` returns the masked text that is safe to write now and keeps back the
+    end that may be the start of a secret; :meth:`finish` returns what was kept back,
+    masked. A secret split across two pieces is masked whole; nothing it returns holds
+    a registered value or a credential pattern's value, even if the process is killed
+    before :meth:`finish` (what was kept back is then lost, never leaked).
+    """
+
+    def __init__(self, redactor: Redactor) -> None:
+        self._redactor = redactor
+        self._pending = ""
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+
+    @property
+    def pending(self) -> int:
+        """How many characters are kept back."""
+        return len(self._pending)
+
+    def feed(self, text: str) -> str:
+        text = self._pending + text
+        cut = self._redactor.open_tail(text)
+        # A whole match that starts before the cut and ends after it goes with the rest.
+        moved = True
+        while moved and cut < len(text):
+            moved = False
+            for pattern in self._redactor.patterns():
+                for m in pattern.finditer(text, max(0, cut - STREAM_HOLD_MAX)):
+                    if m.start() >= cut:
+                        break
+                    if m.end() > cut:
+                        cut, moved = m.start(), True
+                        break
+        if len(text) - cut > STREAM_HOLD_MAX:
+            cut = len(text)  # a bounded hold: something that long is masked as it stands
+        self._pending = text[cut:]
+        return self._redactor.redact(text[:cut])
+
+    def feed_bytes(self, data: bytes) -> bytes:
+        """:meth:`feed` for bytes (UTF-8; a character split between pieces is kept whole)."""
+        return self.feed(self._decoder.decode(data)).encode("utf-8")
+
+    def finish(self) -> str:
+        text = self._pending + self._decoder.decode(b"", final=True)
+        self._pending = ""
+        return self._redactor.redact(text)
+
+
 class RedactingStream:
     """A text stream (for ``rich.Console(file=...)``, ``print(file=...)``) that masks
-    secrets in everything written through it. Anything else is the target's."""
+    secrets in everything written through it. Anything else is the target's.
+
+    Writes pass a :class:`StreamMasker`: ``print(a, b)`` writes in pieces, and a secret
+    split between them is masked whole; :meth:`flush` writes out what was kept back.
+    """
 
     def __init__(self, target: IO[str], redactor: Redactor) -> None:
         self._target = target
-        self._redactor = redactor
+        self._masker = redactor.masker()
+        self._lock = threading.Lock()
 
     def write(self, text: str) -> int:
-        self._target.write(self._redactor.redact(text))
+        with self._lock:
+            masked = self._masker.feed(text)
+            if masked:
+                self._target.write(masked)
         return len(text)
 
     def writelines(self, lines: Iterable[str]) -> None:
@@ -120,6 +355,10 @@ class RedactingStream:
             self.write(line)
 
     def flush(self) -> None:
+        with self._lock:
+            rest = self._masker.finish()
+            if rest:
+                self._target.write(rest)
         self._target.flush()
 
     def __getattr__(self, name: str) -> Any:

@@ -1,0 +1,146 @@
+"""The redactor: what it masks, short secrets, and text that arrives in pieces.
+
+The stream tests split a text at every place hypothesis can think of: a secret split
+across two writes (of a child's log, of ``print``) must come out masked as a whole, and
+what a :class:`StreamMasker` hands out must never hold a secret, whatever comes after.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import urllib.parse
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from orchestrator.engine import Redactor
+from orchestrator.engine._redact import MIN_SECRET_LENGTH
+
+SECRET = "tok/5e1f0c7a+never=shown"
+SHORT = "k3y"
+
+
+def redactor() -> Redactor:
+    r = Redactor()
+    assert r.add(SECRET) is True
+    assert r.add(SHORT) is False  # too short to be masked everywhere: the caller says so
+    return r
+
+
+def test_a_secret_is_masked_in_every_form_a_peer_may_quote_it() -> None:
+    r = redactor()
+    b64 = base64.b64encode(SECRET.encode()).decode()
+    for quoted in (
+        SECRET,
+        urllib.parse.quote(SECRET, safe=""),
+        urllib.parse.quote_plus(SECRET),
+        json.dumps(SECRET)[1:-1].replace("/", "\\/"),
+        b64,
+        base64.b64encode(b"x" + SECRET.encode()).decode(),  # inside a longer value,
+        base64.b64encode(b"xy" + SECRET.encode() + b"z").decode(),  # at each alignment
+    ):
+        masked = r(f"peer said <{quoted}>")
+        assert SECRET not in masked and quoted not in masked, masked
+        assert masked.startswith("peer said <") and "***" in masked
+    # A Secret object's data, as the Kubernetes API shows it.
+    secret_object = json.dumps({"data": {"HF_TOKEN": b64}})
+    assert b64[:-4] not in r(secret_object)
+
+
+def test_a_short_secret_is_masked_wherever_it_stands_as_a_word() -> None:
+    r = redactor()
+    for context in (
+        f"401: invalid token {SHORT}.",
+        f"Authorization: {SHORT}",
+        f"X-Api-Key: {SHORT}",
+        f"https://user:{SHORT}@host/x",
+        f"https://host/x?key={SHORT}&a=1",
+        json.dumps({"token": SHORT}),
+        f'{{"message": "line\\n{SHORT}"}}',
+        f"token%3D{SHORT}%26",
+        f"\x1b[31m{SHORT}\x1b[0m",
+        SHORT,
+    ):
+        assert SHORT not in r(context), (context, r(context))
+    # Inside a longer word it is left: that does not show a reader the credential.
+    assert r(f"{SHORT}stone and x{SHORT}") == f"{SHORT}stone and x{SHORT}"
+    assert len(SHORT) < MIN_SECRET_LENGTH
+
+
+def test_credentials_in_urls_are_masked_without_registering_them() -> None:
+    r = Redactor()
+    assert r("clone https://bob:hunter22@git.example/x") == "clone https://bob:***@git.example/x"
+    assert r("push https://ghp_abc123@github.com/o/r") == "push https://***@github.com/o/r"
+    assert r("GET /v1?access_token=abc&page=2") == "GET /v1?access_token=***&page=2"
+    assert r("s3?X-Amz-Signature=f00d&X-Amz-Date=1") == "s3?X-Amz-Signature=***&X-Amz-Date=1"
+    assert r("see https://example.com/docs?page=2") == "see https://example.com/docs?page=2"
+
+
+def test_json_reports_stay_json_with_a_numeric_short_secret() -> None:
+    r = Redactor()
+    r.add("5")
+    data = {"replicas": 5, "reason": "token 5 refused", "tags": ["5", 5.5]}
+    masked = r.redact_value(data)
+    assert masked == {"replicas": 5, "reason": "token *** refused", "tags": ["***", 5.5]}
+    json.loads(json.dumps(masked))
+
+
+pieces = st.lists(st.integers(min_value=0, max_value=400), max_size=12)
+filler = st.text(st.sampled_from("ab/+= \n\x1b[1mkey3tok%2F"), max_size=30)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    before=filler,
+    after=filler,
+    cuts=pieces,
+    form=st.sampled_from(
+        [
+            SECRET,
+            urllib.parse.quote(SECRET, safe=""),
+            base64.b64encode(SECRET.encode()).decode(),
+            "tok/5e1f\x1b[1m0c7a+never\n  =shown",
+            f" {SHORT} ",
+            f"Authorization: Bearer {SECRET[::-1]} ",
+        ]
+    ),
+)
+def test_a_secret_split_across_pieces_never_comes_out(
+    before: str, after: str, cuts: list[int], form: str
+) -> None:
+    r = redactor()
+    text = before + form + after
+    masker = r.masker()
+    out = []
+    start = 0
+    for cut in sorted(c % (len(text) + 1) for c in cuts):
+        out.append(masker.feed(text[start:cut]))
+        start = max(start, cut)
+        # What was handed out so far never holds a secret, whatever comes next.
+        assert SECRET not in "".join(out) and SECRET[::-1] not in "".join(out)
+    out.append(masker.feed(text[start:]))
+    out.append(masker.finish())
+    whole = "".join(out)
+    assert whole == r(text)
+    assert SECRET not in whole and SECRET[::-1] not in whole
+    assert f" {SHORT} " not in whole
+
+
+def test_bytes_split_inside_a_character_or_a_secret() -> None:
+    r = redactor()
+    data = f"é {SECRET} ü".encode()
+    masker = r.masker()
+    out = b"".join(masker.feed_bytes(data[i : i + 1]) for i in range(len(data)))
+    assert (out + masker.finish().encode()).decode() == "é *** ü"
+
+
+def test_print_in_pieces_to_a_redacting_stream() -> None:
+    r = redactor()
+    target = io.StringIO()
+    stream = r.stream(target)
+    print("token:", SECRET[:8], end="", file=stream)  # print writes each piece apart
+    print(SECRET[8:], "done", file=stream)
+    stream.flush()
+    assert target.getvalue() == "token: *** done\n"
