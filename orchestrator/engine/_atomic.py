@@ -16,15 +16,19 @@ from pathlib import Path
 from ._redact import redact
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str, *, durable: bool = True) -> Path:
+def atomic_write_text(
+    path: str | os.PathLike[str], text: str, *, durable: bool = True, masked: bool = False
+) -> Path:
     """Write ``text`` (redacted) to ``path`` through a temporary file and a rename;
-    ``durable``: sync it to the disk before the rename (for a report's final version)."""
+    ``durable``: sync it to the disk before the rename (for a report's final version);
+    ``masked``: the caller masked it already, value by value (JSON: a short secret masked
+    in the text would turn a number into ``***``)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(redact(text))
+            handle.write(text if masked else redact(text))
             if durable:
                 handle.flush()
                 os.fsync(handle.fileno())

@@ -18,6 +18,7 @@ from pathlib import Path
 from ._atomic import atomic_write_text
 from ._junit import error_record, stopped_record, write_junit
 from ._record import RunRecord
+from ._redact import redactor
 
 JUNIT_XML = "junit.xml"
 RUN_JSON = "run.json"
@@ -90,8 +91,10 @@ def discard(path: Path) -> None:
 
 
 def write_run_json(record: RunRecord, path: str | os.PathLike[str]) -> Path:
-    """``record`` as run.json, atomically."""
-    return atomic_write_text(path, json.dumps(record.to_dict(), indent=2) + "\n")
+    """``record`` as run.json, atomically, each string in it masked (valid JSON whatever
+    a secret looks like)."""
+    data = redactor.redact_value(record.to_dict())
+    return atomic_write_text(path, json.dumps(data, indent=2) + "\n", masked=True)
 
 
 def write_error_reports(
