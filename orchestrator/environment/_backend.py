@@ -12,6 +12,11 @@ left listening on the port afterwards. Three things matter:
 - **Leave nothing behind.** ``bun run dev`` starts children of its own, so the
   backend runs in its own process group and is stopped as a group: SIGTERM,
   then SIGKILL once the grace period is over.
+- **No secret on disk, ever.** The backend logs what it receives (a request's
+  Authorization header, a token in a URL). Its output goes through a pipe to a thread
+  that masks each piece before it writes it (:class:`~._process.MaskedLog`): a run
+  killed at any instant leaves a ``backend.log`` that was never unmasked. Masking the
+  file after the fact left the secret there whenever the run did not get that far.
 """
 
 from __future__ import annotations
@@ -20,11 +25,11 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO
 
 import anyio
 import httpx
@@ -32,7 +37,7 @@ from anyio.abc import Process
 
 from ..engine import redact
 from ._errors import EnvironmentSetupError
-from ._process import kill_group
+from ._process import MaskedLog, kill_group, pump_into
 
 HEALTH_PATH = "/api/health"
 #: Lines of the backend's log an error quotes.
@@ -42,6 +47,8 @@ BACKOFF_INITIAL = 0.05
 BACKOFF_MAX = 1.0
 #: One health request may take this long before it counts as "not answering yet".
 REQUEST_TIMEOUT = 5.0
+#: How long the end of the backend's output may take to reach its log once it exited.
+LOG_DRAIN_TIMEOUT = 5.0
 
 BUN_INSTALL_HINT = "install Bun: https://bun.sh"
 
@@ -81,7 +88,7 @@ class BackendProcess:
         self.clock = clock
         self._log = log
         self._process: Process | None = None
-        self._log_file: IO[bytes] | None = None
+        self._pump: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -124,25 +131,29 @@ class BackendProcess:
         if executable is None:
             hint = f"; {BUN_INSTALL_HINT}" if Path(self.command[0]).name == "bun" else ""
             raise EnvironmentSetupError(f"{self.command[0]} not found on PATH{hint}")
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        # The child writes straight into the file: nothing to copy, and the log keeps
-        # growing even while this process is busy or being cancelled.
-        self._log_file = self.log_path.open("ab")
+        # The child writes into a pipe; a thread of ours masks each piece on its way into
+        # the file, and keeps the log growing while this process is busy or cancelled.
+        log = MaskedLog(self.log_path)
+        read_end, write_end = os.pipe()
         try:
             self._process = await anyio.open_process(
                 [executable, *self.command[1:]],
                 cwd=self.directory,
                 env=env,
                 stdin=subprocess.DEVNULL,
-                stdout=self._log_file,
+                stdout=write_end,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         except OSError as exc:
-            self._close_log()
+            os.close(read_end)
+            log.close()
             raise EnvironmentSetupError(
                 f"cannot start the backend ({' '.join(self.command)}): {exc}"
             ) from None
+        finally:
+            os.close(write_end)
+        self._pump = pump_into(read_end, log)
         self._log(
             f"backend started: {' '.join(self.command)} in {self.directory} "
             f"(pid {self._process.pid}, port {self.port}, log {self.log_path.name})"
@@ -191,6 +202,8 @@ class BackendProcess:
         if healthy:
             self._log(f"backend healthy at {self.health_url}")
             return
+        if exited:
+            await self._drain_log()
         tail = self.log_tail()
         if exited:
             raise EnvironmentSetupError(
@@ -206,8 +219,6 @@ class BackendProcess:
 
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         """The last ``lines`` non-empty lines of the backend's log."""
-        if self._log_file is not None:
-            self._log_file.flush()
         try:
             with self.log_path.open("rb") as handle:
                 handle.seek(0, os.SEEK_END)
@@ -242,7 +253,7 @@ class BackendProcess:
             # Children that outlived their parent would keep the port busy.
             kill_group(process.pid, signal.SIGKILL)
             await process.aclose()
-            self._close_log()
+            await self._drain_log()
         return process.returncode
 
     async def __aenter__(self) -> BackendProcess:
@@ -264,27 +275,13 @@ class BackendProcess:
             raise RuntimeError("start() the backend first")
         return self._process
 
-    def _close_log(self) -> None:
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
-            _redact_file(self.log_path)
-
-
-def _redact_file(path: Path) -> None:
-    """Pass the backend's log through the redactor once it is closed.
-
-    The child writes straight into the file (so the log grows even while this process
-    is busy); a backend that logs a request's Authorization header would otherwise leave
-    the token in the artifacts.
-    """
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-        masked = redact(text)
-        if masked != text:
-            path.write_text(masked, encoding="utf-8")
-    except OSError:
-        pass
+    async def _drain_log(self) -> None:
+        """Wait (bounded) for the pump to write the end of the output. A descendant that
+        left the process group may hold the pipe open: the pump then goes on masking in
+        the background, a daemon thread, until that one exits or the run does."""
+        pump = self._pump
+        if pump is not None and pump.is_alive():
+            await anyio.to_thread.run_sync(pump.join, LOG_DRAIN_TIMEOUT, abandon_on_cancel=True)
 
 
 def _describe(exc: httpx.HTTPError) -> str:

@@ -147,7 +147,8 @@ class KindCluster:
         return await self._run(kind, *argv)
 
     async def _export_kubeconfig(self, kind: str) -> None:
-        result = await self._run(kind, "get", "kubeconfig", "--name", self.name)
+        # Its output is the cluster's client certificate and key: never in the log.
+        result = await self._run(kind, "get", "kubeconfig", "--name", self.name, log_stdout=False)
         if not result.ok or not result.stdout.strip():
             raise EnvironmentSetupError(
                 f"kind get kubeconfig --name {self.name} failed "
@@ -354,12 +355,14 @@ class KindCluster:
 
     # -- plumbing --------------------------------------------------------------------
 
-    async def _run(self, executable: str, *args: str) -> CommandResult:
+    async def _run(self, executable: str, *args: str, log_stdout: bool = True) -> CommandResult:
         env = dict(os.environ)
         # kind would otherwise write the new context into the user's own kubeconfig.
         env["KUBECONFIG"] = str(self.kubeconfig)
         try:
-            return await run_logged([executable, *args], self.log_path, env=env)
+            return await run_logged(
+                [executable, *args], self.log_path, env=env, log_stdout=log_stdout
+            )
         except OSError as exc:
             raise EnvironmentSetupError(f"cannot run {Path(executable).name}: {exc}") from None
 

@@ -7,6 +7,9 @@ also returned so that the caller can quote the last lines in its error.
 Each command runs in its own process group: ``kind`` starts ``docker`` and
 friends, and a cancelled run must not leave them running, so cancellation kills
 the whole group rather than only the direct child.
+
+The log is masked as it is written (:class:`MaskedLog`), never afterwards: a run that is
+killed (SIGKILL, the OOM killer, a crash) leaves on disk only what was masked already.
 """
 
 from __future__ import annotations
@@ -15,13 +18,15 @@ import os
 import shlex
 import signal
 import subprocess
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 import anyio
 from anyio.abc import ByteReceiveStream
+
+from ..engine import redactor
 
 #: How many lines of a command's output an error message quotes.
 TAIL_LINES = 5
@@ -53,22 +58,84 @@ def kill_group(pid: int, sig: signal.Signals = signal.SIGKILL) -> None:
         pass
 
 
+class MaskedLog:
+    """An append-only log file whose every byte passes the process's redactor on its way
+    in, a secret split between two writes included (the redactor's ``StreamMasker``
+    keeps back the end that may start one until the next write or :meth:`close`).
+
+    Each write goes to the file at once, unbuffered: what the kernel has, the disk gets,
+    whatever happens to this process afterwards. Thread-safe.
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._masker = redactor.masker()
+        self._lock = threading.Lock()
+
+    def write(self, data: bytes) -> None:
+        with self._lock:
+            self._put(self._masker.feed_bytes(data))
+
+    def note(self, text: str) -> None:
+        """A line of our own (a command line, an exit code), after what came before."""
+        with self._lock:
+            self._put(self._masker.finish().encode("utf-8") + redactor.redact_bytes(text.encode()))
+
+    def close(self) -> None:
+        with self._lock:
+            self._put(self._masker.finish().encode("utf-8"))
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+    def _put(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view and self._fd is not None:
+            view = view[os.write(self._fd, view) :]
+
+
+def pump_into(fd: int, log: MaskedLog) -> threading.Thread:
+    """A thread that copies the pipe ``fd`` into ``log`` until EOF, then closes both.
+
+    A thread, not a task: the log keeps up with its writer while the event loop is busy
+    or the run is being cancelled, and a writer that fills its pipe is never stalled.
+    """
+
+    def pump() -> None:
+        try:
+            while data := os.read(fd, 65536):
+                log.write(data)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+            log.close()
+
+    thread = threading.Thread(target=pump, name=f"log {log.path.name}", daemon=True)
+    thread.start()
+    return thread
+
+
 async def run_logged(
     argv: Sequence[str],
     log_file: Path,
     *,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    log_stdout: bool = True,
 ) -> CommandResult:
     """Run ``argv`` to completion, appending its command line and output to ``log_file``.
 
-    Never raises for a non-zero exit (the caller decides what a failure means); raises
-    ``OSError`` when the executable cannot be started at all.
+    ``log_stdout=False`` keeps stdout out of the log (``kind get kubeconfig`` prints the
+    cluster's client key): only its size is noted. Never raises for a non-zero exit (the
+    caller decides what a failure means); raises ``OSError`` when the executable cannot
+    be started at all.
     """
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with log_file.open("ab") as log:
-        log.write(f"$ {shlex.join(argv)}\n".encode())
-        log.flush()
+    log = MaskedLog(log_file)
+    try:
+        log.note(f"$ {shlex.join(argv)}\n")
         process = await anyio.open_process(
             list(argv),
             stdin=subprocess.DEVNULL,
@@ -83,14 +150,18 @@ async def run_logged(
         try:
             async with process, anyio.create_task_group() as tg:
                 assert process.stdout is not None and process.stderr is not None
-                tg.start_soon(_drain, process.stdout, out, log)
+                tg.start_soon(_drain, process.stdout, out, log if log_stdout else None)
                 tg.start_soon(_drain, process.stderr, err, log)
                 await process.wait()
         except BaseException:
             # Cancelled (or broken) while the command runs: take its children with it.
             kill_group(process.pid)
             raise
-        log.write(f"[exit {process.returncode}]\n".encode())
+        if not log_stdout:
+            log.note(f"[{sum(map(len, out))} bytes of output not logged: they hold credentials]\n")
+        log.note(f"[exit {process.returncode}]\n")
+    finally:
+        log.close()
     return CommandResult(
         tuple(argv),
         int(process.returncode or 0),
@@ -99,8 +170,8 @@ async def run_logged(
     )
 
 
-async def _drain(stream: ByteReceiveStream, into: list[bytes], log: IO[bytes]) -> None:
+async def _drain(stream: ByteReceiveStream, into: list[bytes], log: MaskedLog | None) -> None:
     async for chunk in stream:
         into.append(chunk)
-        log.write(chunk)
-        log.flush()
+        if log is not None:
+            log.write(chunk)

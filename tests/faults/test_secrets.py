@@ -9,12 +9,21 @@ diagnostics, the GitHub summary or its annotations.
 
 from __future__ import annotations
 
+import base64
+import json
+import os
 import re
+import signal
+import sys
+import textwrap
+import urllib.parse
 from pathlib import Path
 
+import anyio
 import pytest
 from _bounded import running_sandbox
 from e2e_harness import Result, run_orchestrator
+from test_signals_setup import alive, read_all, start_run
 
 from orchestrator.engine import Redactor
 from orchestrator.sandbox import Faults, SandboxOptions
@@ -105,6 +114,99 @@ def test_the_redactor_masks_secrets_however_they_are_split_or_encoded() -> None:
     # Plain words are not credentials.
     text = "check the bearer token (KUBEFOUNDRY_TOKEN or token_file)"
     assert r(text) == text
-    # A value too short to be a secret is not masked everywhere.
-    r.add("abc")
-    assert r("abc") == "abc"
+    # A short value is masked where it stands as a word, not inside longer words.
+    assert r.add("abc") is False
+    assert r("token abc refused; abcdef") == "token *** refused; abcdef"
+
+
+KILLED_BACKEND = textwrap.dedent(
+    """\
+    import base64, os, sys, time, urllib.parse
+    token = os.environ["KUBEFOUNDRY_TOKEN"]
+    out = sys.stdout
+    # The token whole, then split across two writes (two reads of the pipe, most
+    # often), then as a peer may quote it: URL-encoded, JSON-escaped, in base64.
+    out.write(f"GET /api/deployments X-Token: {{token}}\\n"); out.flush()
+    out.write(f"retrying with token={{token[:9]}}"); out.flush()
+    time.sleep(0.2)
+    out.write(f"{{token[9:]}} after a 503\\n"); out.flush()
+    out.write(f"url: /x?t={{urllib.parse.quote(token, safe='')}}\\n")
+    out.write('body: {{"token": "%s"}}\\n' % token.replace("/", "\\\\/"))
+    out.write(f"secret data: {{base64.b64encode(token.encode()).decode()}}\\n")
+    out.write("{marker}\\n"); out.flush()
+    with open({fifo!r}, "w") as fifo:
+        fifo.write(str(os.getpid()))
+    time.sleep(3600)  # a backend that never gets healthy: the run is killed meanwhile
+    """
+)
+
+
+async def test_a_run_killed_mid_way_leaves_no_secret_in_any_file(tmp_path: Path) -> None:
+    """SIGKILL (the OOM killer, a cancelled CI job) gives the run no chance to tidy up:
+    every file it leaves must already be masked, the backend's log included."""
+    token = "tok/7c3e-9a1f5d-killed-mid-way"
+    marker = "the backend logged everything"
+    fifo = tmp_path / "backend.pid"
+    os.mkfifo(fifo)
+    script = tmp_path / "backend.py"
+    script.write_text(KILLED_BACKEND.format(fifo=str(fifo), marker=marker))
+    (tmp_path / "backend").mkdir()
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:9"}}],
+                "users": [{"name": "u", "user": {"token": "unused-token"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    log = tmp_path / "artifacts" / "environment" / "backend.log"
+    os.environ["KUBEFOUNDRY_TOKEN"] = token  # start_run copies the environment
+    try:
+        with anyio.fail_after(60):
+            async with await start_run(
+                tmp_path,
+                kubeconfig,
+                "--backend-dir",
+                str(tmp_path / "backend"),
+                "--backend-command",
+                f"{sys.executable} {script}",
+                "--backend-port",
+                "9",
+            ) as proc:
+                pid = int(await anyio.to_thread.run_sync(fifo.read_text, abandon_on_cancel=True))
+                # Its log reaches the file through the run's pump: wait for the last line.
+                while marker not in log.read_text(errors="replace"):
+                    await anyio.sleep(0.01)
+                proc.kill()
+                stdout, stderr = await read_all(proc.stdout), await read_all(proc.stderr)
+                assert await proc.wait() == -signal.SIGKILL, stdout + stderr
+    finally:
+        os.environ.pop("KUBEFOUNDRY_TOKEN", None)
+    # Nothing is left to stop it: the backend is this test's to end.
+    if alive(pid):
+        os.killpg(pid, signal.SIGKILL)
+    forms = {
+        token,
+        urllib.parse.quote(token, safe=""),
+        token.replace("/", "\\/"),
+        base64.b64encode(token.encode()).decode()[:-4],
+        token[9:],  # the second half of the split write, alone
+    }
+    texts = {"stdout": stdout, "stderr": stderr}
+    texts |= {
+        str(p.relative_to(tmp_path)): p.read_text(errors="replace")
+        for p in (tmp_path / "artifacts").rglob("*")
+        if p.is_file()
+    }
+    assert "backend.log" in " ".join(texts)
+    for name, text in texts.items():
+        for form in forms:
+            assert form not in text, f"{form!r} is in {name} after the run was killed"
+    written = log.read_text()
+    assert written.count("***") == 5, written  # it was logged, masked, every time
+    assert "X-Token: ***" in written and "retrying with token=*** after a 503" in written
