@@ -72,8 +72,9 @@ STREAM_HOLD_MAX = 8192
 #: What may separate the characters of a secret on a terminal: a style escape, a line
 #: break with the next line's indentation, a table border.
 _GAP = r"(?:\x1b\[[0-9;?]*[A-Za-z]|[ \t\r\n│┃║|])*"
-#: A gap that a stream's piece may end in the middle of (an escape not yet finished).
-_OPEN_GAP = _GAP + r"(?:\x1b\[?[0-9;?]*)?"
+#: One gap, or an escape a stream's piece ends in the middle of: what :meth:`open_tail`
+#: leaves out when it compares the end of a piece with the start of a secret.
+_GAP_OR_OPEN = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\[?[0-9;?]*\Z|[ \t\r\n│┃║|]")
 #: ``Bearer xyz``, ``bearer%20xyz``: the credential after the scheme word (not the
 #: words of a sentence such as "check the bearer token").
 _BEARER = re.compile(
@@ -94,6 +95,7 @@ _QUERY_CREDENTIAL = re.compile(
     r"password|passwd|pwd|secret|client_secret|sig|signature|x-amz-signature|"
     r"x-amz-credential|x-amz-security-token|x-goog-signature|auth)=)([^&#\s\"'<>]+)"
 )
+_CREDENTIALS = (_BEARER, _AUTHORIZATION, _USERINFO, _QUERY_CREDENTIAL)
 #: What a short secret must not touch to count as a word of its own: a letter, digit or
 #: ``_``, unless that character ends an escape (``%2F``, ``\n``, a style code).
 _SHORT_BEFORE = (
@@ -102,6 +104,7 @@ _SHORT_BEFORE = (
     + ")"
 )
 _SHORT_AFTER = r"(?![A-Za-z0-9_])"
+_SHORT_START = re.compile(_SHORT_BEFORE)
 #: The end of a stream's piece that may be the start of a credential pattern's match.
 _OPEN_CREDENTIAL = re.compile(
     r"(?i)(?:"
@@ -117,12 +120,41 @@ _OPEN_CREDENTIAL = re.compile(
 )
 
 
-def _prefixes(parts: list[str]) -> str:
-    """A pattern for any non-empty prefix of ``parts`` (regex pieces) joined by _GAP."""
-    pattern = ""
-    for part in reversed(parts[1:]):
-        pattern = f"(?:{_GAP}{part}{pattern})?"
-    return parts[0] + pattern
+def _strip_gaps(text: str) -> tuple[str, list[int]]:
+    """``text`` without its gaps, and where each character left came from."""
+    kept: list[str] = []
+    where: list[int] = []
+    at = 0
+    for m in _GAP_OR_OPEN.finditer(text):
+        kept.append(text[at : m.start()])
+        where.extend(range(at, m.start()))
+        at = m.end()
+    kept.append(text[at:])
+    where.extend(range(at, len(text)))
+    return "".join(kept), where
+
+
+def _longest_start(text: str, form: str, ends: dict[str, list[int]]) -> int | None:
+    """The length of the longest prefix of ``form`` that ``text`` ends with, if any.
+
+    ``ends`` lists, for each character, the prefix lengths that end with it: a secret of
+    a thousand characters is checked at the few places its last character allows, not
+    at every length (and not with a pattern nested a thousand deep, which ``re`` cannot
+    compile).
+    """
+    if not text:
+        return None
+    for k in ends.get(text[-1], ()):
+        if k <= len(text) and text.endswith(form[:k]):
+            return k
+    return None
+
+
+def _ends(form: str) -> dict[str, list[int]]:
+    ends: dict[str, list[int]] = {}
+    for k in range(len(form), 0, -1):  # longest first
+        ends.setdefault(form[k - 1], []).append(k)
+    return ends
 
 
 def _base64_fragments(value: str) -> set[str]:
@@ -162,7 +194,10 @@ class Redactor:
         self._long: set[str] = set()
         self._short: set[str] = set()
         self._pattern: re.Pattern[str] | None = None
-        self._open: re.Pattern[str] | None = None
+        self._short_pattern: re.Pattern[str] | None = None
+        #: For each form: the form without gaps and its prefix lengths by last character.
+        self._open_long: list[tuple[str, dict[str, list[int]]]] = []
+        self._open_short: list[tuple[str, dict[str, list[int]]]] = []
         for secret in secrets:
             self.add(secret)
 
@@ -193,20 +228,26 @@ class Redactor:
         return not short
 
     def _compile(self) -> None:
-        # Longest first, so that a secret containing another is masked whole.
-        longs = sorted(self._long, key=len, reverse=True)
+        # Longest first, so that a secret containing another is masked whole. Registered
+        # values are looked for in the text with its gaps left out (a pattern with a gap
+        # between each character costs seconds to compile for a thousand-character
+        # token); their spans are then masked in the text as it is.
+        stripped = sorted(
+            {f for f in (_strip_gaps(form)[0] for form in self._long) if f},
+            key=len,
+            reverse=True,
+        )
         shorts = sorted(self._short, key=len, reverse=True)
-        alternatives = [_GAP.join(re.escape(ch) for ch in form) for form in longs]
-        if shorts:
-            words = "|".join(re.escape(form) for form in shorts)
-            alternatives.append(f"{_SHORT_BEFORE}(?:{words}){_SHORT_AFTER}")
-        self._pattern = re.compile("|".join(alternatives)) if alternatives else None
-        opens = [_prefixes([re.escape(ch) for ch in form]) + _OPEN_GAP + r"\Z" for form in longs]
-        opens += [
-            _SHORT_BEFORE + _prefixes([re.escape(ch) for ch in form]).replace(_GAP, "") + r"\Z"
-            for form in shorts
-        ]
-        self._open = re.compile("|".join(opens)) if opens else None
+        self._pattern = (
+            re.compile("|".join(re.escape(form) for form in stripped)) if stripped else None
+        )
+        self._short_pattern = (
+            re.compile(f"{_SHORT_BEFORE}(?:{'|'.join(re.escape(f) for f in shorts)}){_SHORT_AFTER}")
+            if shorts
+            else None
+        )
+        self._open_long = [(form, _ends(form)) for form in stripped]
+        self._open_short = [(form, _ends(form)) for form in shorts]
 
     @property
     def secrets(self) -> int:
@@ -218,7 +259,8 @@ class Redactor:
         with self._lock:
             self._long.clear()
             self._short.clear()
-            self._pattern = self._open = None
+            self._pattern = self._short_pattern = None
+            self._open_long, self._open_short = [], []
 
     def __call__(self, text: str) -> str:
         return self.redact(text)
@@ -226,13 +268,37 @@ class Redactor:
     def redact(self, text: str) -> str:
         if not text:
             return text
-        pattern = self._pattern
-        if pattern is not None:
-            text = pattern.sub(MASK, text)
+        spans = self._registered(text)
+        if spans:
+            parts = []
+            at = 0
+            for start, end in spans:
+                parts += [text[at:start], MASK]
+                at = end
+            text = "".join([*parts, text[at:]])
+        if self._short_pattern is not None:
+            text = self._short_pattern.sub(MASK, text)
         text = _BEARER.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)
         text = _AUTHORIZATION.sub(lambda m: f"{m.group(1)}{MASK}", text)
         text = _USERINFO.sub(_mask_userinfo, text)
         return _QUERY_CREDENTIAL.sub(lambda m: f"{m.group(1)}{MASK}", text)
+
+    def _registered(self, text: str) -> list[tuple[int, int]]:
+        """Where registered values (long ones) are in ``text``, gaps inside them included."""
+        pattern = self._pattern
+        if pattern is None:
+            return []
+        stripped, where = _strip_gaps(text)
+        return [(where[m.start()], where[m.end() - 1] + 1) for m in pattern.finditer(stripped)]
+
+    def spans(self, text: str) -> list[tuple[int, int]]:
+        """Every stretch of ``text`` that :meth:`redact` masks, or whose match holds what it
+        masks, in order of start."""
+        found = self._registered(text)
+        for pattern in (self._short_pattern, *_CREDENTIALS):
+            if pattern is not None:
+                found += [m.span() for m in pattern.finditer(text)]
+        return sorted(found)
 
     def redact_bytes(self, data: bytes) -> bytes:
         return self.redact(data.decode("utf-8", "replace")).encode("utf-8")
@@ -248,11 +314,6 @@ class Redactor:
             return [self.redact_value(v) for v in value]
         return value
 
-    def patterns(self) -> list[re.Pattern[str]]:
-        """Every pattern :meth:`redact` masks with, the registered values' first."""
-        own = [self._pattern] if self._pattern is not None else []
-        return [*own, _BEARER, _AUTHORIZATION, _USERINFO, _QUERY_CREDENTIAL]
-
     def open_tail(self, text: str) -> int:
         """Where the part of ``text`` that may be an unfinished secret starts (``len(text)``
         when none may): the first characters of a registered value, a ``Bearer`` or
@@ -261,9 +322,18 @@ class Redactor:
             return 0
         floor = max(0, len(text) - STREAM_HOLD_MAX)
         starts = [len(text)]
-        for pattern in (self._open, _OPEN_CREDENTIAL):
-            if pattern is not None and (m := pattern.search(text, floor)) is not None:
-                starts.append(m.start())
+        if (m := _OPEN_CREDENTIAL.search(text, floor)) is not None:
+            starts.append(m.start())
+        if self._open_long:
+            stripped, where = _strip_gaps(text[floor:])
+            for form, ends in self._open_long:
+                k = _longest_start(stripped, form, ends)
+                if k is not None:
+                    starts.append(floor + where[len(stripped) - k])
+        for form, ends in self._open_short:
+            k = _longest_start(text, form, ends)
+            if k is not None and _SHORT_START.match(text, len(text) - k):
+                starts.append(len(text) - k)
         return min(starts)
 
     def masker(self) -> StreamMasker:
@@ -305,16 +375,14 @@ class StreamMasker:
         text = self._pending + text
         cut = self._redactor.open_tail(text)
         # A whole match that starts before the cut and ends after it goes with the rest.
-        moved = True
-        while moved and cut < len(text):
-            moved = False
-            for pattern in self._redactor.patterns():
-                for m in pattern.finditer(text, max(0, cut - STREAM_HOLD_MAX)):
-                    if m.start() >= cut:
-                        break
-                    if m.end() > cut:
-                        cut, moved = m.start(), True
-                        break
+        if cut < len(text):
+            spans = self._redactor.spans(text)
+            moved = True
+            while moved:  # matches of different patterns may overlap
+                moved = False
+                for start, end in spans:
+                    if start < cut < end:
+                        cut, moved = start, True
         if len(text) - cut > STREAM_HOLD_MAX:
             cut = len(text)  # a bounded hold: something that long is masked as it stands
         self._pending = text[cut:]

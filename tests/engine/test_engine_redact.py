@@ -144,3 +144,15 @@ def test_print_in_pieces_to_a_redacting_stream() -> None:
     print(SECRET[8:], "done", file=stream)
     stream.flush()
     assert target.getvalue() == "token: *** done\n"
+
+
+def test_a_service_account_token_of_a_thousand_characters() -> None:
+    # A kubeconfig's token is a JWT of about a thousand characters: registering it must
+    # not build a pattern nested as deep as it is long (re cannot compile that).
+    token = "eyJhbGciOiJSUzI1NiJ9." + "".join(f"{i:04x}" for i in range(250)) + ".sig-_x"
+    r = Redactor([token])
+    wrapped = "\n  ".join(token[i : i + 80] for i in range(0, len(token), 80))
+    assert r(f"token: {wrapped} end") == "token: *** end"
+    masker = r.masker()
+    out = masker.feed("a " + token[:500]) + masker.feed(token[500:] + " b") + masker.finish()
+    assert out == "a *** b"
