@@ -43,7 +43,7 @@ from ._models import (
     ProviderStatus,
     Replicas,
 )
-from ._retry import NO_RETRY, RetryPolicy
+from ._retry import NO_RETRY, FailureListener, RetryPolicy, failures_heard_by
 from ._watch import Backoff, WatchEvent, watch
 from .inference import (
     ChatCompletionResponse,
@@ -76,6 +76,7 @@ __all__ = [
     "EVENTS",
     "Exchange",
     "Expectations",
+    "FailureListener",
     "HTTPStatusError",
     "Health",
     "InferenceClient",
@@ -108,6 +109,7 @@ __all__ = [
     "WatchEvent",
     "WatchHub",
     "compile_selector",
+    "failures_heard_by",
     "is_retryable",
     "validate_completion",
     "watch",

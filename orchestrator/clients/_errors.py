@@ -69,6 +69,11 @@ def excerpt(data: bytes | str, limit: int = EXCERPT_LIMIT, secrets: tuple[str, .
 class ClientError(Exception):
     """Anything a client of this package raises."""
 
+    #: Set by the retry policy when it stopped retrying this flake because the caller's
+    #: deadline was near, not for a number of tries: the request kept failing until the
+    #: phase ran out of time, which a report names as a timeout.
+    retried_until_deadline: bool = False
+
 
 class TransportError(ClientError):
     """No usable answer: the connection failed, was reset, or timed out."""

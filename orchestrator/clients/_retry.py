@@ -12,22 +12,56 @@ bounds it.
 
 tenacity does the bookkeeping (waits, the final re-raise) so that the policy is
 a value we can pass around and test, not a loop copied into each call.
+
+A phase that runs out of time while a request keeps failing must say both: that it
+ran out, and what the route kept answering. Its deadline can end it first (a wait
+between tries, a request cut short by the deadline itself), and then nothing but
+the timeout would be left to report. So every try's flake, and every success, is
+told to whoever listens in the calling task (:func:`failures_heard_by`): the flows
+pass it on to the phase, whose timeout reason then names the route's last error.
+A context variable carries the listener, so a client never holds a phase, and the
+flows of one run, each in its own task, hear only their own requests.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TypeVar
 
 import anyio
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
-from ._errors import HTTPStatusError, ProtocolError, ServerError, is_retryable
+from ._errors import ClientError, HTTPStatusError, ProtocolError, ServerError, is_retryable
 
 T = TypeVar("T")
+
+#: ``(route, error)`` for a try that failed with a flake, ``(route, None)`` for a
+#: request to ``route`` that succeeded.
+FailureListener = Callable[[str, BaseException | None], None]
+_listener: ContextVar[FailureListener | None] = ContextVar("failure_listener", default=None)
+
+
+@contextmanager
+def failures_heard_by(listener: FailureListener) -> Iterator[None]:
+    """Within the block (and the tasks it starts), tell ``listener`` of every flake a
+    request meets and of every request that succeeds, each with its route."""
+    token = _listener.set(listener)
+    try:
+        yield
+    finally:
+        _listener.reset(token)
+
+
+def heard(route: str, error: BaseException | None) -> None:
+    """Tell the listener, if any, how a request to ``route`` went (None: it succeeded)."""
+    listener = _listener.get()
+    if listener is not None:
+        listener(route, error)
 
 
 def margin_before(deadline: float, now: float) -> float:
@@ -101,21 +135,43 @@ class RetryPolicy:
         on_retry: Callable[[BaseException, float], None] | None = None,
         *,
         failed: BaseException | None = None,
+        route: str = "",
     ) -> T:
         """Run ``fn`` until it succeeds, fails for good, or its time is up.
 
         The last exception is re-raised unchanged, so callers see the server's
-        own answer rather than a wrapper. ``failed`` is the failure of a first try the
-        caller made on its own (a lean attempt outside this machinery): it counts as
-        try number one, so the wait before the next try, the ``Retry-After`` honoured,
-        ``attempts`` and the deadline are what they would have been had ``fn`` failed so.
+        own answer rather than a wrapper; when the caller's deadline is what ended the
+        retries, a :class:`ClientError` says so (``retried_until_deadline``). ``failed``
+        is the failure of a first try the caller made on its own (a lean attempt outside
+        this machinery): it counts as try number one, so the wait before the next try,
+        the ``Retry-After`` honoured, ``attempts`` and the deadline are what they would
+        have been had ``fn`` failed so. Each try's flake and the success are told to the
+        listener of :func:`failures_heard_by` under ``route``, except a timeout at the
+        very end, which the deadline cut short: the route's own last answer is the news.
         """
-        attempt = fn if failed is None else _replaying(failed, fn)
+        tried = fn if failed is None else _replaying(failed, fn)
         now = anyio.current_time()
         deadline = anyio.current_effective_deadline()
         give_up_at = now + self.max_elapsed
+        deadline_binds = False
         if not math.isinf(deadline):
-            give_up_at = min(give_up_at, deadline - margin_before(deadline, now))
+            by_deadline = deadline - margin_before(deadline, now)
+            deadline_binds = by_deadline < give_up_at
+            give_up_at = min(give_up_at, by_deadline)
+        out_of_time = False
+
+        async def attempt() -> T:
+            try:
+                value = await tried()
+            except Exception as exc:
+                # A timeout as the time is up (within the last step ``stop`` would not
+                # wait out either) is the deadline's doing, not the route's.
+                cut_short = isinstance(exc, TimeoutError) and _left(give_up_at) <= 0.05
+                if self.retryable(exc) and not cut_short:
+                    heard(route, exc)
+                raise
+            heard(route, None)
+            return value
 
         def wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
@@ -132,7 +188,11 @@ class RetryPolicy:
             asked_too_long = asked is not None and min(asked, self.retry_after_cap) > _left(
                 give_up_at
             )
-            return asked_too_long or _left(give_up_at) <= min(wanted, 0.05)
+            if asked_too_long or _left(give_up_at) <= min(wanted, 0.05):
+                nonlocal out_of_time
+                out_of_time = deadline_binds
+                return True
+            return False
 
         def before_sleep(state: RetryCallState) -> None:
             if on_retry and state.outcome is not None:
@@ -148,7 +208,12 @@ class RetryPolicy:
             before_sleep=before_sleep,
             sleep=anyio.sleep,
         )
-        return await retrying(attempt)
+        try:
+            return await retrying(attempt)
+        except ClientError as exc:
+            if out_of_time:
+                exc.retried_until_deadline = True
+            raise
 
 
 def _replaying(failed: BaseException, fn: Callable[[], Awaitable[T]]) -> Callable[[], Awaitable[T]]:

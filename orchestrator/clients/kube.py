@@ -37,7 +37,7 @@ from ._errors import (
     status_error,
 )
 from ._exec_credential import EXEC_TIMEOUT, bounded_exec_provider
-from ._retry import READS, RetryPolicy, bounded
+from ._retry import READS, RetryPolicy, bounded, heard
 from ._tls import plain_http
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -553,14 +553,18 @@ class KubeClient:
         confirming read is on the path from a change to the wait's end.
         """
         try:
-            return await self._get_once(path, check, query, timeout)
+            answer = await self._get_once(path, check, query, timeout)
         except ClientError as exc:
             policy = retry or READS
             if not policy.retryable(exc):
                 raise
             return await policy.call(
-                partial(self._get_once, path, check, query, timeout), failed=exc
+                partial(self._get_once, path, check, query, timeout),
+                failed=exc,
+                route=f"GET {path}",
             )
+        heard(f"GET {path}", None)
+        return answer
 
     async def _get_once(
         self,

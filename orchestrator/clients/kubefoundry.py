@@ -321,7 +321,7 @@ class KubeFoundryClient:
                 what = text if text.startswith(route) else f"{route}: {text}"
                 self._on_retry(f"{what}; retrying in {wait:.1f} s")
 
-        return await (retry or self.retry).call(once, on_retry)
+        return await (retry or self.retry).call(once, on_retry, route=f"{method} {path}")
 
     async def _get(self, model: type[M], path: str, **kwargs: Any) -> M:
         _, body = await self.request("GET", path, **kwargs)

@@ -7,6 +7,7 @@ outcomes (which error ends the call), so a loaded machine cannot make them flaky
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable, Callable
 
 import anyio
 import httpx
@@ -15,10 +16,12 @@ import pytest
 from orchestrator.clients import (
     KubeFoundryClient,
     NotFound,
+    RequestTimeout,
     RetryPolicy,
     ServerError,
     TooManyRequests,
     TransportError,
+    failures_heard_by,
 )
 from orchestrator.clients._retry import bounded
 
@@ -121,3 +124,79 @@ async def test_the_backend_client_honours_retry_after() -> None:
     finally:
         await api.aclose()
     assert anyio.current_time() - started >= 0.5
+
+
+async def test_each_flake_and_the_success_are_heard_with_the_route() -> None:
+    """What a phase needs to name a request that keeps failing: every flake, each with its
+    route, and the success that ends it; answers (a 404) are not flakes."""
+    heard: list[tuple[str, str | None]] = []
+    answers: list[BaseException | None] = [
+        ServerError(503, "restarting", method="GET", path="/api/x"),
+        TransportError("connection refused"),
+        None,
+    ]
+
+    async def once() -> str:
+        answer = answers.pop(0)
+        if answer is not None:
+            raise answer
+        return "ok"
+
+    policy = RetryPolicy(initial=0.001, maximum=0.002)
+    with failures_heard_by(lambda route, exc: heard.append((route, exc and str(exc)))):
+        with anyio.fail_after(20):
+            assert await policy.call(once, route="GET /api/x") == "ok"
+            with pytest.raises(NotFound):
+                await policy.call(_raises(NotFound(404, "gone")), route="GET /api/y")
+    assert heard == [
+        ("GET /api/x", "GET /api/x answered 503: restarting"),
+        ("GET /api/x", "connection refused"),
+        ("GET /api/x", None),
+    ]
+    with anyio.fail_after(20):  # outside the block nobody listens, and nothing breaks
+        await policy.call(_raises(None), route="GET /api/x")
+    assert len(heard) == 3
+
+
+async def test_flakes_retried_until_the_deadline_say_so_and_a_count_does_not() -> None:
+    async def always_503() -> None:
+        raise ServerError(503, "restarting", method="GET", path="/api/health")
+
+    with anyio.fail_after(0.5):
+        with pytest.raises(ServerError) as by_time:
+            await RetryPolicy(initial=0.01, maximum=0.02).call(always_503)
+    assert by_time.value.retried_until_deadline
+    with anyio.fail_after(20):
+        with pytest.raises(ServerError) as by_count:
+            await RetryPolicy(initial=0.001, attempts=2).call(always_503)
+    assert not by_count.value.retried_until_deadline
+
+
+async def test_a_try_the_deadline_cut_short_does_not_hide_the_routes_own_answer() -> None:
+    """The last try near the deadline gets only what is left; its timeout is the phase's
+    time running out, not news about the route: the 503 before it stays what is heard."""
+    heard: list[str | None] = []
+    tries = 0
+
+    async def fails_then_hangs() -> None:
+        nonlocal tries
+        tries += 1
+        if tries == 1:
+            raise ServerError(503, "restarting", method="GET", path="/api/x")
+        with anyio.move_on_after(bounded(60)):
+            await anyio.sleep(60)
+        raise RequestTimeout("GET /api/x: no whole answer", method="GET", url="/api/x")
+
+    with failures_heard_by(lambda route, exc: heard.append(exc and str(exc))):
+        with anyio.fail_after(0.5):
+            with pytest.raises(RequestTimeout):
+                await RetryPolicy(initial=0.01).call(fails_then_hangs, route="GET /api/x")
+    assert tries == 2 and heard == ["GET /api/x answered 503: restarting"]
+
+
+def _raises(exc: BaseException | None) -> Callable[[], Awaitable[None]]:
+    async def once() -> None:
+        if exc is not None:
+            raise exc
+
+    return once
