@@ -132,6 +132,16 @@ class PhaseContext:
         """
         self.phase.last_seen = state
 
+    def failing(self, what: str | None) -> None:
+        """Note what a request of the phase keeps failing with ("GET /x answered 503:
+        ..."), or None once it succeeds again.
+
+        A phase that runs out of time while a request keeps failing ends as a timeout
+        whose reason also names this, whichever came first: the phase's deadline, or the
+        request's own retries giving up at it. Only the latest is kept.
+        """
+        self.phase.failing = what
+
     def note(self, waiting_for: str) -> None:
         """Say what the phase is waiting for now ("deployment Running, 1 ready replica").
 

@@ -75,6 +75,9 @@ class PhaseRecord(BaseModel):
     last_seen: str | None = None
     #: What the phase is waiting for now (``PhaseContext.note``), for the live console.
     note: str | None = None
+    #: What a request of the phase keeps failing with, while it does
+    #: (``PhaseContext.failing``): a timeout names it beside its own reason.
+    failing: str | None = None
     #: Extra JUnit properties the phase set (e.g. a measured latency).
     properties: dict[str, str] = Field(default_factory=dict)
     #: What the phase found the system under test getting wrong (``PhaseContext.finding``).

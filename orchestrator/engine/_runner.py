@@ -433,7 +433,14 @@ class Runner:
                 # A wait inside the phase (a request bounded by the phase's deadline) ran
                 # out of time: a timeout too, and the way to allow more time applies.
                 record.timed_out = True
-                record.reason += more_time
+                if record.failing:
+                    # Retries that ran into the deadline: the phase's timeout, naming what
+                    # kept failing, as when the deadline itself ends the phase.
+                    ended_with = "\n".join(filter(None, [record.reason, record.detail]))
+                    record.reason = timeout_reason()
+                    record.detail = _bounded(f"the last error: {ended_with}")
+                else:
+                    record.reason += more_time
         elif self.strict and record.kind == "phase" and record.findings:
             record.status = "failed"
             names = ", ".join(f.name for f in record.findings)
@@ -471,11 +478,10 @@ class Runner:
             allowed = self._allowed_of(phase.name)
             capped = ", capped by the run budget" if allowed < phase.timeout else ""
             record = next(p for p in self.record.phases if p.name == phase.name)
-            seen = f"; last seen: {record.last_seen}" if record.last_seen else ""
             return (
                 f"{phase.title} timed out after {allowed:.1f} s (phase timeout "
                 f"{phase.timeout:g} s{capped}; budget left {_secs(self.budget.remaining)} s)"
-                f"{seen}{self._more_time(phase)}"
+                f"{_while_failing(record)}{self._more_time(phase)}"
             )
 
         return reason
@@ -490,10 +496,10 @@ class Runner:
 
     def _reserve_timeout_reason(self, record: PhaseRecord) -> Callable[[], str]:
         def reason() -> str:
-            seen = f"; last seen: {record.last_seen}" if record.last_seen else ""
             return (
                 f"{record.title} timed out after {record.allowed or 0:.1f} s (deadline from "
-                f"the budget reserve; budget left {_secs(self.budget.remaining)} s){seen}"
+                f"the budget reserve; budget left {_secs(self.budget.remaining)} s)"
+                f"{_while_failing(record)}"
             )
 
         return reason
@@ -535,6 +541,13 @@ class Runner:
             discard(path)
             self.report_problems.append(ReportProblem(path, describe_os_error(exc)))
             self._log(f"could not write {path}: {describe_os_error(exc)}")
+
+
+def _while_failing(record: PhaseRecord) -> str:
+    """What a timeout's reason adds: the request that kept failing, what was last seen."""
+    failing = f" while {record.failing}" if record.failing else ""
+    seen = f"; last seen: {record.last_seen}" if record.last_seen else ""
+    return failing + seen
 
 
 def _unwrap(error: BaseException) -> BaseException:

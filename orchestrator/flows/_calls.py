@@ -14,7 +14,13 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 
-from ..clients import ClientError, NotFound, ResponseFormatError, Unauthorized
+from ..clients import (
+    ClientError,
+    NotFound,
+    ResponseFormatError,
+    Unauthorized,
+    failures_heard_by,
+)
 from ..engine import PhaseContext, PhaseFailed
 
 T = TypeVar("T")
@@ -56,23 +62,55 @@ def peer_failures_named(
 
     @functools.wraps(run)
     async def phase(ctx: PhaseContext) -> None:
-        try:
-            await run(ctx)
-        except ClientError as exc:
-            raise _named(exc) from None
-        except BaseExceptionGroup as group:
-            only = group.exceptions[0] if len(group.exceptions) == 1 else None
-            if isinstance(only, ClientError):
-                raise _named(only) from None
-            raise
+        with failures_heard_by(_FailingRoutes(ctx)):
+            try:
+                await run(ctx)
+            except ClientError as exc:
+                raise _named(exc) from None
+            except BaseExceptionGroup as group:
+                only = group.exceptions[0] if len(group.exceptions) == 1 else None
+                if isinstance(only, ClientError):
+                    raise _named(only) from None
+                raise
 
     return phase
 
 
+class _FailingRoutes:
+    """Tells the phase which request keeps failing, and with what (``PhaseContext.failing``).
+
+    The clients report each flake a request meets and each success, with its route; a
+    route that answers again is no longer failing, so another route's success (a
+    Kubernetes read between two backend calls) leaves a failing route named.
+    """
+
+    def __init__(self, ctx: PhaseContext) -> None:
+        self._ctx = ctx
+        self._failing: dict[str, str] = {}
+
+    def __call__(self, route: str, error: BaseException | None) -> None:
+        if error is None and route not in self._failing:
+            return  # the common case: a request that never failed
+        self._failing.pop(route, None)
+        if error is not None:
+            self._failing[route] = kept_failing(route, error)
+        self._ctx.failing(next(reversed(self._failing.values()), None))
+
+
+def kept_failing(route: str, error: BaseException) -> str:
+    """``GET /x kept failing: answered 503: ...``: the route once, then its last error."""
+    text = str(error)
+    if route and text.startswith(route):
+        text = text[len(route) :].lstrip(" :")
+    return f"{route or 'a request'} kept failing: {text or type(error).__name__}"
+
+
 def _named(exc: ClientError) -> PhaseFailed:
     # A request that ran out of the phase's time is a timeout (RequestTimeout is a
-    # TimeoutError): the engine then says how to give the phase more time.
-    return PhaseFailed(f"{type(exc).__name__}: {exc}", timed_out=isinstance(exc, TimeoutError))
+    # TimeoutError; a flake retried until the deadline too): the engine then says how
+    # to give the phase more time, and names what kept failing.
+    timed_out = isinstance(exc, TimeoutError) or exc.retried_until_deadline
+    return PhaseFailed(f"{type(exc).__name__}: {exc}", timed_out=timed_out)
 
 
 class Outcome(Generic[T]):

@@ -237,6 +237,53 @@ async def test_the_runner_knows_the_settings_and_a_request_timeout_counts_as_one
     )
 
 
+async def test_a_timeout_names_the_request_that_kept_failing_however_it_ended(
+    tmp_path: Path,
+) -> None:
+    """A phase that runs out of time while a request keeps failing reports both, whether
+    the phase's deadline ends it or the request's retries give up at that deadline; a
+    request that answered again since is not named."""
+    failing = "GET /api/deployments/x kept failing: answered 503: Service Unavailable"
+
+    async def deadline_first(ctx: PhaseContext) -> None:
+        ctx.progress("deployment phase Pending")
+        ctx.failing(failing)
+        await anyio.sleep_forever()
+
+    async def retries_first(ctx: PhaseContext) -> None:
+        ctx.failing(failing)
+        raise PhaseFailed("ServerError: GET /api/deployments/x answered 503", timed_out=True)
+
+    async def recovered(ctx: PhaseContext) -> None:
+        ctx.failing(failing)
+        ctx.failing(None)
+        await anyio.sleep_forever()
+
+    reasons = {}
+    for name, body in [("a", deadline_first), ("b", retries_first), ("c", recovered)]:
+        record = await Runner(
+            FakeFlow(("wait-ready", body, 0.05), name=name),
+            budget=Budget(60, 5),
+            artifacts_dir=tmp_path / name,
+            timeout_settings={"wait-ready": "READY_TIMEOUT"},
+        ).run()
+        phase = record.phases[0]
+        assert phase.status == "failed" and phase.timed_out, phase
+        reasons[name] = (phase.reason or "", phase.detail or "")
+    reason, _ = reasons["a"]
+    assert reason.startswith("Wait Ready timed out after 0.1 s (phase timeout 0.05 s;")
+    assert reason.endswith(
+        f") while {failing}; last seen: deployment phase Pending; if it only needs longer, "
+        "raise READY_TIMEOUT"
+    )
+    reason, detail = reasons["b"]
+    assert reason.startswith("Wait Ready timed out after 0.1 s (phase timeout 0.05 s;")
+    assert reason.endswith(f") while {failing}; if it only needs longer, raise READY_TIMEOUT")
+    assert detail == "the last error: ServerError: GET /api/deployments/x answered 503"
+    reason, _ = reasons["c"]
+    assert "kept failing" not in reason and reason.startswith("Wait Ready timed out")
+
+
 async def test_a_phase_that_swallows_cancellation_still_counts_as_timed_out(
     tmp_path: Path,
 ) -> None:

@@ -11,10 +11,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from flow_fakes import FakeBackend, FakeCluster, FakeModel, Workload
 
-from orchestrator.clients import PODS, SECRETS, SERVICES, Resource
+from orchestrator.clients import (
+    PODS,
+    SECRETS,
+    SERVICES,
+    KubeFoundryClient,
+    Resource,
+    RetryPolicy,
+)
 from orchestrator.engine import Budget, Finding, Runner, RunRecord
 from orchestrator.flows import (
     ClusterView,
@@ -308,3 +316,45 @@ async def test_flows_of_one_run_install_a_provider_once(tmp_path: Path) -> None:
     assert installs == [("POST", "/api/installation/providers/kaito/install")]
     taken = [r.phases[0].properties.get("kaito_checked_by") for r in records]
     assert taken == [None, "kaito-d0", "kaito-d0"]
+
+
+class UnavailableAfterCreate(FakeBackend):
+    """Creates the deployment, then answers every read of it with a 503, as a backend
+    whose Kubernetes client broke would: a flake that never ends."""
+
+    def client(self) -> KubeFoundryClient:
+        return KubeFoundryClient(
+            "http://backend.test",
+            transport=httpx.MockTransport(self.handle),
+            retry=RetryPolicy(initial=0.01, maximum=0.05),
+        )
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        parts = request.url.path.strip("/").split("/")
+        made = self.bodies and parts[:2] == ["api", "deployments"] and len(parts) == 3
+        if made and request.method == "GET":
+            self.requests.append((request.method, request.url.path))
+            return httpx.Response(
+                503, json={"error": {"message": "Service Unavailable", "statusCode": 503}}
+            )
+        return super().handle(request)
+
+
+async def test_a_phase_that_runs_out_while_a_request_keeps_failing_names_both(
+    tmp_path: Path,
+) -> None:
+    """Wait Ready's read of the deployment answers 503 until the phase's time is up: the
+    reason is the phase's timeout and names the route with its last answer, not a bare
+    timeout and not the 503 alone."""
+    backend = UnavailableAfterCreate(FakeCluster(), kaito_workload())
+    _, record = await run(KaitoProfile(), backend, tmp_path, ready_timeout=1.0)
+    phase = next(p for p in record.phases if p.name == "wait_ready")
+    assert phase.status == "failed" and phase.timed_out, (phase.reason, phase.detail)
+    reason = phase.reason or ""
+    assert reason.startswith("Wait Ready timed out after 1.0 s (phase timeout 1 s;"), reason
+    assert (
+        " while GET /api/deployments/integration-test-llama kept failing: answered 503: "
+        "Service Unavailable" in reason
+    ), reason
+    reads = [r for r in backend.requests if r == ("GET", "/api/deployments/integration-test-llama")]
+    assert len(reads) > 3  # retried by time until the deadline, then reported
