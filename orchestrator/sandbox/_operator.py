@@ -85,9 +85,11 @@ class Worker:
 class CustomResourceOperator:
     """Reconciles one custom resource type in all namespaces until cancelled.
 
-    Subclasses say which resource and operator pod, and implement :meth:`reconcile`
-    (called with the latest object after every change) and :meth:`gone` (the object
-    was deleted; whatever it left behind is theirs to collect).
+    Subclasses say which resource, finalizer and operator pod, and implement
+    :meth:`provision` (bring a new object up, once) and :meth:`gone` (the object was
+    deleted; whatever it left behind is theirs to collect). :meth:`reconcile`, the
+    finalizer's life and the teardown behind it are the same for every operator; one
+    whose teardown is more than :meth:`gone` overrides :meth:`finalize`.
     """
 
     group = ""
@@ -96,6 +98,8 @@ class CustomResourceOperator:
     operator_namespace = ""
     operator_selector = ""
     label = "operator"
+    #: The finalizer the operator puts on each object, so that it tears down first.
+    finalizer = ""
 
     def operator_ready(self, pod: JSON) -> bool:
         """Whether this operator pod counts as running the operator (by default: it exists)."""
@@ -291,7 +295,39 @@ class CustomResourceOperator:
     # ------------------------------------------------------------------ for subclasses
 
     async def reconcile(self, key: tuple[str, str], worker: Worker, obj: JSON) -> None:
+        """Called with the latest object after every change: a new object gets the
+        finalizer and is brought up once; one being deleted is torn down once (what was
+        still being brought up is stopped first), and the finalizer released after."""
+        meta = obj["metadata"]
+        if meta.get("deletionTimestamp"):
+            if self.finalizer in (meta.get("finalizers") or []) and worker.finalize is None:
+                await cancel(worker.provision)
+                worker.finalize = asyncio.create_task(self.finalize(*key))
+            return
+        if self.holds_finalizer():
+            await self.ensure_finalizer(obj)
+        if worker.provision is None:
+            worker.provision = asyncio.create_task(self.provision(key, obj))
+
+    def holds_finalizer(self) -> bool:
+        """Whether new objects get the finalizer (a backend defect may need them without)."""
+        return True
+
+    async def provision(self, key: tuple[str, str], obj: JSON) -> None:
+        """Bring the new object ``obj`` up (cancelled if it is deleted meanwhile)."""
         raise NotImplementedError
+
+    async def finalize(self, namespace: str, name: str) -> None:
+        """Tear down what the object made, then release the finalizer."""
+        await self.hold_while_stuck(namespace, name)
+        await self.gone(namespace, name)
+        await self.remove_finalizer(namespace, name)
+
+    async def hold_while_stuck(self, namespace: str, name: str) -> None:
+        """Keep the finalizer while the ``stuck_delete`` fault is on: a teardown that hangs."""
+        if self.state.faults.stuck_delete:
+            self.state.record(namespace, name, "finalizer kept (stuck_delete)")
+            await self.state.until(lambda f: not f.stuck_delete)
 
     async def gone(self, namespace: str, name: str) -> None:
         """Collect what a deleted object left behind (retried until it succeeds)."""
@@ -320,28 +356,28 @@ class CustomResourceOperator:
             await asyncio.sleep(backoff(attempt, cap=5.0))
             attempt += 1
 
-    async def ensure_finalizer(self, obj: JSON, finalizer: str) -> None:
+    async def ensure_finalizer(self, obj: JSON) -> None:
         meta = obj["metadata"]
         finalizers = list(meta.get("finalizers") or [])
-        if finalizer in finalizers:
+        if self.finalizer in finalizers:
             return
         await self.kube.merge_patch(
             self.path(meta["namespace"], meta["name"]),
             {
                 "metadata": {
-                    "finalizers": finalizers + [finalizer],
+                    "finalizers": finalizers + [self.finalizer],
                     "resourceVersion": meta["resourceVersion"],
                 }
             },
         )
 
-    async def remove_finalizer(self, namespace: str, name: str, finalizer: str) -> None:
+    async def remove_finalizer(self, namespace: str, name: str) -> None:
         while True:
             current = await self.kube.get_or_none(self.path(namespace, name))
             if current is None:
                 return
             meta = current["metadata"]
-            rest = [f for f in meta.get("finalizers") or [] if f != finalizer]
+            rest = [f for f in meta.get("finalizers") or [] if f != self.finalizer]
             try:
                 await self.kube.merge_patch(
                     self.path(namespace, name),

@@ -19,7 +19,6 @@ deletes the pods and the Service and only then releases its finalizer (never, wh
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
@@ -27,8 +26,6 @@ import time
 from ._kube import JSON
 from ._operator import (
     CustomResourceOperator,
-    Worker,
-    cancel,
     condition,
     pod_running,
     secret_refs,
@@ -78,24 +75,7 @@ class DynamoOperator(CustomResourceOperator):
     operator_namespace = OPERATOR_NAMESPACE
     operator_selector = OPERATOR_SELECTOR
     label = "dynamo-operator"
-
-    async def reconcile(self, key: tuple[str, str], worker: Worker, obj: JSON) -> None:
-        meta = obj["metadata"]
-        if meta.get("deletionTimestamp"):
-            if FINALIZER in (meta.get("finalizers") or []) and worker.finalize is None:
-                await cancel(worker.provision)
-                worker.finalize = asyncio.create_task(self._finalize(*key))
-            return
-        await self.ensure_finalizer(obj, FINALIZER)
-        if worker.provision is None:
-            worker.provision = asyncio.create_task(self._provision(key, obj))
-
-    async def _finalize(self, namespace: str, name: str) -> None:
-        if self.state.faults.stuck_delete:
-            self.state.record(namespace, name, "finalizer kept (stuck_delete)")
-            await self.state.until(lambda f: not f.stuck_delete)
-        await self.gone(namespace, name)
-        await self.remove_finalizer(namespace, name, FINALIZER)
+    finalizer = FINALIZER
 
     async def gone(self, namespace: str, name: str) -> None:
         await self.kube.delete(f"/api/v1/namespaces/{namespace}/services/{name}-frontend")
@@ -103,7 +83,7 @@ class DynamoOperator(CustomResourceOperator):
         await self.fleet.remove(namespace, name)
         self.state.record(namespace, name, "pods and services deleted")
 
-    async def _provision(self, key: tuple[str, str], obj: JSON) -> None:
+    async def provision(self, key: tuple[str, str], obj: JSON) -> None:
         await self.requeue(key, "dynamographdeployment", lambda: self._bring_up(*key, obj))
 
     async def _status(

@@ -21,7 +21,6 @@ from ._kube import JSON, KubeError, backoff
 from ._kubefoundry.installation import OPERATOR_HOLD
 from ._operator import (
     CustomResourceOperator,
-    Worker,
     cancel,
     go_duration,
     kubelet_settled,
@@ -75,6 +74,7 @@ class KaitoController(CustomResourceOperator):
     operator_namespace = OPERATOR_NAMESPACE
     operator_selector = OPERATOR_SELECTOR
     label = "kaito-workspace"
+    finalizer = FINALIZER
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -181,18 +181,7 @@ class KaitoController(CustomResourceOperator):
         await self._delete_children(namespace, name)
         await self.fleet.remove(namespace, name)
 
-    async def reconcile(self, key: tuple[str, str], worker: Worker, obj: JSON) -> None:
-        meta = obj["metadata"]
-        if meta.get("deletionTimestamp"):
-            if FINALIZER in (meta.get("finalizers") or []) and worker.finalize is None:
-                await cancel(worker.provision)
-                worker.finalize = asyncio.create_task(self._finalize(*key))
-            return
-        await self.ensure_finalizer(obj, FINALIZER)
-        if worker.provision is None:
-            worker.provision = asyncio.create_task(self._provision(key, obj))
-
-    async def _provision(self, key: tuple[str, str], obj: JSON) -> None:
+    async def provision(self, key: tuple[str, str], obj: JSON) -> None:
         await self.requeue(key, "workspace", lambda: self._bring_up(key, obj))
 
     async def _bring_up(self, key: tuple[str, str], obj: JSON) -> None:
@@ -236,8 +225,9 @@ class KaitoController(CustomResourceOperator):
         )
         await self._keep_pod(namespace, name, container)
 
-    async def _finalize(self, namespace: str, name: str) -> None:
-        """Tear down the children, then release the finalizer; retried until it succeeds."""
+    async def finalize(self, namespace: str, name: str) -> None:
+        """Say it is deleting, tear down the children, then release the finalizer; retried
+        until it succeeds."""
         try:
             await self._set_conditions(namespace, name, ["WorkspaceDeleting"])
         except KubeError:
@@ -245,16 +235,14 @@ class KaitoController(CustomResourceOperator):
         # KAITO keeps the other conditions while it tears down, so the backend still says
         # Running (with WorkspaceDeleting=True) until the Workspace is gone.
         await self.state.wait_delay("finalize", time.monotonic())
-        if self.state.faults.stuck_delete:
-            self.state.record(namespace, name, "finalizer kept (stuck_delete)")
-            await self.state.until(lambda f: not f.stuck_delete)
+        await self.hold_while_stuck(namespace, name)
         attempt = 0
         while True:
             try:
                 await self._delete_children(namespace, name)
                 self.state.record(namespace, name, "pod and services deleted")
                 await self.fleet.remove(namespace, name)
-                await self.remove_finalizer(namespace, name, FINALIZER)
+                await self.remove_finalizer(namespace, name)
                 return
             except asyncio.CancelledError:
                 raise

@@ -14,13 +14,13 @@ A RayService has no finalizer: it is gone at once when deleted, and its RayClust
 pods are collected afterwards (here by this stand-in, as the garbage collector would
 on a real cluster; the pods take ``delays.pod_termination`` to go). With the
 ``kuberay_get_404_while_pods_go`` defect switched off, the stand-in holds a finalizer
-until they are gone, which is what a backend that reports a deployment until its
-workload has gone would show.
+until they are gone (never, while ``stuck_delete`` holds, as the other operators),
+which is what a backend that reports a deployment until its workload has gone would
+show.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Any
@@ -30,8 +30,6 @@ import yaml
 from ._kube import JSON
 from ._operator import (
     CustomResourceOperator,
-    Worker,
-    cancel,
     condition,
     now,
     pod_running,
@@ -94,22 +92,11 @@ class KubeRayOperator(CustomResourceOperator):
     operator_namespace = OPERATOR_NAMESPACE
     operator_selector = OPERATOR_SELECTOR
     label = "kuberay-operator"
+    finalizer = FINALIZER
 
-    async def reconcile(self, key: tuple[str, str], worker: Worker, obj: JSON) -> None:
-        meta = obj["metadata"]
-        if meta.get("deletionTimestamp"):
-            if FINALIZER in (meta.get("finalizers") or []) and worker.finalize is None:
-                await cancel(worker.provision)
-                worker.finalize = asyncio.create_task(self._finalize(*key))
-            return
-        if not self.state.faults.defects.kuberay_get_404_while_pods_go:
-            await self.ensure_finalizer(obj, FINALIZER)
-        if worker.provision is None:
-            worker.provision = asyncio.create_task(self._provision(key, obj))
-
-    async def _finalize(self, namespace: str, name: str) -> None:
-        await self.gone(namespace, name)
-        await self.remove_finalizer(namespace, name, FINALIZER)
+    def holds_finalizer(self) -> bool:
+        """The real RayService has none: the backend forgets it while its pods still go."""
+        return not self.state.faults.defects.kuberay_get_404_while_pods_go
 
     async def gone(self, namespace: str, name: str) -> None:
         """Collect the RayCluster, its Services and pods (what the garbage collector does)."""
@@ -126,7 +113,7 @@ class KubeRayOperator(CustomResourceOperator):
         await self.fleet.remove(namespace, name)
         self.state.record(namespace, name, "raycluster and pods deleted")
 
-    async def _provision(self, key: tuple[str, str], obj: JSON) -> None:
+    async def provision(self, key: tuple[str, str], obj: JSON) -> None:
         await self.requeue(key, "rayservice", lambda: self._bring_up(*key, obj))
 
     async def _bring_up(self, namespace: str, name: str, obj: JSON) -> None:
