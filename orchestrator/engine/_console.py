@@ -55,12 +55,14 @@ def wants_live(console: Console) -> bool:
 
 
 def phase_note(phase: PhaseRecord) -> str:
-    """The Note of one phase: what a running phase waits for and last saw, else the reason
-    a phase did not pass."""
+    """The Note of one phase: what a running phase waits for, what keeps failing and what it
+    last saw, else the reason a phase did not pass."""
     if phase.status == "running":
         parts = []
         if phase.note:
             parts.append(f"waiting for {phase.note}")
+        if phase.failing:
+            parts.append(phase.failing)
         if phase.last_seen:
             parts.append(f"last seen: {phase.last_seen}")
         return "; ".join(parts)
@@ -218,10 +220,11 @@ def runs_view(
 
 
 def _short_note(phase: PhaseRecord) -> str:
-    """A running step's note in a row of many: what it last saw changes, so it comes
-    first; what it waits for is the same for every flow of a run."""
-    if phase.status == "running" and phase.last_seen:
-        return phase.last_seen
+    """A running step's note in a row of many: a request that keeps failing, else what it
+    last saw, which changes, so it comes first; what it waits for is the same for every
+    flow of a run."""
+    if phase.status == "running" and (phase.failing or phase.last_seen):
+        return phase.failing or phase.last_seen or ""
     return phase_note(phase)
 
 

@@ -249,7 +249,7 @@ def test_the_live_view_keeps_phases_and_times_at_any_width(width: int, tmp_path:
         assert any(title in line and outcome in line and took in line for line in lines)
 
 
-def test_the_note_says_what_a_running_phase_waits_for_and_last_saw() -> None:
+def test_the_note_says_what_a_running_phase_waits_for_what_fails_and_last_saw() -> None:
     from orchestrator.engine import PhaseRecord
     from orchestrator.engine._console import phase_note
 
@@ -258,6 +258,13 @@ def test_the_note_says_what_a_running_phase_waits_for_and_last_saw() -> None:
     ctx = PhaseContext(phase=phase, deadline=0.0, artifacts_dir=Path("."))
     ctx.note("1 ready replica")
     ctx.progress("phase Pending, 0/1 ready")
+    assert phase_note(phase) == "waiting for 1 ready replica; last seen: phase Pending, 0/1 ready"
+    ctx.failing("GET /api/deployments/x kept failing: answered 503: Service Unavailable")
+    assert phase_note(phase) == (
+        "waiting for 1 ready replica; GET /api/deployments/x kept failing: answered 503: "
+        "Service Unavailable; last seen: phase Pending, 0/1 ready"
+    )
+    ctx.failing(None)
     assert phase_note(phase) == "waiting for 1 ready replica; last seen: phase Pending, 0/1 ready"
     phase.status = "failed"
     phase.reason = "timed out"
