@@ -129,3 +129,42 @@ async def test_a_hanging_backend_is_ended_by_the_phase_timeout(sandbox, tmp_path
         {"hang_route": None, "delays": {"inference_ready": Delays().inference_ready}}
     )
     await assert_clean(sandbox)
+
+
+async def test_a_status_route_that_keeps_failing_ends_wait_ready_naming_both(
+    sandbox, tmp_path: Path
+) -> None:
+    # From Wait Ready on, every backend request answers 503 until the phase has failed; the
+    # model is held short of InferenceReady, so that only the 503s can end the wait.
+    sandbox.update_faults({"delays": {"inference_ready": 3600}})
+
+    def healthy_again(_proc: object) -> None:
+        sandbox.update_faults(
+            {"backend_errors": 0, "delays": {"inference_ready": Delays().inference_ready}}
+        )
+
+    result = await run_with_hooks(
+        sandbox,
+        tmp_path,
+        "--deployment-ready-timeout",
+        "3000",
+        hooks=[
+            (
+                started("Wait Ready"),
+                lambda _proc: sandbox.update_faults({"backend_errors": 10**6}) and None,
+            ),
+            ("Wait Ready ... failed", healthy_again),
+        ],
+    )
+    assert result.code == 1, result.stdout + result.stderr
+    failure = result.status_of("Wait Ready")
+    assert failure["status"] == "failure", result.verdicts()
+    message = failure["message"]
+    # The phase's timeout, and the route with what it kept answering, in one reason.
+    assert "Wait Ready timed out after 3.0 s (phase timeout 3 s;" in message, message
+    assert (
+        "while GET /api/deployments/integration-test-llama kept failing: answered 503" in message
+    ), message
+    assert "raise DEPLOYMENT_READY_TIMEOUT or --deployment-ready-timeout (ms)" in message
+    assert result.status_of("Cleanup")["status"] == "passed", result.verdicts()
+    await assert_clean(sandbox)
