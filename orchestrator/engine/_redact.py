@@ -18,6 +18,8 @@ What is masked:
   alignment (Kubernetes carries a Secret's data, and HTTP ``Basic`` its credentials,
   in base64, so a peer that quotes either quotes that form);
 - the value of any ``Authorization`` header or ``Bearer`` credential, known or not;
+- a kubeconfig's credential fields (``client-key-data``, ``client-secret``,
+  ``refresh-token``, ``id-token``, ``password``) and any PEM private key;
 - the password of a URL's userinfo (``https://user:***@host``), a whole userinfo
   without one (``https://***@host``: a token is often sent as the user), and
   the value of query parameters that carry credentials (``?token=***``,
@@ -95,7 +97,23 @@ _QUERY_CREDENTIAL = re.compile(
     r"password|passwd|pwd|secret|client_secret|sig|signature|x-amz-signature|"
     r"x-amz-credential|x-amz-security-token|x-goog-signature|auth)=)([^&#\s\"'<>]+)"
 )
-_CREDENTIALS = (_BEARER, _AUTHORIZATION, _USERINFO, _QUERY_CREDENTIAL)
+#: A kubeconfig's (or an OIDC provider's) credential fields, in YAML or JSON.
+_KEYED_CREDENTIAL = re.compile(
+    r"(?i)\b((?:client-key-data|client-secret|refresh-token|id-token|password|passwd)"
+    r"""["']?\s*[:=]\s*["']?)([^\s"',;}&]+)"""
+)
+#: A private key in PEM, whoever it belongs to.
+_PRIVATE_KEY = re.compile(
+    r"(-----BEGIN ([A-Z ]*)PRIVATE KEY-----)[\s\S]*?(-----END \2PRIVATE KEY-----)"
+)
+_CREDENTIALS = (
+    _BEARER,
+    _AUTHORIZATION,
+    _USERINFO,
+    _QUERY_CREDENTIAL,
+    _KEYED_CREDENTIAL,
+    _PRIVATE_KEY,
+)
 #: What a short secret must not touch to count as a word of its own: a letter, digit or
 #: ``_``, unless that character ends an escape (``%2F``, ``\n``, a style code).
 _SHORT_BEFORE = (
@@ -108,14 +126,14 @@ _SHORT_START = re.compile(_SHORT_BEFORE)
 #: The end of a stream's piece that may be the start of a credential pattern's match.
 _OPEN_CREDENTIAL = re.compile(
     r"(?i)(?:"
-    r"\b(?:b(?:e(?:a(?:r(?:e(?:r)?)?)?)?)?)\Z"
+    r"\b[a-z][a-z_-]*\Z"  # a word that may be the start of one of the names below
     r"|\bbearer(?:\s+|%2?0?|\+)[A-Za-z0-9\-._~+/=%]*\Z"
-    r"|\b(?:p(?:r(?:o(?:x(?:y(?:-)?)?)?)?)?)?"
-    r"(?:a(?:u(?:t(?:h(?:o(?:r(?:i(?:z(?:a(?:t(?:i(?:o(?:n)?)?)?)?)?)?)?)?)?)?)?)?)?\Z"
-    r"""|\b(?:proxy-)?authorization["']?\s*(?:[:=]\s*["']?(?:[A-Za-z]+\s*)?[^\s"',;}&]*)?\Z"""
+    r"|\b(?:(?:proxy-)?authorization|client-key-data|client-secret|refresh-token|id-token|"
+    r"""password|passwd)["']?\s*(?:[:=]\s*["']?(?:[A-Za-z]+\s*)?[^\s"',;}&]*)?\Z"""
     r"|:/?/?[^\s/?#'\"<>]*\Z"
     r"|[?&;][A-Za-z0-9_-]*(?:=[^&#\s\"'<>]*)?\Z"
     r"|%[0-9A-Fa-f]?\Z|\\\Z"
+    r"|-{1,5}[A-Z ]*\Z|-----BEGIN[A-Z -]*\Z|-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*\Z"
     r")"
 )
 
@@ -281,7 +299,9 @@ class Redactor:
         text = _BEARER.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)
         text = _AUTHORIZATION.sub(lambda m: f"{m.group(1)}{MASK}", text)
         text = _USERINFO.sub(_mask_userinfo, text)
-        return _QUERY_CREDENTIAL.sub(lambda m: f"{m.group(1)}{MASK}", text)
+        text = _QUERY_CREDENTIAL.sub(lambda m: f"{m.group(1)}{MASK}", text)
+        text = _KEYED_CREDENTIAL.sub(lambda m: f"{m.group(1)}{MASK}", text)
+        return _PRIVATE_KEY.sub(lambda m: f"{m.group(1)}{MASK}{m.group(3)}", text)
 
     def _registered(self, text: str) -> list[tuple[int, int]]:
         """Where registered values (long ones) are in ``text``, gaps inside them included."""

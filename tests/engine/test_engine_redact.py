@@ -156,3 +156,18 @@ def test_a_service_account_token_of_a_thousand_characters() -> None:
     masker = r.masker()
     out = masker.feed("a " + token[:500]) + masker.feed(token[500:] + " b") + masker.finish()
     assert out == "a *** b"
+
+
+def test_kubeconfig_credentials_and_private_keys_are_masked_unregistered() -> None:
+    r = Redactor()
+    pem = "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIBk\nAwEHoUQDQg==\n-----END EC PRIVATE KEY-----"
+    assert r(f"key:\n{pem}\nok") == (
+        "key:\n-----BEGIN EC PRIVATE KEY-----***-----END EC PRIVATE KEY-----\nok"
+    )
+    assert r("    client-key-data: LS0tLS1CRUdJTg==") == "    client-key-data: ***"
+    assert r('{"client-secret": "s3cr3t", "id-token": "eyJ.x.y"}') == (
+        '{"client-secret": "***", "id-token": "***"}'
+    )
+    masker = r.masker()
+    out = "".join(masker.feed(pem[i : i + 7]) for i in range(0, len(pem), 7)) + masker.finish()
+    assert "MHcCAQEEIBk" not in out and "AwEHoUQDQg" not in out
