@@ -30,11 +30,12 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
+import yaml
 from rich.console import Console
 
 from ._loop import run as run_loop
@@ -42,6 +43,7 @@ from .clients import InferenceRoute, KubeClient
 from .config import TOKEN_ENV, Settings
 from .engine import (
     EXIT_REPORTS,
+    MIN_SECRET_LENGTH,
     RUN_JSON,
     Budget,
     ConsoleReporter,
@@ -732,6 +734,52 @@ def _with_options(factory: FlowFactory, options: dict[str, Any]) -> FlowFactory:
     return made
 
 
+#: The values already warned about: each is named once, however often it is registered.
+_WARNED: set[str] = set()
+
+
+def _register(value: str | None, name: str, warn: Callable[[str], None]) -> None:
+    """Mask ``value`` from now on; say so when it is too short to be masked everywhere.
+
+    The warning names where the value came from, never the value.
+    """
+    if not value or redactor.add(value) or value.strip() in _WARNED:
+        return
+    _WARNED.add(value.strip())
+    warn(
+        f"warning: {name} is shorter than {MIN_SECRET_LENGTH} characters: reports mask it "
+        "only where it stands as a word of its own, not inside longer words, and a "
+        "credential that short is easy to guess; use a longer one"
+    )
+
+
+def kubeconfig_credentials(paths: str) -> list[str]:
+    """The credentials a kubeconfig holds as values (tokens, passwords, an auth
+    provider's tokens and secret), read without running anything, so that they are
+    masked before the environment starts (a backend we start may log them). A file that
+    does not parse gives nothing: loading it later says what is wrong with it."""
+    found: list[str] = []
+    for part in paths.split(os.pathsep):
+        if not part:
+            continue
+        try:
+            data = yaml.safe_load(Path(part).expanduser().read_text(encoding="utf-8"))
+        except (OSError, ValueError, yaml.YAMLError):
+            continue
+        users = data.get("users") if isinstance(data, dict) else None
+        for entry in users if isinstance(users, list) else []:
+            user = entry.get("user") if isinstance(entry, dict) else None
+            if not isinstance(user, dict):
+                continue
+            provider = user.get("auth-provider")
+            config = provider.get("config") if isinstance(provider, dict) else None
+            values = [user.get("token"), user.get("password")]
+            if isinstance(config, dict):
+                values += [config.get(k) for k in ("id-token", "refresh-token", "client-secret")]
+            found += [v for v in values if isinstance(v, str) and v.strip()]
+    return found
+
+
 class _ConfigProblem(Exception):
     """The configuration points at something unusable (a kubeconfig that does not load)."""
 
@@ -758,8 +806,8 @@ async def _run_flows(
     except BaseException:
         await kube.aclose()
         raise
-    for secret in kube.secrets:
-        redactor.add(secret)
+    for secret in kube.secrets:  # a credential plugin's token is known only now
+        _register(secret, "the kubeconfig's credential", console.print)
     token = settings.token.get_secret_value() if settings.token else None
     history_path = artifacts / HISTORY_FILE
     try:
@@ -888,11 +936,20 @@ def run_app(
 ) -> int:
     # Secrets are registered before anything can print them, and the process's own
     # streams pass the redactor too: a traceback or a stray print is a sink as well.
-    redactor.add(os.environ.get(TOKEN_ENV))
-    if settings.token is not None:
-        redactor.add(settings.token.get_secret_value())
     stdout, stderr = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = redactor.stream(stdout), redactor.stream(stderr)
+
+    def warn(text: str) -> None:
+        print(f"orchestrator: {text}", file=sys.stderr)
+
+    _register(os.environ.get(TOKEN_ENV), f"the KubeFoundry token ({TOKEN_ENV})", warn)
+    if settings.token is not None:
+        _register(settings.token.get_secret_value(), "the KubeFoundry token", warn)
+    # The Hugging Face token the KubeRay and Dynamo flows put into a Secret.
+    _register(os.environ.get("HF_TOKEN"), "HF_TOKEN", warn)
+    kubeconfig = settings.kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+    for value in kubeconfig_credentials(kubeconfig):
+        _register(value, "a credential in the kubeconfig", warn)
     try:
         # The loop ORCHESTRATOR_EVENT_LOOP chooses (_loop.py), as the benchmark's waiter does.
         return run_loop(_run(settings, sandbox, faults, live, environment or EnvironmentOptions()))

@@ -32,7 +32,7 @@ from ._record import (
     RunRecord,
     signal_exit_code,
 )
-from ._redact import Redactor, redact, redactor
+from ._redact import MIN_SECRET_LENGTH, Redactor, StreamMasker, redact, redactor
 from ._reporter import Reporter
 from ._reports import (
     EXIT_REPORTS,
@@ -51,6 +51,7 @@ from ._shared import SharedServices
 
 __all__ = [
     "EXIT_REPORTS",
+    "MIN_SECRET_LENGTH",
     "REPORT_FILES",
     "RUN_JSON",
     "describe_os_error",
@@ -83,6 +84,7 @@ __all__ = [
     "RunsView",
     "Runner",
     "SharedServices",
+    "StreamMasker",
     "junit_xml",
     "merge_junit",
     "MergedJUnit",

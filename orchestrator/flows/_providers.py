@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..clients import NAMESPACES, SECRETS, Conflict, KubeClient, NotFound
-from ..engine import Finding
+from ..engine import Finding, redactor
 from ._profile import Owned
 
 HF_SECRET = "hf-token-secret"
@@ -50,6 +50,7 @@ async def ensure_token_secret(
         except Conflict:
             pass
     token = os.environ.get(HF_KEY, "")
+    redactor.add(token)  # a library user's run has not registered it; masked from now on
     body: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Secret",

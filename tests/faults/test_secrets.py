@@ -121,7 +121,7 @@ def test_the_redactor_masks_secrets_however_they_are_split_or_encoded() -> None:
 
 KILLED_BACKEND = textwrap.dedent(
     """\
-    import base64, os, sys, time, urllib.parse
+    import base64, json, os, sys, time, urllib.parse
     token = os.environ["KUBEFOUNDRY_TOKEN"]
     out = sys.stdout
     # The token whole, then split across two writes (two reads of the pipe, most
@@ -133,12 +133,18 @@ KILLED_BACKEND = textwrap.dedent(
     out.write(f"url: /x?t={{urllib.parse.quote(token, safe='')}}\\n")
     out.write('body: {{"token": "%s"}}\\n' % token.replace("/", "\\\\/"))
     out.write(f"secret data: {{base64.b64encode(token.encode()).decode()}}\\n")
+    # A backend that shows the cluster credentials it was given: the kubeconfig's token.
+    with open(os.environ["KUBECONFIG"]) as kubeconfig:
+        out.write(f"cluster user: {{json.load(kubeconfig)['users'][0]['user']['token']}}\\n")
     out.write("{marker}\\n"); out.flush()
     with open({fifo!r}, "w") as fifo:
         fifo.write(str(os.getpid()))
     time.sleep(3600)  # a backend that never gets healthy: the run is killed meanwhile
     """
 )
+
+
+KUBE_TOKEN = "kube-tok-4e9d1c-in-the-kubeconfig"
 
 
 async def test_a_run_killed_mid_way_leaves_no_secret_in_any_file(tmp_path: Path) -> None:
@@ -158,7 +164,7 @@ async def test_a_run_killed_mid_way_leaves_no_secret_in_any_file(tmp_path: Path)
                 "apiVersion": "v1",
                 "kind": "Config",
                 "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:9"}}],
-                "users": [{"name": "u", "user": {"token": "unused-token"}}],
+                "users": [{"name": "u", "user": {"token": KUBE_TOKEN}}],
                 "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
                 "current-context": "x",
             }
@@ -192,6 +198,7 @@ async def test_a_run_killed_mid_way_leaves_no_secret_in_any_file(tmp_path: Path)
         os.killpg(pid, signal.SIGKILL)
     forms = {
         token,
+        KUBE_TOKEN,  # registered before the environment starts, not once the flows do
         urllib.parse.quote(token, safe=""),
         token.replace("/", "\\/"),
         base64.b64encode(token.encode()).decode()[:-4],
@@ -208,5 +215,5 @@ async def test_a_run_killed_mid_way_leaves_no_secret_in_any_file(tmp_path: Path)
         for form in forms:
             assert form not in text, f"{form!r} is in {name} after the run was killed"
     written = log.read_text()
-    assert written.count("***") == 5, written  # it was logged, masked, every time
+    assert written.count("***") == 6, written  # it was logged, masked, every time
     assert "X-Token: ***" in written and "retrying with token=*** after a 503" in written
