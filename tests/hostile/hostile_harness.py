@@ -13,8 +13,11 @@ Reused by the soak script: ``Hostile.start(sandbox)`` outside pytest.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import sys
+import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -131,18 +134,36 @@ async def run_hostile(
     return Result(ended.code, ended.stdout, ended.stderr, ended.seconds, artifacts)
 
 
+def quoted_forms(secret: str) -> list[str]:
+    """``secret`` as a peer may quote it (proxy.ECHO_FORMS): as is, percent-encoded,
+    JSON-escaped, and the part of its base64 that only it decides, at each alignment
+    (all three bytes offsets inside a longer value). Base64 is left out for a value
+    shorter than six characters: the redactor does not mask it there (the fragment
+    would be a few characters that ordinary text holds too)."""
+    forms = {secret, urllib.parse.quote(secret, safe=""), json.dumps(secret)[1:-1]}
+    forms.add(json.dumps(secret)[1:-1].replace("/", "\\/"))
+    if len(secret) >= 6:
+        for offset in range(3):
+            encoded = base64.b64encode(b"\0" * offset + secret.encode()).decode()
+            forms.add(encoded[-(-offset * 8 // 6) : (offset + len(secret)) * 8 // 6])
+    return sorted(forms)
+
+
 def secrets_shown(result: Result, secrets: list[str]) -> list[str]:
-    """Where a secret shows: the console, stderr, or any file the run wrote."""
+    """Where a secret shows, in any form a peer may quote it: the console, stderr, or
+    any file the run wrote."""
     found = []
     for secret in secrets:
-        if secret in result.stdout:
-            found.append(f"{secret[:4]}... in stdout")
-        if secret in result.stderr:
-            found.append(f"{secret[:4]}... in stderr")
-        if result.artifacts.exists():
-            for path in result.artifacts.rglob("*"):
-                if path.is_file() and secret.encode() in path.read_bytes():
-                    found.append(f"{secret[:4]}... in {path.relative_to(result.artifacts)}")
+        for form in quoted_forms(secret):
+            if form in result.stdout:
+                found.append(f"{secret[:4]}... ({form[:4]}...) in stdout")
+            if form in result.stderr:
+                found.append(f"{secret[:4]}... ({form[:4]}...) in stderr")
+            if result.artifacts.exists():
+                for path in result.artifacts.rglob("*"):
+                    if path.is_file() and form.encode() in path.read_bytes():
+                        where = path.relative_to(result.artifacts)
+                        found.append(f"{secret[:4]}... ({form[:4]}...) in {where}")
     return found
 
 

@@ -30,6 +30,7 @@ import random
 import re
 import ssl
 import tempfile
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +112,13 @@ class Exchange:
             for k, v in self.request.headers.items()
             if k.lower() not in ("host", "content-length", "transfer-encoding", "connection")
         }
+        stand_in = self.proxy.client_token
+        if stand_in and headers.get("Authorization") == f"Bearer {stand_in}":
+            # The client's token is the proxy's own: the peer gets the real one, if any.
+            real = self.proxy.token
+            headers.pop("Authorization")
+            if real:
+                headers["Authorization"] = f"Bearer {real}"
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=None)
         return await self.proxy._session().request(
             self.request.method,
@@ -312,6 +320,55 @@ async def _echo_authorization(ex: Exchange) -> web.StreamResponse:
     )
 
 
+#: The ways a careless peer quotes a credential it received, each worth masking because
+#: real software produces it by accident: as is in a sentence (an error that reflects its
+#: input), percent-encoded (a reflected URL or form), JSON-escaped (``\\/`` for ``/``: a
+#: serialised request), base64 (a Kubernetes Secret's data, a Basic credential), inside a
+#: URL's userinfo and query (a logged request line), and as is but split across two
+#: chunks of the body. Transformations no software makes by accident (reversed, hex,
+#: case-changed) are left out: a peer that means to hide a secret from a masker can
+#: always do it, and masking protects against the accidental echo.
+ECHO_FORMS = ("plain", "percent", "json", "base64", "url", "split")
+
+
+def echo_form(token: str, form: str) -> str:
+    """``token`` quoted the way :data:`ECHO_FORMS` names."""
+    if form == "percent":
+        return urllib.parse.quote(token, safe="")
+    if form == "json":
+        return json.dumps(token)[1:-1].replace("/", "\\/")
+    if form == "base64":
+        return base64.b64encode(b"Secret:" + token.encode()).decode()
+    if form == "url":
+        return f"https://user:{token}@peer.example/v1?token={token}&page=2"
+    return token
+
+
+async def _echo_secret(ex: Exchange) -> web.StreamResponse:
+    """Answer ``status`` (default 503) with the credential the request carried, quoted in
+    the next of ``forms`` (:data:`ECHO_FORMS`), in the body's message and in a header."""
+    status = int(ex.param("status", 503))
+    forms = ex.param("forms", list(ECHO_FORMS))
+    form = forms[ex.proxy.echoes % len(forms)]
+    ex.proxy.echoes += 1
+    token = ex.request.headers.get("Authorization", "").partition(" ")[2]
+    quoted = echo_form(token, form)
+    body = f'{{"kind": "Status", "code": {status}, "message": "token {quoted} refused ({form})"}}'
+    out = web.StreamResponse(status=status)
+    out.content_type = "application/json"
+    out.headers["WWW-Authenticate"] = f'Bearer error="invalid_token", token="{quoted}"'
+    await out.prepare(ex.request)
+    data = body.encode()
+    if form == "split":
+        half = body.index(token) + len(token) // 2
+        await out.write(data[:half])
+        await asyncio.sleep(0.05)  # two chunks on the wire, the token cut between them
+        data = data[half:]
+    await out.write(data)
+    await out.write_eof()
+    return out
+
+
 STRATEGIES: dict[str, Strategy] = {
     "garbage_lines": _garbage_lines,
     "error_event": _error_event,
@@ -324,6 +381,7 @@ STRATEGIES: dict[str, Strategy] = {
     "status": _status,
     "stall": _stall,
     "echo_authorization": _echo_authorization,
+    "echo_secret": _echo_secret,
 }
 
 
@@ -357,6 +415,8 @@ class HostileProxy:
         self.mutations: list[Mutation] = list(mutations or [])
         #: ``(mutation name, method, path)`` for every request a mutation answered.
         self.applied: list[tuple[str, str, str]] = []
+        #: How many answers ``echo_secret`` gave (each quotes the next form).
+        self.echoes = 0
         self.requests = 0
         #: ``(method, path with query, whether a watch)`` of every request, as they came.
         self.seen: list[tuple[str, str, bool]] = []
@@ -496,10 +556,18 @@ class HostileProxy:
     _kubeconfig: dict[str, Any] | None = None
     _kube_user: dict[str, Any] | None = None
 
-    def write_kubeconfig(self, path: Path) -> Path:
-        """A kubeconfig that reaches the cluster through this proxy, with the same token."""
+    #: A token of the proxy's own that clients send in place of the cluster's (see
+    #: :meth:`write_kubeconfig`); the proxy sends the real one on.
+    client_token: str | None = None
+
+    def write_kubeconfig(self, path: Path, token: str | None = None) -> Path:
+        """A kubeconfig that reaches the cluster through this proxy, with the same token,
+        or with ``token``, which the proxy swaps for the cluster's own on the way."""
         assert self.url and self._kube_user is not None, "enter the proxy first"
         user = {k: v for k, v in self._kube_user.items() if k in ("token", "username", "password")}
+        if token is not None:
+            user = {"token": token}
+            self.client_token = token
         config = {
             "apiVersion": "v1",
             "kind": "Config",

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import anyio
 import pytest
-from hostile_harness import Hostile, assert_survived, run_hostile
+from hostile_harness import Hostile, assert_survived, run_hostile, secrets_shown
 from hypothesis import HealthCheck, event, given, settings
-from proxy import BACKEND_TARGETS, KUBE_TARGETS, Mutation, plans
+from proxy import BACKEND_TARGETS, ECHO_FORMS, KUBE_TARGETS, Mutation, plans
 
 pytestmark = [pytest.mark.anyio, pytest.mark.cluster]
 
@@ -160,6 +160,56 @@ async def test_backend_echoing_the_token_leaks_it_nowhere(hostile: Hostile, tmp_
     assert "/api/deployments/" in phase_message(result, "Deploy llama3.2:1b") + phase_message(
         result, "Wait Ready"
     )
+    await assert_survived(hostile, result)
+
+
+#: Tokens a peer's encodings change: percent-encoding, JSON's ``\\/``, base64.
+ECHOED_TOKENS = ("echo/5f3c+9a1=e7d2-never-shown", "kube/77b1+c0de=5a-never-shown")
+#: Tokens shorter than the redactor masks everywhere: masked where they stand as words.
+SHORT_TOKENS = ("k3Y9", "Zq7x")
+
+
+@pytest.mark.parametrize("tokens", [ECHOED_TOKENS, SHORT_TOKENS], ids=["long", "short"])
+async def test_peers_echoing_the_tokens_in_any_form_leak_them_nowhere(
+    hostile: Hostile, tmp_path: Path, tokens: tuple[str, str]
+) -> None:
+    # Both peers answer a few requests with 503 (retried; each retry note quotes the
+    # body) that quotes the token they received in each form a careless peer uses, the
+    # last one split across two chunks of the body.
+    backend_token, kube_token = tokens
+    forms = [f for f in ECHO_FORMS if not (f == "base64" and len(backend_token) < 6)]
+    hostile.backend.add(
+        Mutation(
+            "echo_secret",
+            method="GET",
+            path=STATUS_ROUTE.pattern,
+            times=len(forms),
+            params={"forms": forms},
+        )
+    )
+    hostile.kube.add(
+        Mutation(
+            "echo_secret",
+            watch=False,
+            method="GET",
+            path=r"/pods\?",
+            times=1,
+            params={"forms": ["plain"], "status": 403},
+        )
+    )
+    hostile.kube.write_kubeconfig(hostile.kubeconfig, token=kube_token)
+    result = await run_hostile(
+        hostile, tmp_path / "artifacts", env={"KUBEFOUNDRY_TOKEN": backend_token}
+    )
+    out = result.stdout + result.stderr
+    assert hostile.backend.echoes == len(forms), out
+    assert hostile.kube.echoes > 0, out
+    # The echoes reached the console, masked: a leak would have been seen.
+    assert "token *** refused (plain)" in result.stdout, out
+    assert secrets_shown(result, [backend_token, kube_token]) == []
+    if len(backend_token) < 6:
+        # Named, never shown: the KubeFoundry token and the kubeconfig's.
+        assert out.count("is shorter than 6 characters") == 2, out
     await assert_survived(hostile, result)
 
 
