@@ -191,6 +191,14 @@ async def _sandbox(
             )
 
 
+class _MaskingFormatter(logging.Formatter):
+    """Each record, traceback included, masked before its handler writes it: a record is
+    written whole, so nothing of it reaches the file unmasked."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redactor.redact(super().format(record))
+
+
 class _SandboxLog(logging.Handler):
     """Sends the sandbox's log (and its HTTP servers') to a file while a run uses it,
     counting the warnings and errors, so the console stays the run's."""
@@ -214,7 +222,7 @@ class _SandboxLog(logging.Handler):
             self._file = None
         if self._file is not None:
             self._file.setFormatter(
-                logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+                _MaskingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
             )
         for name in self.LOGGERS:
             logger = logging.getLogger(name)

@@ -45,6 +45,17 @@ def test_the_sandbox_log_goes_to_a_file_and_is_counted(
     assert logging.getLogger("aiohttp").propagate is True
 
 
+def test_the_sandbox_log_is_masked_as_each_record_is_written(tmp_path: Path) -> None:
+    # aiohttp's access log writes request lines, query strings included.
+    with _SandboxLog(tmp_path / "sandbox.log"):
+        logging.getLogger("aiohttp.access").warning(
+            'GET /api/deployments?token=s3cr3t-in-a-query "Authorization: Bearer abc.def"'
+        )
+    text = (tmp_path / "sandbox.log").read_text()
+    assert "s3cr3t" not in text and "abc.def" not in text, text
+    assert "?token=*** " in text, text
+
+
 @pytest.mark.cluster
 def test_a_failed_sandbox_run_cleans_up_and_prints_no_dead_commands(tmp_path: Path) -> None:
     """The sandbox is gone when the run ends: commands for it would fail, so the run
