@@ -213,13 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _merge_junit(ns: argparse.Namespace) -> int:
-    from .engine import merge_junit
+    from .engine import merge_junit, redact
     from .engine._atomic import atomic_write_text
 
     merged = merge_junit([Path(f) for f in ns.files])
     try:
         atomic_write_text(ns.output, merged.xml)
-        text = merged.markdown()
+        # The reports were masked by their runs; the credential patterns (a Bearer value,
+        # a URL's password) are masked here too, in a file a run did not write.
+        text = redact(merged.markdown())
         if ns.summary == "-":
             sys.stdout.write(text)
         elif ns.summary:

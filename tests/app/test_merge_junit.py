@@ -71,3 +71,17 @@ def test_an_unreadable_report_is_named_and_the_rest_still_merged(tmp_path: Path)
     assert 'testsuite name="kaito"' in out.read_text()
     md = summary.read_text()
     assert "bad.xml" in md and "nowhere.xml" in md and "could not be read" in md
+
+
+def test_a_credential_in_a_report_is_masked_in_the_summary(tmp_path: Path) -> None:
+    # A report this run did not write (another tool's, an older version's) may hold one.
+    path = job(tmp_path, "kaito", "failed")
+    path.write_text(
+        path.read_text().replace(
+            "deployment never Running", "refused https://ci:hunter22@registry.example/v2"
+        )
+    )
+    out, summary = tmp_path / "junit.xml", tmp_path / "summary.md"
+    assert main(["merge-junit", str(path), "-o", str(out), "--summary", str(summary)]) == 0
+    for text in (summary.read_text(), out.read_text()):
+        assert "hunter22" not in text and "https://ci:***@registry.example/v2" in text
