@@ -808,14 +808,14 @@ async def _run_flows(
 ) -> list[RunRecord]:
     with runners.setup("while the kubeconfig loaded"):  # a credential plugin included
         kube = await _load_kubeconfig(kubeconfig, settings.seconds("credential_timeout"))
+    for secret in kube.secrets:  # a credential plugin's token is known only now
+        _register(secret, "the kubeconfig's credential", console.print)
     try:
         with runners.setup("while waiting for the backend"):
             await _check_backend(api_url)
     except BaseException:
         await kube.aclose()
         raise
-    for secret in kube.secrets:  # a credential plugin's token is known only now
-        _register(secret, "the kubeconfig's credential", console.print)
     token = settings.token.get_secret_value() if settings.token else None
     history_path = artifacts / HISTORY_FILE
     try:
