@@ -730,6 +730,96 @@ async def test_pod_logs(kube: Kube) -> None:
         assert err.value.status == 400 and status_body(err.value)["message"] == message
 
 
+CRASH_TEXT = "model server: out of memory loading weights"
+
+
+async def crash_looping_pod(kube: Kube, name: str) -> dict[str, Any]:
+    """A pod whose container ran, exited and backs off, written through pods/status in
+    the shape a kubelet writes it (as the stand-ins do, so it is the same on both)."""
+    v1 = client.CoreV1Api(kube.api)
+    ann = {"fake-kubelet/phase": "Pending", "fake-kubelet/log": CRASH_TEXT}
+    await v1.create_namespaced_pod(NS, pod_manifest(name, ann))
+    settled = await wait_for(
+        kube,
+        v1.list_namespaced_pod,
+        NS,
+        field_selector=f"metadata.name={name}",
+        predicate=lambda p: (
+            bool(p["spec"].get("nodeName"))
+            and bool((p.get("status") or {}).get("containerStatuses"))
+        ),
+    )
+    uid = settled["metadata"]["uid"]
+    container_id = f"fake://{uid}/main"
+    crash = {
+        "name": "main",
+        "image": "busybox:1.36",
+        "imageID": "busybox:1.36",
+        "containerID": container_id,
+        "ready": False,
+        "started": False,
+        "restartCount": 2,
+        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 20s"}},
+        "lastState": {
+            "terminated": {
+                "exitCode": 1,
+                "reason": "Error",
+                "startedAt": "2026-01-01T00:00:00Z",
+                "finishedAt": "2026-01-01T00:00:02Z",
+                "containerID": container_id,
+            }
+        },
+    }
+    return dict(
+        await kube.api.call_api(
+            f"/api/v1/namespaces/{NS}/pods/{name}/status",
+            "PATCH",
+            body={
+                "metadata": {
+                    "resourceVersion": settled["metadata"]["resourceVersion"],
+                    "annotations": {"fake-kubelet/waiting-reason": "CrashLoopBackOff"},
+                },
+                "status": {"phase": "Running", "containerStatuses": [crash]},
+            },
+            header_params={
+                "Content-Type": "application/merge-patch+json",
+                "Accept": "application/json",
+            },
+            auth_settings=["BearerToken"],
+            response_types_map={200: "object"},
+            _return_http_data_only=True,
+        )
+    )
+
+
+async def test_a_crash_looping_containers_last_instance_log(kube: Kube) -> None:
+    """A container waiting in CrashLoopBackOff has no running instance. A kubelet then
+    serves the log of the instance that last exited (its lastState) for the current log,
+    and the same instance for ``previous=true`` (validateContainerLogStatus). The
+    sandbox does both. The test cluster's fake kubelet serves ``previous`` only and
+    answers the current log 400 "waiting to start", a deliberate difference
+    (kubeapi/README.md): a reader that must work on all three asks for ``previous``."""
+    v1 = client.CoreV1Api(kube.api)
+    await crash_looping_pod(kube, "looping")
+    previous = await v1.read_namespaced_pod_log("looping", NS, previous=True)
+    assert previous.splitlines()[-1] == CRASH_TEXT
+    assert await v1.read_namespaced_pod_log("looping", NS, previous=True, tail_lines=1) == (
+        CRASH_TEXT + "\n"
+    )
+    if kube.backend == "testcluster":
+        with pytest.raises(ApiException) as err:
+            await v1.read_namespaced_pod_log("looping", NS)
+        assert err.value.status == 400
+        assert status_body(err.value)["message"] == (
+            'container "main" in pod "looping" is waiting to start: CrashLoopBackOff'
+        )
+        return
+    assert await v1.read_namespaced_pod_log("looping", NS) == previous
+    # Following an instance that has exited ends with its log, as a kubelet ends it.
+    with anyio.fail_after(10):
+        assert await v1.read_namespaced_pod_log("looping", NS, follow=True) == previous
+
+
 async def test_graceful_pod_deletion(kube: Kube) -> None:
     v1 = client.CoreV1Api(kube.api)
     await v1.create_namespaced_pod(NS, pod_manifest("leaver"))

@@ -713,7 +713,9 @@ class ApiServer:
                         break
                     st = container_status(pod, container) or {}
                     phase = (pod.get("status") or {}).get("phase")
-                    done = phase in ("Succeeded", "Failed") or "terminated" in (
+                    # The instance followed is over once no instance runs: a kubelet
+                    # ends the stream of an exited one (a crash loop's last, too).
+                    done = phase in ("Succeeded", "Failed") or "running" not in (
                         st.get("state") or {}
                     )
                     if not done:
@@ -745,6 +747,12 @@ class ApiServer:
 
     @staticmethod
     def _log_state(pod: dict[str, Any], container: str, previous: bool) -> None:
+        """Which instance's log a kubelet serves, in its order (validateContainerLogStatus):
+        ``previous`` the last terminated one; else the running one, the terminated one,
+        and for a container waiting to restart (CrashLoopBackOff) the one that last
+        exited, the same instance ``previous`` gives then. Only a container that never
+        ran has no log. Container IDs are not checked (every instance a kubelet reports
+        as having run carries one), and the lines of all instances are one log here."""
         name = pod["metadata"]["name"]
         st = container_status(pod, container)
         if st is None:
@@ -752,13 +760,14 @@ class ApiServer:
                 f'container "{container}" in pod "{name}" is waiting to start: ContainerCreating'
             )
         state = st.get("state") or {}
+        last_terminated = (st.get("lastState") or {}).get("terminated")
         if previous:
-            if not (st.get("lastState") or {}).get("terminated"):
+            if not last_terminated:
                 raise errors.bad_request(
                     f'previous terminated container "{container}" in pod "{name}" not found'
                 )
             return
-        if "running" in state or "terminated" in state:
+        if "running" in state or "terminated" in state or last_terminated:
             return
         if "waiting" in state:
             reason = (state.get("waiting") or {}).get("reason", "")
