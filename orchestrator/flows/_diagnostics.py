@@ -188,14 +188,23 @@ async def collect_diagnostics(
             for cs in (pod.get("status") or {}).get("containerStatuses") or []:
                 container = cs.get("name")
                 base = out / "logs" / f"{_safe_name(name)}_{_safe_name(container)}"
+                previous = base.with_name(base.name + ".previous.log")
                 waiting = (cs.get("state") or {}).get("waiting")
+                exited = (cs.get("lastState") or {}).get("terminated")
                 if waiting is not None:
-                    # A waiting container has no current log (the API answers 400); a
-                    # crash-looping one still has its previous instance's.
+                    # No instance runs. A kubelet serves the one that last exited (a
+                    # crash loop's) both as the current log and as ``previous``; a fake
+                    # kubelet (the test cluster's) answers the current one 400 "waiting
+                    # to start". ``previous`` gets that instance from all, asked once.
+                    why = (waiting or {}).get("reason", "unknown reason")
                     _write(
                         base.with_suffix(".log"),
-                        "(no current log: the container is waiting: "
-                        f"{(waiting or {}).get('reason', 'unknown reason')})\n",
+                        f"(no running instance: the container is waiting: {why}; "
+                        + (
+                            f"the one that last exited is in {previous.name})\n"
+                            if exited
+                            else "none has run yet)\n"
+                        ),
                     )
                 else:
                     try:
@@ -205,12 +214,12 @@ async def collect_diagnostics(
                         _write(base.with_suffix(".log"), text)
                     except ClientError as exc:
                         errors.append(f"logs of {name}/{container}: {exc}")
-                if int(cs.get("restartCount") or 0) > 0 or cs.get("lastState"):
+                if exited:
                     try:
                         text = await kube.pod_log(
                             name, namespace, container=container, tail_lines=LOG_TAIL, previous=True
                         )
-                        _write(base.with_name(base.name + ".previous.log"), text)
+                        _write(previous, text)
                     except ClientError as exc:
                         errors.append(f"previous logs of {name}/{container}: {exc}")
 

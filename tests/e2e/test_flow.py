@@ -13,6 +13,7 @@ import pytest
 from e2e_harness import PHASES, leftovers, run_orchestrator
 
 from orchestrator.sandbox import Faults
+from orchestrator.sandbox.kaito import CRASH_LINE
 
 pytestmark = [pytest.mark.anyio, pytest.mark.cluster]
 
@@ -150,7 +151,15 @@ async def test_crash_loop_fails_fast_with_the_last_log_lines(sandbox, tmp_path: 
     assert result.code == 1, result.stdout + result.stderr
     failure = result.status_of("Wait Ready")
     assert "CrashLoopBackOff" in failure["message"]
-    logs = result.artifacts / "diagnostics" / "logs"
-    previous = list(logs.glob("integration-test-llama-0_model.previous.log"))
-    assert previous and previous[0].read_text().strip(), sorted(p.name for p in logs.glob("*"))
+    diagnostics = result.artifacts / "diagnostics"
+    logs = diagnostics / "logs"
+    previous = logs / "integration-test-llama-0_model.previous.log"
+    assert previous.is_file(), sorted(p.name for p in logs.glob("*"))
+    # The crashed instance's own last line, on the sandbox's API and a real API server
+    # alike (asked as ``previous``, which a kubelet, the sandbox and the test cluster
+    # all serve for a container in CrashLoopBackOff), and no failed log request.
+    assert previous.read_text().splitlines()[-1] == CRASH_LINE
+    assert previous.name in (logs / "integration-test-llama-0_model.log").read_text()
+    errors = diagnostics / "errors.txt"
+    assert not errors.exists() or "logs of" not in errors.read_text(), errors.read_text()
     assert await leftovers(sandbox) == []
