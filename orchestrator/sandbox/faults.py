@@ -139,6 +139,11 @@ class Faults(BaseModel):
     backend_resets: int = Field(0, ge=0)
     #: Requests to this route never answer until the fault is lifted.
     hang_route: RouteName | None = None
+    #: The next N requests to ``hang_route`` are answered as usual before it hangs: a
+    #: route that an earlier phase asks too (Deploy's look for an existing deployment on
+    #: the status route) hangs from a known request on, not from whenever a test's hook
+    #: won its race with the run.
+    hang_after: int = Field(0, ge=0)
     #: DELETE /api/deployments/{name} answers 200 "deleted successfully" and deletes
     #: nothing: cleanup must not take the backend's word for it. (A DELETE that never
     #: answers is ``hang_route: delete``.)
@@ -230,6 +235,15 @@ class SandboxState:
         if self.faults.backend_resets <= 0:
             return False
         self.faults.backend_resets -= 1
+        return True
+
+    def take_hang(self, route: str) -> bool:
+        """Whether this request to ``route`` hangs (counting down ``hang_after`` if not)."""
+        if self.faults.hang_route != route:
+            return False
+        if self.faults.hang_after > 0:
+            self.faults.hang_after -= 1
+            return False
         return True
 
     def take_bad_body(self, route: str) -> str | None:

@@ -39,3 +39,14 @@ async def test_kube_knobs_are_refused_on_a_real_cluster(tmp_path: Path) -> None:
     assert state.take_bad_body("create") is None
     assert state.take_bad_body("deployment_status") == "wrong_shape"
     assert state.faults.bad_body is None  # its one answer was used
+
+
+def test_a_hang_after_n_answers_answers_those_first() -> None:
+    from orchestrator.sandbox.faults import SandboxState
+
+    state = SandboxState(Faults())
+    state.update({"hang_route": "deployment_status", "hang_after": 1})
+    assert not state.take_hang("create")  # another route: never held
+    assert not state.take_hang("deployment_status")  # its one answer
+    assert state.take_hang("deployment_status")
+    assert state.take_hang("deployment_status")  # and from then on, every time

@@ -155,7 +155,7 @@ async def faults_and_auth_middleware(request: web.Request, handler: Handler) -> 
         message = "Bad Gateway" if status == 502 else "Service Unavailable"
         return error_response(status, message)
     route = route_name(request)
-    if route is not None and state.faults.hang_route == route:
+    if route is not None and state.take_hang(route):
         await state.until(lambda f: f.hang_route != route)
     token = request.app[AUTH_KEY]
     if token and not request.path.startswith(PUBLIC_PREFIXES):
