@@ -102,6 +102,7 @@ _KEYED_CREDENTIAL = re.compile(
     r"(?i)\b((?:client-key-data|client-secret|refresh-token|id-token|password|passwd)"
     r"""["']?\s*[:=]\s*["']?)([^\s"',;}&]+)"""
 )
+_KEYED_WORDS = ("key-data", "secret", "token", "passw")
 #: A private key in PEM, whoever it belongs to.
 _PRIVATE_KEY = re.compile(
     r"(-----BEGIN ([A-Z ]*)PRIVATE KEY-----)[\s\S]*?(-----END \2PRIVATE KEY-----)"
@@ -296,18 +297,30 @@ class Redactor:
             text = "".join([*parts, text[at:]])
         if self._short_pattern is not None:
             text = self._short_pattern.sub(MASK, text)
-        text = _BEARER.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)
-        text = _AUTHORIZATION.sub(lambda m: f"{m.group(1)}{MASK}", text)
-        text = _USERINFO.sub(_mask_userinfo, text)
-        text = _QUERY_CREDENTIAL.sub(lambda m: f"{m.group(1)}{MASK}", text)
-        text = _KEYED_CREDENTIAL.sub(lambda m: f"{m.group(1)}{MASK}", text)
-        return _PRIVATE_KEY.sub(lambda m: f"{m.group(1)}{MASK}{m.group(3)}", text)
+        # Each pattern only where its word is: most lines hold none, and the run log and
+        # the console pass every line through here.
+        low = text.lower()
+        if "bearer" in low:
+            text = _BEARER.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)
+        if "authorization" in low:
+            text = _AUTHORIZATION.sub(lambda m: f"{m.group(1)}{MASK}", text)
+        if "@" in text:
+            text = _USERINFO.sub(_mask_userinfo, text)
+        if "=" in text:
+            text = _QUERY_CREDENTIAL.sub(lambda m: f"{m.group(1)}{MASK}", text)
+        if any(word in low for word in _KEYED_WORDS):
+            text = _KEYED_CREDENTIAL.sub(lambda m: f"{m.group(1)}{MASK}", text)
+        if "PRIVATE KEY" in text:
+            text = _PRIVATE_KEY.sub(lambda m: f"{m.group(1)}{MASK}{m.group(3)}", text)
+        return text
 
     def _registered(self, text: str) -> list[tuple[int, int]]:
         """Where registered values (long ones) are in ``text``, gaps inside them included."""
         pattern = self._pattern
         if pattern is None:
             return []
+        if pattern.search(_GAP_OR_OPEN.sub("", text)) is None:
+            return []  # the common case, without the map of where each character came from
         stripped, where = _strip_gaps(text)
         return [(where[m.start()], where[m.end() - 1] + 1) for m in pattern.finditer(stripped)]
 
