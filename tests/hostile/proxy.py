@@ -619,11 +619,35 @@ BACKEND_TARGETS = {
 }
 _BY_TARGET = {
     "watch": ["garbage_lines", "error_event", "stall_watch", "reset", "status"],
-    "list": ["wrong_shape", "not_json", "truncate", "reset", "status", "echo_authorization"],
+    "list": [
+        "wrong_shape",
+        "not_json",
+        "truncate",
+        "reset",
+        "status",
+        "echo_authorization",
+        "echo_secret",
+    ],
     "model": ["wrong_shape", "not_json", "truncate", "reset", "status", "trickle"],
-    "status": ["wrong_shape", "not_json", "truncate", "reset", "status", "echo_authorization"],
-    "install": ["reset", "status", "echo_authorization"],
-    "delete": ["wrong_shape", "not_json", "truncate", "reset", "status", "echo_authorization"],
+    "status": [
+        "wrong_shape",
+        "not_json",
+        "truncate",
+        "reset",
+        "status",
+        "echo_authorization",
+        "echo_secret",
+    ],
+    "install": ["reset", "status", "echo_authorization", "echo_secret"],
+    "delete": [
+        "wrong_shape",
+        "not_json",
+        "truncate",
+        "reset",
+        "status",
+        "echo_authorization",
+        "echo_secret",
+    ],
     "any": ["reset", "status", "trickle"],
 }
 
@@ -646,6 +670,9 @@ def mutations(draw: st.DrawFn, targets: dict[str, dict[str, Any]]) -> Mutation:
         # meet a phase deadline of seconds, and by the soak, which still draws it.
         params["interval"] = draw(st.sampled_from([0.005, 0.02]))
         params["within"] = 1.0
+    if name == "echo_secret":
+        params["forms"] = draw(st.lists(st.sampled_from(ECHO_FORMS), min_size=1, max_size=3))
+        params["status"] = draw(st.sampled_from([400, 401, 500, 503]))
     times = draw(st.integers(min_value=1, max_value=4))
     return Mutation(name, times=times, params=params, **targets[target])
 
