@@ -155,6 +155,16 @@ class _Cluster:
                 return seen
         return await flow._objects(pods, not_older_than=flow._pods_version)
 
+    async def workload(self) -> dict[str, Any] | None:
+        flow = self._flow
+        d, p = flow.deployment, flow.profile
+        try:
+            return await flow.kube.get(
+                p.workload, d.name, d.namespace, not_older_than=flow._workload_version
+            )
+        except NotFound:
+            return None
+
     async def leftovers(self) -> list[str]:
         return await self._flow.leftovers(owned=False)
 
@@ -199,6 +209,8 @@ class KubeFoundryFlow:
         #: The resourceVersion of the last event this flow's waits saw on its pods. A
         #: read that confirms what the events showed asks for a state not older than it.
         self._pods_version: str | None = None
+        #: The same for the workload (see :meth:`_Cluster.workload`).
+        self._workload_version: str | None = None
 
     # -- the engine's view ----------------------------------------------------
 
@@ -398,7 +410,10 @@ class KubeFoundryFlow:
 
         def inspect(event: WatchEvent) -> None:
             obj = event.object
-            if not is_pod(obj) or not p.owns_pod(d, obj):
+            if not is_pod(obj):
+                self._saw_workload(obj)
+                return
+            if not p.owns_pod(d, obj):
                 return
             self._saw_pod(obj)
             summary = pod_summary(obj)
@@ -828,6 +843,13 @@ class KubeFoundryFlow:
     def _saw_pod(self, pod: dict[str, Any]) -> None:
         """Note the resourceVersion of a pod event a wait saw (see ``_pods_version``)."""
         self._pods_version = pod["metadata"].get("resourceVersion") or self._pods_version
+
+    def _saw_workload(self, obj: dict[str, Any]) -> None:
+        """Note the resourceVersion of an event a wait saw on the workload."""
+        meta = obj.get("metadata") or {}
+        kind = obj.get("kind", self.profile.workload_kind)
+        if kind == self.profile.workload_kind and meta.get("name") == self.deployment.name:
+            self._workload_version = meta.get("resourceVersion") or self._workload_version
 
     async def _objects(
         self, t: Tracked, *, fresh: bool = True, not_older_than: str | None = None

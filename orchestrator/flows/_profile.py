@@ -95,7 +95,11 @@ class Readiness:
 
 class ClusterView(Protocol):
     """What a readiness reading may ask the cluster (and the backend, to compare its
-    answers with the cluster's), cheaply and only when it needs to."""
+    answers with the cluster's), cheaply and only when it needs to.
+
+    The flow implements it and hands it to the profile; a profile only calls it, so it
+    grows by methods without breaking one (``workload()`` came after ``pods()``).
+    """
 
     @property
     def kube(self) -> KubeClient: ...
@@ -112,6 +116,18 @@ class ClusterView(Protocol):
 
     async def pods(self) -> list[dict[str, Any]]:
         """The deployment's pods (the shared watches' view when there is one, else a list)."""
+        ...
+
+    async def workload(self) -> dict[str, Any] | None:
+        """The deployment's workload (the profile's ``workload`` resource, named like the
+        deployment) as the API server has it now; None when there is none.
+
+        After the wait has seen a watch event on it, the read asks for a state not
+        older than that event (its resourceVersion), which the API server may answer
+        from its watch cache instead of a quorum read from etcd: still the server's
+        answer, so a stream of ours that stalled does not fool it, and cheaper on each
+        check. Prefer it to ``kube.get`` of the same object, which reads from etcd.
+        """
         ...
 
     async def leftovers(self) -> list[str]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..clients import DeploymentStatus, KubeClient, NotFound, Resource
+from ..clients import DeploymentStatus, KubeClient, Resource
 from ..engine import Finding
 from ._calls import call_backend
 from ._kubefoundry import KubeFoundryFlow
@@ -69,9 +69,8 @@ class DynamoProfile(ProviderProfile):
 
     async def readiness(self, status: DeploymentStatus, cluster: ClusterView) -> Readiness:
         d = cluster.deployment
-        try:
-            dgd = await cluster.kube.get(DGDS, d.name, d.namespace)
-        except NotFound:
+        dgd = await cluster.workload()
+        if dgd is None:
             return Readiness(False)
         dgd_status: dict[str, Any] = dgd.get("status") or {}
         state = str(dgd_status.get("state") or "")

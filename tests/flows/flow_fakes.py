@@ -40,6 +40,8 @@ class FakeCluster:
         self.objects: dict[tuple[str, str, str], Obj] = {}
         self.deleted: list[tuple[str, str]] = []
         self.watches_opened = 0
+        #: ``(plural, name, not_older_than)`` of every get, in order.
+        self.gets: list[tuple[str, str, str | None]] = []
 
     def put(self, res: Resource, obj: Obj) -> Obj:
         meta = obj.setdefault("metadata", {})
@@ -68,7 +70,15 @@ class FakeCluster:
         ]
         return {"items": items, "metadata": {"resourceVersion": "1"}}
 
-    async def get(self, res: Resource, name: str, namespace: str | None = None) -> Obj:
+    async def get(
+        self,
+        res: Resource,
+        name: str,
+        namespace: str | None = None,
+        *,
+        not_older_than: str | None = None,
+    ) -> Obj:
+        self.gets.append((res.plural, name, not_older_than))
         try:
             return self.objects[(res.plural, namespace or "", name)]
         except KeyError:

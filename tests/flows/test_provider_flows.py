@@ -13,11 +13,13 @@ import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import anyio
 import pytest
 import xmlschema
 from _testcluster import fresh_cluster, provider_crds
+from proxy import HostileProxy
 
 from orchestrator.clients import (
     CRDS,
@@ -287,3 +289,31 @@ async def test_dynamo_failed_workload_fails_fast(make_env: Any, defect: bool) ->
         assert ("dynamo-failed-shown-pending" in findings(record)) == defect
         assert statuses(record)["cleanup"] == "passed"
         await nothing_left(env, "dynamo-system")
+
+
+async def test_dynamo_readiness_reads_its_dgd_not_older_than_the_last_event(
+    make_env: Any, tmp_path: Path
+) -> None:
+    """Wait Ready reads the DGD on every check (ClusterView.workload). Once a watch event
+    on it has come, the read carries that event's resourceVersion, so that the API server
+    may answer from its watch cache instead of a quorum read from etcd; on the sandbox's
+    API and a real API server alike. Seen on the wire, through a proxy that forwards all."""
+    async with make_env() as env:
+        async with HostileProxy.for_kubeconfig(env.sandbox.kubeconfig) as proxy:
+            proxied = proxy.write_kubeconfig(tmp_path / "proxied-kubeconfig")
+            kube = await KubeClient.from_kubeconfig(str(proxied))
+            direct, env.kube = env.kube, kube
+            try:
+                record, _ = await env.run(DynamoProfile())
+            finally:
+                env.kube = direct
+                await kube.aclose()
+        assert record.outcome == "passed", [(p.name, p.reason) for p in record.phase_records()]
+    path = DGDS.path("dynamo-system", NAME)
+    reads = [
+        parse_qs(urlsplit(url).query)
+        for method, url, watch in proxy.seen
+        if method == "GET" and not watch and urlsplit(url).path == path
+    ]
+    versions = [int(q["resourceVersion"][0]) for q in reads if "resourceVersion" in q]
+    assert versions and all(v > 0 for v in versions), reads
