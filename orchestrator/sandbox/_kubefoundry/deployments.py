@@ -20,7 +20,7 @@ from aiohttp import web
 from .._kube import JSON, KubeError
 from ..models import catalog
 from . import providers
-from .errors import STATE_KEY, ApiError, zod_error
+from .errors import STATE_KEY, ApiError, zod_error, zod_type
 from .installation import KUBE_KEY, PROVIDERS
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -66,7 +66,7 @@ def _issues(body: JSON) -> list[str]:
     if name is None:
         issues.append("name: Required")
     elif not isinstance(name, str):
-        issues.append(f"name: Expected string, received {_js_type(name)}")
+        issues.append(f"name: Expected string, received {zod_type(name)}")
     else:
         if not name:
             issues.append("name: Name is required")
@@ -88,7 +88,7 @@ def _issues(body: JSON) -> list[str]:
             issues.append(f"{field}: Invalid enum value. Expected {options}, received '{value}'")
     replicas = body.get("replicas", 1)
     if isinstance(replicas, bool) or not isinstance(replicas, (int, float)):
-        issues.append(f"replicas: Expected number, received {_js_type(replicas)}")
+        issues.append(f"replicas: Expected number, received {zod_type(replicas)}")
     elif replicas != int(replicas):
         issues.append("replicas: Expected integer, received float")
     elif replicas < 1:
@@ -104,18 +104,6 @@ def _issues(body: JSON) -> list[str]:
         "vllm": bool(body.get("modelId")),
     }[source]
     return [] if complete else [f": {MODEL_CONFIG_MESSAGE}"]
-
-
-def _js_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, list):
-        return "array"
-    return "object" if isinstance(value, dict) else "string"
 
 
 def validated_config(body: Any) -> JSON:

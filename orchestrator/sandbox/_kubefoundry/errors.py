@@ -49,6 +49,19 @@ def zod_error(field: str, message: str) -> web.Response:
     )
 
 
+def zod_type(value: Any) -> str:
+    """The JSON value's type as zod names it in "Expected string, received number"."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, list):
+        return "array"
+    return "object" if isinstance(value, dict) else "string"
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:

@@ -8,8 +8,6 @@ release Secret and the operator pod), and, like the real route, does not wait fo
 from __future__ import annotations
 
 import asyncio
-import random
-import string
 import weakref
 from pathlib import Path
 from typing import Any
@@ -344,32 +342,11 @@ async def _install_operator(kube: Kube) -> None:
     it from starting.
     """
     ns = OPERATOR_NAMESPACE
-    await kube.create(
-        "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
-    )
-    await kube.create(
-        f"/api/v1/namespaces/{ns}/secrets",
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "type": "helm.sh/release.v1",
-            "metadata": {
-                "name": "sh.helm.release.v1.kaito-workspace.v1",
-                "namespace": ns,
-                "labels": {
-                    "owner": "helm",
-                    "name": "kaito-workspace",
-                    "status": "deployed",
-                    "version": "1",
-                },
-            },
-        },
-    )
+    await providers.helm_release(kube, ns, "kaito-workspace")
     existing = await kube.get(f"/api/v1/namespaces/{ns}/pods", {"labelSelector": OPERATOR_SELECTOR})
     if existing.get("items"):
         return
-    suffix = "".join(random.choices("bcdfghjklmnpqrstvwxz2456789", k=5))
-    pod_hash = "".join(random.choices(string.hexdigits.lower()[:16], k=10))
+    name, pod_hash = providers.replica_pod_name("kaito-workspace")
     labels = {
         "app.kubernetes.io/name": "kaito-workspace",
         "app.kubernetes.io/instance": "kaito-workspace",
@@ -381,7 +358,7 @@ async def _install_operator(kube: Kube) -> None:
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {
-                "name": f"kaito-workspace-{pod_hash}-{suffix}",
+                "name": name,
                 "namespace": ns,
                 "labels": labels,
                 "annotations": {

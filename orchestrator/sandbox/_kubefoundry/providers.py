@@ -21,7 +21,7 @@ import yaml
 
 from .._kube import JSON, Kube, KubeError, backoff, manifests
 from ..faults import Defects
-from .errors import ApiError
+from .errors import ApiError, zod_type
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 PROVIDER_IDS = ("dynamo", "kuberay")
@@ -360,30 +360,44 @@ async def _wait_served(kube: Kube, docs: list[JSON]) -> None:
                 attempt += 1
 
 
-async def _install_operator(kube: Kube, provider: Provider, release: str) -> None:
-    ns = provider.operator_namespace
+async def helm_release(kube: Kube, namespace: str, release: str) -> None:
+    """What a chart's install leaves that KubeFoundry looks at before any pod: the
+    namespace and helm's release Secret (``sh.helm.release.v1.RELEASE.v1``)."""
     await kube.create(
-        "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
+        "/api/v1/namespaces",
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
     )
     await kube.create(
-        f"/api/v1/namespaces/{ns}/secrets",
+        f"/api/v1/namespaces/{namespace}/secrets",
         {
             "apiVersion": "v1",
             "kind": "Secret",
             "type": "helm.sh/release.v1",
             "metadata": {
                 "name": f"sh.helm.release.v1.{release}.v1",
-                "namespace": ns,
+                "namespace": namespace,
                 "labels": {"owner": "helm", "name": release, "status": "deployed", "version": "1"},
             },
         },
     )
+
+
+def replica_pod_name(deployment: str) -> tuple[str, str]:
+    """A name a Deployment's ReplicaSet gives its pod, ``DEPLOYMENT-HASH-XXXXX``, and
+    the ``pod-template-hash`` label's value in it."""
+    pod_hash = "".join(random.choices(string.hexdigits.lower()[:16], k=10))
+    suffix = "".join(random.choices("bcdfghjklmnpqrstvwxz2456789", k=5))
+    return f"{deployment}-{pod_hash}-{suffix}", pod_hash
+
+
+async def _install_operator(kube: Kube, provider: Provider, release: str) -> None:
+    ns = provider.operator_namespace
+    await helm_release(kube, ns, release)
     selector = f"app.kubernetes.io/name={provider.operator_name}"
     existing = await kube.get(f"/api/v1/namespaces/{ns}/pods", {"labelSelector": selector})
     if existing.get("items"):
         return
-    pod_hash = "".join(random.choices(string.hexdigits.lower()[:16], k=10))
-    rand = "".join(random.choices("bcdfghjklmnpqrstvwxz2456789", k=5))
+    name, pod_hash = replica_pod_name(provider.operator_name)
     image = (
         f"quay.io/kuberay/operator:v{KUBERAY_VERSION}"
         if provider is KUBERAY
@@ -395,7 +409,7 @@ async def _install_operator(kube: Kube, provider: Provider, release: str) -> Non
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {
-                "name": f"{provider.operator_name}-{pod_hash}-{rand}",
+                "name": name,
                 "namespace": ns,
                 "labels": {
                     "app.kubernetes.io/name": provider.operator_name,
@@ -411,18 +425,6 @@ async def _install_operator(kube: Kube, provider: Provider, release: str) -> Non
 # ---------------------------------------------------------------------------- create
 
 
-def _js_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, list):
-        return "array"
-    return "object" if isinstance(value, dict) else "string"
-
-
 def _enum(field: str, value: Any, allowed: tuple[str, ...]) -> str:
     options = " | ".join(f"'{a}'" for a in allowed)
     return f"{field}: Invalid enum value. Expected {options}, received '{value}'"
@@ -430,7 +432,7 @@ def _enum(field: str, value: Any, allowed: tuple[str, ...]) -> str:
 
 def _int_issue(field: str, value: Any, low: int, high: int | None) -> str | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return f"{field}: Expected number, received {_js_type(value)}"
+        return f"{field}: Expected number, received {zod_type(value)}"
     if value != int(value):
         return f"{field}: Expected integer, received float"
     if value < low:
@@ -447,7 +449,7 @@ def validated(body: JSON, provider: Provider) -> JSON:
     if name is None:
         issues.append("name: Required")
     elif not isinstance(name, str):
-        issues.append(f"name: Expected string, received {_js_type(name)}")
+        issues.append(f"name: Expected string, received {zod_type(name)}")
     elif not name or len(name) > 63 or not DNS_LABEL.match(name):
         issues.append(
             "name: Name must be a valid Kubernetes resource name (lowercase alphanumeric and hyphens)"
@@ -457,7 +459,7 @@ def validated(body: JSON, provider: Provider) -> JSON:
         if value is None:
             issues.append(f"{field}: Required")
         elif not isinstance(value, str) or not value:
-            issues.append(f"{field}: Expected string, received {_js_type(value)}")
+            issues.append(f"{field}: Expected string, received {zod_type(value)}")
     engine = body.get("engine")
     if provider is DYNAMO:
         if engine is None:
@@ -475,7 +477,7 @@ def validated(body: JSON, provider: Provider) -> JSON:
     resources = body.get("resources")
     if resources is not None:
         if not isinstance(resources, dict):
-            issues.append(f"resources: Expected object, received {_js_type(resources)}")
+            issues.append(f"resources: Expected object, received {zod_type(resources)}")
         else:
             issue = _int_issue("resources.gpu", resources.get("gpu", 1), 1, None)
             if issue:
