@@ -173,6 +173,24 @@ def pod_manifest(
     }
 
 
+async def patch_pod_status(kube: Kube, name: str, body: dict[str, Any]) -> dict[str, Any]:
+    """A merge patch of the pod's status subresource, as a kubelet (or a stand-in) writes."""
+    return dict(
+        await kube.api.call_api(
+            f"/api/v1/namespaces/{NS}/pods/{name}/status",
+            "PATCH",
+            body=body,
+            header_params={
+                "Content-Type": "application/merge-patch+json",
+                "Accept": "application/json",
+            },
+            auth_settings=["BearerToken"],
+            response_types_map={200: "object"},
+            _return_http_data_only=True,
+        )
+    )
+
+
 def running(obj: dict[str, Any]) -> bool:
     return (obj.get("status") or {}).get("phase") == "Running"
 
@@ -664,10 +682,10 @@ async def test_pod_status_write_carries_labels_and_annotations(kube: Kube) -> No
         "state": {"waiting": {"reason": "CrashLoopBackOff"}},
         "lastState": {"terminated": {"exitCode": 1, "reason": "Error"}},
     }
-    written = await kube.api.call_api(
-        f"/api/v1/namespaces/{NS}/pods/crasher/status",
-        "PATCH",
-        body={
+    written = await patch_pod_status(
+        kube,
+        "crasher",
+        {
             "metadata": {
                 "resourceVersion": settled["metadata"]["resourceVersion"],
                 "labels": {"crashed": "yes"},
@@ -676,13 +694,6 @@ async def test_pod_status_write_carries_labels_and_annotations(kube: Kube) -> No
             "spec": {"containers": [{"name": "main", "image": "other:1"}]},
             "status": {"containerStatuses": [crash]},
         },
-        header_params={
-            "Content-Type": "application/merge-patch+json",
-            "Accept": "application/json",
-        },
-        auth_settings=["BearerToken"],
-        response_types_map={200: "object"},
-        _return_http_data_only=True,
     )
     assert written["metadata"]["labels"] == {"crashed": "yes"}
     assert written["metadata"]["annotations"]["fake-kubelet/waiting-reason"] == "CrashLoopBackOff"
@@ -770,25 +781,16 @@ async def crash_looping_pod(kube: Kube, name: str) -> dict[str, Any]:
             }
         },
     }
-    return dict(
-        await kube.api.call_api(
-            f"/api/v1/namespaces/{NS}/pods/{name}/status",
-            "PATCH",
-            body={
-                "metadata": {
-                    "resourceVersion": settled["metadata"]["resourceVersion"],
-                    "annotations": {"fake-kubelet/waiting-reason": "CrashLoopBackOff"},
-                },
-                "status": {"phase": "Running", "containerStatuses": [crash]},
+    return await patch_pod_status(
+        kube,
+        name,
+        {
+            "metadata": {
+                "resourceVersion": settled["metadata"]["resourceVersion"],
+                "annotations": {"fake-kubelet/waiting-reason": "CrashLoopBackOff"},
             },
-            header_params={
-                "Content-Type": "application/merge-patch+json",
-                "Accept": "application/json",
-            },
-            auth_settings=["BearerToken"],
-            response_types_map={200: "object"},
-            _return_http_data_only=True,
-        )
+            "status": {"phase": "Running", "containerStatuses": [crash]},
+        },
     )
 
 
