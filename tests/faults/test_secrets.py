@@ -10,7 +10,6 @@ diagnostics, the GitHub summary or its annotations.
 from __future__ import annotations
 
 import base64
-import json
 import os
 import re
 import signal
@@ -23,7 +22,7 @@ import anyio
 import pytest
 from _bounded import running_sandbox
 from e2e_harness import Result, run_orchestrator
-from test_signals_setup import alive, read_all, start_run
+from test_signals_setup import alive, read_all, start_run, unreachable_kubeconfig
 
 from orchestrator.engine import Redactor
 from orchestrator.sandbox import Faults, SandboxOptions
@@ -157,19 +156,7 @@ async def test_a_run_killed_mid_way_leaves_no_secret_in_any_file(tmp_path: Path)
     script = tmp_path / "backend.py"
     script.write_text(KILLED_BACKEND.format(fifo=str(fifo), marker=marker))
     (tmp_path / "backend").mkdir()
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:9"}}],
-                "users": [{"name": "u", "user": {"token": KUBE_TOKEN}}],
-                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
-                "current-context": "x",
-            }
-        )
-    )
+    kubeconfig = unreachable_kubeconfig(tmp_path / "kubeconfig", {"token": KUBE_TOKEN})
     log = tmp_path / "artifacts" / "environment" / "backend.log"
     os.environ["KUBEFOUNDRY_TOKEN"] = token  # start_run copies the environment
     try:

@@ -39,31 +39,32 @@ def kubeconfig_with_plugin(tmp_path: Path) -> tuple[Path, Path]:
     plugin = tmp_path / "credential-plugin"
     plugin.write_text(PLUGIN.format(python=sys.executable, fifo=str(fifo)))
     plugin.chmod(0o755)
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
+    exec_user = {
+        "exec": {
+            "apiVersion": "client.authentication.k8s.io/v1",
+            "command": str(plugin),
+            "interactiveMode": "Never",
+        }
+    }
+    return unreachable_kubeconfig(tmp_path / "kubeconfig", exec_user), fifo
+
+
+def unreachable_kubeconfig(path: Path, user: dict[str, object]) -> Path:
+    """A kubeconfig with ``user``'s credentials for a cluster nothing listens on: the
+    run's setup (and a signal in it) happens before any Kubernetes request could."""
+    path.write_text(
         json.dumps(
             {
                 "apiVersion": "v1",
                 "kind": "Config",
                 "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:9"}}],
-                "users": [
-                    {
-                        "name": "u",
-                        "user": {
-                            "exec": {
-                                "apiVersion": "client.authentication.k8s.io/v1",
-                                "command": str(plugin),
-                                "interactiveMode": "Never",
-                            }
-                        },
-                    }
-                ],
+                "users": [{"name": "u", "user": user}],
                 "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
                 "current-context": "x",
             }
         )
     )
-    return kubeconfig, fifo
+    return path
 
 
 def alive(pid: int) -> bool:
@@ -154,19 +155,7 @@ async def test_a_signal_while_the_backend_starts_stops_it_and_reports(
     tmp_path: Path, sig: signal.Signals, code: int
 ) -> None:
     """Environment setup: the backend command never answers its health check."""
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:9"}}],
-                "users": [{"name": "u", "user": {"token": "unused-token"}}],
-                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
-                "current-context": "x",
-            }
-        )
-    )
+    kubeconfig = unreachable_kubeconfig(tmp_path / "kubeconfig", {"token": "unused-token"})
     backend = tmp_path / "backend"
     backend.mkdir()
     # The backend says its pid through a FIFO: the test reads it when the backend is up,

@@ -617,37 +617,16 @@ BACKEND_TARGETS = {
     "delete": {"method": "DELETE", "path": r"^/api/deployments/"},
     "any": {"path": ""},
 }
+#: What a JSON answer may be turned into: broken, or echoing the request's credentials.
+_BODIES = ["wrong_shape", "not_json", "truncate", "reset", "status"]
+_ECHOES = ["echo_authorization", "echo_secret"]
 _BY_TARGET = {
     "watch": ["garbage_lines", "error_event", "stall_watch", "reset", "status"],
-    "list": [
-        "wrong_shape",
-        "not_json",
-        "truncate",
-        "reset",
-        "status",
-        "echo_authorization",
-        "echo_secret",
-    ],
-    "model": ["wrong_shape", "not_json", "truncate", "reset", "status", "trickle"],
-    "status": [
-        "wrong_shape",
-        "not_json",
-        "truncate",
-        "reset",
-        "status",
-        "echo_authorization",
-        "echo_secret",
-    ],
-    "install": ["reset", "status", "echo_authorization", "echo_secret"],
-    "delete": [
-        "wrong_shape",
-        "not_json",
-        "truncate",
-        "reset",
-        "status",
-        "echo_authorization",
-        "echo_secret",
-    ],
+    "list": _BODIES + _ECHOES,
+    "model": [*_BODIES, "trickle"],
+    "status": _BODIES + _ECHOES,
+    "install": ["reset", "status", *_ECHOES],
+    "delete": _BODIES + _ECHOES,
     "any": ["reset", "status", "trickle"],
 }
 
