@@ -13,7 +13,7 @@ import pytest
 from e2e_harness import PHASES, run_orchestrator
 from faults_harness import assert_clean, run_log, run_with_hooks, started
 
-from orchestrator.sandbox import Faults
+from orchestrator.sandbox import Delays, Faults
 
 pytestmark = [pytest.mark.anyio, pytest.mark.cluster]
 
