@@ -358,3 +358,31 @@ async def test_a_phase_that_runs_out_while_a_request_keeps_failing_names_both(
     ), reason
     reads = [r for r in backend.requests if r == ("GET", "/api/deployments/integration-test-llama")]
     assert len(reads) > 3  # retried by time until the deadline, then reported
+
+
+class ReadsItsWorkload(KaitoProfile):
+    """A third-party reading that looks at its custom resource through the public view."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, Any] | None] = []
+
+    async def readiness(self, status: Any, cluster: ClusterView) -> Readiness:
+        workload = await cluster.workload()
+        self.seen.append(workload)
+        return Readiness(workload is not None and status.phase == "Running")
+
+
+async def test_a_reading_gets_its_workload_through_the_cluster_view(tmp_path: Path) -> None:
+    """``ClusterView.workload()`` is the deployment's custom resource as the API server has
+    it (None before it exists); with no watch event seen (polling here) it is a plain read,
+    asking for no resourceVersion."""
+    backend = FakeBackend(FakeCluster(), kaito_workload())
+    profile = ReadsItsWorkload()
+    _, record = await run(profile, backend, tmp_path)
+    assert record.exit_code == 0, [(p.name, p.reason) for p in record.phases]
+    found = [w for w in profile.seen if w is not None]
+    assert found and all(
+        (w["kind"], w["metadata"]["name"]) == ("Workspace", "integration-test-llama") for w in found
+    )
+    reads = [g for g in backend.cluster.gets if g[:2] == ("workspaces", "integration-test-llama")]
+    assert reads and all(version is None for _, _, version in reads)
