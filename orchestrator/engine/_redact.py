@@ -20,6 +20,10 @@ What is masked:
 - the value of any ``Authorization`` header or ``Bearer`` credential, known or not;
 - a kubeconfig's credential fields (``client-key-data``, ``client-secret``,
   ``refresh-token``, ``id-token``, ``password``) and any PEM private key;
+- a JSON value whose key names a credential (``"token"``, ``"apiKey"``, ``"secret"``,
+  ``"password"``: an ExecCredential, a peer's echo), a Kubernetes env entry or an
+  environment assignment whose name does (``HF_TOKEN``, ``*_API_KEY``: a workload
+  object the diagnostics collect, a pod that logs its environment);
 - the password of a URL's userinfo (``https://user:***@host``), a whole userinfo
   without one (``https://***@host``: a token is often sent as the user), and
   the value of query parameters that carry credentials (``?token=***``,
@@ -80,12 +84,12 @@ _GAP_OR_OPEN = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\[?[0-9;?]*\Z|[ \t\r\n│
 #: ``Bearer xyz``, ``bearer%20xyz``: the credential after the scheme word (not the
 #: words of a sentence such as "check the bearer token").
 _BEARER = re.compile(
-    r"(?i)\b(bearer)(\s+|%20|\+)"
+    r"(?i)(bearer)(\s+|%20|\+)"
     r"(?!(?:tokens?|auth|authentication|credentials?|scheme|header)\b)([A-Za-z0-9\-._~+/=%]+)"
 )
 #: ``Authorization: Basic xyz``, ``"authorization": "xyz"``, ``authorization=xyz``.
 _AUTHORIZATION = re.compile(
-    r"""(?i)\b((?:proxy-)?authorization["']?\s*[:=]\s*["']?(?:(?!bearer\b)[A-Za-z]+\s+)?)"""
+    r"""(?i)((?:proxy-)?authorization["']?\s*[:=]\s*["']?(?:(?!bearer\b)[A-Za-z]+\s+)?)"""
     r"""(?!bearer\b)([^\s"',;}&]+)"""
 )
 #: ``scheme://user:password@host``: the password; ``scheme://token@host``: all of it (a
@@ -99,10 +103,28 @@ _QUERY_CREDENTIAL = re.compile(
 )
 #: A kubeconfig's (or an OIDC provider's) credential fields, in YAML or JSON.
 _KEYED_CREDENTIAL = re.compile(
-    r"(?i)\b((?:client-key-data|client-secret|refresh-token|id-token|password|passwd)"
+    r"(?i)((?:client-key-data|client-secret|refresh-token|id-token|password|passwd)"
     r"""["']?\s*[:=]\s*["']?)([^\s"',;}&]+)"""
 )
 _KEYED_WORDS = ("key-data", "secret", "token", "passw")
+#: A credential by its JSON key (``{"apiKey": "..."}``, an ExecCredential's ``token``).
+_JSON_CREDENTIAL = re.compile(
+    r'(?i)("(?:token|access_?token|api_?key|secret|client_?secret|password|passwd)"\s*:\s*")'
+    r'((?:[^"\\]|\\.)+)(?=")'
+)
+#: A Kubernetes env entry whose name says credential (``{"name": "HF_TOKEN", "value":
+#: "..."}``): a workload object the diagnostics collect may hold one.
+_ENV_ENTRY = re.compile(
+    r'(?i)("name"\s*:\s*"[\w.-]*(?:token|secret|password|passwd|api_?key|access_?key|'
+    r'credentials?)[\w.-]*"\s*,\s*"value"\s*:\s*")((?:[^"\\]|\\.)+)(?=")'
+)
+#: An environment assignment whose name says credential (``HF_TOKEN=...``): a pod that
+#: logs its environment.
+_ENV_ASSIGNMENT = re.compile(
+    r"""([A-Z0-9_]*(?:TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY)[A-Z0-9_]*=["']?)"""
+    r"""([^\s"']+)"""
+)
+_JSON_WORDS = ("token", "key", "secret", "passw")
 #: A private key in PEM, whoever it belongs to.
 _PRIVATE_KEY = re.compile(
     r"(-----BEGIN ([A-Z ]*)PRIVATE KEY-----)[\s\S]*?(-----END \2PRIVATE KEY-----)"
@@ -114,6 +136,9 @@ _CREDENTIALS = (
     _QUERY_CREDENTIAL,
     _KEYED_CREDENTIAL,
     _PRIVATE_KEY,
+    _JSON_CREDENTIAL,
+    _ENV_ENTRY,
+    _ENV_ASSIGNMENT,
 )
 #: What a short secret must not touch to count as a word of its own: a letter, digit or
 #: ``_``, unless that character ends an escape (``%2F``, ``\n``, a style code).
@@ -127,14 +152,18 @@ _SHORT_START = re.compile(_SHORT_BEFORE)
 #: The end of a stream's piece that may be the start of a credential pattern's match.
 _OPEN_CREDENTIAL = re.compile(
     r"(?i)(?:"
-    r"\b[a-z][a-z_-]*\Z"  # a word that may be the start of one of the names below
-    r"|\bbearer(?:\s+|%2?0?|\+)[A-Za-z0-9\-._~+/=%]*\Z"
-    r"|\b(?:(?:proxy-)?authorization|client-key-data|client-secret|refresh-token|id-token|"
+    r"[\"']?(?:[a-z][a-z0-9_-]*[\"']?)?\Z"  # a word that may start one of the names below
+    r"|bearer(?:\s+|%2?0?|\+)[A-Za-z0-9\-._~+/=%]*\Z"
+    r"|(?:(?:proxy-)?authorization|client-key-data|client-secret|refresh-token|id-token|"
     r"""password|passwd)["']?\s*(?:[:=]\s*["']?(?:[A-Za-z]+\s*)?[^\s"',;}&]*)?\Z"""
     r"|:/?/?[^\s/?#'\"<>]*\Z"
     r"|[?&;][A-Za-z0-9_-]*(?:=[^&#\s\"'<>]*)?\Z"
     r"|%[0-9A-Fa-f]?\Z|\\\Z"
     r"|-{1,5}[A-Z ]*\Z|-----BEGIN[A-Z -]*\Z|-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*\Z"
+    r'|"(?:token|access_?token|api_?key|secret|client_?secret|password|passwd)"'
+    r'\s*(?::\s*(?:"(?:[^"\\]|\\.)*\\?)?)?\Z'
+    r'|"name"\s*(?::[^{}]*)?\Z'
+    r"""|[A-Z0-9_]*(?:TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY)[A-Z0-9_]*=["']?[^\s"']*\Z"""
     r")"
 )
 
@@ -310,6 +339,12 @@ class Redactor:
             text = _QUERY_CREDENTIAL.sub(lambda m: f"{m.group(1)}{MASK}", text)
         if any(word in low for word in _KEYED_WORDS):
             text = _KEYED_CREDENTIAL.sub(lambda m: f"{m.group(1)}{MASK}", text)
+        if '"' in text and any(word in low for word in _JSON_WORDS):
+            text = _JSON_CREDENTIAL.sub(lambda m: f"{m.group(1)}{MASK}", text)
+            if '"value"' in low:
+                text = _ENV_ENTRY.sub(lambda m: f"{m.group(1)}{MASK}", text)
+        if "=" in text:
+            text = _ENV_ASSIGNMENT.sub(lambda m: f"{m.group(1)}{MASK}", text)
         if "PRIVATE KEY" in text:
             text = _PRIVATE_KEY.sub(lambda m: f"{m.group(1)}{MASK}{m.group(3)}", text)
         return text
@@ -319,10 +354,21 @@ class Redactor:
         pattern = self._pattern
         if pattern is None:
             return []
-        if pattern.search(_GAP_OR_OPEN.sub("", text)) is None:
-            return []  # the common case, without the map of where each character came from
-        stripped, where = _strip_gaps(text)
-        return [(where[m.start()], where[m.end() - 1] + 1) for m in pattern.finditer(stripped)]
+        # As written (an escape right before a value must not take its first character
+        # for the escape's), and with the gaps left out (a value split by styling).
+        spans = [m.span() for m in pattern.finditer(text)]
+        if pattern.search(_GAP_OR_OPEN.sub("", text)) is not None:
+            stripped, where = _strip_gaps(text)
+            spans += [
+                (where[m.start()], where[m.end() - 1] + 1) for m in pattern.finditer(stripped)
+            ]
+        merged: list[tuple[int, int]] = []
+        for start, end in sorted(spans):
+            if merged and start <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(end, merged[-1][1]))
+            else:
+                merged.append((start, end))
+        return merged
 
     def spans(self, text: str) -> list[tuple[int, int]]:
         """Every stretch of ``text`` that :meth:`redact` masks, or whose match holds what it
@@ -363,6 +409,9 @@ class Redactor:
                 k = _longest_start(stripped, form, ends)
                 if k is not None:
                     starts.append(floor + where[len(stripped) - k])
+                k = _longest_start(text, form, ends)  # as written (see _registered)
+                if k is not None:
+                    starts.append(len(text) - k)
         for form, ends in self._open_short:
             k = _longest_start(text, form, ends)
             if k is not None and _SHORT_START.match(text, len(text) - k):

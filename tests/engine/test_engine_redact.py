@@ -171,3 +171,41 @@ def test_kubeconfig_credentials_and_private_keys_are_masked_unregistered() -> No
     masker = r.masker()
     out = "".join(masker.feed(pem[i : i + 7]) for i in range(0, len(pem), 7)) + masker.finish()
     assert "MHcCAQEEIBk" not in out and "AwEHoUQDQg" not in out
+
+
+UNREGISTERED = "Q7vX2pL9w"
+CREDENTIAL_SHAPES = [
+    f'{{"kind": "ExecCredential", "status": {{"token": "{UNREGISTERED}"}}}}',
+    f'{{"apiKey": "{UNREGISTERED}", "page": 2}}',
+    f'"env": [{{"name": "HF_TOKEN", "value": "{UNREGISTERED}"}}, {{"name": "A", "value": "1"}}]',
+    f"HF_TOKEN={UNREGISTERED} python serve.py",
+    f"Authorization: Basic {UNREGISTERED}",
+    f"GET https://ci:{UNREGISTERED}@registry.example/v2?page=1",
+    f"GET /v1/models?api_key={UNREGISTERED}&page=1",
+    f"client-secret: {UNREGISTERED}",
+]
+
+
+def test_credentials_by_the_name_they_carry_are_masked_unregistered() -> None:
+    r = Redactor()
+    for text in CREDENTIAL_SHAPES:
+        assert UNREGISTERED not in r(text), r(text)
+    kept = '{"name": "MODEL", "value": "llama3.2:1b"} REPLICAS=2 "tokens": 5'
+    assert r(kept) == kept
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.sampled_from(CREDENTIAL_SHAPES), cuts=pieces, before=filler)
+def test_an_unregistered_credential_split_across_pieces_never_comes_out(
+    text: str, cuts: list[int], before: str
+) -> None:
+    text = before + text
+    masker = Redactor().masker()
+    out, start = [], 0
+    for cut in sorted(c % (len(text) + 1) for c in cuts):
+        out.append(masker.feed(text[start:cut]))
+        start = max(start, cut)
+    whole = "".join([*out, masker.feed(text[start:]), masker.finish()])
+    # Not even a part of it: a cut inside the value must not let its first half out.
+    parts = {UNREGISTERED[i : i + 3] for i in range(len(UNREGISTERED) - 2)}
+    assert not [p for p in parts if p in whole], whole
