@@ -115,8 +115,12 @@ async def test_a_leaked_object_with_the_runs_labels_fails_the_run_and_cleanup_re
             },
             NS,
         )
+        # The Delete phase's timeout is what ends it (the Service never goes), but it must
+        # leave a loaded machine the time to send the DELETE and see the Workspace go, or
+        # its reason names the request and not the Service. Cleanup gives the backend a
+        # third of its time, and Kubernetes the rest to delete the Service and see it gone.
         result = await run_orchestrator(
-            sandbox, tmp_path, "--delete-timeout", "2000", "--cleanup-reserve", "3000"
+            sandbox, tmp_path, "--delete-timeout", "10000", "--cleanup-reserve", "20000"
         )
         assert result.code == 1, result.stdout + result.stderr
         delete = result.status_of("Delete")
