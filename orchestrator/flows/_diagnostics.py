@@ -185,7 +185,13 @@ async def collect_diagnostics(
     async def logs() -> None:
         for pod in ns_pods:
             name = pod["metadata"]["name"]
-            for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+            status = pod.get("status") or {}
+            # Init containers too: one that crash-loops (Init:CrashLoopBackOff) holds the
+            # pod back, and its log says why.
+            statuses = (status.get("initContainerStatuses") or []) + (
+                status.get("containerStatuses") or []
+            )
+            for cs in statuses:
                 container = cs.get("name")
                 base = out / "logs" / f"{_safe_name(name)}_{_safe_name(container)}"
                 previous = base.with_name(base.name + ".previous.log")

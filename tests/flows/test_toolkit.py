@@ -188,3 +188,58 @@ async def test_diagnostics_are_written_for_any_workload_resource(tmp_path: Path)
     assert "llm-0" in (tmp_path / "describe-pods.txt").read_text()
     assert (tmp_path / "logs").is_dir() and cluster.of(PODS)
     assert lines[-1] == f"diagnostics written to {tmp_path}"
+
+
+async def test_diagnostics_take_the_crashed_instance_of_each_container_init_ones_too(
+    tmp_path: Path,
+) -> None:
+    """A container waiting to restart has no running instance: its log is asked for as
+    ``previous`` (the one that exited), which a kubelet, the sandbox and the test cluster
+    all serve, and its current log names that file. Init containers are read alike."""
+    cluster = FakeCluster()
+    asked: list[tuple[str, str | None, bool]] = []
+
+    async def pod_log(name: str, namespace: str, **kw: Any) -> str:
+        asked.append((name, kw.get("container"), bool(kw.get("previous"))))
+        return f"last lines of {kw.get('container')}\n"
+
+    cluster.pod_log = pod_log  # type: ignore[method-assign]
+    crashed = {
+        "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+        "lastState": {"terminated": {"exitCode": 1, "containerID": "c://1"}},
+        "restartCount": 3,
+    }
+    cluster.put(
+        PODS,
+        {
+            "kind": "Pod",
+            "metadata": {"name": "p-0", "namespace": "ns"},
+            "status": {
+                "phase": "Pending",
+                "initContainerStatuses": [{"name": "fetch", **crashed}],
+                "containerStatuses": [
+                    {"name": "model", "state": {"waiting": {"reason": "PodInitializing"}}}
+                ],
+            },
+        },
+    )
+    backend = FakeBackend(cluster, kaito_like(Resource("ray.io", "v1", "rayservices"), "X"))
+    api = backend.client()
+    try:
+        await collect_diagnostics(
+            tmp_path,
+            kube=cluster,  # type: ignore[arg-type]
+            api=api,
+            namespace="ns",
+            deployment="p",
+            workload=Resource("ray.io", "v1", "rayservices"),
+            log=lambda _: None,
+        )
+    finally:
+        await api.aclose()
+    logs = tmp_path / "logs"
+    assert asked == [("p-0", "fetch", True)]
+    assert (logs / "p-0_fetch.previous.log").read_text() == "last lines of fetch\n"
+    assert "p-0_fetch.previous.log" in (logs / "p-0_fetch.log").read_text()
+    assert "none has run yet" in (logs / "p-0_model.log").read_text()
+    assert not (tmp_path / "errors.txt").exists()
