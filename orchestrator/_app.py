@@ -962,5 +962,8 @@ def run_app(
         # The loop ORCHESTRATOR_EVENT_LOOP chooses (_loop.py), as the benchmark's waiter does.
         return run_loop(_run(settings, sandbox, faults, live, environment or EnvironmentOptions()))
     finally:
+        # Each wrapper may hold the end of what was written (it may start a secret):
+        # flushing writes it out, masked, before the process's own streams come back.
         sys.stdout.flush()
+        sys.stderr.flush()
         sys.stdout, sys.stderr = stdout, stderr
