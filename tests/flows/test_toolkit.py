@@ -163,27 +163,34 @@ async def test_once_per_run_shares_a_success_never_a_failure() -> None:
     assert await gate.once("install:y", "d", lambda: work("d", True)) != proofs[0]
 
 
-async def test_diagnostics_are_written_for_any_workload_resource(tmp_path: Path) -> None:
-    cluster = FakeCluster()
-    backend = FakeBackend(
-        cluster, kaito_like(Resource("ray.io", "v1", "rayservices"), "RayService")
-    )
-    backend._make("llm", "ray")
+RAYSERVICES = Resource("ray.io", "v1", "rayservices")
+
+
+async def diagnose(backend: FakeBackend, out: Path, namespace: str, name: str) -> list[str]:
+    """Diagnostics of a RayService deployment from the fakes; the lines they logged."""
     lines: list[str] = []
     api = backend.client()
     try:
         await collect_diagnostics(
-            tmp_path,
-            kube=cluster,  # type: ignore[arg-type]
+            out,
+            kube=backend.cluster,  # type: ignore[arg-type]
             api=api,
-            namespace="ray",
-            deployment="llm",
-            workload=Resource("ray.io", "v1", "rayservices"),
+            namespace=namespace,
+            deployment=name,
+            workload=RAYSERVICES,
             workload_kind="RayService",
             log=lines.append,
         )
     finally:
         await api.aclose()
+    return lines
+
+
+async def test_diagnostics_are_written_for_any_workload_resource(tmp_path: Path) -> None:
+    cluster = FakeCluster()
+    backend = FakeBackend(cluster, kaito_like(RAYSERVICES, "RayService"))
+    backend._make("llm", "ray")
+    lines = await diagnose(backend, tmp_path, "ray", "llm")
     assert json.loads((tmp_path / "rayservice.json").read_text())["kind"] == "RayService"
     assert "llm-0" in (tmp_path / "describe-pods.txt").read_text()
     assert (tmp_path / "logs").is_dir() and cluster.of(PODS)
@@ -223,20 +230,8 @@ async def test_diagnostics_take_the_crashed_instance_of_each_container_init_ones
             },
         },
     )
-    backend = FakeBackend(cluster, kaito_like(Resource("ray.io", "v1", "rayservices"), "X"))
-    api = backend.client()
-    try:
-        await collect_diagnostics(
-            tmp_path,
-            kube=cluster,  # type: ignore[arg-type]
-            api=api,
-            namespace="ns",
-            deployment="p",
-            workload=Resource("ray.io", "v1", "rayservices"),
-            log=lambda _: None,
-        )
-    finally:
-        await api.aclose()
+    backend = FakeBackend(cluster, kaito_like(RAYSERVICES, "RayService"))
+    await diagnose(backend, tmp_path, "ns", "p")
     logs = tmp_path / "logs"
     assert asked == [("p-0", "fetch", True)]
     assert (logs / "p-0_fetch.previous.log").read_text() == "last lines of fetch\n"
