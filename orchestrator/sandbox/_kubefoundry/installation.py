@@ -102,37 +102,14 @@ CRD_FILES = [
 ]
 
 # Used when no directory of real CRDs is given: enough for Workspaces to be stored and watched.
-BUILTIN_WORKSPACE_CRD: JSON = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "workspaces.kaito.sh"},
-    "spec": {
-        "group": "kaito.sh",
-        "scope": "Namespaced",
-        "names": {
-            "kind": "Workspace",
-            "listKind": "WorkspaceList",
-            "plural": "workspaces",
-            "singular": "workspace",
-            "shortNames": ["wk", "wks"],
-            "categories": ["workspace"],
-        },
-        "versions": [
-            {
-                "name": "v1beta1",
-                "served": True,
-                "storage": True,
-                "schema": {
-                    "openAPIV3Schema": {
-                        "type": "object",
-                        "x-kubernetes-preserve-unknown-fields": True,
-                    }
-                },
-                "subresources": {"status": {}},
-            }
-        ],
-    },
-}
+BUILTIN_WORKSPACE_CRD = providers.builtin_crd(
+    "kaito.sh",
+    "Workspace",
+    "workspaces",
+    "v1beta1",
+    shortNames=["wk", "wks"],
+    categories=["workspace"],
+)
 
 
 async def kaito_status(kube: Kube) -> JSON:

@@ -256,8 +256,9 @@ async def install(kube: Kube, provider: Provider, crd_dir: str, fails: bool) -> 
     }
 
 
-def _builtin_crd(group: str, kind: str, plural: str, version: str) -> JSON:
-    """Enough of a CRD for objects to be stored and watched when no real CRDs are given."""
+def builtin_crd(group: str, kind: str, plural: str, version: str, **names: list[str]) -> JSON:
+    """Enough of a CRD for objects to be stored and watched when no real CRDs are given;
+    ``names`` adds to its names (``shortNames``, ``categories``)."""
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -270,6 +271,7 @@ def _builtin_crd(group: str, kind: str, plural: str, version: str) -> JSON:
                 "listKind": f"{kind}List",
                 "plural": plural,
                 "singular": kind.lower(),
+                **names,
             },
             "versions": [
                 {
@@ -291,11 +293,11 @@ def _builtin_crd(group: str, kind: str, plural: str, version: str) -> JSON:
 
 BUILTIN_CRDS: dict[str, list[JSON]] = {
     "kuberay": [
-        _builtin_crd("ray.io", "RayService", "rayservices", "v1"),
-        _builtin_crd("ray.io", "RayCluster", "rayclusters", "v1"),
+        builtin_crd("ray.io", "RayService", "rayservices", "v1"),
+        builtin_crd("ray.io", "RayCluster", "rayclusters", "v1"),
     ],
     "dynamo": [
-        _builtin_crd("nvidia.com", "DynamoGraphDeployment", "dynamographdeployments", "v1alpha1")
+        builtin_crd("nvidia.com", "DynamoGraphDeployment", "dynamographdeployments", "v1alpha1")
     ],
 }
 
