@@ -37,7 +37,10 @@ CREATE_BODY = {
     "replicas": 1,
 }
 WS_COLLECTION = f"/apis/kaito.sh/v1beta1/namespaces/{NS}/workspaces"
-DEADLINE = 60.0
+#: How long a wait on a watch may take: only a hang reaches it. A loaded machine took
+#: close to a minute to bring a KubeRay stand-in or a real model to ready. It stays under
+#: pytest-timeout's 300 s, with room for the test's own setup and teardown.
+DEADLINE = 150.0
 
 
 def _kubeapi_available() -> bool:

@@ -81,12 +81,18 @@ async def retry_429(call: Callable[[], Awaitable[Any]]) -> Any:
             await anyio.sleep(float((exc.headers or {}).get("Retry-After", "1")))
 
 
+#: How long a wait for an event may take before it fails: only a hang reaches it. An
+#: API server on a loaded machine (other tests' clusters, CRD installs) can take well
+#: over ten seconds to show a change; a passing wait never waits this out.
+WAIT = 60.0
+
+
 async def wait_for(
     kube: Kube,
     list_fn: Callable[..., Any],
     *args: Any,
     predicate: Callable[[dict[str, Any]], bool],
-    timeout: float = 15,
+    timeout: float = WAIT,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """List, then watch from the list's resourceVersion until an object satisfies `predicate`."""
@@ -117,7 +123,7 @@ async def wait_gone(
     list_fn: Callable[..., Any],
     *args: Any,
     name: str,
-    timeout: float = 15,
+    timeout: float = WAIT,
     **kwargs: Any,
 ) -> None:
     with anyio.fail_after(timeout):
@@ -389,7 +395,7 @@ async def collect(
     *args: Any,
     rv: str,
     until: Callable[[str, dict[str, Any]], bool],
-    timeout: float = 10,
+    timeout: float = WAIT,
     **kwargs: Any,
 ) -> list[tuple[str, str]]:
     """(type, name) of watch events from `rv` until `until` says stop."""
