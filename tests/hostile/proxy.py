@@ -29,6 +29,7 @@ import json
 import random
 import re
 import ssl
+import sys
 import tempfile
 import urllib.parse
 from collections.abc import Awaitable, Callable
@@ -352,6 +353,7 @@ async def _echo_secret(ex: Exchange) -> web.StreamResponse:
     form = forms[ex.proxy.echoes % len(forms)]
     ex.proxy.echoes += 1
     token = ex.request.headers.get("Authorization", "").partition(" ")[2]
+    ex.proxy.echoed.append(token)
     quoted = echo_form(token, form)
     body = f'{{"kind": "Status", "code": {status}, "message": "token {quoted} refused ({form})"}}'
     out = web.StreamResponse(status=status)
@@ -415,8 +417,10 @@ class HostileProxy:
         self.mutations: list[Mutation] = list(mutations or [])
         #: ``(mutation name, method, path)`` for every request a mutation answered.
         self.applied: list[tuple[str, str, str]] = []
-        #: How many answers ``echo_secret`` gave (each quotes the next form).
+        #: How many answers ``echo_secret`` gave (each quotes the next form), and the
+        #: credentials they quoted.
         self.echoes = 0
+        self.echoed: list[str] = []
         self.requests = 0
         #: ``(method, path with query, whether a watch)`` of every request, as they came.
         self.seen: list[tuple[str, str, bool]] = []
@@ -560,14 +564,33 @@ class HostileProxy:
     #: :meth:`write_kubeconfig`); the proxy sends the real one on.
     client_token: str | None = None
 
-    def write_kubeconfig(self, path: Path, token: str | None = None) -> Path:
+    def write_kubeconfig(
+        self, path: Path, token: str | None = None, *, plugin: bool = False
+    ) -> Path:
         """A kubeconfig that reaches the cluster through this proxy, with the same token,
-        or with ``token``, which the proxy swaps for the cluster's own on the way."""
+        or with ``token``, which the proxy swaps for the cluster's own on the way;
+        ``plugin``: ``token`` comes from a credential plugin (``users[].user.exec``)."""
         assert self.url and self._kube_user is not None, "enter the proxy first"
         user = {k: v for k, v in self._kube_user.items() if k in ("token", "username", "password")}
         if token is not None:
             user = {"token": token}
             self.client_token = token
+        if token is not None and plugin:
+            answer = {
+                "apiVersion": "client.authentication.k8s.io/v1",
+                "kind": "ExecCredential",
+                "status": {"token": token},
+            }
+            script = path.with_name(path.name + "-credential-plugin")
+            script.write_text(f"#!{sys.executable}\nprint({json.dumps(answer)!r})\n")
+            script.chmod(0o755)
+            user = {
+                "exec": {
+                    "apiVersion": "client.authentication.k8s.io/v1",
+                    "command": str(script),
+                    "interactiveMode": "Never",
+                }
+            }
         config = {
             "apiVersion": "v1",
             "kind": "Config",

@@ -169,9 +169,13 @@ ECHOED_TOKENS = ("echo/5f3c+9a1=e7d2-never-shown", "kube/77b1+c0de=5a-never-show
 SHORT_TOKENS = ("k3Y9", "Zq7x")
 
 
-@pytest.mark.parametrize("tokens", [ECHOED_TOKENS, SHORT_TOKENS], ids=["long", "short"])
+@pytest.mark.parametrize(
+    "tokens, plugin",
+    [(ECHOED_TOKENS, False), (SHORT_TOKENS, False), (ECHOED_TOKENS, True)],
+    ids=["long", "short", "credential-plugin"],
+)
 async def test_peers_echoing_the_tokens_in_any_form_leak_them_nowhere(
-    hostile: Hostile, tmp_path: Path, tokens: tuple[str, str]
+    hostile: Hostile, tmp_path: Path, tokens: tuple[str, str], plugin: bool
 ) -> None:
     # Both peers answer a few requests with 503 (retried; each retry note quotes the
     # body) that quotes the token they received in each form a careless peer uses, the
@@ -197,13 +201,15 @@ async def test_peers_echoing_the_tokens_in_any_form_leak_them_nowhere(
             params={"forms": ["plain"], "status": 403},
         )
     )
-    hostile.kube.write_kubeconfig(hostile.kubeconfig, token=kube_token)
+    # The kubeconfig's own token, or one a credential plugin answers with.
+    hostile.kube.write_kubeconfig(hostile.kubeconfig, token=kube_token, plugin=plugin)
     result = await run_hostile(
         hostile, tmp_path / "artifacts", env={"KUBEFOUNDRY_TOKEN": backend_token}
     )
     out = result.stdout + result.stderr
-    assert hostile.backend.echoes == len(forms), out
-    assert hostile.kube.echoes > 0, out
+    # Each peer quoted the token it was sent: the plugin's, when there is one.
+    assert hostile.backend.echoed == [backend_token] * len(forms), out
+    assert hostile.kube.echoed == [kube_token], out
     # The echoes reached the console, masked: a leak would have been seen.
     assert "token *** refused (plain)" in result.stdout, out
     assert secrets_shown(result, [backend_token, kube_token]) == []
