@@ -20,10 +20,12 @@ confirming reads after an event do. The heap is settled as ``orchestrator run`` 
 it (imports frozen out of the collector's sight), and the loop is started by the same
 function.
 
-For the orchestrator's waiter the answer also gives the moment (``time.monotonic()``, one
-clock for every process on the machine) the last event before the answer was handed to
-the waiter: the benchmark splits the reaction there, into the watch's part and the
-confirming read's part.
+For the orchestrator's waiter the answer also gives three moments (``time.monotonic()``,
+one clock for every process on the machine): when the last event before the answer was
+handed to the waiter, and when the confirming read that answered began and ended. The
+benchmark splits the reaction there: what the watch delivers, what waking the waiter
+costs, what the read costs (our client's work and the server's round trip together, as
+a flow pays them), and the return.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ async def one(kube: KubeClient, hub: WatchHub, namespace: str, ask: dict[str, st
     resource = PODS if kind == "pod" else WORKSPACES
     seen: list[str] = []  # the resourceVersions the events showed
     handed: list[float] = []  # when each event reached this waiter
+    reads: list[tuple[float, float]] = []  # when each confirming read began and ended
 
     def inspect(event: WatchEvent) -> None:
         handed.append(time.monotonic())
@@ -84,7 +87,9 @@ async def one(kube: KubeClient, hub: WatchHub, namespace: str, ask: dict[str, st
 
     async def check() -> bool | None:
         # The confirming read: the API server's answer, at least as new as the last event.
+        began = time.monotonic()
         obj = await kube.get(resource, name, namespace, not_older_than=seen[-1] if seen else None)
+        reads.append((began, time.monotonic()))
         return True if ready(kind, obj) else None
 
     if ask["method"] == "orchestrator":
@@ -99,8 +104,10 @@ async def one(kube: KubeClient, hub: WatchHub, namespace: str, ask: dict[str, st
     else:
         while await check() is None:
             await anyio.sleep(POLL_INTERVAL)
-    event_at = f" {handed[-1]!r}" if handed and ask["method"] == "orchestrator" else ""
-    sys.stdout.write(f"done {name}{event_at}\n")
+    moments = ""
+    if handed and ask["method"] == "orchestrator":
+        moments = f" {handed[-1]!r} {reads[-1][0]!r} {reads[-1][1]!r}"
+    sys.stdout.write(f"done {name}{moments}\n")
     sys.stdout.flush()
 
 
