@@ -8,7 +8,13 @@ The loop follows the pattern every mature Kubernetes client converges on
    that will never come. Its ``resourceVersion`` is where the watch starts, so
    nothing that happens between the list and the watch is lost.
 2. **Watch** from that version. Each event moves the version forward; a
-   ``BOOKMARK`` moves it without an object change.
+   ``BOOKMARK`` moves it without an object change. A watch with no version at
+   all (the current objects, then every change, in one stream) would bring an
+   event no sooner: the API server's watch cache serves it just as it serves
+   this one (upstream k8s.io/apiserver keeps the gate that once sent such
+   watches to etcd, ``WatchFromStorageWithoutResourceVersion``, locked off
+   since 1.33), and measured side by side its events arrived at the same
+   moment or later.
 3. A stream that **ends** (the server's ``timeoutSeconds``, a proxy cutting it)
    is reopened from the last version seen: no relist, no gap. So is a stream
    **silent** for longer than the server's own timeout: a half-open connection.
