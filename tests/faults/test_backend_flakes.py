@@ -124,33 +124,35 @@ async def test_a_status_route_that_keeps_failing_ends_wait_ready_naming_both(
     sandbox, tmp_path: Path
 ) -> None:
     # From Wait Ready on, every backend request answers 503 until the phase has failed; the
-    # model is held short of InferenceReady, so that only the 503s can end the wait.
+    # model is held short of InferenceReady until then, so that only the 503s can end the wait.
     sandbox.update_faults({"delays": {"inference_ready": 3600}})
 
-    def healthy_again(_proc: object) -> None:
+    def failing(_proc: object) -> None:
+        # The model becomes ready as the 503s start: should the run have asked before this
+        # hook ran (a loaded machine's test process is slow to read), the change wakes its
+        # wait, and the question asked then meets the 503s, so the reason names them.
         sandbox.update_faults(
-            {"backend_errors": 0, "delays": {"inference_ready": Delays().inference_ready}}
+            {"backend_errors": 10**6, "delays": {"inference_ready": Delays().inference_ready}}
         )
 
+    def healthy_again(_proc: object) -> None:
+        sandbox.update_faults({"backend_errors": 0})
+
+    # The phase's timeout ends the run whatever its length; 10 s leave a loaded machine
+    # the time to see the change and ask.
     result = await run_with_hooks(
         sandbox,
         tmp_path,
         "--deployment-ready-timeout",
-        "3000",
-        hooks=[
-            (
-                started("Wait Ready"),
-                lambda _proc: sandbox.update_faults({"backend_errors": 10**6}) and None,
-            ),
-            ("Wait Ready ... failed", healthy_again),
-        ],
+        "10000",
+        hooks=[(started("Wait Ready"), failing), ("Wait Ready ... failed", healthy_again)],
     )
     assert result.code == 1, result.stdout + result.stderr
     failure = result.status_of("Wait Ready")
     assert failure["status"] == "failure", result.verdicts()
     message = failure["message"]
     # The phase's timeout, and the route with what it kept answering, in one reason.
-    assert "Wait Ready timed out after 3.0 s (phase timeout 3 s;" in message, message
+    assert "Wait Ready timed out after 10.0 s (phase timeout 10 s;" in message, message
     assert (
         "while GET /api/deployments/integration-test-llama kept failing: answered 503" in message
     ), message
