@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ._atomic import atomic_write_text
 from ._record import PhaseRecord, RunRecord, utcnow
+from ._redact import redact
 
 MESSAGE_MAX_CHARS = 1024
 BODY_MAX_CHARS = 64 * 1024
@@ -36,9 +37,12 @@ def strip_forbidden(text: str) -> str:
 
 
 def clean_xml_text(text: str, limit: int) -> str:
-    """``text`` made XML-safe, keeping at most ``limit`` chars (the tail, which is where
-    a log explains a failure)."""
-    text = strip_forbidden(text)
+    """``text`` masked and made XML-safe, keeping at most ``limit`` chars (the tail, which
+    is where a log explains a failure). Masked first, so that a cut can never leave half a
+    secret behind; every string of the file passes here or :func:`_message`, so the file
+    is written without a pass over its whole text, which would mask a count or a time
+    that equals a short secret."""
+    text = strip_forbidden(redact(text))
     if len(text) > limit:
         marker = f"[{len(text) - limit} characters truncated]\n"
         text = marker + text[len(text) - limit + len(marker) :]
@@ -47,7 +51,7 @@ def clean_xml_text(text: str, limit: int) -> str:
 
 def _message(text: str) -> str:
     """Attribute values are one line: CI tools show them as a title."""
-    one_line = " ".join(strip_forbidden(text[: MESSAGE_MAX_CHARS * 4]).split())
+    one_line = " ".join(strip_forbidden(redact(text[: MESSAGE_MAX_CHARS * 8])).split())
     if len(one_line) > MESSAGE_MAX_CHARS:
         one_line = one_line[: MESSAGE_MAX_CHARS - 3] + "..."
     return one_line
@@ -216,7 +220,7 @@ def junit_xml(records: Sequence[RunRecord]) -> str:
 
 def write_junit(records: Sequence[RunRecord], path: str | os.PathLike[str]) -> Path:
     """Write ``records`` as one JUnit file, atomically."""
-    return atomic_write_text(path, junit_xml(records))
+    return atomic_write_text(path, junit_xml(records), masked=True)
 
 
 def error_record(
@@ -329,7 +333,10 @@ class JUnitReporter:
         records = list(self._records.values())
         try:
             written = atomic_write_text(
-                self.path, _document(records, [self._xml[id(r)] for r in records]), durable=durable
+                self.path,
+                _document(records, [self._xml[id(r)] for r in records]),
+                durable=durable,
+                masked=True,
             )
         except OSError as exc:
             self.error = exc

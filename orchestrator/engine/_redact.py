@@ -143,11 +143,12 @@ _CREDENTIALS = (
 #: What a short secret must not touch to count as a word of its own: a letter, digit or
 #: ``_``, unless that character ends an escape (``%2F``, ``\n``, a style code).
 _SHORT_BEFORE = (
+    r"(?<!\d[.,:])"  # nor the end of one ("1.5", "10:05")
     r"(?:(?<![A-Za-z0-9_])|(?<=%[0-9A-Fa-f]{2})|(?<=\\[nrtbfu\"\\/])"
     + "".join(f"|(?<=\\x1b\\[[0-9;]{{{n}}}m)" for n in range(0, 9))
     + ")"
 )
-_SHORT_AFTER = r"(?![A-Za-z0-9_])"
+_SHORT_AFTER = r"(?![A-Za-z0-9_]|[.,:]\d)"  # not the start of a number ("5.25", "5:30")
 _SHORT_START = re.compile(_SHORT_BEFORE)
 #: The end of a stream's piece that may be the start of a credential pattern's match.
 _OPEN_CREDENTIAL = re.compile(

@@ -11,11 +11,15 @@ import base64
 import io
 import json
 import urllib.parse
+from pathlib import Path
 
+import xmlschema
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.engine import Redactor
+from orchestrator.engine import PhaseRecord, Redactor, RunRecord, write_run_json
+from orchestrator.engine import redactor as process_redactor
+from orchestrator.engine._junit import write_junit
 from orchestrator.engine._redact import MIN_SECRET_LENGTH
 
 SECRET = "tok/5e1f0c7a+never=shown"
@@ -209,3 +213,27 @@ def test_an_unregistered_credential_split_across_pieces_never_comes_out(
     # Not even a part of it: a cut inside the value must not let its first half out.
     parts = {UNREGISTERED[i : i + 3] for i in range(len(UNREGISTERED) - 2)}
     assert not [p for p in parts if p in whole], whole
+
+
+def test_reports_stay_valid_with_a_short_numeric_secret_registered(tmp_path: Path) -> None:
+    # A four-digit PIN as a token: every report must still parse, counts and times
+    # intact, and the PIN must still be masked where a peer put it.
+
+    pin = "2026"  # also the year in every timestamp: those are the run's own, and stay
+    process_redactor.add(pin)
+    try:
+        phase = PhaseRecord(name="deploy", title="Deploy", status="failed", duration=2026.5)
+        phase.reason = f"HTTP 401: token {pin} refused"
+        record = RunRecord(suite="kaito", phases=[phase], outcome="failed", time_spent=2026.0)
+        record.append_log(f"sent token {pin} at 10:{pin[:2]}")
+        junit = write_junit([record], tmp_path / "junit.xml")
+        run = write_run_json(record, tmp_path / "run.json")
+    finally:
+        process_redactor.clear()
+    schema = xmlschema.XMLSchema(Path(__file__).parent / "junit.xsd")
+    schema.validate(str(junit))
+    xml = junit.read_text()
+    assert 'time="2026.500"' in xml and "token *** refused" in xml and f"token {pin}" not in xml
+    data = json.loads(run.read_text())
+    assert data["phases"][0]["reason"] == "HTTP 401: token *** refused"
+    assert f"token {pin}" not in run.read_text()
