@@ -41,9 +41,11 @@ credential it echoes: an error body's words, a log line, a header value, a URL's
 userinfo or query, a JSON string. It stays visible only inside a longer word (secret
 ``abc`` in ``abcdef``), where it does not tell a reader the credential. The caller is
 told (:meth:`Redactor.add` returns False) so that it can warn the user that such a
-value is weak and only partly masked. Reports written as JSON mask their string
-values one by one (:meth:`Redactor.redact_value`), so that a short numeric secret
-never turns a number into ``***`` and the file into something no parser reads.
+value is weak and only partly masked. Nor is it masked where it is part of a number
+(``5.25``, ``10:05``), and ``run.json`` and ``junit.xml`` mask each string they hold
+(:meth:`Redactor.redact_value`, the JUnit writer's text helpers), not their text, so
+that a short numeric secret never turns a count or a time into ``***`` and the file into
+something no parser reads.
 
 **Streams.** A sink written in pieces (a child's log as it arrives, a terminal stream)
 masks through :class:`StreamMasker`: what could be the start of a secret (its first
