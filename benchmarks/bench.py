@@ -274,9 +274,9 @@ async def reaction(
                     if (word, answered) != ("done", name):
                         raise RuntimeError(f"the waiter answered {line!r} for {name}")
                     if moments:
-                        handed, began, ended = (float(m) for m in moments)
-                        spans = [(sent, handed), (handed, seen)]
-                        spans += [(handed, began), (began, ended), (ended, seen)]
+                        handed, read_began, read_ended = (float(m) for m in moments)
+                        spans = [(sent, handed), (handed, seen), (handed, read_began)]
+                        spans += [(read_began, read_ended), (read_ended, seen)]
                         split = parts[kind][method]
                         for part, (a, b) in zip(PARTS, spans, strict=True):
                             split[part].append((b - a) * 1000)
