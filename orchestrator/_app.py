@@ -427,11 +427,17 @@ async def _run_held(
                     )
 
                 if env_opts.create_cluster:
+                    # The kubeconfig holds the cluster's client key: it goes to a private
+                    # folder that leaves with the run, not into the artifacts CI uploads.
+                    private = stack.enter_context(
+                        tempfile.TemporaryDirectory(prefix="orchestrator-kind-")
+                    )
                     cluster = KindCluster(
                         env_opts.cluster_name,
                         keep=env_opts.keep_cluster,
                         reuse=env_opts.reuse_cluster,
                         workdir=env_dir,
+                        kubeconfig_dir=Path(private),
                         log=say,
                     )
                     kubeconfig = str(cluster.kubeconfig)

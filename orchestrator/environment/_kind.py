@@ -42,9 +42,12 @@ KIND_INSTALL_HINT = "install it: https://kind.sigs.k8s.io/docs/user/quick-start/
 class KindCluster:
     """One kind cluster, created (or reused) for one run.
 
-    ``workdir`` receives the cluster's kubeconfig (``workdir/kubeconfig``, never the
-    user's ``~/.kube/config``) and ``kind.log`` with the output of every command.
-    ``log`` gets one line per step, for the run log.
+    ``workdir`` receives ``kind.log`` with the output of every command, and the
+    cluster's kubeconfig (``workdir/kubeconfig``, never the user's ``~/.kube/config``)
+    unless ``kubeconfig_dir`` names a folder of its own for it. The kubeconfig holds
+    the cluster's client key: a caller whose ``workdir`` is uploaded (CI artifacts)
+    passes a private ``kubeconfig_dir`` that leaves with the run. ``log`` gets one
+    line per step, for the run log.
     """
 
     def __init__(
@@ -58,6 +61,7 @@ class KindCluster:
         reuse: bool = False,
         node_image: str | None = None,
         workdir: Path,
+        kubeconfig_dir: Path | None = None,
         log: Callable[[str], None] = lambda _line: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -71,7 +75,7 @@ class KindCluster:
         self.reuse = reuse
         self.node_image = node_image
         self.workdir = Path(workdir)
-        self.kubeconfig = self.workdir / "kubeconfig"
+        self.kubeconfig = Path(kubeconfig_dir or self.workdir) / "kubeconfig"
         self.log_path = self.workdir / "kind.log"
         self._log = log
         self.clock = clock
@@ -100,9 +104,11 @@ class KindCluster:
             return
 
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self.kubeconfig.parent.mkdir(parents=True, exist_ok=True)
         self.created = True
         first = await self._create_once(kind)
         if first.ok:
+            self._private_kubeconfig()
             return
         self._log(
             f"kind create cluster failed ({first.tail(2)}); deleting what it left and retrying once"
@@ -115,6 +121,12 @@ class KindCluster:
                 f"{second.tail()}; full output in {self.log_path}",
                 detail=second.stderr or second.stdout,
             )
+        self._private_kubeconfig()
+
+    def _private_kubeconfig(self) -> None:
+        """Readable by this user only, whoever wrote it: it holds the cluster's client key."""
+        if self.kubeconfig.is_file():
+            self.kubeconfig.chmod(0o600)
 
     async def existing_clusters(self) -> list[str]:
         """The names ``kind get clusters`` lists (kind says "No kind clusters found." on stderr)."""
@@ -333,7 +345,8 @@ class KindCluster:
             return False
         if self.keep:
             self._log(
-                f"keeping kind cluster {self.name!r}; delete it with: {self.delete_command()}"
+                f"keeping kind cluster {self.name!r}; its kubeconfig: "
+                f"kind get kubeconfig --name {self.name}; delete it with: {self.delete_command()}"
             )
             return False
         kind = self._require(self.kind, f"kind not found on PATH ({self.kind!r})")

@@ -93,6 +93,32 @@ async def test_create_runs_kind_with_its_own_kubeconfig_and_deletes_what_it_made
     assert any("deleted kind cluster" in line for line in lines)
 
 
+async def test_a_private_kubeconfig_dir_keeps_the_client_key_out_of_the_workdir(
+    tmp_path: Path, standins: Standins, kubeapi: KubeAPIServer
+) -> None:
+    """The run passes a private folder: its artifacts (uploaded by CI) hold no kubeconfig,
+    and the kind.log beside them has none of the kubeconfig's text."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    lines: list[str] = []
+    cluster = make_cluster(tmp_path, lines, kubeconfig_dir=private)
+    await cluster.create()
+
+    assert cluster.kubeconfig == private / "kubeconfig" and cluster.kubeconfig.is_file()
+    assert oct(cluster.kubeconfig.stat().st_mode & 0o777) == oct(0o600)
+    assert str(private / "kubeconfig") in standins.calls("kind")[-1]
+    artifacts = tmp_path / "artifacts"
+    assert sorted(p.name for p in artifacts.iterdir()) == ["kind.log"]
+    text = cluster.kubeconfig.read_text()
+    secret_lines = [
+        line.strip() for line in text.splitlines() if "token" in line or "-data" in line
+    ]
+    log = (artifacts / "kind.log").read_text()
+    assert secret_lines and not [line for line in secret_lines if line in log]
+    assert await cluster.check_reachable()
+    assert await cluster.delete() is True
+
+
 async def test_a_failed_create_is_cleared_and_retried_once(
     tmp_path: Path, standins: Standins, kubeapi: KubeAPIServer
 ) -> None:
