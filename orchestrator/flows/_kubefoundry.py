@@ -603,9 +603,18 @@ class KubeFoundryFlow:
 
     async def delete(self, ctx: PhaseContext) -> None:
         d, p = self.deployment, self.profile
+        sent_before = self.api.requests_sent
         try:
             answer = await call_backend(self.api.delete_deployment(d.name, d.namespace))
         except NotFound as exc:
+            if self.api.requests_sent - sent_before > 1:
+                # An earlier attempt of ours reached the backend before its connection
+                # failed (a restart resets it after the delete was done): the 404 of the
+                # retry is that delete's, not a deployment that vanished on its own.
+                ctx.log(f"delete met 404 after a retry ({exc.message}); the deletion is ours")
+                await self._wait_gone(ctx)
+                self.created.deleted = True
+                return
             raise PhaseFailed(
                 f"DELETE answered 404 ({exc.message}): the deployment vanished "
                 f"before this run deleted it"

@@ -386,3 +386,38 @@ async def test_a_reading_gets_its_workload_through_the_cluster_view(tmp_path: Pa
     )
     reads = [g for g in backend.cluster.gets if g[:2] == ("workspaces", "integration-test-llama")]
     assert reads and all(version is None for _, _, version in reads)
+
+
+class ResetAfterDelete(FakeBackend):
+    """Deletes the deployment, then drops the connection before answering, as a backend
+    that restarts at that moment does: the retry of the DELETE finds nothing to delete."""
+
+    dropped = False
+
+    def client(self) -> KubeFoundryClient:
+        return KubeFoundryClient(
+            "http://backend.test",
+            transport=httpx.MockTransport(self.handle),
+            retry=RetryPolicy(initial=0.01, maximum=0.05),
+        )
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle(request)
+        if request.method == "DELETE" and response.status_code == 200 and not self.dropped:
+            self.dropped = True
+            raise httpx.ReadError("connection reset by peer", request=request)
+        return response
+
+
+async def test_a_delete_whose_answer_was_lost_is_not_a_deployment_that_vanished(
+    tmp_path: Path,
+) -> None:
+    backend = ResetAfterDelete(FakeCluster(), kaito_workload())
+    _, record = await run(KaitoProfile(), backend, tmp_path)
+    delete = next(p for p in record.phases if p.name == "delete")
+    assert delete.status == "passed", (delete.reason, delete.detail)
+    deletes = [r for r in backend.requests if r[0] == "DELETE"]
+    assert len(deletes) == 2 and backend.dropped  # the lost answer, then the retry's 404
+    assert any("delete met 404 after a retry" in line for line in record.log), record.log
+    assert record.exit_code == 0 and set(statuses(record).values()) == {"passed"}
+    assert backend.cluster.objects == {}
