@@ -74,7 +74,9 @@ async def test_failing_install(sandbox, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("faults", [Faults(never_ready=True)])
 async def test_deployment_that_never_becomes_ready(sandbox, tmp_path: Path) -> None:
-    result = await run_orchestrator(sandbox, tmp_path, "--deployment-ready-timeout", "4000")
+    # The phase's timeout is what ends it, at any length; 10 s leave a loaded machine the
+    # time to read the deployment's status at least once, which the reason quotes.
+    result = await run_orchestrator(sandbox, tmp_path, "--deployment-ready-timeout", "10000")
     assert result.code == 1, result.stdout + result.stderr
     failure = result.status_of("Wait Ready")
     assert failure["status"] == "failure", result.verdicts()
@@ -119,11 +121,14 @@ async def test_invalid_inference_response_lists_every_schema_error(sandbox, tmp_
 
 @pytest.mark.parametrize("faults", [Faults(stuck_delete=True)])
 async def test_stuck_delete_fails_in_delete_and_says_what_is_left(sandbox, tmp_path: Path) -> None:
+    # Both timeouts are what end their phases (the finalizer is never released), but the
+    # Delete phase's must leave a loaded machine the time to send the DELETE and see what
+    # is left, or its reason names the request instead of the finalizer.
     result = await run_orchestrator(
         sandbox,
         tmp_path,
         "--delete-timeout",
-        "3000",
+        "10000",
         "--cleanup-reserve",
         "4000",
         "--test-timeout",
