@@ -329,7 +329,10 @@ class Kube:
                 except Gone:
                     continue
 
-        await asyncio.wait_for(_wait(), timeout)
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancel that lands as
+        # the wait ends, and an operator's bring-up waiting here then outlived its delete.
+        async with asyncio.timeout(timeout):
+            await _wait()
 
 
 #: libyaml's loader when PyYAML was built with it: the real KubeRay and Dynamo CRDs are

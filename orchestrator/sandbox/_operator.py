@@ -582,7 +582,8 @@ class CustomResourceOperator:
                 except Gone:
                     continue
 
-        return await asyncio.wait_for(_wait(), timeout)
+        async with asyncio.timeout(timeout):  # not wait_for: see Kube.wait_gone
+            return await _wait()
 
     async def delete_pods(self, namespace: str, selector: str) -> None:
         """Delete the pods of ``selector`` and wait until the kubelet has let them go."""
@@ -646,11 +647,32 @@ class CustomResourceOperator:
 _background: set[asyncio.Task[None]] = set()
 
 
+#: How long a cancelled task may take to end before it is cancelled again (see ``cancel``).
+CANCEL_AGAIN_AFTER = 1.0
+
+
 async def cancel(*tasks: asyncio.Task[Any] | None) -> None:
-    pending = [t for t in tasks if t is not None and not t.done()]
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
+    """Cancel the tasks and return once every one has ended.
+
+    A task can lose a cancellation: on Python 3.11, ``asyncio.wait_for`` returns what it
+    waited for instead of raising when the cancel lands in the loop iteration in which
+    that completed, and the task carries on as if never asked. A bring-up that lost its
+    cancel when its Workspace was deleted would carry on (waiting for a pod the cleanup
+    had deleted, requeued for ever), and the teardown waiting behind this call would
+    never begin: the Workspace would keep its finalizer for good. So a task still running
+    ``CANCEL_AGAIN_AFTER`` seconds after a cancel is cancelled again (as anyio's cancel
+    scopes cancel each await until the task is out), for as long as it runs.
+    """
+    pending = {t for t in tasks if t is not None and not t.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        done, pending = await asyncio.wait(pending, timeout=CANCEL_AGAIN_AFTER)
+        for task in done:
+            if not task.cancelled():
+                task.exception()  # retrieved: a task that failed as it ended is not news
+        for task in pending:
+            log.warning("%s outlived its cancellation: cancelled again", task.get_name())
 
 
 #: Restarts a crash-looping container has behind it when it is shown (a kubelet's back-off

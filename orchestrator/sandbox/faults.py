@@ -9,6 +9,7 @@ flow can be exercised without a broken cluster.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -287,10 +288,11 @@ class SandboxState:
             if remaining <= 0:
                 return
             event = self._changed
-            try:
-                await asyncio.wait_for(event.wait(), remaining)
-            except TimeoutError:
-                pass
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancel that
+            # lands as the faults change, and a bring-up held here outlived its delete.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await event.wait()
 
     async def until(self, predicate: Callable[[Faults], bool]) -> None:
         """Wait until the faults satisfy ``predicate`` (lets a test lift a fault mid-run)."""
