@@ -302,7 +302,13 @@ class CustomResourceOperator:
         if meta.get("deletionTimestamp"):
             if self.finalizer in (meta.get("finalizers") or []) and worker.finalize is None:
                 await cancel(worker.provision)
-                worker.finalize = asyncio.create_task(self.finalize(*key))
+                # Requeued until it succeeds, as a controller requeues a failed reconcile:
+                # a teardown that died on one error left the finalizer for good, since
+                # no later event starts another while this one is recorded.
+                worker.finalize = asyncio.create_task(
+                    self.requeue(key, "teardown", lambda: self.finalize(*key), "teardown"),
+                    name=f"teardown {key}",
+                )
             return
         if self.holds_finalizer():
             await self.ensure_finalizer(obj)
@@ -333,7 +339,11 @@ class CustomResourceOperator:
         """Collect what a deleted object left behind (retried until it succeeds)."""
 
     async def requeue(
-        self, key: tuple[str, str], kind: str, step: Callable[[], Awaitable[None]]
+        self,
+        key: tuple[str, str],
+        kind: str,
+        step: Callable[[], Awaitable[None]],
+        what: str = "provisioning",
     ) -> None:
         """Run ``step`` until it succeeds, backing off between tries.
 
@@ -352,7 +362,7 @@ class CustomResourceOperator:
                 raise
             except Exception as exc:
                 log.warning("%s %s/%s failed, requeued: %r", kind, namespace, name, exc)
-                self.state.record(namespace, name, f"provisioning failed: {exc!r}; requeued")
+                self.state.record(namespace, name, f"{what} failed: {exc!r}; requeued")
             await asyncio.sleep(backoff(attempt, cap=5.0))
             attempt += 1
 

@@ -3,7 +3,7 @@
 A stand-in keeps its finalizer on an object being deleted only while the ``stuck_delete``
 fault asks for it. These tests drive the shared reconcile (``CustomResourceOperator``)
 on a ConfigMap, which takes finalizers as a custom resource does, on both Kubernetes
-backends.
+backends: a bring-up that loses its cancel, and a teardown that fails once.
 """
 
 from __future__ import annotations
@@ -109,6 +109,24 @@ async def test_the_finalizer_goes_although_the_bring_up_lost_its_cancel(api: Kub
             await api.wait_gone(f"/api/v1/namespaces/{NS}/configmaps", NAME)
         assert op.carried_on.is_set(), "the bring-up was meant to lose its first cancel"
         assert op.gone_calls == 1
+    finally:
+        await cancel(worker.provision, worker.finalize)
+
+
+async def test_a_teardown_that_fails_is_requeued_until_the_finalizer_goes(api: Kube) -> None:
+    state = SandboxState()
+    op = Standin(api, state, gone_fails=2)
+    worker = Worker(latest={})
+    try:
+        obj = await deleting(api)
+        async with asyncio.timeout(DEADLINE):
+            # Before: the teardown task died on the first error and, being recorded,
+            # no later event started another: the finalizer stayed for good.
+            await op.reconcile(KEY, worker, obj)
+            await api.wait_gone(f"/api/v1/namespaces/{NS}/configmaps", NAME)
+        assert op.gone_calls == 3
+        failures = [e.event for e in state.timeline if e.event.startswith("teardown failed")]
+        assert len(failures) == 2, state.timeline
     finally:
         await cancel(worker.provision, worker.finalize)
 
