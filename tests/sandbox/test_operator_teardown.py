@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 
 from orchestrator.sandbox._kube import JSON, Kube
 from orchestrator.sandbox._operator import CustomResourceOperator, Worker, cancel
-from orchestrator.sandbox.faults import SandboxState
+from orchestrator.sandbox.faults import Faults, SandboxState
 
 pytestmark = pytest.mark.anyio
 
@@ -155,3 +156,20 @@ async def test_cancel_ends_a_task_whose_wait_for_dropped_it() -> None:
         await cancel(task)  # before: returned only when the task ended, so never
     assert task.cancelled()
     assert carried_on.is_set(), "the first cancel was meant to be lost"
+
+
+async def test_a_delay_keeps_a_cancel_that_lands_as_the_timeline_changes() -> None:
+    # Where a KAITO bring-up sits when its Workspace is deleted: a delay, woken by every
+    # entry any stand-in adds to the timeline. An entry, one turn of the loop for the
+    # wake to run, then the cancel: wait_for lost it there, and the delay went on.
+    state = SandboxState(Faults.model_validate({"delays": {"resource": 3600}}))
+    delay = asyncio.create_task(state.wait_delay("resource", time.monotonic()))
+    await asyncio.sleep(0)  # the delay now waits for a change
+    state.record(NS, NAME, "something else happened")
+    await asyncio.sleep(0)  # the change has woken what the delay waits on, not the delay
+    delay.cancel()
+    try:
+        await asyncio.wait({delay}, timeout=DEADLINE)
+        assert delay.cancelled(), "the cancel was lost: the delay went on waiting"
+    finally:
+        delay.cancel()
