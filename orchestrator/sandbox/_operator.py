@@ -249,7 +249,8 @@ class CustomResourceOperator:
         if worker.finalize is not None:
             # Our finalizer release raced its own DELETED event: let it finish.
             try:
-                await asyncio.wait_for(worker.finalize, 10)
+                async with asyncio.timeout(10):  # not wait_for: see Kube.wait_gone
+                    await worker.finalize
                 return
             except Exception:
                 pass

@@ -254,7 +254,10 @@ class ModelProcess:
                 env=env,
             )
         try:
-            self.url = await asyncio.wait_for(self._read_ready(), timeout)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancel that
+            # lands as the server says it is ready, and the caller would carry on with it.
+            async with asyncio.timeout(timeout):
+                self.url = await self._read_ready()
         except BaseException:
             await self.stop()
             raise
@@ -282,7 +285,8 @@ class ModelProcess:
         try:
             proc.send_signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(proc.wait(), grace)
+                async with asyncio.timeout(grace):
+                    await proc.wait()
             except TimeoutError:
                 proc.kill()
                 await proc.wait()

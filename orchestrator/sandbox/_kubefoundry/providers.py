@@ -323,7 +323,8 @@ async def wait_crds_served(kube: Kube, docs: list[JSON]) -> None:
     resources are served.
     """
     try:
-        await asyncio.wait_for(_wait_served(kube, docs), CRD_SERVED_TIMEOUT)
+        async with asyncio.timeout(CRD_SERVED_TIMEOUT):  # not wait_for: see Kube.wait_gone
+            await _wait_served(kube, docs)
     except TimeoutError:
         raise ApiError(
             500,

@@ -571,10 +571,9 @@ class ApiServer:
                 if remaining <= 0:
                     break
                 try:
-                    item = await asyncio.wait_for(
-                        watcher.queue.get(),
-                        timeout=min(remaining, 60.0) if bookmarks else remaining,
-                    )
+                    # asyncio.timeout, not wait_for: see Kube.wait_gone.
+                    async with asyncio.timeout(min(remaining, 60.0) if bookmarks else remaining):
+                        item = await watcher.queue.get()
                 except TimeoutError:
                     if bookmarks and deadline > asyncio.get_running_loop().time():
                         yield [
