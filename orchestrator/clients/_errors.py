@@ -73,6 +73,10 @@ class ClientError(Exception):
     #: deadline was near, not for a number of tries: the request kept failing until the
     #: phase ran out of time, which a report names as a timeout.
     retried_until_deadline: bool = False
+    #: Set by the retry policy when this is the answer to a retry: the request was sent
+    #: more than once, and an earlier try may have reached the peer before its connection
+    #: failed, so an answer such as "already exists" or "not found" may be that try's doing.
+    after_retry: bool = False
 
 
 class TransportError(ClientError):

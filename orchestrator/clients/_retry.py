@@ -141,7 +141,8 @@ class RetryPolicy:
 
         The last exception is re-raised unchanged, so callers see the server's
         own answer rather than a wrapper; when the caller's deadline is what ended the
-        retries, a :class:`ClientError` says so (``retried_until_deadline``). ``failed``
+        retries, a :class:`ClientError` says so (``retried_until_deadline``), as it says
+        when it is the answer to a retry (``after_retry``). ``failed``
         is the failure of a first try the caller made on its own (a lean attempt outside
         this machinery): it counts as try number one, so the wait before the next try,
         the ``Retry-After`` honoured, ``attempts`` and the deadline are what they would
@@ -159,8 +160,11 @@ class RetryPolicy:
             deadline_binds = by_deadline < give_up_at
             give_up_at = min(give_up_at, by_deadline)
         out_of_time = False
+        tries = 0
 
         async def attempt() -> T:
+            nonlocal tries
+            tries += 1
             try:
                 value = await tried()
             except Exception as exc:
@@ -213,6 +217,8 @@ class RetryPolicy:
         except ClientError as exc:
             if out_of_time:
                 exc.retried_until_deadline = True
+            if tries > 1:
+                exc.after_retry = True
             raise
 
 

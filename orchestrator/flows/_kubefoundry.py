@@ -346,7 +346,6 @@ class KubeFoundryFlow:
             )
         self.created.owned += await self.profile.prepare(self.kube, d, ctx.log)
 
-        sent_before = self.api.requests_sent
         # From the moment the request leaves, the deployment may exist whatever comes back
         # (a 201 lost to a reset, a body that does not parse, a phase deadline): cleanup must
         # look for it. Only a clear refusal takes that back.
@@ -354,7 +353,7 @@ class KubeFoundryFlow:
         try:
             created = await call_backend(self.api.create_deployment(self.profile.create_body(d)))
         except Conflict as exc:
-            if self.api.requests_sent - sent_before > 1:
+            if exc.after_retry:
                 # An earlier attempt of ours reached the backend before the connection
                 # failed: the object that now exists is the one this run asked for.
                 ctx.log(f"create met 409 after a retry ({exc.message}); the deployment is ours")
@@ -603,11 +602,10 @@ class KubeFoundryFlow:
 
     async def delete(self, ctx: PhaseContext) -> None:
         d, p = self.deployment, self.profile
-        sent_before = self.api.requests_sent
         try:
             answer = await call_backend(self.api.delete_deployment(d.name, d.namespace))
         except NotFound as exc:
-            if self.api.requests_sent - sent_before > 1:
+            if exc.after_retry:
                 # An earlier attempt of ours reached the backend before its connection
                 # failed (a restart resets it after the delete was done): the 404 of the
                 # retry is that delete's, not a deployment that vanished on its own.

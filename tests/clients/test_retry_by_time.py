@@ -200,3 +200,25 @@ def _raises(exc: BaseException | None) -> Callable[[], Awaitable[None]]:
             raise exc
 
     return once
+
+
+async def test_an_answer_to_a_retry_says_so() -> None:
+    """A 404 that ends a call after a flake is a retry's answer (an earlier try may have
+    done what it finds done); a 404 at the first try is not."""
+    answers: list[Exception] = [
+        TransportError("DELETE /x: connection reset"),
+        NotFound(404, "gone", method="DELETE", path="/x"),
+    ]
+
+    async def flaky_then_404() -> None:
+        raise answers.pop(0)
+
+    async def only_404() -> None:
+        raise NotFound(404, "gone", method="DELETE", path="/x")
+
+    policy = RetryPolicy(initial=0.01, maximum=0.05)
+    with pytest.raises(NotFound) as retried:
+        await policy.call(flaky_then_404)
+    with pytest.raises(NotFound) as first:
+        await policy.call(only_404)
+    assert retried.value.after_retry and not first.value.after_retry

@@ -421,3 +421,29 @@ async def test_a_delete_whose_answer_was_lost_is_not_a_deployment_that_vanished(
     assert any("delete met 404 after a retry" in line for line in record.log), record.log
     assert record.exit_code == 0 and set(statuses(record).values()) == {"passed"}
     assert backend.cluster.objects == {}
+
+
+class ResetAfterCreate(ResetAfterDelete):
+    """Creates the deployment, then drops the connection before answering: the retry of
+    the POST finds it there, and is refused 409 as the real backend refuses a second."""
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        creating = request.method == "POST" and request.url.path == "/api/deployments"
+        if creating and self.dropped:
+            self.requests.append(("POST", "/api/deployments"))
+            return httpx.Response(409, json={"error": {"message": "already exists"}})
+        response = FakeBackend.handle(self, request)
+        if creating and response.status_code == 201:
+            self.dropped = True
+            raise httpx.ReadError("connection reset by peer", request=request)
+        return response
+
+
+async def test_a_create_whose_answer_was_lost_is_the_runs_own_deployment(tmp_path: Path) -> None:
+    backend = ResetAfterCreate(FakeCluster(), kaito_workload())
+    _, record = await run(KaitoProfile(), backend, tmp_path)
+    creates = [r for r in backend.requests if r == ("POST", "/api/deployments")]
+    assert len(creates) == 2 and backend.dropped  # the lost answer, then the retry's 409
+    assert any("create met 409 after a retry" in line for line in record.log), record.log
+    assert record.exit_code == 0 and set(statuses(record).values()) == {"passed"}
+    assert backend.cluster.objects == {}
