@@ -191,6 +191,25 @@ async def test_an_existing_cluster_is_reused_when_asked_and_never_deleted(
     assert sorted(standins.clusters()) == ["kf-test", "other"]
 
 
+async def test_a_reused_cluster_s_kubeconfig_is_written_private_and_never_logged(
+    tmp_path: Path, standins: Standins, kubeapi: KubeAPIServer
+) -> None:
+    """``kind get kubeconfig`` prints the cluster's credentials: they go to the kubeconfig
+    (this user's only), and kind.log notes only how much was left out."""
+    standins.existing("kf-test")
+    cluster = make_cluster(tmp_path, reuse=True)
+    await cluster.create()
+
+    text = cluster.kubeconfig.read_text()
+    assert oct(cluster.kubeconfig.stat().st_mode & 0o777) == oct(0o600)
+    secret_lines = [
+        line.strip() for line in text.splitlines() if "token" in line or "-data" in line
+    ]
+    log = (tmp_path / "artifacts" / "kind.log").read_text()
+    assert secret_lines and not [line for line in secret_lines if line in log]
+    assert "bytes of output not logged: they hold credentials" in log
+
+
 async def test_an_existing_cluster_is_not_taken_over_without_reuse(
     tmp_path: Path, standins: Standins
 ) -> None:
