@@ -166,9 +166,13 @@ class KindCluster:
                 f"kind get kubeconfig --name {self.name} failed "
                 f"(exit {result.returncode}): {result.tail()}"
             )
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.kubeconfig.write_text(result.stdout)
-        self.kubeconfig.chmod(0o600)
+        # Into the kubeconfig's own folder (``kubeconfig_dir`` may not be ``workdir``),
+        # this user's only from its first byte, not after a chmod.
+        self.kubeconfig.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.kubeconfig, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            os.fchmod(fd, 0o600)  # a file that was there keeps its mode through open()
+            handle.write(result.stdout)
 
     async def _check_docker(self) -> None:
         docker = self._require(

@@ -210,6 +210,20 @@ async def test_a_reused_cluster_s_kubeconfig_is_written_private_and_never_logged
     assert "bytes of output not logged: they hold credentials" in log
 
 
+async def test_a_reused_cluster_s_kubeconfig_goes_to_a_kubeconfig_dir_not_yet_made(
+    tmp_path: Path, standins: Standins, kubeapi: KubeAPIServer
+) -> None:
+    standins.existing("kf-test")
+    private = tmp_path / "private" / "run"
+    cluster = make_cluster(tmp_path, reuse=True, kubeconfig_dir=private)
+    await cluster.create()
+
+    assert cluster.kubeconfig == private / "kubeconfig" and cluster.kubeconfig.is_file()
+    assert oct(cluster.kubeconfig.stat().st_mode & 0o777) == oct(0o600)
+    assert sorted(p.name for p in (tmp_path / "artifacts").iterdir()) == ["kind.log"]
+    assert await cluster.check_reachable()
+
+
 async def test_an_existing_cluster_is_not_taken_over_without_reuse(
     tmp_path: Path, standins: Standins
 ) -> None:
