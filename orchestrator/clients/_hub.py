@@ -170,6 +170,12 @@ class _Stream:
     def subscribers(self) -> list[_Entry]:
         return [entry for filed in self.index.values() for entry in filed]
 
+    @property
+    def listened(self) -> bool:
+        """Whether anyone subscribes, without listing them all on each waiter's way out:
+        ``index`` holds no empty list (:meth:`remove` drops it)."""
+        return bool(self.index)
+
     def add(self, entry: _Entry, key: tuple[str, ...] | None) -> None:
         self.index.setdefault(key, []).append(entry)
 
@@ -421,7 +427,7 @@ class WatchHub:
             if on_impaired is not None:
                 stream.on_impaired.remove(on_impaired)
             send.close()
-            if not stream.subscribers and stream.scope is not None and not self._closed:
+            if not stream.listened and stream.scope is not None and not self._closed:
                 # Nobody listens: stop paying for the stream, after a while. The task that
                 # closes it is started once, not each time a waiter leaves: starting a task
                 # there cost a waiter tens of microseconds (about 60 on a loaded two-core
@@ -441,7 +447,7 @@ class WatchHub:
         try:
             while True:
                 await anyio.sleep(stream.idle_since + self.linger - anyio.current_time())
-                if stream.subscribers or self._streams.get(key) is not stream:
+                if stream.listened or self._streams.get(key) is not stream:
                     return
                 if anyio.current_time() >= stream.idle_since + self.linger:
                     self._close(key, stream)
