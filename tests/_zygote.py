@@ -500,12 +500,22 @@ def stop() -> None:
         _server = None
 
 
-class _PipeReader(anyio.abc.ByteReceiveStream):
-    """The read end of a child's stdout or stderr pipe."""
+class _PipeEnd:
+    """One end of a child's pipe: non-blocking, closed once, its waiters told first."""
 
     def __init__(self, fd: int) -> None:
         os.set_blocking(fd, False)
         self._fd = fd
+
+    async def aclose(self) -> None:
+        if self._fd >= 0:
+            anyio.notify_closing(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+
+
+class _PipeReader(_PipeEnd, anyio.abc.ByteReceiveStream):
+    """The read end of a child's stdout or stderr pipe."""
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         while True:
@@ -520,19 +530,9 @@ class _PipeReader(anyio.abc.ByteReceiveStream):
                 raise anyio.EndOfStream
             return data
 
-    async def aclose(self) -> None:
-        if self._fd >= 0:
-            anyio.notify_closing(self._fd)
-            os.close(self._fd)
-            self._fd = -1
 
-
-class _PipeWriter(anyio.abc.ByteSendStream):
+class _PipeWriter(_PipeEnd, anyio.abc.ByteSendStream):
     """The write end of a child's stdin pipe (held open, as a fresh child's is)."""
-
-    def __init__(self, fd: int) -> None:
-        os.set_blocking(fd, False)
-        self._fd = fd
 
     async def send(self, item: bytes) -> None:
         view = memoryview(item)
@@ -543,12 +543,6 @@ class _PipeWriter(anyio.abc.ByteSendStream):
                 view = view[os.write(self._fd, view) :]
             except BlockingIOError:
                 await anyio.wait_writable(self._fd)
-
-    async def aclose(self) -> None:
-        if self._fd >= 0:
-            anyio.notify_closing(self._fd)
-            os.close(self._fd)
-            self._fd = -1
 
 
 class ForkedProcess(anyio.abc.Process):
