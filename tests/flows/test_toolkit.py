@@ -10,8 +10,16 @@ import anyio
 import pytest
 from flow_fakes import FakeBackend, FakeCluster, kaito_like
 
-from orchestrator.clients import PODS, NotFound, Resource, ResponseFormatError, Unauthorized
-from orchestrator.engine import PhaseFailed
+from orchestrator.clients import (
+    PODS,
+    NotFound,
+    Resource,
+    ResponseFormatError,
+    ServerError,
+    Unauthorized,
+)
+from orchestrator.clients._retry import heard
+from orchestrator.engine import PhaseContext, PhaseFailed
 from orchestrator.flows import (
     OncePerRun,
     call_backend,
@@ -21,6 +29,7 @@ from orchestrator.flows import (
     pod_ready,
     side_by_side,
 )
+from orchestrator.flows._calls import peer_failures_named
 
 pytestmark = pytest.mark.anyio
 
@@ -238,3 +247,22 @@ async def test_diagnostics_take_the_crashed_instance_of_each_container_init_ones
     assert "p-0_fetch.previous.log" in (logs / "p-0_fetch.log").read_text()
     assert "none has run yet" in (logs / "p-0_model.log").read_text()
     assert not (tmp_path / "errors.txt").exists()
+
+
+async def test_a_failing_route_stays_named_until_it_answers_again() -> None:
+    """The phase is told what a route keeps failing with; another route's success (a
+    Kubernetes read between two backend calls) leaves it named, its own clears it."""
+    seen: list[str | None] = []
+
+    async def body(ctx: PhaseContext) -> None:
+        heard("GET /api/x", ServerError(503, "restarting", method="GET", path="/api/x"))
+        seen.append(ctx.phase.failing)
+        heard("GET /api/v1/pods", None)
+        seen.append(ctx.phase.failing)
+        heard("GET /api/x", None)
+        seen.append(ctx.phase.failing)
+
+    await peer_failures_named(body)(PhaseContext.detached())
+    named, after_other, after_own = seen
+    assert named is not None and named.startswith("GET /api/x kept failing: ")
+    assert "restarting" in named and after_other == named and after_own is None
