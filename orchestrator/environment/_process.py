@@ -26,7 +26,7 @@ from pathlib import Path
 import anyio
 from anyio.abc import ByteReceiveStream
 
-from ..engine import redactor
+from ..engine import StreamMasker, redactor
 
 #: How many lines of a command's output an error message quotes.
 TAIL_LINES = 5
@@ -63,6 +63,10 @@ class MaskedLog:
     in, a secret split between two writes included (the redactor's ``StreamMasker``
     keeps back the end that may start one until the next write or :meth:`close`).
 
+    Each ``stream`` (a child's stdout, its stderr) has a masker of its own: the two
+    pipes' pieces interleave in the file, and a piece of one stream between the halves
+    of a secret in the other must not let either half out unmasked.
+
     Each write goes to the file at once, unbuffered: what the kernel has, the disk gets,
     whatever happens to this process afterwards. Thread-safe.
     """
@@ -71,24 +75,31 @@ class MaskedLog:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._fd: int | None = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        self._masker = redactor.masker()
+        self._maskers: dict[str, StreamMasker] = {}
         self._lock = threading.Lock()
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes, stream: str = "stdout") -> None:
         with self._lock:
-            self._put(self._masker.feed_bytes(data))
+            masker = self._maskers.get(stream)
+            if masker is None:
+                masker = self._maskers[stream] = redactor.masker()
+            self._put(masker.feed_bytes(data))
 
     def note(self, text: str) -> None:
         """A line of our own (a command line, an exit code), after what came before."""
         with self._lock:
-            self._put(self._masker.finish().encode("utf-8") + redactor.redact_bytes(text.encode()))
+            self._put(self._held() + redactor.redact(text).encode("utf-8"))
 
     def close(self) -> None:
         with self._lock:
-            self._put(self._masker.finish().encode("utf-8"))
+            self._put(self._held())
             if self._fd is not None:
                 os.close(self._fd)
                 self._fd = None
+
+    def _held(self) -> bytes:
+        """What every stream's masker kept back, masked, and each masker emptied."""
+        return b"".join(m.finish().encode("utf-8") for m in self._maskers.values())
 
     def _put(self, data: bytes) -> None:
         view = memoryview(data)
@@ -150,8 +161,8 @@ async def run_logged(
         try:
             async with process, anyio.create_task_group() as tg:
                 assert process.stdout is not None and process.stderr is not None
-                tg.start_soon(_drain, process.stdout, out, log if log_stdout else None)
-                tg.start_soon(_drain, process.stderr, err, log)
+                tg.start_soon(_drain, process.stdout, out, log if log_stdout else None, "stdout")
+                tg.start_soon(_drain, process.stderr, err, log, "stderr")
                 await process.wait()
         except BaseException:
             # Cancelled (or broken) while the command runs: take its children with it.
@@ -170,8 +181,10 @@ async def run_logged(
     )
 
 
-async def _drain(stream: ByteReceiveStream, into: list[bytes], log: MaskedLog | None) -> None:
+async def _drain(
+    stream: ByteReceiveStream, into: list[bytes], log: MaskedLog | None, name: str
+) -> None:
     async for chunk in stream:
         into.append(chunk)
         if log is not None:
-            log.write(chunk)
+            log.write(chunk, name)
