@@ -8,7 +8,10 @@ does, and is safe to share: settings are fixed before the first connection.
 
 A client of a plain-HTTP peer reached directly never opens a TLS connection (the
 clients follow no redirects), so it gets no context at all: a run against a backend
-on ``http://localhost:3001``, the usual set-up, spends none of that CPU.
+on ``http://localhost:3001``, the usual set-up, spends none of that CPU. Where a library
+insists on a context all the same (httpx's own transport builds a verifying one when
+given none), it gets :func:`bare_context`: it verifies as strictly but trusts no CA, so
+were it ever used, it could only fail.
 """
 
 from __future__ import annotations
@@ -36,3 +39,16 @@ def plain_http(url: str) -> bool:
 def context_for(url: str) -> ssl.SSLContext | None:
     """The shared context for a client of ``url``, or None when it cannot need one."""
     return None if plain_http(url) else default_context()
+
+
+def bare_context() -> ssl.SSLContext:
+    """A client context that loads no CA bundle: certificates required and host names
+    checked, as in :func:`default_context`, but no CA trusted. For a client that can never
+    open a TLS connection but whose library wants a context (microseconds, not the bundle's
+    milliseconds)."""
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+
+
+def context_or_bare(url: str) -> ssl.SSLContext:
+    """The shared context for a client of ``url``, or a bare one when it cannot need one."""
+    return context_for(url) or bare_context()

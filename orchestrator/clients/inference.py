@@ -45,7 +45,7 @@ from ._errors import (
     status_error,
 )
 from ._retry import bounded
-from ._tls import default_context
+from ._tls import context_or_bare
 from .kube import KubeClient
 
 
@@ -176,7 +176,8 @@ class InferenceClient:
         self._transport = transport
         #: Made at the first request that needs it: the default route (``service-proxy``)
         #: goes through ``kube`` and never does, and httpx builds its TLS context when
-        #: the client is made.
+        #: the client is made. A plain-HTTP peer (a port-forward, the API server's service
+        #: proxy on ``http://``) gets a bare context, not the CA bundle (``_tls``).
         self._httpx: httpx.AsyncClient | None = None
         self._timeout = request_timeout
         self.requests_sent = 0
@@ -184,10 +185,11 @@ class InferenceClient:
     @property
     def _http(self) -> httpx.AsyncClient:
         if self._httpx is None:
+            peer = self.route.base_url if self.route.kind == "url" else self._backend_url
             self._httpx = httpx.AsyncClient(
                 timeout=httpx.Timeout(self._timeout, connect=5.0),
                 headers=self._headers,
-                verify=default_context(),
+                verify=context_or_bare(peer or ""),
                 transport=self._transport,
             )
         return self._httpx

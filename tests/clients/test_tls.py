@@ -109,3 +109,92 @@ async def test_a_plain_http_cluster_behind_a_proxy_keeps_the_ca_bundle(
         assert cas_trusted(kube) > 0
     finally:
         await kube.aclose()
+
+
+def http_context(client: InferenceClient) -> ssl.SSLContext:
+    """The context the inference client's own httpx transport would open TLS with."""
+    context = client._http._transport._pool._ssl_context  # type: ignore[attr-defined]
+    assert isinstance(context, ssl.SSLContext)
+    return context
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("no_proxy_env")
+@pytest.mark.parametrize(
+    "route", [InferenceRoute("url", "http://127.0.0.1:8080"), InferenceRoute("backend-proxy")]
+)
+async def test_a_plain_http_inference_client_loads_no_ca_bundle(route: InferenceRoute) -> None:
+    client = InferenceClient(route, backend_url="http://localhost:3001", token="t")
+    try:
+        context = http_context(client)
+        assert context.cert_store_stats()["x509_ca"] == 0
+        assert context.verify_mode == ssl.CERT_REQUIRED and context.check_hostname
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("no_proxy_env")
+@pytest.mark.parametrize(
+    "route",
+    [InferenceRoute("url", "https://model.example"), InferenceRoute("backend-proxy")],
+)
+async def test_an_https_inference_client_keeps_the_shared_context(route: InferenceRoute) -> None:
+    client = InferenceClient(route, backend_url="https://kubefoundry.example", token="t")
+    try:
+        assert http_context(client) is default_context()
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("no_proxy_env")
+async def test_a_plain_http_inference_client_behind_a_proxy_keeps_the_context(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("HTTP_PROXY", "https://proxy.example:3128")
+    client = InferenceClient(InferenceRoute("url", "http://127.0.0.1:8080"))
+    try:
+        assert http_context(client) is default_context()
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("no_proxy_env")
+async def test_a_plain_http_model_is_still_reached_without_the_ca_bundle() -> None:
+    from aiohttp import web
+    from aiohttp.test_utils import TestServer
+
+    async def completions(request: web.Request) -> web.Response:
+        body = await request.json()
+        return web.json_response(
+            {
+                "id": "c",
+                "object": "chat.completion",
+                "created": 1,
+                "model": body["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "Hello"},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+            }
+        )
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", completions)
+    async with TestServer(app, host="127.0.0.1") as server:
+        route = InferenceRoute("url", f"http://127.0.0.1:{server.port}")
+        client = InferenceClient(route)
+        try:
+            result = await client.chat(
+                namespace="ns", service="svc", port=80, model="m", prompt="hi", max_tokens=8
+            )
+            assert result.content == "Hello"
+            assert http_context(client).cert_store_stats()["x509_ca"] == 0
+        finally:
+            await client.aclose()
