@@ -43,7 +43,6 @@ from .clients import InferenceRoute, KubeClient
 from .config import TOKEN_ENV, Settings
 from .engine import (
     EXIT_REPORTS,
-    MIN_SECRET_LENGTH,
     RUN_JSON,
     Budget,
     ConsoleReporter,
@@ -748,23 +747,11 @@ def _with_options(factory: FlowFactory, options: dict[str, Any]) -> FlowFactory:
     return made
 
 
-#: The values already warned about: each is named once, however often it is registered.
-_WARNED: set[str] = set()
-
-
 def _register(value: str | None, name: str, warn: Callable[[str], None]) -> None:
-    """Mask ``value`` from now on; say so when it is too short to be masked everywhere.
-
-    The warning names where the value came from, never the value.
-    """
-    if not value or redactor.add(value) or value.strip() in _WARNED:
-        return
-    _WARNED.add(value.strip())
-    warn(
-        f"warning: {name} is shorter than {MIN_SECRET_LENGTH} characters: reports mask it "
-        "only where it stands as a word of its own, not inside longer words, and a "
-        "credential that short is easy to guess; use a longer one"
-    )
+    """Mask ``value`` from now on; say so, once, when it is too short to be masked
+    everywhere (:meth:`Redactor.register`: the warning names where the value came from,
+    never the value)."""
+    redactor.register(value, name, warn)
 
 
 def kubeconfig_credentials(paths: str) -> list[str]:

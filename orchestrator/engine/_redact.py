@@ -62,7 +62,7 @@ import json
 import re
 import threading
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import IO, Any
 
 MASK = "***"
@@ -249,6 +249,8 @@ class Redactor:
         #: For each form: the form without gaps and its prefix lengths by last character.
         self._open_long: list[tuple[str, dict[str, list[int]]]] = []
         self._open_short: list[tuple[str, dict[str, list[int]]]] = []
+        #: The short values a caller of :meth:`register` was told about.
+        self._warned: set[str] = set()
         for secret in secrets:
             self.add(secret)
 
@@ -277,6 +279,28 @@ class Redactor:
                 self._long |= forms
             self._compile()
         return not short
+
+    def register(self, secret: str | None, name: str, warn: Callable[[str], None]) -> bool:
+        """:meth:`add`, and a warning through ``warn`` when the value is too short to be
+        masked everywhere: once for each value, whoever registers it first (the command
+        warns before the run starts; a library user's flow that registers the same value
+        later says nothing more, one that registers it first says it in its own log).
+
+        The warning names the value by ``name`` ("HF_TOKEN"), never by itself.
+        """
+        if self.add(secret) or secret is None:
+            return True
+        value = secret.strip()
+        with self._lock:
+            if value in self._warned:
+                return False
+            self._warned.add(value)
+        warn(
+            f"warning: {name} is shorter than {MIN_SECRET_LENGTH} characters: reports mask it "
+            "only where it stands as a word of its own, not inside longer words, and a "
+            "credential that short is easy to guess; use a longer one"
+        )
+        return False
 
     def _compile(self) -> None:
         # Longest first, so that a secret containing another is masked whole. Registered
@@ -310,6 +334,7 @@ class Redactor:
         with self._lock:
             self._long.clear()
             self._short.clear()
+            self._warned.clear()
             self._pattern = self._short_pattern = None
             self._open_long, self._open_short = [], []
 

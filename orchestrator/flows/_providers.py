@@ -33,7 +33,8 @@ async def ensure_token_secret(
     """The namespace and the token Secret, made if missing; returns what this run made.
 
     The token comes from ``HF_TOKEN`` in the environment; without it the Secret holds an
-    empty token, which is enough for a public model. Its value is never logged.
+    empty token, which is enough for a public model. Its value is never logged; ``log``
+    gets a warning when it is too short to be masked everywhere.
     """
     made: list[Owned] = []
     try:
@@ -50,7 +51,10 @@ async def ensure_token_secret(
         except Conflict:
             pass
     token = os.environ.get(HF_KEY, "")
-    redactor.add(token)  # a library user's run has not registered it; masked from now on
+    # A library user's run has not registered it: masked from now on, and a value too
+    # short to be masked everywhere is said in the run's log (once: the command has
+    # already said it before the run, and says nothing more here).
+    redactor.register(token, HF_KEY, log)
     body: dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "Secret",

@@ -73,6 +73,20 @@ def test_a_short_secret_is_masked_wherever_it_stands_as_a_word() -> None:
     assert len(SHORT) < MIN_SECRET_LENGTH
 
 
+def test_a_short_secret_is_warned_about_once_whoever_registers_it() -> None:
+    # The command registers HF_TOKEN before the run and warns on stderr; the flow that
+    # registers it again (for a library user, the first to) says nothing more.
+    r = Redactor()
+    said: list[str] = []
+    assert r.register(SHORT, "HF_TOKEN", said.append) is False
+    assert r.register(f" {SHORT}\n", "HF_TOKEN", said.append) is False
+    assert r.register(SECRET, "the token", said.append) is True
+    assert r.register(None, "unset", said.append) is True
+    assert len(said) == 1 and said[0].startswith("warning: HF_TOKEN is shorter than 6"), said
+    assert SHORT not in said[0]
+    assert r(f"token {SHORT}") == "token ***"
+
+
 def test_credentials_in_urls_are_masked_without_registering_them() -> None:
     r = Redactor()
     assert r("clone https://bob:hunter22@git.example/x") == "clone https://bob:***@git.example/x"

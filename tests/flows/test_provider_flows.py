@@ -33,6 +33,7 @@ from orchestrator.clients import (
     WatchHub,
 )
 from orchestrator.engine import Budget, JUnitReporter, Runner, RunRecord, SharedServices
+from orchestrator.engine import redactor as process_redactor
 from orchestrator.flows import (
     Deployment,
     FlowSettings,
@@ -253,6 +254,31 @@ async def test_kuberay_strict_fails_on_a_finding(make_env: Any) -> None:
         assert delete.reason == "--strict: 1 finding(s): kuberay-gone-before-pods"
         assert statuses(record)["cleanup"] == "passed"
         await nothing_left(env, "kuberay-system")
+
+
+@pytest.mark.parametrize("kubeconfig", ["sandbox-kube"], indirect=True)
+async def test_a_library_run_with_a_short_hf_token_says_so_in_its_log_once(
+    make_env: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A library user's run has no command to warn before it: the flow that registers a
+    token too short to be masked everywhere says so in the run's log (run.json, the
+    JUnit system-out), once in the process, and never shows the value there."""
+    token = "k3Y"
+    monkeypatch.setenv("HF_TOKEN", token)
+    process_redactor.clear()
+    try:
+        async with make_env() as env:
+            first, root = await env.run(KubeRayProfile())
+            second, _ = await env.run(KubeRayProfile())
+    finally:
+        process_redactor.clear()
+    assert first.outcome == second.outcome == "passed"
+    warning = "warning: HF_TOKEN is shorter than 6 characters"
+    assert sum(warning in line for line in first.log) == 1, first.log_text()
+    assert warning not in second.log_text()
+    assert warning in " ".join(out.text or "" for out in root.iter("system-out"))
+    run_json = (env.tmp_path / "run-1" / "run.json").read_text()
+    assert warning in run_json and f" {token} " not in run_json
 
 
 # ---------------------------------------------------------------------------- Dynamo
