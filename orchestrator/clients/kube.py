@@ -37,6 +37,7 @@ from ._errors import (
     status_error,
 )
 from ._exec_credential import EXEC_TIMEOUT, bounded_exec_provider
+from ._key_files import key_files_in_memory
 from ._retry import READS, RetryPolicy, bounded, heard
 from ._tls import plain_http
 
@@ -311,8 +312,18 @@ class KubeClient:
         bounded.unbounded = base
         setattr(kube_config, "ExecProvider", bounded)  # noqa: B010
         cfg = client.Configuration()
-        await config.load_kube_config(config_file=path, context=context, client_configuration=cfg)
-        return cls(_api_client(cfg))
+        # Inline key material goes to memory files that the TLS context reads while the
+        # ApiClient is built, and that are gone when it is: a killed run leaves no
+        # client key on disk (see _key_files).
+        with key_files_in_memory() as written:
+            await config.load_kube_config(
+                config_file=path, context=context, client_configuration=cfg
+            )
+            api = _api_client(cfg)
+        for name in ("ssl_ca_cert", "cert_file", "key_file"):
+            if getattr(cfg, name, None) in written:
+                setattr(cfg, name, None)  # read once, into the context; gone since
+        return cls(api)
 
     @property
     def server(self) -> str:
