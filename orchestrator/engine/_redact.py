@@ -38,8 +38,16 @@ even inside a longer word or split by styling; a shorter one is masked wherever 
 stands as a word of its own (not next to a letter, digit or ``_``, but after a
 ``%XX`` or ``\\n`` escape or a style code), which is every place a peer puts a
 credential it echoes: an error body's words, a log line, a header value, a URL's
-userinfo or query, a JSON string. It stays visible only inside a longer word (secret
-``abc`` in ``abcdef``), where it does not tell a reader the credential. The caller is
+userinfo or query, a JSON string. Its base64 is masked the same way, as a whole
+(``YWJj`` for ``abc``, padded where the encoding pads: a Secret's ``data`` quotes it
+so), and so is the base64 of the value with a newline after it (``echo abc | base64``).
+Not as a fragment inside a longer base64 value (``abc`` in a ``Basic`` credential
+``user:abc``): the two or three characters that only the secret decides there are in
+every other base64 text, and masking them would garble every Secret and certificate a
+report quotes. A standalone token equal to the whole encoding is different: ordinary
+text holds one only where something encoded exactly that value. It stays visible only
+inside a longer word (secret ``abc`` in ``abcdef``), where it does not tell a reader
+the credential. The caller is
 told (:meth:`Redactor.add` returns False) so that it can warn the user that such a
 value is weak and only partly masked. Nor is it masked where it is part of a number
 (``5.25``, ``10:05``), and ``run.json`` and ``junit.xml`` mask each string they hold
@@ -224,6 +232,14 @@ def _base64_fragments(value: str) -> set[str]:
     return fragments
 
 
+def _short_base64(value: str) -> set[str]:
+    """A short value's base64 as a whole (padded, as a Secret's data carries it; also of
+    the value with the newline ``echo | base64`` adds): masked where it stands as a word
+    of its own, never as a fragment (see the module's docstring)."""
+    data = value.encode("utf-8")
+    return {base64.b64encode(data).decode("ascii"), base64.b64encode(data + b"\n").decode("ascii")}
+
+
 def _forms(value: str) -> set[str]:
     """The ways a peer may quote ``value``: as is, URL-encoded, JSON-escaped."""
     escaped = json.dumps(value)[1:-1]
@@ -268,7 +284,8 @@ class Redactor:
         short = len(value) < MIN_SECRET_LENGTH
         with self._lock:
             if short:
-                forms = {f for f in _forms(value) if f}
+                quoted = {value, *_short_base64(value)}
+                forms = {f for v in quoted for f in _forms(v) if f}
                 if forms <= self._short:
                     return False
                 self._short |= forms

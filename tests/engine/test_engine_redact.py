@@ -73,6 +73,30 @@ def test_a_short_secret_is_masked_wherever_it_stands_as_a_word() -> None:
     assert len(SHORT) < MIN_SECRET_LENGTH
 
 
+def test_a_short_secrets_base64_is_masked_where_it_stands_as_a_token() -> None:
+    r = redactor()
+    whole = base64.b64encode(SHORT.encode()).decode()
+    echoed = base64.b64encode(SHORT.encode() + b"\n").decode()  # echo k3y | base64
+    for context in (
+        json.dumps({"data": {"HF_TOKEN": whole}}),
+        f"HF_TOKEN: {echoed}",
+        f"secret data {whole}, then more",
+        f"?data={urllib.parse.quote(echoed, safe='')}&x=1",
+    ):
+        masked = r(context)
+        assert whole not in masked and echoed not in masked, masked
+        assert "***" in masked and urllib.parse.quote(echoed, safe="") not in masked
+    for one in ("5", "ab"):  # padded: "NQ==", "YWI="
+        r.add(one)
+        padded = base64.b64encode(one.encode()).decode()
+        assert r(f"data: {padded}") == "data: ***"
+    # Inside a longer base64 value it is left: those few characters are in any such text.
+    longer = base64.b64encode(b"user:" + SHORT.encode() + b"!").decode()
+    assert r(f"Basic {longer[:4]}{whole}") == f"Basic {longer[:4]}{whole}"
+    text = "a certificate: MIIB" + whole + "Qx== and a word azN5x"
+    assert r(text) == text
+
+
 def test_a_short_secret_is_warned_about_once_whoever_registers_it() -> None:
     # The command registers HF_TOKEN before the run and warns on stderr; the flow that
     # registers it again (for a library user, the first to) says nothing more.
@@ -121,6 +145,7 @@ filler = st.text(st.sampled_from("ab/+= \n\x1b[1mkey3tok%2F"), max_size=30)
             base64.b64encode(SECRET.encode()).decode(),
             "tok/5e1f\x1b[1m0c7a+never\n  =shown",
             f" {SHORT} ",
+            f" {base64.b64encode(SHORT.encode()).decode()} ",
             f"Authorization: Bearer {SECRET[::-1]} ",
         ]
     ),
@@ -144,6 +169,7 @@ def test_a_secret_split_across_pieces_never_comes_out(
     assert whole == r(text)
     assert SECRET not in whole and SECRET[::-1] not in whole
     assert f" {SHORT} " not in whole
+    assert f" {base64.b64encode(SHORT.encode()).decode()} " not in whole
 
 
 def test_bytes_split_inside_a_character_or_a_secret() -> None:

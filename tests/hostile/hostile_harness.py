@@ -137,9 +137,10 @@ async def run_hostile(
 def quoted_forms(secret: str) -> list[str]:
     """``secret`` as a peer may quote it (proxy.ECHO_FORMS): as is, percent-encoded,
     JSON-escaped, and the part of its base64 that only it decides, at each alignment
-    (all three bytes offsets inside a longer value). Base64 is left out for a value
-    shorter than six characters: the redactor does not mask it there (the fragment
-    would be a few characters that ordinary text holds too)."""
+    (all three bytes offsets inside a longer value). Base64 inside a longer value is
+    left out for a value shorter than six characters: the redactor masks a short value's
+    base64 only as a whole token (the fragment would be a few characters that ordinary
+    text holds too), and the peers quote it inside one."""
     forms = {secret, urllib.parse.quote(secret, safe=""), json.dumps(secret)[1:-1]}
     forms.add(json.dumps(secret)[1:-1].replace("/", "\\/"))
     if len(secret) >= 6:
