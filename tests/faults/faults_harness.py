@@ -15,7 +15,8 @@ import anyio.abc
 import pytest
 from e2e_harness import Result, command, drive, hung, leftovers
 
-from orchestrator.clients import SERVICES, KubeClient
+from orchestrator.clients import CRDS, PODS, SERVICES, KubeClient, KubeFoundryClient
+from orchestrator.flows import WatchSpec, wait_for
 from orchestrator.sandbox import Sandbox
 
 NAME = "integration-test-llama"
@@ -54,6 +55,34 @@ async def run_with_hooks(
         pytest.fail(hung(ended, timeout, sb), pytrace=False)
     assert not pending, f"the run never printed {[m for m, _ in pending]}:\n{ended.stdout}"
     return Result(ended.code, ended.stdout, ended.stderr, ended.seconds, artifacts)
+
+
+async def install_kaito_first(sb: Sandbox, deadline: float = 150.0) -> None:
+    """Install KAITO through the backend and wait, on watches, until it says installed.
+
+    For a test whose subject comes after Install: a run then finds KAITO installed (one
+    status request), as a user's second run does, and the part of a run that a loaded
+    machine stretches most (the API server making the CRDs served, the operator pod
+    started) is done before the run's budget starts counting. ``deadline``: only a hang
+    reaches it.
+    """
+    kube = await KubeClient.from_kubeconfig(str(sb.kubeconfig))
+    api = KubeFoundryClient(sb.api_url)
+    try:
+        with anyio.fail_after(deadline):
+            await api.install_provider("kaito")
+
+            async def installed() -> bool | None:
+                return True if (await api.provider_status("kaito")).installed else None
+
+            watches = [
+                WatchSpec(PODS, "kaito-workspace", "app.kubernetes.io/name=kaito-workspace"),
+                WatchSpec(CRDS, field_selector="metadata.name=workspaces.kaito.sh"),
+            ]
+            await wait_for(installed, kube=kube, watches=watches, recheck=5.0)
+    finally:
+        await api.aclose()
+        await kube.aclose()
 
 
 def duration(result: Result, phase: str) -> float:
