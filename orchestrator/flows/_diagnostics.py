@@ -48,6 +48,15 @@ def _event_time(ev: dict[str, Any]) -> str:
     )
 
 
+def _event_order(ev: dict[str, Any]) -> tuple[str, int]:
+    """Oldest first: by time, then, within one second (a kubelet's events carry whole
+    seconds: a failed pull's ``Pulling``, ``Failed`` and ``Error: ErrImagePull`` share one),
+    by resourceVersion where it is a number, as etcd's are: a list comes in name order,
+    which for generated names is no order at all."""
+    version = str((ev.get("metadata") or {}).get("resourceVersion") or "")
+    return _event_time(ev), int(version) if version.isdigit() else -1
+
+
 def _describe_pod(pod: dict[str, Any], events: list[dict[str, Any]]) -> str:
     """The pod as ``kubectl describe pod`` shows it: who, containers, conditions, events."""
     lines = [
@@ -117,7 +126,7 @@ def _event_lines(pod: dict[str, Any], events: list[dict[str, Any]]) -> list[str]
     lines = [
         f"  {_event_time(ev):<22} {ev.get('type', ''):<8} {ev.get('reason', ''):<18} "
         f"{ev.get('message', '')}"
-        for ev in sorted(mine, key=_event_time)
+        for ev in sorted(mine, key=_event_order)
     ]
     return lines or ["  <none>"]
 
@@ -167,7 +176,7 @@ async def collect_diagnostics(
 
     async def ns_events() -> None:
         listing = await kube.list(EVENTS, namespace)
-        events.extend(sorted(listing.get("items") or [], key=_event_time))
+        events.extend(sorted(listing.get("items") or [], key=_event_order))
         rows = [
             f"{_event_time(e):<22} {e.get('type', ''):<8} {e.get('reason', ''):<18} "
             f"{(e.get('involvedObject') or {}).get('kind', '')}/"

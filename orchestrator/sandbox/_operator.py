@@ -13,15 +13,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import aiohttp
 
 from ._kube import JSON, Gone, Kube, KubeError, backoff
 from .faults import SandboxState
+from .kubeapi._images import ERR_IMAGE_PULL, IMAGE_PULL_BACK_OFF, pull_events, waiting_message
 from .models import ModelFleet
 
 log = logging.getLogger(__name__)
@@ -516,6 +519,85 @@ class CustomResourceOperator:
         )
         return written
 
+    async def show_pull_failure(
+        self, namespace: str, name: str, record: Callable[[str], None]
+    ) -> JSON | None:
+        """Show the pod ``name`` failing to pull its image, as a kubelet does: the pull
+        begun (``Pulling``), failed (waiting ``ErrImagePull`` with the runtime's error, its
+        ``Failed`` events), and after ``delays.image_pull_backoff`` backed off (waiting
+        ``ImagePullBackOff``, a ``BackOff`` event and ``Error: ImagePullBackOff``), each
+        state in one status write with its events after it (words: ``kubeapi._images``).
+        ``record`` is told each reason once its events are written. A kubelet goes on
+        retrying, ever more slowly; the pod stays in the back-off here. Returns the pod
+        as last written (None if it went first).
+
+        As with :meth:`show_crash`, the pod is created waiting in ContainerCreating, and
+        the waiting reason and the fake kubelet's ``fake-kubelet/waiting-reason``
+        annotation move together in one write of pods/status, on both backends: the test
+        cluster's fake kubelet writes an annotated reason with no message and no events,
+        where a kubelet's diagnostics are in exactly those.
+        """
+        pod = await self._settled(namespace, name)
+        if pod is None:
+            return None
+        container = pod["spec"]["containers"][0]
+        image = container.get("image", "")
+        await self.event(pod, "Pulling", f'Pulling image "{image}"', container["name"], "Normal")
+        for reason in (ERR_IMAGE_PULL, IMAGE_PULL_BACK_OFF):
+            if reason == IMAGE_PULL_BACK_OFF:
+                await self.state.wait_delay("image_pull_backoff", time.monotonic())
+            written = await self._write_status(
+                namespace, name, partial(_pull_failure, reason=reason)
+            )
+            if written is None:
+                return None
+            for type_, why, message in pull_events(reason, image):
+                await self.event(written, why, message, container["name"], type_)
+            record(reason)
+            pod = written
+        return pod
+
+    async def _settled(self, namespace: str, name: str) -> JSON | None:
+        """The pod once the fake kubelet has bound it and written it in ContainerCreating
+        (None if it went first); retried as :meth:`show_crash` is."""
+        attempt = 0
+        while True:
+            try:
+                return await self.wait_pod(namespace, name, kubelet_settled, 300.0)
+            except asyncio.CancelledError:
+                raise
+            except KubeError as exc:
+                if exc.status == 404:
+                    return None
+                log.debug("pod %s/%s: %s", namespace, name, exc)
+            except Exception as exc:
+                log.debug("pod %s/%s: %r", namespace, name, exc)
+            await asyncio.sleep(backoff(attempt))
+            attempt += 1
+
+    async def _write_status(
+        self, namespace: str, name: str, patch: Callable[[JSON], JSON]
+    ) -> JSON | None:
+        """Merge ``patch(pod)`` into the pod's status, from the pod as it now is; retried
+        (a kubelet write in between conflicts on the resourceVersion). None: the pod went."""
+        path = f"/api/v1/namespaces/{namespace}/pods/{name}"
+        attempt = 0
+        while True:
+            try:
+                return await self.kube.merge_patch(
+                    f"{path}/status", patch(await self.kube.get(path))
+                )
+            except asyncio.CancelledError:
+                raise
+            except KubeError as exc:
+                if exc.status == 404:
+                    return None
+                log.debug("pod %s/%s status: %s", namespace, name, exc)
+            except Exception as exc:
+                log.debug("pod %s/%s status: %r", namespace, name, exc)
+            await asyncio.sleep(backoff(attempt))
+            attempt += 1
+
     async def create_service(
         self,
         namespace: str,
@@ -714,15 +796,7 @@ def _crash_loop(pod: JSON, line: str) -> JSON:
     )
     finished = datetime.now(UTC)
     container_id = f"fake://{meta['uid']}/{name}"
-    not_ready = {
-        "status": "False",
-        "reason": "ContainersNotReady",
-        "message": f"containers with unready status: [{name}]",
-    }
-    conditions = [
-        {**cond, **not_ready} if cond.get("type") in ("Ready", "ContainersReady") else cond
-        for cond in (pod.get("status") or {}).get("conditions") or []
-    ]
+    conditions = _not_ready(pod, name)
     return {
         "metadata": {
             "annotations": {"fake-kubelet/waiting-reason": "CrashLoopBackOff"},
@@ -753,6 +827,53 @@ def _crash_loop(pod: JSON, line: str) -> JSON:
                             "containerID": container_id,
                         }
                     },
+                }
+            ],
+        },
+    }
+
+
+def _not_ready(pod: JSON, container: str) -> list[JSON]:
+    """The pod's conditions with Ready and ContainersReady False, as a kubelet writes them
+    for a pod whose ``container`` is not ready."""
+    not_ready = {
+        "status": "False",
+        "reason": "ContainersNotReady",
+        "message": f"containers with unready status: [{container}]",
+    }
+    return [
+        {**cond, **not_ready} if cond.get("type") in ("Ready", "ContainersReady") else cond
+        for cond in (pod.get("status") or {}).get("conditions") or []
+    ]
+
+
+def _pull_failure(pod: JSON, reason: str) -> JSON:
+    """The pods/status merge patch that shows ``pod``'s first container waiting for its
+    image with ``reason`` (ErrImagePull, ImagePullBackOff), in the shape a kubelet writes:
+    Pending, not ready, never started, no container or image ID (nothing ran), the
+    waiting message in the kubelet's words, and the fake kubelet's annotation for it."""
+    meta, container = pod["metadata"], pod["spec"]["containers"][0]
+    name, image = container["name"], container.get("image", "")
+    return {
+        "metadata": {
+            "annotations": {"fake-kubelet/waiting-reason": reason},
+            "resourceVersion": meta["resourceVersion"],
+        },
+        "status": {
+            "phase": "Pending",
+            "conditions": _not_ready(pod, name),
+            "containerStatuses": [
+                {
+                    "name": name,
+                    "image": image,
+                    "imageID": "",
+                    "ready": False,
+                    "started": False,
+                    "restartCount": 0,
+                    "state": {
+                        "waiting": {"reason": reason, "message": waiting_message(reason, image)}
+                    },
+                    "lastState": {},
                 }
             ],
         },

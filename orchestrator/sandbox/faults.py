@@ -63,6 +63,12 @@ class Delays(BaseModel):
         0.2, ge=0, description="Workspace seen -> ResourceReady, pod and services"
     )
     pod_start: float = Field(0.3, ge=0, description="pod created -> Running (fake-kubelet/delay)")
+    image_pull_backoff: float = Field(
+        1.0,
+        ge=0,
+        description="image_pull_error: the pull failed (ErrImagePull) -> the kubelet backs off "
+        "(ImagePullBackOff); a kubelet: about 10 s, its next sync of the pod",
+    )
     inference_ready: float = Field(
         0.2, ge=0, description="pod Running and model up -> InferenceReady"
     )

@@ -26,7 +26,6 @@ from ._operator import (
     kubelet_settled,
     now,
     pod_running,
-    waiting_reason,
 )
 from .models import served_name_for_image
 
@@ -199,7 +198,7 @@ class KaitoController(CustomResourceOperator):
         )
         await self._set_conditions(namespace, name, ["ResourceReady"])
         if broken:
-            await self._break_pod(namespace, name, container["image"], faults.crash_loop)
+            await self._break_pod(namespace, name, faults.crash_loop)
             return
         await self._release(namespace, f"{name}-0", "pod_start", created, container["image"])
         pod = await self.wait_pod(
@@ -292,10 +291,8 @@ class KaitoController(CustomResourceOperator):
     ) -> None:
         selector = {"kaito.sh/workspace": name}
         if image_pull_error:
-            annotations = {
-                "fake-kubelet/phase": "Pending",
-                "fake-kubelet/waiting-reason": "ErrImagePull",
-            }
+            # Waiting in ContainerCreating until ``show_pull_failure`` shows the pull fail.
+            annotations = {"fake-kubelet/phase": "Pending"}
         elif crash_loop:
             # Waiting in ContainerCreating until ``show_crash`` moves it to CrashLoopBackOff.
             annotations = {"fake-kubelet/phase": "Pending", "fake-kubelet/log": CRASH_LINE}
@@ -366,25 +363,21 @@ class KaitoController(CustomResourceOperator):
             )
         )
 
-    async def _break_pod(self, namespace: str, name: str, image: str, crash_loop: bool) -> None:
-        """Make the kubelet's side of a broken pod visible: waiting reason, events, restarts."""
+    async def _break_pod(self, namespace: str, name: str, crash_loop: bool) -> None:
+        """Make the kubelet's side of a broken pod visible: waiting reason, events, restarts.
+
+        Each waiting reason is recorded (``pod REASON``) once its status and events are
+        written: a reader that waits for the entry finds them there, as a kubelet's would
+        be by the time anyone looks."""
         if crash_loop:
             await self.show_crash(namespace, f"{name}-0", CRASH_LINE)
-            reason = "CrashLoopBackOff"
-        else:
-            reason = "ErrImagePull"
-            pod = await self.wait_pod(namespace, f"{name}-0", lambda p: waiting_reason(p) == reason)
-            await self.event(
-                pod,
-                "Failed",
-                f'Failed to pull image "{image}": rpc error: code = NotFound desc = '
-                f'failed to pull and unpack image "{image}": not found',
-                "model",
-            )
-            await self.event(pod, "Failed", "Error: ErrImagePull", "model")
-        # Recorded last: a reader that waits for this entry finds the status and the
-        # events already there, as a kubelet's would be by the time anyone looks.
-        self.state.record(namespace, name, f"pod {reason}")
+            self.state.record(namespace, name, "pod CrashLoopBackOff")
+            return
+        await self.show_pull_failure(
+            namespace,
+            f"{name}-0",
+            lambda reason: self.state.record(namespace, name, f"pod {reason}"),
+        )
 
     async def _set_conditions(
         self, namespace: str, name: str, types: list[str], extra: dict[str, Any] | None = None

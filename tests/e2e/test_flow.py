@@ -101,8 +101,27 @@ async def test_image_pull_error_fails_fast_naming_the_image(sandbox, tmp_path: P
     )
     # Ended by the pod's state, not by the phase's 300 s timeout.
     assert "timed out" not in failure["message"], failure["message"]
+    # The kubelet's own words reach the reason: the runtime's error while the pull fails,
+    # the back-off after it.
+    image = "ghcr.io/kaito-project/aikit/llama3.2:1b"
+    assert (
+        f"ErrImagePull (image {image}): rpc error: code = NotFound desc = failed to pull "
+        f'and unpack image "{image}"'
+        in failure["message"]
+        or f'ImagePullBackOff (image {image}): Back-off pulling image "{image}"'
+        in failure["message"]
+    ), failure["message"]
     assert_diagnostics(result.artifacts)
-    assert "ImagePull" in (result.artifacts / "diagnostics" / "describe-pods.txt").read_text()
+    described = (result.artifacts / "diagnostics" / "describe-pods.txt").read_text()
+    lines = (
+        f'Normal   Pulling            Pulling image "{image}"',
+        f'Warning  Failed             Failed to pull image "{image}": rpc error: ',
+        "Warning  Failed             Error: ErrImagePull",
+    )
+    for line in lines:
+        assert line in described, described
+    at = [described.index(line) for line in lines]
+    assert at == sorted(at), described  # in the order written, though in one second
     assert await leftovers(sandbox) == []
 
 

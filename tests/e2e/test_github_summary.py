@@ -39,4 +39,6 @@ async def test_summary_and_annotation_for_a_failing_run(sandbox, tmp_path: Path)
     assert any(t.lstrip().startswith("Wait Ready") and ":crit," in t for t in tasks)
     # The annotation names the failing phase, on one line.
     errors = [line for line in result.stdout.splitlines() if line.startswith("::error")]
-    assert any("Wait Ready" in e and "ErrImagePull" in e for e in errors), result.stdout[-2000:]
+    assert any(
+        "Wait Ready" in e and ("ErrImagePull" in e or "ImagePullBackOff" in e) for e in errors
+    ), result.stdout[-2000:]

@@ -11,6 +11,7 @@ import pytest
 from flow_fakes import FakeBackend, FakeCluster, kaito_like
 
 from orchestrator.clients import (
+    EVENTS,
     PODS,
     NotFound,
     Resource,
@@ -266,3 +267,47 @@ async def test_a_failing_route_stays_named_until_it_answers_again() -> None:
     named, after_other, after_own = seen
     assert named is not None and named.startswith("GET /api/x kept failing: ")
     assert "restarting" in named and after_other == named and after_own is None
+
+
+async def test_diagnostics_list_events_of_one_second_in_the_order_they_were_written(
+    tmp_path: Path,
+) -> None:
+    """A kubelet's events carry whole seconds, and a list comes in name order (random for
+    generated names): a failed pull's three events, written in one second, are told apart
+    by their resourceVersions, in events.txt and in the pod's description alike."""
+    cluster = FakeCluster()
+    image = "ghcr.io/x/model:1"
+    cluster.put(
+        PODS,
+        {
+            "kind": "Pod",
+            "metadata": {"name": "p-0", "namespace": "ns"},
+            "status": {"phase": "Pending", "containerStatuses": []},
+        },
+    )
+    written = [
+        ("Normal", "Pulling", f'Pulling image "{image}"'),
+        ("Warning", "Failed", f'Failed to pull image "{image}": rpc error: not found'),
+        ("Warning", "Failed", "Error: ErrImagePull"),
+    ]
+    # Listed in name order, as an API server lists them: the last written first.
+    for version, name, (type_, reason, message) in reversed(
+        list(zip(("9", "10", "11"), ("p-0.z", "p-0.b", "p-0.a"), written, strict=True))
+    ):
+        cluster.put(
+            EVENTS,
+            {
+                "metadata": {"name": name, "namespace": "ns", "resourceVersion": version},
+                "involvedObject": {"kind": "Pod", "name": "p-0", "namespace": "ns"},
+                "type": type_,
+                "reason": reason,
+                "message": message,
+                "lastTimestamp": "2026-11-30T10:00:00Z",
+            },
+        )
+    backend = FakeBackend(cluster, kaito_like(RAYSERVICES, "RayService"))
+    await diagnose(backend, tmp_path, "ns", "p")
+    for file in ("events.txt", "describe-pods.txt"):
+        text = (tmp_path / file).read_text()
+        at = [text.index(message) for _, _, message in written]
+        assert at == sorted(at), text

@@ -222,6 +222,104 @@ def crash_loop_shape_problems(pod: dict) -> list[str]:
     return problems
 
 
+#: The container waiting reasons of an image that cannot be pulled, in the order a kubelet
+#: shows them: the pull fails, then it backs off before the next try.
+PULL_REASONS = ("ErrImagePull", "ImagePullBackOff")
+
+
+def pull_shape_problems(pod: dict) -> list[str]:
+    """What in ``pod`` differs from the status a kubelet writes for a container whose image
+    cannot be pulled. The words are the kubelet's (pkg/kubelet/images, kuberuntime): the
+    waiting message is the runtime's error for ErrImagePull (containerd: ``rpc error: code
+    = NotFound desc = failed to pull and unpack image "REF": ...``) and ``Back-off pulling
+    image "IMAGE"`` for ImagePullBackOff. The pod is Pending (no container ever started),
+    bound, not ready; the container never started, was never restarted and has no container
+    or image ID. Empty when it agrees.
+    """
+    problems: list[str] = []
+    status = pod.get("status") or {}
+    if status.get("phase") != "Pending":
+        problems.append(f"phase {status.get('phase')!r}, a kubelet shows Pending")
+    if not (pod.get("spec") or {}).get("nodeName"):
+        problems.append("not bound to a node")
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    for kind in ("Ready", "ContainersReady"):
+        cond = conditions.get(kind) or {}
+        if (cond.get("status"), cond.get("reason")) != ("False", "ContainersNotReady"):
+            problems.append(f"condition {kind} {cond}, a kubelet shows False/ContainersNotReady")
+    images = {c["name"]: c.get("image") for c in pod["spec"]["containers"]}
+    pulling = [
+        cs
+        for cs in status.get("containerStatuses") or []
+        if ((cs.get("state") or {}).get("waiting") or {}).get("reason") in PULL_REASONS
+    ]
+    if not pulling:
+        problems.append(f"no container waiting in {' or '.join(PULL_REASONS)}")
+    for cs in pulling:
+        name, image = cs.get("name"), images.get(cs.get("name"))
+        waiting = cs["state"]["waiting"]
+        message = str(waiting.get("message") or "")
+        if waiting["reason"] == "ErrImagePull":
+            ok = message.startswith("rpc error: code = NotFound desc = failed to pull and unpack")
+        else:
+            ok = message == f'Back-off pulling image "{image}"'
+        if not ok:
+            problems.append(f"{name}: {waiting['reason']} with the message {message!r}")
+        if cs.get("image") != image:
+            problems.append(f"{name}: image {cs.get('image')!r}, the spec names {image!r}")
+        if cs.get("ready") is not False or cs.get("started") is not False:
+            problems.append(f"{name}: ready {cs.get('ready')!r}, started {cs.get('started')!r}")
+        if cs.get("restartCount") != 0 or cs.get("containerID") or cs.get("imageID"):
+            problems.append(f"{name}: restarts/containerID/imageID of a container that never ran")
+    return problems
+
+
+def pull_events_problems(events: list[dict], pod: dict, shown: list[str]) -> list[str]:
+    """What in the pod's events differs from those a kubelet writes for the pull reasons
+    ``shown`` (in order): ``Normal Pulling``, then per ErrImagePull ``Warning Failed``
+    ``Failed to pull image "IMAGE": ERROR`` and ``Warning Failed`` ``Error: ErrImagePull``,
+    per ImagePullBackOff ``Normal BackOff`` ``Back-off pulling image "IMAGE"`` (a back-off
+    is Normal to a kubelet) and ``Warning Failed`` ``Error: ImagePullBackOff``; each from
+    the kubelet, about the container. Empty when they agree."""
+    container = pod["spec"]["containers"][0]
+    image = container["image"]
+    expected: list[tuple[str, str, str]] = [("Normal", "Pulling", f'Pulling image "{image}"')]
+    for reason in shown:
+        if reason == "ErrImagePull":
+            expected += [
+                ("Warning", "Failed", f'Failed to pull image "{image}": rpc error: '),
+                ("Warning", "Failed", "Error: ErrImagePull"),
+            ]
+        else:
+            expected += [
+                ("Normal", "BackOff", f'Back-off pulling image "{image}"'),
+                ("Warning", "Failed", "Error: ImagePullBackOff"),
+            ]
+    mine = sorted(  # in the order written: both backends count resourceVersions up
+        (
+            e
+            for e in events
+            if (e.get("involvedObject") or {}).get("name") == pod["metadata"]["name"]
+            and e.get("reason") in ("Pulling", "Failed", "BackOff")
+        ),
+        key=lambda e: int(e["metadata"]["resourceVersion"]),
+    )
+    got = [(e.get("type"), e.get("reason"), str(e.get("message"))) for e in mine]
+    problems = []
+    if len(got) != len(expected) or any(
+        (t, r) != (et, er) or not m.startswith(em)
+        for (t, r, m), (et, er, em) in zip(got, expected, strict=False)
+    ):
+        problems.append(f"events {got}, a kubelet writes {expected} (message prefixes)")
+    for e in mine:
+        if (e.get("source") or {}).get("component") != "kubelet":
+            problems.append(f"{e.get('reason')} event from {e.get('source')}, not the kubelet")
+        field = (e.get("involvedObject") or {}).get("fieldPath")
+        if field != f"spec.containers{{{container['name']}}}":
+            problems.append(f"{e.get('reason')} event about {field!r}, not the container")
+    return problems
+
+
 # ---------------------------------------------------------------------------- the flow's steps
 
 

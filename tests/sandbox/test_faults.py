@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 import pytest
 from _fixtures import (  # noqa: F401 - fixtures are used by name
+    DEADLINE,
     MODEL,
     NAME,
     NS,
+    PULL_REASONS,
     WS_COLLECTION,
     PodHistory,
     call,
@@ -23,6 +26,8 @@ from _fixtures import (  # noqa: F401 - fixtures are used by name
     make_sandbox,
     pod_phase,
     proxy_raw,
+    pull_events_problems,
+    pull_shape_problems,
     running_workspace,
     wait_for,
     waiting_reason,
@@ -87,10 +92,10 @@ async def test_image_pull_error_leaves_the_pod_pending_and_names_the_image(make_
     async with make_sandbox(faults=Faults(image_pull_error=True)) as (sandbox, api, kube):
         await install_kaito(api, kube)
         await create_deployment(api)
-        pod = await wait_for(kube, PODS, f"{NAME}-0", waiting_reason("ErrImagePull"))
+        await sandbox.state.wait_recorded(NAME, "pod ErrImagePull")
+        pod = await kube.get(f"{PODS}/{NAME}-0")
         assert pod["status"]["phase"] == "Pending"
         assert pod["spec"]["containers"][0]["image"] == IMAGE
-        await sandbox.state.wait_recorded(NAME, "pod ErrImagePull")
         events = await kube.get(
             f"/api/v1/namespaces/{NS}/events", {"fieldSelector": f"involvedObject.name={NAME}-0"}
         )
@@ -99,6 +104,44 @@ async def test_image_pull_error_leaves_the_pod_pending_and_names_the_image(make_
         assert condition(ws, "ResourceReady") == "True" and condition(ws, "InferenceReady") is None
         status, body = await call(api, "GET", f"/api/deployments/{NAME}?namespace={NS}")
         assert body["phase"] == "Pending" and body["replicas"]["ready"] == 0
+
+
+async def test_an_image_pull_error_is_shown_as_a_kubelet_shows_it(make_sandbox) -> None:
+    """On both backends (the test cluster's fake kubelet writes an annotated waiting reason
+    with no message and no events): every version of the pod that shows a pull reason
+    has the kubelet's shape, the pull fails (ErrImagePull) before it backs off
+    (ImagePullBackOff), and the events are the kubelet's, in its words and order."""
+    faults = Faults(image_pull_error=True, delays={"image_pull_backoff": 0.2})
+    async with make_sandbox(faults=faults) as (sandbox, api, kube):
+        await install_kaito(api, kube)
+        query = {"fieldSelector": f"metadata.name={NAME}-0"}
+        async with PodHistory(kube, PODS, query) as history:
+            await create_deployment(api)
+            await history.until(waiting_reason("ImagePullBackOff"))
+            async with asyncio.timeout(DEADLINE):  # its events are written by then
+                await sandbox.state.wait_recorded(NAME, "pod ImagePullBackOff")
+        shown = [r for v in history.versions if (r := reason_of(v)) in PULL_REASONS]
+        assert list(dict.fromkeys(shown)) == ["ErrImagePull", "ImagePullBackOff"], shown
+        wrong = {
+            v["metadata"]["resourceVersion"]: problems
+            for v in history.versions
+            if reason_of(v) in PULL_REASONS and (problems := pull_shape_problems(v))
+        }
+        assert not wrong, wrong
+        pod = history.versions[-1]
+        events = await kube.get(
+            f"/api/v1/namespaces/{NS}/events", {"fieldSelector": f"involvedObject.name={NAME}-0"}
+        )
+        assert pull_events_problems(events["items"], pod, list(PULL_REASONS)) == []
+        message = pod["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
+        assert message == f'Back-off pulling image "{IMAGE}"'
+
+
+def reason_of(pod: dict) -> str | None:
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    return (
+        ((statuses[0].get("state") or {}).get("waiting") or {}).get("reason") if statuses else None
+    )
 
 
 async def test_crash_loop_shows_the_waiting_reason_restarts_and_the_crash_log(make_sandbox) -> None:
@@ -165,7 +208,7 @@ async def test_stuck_delete_keeps_the_finalizer_until_lifted(make_sandbox) -> No
     ):
         await install_kaito(api, kube)
         await create_deployment(api)
-        await wait_for(kube, PODS, f"{NAME}-0", waiting_reason("ErrImagePull"))
+        await sandbox.state.wait_recorded(NAME, "pod ErrImagePull")
         status, body = await call(api, "DELETE", f"/api/deployments/{NAME}?namespace={NS}")
         assert status == 200
         await sandbox.state.wait_recorded(NAME, "finalizer kept (stuck_delete)")

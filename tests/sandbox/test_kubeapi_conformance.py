@@ -17,7 +17,12 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 import yaml
-from _fixtures import crash_loop_shape_problems
+from _fixtures import (
+    PULL_REASONS,
+    crash_loop_shape_problems,
+    pull_events_problems,
+    pull_shape_problems,
+)
 from aiohttp import web
 from kubernetes_asyncio import client, watch
 from kubernetes_asyncio.client.exceptions import ApiException
@@ -651,6 +656,32 @@ async def test_a_crash_loop_waiting_reason_is_shown_as_a_kubelet_shows_it(sandbo
     [cs] = pod["status"]["containerStatuses"]
     assert cs["restartCount"] == 1 and cs["lastState"]["terminated"]["exitCode"] == 3
     assert await v1.read_namespaced_pod_log("looper", NS, previous=True) is not None
+
+
+@pytest.mark.parametrize("reason", ["ErrImagePull", "ImagePullBackOff"])
+async def test_an_image_pull_waiting_reason_is_worded_as_a_kubelet_words_it(
+    sandbox: Kube, reason: str
+) -> None:
+    """A deliberate difference (kubeapi/README.md): annotated to wait for its image, the
+    container shows the kubelet's waiting message and the pod the kubelet's events up to
+    that reason (a back-off comes after a failed pull). The test cluster's fake kubelet
+    writes the reason alone; the KAITO stand-in writes a pull failure itself on both
+    backends (tests/sandbox/test_faults.py)."""
+    v1 = client.CoreV1Api(sandbox.api)
+    name = f"pull-{reason.lower()}"
+    ann = {"fake-kubelet/phase": "Pending", "fake-kubelet/waiting-reason": reason}
+    await v1.create_namespaced_pod(NS, pod_manifest(name, ann))
+    pod = await wait_for(
+        sandbox,
+        v1.list_namespaced_pod,
+        NS,
+        field_selector=f"metadata.name={name}",
+        predicate=lambda p: bool((p.get("status") or {}).get("containerStatuses")),
+    )
+    assert pull_shape_problems(pod) == []
+    events = as_dict(sandbox, await v1.list_namespaced_event(NS))["items"]
+    shown = list(PULL_REASONS[: PULL_REASONS.index(reason) + 1])
+    assert pull_events_problems(events, pod, shown) == []
 
 
 async def test_pod_status_write_carries_labels_and_annotations(kube: Kube) -> None:

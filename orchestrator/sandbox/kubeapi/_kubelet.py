@@ -14,6 +14,7 @@ from typing import Any
 
 from ._clone import clone
 from ._errors import ApiError
+from ._images import PULL_REASONS, pull_events, waiting_message
 from ._logs import PodLogs, container_status
 from ._resources import ResourceType
 from ._store import Event, Store, now_rfc3339
@@ -78,6 +79,12 @@ def _first_waiting_reason(pod: dict[str, Any]) -> str | None:
     return ((statuses[0].get("state") or {}).get("waiting") or {}).get("reason")
 
 
+def _pod_ref(pod: dict[str, Any]) -> str:
+    """A pod as the kubelet names it in its messages: ``NAME_NAMESPACE(UID)``."""
+    meta = pod["metadata"]
+    return f"{meta['name']}_{meta['namespace']}({meta.get('uid', '')})"
+
+
 def _crash_loop(pod: dict[str, Any], container: dict[str, Any], now: str) -> dict[str, Any]:
     """A container's status fields as a kubelet writes them once it has exited, been
     restarted and exited again, and waits out its first back-off: waiting in
@@ -93,8 +100,7 @@ def _crash_loop(pod: dict[str, Any], container: dict[str, Any], now: str) -> dic
         "state": {
             "waiting": {
                 "reason": "CrashLoopBackOff",
-                "message": f"back-off 10s restarting failed container={name} "
-                f"pod={meta['name']}_{meta['namespace']}({meta['uid']})",
+                "message": f"back-off 10s restarting failed container={name} pod={_pod_ref(pod)}",
             }
         },
         "lastState": {
@@ -363,32 +369,27 @@ class FakeKubelet:
                 self._loop.call_soon(self._handle, ns, name, uid)
 
     def _warn_waiting(self, pod: dict[str, Any], reason: str) -> None:
-        """What a real kubelet reports for a container stuck waiting (the test cluster stays silent)."""
+        """What a real kubelet reports for a container stuck waiting (the test cluster stays
+        silent): for an image pull, the image manager's and the container start's events in
+        a kubelet's words (``_images``)."""
         if reason == "ContainerCreating":
             return
         for c in pod["spec"].get("containers") or []:
             fp = f"spec.containers{{{c['name']}}}"
             image = c.get("image", "")
-            if reason == "ImagePullBackOff":
-                self._event(
-                    pod, fp, "Warning", "BackOff", f'Back-off pulling image "{image}"', "kubelet"
-                )
-            elif reason == "ErrImagePull":
-                self._event(
-                    pod,
-                    fp,
-                    "Warning",
-                    "Failed",
-                    f'Failed to pull image "{image}": fake-kubelet',
-                    "kubelet",
-                )
+            if reason in PULL_REASONS:
+                # A kubelet gets to a back-off through a failed pull: the whole story.
+                self._event(pod, fp, "Normal", "Pulling", f'Pulling image "{image}"', "kubelet")
+                for step in PULL_REASONS[: PULL_REASONS.index(reason) + 1]:
+                    for type_, why, message in pull_events(step, image):
+                        self._event(pod, fp, type_, why, message, "kubelet")
             elif reason == "CrashLoopBackOff":
                 self._event(
                     pod,
                     fp,
                     "Warning",
                     "BackOff",
-                    f"Back-off restarting failed container {c['name']} in pod {pod['metadata']['name']}",
+                    f"Back-off restarting failed container {c['name']} in pod {_pod_ref(pod)}",
                     "kubelet",
                 )
             else:
@@ -482,7 +483,11 @@ class FakeKubelet:
             if crash_loop:
                 cs.update(_crash_loop(pod, c, now))
             elif phase == "Pending":
-                cs["state"] = {"waiting": {"reason": _waiting_reason(pod)}}
+                waiting = {"reason": _waiting_reason(pod)}
+                if waiting["reason"] in PULL_REASONS:
+                    # As a kubelet words it; the test cluster's fake kubelet gives no message.
+                    waiting["message"] = waiting_message(waiting["reason"], c.get("image", ""))
+                cs["state"] = {"waiting": waiting}
                 cs["started"] = False
             else:
                 cs["imageID"] = c.get("image", "")
