@@ -438,12 +438,8 @@ class CustomResourceOperator:
             "fake-kubelet/termination-delay": go_duration(delays.pod_termination),
         }
         if missing_secret:
-            annotations.update(
-                {
-                    "fake-kubelet/phase": "Pending",
-                    "fake-kubelet/waiting-reason": "CreateContainerConfigError",
-                }
-            )
+            # Waiting in ContainerCreating until ``show_config_error`` shows why it stays.
+            annotations["fake-kubelet/phase"] = "Pending"
         elif crash:
             # Waiting in ContainerCreating until ``show_crash`` moves it to CrashLoopBackOff.
             annotations.update({"fake-kubelet/phase": "Pending", "fake-kubelet/log": crash})
@@ -462,9 +458,27 @@ class CustomResourceOperator:
             },
         )
         if pod is not None and missing_secret:
-            await self.event(
-                pod, "Failed", f'Error: secret "{missing_secret}" not found', containers[0]["name"]
-            )
+            await self.show_config_error(namespace, name, missing_secret)
+
+    async def show_config_error(self, namespace: str, name: str, secret: str) -> JSON | None:
+        """Show the pod ``name`` unable to start for want of the Secret ``secret``, as a
+        kubelet does when it cannot build a container's environment: one status write with
+        the container waiting in CreateContainerConfigError and the API's error as its
+        message (``secret "NAME" not found``), then the container start's event, ``Error:``
+        and that message. Written as :meth:`show_pull_failure` writes its states (the test
+        cluster's fake kubelet gives an annotated reason no message). Returns the pod as
+        written (None if it went first).
+        """
+        pod = await self._settled(namespace, name)
+        if pod is None:
+            return None
+        message = f'secret "{secret}" not found'
+        patch = partial(_waiting, reason="CreateContainerConfigError", message=message)
+        written = await self._write_status(namespace, name, patch)
+        if written is not None:
+            container = written["spec"]["containers"][0]["name"]
+            await self.event(written, "Failed", f"Error: {message}", container)
+        return written
 
     async def show_crash(self, namespace: str, name: str, line: str) -> JSON | None:
         """Show the pod ``name`` crash-looping, as a kubelet does: Running, not ready, its
@@ -849,9 +863,16 @@ def _not_ready(pod: JSON, container: str) -> list[JSON]:
 
 def _pull_failure(pod: JSON, reason: str) -> JSON:
     """The pods/status merge patch that shows ``pod``'s first container waiting for its
-    image with ``reason`` (ErrImagePull, ImagePullBackOff), in the shape a kubelet writes:
-    Pending, not ready, never started, no container or image ID (nothing ran), the
-    waiting message in the kubelet's words, and the fake kubelet's annotation for it."""
+    image with ``reason`` (ErrImagePull, ImagePullBackOff), in the kubelet's words."""
+    image = pod["spec"]["containers"][0].get("image", "")
+    return _waiting(pod, reason, waiting_message(reason, image))
+
+
+def _waiting(pod: JSON, reason: str, message: str) -> JSON:
+    """The pods/status merge patch that shows ``pod``'s first container waiting to start
+    with ``reason`` and ``message``, in the shape a kubelet writes: Pending, not ready,
+    never started, no container or image ID (nothing ran), and the fake kubelet's
+    annotation for the reason in the same write."""
     meta, container = pod["metadata"], pod["spec"]["containers"][0]
     name, image = container["name"], container.get("image", "")
     return {
@@ -870,9 +891,7 @@ def _pull_failure(pod: JSON, reason: str) -> JSON:
                     "ready": False,
                     "started": False,
                     "restartCount": 0,
-                    "state": {
-                        "waiting": {"reason": reason, "message": waiting_message(reason, image)}
-                    },
+                    "state": {"waiting": {"reason": reason, "message": message}},
                     "lastState": {},
                 }
             ],

@@ -9,6 +9,7 @@ Models are stubs: what is tested here is the path to them, not their words.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,6 +19,7 @@ import aiohttp
 import pytest
 from _bounded import running_sandbox
 from _fixtures import (  # noqa: F401 - fixtures are used by name
+    DEADLINE,
     PodHistory,
     call,
     crash_loop_shape_problems,
@@ -282,7 +284,7 @@ async def test_kuberay_pods_matched_by_prefix(make_env: Any, defect: bool) -> No
 
 async def test_missing_token_secret_stops_the_pods(make_env: Any) -> None:
     """The backend never checks hfTokenSecret; without the Secret the pods cannot start."""
-    async with make_env() as (_, api, kube):
+    async with make_env() as (sandbox, api, kube):
         await install(api, kube, "kuberay")
         await namespace_with_secret(kube, secret=False)
         await create(api, ray_body())
@@ -297,9 +299,30 @@ async def test_missing_token_secret_stops_the_pods(make_env: Any) -> None:
 
         service = await kube.get(f"{RAYSERVICES}/ray-llm")
         cluster = service["status"]["pendingServiceStatus"]["rayClusterName"]
-        await wait_for(kube, PODS, f"{cluster}-head", config_error)
+        pod = await wait_for(kube, PODS, f"{cluster}-head", config_error)
         status, body = await call(api, "GET", f"/api/deployments/ray-llm?namespace={NS}")
         assert body["phase"] == "Pending"
+        # As a kubelet shows it, on both backends: the API's error as the waiting message,
+        # in the write that brings the reason, and the container start's event in the
+        # same words; no event names the reason alone.
+        assert pod is not None and pod["status"]["phase"] == "Pending"
+        [cs] = pod["status"]["containerStatuses"]
+        assert cs["state"]["waiting"]["message"] == f'secret "{SECRET}" not found', cs
+        assert (cs["ready"], cs["started"], cs["restartCount"]) == (False, False, 0), cs
+        ready = {c["type"]: c for c in pod["status"]["conditions"]}["Ready"]
+        assert (ready["status"], ready["reason"]) == ("False", "ContainersNotReady"), ready
+        async with asyncio.timeout(DEADLINE):  # recorded once every pod's event is written
+            await sandbox.state.wait_recorded("ray-llm", "pods cannot start: secret missing")
+        events = await kube.get(
+            f"/api/v1/namespaces/{NS}/events",
+            {"fieldSelector": f"involvedObject.name={cluster}-head"},
+        )
+        failed = [
+            (e["type"], e["message"], e["source"]["component"])
+            for e in events["items"]
+            if e["reason"] == "Failed"
+        ]
+        assert failed == [("Warning", f'Error: secret "{SECRET}" not found', "kubelet")]
 
 
 # ---------------------------------------------------------------------------- Dynamo
