@@ -68,6 +68,7 @@ import base64
 import codecs
 import json
 import re
+import string
 import threading
 import urllib.parse
 from collections.abc import Callable, Iterable
@@ -91,6 +92,11 @@ _GAP = r"(?:\x1b\[[0-9;?]*[A-Za-z]|[ \t\r\n│┃║|])*"
 #: One gap, or an escape a stream's piece ends in the middle of: what :meth:`open_tail`
 #: leaves out when it compares the end of a piece with the start of a secret.
 _GAP_OR_OPEN = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\[?[0-9;?]*\Z|[ \t\r\n│┃║|]")
+#: The same with only style codes (``\x1b[1m``) for escapes: for a text that has other
+#: ones, which one of them takes a secret's first character for its own end depends
+#: on what sent it (``\x1b[`` right before ``tok...`` reads as the code ``\x1b[t``), so
+#: a secret is looked for both ways.
+_STYLE_GAP_OR_OPEN = re.compile(r"\x1b\[[0-9;]*m|\x1b\[?[0-9;?]*\Z|[ \t\r\n│┃║|]")
 #: ``Bearer xyz``, ``bearer%20xyz``: the credential after the scheme word (not the
 #: words of a sentence such as "check the bearer token").
 _BEARER = re.compile(
@@ -139,17 +145,6 @@ _JSON_WORDS = ("token", "key", "secret", "passw")
 _PRIVATE_KEY = re.compile(
     r"(-----BEGIN ([A-Z ]*)PRIVATE KEY-----)[\s\S]*?(-----END \2PRIVATE KEY-----)"
 )
-_CREDENTIALS = (
-    _BEARER,
-    _AUTHORIZATION,
-    _USERINFO,
-    _QUERY_CREDENTIAL,
-    _KEYED_CREDENTIAL,
-    _PRIVATE_KEY,
-    _JSON_CREDENTIAL,
-    _ENV_ENTRY,
-    _ENV_ASSIGNMENT,
-)
 #: What a short secret must not touch to count as a word of its own: a letter, digit or
 #: ``_``, unless that character ends an escape (``%2F``, ``\n``, a style code).
 _SHORT_BEFORE = (
@@ -160,31 +155,80 @@ _SHORT_BEFORE = (
 )
 _SHORT_AFTER = r"(?![A-Za-z0-9_]|[.,:]\d)"  # not the start of a number ("5.25", "5:30")
 _SHORT_START = re.compile(_SHORT_BEFORE)
-#: The end of a stream's piece that may be the start of a credential pattern's match.
-_OPEN_CREDENTIAL = re.compile(
-    r"(?i)(?:"
-    r"[\"']?(?:[a-z][a-z0-9_-]*[\"']?)?\Z"  # a word that may start one of the names below
-    r"|bearer(?:\s+|%2?0?|\+)[A-Za-z0-9\-._~+/=%]*\Z"
-    r"|(?:(?:proxy-)?authorization|client-key-data|client-secret|refresh-token|id-token|"
-    r"""password|passwd)["']?\s*(?:[:=]\s*["']?(?:[A-Za-z]+\s*)?[^\s"',;}&]*)?\Z"""
-    r"|:/?/?[^\s/?#'\"<>]*\Z"
-    r"|[?&;][A-Za-z0-9_-]*(?:=[^&#\s\"'<>]*)?\Z"
+#: The end of a stream's piece that may be the start of a credential pattern's match, in
+#: parts: :meth:`Redactor.open_tail` takes the earliest start any part finds, and runs
+#: the parts that need a word only where the text holds it (most lines hold none of
+#: them: one pattern of all the parts, tried at every position, cost most of a masked
+#: line). Where a part may only start at the start of a run of characters (a word, an
+#: environment variable's name), a look-behind says so: the earliest start is always
+#: there, and the other positions are not tried at all (each would scan the rest of its
+#: run again, which made a long word cost its length squared).
+#: What a word is made of (case-insensitively, as ``re`` reads ``(?i)[a-z0-9_-]``: with
+#: the four letters outside ASCII that fold to one inside it).
+_WORD_LETTERS = string.ascii_letters + "\u0130\u0131\u017f\u212a"
+_WORD_CHARS = _WORD_LETTERS + string.digits + "_-"
+_LETTER = re.compile(f"[{_WORD_LETTERS}]")
+_OPEN_MARKS = re.compile(
+    r"(?i):/?/?[^\s/?#'\"<>]*+\Z"
+    r"|[?&;][A-Za-z0-9_-]*+(?:=[^&#\s\"'<>]*+)?\Z"
     r"|%[0-9A-Fa-f]?\Z|\\\Z"
+    r"|\x1b\[?[0-9;?]*+\Z"  # an unfinished style code: its end decides what it takes
     r"|-{1,5}[A-Z ]*\Z|-----BEGIN[A-Z -]*\Z|-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*\Z"
-    r'|"(?:token|access_?token|api_?key|secret|client_?secret|password|passwd)"'
-    r'\s*(?::\s*(?:"(?:[^"\\]|\\.)*\\?)?)?\Z'
-    r'|"name"\s*(?::[^{}]*)?\Z'
-    r"""|[A-Z0-9_]*(?:TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY)[A-Z0-9_]*=["']?[^\s"']*\Z"""
-    r")"
+)
+#: Each part that needs words, with what it needs (lower case): one word of each group.
+_OPEN_NAMED = (
+    ((("bearer",),), re.compile(r"(?i)bearer(?:\s+|%2?0?|\+)[A-Za-z0-9\-._~+/=%]*\Z")),
+    (
+        (("authorization", "client-", "-token", "passw"),),
+        re.compile(
+            r"(?i)(?:(?:proxy-)?authorization|client-key-data|client-secret|refresh-token|"
+            r"""id-token|password|passwd)["']?\s*(?:[:=]\s*["']?(?:[A-Za-z]+\s*)?"""
+            r"""[^\s"',;}&]*)?\Z"""
+        ),
+    ),
+    (
+        (('"',),),
+        re.compile(
+            r'(?i)"(?:token|access_?token|api_?key|secret|client_?secret|password|passwd)"'
+            r'\s*(?::\s*(?:"(?:[^"\\]|\\.)*\\?)?)?\Z'
+            r'|"name"\s*(?::[^{}]*)?\Z'
+        ),
+    ),
+    (
+        (("token", "secret", "passw", "api_key", "access_key"), ("=",)),
+        re.compile(
+            r"(?i)(?<![A-Z0-9_])[A-Z0-9_]*(?:TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY)"
+            r"""[A-Z0-9_]*=["']?[^\s"']*\Z"""
+        ),
+    ),
 )
 
 
-def _strip_gaps(text: str) -> tuple[str, list[int]]:
+def _open_word(text: str, floor: int) -> int:
+    """Where the word that ``text`` ends with starts (its first letter, or the quote
+    before it), or the quote it ends with; ``len(text)`` when it ends with neither.
+
+    Any word may start a name a credential follows (``authorization``, ``HF_TOKEN``):
+    it is held back until what follows shows what it is. Found from the end, with
+    ``rstrip``: a pattern searched from the start tries every position of every word.
+    """
+    end = len(text)
+    quoted = end > floor and text[end - 1] in "\"'"
+    if quoted:
+        end -= 1
+    run = max(floor, len(text[:end].rstrip(_WORD_CHARS)))
+    if (m := _LETTER.search(text, run, end)) is not None:
+        start = m.start()
+        return start - 1 if start == run > floor and text[run - 1] in "\"'" else start
+    return end if quoted else len(text)
+
+
+def _strip_gaps(text: str, gaps: re.Pattern[str] = _GAP_OR_OPEN) -> tuple[str, list[int]]:
     """``text`` without its gaps, and where each character left came from."""
     kept: list[str] = []
     where: list[int] = []
     at = 0
-    for m in _GAP_OR_OPEN.finditer(text):
+    for m in gaps.finditer(text):
         kept.append(text[at : m.start()])
         where.extend(range(at, m.start()))
         at = m.end()
@@ -193,27 +237,34 @@ def _strip_gaps(text: str) -> tuple[str, list[int]]:
     return "".join(kept), where
 
 
-def _longest_start(text: str, form: str, ends: dict[str, list[int]]) -> int | None:
-    """The length of the longest prefix of ``form`` that ``text`` ends with, if any.
-
-    ``ends`` lists, for each character, the prefix lengths that end with it: a secret of
-    a thousand characters is checked at the few places its last character allows, not
-    at every length (and not with a pattern nested a thousand deep, which ``re`` cannot
-    compile).
-    """
-    if not text:
-        return None
-    for k in ends.get(text[-1], ()):
-        if k <= len(text) and text.endswith(form[:k]):
-            return k
-    return None
+def _gaps_of(text: str) -> tuple[re.Pattern[str], ...]:
+    """The ways to leave the gaps out of ``text``: one, unless it holds an escape."""
+    return (_GAP_OR_OPEN, _STYLE_GAP_OR_OPEN) if "\x1b" in text else (_GAP_OR_OPEN,)
 
 
-def _ends(form: str) -> dict[str, list[int]]:
-    ends: dict[str, list[int]] = {}
-    for k in range(len(form), 0, -1):  # longest first
-        ends.setdefault(form[k - 1], []).append(k)
+def _prefix_ends(forms: Iterable[str]) -> dict[str, list[tuple[int, str]]]:
+    """For each character, ``(k, form)`` for each prefix ``form[:k]`` that ends with it,
+    longest first: a text can end with the start of a form only where its last character allows, so a
+    secret of a thousand characters is checked at the few lengths that character gives,
+    not at every length (and not with a pattern nested a thousand deep, which ``re``
+    cannot compile), and a dozen forms cost one look-up, not a dozen."""
+    ends: dict[str, list[tuple[int, str]]] = {}
+    for form in forms:
+        for k in range(len(form), 0, -1):
+            ends.setdefault(form[k - 1], []).append((k, form))
+    for prefixes in ends.values():
+        prefixes.sort(key=lambda entry: entry[0], reverse=True)
     return ends
+
+
+def _longest_prefix(text: str, ends: dict[str, list[tuple[int, str]]]) -> int:
+    """The length of the longest prefix (of any form in ``ends``) that ``text`` ends with,
+    0 if none."""
+    if text:
+        for k, form in ends.get(text[-1], ()):
+            if k <= len(text) and form.startswith(text[-k:]):
+                return k
+    return 0
 
 
 def _base64_fragments(value: str) -> set[str]:
@@ -261,10 +312,14 @@ class Redactor:
         self._long: set[str] = set()
         self._short: set[str] = set()
         self._pattern: re.Pattern[str] | None = None
-        self._short_pattern: re.Pattern[str] | None = None
-        #: For each form: the form without gaps and its prefix lengths by last character.
-        self._open_long: list[tuple[str, dict[str, list[int]]]] = []
-        self._open_short: list[tuple[str, dict[str, list[int]]]] = []
+        #: The short forms where they stand as words, and the same forms anywhere: a
+        #: quick test first, for the first pattern's look-behinds are tried at every
+        #: position of every text. One attribute: a reader never sees one without the other.
+        self._short_patterns: tuple[re.Pattern[str], re.Pattern[str]] | None = None
+        #: The prefixes of the long forms (without gaps) and of the short ones, by their
+        #: last character (see _prefix_ends).
+        self._open_long: dict[str, list[tuple[int, str]]] = {}
+        self._open_short: dict[str, list[tuple[int, str]]] = {}
         #: The short values a caller of :meth:`register` was told about.
         self._warned: set[str] = set()
         for secret in secrets:
@@ -333,13 +388,16 @@ class Redactor:
         self._pattern = (
             re.compile("|".join(re.escape(form) for form in stripped)) if stripped else None
         )
-        self._short_pattern = (
-            re.compile(f"{_SHORT_BEFORE}(?:{'|'.join(re.escape(f) for f in shorts)}){_SHORT_AFTER}")
+        self._short_patterns = (
+            (
+                re.compile(f"{_SHORT_BEFORE}(?:{'|'.join(map(re.escape, shorts))}){_SHORT_AFTER}"),
+                re.compile("|".join(map(re.escape, shorts))),
+            )
             if shorts
             else None
         )
-        self._open_long = [(form, _ends(form)) for form in stripped]
-        self._open_short = [(form, _ends(form)) for form in shorts]
+        self._open_long = _prefix_ends(stripped)
+        self._open_short = _prefix_ends(shorts)
 
     @property
     def secrets(self) -> int:
@@ -352,8 +410,8 @@ class Redactor:
             self._long.clear()
             self._short.clear()
             self._warned.clear()
-            self._pattern = self._short_pattern = None
-            self._open_long, self._open_short = [], []
+            self._pattern = self._short_patterns = None
+            self._open_long, self._open_short = {}, {}
 
     def __call__(self, text: str) -> str:
         return self.redact(text)
@@ -369,8 +427,9 @@ class Redactor:
                 parts += [text[at:start], MASK]
                 at = end
             text = "".join([*parts, text[at:]])
-        if self._short_pattern is not None:
-            text = self._short_pattern.sub(MASK, text)
+        short = self._short_patterns
+        if short is not None and short[1].search(text) is not None:
+            text = short[0].sub(MASK, text)
         # Each pattern only where its word is: most lines hold none, and the run log and
         # the console pass every line through here.
         low = text.lower()
@@ -386,8 +445,8 @@ class Redactor:
             text = _KEYED_CREDENTIAL.sub(lambda m: f"{m.group(1)}{MASK}", text)
         if '"' in text and any(word in low for word in _JSON_WORDS):
             text = _JSON_CREDENTIAL.sub(lambda m: f"{m.group(1)}{MASK}", text)
-            if '"value"' in low:
-                text = _ENV_ENTRY.sub(lambda m: f"{m.group(1)}{MASK}", text)
+        if '"value"' in low:
+            text = _ENV_ENTRY.sub(lambda m: f"{m.group(1)}{MASK}", text)
         if "=" in text:
             text = _ENV_ASSIGNMENT.sub(lambda m: f"{m.group(1)}{MASK}", text)
         if "PRIVATE KEY" in text:
@@ -402,11 +461,12 @@ class Redactor:
         # As written (an escape right before a value must not take its first character
         # for the escape's), and with the gaps left out (a value split by styling).
         spans = [m.span() for m in pattern.finditer(text)]
-        if pattern.search(_GAP_OR_OPEN.sub("", text)) is not None:
-            stripped, where = _strip_gaps(text)
-            spans += [
-                (where[m.start()], where[m.end() - 1] + 1) for m in pattern.finditer(stripped)
-            ]
+        for gaps in _gaps_of(text):
+            if pattern.search(gaps.sub("", text)) is not None:
+                stripped, where = _strip_gaps(text, gaps)
+                spans += [
+                    (where[m.start()], where[m.end() - 1] + 1) for m in pattern.finditer(stripped)
+                ]
         merged: list[tuple[int, int]] = []
         for start, end in sorted(spans):
             if merged and start <= merged[-1][1]:
@@ -419,9 +479,11 @@ class Redactor:
         """Every stretch of ``text`` that :meth:`redact` masks, or whose match holds what it
         masks, in order of start."""
         found = self._registered(text)
-        for pattern in (self._short_pattern, *_CREDENTIALS):
-            if pattern is not None:
-                found += [m.span() for m in pattern.finditer(text)]
+        short = self._short_patterns
+        if short is not None and short[1].search(text) is not None:
+            found += [m.span() for m in short[0].finditer(text)]
+        for pattern in _credentials_in(text):
+            found += [m.span() for m in pattern.finditer(text)]
         return sorted(found)
 
     def redact_bytes(self, data: bytes) -> bytes:
@@ -446,21 +508,36 @@ class Redactor:
             return 0
         floor = max(0, len(text) - STREAM_HOLD_MAX)
         starts = [len(text)]
-        if (m := _OPEN_CREDENTIAL.search(text, floor)) is not None:
+        starts.append(_open_word(text, floor))
+        if (m := _OPEN_MARKS.search(text, floor)) is not None:
             starts.append(m.start())
+        low = text.lower()
+        for needs, pattern in _OPEN_NAMED:
+            if all(any(word in low for word in words) for words in needs) and (
+                m := pattern.search(text, floor)
+            ):
+                starts.append(m.start())
         if self._open_long:
-            stripped, where = _strip_gaps(text[floor:])
-            for form, ends in self._open_long:
-                k = _longest_start(stripped, form, ends)
-                if k is not None:
+            # With its gaps left out (a value split by styling or wrapping), and as
+            # written (see _registered). The map back to the text is made only when a
+            # prefix is there: most pieces end with none.
+            tail = text[floor:]
+            for gaps in _gaps_of(tail):
+                k = _longest_prefix(gaps.sub("", tail), self._open_long)
+                if k:
+                    stripped, where = _strip_gaps(tail, gaps)
                     starts.append(floor + where[len(stripped) - k])
-                k = _longest_start(text, form, ends)  # as written (see _registered)
-                if k is not None:
-                    starts.append(len(text) - k)
-        for form, ends in self._open_short:
-            k = _longest_start(text, form, ends)
-            if k is not None and _SHORT_START.match(text, len(text) - k):
+            k = _longest_prefix(text, self._open_long)
+            if k:
                 starts.append(len(text) - k)
+        if self._open_short and text[-1] in self._open_short:
+            # Each form's longest prefix there, if it starts a word of its own.
+            seen: set[str] = set()
+            for k, form in self._open_short[text[-1]]:
+                if form not in seen and k <= len(text) and form.startswith(text[-k:]):
+                    seen.add(form)
+                    if _SHORT_START.match(text, len(text) - k):
+                        starts.append(len(text) - k)
         return min(starts)
 
     def masker(self) -> StreamMasker:
@@ -470,6 +547,30 @@ class Redactor:
     def stream(self, target: IO[str]) -> RedactingStream:
         """A text stream that writes to ``target`` through this redactor."""
         return RedactingStream(target, self)
+
+
+def _credentials_in(text: str) -> list[re.Pattern[str]]:
+    """The credential patterns that may match ``text``: those whose words it holds (the
+    same tests as :meth:`Redactor.redact`'s)."""
+    low = text.lower()
+    found = []
+    if "bearer" in low:
+        found.append(_BEARER)
+    if "authorization" in low:
+        found.append(_AUTHORIZATION)
+    if "@" in text:
+        found.append(_USERINFO)
+    if "=" in text:
+        found += [_QUERY_CREDENTIAL, _ENV_ASSIGNMENT]
+    if any(word in low for word in _KEYED_WORDS):
+        found.append(_KEYED_CREDENTIAL)
+    if '"' in text and any(word in low for word in _JSON_WORDS):
+        found.append(_JSON_CREDENTIAL)
+    if '"value"' in low:
+        found.append(_ENV_ENTRY)
+    if "PRIVATE KEY" in text:
+        found.append(_PRIVATE_KEY)
+    return found
 
 
 def _mask_userinfo(m: re.Match[str]) -> str:

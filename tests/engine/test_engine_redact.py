@@ -172,6 +172,17 @@ def test_a_secret_split_across_pieces_never_comes_out(
     assert f" {base64.b64encode(SHORT.encode()).decode()} " not in whole
 
 
+def test_an_escape_that_may_take_a_secrets_first_character_does_not_hide_it() -> None:
+    # "\x1b[" right before the value reads as the code "\x1b[t" too: the rest of the
+    # value, split by a style code and a line break, must still be masked, in one piece
+    # or in two.
+    r = redactor()
+    text = "\x1b[tok/5e1f\x1b[1m0c7a+never\n  =shown"
+    assert r(text) == "\x1b[***"
+    masker = r.masker()
+    assert masker.feed(text[:3]) + masker.feed(text[3:]) + masker.finish() == "\x1b[***"
+
+
 def test_bytes_split_inside_a_character_or_a_secret() -> None:
     r = redactor()
     data = f"é {SECRET} ü".encode()
@@ -222,6 +233,7 @@ CREDENTIAL_SHAPES = [
     f'{{"kind": "ExecCredential", "status": {{"token": "{UNREGISTERED}"}}}}',
     f'{{"apiKey": "{UNREGISTERED}", "page": 2}}',
     f'"env": [{{"name": "HF_TOKEN", "value": "{UNREGISTERED}"}}, {{"name": "A", "value": "1"}}]',
+    f'"env": [{{"name": "REGISTRY_CREDENTIALS", "value": "{UNREGISTERED}"}}]',
     f"HF_TOKEN={UNREGISTERED} python serve.py",
     f"Authorization: Basic {UNREGISTERED}",
     f"GET https://ci:{UNREGISTERED}@registry.example/v2?page=1",
