@@ -956,7 +956,7 @@ def run_app(
         return run_loop(_run(settings, sandbox, faults, live, environment or EnvironmentOptions()))
     finally:
         # Each wrapper may hold the end of what was written (it may start a secret):
-        # flushing writes it out, masked, before the process's own streams come back.
-        sys.stdout.flush()
-        sys.stderr.flush()
+        # releasing writes it out, masked, before the process's own streams come back.
+        for stream in (sys.stdout, sys.stderr):
+            getattr(stream, "release", stream.flush)()
         sys.stdout, sys.stderr = stdout, stderr

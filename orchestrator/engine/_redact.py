@@ -64,6 +64,7 @@ masked as a whole and nothing written to disk was ever unmasked.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import codecs
 import json
@@ -71,6 +72,7 @@ import re
 import string
 import threading
 import urllib.parse
+import weakref
 from collections.abc import Callable, Iterable
 from typing import IO, Any
 
@@ -85,6 +87,9 @@ MIN_BASE64_FRAGMENT = 8
 #: How much of a stream's end :class:`StreamMasker` may hold back, at most, while it waits
 #: to see whether a secret completes there.
 STREAM_HOLD_MAX = 8192
+#: Seconds a :class:`RedactingStream` keeps, after a flush, an end that may start a
+#: secret, waiting for the write that shows what it is.
+STREAM_FLUSH_HOLD = 0.2
 
 #: What may separate the characters of a secret on a terminal: a style escape, a line
 #: break with the next line's indentation, a table border.
@@ -631,16 +636,39 @@ class RedactingStream:
     secrets in everything written through it. Anything else is the target's.
 
     Writes pass a :class:`StreamMasker`: ``print(a, b)`` writes in pieces, and a secret
-    split between them is masked whole; :meth:`flush` writes out what was kept back.
+    split between them is masked whole. So do separately flushed writes: ``rich`` flushes
+    after every ``print``, and a secret printed in two (``print(a, end="")``, then
+    ``print(b)``) must come out masked too. :meth:`flush` therefore flushes what is safe
+    to show and keeps back the end that may start a secret (the masker's hold: the first
+    characters of a registered value, an unfinished ``Bearer`` value or word, never
+    more than :data:`STREAM_HOLD_MAX` characters) until one of:
+
+    - the next write, which shows what it is (masked whole if it completes a secret);
+    - :data:`STREAM_FLUSH_HOLD` seconds after that flush with no write in between (a
+      timer thread writes it out, so a prompt or a live view's last word is never held
+      for long);
+    - :meth:`release`, or the interpreter's exit (an ``atexit`` hook).
+
+    What is guaranteed: a secret split across writes, flushed or not, is masked whole
+    when its rest is written within :data:`STREAM_FLUSH_HOLD` seconds of the flush that
+    followed its start (a console writes the parts of one message microseconds apart).
+    What is not: a secret whose rest comes later than that; holding a possible start for
+    as long as it takes would hold every word a line ends with, indefinitely. A process
+    killed while something is held loses it, never shows it.
     """
 
     def __init__(self, target: IO[str], redactor: Redactor) -> None:
         self._target = target
         self._masker = redactor.masker()
         self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        #: Counts writes: a timer armed before the last one has nothing of its own left.
+        self._writes = 0
 
     def write(self, text: str) -> int:
         with self._lock:
+            self._writes += 1
+            self._disarm()
             masked = self._masker.feed(text)
             if masked:
                 self._target.write(masked)
@@ -651,14 +679,59 @@ class RedactingStream:
             self.write(line)
 
     def flush(self) -> None:
+        """Flush all but what may start a secret (see the class's docstring)."""
         with self._lock:
-            rest = self._masker.finish()
-            if rest:
-                self._target.write(rest)
+            if self._masker.pending:
+                self._disarm()
+                self._timer = threading.Timer(
+                    STREAM_FLUSH_HOLD, self._release_held, (self._writes,)
+                )
+                self._timer.daemon = True  # the atexit hook writes it out at exit
+                self._timer.start()
+                _HOLDING.add(self)
         self._target.flush()
+
+    def release(self) -> None:
+        """Write out what is kept back, masked, and flush: the stream's end."""
+        with self._lock:
+            self._disarm()
+            self._write_held()
+        self._target.flush()
+
+    def _release_held(self, writes: int) -> None:
+        with self._lock:
+            if writes != self._writes:  # a write came since: a later flush decides
+                return
+            self._timer = None
+            self._write_held()
+        self._target.flush()
+
+    def _write_held(self) -> None:
+        _HOLDING.discard(self)
+        rest = self._masker.finish()
+        if rest:
+            self._target.write(rest)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._target, name)
+
+
+#: The streams that keep something back after a flush: written out at exit.
+_HOLDING: weakref.WeakSet[RedactingStream] = weakref.WeakSet()
+
+
+@atexit.register
+def _release_all() -> None:
+    for stream in list(_HOLDING):
+        try:
+            stream.release()
+        except (OSError, ValueError):  # a target closed before us: nothing to write to
+            pass
 
 
 #: The process's redactor: every sink writes through it. Register a secret with

@@ -10,17 +10,21 @@ from __future__ import annotations
 import base64
 import io
 import json
+import subprocess
+import sys
+import threading
 import urllib.parse
 from pathlib import Path
 
 import xmlschema
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rich.console import Console
 
 from orchestrator.engine import PhaseRecord, Redactor, RunRecord, write_run_json
 from orchestrator.engine import redactor as process_redactor
 from orchestrator.engine._junit import write_junit
-from orchestrator.engine._redact import MIN_SECRET_LENGTH
+from orchestrator.engine._redact import MIN_SECRET_LENGTH, STREAM_FLUSH_HOLD
 
 SECRET = "tok/5e1f0c7a+never=shown"
 SHORT = "k3y"
@@ -199,6 +203,68 @@ def test_print_in_pieces_to_a_redacting_stream() -> None:
     print(SECRET[8:], "done", file=stream)
     stream.flush()
     assert target.getvalue() == "token: *** done\n"
+
+
+def test_a_secret_split_across_two_flushed_console_prints_is_masked_whole() -> None:
+    # rich flushes after every print: the first part must not be let out by that flush.
+    r = redactor()
+    target = io.StringIO()
+    stream = r.stream(target)
+    console = Console(file=stream, force_terminal=False, width=200)
+    console.print("token: " + SECRET[:8], end="")
+    assert SECRET[:8] not in target.getvalue() and target.getvalue().startswith("token: ")
+    console.print(SECRET[8:] + " refused")
+    stream.release()
+    assert target.getvalue() == "token: *** refused\n"
+
+
+class Recorded(io.StringIO):
+    """A target that says when ``awaited`` has been written to it."""
+
+    def __init__(self, awaited: str) -> None:
+        super().__init__()
+        self.awaited = awaited
+        self.seen = threading.Event()
+
+    def write(self, text: str) -> int:
+        written = super().write(text)
+        if self.awaited in self.getvalue():
+            self.seen.set()
+        return written
+
+
+def test_what_a_flush_holds_back_is_written_out_soon_without_another_write() -> None:
+    # "authoriz" may start "authorization: <credential>": held at the flush, then written
+    # out by the stream's timer, not held until some later write that may never come.
+    target = Recorded("waiting for authoriz")
+    stream = redactor().stream(target)
+    stream.write("waiting for authoriz")
+    stream.flush()
+    assert target.getvalue() == "waiting for "
+    assert target.seen.wait(30), target.getvalue()
+    assert STREAM_FLUSH_HOLD < 1
+
+
+def test_what_a_stream_holds_is_written_out_at_release_and_at_exit(tmp_path: Path) -> None:
+    target = io.StringIO()
+    stream = redactor().stream(target)
+    stream.write("waiting for authoriz")
+    stream.flush()
+    stream.release()
+    assert target.getvalue() == "waiting for authoriz"
+    # A program that wraps its stdout and exits right after a flush: the atexit hook
+    # writes the held end out (the timer has had no time to).
+    script = (
+        "import sys\n"
+        "from orchestrator.engine import redactor\n"
+        "out = redactor.stream(sys.stdout)\n"
+        "out.write('waiting for authoriz')\n"
+        "out.flush()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.stdout == "waiting for authoriz", done
 
 
 def test_a_service_account_token_of_a_thousand_characters() -> None:
