@@ -549,9 +549,10 @@ class Redactor:
         """A masker for text that arrives in pieces (see :class:`StreamMasker`)."""
         return StreamMasker(self)
 
-    def stream(self, target: IO[str]) -> RedactingStream:
-        """A text stream that writes to ``target`` through this redactor."""
-        return RedactingStream(target, self)
+    def stream(self, target: IO[str], *, hold: float = STREAM_FLUSH_HOLD) -> RedactingStream:
+        """A text stream that writes to ``target`` through this redactor (``hold``: see
+        :class:`RedactingStream`)."""
+        return RedactingStream(target, self, hold=hold)
 
 
 def _credentials_in(text: str) -> list[re.Pattern[str]]:
@@ -644,22 +645,25 @@ class RedactingStream:
     more than :data:`STREAM_HOLD_MAX` characters) until one of:
 
     - the next write, which shows what it is (masked whole if it completes a secret);
-    - :data:`STREAM_FLUSH_HOLD` seconds after that flush with no write in between (a
-      timer thread writes it out, so a prompt or a live view's last word is never held
-      for long);
+    - ``hold`` seconds (:data:`STREAM_FLUSH_HOLD` unless given) after that flush with no
+      write in between (a timer thread writes it out, so a prompt or a live view's last
+      word is never held for long);
     - :meth:`release`, or the interpreter's exit (an ``atexit`` hook).
 
     What is guaranteed: a secret split across writes, flushed or not, is masked whole
-    when its rest is written within :data:`STREAM_FLUSH_HOLD` seconds of the flush that
-    followed its start (a console writes the parts of one message microseconds apart).
+    when its rest is written within ``hold`` seconds of the flush that followed its
+    start (a console writes the parts of one message microseconds apart).
     What is not: a secret whose rest comes later than that; holding a possible start for
     as long as it takes would hold every word a line ends with, indefinitely. A process
     killed while something is held loses it, never shows it.
     """
 
-    def __init__(self, target: IO[str], redactor: Redactor) -> None:
+    def __init__(
+        self, target: IO[str], redactor: Redactor, *, hold: float = STREAM_FLUSH_HOLD
+    ) -> None:
         self._target = target
         self._masker = redactor.masker()
+        self._hold = hold
         self._lock = threading.Lock()
         self._timer: threading.Timer | None = None
         #: Counts writes: a timer armed before the last one has nothing of its own left.
@@ -683,9 +687,7 @@ class RedactingStream:
         with self._lock:
             if self._masker.pending:
                 self._disarm()
-                self._timer = threading.Timer(
-                    STREAM_FLUSH_HOLD, self._release_held, (self._writes,)
-                )
+                self._timer = threading.Timer(self._hold, self._release_held, (self._writes,))
                 self._timer.daemon = True  # the atexit hook writes it out at exit
                 self._timer.start()
                 _HOLDING.add(self)
