@@ -37,6 +37,7 @@ from ._errors import (
     status_error,
 )
 from ._exec_credential import EXEC_TIMEOUT, bounded_exec_provider
+from ._http1 import Http1Pool, Incomplete, NotSendable
 from ._key_files import key_files_in_memory
 from ._retry import READS, RetryPolicy, bounded, heard
 from ._tls import plain_http
@@ -282,6 +283,10 @@ class KubeClient:
         self.watches_opened = 0
         #: The session reads are sent on, and what each read passes it (see _open_reader).
         self._reader: tuple[aiohttp.ClientSession, dict[str, Any]] | None = None
+        #: The lean path for reads, when it applies to this server (see _lean_pool).
+        self._lean: Http1Pool | None = None
+        #: ``scheme://authority`` of the server: a read's URL less this is its target.
+        self._origin = ""
 
     @staticmethod
     def preload() -> None:
@@ -340,6 +345,8 @@ class KubeClient:
         return [v for v in values if v]
 
     async def aclose(self) -> None:
+        if self._lean is not None:
+            await self._lean.aclose()
         if self._reader is not None:
             await self._reader[0].close()  # not its connector: the ApiClient's, closed next
         await self._api.close()
@@ -388,7 +395,46 @@ class KubeClient:
             if netrc_auth is not None:
                 extra["auth"] = netrc_auth
         self._reader = reader, extra
+        self._lean = self._lean_pool(own, extra)
         return self._reader
+
+    def _lean_pool(self, own: aiohttp.ClientSession, extra: dict[str, Any]) -> Http1Pool | None:
+        """The lean path for reads (:mod:`._http1`), where it sends exactly what aiohttp
+        would: the server reached directly (no proxy, from the kubeconfig or the
+        environment), no netrc entry for it, no credentials in its URL; the same TLS
+        context (the connector's: the kubeconfig's CA, client certificate and
+        verification settings), TLS server name and connection limit. Anything else keeps
+        every read on aiohttp's path.
+        """
+        import ssl
+        from urllib.parse import urlsplit
+
+        try:
+            url = urlsplit(self.server)
+            port = url.port
+        except ValueError:
+            return None
+        if (
+            url.scheme not in ("http", "https")
+            or not url.hostname
+            or "@" in url.netloc
+            or url.query
+            or url.fragment
+            or set(extra) - {"server_hostname"}
+        ):
+            return None
+        tls = getattr(own.connector, "_ssl", None)
+        if url.scheme == "https" and not isinstance(tls, ssl.SSLContext):
+            return None
+        self._origin = f"{url.scheme}://{url.netloc}"
+        return Http1Pool(
+            url.hostname,
+            port or (443 if url.scheme == "https" else 80),
+            authority=url.netloc,
+            tls=tls if url.scheme == "https" else None,
+            server_hostname=extra.get("server_hostname"),
+            limit=getattr(own.connector, "limit", 0) or 100,
+        )
 
     async def __aenter__(self) -> KubeClient:
         return self
@@ -608,6 +654,14 @@ class KubeClient:
         )
         reader, extra = self._reader or self._open_reader()
         total = bounded(timeout or REQUEST_TIMEOUT)
+        lean = self._lean
+        if lean is not None and lean.can_take() and not len(reader.cookie_jar):
+            try:
+                head = lean.head(url[len(self._origin) :], headers.items())
+            except NotSendable:
+                pass  # aiohttp's path sends it, or says why it cannot
+            else:
+                return await self._lean_get(lean, head, path, check, total)
         limits = aiohttp.ClientTimeout(total=total, sock_connect=10, ceil_threshold=math.inf)
         started = time.monotonic()
         received = bytearray()
@@ -631,6 +685,37 @@ class KubeClient:
             route = f"GET {path}"
             return check(decode_json(raw, route), route)
         raise _answer_error(status, answer_headers, raw, "GET", path)
+
+    async def _lean_get(
+        self,
+        lean: Http1Pool,
+        head: bytes,
+        path: str,
+        check: Callable[[Any, str], dict[str, Any]],
+        total: float,
+    ) -> dict[str, Any]:
+        """:meth:`_get_once` on the lean path: the same answers, the same errors."""
+        started = time.monotonic()
+        try:
+            answer = await lean.get(head, total)
+        except Incomplete as exc:
+            elapsed = time.monotonic() - started
+            if exc.timed_out:
+                raise no_whole_answer("GET", path, elapsed, exc.status, exc.body) from None
+            raise _broken(
+                "GET", path, exc.status, len(exc.body), exc.cause, elapsed, exc.sample
+            ) from None
+        if answer.cookies:
+            # The server sets a cookie: the ApiClient's jar keeps it, and from now on the
+            # reads go on aiohttp's path, which sends it.
+            from yarl import URL
+
+            jar = self._api.rest_client.pool_manager.cookie_jar
+            jar.update_cookies_from_headers(list(answer.cookies), URL(self.server))
+        route = f"GET {path}"
+        if 200 <= answer.status < 300:
+            return check(decode_json(answer.body, route), route)
+        raise _answer_error(answer.status, _RetryAfter(answer.headers), answer.body, "GET", path)
 
     # -- verbs ------------------------------------------------------------
 
@@ -878,10 +963,21 @@ async def _status_answer(response: Any, method: str, path: str) -> ClientError:
 
 
 def _broken(
-    method: str, path: str, status: int | None, received: int, exc: Exception
+    method: str,
+    path: str,
+    status: int | None,
+    received: int,
+    exc: BaseException,
+    elapsed: float | None = None,
+    arrived: bytes = b"",
 ) -> TransportError:
-    """The transport failed: before an answer (``status`` None) or while reading its body."""
+    """The transport failed: before an answer (``status`` None) or while reading its body;
+    ``elapsed`` and what ``arrived`` on the wire are quoted when known."""
     detail = f"{type(exc).__name__}: {excerpt(str(exc), 200)}"
+    if elapsed is not None:
+        detail += f", after {elapsed:.3f} s"
+    if arrived:
+        detail += f", received {excerpt(arrived)}"
     return TransportError(
         f"{method} {path}: {detail}"
         if status is None
@@ -907,6 +1003,16 @@ def _answer_error(status: int, headers: Any, raw: bytes, method: str, path: str)
     )
     err.retry_after = parse_retry_after(headers.get("Retry-After"))
     return err
+
+
+class _RetryAfter:
+    """The lean path's headers, as :func:`_answer_error` asks them (names in any case)."""
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        self._headers = headers
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        return self._headers.get(name.lower(), default)
 
 
 def _query_value(value: Any) -> str:
