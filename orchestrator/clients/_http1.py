@@ -31,6 +31,7 @@ import ssl
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 import httptools
 
@@ -131,8 +132,8 @@ class _Connection(asyncio.Protocol):
     # -- asyncio.Protocol --------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport (asyncio's, or uvloop's, which are not its subclasses).
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         answer = self._answer

@@ -630,15 +630,19 @@ class KubeClient:
         query: dict[str, Any] | None,
         timeout: float | None,
     ) -> dict[str, Any]:
-        """One GET, sent straight on the aiohttp session kubernetes-asyncio's ApiClient owns.
+        """One GET, with the ApiClient's headers and the ``Authorization`` from its own
+        ``update_params_for_auth`` (so a refresh hook or a credential plugin's token is
+        what is sent), without the layers a read does not need (``call_api``'s parameter
+        sanitising, an anyio scope around the body). After an idle while every
+        instruction on the way is cold, so fewer of them is what makes a confirming read
+        fast.
 
-        The same connection pool, TLS context, proxy and headers as :meth:`open`, and the
-        ``Authorization`` header from the ApiClient's own ``update_params_for_auth`` (so a
-        refresh hook or a credential plugin's token is what is sent); without the layers
-        a read does not need (``call_api``'s parameter sanitising, an anyio scope around
-        the body): aiohttp's ``total`` timeout bounds the whole exchange, body included,
-        within the caller's deadline. After an idle while every instruction on the way is
-        cold, so fewer of them is what makes a confirming read fast.
+        It goes on the lean path (:mod:`._http1`: a kept-alive connection of its own, the
+        answer parsed by llhttp) wherever that sends exactly what aiohttp would (see
+        :meth:`_lean_pool`); otherwise straight on the aiohttp session kubernetes-asyncio's
+        ApiClient owns: the same connection pool, TLS context, proxy and cookies as
+        :meth:`open`. Either way the deadline bounds the whole exchange, body included,
+        within the caller's.
 
         The one place a read's bytes are trusted or refused: a 2xx whose body ``check``
         accepts, or a :class:`ClientError` naming the route, what arrived (redacted) and

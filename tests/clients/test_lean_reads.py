@@ -410,6 +410,26 @@ async def test_a_chunked_or_close_delimited_body_is_read_whole(serve: Any, clien
         await kube.aclose()
 
 
+def test_reads_on_uvloop_reuse_their_connection_and_close_it(tmp_path: Path) -> None:
+    # ORCHESTRATOR_EVENT_LOOP=uvloop runs the reads on uvloop's own transports.
+    async def main() -> None:
+        peer = RawPeer(keep_answering)
+        server = await asyncio.start_server(peer._serve, "127.0.0.1", 0)
+        peer.port = server.sockets[0].getsockname()[1]
+        kube = await KubeClient.from_kubeconfig(peer.kubeconfig(tmp_path / "k"))
+        try:
+            for name in ("p", "q"):
+                assert await kube.get(PODS, name, "ns") == pod(name)
+            assert kube._lean is not None and kube._lean.opened == 1
+        finally:
+            await kube.aclose()
+        await peer.until(lambda: peer.closed == 1)
+        server.close()
+        await server.wait_closed()
+
+    anyio.run(main, backend_options={"use_uvloop": True})
+
+
 # -- whatever bytes a peer answers ----------------------------------------------------
 
 STATUS_LINES = st.sampled_from(
