@@ -487,3 +487,37 @@ async def test_a_failing_inspect_ends_its_wait_and_no_one_elses(kube: KubeClient
         assert others[0] == "bad" and others[-1] == "after"  # (the fake kubelet edits "bad")
         assert hub.impaired(PODS, NS) is None  # the shared stream never started over
         assert hub.known(PODS, NS) is not None
+
+
+async def test_a_silent_watch_leaves_the_answer_to_the_safety_recheck() -> None:
+    """No event ever comes (the authority moved, and no watched object shows it): the
+    waiter asks again when the re-check is due, and says that only the re-check found it."""
+    from contextlib import contextmanager
+
+    from orchestrator.flows import WatchSpec, wait_for
+
+    class SilentHub:
+        """A hub whose stream is whole at once and never sends an event."""
+
+        @contextmanager
+        def listen(self, *args, on_ready=None, **kwargs):
+            on_ready()
+            yield
+
+    answers = iter([None, True])
+    notes: list[str] = []
+
+    async def check() -> bool | None:
+        return next(answers)
+
+    with anyio.fail_after(60):  # the re-check is due after 0.05 s; a lost timer hangs here
+        answer = await wait_for(
+            check,
+            kube=None,  # type: ignore[arg-type]
+            recheck=0.05,
+            hub=SilentHub(),  # type: ignore[arg-type]
+            watches=[WatchSpec(PODS, NS)],
+            on_note=notes.append,
+        )
+    assert answer is True
+    assert any("safety re-check" in note for note in notes), notes
