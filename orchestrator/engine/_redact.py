@@ -158,6 +158,9 @@ _SHORT_BEFORE = (
     + "".join(f"|(?<=\\x1b\\[[0-9;]{{{n}}}m)" for n in range(0, 9))
     + ")"
 )
+#: The most characters that :data:`_SHORT_BEFORE` looks at before a short secret (a style
+#: code ``\x1b[`` with eight digits and ``m``).
+_SHORT_CONTEXT = 11
 _SHORT_AFTER = r"(?![A-Za-z0-9_]|[.,:]\d)"  # not the start of a number ("5.25", "5:30")
 _SHORT_START = re.compile(_SHORT_BEFORE)
 #: The end of a stream's piece that may be the start of a credential pattern's match, in
@@ -405,6 +408,11 @@ class Redactor:
         self._open_short = _prefix_ends(shorts)
 
     @property
+    def has_short(self) -> bool:
+        """Whether a value shorter than :data:`MIN_SECRET_LENGTH` is registered."""
+        return self._short_patterns is not None
+
+    @property
     def secrets(self) -> int:
         """How many values (with their encoded forms) are masked."""
         return len(self._long) + len(self._short)
@@ -608,6 +616,11 @@ class StreamMasker:
     def feed(self, text: str) -> str:
         text = self._pending + text
         cut = self._redactor.open_tail(text)
+        if cut < len(text) and self._redactor.has_short:
+            # What stands before a short secret decides whether it is a word of its own
+            # ("%3D" before it, a style code, "1." of a number): what is held keeps that
+            # much in front of it, so that it is judged as it is in the whole text.
+            cut = max(0, cut - _SHORT_CONTEXT)
         # A whole match that starts before the cut and ends after it goes with the rest.
         if cut < len(text):
             spans = self._redactor.spans(text)
