@@ -161,6 +161,10 @@ _SHORT_BEFORE = (
 #: The most characters that :data:`_SHORT_BEFORE` looks at before a short secret (a style
 #: code ``\x1b[`` with eight digits and ``m``).
 _SHORT_CONTEXT = 11
+#: What a short secret's neighbours are made of when they keep it from standing alone.
+_SHORT_JOINED = string.ascii_letters + string.digits + "_.,:"
+#: The start of an escape that a cut at the end would split.
+_SPLIT_ESCAPE = re.compile(r"(?:%[0-9A-Fa-f]{0,2}|\\|\x1b\[?[0-9;]*)\Z")
 _SHORT_AFTER = r"(?![A-Za-z0-9_]|[.,:]\d)"  # not the start of a number ("5.25", "5:30")
 _SHORT_START = re.compile(_SHORT_BEFORE)
 #: The end of a stream's piece that may be the start of a credential pattern's match, in
@@ -616,11 +620,21 @@ class StreamMasker:
     def feed(self, text: str) -> str:
         text = self._pending + text
         cut = self._redactor.open_tail(text)
-        if cut < len(text) and self._redactor.has_short:
-            # What stands before a short secret decides whether it is a word of its own
-            # ("%3D" before it, a style code, "1." of a number): what is held keeps that
-            # much in front of it, so that it is judged as it is in the whole text.
-            cut = max(0, cut - _SHORT_CONTEXT)
+        if self._redactor.has_short:
+            # Whether a short secret is masked depends on what stands around it: before
+            # it ("%3D", a style code, "1." of a number) and after it (a letter, ".5").
+            # What is held keeps that much in front of it, and no piece handed out ends
+            # in a word or number that the next piece may go on with: each short value is
+            # judged as it stands in the whole text.
+            cut = min(cut, len(text.rstrip(_SHORT_JOINED)))
+            if cut < len(text):
+                cut = max(0, cut - _SHORT_CONTEXT)
+                while True:  # nor in an escape ("%1|1k3y" must stay "%11k3y")
+                    cut = len(text[:cut].rstrip(_SHORT_JOINED))
+                    split = _SPLIT_ESCAPE.search(text, max(0, cut - _SHORT_CONTEXT), cut)
+                    if split is None or split.start() == cut:
+                        break
+                    cut = split.start()
         # A whole match that starts before the cut and ends after it goes with the rest.
         if cut < len(text):
             spans = self._redactor.spans(text)

@@ -197,6 +197,22 @@ def test_a_short_secret_after_an_escape_split_from_it_is_masked() -> None:
         assert out == r(f"{before}{SHORT}%26 sent") and SHORT not in out, out
 
 
+def test_a_short_secret_is_judged_by_its_neighbours_across_pieces() -> None:
+    # Masked in the whole text or not, the same in pieces: a word or number the next
+    # piece goes on with, an escape cut in two.
+    r = redactor()
+    for first, second in (
+        ("id 2", f"{SHORT} ok"),  # 2k3y: inside a word, shown as it is
+        ("v 1.", f"{SHORT} ok"),
+        (f"v {SHORT}", "x ok"),
+        ("sent %1", f"1{SHORT} ok"),  # %11k3y: after an escape, masked
+        ("sent \\", f"n{SHORT} ok"),
+    ):
+        masker = r.masker()
+        out = masker.feed(first) + masker.feed(second) + masker.finish()
+        assert out == r(first + second), (first, second, out)
+
+
 def test_bytes_split_inside_a_character_or_a_secret() -> None:
     r = redactor()
     data = f"é {SECRET} ü".encode()
