@@ -764,7 +764,8 @@ def _release_all() -> None:
 
 
 #: The process's redactor: every sink writes through it. Register a secret with
-#: ``redactor.add(value)`` as soon as it is read, before anything can print it.
+#: ``redactor.add(value)`` (or :meth:`Redactor.register`, which warns about a short one)
+#: as soon as it is read, before anything can print it.
 redactor = Redactor()
 
 
