@@ -59,7 +59,11 @@ something no parser reads.
 masks through :class:`StreamMasker`: what could be the start of a secret (its first
 characters at the end of a piece, an unfinished ``Bearer`` value) is held back until
 the next piece or the end shows what it is, so that a secret split across two reads is
-masked as a whole and nothing written to disk was ever unmasked.
+masked as a whole and nothing written to disk was ever unmasked. With a short secret
+registered it also holds the word, number or escape a piece ends with, and what stands
+before what it holds, so that a short value is judged by the same neighbours as in the
+whole text. The process's own streams (:class:`RedactingStream`) hold it across flushes
+too, for a bounded time (see there for what that guarantees and what it cannot).
 """
 
 from __future__ import annotations
