@@ -174,7 +174,27 @@ async def test_flakes_retried_until_the_deadline_say_so_and_a_count_does_not() -
 
 async def test_a_try_the_deadline_cut_short_does_not_hide_the_routes_own_answer() -> None:
     """The last try near the deadline gets only what is left; its timeout is the phase's
-    time running out, not news about the route: the 503 before it stays what is heard."""
+    time running out, not news about the route: the 503 before it stays what is heard.
+
+    The policy reckons its time once, at the call. A machine stalled for the whole half
+    second before the second try leaves no time for one: the call then ends on the 503,
+    a case this test is not about, and the scenario is played again (a few times at
+    most: a policy that never tries twice still fails here).
+    """
+    for _ in range(5):
+        ended, tries, heard = await _fails_then_hangs_within(0.5)
+        if tries > 1:
+            break
+        assert isinstance(ended, ServerError)  # no second try: only a stall explains it
+    assert isinstance(ended, RequestTimeout)
+    assert tries == 2 and heard == ["GET /api/x answered 503: restarting"]
+
+
+async def _fails_then_hangs_within(
+    seconds: float,
+) -> tuple[BaseException, int, list[str | None]]:
+    """A route answers 503, then hangs; retried within ``seconds``: how the call ended,
+    the tries made and what the listener heard."""
     heard: list[str | None] = []
     tries = 0
 
@@ -188,10 +208,10 @@ async def test_a_try_the_deadline_cut_short_does_not_hide_the_routes_own_answer(
         raise RequestTimeout("GET /api/x: no whole answer", method="GET", url="/api/x")
 
     with failures_heard_by(lambda route, exc: heard.append(exc and str(exc))):
-        with anyio.fail_after(0.5):
-            with pytest.raises(RequestTimeout):
+        with anyio.fail_after(seconds):
+            with pytest.raises((RequestTimeout, ServerError)) as ended:
                 await RetryPolicy(initial=0.01).call(fails_then_hangs, route="GET /api/x")
-    assert tries == 2 and heard == ["GET /api/x answered 503: restarting"]
+    return ended.value, tries, heard
 
 
 def _raises(exc: BaseException | None) -> Callable[[], Awaitable[None]]:
