@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import bisect
 import codecs
 import json
 import re
@@ -144,16 +145,18 @@ _ENV_ENTRY = re.compile(
     r'credentials?)[\w.-]*"\s*,\s*"value"\s*:\s*")((?:[^"\\]|\\.)+)(?=")'
 )
 #: An environment assignment whose name says credential (``HF_TOKEN=...``): a pod that
-#: logs its environment.
-_ENV_ASSIGNMENT = re.compile(
-    r"""([A-Z0-9_]*(?:TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY)[A-Z0-9_]*=["']?)"""
-    r"""([^\s"']+)"""
-)
+#: logs its environment. The name is matched from its first character only, and once:
+#: written as "any name characters, the word, any name characters" it was tried at every
+#: character of a name and at every place the word is in it, which made a 16 KB line of
+#: ``A_TOKEN`` repeated (a peer's log) cost minutes.
+_ENV_NAME = r"(?<![A-Z0-9_])(?=[A-Z0-9_]*?(?:TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY))"
+_ENV_ASSIGNMENT = re.compile(rf"""({_ENV_NAME}[A-Z0-9_]*+=["']?)([^\s"']+)""")
 _JSON_WORDS = ("token", "key", "secret", "passw")
-#: A private key in PEM, whoever it belongs to.
-_PRIVATE_KEY = re.compile(
-    r"(-----BEGIN ([A-Z ]*)PRIVATE KEY-----)[\s\S]*?(-----END \2PRIVATE KEY-----)"
-)
+#: A private key in PEM, whoever it belongs to: from its first line to the last line of
+#: the same kind (see :func:`_private_keys`).
+#: Found overlapping (a look-ahead): a line may start in the dashes that end another.
+_PEM_BEGIN = re.compile(r"(?=-----BEGIN ([A-Z ]*)PRIVATE KEY-----)")
+_PEM_END = re.compile(r"(?=-----END ([A-Z ]*)PRIVATE KEY-----)")
 #: What a short secret must not touch to count as a word of its own: a letter, digit or
 #: ``_``, unless that character ends an escape (``%2F``, ``\n``, a style code).
 _SHORT_BEFORE = (
@@ -198,8 +201,8 @@ _OPEN_NAMED = (
         (("authorization", "client-", "-token", "passw"),),
         re.compile(
             r"(?i)(?:(?:proxy-)?authorization|client-key-data|client-secret|refresh-token|"
-            r"""id-token|password|passwd)["']?\s*(?:[:=]\s*["']?(?:[A-Za-z]+\s*)?"""
-            r"""[^\s"',;}&]*)?\Z"""
+            r"""id-token|password|passwd)["']?\s*(?:[:=]\s*["']?(?:[A-Za-z]++\s*+)?+"""
+            r"""[^\s"',;}&]*+)?\Z"""  # possessive: a scheme word and its value, one way
         ),
     ),
     (
@@ -212,10 +215,7 @@ _OPEN_NAMED = (
     ),
     (
         (("token", "secret", "passw", "api_key", "access_key"), ("=",)),
-        re.compile(
-            r"(?i)(?<![A-Z0-9_])[A-Z0-9_]*(?:TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY)"
-            r"""[A-Z0-9_]*=["']?[^\s"']*\Z"""
-        ),
+        re.compile(rf"""(?i){_ENV_NAME}[A-Z0-9_]*+=["']?[^\s"']*\Z"""),
     ),
 )
 
@@ -237,6 +237,20 @@ def _open_word(text: str, floor: int) -> int:
         start = m.start()
         return start - 1 if start == run > floor and text[run - 1] in "\"'" else start
     return end if quoted else len(text)
+
+
+def _joined_start(text: str, end: int, floor: int) -> int:
+    """Where the run of :data:`_SHORT_JOINED` characters that ends at ``end`` starts, not
+    before ``floor``: found a few characters at a time, so that walking back over many
+    short runs costs what it walks, not the text's length at each step."""
+    start = end
+    while start > floor:
+        lo = max(floor, start - 64)
+        kept = text[lo:start].rstrip(_SHORT_JOINED)
+        if kept:
+            return lo + len(kept)
+        start = lo
+    return start
 
 
 def _strip_gaps(text: str, gaps: re.Pattern[str] = _GAP_OR_OPEN) -> tuple[str, list[int]]:
@@ -471,7 +485,7 @@ class Redactor:
         if "=" in text:
             text = _ENV_ASSIGNMENT.sub(lambda m: f"{m.group(1)}{MASK}", text)
         if "PRIVATE KEY" in text:
-            text = _PRIVATE_KEY.sub(lambda m: f"{m.group(1)}{MASK}{m.group(3)}", text)
+            text = _mask_private_keys(text)
         return text
 
     def _registered(self, text: str) -> list[tuple[int, int]]:
@@ -505,6 +519,8 @@ class Redactor:
             found += [m.span() for m in short[0].finditer(text)]
         for pattern in _credentials_in(text):
             found += [m.span() for m in pattern.finditer(text)]
+        if "PRIVATE KEY" in text:
+            found += [(start, end) for start, _, _, end in _private_keys(text)]
         return sorted(found)
 
     def redact_bytes(self, data: bytes) -> bytes:
@@ -590,9 +606,40 @@ def _credentials_in(text: str) -> list[re.Pattern[str]]:
         found.append(_JSON_CREDENTIAL)
     if '"value"' in low:
         found.append(_ENV_ENTRY)
-    if "PRIVATE KEY" in text:
-        found.append(_PRIVATE_KEY)
     return found
+
+
+def _private_keys(text: str) -> list[tuple[int, int, int, int]]:
+    """Each private key in ``text``: where its first line starts and ends, where its last
+    line starts and ends. From a first line to the next last line of the same kind, the
+    leftmost first, as the pattern ``BEGIN(.*?)END`` would find them.
+
+    Found with one pass for each kind of line: that pattern looks, from every first line,
+    for its last line, and tries the rest of the text for each first line that has none
+    (a peer's line of repeated first lines cost minutes).
+    """
+    ends: dict[str, list[tuple[int, int]]] = {}
+    for m in _PEM_END.finditer(text):
+        end = m.start() + len(f"-----END {m.group(1)}PRIVATE KEY-----")
+        ends.setdefault(m.group(1), []).append((m.start(), end))
+    keys: list[tuple[int, int, int, int]] = []
+    at = 0
+    for begin in _PEM_BEGIN.finditer(text):
+        body = begin.start() + len(f"-----BEGIN {begin.group(1)}PRIVATE KEY-----")
+        closing = ends.get(begin.group(1), [])
+        i = bisect.bisect_left(closing, (body, 0))
+        if begin.start() >= at and i < len(closing):
+            keys.append((begin.start(), body, *closing[i]))
+            at = closing[i][1]
+    return keys
+
+
+def _mask_private_keys(text: str) -> str:
+    parts, at = [], 0
+    for _, body, end_line, end in _private_keys(text):
+        parts += [text[at:body], MASK, text[end_line:end]]
+        at = end
+    return "".join([*parts, text[at:]])
 
 
 def _mask_userinfo(m: re.Match[str]) -> str:
@@ -630,11 +677,15 @@ class StreamMasker:
             # What is held keeps that much in front of it, and no piece handed out ends
             # in a word or number that the next piece may go on with: each short value is
             # judged as it stands in the whole text.
-            cut = min(cut, len(text.rstrip(_SHORT_JOINED)))
-            if cut < len(text):
-                cut = max(0, cut - _SHORT_CONTEXT)
-                while True:  # nor in an escape ("%1|1k3y" must stay "%11k3y")
-                    cut = len(text[:cut].rstrip(_SHORT_JOINED))
+            # Not walked back past the hold's bound: a longer hold is handed out as it
+            # stands below, so going further would change nothing and, on a line of
+            # escapes ("%%%%..."), cost a step per character.
+            floor = max(0, len(text) - STREAM_HOLD_MAX - 1)
+            cut = min(cut, _joined_start(text, len(text), floor))
+            if floor < cut < len(text):
+                cut = max(floor, cut - _SHORT_CONTEXT)
+                while cut > floor:  # nor in an escape ("%1|1k3y" must stay "%11k3y")
+                    cut = _joined_start(text, cut, floor)
                     split = _SPLIT_ESCAPE.search(text, max(0, cut - _SHORT_CONTEXT), cut)
                     if split is None or split.start() == cut:
                         break

@@ -304,6 +304,29 @@ def test_what_a_stream_holds_is_written_out_at_release_and_at_exit(tmp_path: Pat
     assert done.stdout == "waiting for authoriz", done
 
 
+def test_hostile_lines_cost_time_in_proportion_to_their_length() -> None:
+    # A peer writes what its logs and bodies hold. Each of these lines took minutes to
+    # hours (a pattern tried again from every character, or a step per character that
+    # copied the whole line); in proportion to their length they take well under a
+    # second. The deadline only catches the first kind.
+    script = (
+        "from orchestrator.engine import Redactor\n"
+        "r = Redactor(['tok/5e1f0c7a+never=shown', 'k3y'])\n"
+        "for line in (\n"
+        "    'A_TOKEN' * 10_000 + '=\"',\n"  # a credential's name that never gets a value
+        "    '-----BEGIN A PRIVATE KEY-----' * 40_000,\n"  # first lines, no last one
+        "    '%' * 10_000_000 + 'a',\n"  # escapes a short secret's hold walks back over
+        "):\n"
+        "    r.redact(line)\n"
+        "    masker = r.masker()\n"
+        "    for at in range(0, len(line), 65_536):\n"
+        "        masker.feed(line[at : at + 65_536])\n"
+        "    masker.finish()\n"
+        "    r.masker().feed(line)\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=300)
+
+
 def test_a_service_account_token_of_a_thousand_characters() -> None:
     # A kubeconfig's token is a JWT of about a thousand characters: registering it must
     # not build a pattern nested as deep as it is long (re cannot compile that).
