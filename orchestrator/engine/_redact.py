@@ -577,6 +577,15 @@ class Redactor:
                         starts.append(len(text) - k)
         return min(starts)
 
+    def short_form_before(self, text: str, at: int) -> int | None:
+        """Where a short value's form that ends at ``at`` starts, if one does: whether it
+        is masked there depends on the character after it."""
+        if at > 0:
+            for k, form in self._open_short.get(text[at - 1], ()):
+                if k == len(form) and text.startswith(form, at - k):
+                    return at - k
+        return None
+
     def masker(self) -> StreamMasker:
         """A masker for text that arrives in pieces (see :class:`StreamMasker`)."""
         return StreamMasker(self)
@@ -687,9 +696,12 @@ class StreamMasker:
                 while cut > floor:  # nor in an escape ("%1|1k3y" must stay "%11k3y")
                     cut = _joined_start(text, cut, floor)
                     split = _SPLIT_ESCAPE.search(text, max(0, cut - _SHORT_CONTEXT), cut)
-                    if split is None or split.start() == cut:
+                    if split is not None and split.start() != cut:
+                        cut = split.start()
+                    elif (form := self._redactor.short_form_before(text, cut)) is not None:
+                        cut = form  # nor right after one ("azN5Cg==|a": the "a" decides)
+                    else:
                         break
-                    cut = split.start()
         # A whole match that starts before the cut and ends after it goes with the rest.
         if cut < len(text):
             spans = self._redactor.spans(text)

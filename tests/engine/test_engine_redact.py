@@ -21,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from rich.console import Console
 
-from orchestrator.engine import PhaseRecord, Redactor, RunRecord, write_run_json
+from orchestrator.engine import PhaseRecord, Redactor, RunRecord, StreamMasker, write_run_json
 from orchestrator.engine import redactor as process_redactor
 from orchestrator.engine._junit import write_junit
 from orchestrator.engine._redact import MIN_SECRET_LENGTH, STREAM_FLUSH_HOLD
@@ -211,6 +211,48 @@ def test_a_short_secret_is_judged_by_its_neighbours_across_pieces() -> None:
         masker = r.masker()
         out = masker.feed(first) + masker.feed(second) + masker.finish()
         assert out == r(first + second), (first, second, out)
+
+
+#: What may stand right next to a short secret and decide whether it is masked: a letter
+#: or digit it would run into, a number's separators, the ends of escapes (``%3D``, ``\\n``,
+#: a style code), and what leaves it standing alone.
+short_neighbours = st.lists(
+    st.sampled_from(
+        ["a", "Z", "2", "_", ".", ",", ":", " ", "%", "3D", "\\", "n", "\x1b[", "1m", "-"]
+    ),
+    max_size=8,
+).map("".join)
+
+
+def feed_in_pieces(masker: StreamMasker, text: str, cuts: list[int]) -> str:
+    out, start = [], 0
+    for cut in sorted(c % (len(text) + 1) for c in cuts):
+        out.append(masker.feed(text[start:cut]))
+        start = max(start, cut)
+    return "".join([*out, masker.feed(text[start:]), masker.finish()])
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    before=short_neighbours,
+    after=short_neighbours,
+    cuts=pieces,
+    form=st.sampled_from(
+        [
+            SHORT,
+            base64.b64encode(SHORT.encode()).decode(),
+            base64.b64encode(SHORT.encode() + b"\n").decode(),
+        ]
+    ),
+)
+def test_a_short_secret_is_judged_by_its_neighbours_wherever_the_pieces_end(
+    before: str, after: str, cuts: list[int], form: str
+) -> None:
+    # Whether a short value is masked depends on the characters around it: in pieces,
+    # exactly as in the whole text, wherever the cuts fall among those characters.
+    r = redactor()
+    text = before + form + after
+    assert feed_in_pieces(r.masker(), text, cuts) == r(text)
 
 
 def test_bytes_split_inside_a_character_or_a_secret() -> None:
