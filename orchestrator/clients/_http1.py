@@ -125,6 +125,10 @@ class _Connection(asyncio.Protocol):
         self.body = bytearray()
         self.sample = b""
         self._head_bytes = 0
+        #: Bytes fed since llhttp last handed over a header, the head's end or a piece of
+        #: body: a line still arriving, which httptools keeps adding together until it
+        #: ends. Bounded as it grows, not once it ends, which a peer may never let happen.
+        self._unhanded = 0
         self.complete = False
         #: The exchange ended cleanly and the server keeps the connection: reusable.
         self.reusable = False
@@ -145,10 +149,14 @@ class _Connection(asyncio.Protocol):
             return
         if len(self.sample) < SAMPLE:
             self.sample += data[: SAMPLE - len(self.sample)]
+        self._unhanded += len(data)
         try:
             self._parser.feed_data(data)
         except Exception as exc:  # llhttp's verdict, or a bound of ours from a callback
             self._fail(getattr(exc, "__context__", None) or exc)
+            return
+        if self._unhanded > MAX_HEAD:
+            self._fail(AnswerTooLarge(f"an answer head over {MAX_HEAD} bytes"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.lost.done():
@@ -176,6 +184,7 @@ class _Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.complete:
             return
+        self._unhanded = 0
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > MAX_HEAD:
             raise AnswerTooLarge(f"an answer head over {MAX_HEAD} bytes")
@@ -183,6 +192,7 @@ class _Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         if not self.complete:
+            self._unhanded = 0
             self.status = self._parser.get_status_code()
 
     def on_body(self, body: bytes) -> None:
@@ -190,6 +200,7 @@ class _Connection(asyncio.Protocol):
             return
         if len(self.body) + len(body) > MAX_BODY:
             raise AnswerTooLarge(f"an answer body over {MAX_BODY} bytes")
+        self._unhanded = 0
         self.body += body
 
     def on_message_complete(self) -> None:

@@ -316,6 +316,33 @@ async def test_a_trickled_body_ends_at_the_reads_deadline_saying_what_arrived(
         await kube.aclose()
 
 
+async def test_a_header_that_never_ends_is_refused_at_the_head_bound_not_held_to_the_deadline(
+    serve: Any, client: Any
+) -> None:
+    # llhttp hands a header over only once it ends, and until then httptools keeps
+    # adding its pieces together: the bound must hold while the bytes come.
+    from orchestrator.clients._http1 import MAX_HEAD
+
+    async def endless_header(conn: Conn) -> None:
+        if await conn.request() is None:
+            return
+        await conn.send(b"HTTP/1.1 200 OK\r\nX-Long: ")
+        for _ in range(4 * MAX_HEAD // 4096):
+            await conn.send(b"v" * 4096)
+        await conn.reader.read()  # then nothing more, until the client goes
+
+    peer = await serve(endless_header)
+    kube = await client(peer)
+    try:
+        with anyio.fail_after(HANG), pytest.raises(TransportError) as err:
+            await kube.read("/api/v1/namespaces/ns/pods/p", check_object, NO_RETRY, timeout=HANG)
+        assert "GET /api/v1/namespaces/ns/pods/p" in str(err.value)
+        assert f"an answer head over {MAX_HEAD} bytes" in str(err.value)
+        await peer.until(lambda: peer.closed == 1)
+    finally:
+        await kube.aclose()
+
+
 async def test_a_cancelled_read_ends_its_connection_and_the_next_read_opens_another(
     serve: Any, client: Any
 ) -> None:
