@@ -55,6 +55,8 @@ CLOSE_GRACE = 1.0
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _UNSAFE_VALUE = re.compile(r"[\x00\r\n]")
 _UNSAFE_TARGET = re.compile(r"[\x00-\x20\x7f-\U0010ffff]")
+#: A target yarl (aiohttp's URLs) sends as it is: unreserved characters, ``/?=&``.
+_PLAIN_TARGET = re.compile(r"[A-Za-z0-9\-._~/?=&]*")
 
 
 class NotSendable(Exception):
@@ -296,9 +298,22 @@ class Http1Pool:
 
     def head(self, target: str, headers: Iterable[tuple[str, str]]) -> bytes:
         """The request's bytes; :class:`NotSendable` when they would not be exactly what
-        was asked for."""
-        if _UNSAFE_TARGET.search(target) or not target.startswith("/"):
-            raise NotSendable("the target needs encoding")
+        was asked for.
+
+        ``target`` goes on the wire as aiohttp would send it: yarl's requoting (escapes
+        of unreserved characters decoded, of others kept, what needs one escaped, dot
+        segments resolved). A server can tell ``%28`` from ``(``, and ``..`` names
+        another resource, so a read must not depend on the path it went. The usual
+        target (a name, ``resourceVersion=N``) is already in that form: it skips yarl.
+        """
+        if not target.startswith("/"):
+            raise NotSendable("the target is not a path")
+        if not _PLAIN_TARGET.fullmatch(target) or "/." in target or target.endswith("?"):
+            from yarl import URL
+
+            target = URL(f"http://host{target}").raw_path_qs
+            if _UNSAFE_TARGET.search(target):
+                raise NotSendable("the target needs encoding")
         lines = [f"GET {target} HTTP/1.1", f"Host: {self._authority}"]
         for name, value in headers:
             if not _TOKEN.fullmatch(name) or _UNSAFE_VALUE.search(value):

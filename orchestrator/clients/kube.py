@@ -405,34 +405,44 @@ class KubeClient:
         context (the connector's: the kubeconfig's CA, client certificate and
         verification settings), TLS server name and connection limit. Anything else keeps
         every read on aiohttp's path.
+
+        The address is read by yarl, as aiohttp reads it, so that the host connected to,
+        the ``Host`` header (lower case, IDNA, no default port, IPv6 in brackets) and the
+        TLS server name (no trailing dot) are the ones aiohttp used.
         """
         import ssl
         from urllib.parse import urlsplit
 
+        from yarl import URL
+
         try:
-            url = urlsplit(self.server)
-            port = url.port
+            origin = urlsplit(self.server)
+            url = URL(self.server)
+            host, port, authority = url.raw_host, url.port, url.host_port_subcomponent
         except ValueError:
             return None
         if (
             url.scheme not in ("http", "https")
-            or not url.hostname
-            or "@" in url.netloc
-            or url.query
-            or url.fragment
+            or not host
+            or port is None
+            or authority is None
+            or "@" in origin.netloc
+            or origin.query
+            or origin.fragment
             or set(extra) - {"server_hostname"}
         ):
             return None
         tls = getattr(own.connector, "_ssl", None)
         if url.scheme == "https" and not isinstance(tls, ssl.SSLContext):
             return None
-        self._origin = f"{url.scheme}://{url.netloc}"
+        # The literal start of every read's URL (``_addressed``), cut off for its target.
+        self._origin = f"{origin.scheme}://{origin.netloc}"
         return Http1Pool(
-            url.hostname,
-            port or (443 if url.scheme == "https" else 80),
-            authority=url.netloc,
+            host,
+            port,
+            authority=authority,
             tls=tls if url.scheme == "https" else None,
-            server_hostname=extra.get("server_hostname"),
+            server_hostname=(extra.get("server_hostname") or host).rstrip("."),
             limit=getattr(own.connector, "limit", 0) or 100,
         )
 

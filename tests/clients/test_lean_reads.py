@@ -754,6 +754,70 @@ async def test_a_proxy_or_a_netrc_entry_keeps_reads_on_aiohttp(
         await kube.aclose()
 
 
+async def on_both_paths(kube: KubeClient, path: str, query: dict[str, Any]) -> None:
+    """One read on the lean path, then the same one on aiohttp's."""
+    await kube.read(path, check_object, NO_RETRY, query=query)
+    lean, kube._lean = kube._lean, None
+    try:
+        await kube.read(path, check_object, NO_RETRY, query=query)
+    finally:
+        kube._lean = lean
+
+
+def sent_head(request: bytes) -> list[str]:
+    """A request's lines as a server sees them, less the encodings each path accepts."""
+    lines = request.decode("latin-1").split("\r\n")
+    return [line for line in lines if not line.lower().startswith("accept-encoding:")]
+
+
+async def test_the_lean_path_sends_the_host_and_target_aiohttp_sent(
+    serve: Any, tmp_path: Path
+) -> None:
+    served: list[int] = []  # the connection of each request
+
+    async def any_path(conn: Conn) -> None:
+        while await conn.request():
+            served.append(conn.index)
+            await conn.send(answer(200, json.dumps(pod("p")).encode()))
+
+    peer = await serve(any_path)
+    # A host name in capitals: aiohttp sends it as yarl normalises it.
+    server = f"http://LocalHost:{peer.port}"
+    kube = await KubeClient.from_kubeconfig(write_kubeconfig(tmp_path / "k", server, {}))
+    reads = [
+        ("/api/v1/namespaces/ns/pods", {"labelSelector": "app in (a,b),tier!=x"}),
+        ("/api/v1/namespaces/ns/pods", {"fieldSelector": "metadata.name=p~1", "limit": 5}),
+        ("/api/v1/namespaces/ns/pods/%7Ep", {"x": "a b+c/%~*'!$@:;?\"{|}"}),
+        ('/api/v1/namespaces/ns/pods/a"b{c}|d', {"resourceVersion": "7"}),
+        ("/api/v1/namespaces/ns/pods/./x/../p", {}),
+        ("/api/v1/namespaces/ns/pods/é", {"labelSelector": "é=ü"}),
+    ]
+    try:
+        for path, query in reads:
+            await on_both_paths(kube, path, query)
+            lean, aio = peer.requests[-2:]
+            assert sent_head(lean) == sent_head(aio), (path, query)
+        # Each first read went on the lean path's one connection, each second on aiohttp's.
+        assert kube._lean is not None and kube._lean.opened == 1
+        assert served[0::2] == [0] * len(reads) and 0 not in served[1::2]
+        assert peer.requests[0].startswith(b"GET /api/v1/namespaces/ns/pods?")
+        assert f"\r\nHost: localhost:{peer.port}\r\n".encode() in peer.requests[0]
+    finally:
+        await kube.aclose()
+
+
+@settings(max_examples=300, deadline=None)
+@given(target=st.from_regex(r"/[A-Za-z0-9\-._~/?=&%()!,:@+ é]*", fullmatch=True))
+def test_every_target_goes_on_the_wire_as_yarl_sends_it(target: str) -> None:
+    # The lean path skips yarl for the usual targets: only where yarl changes nothing.
+    from yarl import URL
+
+    from orchestrator.clients._http1 import Http1Pool
+
+    sent = Http1Pool("h", 80, authority="h", tls=None).head(target, []).split(b" ")[1]
+    assert sent.decode() == URL(f"http://host{target}").raw_path_qs
+
+
 async def test_a_cookie_the_server_sets_is_sent_back(serve: Any, tmp_path: Path) -> None:
     async def set_cookie(conn: Conn) -> None:
         while await conn.request():
