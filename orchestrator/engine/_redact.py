@@ -762,6 +762,7 @@ class RedactingStream:
         self._timer: threading.Timer | None = None
         #: Counts writes: a timer armed before the last one has nothing of its own left.
         self._writes = 0
+        _STREAMS.add(self)  # what it holds at the interpreter's exit is written out then
 
     def write(self, text: str) -> int:
         with self._lock:
@@ -784,7 +785,6 @@ class RedactingStream:
                 self._timer = threading.Timer(self._hold, self._release_held, (self._writes,))
                 self._timer.daemon = True  # the atexit hook writes it out at exit
                 self._timer.start()
-                _HOLDING.add(self)
         self._target.flush()
 
     def release(self) -> None:
@@ -799,11 +799,15 @@ class RedactingStream:
             if writes != self._writes:  # a write came since: a later flush decides
                 return
             self._timer = None
-            self._write_held()
-        self._target.flush()
+            try:
+                self._write_held()
+                self._target.flush()
+            except (OSError, ValueError):
+                # The target was closed under us: there is nothing left to write to, and
+                # a traceback from this thread would be one more write to a console.
+                pass
 
     def _write_held(self) -> None:
-        _HOLDING.discard(self)
         rest = self._masker.finish()
         if rest:
             self._target.write(rest)
@@ -817,13 +821,14 @@ class RedactingStream:
         return getattr(self._target, name)
 
 
-#: The streams that keep something back after a flush: written out at exit.
-_HOLDING: weakref.WeakSet[RedactingStream] = weakref.WeakSet()
+#: Every stream: what one keeps back at the interpreter's exit, flushed or not, is written
+#: out then, as a plain text stream's buffer would be.
+_STREAMS: weakref.WeakSet[RedactingStream] = weakref.WeakSet()
 
 
 @atexit.register
 def _release_all() -> None:
-    for stream in list(_HOLDING):
+    for stream in list(_STREAMS):
         try:
             stream.release()
         except (OSError, ValueError):  # a target closed before us: nothing to write to

@@ -16,6 +16,7 @@ import threading
 import urllib.parse
 from pathlib import Path
 
+import pytest
 import xmlschema
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -367,6 +368,94 @@ def test_hostile_lines_cost_time_in_proportion_to_their_length() -> None:
         "    r.masker().feed(line)\n"
     )
     subprocess.run([sys.executable, "-c", script], check=True, timeout=300)
+
+
+def test_what_a_stream_holds_unflushed_is_written_out_at_exit() -> None:
+    # A program that never flushes still gets all it wrote, as with a plain stream.
+    script = (
+        "import sys\n"
+        "from orchestrator.engine import redactor\n"
+        "out = redactor.stream(sys.stdout)\n"
+        "out.write('waiting for authoriz')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.stdout == "waiting for authoriz", done
+
+
+class ClosedAfterward(io.StringIO):
+    """A target whose writes fail once ``closing`` is set, as a closed file's do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closing = False
+        self.tried = threading.Event()
+        self.writer: threading.Thread | None = None
+
+    def write(self, text: str) -> int:
+        if self.closing:
+            self.writer = threading.current_thread()
+            self.tried.set()
+            raise ValueError("I/O operation on closed file.")
+        return super().write(text)
+
+
+def test_a_target_closed_before_the_timer_writes_gives_no_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    failures: list[object] = []
+    monkeypatch.setattr(threading, "excepthook", failures.append)
+    target = ClosedAfterward()
+    stream = redactor().stream(target, hold=0.01)
+    stream.write("waiting for authoriz")
+    target.closing = True
+    stream.flush()
+    assert target.tried.wait(60)
+    assert target.writer is not None and target.writer is not threading.current_thread()
+    target.writer.join(60)
+    assert not target.writer.is_alive() and failures == []
+
+
+def test_concurrent_writers_and_flushes_lose_reorder_and_repeat_nothing() -> None:
+    # Each write ends with a word, which the stream holds back until the next write or
+    # its timer: writers, flushes and timers race; every write must come out once,
+    # whole, each writer's in its order.
+    r = redactor()
+    target = io.StringIO()
+    stream = r.stream(target, hold=0.0005)
+    writers, writes = 4, 300
+    start = threading.Barrier(writers + 1)
+
+    def write(i: int) -> None:
+        start.wait()
+        for j in range(writes):
+            stream.write(f"<{i}.{j}>word")
+            if j % 3 == i % 3:
+                stream.flush()
+
+    def flush() -> None:
+        start.wait()
+        for _ in range(writes):
+            stream.flush()
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(writers)]
+    threads.append(threading.Thread(target=flush))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+        assert not thread.is_alive()
+    stream.release()
+    tokens = target.getvalue().split("<")
+    assert tokens[0] == ""
+    seen: dict[int, list[int]] = {i: [] for i in range(writers)}
+    for token in tokens[1:]:
+        number, _, rest = token.partition(">")
+        assert rest == "word", token
+        i, j = map(int, number.split("."))
+        seen[i].append(j)
+    assert all(seen[i] == list(range(writes)) for i in range(writers)), seen
 
 
 def test_a_service_account_token_of_a_thousand_characters() -> None:
