@@ -957,6 +957,9 @@ def run_app(
     finally:
         # Each wrapper may hold the end of what was written (it may start a secret):
         # releasing writes it out, masked, before the process's own streams come back.
+        # A stream the reader closed (``| head``) has nothing left to write to; the
+        # run's outcome and the process's own streams must not depend on it.
         for stream in (sys.stdout, sys.stderr):
-            getattr(stream, "release", stream.flush)()
+            with contextlib.suppress(OSError, ValueError):
+                getattr(stream, "release", stream.flush)()
         sys.stdout, sys.stderr = stdout, stderr
