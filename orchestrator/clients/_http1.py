@@ -288,13 +288,17 @@ class Http1Pool:
         self._limit = limit
         self._idle: list[_Connection] = []
         self._busy: set[_Connection] = set()
+        #: Connections being made: in use as soon as they are made, so counted already.
+        self._connecting = 0
         self._closed = False
         #: How many connections were opened, for the tests of reuse.
         self.opened = 0
 
     def can_take(self) -> bool:
-        """Whether a GET can go now: not closed, and a connection free or allowed."""
-        return not self._closed and len(self._busy) < self._limit
+        """Whether a GET can go now: not closed, and a connection free or allowed. A
+        :meth:`get` called right after (no await between) holds its place in the limit
+        from its first step, so many callers at once cannot all pass it."""
+        return not self._closed and len(self._busy) + self._connecting < self._limit
 
     def head(self, target: str, headers: Iterable[tuple[str, str]]) -> bytes:
         """The request's bytes; :class:`NotSendable` when they would not be exactly what
@@ -328,7 +332,13 @@ class Http1Pool:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            conn = self._idle_connection(loop) or await self._connect(loop, deadline)
+            conn = self._idle_connection(loop)
+            if conn is None:
+                self._connecting += 1
+                try:
+                    conn = await self._connect(loop, deadline)
+                finally:
+                    self._connecting -= 1
             self._busy.add(conn)
             try:
                 await conn.exchange(head, deadline)

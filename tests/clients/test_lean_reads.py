@@ -292,6 +292,41 @@ async def test_many_reads_at_once_each_get_their_own_answer_on_their_own_connect
     await peer.until(lambda: peer.closed == many)
 
 
+async def test_reads_at_once_open_no_more_lean_connections_than_the_limit(
+    serve: Any, client: Any
+) -> None:
+    many, limit = 6, 2
+    all_in = asyncio.Event()
+
+    async def answer_when_all_came(conn: Conn) -> None:
+        while request := await conn.request():
+            if len(peer.requests) >= many:
+                all_in.set()
+            await all_in.wait()
+            await conn.send(pod_answer(request))
+
+    peer = await serve(answer_when_all_came)
+    kube = await client(peer)
+    kube._open_reader()
+    assert kube._lean is not None
+    kube._lean._limit = limit
+    got: dict[int, dict[str, Any]] = {}
+
+    async def read(i: int) -> None:
+        got[i] = await kube.get(PODS, f"p{i}", "ns", retry=NO_RETRY)
+
+    try:
+        with anyio.fail_after(HANG):
+            async with anyio.create_task_group() as tg:
+                for i in range(many):
+                    tg.start_soon(read, i)
+        assert got == {i: pod(f"p{i}") for i in range(many)}
+        # Those over the limit went on aiohttp's path, within its own connector's limit.
+        assert kube._lean.opened == limit
+    finally:
+        await kube.aclose()
+
+
 async def test_a_trickled_body_ends_at_the_reads_deadline_saying_what_arrived(
     serve: Any, client: Any
 ) -> None:
