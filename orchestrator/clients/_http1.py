@@ -190,7 +190,8 @@ class _Connection(asyncio.Protocol):
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > MAX_HEAD:
             raise AnswerTooLarge(f"an answer head over {MAX_HEAD} bytes")
-        self.headers.append((name.lower(), value))
+        if self.status is None:  # not a chunked body's trailers: aiohttp drops those too
+            self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
         if not self.complete:
