@@ -163,3 +163,26 @@ async def test_a_load_outside_the_block_keeps_the_librarys_behaviour(
         assert holding(temporary_dir, key) == [cfg.key_file]
     finally:
         kube_config._cleanup_temp_files()
+
+
+@pytest.mark.parametrize("in_memory", [True, False], ids=["memory-files", "private-dir"])
+async def test_a_load_that_fails_once_the_key_is_written_leaves_nothing_behind(
+    tmp_path: Path, temporary_dir: Path, monkeypatch: pytest.MonkeyPatch, in_memory: bool
+) -> None:
+    # The key is written, then the TLS context refuses it (not the certificate's key):
+    # the load fails in the middle, after the files exist.
+    if in_memory and not memory_files_supported():
+        pytest.skip("no memory files here")
+    from orchestrator.clients import _key_files
+
+    monkeypatch.setattr(_key_files, "memory_files_supported", lambda: in_memory)
+    for pair in ("a", "b"):
+        (tmp_path / pair).mkdir()
+    cert, _ = client_key_pair(tmp_path / "a")
+    _, other_key = client_key_pair(tmp_path / "b")
+    path = write_kubeconfig(tmp_path / "kubeconfig", "https://127.0.0.1:9", cert, other_key)
+    with pytest.raises(ssl.SSLError):
+        await KubeClient.from_kubeconfig(str(path))
+    assert list(temporary_dir.iterdir()) == []
+    if in_memory:
+        assert not [link for link in open_files() if "memfd:kubeconfig" in link]
