@@ -239,6 +239,28 @@ async def test_a_connection_closed_after_its_answer_is_not_reused(serve: Any, cl
         await kube.aclose()
 
 
+async def test_bytes_after_an_answer_are_never_the_next_reads_answer(
+    serve: Any, client: Any
+) -> None:
+    # A second answer nobody asked for, in the same write as the first (one segment on
+    # loopback): the connection's state is unknown, so the next read goes on a new one.
+    async def one_too_many(conn: Conn) -> None:
+        request = await conn.request()
+        assert request is not None
+        extra = answer(200, json.dumps(pod("intruder")).encode())
+        await conn.send(pod_answer(request) + extra)
+        await keep_answering(conn)
+
+    peer = await serve(one_too_many)
+    kube = await client(peer)
+    try:
+        for name in ("p", "q", "r"):
+            assert await kube.get(PODS, name, "ns", retry=NO_RETRY) == pod(name)
+        assert peer.connections == 3 and len(peer.requests) == 3
+    finally:
+        await kube.aclose()
+
+
 async def test_a_new_connection_closed_without_an_answer_is_a_named_transport_error(
     serve: Any, client: Any
 ) -> None:
