@@ -334,17 +334,26 @@ def test_what_a_stream_holds_is_written_out_at_release_and_at_exit(tmp_path: Pat
     assert target.getvalue() == "waiting for authoriz"
     # A program that wraps its stdout and exits right after a flush: the atexit hook
     # writes the held end out (the timer has had no time to).
-    script = (
-        "import sys\n"
-        "from orchestrator.engine import redactor\n"
-        "out = redactor.stream(sys.stdout)\n"
-        "out.write('waiting for authoriz')\n"
-        "out.flush()\n"
+    assert stdout_of_a_program_that("out.flush()") == "waiting for authoriz"
+
+
+def stdout_of_a_program_that(*then: str) -> str:
+    """What a program that wraps its stdout, writes a line ending in a word that may
+    start a credential's name, does ``then`` and exits shows on its stdout."""
+    script = "\n".join(
+        [
+            "import sys",
+            "from orchestrator.engine import redactor",
+            "out = redactor.stream(sys.stdout)",
+            "out.write('waiting for authoriz')",
+            *then,
+        ]
     )
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
     )
-    assert done.stdout == "waiting for authoriz", done
+    assert done.returncode == 0 and done.stderr == "", done
+    return done.stdout
 
 
 def test_hostile_lines_cost_time_in_proportion_to_their_length() -> None:
@@ -372,16 +381,7 @@ def test_hostile_lines_cost_time_in_proportion_to_their_length() -> None:
 
 def test_what_a_stream_holds_unflushed_is_written_out_at_exit() -> None:
     # A program that never flushes still gets all it wrote, as with a plain stream.
-    script = (
-        "import sys\n"
-        "from orchestrator.engine import redactor\n"
-        "out = redactor.stream(sys.stdout)\n"
-        "out.write('waiting for authoriz')\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
-    )
-    assert done.stdout == "waiting for authoriz", done
+    assert stdout_of_a_program_that() == "waiting for authoriz"
 
 
 class ClosedAfterward(io.StringIO):
