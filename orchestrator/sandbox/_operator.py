@@ -507,22 +507,14 @@ class CustomResourceOperator:
         from the pod as it now is, which agrees with the annotation and is left alone.
         """
         path = f"/api/v1/namespaces/{namespace}/pods/{name}"
-        attempt = 0
-        while True:
-            try:
-                pod = await self.wait_pod(namespace, name, kubelet_settled, 300.0)
-                written = await self.kube.merge_patch(f"{path}/status", _crash_loop(pod, line))
-                break
-            except asyncio.CancelledError:
-                raise
-            except KubeError as exc:
-                if exc.status == 404:
-                    return None
-                log.debug("pod %s/%s crash loop: %s", namespace, name, exc)
-            except Exception as exc:
-                log.debug("pod %s/%s crash loop: %r", namespace, name, exc)
-            await asyncio.sleep(backoff(attempt))
-            attempt += 1
+
+        async def crash() -> JSON:
+            pod = await self.wait_pod(namespace, name, kubelet_settled, 300.0)
+            return await self.kube.merge_patch(f"{path}/status", _crash_loop(pod, line))
+
+        written = await self._retried(namespace, name, "crash loop", crash)
+        if written is None:
+            return None
         container = written["spec"]["containers"][0]["name"]
         await self.event(
             written,
@@ -573,21 +565,13 @@ class CustomResourceOperator:
 
     async def _settled(self, namespace: str, name: str) -> JSON | None:
         """The pod once the fake kubelet has bound it and written it in ContainerCreating
-        (None if it went first); retried as :meth:`show_crash` is."""
-        attempt = 0
-        while True:
-            try:
-                return await self.wait_pod(namespace, name, kubelet_settled, 300.0)
-            except asyncio.CancelledError:
-                raise
-            except KubeError as exc:
-                if exc.status == 404:
-                    return None
-                log.debug("pod %s/%s: %s", namespace, name, exc)
-            except Exception as exc:
-                log.debug("pod %s/%s: %r", namespace, name, exc)
-            await asyncio.sleep(backoff(attempt))
-            attempt += 1
+        (None if it went first)."""
+        return await self._retried(
+            namespace,
+            name,
+            "settling",
+            lambda: self.wait_pod(namespace, name, kubelet_settled, 300.0),
+        )
 
     async def _write_status(
         self, namespace: str, name: str, patch: Callable[[JSON], JSON]
@@ -595,20 +579,30 @@ class CustomResourceOperator:
         """Merge ``patch(pod)`` into the pod's status, from the pod as it now is; retried
         (a kubelet write in between conflicts on the resourceVersion). None: the pod went."""
         path = f"/api/v1/namespaces/{namespace}/pods/{name}"
+
+        async def write() -> JSON:
+            return await self.kube.merge_patch(f"{path}/status", patch(await self.kube.get(path)))
+
+        return await self._retried(namespace, name, "status", write)
+
+    async def _retried(
+        self, namespace: str, name: str, what: str, step: Callable[[], Awaitable[JSON]]
+    ) -> JSON | None:
+        """``step``'s result, tried again after any failure (a conflict with a kubelet
+        write, a watch that broke, a server restarting) until it succeeds; None once the
+        pod is gone (a 404), as a kubelet stops writing a deleted pod's state."""
         attempt = 0
         while True:
             try:
-                return await self.kube.merge_patch(
-                    f"{path}/status", patch(await self.kube.get(path))
-                )
+                return await step()
             except asyncio.CancelledError:
                 raise
             except KubeError as exc:
                 if exc.status == 404:
                     return None
-                log.debug("pod %s/%s status: %s", namespace, name, exc)
+                log.debug("pod %s/%s %s: %s", namespace, name, what, exc)
             except Exception as exc:
-                log.debug("pod %s/%s status: %r", namespace, name, exc)
+                log.debug("pod %s/%s %s: %r", namespace, name, what, exc)
             await asyncio.sleep(backoff(attempt))
             attempt += 1
 
