@@ -45,6 +45,8 @@ MAX_HEAD = 64 * 1024
 #: The largest body taken, decoded: far above any list a read asks for (etcd refuses
 #: objects over 1.5 MiB), and a bound on what a peer can make us hold.
 MAX_BODY = 512 * 1024 * 1024
+#: The most gzip members a body may have (aiohttp's bound): each is a decoder to set up.
+MAX_DECODED_MEMBERS = 1024
 #: How many bytes of the wire an :class:`Incomplete` keeps, for the error to quote.
 SAMPLE = 256
 #: What the reads accept: as aiohttp's default, without what the decoder below lacks.
@@ -430,15 +432,35 @@ def _answer(conn: _Connection) -> Answer:
 
 
 def _gunzip(body: bytes, conn: _Connection) -> bytes:
-    decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        out = decoder.decompress(body, MAX_BODY)
-    except zlib.error as exc:
-        raise Incomplete(exc, conn.status, body, conn.sample) from None
-    if decoder.unconsumed_tail:
-        raise Incomplete(
-            AnswerTooLarge(f"a decoded body over {MAX_BODY} bytes"), conn.status, body, conn.sample
-        )
-    if not decoder.eof:
-        raise Incomplete(ValueError("the gzip stream ends early"), conn.status, body, conn.sample)
-    return out
+    """The decoded body: every gzip member, one after another (RFC 1952, as aiohttp
+    decodes them), at most :data:`MAX_DECODED_MEMBERS` of them and :data:`MAX_BODY` bytes
+    in all, since a few bytes of gzip can stand for gigabytes."""
+    out = bytearray()
+    rest = body
+    for _ in range(MAX_DECODED_MEMBERS):
+        decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        room = MAX_BODY - len(out)  # never 0: to zlib, that means no bound at all
+        try:
+            out += decoder.decompress(rest, room) if room > 0 else b""
+        except zlib.error as exc:
+            raise Incomplete(exc, conn.status, body, conn.sample) from None
+        if room <= 0 or decoder.unconsumed_tail or (len(out) == MAX_BODY and not decoder.eof):
+            raise Incomplete(
+                AnswerTooLarge(f"a decoded body over {MAX_BODY} bytes"),
+                conn.status,
+                body,
+                conn.sample,
+            )
+        if not decoder.eof:
+            raise Incomplete(
+                ValueError("the gzip stream ends early"), conn.status, body, conn.sample
+            )
+        rest = decoder.unused_data
+        if not rest:
+            return bytes(out)
+    raise Incomplete(
+        AnswerTooLarge(f"a gzip body of over {MAX_DECODED_MEMBERS} members"),
+        conn.status,
+        body,
+        conn.sample,
+    )

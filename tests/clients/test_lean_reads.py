@@ -471,6 +471,47 @@ async def test_an_error_answer_on_the_lean_path_is_the_servers_own(serve: Any, c
         await kube.aclose()
 
 
+async def test_a_gzip_body_of_several_members_is_decoded_whole(serve: Any, client: Any) -> None:
+    # RFC 1952 allows members one after another; aiohttp decodes them all.
+    body = json.dumps(pod("p")).encode()
+
+    async def two_members(conn: Conn) -> None:
+        while await conn.request():
+            coded = gzip.compress(body[:10]) + gzip.compress(body[10:])
+            await conn.send(answer(200, coded, "Content-Encoding: gzip"))
+
+    peer = await serve(two_members)
+    kube = await client(peer)
+    try:
+        assert await kube.get(PODS, "p", "ns", retry=NO_RETRY) == pod("p")
+        assert kube._lean is not None and kube._lean.opened == 1
+    finally:
+        await kube.aclose()
+
+
+@pytest.mark.parametrize("members", [1, 2, 3])
+async def test_a_gzip_body_that_decodes_past_the_bound_is_refused(
+    serve: Any, client: Any, monkeypatch: pytest.MonkeyPatch, members: int
+) -> None:
+    from orchestrator.clients import _http1
+
+    monkeypatch.setattr(_http1, "MAX_BODY", 1000)
+    coded = b"".join(gzip.compress(b" " * (2000 // members)) for _ in range(members))
+
+    async def bomb(conn: Conn) -> None:
+        while await conn.request():
+            await conn.send(answer(200, coded, "Content-Encoding: gzip"))
+
+    peer = await serve(bomb)
+    kube = await client(peer)
+    try:
+        with pytest.raises(TransportError) as err:
+            await kube.get(PODS, "p", "ns", retry=NO_RETRY)
+        assert "a decoded body over 1000 bytes" in str(err.value)
+    finally:
+        await kube.aclose()
+
+
 async def test_a_chunked_or_close_delimited_body_is_read_whole(serve: Any, client: Any) -> None:
     body = json.dumps(pod("p")).encode()
 
