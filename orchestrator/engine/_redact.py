@@ -141,9 +141,9 @@ _JSON_CREDENTIAL = re.compile(
 #: A Kubernetes env entry whose name says credential (``{"name": "HF_TOKEN", "value":
 #: "..."}``): a workload object the diagnostics collect may hold one.
 _ENV_ENTRY = re.compile(
-    r'(?i)("name"\s*:\s*"[\w.-]*(?:token|secret|password|passwd|api_?key|access_?key|'
-    r'credentials?)[\w.-]*"\s*,\s*"value"\s*:\s*")((?:[^"\\]|\\.)+)(?=")'
-)
+    r'(?i)("name"\s*:\s*"(?=[\w.-]*?(?:token|secret|password|passwd|api_?key|access_?key|'
+    r'credentials?))[\w.-]*+"\s*,\s*"value"\s*:\s*")((?:[^"\\]|\\.)+)(?=")'
+)  # the name as _ENV_ASSIGNMENT's: a look-ahead for the word, then the name once
 #: An environment assignment whose name says credential (``HF_TOKEN=...``): a pod that
 #: logs its environment. The name is matched from its first character only, and once:
 #: written as "any name characters, the word, any name characters" it was tried at every

@@ -366,6 +366,7 @@ def test_hostile_lines_cost_time_in_proportion_to_their_length() -> None:
         "r = Redactor(['tok/5e1f0c7a+never=shown', 'k3y'])\n"
         "for line in (\n"
         "    'A_TOKEN' * 10_000 + '=\"',\n"  # a credential's name that never gets a value
+        "    '\"name\": \"' + 'token' * 200_000 + '\"value\"',\n"  # an env entry's, unclosed
         "    '-----BEGIN A PRIVATE KEY-----' * 40_000,\n"  # first lines, no last one
         "    '%' * 10_000_000 + 'a',\n"  # escapes a short secret's hold walks back over
         "):\n"
