@@ -23,6 +23,7 @@ import ssl
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,15 +177,32 @@ def client(tmp_path: Path) -> Callable[[RawPeer], Awaitable[KubeClient]]:
     return make
 
 
+@pytest.fixture
+def reading(
+    serve: Callable[[Handler], Awaitable[RawPeer]],
+    client: Callable[[RawPeer], Awaitable[KubeClient]],
+) -> Callable[[Handler], AbstractAsyncContextManager[tuple[RawPeer, KubeClient]]]:
+    """A peer that ``handler`` scripts, and a client of it, closed at the block's end."""
+
+    @asynccontextmanager
+    async def start(handler: Handler) -> AsyncIterator[tuple[RawPeer, KubeClient]]:
+        peer = await serve(handler)
+        kube = await client(peer)
+        try:
+            yield peer, kube
+        finally:
+            await kube.aclose()
+
+    return start
+
+
 async def keep_answering(conn: Conn) -> None:
     while request := await conn.request():
         await conn.send(pod_answer(request))
 
 
-async def test_reads_reuse_one_kept_alive_connection(serve: Any, client: Any) -> None:
-    peer = await serve(keep_answering)
-    kube = await client(peer)
-    try:
+async def test_reads_reuse_one_kept_alive_connection(reading: Any) -> None:
+    async with reading(keep_answering) as (peer, kube):
         for i in range(5):
             assert await kube.get(PODS, f"p{i}", "ns", not_older_than="7") == pod(f"p{i}")
         assert kube._lean is not None and kube._lean.opened == 1
@@ -196,13 +214,11 @@ async def test_reads_reuse_one_kept_alive_connection(serve: Any, client: Any) ->
         ]
         assert f"\r\nHost: 127.0.0.1:{peer.port}\r\n" in first
         assert f"\r\nUser-Agent: {kube._api.user_agent}\r\n" in first
-    finally:
-        await kube.aclose()
     await peer.until(lambda: peer.closed == 1)
 
 
 async def test_a_kept_alive_connection_the_server_closed_is_replaced_without_an_error(
-    serve: Any, client: Any
+    reading: Any,
 ) -> None:
     # Each connection answers one request and closes at the next without a byte: the
     # moment a server drops an idle connection just as the client sends on it.
@@ -212,36 +228,26 @@ async def test_a_kept_alive_connection_the_server_closed_is_replaced_without_an_
         await conn.send(pod_answer(request))
         await conn.request()
 
-    peer = await serve(one_answer)
-    kube = await client(peer)
-    try:
+    async with reading(one_answer) as (peer, kube):
         for i in range(3):
             assert await kube.get(PODS, f"p{i}", "ns", retry=NO_RETRY) == pod(f"p{i}")
         assert kube.requests_sent == 3  # one read each: the resend is the connection's
         assert peer.connections == 3 and len(peer.requests) == 5
-    finally:
-        await kube.aclose()
 
 
-async def test_a_connection_closed_after_its_answer_is_not_reused(serve: Any, client: Any) -> None:
+async def test_a_connection_closed_after_its_answer_is_not_reused(reading: Any) -> None:
     async def close_after_answer(conn: Conn) -> None:
         request = await conn.request()
         assert request is not None
         await conn.send(pod_answer(request)[:-1] + b"}")  # whole, then the close
 
-    peer = await serve(close_after_answer)
-    kube = await client(peer)
-    try:
+    async with reading(close_after_answer) as (peer, kube):
         for i in range(3):
             assert await kube.get(PODS, f"p{i}", "ns", retry=NO_RETRY) == pod(f"p{i}")
         assert peer.connections == 3
-    finally:
-        await kube.aclose()
 
 
-async def test_bytes_after_an_answer_are_never_the_next_reads_answer(
-    serve: Any, client: Any
-) -> None:
+async def test_bytes_after_an_answer_are_never_the_next_reads_answer(reading: Any) -> None:
     # A second answer nobody asked for, in the same write as the first (one segment on
     # loopback): the connection's state is unknown, so the next read goes on a new one.
     async def one_too_many(conn: Conn) -> None:
@@ -251,107 +257,78 @@ async def test_bytes_after_an_answer_are_never_the_next_reads_answer(
         await conn.send(pod_answer(request) + extra)
         await keep_answering(conn)
 
-    peer = await serve(one_too_many)
-    kube = await client(peer)
-    try:
+    async with reading(one_too_many) as (peer, kube):
         for name in ("p", "q", "r"):
             assert await kube.get(PODS, name, "ns", retry=NO_RETRY) == pod(name)
         assert peer.connections == 3 and len(peer.requests) == 3
-    finally:
-        await kube.aclose()
 
 
 async def test_a_new_connection_closed_without_an_answer_is_a_named_transport_error(
-    serve: Any, client: Any
+    reading: Any,
 ) -> None:
     async def hang_up(conn: Conn) -> None:
         await conn.request()
 
-    peer = await serve(hang_up)
-    kube = await client(peer)
-    try:
+    async with reading(hang_up) as (peer, kube):
         with pytest.raises(TransportError) as err:
             await kube.get(PODS, "p", "ns", retry=NO_RETRY)
         assert "GET /api/v1/namespaces/ns/pods/p" in str(err.value)
         assert "closed before the whole answer" in str(err.value)
         assert peer.connections == 1  # a new connection is not sent on twice
-    finally:
-        await kube.aclose()
+
+
+def answering_once_all_came(many: int) -> Handler:
+    """A handler that holds every answer until ``many`` requests came: reads at once."""
+    all_in = asyncio.Event()
+
+    async def answer_when_all_came(conn: Conn) -> None:
+        while request := await conn.request():
+            if len(conn.peer.requests) >= many:
+                all_in.set()
+            await all_in.wait()
+            await conn.send(pod_answer(request))
+
+    return answer_when_all_came
+
+
+async def read_at_once(kube: KubeClient, many: int) -> dict[int, dict[str, Any]]:
+    """Pods ``p0`` to ``p<many - 1>``, each read in a task of its own, all at once."""
+    got: dict[int, dict[str, Any]] = {}
+
+    async def read(i: int) -> None:
+        got[i] = await kube.get(PODS, f"p{i}", "ns", retry=NO_RETRY)
+
+    with anyio.fail_after(HANG):
+        async with anyio.create_task_group() as tg:
+            for i in range(many):
+                tg.start_soon(read, i)
+    return got
 
 
 async def test_many_reads_at_once_each_get_their_own_answer_on_their_own_connection(
-    serve: Any, client: Any
+    reading: Any,
 ) -> None:
     many = 12
-    all_in = asyncio.Event()
-
-    async def answer_when_all_came(conn: Conn) -> None:
-        while request := await conn.request():
-            if len(peer.requests) >= many:
-                all_in.set()
-            await all_in.wait()
-            await conn.send(pod_answer(request))
-
-    peer = await serve(answer_when_all_came)
-    kube = await client(peer)
-    got: dict[int, dict[str, Any]] = {}
-
-    async def read(i: int) -> None:
-        got[i] = await kube.get(PODS, f"p{i}", "ns", retry=NO_RETRY)
-
-    try:
+    async with reading(answering_once_all_came(many)) as (peer, kube):
         for _ in range(2):  # the second time on the connections the first left open
-            with anyio.fail_after(HANG):
-                async with anyio.create_task_group() as tg:
-                    for i in range(many):
-                        tg.start_soon(read, i)
-            assert got == {i: pod(f"p{i}") for i in range(many)}
-            got.clear()
+            assert await read_at_once(kube, many) == {i: pod(f"p{i}") for i in range(many)}
         assert kube._lean is not None and kube._lean.opened == many == peer.connections
         assert len(peer.requests) == 2 * many
-    finally:
-        await kube.aclose()
     await peer.until(lambda: peer.closed == many)
 
 
-async def test_reads_at_once_open_no_more_lean_connections_than_the_limit(
-    serve: Any, client: Any
-) -> None:
+async def test_reads_at_once_open_no_more_lean_connections_than_the_limit(reading: Any) -> None:
     many, limit = 6, 2
-    all_in = asyncio.Event()
-
-    async def answer_when_all_came(conn: Conn) -> None:
-        while request := await conn.request():
-            if len(peer.requests) >= many:
-                all_in.set()
-            await all_in.wait()
-            await conn.send(pod_answer(request))
-
-    peer = await serve(answer_when_all_came)
-    kube = await client(peer)
-    kube._open_reader()
-    assert kube._lean is not None
-    kube._lean._limit = limit
-    got: dict[int, dict[str, Any]] = {}
-
-    async def read(i: int) -> None:
-        got[i] = await kube.get(PODS, f"p{i}", "ns", retry=NO_RETRY)
-
-    try:
-        with anyio.fail_after(HANG):
-            async with anyio.create_task_group() as tg:
-                for i in range(many):
-                    tg.start_soon(read, i)
-        assert got == {i: pod(f"p{i}") for i in range(many)}
+    async with reading(answering_once_all_came(many)) as (peer, kube):
+        kube._open_reader()
+        assert kube._lean is not None
+        kube._lean._limit = limit
+        assert await read_at_once(kube, many) == {i: pod(f"p{i}") for i in range(many)}
         # Those over the limit went on aiohttp's path, within its own connector's limit.
         assert kube._lean.opened == limit
-    finally:
-        await kube.aclose()
 
 
-async def test_a_trickled_body_ends_at_the_reads_deadline_saying_what_arrived(
-    serve: Any, client: Any
-) -> None:
+async def test_a_trickled_body_ends_at_the_reads_deadline_saying_what_arrived(reading: Any) -> None:
     async def trickle(conn: Conn) -> None:
         if await conn.request() is None:
             return
@@ -360,21 +337,17 @@ async def test_a_trickled_body_ends_at_the_reads_deadline_saying_what_arrived(
             await asyncio.sleep(0.01)
             await conn.send(b" ")
 
-    peer = await serve(trickle)
-    kube = await client(peer)
-    try:
+    async with reading(trickle) as (peer, kube):
         with anyio.fail_after(HANG), pytest.raises(RequestTimeout) as err:
             await kube.read("/api/v1/namespaces/ns/pods/p", check_object, NO_RETRY, timeout=0.3)
         assert err.value.received is not None and err.value.received > 1
         assert "GET /api/v1/namespaces/ns/pods/p: no whole answer within" in str(err.value)
         assert "answered 200" in str(err.value)
         await peer.until(lambda: peer.closed == 1)  # the connection was ended, not kept
-    finally:
-        await kube.aclose()
 
 
 async def test_a_header_that_never_ends_is_refused_at_the_head_bound_not_held_to_the_deadline(
-    serve: Any, client: Any
+    reading: Any,
 ) -> None:
     # llhttp hands a header over only once it ends, and until then httptools keeps
     # adding its pieces together: the bound must hold while the bytes come.
@@ -388,20 +361,16 @@ async def test_a_header_that_never_ends_is_refused_at_the_head_bound_not_held_to
             await conn.send(b"v" * 4096)
         await conn.reader.read()  # then nothing more, until the client goes
 
-    peer = await serve(endless_header)
-    kube = await client(peer)
-    try:
+    async with reading(endless_header) as (peer, kube):
         with anyio.fail_after(HANG), pytest.raises(TransportError) as err:
             await kube.read("/api/v1/namespaces/ns/pods/p", check_object, NO_RETRY, timeout=HANG)
         assert "GET /api/v1/namespaces/ns/pods/p" in str(err.value)
         assert f"an answer head over {MAX_HEAD} bytes" in str(err.value)
         await peer.until(lambda: peer.closed == 1)
-    finally:
-        await kube.aclose()
 
 
 async def test_a_cancelled_read_ends_its_connection_and_the_next_read_opens_another(
-    serve: Any, client: Any
+    reading: Any,
 ) -> None:
     async def first_never_answers(conn: Conn) -> None:
         if conn.index == 0:
@@ -410,9 +379,7 @@ async def test_a_cancelled_read_ends_its_connection_and_the_next_read_opens_anot
             return
         await keep_answering(conn)
 
-    peer = await serve(first_never_answers)
-    kube = await client(peer)
-    try:
+    async with reading(first_never_answers) as (peer, kube):
         async with anyio.create_task_group() as tg:
             tg.start_soon(kube.get, PODS, "p", "ns")
             await peer.until(lambda: len(peer.requests) == 1)
@@ -420,8 +387,6 @@ async def test_a_cancelled_read_ends_its_connection_and_the_next_read_opens_anot
         await peer.until(lambda: peer.closed == 1)
         assert await kube.get(PODS, "q", "ns") == pod("q")
         assert peer.connections == 2
-    finally:
-        await kube.aclose()
 
 
 async def test_aclose_closes_every_connection_the_one_in_use_too(serve: Any, client: Any) -> None:
@@ -452,7 +417,7 @@ async def test_aclose_closes_every_connection_the_one_in_use_too(serve: Any, cli
     assert "GET /api/v1/namespaces/ns/pods/stuck" in str(failed[0])
 
 
-async def test_an_error_answer_on_the_lean_path_is_the_servers_own(serve: Any, client: Any) -> None:
+async def test_an_error_answer_on_the_lean_path_is_the_servers_own(reading: Any) -> None:
     status = {"kind": "Status", "message": 'pods "p" not found'}
 
     async def not_found(conn: Conn) -> None:
@@ -460,18 +425,14 @@ async def test_an_error_answer_on_the_lean_path_is_the_servers_own(serve: Any, c
             body = gzip.compress(json.dumps(status).encode())
             await conn.send(answer(404, body, "Content-Encoding: gzip", "Retry-After: 3"))
 
-    peer = await serve(not_found)
-    kube = await client(peer)
-    try:
+    async with reading(not_found) as (peer, kube):
         with pytest.raises(NotFound) as gone:
             await kube.get(PODS, "p", "ns")
         assert gone.value.message == 'pods "p" not found' and gone.value.retry_after == 3
         assert kube._lean is not None and kube._lean.opened == 1
-    finally:
-        await kube.aclose()
 
 
-async def test_a_gzip_body_of_several_members_is_decoded_whole(serve: Any, client: Any) -> None:
+async def test_a_gzip_body_of_several_members_is_decoded_whole(reading: Any) -> None:
     # RFC 1952 allows members one after another; aiohttp decodes them all.
     body = json.dumps(pod("p")).encode()
 
@@ -480,18 +441,14 @@ async def test_a_gzip_body_of_several_members_is_decoded_whole(serve: Any, clien
             coded = gzip.compress(body[:10]) + gzip.compress(body[10:])
             await conn.send(answer(200, coded, "Content-Encoding: gzip"))
 
-    peer = await serve(two_members)
-    kube = await client(peer)
-    try:
+    async with reading(two_members) as (peer, kube):
         assert await kube.get(PODS, "p", "ns", retry=NO_RETRY) == pod("p")
         assert kube._lean is not None and kube._lean.opened == 1
-    finally:
-        await kube.aclose()
 
 
 @pytest.mark.parametrize("members", [1, 2, 3])
 async def test_a_gzip_body_that_decodes_past_the_bound_is_refused(
-    serve: Any, client: Any, monkeypatch: pytest.MonkeyPatch, members: int
+    reading: Any, monkeypatch: pytest.MonkeyPatch, members: int
 ) -> None:
     from orchestrator.clients import _http1
 
@@ -502,17 +459,13 @@ async def test_a_gzip_body_that_decodes_past_the_bound_is_refused(
         while await conn.request():
             await conn.send(answer(200, coded, "Content-Encoding: gzip"))
 
-    peer = await serve(bomb)
-    kube = await client(peer)
-    try:
+    async with reading(bomb) as (peer, kube):
         with pytest.raises(TransportError) as err:
             await kube.get(PODS, "p", "ns", retry=NO_RETRY)
         assert "a decoded body over 1000 bytes" in str(err.value)
-    finally:
-        await kube.aclose()
 
 
-async def test_a_chunked_or_close_delimited_body_is_read_whole(serve: Any, client: Any) -> None:
+async def test_a_chunked_or_close_delimited_body_is_read_whole(reading: Any) -> None:
     body = json.dumps(pod("p")).encode()
 
     async def framed(conn: Conn) -> None:
@@ -526,19 +479,13 @@ async def test_a_chunked_or_close_delimited_body_is_read_whole(serve: Any, clien
         else:  # no length, no chunks: the body ends where the connection does
             await conn.send(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + body)
 
-    peer = await serve(framed)
-    kube = await client(peer)
-    try:
+    async with reading(framed) as (peer, kube):
         assert await kube.get(PODS, "p", "ns") == pod("p")
         assert await kube.get(PODS, "p", "ns") == pod("p")  # the same connection
         assert peer.connections == 1
-    finally:
-        await kube.aclose()
 
 
-async def test_a_chunked_bodys_trailers_are_not_taken_for_its_headers(
-    serve: Any, client: Any
-) -> None:
+async def test_a_chunked_bodys_trailers_are_not_taken_for_its_headers(reading: Any) -> None:
     # aiohttp drops trailers; here they would decide how the body is decoded.
     body = json.dumps(pod("p")).encode()
 
@@ -548,14 +495,10 @@ async def test_a_chunked_bodys_trailers_are_not_taken_for_its_headers(
             await conn.send(b"%x\r\n%s\r\n0\r\n" % (len(body), body))
             await conn.send(b"Content-Encoding: gzip\r\nSet-Cookie: a=b\r\n\r\n")
 
-    peer = await serve(with_trailers)
-    kube = await client(peer)
-    try:
+    async with reading(with_trailers) as (peer, kube):
         assert await kube.get(PODS, "p", "ns", retry=NO_RETRY) == pod("p")
         assert await kube.get(PODS, "p", "ns", retry=NO_RETRY) == pod("p")
         assert peer.connections == 1 and b"Cookie" not in peer.requests[1]
-    finally:
-        await kube.aclose()
 
 
 def test_reads_on_uvloop_reuse_their_connection_and_close_it(tmp_path: Path) -> None:
