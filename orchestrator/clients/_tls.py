@@ -32,8 +32,11 @@ def default_context() -> ssl.SSLContext:
 def plain_http(url: str) -> bool:
     """Whether a client of ``url`` can never open a TLS connection: an ``http`` URL, and
     no proxy in the environment (a client routes through it, and reaches an ``https://``
-    proxy over TLS)."""
-    return urlsplit(url).scheme.lower() == "http" and not urllib.request.getproxies()
+    proxy over TLS). A ``NO_PROXY`` list alone names no proxy, though the standard
+    library lists it among them (as ``no``)."""
+    if urlsplit(url).scheme.lower() != "http":
+        return False
+    return not [scheme for scheme in urllib.request.getproxies() if scheme != "no"]
 
 
 def context_for(url: str) -> ssl.SSLContext | None:

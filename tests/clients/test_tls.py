@@ -41,6 +41,15 @@ def test_a_proxy_from_the_environment_gets_the_context_even_for_http(
     assert context_for("http://localhost:3001") is default_context()
 
 
+@pytest.mark.usefixtures("no_proxy_env")
+@pytest.mark.parametrize("variable", ["NO_PROXY", "no_proxy"])
+def test_a_no_proxy_list_alone_is_no_proxy(monkeypatch: pytest.MonkeyPatch, variable: str) -> None:
+    # CI sets NO_PROXY on machines with no proxy at all; the standard library lists it
+    # among the proxies as "no".
+    monkeypatch.setenv(variable, "localhost,127.0.0.1")
+    assert context_for("http://localhost:3001") is None
+
+
 @pytest.mark.anyio
 @pytest.mark.usefixtures("no_proxy_env")
 async def test_the_service_proxy_route_makes_no_http_client() -> None:
