@@ -40,7 +40,7 @@ from ._exec_credential import EXEC_TIMEOUT, bounded_exec_provider
 from ._http1 import Http1Pool, Incomplete, NotSendable
 from ._key_files import key_files_in_memory
 from ._retry import READS, RetryPolicy, bounded, heard
-from ._tls import plain_http
+from ._tls import bare_context, plain_http
 
 if TYPE_CHECKING:  # pragma: no cover
     import aiohttp
@@ -80,9 +80,7 @@ class _NoCaBundle:
 
     @staticmethod
     def create_default_context(*_args: Any, **_kwargs: Any) -> Any:
-        import ssl
-
-        return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        return bare_context()
 
     def __getattr__(self, name: str) -> Any:
         import ssl
