@@ -679,7 +679,7 @@ class StreamMasker:
 
     def feed(self, text: str) -> str:
         text = self._pending + text
-        cut = self._redactor.open_tail(text)
+        cut = tail = self._redactor.open_tail(text)
         if self._redactor.has_short:
             # Whether a short secret is masked depends on what stands around it: before
             # it ("%3D", a style code, "1." of a number) and after it (a letter, ".5").
@@ -712,7 +712,12 @@ class StreamMasker:
                     if start < cut < end:
                         cut, moved = start, True
         if len(text) - cut > STREAM_HOLD_MAX:
-            cut = len(text)  # a bounded hold: something that long is masked as it stands
+            # A bounded hold: something that long is masked as it stands, up to the end
+            # that may start a secret (never further than the bound back), still held:
+            # a registered value that a long credential-shaped run ends with, split by
+            # the read, must not have its first part masked with the run and its rest
+            # handed out on its own.
+            cut = tail if len(text) - tail <= STREAM_HOLD_MAX else len(text)
         self._pending = text[cut:]
         return self._redactor.redact(text[:cut])
 
