@@ -468,22 +468,9 @@ class Redactor:
         # Each pattern only where its word is: most lines hold none, and the run log and
         # the console pass every line through here.
         low = text.lower()
-        if "bearer" in low:
-            text = _BEARER.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)
-        if "authorization" in low:
-            text = _AUTHORIZATION.sub(lambda m: f"{m.group(1)}{MASK}", text)
-        if "@" in text:
-            text = _USERINFO.sub(_mask_userinfo, text)
-        if "=" in text:
-            text = _QUERY_CREDENTIAL.sub(lambda m: f"{m.group(1)}{MASK}", text)
-        if any(word in low for word in _KEYED_WORDS):
-            text = _KEYED_CREDENTIAL.sub(lambda m: f"{m.group(1)}{MASK}", text)
-        if '"' in text and any(word in low for word in _JSON_WORDS):
-            text = _JSON_CREDENTIAL.sub(lambda m: f"{m.group(1)}{MASK}", text)
-        if '"value"' in low:
-            text = _ENV_ENTRY.sub(lambda m: f"{m.group(1)}{MASK}", text)
-        if "=" in text:
-            text = _ENV_ASSIGNMENT.sub(lambda m: f"{m.group(1)}{MASK}", text)
+        for applies, pattern, mask in _CREDENTIALS:
+            if applies(text, low):
+                text = pattern.sub(mask, text)
         if "PRIVATE KEY" in text:
             text = _mask_private_keys(text)
         return text
@@ -597,25 +584,9 @@ class Redactor:
 
 
 def _credentials_in(text: str) -> list[re.Pattern[str]]:
-    """The credential patterns that may match ``text``: those whose words it holds (the
-    same tests as :meth:`Redactor.redact`'s)."""
+    """The credential patterns that may match ``text``: those whose words it holds."""
     low = text.lower()
-    found = []
-    if "bearer" in low:
-        found.append(_BEARER)
-    if "authorization" in low:
-        found.append(_AUTHORIZATION)
-    if "@" in text:
-        found.append(_USERINFO)
-    if "=" in text:
-        found += [_QUERY_CREDENTIAL, _ENV_ASSIGNMENT]
-    if any(word in low for word in _KEYED_WORDS):
-        found.append(_KEYED_CREDENTIAL)
-    if '"' in text and any(word in low for word in _JSON_WORDS):
-        found.append(_JSON_CREDENTIAL)
-    if '"value"' in low:
-        found.append(_ENV_ENTRY)
-    return found
+    return [pattern for applies, pattern, _ in _CREDENTIALS if applies(text, low)]
 
 
 def _private_keys(text: str) -> list[tuple[int, int, int, int]]:
@@ -655,6 +626,32 @@ def _mask_userinfo(m: re.Match[str]) -> str:
     if m.group(3) is not None:
         return f"{m.group(1)}{m.group(2)}:{MASK}@"
     return f"{m.group(1)}{MASK}@"
+
+
+def _keep_name(m: re.Match[str]) -> str:
+    return f"{m.group(1)}{MASK}"
+
+
+#: Each credential pattern, in the order :meth:`Redactor.redact` applies them, with what
+#: a text must hold for it to match (given the text and the text in lower case) and how
+#: a match is masked. One table for masking and for :meth:`Redactor.spans`: a stream
+#: keeps a match that a piece's end cuts whole only if both know the pattern.
+_CREDENTIALS: tuple[
+    tuple[Callable[[str, str], bool], re.Pattern[str], Callable[[re.Match[str]], str]], ...
+] = (
+    (lambda _, low: "bearer" in low, _BEARER, lambda m: f"{m.group(1)}{m.group(2)}{MASK}"),
+    (lambda _, low: "authorization" in low, _AUTHORIZATION, _keep_name),
+    (lambda text, _: "@" in text, _USERINFO, _mask_userinfo),
+    (lambda text, _: "=" in text, _QUERY_CREDENTIAL, _keep_name),
+    (lambda _, low: any(word in low for word in _KEYED_WORDS), _KEYED_CREDENTIAL, _keep_name),
+    (
+        lambda text, low: '"' in text and any(word in low for word in _JSON_WORDS),
+        _JSON_CREDENTIAL,
+        _keep_name,
+    ),
+    (lambda _, low: '"value"' in low, _ENV_ENTRY, _keep_name),
+    (lambda text, _: "=" in text, _ENV_ASSIGNMENT, _keep_name),
+)
 
 
 class StreamMasker:
