@@ -156,9 +156,9 @@ def write_kubeconfig(path: Path, server: str, user: dict[str, Any], **cluster: A
 async def serve() -> AsyncIterator[Callable[[Handler], Awaitable[RawPeer]]]:
     servers: list[asyncio.Server] = []
 
-    async def start(handler: Handler) -> RawPeer:
+    async def start(handler: Handler, host: str = "127.0.0.1") -> RawPeer:
         peer = RawPeer(handler)
-        server = await asyncio.start_server(peer._serve, "127.0.0.1", 0)
+        server = await asyncio.start_server(peer._serve, host, 0)
         peer.port = server.sockets[0].getsockname()[1]
         servers.append(server)
         return peer
@@ -833,8 +833,13 @@ def sent_head(request: bytes) -> list[str]:
     return [line for line in lines if not line.lower().startswith("accept-encoding:")]
 
 
+@pytest.mark.parametrize(
+    ("named", "bound", "host"),
+    [("LocalHost", "127.0.0.1", "localhost"), ("[::1]", "::1", "[::1]")],
+    ids=["name-in-capitals", "ipv6-literal"],
+)
 async def test_the_lean_path_sends_the_host_and_target_aiohttp_sent(
-    serve: Any, tmp_path: Path
+    serve: Any, tmp_path: Path, named: str, bound: str, host: str
 ) -> None:
     served: list[int] = []  # the connection of each request
 
@@ -843,9 +848,9 @@ async def test_the_lean_path_sends_the_host_and_target_aiohttp_sent(
             served.append(conn.index)
             await conn.send(answer(200, json.dumps(pod("p")).encode()))
 
-    peer = await serve(any_path)
-    # A host name in capitals: aiohttp sends it as yarl normalises it.
-    server = f"http://LocalHost:{peer.port}"
+    peer = await serve(any_path, bound)
+    # aiohttp sends the host as yarl writes it: lower case, an IPv6 address in brackets.
+    server = f"http://{named}:{peer.port}"
     kube = await KubeClient.from_kubeconfig(write_kubeconfig(tmp_path / "k", server, {}))
     reads = [
         ("/api/v1/namespaces/ns/pods", {"labelSelector": "app in (a,b),tier!=x"}),
@@ -864,7 +869,7 @@ async def test_the_lean_path_sends_the_host_and_target_aiohttp_sent(
         assert kube._lean is not None and kube._lean.opened == 1
         assert served[0::2] == [0] * len(reads) and 0 not in served[1::2]
         assert peer.requests[0].startswith(b"GET /api/v1/namespaces/ns/pods?")
-        assert f"\r\nHost: localhost:{peer.port}\r\n".encode() in peer.requests[0]
+        assert f"\r\nHost: {host}:{peer.port}\r\n".encode() in peer.requests[0]
     finally:
         await kube.aclose()
 
