@@ -172,6 +172,23 @@ def gone(obj: dict | None) -> bool:
     return obj is None
 
 
+def not_ready_problems(pod: dict, phase: str) -> list[str]:
+    """What in ``pod`` differs from a kubelet's pod in ``phase`` whose container is not
+    ready: bound to a node, Ready and ContainersReady False for ContainersNotReady."""
+    problems: list[str] = []
+    status = pod.get("status") or {}
+    if status.get("phase") != phase:
+        problems.append(f"phase {status.get('phase')!r}, a kubelet shows {phase}")
+    if not (pod.get("spec") or {}).get("nodeName"):
+        problems.append("not bound to a node")
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    for kind in ("Ready", "ContainersReady"):
+        cond = conditions.get(kind) or {}
+        if (cond.get("status"), cond.get("reason")) != ("False", "ContainersNotReady"):
+            problems.append(f"condition {kind} {cond}, a kubelet shows False/ContainersNotReady")
+    return problems
+
+
 def crash_loop_shape_problems(pod: dict) -> list[str]:
     """What in ``pod`` differs from the status a kubelet writes for a crash-looping pod.
 
@@ -182,17 +199,8 @@ def crash_loop_shape_problems(pod: dict) -> list[str]:
     the instance that ended in ``lastState.terminated`` (exit code, reason, times, the
     container's ID), with the image and container IDs it ran with. Empty when it agrees.
     """
-    problems: list[str] = []
     status = pod.get("status") or {}
-    if status.get("phase") != "Running":
-        problems.append(f"phase {status.get('phase')!r}, a kubelet shows Running")
-    if not (pod.get("spec") or {}).get("nodeName"):
-        problems.append("not bound to a node")
-    conditions = {c.get("type"): c for c in status.get("conditions") or []}
-    for kind in ("Ready", "ContainersReady"):
-        cond = conditions.get(kind) or {}
-        if (cond.get("status"), cond.get("reason")) != ("False", "ContainersNotReady"):
-            problems.append(f"condition {kind} {cond}, a kubelet shows False/ContainersNotReady")
+    problems = not_ready_problems(pod, "Running")
     looping = [
         cs
         for cs in status.get("containerStatuses") or []
@@ -236,17 +244,8 @@ def pull_shape_problems(pod: dict) -> list[str]:
     bound, not ready; the container never started, was never restarted and has no container
     or image ID. Empty when it agrees.
     """
-    problems: list[str] = []
     status = pod.get("status") or {}
-    if status.get("phase") != "Pending":
-        problems.append(f"phase {status.get('phase')!r}, a kubelet shows Pending")
-    if not (pod.get("spec") or {}).get("nodeName"):
-        problems.append("not bound to a node")
-    conditions = {c.get("type"): c for c in status.get("conditions") or []}
-    for kind in ("Ready", "ContainersReady"):
-        cond = conditions.get(kind) or {}
-        if (cond.get("status"), cond.get("reason")) != ("False", "ContainersNotReady"):
-            problems.append(f"condition {kind} {cond}, a kubelet shows False/ContainersNotReady")
+    problems = not_ready_problems(pod, "Pending")
     images = {c["name"]: c.get("image") for c in pod["spec"]["containers"]}
     pulling = [
         cs
