@@ -14,7 +14,8 @@ your own (in a package of its own) needs no private name:
   (:class:`WatchSpec`) until it answers; an ``inspect`` callback ends it early by
   raising :class:`Stop`.
 - pods: :func:`pod_problem` (will this pod ever be ready?), :func:`pod_ready`,
-  :func:`pod_summary`, :data:`FATAL_WAITING_REASONS`.
+  :func:`pod_summary`, :data:`FATAL_WAITING_REASONS`; :class:`PullErrors` lets a
+  wait see through a pull failure the kubelet retries (:func:`pull_is_definitive`).
 - :func:`collect_diagnostics`: pods, describe, logs, events, the workload
   object and the backend exchanges, for any workload resource.
 - :func:`call_backend` maps backend answers that end a phase to one-line
@@ -33,7 +34,14 @@ from ._calls import Outcome, call_backend, side_by_side
 from ._diagnostics import collect_diagnostics
 from ._kubefoundry import FlowSettings, KubeFoundryFlow
 from ._once import OncePerRun, Proof
-from ._pods import FATAL_WAITING_REASONS, is_pod, pod_problem, pod_ready
+from ._pods import (
+    FATAL_WAITING_REASONS,
+    PullErrors,
+    is_pod,
+    pod_problem,
+    pod_ready,
+    pull_is_definitive,
+)
 from ._profile import (
     ClusterView,
     Deployment,
@@ -89,6 +97,7 @@ __all__ = [
     "Owned",
     "Proof",
     "ProviderProfile",
+    "PullErrors",
     "Readiness",
     "Stop",
     "Tracked",
@@ -99,6 +108,7 @@ __all__ = [
     "pod_problem",
     "pod_ready",
     "pod_summary",
+    "pull_is_definitive",
     "side_by_side",
     "wait_for",
 ]

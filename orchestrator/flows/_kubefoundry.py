@@ -44,7 +44,7 @@ from ..history import regression
 from ._calls import call_backend, peer_failures_named, side_by_side
 from ._diagnostics import collect_diagnostics
 from ._once import OncePerRun
-from ._pods import is_pod, pod_problem, pod_ready
+from ._pods import PullErrors, is_pod, pod_problem, pod_ready
 from ._profile import Deployment, Owned, ProviderProfile, Readiness, Tracked
 from ._pull import image_pulls
 from ._pull import summary as pull_summary
@@ -393,6 +393,13 @@ class KubeFoundryFlow:
     async def wait_ready(self, ctx: PhaseContext) -> None:
         d, p = self.deployment, self.profile
         last_line: list[str] = []
+        pulls = PullErrors()
+
+        def show_progress() -> None:
+            # A pull the kubelet retries stays named, so that a timeout says which.
+            parts = [*last_line[-1:], *filter(None, [pulls.retrying()])]
+            if parts:
+                ctx.progress("; ".join(parts))
 
         async def ready() -> bool | None:
             st, reading = await self._read_status(ctx)
@@ -401,7 +408,7 @@ class KubeFoundryFlow:
             if not last_line or last_line[-1] != line:
                 ctx.log(line)
                 last_line.append(line)
-            ctx.progress(line)
+            show_progress()
             if reading.failure is not None:
                 # The failure last: it ends with what to do next.
                 raise PhaseFailed(f"deployment {d.name} ({conds}): {reading.failure}")
@@ -420,7 +427,10 @@ class KubeFoundryFlow:
             if self._seen_pod_states.get(name) != summary:
                 self._seen_pod_states[name] = summary
                 ctx.log(f"pod {summary}")
-            problem = pod_problem(obj, p.fatal_waiting_reasons)
+            problem = pod_problem(obj, p.fatal_waiting_reasons, pulls)
+            for note in pulls.new_notes():
+                ctx.log(note)
+            show_progress()
             if problem:
                 raise Stop(problem)
 
@@ -506,11 +516,15 @@ class KubeFoundryFlow:
             )
             return True if reading.ready else None
 
+        pulls = PullErrors()
+
         def inspect(event: WatchEvent) -> None:
             self._saw_pod(event.object)
             if event.object.get("metadata", {}).get("uid") in victims:
                 return
-            problem = pod_problem(event.object, p.fatal_waiting_reasons)
+            problem = pod_problem(event.object, p.fatal_waiting_reasons, pulls)
+            for note in pulls.new_notes():
+                ctx.log(note)
             if problem:
                 raise Stop(f"the replacement pod cannot start: {problem}")
 

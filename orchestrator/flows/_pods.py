@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-#: Container waiting reasons that no amount of waiting will fix.
+#: Container waiting reasons that no amount of waiting will fix (the two pull reasons
+#: only when the registry's answer is definitive: see :data:`DEFINITIVE_PULL_ANSWERS`).
 FATAL_WAITING_REASONS = frozenset(
     {
         "ErrImagePull",
@@ -26,26 +27,110 @@ FATAL_WAITING_REASONS = frozenset(
 )
 
 
+#: The waiting reasons of a failed image pull, which the kubelet retries with back-off.
+PULL_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff"})
+
+#: Words (lower case) of a registry's answer that no retry will change.
+#:
+#: A kubelet retries a failed pull with back-off, and most failures clear on their own:
+#: a rate limit (Docker Hub's 429 ``toomanyrequests`` in CI), a 5xx, an i/o timeout, a
+#: reset connection, a TLS handshake timeout. Failing a run at the first ErrImagePull
+#: would report those as failures of the system under test. These answers, though, say
+#: the image is not there or not ours to pull, and waiting only burns the budget: the
+#: wait ends at once on them, and goes on (naming the answer) on any other.
+DEFINITIVE_PULL_ANSWERS = (
+    "not found",
+    "code = notfound",
+    "manifest unknown",
+    "name unknown",
+    "repository does not exist",
+    "unauthorized",
+    "authentication required",
+    "denied",
+    "forbidden",
+    "invalid reference format",
+    "invalidimagename",
+    "errimageneverpull",
+)
+
+
+def pull_is_definitive(answer: str) -> bool:
+    """Whether an image pull's error says a retry cannot succeed (see the list above)."""
+    text = answer.lower()
+    return any(word in text for word in DEFINITIVE_PULL_ANSWERS)
+
+
+class PullErrors:
+    """What each container's image pull last failed with, across one wait's pod events.
+
+    ``ImagePullBackOff``'s own message is only ``Back-off pulling image "X"``: whether
+    waiting can help is decided by the ``ErrImagePull`` that came before it. A wait keeps
+    one of these for its pod events, hands it to :func:`pod_problem`, logs what
+    :meth:`new_notes` returns (once per distinct answer), and names :meth:`retrying` in
+    its progress, so that a wait that runs out of time still says which pull it was.
+    """
+
+    def __init__(self) -> None:
+        self._answers: dict[tuple[str, str], str] = {}
+        self._retrying: dict[tuple[str, str], str] = {}
+        self._noted: set[tuple[str, str, str]] = set()
+        self._notes: list[str] = []
+
+    def answer(self, pod: str, container: str, reason: str, message: str) -> str | None:
+        """The registry's last answer for this container's pull (None if not seen yet)."""
+        if reason == "ErrImagePull" and message:
+            self._answers[(pod, container)] = message
+        return self._answers.get((pod, container))
+
+    def retried(self, pod: str, container: str, image: str, answer: str | None) -> None:
+        """Note a pull that the kubelet goes on retrying."""
+        what = f"pod {pod} cannot pull image {image} yet (the kubelet retries)"
+        self._retrying[(pod, container)] = f"{what}: {answer}" if answer else what
+        if answer and (pod, container, answer) not in self._noted:
+            self._noted.add((pod, container, answer))
+            self._notes.append(self._retrying[(pod, container)])
+
+    def passed(self, pod: str, container: str) -> None:
+        """The container is no longer waiting on a pull."""
+        self._retrying.pop((pod, container), None)
+
+    def new_notes(self) -> list[str]:
+        """The answers not handed out before, in the order they were first seen."""
+        notes, self._notes = self._notes, []
+        return notes
+
+    def retrying(self) -> str | None:
+        """The pull failure a wait is still waiting out, the latest first, if any."""
+        return next(reversed(self._retrying.values()), None)
+
+
 def pod_problem(
-    pod: dict[str, Any], fatal_reasons: Iterable[str] = FATAL_WAITING_REASONS
+    pod: dict[str, Any],
+    fatal_reasons: Iterable[str] = FATAL_WAITING_REASONS,
+    pulls: PullErrors | None = None,
 ) -> str | None:
     """Why this pod will never become ready, or None while it still may.
 
     A pod being deleted has no problem worth reporting (it is going away); otherwise
-    the first container stuck for a fatal reason, then a Failed pod, is the reason.
+    the first container stuck for a fatal reason, then a Failed pod, is the reason. A
+    failed image pull is fatal only on a definitive answer (:func:`pull_is_definitive`),
+    the one its waiting message gives or, for a back-off, the last one ``pulls`` saw.
     """
     meta = pod.get("metadata") or {}
     if meta.get("deletionTimestamp"):
         return None
     name = meta.get("name", "?")
-    return _fatal_container(pod, name, frozenset(fatal_reasons)) or _failed_pod(pod, name)
+    pulls = PullErrors() if pulls is None else pulls
+    return _fatal_container(pod, name, frozenset(fatal_reasons), pulls) or _failed_pod(pod, name)
 
 
 def _container_statuses(status: dict[str, Any], *keys: str) -> list[dict[str, Any]]:
     return [cs for key in keys for cs in status.get(key) or []]
 
 
-def _fatal_container(pod: dict[str, Any], name: str, fatal: frozenset[str]) -> str | None:
+def _fatal_container(
+    pod: dict[str, Any], name: str, fatal: frozenset[str], pulls: PullErrors
+) -> str | None:
     """The first (init) container waiting for a reason that will not go away."""
     status = pod.get("status") or {}
     images = {
@@ -54,10 +139,19 @@ def _fatal_container(pod: dict[str, Any], name: str, fatal: frozenset[str]) -> s
     for cs in _container_statuses(status, "initContainerStatuses", "containerStatuses"):
         waiting = (cs.get("state") or {}).get("waiting") or {}
         reason = waiting.get("reason")
+        container = str(cs.get("name"))
+        if reason not in PULL_REASONS:
+            pulls.passed(name, container)
         if reason not in fatal:
             continue
         image = cs.get("image") or images.get(cs.get("name")) or "?"
         message = waiting.get("message") or ""
+        if reason in PULL_REASONS:
+            answer = pulls.answer(name, container, reason, message)
+            if answer is None or not pull_is_definitive(answer):
+                pulls.retried(name, container, image, answer)
+                continue
+            message = answer
         last = (cs.get("lastState") or {}).get("terminated") or {}
         tail = f"; last exit code {last.get('exitCode')}" if last else ""
         return (

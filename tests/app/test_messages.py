@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -177,18 +178,26 @@ def test_no_backend_is_a_configuration_error_with_a_report(tmp_path: Path) -> No
 
 
 def test_a_stuck_container_says_what_to_look_at_for_its_reason() -> None:
-    from orchestrator.flows._pods import FATAL_WAITING_REASONS, pod_problem
+    from orchestrator.flows._pods import FATAL_WAITING_REASONS, PullErrors, pod_problem
+
+    not_found = "rpc error: code = NotFound desc = failed to pull and unpack image: not found"
 
     def stuck(reason: str) -> str:
-        pod = {
-            "metadata": {"name": "m-0"},
-            "spec": {"containers": [{"name": "model", "image": "img:1"}]},
-            "status": {
-                "phase": "Pending",
-                "containerStatuses": [{"name": "model", "state": {"waiting": {"reason": reason}}}],
-            },
-        }
-        problem = pod_problem(pod)
+        def pod(waiting: dict[str, str]) -> dict[str, Any]:
+            return {
+                "metadata": {"name": "m-0"},
+                "spec": {"containers": [{"name": "model", "image": "img:1"}]},
+                "status": {
+                    "phase": "Pending",
+                    "containerStatuses": [{"name": "model", "state": {"waiting": waiting}}],
+                },
+            }
+
+        # A pull ends the wait on a definitive answer only, which a back-off's message
+        # lacks: the pull error before it gives it.
+        pulls = PullErrors()
+        pod_problem(pod({"reason": "ErrImagePull", "message": not_found}), pulls=pulls)
+        problem = pod_problem(pod({"reason": reason}), pulls=pulls)
         assert problem is not None
         return problem
 

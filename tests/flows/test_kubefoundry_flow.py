@@ -208,15 +208,17 @@ async def test_a_profile_unlike_kaito_is_served_waited_on_and_cleaned_as_it_says
 
 async def test_readiness_read_from_pods_fails_fast_on_a_fatal_pod(tmp_path: Path) -> None:
     workload = raylike_workload()
-    workload.container_state = {"waiting": {"reason": "ImagePullBackOff", "message": "no"}}
+    workload.container_state = {
+        "waiting": {"reason": "ErrImagePull", "message": "model:1: not found"}
+    }
     backend = FakeBackend(FakeCluster(), workload)
     _, record = await run(RayLikeProfile(), backend, tmp_path, deployment_name="llm")
     wait_ready = next(p for p in record.phases if p.name == "wait_ready")
     assert wait_ready.status == "failed"
     # The profile's failure, with the backend's conditions, and not a timeout.
     assert wait_ready.reason == (
-        "deployment llm (no conditions): pod llm-0 container model: ImagePullBackOff "
-        "(image model:1): no; check that the image exists and that the nodes can pull it "
+        "deployment llm (no conditions): pod llm-0 container model: ErrImagePull "
+        "(image model:1): model:1: not found; check that the image exists and that the nodes can pull it "
         "(a private registry needs an imagePullSecret); the pod's events, in the "
         "diagnostics, hold the registry's answer"
     )

@@ -23,11 +23,13 @@ from orchestrator.clients._retry import heard
 from orchestrator.engine import PhaseContext, PhaseFailed
 from orchestrator.flows import (
     OncePerRun,
+    PullErrors,
     call_backend,
     collect_diagnostics,
     is_pod,
     pod_problem,
     pod_ready,
+    pull_is_definitive,
     side_by_side,
 )
 from orchestrator.flows._calls import peer_failures_named
@@ -61,11 +63,111 @@ def pod(
 
 
 def test_pod_problem_names_the_container_reason_and_image() -> None:
-    assert pod_problem(pod(waiting="ImagePullBackOff", ready=False)) == (
-        "pod p container c: ImagePullBackOff (image img:1): why; check that the image exists "
-        "and that the nodes can pull it (a private registry needs an imagePullSecret); the "
-        "pod's events, in the diagnostics, hold the registry's answer"
+    pulling = pod(waiting="ErrImagePull", ready=False)
+    pulling["status"]["containerStatuses"][0]["state"]["waiting"]["message"] = NOT_FOUND
+    assert pod_problem(pulling) == (
+        f"pod p container c: ErrImagePull (image img:1): {NOT_FOUND}; check that the image "
+        "exists and that the nodes can pull it (a private registry needs an imagePullSecret); "
+        "the pod's events, in the diagnostics, hold the registry's answer"
     )
+
+
+# A failed pull's waiting message, as containerd words it to the kubelet.
+REF = "docker.io/library/x:y"
+NOT_FOUND = (
+    f'rpc error: code = NotFound desc = failed to pull and unpack image "{REF}": '
+    f'failed to resolve reference "{REF}": {REF}: not found'
+)
+DEFINITIVE = [
+    NOT_FOUND,
+    f'rpc error: code = Unknown desc = failed to pull and unpack image "{REF}": failed to '
+    f'resolve reference "{REF}": unexpected status from HEAD request to '
+    "https://registry-1.docker.io/v2/library/x/manifests/y: 401 Unauthorized",
+    f'rpc error: code = Unknown desc = failed to pull and unpack image "{REF}": failed to '
+    f'resolve reference "{REF}": pull access denied, repository does not exist or may '
+    "require authorization: server message: insufficient_scope: authorization failed",
+    f'rpc error: code = NotFound desc = failed to pull and unpack image "{REF}": failed to '
+    f'resolve reference "{REF}": ghcr.io/o/x:y: manifest unknown',
+    f'rpc error: code = Unknown desc = failed to pull and unpack image "{REF}": failed to '
+    "fetch anonymous token: unexpected status: 403 Forbidden",
+    'couldn\'t parse image reference "X:Y": invalid reference format: repository name '
+    "must be lowercase",
+]
+TRANSIENT = [
+    f'rpc error: code = Unknown desc = failed to pull and unpack image "{REF}": failed to '
+    f"copy: httpReadSeeker: failed open: unexpected status code https://registry-1.docker.io"
+    "/v2/library/x/manifests/sha256:0f1e: 429 Too Many Requests - Server message: "
+    "toomanyrequests: You have reached your unauthenticated pull rate limit. "
+    "https://www.docker.com/increase-rate-limit",
+    f'rpc error: code = Unknown desc = failed to pull and unpack image "{REF}": failed to '
+    f'resolve reference "{REF}": failed to do request: Head '
+    '"https://registry-1.docker.io/v2/library/x/manifests/y": dial tcp 54.236.113.205:443: '
+    "i/o timeout",
+    f'rpc error: code = Unknown desc = failed to pull and unpack image "{REF}": failed to '
+    f'resolve reference "{REF}": unexpected status from HEAD request to '
+    "https://registry-1.docker.io/v2/library/x/manifests/y: 503 Service Unavailable",
+    f'rpc error: code = Unknown desc = failed to pull and unpack image "{REF}": failed to '
+    "copy: read tcp 10.0.0.2:51234->104.18.124.25:443: read: connection reset by peer",
+    f'rpc error: code = Unknown desc = failed to pull and unpack image "{REF}": failed to '
+    f'resolve reference "{REF}": failed to do request: Head '
+    '"https://registry-1.docker.io/v2/library/x/manifests/y": net/http: TLS handshake timeout',
+]
+
+
+@pytest.mark.parametrize("answer", DEFINITIVE)
+def test_a_definitive_registry_answer_ends_the_wait(answer: str) -> None:
+    assert pull_is_definitive(answer)
+    pulling = pod(waiting="ErrImagePull", ready=False)
+    pulling["status"]["containerStatuses"][0]["state"]["waiting"]["message"] = answer
+    assert answer in (pod_problem(pulling) or "")
+
+
+@pytest.mark.parametrize("answer", TRANSIENT)
+def test_a_pull_failure_the_kubelet_retries_is_waited_out_and_noted_once(answer: str) -> None:
+    assert not pull_is_definitive(answer)
+    pulls = PullErrors()
+    for reason, message in [
+        ("ErrImagePull", answer),
+        ("ImagePullBackOff", 'Back-off pulling image "img:1"'),
+        ("ErrImagePull", answer),
+    ]:
+        pulling = pod(waiting=reason, ready=False)
+        pulling["status"]["containerStatuses"][0]["state"]["waiting"]["message"] = message
+        assert pod_problem(pulling, pulls=pulls) is None
+    assert pulls.new_notes() == [
+        f"pod p cannot pull image img:1 yet (the kubelet retries): {answer}"
+    ]
+    assert pulls.new_notes() == []
+    assert pulls.retrying() == f"pod p cannot pull image img:1 yet (the kubelet retries): {answer}"
+    # The pull then succeeds: nothing is left to blame a timeout on.
+    assert pod_problem(pod(waiting="ContainerCreating", ready=False), pulls=pulls) is None
+    assert pulls.retrying() is None
+
+
+def test_a_back_off_is_decided_by_the_pull_error_before_it() -> None:
+    pulls = PullErrors()
+    back_off = pod(waiting="ImagePullBackOff", ready=False)
+    back_off["status"]["containerStatuses"][0]["state"]["waiting"]["message"] = (
+        'Back-off pulling image "img:1"'
+    )
+    # No pull error seen yet (the wait began during a back-off): the kubelet will try
+    # again, and its next ErrImagePull decides.
+    assert pod_problem(back_off, pulls=pulls) is None
+    assert pulls.retrying() == "pod p cannot pull image img:1 yet (the kubelet retries)"
+    assert pulls.new_notes() == []
+    pulling = pod(waiting="ErrImagePull", ready=False)
+    pulling["status"]["containerStatuses"][0]["state"]["waiting"]["message"] = TRANSIENT[0]
+    assert pod_problem(pulling, pulls=pulls) is None
+    assert pod_problem(back_off, pulls=pulls) is None
+    pulling["status"]["containerStatuses"][0]["state"]["waiting"]["message"] = NOT_FOUND
+    assert pod_problem(pulling, pulls=pulls) is not None
+    problem = pod_problem(back_off, pulls=pulls)
+    assert problem is not None and problem.startswith(
+        f"pod p container c: ImagePullBackOff (image img:1): {NOT_FOUND}; "
+    )
+    assert pulls.new_notes() == [
+        f"pod p cannot pull image img:1 yet (the kubelet retries): {TRANSIENT[0]}"
+    ]
 
 
 def test_pod_problem_waits_on_a_reason_that_passes_and_on_a_pod_being_deleted() -> None:
@@ -97,7 +199,7 @@ def test_a_crash_loop_in_the_shape_a_kubelet_writes_is_a_problem_and_not_ready()
 
 def test_pod_problem_takes_a_profiles_own_fatal_reasons() -> None:
     assert pod_problem(pod(waiting="ContainerCreating"), {"ContainerCreating"}) is not None
-    assert pod_problem(pod(waiting="ImagePullBackOff"), {"ContainerCreating"}) is None
+    assert pod_problem(pod(waiting="ErrImagePull"), {"ContainerCreating"}) is None
 
 
 def test_pod_problem_reports_a_failed_pod_with_exit_codes() -> None:
