@@ -188,8 +188,12 @@ class KubeFoundryFlow:
         inference: InferenceClient,
         hub: WatchHub | None = None,
         install_gate: OncePerRun | None = None,
+        on_retry: Callable[[str], None] | None = None,
     ) -> None:
         self.profile = profile
+        #: Told, for the live console, of a failure the cluster retries on its own (an
+        #: image pull): the run log has it too, but only at the end of a CI job's output.
+        self.on_retry = on_retry
         self.settings = settings
         self.deployment = Deployment(
             name=settings.deployment_name,
@@ -429,7 +433,7 @@ class KubeFoundryFlow:
                 ctx.log(f"pod {summary}")
             problem = pod_problem(obj, p.fatal_waiting_reasons, pulls)
             for note in pulls.new_notes():
-                ctx.log(note)
+                self._retried(ctx, note)
             show_progress()
             if problem:
                 raise Stop(problem)
@@ -524,7 +528,7 @@ class KubeFoundryFlow:
                 return
             problem = pod_problem(event.object, p.fatal_waiting_reasons, pulls)
             for note in pulls.new_notes():
-                ctx.log(note)
+                self._retried(ctx, note)
             if problem:
                 raise Stop(f"the replacement pod cannot start: {problem}")
 
@@ -860,6 +864,12 @@ class KubeFoundryFlow:
             field_selector=t.field_selector,
         )
         return None if seen is None else t.select(seen)
+
+    def _retried(self, ctx: PhaseContext, note: str) -> None:
+        """A failure the cluster retries on its own, in the run log and the live console."""
+        ctx.log(note)
+        if self.on_retry is not None:
+            self.on_retry(note)
 
     def _saw_pod(self, pod: dict[str, Any]) -> None:
         """Note the resourceVersion of a pod event a wait saw (see ``_pods_version``)."""

@@ -99,15 +99,21 @@ class FlowContext:
 
     def backend_client(self, prefix: str = "") -> KubeFoundryClient:
         """A KubeFoundry client of its own (its diagnostics show its own exchanges)."""
+        api = KubeFoundryClient(
+            self.settings.api_url, token=self.token, on_retry=self.retry_reporter(prefix)
+        )
+        self._clients.append(api)
+        return api
+
+    def retry_reporter(self, prefix: str = "") -> Callable[[str], None]:
+        """``on_retry`` for one flow: its messages, under ``prefix``, to the run's."""
         report = self.on_retry
 
         def retried(message: str) -> None:
             if report is not None:
                 report(prefix, message)
 
-        api = KubeFoundryClient(self.settings.api_url, token=self.token, on_retry=retried)
-        self._clients.append(api)
-        return api
+        return retried
 
     def inference_client(self) -> InferenceClient:
         client = InferenceClient(
@@ -148,15 +154,17 @@ class FlowContext:
                 suite=suite,
                 latency_baseline_ms=self.baseline(profile.provider, model),
             )
+            prefix = f"{suite}: " if multi else ""
             flows.append(
                 KubeFoundryFlow(
                     profile,
                     settings,
-                    api=self.backend_client(f"{suite}: " if multi else ""),
+                    api=self.backend_client(prefix),
                     kube=self.kube,
                     inference=self.inference_client(),
                     hub=self.hub,
                     install_gate=self.install_gate,
+                    on_retry=self.retry_reporter(prefix),
                 )
             )
         return flows
