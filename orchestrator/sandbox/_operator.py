@@ -24,7 +24,14 @@ import aiohttp
 
 from ._kube import JSON, Gone, Kube, KubeError, backoff
 from .faults import SandboxState
-from .kubeapi._images import ERR_IMAGE_PULL, IMAGE_PULL_BACK_OFF, pull_events, waiting_message
+from .kubeapi._images import (
+    ERR_IMAGE_PULL,
+    IMAGE_PULL_BACK_OFF,
+    back_off_message,
+    pull_events,
+    rate_limited_error,
+    waiting_message,
+)
 from .models import ModelFleet
 
 log = logging.getLogger(__name__)
@@ -563,6 +570,60 @@ class CustomResourceOperator:
             pod = written
         return pod
 
+    async def show_pull_rate_limited(
+        self, namespace: str, name: str, record: Callable[[str], None]
+    ) -> JSON | None:
+        """Show the pod ``name``'s pull refused by a registry's rate limit until the
+        ``image_pull_rate_limited`` fault is lifted, then the kubelet's next try under way:
+        waiting ``ErrImagePull`` with containerd's 429 ``toomanyrequests`` error and its
+        ``Failed`` events, after ``delays.image_pull_backoff`` (read once) backed off, and
+        once lifted ``Pulling`` again in ContainerCreating, where the pod's hold can be
+        released as on a healthy pull. ``record`` is told each reason once its events are
+        written. Returns the pod as last written (None if it went first).
+
+        The states are written as :meth:`show_pull_failure` writes them (the waiting
+        reason and the fake kubelet's annotation in one write of pods/status).
+        """
+        pod = await self._settled(namespace, name)
+        if pod is None:
+            return None
+        container = pod["spec"]["containers"][0]
+        cname, image = container["name"], container.get("image", "")
+        refused = rate_limited_error(image)
+        written = await self._write_status(
+            namespace, name, partial(_waiting, reason=ERR_IMAGE_PULL, message=refused)
+        )
+        if written is None:
+            return None
+        await self.event(written, "Failed", f'Failed to pull image "{image}": {refused}', cname)
+        await self.event(written, "Failed", f"Error: {ERR_IMAGE_PULL}", cname)
+        record(ERR_IMAGE_PULL)
+        lifted = asyncio.ensure_future(self.state.until(lambda f: not f.image_pull_rate_limited))
+        try:
+            try:
+                async with asyncio.timeout(self.state.faults.delays.image_pull_backoff):
+                    await asyncio.shield(lifted)
+            except TimeoutError:
+                message = back_off_message(image)
+                written = await self._write_status(
+                    namespace, name, partial(_waiting, reason=IMAGE_PULL_BACK_OFF, message=message)
+                )
+                if written is None:
+                    return None
+                await self.event(written, "BackOff", message, cname, "Normal")
+                await self.event(written, "Failed", f"Error: {IMAGE_PULL_BACK_OFF}", cname)
+                record(IMAGE_PULL_BACK_OFF)
+                await lifted
+        finally:
+            lifted.cancel()
+        written = await self._write_status(
+            namespace, name, partial(_waiting, reason="ContainerCreating", message="")
+        )
+        if written is not None:
+            await self.event(written, "Pulling", f'Pulling image "{image}"', cname, "Normal")
+            record("ContainerCreating")
+        return written
+
     async def _settled(self, namespace: str, name: str) -> JSON | None:
         """The pod once the fake kubelet has bound it and written it in ContainerCreating
         (None if it went first)."""
@@ -885,7 +946,9 @@ def _waiting(pod: JSON, reason: str, message: str) -> JSON:
                     "ready": False,
                     "started": False,
                     "restartCount": 0,
-                    "state": {"waiting": {"reason": reason, "message": message}},
+                    "state": {
+                        "waiting": {"reason": reason, **({"message": message} if message else {})}
+                    },
                     "lastState": {},
                 }
             ],

@@ -135,6 +135,10 @@ class Faults(BaseModel):
     install_fails: bool = False
     never_ready: bool = False
     image_pull_error: bool = False
+    #: The model image's pull answers 429 ``toomanyrequests`` (ErrImagePull, then after
+    #: ``delays.image_pull_backoff`` ImagePullBackOff) until the fault is lifted; the
+    #: kubelet's next try then pulls it and the pod runs, as a rate limit clears.
+    image_pull_rate_limited: bool = False
     crash_loop: bool = False
     inference: InferenceFault = "ok"
     model_loading_seconds: float = Field(0, ge=0)

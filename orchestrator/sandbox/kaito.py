@@ -200,6 +200,12 @@ class KaitoController(CustomResourceOperator):
         if broken:
             await self._break_pod(namespace, name, faults.crash_loop)
             return
+        if faults.image_pull_rate_limited:
+            await self.show_pull_rate_limited(
+                namespace,
+                f"{name}-0",
+                lambda reason: self.state.record(namespace, name, f"pod {reason} (rate limited)"),
+            )
         await self._release(namespace, f"{name}-0", "pod_start", created, container["image"])
         pod = await self.wait_pod(
             namespace, f"{name}-0", lambda p: p.get("status", {}).get("phase") == "Running"

@@ -35,6 +35,7 @@ from _fixtures import (  # noqa: F401 - fixtures are used by name
 
 from orchestrator.clients import Expectations
 from orchestrator.clients._completion import assemble_stream, completion_violations
+from orchestrator.flows import pull_is_definitive
 from orchestrator.sandbox import Faults
 from orchestrator.sandbox._kube import Kube
 from orchestrator.sandbox.kaito import CRASH_LINE
@@ -135,6 +136,32 @@ async def test_an_image_pull_error_is_shown_as_a_kubelet_shows_it(make_sandbox) 
         assert pull_events_problems(events["items"], pod, list(PULL_REASONS)) == []
         message = pod["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
         assert message == f'Back-off pulling image "{IMAGE}"'
+
+
+async def test_a_rate_limited_pull_is_refused_until_lifted_then_the_pod_runs(
+    make_sandbox,
+) -> None:
+    """The pull is refused with the registry's 429 (a definitive answer it is not), backs
+    off, and once the fault is lifted the kubelet's next try pulls and the pod runs."""
+    faults = Faults(image_pull_rate_limited=True, delays={"image_pull_backoff": 0.2})
+    async with make_sandbox(faults=faults) as (sandbox, api, kube):
+        await install_kaito(api, kube)
+        query = {"fieldSelector": f"metadata.name={NAME}-0"}
+        async with PodHistory(kube, PODS, query) as history:
+            await create_deployment(api)
+            async with asyncio.timeout(DEADLINE):
+                await sandbox.state.wait_recorded(NAME, "pod ImagePullBackOff (rate limited)")
+            sandbox.update_faults({"image_pull_rate_limited": False})
+            async with asyncio.timeout(DEADLINE):
+                await sandbox.state.wait_recorded(NAME, "pod Running")
+        shown = [r for v in history.versions if (r := reason_of(v)) in PULL_REASONS]
+        assert list(dict.fromkeys(shown)) == ["ErrImagePull", "ImagePullBackOff"], shown
+        refused = next(v for v in history.versions if reason_of(v) == "ErrImagePull")
+        message = refused["status"]["containerStatuses"][0]["state"]["waiting"]["message"]
+        assert "429 Too Many Requests" in message and "toomanyrequests" in message, message
+        assert not pull_is_definitive(message)
+        pod = await kube.get(f"{PODS}/{NAME}-0")
+        assert pod["status"]["phase"] == "Running"
 
 
 def reason_of(pod: dict) -> str | None:

@@ -46,6 +46,20 @@ def pull_error(image: str) -> str:
     )
 
 
+def rate_limited_error(image: str) -> str:
+    """The error containerd gives the kubelet when Docker Hub's pull rate limit is hit:
+    an answer a later try gets past, unlike :func:`pull_error`'s."""
+    ref = image_reference(image)
+    repo, _, tag = ref.removeprefix("docker.io/").rpartition(":")
+    return (
+        f'rpc error: code = Unknown desc = failed to pull and unpack image "{ref}": '
+        f"failed to copy: httpReadSeeker: failed open: unexpected status code "
+        f"https://registry-1.docker.io/v2/{repo}/manifests/{tag}: 429 Too Many Requests - "
+        "Server message: toomanyrequests: You have reached your unauthenticated pull rate "
+        "limit. https://www.docker.com/increase-rate-limit"
+    )
+
+
 def back_off_message(image: str) -> str:
     return f'Back-off pulling image "{image}"'
 
