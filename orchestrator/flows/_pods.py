@@ -8,6 +8,7 @@ with the pod's own reason instead of running out its deadline.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -54,9 +55,18 @@ DEFINITIVE_PULL_ANSWERS = (
 )
 
 
+#: What a pull's error quotes rather than says: quoted strings, and words with a ``/``
+#: or ``@`` in them (image references, registry URLs, digests).
+_QUOTED = re.compile(r'"[^"]*"|\S*[/@]\S*')
+
+
 def pull_is_definitive(answer: str) -> bool:
-    """Whether an image pull's error says a retry cannot succeed (see the list above)."""
-    text = answer.lower()
+    """Whether an image pull's error says a retry cannot succeed (see the list above).
+
+    Only the error's own words count, not the image references and URLs it quotes: an
+    image named ``ghcr.io/o/denied-app`` that hits a rate limit is still retried.
+    """
+    text = _QUOTED.sub(" ", answer).lower()
     return any(word in text for word in DEFINITIVE_PULL_ANSWERS)
 
 

@@ -114,6 +114,28 @@ TRANSIENT = [
 ]
 
 
+#: An image whose name and tag hold a definitive answer's words.
+WORDY = "ghcr.io/denied/unauthorized-app:forbidden"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        f'rpc error: code = Unknown desc = failed to pull and unpack image "{WORDY}": failed '
+        f"to copy: httpReadSeeker: failed open: unexpected status code https://ghcr.io/v2/"
+        "denied/unauthorized-app/manifests/forbidden: 429 Too Many Requests",
+        f'rpc error: code = Unknown desc = failed to pull and unpack image "{WORDY}": failed '
+        f"to resolve reference {WORDY}: i/o timeout",
+        'rpc error: code = Unknown desc = failed to pull and unpack image "denied:1": failed '
+        "to copy: read: connection reset by peer",
+    ],
+)
+def test_an_image_name_is_not_the_registrys_answer(answer: str) -> None:
+    # The words of an image's name or tag, quoted in the error, say nothing about
+    # whether a retry can succeed.
+    assert not pull_is_definitive(answer)
+
+
 @pytest.mark.parametrize("answer", DEFINITIVE)
 def test_a_definitive_registry_answer_ends_the_wait(answer: str) -> None:
     assert pull_is_definitive(answer)
