@@ -63,6 +63,11 @@ def pytest_configure(config: pytest.Config) -> None:
         import _zygote
 
         _zygote.enabled = False
+    config.addinivalue_line(
+        "markers",
+        "long: takes seconds of CPU without a sandbox or cluster fixture (mypy): dealt to the "
+        "front of a worker's share like the tests that take one (LONG, tests/README.md)",
+    )
     if not hasattr(config, "workerinput"):  # the controller (or ``-n 0``), once per session
         _compile_package()
         _rewrite_tests(config)
@@ -174,13 +179,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))  # set in each worker
     if workers < 2:
         return
-    long = [
-        item
-        for item in items
-        if LONG & set(getattr(item, "fixturenames", ())) and not _shares(item)
-    ]
+    long = [item for item in items if _long(item) and not _shares(item)]
     if not long:
         return
+    # Those marked ``long`` (CPU-bound, no cluster to wait for) first of all: each starts one
+    # worker's share, instead of ending a share of long tests that comes late in collection.
+    long.sort(key=lambda item: item.get_closest_marker("long") is None)
     chosen = set(long)
     short = [item for item in items if item not in chosen]
     items[:] = [
@@ -189,6 +193,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in long[k::workers]
         + short[k * len(short) // workers : (k + 1) * len(short) // workers]
     ]
+
+
+def _long(item: pytest.Item) -> bool:
+    """Whether the test takes a fixture in LONG or is marked ``long``."""
+    return bool(LONG & set(getattr(item, "fixturenames", ()))) or (
+        item.get_closest_marker("long") is not None
+    )
 
 
 def _shares(item: pytest.Item) -> bool:

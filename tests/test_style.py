@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -31,6 +33,9 @@ def test_ruff_format_is_clean() -> None:
 EXAMPLES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "examples").glob("*/*.py"))
 
 
+# mypy from a fresh clone's cold cache is 6-7 CPU-seconds on one core: at the end of the run
+# it held the last worker alone; marked, it starts with the long tests (conftest.py).
+@pytest.mark.long
 def test_mypy_strict_is_clean() -> None:
     assert EXAMPLES, "no example flow found under examples/"
     # The settings (strict, the pydantic plugin) live in pyproject.toml's [tool.mypy], so
