@@ -3,7 +3,8 @@
 ``python benchmarks/_waiter.py KUBECONFIG NAMESPACE`` first prints ``loop NAME`` (the event
 loop it runs on, chosen as ``orchestrator run`` chooses it: ``ORCHESTRATOR_EVENT_LOOP``),
 then reads one JSON request per line
-(``{"method": "orchestrator" | "poll", "kind": "workspace" | "pod", "name": ...}``), waits
+(``{"method": "orchestrator" | "poll", "kind": "workspace" | "pod", "name": ...,
+"confirm": "cache" | "quorum"}``), waits
 until that object is ready, and prints ``done NAME`` at once. It lives for the whole
 benchmark, so that Python's start-up is not part of any reaction (the start-up is
 reported on its own); ``kubectl wait`` is a Go binary that starts in a few milliseconds
@@ -14,9 +15,10 @@ The orchestrator's waiter is the flows' own public machinery (``orchestrator.flo
 nothing the flows do not use: a subscription to the run's shared watch hub (one stream
 per resource type and namespace), woken by events seen through ``inspect``, and a
 confirming read of the object before it returns: a watch cache is a hint, not the truth.
-The read asks for a state not older than the event's resourceVersion, which the API
-server answers from its own watch cache instead of a quorum read from etcd, as the flows'
-confirming reads after an event do. The heap is settled as ``orchestrator run`` settles
+The read (``"confirm": "cache"``, the default) asks for a state not older than the event's
+resourceVersion, which the API server answers from its own watch cache instead of a quorum
+read from etcd, as the flows' confirming reads after an event do; ``"quorum"`` asks for the
+current state (a plain GET, read from etcd), the one read of the two that is linearizable. The heap is settled as ``orchestrator run`` settles
 it (imports frozen out of the collector's sight), and the loop is started by the same
 function.
 
@@ -92,10 +94,15 @@ async def one(kube: KubeClient, hub: WatchHub, namespace: str, ask: dict[str, st
         if isinstance(version, str):
             seen.append(version)
 
+    #: Only the cache read names a version: a plain GET is the current state.
+    cached = ask.get("confirm", "cache") == "cache"
+
     async def check() -> bool | None:
-        # The confirming read: the API server's answer, at least as new as the last event.
+        # The confirming read: the API server's answer, at least as new as the last event
+        # (cache), or the current state (quorum).
         began = time.monotonic()
-        obj = await kube.get(resource, name, namespace, not_older_than=seen[-1] if seen else None)
+        version = seen[-1] if seen and cached else None
+        obj = await kube.get(resource, name, namespace, not_older_than=version)
         reads.append((began, time.monotonic()))
         return True if ready(kind, obj) else None
 

@@ -23,6 +23,12 @@ show what the confirming read costs against what the watch delivers; and the par
 the event once more, where the waiter's read begins and ends (waking the waiter, the read
 itself: our client and the server's round trip, the return).
 
+``--confirm cache,quorum`` runs the orchestrator's waiter once per kind of confirming read,
+interleaved in the same trials: ``cache`` is the flows' read after an event (a state not
+older than the event's resourceVersion, which the API server answers from its watch cache),
+``quorum`` a plain GET (the current state, read from etcd: linearizable). What the second
+costs is then measured against ``kubectl wait`` at the same load, not estimated.
+
 ``--loops uvloop,asyncio`` runs the orchestrator's waiter once per event loop
 (``ORCHESTRATOR_EVENT_LOOP``, a waiter process each), interleaved in the same shuffled
 trials: an A/B of the loop on one machine at one load, not two runs at two loads.
@@ -187,18 +193,35 @@ class Waiter:
         await self.proc.wait()
 
 
-def methods_for(loops: list[str] | None, methods: list[str]) -> dict[str, str | None]:
-    """The reaction's methods, and for each orchestrator waiter the loop it is asked for.
+#: The orchestrator waiter's confirming reads (``--confirm``), as ``_waiter.py`` names them.
+CONFIRM_READS = {
+    "cache": "not older than the event's resourceVersion (the API server's watch cache)",
+    "quorum": "the current state (a quorum read from etcd: linearizable)",
+}
+
+
+def methods_for(
+    loops: list[str] | None, methods: list[str], confirms: list[str] | None = None
+) -> dict[str, tuple[str | None, str]]:
+    """The reaction's methods, and for each the loop it is asked for and its confirming read.
 
     One waiter as ``orchestrator run`` would start it is "orchestrator"; with ``--loops``,
-    one per loop, named after it ("orchestrator (uvloop)").
+    one per loop, named after it ("orchestrator (uvloop)"); with ``--confirm``, one per
+    read too, named after the read unless it is the flows' own alone ("orchestrator
+    (quorum read)", "orchestrator (uvloop, cache read)").
     """
-    out: dict[str, str | None] = {}
+    confirms = confirms or ["cache"]
+    out: dict[str, tuple[str | None, str]] = {}
     for method in methods:
-        if method == "orchestrator" and loops:
-            out |= {f"orchestrator ({loop})": loop for loop in loops}
-        else:
-            out[method] = None
+        if method != "orchestrator":
+            out[method] = (None, "cache")
+            continue
+        each_loop: list[str | None] = [*loops] if loops else [None]
+        for loop in each_loop:
+            for confirm in confirms:
+                named = len(confirms) > 1 or confirm != "cache"
+                words = [w for w in (loop, f"{confirm} read" if named else None) if w]
+                out[f"orchestrator ({', '.join(words)})" if words else method] = (loop, confirm)
     return out
 
 
@@ -210,6 +233,7 @@ async def reaction(
     kubectl_cache: Path,
     loops: list[str] | None = None,
     methods: list[str] = list(METHODS),  # noqa: B006  (never changed)
+    confirms: list[str] | None = None,
 ) -> dict[str, Any]:
     from orchestrator.clients import NAMESPACES, PODS, KubeClient, Resource
 
@@ -219,9 +243,9 @@ async def reaction(
     kubectl = Kubectl(kubeconfig, kubectl_cache)
     # Discovery warmed once (kubectl caches it), as on any machine that used kubectl before.
     await (await kubectl.wait("workspace", "warm-up")).wait()
-    chosen = methods_for(loops, methods)
+    chosen = methods_for(loops, methods, confirms)
     waiters: dict[str, Waiter] = {}
-    for method, loop in chosen.items():
+    for method, (loop, _) in chosen.items():
         if method.startswith("orchestrator") or method == "poll 2 s":
             # The poll shares the first waiter process: it only sleeps and reads.
             key = loop or "default"
@@ -245,8 +269,11 @@ async def reaction(
             rng.shuffle(order)
             for kind, method in order:
                 res = PODS if kind == "pod" else workspaces
-                loop = chosen[method]
-                name = f"{kind[:2]}-{method.split()[0]}-{loop + '-' if loop else ''}{i}"
+                loop, confirm = chosen[method]
+                tags = "".join(
+                    f"{t}-" for t in (loop, confirm if confirm != "cache" else None) if t
+                )
+                name = f"{kind[:2]}-{method.split()[0]}-{tags}{i}"
                 await kube.create(res, pod(name) if kind == "pod" else workspace(name), NS)
                 proc = None
                 if method == "kubectl wait":
@@ -255,6 +282,7 @@ async def reaction(
                 else:
                     waiter = waiters[loop or "default"] if loop else next(iter(waiters.values()))
                     ask = {"method": method.split()[0], "kind": kind, "name": name}
+                    ask["confirm"] = confirm
                     waiter.stdin.write((json.dumps(ask) + "\n").encode())
                     await waiter.stdin.drain()
                     out = waiter.stdout
@@ -288,10 +316,14 @@ async def reaction(
         await kube.aclose()
     return {
         "where": "test cluster (upstream k8s.io/apiserver on etcd), fake kubelet off",
-        "orchestrator_waiter": "shared watch hub, then a confirming GET not older than the "
-        "event's resourceVersion (benchmarks/_waiter.py)",
+        "orchestrator_waiter": "shared watch hub, then a confirming GET (benchmarks/_waiter.py)",
+        "confirming_reads": {
+            m: CONFIRM_READS[chosen[m][1]] for m in chosen if m.startswith("orchestrator")
+        },
         "event_loops": {
-            m: waiters[chosen[m] or "default"].loop for m in chosen if m.startswith("orchestrator")
+            m: waiters[chosen[m][0] or "default"].loop
+            for m in chosen
+            if m.startswith("orchestrator")
         },
         "trials_per_method": trials,
         "flip_after_s": [0.8, 2.8],
@@ -533,6 +565,13 @@ def main() -> int:
         "(ORCHESTRATOR_EVENT_LOOP; default: one waiter, on the loop a run goes on)",
     )
     p.add_argument(
+        "--confirm",
+        default="cache",
+        help="the orchestrator waiter's confirming read, once per kind given: cache (a state "
+        "not older than the event, the flows' read), quorum (the current state, from etcd); "
+        "e.g. cache,quorum (default: cache)",
+    )
+    p.add_argument(
         "--methods",
         default=",".join(METHOD_WORDS),
         help=f"the reaction's waiters, from {','.join(METHOD_WORDS)} (default: all)",
@@ -551,6 +590,9 @@ def main() -> int:
     loops = [x.strip() for x in args.loops.split(",")] if args.loops else None
     if loops and (bad := set(loops) - {"uvloop", "asyncio"}):
         p.error(f"--loops: unknown {', '.join(sorted(bad))} (uvloop, asyncio)")
+    confirms = [x.strip() for x in args.confirm.split(",")]
+    if bad := set(confirms) - set(CONFIRM_READS):
+        p.error(f"--confirm: unknown {', '.join(sorted(bad))} ({', '.join(CONFIRM_READS)})")
     words = [x.strip() for x in args.methods.split(",")]
     if bad := set(words) - set(METHOD_WORDS):
         p.error(f"--methods: unknown {', '.join(sorted(bad))} ({', '.join(METHOD_WORDS)})")
@@ -581,6 +623,7 @@ def main() -> int:
                         kubectl_cache=work / "kubectl-cache",
                         loops=loops,
                         methods=methods,
+                        confirms=confirms,
                     )
                 )
                 print(table({"reaction": results["reaction"]}), flush=True)
