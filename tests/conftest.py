@@ -182,9 +182,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     long = [item for item in items if _long(item) and not _shares(item)]
     if not long:
         return
-    # Those marked ``long`` (CPU-bound, no cluster to wait for) first of all: each starts one
-    # worker's share, instead of ending a share of long tests that comes late in collection.
-    long.sort(key=lambda item: item.get_closest_marker("long") is None)
+    # The CPU-bound ones first of all: each starts one worker's share, instead of ending a
+    # share of long tests that comes late in collection.
+    long.sort(key=lambda item: not _computes(item))
     chosen = set(long)
     short = [item for item in items if item not in chosen]
     items[:] = [
@@ -196,10 +196,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def _long(item: pytest.Item) -> bool:
-    """Whether the test takes a fixture in LONG or is marked ``long``."""
-    return bool(LONG & set(getattr(item, "fixturenames", ()))) or (
-        item.get_closest_marker("long") is not None
-    )
+    """Whether the test takes a fixture in LONG, or computes for seconds (``_computes``)."""
+    return bool(LONG & set(getattr(item, "fixturenames", ()))) or _computes(item)
+
+
+def _computes(item: pytest.Item) -> bool:
+    """Whether the test keeps a core busy for seconds: marked ``long``, or property-based.
+
+    A hypothesis test runs its hundred examples on the CPU: about 0.5-2 CPU-s each alone,
+    and 20-50 s of wall time each in a loaded run's last minute, where they held the last
+    workers while the others had finished (eight workers, load 15-25).
+    """
+    if item.get_closest_marker("long") is not None:
+        return True
+    return bool(getattr(getattr(item, "obj", None), "is_hypothesis_test", False))
 
 
 def _shares(item: pytest.Item) -> bool:
