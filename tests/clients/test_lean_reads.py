@@ -22,7 +22,7 @@ import json
 import ssl
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -625,60 +625,70 @@ def test_any_bytes_a_peer_answers_are_an_object_or_a_named_client_error(
 POD_READS = {"list": {"watch": False, "method": "GET", "path": r"/pods"}}
 
 
-@pytest.mark.cluster
-def test_reads_through_the_hostile_proxy_end_as_an_object_or_a_named_client_error() -> None:
+@pytest.fixture(params=["testcluster"])
+def cluster(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A fresh test cluster of the test's own. Its parameter names the backend, so that the
+    worker's pool starts one ahead while the test before runs (tests/README.md), as for
+    the flow tests' ``testcluster`` rows, instead of this test waiting for its start."""
     from _testcluster import fresh_cluster
+
+    with fresh_cluster() as fresh:
+        yield fresh
+
+
+@pytest.mark.cluster
+def test_reads_through_the_hostile_proxy_end_as_an_object_or_a_named_client_error(
+    cluster: Any,
+) -> None:
     from proxy import HostileProxy, mutations
 
     from orchestrator.clients import NAMESPACES
 
-    with fresh_cluster() as cluster:
+    async def seed() -> None:
+        async with await KubeClient.from_kubeconfig(str(cluster.kubeconfig)) as kube:
+            await kube.create(NAMESPACES, {"metadata": {"name": "hostile"}})
+            spec = {"containers": [{"name": "c", "image": "i"}]}
+            await kube.create(PODS, {"metadata": {"name": "p"}, "spec": spec}, "hostile")
 
-        async def seed() -> None:
-            async with await KubeClient.from_kubeconfig(str(cluster.kubeconfig)) as kube:
-                await kube.create(NAMESPACES, {"metadata": {"name": "hostile"}})
-                spec = {"containers": [{"name": "c", "image": "i"}]}
-                await kube.create(PODS, {"metadata": {"name": "p"}, "spec": spec}, "hostile")
+    anyio.run(seed)
 
-        anyio.run(seed)
+    async def through(plan: list[Any], workdir: Path) -> None:
+        async with HostileProxy.for_kubeconfig(cluster.kubeconfig, plan) as proxy:
+            config = proxy.write_kubeconfig(workdir / "kubeconfig")
+            kube = await KubeClient.from_kubeconfig(str(config))
+            try:
+                for path, check in 2 * [
+                    (PODS.path("hostile", "p"), check_object),
+                    (PODS.path("hostile"), check_list),
+                ]:
+                    try:
+                        got = await kube.read(path, check, NO_RETRY, timeout=3)
+                    except ClientError as exc:
+                        assert f"GET {path}" in str(exc)
+                        if not any(m.name == "echo_secret" for m in plan):
+                            # (a body that quotes the token bare is masked by the run)
+                            assert str(proxy.token) not in str(exc)
+                    else:
+                        assert check(got, "x") is got
+                assert proxy.applied  # the reads met the plan
+                proxy.clear()
+                # Whatever the connections went through, the next read is whole.
+                assert (await kube.get(PODS, "p", "hostile"))["metadata"]["name"] == "p"
+                assert kube._lean is not None and kube._lean.opened >= 1
+            finally:
+                await kube.aclose()
 
-        async def through(plan: list[Any], workdir: Path) -> None:
-            async with HostileProxy.for_kubeconfig(cluster.kubeconfig, plan) as proxy:
-                config = proxy.write_kubeconfig(workdir / "kubeconfig")
-                kube = await KubeClient.from_kubeconfig(str(config))
-                try:
-                    for path, check in 2 * [
-                        (PODS.path("hostile", "p"), check_object),
-                        (PODS.path("hostile"), check_list),
-                    ]:
-                        try:
-                            got = await kube.read(path, check, NO_RETRY, timeout=3)
-                        except ClientError as exc:
-                            assert f"GET {path}" in str(exc)
-                            if not any(m.name == "echo_secret" for m in plan):
-                                # (a body that quotes the token bare is masked by the run)
-                                assert str(proxy.token) not in str(exc)
-                        else:
-                            assert check(got, "x") is got
-                    assert proxy.applied  # the reads met the plan
-                    proxy.clear()
-                    # Whatever the connections went through, the next read is whole.
-                    assert (await kube.get(PODS, "p", "hostile"))["metadata"]["name"] == "p"
-                    assert kube._lean is not None and kube._lean.opened >= 1
-                finally:
-                    await kube.aclose()
+    @settings(
+        max_examples=25,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    @given(plan=st.lists(mutations(POD_READS), min_size=1, max_size=3))
+    def each(plan: list[Any]) -> None:
+        with tempfile.TemporaryDirectory() as workdir:
+            anyio.run(through, plan, Path(workdir))
 
-        @settings(
-            max_examples=25,
-            deadline=None,
-            suppress_health_check=[HealthCheck.too_slow],
-        )
-        @given(plan=st.lists(mutations(POD_READS), min_size=1, max_size=3))
-        def each(plan: list[Any]) -> None:
-            with tempfile.TemporaryDirectory() as workdir:
-                anyio.run(through, plan, Path(workdir))
-
-        each()
+    each()
 
 
 # -- TLS: the kubeconfig's CA, client certificate and server name ---------------------
@@ -956,29 +966,28 @@ async def test_a_header_that_cannot_be_sent_as_it_is_never_reaches_the_wire(
 
 
 @pytest.mark.cluster
-async def test_reads_from_the_test_cluster_go_on_one_kept_alive_tls_connection() -> None:
-    from _testcluster import fresh_cluster
-
+async def test_reads_from_the_test_cluster_go_on_one_kept_alive_tls_connection(
+    cluster: Any,
+) -> None:
     from orchestrator.clients import NAMESPACES
 
-    with fresh_cluster() as cluster:
-        kube = await KubeClient.from_kubeconfig(str(cluster.kubeconfig))
-        try:
-            assert kube.server.startswith("https://")
-            await kube.create(NAMESPACES, {"metadata": {"name": "lean"}})
-            spec = {"containers": [{"name": "c", "image": "i"}]}
-            await kube.create(PODS, {"metadata": {"name": "p"}, "spec": spec}, "lean")
-            versions = []
-            for i in range(3):
-                patch = {"metadata": {"annotations": {"step": str(i)}}}
-                written = await kube.patch(PODS, "p", patch, "lean")
-                versions.append(written["metadata"]["resourceVersion"])
-                read = await kube.get(PODS, "p", "lean", not_older_than=versions[-1])
-                assert read["metadata"]["annotations"]["step"] == str(i)
-            with pytest.raises(NotFound):
-                await kube.get(PODS, "nobody", "lean")
-            listed = await kube.list(PODS, "lean", not_older_than=versions[-1])
-            assert [p["metadata"]["name"] for p in listed["items"]] == ["p"]
-            assert kube._lean is not None and kube._lean.opened == 1
-        finally:
-            await kube.aclose()
+    kube = await KubeClient.from_kubeconfig(str(cluster.kubeconfig))
+    try:
+        assert kube.server.startswith("https://")
+        await kube.create(NAMESPACES, {"metadata": {"name": "lean"}})
+        spec = {"containers": [{"name": "c", "image": "i"}]}
+        await kube.create(PODS, {"metadata": {"name": "p"}, "spec": spec}, "lean")
+        versions = []
+        for i in range(3):
+            patch = {"metadata": {"annotations": {"step": str(i)}}}
+            written = await kube.patch(PODS, "p", patch, "lean")
+            versions.append(written["metadata"]["resourceVersion"])
+            read = await kube.get(PODS, "p", "lean", not_older_than=versions[-1])
+            assert read["metadata"]["annotations"]["step"] == str(i)
+        with pytest.raises(NotFound):
+            await kube.get(PODS, "nobody", "lean")
+        listed = await kube.list(PODS, "lean", not_older_than=versions[-1])
+        assert [p["metadata"]["name"] for p in listed["items"]] == ["p"]
+        assert kube._lean is not None and kube._lean.opened == 1
+    finally:
+        await kube.aclose()
