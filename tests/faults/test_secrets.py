@@ -24,7 +24,6 @@ import pytest
 import yaml
 from _bounded import running_sandbox
 from _client_cert import client_key_pair, with_inline_client_key
-from _testcluster import fresh_cluster
 from e2e_harness import Result, run_orchestrator
 from test_signals_setup import alive, read_all, start_run, unreachable_kubeconfig
 
@@ -210,43 +209,45 @@ async def test_a_run_killed_mid_way_leaves_no_secret_in_any_file(tmp_path: Path)
     assert "X-Token: ***" in written and "retrying with token=*** after a 503" in written
 
 
+# The test cluster through the ``kubeconfig`` fixture: its parameter names the backend, so
+# that the worker's pool starts the cluster ahead (tests/README.md).
+@pytest.mark.parametrize("kubeconfig", ["testcluster"], indirect=True)
 async def test_a_killed_run_leaves_no_client_key_on_disk(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    kubeconfig: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A kubeconfig that carries its client key inline (as kind writes it): the Kubernetes
     client's TLS context needs it as a file, and a SIGKILLed run must not leave that
     file behind (the library removes its own only at a normal exit)."""
     cert, key = client_key_pair(tmp_path)
-    with fresh_cluster() as cluster:
-        config = yaml.safe_load(cluster.kubeconfig.read_text())
-        for entry in config["users"]:
-            entry["user"] = with_inline_client_key(entry["user"], cert, key)
-        kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(yaml.safe_dump(config))
-        temporary = tmp_path / "tmp"
-        temporary.mkdir()
-        monkeypatch.setenv("TMPDIR", str(temporary))  # start_run copies the environment
-        # The backend: a listener that accepts and never answers. The run checks it only
-        # once its Kubernetes client is built, so a connection means the key is loaded.
-        connected = anyio.Event()
+    config = yaml.safe_load(kubeconfig.read_text())
+    for entry in config["users"]:
+        entry["user"] = with_inline_client_key(entry["user"], cert, key)
+    inline = tmp_path / "kubeconfig"
+    inline.write_text(yaml.safe_dump(config))
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temporary))  # start_run copies the environment
+    # The backend: a listener that accepts and never answers. The run checks it only
+    # once its Kubernetes client is built, so a connection means the key is loaded.
+    connected = anyio.Event()
 
-        async def accept(stream: anyio.abc.SocketStream) -> None:
-            connected.set()
-            await anyio.sleep_forever()
+    async def accept(stream: anyio.abc.SocketStream) -> None:
+        connected.set()
+        await anyio.sleep_forever()
 
-        async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
-            port = listener.extra(anyio.abc.SocketAttribute.local_port)
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(listener.serve, accept)
-                with anyio.fail_after(60):
-                    async with await start_run(
-                        tmp_path, kubeconfig, "--api-url", f"http://127.0.0.1:{port}"
-                    ) as proc:
-                        await connected.wait()
-                        proc.kill()
-                        stdout, stderr = await read_all(proc.stdout), await read_all(proc.stderr)
-                        assert await proc.wait() == -signal.SIGKILL, stdout + stderr
-                tg.cancel_scope.cancel()
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, accept)
+            with anyio.fail_after(60):
+                async with await start_run(
+                    tmp_path, inline, "--api-url", f"http://127.0.0.1:{port}"
+                ) as proc:
+                    await connected.wait()
+                    proc.kill()
+                    stdout, stderr = await read_all(proc.stdout), await read_all(proc.stderr)
+                    assert await proc.wait() == -signal.SIGKILL, stdout + stderr
+            tg.cancel_scope.cancel()
     body = b"".join(key.splitlines()[1:-1])
     left = [
         str(p.relative_to(tmp_path))
