@@ -38,10 +38,18 @@ TIMEOUT = 240
 
 @pytest.fixture
 def faults() -> Faults:
-    """The real backend's KubeRay defect (``kuberay-gone-before-pods``) is seen only while
-    the pods outlive the RayService: they stay Terminating longer than the default here,
-    so the finding the tests assert shows a state, not the outcome of a close race."""
-    return Faults(stub_models=True, delays=Delays(pod_termination=2.0))
+    """A healthy sandbox with stub models; tests that need more parametrize ``faults``."""
+    return Faults(stub_models=True)
+
+
+#: The real backend's KubeRay defect (``kuberay-gone-before-pods``) is seen only while
+#: the pods outlive the RayService: in the tests that assert the finding, they stay
+#: Terminating longer than the default, so that it shows a state, not the outcome of a
+#: close race. Every KubeRay and Dynamo Delete waits that time out, so the other tests
+#: keep the default.
+PODS_LINGER = pytest.mark.parametrize(
+    "faults", [Faults(stub_models=True, delays=Delays(pod_termination=2.0))], ids=["pods-linger"]
+)
 
 
 @pytest.fixture
@@ -90,6 +98,7 @@ async def no_workload_pods(sb: Sandbox) -> list[str]:
         await kube.aclose()
 
 
+@PODS_LINGER
 async def test_every_provider_in_one_run(providers_sandbox: Sandbox, tmp_path: Path) -> None:
     result = await run_orchestrator(
         providers_sandbox, tmp_path, "--provider", ALL, *BUDGET, timeout=TIMEOUT
@@ -113,6 +122,7 @@ async def test_every_provider_in_one_run(providers_sandbox: Sandbox, tmp_path: P
     assert await no_workload_pods(providers_sandbox) == []
 
 
+@PODS_LINGER
 async def test_strict_fails_the_phases_that_found_something(
     providers_sandbox: Sandbox, tmp_path: Path
 ) -> None:
