@@ -231,12 +231,23 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_call(item: pytest.Item) -> None:
     """While a test runs (its own cluster taken), start the clusters of the tests after it:
-    the next one's, and a second for a later test of this worker that takes one."""
+    the next one's, and, when the next one is short, a second for a later test of this
+    worker that takes one.
+
+    A long next test (``_long``: it takes a sandbox or a cluster, 5 to 60 s) gives the
+    cluster after it all of its own run to start, from its own call: started here, that
+    cluster would wait out the whole of that test idle (about 17 s on average in a full
+    run, at 0.003 CPU-s a second for its API server and as much for etcd). After a short
+    one (a conformance check, a fraction of a second) it would not be up in time.
+    """
     from _testcluster import needs_cluster, pool
 
-    if needs_cluster(item.stash.get(_NEXT, None)):
+    following = item.stash.get(_NEXT, None)
+    if needs_cluster(following):
         later = _queued(item)
-        if later is None:
+        if following is not None and _long(following):
+            pool.prepare(1)
+        elif later is None:
             pool.prepare()
         else:
             pool.prepare(1 + sum(1 for other in later if needs_cluster(other)))
