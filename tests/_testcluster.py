@@ -59,16 +59,22 @@ STOP_TIMEOUT = 60.0
 #: gives up after 30 s by default; a spare starts while tests run, and on a machine busy
 #: with other work that is not always enough). ``TESTCLUSTER_TIMEOUT`` as for ``start``.
 START_READINESS = os.environ.get("TESTCLUSTER_TIMEOUT", "90")
-#: Garbage collection of the cluster's API server and etcd (both Go programs), unless the
+#: The Go runtime of the cluster's API server and etcd (both Go programs), unless the
 #: environment sets its own. A test cluster lives for one test and is killed with its data,
-#: so it can trade memory for CPU. Measured back to back with ``start RUN_DIR CRD...``
-#: (API server CPU-s, default GOGC=100 -> these): the real KubeRay CRDs 3.7-4.5 -> 3.0-3.2,
-#: KubeRay, Dynamo and KAITO together 4.9-5.4 -> 3.8-3.9, the KAITO CRDs alone (most
-#: cluster tests) 0.42-0.51 -> 0.36-0.38. GOGC=400 lets the heap grow to five times what
-#: is live before collecting; GOMEMLIMIT caps that growth, so the largest install peaks at
-#: about 650 MB (470-490 MB with the default) and a KAITO-only cluster at about 150 MB
-#: (120 MB). At most three run at once per worker, only one of them busy.
-GO_GC = {"GOGC": "400", "GOMEMLIMIT": "600MiB"}
+#: so it can trade memory for CPU.
+#:
+#: - ``GOGC=off`` with ``GOMEMLIMIT=600MiB``: no garbage collection until the heap reaches
+#:   600 MiB, then as much as keeps it there. Most clusters (the KAITO CRDs and a flow's
+#:   objects) never get there and never collect; the provider CRD installs, the only ones
+#:   that do, peak where they did with ``GOGC=400`` under the same limit (about 650 MB
+#:   resident; a KAITO cluster about 185 MB instead of 160).
+#: - ``GOMAXPROCS=1``: one thread runs Go code at a time. On two cores shared by eight
+#:   workers no cluster gets a second core anyway; with one, the runtime stops spinning
+#:   threads up to look for work and stops running garbage collection on a second thread.
+#:
+#: Measured side by side, one cluster per variant in turn (start, idle, install, work):
+#: see tests/README.md ("Less garbage collection").
+GO_RUNTIME = {"GOGC": "off", "GOMEMLIMIT": "600MiB", "GOMAXPROCS": "1"}
 
 
 def home() -> Path | None:
@@ -140,7 +146,7 @@ class _Start:
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    env={**GO_GC, **os.environ},
+                    env={**GO_RUNTIME, **os.environ},
                     start_new_session=True,  # as under ``start``: a Ctrl-C leaves it to the teardown
                 )
             self.procs.append(proc)
@@ -412,8 +418,9 @@ def account(run_dir: Path, taken: dict[str, Any] | None) -> None:
 
 
 def _cpu(run_dir: Path, suffix: str) -> dict[str, float]:
-    """CPU seconds (user + system) the cluster's API server and etcd have used so far, and
-    the seconds since each started, from ``/proc``."""
+    """CPU seconds (user + system) the cluster's API server and etcd have used so far, the
+    seconds since each started, and the most memory each has held (MB resident), from
+    ``/proc``."""
     out = {}
     tick = os.sysconf("SC_CLK_TCK")
     uptime = float(Path("/proc/uptime").read_text().split()[0])
@@ -421,10 +428,14 @@ def _cpu(run_dir: Path, suffix: str) -> dict[str, float]:
         try:
             pid = int((run_dir / f"{name}.pid").read_text())
             stat = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            status = Path(f"/proc/{pid}/status").read_text()
         except (OSError, ValueError):
             continue  # it never started, or died
         out[f"{name}_cpu{suffix}"] = (int(stat[11]) + int(stat[12])) / tick
         out[f"{name}_seconds{suffix}"] = round(uptime - int(stat[19]) / tick, 2)
+        peak = re.search(r"^VmHWM:\s*(\d+) kB", status, re.MULTILINE)
+        if peak:
+            out[f"{name}_peak_mb{suffix}"] = round(int(peak[1]) / 1024)
     return out
 
 
@@ -456,7 +467,7 @@ def _requests(run_dir: Path) -> dict[str, float]:
 
 def summary(lines: list[str]) -> str:
     """What ``account`` wrote, summed up: API server CPU-s by test file (all of it, and the
-    part spent after the test took the cluster), and the requests served."""
+    part spent after the test took the cluster), its peak memory, and the requests served."""
     records = [json.loads(line) for line in lines if line.strip()]
     by_file: dict[str, list[tuple[float, float]]] = {}
     requests: dict[str, float] = {}
@@ -469,8 +480,16 @@ def summary(lines: list[str]) -> str:
             requests[key] = requests.get(key, 0) + count
     total = sum(cpu for rows in by_file.values() for cpu, _ in rows)
     etcd = sum(record.get("etcd_cpu", 0.0) for record in records)
+    peaks = sorted(
+        record["apiserver_peak_mb"] for record in records if "apiserver_peak_mb" in record
+    )
     out = [
         f"{len(records)} clusters: API servers {total:.1f} CPU-s, etcd {etcd:.1f} CPU-s",
+        *(
+            [f"API server peak resident MB: median {peaks[len(peaks) // 2]}, max {peaks[-1]}"]
+            if peaks
+            else []
+        ),
         "API server CPU-s: all, clusters x mean, mean after the test took it; test file",
     ]
     for kind, rows in sorted(by_file.items(), key=lambda kv: -sum(cpu for cpu, _ in kv[1])):
