@@ -166,7 +166,7 @@ LONG = frozenset(
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under xdist, each worker starts with its share of the long tests.
 
-    Work stealing hands each worker a contiguous sixth of the collection and lets an idle
+    Work stealing hands each worker a contiguous eighth of the collection and lets an idle
     worker take the second half of the longest queue. In collection order, the long tests
     sit together (e2e/, faults/, hostile/ ...), so a worker could meet several at the end
     of its share while the others had run out of work. Here the long tests are dealt out
@@ -187,12 +187,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     long.sort(key=lambda item: not _computes(item))
     chosen = set(long)
     short = [item for item in items if item not in chosen]
-    items[:] = [
-        item
-        for k in range(workers)
-        for item in long[k::workers]
-        + short[k * len(short) // workers : (k + 1) * len(short) // workers]
-    ]
+    # Each worker's share is as long as work stealing's first split makes it (worker k
+    # gets what is left divided by the workers left, rounded down): then every share
+    # starts with its long tests, where shares of a fixed size began with the previous
+    # share's last few short tests.
+    reordered: list[pytest.Item] = []
+    left, taken = len(items), 0
+    for k in range(workers):
+        size = left // (workers - k)
+        left -= size
+        share = long[k::workers]
+        more = max(size - len(share), 0) if k < workers - 1 else len(short) - taken
+        reordered += share + short[taken : taken + more]
+        taken += more
+    items[:] = reordered
 
 
 def _long(item: pytest.Item) -> bool:
