@@ -72,10 +72,13 @@ import atexit
 import base64
 import bisect
 import codecs
+import heapq
+import itertools
 import json
 import re
 import string
 import threading
+import time
 import urllib.parse
 import weakref
 from collections.abc import Callable, Iterable
@@ -742,8 +745,8 @@ class RedactingStream:
 
     - the next write, which shows what it is (masked whole if it completes a secret);
     - ``hold`` seconds (:data:`STREAM_FLUSH_HOLD` unless given) after that flush with no
-      write in between (a timer thread writes it out, so a prompt or a live view's last
-      word is never held for long);
+      write in between (one thread, shared by every stream, writes it out, so a prompt
+      or a live view's last word is never held for long);
     - :meth:`release`, or the interpreter's exit (an ``atexit`` hook).
 
     What is guaranteed: a secret split across writes, flushed or not, is masked whole
@@ -761,15 +764,14 @@ class RedactingStream:
         self._masker = redactor.masker()
         self._hold = hold
         self._lock = threading.Lock()
-        self._timer: threading.Timer | None = None
-        #: Counts writes: a timer armed before the last one has nothing of its own left.
-        self._writes = 0
+        #: The release that :data:`_releaser` will make for the last flush, if it is still
+        #: to come: a write (or a release) since that flush leaves it nothing of its own.
+        self._armed: int | None = None
         _STREAMS.add(self)  # what it holds at the interpreter's exit is written out then
 
     def write(self, text: str) -> int:
         with self._lock:
-            self._writes += 1
-            self._disarm()
+            self._armed = None
             masked = self._masker.feed(text)
             if masked:
                 self._target.write(masked)
@@ -782,31 +784,30 @@ class RedactingStream:
     def flush(self) -> None:
         """Flush all but what may start a secret (see the class's docstring)."""
         with self._lock:
-            if self._masker.pending:
-                self._disarm()
-                self._timer = threading.Timer(self._hold, self._release_held, (self._writes,))
-                self._timer.daemon = True  # the atexit hook writes it out at exit
-                self._timer.start()
+            # Armed already (no write since the last flush): that release comes sooner.
+            if self._masker.pending and self._armed is None:
+                self._armed = _releaser.arm(self, self._hold)
         self._target.flush()
 
     def release(self) -> None:
         """Write out what is kept back, masked, and flush: the stream's end."""
         with self._lock:
-            self._disarm()
+            self._armed = None
             self._write_held()
         self._target.flush()
 
-    def _release_held(self, writes: int) -> None:
+    def _release_held(self, armed: int) -> None:
         with self._lock:
-            if writes != self._writes:  # a write came since: a later flush decides
+            if armed != self._armed:  # a write came since: a later flush decides
                 return
-            self._timer = None
+            self._armed = None
             try:
                 self._write_held()
                 self._target.flush()
             except (OSError, ValueError):
                 # The target was closed under us: there is nothing left to write to, and
-                # a traceback from this thread would be one more write to a console.
+                # a traceback from the releasing thread would be one more write to a
+                # console.
                 pass
 
     def _write_held(self) -> None:
@@ -814,14 +815,54 @@ class RedactingStream:
         if rest:
             self._target.write(rest)
 
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
     def __getattr__(self, name: str) -> Any:
         return getattr(self._target, name)
 
+
+class _Releaser:
+    """One thread that writes out what streams held at a flush, when their hold is up.
+
+    A timer thread for each flush that held something cost a thread start (and, under
+    load, a thread alive) per console line that ended in a word. One long-lived thread
+    serves every stream: it sleeps until the earliest release that is due, and a
+    release that a write made pointless is skipped when its time comes. It is started
+    on the first flush that holds something (again in a forked child, which has none).
+    A daemon: the ``atexit`` hook writes out what is held at exit.
+    """
+
+    def __init__(self) -> None:
+        self._ready = threading.Condition(threading.Lock())
+        #: (when, which release, the stream): the earliest first.
+        self._due: list[tuple[float, int, weakref.ref[RedactingStream]]] = []
+        self._count = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, stream: RedactingStream, hold: float) -> int:
+        """Have ``stream`` release what it holds in ``hold`` seconds; which release it is."""
+        with self._ready:
+            armed = next(self._count)
+            heapq.heappush(self._due, (time.monotonic() + hold, armed, weakref.ref(stream)))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="redacting-stream-release", daemon=True
+                )
+                self._thread.start()
+            elif self._due[0][1] == armed:  # sooner than what the thread sleeps for
+                self._ready.notify()
+        return armed
+
+    def _run(self) -> None:
+        while True:
+            with self._ready:
+                while not self._due or (wait := self._due[0][0] - time.monotonic()) > 0:
+                    self._ready.wait(wait if self._due else None)
+                _, armed, ref = heapq.heappop(self._due)
+            stream = ref()
+            if stream is not None:
+                stream._release_held(armed)
+
+
+_releaser = _Releaser()
 
 #: Every stream: what one keeps back at the interpreter's exit, flushed or not, is written
 #: out then, as a plain text stream's buffer would be.
