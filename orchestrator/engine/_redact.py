@@ -82,7 +82,7 @@ import time
 import urllib.parse
 import weakref
 from collections.abc import Callable, Iterable
-from typing import IO, Any
+from typing import IO, Any, TextIO, cast
 
 MASK = "***"
 #: Values at least this long are masked anywhere; shorter ones only where they stand as a
@@ -755,6 +755,18 @@ class RedactingStream:
     What is not: a secret whose rest comes later than that; holding a possible start for
     as long as it takes would hold every word a line ends with, indefinitely. A process
     killed while something is held loses it, never shows it.
+
+    **Bytes.** A library user's code, or a library it calls, may write bytes to
+    ``sys.stdout.buffer``: :attr:`buffer` is the target's binary layer behind the same
+    masker, in the same order as the text writes. Bytes are decoded with the target's
+    encoding as they come (a character split between two writes is kept whole); bytes
+    that do not decode are kept as they are (``surrogateescape``) and come out as they
+    went in, as they would through the plain buffer. Below that nothing is masked: a
+    write to the file descriptor (``os.write(1, ...)``, ``buffer.raw``, a child process
+    that inherits it) never passes through Python's streams. Masking it would mean
+    replacing the process's descriptor with a pipe and a copying thread, which a library
+    must not do to the program that imports it; the command's own children write into
+    pipes that it masks.
     """
 
     def __init__(
@@ -767,15 +779,45 @@ class RedactingStream:
         #: The release that :data:`_releaser` will make for the last flush, if it is still
         #: to come: a write (or a release) since that flush leaves it nothing of its own.
         self._armed: int | None = None
+        #: The decoder of what is written to :attr:`buffer`, once something is.
+        self._decoder: codecs.IncrementalDecoder | None = None
+        self._buffer: _RedactingBuffer | None = None
         _STREAMS.add(self)  # what it holds at the interpreter's exit is written out then
 
     def write(self, text: str) -> int:
         with self._lock:
             self._armed = None
-            masked = self._masker.feed(text)
-            if masked:
-                self._target.write(masked)
+            self._emit(self._masker.feed(text))
         return len(text)
+
+    @property
+    def buffer(self) -> _RedactingBuffer:
+        """The target's ``buffer``, masked as the text is (see the class's docstring)."""
+        if self._buffer is None:
+            self._buffer = _RedactingBuffer(self, cast(TextIO, self._target).buffer)
+        return self._buffer
+
+    def _write_bytes(self, data: bytes) -> None:
+        with self._lock:
+            self._armed = None
+            if self._decoder is None:
+                encoding = getattr(self._target, "encoding", None) or "utf-8"
+                self._decoder = codecs.getincrementaldecoder(encoding)("surrogateescape")
+            self._emit(self._masker.feed(self._decoder.decode(data)))
+
+    def _emit(self, masked: str) -> None:
+        if not masked:
+            return
+        try:
+            self._target.write(masked)
+        except UnicodeEncodeError:
+            if self._decoder is None or not _has_surrogates(masked):
+                raise
+            # Bytes that did not decode (kept as lone surrogates): written out as they
+            # came in, behind what the text layer holds.
+            encoding = getattr(self._target, "encoding", None) or "utf-8"
+            self._target.flush()
+            cast(TextIO, self._target).buffer.write(masked.encode(encoding, "surrogateescape"))
 
     def writelines(self, lines: Iterable[str]) -> None:
         for line in lines:
@@ -811,9 +853,36 @@ class RedactingStream:
                 pass
 
     def _write_held(self) -> None:
-        rest = self._masker.finish()
-        if rest:
-            self._target.write(rest)
+        if self._decoder is not None:  # a character's first bytes, never completed
+            self._emit(self._masker.feed(self._decoder.decode(b"", final=True)))
+            self._decoder.reset()
+        self._emit(self._masker.finish())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._target, name)
+
+
+def _has_surrogates(text: str) -> bool:
+    return any("\ud800" <= c <= "\udfff" for c in text)
+
+
+class _RedactingBuffer:
+    """A :class:`RedactingStream`'s binary layer: bytes written pass its masker."""
+
+    def __init__(self, stream: RedactingStream, target: IO[bytes]) -> None:
+        self._stream = stream
+        self._target = target
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self._stream._write_bytes(bytes(data))
+        return memoryview(data).nbytes
+
+    def writelines(self, lines: Iterable[bytes]) -> None:
+        for line in lines:
+            self.write(line)
+
+    def flush(self) -> None:
+        self._stream.flush()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._target, name)

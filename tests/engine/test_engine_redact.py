@@ -290,6 +290,39 @@ def test_print_in_pieces_to_a_redacting_stream() -> None:
     assert target.getvalue() == "token: *** done\n"
 
 
+@pytest.mark.parametrize("encoding", ["utf-8", "cp1252", "utf-16-le"])
+def test_bytes_written_to_a_redacting_streams_buffer_are_masked(encoding: str) -> None:
+    # Code that writes bytes to sys.stdout.buffer (a library's, a user's) passed the
+    # app's wrapped streams unmasked. Split at every byte, flushed after each: a secret
+    # and a character split between writes come out whole, masked, in order with the
+    # text written around them; bytes that do not decode come out as they went in.
+    data = f"from bytes: {SECRET}, {SHORT} and caf\u00e9 \u20ac\n".encode(encoding)
+    undecodable = b"\xff\xfe" if encoding == "utf-8" else b""
+    for cut in range(len(data) + 1):
+        raw = io.BytesIO()
+        target = io.TextIOWrapper(raw, encoding=encoding, errors="strict")
+        stream = redactor().stream(target, hold=3600)
+        stream.write(f"text: {SHORT[:2]}")  # its rest comes as bytes
+        stream.flush()
+        stream.buffer.write(SHORT[2:].encode(encoding))
+        stream.write(", ")
+        for piece in (data[:cut], data[cut:]):
+            assert stream.buffer.write(memoryview(piece)) == len(piece)
+            stream.buffer.flush()
+        stream.buffer.write(undecodable)
+        stream.release()
+        written = raw.getvalue()
+        assert written.endswith(undecodable)
+        assert written[: len(written) - len(undecodable)].decode(encoding) == (
+            "text: ***, from bytes: ***, *** and caf\u00e9 \u20ac\n"
+        ), cut
+
+
+def test_a_redacting_stream_over_a_text_only_target_has_no_buffer() -> None:
+    stream = redactor().stream(io.StringIO())
+    assert not hasattr(stream, "buffer")
+
+
 def test_a_secret_split_across_two_flushed_console_prints_is_masked_whole() -> None:
     # rich flushes after every print: the first part must not be let out by that flush.
     r = redactor()
