@@ -24,6 +24,7 @@ from urllib.parse import quote, urlencode
 
 import anyio
 
+from .._key_files import key_files_in_memory
 from ._errors import (
     ClientError,
     ProtocolError,
@@ -38,7 +39,6 @@ from ._errors import (
 )
 from ._exec_credential import EXEC_TIMEOUT, bounded_exec_provider
 from ._http1 import Http1Pool, Incomplete, NotSendable
-from ._key_files import key_files_in_memory
 from ._retry import READS, RetryPolicy, bounded, heard
 from ._tls import bare_context, plain_http
 

@@ -24,6 +24,8 @@ from aiohttp.helpers import get_env_proxy_for_url
 from kubernetes_asyncio import client, config
 from yarl import URL
 
+from .._key_files import key_files_in_memory
+
 log = logging.getLogger(__name__)
 
 JSON = dict[str, Any]
@@ -115,8 +117,17 @@ class Kube:
     @classmethod
     async def from_kubeconfig(cls, path: Path, *, local: LocalServer | None = None) -> Kube:
         cfg = client.Configuration()
-        await config.load_kube_config(config_file=str(path), client_configuration=cfg)
-        return cls(_api_client(cfg), cluster_name=_cluster_name(path), local=local)
+        # A cluster's kubeconfig may carry its client key inline (kind's does): the loader
+        # writes it to memory files that the TLS context reads while the ApiClient is
+        # built and that are gone when it is, not to temporary files that only a normal
+        # exit removes (see _key_files).
+        with key_files_in_memory() as written:
+            await config.load_kube_config(config_file=str(path), client_configuration=cfg)
+            api = _api_client(cfg)
+        for name in ("ssl_ca_cert", "cert_file", "key_file"):
+            if getattr(cfg, name, None) in written:
+                setattr(cfg, name, None)  # read once, into the context; gone since
+        return cls(api, cluster_name=_cluster_name(path), local=local)
 
     async def close(self) -> None:
         if self._session is not None:

@@ -3,7 +3,8 @@
 kubernetes-asyncio writes inline key material to temporary files and removes them at
 exit only; the client loads it through memory files (or a private directory it removes)
 instead, and the TLS context still presents the key: a server that requires a client
-certificate sees it.
+certificate sees it. The sandbox's own Kubernetes client (its stand-ins' client of the
+cluster they run on: kind's kubeconfig carries a key) loads the same way.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 import ssl
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,9 @@ import pytest
 from _client_cert import client_key_pair, with_inline_client_key
 from aiohttp import web
 
+from orchestrator._key_files import key_files_in_memory, memory_files_supported
 from orchestrator.clients import PODS, KubeClient
-from orchestrator.clients._key_files import key_files_in_memory, memory_files_supported
+from orchestrator.sandbox._kube import Kube
 
 pytestmark = pytest.mark.anyio
 
@@ -77,8 +79,39 @@ def open_files() -> list[str]:
     return links
 
 
+#: Loads a kubeconfig, reads pod ``x`` in ``default``, closes: returns the pod's name and
+#: the file names the loaded configuration still holds (CA, certificate, key).
+Load = Callable[[Path], Awaitable[tuple[str, tuple[Any, Any, Any]]]]
+
+
+async def with_the_client(path: Path) -> tuple[str, tuple[Any, Any, Any]]:
+    kube = await KubeClient.from_kubeconfig(str(path))
+    try:
+        pod = await kube.get(PODS, "x", "default")
+        cfg = kube._api.configuration
+        return pod["metadata"]["name"], (cfg.cert_file, cfg.key_file, cfg.ssl_ca_cert)
+    finally:
+        await kube.aclose()
+
+
+async def with_the_sandbox(path: Path) -> tuple[str, tuple[Any, Any, Any]]:
+    kube = await Kube.from_kubeconfig(path)
+    try:
+        pod = await kube.get("/api/v1/namespaces/default/pods/x")
+        cfg = kube.api.configuration
+        return pod["metadata"]["name"], (cfg.cert_file, cfg.key_file, cfg.ssl_ca_cert)
+    finally:
+        await kube.close()
+
+
+@pytest.fixture(params=[with_the_client, with_the_sandbox], ids=["client", "sandbox"])
+def load(request: pytest.FixtureRequest) -> Load:
+    loader: Load = request.param
+    return loader
+
+
 async def test_the_client_key_is_presented_and_never_written_to_the_temporary_dir(
-    tmp_path: Path, temporary_dir: Path
+    tmp_path: Path, temporary_dir: Path, load: Load
 ) -> None:
     cert, key = client_key_pair(tmp_path)
     (tmp_path / "server.crt").write_bytes(cert)
@@ -102,14 +135,10 @@ async def test_the_client_key_is_presented_and_never_written_to_the_temporary_di
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
         path = write_kubeconfig(tmp_path / "kubeconfig", f"https://127.0.0.1:{port}", cert, key)
-        kube = await KubeClient.from_kubeconfig(str(path))
-        try:
-            assert (await kube.get(PODS, "x", "default"))["metadata"]["name"] == "x"
-            cfg = kube._api.configuration
-            # The names the loader handed out are gone: nothing may read them again.
-            assert (cfg.cert_file, cfg.key_file, cfg.ssl_ca_cert) == (None, None, None)
-        finally:
-            await kube.aclose()
+        name, files = await load(path)
+        assert name == "x"
+        # The names the loader handed out are gone: nothing may read them again.
+        assert files == (None, None, None)
     finally:
         await runner.cleanup()
     # The server saw the client's certificate: the key reached the TLS context.
@@ -167,13 +196,17 @@ async def test_a_load_outside_the_block_keeps_the_librarys_behaviour(
 
 @pytest.mark.parametrize("in_memory", [True, False], ids=["memory-files", "private-dir"])
 async def test_a_load_that_fails_once_the_key_is_written_leaves_nothing_behind(
-    tmp_path: Path, temporary_dir: Path, monkeypatch: pytest.MonkeyPatch, in_memory: bool
+    tmp_path: Path,
+    temporary_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    in_memory: bool,
+    load: Load,
 ) -> None:
     # The key is written, then the TLS context refuses it (not the certificate's key):
     # the load fails in the middle, after the files exist.
     if in_memory and not memory_files_supported():
         pytest.skip("no memory files here")
-    from orchestrator.clients import _key_files
+    from orchestrator import _key_files
 
     monkeypatch.setattr(_key_files, "memory_files_supported", lambda: in_memory)
     for pair in ("a", "b"):
@@ -182,7 +215,7 @@ async def test_a_load_that_fails_once_the_key_is_written_leaves_nothing_behind(
     _, other_key = client_key_pair(tmp_path / "b")
     path = write_kubeconfig(tmp_path / "kubeconfig", "https://127.0.0.1:9", cert, other_key)
     with pytest.raises(ssl.SSLError):
-        await KubeClient.from_kubeconfig(str(path))
+        await load(path)
     assert list(temporary_dir.iterdir()) == []
     if in_memory:
         assert not [link for link in open_files() if "memfd:kubeconfig" in link]

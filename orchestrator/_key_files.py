@@ -25,6 +25,10 @@ context for that client, and a credential plugin is run again only by its
 ``refresh_token`` loop (which sets a new bearer token, never new files) or by a new
 load, which is a block of its own. A load outside any block (someone else's code in the
 same process) keeps the library's own behaviour.
+
+Both the clients (a cluster under test) and the sandbox (its stand-ins' client of the
+cluster they run on, kind's kubeconfig among them) load kubeconfigs through the same
+library, which this patches once per process: one module for both, outside either.
 """
 
 from __future__ import annotations
