@@ -9,8 +9,8 @@ Every test that runs on the shared test cluster gets a fresh, empty cluster of i
   for one to start (about a second on a quiet machine, more under the suite's load).
   Spares start only when the next test takes a cluster (its parameters name the
   ``testcluster`` backend), and at most ``MAX_SPARES`` start or wait per worker, so the
-  clusters running at once stay bounded: per worker, the one in use and two spares (plus
-  those stopping).
+  clusters running at once stay bounded: per worker, the one in use and two spares (a
+  discarded one is killed and waited for before its test's teardown ends).
 - **Started without the script.** etcd and the API server are launched as the test
   cluster's ``start`` launches them, minus what costs CPU and serves no test (``_Start``).
 - **Stopped at once.** A used cluster's API server and etcd are killed (``_kill``) and
