@@ -191,35 +191,162 @@ _WORD_LETTERS = string.ascii_letters + "\u0130\u0131\u017f\u212a"
 _WORD_CHARS = _WORD_LETTERS + string.digits + "_-"
 _LETTER = re.compile(f"[{_WORD_LETTERS}]")
 _OPEN_MARKS = re.compile(
-    r"(?i):/?/?[^\s/?#'\"<>]*+\Z"
-    r"|[?&;][A-Za-z0-9_-]*+(?:=[^&#\s\"'<>]*+)?\Z"
-    r"|%[0-9A-Fa-f]?\Z|\\\Z"
+    r"(?i)%[0-9A-Fa-f]?\Z|\\\Z"
     r"|\x1b\[?[0-9;?]*+\Z"  # an unfinished style code: its end decides what it takes
     r"|-{1,5}[A-Z ]*\Z|-----BEGIN[A-Z -]*\Z|-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*\Z"
 )
-#: Each part that needs words, with what it needs (lower case): one word of each group.
-_OPEN_NAMED = (
-    ((("bearer",),), re.compile(r"(?i)bearer(?:\s+|%2?0?|\+)[A-Za-z0-9\-._~+/=%]*\Z")),
-    (
-        (("authorization", "client-", "-token", "passw"),),
-        re.compile(
-            r"(?i)(?:(?:proxy-)?authorization|client-key-data|client-secret|refresh-token|"
-            r"""id-token|password|passwd)["']?\s*(?:[:=]\s*["']?(?:[A-Za-z]++\s*+)?+"""
-            r"""[^\s"',;}&]*+)?\Z"""  # possessive: a scheme word and its value, one way
-        ),
-    ),
+#: The parts that end in a run of characters that may be long (a URL, a query's value, a
+#: credential's value, a JSON value), each with the run's characters (``X*``): they are
+#: not searched from every position of the hold (each position whose match scans to the
+#: end of the run and fails there would scan it again: ``:`` repeated, ``;=`` repeated,
+#: ``password=`` repeated, up to a tenth of a second a piece), only from where a match
+#: can start given where the run that ends the text starts (see _run_start).
+_OPEN_URL = re.compile(r"(?i):/?/?[^\s/?#'\"<>]*+\Z")
+_URL_RUN = re.compile(r"(?i)[^\s/?#'\"<>]*")
+_OPEN_QUERY = re.compile(r"(?i)[?&;][A-Za-z0-9_-]*+(?:=[^&#\s\"'<>]*+)?\Z")
+_QUERY_RUN = re.compile(r"(?i)[^&#\s\"'<>]*")
+_OPEN_BEARER = re.compile(r"(?i)bearer(?:\s+|%2?0?|\+)[A-Za-z0-9\-._~+/=%]*\Z")
+_BEARER_RUN = re.compile(r"(?i)[A-Za-z0-9\-._~+/=%]*")
+_OPEN_CREDENTIAL = re.compile(
+    r"(?i)(?:(?:proxy-)?authorization|client-key-data|client-secret|refresh-token|"
+    r"""id-token|password|passwd)["']?\s*(?:[:=]\s*["']?(?:[A-Za-z]++\s*+)?+"""
+    r"""[^\s"',;}&]*+)?\Z"""  # possessive: a scheme word and its value, one way
+)
+_CREDENTIAL_RUN = re.compile(r"""(?i)[^\s"',;}&]*""")
+#: The lengths of the names _OPEN_CREDENTIAL starts with.
+_CREDENTIAL_NAMES = (6, 8, 13, 15, 19)
+_OPEN_JSON_KEY = re.compile(
+    r'(?i)"(?:token|access_?token|api_?key|secret|client_?secret|password|passwd)"'
+    r'\s*(?::\s*(?:"(?:[^"\\]|\\.)*\\?)?)?\Z'
+)
+_OPEN_ENV_ENTRY = re.compile(r'(?i)"name"\s*(?::[^{}]*)?\Z')
+_ENV_ENTRY_RUN = re.compile(r"(?i)[^{}]*")
+_OPEN_ENV = re.compile(rf"""(?i){_ENV_NAME}[A-Z0-9_]*+=["']?[^\s"']*\Z""")
+_ENV_VALUE_RUN = re.compile(r"""(?i)[^\s"']*""")
+_ENV_NAME_RUN = re.compile(r"(?i)[A-Z0-9_]*")
+_SPACE_RUN = re.compile(r"\s*")
+_LETTER_RUN = re.compile(r"(?i)[A-Za-z]*")
+_SPACE_OR_QUOTE_RUN = re.compile(r"""[\s"']*""")
+
+
+def _run_start(text: str, rev: str, run: re.Pattern[str], end: int) -> int:
+    """Where the run of ``run``'s characters that ends at ``end`` starts, not before the
+    hold's floor: ``rev`` is the hold reversed, so the run is matched from its end, once
+    (``X*`` up to the end, searched forwards, scans a long run from each of its positions).
+    """
+    m = run.match(rev, len(text) - end)
+    return end if m is None else len(text) - m.end()  # never None: X* matches nothing
+
+
+def _first(m: re.Match[str] | None) -> int | None:
+    return None if m is None else m.start()
+
+
+def _open_url(text: str, floor: int, rev: str) -> int | None:
+    # A match is ":", up to two "/" (outside the run), then the run to the end.
+    b = _run_start(text, rev, _URL_RUN, len(text))
+    return _first(_OPEN_URL.search(text, max(floor, b - 3)))
+
+
+def _open_query(text: str, floor: int, rev: str) -> int | None:
+    # All of a match but its first character ("&" is not a value's) is in the run.
+    b = _run_start(text, rev, _QUERY_RUN, len(text))
+    return _first(_OPEN_QUERY.search(text, max(floor, b - 1)))
+
+
+def _open_bearer(text: str, floor: int, rev: str) -> int | None:
+    # Inside the run (the scheme word, "%20" or "+", the value: all its characters), or
+    # the scheme word right before the spaces that end just before the run.
+    b = _run_start(text, rev, _BEARER_RUN, len(text))
+    found = [m.start()] if (m := _OPEN_BEARER.search(text, max(floor, b))) else []
+    spaces = _run_start(text, rev, _SPACE_RUN, b)
+    if spaces < b and spaces - 6 >= floor and _OPEN_BEARER.match(text, spaces - 6):
+        found.append(spaces - 6)
+    return min(found, default=None)
+
+
+def _open_credential(text: str, floor: int, rev: str) -> int | None:
+    # Inside the run; or a name in one of the three runs before it: a match crosses at
+    # most three stretches of spaces and quotes (after the name, after ":", after the
+    # scheme word), and leaves a run before it only where the run ends with the name,
+    # the name and ":", or the name, ":" and the scheme word.
+    end = len(text)
+    b = _run_start(text, rev, _CREDENTIAL_RUN, end)
+    found = [m.start()] if (m := _OPEN_CREDENTIAL.search(text, max(floor, b))) else []
+    start = b
+    for _ in range(3):
+        gap = _run_start(text, rev, _SPACE_OR_QUOTE_RUN, start)
+        if gap == start or gap <= floor:
+            break
+        start = _run_start(text, rev, _CREDENTIAL_RUN, gap)
+        ends = [gap]
+        if text[gap - 1] in ":=":
+            ends.append(gap - 1)
+        letters = _run_start(text, rev, _LETTER_RUN, gap)
+        if start < letters < gap and text[letters - 1] in ":=":
+            ends.append(letters - 1)
+        found += [
+            at
+            for name_end in ends
+            for length in _CREDENTIAL_NAMES
+            if (at := name_end - length) >= max(floor, start) and _OPEN_CREDENTIAL.match(text, at)
+        ]
+    return min(found, default=None)
+
+
+def _open_json_key(text: str, floor: int, rev: str) -> int | None:
+    return _first(_OPEN_JSON_KEY.search(text, floor))  # a value ends at a quote: linear
+
+
+def _open_env_entry(text: str, floor: int, rev: str) -> int | None:
+    # All of a match is in the run.
+    b = _run_start(text, rev, _ENV_ENTRY_RUN, len(text))
+    return _first(_OPEN_ENV_ENTRY.search(text, max(floor, b)))
+
+
+def _open_env(text: str, floor: int, rev: str) -> int | None:
+    # All of a match is in the run, or its quote ends the run before it: then the name
+    # is the one that ends right before the "=" before that quote.
+    b = _run_start(text, rev, _ENV_VALUE_RUN, len(text))
+    found = [m.start()] if (m := _OPEN_ENV.search(text, max(floor, b))) else []
+    if b - 2 >= floor and text[b - 1] in "\"'" and text[b - 2] == "=":
+        name = _run_start(text, rev, _ENV_NAME_RUN, b - 2)
+        if name < b - 2 and _OPEN_ENV.match(text, name):
+            found.append(name)
+    return min(found, default=None)
+
+
+#: Up to this many characters of hold, the parts are searched from every position, all
+#: the marks as one pattern: on a log's or a console's line (most are under a hundred
+#: characters) that costs less than finding where each part may start, and its worst
+#: case, the hold's length squared, is bounded by this length squared.
+_SEARCHED_WHOLE = 256
+_OPEN_MARKS_WHOLE = re.compile(
+    "(?i)" + "|".join(p.pattern.removeprefix("(?i)") for p in (_OPEN_URL, _OPEN_QUERY, _OPEN_MARKS))
+)
+_OPEN_NAMED_WHOLE: tuple[tuple[tuple[tuple[str, ...], ...], re.Pattern[str]], ...] = (
+    ((("bearer",),), _OPEN_BEARER),
+    ((("authorization", "client-", "-token", "passw"),), _OPEN_CREDENTIAL),
     (
         (('"',),),
         re.compile(
-            r'(?i)"(?:token|access_?token|api_?key|secret|client_?secret|password|passwd)"'
-            r'\s*(?::\s*(?:"(?:[^"\\]|\\.)*\\?)?)?\Z'
-            r'|"name"\s*(?::[^{}]*)?\Z'
+            "(?i)"
+            + "|".join(p.pattern.removeprefix("(?i)") for p in (_OPEN_JSON_KEY, _OPEN_ENV_ENTRY))
         ),
     ),
-    (
-        (("token", "secret", "passw", "api_key", "access_key"), ("=",)),
-        re.compile(rf"""(?i){_ENV_NAME}[A-Z0-9_]*+=["']?[^\s"']*\Z"""),
-    ),
+    ((("token", "secret", "passw", "api_key", "access_key"), ("=",)), _OPEN_ENV),
+)
+#: Each part that needs words, with what it needs (lower case): one word of each group.
+_OPEN_NAMED: tuple[
+    tuple[tuple[tuple[str, ...], ...], Callable[[str, int, str], int | None]], ...
+] = (
+    (((":",),), _open_url),
+    ((("?", "&", ";"),), _open_query),
+    ((("bearer",),), _open_bearer),
+    ((("authorization", "client-", "-token", "passw"),), _open_credential),
+    ((('"',),), _open_json_key),
+    ((('"',),), _open_env_entry),
+    ((("token", "secret", "passw", "api_key", "access_key"), ("=",)), _open_env),
 )
 
 
@@ -536,14 +663,24 @@ class Redactor:
         floor = max(0, len(text) - STREAM_HOLD_MAX)
         starts = [len(text)]
         starts.append(_open_word(text, floor))
-        if (m := _OPEN_MARKS.search(text, floor)) is not None:
-            starts.append(m.start())
         low = text.lower()
-        for needs, pattern in _OPEN_NAMED:
-            if all(any(word in low for word in words) for words in needs) and (
-                m := pattern.search(text, floor)
-            ):
+        if len(text) - floor <= _SEARCHED_WHOLE:
+            if (m := _OPEN_MARKS_WHOLE.search(text, floor)) is not None:
                 starts.append(m.start())
+            for needs, pattern in _OPEN_NAMED_WHOLE:
+                if all(any(word in low for word in words) for words in needs) and (
+                    m := pattern.search(text, floor)
+                ):
+                    starts.append(m.start())
+        else:
+            if (m := _OPEN_MARKS.search(text, floor)) is not None:
+                starts.append(m.start())
+            rev = text[floor:][::-1]
+            for needs, find in _OPEN_NAMED:
+                if all(any(word in low for word in words) for words in needs) and (
+                    (start := find(text, floor, rev)) is not None
+                ):
+                    starts.append(start)
         if self._open_long:
             # With its gaps left out (a value split by styling or wrapping), and as
             # written (see _registered). The map back to the text is made only when a

@@ -430,6 +430,100 @@ def test_hostile_lines_cost_time_in_proportion_to_their_length() -> None:
     subprocess.run([sys.executable, "-c", script], check=True, timeout=30)
 
 
+def test_a_hold_check_costs_time_in_proportion_to_the_hold() -> None:
+    # Each piece is checked for an end that may start a credential, up to the hold's
+    # 8 KB: a part searched from every position whose match scans a long run and fails
+    # at its end (a URL's ":" repeated, a query's ";=", "bearer+", "password=", an env
+    # entry's '"name":', "A_TOKEN=") cost the hold's length squared, about 0.1 s a piece
+    # here; 150 such pieces of each ran past a minute, where all of them now take about
+    # two seconds.
+    script = (
+        "from orchestrator.engine import Redactor\n"
+        "r = Redactor(['tok/5e1f0c7a+never=shown', 'k3y'])\n"
+        "for piece in (\n"
+        "    ':' * 8000 + ' x',\n"
+        "    ';=' * 4000 + ' x',\n"
+        "    'bearer+' * 1150 + ' x',\n"
+        "    'password=' * 900 + ' x',\n"
+        "    '\"name\":' * 1150 + '{x',\n"
+        "    'A_TOKEN=' * 1000 + ' x',\n"
+        "):\n"
+        "    masker = r.masker()\n"
+        "    for _ in range(150):\n"
+        "        masker.feed(piece)\n"
+        "    masker.finish()\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=30)
+
+
+#: The hold's parts as single patterns searched from the hold's start: what each part's
+#: earliest start is, by definition (quadratic on hostile text: for short texts only).
+_HOLD_REFERENCE = [
+    (
+        (),
+        r"(?i):/?/?[^\s/?#'\"<>]*+\Z|[?&;][A-Za-z0-9_-]*+(?:=[^&#\s\"'<>]*+)?\Z"
+        r"|%[0-9A-Fa-f]?\Z|\\\Z|\x1b\[?[0-9;?]*+\Z"
+        r"|-{1,5}[A-Z ]*\Z|-----BEGIN[A-Z -]*\Z|-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*\Z",
+    ),
+    ((("bearer",),), r"(?i)bearer(?:\s+|%2?0?|\+)[A-Za-z0-9\-._~+/=%]*\Z"),
+    (
+        (("authorization", "client-", "-token", "passw"),),
+        r"(?i)(?:(?:proxy-)?authorization|client-key-data|client-secret|refresh-token|"
+        r"""id-token|password|passwd)["']?\s*(?:[:=]\s*["']?(?:[A-Za-z]++\s*+)?+"""
+        r"""[^\s"',;}&]*+)?\Z""",
+    ),
+    (
+        (('"',),),
+        r'(?i)"(?:token|access_?token|api_?key|secret|client_?secret|password|passwd)"'
+        r'\s*(?::\s*(?:"(?:[^"\\]|\\.)*\\?)?)?\Z|"name"\s*(?::[^{}]*)?\Z',
+    ),
+    (
+        (("token", "secret", "passw", "api_key", "access_key"), ("=",)),
+        r"""(?i)(?<![A-Z0-9_])(?=[A-Z0-9_]*?(?:TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|"""
+        r"""ACCESS_KEY))[A-Z0-9_]*+=["']?[^\s"']*\Z""",
+    ),
+]
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(
+            [" ", "  ", "\t", "\n", "+", "%20", "%", "=", ":", "//", "/", '"', "'", ",", ";"]
+            + ["&", "?", "#", "{", "}", "@", "\\", "\x1b[", "-", "_", "a", "x9", "Basic"]
+            + ["bearer", "BEARER", "password", "passwd", "authorization", "proxy-"]
+            + ["client-key-data", "id-token", '"name"', '"token"', "A_TOKEN", "hf_token"]
+            + ["-----BEGIN", "\u017f", "\u212a", "\u0130", "\u00e9"]
+        ),
+        min_size=1,
+        max_size=16,
+    ),
+    st.lists(st.sampled_from(["a", " ", "password=", ":", "bearer+", '"name":', "A_TOKEN="])),
+    st.sampled_from([0, 4, 20, STREAM_HOLD_MAX // 40]),
+)
+def test_the_hold_starts_where_its_parts_searched_from_every_position_say(
+    parts: list[str], before: list[str], repeat: int
+) -> None:
+    # A hold longer than a line's has its parts searched only from where a match can
+    # start (linear); the earliest start must be the one a search from every position
+    # finds. Repeated up to past the hold's bound, so that runs that cross where the
+    # hold starts are there too.
+    import re
+
+    from orchestrator.engine._redact import _open_word
+
+    text = "".join(before) * repeat + "".join(parts) * (1 + repeat)
+    floor = max(0, len(text) - STREAM_HOLD_MAX)
+    starts = [len(text), _open_word(text, floor)]
+    low = text.lower()
+    for needs, pattern in _HOLD_REFERENCE:
+        if all(any(word in low for word in words) for words in needs) and (
+            m := re.compile(pattern).search(text, floor)
+        ):
+            starts.append(m.start())
+    assert Redactor().open_tail(text) == min(starts)
+
+
 def test_what_a_stream_holds_unflushed_is_written_out_at_exit() -> None:
     # A program that never flushes still gets all it wrote, as with a plain stream.
     assert stdout_of_a_program_that() == "waiting for authoriz"
