@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ._atomic import atomic_write_text
 from ._record import PhaseRecord, RunRecord, utcnow
-from ._redact import redact
+from ._redact import redact, redactor
 
 MESSAGE_MAX_CHARS = 1024
 BODY_MAX_CHARS = 64 * 1024
@@ -57,6 +57,59 @@ def _message(text: str) -> str:
     return one_line
 
 
+class _Cleaner:
+    """Cleans each string of a document (:func:`clean_xml_text`, :func:`_message`), at
+    every call: for a document written once."""
+
+    def text(self, text: str, limit: int) -> str:
+        return clean_xml_text(text, limit)
+
+    def message(self, text: str) -> str:
+        return _message(text)
+
+
+class _CachedCleaner(_Cleaner):
+    """The same results, each string cleaned once while the process's secrets stay the
+    same: a reporter rewrites its file at every phase event, and most of its strings
+    (properties, names, the reasons of finished phases) are those of the last write.
+
+    Registering a secret (the count of :data:`redactor`'s values grows) empties the
+    cache, so a string cleaned before is masked again with it at the next write. Long
+    strings are cleaned at every call: the log changes at every write anyway, and a
+    cache of them would hold a copy of every version of it.
+    """
+
+    MAX_CHARS = 4096
+    MAX_ENTRIES = 4096
+
+    def __init__(self) -> None:
+        self._done: dict[tuple[str, int], str] = {}
+        self._secrets = -1
+
+    def _cached(self, text: str, limit: int, clean: Callable[[], str]) -> str:
+        if len(text) > self.MAX_CHARS:
+            return clean()
+        secrets = redactor.secrets
+        if secrets != self._secrets or len(self._done) >= self.MAX_ENTRIES:
+            self._done.clear()
+            self._secrets = secrets
+        key = (text, limit)
+        done = self._done.get(key)
+        if done is None:
+            done = self._done[key] = clean()
+        return done
+
+    def text(self, text: str, limit: int) -> str:
+        return self._cached(text, limit, lambda: clean_xml_text(text, limit))
+
+    def message(self, text: str) -> str:
+        # No text limit is negative: the key cannot collide with a body's.
+        return self._cached(text, -1, lambda: _message(text))
+
+
+_CLEAN_ONCE = _Cleaner()
+
+
 def _seconds(value: float | None) -> str:
     return f"{max(0.0, value or 0.0):.3f}"
 
@@ -72,46 +125,48 @@ def _failure_message(record: PhaseRecord) -> str:
     return named if record.allowed is None else f"{named} (deadline {record.allowed:.1f} s)"
 
 
-def _testcase(suite: ET.Element, record: RunRecord, index: int, phase: PhaseRecord) -> str:
+def _testcase(
+    suite: ET.Element, record: RunRecord, index: int, phase: PhaseRecord, clean: _Cleaner
+) -> str:
     """Append one testcase; returns the JUnit verdict it counts as."""
     case = ET.SubElement(
         suite,
         "testcase",
         {
-            "classname": f"orchestrator.{clean_xml_text(record.suite, 200)}",
-            "name": clean_xml_text(_testcase_name(index, phase), 300),
+            "classname": f"orchestrator.{clean.text(record.suite, 200)}",
+            "name": clean.text(_testcase_name(index, phase), 300),
             "time": _seconds(phase.duration),
         },
     )
-    verdict = _verdict(case, phase)
+    verdict = _verdict(case, phase, clean)
     if phase.findings:
         # The testcase's own output: what this phase found the system under test getting
         # wrong (the finding.NAME properties carry the same, at the suite level).
         out = ET.SubElement(case, "system-out")
-        out.text = clean_xml_text(
+        out.text = clean.text(
             "\n".join(f"FINDING {f.line()}" for f in phase.findings), BODY_MAX_CHARS
         )
     return verdict
 
 
-def _verdict(case: ET.Element, phase: PhaseRecord) -> str:
+def _verdict(case: ET.Element, phase: PhaseRecord, clean: _Cleaner) -> str:
     body = "\n".join(filter(None, [phase.reason, phase.detail]))
     if phase.status in ("pending", "skipped"):
-        message = _message(phase.reason or "not reached")
+        message = clean.message(phase.reason or "not reached")
         skipped = ET.SubElement(case, "skipped", {"message": message})
         if phase.detail:
-            skipped.text = clean_xml_text(phase.detail, BODY_MAX_CHARS)
+            skipped.text = clean.text(phase.detail, BODY_MAX_CHARS)
         return "skipped"
     if phase.status == "failed" and phase.kind != "diagnose":
         failure = ET.SubElement(
             case,
             "failure",
             {
-                "message": _message(_failure_message(phase)),
+                "message": clean.message(_failure_message(phase)),
                 "type": "timeout" if phase.timed_out else "failure",
             },
         )
-        failure.text = clean_xml_text(body, BODY_MAX_CHARS)
+        failure.text = clean.text(body, BODY_MAX_CHARS)
         return "failure"
     if phase.status in ("failed", "interrupted", "running"):
         # Interrupted steps and a broken diagnose are errors, not test failures: the
@@ -121,32 +176,32 @@ def _verdict(case: ET.Element, phase: PhaseRecord) -> str:
         error = ET.SubElement(
             case,
             "error",
-            {"message": _message(f"{phase.title}: {reason}"), "type": phase.status},
+            {"message": clean.message(f"{phase.title}: {reason}"), "type": phase.status},
         )
-        error.text = clean_xml_text(body, BODY_MAX_CHARS)
+        error.text = clean.text(body, BODY_MAX_CHARS)
         return "error"
     return "passed"
 
 
-def _testsuite(parent: ET.Element, record: RunRecord) -> dict[str, int]:
+def _testsuite(parent: ET.Element, record: RunRecord, clean: _Cleaner) -> dict[str, int]:
     suite = ET.SubElement(parent, "testsuite")
     properties = ET.SubElement(suite, "properties")
     for key, value in record.all_properties().items():
         ET.SubElement(
             properties,
             "property",
-            {"name": clean_xml_text(key, 200), "value": clean_xml_text(value, PROPERTY_MAX_CHARS)},
+            {"name": clean.text(key, 200), "value": clean.text(value, PROPERTY_MAX_CHARS)},
         )
     counts = {"tests": 0, "failure": 0, "error": 0, "skipped": 0, "passed": 0}
     for index, phase in enumerate(record.phase_records(), start=1):
-        counts[_testcase(suite, record, index, phase)] += 1
+        counts[_testcase(suite, record, index, phase, clean)] += 1
         counts["tests"] += 1
     out = ET.SubElement(suite, "system-out")
-    out.text = clean_xml_text(record.log_text(), SYSTEM_OUT_MAX_CHARS)
+    out.text = clean.text(record.log_text(), SYSTEM_OUT_MAX_CHARS)
     started = record.started_at or utcnow()
     suite.attrib.update(
         {
-            "name": clean_xml_text(record.suite, 200),
+            "name": clean.text(record.suite, 200),
             "tests": str(counts["tests"]),
             "failures": str(counts["failure"]),
             "errors": str(counts["error"]),
@@ -159,10 +214,10 @@ def _testsuite(parent: ET.Element, record: RunRecord) -> dict[str, int]:
     return counts
 
 
-def _suite_xml(record: RunRecord) -> tuple[str, dict[str, int]]:
+def _suite_xml(record: RunRecord, clean: _Cleaner = _CLEAN_ONCE) -> tuple[str, dict[str, int]]:
     """One ``<testsuite>`` element, indented for its place in the document, and its counts."""
     holder = ET.Element("testsuites")
-    counts = _testsuite(holder, record)
+    counts = _testsuite(holder, record, clean)
     ET.indent(holder)
     return "  " + ET.tostring(holder[0], encoding="unicode").rstrip() + "\n", counts
 
@@ -283,6 +338,10 @@ def write_error_junit(
     return write_junit([record], path)
 
 
+def _identity(stat: os.stat_result) -> tuple[int, int, int, int]:
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
 class JUnitReporter:
     """Keeps a JUnit file at ``path`` up to date with every run it reports on.
 
@@ -307,6 +366,11 @@ class JUnitReporter:
         self._dirty: set[int] = set()
         self._clock = clock
         self._last: float | None = None
+        self._clean = _CachedCleaner()
+        #: The last document written, whether it was synced, and the file it became
+        #: (device, inode, size, mtime): a write that would put the same bytes in the
+        #: same file again is skipped (a run's end writes it, then the app's last flush).
+        self._written: tuple[str, bool, tuple[int, int, int, int]] | None = None
         #: Why the latest write failed (None once a write succeeds): the app turns it
         #: into a failed verdict, since CI cannot see a report that is not there.
         self.error: OSError | None = None
@@ -328,21 +392,34 @@ class JUnitReporter:
         ``durable=False`` for progress written while runs go on: still atomic (a rename),
         not synced to the disk (see ``_atomic``); a run's end writes it durably."""
         for key in self._dirty:
-            self._xml[key] = _suite_xml(self._records[key])
+            self._xml[key] = _suite_xml(self._records[key], self._clean)
         self._dirty.clear()
         records = list(self._records.values())
+        document = _document(records, [self._xml[id(r)] for r in records])
+        if self._unchanged(document, durable):
+            return self.path
+        self._written = None
         try:
-            written = atomic_write_text(
-                self.path,
-                _document(records, [self._xml[id(r)] for r in records]),
-                durable=durable,
-                masked=True,
-            )
+            written = atomic_write_text(self.path, document, durable=durable, masked=True)
+            self._written = (document, durable, _identity(os.stat(written)))
         except OSError as exc:
             self.error = exc
             raise
         self.error = None
         return written
+
+    def _unchanged(self, document: str, durable: bool) -> bool:
+        """Whether the file holds ``document`` already, written by this reporter (and
+        synced, if ``durable``): nobody replaced or removed it since."""
+        if self._written is None or self.error is not None:
+            return False
+        text, synced, identity = self._written
+        if text != document or (durable and not synced):
+            return False
+        try:
+            return _identity(os.stat(self.path)) == identity
+        except OSError:
+            return False
 
     def run_started(self, record: RunRecord) -> None:
         # The first run writes at once (the file exists from the start); runs that join a

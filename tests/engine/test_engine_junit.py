@@ -6,6 +6,7 @@ import re
 import xml.etree.ElementTree as ET
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -329,7 +330,9 @@ def test_a_shared_reporter_reserializes_only_the_runs_that_changed(
 
     serialized: list[str] = []
     real = _junit._suite_xml
-    monkeypatch.setattr(_junit, "_suite_xml", lambda r: (serialized.append(r.suite), real(r))[1])
+    monkeypatch.setattr(
+        _junit, "_suite_xml", lambda r, *a: (serialized.append(r.suite), real(r, *a))[1]
+    )
     now = [0.0]
     reporter = JUnitReporter(tmp_path / "junit.xml", clock=lambda: now[0])
     # Fixed times: without them each write stamps "now" (a start, or the end of a run
@@ -356,3 +359,126 @@ def test_a_shared_reporter_reserializes_only_the_runs_that_changed(
     assert len(serialized) <= 20 * 5 + 5
     assert reporter.path.read_text() == junit_xml(records)
     assert len(parse(reporter.path).findall("testsuite")) == 20
+
+
+def _secret_run(began: datetime) -> RunRecord:
+    return RunRecord(
+        suite="secrets",
+        properties={"api_url": "http://127.0.0.1:1"},
+        phases=[PhaseRecord(name=n, title=n.title()) for n in ("install", "deploy")],
+        started_at=began,
+        ended_at=began + timedelta(seconds=1),
+    )
+
+
+def test_every_write_masks_a_secret_even_one_registered_after_it_was_written(
+    tmp_path: Path,
+) -> None:
+    """The reporter cleans each string once and keeps it: a secret that reaches a reason,
+    a detail, a property, a finding or the log is masked in every version of the file,
+    also when it was registered after an earlier write had already put it there."""
+    from orchestrator.engine import redactor
+    from orchestrator.engine._record import Finding
+
+    early, late = "early-secret-0123456789", "late-secret-9876543210"
+    reporter = JUnitReporter(tmp_path / "junit.xml")
+    record = _secret_run(datetime(2026, 1, 1, tzinfo=UTC))
+    install, deploy = record.phases
+    versions: list[str] = []
+    redactor.add(early)
+    try:
+        reporter.run_started(record)
+        versions.append(reporter.path.read_text())
+        install.status = "running"
+        install.reason = f"Bearer {early} rejected; {late} sent"
+        reporter.phase_started(record, install)
+        versions.append(reporter.path.read_text())
+        # Registered after the reason was written (unmasked, for nobody knew it yet):
+        # from now on no write may carry it, though the reason did not change.
+        redactor.add(late)
+        install.properties["echo"] = f"{early}/{late}"
+        reporter.phase_started(record, install)
+        versions.append(reporter.path.read_text())
+        install.status, install.detail = "failed", f"body: {late}\n{early}"
+        install.findings.append(Finding(name="echo", message=f"echoed {late}"))
+        record.append_log(f"install: {early}")
+        reporter.phase_finished(record, install)
+        versions.append(reporter.path.read_text())
+        deploy.status, deploy.reason = "skipped", f"not reached ({late})"
+        record.outcome = "failed"
+        reporter.run_finished(record)
+        versions.append(reporter.path.read_text())
+    finally:
+        redactor.clear()
+    assert late in versions[1]  # what a write before the registration could not know
+    for version in versions:
+        assert early not in version
+    for version in versions[2:]:
+        assert late not in version
+        ET.fromstring(version)
+    parse(reporter.path)
+    # Masked where each string stands, not dropped.
+    root = ET.fromstring(versions[-1])
+    failure = root.find("./testsuite/testcase/failure")
+    assert failure is not None and "***" in failure.attrib["message"]
+    assert "body: ***" in (failure.text or "")
+
+
+def test_the_cache_of_clean_strings_gives_the_same_file_as_cleaning_each_anew(
+    tmp_path: Path,
+) -> None:
+    from orchestrator.engine import junit_xml
+
+    reporter = JUnitReporter(tmp_path / "junit.xml")
+    record = _secret_run(datetime(2026, 1, 1, tzinfo=UTC))
+    reporter.run_started(record)
+    for phase in record.phases:
+        phase.status = "running"
+        reporter.phase_started(record, phase)
+        assert reporter.path.read_text() == junit_xml([record])
+        phase.status, phase.reason, phase.duration = "passed", "fine \x1b[1mbold\x1b[0m", 0.5
+        record.append_log(f"{phase.title}: passed")
+        reporter.phase_finished(record, phase)
+        assert reporter.path.read_text() == junit_xml([record])
+
+
+def test_a_write_of_the_same_bytes_is_skipped_unless_the_file_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run's end writes the file durably and the app flushes once more: the second
+    write would rename the same bytes over the file again. It is skipped while the file
+    is the one the reporter wrote, and made when someone removed or replaced it."""
+    from orchestrator.engine import _junit
+
+    writes: list[bool] = []
+    real = _junit.atomic_write_text
+
+    def counted(*args: Any, **kwargs: Any) -> Path:
+        writes.append(kwargs["durable"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_junit, "atomic_write_text", counted)
+    reporter = JUnitReporter(tmp_path / "junit.xml")
+    record = _secret_run(datetime(2026, 1, 1, tzinfo=UTC))
+    reporter.run_started(record)
+    reporter.run_started(record)
+    assert writes == [False]
+    # Synced at the end, though the bytes are those of the last progress write.
+    record.outcome = "passed"
+    reporter.run_finished(record)
+    reporter.run_finished(record)
+    assert reporter.flush() == reporter.path
+    assert writes == [False, True]
+    content = reporter.path.read_text()
+    reporter.path.unlink()
+    reporter.flush()
+    assert reporter.path.read_text() == content
+    reporter.path.write_text("<testsuites/>")  # the same file, other bytes
+    reporter.flush()
+    assert reporter.path.read_text() == content
+    assert writes == [False, True, True, True]
+    # A change is written.
+    record.phases[0].status = "passed"
+    reporter.phase_finished(record, record.phases[0])
+    assert len(writes) == 5
+    assert len(cases(parse(reporter.path))[0]) == 0  # passed: no skipped/failure child
