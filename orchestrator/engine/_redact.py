@@ -193,14 +193,17 @@ _LETTER = re.compile(f"[{_WORD_LETTERS}]")
 _OPEN_MARKS = re.compile(
     r"(?i)%[0-9A-Fa-f]?\Z|\\\Z"
     r"|\x1b\[?[0-9;?]*+\Z"  # an unfinished style code: its end decides what it takes
-    r"|-{1,5}[A-Z ]*\Z|-----BEGIN[A-Z -]*\Z|-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*\Z"
+    r"|-{1,5}[A-Z ]*\Z|-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*\Z"
 )
 #: The parts that end in a run of characters that may be long (a URL, a query's value, a
 #: credential's value, a JSON value), each with the run's characters (``X*``): they are
 #: not searched from every position of the hold (each position whose match scans to the
 #: end of the run and fails there would scan it again: ``:`` repeated, ``;=`` repeated,
-#: ``password=`` repeated, up to a tenth of a second a piece), only from where a match
-#: can start given where the run that ends the text starts (see _run_start).
+#: ``password=`` or ``-----BEGIN`` repeated, up to a tenth of a second a piece), only
+#: from where a match can start given where the run that ends the text starts (see
+#: _run_start).
+_OPEN_PEM = re.compile(r"(?i)-----BEGIN[A-Z -]*\Z")
+_PEM_RUN = re.compile(r"(?i)[A-Z -]*")
 _OPEN_URL = re.compile(r"(?i):/?/?[^\s/?#'\"<>]*+\Z")
 _URL_RUN = re.compile(r"(?i)[^\s/?#'\"<>]*")
 _OPEN_QUERY = re.compile(r"(?i)[?&;][A-Za-z0-9_-]*+(?:=[^&#\s\"'<>]*+)?\Z")
@@ -240,6 +243,12 @@ def _run_start(text: str, rev: str, run: re.Pattern[str], end: int) -> int:
 
 def _first(m: re.Match[str] | None) -> int | None:
     return None if m is None else m.start()
+
+
+def _open_pem(text: str, floor: int, rev: str) -> int | None:
+    # All of a match is in the run ("-----BEGIN" repeated is one run).
+    b = _run_start(text, rev, _PEM_RUN, len(text))
+    return _first(_OPEN_PEM.search(text, max(floor, b)))
 
 
 def _open_url(text: str, floor: int, rev: str) -> int | None:
@@ -322,7 +331,10 @@ def _open_env(text: str, floor: int, rev: str) -> int | None:
 #: case, the hold's length squared, is bounded by this length squared.
 _SEARCHED_WHOLE = 256
 _OPEN_MARKS_WHOLE = re.compile(
-    "(?i)" + "|".join(p.pattern.removeprefix("(?i)") for p in (_OPEN_URL, _OPEN_QUERY, _OPEN_MARKS))
+    "(?i)"
+    + "|".join(
+        p.pattern.removeprefix("(?i)") for p in (_OPEN_URL, _OPEN_QUERY, _OPEN_MARKS, _OPEN_PEM)
+    )
 )
 _OPEN_NAMED_WHOLE: tuple[tuple[tuple[tuple[str, ...], ...], re.Pattern[str]], ...] = (
     ((("bearer",),), _OPEN_BEARER),
@@ -340,6 +352,7 @@ _OPEN_NAMED_WHOLE: tuple[tuple[tuple[tuple[str, ...], ...], re.Pattern[str]], ..
 _OPEN_NAMED: tuple[
     tuple[tuple[tuple[str, ...], ...], Callable[[str, int, str], int | None]], ...
 ] = (
+    ((("-----",),), _open_pem),
     (((":",),), _open_url),
     ((("?", "&", ";"),), _open_query),
     ((("bearer",),), _open_bearer),

@@ -434,9 +434,9 @@ def test_a_hold_check_costs_time_in_proportion_to_the_hold() -> None:
     # Each piece is checked for an end that may start a credential, up to the hold's
     # 8 KB: a part searched from every position whose match scans a long run and fails
     # at its end (a URL's ":" repeated, a query's ";=", "bearer+", "password=", an env
-    # entry's '"name":', "A_TOKEN=") cost the hold's length squared, about 0.1 s a piece
-    # here; 150 such pieces of each ran past a minute, where all of them now take about
-    # two seconds.
+    # entry's '"name":', "A_TOKEN=", "-----BEGIN") cost the hold's length squared, about
+    # 0.1 s a piece here; 150 such pieces of each ran past a minute, where all of them
+    # now take about two seconds.
     script = (
         "from orchestrator.engine import Redactor\n"
         "r = Redactor(['tok/5e1f0c7a+never=shown', 'k3y'])\n"
@@ -447,6 +447,7 @@ def test_a_hold_check_costs_time_in_proportion_to_the_hold() -> None:
         "    'password=' * 900 + ' x',\n"
         "    '\"name\":' * 1150 + '{x',\n"
         "    'A_TOKEN=' * 1000 + ' x',\n"
+        "    '-----BEGIN' * 810 + 'bearer=',\n"
         "):\n"
         "    masker = r.masker()\n"
         "    for _ in range(150):\n"
@@ -498,7 +499,11 @@ _HOLD_REFERENCE = [
         min_size=1,
         max_size=16,
     ),
-    st.lists(st.sampled_from(["a", " ", "password=", ":", "bearer+", '"name":', "A_TOKEN="])),
+    st.lists(
+        st.sampled_from(
+            ["a", " ", "password=", ":", "bearer+", '"name":', "A_TOKEN=", "-----BEGIN"]
+        )
+    ),
     st.sampled_from([0, 4, 20, STREAM_HOLD_MAX // 40]),
 )
 def test_the_hold_starts_where_its_parts_searched_from_every_position_say(
