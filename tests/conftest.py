@@ -160,6 +160,17 @@ def _module_sources(name: str) -> list[Path]:
     return [Path(spec.origin)] if spec.origin and spec.origin.endswith(".py") else []
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """What collection leaves (modules, tests, fixtures) stays to the end: the collector
+    stops going through it.
+
+    Each full collection of a worker went through all of it again: in two workers that ran
+    about 200 tests each, garbage collection took 1.2 and 1.4 CPU-s, 0.9 and 1.1 of it in
+    ten full collections; frozen after collection, 0.7 and 0.8 (0.4 and 0.5).
+    """
+    gc.freeze()
+
+
 #: Fixtures that start a sandbox or a test cluster (and most often run the orchestrator as a
 #: child): the tests that take one are the long ones, 5 to 30 s, where most take under one.
 LONG = frozenset(
