@@ -75,6 +75,7 @@ import codecs
 import heapq
 import itertools
 import json
+import os
 import re
 import string
 import threading
@@ -1061,14 +1062,25 @@ class _Releaser:
         with self._ready:
             armed = next(self._count)
             heapq.heappush(self._due, (time.monotonic() + hold, armed, weakref.ref(stream)))
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._run, name="redacting-stream-release", daemon=True
-                )
-                self._thread.start()
-            elif self._due[0][1] == armed:  # sooner than what the thread sleeps for
+            if self._due[0][1] == armed:  # sooner than what the thread sleeps for
                 self._ready.notify()
+            self._start()
         return armed
+
+    def _start(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(
+                target=self._run, name="redacting-stream-release", daemon=True
+            )
+            self._thread.start()
+
+    def _after_fork(self) -> None:
+        # A forked child has the parent's streams and what they hold, not its thread; the
+        # lock may have been held by a thread of the parent's.
+        self._ready = threading.Condition(threading.Lock())
+        self._thread = None
+        if self._due:
+            self._start()
 
     def _run(self) -> None:
         while True:
@@ -1082,6 +1094,7 @@ class _Releaser:
 
 
 _releaser = _Releaser()
+os.register_at_fork(after_in_child=_releaser._after_fork)
 
 #: Every stream: what one keeps back at the interpreter's exit, flushed or not, is written
 #: out then, as a plain text stream's buffer would be.
