@@ -240,6 +240,14 @@ class _Connection(asyncio.Protocol):
         if self._answer is not None and not self._answer.done():
             self._answer.set_result(None)
 
+    def take(self) -> tuple[int, list[tuple[bytes, bytes]], bytes, bytes]:
+        """The whole answer (status, headers, body, first bytes on the wire), which the
+        connection keeps none of from now on."""
+        assert self.status is not None
+        taken = self.status, self.headers, bytes(self.body), self.sample
+        self.headers, self.body, self.sample = [], bytearray(), b""
+        return taken
+
     def _fail(self, exc: BaseException) -> None:
         self.reusable = False
         if self._answer is not None and not self._answer.done():
@@ -349,9 +357,14 @@ class Http1Pool:
                 continue  # a reused connection the server had closed: the next, or a new one
             except Exception as exc:
                 raise Incomplete(exc, conn.status, bytes(conn.body), conn.sample) from None
+            else:
+                # Handed over before the connection is pooled: an idle connection holding
+                # its last answer (a list can be hundreds of KiB) would hold it until its
+                # next exchange, tens of MiB across a hundred runs' connections.
+                taken = conn.take()
             finally:
                 self._release(conn, loop)
-            return _answer(conn)
+            return _answer(*taken)
 
     def _idle_connection(self, loop: asyncio.AbstractEventLoop) -> _Connection | None:
         while self._idle:
@@ -412,10 +425,12 @@ class Http1Pool:
             await asyncio.wait(pending)
 
 
-def _answer(conn: _Connection) -> Answer:
+def _answer(
+    status: int, raw_headers: list[tuple[bytes, bytes]], body: bytes, sample: bytes
+) -> Answer:
     headers: dict[str, str] = {}
     cookies: list[str] = []
-    for raw_name, raw_value in conn.headers:
+    for raw_name, raw_value in raw_headers:
         name, value = raw_name.decode("latin-1"), raw_value.decode("latin-1")
         if name == "set-cookie":
             cookies.append(value)
@@ -423,15 +438,13 @@ def _answer(conn: _Connection) -> Answer:
             headers[name] += ", " + value
         else:
             headers[name] = value
-    body = bytes(conn.body)
     encoding = headers.get("content-encoding", "").strip().lower()
     if encoding in ("gzip", "x-gzip") and body:
-        body = _gunzip(body, conn)
-    assert conn.status is not None
-    return Answer(conn.status, headers, body, tuple(cookies))
+        body = _gunzip(body, status, sample)
+    return Answer(status, headers, body, tuple(cookies))
 
 
-def _gunzip(body: bytes, conn: _Connection) -> bytes:
+def _gunzip(body: bytes, status: int, sample: bytes) -> bytes:
     """The decoded body: every gzip member, one after another (RFC 1952, as aiohttp
     decodes them), at most :data:`MAX_DECODED_MEMBERS` of them and :data:`MAX_BODY` bytes
     in all, since a few bytes of gzip can stand for gigabytes."""
@@ -443,24 +456,22 @@ def _gunzip(body: bytes, conn: _Connection) -> bytes:
         try:
             out += decoder.decompress(rest, room) if room > 0 else b""
         except zlib.error as exc:
-            raise Incomplete(exc, conn.status, body, conn.sample) from None
+            raise Incomplete(exc, status, body, sample) from None
         if room <= 0 or decoder.unconsumed_tail or (len(out) == MAX_BODY and not decoder.eof):
             raise Incomplete(
                 AnswerTooLarge(f"a decoded body over {MAX_BODY} bytes"),
-                conn.status,
+                status,
                 body,
-                conn.sample,
+                sample,
             )
         if not decoder.eof:
-            raise Incomplete(
-                ValueError("the gzip stream ends early"), conn.status, body, conn.sample
-            )
+            raise Incomplete(ValueError("the gzip stream ends early"), status, body, sample)
         rest = decoder.unused_data
         if not rest:
             return bytes(out)
     raise Incomplete(
         AnswerTooLarge(f"a gzip body of over {MAX_DECODED_MEMBERS} members"),
-        conn.status,
+        status,
         body,
-        conn.sample,
+        sample,
     )
