@@ -14,6 +14,7 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Sequence
 from datetime import UTC
+from functools import partial
 from pathlib import Path
 
 from ._atomic import atomic_write_text
@@ -57,9 +58,17 @@ def _message(text: str) -> str:
     return one_line
 
 
+#: A part of a ``<testsuite>`` (its properties, a testcase) as lines of the document,
+#: and the verdict it counts as (a testcase's; "" for the properties).
+_Part = tuple[str, str]
+
+
 class _Cleaner:
-    """Cleans each string of a document (:func:`clean_xml_text`, :func:`_message`), at
-    every call: for a document written once."""
+    """Cleans each string of a document (:func:`clean_xml_text`, :func:`_message`) and
+    builds each part of a suite, at every call: for a document written once."""
+
+    def begin(self) -> None:
+        """Called before a suite is built."""
 
     def text(self, text: str, limit: int) -> str:
         return clean_xml_text(text, limit)
@@ -67,16 +76,25 @@ class _Cleaner:
     def message(self, text: str) -> str:
         return _message(text)
 
+    def parts(self, record: RunRecord) -> dict[tuple[object, ...], _Part]:
+        """The parts of ``record``'s last suite, by what they were built from."""
+        return {}
+
+    def keep(self, record: RunRecord, parts: dict[tuple[object, ...], _Part]) -> None:
+        """The parts of ``record``'s suite just built: the next build reuses them."""
+
 
 class _CachedCleaner(_Cleaner):
-    """The same results, each string cleaned once while the process's secrets stay the
-    same: a reporter rewrites its file at every phase event, and most of its strings
-    (properties, names, the reasons of finished phases) are those of the last write.
+    """The same results, each string cleaned and each part of a suite built once while
+    the process's secrets stay the same: a reporter rewrites its file at every phase
+    event, and most of it (properties, names, the testcases of finished phases) is what
+    the last write held.
 
-    Registering a secret (the count of :data:`redactor`'s values grows) empties the
-    cache, so a string cleaned before is masked again with it at the next write. Long
-    strings are cleaned at every call: the log changes at every write anyway, and a
-    cache of them would hold a copy of every version of it.
+    Registering a secret (the count of :data:`redactor`'s values grows) empties both
+    caches, so a string written before is masked with it at the next write. Long strings
+    are cleaned at every call: the log changes at every write anyway, and a cache of
+    them would hold a copy of every version of it. A run keeps the parts of its last
+    suite only: one version of each.
     """
 
     MAX_CHARS = 4096
@@ -84,27 +102,42 @@ class _CachedCleaner(_Cleaner):
 
     def __init__(self) -> None:
         self._done: dict[tuple[str, int], str] = {}
+        self._parts: dict[int, dict[tuple[object, ...], _Part]] = {}
         self._secrets = -1
 
-    def _cached(self, text: str, limit: int, clean: Callable[[], str]) -> str:
-        if len(text) > self.MAX_CHARS:
-            return clean()
+    def begin(self) -> None:
         secrets = redactor.secrets
-        if secrets != self._secrets or len(self._done) >= self.MAX_ENTRIES:
+        if secrets != self._secrets:
             self._done.clear()
+            self._parts.clear()
             self._secrets = secrets
+        elif len(self._done) >= self.MAX_ENTRIES:
+            self._done.clear()
+
+    def text(self, text: str, limit: int) -> str:
+        if len(text) > self.MAX_CHARS:
+            return clean_xml_text(text, limit)
         key = (text, limit)
         done = self._done.get(key)
         if done is None:
-            done = self._done[key] = clean()
+            done = self._done[key] = clean_xml_text(text, limit)
         return done
 
-    def text(self, text: str, limit: int) -> str:
-        return self._cached(text, limit, lambda: clean_xml_text(text, limit))
-
     def message(self, text: str) -> str:
+        if len(text) > self.MAX_CHARS:
+            return _message(text)
         # No text limit is negative: the key cannot collide with a body's.
-        return self._cached(text, -1, lambda: _message(text))
+        key = (text, -1)
+        done = self._done.get(key)
+        if done is None:
+            done = self._done[key] = _message(text)
+        return done
+
+    def parts(self, record: RunRecord) -> dict[tuple[object, ...], _Part]:
+        return self._parts.get(id(record), {})
+
+    def keep(self, record: RunRecord, parts: dict[tuple[object, ...], _Part]) -> None:
+        self._parts[id(record)] = parts
 
 
 _CLEAN_ONCE = _Cleaner()
@@ -125,12 +158,27 @@ def _failure_message(record: PhaseRecord) -> str:
     return named if record.allowed is None else f"{named} (deadline {record.allowed:.1f} s)"
 
 
-def _testcase(
-    suite: ET.Element, record: RunRecord, index: int, phase: PhaseRecord, clean: _Cleaner
-) -> str:
-    """Append one testcase; returns the JUnit verdict it counts as."""
-    case = ET.SubElement(
-        suite,
+def _case_key(record: RunRecord, index: int, phase: PhaseRecord) -> tuple[object, ...]:
+    """Everything :func:`_testcase` reads: a testcase built from the same is the same."""
+    return (
+        "testcase",
+        record.suite,
+        index,
+        phase.title,
+        phase.kind,
+        phase.status,
+        phase.reason,
+        phase.detail,
+        phase.duration,
+        phase.timed_out,
+        phase.allowed,
+        tuple(f.line() for f in phase.findings),
+    )
+
+
+def _testcase(record: RunRecord, index: int, phase: PhaseRecord, clean: _Cleaner) -> _Part:
+    """One testcase (see :func:`_case_key` for what it reads) and its JUnit verdict."""
+    case = ET.Element(
         "testcase",
         {
             "classname": f"orchestrator.{clean.text(record.suite, 200)}",
@@ -146,7 +194,13 @@ def _testcase(
         out.text = clean.text(
             "\n".join(f"FINDING {f.line()}" for f in phase.findings), BODY_MAX_CHARS
         )
-    return verdict
+    return _lines(case), verdict
+
+
+def _lines(element: ET.Element) -> str:
+    """A child of ``<testsuite>``, indented as :func:`ET.indent` would in the document."""
+    ET.indent(element, level=2)
+    return "    " + ET.tostring(element, encoding="unicode") + "\n"
 
 
 def _verdict(case: ET.Element, phase: PhaseRecord, clean: _Cleaner) -> str:
@@ -183,23 +237,48 @@ def _verdict(case: ET.Element, phase: PhaseRecord, clean: _Cleaner) -> str:
     return "passed"
 
 
-def _testsuite(parent: ET.Element, record: RunRecord, clean: _Cleaner) -> dict[str, int]:
-    suite = ET.SubElement(parent, "testsuite")
-    properties = ET.SubElement(suite, "properties")
-    for key, value in record.all_properties().items():
+def _properties(properties: dict[str, str], clean: _Cleaner) -> _Part:
+    element = ET.Element("properties")
+    for key, value in properties.items():
         ET.SubElement(
-            properties,
+            element,
             "property",
             {"name": clean.text(key, 200), "value": clean.text(value, PROPERTY_MAX_CHARS)},
         )
+    return _lines(element), ""
+
+
+def _suite_xml(record: RunRecord, clean: _Cleaner = _CLEAN_ONCE) -> tuple[str, dict[str, int]]:
+    """One ``<testsuite>`` element, indented for its place in the document, and its counts.
+
+    Built part by part (the properties, each testcase) rather than as one tree: a part
+    built from the same values as at the last write is reused (see :class:`_CachedCleaner`).
+    """
+    clean.begin()
+    last, parts = clean.parts(record), {}
+
+    def part(key: tuple[object, ...], build: Callable[[], _Part]) -> _Part:
+        built = last.get(key)
+        parts[key] = built = build() if built is None else built
+        return built
+
+    properties = record.all_properties()
+    lines = [part(("properties", *properties.items()), lambda: _properties(properties, clean))[0]]
     counts = {"tests": 0, "failure": 0, "error": 0, "skipped": 0, "passed": 0}
     for index, phase in enumerate(record.phase_records(), start=1):
-        counts[_testcase(suite, record, index, phase, clean)] += 1
+        xml, verdict = part(
+            _case_key(record, index, phase), partial(_testcase, record, index, phase, clean)
+        )
+        lines.append(xml)
+        counts[verdict] += 1
         counts["tests"] += 1
-    out = ET.SubElement(suite, "system-out")
+    clean.keep(record, parts)
+    out = ET.Element("system-out")
     out.text = clean.text(record.log_text(), SYSTEM_OUT_MAX_CHARS)
+    lines.append(_lines(out))
     started = record.started_at or utcnow()
-    suite.attrib.update(
+    suite = ET.Element(
+        "testsuite",
         {
             "name": clean.text(record.suite, 200),
             "tests": str(counts["tests"]),
@@ -209,17 +288,10 @@ def _testsuite(parent: ET.Element, record: RunRecord, clean: _Cleaner) -> dict[s
             "time": _seconds(record.time_spent),
             # junit-10 wants a timestamp without a zone: it is UTC.
             "timestamp": started.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S"),
-        }
+        },
     )
-    return counts
-
-
-def _suite_xml(record: RunRecord, clean: _Cleaner = _CLEAN_ONCE) -> tuple[str, dict[str, int]]:
-    """One ``<testsuite>`` element, indented for its place in the document, and its counts."""
-    holder = ET.Element("testsuites")
-    counts = _testsuite(holder, record, clean)
-    ET.indent(holder)
-    return "  " + ET.tostring(holder[0], encoding="unicode").rstrip() + "\n", counts
+    head = "  " + ET.tostring(suite, encoding="unicode").removesuffix(" />") + ">\n"
+    return head + "".join(lines) + "  </testsuite>\n", counts
 
 
 def wall_time(records: Sequence[RunRecord]) -> float:
@@ -367,6 +439,8 @@ class JUnitReporter:
         self._clock = clock
         self._last: float | None = None
         self._clean = _CachedCleaner()
+        #: How many secrets the redactor knew at the last write (see flush).
+        self._secrets = -1
         #: The last document written, whether it was synced, and the file it became
         #: (device, inode, size, mtime): a write that would put the same bytes in the
         #: same file again is skipped (a run's end writes it, then the app's last flush).
@@ -391,6 +465,11 @@ class JUnitReporter:
 
         ``durable=False`` for progress written while runs go on: still atomic (a rename),
         not synced to the disk (see ``_atomic``); a run's end writes it durably."""
+        secrets = redactor.secrets
+        if secrets != self._secrets:
+            # A secret registered since: the runs serialized before may hold it.
+            self._dirty.update(self._records)
+            self._secrets = secrets
         for key in self._dirty:
             self._xml[key] = _suite_xml(self._records[key], self._clean)
         self._dirty.clear()

@@ -482,3 +482,33 @@ def test_a_write_of_the_same_bytes_is_skipped_unless_the_file_changed(
     reporter.phase_finished(record, record.phases[0])
     assert len(writes) == 5
     assert len(cases(parse(reporter.path))[0]) == 0  # passed: no skipped/failure child
+
+
+def test_a_secret_registered_later_is_masked_in_every_run_of_a_shared_file(
+    tmp_path: Path,
+) -> None:
+    """A shared reporter serializes again only the runs that reported: a run that said a
+    secret before it was registered must be serialized again too, not kept as it was."""
+    from orchestrator.engine import redactor
+
+    secret = "shared-secret-0123456789"
+    now = [0.0]
+    reporter = JUnitReporter(tmp_path / "junit.xml", clock=lambda: now[0])
+    began = datetime(2026, 1, 1, tzinfo=UTC)
+    quiet, busy = (_secret_run(began) for _ in range(2))
+    quiet.suite = "quiet"
+    quiet.phases[0].reason = f"peer echoed {secret}"
+    reporter.run_started(quiet)
+    reporter.run_started(busy)
+    reporter.flush()
+    assert secret in reporter.path.read_text()  # nobody knew it was one yet
+    redactor.add(secret)
+    try:
+        now[0] += 1.0
+        busy.phases[0].status = "passed"
+        reporter.phase_finished(busy, busy.phases[0])
+        text = reporter.path.read_text()
+    finally:
+        redactor.clear()
+    assert secret not in text
+    assert "peer echoed ***" in text
