@@ -21,6 +21,13 @@ What a caller can rely on:
 - Every failure is an :class:`Incomplete` that says what arrived (the status, the body
   so far, the first bytes on the wire) and why it stopped; the caller names the route.
 - :meth:`Http1Pool.aclose` closes every connection, those in use included.
+- An answer handed over is the caller's: a connection back in the pool keeps none of it.
+
+What a connection costs while it is kept: about 23 KiB over plain HTTP, about 320 KiB
+over TLS (asyncio's TLS layer holds a 256 KiB read buffer per connection, as it does for
+aiohttp's). The pool is apart from aiohttp's, so with ``limit`` reads at once beside as
+many other requests there can be twice as many connections to the server as aiohttp's
+limit alone allowed.
 """
 
 from __future__ import annotations
