@@ -98,21 +98,23 @@ class _CachedCleaner(_Cleaner):
     """
 
     MAX_CHARS = 4096
-    MAX_ENTRIES = 4096
+    #: The cache is emptied when the strings it holds reach this many characters.
+    MAX_TOTAL_CHARS = 1 << 20
 
     def __init__(self) -> None:
         self._done: dict[tuple[str, int], str] = {}
+        self._chars = 0
         self._parts: dict[int, dict[tuple[object, ...], _Part]] = {}
         self._secrets = -1
 
     def begin(self) -> None:
         secrets = redactor.secrets
-        if secrets != self._secrets:
+        if secrets != self._secrets or self._chars >= self.MAX_TOTAL_CHARS:
             self._done.clear()
+            self._chars = 0
+        if secrets != self._secrets:
             self._parts.clear()
             self._secrets = secrets
-        elif len(self._done) >= self.MAX_ENTRIES:
-            self._done.clear()
 
     def text(self, text: str, limit: int) -> str:
         if len(text) > self.MAX_CHARS:
@@ -121,6 +123,7 @@ class _CachedCleaner(_Cleaner):
         done = self._done.get(key)
         if done is None:
             done = self._done[key] = clean_xml_text(text, limit)
+            self._chars += len(text) + len(done)
         return done
 
     def message(self, text: str) -> str:
@@ -131,6 +134,7 @@ class _CachedCleaner(_Cleaner):
         done = self._done.get(key)
         if done is None:
             done = self._done[key] = _message(text)
+            self._chars += len(text) + len(done)
         return done
 
     def parts(self, record: RunRecord) -> dict[tuple[object, ...], _Part]:
@@ -480,11 +484,14 @@ class JUnitReporter:
         self._written = None
         try:
             written = atomic_write_text(self.path, document, durable=durable, masked=True)
-            self._written = (document, durable, _identity(os.stat(written)))
         except OSError as exc:
             self.error = exc
             raise
         self.error = None
+        try:
+            self._written = (document, durable, _identity(os.stat(written)))
+        except OSError:
+            pass  # gone already: the next write is made, whatever it holds
         return written
 
     def _unchanged(self, document: str, durable: bool) -> bool:

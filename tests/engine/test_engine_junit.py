@@ -512,3 +512,22 @@ def test_a_secret_registered_later_is_masked_in_every_run_of_a_shared_file(
         redactor.clear()
     assert secret not in text
     assert "peer echoed ***" in text
+
+
+def test_the_cache_of_clean_strings_stays_bounded(tmp_path: Path) -> None:
+    """A long run whose phases report ever new reasons must not keep each of them."""
+    from orchestrator.engine._junit import _CachedCleaner
+
+    reporter = JUnitReporter(tmp_path / "junit.xml")
+    cleaner = reporter._clean
+    assert isinstance(cleaner, _CachedCleaner)
+    record = _secret_run(datetime(2026, 1, 1, tzinfo=UTC))
+    phase = record.phases[0]
+    phase.status = "running"
+    reporter.run_started(record)
+    for step in range(400):
+        phase.reason = f"waiting, step {step}: " + "x" * 4000
+        reporter.phase_started(record, phase)
+        assert cleaner._chars <= cleaner.MAX_TOTAL_CHARS + 3 * 8200
+    text = reporter.path.read_text()
+    assert "step 399: " + "x" * 4000 in text and "step 398" not in text
