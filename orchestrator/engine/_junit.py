@@ -90,8 +90,8 @@ class _CachedCleaner(_Cleaner):
     event, and most of it (properties, names, the testcases of finished phases) is what
     the last write held.
 
-    Registering a secret (the count of :data:`redactor`'s values grows) empties both
-    caches, so a string written before is masked with it at the next write. Long strings
+    Registering a secret (a new :attr:`~._redact.Redactor.generation` of
+    :data:`redactor`, also after its ``clear()``) empties both caches, so a string written before is masked with it at the next write. Long strings
     are cleaned at every call: the log changes at every write anyway, and a cache of
     them would hold a copy of every version of it. A run keeps the parts of its last
     suite only: one version of each.
@@ -105,16 +105,16 @@ class _CachedCleaner(_Cleaner):
         self._done: dict[tuple[str, int], str] = {}
         self._chars = 0
         self._parts: dict[int, dict[tuple[object, ...], _Part]] = {}
-        self._secrets = -1
+        self._generation = -1
 
     def begin(self) -> None:
-        secrets = redactor.secrets
-        if secrets != self._secrets or self._chars >= self.MAX_TOTAL_CHARS:
+        generation = redactor.generation
+        if generation != self._generation or self._chars >= self.MAX_TOTAL_CHARS:
             self._done.clear()
             self._chars = 0
-        if secrets != self._secrets:
+        if generation != self._generation:
             self._parts.clear()
-            self._secrets = secrets
+            self._generation = generation
 
     def text(self, text: str, limit: int) -> str:
         if len(text) > self.MAX_CHARS:
@@ -443,8 +443,8 @@ class JUnitReporter:
         self._clock = clock
         self._last: float | None = None
         self._clean = _CachedCleaner()
-        #: How many secrets the redactor knew at the last write (see flush).
-        self._secrets = -1
+        #: The redactor's generation at the last write (see flush).
+        self._generation = -1
         #: The last document written, whether it was synced, and the file it became
         #: (device, inode, size, mtime): a write that would put the same bytes in the
         #: same file again is skipped (a run's end writes it, then the app's last flush).
@@ -469,11 +469,12 @@ class JUnitReporter:
 
         ``durable=False`` for progress written while runs go on: still atomic (a rename),
         not synced to the disk (see ``_atomic``); a run's end writes it durably."""
-        secrets = redactor.secrets
-        if secrets != self._secrets:
-            # A secret registered since: the runs serialized before may hold it.
+        generation = redactor.generation
+        if generation != self._generation:
+            # A secret registered (or one forgotten) since: the runs serialized before may
+            # hold it.
             self._dirty.update(self._records)
-            self._secrets = secrets
+            self._generation = generation
         for key in self._dirty:
             self._xml[key] = _suite_xml(self._records[key], self._clean)
         self._dirty.clear()

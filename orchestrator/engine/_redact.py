@@ -496,6 +496,8 @@ class Redactor:
         self._open_short: dict[str, list[tuple[int, str]]] = {}
         #: The short values a caller of :meth:`register` was told about.
         self._warned: set[str] = set()
+        #: Changed after every change of what is masked (see :attr:`generation`).
+        self._generation = 0
         for secret in secrets:
             self.add(secret)
 
@@ -524,6 +526,7 @@ class Redactor:
                     return True
                 self._long |= forms
             self._compile()
+            self._generation += 1  # after the patterns: a reader of it masks with them
         return not short
 
     def register(self, secret: str | None, name: str, warn: Callable[[str], None]) -> bool:
@@ -583,6 +586,14 @@ class Redactor:
         """How many values (with their encoded forms) are masked."""
         return len(self._long) + len(self._short)
 
+    @property
+    def generation(self) -> int:
+        """Changes whenever what is masked does (a value added, :meth:`clear`): text
+        masked while it had one value is masked the same while it keeps it. Not
+        :attr:`secrets`: after :meth:`clear` and a value of the same shape the count is
+        the same and the values are not, and the count grows before the patterns do."""
+        return self._generation
+
     def clear(self) -> None:
         """Forget every registered value (for tests; the patterns stay)."""
         with self._lock:
@@ -591,6 +602,7 @@ class Redactor:
             self._warned.clear()
             self._pattern = self._short_patterns = None
             self._open_long, self._open_short = {}, {}
+            self._generation += 1
 
     def __call__(self, text: str) -> str:
         return self.redact(text)

@@ -531,3 +531,64 @@ def test_the_cache_of_clean_strings_stays_bounded(tmp_path: Path) -> None:
         assert cleaner._chars <= cleaner.MAX_TOTAL_CHARS + 3 * 8200
     text = reporter.path.read_text()
     assert "step 399: " + "x" * 4000 in text and "step 398" not in text
+
+
+def test_a_secret_registered_after_a_clear_is_masked_though_the_count_is_the_same(
+    tmp_path: Path,
+) -> None:
+    """The reporter keeps what it cleaned while the redactor masks the same values: after
+    ``clear()`` and a new value of the same shape, the redactor holds as many values as
+    before, and a string cleaned before must still be cleaned again."""
+    from orchestrator.engine import redactor
+
+    first, second = "first-secret-0123456789", "other-secret-9876543210"
+    reporter = JUnitReporter(tmp_path / "junit.xml")
+    record = _secret_run(datetime(2026, 1, 1, tzinfo=UTC))
+    record.phases[0].reason = f"peer echoed {second}"
+    redactor.add(first)
+    try:
+        reporter.run_started(record)
+        assert second in reporter.path.read_text()  # nobody knew it was one yet
+        count = redactor.secrets
+        redactor.clear()
+        redactor.add(second)
+        assert redactor.secrets == count
+        record.phases[1].status = "running"
+        reporter.phase_started(record, record.phases[1])
+        text = reporter.path.read_text()
+    finally:
+        redactor.clear()
+    assert second not in text
+    assert "peer echoed ***" in text
+
+
+def test_a_write_made_while_a_secret_is_being_registered_is_masked_again_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another thread may write the file while ``add`` builds its patterns: that write
+    masks with the old ones, and the reporter must not keep it as masked with the new."""
+    from orchestrator.engine import redactor
+
+    secret = "racing-secret-0123456789"
+    reporter = JUnitReporter(tmp_path / "junit.xml")
+    record = _secret_run(datetime(2026, 1, 1, tzinfo=UTC))
+    record.phases[0].reason = f"peer echoed {secret}"
+    reporter.run_started(record)
+    real = redactor._compile
+
+    def compile_after_a_write() -> None:
+        record.phases[1].status = "running"
+        reporter.phase_started(record, record.phases[1])  # the value is known, not masked
+        real()
+
+    monkeypatch.setattr(redactor, "_compile", compile_after_a_write)
+    try:
+        redactor.add(secret)
+        monkeypatch.undo()
+        record.phases[1].status = "passed"
+        reporter.phase_finished(record, record.phases[1])
+        text = reporter.path.read_text()
+    finally:
+        redactor.clear()
+    assert secret not in text
+    assert "peer echoed ***" in text
