@@ -464,11 +464,28 @@ class KubeFoundryFlow:
         A measurement, not a verdict: on a fresh node the model image is most of the
         wait, and a cache is the cheapest speed-up; reporting it lets a cold and a warm
         run be compared. Events that cannot be read are noted, and the phase passes.
+
+        Only this deployment's pods' events are read, one field-selected list per pod
+        (at once when there are several): a namespace-wide list would make every one of
+        N flows sharing a namespace read every flow's events, N squared bytes in all.
+        ``image_pulls`` still keeps only these pods' events, so a server that ignored
+        the selector could not make us report another pod's pull.
         """
         d = self.deployment
         try:
             pods = {p.get("metadata", {}).get("name", "") for p in await _Cluster(self).pods()}
-            events = (await self.kube.list(EVENTS, d.namespace)).get("items") or []
+            pods.discard("")
+            reads = await side_by_side(
+                *(
+                    self.kube.list(
+                        EVENTS,
+                        d.namespace,
+                        field_selector=f"involvedObject.kind=Pod,involvedObject.name={name}",
+                    )
+                    for name in sorted(pods)
+                )
+            )
+            events = [e for read in reads for e in read.result().get("items") or []]
         except ClientError as exc:
             ctx.log(f"image pull time not read: {exc}")
             return

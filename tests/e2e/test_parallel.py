@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -53,3 +54,10 @@ async def test_parallel_copies_share_watches_and_all_pass(sandbox, tmp_path: Pat
     ]
     assert len(askers) == 1
     assert {c.get("value") for c in checked_by if c is not None} == set(askers)
+    # Five deployments share a namespace; each read its own pods' events (a field-selected
+    # list per pod, which both backends take) and found its own pod's pull there.
+    records = [json.loads(p.read_text()) for p in result.artifacts.rglob("run.json")]
+    assert len(records) == 5
+    for record in records:
+        ready = next(p for p in record["phases"] if p["name"] == "wait_ready")["properties"]
+        assert ready["image_pull"] == "pulled", record["log"]

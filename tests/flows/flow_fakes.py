@@ -31,6 +31,23 @@ from orchestrator.clients import (
 Obj = dict[str, Any]
 
 
+def _field_terms(selector: str | None) -> list[tuple[str, str]]:
+    """``path=value`` terms of a field selector (any dotted path, as an events list takes)."""
+    terms = []
+    for term in filter(None, (selector or "").split(",")):
+        path, sep, value = term.partition("=")
+        assert sep and not path.endswith("!"), selector
+        terms.append((path.strip(), value.lstrip("=").strip()))
+    return terms
+
+
+def _dotted(obj: Obj, path: str) -> str:
+    cur: Any = obj
+    for part in path.split("."):
+        cur = cur.get(part) if isinstance(cur, dict) else None
+    return "" if cur is None else str(cur)
+
+
 class FakeCluster:
     """The KubeClient calls a KubeFoundryFlow makes, over a dict of objects."""
 
@@ -42,6 +59,8 @@ class FakeCluster:
         self.watches_opened = 0
         #: ``(plural, name, not_older_than)`` of every get, in order.
         self.gets: list[tuple[str, str, str | None]] = []
+        #: ``(plural, namespace, field_selector, items answered)`` of every list, in order.
+        self.lists: list[tuple[str, str | None, str | None, list[Obj]]] = []
 
     def put(self, res: Resource, obj: Obj) -> Obj:
         meta = obj.setdefault("metadata", {})
@@ -61,13 +80,18 @@ class FakeCluster:
         timeout: float = 30.0,
         not_older_than: str | None = None,  # always the latest state here
     ) -> Obj:
-        match = compile_selector(label_selector, field_selector)
-        assert match is not None, (label_selector, field_selector)
+        match = compile_selector(label_selector, None)
+        assert match is not None, label_selector
+        fields = _field_terms(field_selector)
         items = [
             o
             for (plural, ns, _), o in self.objects.items()
-            if plural == res.plural and (namespace is None or ns == namespace) and match(o)
+            if plural == res.plural
+            and (namespace is None or ns == namespace)
+            and match(o)
+            and all(_dotted(o, path) == value for path, value in fields)
         ]
+        self.lists.append((res.plural, namespace, field_selector, items))
         return {"items": items, "metadata": {"resourceVersion": "1"}}
 
     async def get(

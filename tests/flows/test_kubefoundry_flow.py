@@ -16,9 +16,11 @@ import pytest
 from flow_fakes import FakeBackend, FakeCluster, FakeModel, Workload
 
 from orchestrator.clients import (
+    EVENTS,
     PODS,
     SECRETS,
     SERVICES,
+    HTTPStatusError,
     KubeFoundryClient,
     Resource,
     RetryPolicy,
@@ -449,3 +451,84 @@ async def test_a_create_whose_answer_was_lost_is_the_runs_own_deployment(tmp_pat
     assert any("create met 409 after a retry" in line for line in record.log), record.log
     assert record.exit_code == 0 and set(statuses(record).values()) == {"passed"}
     assert backend.cluster.objects == {}
+
+
+OWN_POD, OTHER_POD = "integration-test-llama-0", "another-llama-0"
+
+
+def pulled(pod: str, image: str, took: str, ns: str = "kaito-workspace") -> dict[str, Any]:
+    """A kubelet's ``Pulled`` event for ``pod``."""
+    return {
+        "metadata": {"name": f"{pod}.{image}", "namespace": ns},
+        "involvedObject": {"kind": "Pod", "name": pod, "namespace": ns},
+        "reason": "Pulled",
+        "message": f'Successfully pulled image "{image}" in {took}',
+        "lastTimestamp": "2026-11-30T05:00:00Z",
+    }
+
+
+def two_deployments_events(cluster: FakeCluster) -> None:
+    """This run's pod's pull, and a longer one of another deployment's pod in its namespace."""
+    cluster.put(EVENTS, pulled(OWN_POD, "model:1", "2.5s"))
+    for i in range(20):
+        cluster.put(EVENTS, pulled(OTHER_POD, f"other:{i}", "9m0s"))
+
+
+async def test_wait_ready_reads_only_its_own_pods_events(tmp_path: Path) -> None:
+    """With several deployments in one namespace, each flow reads its own pods' events:
+    a namespace-wide list would make every one of N flows read every flow's events."""
+    cluster = FakeCluster()
+    two_deployments_events(cluster)
+    _, record = await run(KaitoProfile(), FakeBackend(cluster, kaito_workload()), tmp_path)
+    ready = next(p for p in record.phases if p.name == "wait_ready")
+    assert ready.status == "passed", ready.reason
+    assert ready.properties["image_pull"] == "pulled" and ready.properties["image"] == "model:1"
+    assert ready.properties["image_pull_seconds"] == "2.5"
+    reads = [(ns, items) for plural, ns, _, items in cluster.lists if plural == "events"]
+    assert reads and all(ns == "kaito-workspace" for ns, _ in reads), reads
+    read = [e["involvedObject"]["name"] for _, items in reads for e in items]
+    assert read == [OWN_POD], read
+
+
+class IgnoresEventSelectors(FakeCluster):
+    """A server that answers an events list with the whole namespace, whatever it asked."""
+
+    async def list(self, res: Resource, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if res == EVENTS:
+            kwargs["field_selector"] = None
+        return await super().list(res, *args, **kwargs)
+
+
+async def test_a_server_ignoring_the_events_selector_does_not_report_another_pods_pull(
+    tmp_path: Path,
+) -> None:
+    cluster = IgnoresEventSelectors()
+    two_deployments_events(cluster)
+    _, record = await run(KaitoProfile(), FakeBackend(cluster, kaito_workload()), tmp_path)
+    ready = next(p for p in record.phases if p.name == "wait_ready")
+    assert ready.status == "passed", ready.reason
+    assert ready.properties["image"] == "model:1", ready.properties
+    assert ready.properties["image_pull_seconds"] == "2.5"
+    assert not [line for line in record.log if OTHER_POD in line], record.log
+
+
+class RefusesEventSelectors(FakeCluster):
+    """A server that does not take the events' field selector (a 400, as the real one
+    answers a field it does not know)."""
+
+    async def list(self, res: Resource, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if res == EVENTS:
+            label = str(kwargs.get("field_selector")).split("=")[0]
+            raise HTTPStatusError(400, f"field label not supported: {label}", method="GET")
+        return await super().list(res, *args, **kwargs)
+
+
+async def test_unreadable_events_are_noted_and_wait_ready_passes(tmp_path: Path) -> None:
+    cluster = RefusesEventSelectors()
+    two_deployments_events(cluster)
+    _, record = await run(KaitoProfile(), FakeBackend(cluster, kaito_workload()), tmp_path)
+    ready = next(p for p in record.phases if p.name == "wait_ready")
+    assert ready.status == "passed", ready.reason
+    assert "image_pull" not in ready.properties and "image" not in ready.properties
+    noted = [line for line in record.log if "image pull time not read" in line]
+    assert len(noted) == 1 and "field label not supported" in noted[0], record.log
