@@ -1086,11 +1086,18 @@ class _Releaser:
             )
             self._thread.start()
 
-    def _after_fork(self) -> None:
+    def _after_fork(self, streams: Iterable[RedactingStream]) -> None:
         # A forked child has the parent's streams and what they hold, not its thread; the
-        # lock may have been held by a thread of the parent's.
+        # lock may have been held by a thread of the parent's. That thread may also have
+        # taken a release off the list and not made it yet (it waited for the stream):
+        # the stream still expects it, and it is due.
         self._ready = threading.Condition(threading.Lock())
         self._thread = None
+        listed = {armed for _, armed, _ in self._due}
+        now = time.monotonic()
+        for stream in streams:
+            if stream._armed is not None and stream._armed not in listed:
+                heapq.heappush(self._due, (now, stream._armed, weakref.ref(stream)))
         if self._due:
             self._start()
 
@@ -1106,11 +1113,25 @@ class _Releaser:
 
 
 _releaser = _Releaser()
-os.register_at_fork(after_in_child=_releaser._after_fork)
 
 #: Every stream: what one keeps back at the interpreter's exit, flushed or not, is written
 #: out then, as a plain text stream's buffer would be.
 _STREAMS: weakref.WeakSet[RedactingStream] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A thread of the parent's (a writer, the releasing thread) may have held a stream's
+    # lock when the fork copied it: the child has no such thread, and the copy would
+    # stay held for ever, the child's first write to the stream waiting on it. What the
+    # stream holds is consistent whatever that thread was doing (the masker's hold is
+    # replaced in one assignment); its write was the parent's, the parent makes it.
+    streams = list(_STREAMS)
+    for stream in streams:
+        stream._lock = threading.Lock()
+    _releaser._after_fork(streams)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @atexit.register

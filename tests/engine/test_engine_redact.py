@@ -642,6 +642,100 @@ def test_a_forked_child_writes_out_what_its_streams_held() -> None:
     assert written == b"waiting for authoriz"
 
 
+class BlockedInParent(ChildsPipe):
+    """A :class:`ChildsPipe` whose writes, in the parent only, wait until ``go`` is set
+    (after setting ``entered``): a write that is still going on when the parent forks."""
+
+    def __init__(self, fd: int, awaited: str) -> None:
+        super().__init__(fd, awaited)
+        self.entered, self.go = threading.Event(), threading.Event()
+
+    def write(self, text: str) -> int:
+        if os.getpid() == self.parent:
+            self.entered.set()
+            self.go.wait(60)
+        return super().write(text)
+
+
+def _fork() -> int:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: on purpose
+        return os.fork()
+
+
+def _childs_output(read: int, write: int, pid: int) -> tuple[int, bytes]:
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        written = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), written
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_child_forked_during_another_threads_write_can_write() -> None:
+    # The parent's writer holds the stream's lock when the fork copies it; the child has
+    # no such thread, so a lock copied held would never be released there.
+    read, write = os.pipe()
+    target = BlockedInParent(write, "the child's line\n")
+    stream = redactor().stream(target, hold=0.05)
+    writer = threading.Thread(target=stream.write, args=("the parent's line\n",))
+    writer.start()
+    try:
+        assert target.entered.wait(60)
+        pid = _fork()
+        if pid == 0:  # pragma: no cover  (the child)
+
+            def write_and_release() -> None:
+                stream.write("the child's line\n")
+                stream.release()
+
+            threading.Thread(target=write_and_release, daemon=True).start()
+            os._exit(0 if target.seen.wait(60) else 1)
+    finally:
+        target.go.set()
+        writer.join()
+    code, written = _childs_output(read, write, pid)
+    assert code == 0
+    assert written == b"the child's line\n"
+
+
+class WaitedLock:
+    """A lock that says when another thread waits for it while it is held."""
+
+    def __init__(self) -> None:
+        self.lock, self.waited = threading.RLock(), threading.Event()
+
+    def __enter__(self) -> None:
+        if not self.lock.acquire(blocking=False):
+            self.waited.set()
+            self.lock.acquire()
+
+    def __exit__(self, *_: object) -> None:
+        self.lock.release()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_child_forked_while_a_release_is_on_its_way_writes_it_out() -> None:
+    # The parent's releasing thread has taken the release off its list and waits for the
+    # stream: the child has the stream, what it held and that release, but not the thread
+    # that was to make it. With no write of its own, it must still write the end out.
+    read, write = os.pipe()
+    target = ChildsPipe(write, "waiting for authoriz")
+    stream = redactor().stream(target, hold=0.05)
+    stream.write("waiting for authoriz")
+    lock = WaitedLock()
+    stream._lock = lock  # type: ignore[assignment]
+    with lock:
+        stream.flush()  # the release is due in 0.05 s: the thread then waits for the lock
+        assert lock.waited.wait(60)
+        pid = _fork()
+        if pid == 0:  # pragma: no cover  (the child)
+            os._exit(0 if target.seen.wait(60) else 1)
+    code, written = _childs_output(read, write, pid)
+    assert code == 0
+    assert written == b"waiting for authoriz"
+
+
 def test_concurrent_writers_and_flushes_lose_reorder_and_repeat_nothing() -> None:
     # Each write ends with a word, which the stream holds back until the next write or
     # its timer: writers, flushes and timers race; every write must come out once,
