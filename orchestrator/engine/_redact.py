@@ -498,6 +498,7 @@ class Redactor:
         self._warned: set[str] = set()
         #: Changed after every change of what is masked (see :attr:`generation`).
         self._generation = 0
+        _REDACTORS.add(self)  # a forked child renews its lock (see _after_fork_in_child)
         for secret in secrets:
             self.add(secret)
 
@@ -1117,9 +1118,19 @@ _releaser = _Releaser()
 #: Every stream: what one keeps back at the interpreter's exit, flushed or not, is written
 #: out then, as a plain text stream's buffer would be.
 _STREAMS: weakref.WeakSet[RedactingStream] = weakref.WeakSet()
+#: Every redactor, for the same reason.
+_REDACTORS: weakref.WeakSet[Redactor] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:
+    # A thread of the parent's inside Redactor.add when the fork copied its lock had put
+    # the value in the redactor's sets and not yet built the patterns that mask it: the
+    # child would show the value and wait for ever at its own first add.
+    for each in list(_REDACTORS):
+        if each._lock.locked():
+            each._lock = threading.Lock()
+            each._compile()
+            each._generation += 1
     # A thread of the parent's (a writer, the releasing thread) may have held a stream's
     # lock when the fork copied it: the child has no such thread, and the copy would
     # stay held for ever, the child's first write to the stream waiting on it. What the

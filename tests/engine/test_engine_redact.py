@@ -736,6 +736,47 @@ def test_a_child_forked_while_a_release_is_on_its_way_writes_it_out() -> None:
     assert written == b"waiting for authoriz"
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_a_child_forked_while_a_secret_is_being_registered_masks_it() -> None:
+    # Another thread of the parent's is inside add(): the value is in the redactor's
+    # sets, its patterns are not built yet, its lock is held. The child has no such
+    # thread: it must mask the value all the same, and register others.
+    r = redactor()
+    parent, entered, go = os.getpid(), threading.Event(), threading.Event()
+    real = r._compile
+
+    def slow_compile() -> None:
+        if os.getpid() == parent:
+            entered.set()
+            go.wait(60)
+        real()
+
+    r._compile = slow_compile  # type: ignore[method-assign]
+    late = "late/0c7a5e1f+never=shown"
+    adder = threading.Thread(target=r.add, args=(late,))
+    adder.start()
+    read, write = os.pipe()
+    try:
+        assert entered.wait(60)
+        pid = _fork()
+        if pid == 0:  # pragma: no cover  (the child)
+            done = threading.Event()
+
+            def child() -> None:
+                r.add("child/5e1f0c7a+never=shown")
+                os.write(write, r.redact(f"{late} child/5e1f0c7a+never=shown").encode())
+                done.set()
+
+            threading.Thread(target=child, daemon=True).start()
+            os._exit(0 if done.wait(60) else 1)
+    finally:
+        go.set()
+        adder.join()
+    code, written = _childs_output(read, write, pid)
+    assert code == 0
+    assert written == b"*** ***"
+
+
 def test_concurrent_writers_and_flushes_lose_reorder_and_repeat_nothing() -> None:
     # Each write ends with a word, which the stream holds back until the next write or
     # its timer: writers, flushes and timers race; every write must come out once,
