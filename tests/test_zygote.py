@@ -8,13 +8,14 @@ own output and exits, each bounded by a deadline.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import _zygote
@@ -167,21 +168,76 @@ async def started(proc: anyio.abc.Process) -> str:
 async def test_a_signal_ends_a_forked_child_as_it_ends_a_fresh_one(
     probe: Path, sig: signal.Signals
 ) -> None:
-    """SIGINT is Python's KeyboardInterrupt in both, which exits through SIGINT again."""
+    """SIGINT is Python's KeyboardInterrupt in both, which exits through SIGINT again.
+
+    Both start as from a terminal's foreground, with SIGINT at its default, whatever this
+    session was started with: a session started with SIGINT ignored (a background job of
+    a shell without job control) hands the ignore down to every child, fresh or forked
+    from a zygote it started, and SIGINT would then end neither (as it should not: see
+    the test below)."""
     codes = []
-    for kind, proc in (
-        ("fresh", await anyio.open_process(argv("wait"), env=run_env(), cwd=probe)),
-        ("forked", await _zygote.fork(argv("wait"), run_env(), probe)),
-    ):
-        async with proc:
-            await started(proc)
-            proc.send_signal(sig)
-            with anyio.move_on_after(60) as waited:
-                codes.append(await proc.wait())
-            assert not waited.cancelled_caught, (
-                f"the {kind} probe runs 60 s after {sig.name}: {kernel_view(proc.pid)}"
-            )
+    # The worker's zygote started as this session did: if that was with SIGINT ignored,
+    # the forked child comes from a zygote of the test's own.
+    ignores_sigint = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    zygote = None
+    with children_start_with_sigint(signal.SIG_DFL):
+        fresh = await anyio.open_process(argv("wait"), env=run_env(), cwd=probe)
+        if sig == signal.SIGINT and ignores_sigint:
+            zygote = _zygote.Server(run_env(), preload=())
+    try:
+        forked = await _zygote.fork(argv("wait"), run_env(), probe, via=zygote)
+        for kind, proc in (("fresh", fresh), ("forked", forked)):
+            async with proc:
+                await started(proc)
+                proc.send_signal(sig)
+                with anyio.move_on_after(60) as waited:
+                    codes.append(await proc.wait())
+                assert not waited.cancelled_caught, (
+                    f"the {kind} probe runs 60 s after {sig.name}: {kernel_view(proc.pid)}"
+                )
+    finally:
+        if fresh.returncode is None:
+            fresh.kill()
+            await fresh.wait()
+        if zygote is not None:
+            zygote.stop()
     assert codes == [-sig, -sig]
+
+
+@contextlib.contextmanager
+def children_start_with_sigint(disposition: signal.Handlers) -> Iterator[None]:
+    """Children started inside (fresh, or a zygote) find SIGINT at ``disposition``,
+    whatever this process was started with: ``exec`` keeps an ignore and resets a
+    handler to the default. For SIG_DFL this process meanwhile handles SIGINT as pytest
+    run from a terminal does (Python's own handler), never with the default."""
+    before = signal.getsignal(signal.SIGINT)
+    now = signal.default_int_handler if disposition is signal.SIG_DFL else disposition
+    if before is None:  # set outside Python: cannot be put back
+        raise RuntimeError("SIGINT's disposition was set outside Python")
+    signal.signal(signal.SIGINT, now)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+async def test_a_child_started_with_sigint_ignored_keeps_it_ignored(probe: Path) -> None:
+    """A session started with SIGINT ignored (a background job of a shell without job
+    control) must not end on its terminal's Ctrl-C: a fresh interpreter keeps the
+    inherited ignore, and so does a child forked from a zygote started with it (what
+    the zygote does with SIGINT itself is not the child's)."""
+    with children_start_with_sigint(signal.SIG_IGN):
+        fresh = await anyio.open_process(argv("0"), env=run_env(), cwd=probe)
+        zygote = _zygote.Server(run_env(), preload=())
+    try:
+        seen = []
+        for proc in (fresh, await _zygote.fork(argv("0"), run_env(), probe, via=zygote)):
+            code, out, _ = await outcome(proc)
+            assert code == 0
+            seen.append(json.loads(out)["signals"][str(int(signal.SIGINT))])
+    finally:
+        zygote.stop()
+    assert seen == [repr(signal.SIG_IGN)] * 2
 
 
 def kernel_view(pid: int) -> str:
