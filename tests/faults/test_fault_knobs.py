@@ -23,7 +23,7 @@ async def test_restart_route_answers_then_comes_back_on_the_same_port(
     async with running_sandbox(options) as sb, httpx.AsyncClient() as http:
         r = await http.post(f"{sb.api_url}/_sandbox/restart", json={"down_seconds": 0.2})
         assert r.json() == {"restarting": True, "down_seconds": 0.2}
-        with anyio.fail_after(10):  # the restart itself is the event to wait for
+        with anyio.fail_after(60):  # the restart is the event to wait for; only a hang hits this
             await asyncio.gather(*list(kubefoundry_app._background))
         assert (await http.get(f"{sb.api_url}/api/health")).status_code == 200
 
