@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from orchestrator._shard import parse_shard, select_shard
@@ -30,6 +30,7 @@ def test_refuses_what_is_not_a_shard(text: str, why: str) -> None:
         parse_shard(text)
 
 
+@settings(deadline=None)  # no per-example wall-clock limit: a loaded machine is slow
 @given(st.lists(st.integers(), max_size=40), st.integers(min_value=1, max_value=12))
 def test_shards_partition_the_list(items: list[int], count: int) -> None:
     shards = [select_shard(items, i, count) for i in range(1, count + 1)]

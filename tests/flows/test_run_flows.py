@@ -35,11 +35,13 @@ class TinyFlow:
         self.name = name
         self.outcome = outcome
         self.gate = gate
+        self.started = anyio.Event()  # set when its phase begins
 
     def phases(self) -> list[Phase]:
         return [Phase("work", "Work", 5.0, self.work)]
 
     async def work(self, ctx: PhaseContext) -> None:
+        self.started.set()
         if self.gate is not None:
             await self.gate.wait()
         if self.outcome == "fail":
@@ -85,12 +87,14 @@ async def test_two_flows_of_one_name_keep_their_own_folders(tmp_path: Path) -> N
 
 async def test_a_second_run_on_the_same_artifacts_dir_is_refused(tmp_path: Path) -> None:
     gate = anyio.Event()
-    first = FlowRun([TinyFlow("first", gate=gate)], budget=30, artifacts_dir=tmp_path)
+    flow = TinyFlow("first", gate=gate)
+    first = FlowRun([flow], budget=30, artifacts_dir=tmp_path)
     async with anyio.create_task_group() as tg:
         tg.start_soon(first.run)
-        with anyio.fail_after(10):
-            while not (tmp_path / ".orchestrator.lock").exists():
-                await anyio.sleep(0)  # yield until the first run holds the directory
+        with anyio.fail_after(60):  # a hang guard: the phase starts at once
+            await flow.started.wait()
+        # A phase runs only once the run holds the directory.
+        assert (tmp_path / ".orchestrator.lock").exists()
         with pytest.raises(ArtifactsInUse, match="in use by another run"):
             await run_flows([TinyFlow("second")], budget=30, artifacts_dir=tmp_path)
         gate.set()
