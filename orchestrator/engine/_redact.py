@@ -1003,18 +1003,26 @@ class RedactingStream:
         self._target.flush()
 
     def _release_held(self, armed: int) -> None:
-        with self._lock:
+        if not self._lock.acquire(blocking=False):
+            # Taken: by a write (or a release), which leaves this release nothing to do,
+            # and may hold it for as long as its target blocks (a full pipe); or by a
+            # flush, for a moment. Waiting for it would hold up every other stream's
+            # release: the release is tried again later, if it still has something to do.
+            if armed == self._armed:
+                _releaser.again(self, armed, self._hold)
+            return
+        try:
             if armed != self._armed:  # a write came since: a later flush decides
                 return
             self._armed = None
-            try:
-                self._write_held()
-                self._target.flush()
-            except (OSError, ValueError):
-                # The target was closed under us: there is nothing left to write to, and
-                # a traceback from the releasing thread would be one more write to a
-                # console.
-                pass
+            self._write_held()
+            self._target.flush()
+        except (OSError, ValueError):
+            # The target was closed under us: there is nothing left to write to, and a
+            # traceback from the releasing thread would be one more write to a console.
+            pass
+        finally:
+            self._lock.release()
 
     def _write_held(self) -> None:
         if self._decoder is not None:  # a character's first bytes, never completed
@@ -1072,13 +1080,17 @@ class _Releaser:
 
     def arm(self, stream: RedactingStream, hold: float) -> int:
         """Have ``stream`` release what it holds in ``hold`` seconds; which release it is."""
+        armed = next(self._count)
+        self.again(stream, armed, hold)
+        return armed
+
+    def again(self, stream: RedactingStream, armed: int, hold: float) -> None:
+        """Have ``stream`` make its release ``armed`` in ``hold`` seconds."""
         with self._ready:
-            armed = next(self._count)
             heapq.heappush(self._due, (time.monotonic() + hold, armed, weakref.ref(stream)))
             if self._due[0][1] == armed:  # sooner than what the thread sleeps for
                 self._ready.notify()
             self._start()
-        return armed
 
     def _start(self) -> None:
         if self._thread is None or not self._thread.is_alive():

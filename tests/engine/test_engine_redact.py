@@ -718,37 +718,54 @@ def test_a_child_forked_during_another_threads_write_can_write() -> None:
 
 
 class WaitedLock:
-    """A lock that says when another thread waits for it while it is held."""
+    """A lock held by the test's thread (re-entered by it): another thread that tries it
+    sets ``waited``, then, if it does not block, waits for ``go`` before it is told that
+    the lock is taken."""
 
     def __init__(self) -> None:
-        self.lock, self.waited = threading.RLock(), threading.Event()
+        self.lock = threading.RLock()
+        self.waited, self.go = threading.Event(), threading.Event()
+
+    def acquire(self, blocking: bool = True) -> bool:
+        if self.lock.acquire(blocking=False):
+            return True
+        self.waited.set()
+        if not blocking:
+            self.go.wait(60)
+            return False
+        return self.lock.acquire()
+
+    def release(self) -> None:
+        self.lock.release()
 
     def __enter__(self) -> None:
-        if not self.lock.acquire(blocking=False):
-            self.waited.set()
-            self.lock.acquire()
+        self.acquire()
 
     def __exit__(self, *_: object) -> None:
-        self.lock.release()
+        self.release()
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
 def test_a_child_forked_while_a_release_is_on_its_way_writes_it_out() -> None:
-    # The parent's releasing thread has taken the release off its list and waits for the
-    # stream: the child has the stream, what it held and that release, but not the thread
-    # that was to make it. With no write of its own, it must still write the end out.
+    # The parent's releasing thread has taken the release off its list and tries the
+    # stream's lock: the child has the stream, what it held and that release, but not
+    # the thread that was to make it. With no write of its own, it must still write the
+    # end out.
     read, write = os.pipe()
     target = ChildsPipe(write, "waiting for authoriz")
     stream = redactor().stream(target, hold=0.05)
     stream.write("waiting for authoriz")
     lock = WaitedLock()
     stream._lock = lock  # type: ignore[assignment]
-    with lock:
-        stream.flush()  # the release is due in 0.05 s: the thread then waits for the lock
-        assert lock.waited.wait(60)
-        pid = _fork()
-        if pid == 0:  # pragma: no cover  (the child)
-            os._exit(0 if target.seen.wait(60) else 1)
+    try:
+        with lock:
+            stream.flush()  # due in 0.05 s: the thread then tries the lock
+            assert lock.waited.wait(60)
+            pid = _fork()
+            if pid == 0:  # pragma: no cover  (the child)
+                os._exit(0 if target.seen.wait(60) else 1)
+    finally:
+        lock.go.set()
     code, written = _childs_output(read, write, pid)
     assert code == 0
     assert written == b"waiting for authoriz"
@@ -793,6 +810,51 @@ def test_a_child_forked_while_a_secret_is_being_registered_masks_it() -> None:
     code, written = _childs_output(read, write, pid)
     assert code == 0
     assert written == b"*** ***"
+
+
+class Awaited(io.StringIO):
+    """A target that says when ``awaited`` has been written, and whose writes wait for
+    ``go`` while ``block`` is set (after setting ``entered``)."""
+
+    def __init__(self, awaited: str) -> None:
+        super().__init__()
+        self.awaited, self.block = awaited, False
+        self.seen, self.entered, self.go = threading.Event(), threading.Event(), threading.Event()
+
+    def write(self, text: str) -> int:
+        if self.block:
+            self.entered.set()
+            self.go.wait(60)
+        written = super().write(text)
+        if self.awaited in self.getvalue():
+            self.seen.set()
+        return written
+
+
+def test_a_stream_whose_target_blocks_holds_up_no_other_streams_release() -> None:
+    # A writer waits on its target (a full pipe) with its stream's lock held; a release
+    # of that stream comes due (the write made it pointless). The releasing thread serves
+    # every stream: waiting for that lock, it would hold the other streams' ends too.
+    from orchestrator.engine._redact import _releaser
+
+    r = redactor()
+    blocked_target, other_target = Awaited(""), Awaited("waiting for authoriz")
+    blocked = r.stream(blocked_target, hold=0.05)
+    other = r.stream(other_target, hold=0.05)
+    blocked_target.block = True
+    writer = threading.Thread(target=blocked.write, args=("a line\n",))
+    writer.start()
+    try:
+        assert blocked_target.entered.wait(60)
+        _releaser.arm(blocked, 0)  # a release armed before the write, due now
+        other.write("waiting for authoriz")
+        other.flush()
+        assert other_target.seen.wait(60)
+    finally:
+        blocked_target.go.set()
+        writer.join()
+    assert other_target.getvalue() == "waiting for authoriz"
+    assert blocked_target.getvalue() == "a line\n"
 
 
 def test_concurrent_writers_and_flushes_lose_reorder_and_repeat_nothing() -> None:
