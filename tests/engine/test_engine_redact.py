@@ -626,15 +626,25 @@ class ChildsPipe(io.StringIO):
     def __init__(self, fd: int, awaited: str) -> None:
         super().__init__()
         self.fd, self.awaited, self.parent = fd, awaited, os.getpid()
+        self.pipe = os.fstat(fd).st_ino
         self.seen = threading.Event()
 
     def write(self, text: str) -> int:
         written = super().write(text)
-        if os.getpid() != self.parent:
+        if os.getpid() != self.parent and self._still_ours():
             os.write(self.fd, text.encode())
             if self.awaited in self.getvalue():
                 self.seen.set()
         return written
+
+    def _still_ours(self) -> bool:
+        """Whether ``fd`` is still this test's pipe. A later test's child inherits this
+        stream too, with a release it may still owe; by then the test has closed ``fd``
+        and the number may be another test's pipe, which must not get this text."""
+        try:
+            return os.fstat(self.fd).st_ino == self.pipe
+        except OSError:
+            return False
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
