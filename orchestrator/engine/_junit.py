@@ -91,10 +91,11 @@ class _CachedCleaner(_Cleaner):
     the last write held.
 
     Registering a secret (a new :attr:`~._redact.Redactor.generation` of
-    :data:`redactor`, also after its ``clear()``) empties both caches, so a string written before is masked with it at the next write. Long strings
-    are cleaned at every call: the log changes at every write anyway, and a cache of
-    them would hold a copy of every version of it. A run keeps the parts of its last
-    suite only: one version of each.
+    :data:`redactor`, also after its ``clear()``) empties both caches, so a string
+    written before is masked with it at the next write. Long strings are cleaned at
+    every call: the log changes at every write anyway, and a cache of them would hold a
+    copy of every version of it. A run keeps the parts of its last suite only: one
+    version of each.
     """
 
     MAX_CHARS = 4096

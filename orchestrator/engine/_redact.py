@@ -418,10 +418,10 @@ def _gaps_of(text: str) -> tuple[re.Pattern[str], ...]:
 
 def _prefix_ends(forms: Iterable[str]) -> dict[str, list[tuple[int, str]]]:
     """For each character, ``(k, form)`` for each prefix ``form[:k]`` that ends with it,
-    longest first: a text can end with the start of a form only where its last character allows, so a
-    secret of a thousand characters is checked at the few lengths that character gives,
-    not at every length (and not with a pattern nested a thousand deep, which ``re``
-    cannot compile), and a dozen forms cost one look-up, not a dozen."""
+    longest first: a text can end with the start of a form only where its last
+    character allows, so a secret of a thousand characters is checked at the few lengths
+    that character gives, not at every length (and not with a pattern nested a thousand
+    deep, which ``re`` cannot compile), and a dozen forms cost one look-up, not a dozen."""
     ends: dict[str, list[tuple[int, str]]] = {}
     for form in forms:
         for k in range(len(form), 0, -1):
