@@ -54,7 +54,7 @@ import threading
 import types
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import anyio.abc
@@ -343,6 +343,12 @@ def _become(request: dict[str, Any]) -> None:
     # the fork is delivered when the mask is put back.
     for sig, handler in start.signals.items():
         signal.signal(sig, handler)
+    # Those the request asks for, as a fresh interpreter started with them has them (an
+    # ``exec`` below keeps an ignore and turns a handler back into the default).
+    for number, how in request.get("signals", {}).items():
+        sig = signal.Signals(int(number))
+        default = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+        signal.signal(sig, signal.SIG_IGN if how == "ignore" else default)
     signal.pthread_sigmask(signal.SIG_SETMASK, start.mask)
     argv, env = request["argv"], request["env"]
     if request["fresh"] is not None:
@@ -649,16 +655,69 @@ class ForkedProcess(anyio.abc.Process):
             raise
 
 
+#: How a child starts with a signal: at its default, or ignored.
+Disposition = Literal["default", "ignore"]
+
+#: What run children start with unless a test asks otherwise: SIGINT at its default, as
+#: from a terminal's foreground, whatever this session was started with. A session started
+#: in the background of a shell without job control ignores SIGINT and would hand that
+#: down, and the orchestrator keeps an inherited ignore: its Ctrl-C tests would then test
+#: nothing.
+RUN_SIGNALS: Mapping[int, Disposition] = {signal.SIGINT: "default"}
+
+#: Sets the dispositions its arguments name ("2=ignore 15=default ... --"), then ``exec``s
+#: the rest: dispositions that ``exec`` keeps (an ignore) or resets (a handler) alike.
+_LAUNCHER = (
+    "import os, signal, sys\n"
+    "end = sys.argv.index('--')\n"
+    "for item in sys.argv[1:end]:\n"
+    "    number, how = item.split('=')\n"
+    "    signal.signal(int(number), signal.SIG_IGN if how == 'ignore' else signal.SIG_DFL)\n"
+    "os.execv(sys.argv[end + 1], sys.argv[end + 1:])\n"
+)
+
+
+def with_signals(argv: Sequence[str], signals: Mapping[int, Disposition]) -> list[str]:
+    """``argv``, started so that it finds each of ``signals`` at the disposition given.
+
+    A disposition this process would hand down anyway needs nothing (``exec`` keeps an
+    ignore and resets a handler to the default); any other goes through a small launcher
+    that sets it, then ``exec``s ``argv`` (one short interpreter start, only then).
+    """
+    change = {
+        int(sig): how
+        for sig, how in signals.items()
+        if (how == "ignore") != (signal.getsignal(sig) is signal.SIG_IGN)
+    }
+    if not change:
+        return list(argv)
+    settings = [f"{sig}={how}" for sig, how in change.items()]
+    return [sys.executable, "-I", "-S", "-c", _LAUNCHER, *settings, "--", *argv]
+
+
 async def fork(
-    argv: Sequence[str], env: Mapping[str, str], cwd: str | Path, via: Server | None = None
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    cwd: str | Path,
+    via: Server | None = None,
+    signals: Mapping[int, Disposition] | None = None,
 ) -> ForkedProcess:
-    """Start ``argv`` (``python -m MODULE ...``) as a child of ``via`` (this worker's zygote)."""
+    """Start ``argv`` (``python -m MODULE ...``) as a child of ``via`` (this worker's zygote).
+
+    The child starts with the signal dispositions the zygote's interpreter started with,
+    but for ``signals`` (signal number -> "default" or "ignore"): those start as a fresh
+    interpreter started with that disposition would (for "default": Python's handler
+    where it has one, SIGINT's KeyboardInterrupt).
+    """
     via = via or server()
     stdin_r, stdin_w = os.pipe()
     stdout_r, stdout_w = os.pipe()
     stderr_r, stderr_w = os.pipe()
     mine, theirs = [stdin_w, stdout_r, stderr_r], [stdin_r, stdout_w, stderr_w]
-    request = json.dumps({"argv": list(argv), "env": dict(env), "cwd": str(cwd)}).encode()
+    dispositions = {str(int(sig)): how for sig, how in (signals or {}).items()}
+    request = json.dumps(
+        {"argv": list(argv), "env": dict(env), "cwd": str(cwd), "signals": dispositions}
+    ).encode()
     try:
         conn = via.connect()
         try:
@@ -693,13 +752,19 @@ async def fork(
 
 
 async def open_process(
-    argv: Sequence[str], env: Mapping[str, str], cwd: str | Path, *, fresh: bool = False
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    cwd: str | Path,
+    *,
+    fresh: bool = False,
+    signals: Mapping[int, Disposition] = RUN_SIGNALS,
 ) -> anyio.abc.Process:
     """A run child forked from the zygote when :func:`wanted`, else (or with ``fresh``,
-    for a test whose subject is the command line itself) a fresh interpreter."""
+    for a test whose subject is the command line itself) a fresh interpreter; either way
+    it starts with ``signals`` at the dispositions given (:data:`RUN_SIGNALS`)."""
     if not fresh and wanted(argv):
-        return await fork(argv, env, cwd)
-    return await anyio.open_process(list(argv), env=dict(env), cwd=cwd)
+        return await fork(argv, env, cwd, signals=signals)
+    return await anyio.open_process(with_signals(argv, signals), env=dict(env), cwd=cwd)
 
 
 if __name__ == "__main__":

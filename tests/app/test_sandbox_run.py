@@ -11,6 +11,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import _zygote
 import pytest
 
 from orchestrator._app import _SandboxLog
@@ -89,8 +90,10 @@ def test_a_failed_sandbox_run_cleans_up_and_prints_no_dead_commands(tmp_path: Pa
 def test_keep_sandbox_keeps_it_serving_until_ctrl_c(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "KUBECONFIG", "API_URL")}
     args = ["run", "--sandbox", "--keep-sandbox", *STUB, "--sandbox-fault", "crash_loop=true"]
+    # SIGINT at its default, whatever this session was started with: the test is its Ctrl-C.
+    argv = [sys.executable, "-m", "orchestrator", *args, "--artifacts-dir", str(tmp_path)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", *args, "--artifacts-dir", str(tmp_path)],
+        _zygote.with_signals(argv, _zygote.RUN_SIGNALS),
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,

@@ -20,7 +20,7 @@ import os
 import ssl
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -217,6 +217,7 @@ async def drive(
     grace: float = TERM_GRACE,
     stop: anyio.Event | None = None,
     fresh: bool = False,
+    signals: Mapping[int, _zygote.Disposition] = _zygote.RUN_SIGNALS,
 ) -> Ended:
     """Run ``argv``, reading its output as it comes, until it ends or ``timeout`` passes.
 
@@ -229,13 +230,14 @@ async def drive(
     orchestrator spends on diagnostics, cleanup and its reports; only then SIGKILL. A
     deadline that cancelled the wait would kill it at once and keep nothing of what it
     knew about why it hung. ``stop``, once set, does what the deadline does (for tests of
-    this function: a deadline they could only wait out).
+    this function: a deadline they could only wait out). ``signals``: the dispositions
+    the process starts with (SIGINT at its default unless a test asks otherwise).
     """
     started = time.monotonic()
     out: list[str] = []
     err: list[str] = []
     stopped: str | None = None
-    async with await _zygote.open_process(argv, env, cwd, fresh=fresh) as proc:
+    async with await _zygote.open_process(argv, env, cwd, fresh=fresh, signals=signals) as proc:
         assert proc.stdout is not None and proc.stderr is not None
         stdout, stderr = proc.stdout, proc.stderr
         read = anyio.Event(), anyio.Event()

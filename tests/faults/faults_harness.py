@@ -7,9 +7,10 @@ never on sleeps.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
+import _zygote
 import anyio
 import anyio.abc
 import pytest
@@ -33,11 +34,14 @@ async def run_with_hooks(
     hooks: list[tuple[str, Callable[[anyio.abc.Process], Awaitable[None] | None]]],
     env: dict[str, str] | None = None,
     timeout: float = 120,
+    signals: Mapping[int, _zygote.Disposition] = _zygote.RUN_SIGNALS,
+    fresh: bool = False,
 ) -> Result:
     """Run the real command; when its output shows each hook's marker (in order), call the hook.
 
     A run still going at the deadline is stopped and fails the test as
     :func:`e2e_harness.run_orchestrator` does, with its output and the sandbox's log.
+    ``signals`` and ``fresh`` are :func:`e2e_harness.drive`'s: how the process starts.
     """
     artifacts = tmp_path / "artifacts"
     argv, full_env = command(sb, artifacts, *args, env=env)
@@ -50,7 +54,7 @@ async def run_with_hooks(
             if done is not None:
                 await done
 
-    ended = await drive(argv, full_env, tmp_path, timeout, on_output)
+    ended = await drive(argv, full_env, tmp_path, timeout, on_output, signals=signals, fresh=fresh)
     if ended.stopped is not None:
         pytest.fail(hung(ended, timeout, sb), pytrace=False)
     assert not pending, f"the run never printed {[m for m, _ in pending]}:\n{ended.stdout}"

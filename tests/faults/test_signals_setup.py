@@ -16,6 +16,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import _zygote
 import anyio
 import pytest
 from anyio.streams.text import TextReceiveStream
@@ -96,7 +97,8 @@ async def start_run(tmp_path: Path, kubeconfig: Path, *args: str) -> anyio.abc.P
         str(tmp_path / "artifacts"),
         *args,
     ]
-    return await anyio.open_process(argv, env=env, cwd=tmp_path)
+    # Fresh, as a user starts it, with SIGINT at its default whatever this session has.
+    return await _zygote.open_process(argv, env, tmp_path, fresh=True)
 
 
 async def read_all(stream: object) -> str:
