@@ -26,7 +26,6 @@ import os
 import secrets
 import shlex
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -57,6 +56,7 @@ from .engine import (
     Runner,
     RunRecord,
     RunsView,
+    SignalHandlers,
     clear_reports,
     describe_os_error,
     discard,
@@ -373,7 +373,6 @@ async def _run_held(
     reserve = settings.seconds("cleanup_reserve")
     cleanup_cap = max(reserve, settings.seconds("delete_timeout"))
     runners = _Runners()
-    loop = asyncio.get_running_loop()
 
     keep = sandbox and env_opts.keep_sandbox
     keep_sandbox = asyncio.Event()
@@ -386,8 +385,10 @@ async def _run_held(
         keep_sandbox.set()
         runners.interrupt(signame)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, interrupt, sig.name)
+    # A signal the process ignores stays ignored (a background job's Ctrl-C is not ours);
+    # whoever called us gets its own handlers back at the end.
+    signals = SignalHandlers(lambda sig: interrupt(sig.name))
+    signals.install()
     try:
         async with contextlib.AsyncExitStack() as stack:
             with runners.setup("while the sandbox started"):
@@ -550,8 +551,7 @@ async def _run_held(
         report_config_error([str(exc)], settings.artifacts_dir)
         return EXIT_USAGE
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+        signals.restore()
 
 
 def _kept(record: RunRecord) -> bool:

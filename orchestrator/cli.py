@@ -336,8 +336,10 @@ def entry() -> int:
     # From the first instruction on, SIGTERM stops the run the way Ctrl-C does (an
     # exception, so that what exists is cleaned up and a report written), not by the
     # default of dying on the spot. Once the run's event loop starts, its own handlers
-    # take over: they stop the flows instead.
-    signal.signal(signal.SIGTERM, _terminated)
+    # take over: they stop the flows instead. A SIGTERM the process was started with
+    # ignored stays ignored, as an ignored SIGINT does (Python keeps that one itself).
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, _terminated)
     code = main(own_process=True)
     # The work is done and every client closed: freezing spares the interpreter's final
     # collections a walk over every object the imports made (about 150 ms at exit).
@@ -663,22 +665,23 @@ def _serve_sandbox(ns: argparse.Namespace) -> int:
 
     async def serve() -> int:
         # Ctrl-C and SIGTERM stop the sandbox cleanly: its model servers are child
-        # processes, and a plain kill would leave them running.
+        # processes, and a plain kill would leave them running. One the process was
+        # started with ignored (a background job's Ctrl-C) stays ignored.
+        from .engine import SignalHandlers
+
         task = asyncio.current_task()
         assert task is not None
         got: list[int] = []
-        loop = asyncio.get_running_loop()
 
-        def stop(signum: int) -> None:
-            got.append(128 + signum)
+        def stop(sig: signal.Signals) -> None:
+            got.append(128 + sig)
             task.cancel()
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop, sig)
-        try:
-            await serve_forever(options)
-        except asyncio.CancelledError:
-            pass
+        with SignalHandlers(stop):
+            try:
+                await serve_forever(options)
+            except asyncio.CancelledError:
+                pass
         return got[0] if got else EXIT_OK
 
     return asyncio.run(serve())

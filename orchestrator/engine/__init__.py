@@ -48,6 +48,7 @@ from ._reports import (
 )
 from ._runner import CleanupPolicy, Runner
 from ._shared import SharedServices
+from ._signals import STOP_SIGNALS, SignalHandlers
 
 __all__ = [
     "EXIT_REPORTS",
@@ -84,6 +85,8 @@ __all__ = [
     "RunsView",
     "Runner",
     "SharedServices",
+    "SignalHandlers",
+    "STOP_SIGNALS",
     "StreamMasker",
     "junit_xml",
     "merge_junit",

@@ -10,7 +10,9 @@ with
 - one :class:`OncePerRun` gate, so that a provider is installed once per run;
 - one JUnit file (a testsuite per flow) and a ``run.json`` per flow, in a
   folder of its own when there are several;
-- SIGINT/SIGTERM turned into an orderly stop (cleanup runs, reports are written);
+- SIGINT/SIGTERM turned into an orderly stop (cleanup runs, reports are written), unless
+  the process ignores them (a background job's Ctrl-C), and the caller's handlers given
+  back when the run ends;
 - the exit code a CI job should see: interrupted beats failed beats passed.
 
 Two runs never write over each other's reports: a run holds a lock on its artifacts
@@ -20,7 +22,6 @@ stops at once with :class:`ArtifactsInUse` instead of mixing its files with the 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import fcntl
@@ -45,6 +46,7 @@ from ..engine import (
     Runner,
     RunRecord,
     SharedServices,
+    SignalHandlers,
 )
 from ._kubefoundry import FlowSettings, KubeFoundryFlow
 from ._once import OncePerRun
@@ -306,25 +308,20 @@ class FlowRun:
             raise ValueError("no flows to run")
         return flows
 
-    @contextlib.contextmanager
-    def _signals(self) -> Iterator[None]:
-        """SIGINT/SIGTERM interrupt every runner: they clean up and report, then stop."""
+    def _signals(self) -> contextlib.AbstractContextManager[object]:
+        """SIGINT/SIGTERM interrupt every runner: they clean up and report, then stop.
+
+        A signal the process ignores (a background job's SIGINT) stays ignored, and the
+        caller's own handlers are back once the run ends (:class:`SignalHandlers`).
+        """
         if not self.handle_signals:
-            yield
-            return
-        loop = asyncio.get_running_loop()
+            return contextlib.nullcontext()
 
-        def interrupt(signame: str) -> None:
+        def interrupt(sig: signal.Signals) -> None:
             for runner in self.runners:
-                runner.interrupt(signame)
+                runner.interrupt(sig.name)
 
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, interrupt, sig.name)
-        try:
-            yield
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
+        return SignalHandlers(interrupt)
 
 
 async def run_flows(

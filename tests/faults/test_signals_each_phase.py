@@ -10,8 +10,9 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+import anyio.abc
 import pytest
-from e2e_harness import PHASES
+from e2e_harness import PHASES, sandbox_kube_only
 from faults_harness import assert_clean, run_with_hooks, started
 
 pytestmark = [pytest.mark.anyio, pytest.mark.cluster]
@@ -55,4 +56,44 @@ async def test_signal_in_phase_cleans_up_and_reports(
         assert result.status_of(later)["status"] == "skipped", result.verdicts()
     assert result.status_of("Cleanup")["status"] == "passed", result.verdicts()
     assert result.run_json()["interrupted_by"] == sig.name
+    await assert_clean(sandbox)
+
+
+def signal_masks(pid: int) -> dict[str, int]:
+    """The kernel's view of ``pid``: the signals it ignores and those it has handlers for."""
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    fields = dict(line.split(":\t", 1) for line in status if ":\t" in line)
+    return {name: int(fields[name], 16) for name in ("SigIgn", "SigCgt")}
+
+
+@sandbox_kube_only("what a process does with a signal does not depend on the cluster")
+async def test_signals_ignored_from_the_start_leave_the_run_alone(sandbox, tmp_path: Path) -> None:
+    """Started as a script's background job is (SIGINT ignored; SIGTERM too, as some
+    supervisors do), the run puts no handler on either: SIGINT and SIGTERM sent in the
+    middle of Deploy are dropped by the kernel, and the run goes on and passes.
+
+    A fresh interpreter, started through a launcher that sets the ignores and ``exec``s
+    it, as a shell does."""
+    sent: list[dict[str, int]] = []
+
+    def send(proc: anyio.abc.Process) -> None:
+        sent.append(signal_masks(proc.pid))
+        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
+
+    result = await run_with_hooks(
+        sandbox,
+        tmp_path,
+        hooks=[(started("Deploy llama3.2:1b"), send)],
+        signals={signal.SIGINT: "ignore", signal.SIGTERM: "ignore"},
+        fresh=True,
+    )
+    both = 1 << (signal.SIGINT - 1) | 1 << (signal.SIGTERM - 1)
+    assert sent and sent[0]["SigIgn"] & both == both, sent
+    assert sent[0]["SigCgt"] & both == 0, sent
+    output = result.stdout + result.stderr
+    assert result.code == 0, output
+    assert "interrupted" not in output and "received" not in output, output
+    assert result.run_json()["interrupted_by"] is None
+    assert result.status_of("Cleanup")["status"] == "passed", result.verdicts()
     await assert_clean(sandbox)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -175,3 +178,56 @@ def test_context_options_reach_kubefoundry_flows(tmp_path: Path) -> None:
     ]
     assert flows[0].settings.ready_timeout == 5.0
     anyio.run(ctx.aclose)
+
+
+class SignalledFlow(TinyFlow):
+    """A flow whose phase sends its own process SIGINT, then SIGUSR1 as a marker.
+
+    Both are delivered before ``kill`` returns, and the loop runs their callbacks in that
+    order: once the marker's has run, so has whatever SIGINT was to do (stop the run).
+    """
+
+    def __init__(self) -> None:
+        super().__init__("signalled")
+        self.marker = anyio.Event()
+
+    async def work(self, ctx: PhaseContext) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGUSR1, self.marker.set)
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGUSR1)
+            with anyio.fail_after(30):  # a hang guard: it comes at once
+                await self.marker.wait()
+        finally:
+            loop.remove_signal_handler(signal.SIGUSR1)
+
+
+def caller_handler(signum: int, frame: object) -> None:
+    """The calling program's own handler; the run must never call it."""
+    raise AssertionError(f"the caller's handler ran for {signum}")
+
+
+@pytest.mark.parametrize("sigint", ["ignored", "handled"])
+async def test_a_run_leaves_an_ignored_sigint_alone_and_gives_back_the_callers_handlers(
+    tmp_path: Path, sigint: str
+) -> None:
+    """Started with SIGINT ignored (a background job), the run is not stopped by one and
+    passes; otherwise SIGINT stops it (130). Either way the caller's dispositions are
+    what it has when ``run_flows`` returns."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    mine = signal.SIG_IGN if sigint == "ignored" else caller_handler
+    signal.signal(signal.SIGINT, mine)
+    signal.signal(signal.SIGTERM, caller_handler)
+    try:
+        code = await run_flows([SignalledFlow()], budget=30, artifacts_dir=tmp_path)
+        after = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+    assert after == (mine, caller_handler)
+    run = json.loads((tmp_path / "run.json").read_text())
+    if sigint == "ignored":
+        assert (code, run["outcome"], run["interrupted_by"]) == (0, "passed", None)
+    else:
+        assert (code, run["outcome"], run["interrupted_by"]) == (130, "interrupted", "SIGINT")

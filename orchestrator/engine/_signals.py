@@ -1,0 +1,119 @@
+"""The signals that stop a run (SIGINT, SIGTERM): taken for the run, given back after it.
+
+Two rules that a command-line tool and a library both have to keep:
+
+- A signal the process was started with ignored stays ignored. A non-interactive shell
+  starts its background jobs (``cmd &`` in a script, a CI runner's step) with SIGINT
+  ignored, because a Ctrl-C typed for the foreground job reaches every process of the
+  group: a run put in the background must not be stopped by it. ``nohup`` does the same
+  for SIGHUP, and a supervisor may do it for SIGTERM. So a signal found ignored gets no
+  handler, and the kernel goes on dropping it. Python keeps an inherited ignore of
+  SIGINT (it installs its KeyboardInterrupt handler only over the default), and so does
+  ``asyncio.run``; ``loop.add_signal_handler`` does not look, which is why this module
+  does.
+- What the process had before the run is what it has after. ``loop.remove_signal_handler``
+  puts back the interpreter's defaults, not what was there: a program that runs flows as
+  a library would lose ``asyncio.run``'s Ctrl-C handler, or one of its own, for the rest
+  of its life. So the handler found is put back: a Python-level one with ``signal.signal``,
+  one that the same asyncio loop held by adding it again. (uvloop does not let its
+  handlers be read: one that the program added to the same uvloop loop is the one thing
+  that is not put back, and the signal is then dropped.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any
+
+#: The signals that stop a run: Ctrl-C and a polite ``kill`` (a CI job's timeout).
+STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
+
+
+def ignored(sig: signal.Signals) -> bool:
+    """Whether the process ignores ``sig`` (as it was started, or as a program set it)."""
+    return signal.getsignal(sig) is signal.SIG_IGN
+
+
+class _Previous:
+    """What ``sig`` did before the run took it, and how to put that back."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sig: signal.Signals) -> None:
+        self.sig = sig
+        self.handler = signal.getsignal(sig)
+        # asyncio's Unix loops keep their handlers in this mapping (since 3.4); another
+        # loop (uvloop) keeps its own where they cannot be read.
+        held = getattr(loop, "_signal_handlers", None)
+        self.handle: asyncio.Handle | None = held.get(sig) if isinstance(held, dict) else None
+
+    def restore(self, loop: asyncio.AbstractEventLoop) -> None:
+        handle = self.handle
+        if handle is not None and not handle.cancelled():
+            callback: Callable[..., object] = handle._callback  # type: ignore[attr-defined]
+            args: Sequence[Any] = handle._args
+            loop.add_signal_handler(self.sig, callback, *args)
+        elif self.handler is not None:  # None: set outside Python, cannot be put back
+            signal.signal(self.sig, self.handler)
+
+
+class SignalHandlers:
+    """Call ``callback(sig)`` on the running loop for each of ``signals`` that the process
+    does not ignore, from :meth:`install` (or entering the ``with`` block) until
+    :meth:`restore` (or its end), which puts back what each signal did before.
+
+    :attr:`handled` tells which signals were taken: an ignored one is not, and the run
+    goes on as if it had never been sent. Use it on the loop's thread, in the main thread
+    (only there does Python let a program handle signals).
+    """
+
+    def __init__(
+        self,
+        callback: Callable[[signal.Signals], object],
+        signals: Sequence[signal.Signals] = STOP_SIGNALS,
+    ) -> None:
+        self.callback = callback
+        self.signals = tuple(signals)
+        #: The signals taken (those not ignored), once installed.
+        self.handled: tuple[signal.Signals, ...] = ()
+        self._taken: list[_Previous] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def install(self) -> tuple[signal.Signals, ...]:
+        """Take every signal not ignored; return those taken."""
+        if self._loop is not None:
+            raise RuntimeError("signal handlers installed already")
+        loop = self._loop = asyncio.get_running_loop()
+        try:
+            for sig in self.signals:
+                if ignored(sig):
+                    continue
+                previous = _Previous(loop, sig)
+                loop.add_signal_handler(sig, self.callback, sig)
+                self._taken.append(previous)
+        except BaseException:
+            self.restore()
+            raise
+        self.handled = tuple(p.sig for p in self._taken)
+        return self.handled
+
+    def restore(self) -> None:
+        """Give every signal taken back what it did before; idempotent."""
+        loop = self._loop
+        while self._taken:
+            previous = self._taken.pop()
+            assert loop is not None
+            loop.remove_signal_handler(previous.sig)
+            previous.restore(loop)
+
+    def __enter__(self) -> tuple[signal.Signals, ...]:
+        return self.install()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.restore()

@@ -1,0 +1,137 @@
+"""The signals that stop a run: an ignored one stays ignored, and what was there comes back.
+
+Signals are sent to this process with ``os.kill``: one sent by a thread to its own process
+is delivered before ``kill`` returns, so a second one sent after it is handled after it,
+and waiting for the second (an event, with a deadline) is waiting until the first has
+been dealt with, whatever that was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import anyio
+import pytest
+
+from orchestrator.engine import STOP_SIGNALS, SignalHandlers
+
+pytestmark = pytest.mark.anyio
+
+LOOPS = [
+    pytest.param(("asyncio", {}), id="asyncio"),
+    pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
+]
+
+
+@contextmanager
+def dispositions(**wanted: Any) -> Iterator[None]:
+    """Set the named signals' handlers for the test, and put this process's back after."""
+    sigs = {getattr(signal, name): handler for name, handler in wanted.items()}
+    before = {sig: signal.getsignal(sig) for sig in sigs}
+    try:
+        for sig, handler in sigs.items():
+            signal.signal(sig, handler)
+        yield
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def kill_self(sig: signal.Signals) -> None:
+    os.kill(os.getpid(), sig)
+
+
+def program_handler(signum: int, frame: object) -> None:
+    """A handler of the program's own; never called (a test fails if it is)."""
+    raise AssertionError(f"the program's own handler ran for {signum}")
+
+
+@pytest.mark.parametrize("anyio_backend", LOOPS)
+async def test_an_ignored_signal_gets_no_handler_and_stays_ignored(anyio_backend: Any) -> None:
+    """SIGINT ignored (a background job's), SIGTERM not: only SIGTERM is taken, a SIGINT
+    sent meanwhile is dropped as before, and SIGINT is still ignored afterwards."""
+    got: list[signal.Signals] = []
+    term = anyio.Event()
+
+    def callback(sig: signal.Signals) -> None:
+        got.append(sig)
+        if sig == signal.SIGTERM:
+            term.set()
+
+    with dispositions(SIGINT=signal.SIG_IGN, SIGTERM=program_handler):
+        with SignalHandlers(callback) as handled:
+            assert handled == (signal.SIGTERM,)
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            kill_self(signal.SIGINT)
+            kill_self(signal.SIGTERM)
+            with anyio.fail_after(30):  # a hang guard: it comes at once
+                await term.wait()
+        assert got == [signal.SIGTERM]
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is program_handler
+
+
+@pytest.mark.parametrize("anyio_backend", LOOPS)
+async def test_every_signal_not_ignored_is_taken_then_given_back(anyio_backend: Any) -> None:
+    """The program's own Python-level handlers are what it has after the run, not the
+    interpreter's defaults that ``loop.remove_signal_handler`` would leave."""
+    got: list[signal.Signals] = []
+    both = anyio.Event()
+
+    def callback(sig: signal.Signals) -> None:
+        got.append(sig)
+        if len(got) == 2:
+            both.set()
+
+    with dispositions(SIGINT=program_handler, SIGTERM=program_handler):
+        with SignalHandlers(callback) as handled:
+            assert handled == STOP_SIGNALS
+            kill_self(signal.SIGINT)
+            kill_self(signal.SIGTERM)
+            with anyio.fail_after(30):
+                await both.wait()
+        assert got == [signal.SIGINT, signal.SIGTERM]
+        assert signal.getsignal(signal.SIGINT) is program_handler
+        assert signal.getsignal(signal.SIGTERM) is program_handler
+
+
+async def test_a_handler_the_program_put_on_the_same_loop_works_again_after() -> None:
+    """asyncio's loop: the program's ``loop.add_signal_handler`` callback is added back."""
+    loop = asyncio.get_running_loop()
+    outer, taken = anyio.Event(), anyio.Event()
+    ours: list[signal.Signals] = []
+
+    def mine(sig: signal.Signals) -> None:
+        ours.append(sig)
+        taken.set()
+
+    with dispositions(SIGTERM=signal.getsignal(signal.SIGTERM)):
+        loop.add_signal_handler(signal.SIGTERM, outer.set)
+        try:
+            with SignalHandlers(mine, [signal.SIGTERM]):
+                kill_self(signal.SIGTERM)
+                with anyio.fail_after(30):
+                    await taken.wait()
+            assert not outer.is_set()
+            kill_self(signal.SIGTERM)
+            with anyio.fail_after(30):
+                await outer.wait()
+            assert ours == [signal.SIGTERM]
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+
+async def test_restore_is_idempotent_and_install_once() -> None:
+    with dispositions(SIGTERM=program_handler):
+        handlers = SignalHandlers(lambda sig: None, [signal.SIGTERM])
+        handlers.install()
+        with pytest.raises(RuntimeError, match="installed already"):
+            handlers.install()
+        handlers.restore()
+        handlers.restore()
+        assert signal.getsignal(signal.SIGTERM) is program_handler
