@@ -70,8 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     stop = threading.Event()
     # Installed before the (slow) model load, so a SIGTERM during loading still ends us cleanly.
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    # A signal ignored from the start stays ignored: the server of a run started in the
+    # background shares that run's process group, and a Ctrl-C typed for the foreground
+    # job must stop neither.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, lambda *_: stop.set())
 
     import xllamacpp  # imported late: it is heavy, and argument errors should not wait for it
 
