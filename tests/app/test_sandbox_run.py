@@ -120,3 +120,40 @@ def test_keep_sandbox_keeps_it_serving_until_ctrl_c(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_sandbox_command_started_with_sigint_ignored_keeps_ignoring_it(
+    tmp_path: Path,
+) -> None:
+    """``orchestrator sandbox &`` from a script: a Ctrl-C for the foreground job is not its.
+
+    SIGINT then SIGTERM are sent once it serves: both are pending together and SIGINT
+    (the lower number) would be taken first, so the exit code tells which one stopped it,
+    143 for SIGTERM; 130 would mean a handler was put over the ignore."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "KUBECONFIG", "API_URL")}
+    argv = [sys.executable, "-m", "orchestrator", "sandbox", "--port", "0"]
+    proc = subprocess.Popen(
+        _zygote.with_signals([*argv, "--workdir", str(tmp_path)], {signal.SIGINT: "ignore"}),
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # ends when the process does: no wait without an end
+            if line.startswith("sandbox serving"):
+                break
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        ignored = next(
+            v for k, _, v in (s.partition(":\t") for s in status.splitlines()) if k == "SigIgn"
+        )
+        assert int(ignored, 16) & 1 << (signal.SIGINT - 1), status
+        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
