@@ -320,7 +320,11 @@ class Http1Pool:
 
     def head(self, target: str, headers: Iterable[tuple[str, str]]) -> bytes:
         """The request's bytes; :class:`NotSendable` when they would not be exactly what
-        was asked for.
+        was asked for: :meth:`request_line` and :meth:`fields` together."""
+        return self.request_line(target) + self.fields(headers)
+
+    def request_line(self, target: str) -> bytes:
+        """The request line for ``target``; :class:`NotSendable` when it needs encoding.
 
         ``target`` goes on the wire as aiohttp would send it: yarl's requoting (escapes
         of unreserved characters decoded, of others kept, what needs one escaped, dot
@@ -336,7 +340,14 @@ class Http1Pool:
             target = URL(f"http://host{target}").raw_path_qs
             if _UNSAFE_TARGET.search(target):
                 raise NotSendable("the target needs encoding")
-        lines = [f"GET {target} HTTP/1.1", f"Host: {self._authority}"]
+        return f"GET {target} HTTP/1.1\r\n".encode()
+
+    def fields(self, headers: Iterable[tuple[str, str]]) -> bytes:
+        """The head's header fields and its end (``Host`` first, ``Accept-Encoding``
+        last); :class:`NotSendable` when a name or value cannot be sent as it is. They
+        depend on the headers alone, not on the target: a caller that sends the same
+        headers again may keep them (see ``KubeClient._lean_head``)."""
+        lines = [f"Host: {self._authority}"]
         for name, value in headers:
             if not _TOKEN.fullmatch(name) or _UNSAFE_VALUE.search(value):
                 raise NotSendable(f"header {name[:40]!r} cannot be sent as it is")

@@ -127,6 +127,12 @@ CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", names
 #: deadline bounds it further: a request never outlives the phase that sent it.
 REQUEST_TIMEOUT = 30.0
 
+#: The headers a read asks with (before the ApiClient's own).
+_READ_HEADERS = {"Content-Type": "application/json", "Accept": "application/json, */*"}
+
+#: The ApiClient's auth settings a request asks for (as its generated API methods do).
+_BEARER = ["BearerToken"]
+
 #: The kinds of watch event the API server sends.
 EVENT_TYPES = frozenset({"ADDED", "MODIFIED", "DELETED", "BOOKMARK", "ERROR"})
 
@@ -283,8 +289,11 @@ class KubeClient:
         self._reader: tuple[aiohttp.ClientSession, dict[str, Any]] | None = None
         #: The lean path for reads, when it applies to this server (see _lean_pool).
         self._lean: Http1Pool | None = None
-        #: ``scheme://authority`` of the server: a read's URL less this is its target.
-        self._origin = ""
+        #: The server's URL less ``scheme://authority`` (a path prefix, if any): the start
+        #: of the lean path's targets, as of the URLs ``_address`` makes for aiohttp's.
+        self._base = ""
+        #: The lean path's header fields, and what they were made from (see _lean_head).
+        self._fields: tuple[dict[str, str], dict[str, str], str | None, bytes] | None = None
 
     @staticmethod
     def preload() -> None:
@@ -433,8 +442,8 @@ class KubeClient:
         tls = getattr(own.connector, "_ssl", None)
         if url.scheme == "https" and not isinstance(tls, ssl.SSLContext):
             return None
-        # The literal start of every read's URL (``_addressed``), cut off for its target.
-        self._origin = f"{origin.scheme}://{origin.netloc}"
+        # The literal start of every read's URL (``_address``), cut off for its target.
+        self._base = self.server[len(f"{origin.scheme}://{origin.netloc}") :]
         return Http1Pool(
             host,
             port,
@@ -514,15 +523,84 @@ class KubeClient:
         the ApiClient's default headers and cookie, and its ``Authorization`` (from its own
         ``update_params_for_auth``, so a refresh hook or a credential plugin's token is
         what is sent)."""
+        return self._address(path, params, headers, *await self._auth())
+
+    async def _auth(self) -> tuple[dict[str, str], list[tuple[str, str]]]:
+        """What the ApiClient's ``update_params_for_auth`` adds to a request now: its
+        headers (``authorization``) and query parameters. Asked for every request: a
+        refresh hook or a credential plugin may have rotated the token since the last."""
+        auth_headers: dict[str, str] = {}
+        auth_query: list[tuple[str, str]] = []
+        await self._api.update_params_for_auth(auth_headers, auth_query, _BEARER)
+        return auth_headers, auth_query
+
+    def _address(
+        self,
+        path: str,
+        params: list[tuple[str, str]],
+        headers: dict[str, str],
+        auth_headers: dict[str, str],
+        auth_query: list[tuple[str, str]],
+    ) -> tuple[str, dict[str, str]]:
+        """:meth:`_addressed` with :meth:`_auth`'s answer in hand. The auth is applied
+        after the default headers and cookie, by key, as ``update_params_for_auth`` applies
+        it to the request's own headers: the same headers, in the same order."""
         api = self._api
         headers = {**headers, **api.default_headers}
         if api.cookie:
             headers["Cookie"] = api.cookie
-        auth_query: list[tuple[str, str]] = []
-        await api.update_params_for_auth(headers, auth_query, ["BearerToken"])
+        headers.update(auth_headers)
         query = params + auth_query
         url = f"{api.configuration.host}{path}"
         return (url + "?" + urlencode(query) if query else url), headers
+
+    def _lean_head(
+        self,
+        lean: Http1Pool,
+        path: str,
+        params: list[tuple[str, str]],
+        auth_headers: dict[str, str],
+        auth_query: list[tuple[str, str]],
+    ) -> bytes | None:
+        """The lean path's request head, or None when it cannot send it as it is.
+
+        A read's header fields are the same from one read to the next (the ApiClient's
+        default headers, cookie and ``Authorization``), so the checked and encoded fields
+        are kept and only the request line is made for each read: fewer instructions on
+        a path that runs cold (a waiter idles for seconds between two events, and its
+        confirming read is on the way from a change to the wait's end). They are kept
+        only while what they were made from is equal to what the ApiClient gives now
+        (``update_params_for_auth`` is asked for every read, so a rotated token makes
+        them again). A query of ASCII letters and digits only (the waiter's
+        ``resourceVersion=N``) is what ``urlencode`` would make of it: it is joined as it
+        is.
+        """
+        api = self._api
+        kept = self._fields
+        if (
+            kept is None
+            or kept[0] != auth_headers
+            or kept[1] != api.default_headers
+            or kept[2] != api.cookie
+        ):
+            _, headers = self._address(path, [], _READ_HEADERS, auth_headers, [])
+            try:
+                fields = lean.fields(headers.items())
+            except NotSendable:
+                return None  # aiohttp's path sends it, or says why it cannot
+            kept = self._fields = (auth_headers, dict(api.default_headers), api.cookie, fields)
+        target = self._base + path
+        if query := params + auth_query:
+            for k, v in query:
+                if not ((pair := k + v).isascii() and pair.isalnum()):
+                    target += "?" + urlencode(query)
+                    break
+            else:
+                target += "?" + "&".join([f"{k}={v}" for k, v in query])
+        try:
+            return lean.request_line(target) + kept[3]
+        except NotSendable:
+            return None
 
     async def _send_chunked(
         self,
@@ -656,24 +734,21 @@ class KubeClient:
         accepts, or a :class:`ClientError` naming the route, what arrived (redacted) and
         after how long.
         """
-        import aiohttp
-
         self.requests_sent += 1
-        url, headers = await self._addressed(
-            path,
-            [(k, _query_value(v)) for k, v in (query or {}).items() if v is not None],
-            {"Content-Type": "application/json", "Accept": "application/json, */*"},
-        )
+        auth_headers: dict[str, str] = {}
+        auth_query: list[tuple[str, str]] = []
+        await self._api.update_params_for_auth(auth_headers, auth_query, _BEARER)
+        params = [(k, _query_value(v)) for k, v in query.items() if v is not None] if query else []
         reader, extra = self._reader or self._open_reader()
         total = bounded(timeout or REQUEST_TIMEOUT)
         lean = self._lean
         if lean is not None and lean.can_take() and not len(reader.cookie_jar):
-            try:
-                head = lean.head(url[len(self._origin) :], headers.items())
-            except NotSendable:
-                pass  # aiohttp's path sends it, or says why it cannot
-            else:
+            head = self._lean_head(lean, path, params, auth_headers, auth_query)
+            if head is not None:
                 return await self._lean_get(lean, head, path, check, total)
+        import aiohttp
+
+        url, headers = self._address(path, params, _READ_HEADERS, auth_headers, auth_query)
         limits = aiohttp.ClientTimeout(total=total, sock_connect=10, ceil_threshold=math.inf)
         started = time.monotonic()
         received = bytearray()

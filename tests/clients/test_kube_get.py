@@ -133,6 +133,42 @@ async def test_a_refreshed_token_is_the_one_sent(peer: Peer, kube: KubeClient) -
     assert [r.headers["Authorization"] for r in peer.seen] == ["Bearer token-0", "Bearer token-1"]
 
 
+async def test_a_token_rotated_between_reads_of_one_object_is_the_one_sent(
+    peer: Peer, kube: KubeClient
+) -> None:
+    # The lean path keeps a read's header fields from one read to the next: never past
+    # a change of what they were made from (the token, a default header, the cookie).
+    tokens = iter(["a", "a", "b", "b", "b", "b"])
+
+    def refresh(configuration: Any) -> None:
+        configuration.api_key["BearerToken"] = f"Bearer {next(tokens)}"
+
+    kube._api.configuration.refresh_api_key_hook = refresh
+    peer.answers = [json_answer(200, POD)]
+    await kube.get(PODS, "p", "ns", not_older_than="1")
+    await kube.get(PODS, "p", "ns", not_older_than="2")
+    await kube.get(PODS, "p", "ns", not_older_than="3")
+    kube._api.set_default_header("X-Extra", "1")
+    await kube.get(PODS, "p", "ns", not_older_than="4")
+    kube._api.cookie = "c=1"
+    await kube.get(PODS, "p", "ns", not_older_than="5")
+    await kube.get(PODS, "p", "ns")
+    assert kube._lean is not None and kube._lean.opened == 1  # every read went lean
+    seen = [
+        (r.path_qs, r.headers["Authorization"], r.headers.get("X-Extra"), r.headers.get("Cookie"))
+        for r in peer.seen
+    ]
+    path = "/api/v1/namespaces/ns/pods/p"
+    assert seen == [
+        (f"{path}?resourceVersion=1", "Bearer a", None, None),
+        (f"{path}?resourceVersion=2", "Bearer a", None, None),
+        (f"{path}?resourceVersion=3", "Bearer b", None, None),
+        (f"{path}?resourceVersion=4", "Bearer b", "1", None),
+        (f"{path}?resourceVersion=5", "Bearer b", "1", "c=1"),
+        (path, "Bearer b", "1", "c=1"),
+    ]
+
+
 async def test_only_a_flake_goes_on_to_the_retry_policy(peer: Peer, kube: KubeClient) -> None:
     peer.answers = [json_answer(503, {"message": "etcd leader changed"}), json_answer(200, POD)]
     with anyio.fail_after(20):
