@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 import anyio
+import orjson
 
 from .._key_files import key_files_in_memory
 from ._errors import (
@@ -156,9 +157,25 @@ class WatchEvent:
 
 
 def decode_json(raw: bytes, route: str) -> Any:
-    """The JSON value in ``raw``; an empty body is None. Raises :class:`ResponseFormatError`."""
-    if not raw.strip():
+    """The JSON value in ``raw``; an empty body is None. Raises :class:`ResponseFormatError`.
+
+    What it accepts, and the value it gives, are :func:`json.loads`'s. orjson decodes
+    first where its answer is the same: it is a third of json's time on an object of an
+    event's size after an idle while (a 1.1 KiB Workspace, caches cold: 10 us against
+    37 us), and every watch event and confirming read goes through here. Where orjson
+    would differ it does not decide: an integer literal of 19 digits or more (orjson
+    turns one past 64 bits into a float; the check finds any run of 19 digits, a string's
+    included, which costs only a needless second look), and whatever it refuses (NaN and
+    Infinity, lone surrogates, a UTF-8 BOM, nesting past 1024) goes to json, whose verdict
+    stands.
+    """
+    if not raw or raw.isspace():
         return None
+    if _LONG_NUMBER not in raw.translate(_DIGITS_AS_ZERO):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass  # json's verdict, which may be another: it accepts NaN, lone surrogates
     try:
         return json.loads(raw)
     except (ValueError, RecursionError) as exc:
@@ -167,6 +184,11 @@ def decode_json(raw: bytes, route: str) -> Any:
             route=route,
             excerpt=excerpt(raw),
         ) from None
+
+
+#: For :func:`decode_json`: every digit as ``0``, so that a run of 19 digits is one search.
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_LONG_NUMBER = b"0" * 19
 
 
 def check_object(value: Any, route: str, what: str = "object") -> dict[str, Any]:
