@@ -278,12 +278,20 @@ class ModelProcess:
                 return text.split(" ", 1)[1]
 
     async def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL after ``grace``; on cancellation, SIGKILL at once."""
+        """SIGTERM and end of input, then SIGKILL after ``grace``; on cancellation, SIGKILL
+        at once.
+
+        Either of the first two stops the server cleanly. Both are sent: a server started
+        by a run that ignores SIGTERM keeps that ignore (a signal sent to the whole process
+        group is not its to act on), and only its stdin's end then stops it.
+        """
         proc = self._proc
         if proc is None or proc.returncode is not None:
             return
         try:
             proc.send_signal(signal.SIGTERM)
+            if proc.stdin is not None:
+                proc.stdin.close()
             try:
                 async with asyncio.timeout(grace):
                     await proc.wait()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from pathlib import Path
 
 import aiohttp
@@ -117,3 +118,31 @@ async def test_cancelling_a_sandbox_leaves_no_model_process(make_sandbox) -> Non
     with pytest.raises(asyncio.CancelledError):
         await task
     assert not [pid for pid in models if _alive(pid)]
+
+
+def _ignored_signals(pid: int) -> int:
+    """The kernel's mask of the signals ``pid`` ignores."""
+    with open(f"/proc/{pid}/status") as status:
+        fields = dict(line.split(":\t", 1) for line in status if ":\t" in line)
+    return int(fields["SigIgn"], 16)
+
+
+async def test_a_model_server_started_with_sigterm_ignored_still_stops_cleanly(
+    tmp_path: Path,
+) -> None:
+    """A run started with SIGTERM ignored (some supervisors do it) hands the ignore to its
+    model servers, which keep it (a signal to the whole group is not theirs). The sandbox
+    still stops one at once and cleanly, through its stdin, not after the grace's SIGKILL."""
+    model = await model_file()
+    process = ModelProcess("llama-3.2-1b-instruct", model, tmp_path / "model.log")
+    before = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # what the child starts with
+    try:
+        await process.start()
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    try:
+        assert process._proc is not None
+        assert _ignored_signals(process._proc.pid) & 1 << (signal.SIGTERM - 1)
+    finally:
+        await process.stop()
+    assert process._proc.returncode == 0, process.log_path.read_text()[-2000:]
