@@ -6,7 +6,8 @@ terminates it with SIGTERM, and it also exits when its stdin closes (the parent 
 
 Usage: ``python -m orchestrator.sandbox.model_server --port 0 --alias NAME --model PATH``
 (``--chat-template NAME`` picks another llama.cpp built-in template; the default is the
-model's own, Gemma's).
+model's own, Gemma's; ``--ignore-signal SIGINT``/``SIGTERM`` keeps a signal its parent
+ignores ignored).
 Prints ``READY <url>`` on stdout once the model is loaded and the server listens.
 """
 
@@ -18,6 +19,9 @@ import signal
 import sys
 import threading
 from typing import Any
+
+#: The signals that stop a server (the sandbox sends SIGTERM; a terminal's Ctrl-C).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -31,6 +35,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--chat-template",
         default="gemma",
         help="llama.cpp built-in template name (default: gemma, the model's own)",
+    )
+    parser.add_argument(
+        "--ignore-signal",
+        action="append",
+        default=[],
+        choices=[s.name for s in STOP_SIGNALS],
+        help="a stop signal the parent ignores: ignore it too (repeatable)",
     )
     return parser.parse_args(argv)
 
@@ -72,9 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     # Installed before the (slow) model load, so a SIGTERM during loading still ends us cleanly.
     # A signal ignored from the start stays ignored: the server of a run started in the
     # background shares that run's process group, and a Ctrl-C typed for the foreground
-    # job must stop neither.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        if signal.getsignal(sig) is not signal.SIG_IGN:
+    # job must stop neither. The parent names those it ignores (--ignore-signal): a child
+    # inherits an ignore through exec, but uvloop's spawn (libuv's) resets every
+    # disposition to the default first.
+    for sig in STOP_SIGNALS:
+        if sig.name in args.ignore_signal:
+            signal.signal(sig, signal.SIG_IGN)
+        elif signal.getsignal(sig) is not signal.SIG_IGN:
             signal.signal(sig, lambda *_: stop.set())
 
     import xllamacpp  # imported late: it is heavy, and argument errors should not wait for it

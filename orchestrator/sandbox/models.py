@@ -25,6 +25,7 @@ import aiohttp
 from aiohttp import web
 
 from .faults import SandboxState
+from .model_server import STOP_SIGNALS
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +237,14 @@ class ModelProcess:
         package_root = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        # The stop signals this process ignores, named: the server keeps ignoring them
+        # (model_server.py), also where the event loop's spawn does not hand an ignore
+        # down (uvloop resets every disposition in its children).
+        ignored = [
+            f"--ignore-signal={sig.name}"
+            for sig in STOP_SIGNALS
+            if signal.getsignal(sig) is signal.SIG_IGN
+        ]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log_file:
             self._proc = await asyncio.create_subprocess_exec(
@@ -248,6 +257,7 @@ class ModelProcess:
                 self.alias,
                 "--model",
                 str(self.model),
+                *ignored,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log_file,

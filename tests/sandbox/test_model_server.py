@@ -127,22 +127,34 @@ def _ignored_signals(pid: int) -> int:
     return int(fields["SigIgn"], 16)
 
 
-async def test_a_model_server_started_with_sigterm_ignored_still_stops_cleanly(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    "anyio_backend",
+    [
+        pytest.param("asyncio", id="asyncio"),
+        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
+    ],
+)
+async def test_a_model_server_keeps_the_ignores_of_its_run_and_still_stops_cleanly(
+    anyio_backend: object, tmp_path: Path
 ) -> None:
-    """A run started with SIGTERM ignored (some supervisors do it) hands the ignore to its
-    model servers, which keep it (a signal to the whole group is not theirs). The sandbox
-    still stops one at once and cleanly, through its stdin, not after the grace's SIGKILL."""
+    """A run started with SIGINT and SIGTERM ignored (a script's background job; some
+    supervisors) has model servers that ignore them too: a Ctrl-C or SIGTERM for the
+    whole process group is not theirs. uvloop's spawn resets every disposition to the
+    default, so the run says which ones it ignores. The sandbox still stops a server at
+    once and cleanly, through its stdin, not after the grace's SIGKILL."""
     model = await model_file()
     process = ModelProcess("llama-3.2-1b-instruct", model, tmp_path / "model.log")
-    before = signal.signal(signal.SIGTERM, signal.SIG_IGN)  # what the child starts with
+    both = (signal.SIGINT, signal.SIGTERM)
+    before = {sig: signal.signal(sig, signal.SIG_IGN) for sig in both}  # the run's start
     try:
         await process.start()
     finally:
-        signal.signal(signal.SIGTERM, before)
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
     try:
         assert process._proc is not None
-        assert _ignored_signals(process._proc.pid) & 1 << (signal.SIGTERM - 1)
+        ignored = _ignored_signals(process._proc.pid)
+        assert all(ignored & 1 << (sig - 1) for sig in both), f"{ignored:x}"
     finally:
         await process.stop()
     assert process._proc.returncode == 0, process.log_path.read_text()[-2000:]
