@@ -658,12 +658,13 @@ class ForkedProcess(anyio.abc.Process):
 #: How a child starts with a signal: at its default, or ignored.
 Disposition = Literal["default", "ignore"]
 
-#: What run children start with unless a test asks otherwise: SIGINT at its default, as
-#: from a terminal's foreground, whatever this session was started with. A session started
-#: in the background of a shell without job control ignores SIGINT and would hand that
-#: down, and the orchestrator keeps an inherited ignore: its Ctrl-C tests would then test
-#: nothing.
-RUN_SIGNALS: Mapping[int, Disposition] = {signal.SIGINT: "default"}
+#: What run children start with unless a test asks otherwise: SIGINT and SIGTERM at their
+#: defaults, as from a terminal's foreground, whatever this session was started with. A
+#: session started in the background of a shell without job control ignores SIGINT (one
+#: started by a supervisor may ignore SIGTERM) and would hand that down, and the
+#: orchestrator keeps an inherited ignore: its Ctrl-C tests would then test nothing, and
+#: the SIGTERM that stops a run at its deadline (``drive``) would not stop it.
+RUN_SIGNALS: Mapping[int, Disposition] = {signal.SIGINT: "default", signal.SIGTERM: "default"}
 
 #: Sets the dispositions its arguments name ("2=ignore 15=default ... --"), then ``exec``s
 #: the rest: dispositions that ``exec`` keeps (an ignore) or resets (a handler) alike.

@@ -394,3 +394,25 @@ def test_the_option_and_the_variable_turn_the_zygote_off(tmp_path: Path) -> None
 
 def _without_fresh(env: Mapping[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if k != _zygote.FRESH_ENV}
+
+
+async def test_run_children_start_with_sigint_and_sigterm_at_their_defaults(
+    tmp_path: Path,
+) -> None:
+    """A session started with SIGINT or SIGTERM ignored (a background job; a supervisor)
+    would hand the ignore down, and the orchestrator keeps an ignore it starts with: the
+    harness's Ctrl-C, and the SIGTERM that stops a run at its deadline, would then do
+    nothing to a run. Unless a test asks otherwise, a child starts with both at their
+    defaults (through the launcher, only when this process ignores one)."""
+    both = (signal.SIGINT, signal.SIGTERM)
+    show = "print(open('/proc/self/status').read().split('SigIgn:')[1].split()[0])"
+    before = {sig: signal.signal(sig, signal.SIG_IGN) for sig in both}
+    try:
+        proc = await _zygote.open_process([sys.executable, "-c", show], run_env(), tmp_path)
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+    async with proc:
+        out = await read_all(proc.stdout)
+        assert await proc.wait() == 0
+    assert [sig.name for sig in both if int(out, 16) & 1 << (sig - 1)] == []

@@ -133,7 +133,9 @@ def test_the_sandbox_command_started_with_sigint_ignored_keeps_ignoring_it(
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "KUBECONFIG", "API_URL")}
     argv = [sys.executable, "-m", "orchestrator", "sandbox", "--port", "0"]
     proc = subprocess.Popen(
-        _zygote.with_signals([*argv, "--workdir", str(tmp_path)], {signal.SIGINT: "ignore"}),
+        _zygote.with_signals(
+            [*argv, "--workdir", str(tmp_path)], {**_zygote.RUN_SIGNALS, signal.SIGINT: "ignore"}
+        ),
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,
