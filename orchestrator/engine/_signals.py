@@ -23,6 +23,7 @@ Two rules that a command-line tool and a library both have to keep:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -49,12 +50,33 @@ class _Previous:
         self.handle: asyncio.Handle | None = held.get(sig) if isinstance(held, dict) else None
 
     def restore(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Put it back in one step from the run's handler, where the loop allows that.
+
+        ``loop.remove_signal_handler`` first sets the interpreter's default, and a signal
+        in between would meet it: SIGTERM's ends the process there and then, SIGINT's
+        raises KeyboardInterrupt in the middle of the restore, leaving the rest undone.
+        So on asyncio's loops the run's handler is replaced, never removed first: the
+        program's loop callback by adding it again (which replaces), a Python-level
+        handler by setting it, after which the loop forgets the run's as its
+        ``remove_signal_handler`` would (and lets go of the wakeup fd when it holds no
+        other). uvloop's handlers cannot be reached: there, the default comes in between.
+        """
         handle = self.handle
         if handle is not None and not handle.cancelled():
             callback: Callable[..., object] = handle._callback  # type: ignore[attr-defined]
             args: Sequence[Any] = handle._args
             loop.add_signal_handler(self.sig, callback, *args)
-        elif self.handler is not None:  # None: set outside Python, cannot be put back
+            return
+        held = getattr(loop, "_signal_handlers", None)
+        if isinstance(held, dict) and self.handler is not None:
+            signal.signal(self.sig, self.handler)
+            held.pop(self.sig, None)
+            if not held:
+                with contextlib.suppress(ValueError, OSError):  # as asyncio's own
+                    signal.set_wakeup_fd(-1)
+            return
+        loop.remove_signal_handler(self.sig)
+        if self.handler is not None:  # None: set outside Python, cannot be put back
             signal.signal(self.sig, self.handler)
 
 
@@ -104,7 +126,6 @@ class SignalHandlers:
         while self._taken:
             previous = self._taken.pop()
             assert loop is not None
-            loop.remove_signal_handler(previous.sig)
             previous.restore(loop)
 
     def __enter__(self) -> tuple[signal.Signals, ...]:

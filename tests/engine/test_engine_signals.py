@@ -135,3 +135,48 @@ async def test_restore_is_idempotent_and_install_once() -> None:
         handlers.restore()
         handlers.restore()
         assert signal.getsignal(signal.SIGTERM) is program_handler
+
+
+@pytest.mark.parametrize("previous", ["signal.signal", "loop.add_signal_handler"])
+async def test_restoring_never_passes_through_the_default(
+    monkeypatch: pytest.MonkeyPatch, previous: str
+) -> None:
+    """Restoring goes from the run's handler to the caller's in one step: a signal at any
+    moment of it meets one of the two, never the interpreter's default in between
+    (SIGTERM's ends the process there and then, SIGINT's raises KeyboardInterrupt in the
+    middle of the restore and leaves the rest of it undone)."""
+    loop = asyncio.get_running_loop()
+    set_to: list[object] = []
+    real = signal.signal
+
+    def recording(sig: int, handler: Any) -> Any:
+        if sig in STOP_SIGNALS:
+            set_to.append(handler)
+        return real(sig, handler)
+
+    def loop_callback(sig: signal.Signals) -> None:
+        raise AssertionError(f"the program's loop callback ran for {sig}")
+
+    with dispositions(SIGINT=program_handler, SIGTERM=program_handler):
+        if previous == "loop.add_signal_handler":
+            for sig in STOP_SIGNALS:
+                loop.add_signal_handler(sig, loop_callback, sig)
+        try:
+            handlers = SignalHandlers(lambda sig: None)
+            handlers.install()
+            monkeypatch.setattr(signal, "signal", recording)
+            try:
+                handlers.restore()
+            finally:
+                monkeypatch.undo()
+            assert set_to, "nothing was put back"
+            assert signal.SIG_DFL not in set_to and signal.default_int_handler not in set_to
+            if previous == "signal.signal":
+                assert all(signal.getsignal(sig) is program_handler for sig in STOP_SIGNALS)
+            else:
+                held = loop._signal_handlers  # type: ignore[attr-defined]
+                assert all(held[sig]._callback is loop_callback for sig in STOP_SIGNALS)
+        finally:
+            if previous == "loop.add_signal_handler":
+                for sig in STOP_SIGNALS:
+                    loop.remove_signal_handler(sig)
