@@ -667,14 +667,19 @@ Disposition = Literal["default", "ignore"]
 RUN_SIGNALS: Mapping[int, Disposition] = {signal.SIGINT: "default", signal.SIGTERM: "default"}
 
 #: Sets the dispositions its arguments name ("2=ignore 15=default ... --"), then ``exec``s
-#: the rest: dispositions that ``exec`` keeps (an ignore) or resets (a handler) alike.
+#: the rest (found on PATH, as ``subprocess`` finds it): dispositions that ``exec`` keeps
+#: (an ignore) or resets (a handler) alike. SIGPIPE and SIGXFSZ, which the launcher's own
+#: interpreter ignores, go back to their defaults first, as ``subprocess`` sets them for a
+#: child it starts directly: the command must not inherit the launcher's ignores.
 _LAUNCHER = (
     "import os, signal, sys\n"
+    "for sig in (signal.SIGPIPE, signal.SIGXFSZ):\n"
+    "    signal.signal(sig, signal.SIG_DFL)\n"
     "end = sys.argv.index('--')\n"
     "for item in sys.argv[1:end]:\n"
     "    number, how = item.split('=')\n"
     "    signal.signal(int(number), signal.SIG_IGN if how == 'ignore' else signal.SIG_DFL)\n"
-    "os.execv(sys.argv[end + 1], sys.argv[end + 1:])\n"
+    "os.execvp(sys.argv[end + 1], sys.argv[end + 1:])\n"
 )
 
 

@@ -416,3 +416,23 @@ async def test_run_children_start_with_sigint_and_sigterm_at_their_defaults(
         out = await read_all(proc.stdout)
         assert await proc.wait() == 0
     assert [sig.name for sig in both if int(out, 16) & 1 << (sig - 1)] == []
+
+
+def test_the_launcher_hands_down_only_the_dispositions_asked_for(tmp_path: Path) -> None:
+    """The launcher is an interpreter, which ignores SIGPIPE and SIGXFSZ for itself; the
+    command it ``exec``s (found on PATH, as ``subprocess`` finds one) has what a child
+    started directly has (``subprocess`` resets those two), but for the one asked for."""
+    show = ["grep", "SigIgn", "/proc/self/status"]
+
+    def ignored(argv: list[str]) -> int:
+        out = subprocess.run(argv, capture_output=True, text=True, check=True, cwd=tmp_path)
+        return int(out.stdout.split()[1], 16)
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)  # so that the launcher is used
+    try:
+        argv = _zygote.with_signals(show, {signal.SIGINT: "default"})
+        assert argv != show
+        direct, launched = ignored(show), ignored(argv)
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert f"{launched:x}" == f"{direct & ~(1 << (signal.SIGINT - 1)):x}"
