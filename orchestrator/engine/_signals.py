@@ -17,7 +17,9 @@ Two rules that a command-line tool and a library both have to keep:
   of its life. So the handler found is put back: a Python-level one with ``signal.signal``,
   one that the same asyncio loop held by adding it again. (uvloop does not let its
   handlers be read: one that the program added to the same uvloop loop is the one thing
-  that is not put back, and the signal is then dropped.)
+  that is not put back, and the signal is then dropped.) A signal that arrived while the
+  run had it, but that the loop had not yet handed on when the run ended, is raised again
+  once the caller's handler is back: it is the caller's, not lost.
 """
 
 from __future__ import annotations
@@ -66,6 +68,9 @@ class _Previous:
             callback: Callable[..., object] = handle._callback  # type: ignore[attr-defined]
             args: Sequence[Any] = handle._args
             loop.add_signal_handler(self.sig, callback, *args)
+            if callable(self.handler):  # the Python-level one it had (an outer run's count)
+                signal.signal(self.sig, self.handler)
+                signal.siginterrupt(self.sig, False)
             return
         held = getattr(loop, "_signal_handlers", None)
         if isinstance(held, dict) and self.handler is not None:
@@ -101,6 +106,11 @@ class SignalHandlers:
         self.handled: tuple[signal.Signals, ...] = ()
         self._taken: list[_Previous] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        #: Per signal, how many arrived (counted by the Python-level handler, at once) and
+        #: how many the loop handed to ``callback`` (later, on one of its iterations).
+        self._arrived: dict[int, int] = {}
+        self._dispatched: dict[int, int] = {}
+        self._restored = False
 
     def install(self) -> tuple[signal.Signals, ...]:
         """Take every signal not ignored; return those taken."""
@@ -112,21 +122,53 @@ class SignalHandlers:
                 if ignored(sig):
                     continue
                 previous = _Previous(loop, sig)
-                loop.add_signal_handler(sig, self.callback, sig)
+                loop.add_signal_handler(sig, self._dispatch, sig)
                 self._taken.append(previous)
+                # The loop's own Python-level handler does nothing: the interpreter wakes
+                # the loop through its wakeup fd whatever that handler is. This one counts
+                # what arrives, so that a signal the loop has not yet handed on when the
+                # run ends is not lost (see restore).
+                signal.signal(sig, self._arrive)
+                signal.siginterrupt(sig, False)  # as the loop set it
         except BaseException:
             self.restore()
             raise
         self.handled = tuple(p.sig for p in self._taken)
         return self.handled
 
+    def _arrive(self, signum: int, frame: object) -> None:
+        self._arrived[signum] = self._arrived.get(signum, 0) + 1
+
+    def _dispatch(self, sig: signal.Signals) -> None:
+        if self._restored:  # handed back to what was there before (restore)
+            return
+        self._dispatched[sig] = self._dispatched.get(sig, 0) + 1
+        self.callback(sig)
+
     def restore(self) -> None:
-        """Give every signal taken back what it did before; idempotent."""
+        """Give every signal taken back what it did before; idempotent.
+
+        A signal that arrived while the run had it but that the loop had not yet handed
+        to ``callback`` (the loop does that on a later iteration, and the run may end
+        first: a SIGTERM in the last instructions of a run) is raised again once what was
+        there before is back, so that it reaches that (``asyncio.run``'s Ctrl-C handler,
+        the program's own, the default) instead of being dropped.
+        """
         loop = self._loop
+        undelivered: list[signal.Signals] = []
         while self._taken:
             previous = self._taken.pop()
             assert loop is not None
+            # A callback of the same loop gets a pending signal from the loop itself.
+            to_loop = previous.handle is not None and not previous.handle.cancelled()
             previous.restore(loop)
+            sig = previous.sig
+            if not to_loop and self._arrived.get(sig, 0) > self._dispatched.get(sig, 0):
+                undelivered.append(sig)
+        if self._loop is not None:
+            self._restored = True
+        for sig in undelivered:
+            signal.raise_signal(sig)
 
     def __enter__(self) -> tuple[signal.Signals, ...]:
         return self.install()

@@ -180,3 +180,35 @@ async def test_restoring_never_passes_through_the_default(
             if previous == "loop.add_signal_handler":
                 for sig in STOP_SIGNALS:
                     loop.remove_signal_handler(sig)
+
+
+@pytest.mark.parametrize("anyio_backend", LOOPS)
+async def test_a_signal_the_loop_has_not_handed_on_when_the_run_ends_reaches_the_caller(
+    anyio_backend: Any,
+) -> None:
+    """A signal that arrives in the run's last instructions is with the loop until its
+    next iteration; the run gives the signal back before that. It then reaches what the
+    caller had (a CLI's exit 143, a program's own handler), once, instead of being lost."""
+    got: list[int] = []
+    ran: list[signal.Signals] = []
+
+    def caller(signum: int, frame: object) -> None:
+        got.append(signum)
+
+    with dispositions(SIGTERM=caller):
+        with SignalHandlers(ran.append, [signal.SIGTERM]):
+            kill_self(signal.SIGTERM)  # delivered before kill returns; no loop iteration since
+        assert got == [signal.SIGTERM]
+        kill_self(signal.SIGTERM)  # after the run: the caller's, as before
+        # A marker sent after both: once the loop has handed it on, it has handed on
+        # whatever it was woken for before it (nothing, here: the run's handler is gone).
+        loop = asyncio.get_running_loop()
+        marker = anyio.Event()
+        loop.add_signal_handler(signal.SIGUSR1, marker.set)
+        try:
+            kill_self(signal.SIGUSR1)
+            with anyio.fail_after(30):
+                await marker.wait()
+        finally:
+            loop.remove_signal_handler(signal.SIGUSR1)
+        assert (got, ran) == ([signal.SIGTERM] * 2, [])
