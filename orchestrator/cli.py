@@ -402,8 +402,14 @@ def _written_since(path: Path, started: float) -> bool:
 
 def _report_stopped(signame: str, artifacts_dir: str | None, started: float) -> None:
     target = Path(artifacts_dir or os.environ.get("ORCHESTRATOR_ARTIFACTS_DIR") or "test-results")
-    if all(_written_since(target / name, started) for name in ("junit.xml", "run.json")):
-        return  # this run got far enough to report itself (the signal came at its very end)
+    # A run that got far enough to report itself (the signal came at its very end) keeps
+    # its reports: junit.xml, and run.json beside it or, for several flows, one in each
+    # flow's folder.
+    run_jsons = [target / "run.json", *target.glob("*/run.json")]
+    if _written_since(target / "junit.xml", started) and any(
+        _written_since(path, started) for path in run_jsons
+    ):
+        return
     problems: list[object]
     try:
         from .engine import write_stopped_reports

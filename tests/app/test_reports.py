@@ -173,3 +173,28 @@ def test_an_earlier_runs_folders_go_and_everything_else_stays(tmp_path: Path) ->
     assert _prepare_reports(tmp_path) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["history.jsonl", "notes"]
     assert (mine / "run.json").exists()
+
+
+def test_a_signal_at_the_very_end_of_a_run_of_several_flows_keeps_its_reports(
+    tmp_path: Path,
+) -> None:
+    """A signal after the run gave its handlers back ends the command with 130/143 and,
+    when the run had not reported, a report saying it stopped before starting. A run of
+    several flows reports in junit.xml and one run.json per flow, in folders of their
+    own: those must stay, not be replaced by a report of a run that never started."""
+    import time
+
+    from orchestrator.cli import _report_stopped
+
+    started = time.time() - 1
+    junit = tmp_path / "junit.xml"
+    junit.write_text(
+        '<testsuites><testsuite name="kaito-a"/><testsuite name="kaito-b"/></testsuites>'
+    )
+    for folder in ("kaito-a", "kaito-b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "run.json").write_text('{"outcome": "passed"}')
+    before = junit.read_text()
+    _report_stopped("SIGTERM", str(tmp_path), started)
+    assert junit.read_text() == before
+    assert not (tmp_path / "run.json").exists()
