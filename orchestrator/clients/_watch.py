@@ -135,38 +135,23 @@ async def _relist(client: KubeClient, target: _Target, view: _View) -> AsyncIter
     view.version = str(listing.get("metadata", {}).get("resourceVersion") or "") or None
 
 
-async def _stream(
-    client: KubeClient,
-    target: _Target,
-    view: _View,
-    server_timeout: int,
-    silence: float | None,
-    on_open: Callable[[], None],
-) -> AsyncIterator[WatchEvent]:
-    """One watch connection from the view's version: yield object changes until the
-    server ends the stream. Bookmarks only move the version; an ERROR ends the stream
-    with :class:`_Relist`."""
-    async for event in client.watch_stream(
-        target.resource,
-        target.namespace,
-        resource_version=view.version,
-        label_selector=target.label_selector,
-        field_selector=target.field_selector,
-        server_timeout=server_timeout,
-        client_timeout=silence,
-        on_open=on_open,
-    ):
-        if event.type == "ERROR":
-            raise _error_event(event.object)
-        if _rv(event.object):
-            view.version = _rv(event.object)
-        if event.type == "BOOKMARK":
-            continue
-        if event.type == "DELETED":
-            view.known.pop(_key(event.object), None)
-        else:
-            view.known[_key(event.object)] = event.object
-        yield event
+def _filed(view: _View, event: WatchEvent) -> bool:
+    """Take a stream's event into the view: whether it is an object change to hand on.
+    Bookmarks only move the version; an ERROR ends the stream with :class:`_Relist`."""
+    kind = event.type
+    if kind == "ERROR":
+        raise _error_event(event.object)
+    meta = event.object["metadata"]
+    if version := meta.get("resourceVersion"):
+        view.version = str(version)
+    if kind == "BOOKMARK":
+        return False
+    key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+    if kind == "DELETED":
+        view.known.pop(key, None)
+    else:
+        view.known[key] = event.object
+    return True
 
 
 def _error_event(status: dict[str, Any]) -> _Relist:
@@ -255,10 +240,21 @@ async def watch(
                 async for event in _relist(client, target, view):
                     yield event
                 synced()
-            async for event in _stream(
-                client, target, view, server_timeout, client_timeout, health.live
+            # One watch connection from the view's version, its events taken here rather
+            # than in a generator of their own: each event resumes every generator between
+            # the bytes and its consumer, and after an idle while each resumption runs cold.
+            async for event in client.watch_stream(
+                resource,
+                namespace,
+                resource_version=view.version,
+                label_selector=label_selector,
+                field_selector=field_selector,
+                server_timeout=server_timeout,
+                client_timeout=client_timeout,
+                on_open=health.live,
             ):
-                yield event
+                if _filed(view, event):
+                    yield event
             # A clean end of stream: the server's timeout, or someone cut it. Reopen from
             # where we were; a tiny jitter keeps a server that ends every stream at once
             # from being hit in lockstep.

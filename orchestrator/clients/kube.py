@@ -39,9 +39,10 @@ from ._errors import (
     status_error,
 )
 from ._exec_credential import EXEC_TIMEOUT, bounded_exec_provider
-from ._http1 import Http1Pool, Incomplete, NotSendable
+from ._http1 import CLOSE_GRACE, Http1Pool, Incomplete, NotSendable
 from ._retry import READS, RetryPolicy, bounded, heard
 from ._tls import bare_context, plain_http
+from ._watch1 import LineTooLong, WatchConnection, open_watch
 
 if TYPE_CHECKING:  # pragma: no cover
     import aiohttp
@@ -316,6 +317,10 @@ class KubeClient:
         self._base = ""
         #: The lean path's header fields, and what they were made from (see _lean_head).
         self._fields: tuple[dict[str, str], dict[str, str], str | None, bytes] | None = None
+        #: Lean watches open now (closed by :meth:`aclose`, as aiohttp's session would).
+        self._watching: set[WatchConnection[WatchEvent]] = set()
+        #: Whether watches may go the lean way (off once a server encodes a stream).
+        self._lean_watches = True
 
     @staticmethod
     def preload() -> None:
@@ -374,6 +379,8 @@ class KubeClient:
         return [v for v in values if v]
 
     async def aclose(self) -> None:
+        if self._watching:
+            await _close_all(self._watching)
         if self._lean is not None:
             await self._lean.aclose()
         if self._reader is not None:
@@ -977,23 +984,131 @@ class KubeClient:
         Each line is parsed by :func:`parse_watch_line`; a line it refuses ends the
         stream with that :class:`ProtocolError`, every other failure is a
         :class:`TransportError` or the :class:`HTTPStatusError` the server answered.
+
+        Where reads go the lean way (see :meth:`_lean_pool`), so does the watch
+        (:mod:`._watch1`: a connection of its own, the answer parsed by llhttp, each line
+        parsed as its bytes arrive, this generator woken once per burst): aiohttp's
+        response handler, stream reader, its iterator and a line splitter are no longer
+        between the bytes and the event, on the path from a change to a waiter's
+        confirming read. Everywhere else the watch goes on aiohttp's session, with the
+        same events and errors.
         """
+        path, route, query, silence = _watch_request(
+            res, namespace, resource_version, label_selector, field_selector, server_timeout
+        )
+        silence = client_timeout or silence
+        conn = await self._lean_watch(path, route, query, silence)
+        if conn is None:
+            async for event in self._aiohttp_watch(path, route, query, silence, on_open):
+                yield event
+            return
+        try:
+            if not await self._accepted(conn, path, on_open):
+                async for event in self._aiohttp_watch(path, route, query, silence, on_open):
+                    yield event
+                return
+            items = conn.items
+            while True:
+                if items:
+                    yield items.popleft()
+                elif conn.failure is not None:
+                    raise _stream_failure(route, conn, silence)
+                elif conn.ended:
+                    return
+                else:
+                    await conn.wait()
+        finally:
+            conn.close()
+            self._watching.discard(conn)
+
+    async def _accepted(
+        self, conn: WatchConnection[WatchEvent], path: str, on_open: Callable[[], None] | None
+    ) -> bool:
+        """Wait for a lean watch's answer head: True once the server accepted the watch
+        (``on_open`` called), False if the stream is encoded (the caller goes on aiohttp's
+        path, as every later watch will); the server's refusal or a failure is raised."""
+        while conn.status is None and conn.failure is None:
+            await conn.wait()
+        if conn.status is None:
+            raise _unanswered(path, conn.failure)
+        if conn.encoded:
+            # The server encodes the stream, although the lean path only decodes whole
+            # answers: this watch and every later one go on aiohttp's path.
+            self._lean_watches = False
+            conn.close()
+            return False
+        self._keep_cookies(conn)
+        if conn.status != 200:
+            with anyio.move_on_after(REQUEST_TIMEOUT):
+                while not conn.ended and conn.failure is None:
+                    await conn.wait()
+            headers = {n.decode("latin-1"): v.decode("latin-1") for n, v in conn.headers}
+            raise _answer_error(conn.status, _RetryAfter(headers), bytes(conn.body), "GET", path)
+        conn.streaming = True
+        if on_open is not None:
+            on_open()
+        return True
+
+    async def _lean_watch(
+        self,
+        path: str,
+        route: str,
+        query: dict[str, Any],
+        silence: float,
+    ) -> WatchConnection[WatchEvent] | None:
+        """A watch on the lean path (:mod:`._watch1`), where a read would go that way (see
+        :meth:`_lean_pool`) and the request can be sent exactly as aiohttp would; None
+        otherwise (aiohttp's path then). The same headers as :meth:`open` sends (the
+        ApiClient's, its cookie, the ``Authorization`` of its own auth hook)."""
+        reader, _ = self._reader or self._open_reader()
+        lean = self._lean
+        if lean is None or not self._lean_watches or not lean.can_take():
+            return None
+        if len(reader.cookie_jar):
+            return None
+        params = [(k, _query_value(v)) for k, v in query.items() if v is not None]
+        head = self._lean_head(lean, path, params, *await self._auth())
+        if head is None:
+            return None
+
+        def parse(line: bytes) -> WatchEvent:
+            return parse_watch_line(line, route)
+
+        self.requests_sent += 1
+        try:
+            conn = await open_watch(lean, head, parse, silence, MAX_LINE)
+        except Exception as exc:  # refused, unreachable, a TLS handshake that failed
+            raise _unanswered(path, exc) from None
+        self.watches_opened += 1
+        self._watching.add(conn)
+        return conn
+
+    def _keep_cookies(self, conn: WatchConnection[WatchEvent]) -> None:
+        """A cookie the server sets on a watch goes to the ApiClient's jar, as aiohttp
+        would keep it; from then on, reads and watches go on aiohttp's path, which sends it."""
+        cookies = [v.decode("latin-1") for n, v in conn.headers if n == b"set-cookie"]
+        if cookies:
+            from yarl import URL
+
+            jar = self._api.rest_client.pool_manager.cookie_jar
+            jar.update_cookies_from_headers(cookies, URL(self.server))
+
+    async def _aiohttp_watch(
+        self,
+        path: str,
+        route: str,
+        query: dict[str, Any],
+        client_timeout: float,
+        on_open: Callable[[], None] | None,
+    ) -> AsyncIterator[WatchEvent]:
+        """:meth:`watch_stream` on aiohttp's path (a proxy, a cookie, netrc): the same
+        events, the same errors."""
         import aiohttp
 
-        client_timeout = client_timeout or server_timeout + 15
-        path = res.path(namespace)
-        route = f"WATCH {path}"
         response = await self.open(
             "GET",
             path,
-            query={
-                "watch": "true",
-                "resourceVersion": resource_version,
-                "allowWatchBookmarks": "true",
-                "timeoutSeconds": server_timeout,
-                "labelSelector": label_selector,
-                "fieldSelector": field_selector,
-            },
+            query=query,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=client_timeout),
         )
         self.watches_opened += 1
@@ -1006,6 +1121,76 @@ class KubeClient:
                 yield parse_watch_line(line, route)
         finally:
             response.release()
+
+
+async def _close_all(conns: set[WatchConnection[WatchEvent]]) -> None:
+    """Close lean watches still open; a TLS goodbye gets :data:`CLOSE_GRACE` seconds."""
+    import asyncio
+
+    for conn in list(conns):
+        conn.close()
+    pending = [conn.lost for conn in conns if not conn.lost.done()]
+    if pending:
+        await asyncio.wait(pending, timeout=CLOSE_GRACE)
+    for conn in conns:
+        if not conn.lost.done() and conn.transport is not None:
+            conn.transport.abort()
+    conns.clear()
+
+
+def _watch_request(
+    res: Resource,
+    namespace: str | None,
+    resource_version: str | None,
+    label_selector: str | None,
+    field_selector: str | None,
+    server_timeout: int,
+) -> tuple[str, str, dict[str, Any], float]:
+    """A watch's path, route, query and default longest silence (the server's own
+    timeout and 15 s)."""
+    path = res.path(namespace)
+    query = {
+        "watch": "true",
+        "resourceVersion": resource_version,
+        "allowWatchBookmarks": "true",
+        "timeoutSeconds": server_timeout,
+        "labelSelector": label_selector,
+        "fieldSelector": field_selector,
+    }
+    return path, f"WATCH {path}", query, server_timeout + 15.0
+
+
+def _unanswered(path: str, exc: BaseException | None) -> TransportError:
+    """A lean watch that failed before its answer's head: as :meth:`KubeClient.open`
+    says it on aiohttp's path."""
+    if isinstance(exc, TimeoutError):
+        return RequestTimeout(
+            f"GET {path}: no answer in time (TimeoutError)", method="GET", url=path
+        )
+    return _broken("GET", path, None, 0, exc or ConnectionError("no answer"))
+
+
+def _stream_failure(route: str, conn: WatchConnection[WatchEvent], silence: float) -> BaseException:
+    """What ended a lean watch after its 200, as :func:`_lines` says it on aiohttp's path:
+    a line ``parse`` refused is its own error; an endless line a :class:`ProtocolError`; a
+    silence or a broken connection a :class:`TransportError`."""
+    exc = conn.failure
+    assert exc is not None
+    if conn.refused:
+        return exc
+    if isinstance(exc, LineTooLong):
+        return ProtocolError(
+            f"{route}: a watch line longer than {MAX_LINE} bytes",
+            route=route,
+            excerpt=excerpt(exc.start),
+        )
+    if isinstance(exc, TimeoutError):
+        return TransportError(
+            f"{route}: the stream was silent for more than {silence:g} s", url=route
+        )
+    return TransportError(
+        f"{route}: the stream broke ({type(exc).__name__}: {clip(str(exc), 200)})", url=route
+    )
 
 
 #: The longest watch line taken: far above any real object (etcd refuses objects over
