@@ -163,6 +163,29 @@ def draw(seed: int) -> Draw:
     return d
 
 
+#: Resets the dispositions a run must start with, then runs the command. The interpreter
+#: that does it ignores SIGPIPE and SIGXFSZ itself; those go back to their defaults too.
+_LAUNCHER = (
+    "import os, signal, sys\n"
+    "for s in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGXFSZ):\n"
+    "    signal.signal(s, signal.SIG_DFL)\n"
+    "os.execvp(sys.argv[1], sys.argv[1:])\n"
+)
+
+
+def signalable(argv: list[str]) -> list[str]:
+    """``argv``, started so that the signal the soak sends reaches the run.
+
+    A run keeps a SIGINT or SIGTERM it was started with ignored (a background job's
+    Ctrl-C is not its own), and a soak started in the background would hand that ignore
+    to every run: each signalled run would then count as a wrong exit code. Only then is
+    the command started through a launcher that gives the run the defaults.
+    """
+    if all(signal.getsignal(s) is not signal.SIG_IGN for s in (signal.SIGINT, signal.SIGTERM)):
+        return argv
+    return [sys.executable, "-I", "-S", "-c", _LAUNCHER, *argv]
+
+
 async def leaks(sb: Sandbox, name: str) -> list[str]:
     """What of the run's deployment is left, asked of the real peers."""
     left: list[str] = []
@@ -226,7 +249,7 @@ async def one_run(h: Hostile, d: Draw, workdir: Path) -> Outcome:
     started = time.monotonic()
     outcome = Outcome(d.seed, name, asdict(d), None, 0.0)
     with anyio.move_on_after(RUN_DEADLINE) as deadline:
-        async with await anyio.open_process(argv, env=env, cwd=workdir) as proc:
+        async with await anyio.open_process(signalable(argv), env=env, cwd=workdir) as proc:
             assert proc.stdout is not None and proc.stderr is not None
             marker = f"{d.signal_at} ... started" if d.signal_at else None
             if d.signal_at == "Deploy":
