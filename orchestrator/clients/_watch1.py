@@ -82,7 +82,10 @@ class WatchConnection(asyncio.Protocol, Generic[T]):
         self.body = bytearray()
         #: Done once the connection is gone.
         self.lost: asyncio.Future[None] = loop.create_future()
-        self._pending = b""
+        #: The line begun and not ended yet: grown in place, so that a line that comes in
+        #: many pieces is copied once, not once a piece (a peer's 1-byte chunks would make
+        #: that quadratic, a core busy for minutes on a line under MAX_LINE).
+        self._pending = bytearray()
         self._head_bytes = 0
         self._unhanded = 0
         self._last = loop.time()
@@ -170,12 +173,18 @@ class WatchConnection(asyncio.Protocol, Generic[T]):
             if room > 0:
                 self.body += body[:room]
             return
+        pending = self._pending
         if b"\n" not in body:
-            self._pending += body
-            if len(self._pending) > self._max_line:
-                self.failure = LineTooLong(self._pending[:200])
+            pending += body
+            if len(pending) > self._max_line:
+                self.failure = LineTooLong(bytes(pending[:200]))
             return
-        *lines, self._pending = (self._pending + body).split(b"\n")
+        if pending:
+            pending += body
+            body = bytes(pending)
+        *lines, rest = body.split(b"\n")
+        # A new buffer, not the old one cleared: a long line's room is not kept.
+        self._pending = bytearray(rest) if rest or pending else pending
         parse, items = self._parse, self.items
         for line in lines:
             if line.strip():
@@ -185,7 +194,7 @@ class WatchConnection(asyncio.Protocol, Generic[T]):
                     self.failure, self.refused = exc, True
                     return
         if len(self._pending) > self._max_line:
-            self.failure = LineTooLong(self._pending[:200])
+            self.failure = LineTooLong(bytes(self._pending[:200]))
 
     def on_message_complete(self) -> None:
         if self.status is not None and self.failure is None and not self.ended:
@@ -224,7 +233,7 @@ class WatchConnection(asyncio.Protocol, Generic[T]):
 
     def _end(self) -> None:
         if self.status == 200 and not self.encoded and self._pending.strip():
-            line, self._pending = self._pending, b""
+            line, self._pending = bytes(self._pending), bytearray()
             try:
                 self.items.append(self._parse(line))
             except Exception as exc:

@@ -1,0 +1,122 @@
+"""Bounds of the lean watch connection (orchestrator/clients/_watch1.py) against a peer
+that plays with HTTP's framing, and against a consumer slower than the peer.
+
+- A line that arrives in many small chunks costs what its bytes cost, not the square of
+  its pieces: a peer's 1-byte chunks must not keep a core busy for minutes.
+- A chunked body's trailer or a chunk header that never ends is bounded like an answer's
+  head: the stream ends with a named error instead of the client holding it all.
+- While the connection stops reading for a consumer that has not caught up, the peer is
+  not silent: only the peer's own silence ends the stream (as aiohttp's sock_read).
+
+The connection is driven directly with a recording transport (and, for the silence, a
+clock the test moves), or through ``KubeClient.watch_stream`` against a scripted peer;
+no test waits on time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from test_lean_watch import HANG, HEAD, chunked
+
+from orchestrator.clients._watch1 import LineTooLong, WatchConnection
+
+pytestmark = pytest.mark.anyio
+
+
+class Recording(asyncio.Transport):
+    """A transport that keeps what the connection asked of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.closing = False
+        self.paused = False
+        self.written = bytearray()
+
+    def write(self, data: Any) -> None:
+        self.written += data
+
+    def close(self) -> None:
+        self.closing = True
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+
+
+class Timer:
+    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+        self.when, self.callback, self.cancelled = when, callback, False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Clock:
+    """The parts of a loop the connection uses, with a time the test sets."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.now = 0.0
+        self.timers: list[Timer] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def create_future(self) -> asyncio.Future[None]:
+        return self.loop.create_future()
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
+        timer = Timer(when, callback)
+        self.timers.append(timer)
+        return timer
+
+    def advance(self, seconds: float) -> None:
+        """Move the time on and run each timer then due (those they arm too)."""
+        self.now += seconds
+        while due := [t for t in self.timers if not t.cancelled and t.when <= self.now]:
+            for timer in due:
+                self.timers.remove(timer)
+                timer.callback()
+
+
+def connect(loop: Any, max_line: int, silence: float = 100.0) -> tuple[Any, Recording]:
+    conn: WatchConnection[bytes] = WatchConnection(loop, bytes, silence, max_line)
+    transport = Recording()
+    conn.connection_made(transport)
+    conn.send(b"GET / HTTP/1.1\r\n\r\n")
+    conn.data_received(HEAD)
+    assert conn.status == 200
+    return conn, transport
+
+
+async def test_a_line_in_small_chunks_is_copied_once_not_once_a_chunk() -> None:
+    # 256 Ki chunks of 16 bytes: copied once a chunk, that is 256 Ki copies of up to
+    # 4 MiB (about 512 GiB moved); copied once, 4 MiB. The bound is only against that hang.
+    loop = asyncio.get_running_loop()
+    conn, _ = connect(loop, max_line=8 << 20)
+    piece = chunked(*[b"x" * 16] * 512)
+    deadline = loop.time() + HANG
+    for _ in range(512):
+        conn.data_received(piece)
+        assert loop.time() < deadline, "each small chunk copied the whole line again"
+    conn.data_received(chunked(b"\n"))
+    assert list(conn.items) == [b"x" * (4 << 20)] and conn.failure is None
+    assert len(conn._pending) == 0
+
+
+async def test_a_line_in_small_chunks_past_the_bound_is_refused_with_its_start() -> None:
+    loop = asyncio.get_running_loop()
+    conn, transport = connect(loop, max_line=1000)
+    conn.data_received(chunked(b"{", *[b"y"] * 600))
+    conn.data_received(chunked(*[b"z"] * 600))
+    assert isinstance(conn.failure, LineTooLong) and transport.closing
+    assert conn.failure.start == b"{" + b"y" * 199 and not conn.items
