@@ -104,15 +104,17 @@ class WatchConnection(asyncio.Protocol, Generic[T]):
             return  # the watch is over: nothing is taken after close()
         # The silence is measured from here: one clock read, not a timer re-armed per read.
         self._last = self._loop.time()
-        if self.status is None:
-            self._unhanded += len(data)
+        # Bytes no callback has taken yet (reset by on_header and on_body): an endless head,
+        # trailer or chunk header, which llhttp or httptools would hold for us unbounded.
+        self._unhanded += len(data)
         try:
             self._parser.feed_data(data)
         except Exception as exc:  # llhttp's verdict, or a bound of ours from a callback
             self._fail(getattr(exc, "__context__", None) or exc)
             return
-        if self.status is None and self._unhanded > MAX_HEAD:
-            self._fail(AnswerTooLarge(f"an answer head over {MAX_HEAD} bytes"))
+        if self._unhanded > MAX_HEAD:
+            what = "an answer head" if self.status is None else "a chunk header or trailer"
+            self._fail(AnswerTooLarge(f"{what} over {MAX_HEAD} bytes"))
             return
         if self.failure is not None or self.ended:
             self.close()
@@ -144,9 +146,9 @@ class WatchConnection(asyncio.Protocol, Generic[T]):
     # -- llhttp's callbacks --------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._unhanded = 0
         if self.status is not None:
             return  # a chunked body's trailers: aiohttp drops those too
-        self._unhanded = 0
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > MAX_HEAD:
             raise AnswerTooLarge(f"an answer head over {MAX_HEAD} bytes")
@@ -166,6 +168,7 @@ class WatchConnection(asyncio.Protocol, Generic[T]):
                 self.encoded = True  # its lines are not parsed: the caller goes elsewhere
 
     def on_body(self, body: bytes) -> None:
+        self._unhanded = 0
         if self.failure is not None or self.ended or self.encoded:
             return
         if self.status != 200:

@@ -19,9 +19,12 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import anyio
 import pytest
-from test_lean_watch import HANG, HEAD, chunked
+from test_lean_watch import HANG, HEAD, chunked, event, take, watching  # noqa: F401
 
+from orchestrator.clients import TransportError
+from orchestrator.clients._http1 import MAX_HEAD
 from orchestrator.clients._watch1 import LineTooLong, WatchConnection
 
 pytestmark = pytest.mark.anyio
@@ -120,3 +123,29 @@ async def test_a_line_in_small_chunks_past_the_bound_is_refused_with_its_start()
     conn.data_received(chunked(*[b"z"] * 600))
     assert isinstance(conn.failure, LineTooLong) and transport.closing
     assert conn.failure.start == b"{" + b"y" * 199 and not conn.items
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        pytest.param(b"0\r\nX-Trailer: ", id="a-trailer"),
+        pytest.param(b"1;ext=", id="a-chunk-extension"),
+    ],
+)
+async def test_an_endless_chunk_header_or_trailer_ends_the_stream(
+    watching: Any, framing: bytes
+) -> None:
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(HEAD + chunked(event("ADDED", "a") + b"\n") + framing)
+        for _ in range(4 * MAX_HEAD // 4096):  # well past the bound, then held open
+            w.write(b"a" * 4096)
+            await w.drain()
+        await r.read()
+
+    kube = await watching(script)
+    got: list[Any] = []
+    with pytest.raises(TransportError, match="a chunk header or trailer over"):
+        await take(kube, got)
+    assert got == [("ADDED", "a")]
+    with anyio.fail_after(HANG):
+        await kube.peer.closed.wait()
