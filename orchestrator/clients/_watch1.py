@@ -217,6 +217,8 @@ class WatchConnection(asyncio.Protocol, Generic[T]):
         """A future done at the next news: items, the failure, the end, the head."""
         if self._paused and not self.items:
             self._paused = False
+            # The peer's silence is measured again from now, as aiohttp's sock_read is.
+            self._last = self._loop.time()
             if self.transport is not None:
                 self.transport.resume_reading()
         self._wake = waiter = self._loop.create_future()
@@ -257,8 +259,13 @@ class WatchConnection(asyncio.Protocol, Generic[T]):
         self._timer = None
         if self.failure is not None or self.ended:
             return
+        now = self._loop.time()
+        if self._paused:
+            # Not reading while the consumer catches up: what the peer did meanwhile is
+            # unknown, so it is not its silence (aiohttp's sock_read stops while paused too).
+            self._last = now
         due = self._last + self._silence
-        if self._loop.time() >= due:
+        if now >= due:
             self._fail(TimeoutError(f"no byte for {self._silence:g} s"))
         else:
             self._timer = self._loop.call_at(due, self._check_silence)

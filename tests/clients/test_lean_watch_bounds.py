@@ -16,8 +16,9 @@ no test waits on time.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import pytest
@@ -25,7 +26,7 @@ from test_lean_watch import HANG, HEAD, chunked, event, take, watching  # noqa: 
 
 from orchestrator.clients import TransportError
 from orchestrator.clients._http1 import MAX_HEAD
-from orchestrator.clients._watch1 import LineTooLong, WatchConnection
+from orchestrator.clients._watch1 import MAX_QUEUED, LineTooLong, WatchConnection
 
 pytestmark = pytest.mark.anyio
 
@@ -149,3 +150,20 @@ async def test_an_endless_chunk_header_or_trailer_ends_the_stream(
     assert got == [("ADDED", "a")]
     with anyio.fail_after(HANG):
         await kube.peer.closed.wait()
+
+
+async def test_a_consumer_behind_is_not_the_peers_silence() -> None:
+    clock = Clock(asyncio.get_running_loop())
+    conn, transport = connect(cast(Any, clock), max_line=1 << 20, silence=5.0)
+    line = json.dumps({"type": "ADDED"}).encode() + b"\n"
+    conn.data_received(chunked(line * (MAX_QUEUED + 1)))
+    assert transport.paused  # the consumer has not taken them: no more reading
+    clock.advance(60.0)
+    assert conn.failure is None and not transport.closing
+    conn.items.clear()  # the consumer caught up
+    conn.wait()
+    assert not transport.paused
+    clock.advance(4.9)
+    assert conn.failure is None
+    clock.advance(0.2)  # now the peer is silent for longer than 5 s
+    assert isinstance(conn.failure, TimeoutError) and transport.closing
