@@ -109,6 +109,13 @@ class WatchConnection(asyncio.Protocol, Generic[T]):
         self._unhanded += len(data)
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            # A 101: llhttp stops at its head. It is the answer (not a watch), and the
+            # caller says so with its status, as aiohttp's path does.
+            if self.status is None:
+                self._fail(exc)
+                return
+            self._end()
         except Exception as exc:  # llhttp's verdict, or a bound of ours from a callback
             self._fail(getattr(exc, "__context__", None) or exc)
             return
@@ -156,9 +163,9 @@ class WatchConnection(asyncio.Protocol, Generic[T]):
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
-        if 100 <= status < 200:
+        if 100 <= status < 200 and status != 101:
             # An interim answer (103 Early Hints): the real one follows. (A 101 is
-            # refused by llhttp right after this, as an upgrade.)
+            # final: llhttp stops at it, as an upgrade, and data_received ends there.)
             self.headers = []
             self._head_bytes = 0
             return

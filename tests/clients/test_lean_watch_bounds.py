@@ -24,7 +24,7 @@ import anyio
 import pytest
 from test_lean_watch import HANG, HEAD, chunked, event, take, watching  # noqa: F401
 
-from orchestrator.clients import TransportError
+from orchestrator.clients import HTTPStatusError, TransportError
 from orchestrator.clients._http1 import MAX_HEAD
 from orchestrator.clients._watch1 import MAX_QUEUED, LineTooLong, WatchConnection
 
@@ -167,3 +167,23 @@ async def test_a_consumer_behind_is_not_the_peers_silence() -> None:
     assert conn.failure is None
     clock.advance(0.2)  # now the peer is silent for longer than 5 s
     assert isinstance(conn.failure, TimeoutError) and transport.closing
+
+
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "aiohttp"])
+async def test_a_switching_answer_is_the_servers_status_on_either_path(
+    watching: Any, lean: bool
+) -> None:
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(b"HTTP/1.1 101 Switching\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n")
+        w.write(event("ADDED", "a") + b"\n")
+        await w.drain()
+        await r.read()  # held open until the client ends it
+
+    kube = await watching(script)
+    kube._lean_watches = lean
+    got: list[Any] = []
+    with pytest.raises(HTTPStatusError, match="answered 101: HTTP 101") as caught:
+        await take(kube, got)
+    assert caught.value.status == 101 and got == []
+    with anyio.fail_after(HANG):
+        await kube.peer.closed.wait()
