@@ -329,5 +329,8 @@ async def open_watch(
             ssl=pool._tls,
             server_hostname=pool._server_hostname,
         )
+    if pool._closed:  # the client closed while this connection was made: aclose missed it
+        conn.close()
+        raise ConnectionError("the client is closed")
     conn.send(head)
     return conn

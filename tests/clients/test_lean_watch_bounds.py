@@ -187,3 +187,37 @@ async def test_a_switching_answer_is_the_servers_status_on_either_path(
     assert caught.value.status == 101 and got == []
     with anyio.fail_after(HANG):
         await kube.peer.closed.wait()
+
+
+async def test_a_watch_connected_after_the_client_closed_is_not_kept(
+    watching: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def script(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(HEAD + chunked(event("ADDED", "a") + b"\n"))
+        await w.drain()
+        await r.read()  # held open until the client ends it
+
+    kube = await watching(script)
+    loop = asyncio.get_running_loop()
+    connect, connecting, go_on = loop.create_connection, asyncio.Event(), asyncio.Event()
+
+    async def held(*args: Any, **kwargs: Any) -> Any:
+        connecting.set()
+        await go_on.wait()  # the client closes meanwhile
+        return await connect(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "create_connection", held)
+    got: list[Any] = []
+    with anyio.fail_after(HANG):
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                with pytest.raises(TransportError, match="the client is closed"):
+                    await take(kube, got)
+
+            tg.start_soon(watch)
+            await connecting.wait()
+            await kube.aclose()
+            go_on.set()
+        await kube.peer.closed.wait()  # the connection made meanwhile is closed at once
+    assert got == [] and kube._watching == set()
