@@ -1019,7 +1019,12 @@ class KubeClient:
                     await conn.wait()
         finally:
             conn.close()
-            self._watching.discard(conn)
+            # Gone once its transport is (a TLS goodbye waits for the peer's): until then
+            # aclose still waits for it, and cuts it past CLOSE_GRACE.
+            if conn.lost.done():
+                self._watching.discard(conn)
+            else:
+                conn.lost.add_done_callback(lambda _: self._watching.discard(conn))
 
     async def _accepted(
         self, conn: WatchConnection[WatchEvent], path: str, on_open: Callable[[], None] | None
@@ -1132,9 +1137,12 @@ async def _close_all(conns: set[WatchConnection[WatchEvent]]) -> None:
     pending = [conn.lost for conn in conns if not conn.lost.done()]
     if pending:
         await asyncio.wait(pending, timeout=CLOSE_GRACE)
-    for conn in conns:
+    for conn in list(conns):
         if not conn.lost.done() and conn.transport is not None:
             conn.transport.abort()
+    pending = [conn.lost for conn in conns if not conn.lost.done()]
+    if pending:  # an abort's connection_lost comes on the loop's next step
+        await asyncio.wait(pending, timeout=CLOSE_GRACE)
     conns.clear()
 
 

@@ -16,15 +16,20 @@ no test waits on time.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import ssl
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, cast
 
 import anyio
 import pytest
+from _client_cert import client_key_pair
 from test_lean_watch import HANG, HEAD, chunked, event, take, watching  # noqa: F401
+from test_tls import PROXY_VARIABLES
 
-from orchestrator.clients import HTTPStatusError, TransportError
+from orchestrator.clients import PODS, HTTPStatusError, KubeClient, TransportError
 from orchestrator.clients._http1 import MAX_HEAD
 from orchestrator.clients._watch1 import MAX_QUEUED, LineTooLong, WatchConnection
 
@@ -221,3 +226,82 @@ async def test_a_watch_connected_after_the_client_closed_is_not_kept(
             go_on.set()
         await kube.peer.closed.wait()  # the connection made meanwhile is closed at once
     assert got == [] and kube._watching == set()
+
+
+async def test_a_tls_watch_the_consumer_left_is_gone_once_the_client_is_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The consumer leaves the stream: its TLS goodbye goes out, and this peer never answers
+    it. The client's aclose still leaves nothing behind (it waits CLOSE_GRACE, then cuts)."""
+    for name in PROXY_VARIABLES + ("ALL_PROXY",):
+        monkeypatch.delenv(name, raising=False)
+    cert, key = client_key_pair(tmp_path)
+    (tmp_path / "peer.crt").write_bytes(cert)
+    (tmp_path / "peer.key").write_bytes(key)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "peer.crt", tmp_path / "peer.key")
+    gone = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = context.wrap_bio(incoming, outgoing, server_side=True)
+
+        async def step(action: Callable[[], Any]) -> Any:
+            while True:
+                try:
+                    return action()
+                except ssl.SSLWantReadError:
+                    writer.write(outgoing.read())
+                    data = await reader.read(65536)
+                    if not data:
+                        raise ConnectionError("closed") from None
+                    incoming.write(data)
+
+        try:
+            await step(tls.do_handshake)
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += await step(lambda: tls.read(65536))
+            tls.write(HEAD + chunked(event("ADDED", "a") + b"\n"))
+            writer.write(outgoing.read())
+            while await reader.read(65536):  # a goodbye comes: never answered
+                pass
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+            gone.set()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "c",
+                "cluster": {
+                    "server": f"https://127.0.0.1:{port}",
+                    "certificate-authority-data": base64.b64encode(cert).decode(),
+                },
+            }
+        ],
+        "users": [{"name": "u", "user": {"token": "tls-watch-t0ken"}}],
+        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+        "current-context": "x",
+    }
+    (tmp_path / "kubeconfig").write_text(json.dumps(config))
+    kube = await KubeClient.from_kubeconfig(str(tmp_path / "kubeconfig"))
+    try:
+        with anyio.fail_after(HANG):
+            stream = kube.watch_stream(PODS, "ns", resource_version="1")
+            assert (await stream.__anext__()).name == "a"
+            (conn,) = kube._watching  # the lean way: a connection of its own
+            await stream.aclose()
+            await kube.aclose()
+            assert conn.lost.done(), "the watch's connection outlived the client"
+            await gone.wait()
+    finally:
+        await kube.aclose()
+        server.close()
+        await server.wait_closed()
