@@ -1209,12 +1209,17 @@ MAX_LINE = 16 * 1024 * 1024
 async def _lines(response: Any, route: str, silence: float) -> AsyncIterator[bytes]:
     """The stream's non-empty lines. A silence longer than ``silence`` or a broken
     connection is a :class:`TransportError`; an endless line a :class:`ProtocolError`."""
-    pending = b""
+    # The line begun grows in place: a peer that trickles a long line in small reads must
+    # not make each read copy the whole line so far (quadratic in the line's pieces).
+    pending = bytearray()
     try:
         async for chunk in response.content.iter_any():
             if b"\n" in chunk:
-                *lines, rest = (pending + chunk).split(b"\n")
-                pending = rest
+                if pending:
+                    pending += chunk
+                    chunk = bytes(pending)
+                *lines, rest = chunk.split(b"\n")
+                pending = bytearray(rest)
                 for line in lines:
                     if line.strip():
                         yield line
@@ -1224,7 +1229,7 @@ async def _lines(response: Any, route: str, silence: float) -> AsyncIterator[byt
                 raise ProtocolError(
                     f"{route}: a watch line longer than {MAX_LINE} bytes",
                     route=route,
-                    excerpt=excerpt(pending[:200]),
+                    excerpt=excerpt(bytes(pending[:200])),
                 )
     except ClientError:
         raise
@@ -1237,7 +1242,7 @@ async def _lines(response: Any, route: str, silence: float) -> AsyncIterator[byt
             f"{route}: the stream broke ({type(exc).__name__}: {clip(str(exc), 200)})", url=route
         ) from None
     if pending.strip():
-        yield pending
+        yield bytes(pending)
 
 
 async def _status_answer(response: Any, method: str, path: str) -> ClientError:

@@ -19,7 +19,7 @@ import asyncio
 import base64
 import json
 import ssl
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -30,6 +30,7 @@ from test_lean_watch import HANG, HEAD, chunked, event, take, watching  # noqa: 
 from test_tls import PROXY_VARIABLES
 
 from orchestrator.clients import PODS, HTTPStatusError, KubeClient, TransportError
+from orchestrator.clients import kube as kube_module
 from orchestrator.clients._http1 import MAX_HEAD
 from orchestrator.clients._watch1 import MAX_QUEUED, LineTooLong, WatchConnection
 
@@ -305,3 +306,26 @@ async def test_a_tls_watch_the_consumer_left_is_gone_once_the_client_is_closed(
         await kube.aclose()
         server.close()
         await server.wait_closed()
+
+
+async def test_a_line_in_small_reads_on_aiohttps_path_is_copied_once_not_once_a_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # aiohttp's path (a proxy, a cookie) splits what its reader hands on: a peer that
+    # trickles a line in small reads must not make each read copy the line so far.
+    monkeypatch.setattr(kube_module, "MAX_LINE", 8 << 20)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + HANG
+
+    class Content:
+        async def iter_any(self) -> AsyncIterator[bytes]:
+            for _ in range(256 << 10):
+                yield b"x" * 16
+                assert loop.time() < deadline, "each small read copied the whole line again"
+            yield b"\n{}"
+
+    class Response:
+        content = Content()
+
+    lines = [line async for line in kube_module._lines(Response(), "WATCH /x", 60.0)]
+    assert lines == [b"x" * (4 << 20), b"{}"]
