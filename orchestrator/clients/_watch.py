@@ -18,6 +18,8 @@ The loop follows the pattern every mature Kubernetes client converges on
 3. A stream that **ends** (the server's ``timeoutSeconds``, a proxy cutting it)
    is reopened from the last version seen: no relist, no gap. So is a stream
    **silent** for longer than the server's own timeout: a half-open connection.
+   Streams that end at once without an event, one after another, are reopened after
+   a growing pause, so that whatever ends them is not asked again without end.
 4. **410 Gone** means the version is older than the server's history: relist,
    and compare with what we knew so that an object deleted while we were away
    is still reported as ``DELETED``.
@@ -39,6 +41,7 @@ whole again, so that a waiter can ask its authority more often meanwhile.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +54,9 @@ from .kube import KubeClient, Resource, WatchEvent
 
 #: Consecutive failures of one stream after which it is relisted rather than reopened.
 RELIST_AFTER_FAILURES = 3
+#: A stream that ends cleanly sooner than this after it opened, without a single event,
+#: is a very short one: reopened after a growing pause, not at once (see :func:`watch`).
+SHORT_STREAM = 1.0
 
 
 @dataclass
@@ -234,6 +240,8 @@ async def watch(
     health = _Health(on_impaired or _ignore, backoff or Backoff())
     note, synced = on_note or _ignore, on_synced or (lambda: None)
     view = _View()
+    #: Very short streams in a row; reset by a stream that brought an event or lasted.
+    short = Backoff()
     while True:
         try:
             if view.version is None:
@@ -243,6 +251,7 @@ async def watch(
             # One watch connection from the view's version, its events taken here rather
             # than in a generator of their own: each event resumes every generator between
             # the bytes and its consumer, and after an idle while each resumption runs cold.
+            opened, heard = time.monotonic(), False
             async for event in client.watch_stream(
                 resource,
                 namespace,
@@ -253,12 +262,28 @@ async def watch(
                 client_timeout=client_timeout,
                 on_open=health.live,
             ):
+                heard = True
                 if _filed(view, event):
                     yield event
             # A clean end of stream: the server's timeout, or someone cut it. Reopen from
             # where we were; a tiny jitter keeps a server that ends every stream at once
-            # from being hit in lockstep.
-            await anyio.sleep(random.uniform(0, 0.05))
+            # from being hit in lockstep. A stream that ended within a second without a
+            # single event (client-go's reflector calls it a "very short watch") says the
+            # server or something on the way ends every stream at once: reopening at once
+            # would ask it again and again, tens of times a second, for as long as the wait
+            # lasts. The pause grows as such streams follow each other; nothing is missed
+            # meanwhile, since each one starts from the last version seen.
+            if heard or time.monotonic() - opened >= min(SHORT_STREAM, server_timeout / 2):
+                short.reset()
+                await anyio.sleep(random.uniform(0, 0.05))
+            else:
+                delay = short.next_delay()
+                if short.failures > 1:
+                    note(
+                        f"watch {resource.plural}: the stream ended at once without an event "
+                        f"({short.failures} in a row); reopening in {delay:.2f} s"
+                    )
+                await anyio.sleep(delay)
         except (ClientError, _Relist) as exc:
             await _recover(exc, f"watch {resource.plural}", view, health, note)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,14 @@ from typing import Any
 import anyio
 import pytest
 
-from orchestrator.clients import PODS, HTTPStatusError, KubeClient, ProtocolError, TransportError
+from orchestrator.clients import (
+    PODS,
+    HTTPStatusError,
+    KubeClient,
+    ProtocolError,
+    TransportError,
+    watch,
+)
 from orchestrator.clients import kube as kube_module
 
 pytestmark = pytest.mark.anyio
@@ -239,3 +247,45 @@ async def test_a_closed_client_leaves_no_watch_connection(watching: Any) -> None
         await kube.peer.closed.wait()
         with pytest.raises(TransportError):
             await stream.__anext__()
+
+
+async def test_streams_that_end_at_once_are_reopened_after_a_growing_pause(watching: Any) -> None:
+    """A server that accepts every watch and ends it at once, without an event: the loop
+    reopens after a pause that grows from one such stream to the next (client-go's "very
+    short watch"), instead of asking again tens of times a second. Only lower bounds on
+    the pauses are checked: a loaded machine makes them longer, never shorter."""
+    opens: list[float] = []
+    fifth = anyio.Event()
+    peer: list[Peer] = []
+
+    async def script(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        if b"watch=true" in peer[0].requests[-1]:
+            opens.append(time.monotonic())
+            if len(opens) == 5:
+                fifth.set()
+            w.write(HEAD + b"0\r\n\r\n")
+        else:
+            body = json.dumps({"metadata": {"resourceVersion": "5"}, "items": []}).encode()
+            w.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+        await w.drain()
+
+    kube = await watching(script)
+    peer.append(kube.peer)  # type: ignore[attr-defined]
+    notes: list[str] = []
+
+    async def loop() -> None:
+        async for _event in watch(kube, PODS, "ns", on_note=notes.append):
+            pass
+
+    with anyio.fail_after(HANG):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(loop)
+            await fifth.wait()
+            tg.cancel_scope.cancel()
+    gaps = [b - a for a, b in zip(opens, opens[1:], strict=False)]
+    # Pauses drawn from [0.05, 0.1], [0.1, 0.2], [0.2, 0.4], [0.4, 0.8] s.
+    assert gaps[2] >= 0.2 and gaps[3] >= 0.4, gaps
+    assert any("ended at once without an event (2 in a row)" in n for n in notes), notes
