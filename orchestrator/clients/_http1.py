@@ -115,6 +115,17 @@ class AnswerTooLarge(Exception):
     """The answer's head or body is over this module's bounds."""
 
 
+def ends_at_close(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether an answer's body is delimited by the connection's close: neither a length
+    nor chunked coding (llhttp has framed the others, or refused them)."""
+    for name, value in headers:
+        if name == b"content-length":
+            return False
+        if name == b"transfer-encoding" and value.lower().rstrip().endswith(b"chunked"):
+            return False
+    return True
+
+
 class _Connection(asyncio.Protocol):
     """One connection; one exchange at a time, each fed to llhttp as its bytes arrive."""
 
@@ -177,7 +188,7 @@ class _Connection(asyncio.Protocol):
             return
         if self.exchanges > 1 and not self.sample:
             answer.set_exception(_Stale())
-        elif exc is None and self.status is not None and self._ends_at_close():
+        elif exc is None and self.status is not None and ends_at_close(self.headers):
             self._finish()  # the body is what came before the close (RFC 9112, 6.3)
         else:
             answer.set_exception(
@@ -231,16 +242,6 @@ class _Connection(asyncio.Protocol):
         self._finish()
 
     # -- the exchange --------------------------------------------------------------
-
-    def _ends_at_close(self) -> bool:
-        """Whether this answer's body is delimited by the connection's close: neither a
-        length nor chunked coding (llhttp has framed the others, or refused them)."""
-        for name, value in self.headers:
-            if name == b"content-length":
-                return False
-            if name == b"transfer-encoding" and value.lower().rstrip().endswith(b"chunked"):
-                return False
-        return True
 
     def _finish(self) -> None:
         self.complete = True

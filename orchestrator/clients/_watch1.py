@@ -15,7 +15,14 @@ from typing import Generic, TypeVar, cast
 
 import httptools
 
-from ._http1 import CONNECT_TIMEOUT, MAX_HEAD, AnswerTooLarge, ConnectionClosed, Http1Pool
+from ._http1 import (
+    CONNECT_TIMEOUT,
+    MAX_HEAD,
+    AnswerTooLarge,
+    ConnectionClosed,
+    Http1Pool,
+    ends_at_close,
+)
 
 T = TypeVar("T")
 
@@ -142,7 +149,7 @@ class WatchConnection(asyncio.Protocol, Generic[T]):
             self.lost.set_result(None)
         self._stop_timer()
         if self.failure is None and not self.ended:
-            if exc is None and self.status is not None and self._ends_at_close():
+            if exc is None and self.status is not None and ends_at_close(self.headers):
                 self._end()  # the body is what came before the close (RFC 9112, 6.3)
             else:
                 self.failure = exc or ConnectionClosed(
@@ -252,15 +259,6 @@ class WatchConnection(asyncio.Protocol, Generic[T]):
                 self.failure, self.refused = exc, True
                 return
         self.ended = True
-
-    def _ends_at_close(self) -> bool:
-        """Whether this answer's body is delimited by the connection's close."""
-        for name, value in self.headers:
-            if name == b"content-length":
-                return False
-            if name == b"transfer-encoding" and value.lower().rstrip().endswith(b"chunked"):
-                return False
-        return True
 
     def _check_silence(self) -> None:
         self._timer = None
