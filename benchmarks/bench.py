@@ -54,6 +54,7 @@ import json
 import os
 import platform
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -629,7 +630,15 @@ def write_readme(results: dict[str, Any]) -> None:
     README.write_text(text[: start + len(README_BEGIN)] + "\n" + table(results) + "\n" + text[end:])
 
 
+def _terminated(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main() -> int:
+    # SIGTERM ends the benchmark the way Ctrl-C does, through every ``finally``: by default
+    # it killed the process on the spot and left its test cluster running.
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, _terminated)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--testcluster", type=Path, default=os.environ.get("TESTCLUSTER_HOME"))
     p.add_argument("--kaito-crds", type=Path, default=os.environ.get("KAITO_CRDS_DIR"))
