@@ -174,6 +174,15 @@ class _Connection(asyncio.Protocol):
         self._unhanded += len(data)
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            # A 101: llhttp stops at its head. It is the answer to this read (a status no
+            # read asked for), said as aiohttp's path says it; the connection is done.
+            if self.status != 101:
+                self._fail(exc)
+                return
+            self.reusable = False
+            self._finish()
+            return
         except Exception as exc:  # llhttp's verdict, or a bound of ours from a callback
             self._fail(getattr(exc, "__context__", None) or exc)
             return
@@ -230,9 +239,9 @@ class _Connection(asyncio.Protocol):
         if self.complete:
             self.reusable = False
             return
-        if 100 <= (self.status or 0) < 200:
-            # An interim answer (103 Early Hints): the real one follows. (A 101 is
-            # refused by llhttp right after this, as an upgrade.)
+        if 100 <= (self.status or 0) < 200 and self.status != 101:
+            # An interim answer (103 Early Hints): the real one follows. (A 101 is final:
+            # llhttp stops at it, as an upgrade, and data_received ends the answer there.)
             self.status = None
             self.headers = []
             self._head_bytes = 0

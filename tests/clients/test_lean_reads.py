@@ -37,6 +37,7 @@ from hypothesis import strategies as st
 from orchestrator.clients import (
     PODS,
     ClientError,
+    HTTPStatusError,
     KubeClient,
     NotFound,
     RequestTimeout,
@@ -991,3 +992,26 @@ async def test_reads_from_the_test_cluster_go_on_one_kept_alive_tls_connection(
         assert kube._lean is not None and kube._lean.opened == 1
     finally:
         await kube.aclose()
+
+
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "aiohttp"])
+async def test_a_switching_answer_is_the_servers_status_on_either_path(
+    reading: Any, monkeypatch: pytest.MonkeyPatch, lean: bool
+) -> None:
+    """A 101 to a read is the server's status, named as such, on either path: not a broken
+    connection retried until the deadline (llhttp stops at a 101's head, as an upgrade)."""
+
+    async def switching(conn: Conn) -> None:
+        if await conn.request():
+            await conn.send(
+                b"HTTP/1.1 101 Switching\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n"
+            )
+
+    if not lean:
+        monkeypatch.setattr(KubeClient, "_lean_pool", lambda *_args: None)
+    async with reading(switching) as (peer, kube):
+        with pytest.raises(HTTPStatusError, match="answered 101") as caught:
+            await kube.get(PODS, "p", "ns")
+        assert caught.value.status == 101
+        assert (kube._lean is not None) == lean
+        assert len(peer.requests) == 1
