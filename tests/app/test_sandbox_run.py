@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
 import _zygote
@@ -19,8 +20,13 @@ from orchestrator._app import _SandboxLog
 STUB = ["--sandbox-fault", "stub_models=true"]
 
 
+def user_env() -> dict[str, str]:
+    """This environment without what would point a run at another cluster or a CI job."""
+    return {k: v for k, v in os.environ.items() if k not in ("CI", "KUBECONFIG", "API_URL")}
+
+
 def orchestrator(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("CI", "KUBECONFIG", "API_URL")}
+    env = user_env()
     env["COLUMNS"] = "40"  # a narrow log: nothing may be wrapped to fit it
     return subprocess.run(
         [sys.executable, "-m", "orchestrator", *args],
@@ -29,6 +35,21 @@ def orchestrator(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         capture_output=True,
         text=True,
         timeout=120,
+    )
+
+
+def started(
+    *args: str, cwd: Path, signals: Mapping[int, _zygote.Disposition] = _zygote.RUN_SIGNALS
+) -> subprocess.Popen[str]:
+    """``python -m orchestrator ARGS`` running, with ``signals`` at the dispositions given
+    whatever this session was started with (a test that sends one is its Ctrl-C)."""
+    return subprocess.Popen(
+        _zygote.with_signals([sys.executable, "-m", "orchestrator", *args], signals),
+        cwd=cwd,
+        env=user_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -88,18 +109,8 @@ def test_a_failed_sandbox_run_cleans_up_and_prints_no_dead_commands(tmp_path: Pa
 
 @pytest.mark.cluster
 def test_keep_sandbox_keeps_it_serving_until_ctrl_c(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in ("CI", "KUBECONFIG", "API_URL")}
     args = ["run", "--sandbox", "--keep-sandbox", *STUB, "--sandbox-fault", "crash_loop=true"]
-    # SIGINT at its default, whatever this session was started with: the test is its Ctrl-C.
-    argv = [sys.executable, "-m", "orchestrator", *args, "--artifacts-dir", str(tmp_path)]
-    proc = subprocess.Popen(
-        _zygote.with_signals(argv, _zygote.RUN_SIGNALS),
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = started(*args, "--artifacts-dir", str(tmp_path), cwd=tmp_path)
     try:
         assert proc.stdout is not None
         lines = []
@@ -130,17 +141,9 @@ def test_the_sandbox_command_started_with_sigint_ignored_keeps_ignoring_it(
     SIGINT then SIGTERM are sent once it serves: both are pending together and SIGINT
     (the lower number) would be taken first, so the exit code tells which one stopped it,
     143 for SIGTERM; 130 would mean a handler was put over the ignore."""
-    env = {k: v for k, v in os.environ.items() if k not in ("CI", "KUBECONFIG", "API_URL")}
-    argv = [sys.executable, "-m", "orchestrator", "sandbox", "--port", "0"]
-    proc = subprocess.Popen(
-        _zygote.with_signals(
-            [*argv, "--workdir", str(tmp_path)], {**_zygote.RUN_SIGNALS, signal.SIGINT: "ignore"}
-        ),
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    ignore_sigint: dict[int, _zygote.Disposition] = {**_zygote.RUN_SIGNALS, signal.SIGINT: "ignore"}
+    proc = started(
+        "sandbox", "--port", "0", "--workdir", str(tmp_path), cwd=tmp_path, signals=ignore_sigint
     )
     try:
         assert proc.stdout is not None
