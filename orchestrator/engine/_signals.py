@@ -51,6 +51,11 @@ class _Previous:
         held = getattr(loop, "_signal_handlers", None)
         self.handle: asyncio.Handle | None = held.get(sig) if isinstance(held, dict) else None
 
+    @property
+    def to_loop(self) -> bool:
+        """Whether it was a callback of the loop (one that is still live), put back there."""
+        return self.handle is not None and not self.handle.cancelled()
+
     def restore(self, loop: asyncio.AbstractEventLoop) -> None:
         """Put it back in one step from the run's handler, where the loop allows that.
 
@@ -64,7 +69,7 @@ class _Previous:
         other). uvloop's handlers cannot be reached: there, the default comes in between.
         """
         handle = self.handle
-        if handle is not None and not handle.cancelled():
+        if handle is not None and self.to_loop:
             callback: Callable[..., object] = handle._callback  # type: ignore[attr-defined]
             args: Sequence[Any] = handle._args
             loop.add_signal_handler(self.sig, callback, *args)
@@ -160,7 +165,7 @@ class SignalHandlers:
             previous = self._taken.pop()
             assert loop is not None
             # A callback of the same loop gets a pending signal from the loop itself.
-            to_loop = previous.handle is not None and not previous.handle.cancelled()
+            to_loop = previous.to_loop
             previous.restore(loop)
             sig = previous.sig
             if not to_loop and self._arrived.get(sig, 0) > self._dispatched.get(sig, 0):
