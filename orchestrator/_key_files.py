@@ -120,6 +120,14 @@ def key_files_in_memory(in_memory: bool | None = None) -> Iterator[set[str]]:
         written.remove()
 
 
+def forget_written(cfg: Any, written: set[str]) -> None:
+    """Clear the file names of a kubernetes-asyncio ``Configuration`` that the block wrote:
+    their content was read once, into the TLS context, and the names are gone since."""
+    for name in ("ssl_ca_cert", "cert_file", "key_file"):
+        if getattr(cfg, name, None) in written:
+            setattr(cfg, name, None)
+
+
 def _patch_loader() -> None:
     from kubernetes_asyncio.config import kube_config
 

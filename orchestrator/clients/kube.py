@@ -25,7 +25,7 @@ from urllib.parse import quote, urlencode
 import anyio
 import orjson
 
-from .._key_files import key_files_in_memory
+from .._key_files import forget_written, key_files_in_memory
 from ._errors import (
     ClientError,
     ProtocolError,
@@ -359,9 +359,7 @@ class KubeClient:
                 config_file=path, context=context, client_configuration=cfg
             )
             api = _api_client(cfg)
-        for name in ("ssl_ca_cert", "cert_file", "key_file"):
-            if getattr(cfg, name, None) in written:
-                setattr(cfg, name, None)  # read once, into the context; gone since
+        forget_written(cfg, written)
         return cls(api)
 
     @property

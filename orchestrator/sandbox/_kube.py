@@ -24,7 +24,7 @@ from aiohttp.helpers import get_env_proxy_for_url
 from kubernetes_asyncio import client, config
 from yarl import URL
 
-from .._key_files import key_files_in_memory
+from .._key_files import forget_written, key_files_in_memory
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +124,7 @@ class Kube:
         with key_files_in_memory() as written:
             await config.load_kube_config(config_file=str(path), client_configuration=cfg)
             api = _api_client(cfg)
-        for name in ("ssl_ca_cert", "cert_file", "key_file"):
-            if getattr(cfg, name, None) in written:
-                setattr(cfg, name, None)  # read once, into the context; gone since
+        forget_written(cfg, written)
         return cls(api, cluster_name=_cluster_name(path), local=local)
 
     async def close(self) -> None:
