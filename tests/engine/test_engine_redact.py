@@ -650,6 +650,20 @@ class ChildsPipe(io.StringIO):
             return False
 
 
+def _fork() -> int:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: on purpose
+        return os.fork()
+
+
+def _childs_output(read: int, write: int, pid: int) -> tuple[int, bytes]:
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        written = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), written
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
 def test_a_forked_child_writes_out_what_its_streams_held() -> None:
     # A child forked after a flush has the parent's stream and what it held, but not the
@@ -660,16 +674,11 @@ def test_a_forked_child_writes_out_what_its_streams_held() -> None:
     stream = redactor().stream(target, hold=0.05)
     stream.write("waiting for authoriz")
     stream.flush()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: on purpose
-        pid = os.fork()
+    pid = _fork()
     if pid == 0:  # pragma: no cover  (the child)
         os._exit(0 if target.seen.wait(60) else 1)
-    os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        written = pipe.read()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    code, written = _childs_output(read, write, pid)
+    assert code == 0
     assert written == b"waiting for authoriz"
 
 
@@ -686,20 +695,6 @@ class BlockedInParent(ChildsPipe):
             self.entered.set()
             self.go.wait(60)
         return super().write(text)
-
-
-def _fork() -> int:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: on purpose
-        return os.fork()
-
-
-def _childs_output(read: int, write: int, pid: int) -> tuple[int, bytes]:
-    os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        written = pipe.read()
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), written
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
