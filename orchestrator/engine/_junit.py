@@ -118,23 +118,19 @@ class _CachedCleaner(_Cleaner):
             self._generation = generation
 
     def text(self, text: str, limit: int) -> str:
+        return self._once(text, limit, clean_xml_text)
+
+    def message(self, text: str) -> str:
+        # No text limit is negative: the key cannot collide with a body's.
+        return self._once(text, -1, lambda text, _: _message(text))
+
+    def _once(self, text: str, limit: int, clean: Callable[[str, int], str]) -> str:
         if len(text) > self.MAX_CHARS:
-            return clean_xml_text(text, limit)
+            return clean(text, limit)
         key = (text, limit)
         done = self._done.get(key)
         if done is None:
-            done = self._done[key] = clean_xml_text(text, limit)
-            self._chars += len(text) + len(done)
-        return done
-
-    def message(self, text: str) -> str:
-        if len(text) > self.MAX_CHARS:
-            return _message(text)
-        # No text limit is negative: the key cannot collide with a body's.
-        key = (text, -1)
-        done = self._done.get(key)
-        if done is None:
-            done = self._done[key] = _message(text)
+            done = self._done[key] = clean(text, limit)
             self._chars += len(text) + len(done)
         return done
 
