@@ -36,9 +36,9 @@ import asyncio
 import re
 import ssl
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import cast
+from typing import Protocol, TypeVar, cast
 
 import httptools
 
@@ -402,24 +402,34 @@ class Http1Pool:
             conn.close()
         return None
 
-    async def _connect(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Connection:
+    async def connect(self, factory: Callable[[], _C], deadline: float) -> _C:
+        """A new connection to the server (its address, TLS context and server name) with
+        the protocol ``factory`` makes, by ``deadline`` (loop time) and within
+        :data:`CONNECT_TIMEOUT`: the pool's own, and a lean watch's. Raises what connecting
+        raised (refused, unreachable, a TLS handshake that failed), :class:`TimeoutError`,
+        or :class:`ConnectionError` if the pool is closed, or closed while it connected."""
         if self._closed:
-            raise Incomplete(ConnectionError("the client is closed"), None, b"", b"")
+            raise ConnectionError("the client is closed")
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout_at(min(deadline, loop.time() + CONNECT_TIMEOUT)):
+            transport, conn = await loop.create_connection(
+                factory,
+                self._host,
+                self._port,
+                ssl=self._tls,
+                server_hostname=self._server_hostname,
+            )
+        if self._closed:  # closed while this connection was made: aclose missed it
+            transport.close()
+            raise ConnectionError("the client is closed")
+        return conn
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Connection:
         try:
-            async with asyncio.timeout_at(min(deadline, loop.time() + CONNECT_TIMEOUT)):
-                _, conn = await loop.create_connection(
-                    lambda: _Connection(loop),
-                    self._host,
-                    self._port,
-                    ssl=self._tls,
-                    server_hostname=self._server_hostname,
-                )
-        except Exception as exc:  # refused, unreachable, a TLS handshake that failed
+            conn = await self.connect(lambda: _Connection(loop), deadline)
+        except Exception as exc:
             raise Incomplete(exc, None, b"", b"") from None
         self.opened += 1
-        if self._closed:  # closed while this connection was made
-            conn.close()
-            raise Incomplete(ConnectionError("the client is closed"), None, b"", b"")
         return conn
 
     def _release(self, conn: _Connection, loop: asyncio.AbstractEventLoop) -> None:
@@ -440,17 +450,40 @@ class Http1Pool:
         self._closed = True
         conns = [*self._idle, *self._busy]
         self._idle.clear()
-        for conn in conns:
-            conn.close()
-        pending = [conn.lost for conn in conns if not conn.lost.done()]
-        if pending:
-            await asyncio.wait(pending, timeout=CLOSE_GRACE)
-        for conn in conns:
-            if not conn.lost.done() and conn.transport is not None:
-                conn.transport.abort()
-        pending = [conn.lost for conn in conns if not conn.lost.done()]
-        if pending:
-            await asyncio.wait(pending)
+        await close_all(conns)
+
+
+class Closable(Protocol):
+    """A connection :func:`close_all` can end: the pool's, or a lean watch's."""
+
+    @property
+    def transport(self) -> asyncio.Transport | None: ...
+
+    @property
+    def lost(self) -> asyncio.Future[None]: ...
+
+    def close(self) -> None: ...
+
+
+_C = TypeVar("_C", bound=asyncio.BaseProtocol)
+
+
+async def close_all(conns: Iterable[Closable]) -> None:
+    """Close ``conns`` and wait until they are gone: a TLS goodbye gets
+    :data:`CLOSE_GRACE` seconds, then the connection is cut (its ``connection_lost``
+    comes on the loop's next step, waited for as long again at most)."""
+    conns = list(conns)
+    for conn in conns:
+        conn.close()
+    pending = [conn.lost for conn in conns if not conn.lost.done()]
+    if pending:
+        await asyncio.wait(pending, timeout=CLOSE_GRACE)
+    for conn in conns:
+        if not conn.lost.done() and conn.transport is not None:
+            conn.transport.abort()
+    pending = [conn.lost for conn in conns if not conn.lost.done()]
+    if pending:
+        await asyncio.wait(pending, timeout=CLOSE_GRACE)
 
 
 def _answer(

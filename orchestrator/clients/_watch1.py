@@ -317,18 +317,8 @@ async def open_watch(
     with ``head`` sent on it: a :class:`WatchConnection`. Raises :class:`TimeoutError`
     past :data:`CONNECT_TIMEOUT`, or what connecting raised (refused, TLS)."""
     loop = asyncio.get_running_loop()
-    if pool._closed:
-        raise ConnectionError("the client is closed")
-    async with asyncio.timeout(CONNECT_TIMEOUT):
-        _, conn = await loop.create_connection(
-            lambda: WatchConnection(loop, parse, silence, max_line),
-            pool._host,
-            pool._port,
-            ssl=pool._tls,
-            server_hostname=pool._server_hostname,
-        )
-    if pool._closed:  # the client closed while this connection was made: aclose missed it
-        conn.close()
-        raise ConnectionError("the client is closed")
+    conn = await pool.connect(
+        lambda: WatchConnection(loop, parse, silence, max_line), loop.time() + CONNECT_TIMEOUT
+    )
     conn.send(head)
     return conn

@@ -39,7 +39,7 @@ from ._errors import (
     status_error,
 )
 from ._exec_credential import EXEC_TIMEOUT, bounded_exec_provider
-from ._http1 import CLOSE_GRACE, Http1Pool, Incomplete, NotSendable
+from ._http1 import Http1Pool, Incomplete, NotSendable, close_all
 from ._retry import READS, RetryPolicy, bounded, heard
 from ._tls import bare_context, plain_http
 from ._watch1 import LineTooLong, WatchConnection, open_watch
@@ -1127,20 +1127,8 @@ class KubeClient:
 
 
 async def _close_all(conns: set[WatchConnection[WatchEvent]]) -> None:
-    """Close lean watches still open; a TLS goodbye gets :data:`CLOSE_GRACE` seconds."""
-    import asyncio
-
-    for conn in list(conns):
-        conn.close()
-    pending = [conn.lost for conn in conns if not conn.lost.done()]
-    if pending:
-        await asyncio.wait(pending, timeout=CLOSE_GRACE)
-    for conn in list(conns):
-        if not conn.lost.done() and conn.transport is not None:
-            conn.transport.abort()
-    pending = [conn.lost for conn in conns if not conn.lost.done()]
-    if pending:  # an abort's connection_lost comes on the loop's next step
-        await asyncio.wait(pending, timeout=CLOSE_GRACE)
+    """Close lean watches still open (:func:`._http1.close_all`) and forget them."""
+    await close_all(conns)
     conns.clear()
 
 
