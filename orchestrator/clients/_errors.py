@@ -189,7 +189,14 @@ class TooManyRequests(HTTPStatusError):
 
 
 class ServerError(HTTPStatusError):
-    """5xx."""
+    """5xx.
+
+    ``refusal`` marks a 5xx that the server gives the same request every time (the real
+    KubeFoundry answers an unknown provider and a body that is not JSON with 500): an
+    answer like a 4xx, which no retry policy retries.
+    """
+
+    refusal: bool = False
 
 
 class ProtocolError(ClientError):

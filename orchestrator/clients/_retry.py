@@ -111,7 +111,7 @@ class RetryPolicy:
 
     def retryable(self, exc: BaseException) -> bool:
         if isinstance(exc, ServerError):
-            return exc.status in self.server_statuses
+            return exc.status in self.server_statuses and not exc.refusal
         if isinstance(exc, ProtocolError):
             return self.protocol_errors
         return is_retryable(exc)

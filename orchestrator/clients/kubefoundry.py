@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -34,6 +35,7 @@ from ._errors import (
     ClientError,
     RequestTimeout,
     ResponseFormatError,
+    ServerError,
     TransportError,
     clip,
     excerpt,
@@ -52,6 +54,15 @@ INSTALL_TIMEOUT = httpx.Timeout(connect=10.0, read=600.0, write=30.0, pool=10.0)
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=10.0)
 
 JOURNAL_BODY_LIMIT = 8192
+
+#: 500s of the real backend that are refusals, not flakes (recorded: an unknown provider,
+#: a body that is not JSON): the same request always gets them, so they are not retried.
+#: Any other 5xx may pass (the first create after an install may meet KAITO's webhook
+#: still starting) and is.
+REFUSALS_500 = (
+    re.compile(r"Provider '.*' not found\. Available providers: "),
+    re.compile(r"JSON Parse error: "),
+)
 
 
 @dataclass
@@ -303,7 +314,7 @@ class KubeFoundryClient:
                         route=f"{method} {path}",
                     )
                 return status, body
-            raise status_error(
+            error = status_error(
                 status,
                 clip(_error_message(body, f"HTTP {status}"), 300, self._secrets),
                 method=method,
@@ -313,6 +324,9 @@ class KubeFoundryClient:
                 if status in (429, 503)
                 else None,
             )
+            if isinstance(error, ServerError) and status == 500:
+                error.refusal = any(r.match(error.message) for r in REFUSALS_500)
+            raise error
 
         def on_retry(exc: BaseException, wait: float) -> None:
             if self._on_retry:

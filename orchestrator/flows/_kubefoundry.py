@@ -36,6 +36,7 @@ from ..clients import (
     KubeClient,
     KubeFoundryClient,
     NotFound,
+    ServerError,
     WatchEvent,
     WatchHub,
 )
@@ -365,7 +366,9 @@ class KubeFoundryFlow:
             self.created.deployment = False
             raise PhaseFailed(f"create answered 409: {exc.message}") from None
         except HTTPStatusError as exc:
-            if exc.status < 500:
+            # A 4xx, or a 500 the backend gives as a refusal (an unknown provider), made
+            # nothing; any other 5xx may have come after the object was made.
+            if exc.status < 500 or (isinstance(exc, ServerError) and exc.refusal):
                 self.created.deployment = False
             raise
         for warning in created.warnings or []:
