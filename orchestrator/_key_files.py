@@ -42,6 +42,8 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
 
+from ._fileio import write_all
+
 #: The files the load in progress (in this task) has written, or None outside a block.
 _SCOPE: ContextVar[_Written | None] = ContextVar("orchestrator_key_files", default=None)
 #: Marks kubernetes-asyncio's loader as patched (once per process).
@@ -71,7 +73,7 @@ class _Written:
         if self.in_memory:
             fd = os.memfd_create("kubeconfig", os.MFD_CLOEXEC)
             self.descriptors.append(fd)
-            _write_all(fd, content)
+            write_all(fd, content)
             path = f"/proc/self/fd/{fd}"
             self.paths.add(path)
             return path
@@ -79,7 +81,7 @@ class _Written:
             self.directory = tempfile.mkdtemp(prefix="orchestrator-kubeconfig-")
         fd, path = tempfile.mkstemp(dir=self.directory)  # 0600, in a 0700 directory
         try:
-            _write_all(fd, content)
+            write_all(fd, content)
         finally:
             os.close(fd)
         self.paths.add(path)
@@ -92,12 +94,6 @@ class _Written:
         directory, self.directory = self.directory, None
         if directory is not None:
             shutil.rmtree(directory, ignore_errors=True)
-
-
-def _write_all(fd: int, content: bytes) -> None:
-    view = memoryview(content)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ import itertools
 import os
 from pathlib import Path
 
+from .._fileio import write_all
 from ._redact import redact
 
 #: How many taken temporary names a write tries past (each a leftover of a killed
@@ -44,9 +45,7 @@ def atomic_write_text(
             # mkstemp-like creation is owner-only under a strict umask; reports are
             # meant to be read by others.
             os.fchmod(fd, 0o644)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, data)
             if durable:
                 os.fsync(fd)
         finally:
