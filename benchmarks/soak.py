@@ -55,6 +55,7 @@ for helper in ("", "e2e", "faults", "hostile"):
 from hostile_harness import BACKEND_TOKEN, Hostile, secrets_shown  # noqa: E402
 from proxy import _BY_TARGET, BACKEND_TARGETS, KUBE_TARGETS, Mutation  # noqa: E402
 
+from orchestrator._signals import STOP_SIGNALS, with_signals  # noqa: E402
 from orchestrator.clients import PODS, SERVICES, KubeClient, NotFound, Resource  # noqa: E402
 from orchestrator.sandbox import Faults, Sandbox, SandboxOptions  # noqa: E402
 
@@ -163,16 +164,6 @@ def draw(seed: int) -> Draw:
     return d
 
 
-#: Resets the dispositions a run must start with, then runs the command. The interpreter
-#: that does it ignores SIGPIPE and SIGXFSZ itself; those go back to their defaults too.
-_LAUNCHER = (
-    "import os, signal, sys\n"
-    "for s in (signal.SIGINT, signal.SIGTERM, signal.SIGPIPE, signal.SIGXFSZ):\n"
-    "    signal.signal(s, signal.SIG_DFL)\n"
-    "os.execvp(sys.argv[1], sys.argv[1:])\n"
-)
-
-
 def signalable(argv: list[str]) -> list[str]:
     """``argv``, started so that the signal the soak sends reaches the run.
 
@@ -181,9 +172,7 @@ def signalable(argv: list[str]) -> list[str]:
     to every run: each signalled run would then count as a wrong exit code. Only then is
     the command started through a launcher that gives the run the defaults.
     """
-    if all(signal.getsignal(s) is not signal.SIG_IGN for s in (signal.SIGINT, signal.SIGTERM)):
-        return argv
-    return [sys.executable, "-I", "-S", "-c", _LAUNCHER, *argv]
+    return with_signals(argv, {sig: "default" for sig in STOP_SIGNALS})
 
 
 async def leaks(sb: Sandbox, name: str) -> list[str]:

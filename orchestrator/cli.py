@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._keys import BOOLEAN_KEYS, KEYS, TOKEN_ENV, ConfigError
+from ._signals import ignored
 from ._version import __version__
 
 if TYPE_CHECKING:
@@ -338,7 +339,7 @@ def entry() -> int:
     # default of dying on the spot. Once the run's event loop starts, its own handlers
     # take over: they stop the flows instead. A SIGTERM the process was started with
     # ignored stays ignored, as an ignored SIGINT does (Python keeps that one itself).
-    if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
+    if not ignored(signal.SIGTERM):
         signal.signal(signal.SIGTERM, _terminated)
     code = main(own_process=True)
     # The work is done and every client closed: freezing spares the interpreter's final

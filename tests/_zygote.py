@@ -54,10 +54,14 @@ import threading
 import types
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 import anyio.abc
+
+# The launcher that starts a child at chosen dispositions: the soak (benchmarks/soak.py)
+# starts its runs through the same one.
+from orchestrator._signals import Disposition, with_signals
 
 #: What a run imports, by the modules that pull the rest in (taken from a real run's
 #: ``sys.modules``). More or fewer only change what is saved, never what a run does.
@@ -655,9 +659,6 @@ class ForkedProcess(anyio.abc.Process):
             raise
 
 
-#: How a child starts with a signal: at its default, or ignored.
-Disposition = Literal["default", "ignore"]
-
 #: What run children start with unless a test asks otherwise: SIGINT and SIGTERM at their
 #: defaults, as from a terminal's foreground, whatever this session was started with. A
 #: session started in the background of a shell without job control ignores SIGINT (one
@@ -665,40 +666,6 @@ Disposition = Literal["default", "ignore"]
 #: orchestrator keeps an inherited ignore: its Ctrl-C tests would then test nothing, and
 #: the SIGTERM that stops a run at its deadline (``drive``) would not stop it.
 RUN_SIGNALS: Mapping[int, Disposition] = {signal.SIGINT: "default", signal.SIGTERM: "default"}
-
-#: Sets the dispositions its arguments name ("2=ignore 15=default ... --"), then ``exec``s
-#: the rest (found on PATH, as ``subprocess`` finds it): dispositions that ``exec`` keeps
-#: (an ignore) or resets (a handler) alike. SIGPIPE and SIGXFSZ, which the launcher's own
-#: interpreter ignores, go back to their defaults first, as ``subprocess`` sets them for a
-#: child it starts directly: the command must not inherit the launcher's ignores.
-_LAUNCHER = (
-    "import os, signal, sys\n"
-    "for sig in (signal.SIGPIPE, signal.SIGXFSZ):\n"
-    "    signal.signal(sig, signal.SIG_DFL)\n"
-    "end = sys.argv.index('--')\n"
-    "for item in sys.argv[1:end]:\n"
-    "    number, how = item.split('=')\n"
-    "    signal.signal(int(number), signal.SIG_IGN if how == 'ignore' else signal.SIG_DFL)\n"
-    "os.execvp(sys.argv[end + 1], sys.argv[end + 1:])\n"
-)
-
-
-def with_signals(argv: Sequence[str], signals: Mapping[int, Disposition]) -> list[str]:
-    """``argv``, started so that it finds each of ``signals`` at the disposition given.
-
-    A disposition this process would hand down anyway needs nothing (``exec`` keeps an
-    ignore and resets a handler to the default); any other goes through a small launcher
-    that sets it, then ``exec``s ``argv`` (one short interpreter start, only then).
-    """
-    change = {
-        int(sig): how
-        for sig, how in signals.items()
-        if (how == "ignore") != (signal.getsignal(sig) is signal.SIG_IGN)
-    }
-    if not change:
-        return list(argv)
-    settings = [f"{sig}={how}" for sig, how in change.items()]
-    return [sys.executable, "-I", "-S", "-c", _LAUNCHER, *settings, "--", *argv]
 
 
 async def fork(

@@ -31,13 +31,10 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
-#: The signals that stop a run: Ctrl-C and a polite ``kill`` (a CI job's timeout).
-STOP_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
+# The command line and the sandbox need these too, and may not import the engine.
+from .._signals import STOP_SIGNALS, ignored
 
-
-def ignored(sig: signal.Signals) -> bool:
-    """Whether the process ignores ``sig`` (as it was started, or as a program set it)."""
-    return signal.getsignal(sig) is signal.SIG_IGN
+__all__ = ["STOP_SIGNALS", "SignalHandlers", "ignored"]
 
 
 class _Previous:

@@ -20,8 +20,11 @@ import sys
 import threading
 from typing import Any
 
-#: The signals that stop a server (the sandbox sends SIGTERM; a terminal's Ctrl-C).
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# The signals that stop a server (the sandbox sends SIGTERM; a terminal's Ctrl-C): those
+# that stop a run.
+from .._signals import STOP_SIGNALS, ignored
+
+__all__ = ["STOP_SIGNALS", "main", "server_params"]
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -89,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     for sig in STOP_SIGNALS:
         if sig.name in args.ignore_signal:
             signal.signal(sig, signal.SIG_IGN)
-        elif signal.getsignal(sig) is not signal.SIG_IGN:
+        elif not ignored(sig):
             signal.signal(sig, lambda *_: stop.set())
 
     import xllamacpp  # imported late: it is heavy, and argument errors should not wait for it

@@ -24,8 +24,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from .._signals import STOP_SIGNALS, ignored
 from .faults import SandboxState
-from .model_server import STOP_SIGNALS
 
 log = logging.getLogger(__name__)
 
@@ -240,11 +240,7 @@ class ModelProcess:
         # The stop signals this process ignores, named: the server keeps ignoring them
         # (model_server.py), also where the event loop's spawn does not hand an ignore
         # down (uvloop resets every disposition in its children).
-        ignored = [
-            f"--ignore-signal={sig.name}"
-            for sig in STOP_SIGNALS
-            if signal.getsignal(sig) is signal.SIG_IGN
-        ]
+        ignores = [f"--ignore-signal={sig.name}" for sig in STOP_SIGNALS if ignored(sig)]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log_file:
             self._proc = await asyncio.create_subprocess_exec(
@@ -257,7 +253,7 @@ class ModelProcess:
                 self.alias,
                 "--model",
                 str(self.model),
-                *ignored,
+                *ignores,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log_file,
