@@ -488,3 +488,28 @@ async def test_real_crds_accept_what_the_stand_ins_write(
         assert dgd["status"]["conditions"][0]["reason"] == "all_resources_are_ready"
         assert dgd["spec"]["services"]["VllmWorker"]["resources"]["limits"]["gpu"] == "1"
         assert "router-mode" not in dgd["spec"]["services"]["Frontend"]  # not in the schema
+
+
+@pytest.mark.parametrize(
+    "service_status, phase",
+    [
+        ("Running", "Running"),
+        # KubeFoundry compares with "Running" exactly: anything else, in any case, is Pending
+        # (docs: PROVIDERS.md, status table), so a stand-in that read more as Running would
+        # pass a wait the real backend never ends.
+        ("running", "Pending"),
+        ("Ready", "Pending"),
+        ("ready", "Pending"),
+        ("", "Pending"),
+        (None, "Pending"),
+    ],
+)
+def test_kuberay_phase_is_running_only_for_service_status_running(
+    service_status: str | None, phase: str
+) -> None:
+    from orchestrator.sandbox._kubefoundry import providers
+
+    status = {} if service_status is None else {"serviceStatus": service_status}
+    service = {"metadata": {"name": "ray-llm", "namespace": NS}, "spec": {}, "status": status}
+    answer = providers.deployment_status(service, providers.KUBERAY, Faults().defects)
+    assert answer["phase"] == phase

@@ -824,11 +824,9 @@ def _kuberay_status(obj: JSON) -> JSON:
     model_id = re.search(r"model_id:\s*[\"']?([^\"'\n]+)[\"']?", serve)
     groups = (spec.get("rayClusterConfig") or {}).get("workerGroupSpecs") or []
     spec_replicas = sum(int(g.get("replicas") or 0) for g in groups)
-    phase = (
-        "Running"
-        if str(status.get("serviceStatus", "")).lower() in ("running", "ready")
-        else "Pending"
-    )
+    # The backend compares with "Running" exactly; its Failed/Deploying branches test
+    # values KubeRay >= 1.3 never writes, so every other value is Pending.
+    phase = "Running" if status.get("serviceStatus") == "Running" else "Pending"
     available = int(cluster.get("availableWorkerReplicas") or 0)
     return {
         "name": name,
