@@ -26,6 +26,41 @@ import aiohttp
 import httpx
 from yarl import URL
 
+from ._http1 import MAX_INTERIM, InterimFlood
+
+
+class BoundedResponse(aiohttp.ClientResponse):
+    """aiohttp's response, taking at most :data:`MAX_INTERIM` interim (1xx) answers before
+    the final one (aiohttp takes any number: a peer could hold the request with them for
+    ever); past that, :class:`InterimFlood`, and aiohttp closes the connection.
+
+    Sessions made with it as their ``response_class``: the backend transport's, the
+    Kubernetes client's (its reads' session and its ApiClient's). The count is kept on
+    the way each message of the head is read, once per answer: nothing per byte.
+    """
+
+    async def start(self, connection: Any) -> aiohttp.ClientResponse:
+        protocol = connection.protocol
+        if protocol is None:
+            return await super().start(connection)
+        read = protocol.read
+        interim = 0
+
+        async def counted() -> Any:
+            nonlocal interim
+            message, payload = await read()
+            if 100 <= message.code < 200 and message.code != 101:
+                interim += 1
+                if interim > MAX_INTERIM:
+                    raise InterimFlood()
+            return message, payload
+
+        protocol.read = counted  # this answer's head only: the connection's own after
+        try:
+            return await super().start(connection)
+        finally:
+            del protocol.read
+
 
 class _Body(httpx.AsyncByteStream):
     """The response body, read as it arrives; errors mid-body become httpx errors."""
@@ -89,6 +124,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 auto_decompress=False,  # httpx decodes, as it would with its own transport
                 trust_env=False,  # proxies from the environment are routed by httpx
                 cookie_jar=aiohttp.DummyCookieJar(),  # httpx keeps the cookies
+                response_class=BoundedResponse,
             )
         return self._session
 
@@ -111,6 +147,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             )
         except _NETWORK_FAILURES as exc:
             raise _map(exc, request, connected=False) from exc
+        except InterimFlood as exc:
+            # An httpx error as the transport's others are; the cause tells the client it
+            # is the peer's protocol, not a flake.
+            raise httpx.RemoteProtocolError(str(exc), request=request) from exc
         return httpx.Response(
             response.status,
             headers=list(response.raw_headers),

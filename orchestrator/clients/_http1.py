@@ -54,6 +54,11 @@ MAX_HEAD = 64 * 1024
 MAX_BODY = 512 * 1024 * 1024
 #: The most gzip members a body may have (aiohttp's bound): each is a decoder to set up.
 MAX_DECODED_MEMBERS = 1024
+#: The most interim answers (1xx: 100 Continue, 103 Early Hints) taken before the final
+#: one. A server sends one or two; HTTP sets no bound, so a peer could send them without
+#: end, each a whole message (no byte bound meets it) and each a sign of life (no silence
+#: meets it), holding a request until its deadline and a watch for ever.
+MAX_INTERIM = 8
 #: How many bytes of the wire an :class:`Incomplete` keeps, for the error to quote.
 SAMPLE = 256
 #: What the reads accept: as aiohttp's default, without what the decoder below lacks.
@@ -115,6 +120,15 @@ class AnswerTooLarge(Exception):
     """The answer's head or body is over this module's bounds."""
 
 
+class InterimFlood(Exception):
+    """More than :data:`MAX_INTERIM` interim (1xx) answers before the final one: a peer
+    that would hold the request for ever. Said the same on every path (the lean ones,
+    aiohttp's), and a protocol error to the callers, not a flake to retry."""
+
+    def __init__(self) -> None:
+        super().__init__(f"over {MAX_INTERIM} interim (1xx) answers before the answer")
+
+
 def ends_at_close(headers: list[tuple[bytes, bytes]]) -> bool:
     """Whether an answer's body is delimited by the connection's close: neither a length
     nor chunked coding (llhttp has framed the others, or refused them)."""
@@ -147,6 +161,7 @@ class _Connection(asyncio.Protocol):
         self.body = bytearray()
         self.sample = b""
         self._head_bytes = 0
+        self._interim = 0
         #: Bytes fed since llhttp last handed over a header, the head's end or a piece of
         #: body: a line still arriving, which httptools keeps adding together until it
         #: ends. Bounded as it grows, not once it ends, which a peer may never let happen.
@@ -242,6 +257,9 @@ class _Connection(asyncio.Protocol):
         if 100 <= (self.status or 0) < 200 and self.status != 101:
             # An interim answer (103 Early Hints): the real one follows. (A 101 is final:
             # llhttp stops at it, as an upgrade, and data_received ends the answer there.)
+            self._interim += 1
+            if self._interim > MAX_INTERIM:
+                raise InterimFlood()
             self.status = None
             self.headers = []
             self._head_bytes = 0

@@ -18,9 +18,11 @@ import httptools
 from ._http1 import (
     CONNECT_TIMEOUT,
     MAX_HEAD,
+    MAX_INTERIM,
     AnswerTooLarge,
     ConnectionClosed,
     Http1Pool,
+    InterimFlood,
     ends_at_close,
 )
 
@@ -49,8 +51,9 @@ class WatchConnection(asyncio.Protocol, Generic[T]):
       first, then the failure, as a line-by-line reader would have met them.
     - ``failure`` is what ended the stream: what ``parse`` raised, :class:`TimeoutError`
       after ``silence`` seconds without a byte (a half-open connection, a stalled peer),
-      :class:`LineTooLong`, :class:`AnswerTooLarge` for a head over :data:`MAX_HEAD`, a
-      broken connection, llhttp's verdict on broken HTTP. ``ended`` says the answer
+      :class:`LineTooLong`, :class:`AnswerTooLarge` for a head over :data:`MAX_HEAD`,
+      :class:`InterimFlood` past :data:`MAX_INTERIM` interim answers, a broken
+      connection, llhttp's verdict on broken HTTP. ``ended`` says the answer
       ended cleanly (its last line, without a newline, parsed too).
     - A non-200 answer's body is kept in ``body`` (up to :data:`MAX_ERROR_BODY` bytes) for
       the caller's error; its lines are not parsed.
@@ -94,6 +97,7 @@ class WatchConnection(asyncio.Protocol, Generic[T]):
         #: that quadratic, a core busy for minutes on a line under MAX_LINE).
         self._pending = bytearray()
         self._head_bytes = 0
+        self._interim = 0
         self._unhanded = 0
         self._last = loop.time()
         self._timer: asyncio.TimerHandle | None = None
@@ -173,6 +177,9 @@ class WatchConnection(asyncio.Protocol, Generic[T]):
         if 100 <= status < 200 and status != 101:
             # An interim answer (103 Early Hints): the real one follows. (A 101 is
             # final: llhttp stops at it, as an upgrade, and data_received ends there.)
+            self._interim += 1
+            if self._interim > MAX_INTERIM:
+                raise InterimFlood()
             self.headers = []
             self._head_bytes = 0
             return

@@ -39,7 +39,7 @@ from ._errors import (
     status_error,
 )
 from ._exec_credential import EXEC_TIMEOUT, bounded_exec_provider
-from ._http1 import Http1Pool, Incomplete, NotSendable, close_all
+from ._http1 import Http1Pool, Incomplete, InterimFlood, NotSendable, close_all
 from ._retry import READS, RetryPolicy, bounded, heard
 from ._tls import bare_context, plain_http
 from ._watch1 import LineTooLong, WatchConnection, open_watch
@@ -88,6 +88,19 @@ class _NoCaBundle:
         import ssl
 
         return getattr(ssl, name)
+
+
+def _bound_interim(api: Any) -> None:
+    """Let the ApiClient's session take only a few interim (1xx) answers before the final
+    one (``BoundedResponse``): aiohttp takes any number, and a peer sending them without
+    end would hold a watch for ever and a request until its deadline. Set on the session
+    kubernetes-asyncio made (its response class is read at each request); a stand-in
+    ApiClient without one is left as it is."""
+    session = getattr(getattr(api, "rest_client", None), "pool_manager", None)
+    if session is not None and hasattr(session, "_response_class"):
+        from ._aiohttp_transport import BoundedResponse
+
+        session._response_class = BoundedResponse
 
 
 @dataclass(frozen=True)
@@ -306,6 +319,7 @@ class KubeClient:
 
     def __init__(self, api: ApiClient) -> None:
         self._api = api
+        _bound_interim(api)
         self.requests_sent = 0
         self.watches_opened = 0
         #: The session reads are sent on, and what each read passes it (see _open_reader).
@@ -408,6 +422,7 @@ class KubeClient:
             connector_owner=False,
             cookie_jar=own.cookie_jar,
             read_bufsize=2**21,  # as kubernetes-asyncio's own session
+            response_class=own._response_class,  # BoundedResponse (see _bound_interim)
         )
         extra: dict[str, Any] = {}
         if rest.proxy:
@@ -1154,7 +1169,7 @@ def _watch_request(
     return path, f"WATCH {path}", query, server_timeout + 15.0
 
 
-def _unanswered(path: str, exc: BaseException | None) -> TransportError:
+def _unanswered(path: str, exc: BaseException | None) -> ClientError:
     """A lean watch that failed before its answer's head: as :meth:`KubeClient.open`
     says it on aiohttp's path."""
     if isinstance(exc, TimeoutError):
@@ -1263,9 +1278,16 @@ def _broken(
     exc: BaseException,
     elapsed: float | None = None,
     arrived: bytes = b"",
-) -> TransportError:
+) -> ClientError:
     """The transport failed: before an answer (``status`` None) or while reading its body;
-    ``elapsed`` and what ``arrived`` on the wire are quoted when known."""
+    ``elapsed`` and what ``arrived`` on the wire are quoted when known. A peer's endless
+    interim answers are its protocol (a :class:`ProtocolError`, not retried): another try
+    would meet them again."""
+    if isinstance(exc, InterimFlood):
+        route = f"{method} {path}"
+        return ProtocolError(
+            f"{route}: {exc}", route=route, excerpt=excerpt(arrived) if arrived else ""
+        )
     detail = f"{type(exc).__name__}: {excerpt(str(exc), 200)}"
     if elapsed is not None:
         detail += f", after {elapsed:.3f} s"

@@ -33,6 +33,7 @@ from . import _models as m
 from ._aiohttp_transport import AiohttpTransport
 from ._errors import (
     ClientError,
+    ProtocolError,
     RequestTimeout,
     ResponseFormatError,
     ServerError,
@@ -43,6 +44,7 @@ from ._errors import (
     redact,
     status_error,
 )
+from ._http1 import InterimFlood
 from ._retry import GATEWAY_ERRORS, RetryPolicy, bounded
 from ._tls import context_for
 
@@ -235,14 +237,18 @@ class KubeFoundryClient:
             except httpx.TimeoutException as exc:
                 failure = self._timed_out(route, started, status, received, type(exc).__name__)
             except Exception as exc:
-                failure = TransportError(
-                    f"{route}: {type(exc).__name__}: {clip(str(exc), 200, self._secrets)}".rstrip(
-                        ": "
+                if isinstance(exc.__cause__, InterimFlood):
+                    # Endless interim answers: the peer's protocol, which another try would
+                    # meet again (a flake is retried; this is not).
+                    failure = ProtocolError(f"{route}: {exc.__cause__}", route=route)
+                else:
+                    failure = TransportError(
+                        f"{route}: {type(exc).__name__}: "
+                        f"{clip(str(exc), 200, self._secrets)}".rstrip(": ")
+                        + (f" after {len(received)} bytes of the answer" if status else ""),
+                        method=method,
+                        url=shown,
                     )
-                    + (f" after {len(received)} bytes of the answer" if status else ""),
-                    method=method,
-                    url=shown,
-                )
         if failure is None and not whole:
             failure = self._timed_out(route, started, status, received, "")
         if failure is not None:
