@@ -375,10 +375,56 @@ class KubeFoundryFlow:
             ctx.log(f"backend warning: {warning}")
         ctx.log(f"created deployment {created.name} in {created.namespace} ({created.message})")
 
+    async def _backend_status(self, ctx: PhaseContext) -> DeploymentStatus:
+        """The backend's status of the deployment, once the backend stops answering 404
+        for a workload the cluster has.
+
+        The backend turns every failure to read a deployment (its Kubernetes client timing
+        out, the API server busy) into ``404 Deployment not found`` (KUBEFOUNDRY.md), so a
+        404 here is weighed before it ends the wait: from a backend that says it is not
+        connected to the cluster, it fails the phase saying so; with the workload gone from
+        the cluster, the deployment vanished; with the workload there, the 404 is a
+        finding, and the backend is asked again after a short pause (the cluster may not
+        change again for a long while, so its events cannot be what wakes the next try).
+        """
+        d, p = self.deployment, self.profile
+        delay = 0.1
+        while True:
+            try:
+                return await call_backend(self.api.get_deployment(d.name, d.namespace))
+            except NotFound as exc:
+                answer = f"GET /api/deployments/{d.name} answered 404 ({exc.message})"
+            cluster, workload = await side_by_side(
+                call_backend(self.api.cluster_status()), _Cluster(self).workload()
+            )
+            status = cluster.result()
+            if not status.connected:
+                raise PhaseFailed(
+                    f"{answer}, and the backend is not connected to the cluster "
+                    f"({status.error or 'no reason given'}): its 404 proves nothing"
+                )
+            obj = workload.result()
+            where = f"{p.workload_kind} {d.namespace}/{d.name}"
+            if obj is None:
+                raise PhaseFailed(
+                    f"{answer}, and the {where} is not in the cluster: the deployment "
+                    "vanished while the run waited for it"
+                )
+            deleting = (obj.get("metadata") or {}).get("deletionTimestamp")
+            ctx.finding(
+                "backend-404-while-deployed",
+                f"{answer} while the {where} is in the cluster"
+                + (f" (being deleted since {deleting})" if deleting else "")
+                + ": the backend turns a failure to read it into 404",
+                fact="docs/PROVIDERS.md#backend-404-while-deployed",
+            )
+            ctx.progress(f"{answer} while the {where} is in the cluster; asking again")
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
     async def _read_status(self, ctx: PhaseContext) -> tuple[DeploymentStatus, Readiness]:
         """The backend's status of the deployment and the profile's reading of it."""
-        d = self.deployment
-        st = await call_backend(self.api.get_deployment(d.name, d.namespace), not_found_fails=True)
+        st = await self._backend_status(ctx)
         cluster = _Cluster(self)
         reading = await self.profile.readiness(st, cluster)
         if reading.ready and cluster.cached:
@@ -389,9 +435,7 @@ class KubeFoundryFlow:
             # A finding says the backend's answer disagrees with the cluster, but that answer
             # was read before the cluster was: the cluster may just have moved on (an operator
             # marking its resource failed in between). Decide on an answer read after it.
-            st = await call_backend(
-                self.api.get_deployment(d.name, d.namespace), not_found_fails=True
-            )
+            st = await self._backend_status(ctx)
             reading = await self.profile.readiness(st, _Cluster(self, fresh=True))
         for finding in reading.findings:
             ctx.finding(finding.name, finding.message, finding.fact)

@@ -532,3 +532,82 @@ async def test_unreadable_events_are_noted_and_wait_ready_passes(tmp_path: Path)
     assert "image_pull" not in ready.properties and "image" not in ready.properties
     noted = [line for line in record.log if "image pull time not read" in line]
     assert len(noted) == 1 and "field label not supported" in noted[0], record.log
+
+
+class NotFoundWhileDeployed(FakeBackend):
+    """The real backend's GET of a deployment turns *every* failure to read it (its
+    Kubernetes client timing out, the API server busy) into ``404 Deployment not found``
+    (KUBEFOUNDRY.md): after the create, the next ``misses`` GETs answer so, while the
+    workload is in the cluster all along; ``connected`` is what its cluster status says."""
+
+    def __init__(self, *args: Any, misses: int, connected: bool = True) -> None:
+        super().__init__(*args)
+        self.misses = misses
+        self.connected = connected
+        self.created = False
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path == "/api/cluster/status":
+            self.requests.append((request.method, path))
+            body: dict[str, Any] = {"connected": self.connected}
+            if not self.connected:
+                body["error"] = "connect ECONNREFUSED 127.0.0.1:6443"
+            return httpx.Response(200, json=body)
+        getting = request.method == "GET" and path.count("/") == 3
+        if getting and path.startswith("/api/deployments/") and self.created and self.misses:
+            self.misses -= 1
+            self.requests.append(("GET", path))
+            return httpx.Response(
+                404, json={"error": {"message": "Deployment not found", "statusCode": 404}}
+            )
+        response = super().handle(request)
+        self.created = self.created or response.status_code == 201
+        return response
+
+
+async def test_a_404_while_the_workload_is_there_is_a_finding_and_the_wait_goes_on(
+    tmp_path: Path,
+) -> None:
+    backend = NotFoundWhileDeployed(FakeCluster(), kaito_workload(), misses=2)
+    _, record = await run(KaitoProfile(), backend, tmp_path)
+    wait_ready = next(p for p in record.phases if p.name == "wait_ready")
+    assert wait_ready.status == "passed", wait_ready.reason
+    assert [f.name for f in wait_ready.findings] == ["backend-404-while-deployed"]
+    message = wait_ready.findings[0].message
+    assert "Deployment not found" in message and "Workspace kaito-workspace/" in message
+    assert backend.misses == 0  # both 404s were met, and the wait asked again after them
+    assert record.exit_code == 0 and set(statuses(record).values()) == {"passed"}
+    assert backend.cluster.objects == {}
+
+
+async def test_a_404_from_a_backend_without_its_cluster_fails_wait_ready_saying_so(
+    tmp_path: Path,
+) -> None:
+    backend = NotFoundWhileDeployed(FakeCluster(), kaito_workload(), misses=1, connected=False)
+    _, record = await run(KaitoProfile(), backend, tmp_path)
+    wait_ready = next(p for p in record.phases if p.name == "wait_ready")
+    assert wait_ready.status == "failed"
+    reason = wait_ready.reason or ""
+    assert "not connected to the cluster (connect ECONNREFUSED 127.0.0.1:6443)" in reason, reason
+    assert "Deployment not found" in reason
+    assert record.cleanup.status == "passed", record.cleanup.reason
+
+
+async def test_a_404_once_the_workload_is_gone_fails_wait_ready_as_vanished(
+    tmp_path: Path,
+) -> None:
+    cluster = FakeCluster()
+    backend = NotFoundWhileDeployed(cluster, kaito_workload(), misses=1)
+    original = backend._make
+
+    def made_then_lost(name: str, ns: str) -> None:
+        original(name, ns)
+        del cluster.objects[(WORKSPACES.plural, ns, name)]  # deleted behind the run's back
+
+    backend._make = made_then_lost  # type: ignore[method-assign]
+    _, record = await run(KaitoProfile(), backend, tmp_path)
+    wait_ready = next(p for p in record.phases if p.name == "wait_ready")
+    assert wait_ready.status == "failed" and wait_ready.findings == []
+    reason = wait_ready.reason or ""
+    assert "Workspace kaito-workspace/integration-test-llama is not in the cluster" in reason
