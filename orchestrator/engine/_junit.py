@@ -16,9 +16,10 @@ from collections.abc import Callable, Sequence
 from datetime import UTC
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 from ._atomic import atomic_write_text
-from ._record import PhaseRecord, RunRecord, utcnow
+from ._record import PhaseKind, PhaseRecord, PhaseStatus, RunRecord, utcnow
 from ._redact import redact, redactor
 
 MESSAGE_MAX_CHARS = 1024
@@ -148,54 +149,76 @@ def _seconds(value: float | None) -> str:
     return f"{max(0.0, value or 0.0):.3f}"
 
 
-def _testcase_name(index: int, record: PhaseRecord) -> str:
-    return f"{index:02d} {record.title}"
+class _Case(NamedTuple):
+    """Everything a testcase is built from, taken from its run and phase records.
+
+    :func:`_testcase` is given this and nothing else, and the whole of it is the key
+    under which the built testcase is kept (:class:`_CachedCleaner`): a field that the
+    testcase starts to show has to be added here, and is then part of the key too. So a
+    testcase is reused only when everything it shows is as it was.
+    """
+
+    suite: str
+    #: Its place in the run, from 1.
+    number: int
+    title: str
+    kind: PhaseKind
+    status: PhaseStatus
+    reason: str | None
+    detail: str | None
+    duration: float | None
+    timed_out: bool
+    allowed: float | None
+    #: Each finding as its one line.
+    findings: tuple[str, ...]
+
+    @classmethod
+    def of(cls, record: RunRecord, index: int, phase: PhaseRecord) -> _Case:
+        return cls(
+            record.suite,
+            index,
+            phase.title,
+            phase.kind,
+            phase.status,
+            phase.reason,
+            phase.detail,
+            phase.duration,
+            phase.timed_out,
+            phase.allowed,
+            tuple(f.line() for f in phase.findings),
+        )
 
 
-def _failure_message(record: PhaseRecord) -> str:
-    reason = record.reason or record.status
+def _testcase_name(case: _Case) -> str:
+    return f"{case.number:02d} {case.title}"
+
+
+def _failure_message(case: _Case) -> str:
+    reason = case.reason or case.status
     # Timeout reasons already start with the title; do not say it twice.
-    named = reason if reason.startswith(record.title) else f"{record.title}: {reason}"
-    return named if record.allowed is None else f"{named} (deadline {record.allowed:.1f} s)"
+    named = reason if reason.startswith(case.title) else f"{case.title}: {reason}"
+    return named if case.allowed is None else f"{named} (deadline {case.allowed:.1f} s)"
 
 
-def _case_key(record: RunRecord, index: int, phase: PhaseRecord) -> tuple[object, ...]:
-    """Everything :func:`_testcase` reads: a testcase built from the same is the same."""
-    return (
-        "testcase",
-        record.suite,
-        index,
-        phase.title,
-        phase.kind,
-        phase.status,
-        phase.reason,
-        phase.detail,
-        phase.duration,
-        phase.timed_out,
-        phase.allowed,
-        tuple(f.line() for f in phase.findings),
-    )
-
-
-def _testcase(record: RunRecord, index: int, phase: PhaseRecord, clean: _Cleaner) -> _Part:
-    """One testcase (see :func:`_case_key` for what it reads) and its JUnit verdict."""
-    case = ET.Element(
+def _testcase(case: _Case, clean: _Cleaner) -> _Part:
+    """One testcase and its JUnit verdict, built from ``case`` alone."""
+    element = ET.Element(
         "testcase",
         {
-            "classname": f"orchestrator.{clean.text(record.suite, 200)}",
-            "name": clean.text(_testcase_name(index, phase), 300),
-            "time": _seconds(phase.duration),
+            "classname": f"orchestrator.{clean.text(case.suite, 200)}",
+            "name": clean.text(_testcase_name(case), 300),
+            "time": _seconds(case.duration),
         },
     )
-    verdict = _verdict(case, phase, clean)
-    if phase.findings:
+    verdict = _verdict(element, case, clean)
+    if case.findings:
         # The testcase's own output: what this phase found the system under test getting
         # wrong (the finding.NAME properties carry the same, at the suite level).
-        out = ET.SubElement(case, "system-out")
+        out = ET.SubElement(element, "system-out")
         out.text = clean.text(
-            "\n".join(f"FINDING {f.line()}" for f in phase.findings), BODY_MAX_CHARS
+            "\n".join(f"FINDING {line}" for line in case.findings), BODY_MAX_CHARS
         )
-    return _lines(case), verdict
+    return _lines(element), verdict
 
 
 def _lines(element: ET.Element) -> str:
@@ -204,34 +227,34 @@ def _lines(element: ET.Element) -> str:
     return "    " + ET.tostring(element, encoding="unicode") + "\n"
 
 
-def _verdict(case: ET.Element, phase: PhaseRecord, clean: _Cleaner) -> str:
-    body = "\n".join(filter(None, [phase.reason, phase.detail]))
-    if phase.status in ("pending", "skipped"):
-        message = clean.message(phase.reason or "not reached")
-        skipped = ET.SubElement(case, "skipped", {"message": message})
-        if phase.detail:
-            skipped.text = clean.text(phase.detail, BODY_MAX_CHARS)
+def _verdict(element: ET.Element, case: _Case, clean: _Cleaner) -> str:
+    body = "\n".join(filter(None, [case.reason, case.detail]))
+    if case.status in ("pending", "skipped"):
+        message = clean.message(case.reason or "not reached")
+        skipped = ET.SubElement(element, "skipped", {"message": message})
+        if case.detail:
+            skipped.text = clean.text(case.detail, BODY_MAX_CHARS)
         return "skipped"
-    if phase.status == "failed" and phase.kind != "diagnose":
+    if case.status == "failed" and case.kind != "diagnose":
         failure = ET.SubElement(
-            case,
+            element,
             "failure",
             {
-                "message": clean.message(_failure_message(phase)),
-                "type": "timeout" if phase.timed_out else "failure",
+                "message": clean.message(_failure_message(case)),
+                "type": "timeout" if case.timed_out else "failure",
             },
         )
         failure.text = clean.text(body, BODY_MAX_CHARS)
         return "failure"
-    if phase.status in ("failed", "interrupted", "running"):
+    if case.status in ("failed", "interrupted", "running"):
         # Interrupted steps and a broken diagnose are errors, not test failures: the
         # system under test did not fail them. "running" only appears in the interim
         # files written while the run is still going.
-        reason = phase.reason or ("still running" if phase.status == "running" else phase.status)
+        reason = case.reason or ("still running" if case.status == "running" else case.status)
         error = ET.SubElement(
-            case,
+            element,
             "error",
-            {"message": clean.message(f"{phase.title}: {reason}"), "type": phase.status},
+            {"message": clean.message(f"{case.title}: {reason}"), "type": case.status},
         )
         error.text = clean.text(body, BODY_MAX_CHARS)
         return "error"
@@ -267,9 +290,8 @@ def _suite_xml(record: RunRecord, clean: _Cleaner = _CLEAN_ONCE) -> tuple[str, d
     lines = [part(("properties", *properties.items()), lambda: _properties(properties, clean))[0]]
     counts = {"tests": 0, "failure": 0, "error": 0, "skipped": 0, "passed": 0}
     for index, phase in enumerate(record.phase_records(), start=1):
-        xml, verdict = part(
-            _case_key(record, index, phase), partial(_testcase, record, index, phase, clean)
-        )
+        case = _Case.of(record, index, phase)
+        xml, verdict = part(("testcase", *case), partial(_testcase, case, clean))
         lines.append(xml)
         counts[verdict] += 1
         counts["tests"] += 1

@@ -592,3 +592,68 @@ def test_a_write_made_while_a_secret_is_being_registered_is_masked_again_after(
         redactor.clear()
     assert secret not in text
     assert "peer echoed ***" in text
+
+
+#: A change to each field of a phase's record (the test below asserts that none is left
+#: out): a field that a testcase comes to show is then changed here too.
+PHASE_CHANGES: dict[str, Any] = {
+    "name": "installed",
+    "title": "Install Again",
+    "timeout": 7.0,
+    "allowed": 6.5,
+    "started_at": datetime(2026, 1, 1, 0, 0, 1, tzinfo=UTC),
+    "ended_at": datetime(2026, 1, 1, 0, 0, 2, tzinfo=UTC),
+    "offset": 0.25,
+    "duration": 2.5,
+    "reason": "another reason",
+    "detail": "another detail",
+    "timed_out": True,
+    "last_seen": "Pending",
+    "note": "waiting for the pod",
+    "failing": "503 from the API",
+    "properties": {"latency_ms": "12"},
+    "findings": [{"name": "second", "message": "another contradiction"}],
+    # Last: the phase stays a failure, whose testcase shows the most, until here.
+    "kind": "diagnose",
+    "status": "interrupted",
+}
+
+
+def test_a_testcase_kept_from_the_last_write_is_rebuilt_when_anything_it_shows_changes(
+    tmp_path: Path,
+) -> None:
+    """The reporter keeps each testcase it built and reuses it while what it was built
+    from is unchanged: after a change to any field of a phase's record (one at a time, the
+    phase failed so that its deadline, timeout flag, reason and findings all show), to its
+    place in the run, or to the suite, the kept file says what a fresh build says."""
+    from orchestrator.engine._junit import _CachedCleaner, _suite_xml
+    from orchestrator.engine._record import Finding
+
+    assert set(PHASE_CHANGES) == set(PhaseRecord.model_fields), "a field without a change"
+    record = _secret_run(datetime(2026, 1, 1, tzinfo=UTC))
+    phase = record.phases[1]
+    phase.status, phase.reason, phase.detail = "failed", "boom", "a trace"
+    phase.duration, phase.allowed = 1.0, 5.0
+    phase.findings = [Finding(name="first", message="a contradiction")]
+    cached = _CachedCleaner()
+    assert _suite_xml(record, cached) == _suite_xml(record)  # the cache is filled
+    for field, value in PHASE_CHANGES.items():
+        before = _suite_xml(record)[0]
+        setattr(phase, field, value)
+        assert _suite_xml(record, cached) == _suite_xml(record), field
+        if field in (
+            "title",
+            "allowed",
+            "duration",
+            "reason",
+            "detail",
+            "timed_out",
+            "findings",
+            "kind",
+            "status",
+        ):
+            assert _suite_xml(record)[0] != before, f"{field} does not show: a test of nothing"
+    record.phases.insert(0, PhaseRecord(name="first", title="First"))  # its index moves
+    assert _suite_xml(record, cached) == _suite_xml(record), "index"
+    record.suite = "renamed"
+    assert _suite_xml(record, cached) == _suite_xml(record), "suite"
