@@ -48,7 +48,7 @@ from ._reports import (
 )
 from ._runner import CleanupPolicy, Runner
 from ._shared import SharedServices
-from ._signals import STOP_SIGNALS, SignalHandlers
+from ._signals import STOP_SIGNALS, SignalHandlers, may_handle_signals
 
 __all__ = [
     "EXIT_REPORTS",
@@ -89,6 +89,7 @@ __all__ = [
     "STOP_SIGNALS",
     "StreamMasker",
     "junit_xml",
+    "may_handle_signals",
     "merge_junit",
     "MergedJUnit",
     "machine_mermaid",

@@ -32,9 +32,9 @@ from types import TracebackType
 from typing import Any
 
 # The command line and the sandbox need these too, and may not import the engine.
-from .._signals import STOP_SIGNALS, ignored
+from .._signals import STOP_SIGNALS, ignored, may_handle_signals
 
-__all__ = ["STOP_SIGNALS", "SignalHandlers", "ignored"]
+__all__ = ["STOP_SIGNALS", "SignalHandlers", "ignored", "may_handle_signals"]
 
 
 class _Previous:
@@ -94,7 +94,7 @@ class SignalHandlers:
 
     :attr:`handled` tells which signals were taken: an ignored one is not, and the run
     goes on as if it had never been sent. Use it on the loop's thread, in the main thread
-    (only there does Python let a program handle signals).
+    (only there does Python let a program handle signals: :func:`may_handle_signals`).
     """
 
     def __init__(

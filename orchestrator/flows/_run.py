@@ -47,6 +47,7 @@ from ..engine import (
     RunRecord,
     SharedServices,
     SignalHandlers,
+    may_handle_signals,
 )
 from ._kubefoundry import FlowSettings, KubeFoundryFlow
 from ._once import OncePerRun
@@ -219,7 +220,7 @@ class FlowRun:
         cleanup_policy: CleanupPolicy = "always",
         strict: bool = False,
         junit: JUnitReporter | None = None,
-        handle_signals: bool = True,
+        handle_signals: bool | None = None,
         on_runner: Callable[[Runner], None] | None = None,
         timeout_settings: Mapping[str, str] | None = None,
         lock: bool = True,
@@ -235,6 +236,8 @@ class FlowRun:
         self.strict = strict
         self._own_junit = junit is None
         self.junit = junit or JUnitReporter(self.artifacts_dir / "junit.xml")
+        #: Take SIGINT/SIGTERM for the run (True), leave them (False), or take them where
+        #: Python lets a program, in the main thread of the main interpreter (None).
         self.handle_signals = handle_signals
         self.on_runner = on_runner
         self.lock = lock
@@ -313,8 +316,12 @@ class FlowRun:
 
         A signal the process ignores (a background job's SIGINT) stays ignored, and the
         caller's own handlers are back once the run ends (:class:`SignalHandlers`).
+        Unless told (``handle_signals``), a run takes them only where Python lets it: in
+        the main thread of the main interpreter. A run in another thread leaves signals
+        to the program, which stops it by cancelling it.
         """
-        if not self.handle_signals:
+        wanted = self.handle_signals
+        if not (may_handle_signals() if wanted is None else wanted):
             return contextlib.nullcontext()
 
         def interrupt(sig: signal.Signals) -> None:
@@ -342,6 +349,13 @@ async def run_flows(
     reporters`` for reporters that belong to one flow (a console view).
     ``options`` are :class:`FlowRun`'s: ``reserve``, ``cleanup_cap``,
     ``cleanup_policy``, ``strict``, ``handle_signals``.
+
+    Signals: called in the main thread (of the main interpreter), the run takes SIGINT
+    and SIGTERM while it goes on, to stop in order (cleanup, reports; exit 130/143),
+    and gives the caller's handlers back when it ends; a signal the process ignores
+    stays ignored. Called in any other thread, where Python lets no one take a signal,
+    it leaves them alone: the program stops such a run by cancelling it.
+    ``handle_signals=False`` leaves them alone everywhere, ``True`` takes them or fails.
 
     Exit codes: 0 every flow passed, 1 one failed, 3 a report could not be written,
     128 + N interrupted by signal N. Raises :class:`ArtifactsInUse` when another run

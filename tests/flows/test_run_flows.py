@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import threading
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -231,3 +232,35 @@ async def test_a_run_leaves_an_ignored_sigint_alone_and_gives_back_the_callers_h
         assert (code, run["outcome"], run["interrupted_by"]) == (0, "passed", None)
     else:
         assert (code, run["outcome"], run["interrupted_by"]) == (130, "interrupted", "SIGINT")
+
+
+def test_a_run_in_a_worker_thread_leaves_signals_to_the_program(tmp_path: Path) -> None:
+    """Only the main thread may take a signal. A library user who calls ``run_flows`` from
+    another thread, without knowing of ``handle_signals``, gets a run that leaves signals
+    alone, not an error; asking for them there (``True``) is still refused."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    results: dict[str, object] = {}
+
+    def in_a_thread() -> None:
+        for ask in (None, True):
+            options = {} if ask is None else {"handle_signals": ask}
+            try:
+                results[str(ask)] = asyncio.run(
+                    run_flows(
+                        [TinyFlow("threaded")],
+                        budget=30,
+                        artifacts_dir=tmp_path / str(ask),
+                        **options,
+                    )
+                )
+            except Exception as exc:
+                results[str(ask)] = exc
+
+    worker = threading.Thread(target=in_a_thread)
+    worker.start()
+    worker.join(60)  # a hang guard: the runs take a moment
+    assert not worker.is_alive()
+    assert results["None"] == 0
+    assert isinstance(results["True"], RuntimeError), results["True"]
+    assert "main thread" in str(results["True"])
+    assert {sig: signal.getsignal(sig) for sig in before} == before
