@@ -155,3 +155,52 @@ async def test_a_request_without_a_read_confirms_as_the_flows_do(
         kube, _Hub(pod), "bench", {"method": "orchestrator", "kind": "pod", "name": "p"}
     )
     assert kube.asked == ["7"]
+
+
+def test_the_p99_is_named_as_the_sample_it_is(bench: ModuleType) -> None:
+    assert bench._p99_rank_words({"orchestrator": 200, "poll 2 s": 50}) == (
+        "3rd largest of 200, largest of 50"
+    )
+    assert bench._p99_rank_words({"orchestrator": 100}) == "2nd largest of 100"
+
+
+def test_a_p99_gap_is_given_with_an_interval_that_tells_a_real_gap_from_luck(
+    bench: ModuleType,
+) -> None:
+    import random
+
+    rng = random.Random(3)
+    theirs = [rng.gauss(4.0, 1.0) for _ in range(200)]
+    same = [rng.gauss(4.0, 1.0) for _ in range(200)]
+    slower = [x + 5.0 for x in same]
+    gaps = bench.p99_gaps(
+        {
+            "orchestrator": same,
+            "orchestrator (late)": slower,
+            "kubectl wait": theirs,
+            "poll 2 s": slower,
+        },
+        seed=1,
+    )
+    assert set(gaps) == {"orchestrator", "orchestrator (late)"}
+    low, high = gaps["orchestrator"]["interval_95_ms"]
+    assert low < 0 < high  # one distribution: the run cannot tell them apart
+    low, high = gaps["orchestrator (late)"]["interval_95_ms"]
+    assert 0 < low <= gaps["orchestrator (late)"]["p99_gap_ms"] <= high
+    assert bench.p99_gaps({"orchestrator": same}, seed=1) == {}
+
+
+def test_results_written_before_per_waiter_counts_still_make_a_table(bench: ModuleType) -> None:
+    s = {"n": 50, "p50_ms": 1.0, "p90_ms": 2.0, "p99_ms": 3.0, "max_ms": 3.0, "mean_ms": 1.5}
+    old = {
+        "reaction": {
+            "trials_per_method": 50,
+            "load_before": [0.1],
+            "load_after": [0.2],
+            "results": {"pod": {"orchestrator": s, "kubectl wait": s}},
+        }
+    }
+    text = bench.table(old)
+    assert "largest of 50" in text
+    assert "| pod phase | orchestrator | 50 | 1.0 | 2.0 | 3.0 | 3.0 |" in text
+    assert "not ahead of `kubectl wait` (p50 +0.0 ms, p99 +0.0 ms)." in text
