@@ -197,16 +197,23 @@ class WatchConnection(asyncio.Protocol, Generic[T]):
             if room > 0:
                 self.body += body[:room]
             return
-        pending = self._pending
+        # The line's bound is checked before a piece is added, not after: the line begun
+        # never holds more than max_line bytes, and no line over it is parsed.
+        pending, bound = self._pending, self._max_line
         if b"\n" not in body:
-            pending += body
-            if len(pending) > self._max_line:
-                self.failure = LineTooLong(bytes(pending[:200]))
+            if len(pending) + len(body) > bound:
+                self.failure = LineTooLong(bytes((pending or body)[:200]))
+            else:
+                pending += body
             return
         if pending:
             pending += body
             body = bytes(pending)
         *lines, rest = body.split(b"\n")
+        too_long = None
+        if len(body) > bound:  # rare: a piece longer than a line may be
+            lines, too_long = upto_too_long(lines, rest, bound)
+            rest = rest if too_long is None else b""
         # A new buffer, not the old one cleared: a long line's room is not kept.
         self._pending = bytearray(rest) if rest or pending else pending
         parse, items = self._parse, self.items
@@ -217,8 +224,8 @@ class WatchConnection(asyncio.Protocol, Generic[T]):
                 except Exception as exc:
                     self.failure, self.refused = exc, True
                     return
-        if len(self._pending) > self._max_line:
-            self.failure = LineTooLong(bytes(self._pending[:200]))
+        if too_long is not None:
+            self.failure = LineTooLong(too_long[:200])
 
     def on_message_complete(self) -> None:
         if self.status is not None and self.failure is None and not self.ended:
@@ -311,6 +318,15 @@ class LineTooLong(Exception):
     def __init__(self, start: bytes) -> None:
         super().__init__("a line over the bound")
         self.start = start
+
+
+def upto_too_long(lines: list[bytes], rest: bytes, bound: int) -> tuple[list[bytes], bytes | None]:
+    """The lines before the first one over ``bound`` (``rest`` too: a line begun), and
+    that line, or None: the lines a reader takes before it refuses the stream."""
+    for i, line in enumerate(lines):
+        if len(line) > bound:
+            return lines[:i], line
+    return lines, rest if len(rest) > bound else None
 
 
 async def open_watch(

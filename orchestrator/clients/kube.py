@@ -42,7 +42,7 @@ from ._exec_credential import EXEC_TIMEOUT, bounded_exec_provider
 from ._http1 import Http1Pool, Incomplete, InterimFlood, NotSendable, close_all
 from ._retry import READS, RetryPolicy, bounded, heard
 from ._tls import bare_context, plain_http
-from ._watch1 import LineTooLong, WatchConnection, open_watch
+from ._watch1 import LineTooLong, WatchConnection, open_watch, upto_too_long
 
 if TYPE_CHECKING:  # pragma: no cover
     import aiohttp
@@ -1212,26 +1212,30 @@ async def _lines(response: Any, route: str, silence: float) -> AsyncIterator[byt
     connection is a :class:`TransportError`; an endless line a :class:`ProtocolError`."""
     # The line begun grows in place: a peer that trickles a long line in small reads must
     # not make each read copy the whole line so far (quadratic in the line's pieces).
+    # Its bound is checked before a read is added, not after: the line begun never holds
+    # more than MAX_LINE bytes, and no line over it is yielded, however the reads fall.
     pending = bytearray()
     try:
         async for chunk in response.content.iter_any():
-            if b"\n" in chunk:
-                if pending:
-                    pending += chunk
-                    chunk = bytes(pending)
-                *lines, rest = chunk.split(b"\n")
-                pending = bytearray(rest)
-                for line in lines:
-                    if line.strip():
-                        yield line
-            else:
+            if b"\n" not in chunk:
+                if len(pending) + len(chunk) > MAX_LINE:
+                    raise _line_too_long(route, pending or chunk)
                 pending += chunk
-            if len(pending) > MAX_LINE:
-                raise ProtocolError(
-                    f"{route}: a watch line longer than {MAX_LINE} bytes",
-                    route=route,
-                    excerpt=excerpt(bytes(pending[:200])),
-                )
+                continue
+            if pending:
+                pending += chunk
+                chunk = bytes(pending)
+            *lines, rest = chunk.split(b"\n")
+            too_long = None
+            if len(chunk) > MAX_LINE:  # rare: a read longer than a line may be
+                lines, too_long = upto_too_long(lines, rest, MAX_LINE)
+                rest = rest if too_long is None else b""
+            pending = bytearray(rest)
+            for line in lines:
+                if line.strip():
+                    yield line
+            if too_long is not None:
+                raise _line_too_long(route, too_long)
     except ClientError:
         raise
     except TimeoutError:
@@ -1244,6 +1248,14 @@ async def _lines(response: Any, route: str, silence: float) -> AsyncIterator[byt
         ) from None
     if pending.strip():
         yield bytes(pending)
+
+
+def _line_too_long(route: str, start: bytes | bytearray) -> ProtocolError:
+    return ProtocolError(
+        f"{route}: a watch line longer than {MAX_LINE} bytes",
+        route=route,
+        excerpt=excerpt(bytes(start[:200])),
+    )
 
 
 async def _status_answer(response: Any, method: str, path: str) -> ClientError:
