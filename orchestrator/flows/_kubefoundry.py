@@ -289,6 +289,16 @@ class KubeFoundryFlow:
             ctx.log(f"{p.title} is already installed and its operator is running")
             ctx.set_property(f"{p.provider}_preinstalled", "true")
             return True
+        # A backend that cannot reach its cluster still answers 200, and its status then
+        # says not installed (KUBEFOUNDRY.md): its cluster status says why, and helm is not
+        # run against a cluster it cannot reach.
+        cluster = await call_backend(self.api.cluster_status())
+        if not cluster.connected:
+            raise PhaseFailed(
+                f"the backend reports {p.title} not installed ({status.message or 'no message'}), "
+                "but it is not connected to the cluster "
+                f"({cluster.error or 'no reason given'}): check the kubeconfig it runs with"
+            )
         ctx.log(f"{p.title} not installed yet ({status.message or 'no message'}); installing")
         try:
             try:

@@ -611,3 +611,21 @@ async def test_a_404_once_the_workload_is_gone_fails_wait_ready_as_vanished(
     assert wait_ready.status == "failed" and wait_ready.findings == []
     reason = wait_ready.reason or ""
     assert "Workspace kaito-workspace/integration-test-llama is not in the cluster" in reason
+
+
+async def test_install_is_not_tried_by_a_backend_that_cannot_reach_its_cluster(
+    tmp_path: Path,
+) -> None:
+    """A backend that cannot reach its cluster still answers 200 everywhere: its provider
+    status then reads ``installed: false`` (KUBEFOUNDRY.md), which is no reason to run helm.
+    The cluster status says why, and Install fails with it instead of installing."""
+    backend = NotFoundWhileDeployed(
+        FakeCluster(), kaito_workload(), False, misses=0, connected=False
+    )
+    _, record = await run(KaitoProfile(), backend, tmp_path)
+    install = next(p for p in record.phases if p.name == "install")
+    assert install.status == "failed"
+    reason = install.reason or ""
+    assert "not connected to the cluster (connect ECONNREFUSED 127.0.0.1:6443)" in reason, reason
+    assert not any(path.endswith("/install") for _, path in backend.requests), backend.requests
+    assert record.cleanup.status == "passed", record.cleanup.reason
