@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -20,6 +21,8 @@ from _fixtures import (  # noqa: F401 - fixtures are used by name
     wait_for,
 )
 
+import orchestrator
+from orchestrator._signals import Disposition, with_signals
 from orchestrator.clients._completion import template_leaks
 from orchestrator.sandbox.model_server import _parse, server_params
 from orchestrator.sandbox.models import ModelProcess, model_file
@@ -120,19 +123,19 @@ async def test_cancelling_a_sandbox_leaves_no_model_process(make_sandbox) -> Non
     assert not [pid for pid in models if _alive(pid)]
 
 
-def _ignored_signals(pid: int) -> int:
-    """The kernel's mask of the signals ``pid`` ignores."""
+def _signal_mask(pid: int, field: str = "SigIgn") -> int:
+    """The kernel's mask of the signals ``pid`` ignores (``SigIgn``) or catches (``SigCgt``)."""
     with open(f"/proc/{pid}/status") as status:
         fields = dict(line.split(":\t", 1) for line in status if ":\t" in line)
-    return int(fields["SigIgn"], 16)
+    return int(fields[field], 16)
+
+
+def _bit(sig: signal.Signals) -> int:
+    return 1 << (sig - 1)
 
 
 @pytest.mark.parametrize(
-    "anyio_backend",
-    [
-        pytest.param("asyncio", id="asyncio"),
-        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
-    ],
+    "anyio_backend", [pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop")]
 )
 async def test_a_model_server_keeps_the_ignores_of_its_run_and_still_stops_cleanly(
     anyio_backend: object, tmp_path: Path
@@ -140,8 +143,11 @@ async def test_a_model_server_keeps_the_ignores_of_its_run_and_still_stops_clean
     """A run started with SIGINT and SIGTERM ignored (a script's background job; some
     supervisors) has model servers that ignore them too: a Ctrl-C or SIGTERM for the
     whole process group is not theirs. uvloop's spawn resets every disposition to the
-    default, so the run says which ones it ignores. The sandbox still stops a server at
-    once and cleanly, through its stdin, not after the grace's SIGKILL."""
+    default, so the run says which ones it ignores (``--ignore-signal``), and only that
+    makes them ignored here. (asyncio's spawn hands an ignore down by itself, so a run on
+    it would pass without the flag: the next test holds the flag to its word.) The
+    sandbox still stops a server at once and cleanly, through its stdin, not after the
+    grace's SIGKILL."""
     model = await model_file()
     process = ModelProcess("llama-3.2-1b-instruct", model, tmp_path / "model.log")
     both = (signal.SIGINT, signal.SIGTERM)
@@ -153,8 +159,47 @@ async def test_a_model_server_keeps_the_ignores_of_its_run_and_still_stops_clean
             signal.signal(sig, handler)
     try:
         assert process._proc is not None
-        ignored = _ignored_signals(process._proc.pid)
-        assert all(ignored & 1 << (sig - 1) for sig in both), f"{ignored:x}"
+        ignored = _signal_mask(process._proc.pid)
+        assert all(ignored & _bit(sig) for sig in both), f"{ignored:x}"
     finally:
         await process.stop()
     assert process._proc.returncode == 0, process.log_path.read_text()[-2000:]
+
+
+async def test_the_model_server_ignores_the_signals_it_is_told_to_though_it_found_them_default(
+    tmp_path: Path,
+) -> None:
+    """``--ignore-signal`` is the one way a parent whose spawn resets dispositions (uvloop)
+    hands down an ignore: the server ignores what the flag names although it started
+    with every stop signal at its default, and still stops on one that is not named."""
+    package_root = str(Path(orchestrator.__file__).resolve().parents[1])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    model = str(await model_file())
+    argv = [sys.executable, "-m", "orchestrator.sandbox.model_server", "--model", model]
+    argv += ["--alias", "a", "--port", "0", "--ignore-signal=SIGINT"]
+    defaults: dict[int, Disposition] = {signal.SIGINT: "default", signal.SIGTERM: "default"}
+    with (tmp_path / "model.log").open("wb") as log:
+        proc = await asyncio.create_subprocess_exec(
+            *with_signals(argv, defaults),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=log,
+            env=env,
+        )
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(120):
+            ready = await proc.stdout.readline()
+        assert ready.startswith(b"READY "), (tmp_path / "model.log").read_text()[-2000:]
+        ignored, caught = _signal_mask(proc.pid), _signal_mask(proc.pid, "SigCgt")
+        proc.send_signal(signal.SIGTERM)  # not named: it stops the server
+        async with asyncio.timeout(60):
+            code = await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert ignored & _bit(signal.SIGINT), f"{ignored:x}"
+    assert not ignored & _bit(signal.SIGTERM) and caught & _bit(signal.SIGTERM), f"{caught:x}"
+    assert code == 0
