@@ -206,6 +206,10 @@ class Ended:
     seconds: float
     #: None: it ended by itself. Else what stopping it took ("SIGTERM: exit 143 after 4.2 s").
     stopped: str | None = None
+    #: When SIGTERM did not end it: what it was doing just before the SIGKILL (its state,
+    #: the signals it blocked, ignored and caught, where it slept), so that the failure
+    #: says why the signal did nothing.
+    state: str | None = None
 
 
 async def drive(
@@ -237,6 +241,7 @@ async def drive(
     out: list[str] = []
     err: list[str] = []
     stopped: str | None = None
+    state: str | None = None
     async with await _zygote.open_process(argv, env, cwd, fresh=fresh, signals=signals) as proc:
         assert proc.stdout is not None and proc.stderr is not None
         stdout, stderr = proc.stdout, proc.stderr
@@ -270,6 +275,7 @@ async def drive(
                     with anyio.move_on_after(grace):
                         await proc.wait()
                     if proc.returncode is None:
+                        state = process_state(proc.pid)
                         proc.kill()
                         stopped = f"SIGTERM did not end it within {grace:.0f} s: SIGKILLed"
                     else:
@@ -284,7 +290,22 @@ async def drive(
             if proc.returncode is None:  # a hook failed: the process must not outlive it
                 proc.kill()
             raise
-    return Ended(code, "".join(out), "".join(err), time.monotonic() - started, stopped)
+    return Ended(code, "".join(out), "".join(err), time.monotonic() - started, stopped, state)
+
+
+def process_state(pid: int) -> str:
+    """What ``pid`` is doing, from /proc: its state, the signals it blocks, ignores and
+    catches (hex masks, bit N-1 for signal N), its threads, and the kernel function it
+    sleeps in."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            fields = dict(line.rstrip("\n").split(":\t", 1) for line in status if ":\t" in line)
+        with open(f"/proc/{pid}/wchan") as wchan:
+            waits_in = wchan.read().strip() or "-"
+    except OSError as exc:
+        return f"(no /proc entry: {exc.strerror})"
+    kept = ("State", "Threads", "SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")
+    return "; ".join([*(f"{k} {fields.get(k, '?').strip()}" for k in kept), f"wchan {waits_in}"])
 
 
 async def _cancel_when_set(event: anyio.Event, scope: anyio.CancelScope) -> None:
@@ -314,6 +335,7 @@ def hung(ended: Ended, timeout: float, sb: Sandbox | None = None) -> str:
     """The failure message of a run its deadline stopped: what it printed, what the sandbox did."""
     parts = [
         f"the run did not end within {timeout:.0f} s; {ended.stopped}",
+        *([f"--- what it was doing before the SIGKILL ---\n{ended.state}"] if ended.state else []),
         f"--- its stdout (last 150 lines) ---\n{tail(ended.stdout, 150)}",
         f"--- its stderr (last 40 lines) ---\n{tail(ended.stderr, 40)}",
     ]

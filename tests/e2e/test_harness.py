@@ -8,6 +8,7 @@ run's output shows a marker: the same path as a deadline, without waiting one ou
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -74,6 +75,11 @@ async def test_a_child_that_ignores_sigterm_is_killed_after_the_grace(tmp_path: 
     assert ended.code == -9
     assert ended.stopped is not None and ended.stopped.endswith(": SIGKILLed")
     assert ended.stdout.strip() == "ready"
+    # The failure says why SIGTERM did nothing: here, the child ignored it.
+    assert ended.state is not None, ended
+    ignored = int(ended.state.split("SigIgn ")[1].split(";")[0], 16)
+    assert ignored & 1 << (signal.SIGTERM - 1), ended.state
+    assert f"what it was doing before the SIGKILL ---\n{ended.state}" in hung(ended, 3600)
 
 
 @pytest.mark.cluster
