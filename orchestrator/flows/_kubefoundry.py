@@ -36,6 +36,7 @@ from ..clients import (
     KubeClient,
     KubeFoundryClient,
     NotFound,
+    RequestTimeout,
     ServerError,
     WatchEvent,
     WatchHub,
@@ -282,7 +283,27 @@ class KubeFoundryFlow:
             ctx.set_property(f"{p.provider}_preinstalled", "true")
 
     async def _install(self, ctx: PhaseContext) -> bool:
-        """Install and wait until the backend says installed; True if it already was."""
+        """Install and wait until the backend says installed; True if it already was.
+
+        A provider whose version the backend looks up on GitHub (``version_env``) may
+        leave the status and install routes without an answer (no timeout on that lookup,
+        PROVIDERS.md): a request to them that times out says so, and how to pin it.
+        """
+        try:
+            return await self._install_provider(ctx)
+        except RequestTimeout as exc:
+            p = self.profile
+            if p.version_env is None or "/api/installation/providers/" not in exc.url:
+                raise
+            raise PhaseFailed(
+                f"{type(exc).__name__}: {exc}; the backend's {p.provider} status and install "
+                f"ask GitHub (releases/latest) for the {p.title} version, with no timeout: "
+                f"without internet, make api.github.com fail fast (refused, not dropped) and "
+                f"set {p.version_env} for the backend",
+                timed_out=True,
+            ) from None
+
+    async def _install_provider(self, ctx: PhaseContext) -> bool:
         p = self.profile
         status = await call_backend(self.api.provider_status(p.provider))
         if status.installed:

@@ -160,6 +160,10 @@ class ProviderProfile:
     operator_selector: str | None = None
     #: Container waiting reasons that end Wait Ready at once.
     fatal_waiting_reasons: frozenset[str] = FATAL_WAITING_REASONS
+    #: The backend's environment variable that pins the provider's version, for a backend
+    #: whose status and install routes otherwise ask GitHub for it, with no timeout (None:
+    #: a pinned version, as KAITO's).
+    version_env: str | None = None
     #: Whether a pod's change may change the readiness reading (True when
     #: :meth:`readiness` reads pods); otherwise pod events only feed early failure.
     readiness_reads_pods: bool = False

@@ -38,6 +38,7 @@ class DynamoProfile(ProviderProfile):
     operator_namespace = "dynamo-system"
     operator_selector = "app.kubernetes.io/name=dynamo-operator"
     readiness_reads_pods = True
+    version_env = "DYNAMO_VERSION"
 
     def create_body(self, d: Deployment) -> dict[str, Any]:
         return {

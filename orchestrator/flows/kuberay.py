@@ -38,6 +38,7 @@ class KubeRayProfile(ProviderProfile):
     operator_namespace = "kuberay-system"
     operator_selector = "app.kubernetes.io/name=kuberay-operator"
     readiness_reads_pods = True
+    version_env = "KUBERAY_VERSION"
 
     def create_body(self, d: Deployment) -> dict[str, Any]:
         return {

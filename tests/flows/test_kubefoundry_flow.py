@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from flow_fakes import FakeBackend, FakeCluster, FakeModel, Workload
@@ -628,4 +629,35 @@ async def test_install_is_not_tried_by_a_backend_that_cannot_reach_its_cluster(
     reason = install.reason or ""
     assert "not connected to the cluster (connect ECONNREFUSED 127.0.0.1:6443)" in reason, reason
     assert not any(path.endswith("/install") for _, path in backend.requests), backend.requests
+    assert record.cleanup.status == "passed", record.cleanup.reason
+
+
+class VersionLookupHangs(FakeBackend):
+    """KubeFoundry's KubeRay and Dynamo status and install routes ask GitHub's
+    releases/latest for the version with no timeout (PROVIDERS.md): on a cluster without
+    internet whose firewall drops the packets, the status route never answers."""
+
+    def handle(self, request: httpx.Request) -> Any:
+        if request.url.path.startswith("/api/installation/providers/"):
+
+            async def never() -> httpx.Response:
+                await anyio.sleep(3600)
+                raise AssertionError("unreachable")
+
+            return never()
+        return super().handle(request)
+
+
+async def test_a_provider_status_that_hangs_on_its_version_lookup_is_named(
+    tmp_path: Path,
+) -> None:
+    from orchestrator.flows.kuberay import KubeRayProfile
+
+    backend = VersionLookupHangs(FakeCluster(), raylike_workload())
+    _, record = await run(KubeRayProfile(), backend, tmp_path, install_timeout=1.0)
+    install = next(p for p in record.phases if p.name == "install")
+    assert install.status in ("failed", "timeout"), install.status
+    reason = install.reason or ""
+    assert "GET /api/installation/providers/kuberay/status" in reason, reason
+    assert "releases/latest" in reason and "KUBERAY_VERSION" in reason, reason
     assert record.cleanup.status == "passed", record.cleanup.reason
