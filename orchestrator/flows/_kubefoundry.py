@@ -27,6 +27,7 @@ from ..clients import (
     EVENTS,
     PODS,
     ClientError,
+    Condition,
     Conflict,
     DeploymentStatus,
     HTTPStatusError,
@@ -485,7 +486,7 @@ class KubeFoundryFlow:
 
         async def ready() -> bool | None:
             st, reading = await self._read_status(ctx)
-            conds = ", ".join(f"{c.type}={c.status}" for c in st.conditions) or "no conditions"
+            conds = ", ".join(_condition(c) for c in st.conditions) or "no conditions"
             line = f"deployment phase {st.phase}, ready {st.replicas.ready}/{st.replicas.desired} ({conds})"
             if not last_line or last_line[-1] != line:
                 ctx.log(line)
@@ -1126,6 +1127,16 @@ def _report_completion(ctx: PhaseContext, result: InferenceResult) -> None:
         f"attempt(s), passed every check: {result.content[:200]!r} "
         f"(finish_reason {result.response.choices[0].finish_reason})"
     )
+
+
+def _condition(c: Condition) -> str:
+    """``Type=Status``, with the reason and message of one that is not True: a failing
+    KAITO Workspace stays Pending in the backend, and only its conditions say why."""
+    line = f"{c.type}={c.status}"
+    why = ": ".join(x for x in (c.reason, c.message) if x)
+    if c.status != "True" and why:
+        line += f" ({why[:200]})"
+    return line
 
 
 def _leftover(kind: str, obj: dict[str, Any]) -> str:

@@ -8,6 +8,7 @@ milliseconds; the end-to-end suites run the same flow against the sandbox.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -660,4 +661,42 @@ async def test_a_provider_status_that_hangs_on_its_version_lookup_is_named(
     reason = install.reason or ""
     assert "GET /api/installation/providers/kuberay/status" in reason, reason
     assert "releases/latest" in reason and "KUBERAY_VERSION" in reason, reason
+    assert record.cleanup.status == "passed", record.cleanup.reason
+
+
+class StaysPending(FakeBackend):
+    """A Workspace that fails stays Pending in the backend (KUBEFOUNDRY.md): only its
+    conditions say why (their reason and message)."""
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle(request)
+        if request.method == "GET" and response.status_code == 200 and "phase" in response.text:
+            body = json.loads(response.content)
+            body["phase"] = "Pending"
+            body["replicas"]["ready"] = 0
+            body["conditions"] = [
+                {
+                    "type": "ResourceReady",
+                    "status": "False",
+                    "reason": "workspaceResourceStatusFailed",
+                    "message": "no ready nodes match the label selector kubernetes.io/os=linux",
+                },
+                {"type": "InferenceReady", "status": "Unknown"},
+            ]
+            return httpx.Response(200, json=body)
+        return response
+
+
+async def test_a_workspace_that_stays_pending_is_timed_out_quoting_its_conditions(
+    tmp_path: Path,
+) -> None:
+    backend = StaysPending(FakeCluster(), kaito_workload())
+    _, record = await run(KaitoProfile(), backend, tmp_path, ready_timeout=0.5)
+    wait_ready = next(p for p in record.phases if p.name == "wait_ready")
+    assert wait_ready.status != "passed"
+    reason = wait_ready.reason or ""
+    assert (
+        "ResourceReady=False (workspaceResourceStatusFailed: no ready nodes match the label "
+        "selector kubernetes.io/os=linux), InferenceReady=Unknown" in reason
+    ), reason
     assert record.cleanup.status == "passed", record.cleanup.reason
