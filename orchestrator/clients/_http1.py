@@ -116,6 +116,15 @@ class ConnectionClosed(ConnectionError):
     """The connection closed before the whole answer arrived."""
 
 
+class ClosedHere(ConnectionError):
+    """The connection was closed by this client (:meth:`Http1Pool.aclose`, a watch's
+    ``close``), not by the server: what arrived until then is not an answer's end, and
+    the error must not read as the server's doing."""
+
+    def __init__(self) -> None:
+        super().__init__("the connection was closed by this client, not by the server")
+
+
 class AnswerTooLarge(Exception):
     """The answer's head or body is over this module's bounds."""
 
@@ -150,6 +159,8 @@ class _Connection(asyncio.Protocol):
         self.lost: asyncio.Future[None] = loop.create_future()
         self.idle_since = 0.0
         self.exchanges = 0
+        #: This side closed the connection (see :class:`ClosedHere`).
+        self.closed_here = False
         self._parser = httptools.HttpResponseParser(self)
         self._answer: asyncio.Future[None] | None = None
         self._start(None)
@@ -210,7 +221,9 @@ class _Connection(asyncio.Protocol):
         answer = self._answer
         if answer is None or answer.done():
             return
-        if self.exchanges > 1 and not self.sample:
+        if self.closed_here:
+            answer.set_exception(ClosedHere())
+        elif self.exchanges > 1 and not self.sample:
             answer.set_exception(_Stale())
         elif exc is None and self.status is not None and ends_at_close(self.headers):
             self._finish()  # the body is what came before the close (RFC 9112, 6.3)
@@ -308,6 +321,7 @@ class _Connection(asyncio.Protocol):
             timer.cancel()
 
     def close(self) -> None:
+        self.closed_here = True
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 

@@ -20,6 +20,7 @@ from ._http1 import (
     MAX_HEAD,
     MAX_INTERIM,
     AnswerTooLarge,
+    ClosedHere,
     ConnectionClosed,
     Http1Pool,
     InterimFlood,
@@ -53,7 +54,8 @@ class WatchConnection(asyncio.Protocol, Generic[T]):
       after ``silence`` seconds without a byte (a half-open connection, a stalled peer),
       :class:`LineTooLong`, :class:`AnswerTooLarge` for a head over :data:`MAX_HEAD`,
       :class:`InterimFlood` past :data:`MAX_INTERIM` interim answers, a broken
-      connection, llhttp's verdict on broken HTTP. ``ended`` says the answer
+      connection, llhttp's verdict on broken HTTP, :class:`ClosedHere` when :meth:`close`
+      came first (never ``ended``: only the server ends the stream). ``ended`` says the answer
       ended cleanly (its last line, without a newline, parsed too).
     - A non-200 answer's body is kept in ``body`` (up to :data:`MAX_ERROR_BODY` bytes) for
       the caller's error; its lines are not parsed.
@@ -153,7 +155,11 @@ class WatchConnection(asyncio.Protocol, Generic[T]):
             self.lost.set_result(None)
         self._stop_timer()
         if self.failure is None and not self.ended:
-            if exc is None and self.status is not None and ends_at_close(self.headers):
+            if self._closed:
+                # Closed here (the client closing under its consumer): not the server's
+                # end of the stream, which a close-delimited body would otherwise look like.
+                self.failure = ClosedHere()
+            elif exc is None and self.status is not None and ends_at_close(self.headers):
                 self._end()  # the body is what came before the close (RFC 9112, 6.3)
             else:
                 self.failure = exc or ConnectionClosed(

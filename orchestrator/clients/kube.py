@@ -39,7 +39,7 @@ from ._errors import (
     status_error,
 )
 from ._exec_credential import EXEC_TIMEOUT, bounded_exec_provider
-from ._http1 import Http1Pool, Incomplete, InterimFlood, NotSendable, close_all
+from ._http1 import ClosedHere, Http1Pool, Incomplete, InterimFlood, NotSendable, close_all
 from ._retry import READS, RetryPolicy, bounded, heard
 from ._tls import bare_context, plain_http
 from ._watch1 import LineTooLong, WatchConnection, open_watch, upto_too_long
@@ -335,6 +335,13 @@ class KubeClient:
         self._watching: set[WatchConnection[WatchEvent]] = set()
         #: Whether watches may go the lean way (off once a server encodes a stream).
         self._lean_watches = True
+        #: Set once :meth:`aclose` has begun: a stream that ends from then on was ended
+        #: here, whatever it looks like on aiohttp's path (a close-delimited body ends
+        #: as cleanly as the server's own end).
+        self._closing = False
+        #: Watches open now on aiohttp's path: its session's close ends their connections
+        #: but leaves a chunked body's reader waiting, so :meth:`aclose` ends them first.
+        self._streams: set[aiohttp.ClientResponse] = set()
 
     @staticmethod
     def preload() -> None:
@@ -391,6 +398,11 @@ class KubeClient:
         return [v for v in values if v]
 
     async def aclose(self) -> None:
+        self._closing = True
+        for response in self._streams:
+            response.content.set_exception(ClosedHere())  # wakes its reader: see _lines
+            response.close()
+        self._streams.clear()
         if self._watching:
             await _close_all(self._watching)
         if self._lean is not None:
@@ -997,6 +1009,8 @@ class KubeClient:
         Each line is parsed by :func:`parse_watch_line`; a line it refuses ends the
         stream with that :class:`ProtocolError`, every other failure is a
         :class:`TransportError` or the :class:`HTTPStatusError` the server answered.
+        Only the server ends a stream cleanly: one this client closes under its consumer
+        (:meth:`aclose`) is a :class:`TransportError` that says so, on either path.
 
         Where reads go the lean way (see :meth:`_lean_pool`), so does the watch
         (:mod:`._watch1`: a connection of its own, the answer parsed by llhttp, each line
@@ -1130,14 +1144,21 @@ class KubeClient:
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=client_timeout),
         )
         self.watches_opened += 1
+        self._streams.add(response)
         try:
             if response.status != 200:
                 raise await _status_answer(response, "GET", path)
             if on_open is not None:
                 on_open()
-            async for line in _lines(response, route, client_timeout):
-                yield parse_watch_line(line, route)
+            try:
+                async for line in _lines(response, route, client_timeout):
+                    yield parse_watch_line(line, route)
+            except TransportError:
+                if self._closing:
+                    raise _closed_here(route) from None
+                raise
         finally:
+            self._streams.discard(response)
             response.release()
 
 
@@ -1169,6 +1190,12 @@ def _watch_request(
     return path, f"WATCH {path}", query, server_timeout + 15.0
 
 
+def _closed_here(route: str) -> TransportError:
+    """A watch this client closed under its consumer (:meth:`KubeClient.aclose`): not the
+    server's end of the stream, which a reader would take as a clean end and reopen."""
+    return TransportError(f"{route}: the stream was closed by this client", url=route)
+
+
 def _unanswered(path: str, exc: BaseException | None) -> ClientError:
     """A lean watch that failed before its answer's head: as :meth:`KubeClient.open`
     says it on aiohttp's path."""
@@ -1197,6 +1224,8 @@ def _stream_failure(route: str, conn: WatchConnection[WatchEvent], silence: floa
         return TransportError(
             f"{route}: the stream was silent for more than {silence:g} s", url=route
         )
+    if isinstance(exc, ClosedHere):
+        return _closed_here(route)
     return TransportError(
         f"{route}: the stream broke ({type(exc).__name__}: {clip(str(exc), 200)})", url=route
     )
