@@ -922,7 +922,9 @@ class KubeFoundryFlow:
         for t, outcome in zip(tracked[1:], listed[1 : len(tracked)], strict=True):
             out += [_leftover(t.kind, o) for o in outcome.result()]
         out += [line for outcome in listed[len(tracked) :] if (line := outcome.result())]
-        return out
+        # An object two of the profile's selectors find (a Service by its label and by
+        # its name) is one leftover.
+        return list(dict.fromkeys(out))
 
     async def _owned_still_there(self, obj: Owned) -> str:
         try:

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..clients import (
     EVENTS,
+    SERVICES,
     InferenceClient,
     KubeClient,
     KubeFoundryClient,
@@ -23,7 +24,7 @@ from ._calls import call_backend
 from ._kubefoundry import FlowSettings, KubeFoundryFlow
 from ._once import OncePerRun
 from ._pods import pod_problem
-from ._profile import Deployment, ProviderProfile
+from ._profile import Deployment, ProviderProfile, Tracked
 from ._run import FlowContext
 
 WORKSPACES = Resource("kaito.sh", "v1beta1", "workspaces")
@@ -54,6 +55,17 @@ class KaitoProfile(ProviderProfile):
 
     def pod_selector(self, d: Deployment) -> str:
         return f"kaito.sh/workspace={d.name}"
+
+    def tracked(self, d: Deployment) -> list[Tracked]:
+        """The pods, and KAITO's Services by the names it gives them (``NAME`` and
+        ``NAME-headless``): they select the pods by label but carry none of their own,
+        so a label selector never finds them. Services with the pods' label are looked
+        for too: nothing of KAITO's carries it, so one that does is someone's leak."""
+        by_name = [
+            Tracked("Service", SERVICES, d.namespace, field_selector=f"metadata.name={name}")
+            for name in (d.name, f"{d.name}-headless")
+        ]
+        return [*super().tracked(d), *by_name]
 
     async def model_name(self, api: KubeFoundryClient, d: Deployment) -> str:
         try:

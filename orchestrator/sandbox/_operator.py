@@ -677,7 +677,9 @@ class CustomResourceOperator:
         labels: dict[str, str] | None = None,
         proxy_to: str | None = None,
     ) -> None:
-        metadata: JSON = {"name": name, "namespace": namespace, "labels": labels or selector}
+        metadata: JSON = {"name": name, "namespace": namespace}
+        if labels is None or labels:
+            metadata["labels"] = selector if labels is None else labels
         if proxy_to:
             metadata["annotations"] = {"fake-kubelet/proxy-to": proxy_to}
         await self.kube.create(

@@ -263,19 +263,22 @@ class KaitoController(CustomResourceOperator):
     ) -> None:
         selector = {"kaito.sh/workspace": name}
         port = {"name": "http", "port": 80, "targetPort": MODEL_PORT, "protocol": "TCP"}
+        # KAITO's Services select the pods by label but carry none of their own (only an
+        # owner reference to the Workspace): a client finds them by name, as it must here.
         await self.create_service(
-            namespace, name, selector, [port], proxy_to=self.fleet.url_for(namespace, name)
+            namespace,
+            name,
+            selector,
+            [port],
+            labels={},
+            proxy_to=self.fleet.url_for(namespace, name),
         )
         await self.kube.create(
             f"/api/v1/namespaces/{namespace}/services",
             {
                 "apiVersion": "v1",
                 "kind": "Service",
-                "metadata": {
-                    "name": f"{name}-headless",
-                    "namespace": namespace,
-                    "labels": selector,
-                },
+                "metadata": {"name": f"{name}-headless", "namespace": namespace},
                 "spec": {
                     "clusterIP": "None",
                     "selector": selector,

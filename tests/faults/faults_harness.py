@@ -104,6 +104,12 @@ async def assert_clean(sb: Sandbox, namespace: str = "kaito-workspace") -> None:
     try:
         assert await leftovers(sb, kube=kube) == []
         services = await kube.list(SERVICES, namespace, label_selector=f"kaito.sh/workspace={NAME}")
+        # KAITO's own Services carry no label: they are found by the names KAITO gives them.
+        named = [
+            await kube.list(SERVICES, namespace, field_selector=f"metadata.name={name}")
+            for name in (NAME, f"{NAME}-headless")
+        ]
     finally:
         await kube.aclose()
     assert [s["metadata"]["name"] for s in services.get("items") or []] == []
+    assert [s["metadata"]["name"] for listing in named for s in listing.get("items") or []] == []

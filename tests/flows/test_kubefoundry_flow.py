@@ -700,3 +700,25 @@ async def test_a_workspace_that_stays_pending_is_timed_out_quoting_its_condition
         "selector kubernetes.io/os=linux), InferenceReady=Unknown" in reason
     ), reason
     assert record.cleanup.status == "passed", record.cleanup.reason
+
+
+async def test_a_kaito_service_left_behind_is_found_by_its_name(tmp_path: Path) -> None:
+    """KAITO's Services carry no label (its GenerateServiceManifest sets none, only an
+    owner reference): a leak check by label never sees them, so they are looked for by
+    the names KAITO gives them, NAME and NAME-headless."""
+    cluster = FakeCluster()
+    backend = FakeBackend(cluster, kaito_workload())
+    original = backend._remove
+
+    def remove_but_forget_the_headless_service(name: str, ns: str) -> None:
+        original(name, ns)
+        cluster.put(SERVICES, {"metadata": {"name": f"{name}-headless", "namespace": ns}})
+
+    backend._remove = remove_but_forget_the_headless_service  # type: ignore[method-assign]
+    budget = Budget(30, 0.5, cleanup_cap=0.5, cleanup_floor=0.5)
+    _, record = await run(KaitoProfile(), backend, tmp_path, budget=budget, delete_timeout=0.5)
+    assert record.exit_code == 1
+    delete = next(p for p in record.phases if p.name == "delete")
+    assert "Service kaito-workspace/integration-test-llama-headless" in (delete.reason or "")
+    assert record.cleanup.status == "passed", record.cleanup.reason
+    assert cluster.of(SERVICES) == []

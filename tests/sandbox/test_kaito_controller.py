@@ -87,6 +87,13 @@ async def test_delete_removes_pod_and_services_before_the_workspace(make_sandbox
         await install_kaito(api, kube)
         await create_deployment(api)
         await wait_for(kube, WS_COLLECTION, NAME, running_workspace)
+        # As KAITO's own (GenerateServiceManifest, GenerateHeadlessServiceManifest): the
+        # Services select the pods by kaito.sh/workspace but carry no label of their own,
+        # so only their names find them.
+        for name in (NAME, f"{NAME}-headless"):
+            service = await kube.get(f"/api/v1/namespaces/{NS}/services/{name}")
+            assert not service["metadata"].get("labels"), service["metadata"]
+            assert service["spec"]["selector"]["kaito.sh/workspace"] == NAME
 
         status, body = await call(api, "DELETE", f"/api/deployments/{NAME}?namespace={NS}")
         assert (status, body) == (200, {"message": "Deployment deleted successfully"})
