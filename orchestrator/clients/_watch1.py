@@ -9,6 +9,7 @@ context and server name; everywhere else the watch stays on aiohttp.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar, cast
@@ -52,6 +53,7 @@ class WatchConnection(asyncio.Protocol, Generic[T]):
       first, then the failure, as a line-by-line reader would have met them.
     - ``failure`` is what ended the stream: what ``parse`` raised, :class:`TimeoutError`
       after ``silence`` seconds without a byte (a half-open connection, a stalled peer),
+      :class:`Outlived` ``lifetime`` seconds after the request (a peer never done),
       :class:`LineTooLong`, :class:`AnswerTooLarge` for a head over :data:`MAX_HEAD`,
       :class:`InterimFlood` past :data:`MAX_INTERIM` interim answers, a broken
       connection, llhttp's verdict on broken HTTP, :class:`ClosedHere` when :meth:`close`
@@ -70,10 +72,14 @@ class WatchConnection(asyncio.Protocol, Generic[T]):
         parse: Callable[[bytes], T],
         silence: float,
         max_line: int,
+        lifetime: float | None = None,
     ) -> None:
         self._loop = loop
         self._parse = parse
         self._silence = silence
+        self._lifetime = lifetime
+        #: When the stream must have ended by (see ``lifetime``, :class:`Outlived`).
+        self._ends_by = math.inf
         self._max_line = max_line
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
@@ -241,10 +247,14 @@ class WatchConnection(asyncio.Protocol, Generic[T]):
 
     def send(self, head: bytes) -> None:
         """Send the request, and from now on end the connection after ``silence`` s
-        without a byte."""
+        without a byte, or ``lifetime`` s after now (:class:`Outlived`)."""
         assert self.transport is not None
         self._last = self._loop.time()
-        self._timer = self._loop.call_at(self._last + self._silence, self._check_silence)
+        if self._lifetime is not None:
+            self._ends_by = self._last + self._lifetime
+        self._timer = self._loop.call_at(
+            min(self._last + self._silence, self._ends_by), self._check_silence
+        )
         self.transport.write(head)
 
     def wait(self) -> asyncio.Future[None]:
@@ -287,13 +297,20 @@ class WatchConnection(asyncio.Protocol, Generic[T]):
         now = self._loop.time()
         if self._paused:
             # Not reading while the consumer catches up: what the peer did meanwhile is
-            # unknown, so it is not its silence (aiohttp's sock_read stops while paused too).
+            # unknown, so it is not its silence (aiohttp's sock_read stops while paused too),
+            # and the server's end of the stream may be waiting unread: no lifetime either.
             self._last = now
+        elif now >= self._ends_by:
+            assert self._lifetime is not None
+            self._fail(Outlived(self._lifetime))
+            return
         due = self._last + self._silence
         if now >= due:
             self._fail(TimeoutError(f"no byte for {self._silence:g} s"))
         else:
-            self._timer = self._loop.call_at(due, self._check_silence)
+            self._timer = self._loop.call_at(
+                due if self._paused else min(due, self._ends_by), self._check_silence
+            )
 
     def _stop_timer(self) -> None:
         if self._timer is not None:
@@ -316,6 +333,17 @@ class WatchConnection(asyncio.Protocol, Generic[T]):
 MAX_QUEUED = 1024
 #: The most bytes of a non-200 watch answer's body kept for the error.
 MAX_ERROR_BODY = 1024 * 1024
+
+
+class Outlived(Exception):
+    """The stream went on past its ``lifetime``: the server's own ``timeoutSeconds`` and a
+    margin. A server ends a watch at its timeout; a peer that does not (it trickles a
+    line, a chunk extension, a trailer, a byte at a time, never silent and never done)
+    would otherwise hold the watch for as long as it likes."""
+
+    def __init__(self, lifetime: float) -> None:
+        super().__init__(f"the stream went on for over {lifetime:g} s")
+        self.lifetime = lifetime
 
 
 class LineTooLong(Exception):
@@ -341,13 +369,15 @@ async def open_watch(
     parse: Callable[[bytes], T],
     silence: float,
     max_line: int,
+    lifetime: float | None = None,
 ) -> WatchConnection[T]:
     """A new connection to ``pool``'s server (its address, TLS context and server name),
     with ``head`` sent on it: a :class:`WatchConnection`. Raises :class:`TimeoutError`
     past :data:`CONNECT_TIMEOUT`, or what connecting raised (refused, TLS)."""
     loop = asyncio.get_running_loop()
     conn = await pool.connect(
-        lambda: WatchConnection(loop, parse, silence, max_line), loop.time() + CONNECT_TIMEOUT
+        lambda: WatchConnection(loop, parse, silence, max_line, lifetime),
+        loop.time() + CONNECT_TIMEOUT,
     )
     conn.send(head)
     return conn

@@ -42,7 +42,7 @@ from ._exec_credential import EXEC_TIMEOUT, bounded_exec_provider
 from ._http1 import ClosedHere, Http1Pool, Incomplete, InterimFlood, NotSendable, close_all
 from ._retry import READS, RetryPolicy, bounded, heard
 from ._tls import bare_context, plain_http
-from ._watch1 import LineTooLong, WatchConnection, open_watch, upto_too_long
+from ._watch1 import LineTooLong, Outlived, WatchConnection, open_watch, upto_too_long
 
 if TYPE_CHECKING:  # pragma: no cover
     import aiohttp
@@ -1024,14 +1024,19 @@ class KubeClient:
             res, namespace, resource_version, label_selector, field_selector, server_timeout
         )
         silence = client_timeout or silence
-        conn = await self._lean_watch(path, route, query, silence)
+        # The server ends the stream at its timeout: one that goes on well past it is a
+        # peer that never will (a line or a chunk extension trickled, never silent).
+        lifetime = server_timeout + WATCH_MARGIN
+        conn = await self._lean_watch(path, route, query, silence, lifetime)
         if conn is None:
-            async for event in self._aiohttp_watch(path, route, query, silence, on_open):
+            async for event in self._aiohttp_watch(path, route, query, silence, lifetime, on_open):
                 yield event
             return
         try:
             if not await self._accepted(conn, path, on_open):
-                async for event in self._aiohttp_watch(path, route, query, silence, on_open):
+                async for event in self._aiohttp_watch(
+                    path, route, query, silence, lifetime, on_open
+                ):
                     yield event
                 return
             items = conn.items
@@ -1087,6 +1092,7 @@ class KubeClient:
         route: str,
         query: dict[str, Any],
         silence: float,
+        lifetime: float,
     ) -> WatchConnection[WatchEvent] | None:
         """A watch on the lean path (:mod:`._watch1`), where a read would go that way (see
         :meth:`_lean_pool`) and the request can be sent exactly as aiohttp would; None
@@ -1108,7 +1114,7 @@ class KubeClient:
 
         self.requests_sent += 1
         try:
-            conn = await open_watch(lean, head, parse, silence, MAX_LINE)
+            conn = await open_watch(lean, head, parse, silence, MAX_LINE, lifetime)
         except Exception as exc:  # refused, unreachable, a TLS handshake that failed
             raise _unanswered(path, exc) from None
         self.watches_opened += 1
@@ -1131,6 +1137,7 @@ class KubeClient:
         route: str,
         query: dict[str, Any],
         client_timeout: float,
+        lifetime: float,
         on_open: Callable[[], None] | None,
     ) -> AsyncIterator[WatchEvent]:
         """:meth:`watch_stream` on aiohttp's path (a proxy, a cookie, netrc): the same
@@ -1141,7 +1148,9 @@ class KubeClient:
             "GET",
             path,
             query=query,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=client_timeout),
+            timeout=aiohttp.ClientTimeout(
+                total=lifetime, sock_connect=10, sock_read=client_timeout
+            ),
         )
         self.watches_opened += 1
         self._streams.add(response)
@@ -1151,7 +1160,7 @@ class KubeClient:
             if on_open is not None:
                 on_open()
             try:
-                async for line in _lines(response, route, client_timeout):
+                async for line in _lines(response, route, client_timeout, lifetime):
                     yield parse_watch_line(line, route)
             except TransportError:
                 if self._closing:
@@ -1190,6 +1199,19 @@ def _watch_request(
     return path, f"WATCH {path}", query, server_timeout + 15.0
 
 
+#: How long past the server's own ``timeoutSeconds`` a watch stream may go on before it
+#: is ended here (:class:`._watch1.Outlived`): as the default longest silence's margin.
+WATCH_MARGIN = 15.0
+
+
+def _outlived(route: str, lifetime: float) -> TransportError:
+    return TransportError(
+        f"{route}: the stream went on for over {lifetime:g} s, past the server's own "
+        f"timeout and {WATCH_MARGIN:g} s more",
+        url=route,
+    )
+
+
 def _closed_here(route: str) -> TransportError:
     """A watch this client closed under its consumer (:meth:`KubeClient.aclose`): not the
     server's end of the stream, which a reader would take as a clean end and reopen."""
@@ -1226,6 +1248,8 @@ def _stream_failure(route: str, conn: WatchConnection[WatchEvent], silence: floa
         )
     if isinstance(exc, ClosedHere):
         return _closed_here(route)
+    if isinstance(exc, Outlived):
+        return _outlived(route, exc.lifetime)
     return TransportError(
         f"{route}: the stream broke ({type(exc).__name__}: {clip(str(exc), 200)})", url=route
     )
@@ -1236,8 +1260,11 @@ def _stream_failure(route: str, conn: WatchConnection[WatchEvent], silence: floa
 MAX_LINE = 16 * 1024 * 1024
 
 
-async def _lines(response: Any, route: str, silence: float) -> AsyncIterator[bytes]:
-    """The stream's non-empty lines. A silence longer than ``silence`` or a broken
+async def _lines(
+    response: Any, route: str, silence: float, lifetime: float | None = None
+) -> AsyncIterator[bytes]:
+    """The stream's non-empty lines. A silence longer than ``silence`` (aiohttp's
+    ``sock_read``), a stream past its ``lifetime`` (aiohttp's ``total``) or a broken
     connection is a :class:`TransportError`; an endless line a :class:`ProtocolError`."""
     # The line begun grows in place: a peer that trickles a long line in small reads must
     # not make each read copy the whole line so far (quadratic in the line's pieces).
@@ -1267,7 +1294,11 @@ async def _lines(response: Any, route: str, silence: float) -> AsyncIterator[byt
                 raise _line_too_long(route, too_long)
     except ClientError:
         raise
-    except TimeoutError:
+    except TimeoutError as exc:
+        from aiohttp import ServerTimeoutError
+
+        if lifetime is not None and not isinstance(exc, ServerTimeoutError):
+            raise _outlived(route, lifetime) from None
         raise TransportError(
             f"{route}: the stream was silent for more than {silence:g} s", url=route
         ) from None
