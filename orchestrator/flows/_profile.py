@@ -207,6 +207,13 @@ class ProviderProfile:
         """A label selector for the Services made for the deployment (None: none)."""
         return self.pod_selector(d)
 
+    def service_names(self, d: Deployment) -> list[str]:
+        """The names of the Services the provider makes for the deployment, as its docs
+        give them: looked for by name as well as by ``service_selector``, since an
+        operator may label its Services with nothing the selector matches (KAITO's carry
+        no label at all). Default: none."""
+        return []
+
     def workload_selector(self, d: Deployment) -> str:
         """The labels KubeFoundry puts on the workloads it creates."""
         return f"app.kubernetes.io/instance={d.name}"
@@ -223,7 +230,14 @@ class ProviderProfile:
         services = self.service_selector(d)
         if services is not None:
             out.append(Tracked("Service", SERVICES, d.namespace, label_selector=services))
-        return out
+        return out + self.named_services(d)
+
+    def named_services(self, d: Deployment) -> list[Tracked]:
+        """``service_names`` as tracked objects, one field selector each."""
+        return [
+            Tracked("Service", SERVICES, d.namespace, field_selector=f"metadata.name={name}")
+            for name in self.service_names(d)
+        ]
 
     # -- serving -----------------------------------------------------------------
 

@@ -65,6 +65,9 @@ class DynamoProfile(ProviderProfile):
     def service_selector(self, d: Deployment) -> str | None:
         return f"{DGD_LABEL}={d.name}"
 
+    def service_names(self, d: Deployment) -> list[str]:
+        return [f"{d.name}-frontend"]
+
     def endpoint(self, d: Deployment) -> Endpoint:
         return Endpoint(f"{d.name}-frontend", 8000)
 

@@ -11,7 +11,6 @@ from typing import Any
 
 from ..clients import (
     EVENTS,
-    SERVICES,
     InferenceClient,
     KubeClient,
     KubeFoundryClient,
@@ -24,7 +23,7 @@ from ._calls import call_backend
 from ._kubefoundry import FlowSettings, KubeFoundryFlow
 from ._once import OncePerRun
 from ._pods import pod_problem
-from ._profile import Deployment, ProviderProfile, Tracked
+from ._profile import Deployment, ProviderProfile
 from ._run import FlowContext
 
 WORKSPACES = Resource("kaito.sh", "v1beta1", "workspaces")
@@ -56,16 +55,11 @@ class KaitoProfile(ProviderProfile):
     def pod_selector(self, d: Deployment) -> str:
         return f"kaito.sh/workspace={d.name}"
 
-    def tracked(self, d: Deployment) -> list[Tracked]:
-        """The pods, and KAITO's Services by the names it gives them (``NAME`` and
-        ``NAME-headless``): they select the pods by label but carry none of their own,
-        so a label selector never finds them. Services with the pods' label are looked
-        for too: nothing of KAITO's carries it, so one that does is someone's leak."""
-        by_name = [
-            Tracked("Service", SERVICES, d.namespace, field_selector=f"metadata.name={name}")
-            for name in (d.name, f"{d.name}-headless")
-        ]
-        return [*super().tracked(d), *by_name]
+    def service_names(self, d: Deployment) -> list[str]:
+        """KAITO's Services select the pods by label but carry none of their own: only
+        their names find them. (A Service with the pods' label is still looked for by
+        ``service_selector``: nothing of KAITO's carries it, so one that does is a leak.)"""
+        return [d.name, f"{d.name}-headless"]
 
     async def model_name(self, api: KubeFoundryClient, d: Deployment) -> str:
         try:

@@ -73,7 +73,11 @@ class KubeRayProfile(ProviderProfile):
             *super().tracked(d)[:1],
             Tracked("Service", SERVICES, d.namespace, label_selector=made_for),
             Tracked("RayCluster", RAYCLUSTERS, d.namespace, label_selector=made_for),
+            *self.named_services(d),
         ]
+
+    def service_names(self, d: Deployment) -> list[str]:
+        return [f"{d.name}-head-svc", f"{d.name}-serve-svc"]
 
     def endpoint(self, d: Deployment) -> Endpoint:
         return Endpoint(f"{d.name}-serve-svc", 8000)

@@ -722,3 +722,30 @@ async def test_a_kaito_service_left_behind_is_found_by_its_name(tmp_path: Path) 
     assert "Service kaito-workspace/integration-test-llama-headless" in (delete.reason or "")
     assert record.cleanup.status == "passed", record.cleanup.reason
     assert cluster.of(SERVICES) == []
+
+
+@pytest.mark.parametrize(
+    "profile, names",
+    [
+        ("kaito", ["d", "d-headless"]),
+        ("dynamo", ["d-frontend"]),
+        ("kuberay", ["d-head-svc", "d-serve-svc"]),
+    ],
+)
+def test_each_providers_documented_services_are_tracked_by_name(
+    profile: str, names: list[str]
+) -> None:
+    """The Services each provider makes, by the names KUBEFOUNDRY.md and PROVIDERS.md give:
+    the Delete wait and the leak check look for them by name, whatever labels the operator
+    puts on them (KAITO's carry none; the operators' labels are not documented)."""
+    from orchestrator.flows.dynamo import DynamoProfile
+    from orchestrator.flows.kuberay import KubeRayProfile
+
+    chosen = {"kaito": KaitoProfile, "dynamo": DynamoProfile, "kuberay": KubeRayProfile}[profile]()
+    tracked = chosen.tracked(Deployment("d", "ns", "m"))
+    by_name = [
+        t.field_selector.removeprefix("metadata.name=")
+        for t in tracked
+        if t.resource == SERVICES and t.field_selector
+    ]
+    assert by_name == names
