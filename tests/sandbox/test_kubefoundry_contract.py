@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from _fixtures import (  # noqa: F401 - fixtures are used by name
+    CREATE_BODY,
     NAME,
     NS,
     WS_COLLECTION,
@@ -312,3 +313,20 @@ async def test_an_install_that_finds_the_operator_running_says_installed_success
         assert answer["installationStatus"]["installed"] is True
         assert answer["installing"] is False
         assert answer["message"] == "KAITO installed successfully"
+
+
+@pytest.mark.parametrize("kube_backend", ["kubeapi"], indirect=True)
+async def test_a_deployment_addressed_without_its_namespace_is_not_found(make_sandbox) -> None:
+    """KUBEFOUNDRY.md: always pass ``namespace``. Without it the real backend looks in its
+    own default namespace (recording 02 reports ``kubefoundry-system``), not KAITO's, so a
+    client that forgot it would find nothing there: the stand-in must not find it either."""
+    async with make_sandbox() as (sb, api, kube):
+        await install_kaito(api, kube)
+        status, answer = await call(api, "POST", "/api/deployments", json=CREATE_BODY)
+        assert status == 201, answer
+        status, body = await call(api, "GET", f"/api/deployments/{NAME}")
+        assert (status, body["error"]["message"]) == (404, "Deployment not found")
+        status, body = await call(api, "DELETE", f"/api/deployments/{NAME}")
+        assert status == 404, body
+        status, body = await call(api, "GET", f"/api/deployments/{NAME}?namespace={NS}")
+        assert status == 200, body

@@ -31,7 +31,7 @@ from .errors import (
 )
 from .installation import CRD_DIR_KEY, KUBE_KEY, PROVIDER_CRDS_KEY, PROVIDERS, any_provider_status
 
-KUBEFOUNDRY_NAMESPACE = "kubefoundry-system"
+KUBEFOUNDRY_NAMESPACE = deployments.BACKEND_NAMESPACE
 
 
 def _timestamp() -> str:

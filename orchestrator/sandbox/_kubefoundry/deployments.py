@@ -38,6 +38,9 @@ MODEL_CONFIG_MESSAGE = (
 )
 MANAGED_SELECTOR = "app.kubernetes.io/managed-by=kubefoundry"
 DEFAULT_NAMESPACE = "kaito-workspace"
+#: The backend's own namespace (what GET /api/cluster/status reports, recording 02): the
+#: routes that address a deployment look there when the query names no namespace.
+BACKEND_NAMESPACE = "kubefoundry-system"
 PRIMARY = {"kind": "Workspace", "apiVersion": "kaito.sh/v1beta1"}
 LLAMACPP_PORT = 5000
 
@@ -235,7 +238,9 @@ def deployment_status(ws: JSON) -> JSON:
 def _query_namespace(request: web.Request) -> str | web.Response:
     namespace = request.query.get("namespace")
     if namespace is None:
-        return DEFAULT_NAMESPACE
+        # Not the KAITO default: the real backend resolves a missing namespace to its own
+        # default, so a client that leaves it out finds nothing of KAITO's.
+        return BACKEND_NAMESPACE
     if not DNS_LABEL.match(namespace) or len(namespace) > 63:
         return zod_error("namespace", QUERY_NAMESPACE_MESSAGE)
     return namespace
