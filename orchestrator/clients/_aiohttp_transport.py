@@ -26,18 +26,28 @@ import aiohttp
 import httpx
 from yarl import URL
 
-from ._http1 import MAX_INTERIM, InterimFlood
+from ._http1 import MAX_HEAD, MAX_INTERIM, AnswerTooLarge, InterimFlood
 
 
 class BoundedResponse(aiohttp.ClientResponse):
-    """aiohttp's response, taking at most :data:`MAX_INTERIM` interim (1xx) answers before
-    the final one (aiohttp takes any number: a peer could hold the request with them for
-    ever); past that, :class:`InterimFlood`, and aiohttp closes the connection.
+    """aiohttp's response, with two bounds its parser lacks, as the lean path has them.
+
+    - At most :data:`MAX_INTERIM` interim (1xx) answers before the final one (aiohttp
+      takes any number: a peer could hold the request with them for ever); past that,
+      :class:`InterimFlood`, and aiohttp closes the connection. Counted as each message
+      of the head is read, once per answer.
+    - At most :data:`MAX_HEAD` bytes in a row that give the body nothing: aiohttp takes a
+      chunk extension (``5;aaaa...``) of any length, holding nothing and handing nothing
+      on, so a peer sending one without end kept a watch for ever, a core busy the while.
+      Past the bound the body's reader gets :class:`AnswerTooLarge` and the connection
+      is closed. Counted as the connection hands each read to aiohttp's parser (two
+      counter reads a read, on this path only), until the body's end.
 
     Sessions made with it as their ``response_class``: the backend transport's, the
-    Kubernetes client's (its reads' session and its ApiClient's). The count is kept on
-    the way each message of the head is read, once per answer: nothing per byte.
+    Kubernetes client's (its reads' session and its ApiClient's).
     """
+
+    _unbind: Any = None
 
     async def start(self, connection: Any) -> aiohttp.ClientResponse:
         protocol = connection.protocol
@@ -57,9 +67,50 @@ class BoundedResponse(aiohttp.ClientResponse):
 
         protocol.read = counted  # this answer's head only: the connection's own after
         try:
-            return await super().start(connection)
+            await super().start(connection)
         finally:
             del protocol.read
+        self._bound_framing(protocol)
+        return self
+
+    def _bound_framing(self, protocol: Any) -> None:
+        content = self.content
+        if content.at_eof() or "data_received" in vars(protocol):
+            return  # a whole (or empty) body: nothing more comes for it
+        received = protocol.data_received
+        unhanded = 0
+
+        def counted(data: bytes) -> None:
+            nonlocal unhanded
+            before = content.total_raw_bytes
+            received(data)
+            if content.total_raw_bytes != before:
+                unhanded = 0
+                return
+            unhanded += len(data)
+            if unhanded > MAX_HEAD and not content.at_eof():
+                content.set_exception(
+                    AnswerTooLarge(f"a chunk header or trailer over {MAX_HEAD} bytes")
+                )
+                self.close()
+
+        def unbind() -> None:
+            if vars(protocol).get("data_received") is counted:
+                del protocol.data_received  # the connection's own again, for its next answer
+
+        protocol.data_received = counted
+        self._unbind = unbind
+        content.on_eof(unbind)
+
+    def release(self) -> Any:
+        if self._unbind is not None:
+            self._unbind()
+        return super().release()
+
+    def close(self) -> None:
+        if self._unbind is not None:
+            self._unbind()
+        super().close()
 
 
 class _Body(httpx.AsyncByteStream):
