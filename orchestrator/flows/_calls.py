@@ -37,6 +37,14 @@ async def call_backend(call: Awaitable[T], *, not_found_fails: bool = False) -> 
     try:
         return await call
     except Unauthorized as exc:
+        if exc.status == 403:
+            # KubeFoundry refuses a missing or wrong token with 401 (KUBEFOUNDRY.md): a 403
+            # is Kubernetes refusing what the backend asked of it, passed on, or a proxy.
+            raise PhaseFailed(
+                f"the backend answered 403 ({exc.message}): KubeFoundry refuses a token with "
+                "401, so this is the cluster refusing the backend's request (check the RBAC "
+                "of the identity it uses for Kubernetes) or a proxy in front of it"
+            ) from None
         raise PhaseFailed(
             f"the backend refused the request ({exc.status} {exc.message}): "
             f"check the bearer token (KUBEFOUNDRY_TOKEN or token_file)"

@@ -251,6 +251,19 @@ async def fails(exc: Exception) -> None:
 async def test_call_backend_turns_answers_that_end_a_phase_into_reasons() -> None:
     with pytest.raises(PhaseFailed, match="check the bearer token"):
         await call_backend(fails(Unauthorized(401, "no", method="GET", path="/x")))
+    # The backend's auth answers 401 only: a 403 is Kubernetes (RBAC) passed on, or a
+    # proxy, and blaming the token would send a person to the wrong place.
+    forbidden = Unauthorized(
+        403,
+        'Failed to create deployment: workspaces.kaito.sh is forbidden: User "system:'
+        'serviceaccount:kubefoundry-system:kubefoundry" cannot create resource "workspaces"',
+        method="POST",
+        path="/api/deployments",
+    )
+    with pytest.raises(PhaseFailed) as refused:
+        await call_backend(fails(forbidden))
+    assert "403" in refused.value.reason and "RBAC" in refused.value.reason
+    assert "bearer token" not in refused.value.reason
     with pytest.raises(PhaseFailed, match="bad shape"):
         await call_backend(fails(ResponseFormatError("bad shape", [])))
     with pytest.raises(NotFound):  # a 404 is often an answer ("it is gone")
