@@ -427,6 +427,17 @@ async def _read_to_end(rest: AsyncIterator[bytes]) -> None:
 #: More chunks than any sane answer to a bounded ``max_tokens`` has: a peer that streams
 #: without end is stopped here rather than by memory.
 MAX_CHUNKS = 20_000
+#: The largest answer taken from the model, decoded (a whole completion, or a stream
+#: with all it carries besides its chunks): far above a completion of any length this
+#: tool asks for, and a bound on what an endless body, or a few bytes of gzip standing
+#: for gigabytes (httpx decodes them), can make us hold.
+MAX_ANSWER = 64 * 1024 * 1024
+
+
+def _too_large(route: str) -> InvalidCompletion:
+    return InvalidCompletion(
+        f"{route}: the answer did not end", [f"more than {MAX_ANSWER} bytes"], route=route
+    )
 
 
 @dataclass
@@ -454,6 +465,8 @@ async def _read_answer(
         return await _collect(_sse_chunks(data, seen, route), started, route)
     async for piece in data:
         seen.received += piece
+        if len(seen.received) > MAX_ANSWER:
+            raise _too_large(route)
     body = _try_json(bytes(seen.received).decode("utf-8", "replace"))
     return _Answer(status, body=body, total_s=time.monotonic() - started)
 
@@ -592,6 +605,8 @@ async def _sse_chunks(
     pending = b""
     async for piece in data:
         seen.received += piece
+        if len(seen.received) > MAX_ANSWER:
+            raise _too_large(route)
         pending += piece
         *lines, pending = pending.split(b"\n")
         for raw in lines:
@@ -635,7 +650,11 @@ async def _post_whole(
                 status = resp.status_code
                 async for chunk in resp.aiter_bytes():
                     received += chunk
+                    if len(received) > MAX_ANSWER:
+                        raise _too_large(f"POST {url}")
             return status, bytes(received)
+        except ClientError:
+            raise
         except httpx.TimeoutException:
             pass
         except Exception as exc:  # the boundary: nothing but a ClientError leaves a client

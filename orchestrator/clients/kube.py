@@ -39,10 +39,26 @@ from ._errors import (
     status_error,
 )
 from ._exec_credential import EXEC_TIMEOUT, bounded_exec_provider
-from ._http1 import ClosedHere, Http1Pool, Incomplete, InterimFlood, NotSendable, close_all
+from ._http1 import (
+    MAX_BODY,
+    AnswerTooLarge,
+    ClosedHere,
+    Http1Pool,
+    Incomplete,
+    InterimFlood,
+    NotSendable,
+    close_all,
+)
 from ._retry import READS, RetryPolicy, bounded, heard
 from ._tls import bare_context, plain_http
-from ._watch1 import LineTooLong, Outlived, WatchConnection, open_watch, upto_too_long
+from ._watch1 import (
+    MAX_ERROR_BODY,
+    LineTooLong,
+    Outlived,
+    WatchConnection,
+    open_watch,
+    upto_too_long,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import aiohttp
@@ -712,6 +728,8 @@ class KubeClient:
             try:
                 async for chunk in response.content.iter_any():
                     received += chunk
+                    if len(received) > MAX_BODY:
+                        raise _too_large()
                 return response.status, response.headers, bytes(received)
             except (TimeoutError, aiohttp.ServerTimeoutError):
                 pass  # reported below, with what arrived
@@ -813,6 +831,8 @@ class KubeClient:
                 answer_headers = r.headers
                 while chunk := await r.content.readany():
                     received += chunk
+                    if len(received) > MAX_BODY:
+                        raise _too_large()
         except TimeoutError:  # aiohttp's own timeouts are TimeoutErrors too
             elapsed = time.monotonic() - started
             raise no_whole_answer("GET", path, elapsed, status, received) from None
@@ -1310,6 +1330,13 @@ async def _lines(
         yield bytes(pending)
 
 
+def _too_large() -> AnswerTooLarge:
+    """An answer body over :data:`MAX_BODY` on aiohttp's path, as the lean path says it: a
+    peer's endless body, or a few bytes of gzip that stand for gigabytes (aiohttp decodes
+    in bounded steps; this bounds what they add up to)."""
+    return AnswerTooLarge(f"an answer body over {MAX_BODY} bytes")
+
+
 def _line_too_long(route: str, start: bytes | bytearray) -> ProtocolError:
     return ProtocolError(
         f"{route}: a watch line longer than {MAX_LINE} bytes",
@@ -1325,6 +1352,9 @@ async def _status_answer(response: Any, method: str, path: str) -> ClientError:
         try:
             async for chunk in response.content.iter_any():
                 received += chunk
+                if len(received) >= MAX_ERROR_BODY:
+                    del received[MAX_ERROR_BODY:]  # enough to quote: the rest is not read
+                    break
         except Exception:
             pass
     try:

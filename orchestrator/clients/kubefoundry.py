@@ -44,7 +44,7 @@ from ._errors import (
     redact,
     status_error,
 )
-from ._http1 import InterimFlood
+from ._http1 import AnswerTooLarge, InterimFlood
 from ._retry import GATEWAY_ERRORS, RetryPolicy, bounded
 from ._tls import context_for
 
@@ -54,6 +54,10 @@ M = TypeVar("M", bound=BaseModel)
 #: holds the request open until they end; the phase deadline still bounds it.
 INSTALL_TIMEOUT = httpx.Timeout(connect=10.0, read=600.0, write=30.0, pool=10.0)
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=10.0)
+#: The largest answer taken from the backend, decoded: its answers are JSON of a few
+#: KiB; a bound on what an endless body, or a few bytes of gzip standing for gigabytes
+#: (httpx decodes them), can make us hold.
+MAX_ANSWER = 64 * 1024 * 1024
 
 JOURNAL_BODY_LIMIT = 8192
 
@@ -233,14 +237,17 @@ class KubeFoundryClient:
                     status, headers = response.status_code, response.headers
                     async for chunk in response.aiter_bytes():
                         received += chunk
+                        if len(received) > MAX_ANSWER:
+                            raise AnswerTooLarge(f"an answer body over {MAX_ANSWER} bytes")
                     whole = True
             except httpx.TimeoutException as exc:
                 failure = self._timed_out(route, started, status, received, type(exc).__name__)
             except Exception as exc:
-                if isinstance(exc.__cause__, InterimFlood):
-                    # Endless interim answers: the peer's protocol, which another try would
-                    # meet again (a flake is retried; this is not).
-                    failure = ProtocolError(f"{route}: {exc.__cause__}", route=route)
+                if isinstance(exc.__cause__, InterimFlood) or isinstance(exc, AnswerTooLarge):
+                    # Endless interim answers, a body past any answer's size: the peer's
+                    # protocol, which another try would meet again (a flake is retried).
+                    cause = exc if isinstance(exc, AnswerTooLarge) else exc.__cause__
+                    failure = ProtocolError(f"{route}: {cause}", route=route)
                 else:
                     failure = TransportError(
                         f"{route}: {type(exc).__name__}: "
