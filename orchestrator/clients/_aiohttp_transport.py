@@ -30,7 +30,7 @@ from ._http1 import MAX_HEAD, MAX_INTERIM, AnswerTooLarge, InterimFlood
 
 
 class BoundedResponse(aiohttp.ClientResponse):
-    """aiohttp's response, with two bounds its parser lacks, as the lean path has them.
+    """aiohttp's response, with the bounds its parser lacks, as the lean path has them.
 
     - At most :data:`MAX_INTERIM` interim (1xx) answers before the final one (aiohttp
       takes any number: a peer could hold the request with them for ever); past that,
@@ -42,12 +42,21 @@ class BoundedResponse(aiohttp.ClientResponse):
       Past the bound the body's reader gets :class:`AnswerTooLarge` and the connection
       is closed. Counted as the connection hands each read to aiohttp's parser (two
       counter reads a read, on this path only), until the body's end.
+    - No byte after the answer's end: from then until the next request on the connection
+      (sent by :class:`BoundedRequest`), bytes answer nothing (a body longer than its
+      Content-Length, a second answer a peer slips in), and aiohttp would parse them and
+      hand them to that next request as its answer. They close the connection instead,
+      as on the lean path (:class:`_IdleGuard`).
 
-    Sessions made with it as their ``response_class``: the backend transport's, the
-    Kubernetes client's (its reads' session and its ApiClient's).
+    Sessions made with it as their ``response_class`` and :class:`BoundedRequest` as their
+    ``request_class``: the backend transport's, the Kubernetes client's (its reads'
+    session and its ApiClient's). With uvloop, which keeps a protocol's ``data_received``
+    from the start, only the first bound applies.
     """
 
     _unbind: Any = None
+    #: Set by :class:`BoundedRequest`, which lifts the guard before the next request.
+    _guard_idle = False
 
     async def start(self, connection: Any) -> aiohttp.ClientResponse:
         protocol = connection.protocol
@@ -75,8 +84,11 @@ class BoundedResponse(aiohttp.ClientResponse):
 
     def _bound_framing(self, protocol: Any) -> None:
         content = self.content
-        if content.at_eof() or "data_received" in vars(protocol):
-            return  # a whole (or empty) body: nothing more comes for it
+        if "data_received" in vars(protocol):
+            return  # not ours to bind (nothing of ours is left bound: see BoundedRequest)
+        if content.at_eof():  # a whole (or empty) body: nothing more comes for it
+            self._idle(protocol)
+            return
         received = protocol.data_received
         unhanded = 0
 
@@ -97,10 +109,15 @@ class BoundedResponse(aiohttp.ClientResponse):
         def unbind() -> None:
             if vars(protocol).get("data_received") is counted:
                 del protocol.data_received  # the connection's own again, for its next answer
+                self._idle(protocol)
 
         protocol.data_received = counted
         self._unbind = unbind
         content.on_eof(unbind)
+
+    def _idle(self, protocol: Any) -> None:
+        if self._guard_idle:
+            protocol.data_received = _IdleGuard(protocol)
 
     def release(self) -> Any:
         if self._unbind is not None:
@@ -111,6 +128,35 @@ class BoundedResponse(aiohttp.ClientResponse):
         if self._unbind is not None:
             self._unbind()
         super().close()
+
+
+class _IdleGuard:
+    """A connection's ``data_received`` from the end of an answer to the next request:
+    a byte then closes the connection, unparsed (see :class:`BoundedResponse`)."""
+
+    __slots__ = ("_protocol",)
+
+    def __init__(self, protocol: Any) -> None:
+        self._protocol = protocol
+
+    def __call__(self, data: bytes) -> None:
+        if data:
+            self._protocol.close()
+
+
+class BoundedRequest(aiohttp.ClientRequest):
+    """aiohttp's request, lifting :class:`_IdleGuard` from its connection before it is
+    written (a byte of its answer must reach the parser), and asking its
+    :class:`BoundedResponse` to guard the connection again once the answer is whole."""
+
+    async def send(self, conn: Any) -> aiohttp.ClientResponse:
+        protocol = conn.protocol
+        if protocol is not None and isinstance(vars(protocol).get("data_received"), _IdleGuard):
+            del protocol.data_received
+        response = await super().send(conn)
+        if isinstance(response, BoundedResponse):
+            response._guard_idle = True
+        return response
 
 
 class _Body(httpx.AsyncByteStream):
@@ -176,6 +222,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 trust_env=False,  # proxies from the environment are routed by httpx
                 cookie_jar=aiohttp.DummyCookieJar(),  # httpx keeps the cookies
                 response_class=BoundedResponse,
+                request_class=BoundedRequest,
             )
         return self._session
 

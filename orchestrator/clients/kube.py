@@ -107,16 +107,17 @@ class _NoCaBundle:
 
 
 def _bound_interim(api: Any) -> None:
-    """Let the ApiClient's session take only a few interim (1xx) answers before the final
-    one (``BoundedResponse``): aiohttp takes any number, and a peer sending them without
-    end would hold a watch for ever and a request until its deadline. Set on the session
-    kubernetes-asyncio made (its response class is read at each request); a stand-in
-    ApiClient without one is left as it is."""
+    """Give the ApiClient's session the bounds aiohttp's parser lacks (``BoundedResponse``
+    and ``BoundedRequest``: a few interim answers at most, no chunk header without end, no
+    byte after an answer taken for the next one's). Set on the session kubernetes-asyncio
+    made (its classes are read at each request); a stand-in ApiClient without one is left
+    as it is."""
     session = getattr(getattr(api, "rest_client", None), "pool_manager", None)
     if session is not None and hasattr(session, "_response_class"):
-        from ._aiohttp_transport import BoundedResponse
+        from ._aiohttp_transport import BoundedRequest, BoundedResponse
 
         session._response_class = BoundedResponse
+        session._request_class = BoundedRequest
 
 
 @dataclass(frozen=True)
@@ -451,6 +452,7 @@ class KubeClient:
             cookie_jar=own.cookie_jar,
             read_bufsize=2**21,  # as kubernetes-asyncio's own session
             response_class=own._response_class,  # BoundedResponse (see _bound_interim)
+            request_class=own._request_class,  # BoundedRequest
         )
         extra: dict[str, Any] = {}
         if rest.proxy:

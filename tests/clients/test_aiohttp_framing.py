@@ -140,3 +140,45 @@ async def test_a_body_in_many_small_chunks_is_not_taken_for_endless_framing(
             got = await kube.read(PATH, check_object, NO_RETRY)
         assert got == pod
         assert framing > 4 * MAX_HEAD + 256 * 1024
+
+
+def answer_for(name: str) -> bytes:
+    body = json.dumps({"metadata": {"name": name, "namespace": "ns"}}).encode()
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+    return head % len(body) + body
+
+
+@pytest.mark.parametrize("route", ["read", "exchange"])
+async def test_bytes_after_an_answer_are_never_the_next_requests_answer(
+    reading: Any, monkeypatch: pytest.MonkeyPatch, route: str
+) -> None:
+    """A peer's bytes after an answer (a body longer than its Content-Length, a second
+    answer slipped in while the connection is idle) close the connection: aiohttp would
+    keep them and hand them to the next request on it as its answer."""
+    monkeypatch.setattr(KubeClient, "_lean_pool", lambda *_args: None)
+    slip = anyio.Event()
+
+    async def slipping(conn: Conn) -> None:
+        while request := await conn.request():
+            name = request.split(b" ")[1].rsplit(b"/", 1)[-1].decode()
+            await conn.send(answer_for(name))
+            if name == "a2":
+                await slip.wait()
+                await conn.send(answer_for("slipped-in"))
+
+    async def get(kube: KubeClient, name: str) -> Any:
+        path = f"/api/v1/namespaces/ns/pods/{name}"
+        if route == "read":
+            return await kube.read(path, check_object, NO_RETRY)
+        return await kube.request("GET", path)
+
+    async with reading(slipping) as (peer, kube):
+        with anyio.fail_after(HANG):
+            assert (await get(kube, "a"))["metadata"]["name"] == "a"
+            # The connection is kept between answers that end where they say they do.
+            assert (await get(kube, "a2"))["metadata"]["name"] == "a2"
+            assert peer.connections == 1
+            slip.set()
+            await peer.until(lambda: peer.closed == 1)  # closed by the client, on them
+            assert (await get(kube, "b"))["metadata"]["name"] == "b"
+        assert peer.connections == 2
