@@ -601,14 +601,27 @@ def _chunk_problem(chunk: Any) -> str | None:
 async def _sse_chunks(
     data: AsyncIterator[bytes], seen: _Seen, route: str
 ) -> AsyncIterator[dict[str, Any]]:
-    """The stream's chunks, from raw bytes, until ``[DONE]`` or the end of the body."""
-    pending = b""
+    """The stream's chunks, from raw bytes, until ``[DONE]`` or the end of the body.
+
+    The line begun grows in place and only a read with a newline is split: a peer that
+    trickles a line in single bytes must not make each read copy, and split again, the
+    whole line so far (quadratic in its pieces: minutes of a core on a line of a MiB).
+    """
+    pending = bytearray()
     async for piece in data:
         seen.received += piece
         if len(seen.received) > MAX_ANSWER:
             raise _too_large(route)
-        pending += piece
-        *lines, pending = pending.split(b"\n")
+        if b"\n" not in piece:
+            pending += piece
+            if len(pending) > MAX_SSE_LINE:
+                raise _sse_line_too_long(route, pending)
+            continue
+        if pending:
+            pending += piece
+            piece = bytes(pending)
+        *lines, rest = piece.split(b"\n")
+        pending = bytearray(rest)
         for raw in lines:
             line = raw.decode("utf-8", "replace").strip()
             if not line.startswith("data:"):
@@ -618,15 +631,23 @@ async def _sse_chunks(
             if chunk is None:
                 return
             yield chunk
-        if len(pending) > 1024 * 1024:
-            raise InvalidCompletion(
-                f"{route}: a stream line longer than 1 MiB", [f"(line): {excerpt(pending[:200])}"]
-            )
+        if len(pending) > MAX_SSE_LINE:
+            raise _sse_line_too_long(route, pending)
     line = pending.decode("utf-8", "replace").strip()
     if line.startswith("data:"):
         chunk = parse_sse_data(line[5:].strip(), route)
         if chunk is not None:
             yield chunk
+
+
+#: The longest line of an event stream taken.
+MAX_SSE_LINE = 1024 * 1024
+
+
+def _sse_line_too_long(route: str, pending: bytearray) -> InvalidCompletion:
+    return InvalidCompletion(
+        f"{route}: a stream line longer than 1 MiB", [f"(line): {excerpt(bytes(pending[:200]))}"]
+    )
 
 
 def _try_json(text: str) -> Any:
