@@ -12,7 +12,8 @@ your own (in a package of its own) needs no private name:
 
 - waiting: :func:`wait_for` asks an authority and sleeps on watches
   (:class:`WatchSpec`) until it answers; an ``inspect`` callback ends it early by
-  raising :class:`Stop`.
+  raising :class:`Stop`, and a check that got nothing to decide on asks for another
+  try by raising :class:`AskAgain`.
 - pods: :func:`pod_problem` (will this pod ever be ready?), :func:`pod_ready`,
   :func:`pod_summary`, :data:`FATAL_WAITING_REASONS`; :class:`PullErrors` lets a
   wait see through a pull failure the kubelet retries (:func:`pull_is_definitive`).
@@ -69,13 +70,14 @@ from ._run import (
     run_flows,
     worst_exit,
 )
-from ._waiting import Stop, WatchSpec, pod_summary, wait_for
+from ._waiting import AskAgain, Stop, WatchSpec, pod_summary, wait_for
 
 __all__ = [
     "BUILTIN_FLOWS",
     "ENTRY_POINT_GROUP",
     "FATAL_WAITING_REASONS",
     "ArtifactsInUse",
+    "AskAgain",
     "FlowContext",
     "FlowEntry",
     "FlowFactory",

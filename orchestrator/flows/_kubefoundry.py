@@ -51,7 +51,7 @@ from ._pods import PullErrors, is_pod, pod_problem, pod_ready
 from ._profile import Deployment, Owned, ProviderProfile, Readiness, Tracked
 from ._pull import image_pulls
 from ._pull import summary as pull_summary
-from ._waiting import Stop, WatchSpec, pod_summary, wait_for
+from ._waiting import AskAgain, Stop, WatchSpec, pod_summary, wait_for
 
 T = TypeVar("T")
 
@@ -61,6 +61,10 @@ DELETE_GRACE = 10.0
 #: At most this many seconds of cleanup go to the backend's delete; the rest is kept for
 #: deleting through Kubernetes when the backend fails, hangs or deletes nothing.
 BACKEND_CLEANUP_SHARE_MAX = 30.0
+#: Seconds before the backend is asked again after a 404 that the cluster contradicts, at
+#: first and at most (doubling in between while the 404s go on).
+AFTER_404_FIRST = 0.1
+AFTER_404_MAX = 2.0
 #: While the watches show an object that should be gone, the API server is asked again
 #: at most this often: the watches' view is a hint, a fresh list the answer.
 CONFIRM_EVERY = 2.0
@@ -218,6 +222,8 @@ class KubeFoundryFlow:
         self._pods_version: str | None = None
         #: The same for the workload (see :meth:`_Cluster.workload`).
         self._workload_version: str | None = None
+        #: The pause before the backend is asked again after a 404 (see _backend_status).
+        self._after_404 = AFTER_404_FIRST
 
     # -- the engine's view ----------------------------------------------------
 
@@ -408,51 +414,54 @@ class KubeFoundryFlow:
         ctx.log(f"created deployment {created.name} in {created.namespace} ({created.message})")
 
     async def _backend_status(self, ctx: PhaseContext) -> DeploymentStatus:
-        """The backend's status of the deployment, once the backend stops answering 404
-        for a workload the cluster has.
+        """The backend's status of the deployment; a 404 for a workload the cluster has is
+        :class:`AskAgain`.
 
         The backend turns every failure to read a deployment (its Kubernetes client timing
         out, the API server busy) into ``404 Deployment not found`` (KUBEFOUNDRY.md), so a
         404 here is weighed before it ends the wait: from a backend that says it is not
         connected to the cluster, it fails the phase saying so; with the workload gone from
         the cluster, the deployment vanished; with the workload there, the 404 is a
-        finding, and the backend is asked again after a short pause (the cluster may not
-        change again for a long while, so its events cannot be what wakes the next try).
+        finding, and the wait asks again after a short pause that grows while the 404s
+        go on (the cluster may not change again for a long while, so its events cannot be
+        all that wakes the next try). The pause is the wait's, not a loop of its own here:
+        a pod event that shows the model can never start still ends the wait at once.
         """
         d, p = self.deployment, self.profile
-        delay = 0.1
-        while True:
-            try:
-                return await call_backend(self.api.get_deployment(d.name, d.namespace))
-            except NotFound as exc:
-                answer = f"GET /api/deployments/{d.name} answered 404 ({exc.message})"
-            cluster, workload = await side_by_side(
-                call_backend(self.api.cluster_status()), _Cluster(self).workload()
+        try:
+            status = await call_backend(self.api.get_deployment(d.name, d.namespace))
+        except NotFound as exc:
+            answer = f"GET /api/deployments/{d.name} answered 404 ({exc.message})"
+        else:
+            self._after_404 = AFTER_404_FIRST
+            return status
+        cluster, workload = await side_by_side(
+            call_backend(self.api.cluster_status()), _Cluster(self).workload()
+        )
+        connection = cluster.result()
+        if not connection.connected:
+            raise PhaseFailed(
+                f"{answer}, and the backend is not connected to the cluster "
+                f"({connection.error or 'no reason given'}): its 404 proves nothing"
             )
-            status = cluster.result()
-            if not status.connected:
-                raise PhaseFailed(
-                    f"{answer}, and the backend is not connected to the cluster "
-                    f"({status.error or 'no reason given'}): its 404 proves nothing"
-                )
-            obj = workload.result()
-            where = f"{p.workload_kind} {d.namespace}/{d.name}"
-            if obj is None:
-                raise PhaseFailed(
-                    f"{answer}, and the {where} is not in the cluster: the deployment "
-                    "vanished while the run waited for it"
-                )
-            deleting = (obj.get("metadata") or {}).get("deletionTimestamp")
-            ctx.finding(
-                "backend-404-while-deployed",
-                f"{answer} while the {where} is in the cluster"
-                + (f" (being deleted since {deleting})" if deleting else "")
-                + ": the backend turns a failure to read it into 404",
-                fact="docs/PROVIDERS.md#backend-404-while-deployed",
+        obj = workload.result()
+        where = f"{p.workload_kind} {d.namespace}/{d.name}"
+        if obj is None:
+            raise PhaseFailed(
+                f"{answer}, and the {where} is not in the cluster: the deployment "
+                "vanished while the run waited for it"
             )
-            ctx.progress(f"{answer} while the {where} is in the cluster; asking again")
-            await anyio.sleep(delay)
-            delay = min(delay * 2, 2.0)
+        deleting = (obj.get("metadata") or {}).get("deletionTimestamp")
+        ctx.finding(
+            "backend-404-while-deployed",
+            f"{answer} while the {where} is in the cluster"
+            + (f" (being deleted since {deleting})" if deleting else "")
+            + ": the backend turns a failure to read it into 404",
+            fact="docs/PROVIDERS.md#backend-404-while-deployed",
+        )
+        ctx.progress(f"{answer} while the {where} is in the cluster; asking again")
+        after, self._after_404 = self._after_404, min(self._after_404 * 2, AFTER_404_MAX)
+        raise AskAgain(after)
 
     async def _read_status(self, ctx: PhaseContext) -> tuple[DeploymentStatus, Readiness]:
         """The backend's status of the deployment and the profile's reading of it."""

@@ -99,6 +99,20 @@ class Stop(Exception):
         self.reason = reason
 
 
+class AskAgain(Exception):
+    """Raised by a ``check``: the authority gave nothing to decide on this time (a 404 that
+    the cluster contradicts): ask again after ``after`` seconds, or on a watch event.
+
+    A check that looped on its own until it got an answer would keep the wait from what
+    its watches said meanwhile: an ``inspect`` that stopped it would be heard only at the
+    deadline. Raising this hands the pause back to the wait.
+    """
+
+    def __init__(self, after: float) -> None:
+        super().__init__(f"ask again within {after:g} s")
+        self.after = after
+
+
 async def wait_for(
     check: Callable[[], Awaitable[T | None]],
     *,
@@ -111,6 +125,9 @@ async def wait_for(
     hub: WatchHub | None = None,
 ) -> T:
     """Return ``check()``'s first non-None answer; raise :class:`Stop` if ``inspect`` says so.
+
+    A ``check`` that raises :class:`AskAgain` is asked again after the pause it names, or
+    sooner on a watch event, unless ``inspect`` stopped the wait meanwhile.
 
     The watches are subscribed first, then ``check`` runs (the object may be ready
     already), and again after every burst of events and once more when a watch
@@ -203,7 +220,12 @@ async def wait_for(
         at_recheck = False
         while not stopped and not failed:
             checks_begun += 1
-            answer = await check()
+            try:
+                answer = await check()
+            except AskAgain as again:
+                await signal.wait(again.after)
+                at_recheck = False
+                continue
             if answer is not None or stopped or failed:
                 if answer is not None and at_recheck and on_note:
                     # Watches bring every change within milliseconds: an answer that only

@@ -749,3 +749,97 @@ def test_each_providers_documented_services_are_tracked_by_name(
         if t.resource == SERVICES and t.field_selector
     ]
     assert by_name == names
+
+
+class EventsOnCue:
+    """A watch hub that sends nothing until told: ``send`` hands an event to every wait
+    listening on its resource now, as the hub's stream task would."""
+
+    def __init__(self) -> None:
+        self.listening: list[tuple[Resource, Any]] = []
+
+    def listen(self, resource: Resource, namespace: str | None = None, **kw: Any) -> Any:
+        import contextlib
+
+        entry = (resource, kw["on_event"])
+
+        @contextlib.contextmanager
+        def subscribed() -> Any:
+            self.listening.append(entry)
+            try:
+                yield
+            finally:
+                self.listening.remove(entry)
+
+        return subscribed()
+
+    def known(self, *args: Any, **kw: Any) -> None:
+        return None  # no whole view: every read goes to the cluster
+
+    def resync(self, *args: Any, **kw: Any) -> None:
+        pass
+
+    def send(self, resource: Resource, obj: dict[str, Any]) -> None:
+        from orchestrator.clients import WatchEvent
+
+        for listened, on_event in list(self.listening):
+            if listened == resource:
+                on_event(WatchEvent("MODIFIED", obj))
+
+
+async def test_a_pod_that_cannot_start_ends_wait_ready_while_the_backend_answers_404(
+    tmp_path: Path,
+) -> None:
+    """A pod event that says the model can never start ends Wait Ready at once (the
+    pod's reason, not a timeout), even while the backend's GET keeps answering 404 for
+    a workload the cluster has: the 404 is weighed and asked again, but it must not hold
+    the wait past what the watches already know."""
+    hub = EventsOnCue()
+    backend = NotFoundWhileDeployed(FakeCluster(), kaito_workload(), misses=10**6)
+    handle = backend.handle
+
+    def answering(request: httpx.Request) -> httpx.Response:
+        response = handle(request)
+        if response.status_code == 404 and backend.created:
+            # While the wait weighs this 404, the pod's watch says it cannot pull its image.
+            pod = dict(backend.cluster.of(PODS)[0])
+            pod["status"] = {
+                "phase": "Pending",
+                "containerStatuses": [
+                    {
+                        "name": "model",
+                        "image": "model:1",
+                        "state": {
+                            "waiting": {"reason": "ErrImagePull", "message": "model:1: not found"}
+                        },
+                    }
+                ],
+            }
+            hub.send(PODS, pod)
+        return response
+
+    backend.handle = answering  # type: ignore[method-assign]
+    api, inference = backend.client(), FakeModel().client()
+    flow = KubeFoundryFlow(
+        KaitoProfile(),
+        FlowSettings(api_url="http://backend.test", ready_timeout=5.0),
+        api=api,
+        kube=backend.cluster,  # type: ignore[arg-type]
+        inference=inference,
+        hub=hub,  # type: ignore[arg-type]
+    )
+    runner = Runner(
+        flow, budget=Budget(30, 10), reporters=[], artifacts_dir=tmp_path, cleanup_policy="always"
+    )
+    try:
+        record = await runner.run()
+    finally:
+        await api.aclose()
+        await inference.aclose()
+    wait_ready = next(p for p in record.phases if p.name == "wait_ready")
+    assert wait_ready.status == "failed" and not wait_ready.timed_out, [
+        (p.name, p.reason) for p in record.phases
+    ]
+    assert "ErrImagePull (image model:1): model:1: not found" in (wait_ready.reason or "")
+    assert [f.name for f in wait_ready.findings] == ["backend-404-while-deployed"]
+    assert record.cleanup.status == "passed", record.cleanup.reason
