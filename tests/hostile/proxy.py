@@ -371,6 +371,45 @@ async def _echo_secret(ex: Exchange) -> web.StreamResponse:
     return out
 
 
+#: Interim answers a flooding peer repeats: a bare 100 and an Early Hints with a header.
+INTERIM = (
+    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n"
+)
+
+
+async def _raw_for_ever(ex: Exchange, first: bytes, then: bytes) -> web.StreamResponse:
+    """Write ``first``, then ``then`` again and again, as raw bytes on the connection,
+    until the client goes (or the proxy is cleared); then cut it. Paced by the socket's
+    own buffer: the proxy holds no more than a few writes of it."""
+    transport = ex.request.transport
+    assert transport is not None
+    stop = asyncio.Event()
+    ex.proxy._stalled.append(stop)
+    transport.write(first)
+    while not transport.is_closing() and not stop.is_set():
+        if transport.get_write_buffer_size() > 256 * 1024:
+            await asyncio.sleep(0.005)  # the client reads at its pace; no busy loop
+            continue
+        transport.write(then)
+        await asyncio.sleep(0)
+    _abort(ex)
+    raise ConnectionResetError("flooded by the hostile proxy")
+
+
+async def _interim_flood(ex: Exchange) -> web.StreamResponse:
+    """Interim (1xx) answers without end, never the final one."""
+    return await _raw_for_ever(ex, b"", INTERIM * 8)
+
+
+async def _chunk_extension(ex: Exchange) -> web.StreamResponse:
+    """A 200 whose chunked body begins with a chunk extension that never ends."""
+    head = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n5;ext="
+    )
+    return await _raw_for_ever(ex, head, b"a" * 16384)
+
+
 STRATEGIES: dict[str, Strategy] = {
     "garbage_lines": _garbage_lines,
     "error_event": _error_event,
@@ -384,6 +423,8 @@ STRATEGIES: dict[str, Strategy] = {
     "stall": _stall,
     "echo_authorization": _echo_authorization,
     "echo_secret": _echo_secret,
+    "interim_flood": _interim_flood,
+    "chunk_extension": _chunk_extension,
 }
 
 
@@ -645,14 +686,16 @@ BACKEND_TARGETS = {
 #: What a JSON answer may be turned into: broken, or echoing the request's credentials.
 _BODIES = ["wrong_shape", "not_json", "truncate", "reset", "status"]
 _ECHOES = ["echo_authorization", "echo_secret"]
+#: Framing without end: interim answers, a chunk extension (refused at a bound, at once).
+_FLOODS = ["interim_flood", "chunk_extension"]
 _BY_TARGET = {
-    "watch": ["garbage_lines", "error_event", "stall_watch", "reset", "status"],
-    "list": _BODIES + _ECHOES,
+    "watch": ["garbage_lines", "error_event", "stall_watch", "reset", "status", *_FLOODS],
+    "list": _BODIES + _ECHOES + _FLOODS,
     "model": [*_BODIES, "trickle"],
-    "status": _BODIES + _ECHOES,
-    "install": ["reset", "status", *_ECHOES],
-    "delete": _BODIES + _ECHOES,
-    "any": ["reset", "status", "trickle"],
+    "status": _BODIES + _ECHOES + _FLOODS,
+    "install": ["reset", "status", *_ECHOES, "interim_flood"],
+    "delete": _BODIES + _ECHOES + _FLOODS,
+    "any": ["reset", "status", "trickle", "interim_flood"],
 }
 
 

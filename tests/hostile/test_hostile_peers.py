@@ -257,6 +257,40 @@ async def test_wrong_shape_and_broken_bodies_from_the_kubernetes_api(
     await assert_survived(hostile, result)
 
 
+async def test_endless_interim_answers_from_the_backend_end_the_run_named(
+    hostile: Hostile, tmp_path: Path
+) -> None:
+    # Every status answer is interim (1xx) answers without end, and every watch stream a
+    # chunk extension without end: the status route fails at once, named, not at the
+    # phase's deadline; the watches are refused at their bound and reopened; cleanup
+    # goes on through the other routes and nothing is left.
+    hostile.backend.add(
+        Mutation("interim_flood", method="GET", path=STATUS_ROUTE.pattern, times=None)
+    )
+    hostile.kube.add(Mutation("chunk_extension", watch=True, times=None))
+    result = await run_hostile(hostile, tmp_path / "artifacts")
+    assert result.code == 1, result.verdicts()
+    message = phase_message(result, "Deploy llama3.2:1b") + phase_message(result, "Wait Ready")
+    assert "over 8 interim (1xx) answers" in message, result.verdicts()
+    assert "timed out" not in message, result.verdicts()
+    assert any(name == "chunk_extension" for name, _, _ in hostile.kube.applied)
+    await assert_survived(hostile, result)
+
+
+async def test_kubernetes_reads_flooded_with_interim_answers_are_retried_and_pass(
+    hostile: Hostile, tmp_path: Path
+) -> None:
+    # A few lists answered with interim answers without end: each try ends at once at the
+    # bound, and the reads' retries (broken bytes are retried for Kubernetes reads) pass.
+    hostile.kube.add(
+        Mutation("interim_flood", watch=False, method="GET", path=r"/(pods|services)\?", times=3)
+    )
+    result = await run_hostile(hostile, tmp_path / "artifacts")
+    assert result.code == 0, result.verdicts()
+    assert sum(name == "interim_flood" for name, _, _ in hostile.kube.applied) == 3
+    await assert_survived(hostile, result)
+
+
 @pytest.mark.parametrize("mutation", ["wrong_shape", "not_json"])
 async def test_a_broken_delete_answer_still_leaves_nothing(
     hostile: Hostile, tmp_path: Path, mutation: str
