@@ -211,9 +211,9 @@ class WatchConnection(asyncio.Protocol, Generic[T]):
             return
         # The line's bound is checked before a piece is added, not after: the line begun
         # never holds more than max_line bytes, and no line over it is parsed.
-        pending, bound = self._pending, self._max_line
+        pending = self._pending
         if b"\n" not in body:
-            if len(pending) + len(body) > bound:
+            if len(pending) + len(body) > self._max_line:
                 self.failure = LineTooLong(bytes((pending or body)[:200]))
             else:
                 pending += body
@@ -222,10 +222,9 @@ class WatchConnection(asyncio.Protocol, Generic[T]):
             pending += body
             body = bytes(pending)
         *lines, rest = body.split(b"\n")
-        too_long = None
-        if len(body) > bound:  # rare: a piece longer than a line may be
-            lines, too_long = upto_too_long(lines, rest, bound)
-            rest = rest if too_long is None else b""
+        if len(body) > self._max_line:  # rare: a piece longer than a line may be
+            self._take_bounded(lines, rest)
+            return
         # A new buffer, not the old one cleared: a long line's room is not kept.
         self._pending = bytearray(rest) if rest or pending else pending
         parse, items = self._parse, self.items
@@ -233,6 +232,19 @@ class WatchConnection(asyncio.Protocol, Generic[T]):
             if line.strip():
                 try:
                     items.append(parse(line))
+                except Exception as exc:
+                    self.failure, self.refused = exc, True
+                    return
+
+    def _take_bounded(self, lines: list[bytes], rest: bytes) -> None:
+        """:meth:`on_body`'s lines from a piece longer than a line may be: those before
+        the first one over the bound, then that one refused (``rest`` included)."""
+        lines, too_long = upto_too_long(lines, rest, self._max_line)
+        self._pending = bytearray(rest if too_long is None else b"")
+        for line in lines:
+            if line.strip():
+                try:
+                    self.items.append(self._parse(line))
                 except Exception as exc:
                     self.failure, self.refused = exc, True
                     return
