@@ -161,6 +161,9 @@ class _Connection(asyncio.Protocol):
         self.exchanges = 0
         #: This side closed the connection (see :class:`ClosedHere`).
         self.closed_here = False
+        #: Interim answers to exchange number ``_interim_of`` (kept apart from _start,
+        #: which every read runs: only an interim answer touches them).
+        self._interim = self._interim_of = 0
         self._parser = httptools.HttpResponseParser(self)
         self._answer: asyncio.Future[None] | None = None
         self._start(None)
@@ -172,7 +175,6 @@ class _Connection(asyncio.Protocol):
         self.body = bytearray()
         self.sample = b""
         self._head_bytes = 0
-        self._interim = 0
         #: Bytes fed since llhttp last handed over a header, the head's end or a piece of
         #: body: a line still arriving, which httptools keeps adding together until it
         #: ends. Bounded as it grows, not once it ends, which a peer may never let happen.
@@ -270,6 +272,8 @@ class _Connection(asyncio.Protocol):
         if 100 <= (self.status or 0) < 200 and self.status != 101:
             # An interim answer (103 Early Hints): the real one follows. (A 101 is final:
             # llhttp stops at it, as an upgrade, and data_received ends the answer there.)
+            if self._interim_of != self.exchanges:
+                self._interim, self._interim_of = 0, self.exchanges
             self._interim += 1
             if self._interim > MAX_INTERIM:
                 raise InterimFlood()
