@@ -12,7 +12,11 @@ aiohttp would (see ``KubeClient._lean_pool``); everything else stays on aiohttp.
 What a caller can rely on:
 
 - The deadline bounds the whole exchange, from connecting to the last byte of the body:
-  a server that trickles its answer ends like one that never answers.
+  a server that trickles its answer ends like one that never answers. Within it, an
+  answer is refused at once past :data:`MAX_INTERIM` interim (1xx) answers, a head or a
+  chunk header over :data:`MAX_HEAD` bytes, or a body over :data:`MAX_BODY` decoded.
+- An exchange cut by :meth:`Http1Pool.aclose` fails with :class:`ClosedHere`: this
+  side's doing, never told as the server's.
 - A connection is reused only after an exchange that ended cleanly (a whole answer, the
   server keeping the connection alive, nothing more on the wire); any other ends it. A
   connection the server closed while it was idle is dropped, and a GET sent on a reused

@@ -1028,6 +1028,10 @@ class KubeClient:
         stream cleanly, and the client's read timeout (``client_timeout``: the
         longest silence taken) catches a server or a network that silently stops
         talking (a half-open connection would otherwise hang the watcher forever).
+        A stream that goes on past ``timeoutSeconds`` and :data:`WATCH_MARGIN` more is
+        ended too (a peer trickling a line, a chunk extension or a trailer a byte at a
+        time is never silent), and so is one that sends more than a few interim (1xx)
+        answers, a chunk header over 64 KiB or a line over :data:`MAX_LINE` bytes.
         Each line is parsed by :func:`parse_watch_line`; a line it refuses ends the
         stream with that :class:`ProtocolError`, every other failure is a
         :class:`TransportError` or the :class:`HTTPStatusError` the server answered.
