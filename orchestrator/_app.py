@@ -663,13 +663,9 @@ async def _load_kubeconfig(kubeconfig: str | None, exec_timeout: float) -> KubeC
         ) from None
 
 
-#: How long "nothing listens at API_URL" may last before the run gives up: longer than a
-#: backend restart (about 7 s), far shorter than the Install phase's deadline.
-BACKEND_WINDOW = 10.0
-
-
-async def _check_backend(api_url: str, window: float = BACKEND_WINDOW) -> None:
-    """Fail at once, saying what to do, when nothing listens at ``api_url``.
+async def _check_backend(api_url: str, window: float) -> None:
+    """Fail at once, saying what to do, when nothing has listened at ``api_url`` for
+    ``window`` seconds (``backend_wait``: longer than a backend restart).
 
     The flow's calls retry connection errors until their phase's deadline (a restarting
     backend is worth waiting for), which for a backend that is simply not there means
@@ -805,7 +801,7 @@ async def _run_flows(
         _register(secret, "the kubeconfig's credential", console.print)
     try:
         with runners.setup("while waiting for the backend"):
-            await _check_backend(api_url)
+            await _check_backend(api_url, settings.seconds("backend_wait"))
     except BaseException:
         await kube.aclose()
         raise

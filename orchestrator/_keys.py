@@ -103,6 +103,13 @@ KEYS: tuple[Key, ...] = (
         "(at least 1000)",
     ),
     Key(
+        "backend_wait",
+        "ORCHESTRATOR_BACKEND_WAIT",
+        "--backend-wait",
+        "how long nothing may listen at API_URL before the run gives up (a backend restart "
+        "takes about 7 s), ms",
+    ),
+    Key(
         "credential_timeout",
         "ORCHESTRATOR_CREDENTIAL_TIMEOUT",
         "--credential-timeout",

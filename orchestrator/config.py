@@ -215,6 +215,9 @@ class Settings(BaseModel):
     #: stalls without an error and a change that no Kubernetes object shows.
     recheck_interval: Milliseconds = 30_000
     credential_timeout: Milliseconds = Field(30_000, gt=0, le=600_000)
+    #: How long "nothing listens at api_url" may last before the run gives up, at its start:
+    #: longer than a backend restart (about 7 s), far shorter than the Install phase's deadline.
+    backend_wait: Milliseconds = Field(10_000, gt=0, le=600_000)
     parallel: int = Field(1, ge=1, le=200)
     unique_names: bool = False
     #: ``INDEX/COUNT``: run only this CI job's part of the deployments.
@@ -243,6 +246,7 @@ class Settings(BaseModel):
         "delete_timeout",
         "cleanup_reserve",
         "credential_timeout",
+        "backend_wait",
         "poll_interval",
         "recheck_interval",
         mode="before",

@@ -315,6 +315,21 @@ def test_the_safety_recheck_is_30_s_unless_a_file_env_or_flag_says_otherwise(
     assert load_settings(flags, environ=env, cwd=tmp_path).recheck_interval == 1_000
 
 
+def test_the_wait_for_a_backend_outlasts_a_restart_unless_an_env_or_flag_says_otherwise(
+    tmp_path: Path,
+) -> None:
+    # A real backend restart takes about 7 s: the default wait for a silent API_URL is
+    # longer. The CLI test of "no backend" (test_messages.py) sets a shorter one.
+    assert load_settings({}, environ={}, cwd=tmp_path).seconds("backend_wait") == 10.0
+    env = {"ORCHESTRATOR_BACKEND_WAIT": "20000"}
+    assert load_settings({}, environ=env, cwd=tmp_path).seconds("backend_wait") == 20.0
+    flags = {"backend_wait": "500"}
+    assert load_settings(flags, environ=env, cwd=tmp_path).seconds("backend_wait") == 0.5
+    with pytest.raises(ConfigError) as err:
+        load_settings({"backend_wait": "0"}, environ={}, cwd=tmp_path)
+    assert any("--backend-wait (command line)" in p for p in err.value.problems)
+
+
 @pytest.mark.parametrize(
     "source, needle",
     [

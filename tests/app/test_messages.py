@@ -166,13 +166,17 @@ current-context: x
 
 def test_no_backend_is_a_configuration_error_with_a_report(tmp_path: Path) -> None:
     (tmp_path / "kubeconfig").write_text(KUBECONFIG)
+    # A second of refused connections instead of the default 10 s (test_config.py): the
+    # same message, exit and report, and the setting shown to reach the check.
     with _closed_port() as port:
         out = orchestrator(
             "run", "--api-url", f"http://127.0.0.1:{port}", "--artifacts-dir",
-            str(tmp_path / "a"), cwd=tmp_path, env={"KUBECONFIG": str(tmp_path / "kubeconfig")},
+            str(tmp_path / "a"), "--backend-wait", "1000", cwd=tmp_path,
+            env={"KUBECONFIG": str(tmp_path / "kubeconfig")},
         )  # fmt: skip
     assert out.returncode == 2
     assert "no KubeFoundry backend answers" in out.stderr and "--sandbox" in out.stderr
+    assert "connection refused (for 1 s)" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr and "retrying" not in out.stdout
     assert "no KubeFoundry backend" in (tmp_path / "a" / "run.json").read_text()
 
