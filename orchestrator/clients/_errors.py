@@ -82,6 +82,10 @@ class ClientError(Exception):
 class TransportError(ClientError):
     """No usable answer: the connection failed, was reset, or timed out."""
 
+    #: This client's own close (``aclose``) cut the request short: no flake, so no retry
+    #: policy tries it again (another try would only meet the closed client).
+    closed_here: bool = False
+
     def __init__(self, message: str, *, method: str = "", url: str = "") -> None:
         super().__init__(message)
         self.method = method
@@ -275,4 +279,6 @@ def is_retryable(exc: BaseException) -> bool:
 
     A 4xx other than 429 is an answer, not a flake: retrying it would only hide a bug.
     """
-    return isinstance(exc, (TransportError, ServerError, TooManyRequests))
+    if isinstance(exc, TransportError):
+        return not exc.closed_here
+    return isinstance(exc, (ServerError, TooManyRequests))

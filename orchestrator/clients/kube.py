@@ -772,16 +772,36 @@ class KubeClient:
         try:
             answer = await self._get_once(path, check, query, timeout)
         except ClientError as exc:
+            if self._closing:
+                raise _read_closed(path) from None
             policy = retry or READS
             if not policy.retryable(exc):
                 raise
             return await policy.call(
-                partial(self._get_once, path, check, query, timeout),
+                partial(self._get_again, path, check, query, timeout),
                 failed=exc,
                 route=f"GET {path}",
             )
         heard(f"GET {path}", None)
         return answer
+
+    async def _get_again(
+        self,
+        path: str,
+        check: Callable[[Any, str], dict[str, Any]],
+        query: dict[str, Any] | None,
+        timeout: float | None,
+    ) -> dict[str, Any]:
+        """:meth:`_get_once` as a retry: not sent once :meth:`aclose` has begun, and a try
+        that the close cuts short says so (neither is retried)."""
+        if self._closing:
+            raise _read_closed(path)
+        try:
+            return await self._get_once(path, check, query, timeout)
+        except ClientError:
+            if self._closing:
+                raise _read_closed(path) from None
+            raise
 
     async def _get_once(
         self,
@@ -1242,6 +1262,16 @@ def _closed_here(route: str) -> TransportError:
     """A watch this client closed under its consumer (:meth:`KubeClient.aclose`): not the
     server's end of the stream, which a reader would take as a clean end and reopen."""
     return TransportError(f"{route}: the stream was closed by this client", url=route)
+
+
+def _read_closed(path: str) -> TransportError:
+    """A read this client's own close (:meth:`KubeClient.aclose`) cut short: on either
+    path, said as this side's doing, and not retried."""
+    error = TransportError(
+        f"GET {path}: the connection was closed by this client, not by the server", url=path
+    )
+    error.closed_here = True
+    return error
 
 
 def _unanswered(path: str, exc: BaseException | None) -> ClientError:

@@ -28,10 +28,13 @@ from test_lean_reads import (  # noqa: F401  (fixtures)
 )
 from test_lean_watch import HEAD, chunked, event, watching  # noqa: F401
 
-from orchestrator.clients import PODS, KubeClient, TransportError
+from orchestrator.clients import PODS, KubeClient, RetryPolicy, TransportError
 from orchestrator.clients.kube import check_object
 
 pytestmark = pytest.mark.anyio
+
+#: Retries as reads make them, within a bound short enough for a test that meets them.
+RETRYING = RetryPolicy(max_elapsed=5)
 
 #: A head whose body ends only when the connection closes.
 CLOSE_DELIMITED = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n"
@@ -100,3 +103,32 @@ async def test_a_read_in_flight_when_the_client_closes_says_so(reading: Any) -> 
                 await kube.aclose()
         assert len(outcome) == 1
         assert "closed by this client" in str(outcome[0]), outcome
+
+
+async def test_a_read_the_client_closes_under_it_is_not_retried(reading: Any) -> None:
+    """A read whose policy retries flakes (as every read's does) is not tried again after
+    the client's own close: another try would only meet the closed client, until the
+    deadline, and then say the session was closed instead of who closed it."""
+
+    async def held(conn: Conn) -> None:
+        if await conn.request() is not None:
+            await conn.reader.read()  # no answer: held until the client ends it
+
+    async with reading(held) as (peer, kube):
+        outcome: list[BaseException] = []
+
+        async def read() -> None:
+            try:
+                await kube.read("/api/v1/namespaces/ns/pods/p", check_object, RETRYING)
+            except TransportError as exc:
+                outcome.append(exc)
+
+        with anyio.fail_after(HANG):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(read)
+                await peer.until(lambda: len(peer.requests) == 1)
+                await kube.aclose()
+        assert len(outcome) == 1
+        assert "closed by this client" in str(outcome[0]), outcome
+        assert not outcome[0].after_retry  # the one try, not a retry's answer
+        assert len(peer.requests) == 1
