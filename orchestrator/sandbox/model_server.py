@@ -8,7 +8,8 @@ Usage: ``python -m orchestrator.sandbox.model_server --port 0 --alias NAME --mod
 (``--chat-template NAME`` picks another llama.cpp built-in template; the default is the
 model's own, Gemma's; ``--ignore-signal SIGINT``/``SIGTERM`` keeps a signal its parent
 ignores ignored).
-Prints ``READY <url>`` on stdout once the model is loaded and the server listens.
+Prints ``READY <url>`` on stdout once the model is loaded, the server listens and its task
+loop answers (only from then on does a stop surely end it).
 """
 
 from __future__ import annotations
@@ -77,7 +78,28 @@ def server_params(args: argparse.Namespace) -> Any:
     params.port = args.port
     params.verbosity = 0
     params.fit_params = False
+    # The metrics route is the one request that goes through the task loop and that
+    # xllamacpp lets us make in-process: main() makes it to know the loop runs.
+    params.endpoint_metrics = True
     return params
+
+
+def _await_task_loop(server: Any) -> None:
+    """Return once the server's task loop runs, so that ``del server`` is sure to stop it.
+
+    xllamacpp's ``Server()`` returns as soon as the model is loaded, from a thread that
+    only then enters llama.cpp's task loop, and the loop marks itself running as it
+    enters. A stop asked for before that (``~Server`` asks, then joins the thread) is
+    overwritten, and the join waits for ever: a server told to stop soon after it came
+    up never exited (on a loaded machine, with the thread not yet scheduled, 22 stops
+    of 120 right after ``READY``), and a sandbox had to SIGKILL it after its grace.
+    A metrics request is answered by the loop itself, so once it is, a stop holds.
+    """
+    answer = server.handle_metrics()
+    if not answer.startswith("#"):  # Prometheus text; an error is JSON, not from the loop
+        print(f"model server: the task loop did not answer: {answer[:200]}", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(1)  # not through `del server`, which might then wait for ever
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     import xllamacpp  # imported late: it is heavy, and argument errors should not wait for it
 
     server = xllamacpp.Server(server_params(args))
+    _await_task_loop(server)  # before any `del server`, including a stop during loading
     if stop.is_set():
         del server
         return 0

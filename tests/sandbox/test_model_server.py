@@ -96,6 +96,7 @@ def test_the_server_is_set_for_one_cpu_and_does_not_probe_device_memory() -> Non
     args = _parse(["--model", "m.gguf", "--alias", "a", "--ctx", "256"])
     params = server_params(args)
     assert params.fit_params is False
+    assert params.endpoint_metrics is True  # the request that shows the task loop runs
     assert (params.n_ctx, params.n_parallel) == (256, 1)
     assert params.cpuparams.n_threads == params.cpuparams_batch.n_threads == 1
     assert params.model.path == "m.gguf" and params.model_alias == {"a"}
