@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -135,6 +137,38 @@ def _bit(sig: signal.Signals) -> int:
     return 1 << (sig - 1)
 
 
+def _outcome(returncode: int | None, log_path: Path) -> str:
+    """How a model server ended, for a failure message: its exit code (or the signal that
+    killed it) and the end of its log (llama.cpp's errors; a hung server's stacks)."""
+    if returncode is None:
+        how = "still running"
+    elif returncode < 0:
+        how = f"killed by {signal.Signals(-returncode).name}"
+    else:
+        how = f"exit code {returncode}"
+    tail = log_path.read_text(errors="replace")[-3000:] if log_path.exists() else ""
+    return f"{how}; its log ends:\n{tail or '(empty)'}"
+
+
+@contextlib.asynccontextmanager
+async def _deadline(
+    proc: asyncio.subprocess.Process, seconds: float, awaited: str, log_path: Path
+) -> AsyncIterator[None]:
+    """``asyncio.timeout(seconds)``; when it runs out, the server is aborted with SIGABRT,
+    and started with ``PYTHONFAULTHANDLER`` set it writes every thread's stack to its log
+    first: the failure says where it hung, not only that it did."""
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGABRT)
+            async with asyncio.timeout(30):
+                await proc.wait()
+        outcome = _outcome(proc.returncode, log_path)
+        raise AssertionError(f"no {awaited} within {seconds} s, then aborted: {outcome}") from None
+
+
 @pytest.mark.parametrize(
     "anyio_backend", [pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop")]
 )
@@ -164,7 +198,8 @@ async def test_a_model_server_keeps_the_ignores_of_its_run_and_still_stops_clean
         assert all(ignored & _bit(sig) for sig in both), f"{ignored:x}"
     finally:
         await process.stop()
-    assert process._proc.returncode == 0, process.log_path.read_text()[-2000:]
+    outcome = _outcome(process._proc.returncode, process.log_path)
+    assert process._proc.returncode == 0, f"not a clean stop (SIGKILL: past its grace): {outcome}"
 
 
 async def test_the_model_server_ignores_the_signals_it_is_told_to_though_it_found_them_default(
@@ -180,7 +215,9 @@ async def test_the_model_server_ignores_the_signals_it_is_told_to_though_it_foun
     argv = [sys.executable, "-m", "orchestrator.sandbox.model_server", "--model", model]
     argv += ["--alias", "a", "--port", "0", "--ignore-signal=SIGINT"]
     defaults: dict[int, Disposition] = {signal.SIGINT: "default", signal.SIGTERM: "default"}
-    with (tmp_path / "model.log").open("wb") as log:
+    env["PYTHONFAULTHANDLER"] = "1"  # a crash, or the abort of a hang, writes its stacks
+    log_path = tmp_path / "model.log"
+    with log_path.open("wb") as log:
         proc = await asyncio.create_subprocess_exec(
             *with_signals(argv, defaults),
             stdin=asyncio.subprocess.PIPE,
@@ -190,12 +227,12 @@ async def test_the_model_server_ignores_the_signals_it_is_told_to_though_it_foun
         )
     try:
         assert proc.stdout is not None
-        async with asyncio.timeout(120):
+        async with _deadline(proc, 120, "READY line", log_path):
             ready = await proc.stdout.readline()
-        assert ready.startswith(b"READY "), (tmp_path / "model.log").read_text()[-2000:]
+        assert ready.startswith(b"READY "), _outcome(proc.returncode, log_path)
         ignored, caught = _signal_mask(proc.pid), _signal_mask(proc.pid, "SigCgt")
         proc.send_signal(signal.SIGTERM)  # not named: it stops the server
-        async with asyncio.timeout(60):
+        async with _deadline(proc, 60, "exit after SIGTERM", log_path):
             code = await proc.wait()
     finally:
         if proc.returncode is None:
@@ -203,4 +240,4 @@ async def test_the_model_server_ignores_the_signals_it_is_told_to_though_it_foun
             await proc.wait()
     assert ignored & _bit(signal.SIGINT), f"{ignored:x}"
     assert not ignored & _bit(signal.SIGTERM) and caught & _bit(signal.SIGTERM), f"{caught:x}"
-    assert code == 0
+    assert code == 0, _outcome(code, log_path)
