@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
 import signal
 import sys
 import threading
@@ -104,7 +105,20 @@ def _await_task_loop(server: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    stop = threading.Event()
+    # A stop is a byte on a pipe, not a threading.Event: the signal handler runs in the
+    # main thread between two of its bytecodes, and Event.set() takes the lock that the
+    # main thread may hold just then inside Event.wait() (a plain lock: the handler would
+    # wait for itself, for ever). A write to a pipe takes no lock, and a main thread
+    # blocked reading the pipe is woken by it, the handler having run in between.
+    wake, stop = os.pipe()
+    os.set_blocking(stop, False)
+
+    def request_stop(*_: object) -> None:
+        try:
+            os.write(stop, b".")
+        except BlockingIOError:
+            pass  # the pipe is full of stops already asked for
+
     # Installed before the (slow) model load, so a SIGTERM during loading still ends us cleanly.
     # A signal ignored from the start stays ignored: the server of a run started in the
     # background shares that run's process group, and a Ctrl-C typed for the foreground
@@ -115,13 +129,13 @@ def main(argv: list[str] | None = None) -> int:
         if sig.name in args.ignore_signal:
             signal.signal(sig, signal.SIG_IGN)
         elif not ignored(sig):
-            signal.signal(sig, lambda *_: stop.set())
+            signal.signal(sig, request_stop)
 
     import xllamacpp  # imported late: it is heavy, and argument errors should not wait for it
 
     server = xllamacpp.Server(server_params(args))
     _await_task_loop(server)  # before any `del server`, including a stop during loading
-    if stop.is_set():
+    if select.select([wake], [], [], 0)[0]:  # stopped while the model loaded
         del server
         return 0
 
@@ -132,11 +146,11 @@ def main(argv: list[str] | None = None) -> int:
                 pass
         except OSError:
             pass
-        stop.set()  # EOF: the parent closed the pipe or died
+        request_stop()  # EOF: the parent closed the pipe or died
 
     threading.Thread(target=watch_parent, daemon=True).start()
     print(f"READY {server.listening_address}", flush=True)
-    stop.wait()
+    os.read(wake, 1)  # a signal interrupts it, its handler writes, the read goes on
     del server
     return 0
 
