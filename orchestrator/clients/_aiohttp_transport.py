@@ -172,6 +172,8 @@ class _Body(httpx.AsyncByteStream):
                 yield chunk
         except _NETWORK_FAILURES as exc:
             raise _map(exc, self._request, connected=True) from exc
+        except AnswerTooLarge as exc:  # a bound of BoundedResponse's: the peer's protocol
+            raise httpx.RemoteProtocolError(str(exc), request=self._request) from exc
 
     async def aclose(self) -> None:
         self._response.release()

@@ -243,10 +243,11 @@ class KubeFoundryClient:
             except httpx.TimeoutException as exc:
                 failure = self._timed_out(route, started, status, received, type(exc).__name__)
             except Exception as exc:
-                if isinstance(exc.__cause__, InterimFlood) or isinstance(exc, AnswerTooLarge):
-                    # Endless interim answers, a body past any answer's size: the peer's
-                    # protocol, which another try would meet again (a flake is retried).
-                    cause = exc if isinstance(exc, AnswerTooLarge) else exc.__cause__
+                cause = exc if isinstance(exc, AnswerTooLarge) else exc.__cause__
+                if isinstance(cause, InterimFlood | AnswerTooLarge):
+                    # Endless interim answers or framing, a body past any answer's size:
+                    # the peer's protocol, which another try would meet again (a flake is
+                    # retried; this is not).
                     failure = ProtocolError(f"{route}: {cause}", route=route)
                 else:
                     failure = TransportError(
