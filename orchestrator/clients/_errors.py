@@ -15,7 +15,8 @@ problem or a 5xx may be retried, a 4xx is an answer and never is.
     │   ├── TooManyRequests     429
     │   └── ServerError         5xx
     └── ProtocolError           the peer's bytes do not follow the protocol (route, excerpt)
-        └── ResponseFormatError invalid JSON, or JSON of the wrong shape
+        ├── ResponseFormatError invalid JSON, or JSON of the wrong shape
+        └── LimitExceeded       past a bound: interim answers, a head, framing, a body's size
 
 Every byte a peer sends is untrusted. Each client parses what it receives at one
 place, into typed values or one of these errors, and nothing else leaves a
@@ -214,6 +215,19 @@ class ProtocolError(ClientError):
         self.route = route
         self.excerpt = excerpt
         super().__init__(message)
+
+
+class LimitExceeded(ProtocolError):
+    """The peer went past one of this client's bounds: more interim (1xx) answers, a longer
+    head, chunk header or trailer, a bigger (or decoded bigger) body than any real server
+    sends.
+
+    Unlike the broken bytes a retrying policy is for (a body cut short, a middlebox
+    mangling one answer), a peer that does this usually does it to every try, and each try
+    ends in milliseconds: retried until the deadline, it would be hammered for minutes
+    before the same error. So a policy that retries broken bytes retries this only a few
+    times (``RetryPolicy.tries_past_bound``).
+    """
 
 
 class ResponseFormatError(ProtocolError):

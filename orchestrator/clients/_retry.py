@@ -36,7 +36,14 @@ from typing import TypeVar
 import anyio
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
-from ._errors import ClientError, HTTPStatusError, ProtocolError, ServerError, is_retryable
+from ._errors import (
+    ClientError,
+    HTTPStatusError,
+    LimitExceeded,
+    ProtocolError,
+    ServerError,
+    is_retryable,
+)
 
 T = TypeVar("T")
 
@@ -108,6 +115,13 @@ class RetryPolicy:
     #: once; yes for idempotent Kubernetes reads, where a middlebox mangling one answer
     #: must not fail the leak check of a run whose every phase passed.
     protocol_errors: bool = False
+    #: With ``protocol_errors``, how many tries of one call may end past one of the
+    #: clients' bounds (:class:`LimitExceeded`: endless interim answers or framing, a head
+    #: or body over its size) before the call gives up with that error. A middlebox may do
+    #: it to a few answers (the hostile proxy's runs pass through three), but a peer that
+    #: does it to every try ends each in milliseconds: retried until the deadline, it was
+    #: hammered for minutes before the same error. Four tries cost about a second of waits.
+    tries_past_bound: int = 4
 
     def retryable(self, exc: BaseException) -> bool:
         if isinstance(exc, ServerError):
@@ -161,13 +175,16 @@ class RetryPolicy:
             give_up_at = min(give_up_at, by_deadline)
         out_of_time = False
         tries = 0
+        past_bound = 0
 
         async def attempt() -> T:
-            nonlocal tries
+            nonlocal tries, past_bound
             tries += 1
             try:
                 value = await tried()
             except Exception as exc:
+                if isinstance(exc, LimitExceeded):
+                    past_bound += 1
                 # A timeout as the time is up (within the last step ``stop`` would not
                 # wait out either) is the deadline's doing, not the route's.
                 cut_short = isinstance(exc, TimeoutError) and _left(give_up_at) <= 0.05
@@ -185,6 +202,8 @@ class RetryPolicy:
             if self.attempts is not None and state.attempt_number >= self.attempts:
                 return True
             exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, LimitExceeded) and past_bound >= self.tries_past_bound:
+                return True
             wanted = self.delay(state.attempt_number, exc)
             # Not worth another try if even the wait would not end before the time is up,
             # or if the server asked for a pause longer than what is left.

@@ -28,6 +28,7 @@ import orjson
 from .._key_files import forget_written, key_files_in_memory
 from ._errors import (
     ClientError,
+    LimitExceeded,
     ProtocolError,
     RequestTimeout,
     ResponseFormatError,
@@ -1418,13 +1419,15 @@ def _broken(
     arrived: bytes = b"",
 ) -> ClientError:
     """The transport failed: before an answer (``status`` None) or while reading its body;
-    ``elapsed`` and what ``arrived`` on the wire are quoted when known. A peer's endless
-    interim answers are its protocol (a :class:`ProtocolError`, not retried): another try
-    would meet them again."""
-    if isinstance(exc, InterimFlood):
+    ``elapsed`` and what ``arrived`` on the wire are quoted when known. A peer past a bound
+    (endless interim answers or framing, a head or body over its size) breaks the protocol
+    on purpose or by a defect: a :class:`LimitExceeded`, which a read retries only a few
+    times (``RetryPolicy.tries_past_bound``), since another try would likely meet it again."""
+    over = _over_bound(exc)
+    if over is not None:
         route = f"{method} {path}"
-        return ProtocolError(
-            f"{route}: {exc}", route=route, excerpt=excerpt(arrived) if arrived else ""
+        return LimitExceeded(
+            f"{route}: {over}", route=route, excerpt=excerpt(arrived) if arrived else ""
         )
     detail = f"{type(exc).__name__}: {excerpt(str(exc), 200)}"
     if elapsed is not None:
@@ -1438,6 +1441,25 @@ def _broken(
         method=method,
         url=path,
     )
+
+
+def _over_bound(exc: BaseException) -> str | None:
+    """What bound a transport failure is a peer's going past, if it is one: ours (interim
+    answers, a head, framing, a body's size) or aiohttp's parser's (a line over 8190 bytes,
+    which aiohttp reports as a 400 of its own, the parser's error two causes down)."""
+    if isinstance(exc, InterimFlood | AnswerTooLarge):
+        return str(exc)
+    from aiohttp.http_exceptions import LineTooLong
+
+    cause: BaseException | None = exc
+    for _ in range(4):
+        if cause is None:
+            return None
+        if isinstance(cause, LineTooLong):
+            limit = cause.args[1] if len(cause.args) > 1 else "its"
+            return f"a line of the answer's head or trailer over {limit} bytes"
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _answer_error(status: int, headers: Any, raw: bytes, method: str, path: str) -> ClientError:

@@ -33,7 +33,7 @@ from . import _models as m
 from ._aiohttp_transport import AiohttpTransport
 from ._errors import (
     ClientError,
-    ProtocolError,
+    LimitExceeded,
     RequestTimeout,
     ResponseFormatError,
     ServerError,
@@ -248,7 +248,7 @@ class KubeFoundryClient:
                     # Endless interim answers or framing, a body past any answer's size:
                     # the peer's protocol, which another try would meet again (a flake is
                     # retried; this is not).
-                    failure = ProtocolError(f"{route}: {cause}", route=route)
+                    failure = LimitExceeded(f"{route}: {cause}", route=route)
                 else:
                     failure = TransportError(
                         f"{route}: {type(exc).__name__}: "

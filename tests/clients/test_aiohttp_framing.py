@@ -33,6 +33,7 @@ from test_lean_watch import HEAD, chunked, event, take, watching  # noqa: F401
 from orchestrator.clients import (
     KubeClient,
     KubeFoundryClient,
+    LimitExceeded,
     ProtocolError,
     RetryPolicy,
     TransportError,
@@ -67,7 +68,7 @@ async def test_a_read_on_aiohttps_path_ends_at_the_bound(
         await endless_extension(conn, CHUNKED + chunked(b"{"))
 
     async with reading(hostile) as (peer, kube):
-        with anyio.fail_after(HANG), pytest.raises(TransportError) as err:
+        with anyio.fail_after(HANG), pytest.raises(LimitExceeded) as err:
             await kube.read(PATH, check_object, NO_RETRY, timeout=HANG)
         assert f"GET {PATH}" in str(err.value) and BOUND in str(err.value)
         assert TOKEN not in str(err.value)

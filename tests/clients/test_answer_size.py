@@ -35,9 +35,9 @@ from orchestrator.clients import (
     InferenceRoute,
     KubeClient,
     KubeFoundryClient,
+    LimitExceeded,
     ProtocolError,
     RetryPolicy,
-    TransportError,
 )
 from orchestrator.clients import kube as kube_module
 from orchestrator.clients.inference import InvalidCompletion
@@ -110,7 +110,7 @@ async def test_a_read_on_aiohttps_path_takes_up_to_the_bound_and_no_more(
                 got = await kube.read(PATH, check_object, NO_RETRY)
                 assert got["metadata"]["name"] == "p"
             else:
-                with pytest.raises(TransportError, match=f"an answer body over {BOUND} bytes"):
+                with pytest.raises(LimitExceeded, match=f"an answer body over {BOUND} bytes"):
                     await kube.read(PATH, check_object, NO_RETRY)
         assert kube._lean is None
 
@@ -125,7 +125,7 @@ async def test_a_gzip_bomb_on_aiohttps_path_is_refused_at_the_bound(
         await answer_once(conn, framed(BOMB, "length", b"Content-Encoding: gzip"))
 
     async with reading(bomb) as (peer, kube):
-        with anyio.fail_after(HANG), pytest.raises(TransportError) as err:
+        with anyio.fail_after(HANG), pytest.raises(LimitExceeded) as err:
             if route == "read":
                 await kube.read(PATH, check_object, NO_RETRY)
             else:

@@ -39,6 +39,7 @@ from orchestrator.clients import (
     ClientError,
     HTTPStatusError,
     KubeClient,
+    LimitExceeded,
     NotFound,
     RequestTimeout,
     RetryPolicy,
@@ -363,7 +364,7 @@ async def test_a_header_that_never_ends_is_refused_at_the_head_bound_not_held_to
         await conn.reader.read()  # then nothing more, until the client goes
 
     async with reading(endless_header) as (peer, kube):
-        with anyio.fail_after(HANG), pytest.raises(TransportError) as err:
+        with anyio.fail_after(HANG), pytest.raises(LimitExceeded) as err:
             await kube.read("/api/v1/namespaces/ns/pods/p", check_object, NO_RETRY, timeout=HANG)
         assert "GET /api/v1/namespaces/ns/pods/p" in str(err.value)
         assert f"an answer head over {MAX_HEAD} bytes" in str(err.value)
@@ -461,7 +462,7 @@ async def test_a_gzip_body_that_decodes_past_the_bound_is_refused(
             await conn.send(answer(200, coded, "Content-Encoding: gzip"))
 
     async with reading(bomb) as (peer, kube):
-        with pytest.raises(TransportError) as err:
+        with pytest.raises(LimitExceeded) as err:
             await kube.get(PODS, "p", "ns", retry=NO_RETRY)
         assert "a decoded body over 1000 bytes" in str(err.value)
 
