@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import anyio
 from anyio.abc import TaskGroup
 
-from ._errors import ClientError, clip
+from ._errors import ClientError, TransportError, clip
 from ._watch import Backoff, WatchEvent, watch
 from .kube import KubeClient, Resource
 
@@ -497,6 +497,11 @@ class WatchHub:
                 try:
                     with feed:
                         await self._feed(stream, note)
+                except TransportError as exc:
+                    if not exc.closed_here:
+                        raise  # the watch loop recovers from these: a bug, if it did not
+                    self._ended_here(stream, exc, note)
+                    return
                 except Exception as exc:  # the hub's own failure: never a runner's
                     why = f"watch {stream.resource.plural}: {type(exc).__name__}: {clip(str(exc))}"
                     stream.known.clear()
@@ -510,6 +515,21 @@ class WatchHub:
                     stream.synced = False
                     _impaired(stream, why)
                     note(f"{why}; starting the stream over")
+
+    def _ended_here(
+        self, stream: _Stream, exc: TransportError, note: Callable[[str], None]
+    ) -> None:
+        """The stream's client was closed (``KubeClient.aclose``): the stream ends instead
+        of starting over against it, impaired with that reason, its subscriptions closed
+        (as :meth:`_shut` ends them), so that no waiter trusts a view that stopped."""
+        why = clip(str(exc))
+        stream.known.clear()
+        stream.synced = False
+        stream.scope = None
+        _impaired(stream, why)
+        note(f"{why}; the stream has ended")
+        for _, send in list(stream.subscribers):
+            send.close()
 
     async def _feed(self, stream: _Stream, note: Callable[[str], None]) -> None:
         async for event in watch(

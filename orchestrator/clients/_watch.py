@@ -35,7 +35,11 @@ The loop follows the pattern every mature Kubernetes client converges on
 
 The loop never raises for anything the server does: it reports, through
 ``on_impaired``, when its view may be behind (with the reason) and when it is
-whole again, so that a waiter can ask its authority more often meanwhile.
+whole again, so that a waiter can ask its authority more often meanwhile. It ends
+on this side's own close (``KubeClient.aclose``) only: at once, with the
+:class:`TransportError` that says the client closed it (``closed_here``), since
+every stream or listing it would open after that is refused without a word to the
+server.
 """
 
 from __future__ import annotations
@@ -227,7 +231,8 @@ async def watch(
     """Yield every change to the matching objects, starting with those that exist now.
 
     Runs until the caller stops iterating (or cancels): the deadline belongs to
-    the caller, which knows which phase it is in. ``on_synced`` is called once the
+    the caller, which knows which phase it is in. The client's close ends it with a
+    :class:`TransportError` whose ``closed_here`` is set. ``on_synced`` is called once the
     events of a (re)listing have all been taken: from then on, what the caller has
     seen is the whole current state, as of the listing. ``on_impaired`` is called
     with the reason when a failure may have left the caller's view behind, and with
@@ -285,7 +290,21 @@ async def watch(
                     )
                 await anyio.sleep(delay)
         except (ClientError, _Relist) as exc:
+            if client.closed:  # this side's close, not the server's doing: nothing to reopen
+                raise _ended_here(exc, resource) from None
             await _recover(exc, f"watch {resource.plural}", view, health, note)
+
+
+def _ended_here(exc: Exception, resource: Resource) -> TransportError:
+    """The error a watch loop ends with once its client is closed: the failure itself when
+    it says so (a stream or a read the close cut short), else one that does."""
+    if isinstance(exc, TransportError) and exc.closed_here:
+        return exc
+    error = TransportError(
+        f"watch {resource.plural}: the client was closed by its owner, not by the server"
+    )
+    error.closed_here = True
+    return error
 
 
 async def _recover(

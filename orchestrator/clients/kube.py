@@ -415,6 +415,12 @@ class KubeClient:
             values.append(str(cfg.password))
         return [v for v in values if v]
 
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`aclose` has begun: nothing this client sends from then on is
+        answered, so a loop that reopens or retries (the watch loop, a hub's stream) ends."""
+        return self._closing
+
     async def aclose(self) -> None:
         self._closing = True
         for response in self._streams:
@@ -1261,8 +1267,11 @@ def _outlived(route: str, lifetime: float) -> TransportError:
 
 def _closed_here(route: str) -> TransportError:
     """A watch this client closed under its consumer (:meth:`KubeClient.aclose`): not the
-    server's end of the stream, which a reader would take as a clean end and reopen."""
-    return TransportError(f"{route}: the stream was closed by this client", url=route)
+    server's end of the stream, which a reader would take as a clean end and reopen, nor a
+    flake to reopen after a pause (``closed_here``)."""
+    error = TransportError(f"{route}: the stream was closed by this client", url=route)
+    error.closed_here = True
+    return error
 
 
 def _read_closed(path: str) -> TransportError:
