@@ -10,23 +10,34 @@ share of the run on a small CI machine.
 
 Errors come out as the httpx exceptions the rest of the code already handles:
 ``ConnectError``, ``ConnectTimeout``, ``ReadTimeout``, ``ReadError``,
-``RemoteProtocolError``. Bodies are passed through undecoded, so httpx decodes
-them (gzip and friends) exactly as with its own transport. Proxies configured in
-the environment are still honoured: httpx routes those requests through its own
-proxy transports before this one is consulted.
+``RemoteProtocolError``. A gzip or deflate body is decoded here, as it arrives, in
+pieces of at most :data:`PIECE` bytes (see :class:`_Decoding`), and handed to httpx
+decoded: httpx decodes each read whole, and a few KiB of gzip can stand for
+gigabytes, so one read of a bomb grew the memory a thousandfold before the
+caller's bound on the whole answer could look at it. In pieces, that bound is met
+within a piece of it. Other codings are passed through as httpx takes them. Proxies
+configured in the environment are still honoured: httpx routes those requests
+through its own proxy transports before this one is consulted.
 """
 
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator
+import zlib
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import aiohttp
 import httpx
 from yarl import URL
 
-from ._http1 import MAX_HEAD, MAX_INTERIM, AnswerTooLarge, InterimFlood
+from ._http1 import MAX_DECODED_MEMBERS, MAX_HEAD, MAX_INTERIM, AnswerTooLarge, InterimFlood
+
+#: The most bytes a body's decoding hands on at once: what one read of it can add to the
+#: memory, whatever it decodes to.
+PIECE = 64 * 1024
+#: The content codings decoded here (httpx decodes these, and knows no others here).
+_ZLIB_CODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": 0}
 
 
 class BoundedResponse(aiohttp.ClientResponse):
@@ -159,21 +170,91 @@ class BoundedRequest(aiohttp.ClientRequest):
         return response
 
 
-class _Body(httpx.AsyncByteStream):
-    """The response body, read as it arrives; errors mid-body become httpx errors."""
+class _Decoding:
+    """A gzip or deflate body decoded as its bytes come, handed on in pieces of at most
+    :data:`PIECE` bytes: zlib is asked for no more at once (``max_length``), and what it
+    has not taken yet waits in its ``unconsumed_tail``. gzip members follow each other
+    (RFC 1952, as aiohttp and the lean path decode them), at most
+    :data:`MAX_DECODED_MEMBERS` of them; deflate is zlib's format or, as httpx also
+    accepts, a raw stream, told apart by its first two bytes."""
 
-    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request) -> None:
+    def __init__(self, wbits: int) -> None:
+        self._wbits = wbits
+        self._zlib = zlib.decompressobj(wbits) if wbits else None
+        #: A deflate body's first bytes, until there are two: its format's header, or not.
+        self._head = b""
+        self._members = 1
+
+    def _started(self, data: bytes) -> tuple[Any, bytes]:
+        """The decoder, once a deflate body's first two bytes tell zlib's format (a header
+        whose check holds) from a raw stream; until then, None and nothing to decode."""
+        if self._zlib is not None:
+            return self._zlib, data
+        data = self._head + data
+        if len(data) < 2:
+            self._head = data
+            return None, b""
+        zlib_header = data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0
+        self._zlib = zlib.decompressobj(zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS)
+        return self._zlib, data
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        decoder, data = self._started(data)
+        while data:
+            out = decoder.decompress(data, PIECE)
+            if out:
+                yield out
+            data = decoder.unconsumed_tail
+            if decoder.eof and not data:
+                data = decoder.unused_data
+                if not data or not self._wbits:
+                    return  # bytes after a deflate stream are ignored, as httpx does
+                self._members += 1
+                if self._members > MAX_DECODED_MEMBERS:
+                    raise AnswerTooLarge(f"a gzip body of over {MAX_DECODED_MEMBERS} members")
+                self._zlib = decoder = zlib.decompressobj(self._wbits)
+
+    def end(self) -> Iterator[bytes]:
+        """What is left once the body has ended (a stream cut short ends as it was, as
+        httpx ends it)."""
+        if self._zlib is None:
+            return
+        while out := self._zlib.decompress(self._zlib.unconsumed_tail, PIECE):
+            yield out
+
+
+class _Body(httpx.AsyncByteStream):
+    """The response body, read as it arrives (decoded, with ``decoding``); errors mid-body
+    become httpx errors."""
+
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        request: httpx.Request,
+        decoding: _Decoding | None = None,
+    ) -> None:
         self._response = response
         self._request = request
+        self._decoding = decoding
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        decoding = self._decoding
         try:
             async for chunk in self._response.content.iter_any():
-                yield chunk
+                if decoding is None:
+                    yield chunk
+                else:
+                    for piece in decoding.feed(chunk):
+                        yield piece
+            if decoding is not None:
+                for piece in decoding.end():
+                    yield piece
         except _NETWORK_FAILURES as exc:
             raise _map(exc, self._request, connected=True) from exc
         except AnswerTooLarge as exc:  # a bound of BoundedResponse's: the peer's protocol
             raise httpx.RemoteProtocolError(str(exc), request=self._request) from exc
+        except zlib.error as exc:
+            raise httpx.DecodingError(f"{exc}", request=self._request) from exc
 
     async def aclose(self) -> None:
         self._response.release()
@@ -251,10 +332,35 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             # An httpx error as the transport's others are; the cause tells the client it
             # is the peer's protocol, not a flake.
             raise httpx.RemoteProtocolError(str(exc), request=request) from exc
+        answer_headers = list(response.raw_headers)
+        decoding = None
+        codings = [
+            c
+            for v in response.headers.getall("Content-Encoding", ())
+            for c in (p.strip().lower() for p in v.split(","))
+            if c and c != "identity"
+        ]
+        if any(c in _ZLIB_CODINGS for c in codings):
+            if len(codings) > 1:
+                # gzip inside gzip is a bomb of a bomb, and httpx would decode the codings it
+                # knows of a stack, whole: no server sends one, nobody asked for it.
+                response.close()
+                refused = AnswerTooLarge(
+                    f"a body in {len(codings)} content codings ({', '.join(codings)}), "
+                    "whose decoded size is not bounded here"
+                )
+                raise httpx.RemoteProtocolError(str(refused), request=request) from refused
+            decoding = _Decoding(_ZLIB_CODINGS[codings[0]])
+            # Decoded here: httpx must not decode it again, nor hold it to the coded length.
+            answer_headers = [
+                (n, v)
+                for n, v in answer_headers
+                if n.lower() not in (b"content-encoding", b"content-length")
+            ]
         return httpx.Response(
             response.status,
-            headers=list(response.raw_headers),
-            stream=_Body(response, request),
+            headers=answer_headers,
+            stream=_Body(response, request, decoding),
             extensions={"http_version": b"HTTP/1.1"},
         )
 
