@@ -289,17 +289,28 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     """Send httpx requests with one aiohttp session (created on first use, in the running loop)."""
 
     def __init__(
-        self, *, ssl_context: ssl.SSLContext | None = None, max_connections: int = 100
+        self,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        max_connections: int = 100,
+        keep_alive: bool = True,
     ) -> None:
+        """``keep_alive`` False: a connection per request, closed after its answer, for a
+        client of few requests whose peer may close a connection it said it would keep
+        (llama.cpp's server does after a streamed answer): the next request would race
+        that close on the reused connection and fail to be written."""
         self._ssl = ssl_context
         self._limit = max_connections
+        self._keep_alive = keep_alive
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(
-                    limit=self._limit, ssl=self._ssl if self._ssl else True
+                    limit=self._limit,
+                    ssl=self._ssl if self._ssl else True,
+                    force_close=not self._keep_alive,
                 ),
                 auto_decompress=False,  # httpx decodes, as it would with its own transport
                 trust_env=False,  # proxies from the environment are routed by httpx

@@ -26,6 +26,7 @@ from typing import Any, Literal
 import anyio
 import httpx
 
+from ._aiohttp_transport import AiohttpTransport
 from ._completion import (
     ChatCompletionResponse,
     Expectations,
@@ -36,6 +37,7 @@ from ._completion import (
 from ._errors import (
     ClientError,
     HTTPStatusError,
+    LimitExceeded,
     RequestTimeout,
     ResponseFormatError,
     TransportError,
@@ -44,6 +46,7 @@ from ._errors import (
     no_whole_answer,
     status_error,
 )
+from ._http1 import AnswerTooLarge, InterimFlood
 from ._retry import bounded
 from ._tls import context_or_bare
 from .kube import KubeClient
@@ -165,7 +168,10 @@ class InferenceClient:
     ) -> None:
         """``transport`` carries the ``url`` and ``backend-proxy`` routes' requests (an
         ``httpx.MockTransport`` in tests, as for :class:`KubeFoundryClient`); the
-        ``service-proxy`` route goes through ``kube``."""
+        ``service-proxy`` route goes through ``kube``. By default it is the backend
+        client's :class:`AiohttpTransport`, for its bounds: httpx's own transport takes
+        interim (1xx) answers without end, which held a request to its deadline, and the
+        loading model's grace after it, one try after another."""
         self.route = route
         self._kube = kube
         self._backend_url = (backend_url or "").rstrip("/")
@@ -186,11 +192,15 @@ class InferenceClient:
     def _http(self) -> httpx.AsyncClient:
         if self._httpx is None:
             peer = self.route.base_url if self.route.kind == "url" else self._backend_url
+            tls = context_or_bare(peer or "")
             self._httpx = httpx.AsyncClient(
                 timeout=httpx.Timeout(self._timeout, connect=5.0),
                 headers=self._headers,
-                verify=context_or_bare(peer or ""),
-                transport=self._transport,
+                verify=tls,
+                # A connection per request: a completion is one request or a few, and the
+                # real model server closes a connection after a streamed answer although
+                # it said it would keep it, which the next request would race.
+                transport=self._transport or AiohttpTransport(ssl_context=tls, keep_alive=False),
             )
         return self._httpx
 
@@ -365,11 +375,7 @@ class InferenceClient:
                 except httpx.TimeoutException:
                     pass
                 except Exception as exc:  # the boundary: nothing but a ClientError leaves
-                    raise TransportError(
-                        f"{route}: {type(exc).__name__}: {clip(str(exc), 200)}",
-                        method="POST",
-                        url=target,
-                    ) from None
+                    raise _failed(route, target, exc) from None
             if answer is None:
                 raise _no_whole_answer(route, started, seen.status, seen.received, seen.chunks)
             if answer.chunks is not None and rest is not None:
@@ -679,10 +685,21 @@ async def _post_whole(
         except httpx.TimeoutException:
             pass
         except Exception as exc:  # the boundary: nothing but a ClientError leaves a client
-            raise TransportError(
-                f"POST {url}: {type(exc).__name__}: {clip(str(exc), 200)}", method="POST", url=url
-            ) from None
+            raise _failed(f"POST {url}", url, exc) from None
     raise _no_whole_answer(f"POST {url}", started, status, received)
+
+
+def _failed(route: str, url: str, exc: Exception) -> ClientError:
+    """The error of a request whose transport failed: a peer past one of the transport's
+    bounds (endless interim answers or framing, a stack of codings) is its protocol, a
+    :class:`LimitExceeded` that no loading model's grace waits out, since another try
+    would meet it again; anything else a :class:`TransportError`."""
+    cause = exc.__cause__
+    if isinstance(cause, InterimFlood | AnswerTooLarge):
+        return LimitExceeded(f"{route}: {cause}", route=route)
+    return TransportError(
+        f"{route}: {type(exc).__name__}: {clip(str(exc), 200)}", method="POST", url=url
+    )
 
 
 def _no_whole_answer(

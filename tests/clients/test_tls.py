@@ -121,8 +121,9 @@ async def test_a_plain_http_cluster_behind_a_proxy_keeps_the_ca_bundle(
 
 
 def http_context(client: InferenceClient) -> ssl.SSLContext:
-    """The context the inference client's own httpx transport would open TLS with."""
-    context = client._http._transport._pool._ssl_context  # type: ignore[attr-defined]
+    """The context the inference client's own transport (``AiohttpTransport``, as the
+    backend client's) would open TLS with."""
+    context = client._http._transport._ssl  # type: ignore[attr-defined]
     assert isinstance(context, ssl.SSLContext)
     return context
 

@@ -25,6 +25,7 @@ from _fixtures import (  # noqa: F401 - fixtures are used by name
 
 import orchestrator
 from orchestrator._signals import Disposition, with_signals
+from orchestrator.clients import InferenceClient, InferenceRoute
 from orchestrator.clients._completion import template_leaks
 from orchestrator.sandbox.model_server import _parse, server_params
 from orchestrator.sandbox.models import ModelProcess, model_file
@@ -82,11 +83,25 @@ async def test_model_server_answers_to_its_alias_in_its_own_template_and_exits_o
                 }
                 async with session.post(f"{url}/v1/chat/completions", json=body) as resp:
                     answers.append((await resp.json())["choices"][0]["message"]["content"])
+        # The Inference phase's own client on its ``url`` route (the backend's transport,
+        # with its bounds): a streamed answer and a whole one, each judged whole.
+        model = InferenceClient(InferenceRoute("url", url))
+        try:
+            asked = {"namespace": "ns", "service": "s", "port": 80, "max_tokens": 16}
+            streamed = await model.complete(
+                model="llama-3.2-1b-instruct", prompt=PROMPTS[0], **asked
+            )
+            whole = await model.chat(model="llama-3.2-1b-instruct", prompt=PROMPTS[1], **asked)
+        finally:
+            await model.aclose()
         assert [m["id"] for m in models["data"]] == ["llama-3.2-1b-instruct"]
         assert rendered == "<start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n"
         for answer in answers:
             assert answer.strip()
             assert template_leaks(answer) == [], answer  # what the Inference gate checks
+        assert streamed.streamed and streamed.content_chunks > 0 and streamed.content.strip()
+        assert not whole.streamed and whole.content.strip()
+        assert streamed.attempts == whole.attempts == 1
     finally:
         await process.stop()
     assert process._proc is not None and process._proc.returncode == 0
