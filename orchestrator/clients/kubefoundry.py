@@ -34,6 +34,7 @@ from ._aiohttp_transport import AiohttpTransport
 from ._errors import (
     ClientError,
     LimitExceeded,
+    ProtocolError,
     RequestTimeout,
     ResponseFormatError,
     ServerError,
@@ -249,6 +250,14 @@ class KubeFoundryClient:
                     # the peer's protocol, which another try would meet again (a flake is
                     # retried; this is not).
                     failure = LimitExceeded(f"{route}: {cause}", route=route)
+                elif isinstance(exc, httpx.DecodingError):
+                    # A body its Content-Encoding does not decode: broken bytes, which
+                    # the backend's answer is taken as at once, not a flake.
+                    failure = ProtocolError(
+                        f"{route}: the body does not decode as its Content-Encoding says "
+                        f"({clip(str(exc), 200, self._secrets)})",
+                        route=route,
+                    )
                 else:
                     failure = TransportError(
                         f"{route}: {type(exc).__name__}: "

@@ -114,3 +114,30 @@ async def test_a_stack_of_codings_from_the_backend_is_refused(serve: Any, coding
         await api.aclose()
     assert "GET /api/health" in str(err.value) and "content codings" in str(err.value)
     assert len(peer.requests) == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("coding", [b"gzip", b"deflate"])
+async def test_a_body_that_does_not_decode_is_the_backends_answer_not_a_flake(
+    serve: Any, coding: bytes
+) -> None:
+    """Broken bytes, which the backend client reports at once: before, the decoding's
+    error was a transport failure, retried until the deadline."""
+
+    async def broken(conn: Any) -> None:
+        while await conn.request() is not None:
+            await conn.send(framed(b"\xff" * 64, "length", b"Content-Encoding: " + coding))
+
+    peer = await serve(broken)
+    api = KubeFoundryClient(
+        f"http://127.0.0.1:{peer.port}", token=TOKEN, retry=RetryPolicy(max_elapsed=HANG)
+    )
+    try:
+        with anyio.fail_after(HANG), pytest.raises(ProtocolError) as err:
+            with anyio.fail_after(HANG / 2):
+                await api.health()
+    finally:
+        await api.aclose()
+    assert "GET /api/health: the body does not decode" in str(err.value)
+    assert TOKEN not in str(err.value)
+    assert len(peer.requests) == 1
