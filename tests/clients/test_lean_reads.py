@@ -39,8 +39,10 @@ from orchestrator.clients import (
     ClientError,
     HTTPStatusError,
     KubeClient,
+    KubeFoundryClient,
     LimitExceeded,
     NotFound,
+    ProtocolError,
     RequestTimeout,
     RetryPolicy,
     TransportError,
@@ -152,6 +154,21 @@ def write_kubeconfig(path: Path, server: str, user: dict[str, Any], **cluster: A
         )
     )
     return str(path)
+
+
+async def health_refused(port: int) -> ProtocolError:
+    """What a KubeFoundry client's health check meets from a peer on ``port`` that breaks
+    the protocol: a :class:`ProtocolError`, within the hang bound (the caller asserts what
+    it names, and how many requests the peer saw)."""
+    api = KubeFoundryClient(
+        f"http://127.0.0.1:{port}", token=TOKEN, retry=RetryPolicy(max_elapsed=HANG)
+    )
+    try:
+        with anyio.fail_after(HANG), pytest.raises(ProtocolError) as err:
+            await api.health()
+    finally:
+        await api.aclose()
+    return err.value
 
 
 @pytest.fixture
