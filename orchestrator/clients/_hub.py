@@ -479,7 +479,8 @@ class WatchHub:
 
         The watch loop recovers from everything a server does. Should the hub itself
         fail on an event (a bug, or an object no check foresaw), the stream is marked
-        impaired, its view dropped, and it starts over with a fresh listing.
+        impaired, its view dropped, and it starts over with a fresh listing. Only the
+        close of its client ends it (impaired, its subscriptions closed).
         """
         scope = stream.scope
         assert scope is not None
@@ -497,12 +498,15 @@ class WatchHub:
                 try:
                     with feed:
                         await self._feed(stream, note)
-                except TransportError as exc:
-                    if not exc.closed_here:
-                        raise  # the watch loop recovers from these: a bug, if it did not
-                    self._ended_here(stream, exc, note)
-                    return
                 except Exception as exc:  # the hub's own failure: never a runner's
+                    if isinstance(exc, TransportError) and exc.closed_here and self.kube.closed:
+                        # The watch loop's end on this side's close: nothing to start over
+                        # against.
+                        self._ended_here(stream, exc, note)
+                        return
+                    # Anything else, a TransportError included (the watch loop recovers
+                    # from the server's, so one here is a bug or a callback's), starts the
+                    # stream over: raised, it would end the hub, and every run with it.
                     why = f"watch {stream.resource.plural}: {type(exc).__name__}: {clip(str(exc))}"
                     stream.known.clear()
                     stream.synced = False

@@ -10,7 +10,7 @@ the sandbox's API server): principles 1 and 3 at the level of one stream.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import anyio
 import pytest
 from proxy import HostileProxy, Mutation
 
-from orchestrator.clients import PODS, KubeClient, WatchHub, watch
+from orchestrator.clients import PODS, KubeClient, TransportError, WatchHub, watch
 from orchestrator.sandbox.kubeapi import KubeAPIServer, KubeFaults
 
 pytestmark = pytest.mark.anyio
@@ -145,9 +145,27 @@ async def test_the_hub_never_cancels_its_neighbours(
     assert any(why for why in impaired), impaired
 
 
+def _closed_here(message: str) -> TransportError:
+    error = TransportError(message)
+    error.closed_here = True
+    return error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [RuntimeError, TransportError, _closed_here],
+    ids=["runtime-error", "transport-error", "closed-here-while-open"],
+)
 async def test_a_failure_of_the_hub_itself_only_impairs_the_stream(
-    kube: KubeClient, direct: KubeClient, monkeypatch: pytest.MonkeyPatch
+    kube: KubeClient,
+    direct: KubeClient,
+    monkeypatch: pytest.MonkeyPatch,
+    error: Callable[[str], Exception],
 ) -> None:
+    """Whatever the hub's own code (or a subscriber's callback) fails with, a
+    TransportError too: the hub's task holds every run's streams, so what it raised would
+    end them all. Only the close of its client ends a stream (test_watch_after_close.py);
+    an error that says so while the client is open starts it over like any other."""
     import orchestrator.clients._hub as hub_module
 
     calls = {"n": 0}
@@ -156,7 +174,7 @@ async def test_a_failure_of_the_hub_itself_only_impairs_the_stream(
     def flaky(obj: dict[str, Any]) -> list[tuple[str, ...]]:
         calls["n"] += 1
         if calls["n"] == 1:
-            raise RuntimeError("a bug in the hub")
+            raise error("a bug in the hub")
         return original(obj)
 
     monkeypatch.setattr(hub_module, "_keys_of", flaky)
