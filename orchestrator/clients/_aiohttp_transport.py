@@ -184,6 +184,8 @@ class _Decoding:
         #: A deflate body's first bytes, until there are two: its format's header, or not.
         self._head = b""
         self._members = 1
+        #: Bytes after a deflate stream's end so far (see :meth:`_after_deflate`).
+        self._ignored = 0
 
     def _started(self, data: bytes) -> tuple[Any, bytes]:
         """The decoder, once a deflate body's first two bytes tell zlib's format (a header
@@ -201,18 +203,29 @@ class _Decoding:
     def feed(self, data: bytes) -> Iterator[bytes]:
         decoder, data = self._started(data)
         while data:
-            out = decoder.decompress(data, PIECE)
-            if out:
-                yield out
-            data = decoder.unconsumed_tail
-            if decoder.eof and not data:
-                data = decoder.unused_data
-                if not data or not self._wbits:
-                    return  # bytes after a deflate stream are ignored, as httpx does
+            if decoder.eof:  # bytes after the end of a stream
+                if not self._wbits:
+                    self._after_deflate(len(data))
+                    return
                 self._members += 1
                 if self._members > MAX_DECODED_MEMBERS:
                     raise AnswerTooLarge(f"a gzip body of over {MAX_DECODED_MEMBERS} members")
                 self._zlib = decoder = zlib.decompressobj(self._wbits)
+            out = decoder.decompress(data, PIECE)
+            if out:
+                yield out
+            # Once at its end, a decoder takes no more: what follows is in ``unused_data``.
+            data = decoder.unconsumed_tail or (decoder.unused_data if decoder.eof else b"")
+
+    def _after_deflate(self, size: int) -> None:
+        """Bytes after a deflate stream's end are ignored, as httpx ignores them, but not
+        fed to zlib, which would keep them all (``unused_data`` grows by each read, copied
+        whole each time), and only so many: they decode to nothing, so the caller's bound
+        on the decoded answer never meets them, and a peer sending them without end would
+        hold the request to its deadline, and the memory with it."""
+        self._ignored += size
+        if self._ignored > MAX_HEAD:
+            raise AnswerTooLarge(f"over {MAX_HEAD} bytes after the end of a deflate stream")
 
     def end(self) -> Iterator[bytes]:
         """What is left once the body has ended (a stream cut short ends as it was, as

@@ -26,8 +26,14 @@ from test_answer_size import answer_once, framed
 from test_lean_reads import HANG, TOKEN, health_refused, serve  # noqa: F401  (a fixture)
 
 import orchestrator.clients.kubefoundry as kubefoundry_module
-from orchestrator.clients import KubeFoundryClient, ProtocolError, RetryPolicy
+from orchestrator.clients import (
+    KubeFoundryClient,
+    LimitExceeded,
+    ProtocolError,
+    RetryPolicy,
+)
 from orchestrator.clients._aiohttp_transport import _ZLIB_CODINGS, PIECE, _Decoding
+from orchestrator.clients._http1 import MAX_HEAD, AnswerTooLarge
 
 BOUND = 256 * 1024
 
@@ -64,6 +70,54 @@ def test_any_body_decodes_whole_in_pieces_of_at_most_a_piece(
     pieces += decoding.end()
     assert b"".join(pieces) == body
     assert all(0 < len(piece) <= PIECE for piece in pieces)
+
+
+@pytest.mark.parametrize("coding", ["deflate", "raw-deflate"])
+def test_bytes_after_a_deflate_stream_are_ignored_up_to_a_bound(coding: str) -> None:
+    """Ignored as httpx ignores them, but not without end: they decode to nothing, so no
+    bound on the decoded answer would ever meet them."""
+    body = b'{"status": "ok"}'
+    decoding = _Decoding(_ZLIB_CODINGS["deflate"])
+    pieces = list(decoding.feed(encode(body, coding, 1)))
+    for _ in range(MAX_HEAD // 4096):
+        pieces += decoding.feed(b"\0" * 4096)
+    pieces += decoding.end()
+    assert b"".join(pieces) == body
+    with pytest.raises(AnswerTooLarge, match=f"over {MAX_HEAD} bytes after the end"):
+        list(decoding.feed(b"\0"))
+
+
+@pytest.mark.anyio
+async def test_a_deflate_answer_followed_by_endless_bytes_ends_at_the_bound(serve: Any) -> None:
+    """Before, each read of them was fed to zlib, which kept them all, and the request
+    went on until its deadline: nothing they decode to could meet the answer's bound."""
+
+    async def endless(conn: Any) -> None:
+        if await conn.request() is None:
+            return
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        head += b"Content-Encoding: deflate\r\nConnection: close\r\n\r\n"
+        try:
+            await conn.send(head + zlib.compress(b'{"status": "ok"}'))
+            while True:
+                await conn.send(b"\0" * 65536)
+        except ConnectionError:
+            pass
+
+    peer = await serve(endless)
+    api = KubeFoundryClient(
+        f"http://127.0.0.1:{peer.port}", token=TOKEN, retry=RetryPolicy(max_elapsed=HANG)
+    )
+    try:
+        with anyio.fail_after(HANG), pytest.raises(LimitExceeded) as err:
+            with anyio.fail_after(HANG / 2):  # the request's own deadline is later
+                await api.health()
+    finally:
+        await api.aclose()
+    assert f"GET /api/health: over {MAX_HEAD} bytes after the end of a deflate stream" in str(
+        err.value
+    )
+    assert len(peer.requests) == 1
 
 
 @pytest.mark.anyio
@@ -134,3 +188,4 @@ async def test_a_body_that_does_not_decode_is_the_backends_answer_not_a_flake(
     assert "GET /api/health: the body does not decode" in str(err.value)
     assert TOKEN not in str(err.value)
     assert len(peer.requests) == 1
+
