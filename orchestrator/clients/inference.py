@@ -38,6 +38,7 @@ from ._errors import (
     ClientError,
     HTTPStatusError,
     LimitExceeded,
+    ProtocolError,
     RequestTimeout,
     ResponseFormatError,
     TransportError,
@@ -693,10 +694,19 @@ def _failed(route: str, url: str, exc: Exception) -> ClientError:
     """The error of a request whose transport failed: a peer past one of the transport's
     bounds (endless interim answers or framing, a stack of codings) is its protocol, a
     :class:`LimitExceeded` that no loading model's grace waits out, since another try
-    would meet it again; anything else a :class:`TransportError`."""
+    would meet it again. A body its Content-Encoding does not decode is broken bytes, a
+    :class:`ProtocolError`, which that grace does not wait out either (a loading model
+    answers 503, or not at all; not the same undecodable bytes, one try after another);
+    anything else a :class:`TransportError`."""
     cause = exc.__cause__
     if isinstance(cause, InterimFlood | AnswerTooLarge):
         return LimitExceeded(f"{route}: {cause}", route=route)
+    if isinstance(exc, httpx.DecodingError):
+        return ProtocolError(
+            f"{route}: the body does not decode as its Content-Encoding says "
+            f"({clip(str(exc), 200)})",
+            route=route,
+        )
     return TransportError(
         f"{route}: {type(exc).__name__}: {clip(str(exc), 200)}", method="POST", url=url
     )

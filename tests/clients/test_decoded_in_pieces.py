@@ -27,6 +27,8 @@ from test_lean_reads import HANG, TOKEN, health_refused, serve  # noqa: F401  (a
 
 import orchestrator.clients.kubefoundry as kubefoundry_module
 from orchestrator.clients import (
+    InferenceClient,
+    InferenceRoute,
     KubeFoundryClient,
     LimitExceeded,
     ProtocolError,
@@ -189,3 +191,40 @@ async def test_a_body_that_does_not_decode_is_the_backends_answer_not_a_flake(
     assert TOKEN not in str(err.value)
     assert len(peer.requests) == 1
 
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize("coding", [b"gzip", b"deflate"])
+async def test_a_body_that_does_not_decode_from_the_model_is_not_a_model_still_loading(
+    serve: Any, coding: bytes, streamed: bool
+) -> None:
+    """The model's url route goes through the same transport: undecodable bytes are the
+    model's answer, a ProtocolError after one request. Before, they were a transport
+    failure, which the loading model's grace took for a model not yet up and sent again
+    and again, each try ending at once on the same bytes."""
+
+    async def broken(conn: Any) -> None:
+        while await conn.request() is not None:
+            await conn.send(framed(b"\xff" * 64, "length", b"Content-Encoding: " + coding))
+
+    peer = await serve(broken)
+    model = InferenceClient(InferenceRoute("url", f"http://127.0.0.1:{peer.port}"))
+    waits: list[str] = []
+    try:
+        with anyio.fail_after(HANG), pytest.raises(ProtocolError) as err:
+            call = model.complete if streamed else model.chat
+            await call(
+                namespace="ns",
+                service="s",
+                port=80,
+                model="m",
+                prompt="hi",
+                max_tokens=4,
+                on_wait=waits.append,
+                loading_grace=5.0,  # before: retried for all of it, then a TransportError
+            )
+    finally:
+        await model.aclose()
+    route = f"POST http://127.0.0.1:{peer.port}/v1/chat/completions"
+    assert str(err.value).startswith(f"{route}: the body does not decode"), err.value
+    assert len(peer.requests) == 1 and waits == []
