@@ -437,7 +437,7 @@ MAX_CHUNKS = 20_000
 #: The largest answer taken from the model, decoded (a whole completion, or a stream
 #: with all it carries besides its chunks): far above a completion of any length this
 #: tool asks for, and a bound on what an endless body, or a few bytes of gzip standing
-#: for gigabytes (httpx decodes them), can make us hold.
+#: for gigabytes (the transport decodes them a piece at a time), can make us hold.
 MAX_ANSWER = 64 * 1024 * 1024
 
 
