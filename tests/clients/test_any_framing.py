@@ -25,6 +25,7 @@ from test_lean_reads import ANSWERS, NO_RETRY, TOKEN, Conn, RawPeer, pod_answer
 from test_watch_lifetime import JumpUnlessThreads
 
 from orchestrator.clients import ClientError, RequestTimeout
+from orchestrator.clients import _http1 as http1_module
 from orchestrator.clients import kube as kube_module
 from orchestrator.clients.kube import check_object
 
@@ -105,5 +106,9 @@ def test_any_framing_a_peer_answers_is_an_object_or_a_named_client_error(
             await server.wait_closed()
 
     with pytest.MonkeyPatch.context() as patch:
+        # Both paths' body bounds, small: an endless body must meet its bound within a
+        # few hundred KiB, not race the deadline to 512 MiB at whatever pace the peer's
+        # framing and the machine's load allow.
         patch.setattr(kube_module, "MAX_BODY", 256 * 1024)
+        patch.setattr(http1_module, "MAX_BODY", 256 * 1024)
         anyio.run(main, backend_options={"loop_factory": JumpUnlessThreads})
