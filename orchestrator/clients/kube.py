@@ -1265,23 +1265,20 @@ def _outlived(route: str, lifetime: float) -> TransportError:
     )
 
 
-def _closed_here(route: str) -> TransportError:
-    """A watch this client closed under its consumer (:meth:`KubeClient.aclose`): not the
-    server's end of the stream, which a reader would take as a clean end and reopen, nor a
-    flake to reopen after a pause (``closed_here``)."""
-    error = TransportError(f"{route}: the stream was closed by this client", url=route)
+def _closed_here(route: str, what: str = "the stream", url: str | None = None) -> TransportError:
+    """What this client's own close (:meth:`KubeClient.aclose`) cut short: a watch (not the
+    server's end of the stream, which a reader would take as a clean end and reopen) or a
+    read (``_read_closed``); said as this side's doing, and neither reopened nor retried
+    (``closed_here``)."""
+    error = TransportError(
+        f"{route}: {what} was closed by this client, not by the server", url=url or route
+    )
     error.closed_here = True
     return error
 
 
 def _read_closed(path: str) -> TransportError:
-    """A read this client's own close (:meth:`KubeClient.aclose`) cut short: on either
-    path, said as this side's doing, and not retried."""
-    error = TransportError(
-        f"GET {path}: the connection was closed by this client, not by the server", url=path
-    )
-    error.closed_here = True
-    return error
+    return _closed_here(f"GET {path}", "the connection", url=path)
 
 
 def _unanswered(path: str, exc: BaseException | None) -> ClientError:
